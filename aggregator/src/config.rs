@@ -1,0 +1,69 @@
+//! `tally aggregator` configuration: declared, documented and validated here.
+
+use std::collections::BTreeMap;
+
+use schemas::config::{self as check, ConfigError};
+use serde::{Deserialize, Serialize};
+
+/// Settings of one aggregator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Database to upsert into: `postgres://…` or `sqlite://PATH`.
+    pub database_url: String,
+    /// Topic the workers publish partials to.
+    pub partials_topic: String,
+    /// Consumer group shared by all aggregators.
+    pub group_id: String,
+    /// Partials are merged and committed in one transaction this often…
+    pub flush_interval_ms: u64,
+    /// …or as soon as this many are buffered.
+    pub flush_max_partials: usize,
+    /// Kafka consumer session timeout.
+    pub session_timeout_ms: u64,
+    /// Extra librdkafka properties (e.g. security settings).
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> AggregatorConfig {
+        AggregatorConfig {
+            brokers: "127.0.0.1:9092".into(),
+            database_url: "sqlite://tally.sqlite".into(),
+            partials_topic: "tally.partials".into(),
+            group_id: "tally-aggregators".into(),
+            flush_interval_ms: 500,
+            flush_max_partials: 5_000,
+            session_timeout_ms: 10_000,
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl AggregatorConfig {
+    /// Checks every field; the error names the first bad one as `aggregator.<field>`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check::brokers("aggregator.brokers", &self.brokers)?;
+        check::database_url("aggregator.database_url", &self.database_url)?;
+        check::kafka_name("aggregator.partials_topic", &self.partials_topic)?;
+        check::kafka_name("aggregator.group_id", &self.group_id)?;
+        check::in_range("aggregator.flush_interval_ms", self.flush_interval_ms, 10, 600_000)?;
+        check::in_range("aggregator.flush_max_partials", self.flush_max_partials, 1, 1_000_000)?;
+        check::in_range("aggregator.session_timeout_ms", self.session_timeout_ms, 1_000, 300_000)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(AggregatorConfig::default().validate(), Ok(()));
+        let bad = AggregatorConfig { flush_interval_ms: 0, ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err().field, "aggregator.flush_interval_ms");
+    }
+}

@@ -1,0 +1,19 @@
+//! `tally aggregator`: consumes `tally.partials`, merges the partials of a
+//! flush interval, and commits them in one fenced transaction.
+//!
+//! - [`config`]: settings, defaults and validation.
+//! - [`run()`]: the consume–merge–commit loop with retrying flushes.
+//! - [`metrics`]: the aggregator's Prometheus metrics.
+//! - [`error`]: what can stop an aggregator.
+//!
+//! The merge and fence rules themselves live in `store::fence`, shared by the
+//! PostgreSQL and SQLite sinks.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+mod run;
+
+pub use config::AggregatorConfig;
+pub use error::AggregatorError;
+pub use run::run;

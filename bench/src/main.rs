@@ -1,0 +1,110 @@
+//! Benchmarks of tally's worker hot path, run with
+//! `cargo run --release -p bench -- hotpath`.
+//!
+//! - `hotpath`: raw JSON message bytes → Arrow batch → DataFusion partial
+//!   totals, on one thread (a current-thread runtime), reported as the median
+//!   events per second over several runs.
+//! - `dedupe-memory`: heap bytes held by the dedupe window per million ids,
+//!   counted by a wrapping global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ingest::generate::{Generator, GeneratorConfig};
+use shard_worker::aggregate::{partial_rows, session};
+use shard_worker::decode::{decode_messages, Message};
+use shard_worker::dedupe::DedupeWindow;
+
+/// Counts live heap bytes so memory figures are exact, not sampled.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: delegates every call to the system allocator unchanged.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn messages(events: u64) -> Vec<Message> {
+    let config = GeneratorConfig { seed: 7, events, ..GeneratorConfig::default() };
+    Generator::new(config)
+        .enumerate()
+        .map(|(i, g)| Message {
+            offset: i as i64,
+            key: g.key.map(String::into_bytes),
+            payload: g.payload,
+            timestamp_ms: Some(1_763_600_000_000 + i as i64),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> Result<u64> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).context("missing value")?.parse().with_context(|| format!("{name} takes a number")),
+        None => Ok(default),
+    }
+}
+
+fn hotpath(args: &[String]) -> Result<()> {
+    let events = arg(args, "--events", 1_000_000)?;
+    let batch = arg(args, "--batch", 20_000)? as usize;
+    let runs = arg(args, "--runs", 5)?;
+    let input = messages(events);
+    let bytes: usize = input.iter().map(|m| m.payload.len()).sum();
+    println!("hotpath: {events} events, mean {} bytes, batches of {batch}, {runs} runs, 1 thread", bytes / input.len());
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let ctx = session();
+    let mut rates = Vec::new();
+    for run in 0..runs {
+        let mut window = DedupeWindow::new(900_000);
+        let mut keys = 0usize;
+        let started = Instant::now();
+        for chunk in input.chunks(batch) {
+            let decoded = decode_messages(chunk, &mut window, 0, 0)?;
+            keys += runtime.block_on(partial_rows(&ctx, decoded.batch))?.len();
+        }
+        let rate = events as f64 / started.elapsed().as_secs_f64();
+        println!("  run {run}: {rate:>12.0} events/s ({keys} partial rows)");
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!("median: {:.0} events/s per core", rates[rates.len() / 2]);
+    Ok(())
+}
+
+fn dedupe_memory(args: &[String]) -> Result<()> {
+    let ids = arg(args, "--ids", 1_000_000)?;
+    let names: Vec<String> = (0..ids).map(|i| format!("e-2a-{i}")).collect();
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut window = DedupeWindow::new(i64::MAX / 4);
+    for (i, name) in names.iter().enumerate() {
+        window.first_sighting(name, i as i64, i as i64);
+    }
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    println!("dedupe window: {} ids hold {:.1} MiB ({:.0} bytes per id; {:.1} MiB per million ids)",
+        window.len(), held as f64 / 1_048_576.0, held as f64 / ids as f64, held as f64 / ids as f64 * 1e6 / 1_048_576.0);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("hotpath") => hotpath(&args),
+        Some("dedupe-memory") => dedupe_memory(&args),
+        _ => bail!("usage: bench hotpath [--events N] [--batch N] [--runs N] | bench dedupe-memory [--ids N]"),
+    }
+}

@@ -1,0 +1,78 @@
+//! Publishing generated traffic straight to the `orders` topic.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::generate::Generated;
+
+/// Messages in flight before waiting for acknowledgements.
+const WINDOW: usize = 20_000;
+
+/// Produces every message of `messages` to `topic`, keyed by merchant, and
+/// waits until the broker acknowledged each one. Calls `progress` with the
+/// number acknowledged so far after each window.
+///
+/// Fails on the first message the broker refuses (after librdkafka's own retries).
+pub async fn produce_all(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: impl IntoIterator<Item = Generated>,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, KafkaError> {
+    let mut in_flight = Vec::with_capacity(WINDOW);
+    let mut acknowledged = 0u64;
+    for message in messages {
+        let mut record = FutureRecord::<str, [u8]>::to(topic).payload(&message.payload);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_str());
+        }
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        };
+        in_flight.push(delivery);
+        if in_flight.len() >= WINDOW {
+            acknowledged += settle(&mut in_flight).await?;
+            progress(acknowledged);
+        }
+    }
+    acknowledged += settle(&mut in_flight).await?;
+    progress(acknowledged);
+    Ok(acknowledged)
+}
+
+async fn settle(in_flight: &mut Vec<rdkafka::producer::DeliveryFuture>) -> Result<u64, KafkaError> {
+    let n = in_flight.len() as u64;
+    for delivery in in_flight.drain(..) {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => return Err(error),
+            Err(_) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(n)
+}
+
+/// A producer suited to bulk loads: idempotent, `acks=all`, batched.
+///
+/// Fails when librdkafka rejects the configuration.
+pub fn bulk_producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("message.timeout.ms", "120000")
+        .create()
+}
+

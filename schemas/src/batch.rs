@@ -1,0 +1,143 @@
+//! The Arrow schema of a decoded batch of valid events, and its builder.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Date32Builder, Decimal128Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::amount::{PRECISION, SCALE};
+use crate::event::ValidEvent;
+
+/// Column names, in schema order.
+pub mod col {
+    /// `event_id`, Utf8.
+    pub const EVENT_ID: &str = "event_id";
+    /// `order_id`, Utf8.
+    pub const ORDER_ID: &str = "order_id";
+    /// `merchant_id`, Utf8.
+    pub const MERCHANT_ID: &str = "merchant_id";
+    /// `kind`, Utf8 (`sale` or `refund`).
+    pub const KIND: &str = "kind";
+    /// `amount`, Decimal128(38,4).
+    pub const AMOUNT: &str = "amount";
+    /// `currency`, Utf8.
+    pub const CURRENCY: &str = "currency";
+    /// `occurred_at`, Timestamp(µs, UTC).
+    pub const OCCURRED_AT: &str = "occurred_at";
+    /// `day`, Date32: the UTC day of `occurred_at`.
+    pub const DAY: &str = "day";
+}
+
+/// The schema of a batch of valid, decoded events.
+pub fn event_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::EVENT_ID, DataType::Utf8, false),
+        Field::new(col::ORDER_ID, DataType::Utf8, false),
+        Field::new(col::MERCHANT_ID, DataType::Utf8, false),
+        Field::new(col::KIND, DataType::Utf8, false),
+        Field::new(col::AMOUNT, DataType::Decimal128(PRECISION, SCALE), false),
+        Field::new(col::CURRENCY, DataType::Utf8, false),
+        Field::new(
+            col::OCCURRED_AT,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new(col::DAY, DataType::Date32, false),
+    ]))
+}
+
+/// Accumulates valid events column by column.
+pub struct EventBatchBuilder {
+    schema: SchemaRef,
+    event_id: StringBuilder,
+    order_id: StringBuilder,
+    merchant_id: StringBuilder,
+    kind: StringBuilder,
+    amount: Decimal128Builder,
+    currency: StringBuilder,
+    occurred_at: TimestampMicrosecondBuilder,
+    day: Date32Builder,
+    rows: usize,
+}
+
+impl EventBatchBuilder {
+    /// A builder sized for `capacity` events of typical length.
+    pub fn with_capacity(capacity: usize) -> EventBatchBuilder {
+        let strings = || StringBuilder::with_capacity(capacity, capacity * 16);
+        EventBatchBuilder {
+            schema: event_schema(),
+            event_id: strings(),
+            order_id: strings(),
+            merchant_id: strings(),
+            kind: StringBuilder::with_capacity(capacity, capacity * 6),
+            amount: Decimal128Builder::with_capacity(capacity),
+            currency: StringBuilder::with_capacity(capacity, capacity * 3),
+            occurred_at: TimestampMicrosecondBuilder::with_capacity(capacity),
+            day: Date32Builder::with_capacity(capacity),
+            rows: 0,
+        }
+    }
+
+    /// Appends one event.
+    pub fn push(&mut self, event: &ValidEvent<'_>) {
+        self.event_id.append_value(&event.event_id);
+        self.order_id.append_value(&event.order_id);
+        self.merchant_id.append_value(&event.merchant_id);
+        self.kind.append_value(event.kind.as_str());
+        self.amount.append_value(event.amount.0);
+        self.currency.append_value(&event.currency);
+        self.occurred_at.append_value(event.occurred_at);
+        self.day.append_value(event.day.0);
+        self.rows += 1;
+    }
+
+    /// Events appended so far.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Finishes the batch and resets the builder.
+    ///
+    /// Fails only if the columns disagree with the schema, which would be a bug.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.order_id.finish()),
+            Arc::new(self.merchant_id.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.amount.finish().with_precision_and_scale(PRECISION, SCALE)?),
+            Arc::new(self.currency.finish()),
+            Arc::new(self.occurred_at.finish().with_timezone("UTC")),
+            Arc::new(self.day.finish()),
+        ];
+        self.rows = 0;
+        RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode;
+
+    #[test]
+    fn builds_a_batch_matching_the_schema() {
+        let payload = br#"{"event_id":"e","order_id":"o","merchant_id":"m","kind":"refund","amount":"2.5","currency":"USD","occurred_at":"2026-01-01T00:00:00Z"}"#;
+        let mut builder = EventBatchBuilder::with_capacity(4);
+        builder.push(&decode(payload, None).unwrap());
+        builder.push(&decode(payload, None).unwrap());
+        let batch = builder.finish().unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema(), event_schema());
+        assert!(builder.is_empty());
+    }
+}

@@ -1,0 +1,242 @@
+//! RFC 3339 timestamps and UTC calendar days, without a date library.
+//!
+//! The parser is on the worker's hot path, so it reads the fixed layout
+//! directly instead of going through a general formatter.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A UTC calendar day, as days since 1970-01-01 (Arrow's `Date32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Day(pub i32);
+
+/// Microseconds since the Unix epoch, in UTC.
+pub type EpochMicros = i64;
+
+/// Why a timestamp text is not RFC 3339 with an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    /// The text does not follow `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
+    #[error("is not RFC 3339 (expected YYYY-MM-DDTHH:MM:SS[.fraction] followed by Z or ±HH:MM)")]
+    Layout,
+    /// A field is out of its range (month 13, February 30, hour 25, ...).
+    #[error("has a date or time field out of range")]
+    Range,
+    /// No `Z` or numeric offset.
+    #[error("has no UTC offset (add Z or ±HH:MM)")]
+    NoOffset,
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The (year, month, day) of a count of days since 1970-01-01.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+fn digits(bytes: &[u8], at: usize, len: usize) -> Result<u32, TimeError> {
+    let slice = bytes.get(at..at + len).ok_or(TimeError::Layout)?;
+    slice.iter().try_fold(0u32, |acc, &b| {
+        if b.is_ascii_digit() {
+            Ok(acc * 10 + u32::from(b - b'0'))
+        } else {
+            Err(TimeError::Layout)
+        }
+    })
+}
+
+fn expect(bytes: &[u8], at: usize, allowed: &[u8]) -> Result<(), TimeError> {
+    match bytes.get(at) {
+        Some(b) if allowed.contains(b) => Ok(()),
+        _ => Err(TimeError::Layout),
+    }
+}
+
+/// Parses an RFC 3339 timestamp with an offset into UTC microseconds.
+/// Fractions beyond microseconds are truncated; a leap second (`:60`) is
+/// read as the last microsecond of its minute's 59th second.
+///
+/// Fails when the layout, a field's range, or the offset is wrong.
+pub fn parse_rfc3339(text: &str) -> Result<EpochMicros, TimeError> {
+    let b = text.as_bytes();
+    let year = digits(b, 0, 4)?;
+    expect(b, 4, b"-")?;
+    let month = digits(b, 5, 2)?;
+    expect(b, 7, b"-")?;
+    let day = digits(b, 8, 2)?;
+    expect(b, 10, b"Tt ")?;
+    let hour = digits(b, 11, 2)?;
+    expect(b, 13, b":")?;
+    let minute = digits(b, 14, 2)?;
+    expect(b, 16, b":")?;
+    let second = digits(b, 17, 2)?;
+    let mut at = 19;
+    let mut micros = 0u32;
+    if b.get(at) == Some(&b'.') {
+        at += 1;
+        let start = at;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            if at - start < 6 {
+                micros = micros * 10 + u32::from(b[at] - b'0');
+            }
+            at += 1;
+        }
+        if at == start {
+            return Err(TimeError::Layout);
+        }
+        for _ in (at - start)..6 {
+            micros *= 10;
+        }
+    }
+    let offset_secs: i64 = match b.get(at) {
+        Some(b'Z' | b'z') if at + 1 == b.len() => 0,
+        Some(&sign @ (b'+' | b'-')) if at + 6 == b.len() => {
+            let oh = digits(b, at + 1, 2)?;
+            expect(b, at + 3, b":")?;
+            let om = digits(b, at + 4, 2)?;
+            if oh > 23 || om > 59 {
+                return Err(TimeError::Range);
+            }
+            let secs = i64::from(oh * 3600 + om * 60);
+            if sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        None => return Err(TimeError::NoOffset),
+        _ => return Err(TimeError::Layout),
+    };
+    let year = i64::from(year);
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(TimeError::Range);
+    }
+    let (second, micros) = if second == 60 { (59, 999_999) } else { (second, micros) };
+    let days = days_from_civil(year, month, day);
+    let local_secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+    Ok((local_secs - offset_secs) * 1_000_000 + i64::from(micros))
+}
+
+impl Day {
+    /// The UTC day a timestamp falls on.
+    pub fn of_micros(micros: EpochMicros) -> Day {
+        Day(micros.div_euclid(86_400_000_000) as i32)
+    }
+
+    /// Parses `YYYY-MM-DD`. Fails on any other layout or an impossible date.
+    pub fn parse(text: &str) -> Result<Day, TimeError> {
+        let b = text.as_bytes();
+        if b.len() != 10 {
+            return Err(TimeError::Layout);
+        }
+        let (year, month, day) = (digits(b, 0, 4)?, digits(b, 5, 2)?, digits(b, 8, 2)?);
+        expect(b, 4, b"-")?;
+        expect(b, 7, b"-")?;
+        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(i64::from(year), month) {
+            return Err(TimeError::Range);
+        }
+        Ok(Day(days_from_civil(i64::from(year), month, day) as i32))
+    }
+}
+
+impl fmt::Display for Day {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (y, m, d) = civil_from_days(i64::from(self.0));
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+impl Serialize for Day {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Day {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Day, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Day::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Formats UTC microseconds as RFC 3339 with millisecond precision and `Z`.
+pub fn format_rfc3339_millis(micros: EpochMicros) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let millis = micros.rem_euclid(1_000_000) / 1000;
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let tod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_move_the_utc_day() {
+        let utc = parse_rfc3339("2026-11-20T13:45:10.123Z").unwrap();
+        assert_eq!(Day::of_micros(utc).to_string(), "2026-11-20");
+        let east = parse_rfc3339("2026-11-21T01:30:00+02:00").unwrap();
+        assert_eq!(Day::of_micros(east).to_string(), "2026-11-20");
+        let west = parse_rfc3339("2026-11-20T23:30:00-01:00").unwrap();
+        assert_eq!(Day::of_micros(west).to_string(), "2026-11-21");
+        assert_eq!(format_rfc3339_millis(utc), "2026-11-20T13:45:10.123Z");
+    }
+
+    #[test]
+    fn rejects_bad_timestamps() {
+        assert_eq!(parse_rfc3339("2026-11-20T13:45:10"), Err(TimeError::NoOffset));
+        assert_eq!(parse_rfc3339("2026-02-30T00:00:00Z"), Err(TimeError::Range));
+        assert_eq!(parse_rfc3339("2026-11-20 13:45"), Err(TimeError::Layout));
+        assert_eq!(parse_rfc3339("2026-11-20T13:45:10.Z"), Err(TimeError::Layout));
+        assert_eq!(parse_rfc3339("yesterday"), Err(TimeError::Layout));
+    }
+
+    #[test]
+    fn civil_round_trip() {
+        for days in [-1000i64, -1, 0, 59, 365 * 30, 20_412, 100_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(Day::parse("2024-02-29").unwrap().to_string(), "2024-02-29");
+        assert!(Day::parse("2023-02-29").is_err());
+    }
+}

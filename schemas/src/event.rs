@@ -1,0 +1,274 @@
+//! The order event: its owned form, its validation rules, and the borrowed
+//! decoder used on the worker's hot path.
+//!
+//! Decoding reads each field as a raw JSON token (no `serde_json::Value`
+//! tree) and borrows strings from the message wherever they hold no escapes.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::amount::Amount;
+use crate::day::{parse_rfc3339, Day, EpochMicros};
+
+/// Longest accepted `event_id`, `order_id` or `merchant_id`, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+const MAX_VALUE_IN_REASON: usize = 64;
+
+/// Whether an event adds to sales or to refunds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Adds to `sales_amount` and `sales_count`.
+    Sale,
+    /// Adds to `refund_amount` and `refund_count`; subtracts from net.
+    Refund,
+}
+
+impl Kind {
+    /// The event's spelling: `sale` or `refund`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sale => "sale",
+            Kind::Refund => "refund",
+        }
+    }
+}
+
+/// An order event as producers write it (owned; used by generators and tests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    /// Dedupe key: the same logical event always carries the same id.
+    pub event_id: String,
+    /// The order this event belongs to.
+    pub order_id: String,
+    /// The merchant, also the message key.
+    pub merchant_id: String,
+    /// Sale or refund.
+    pub kind: Kind,
+    /// Positive amount with at most 4 fractional digits.
+    pub amount: Amount,
+    /// ISO 4217 shaped currency code.
+    pub currency: String,
+    /// RFC 3339 timestamp with an offset.
+    pub occurred_at: String,
+}
+
+/// A decoded event that passed every rule. Strings borrow from the message
+/// unless they contained JSON escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidEvent<'a> {
+    /// Dedupe key.
+    pub event_id: Cow<'a, str>,
+    /// Order id.
+    pub order_id: Cow<'a, str>,
+    /// Merchant id.
+    pub merchant_id: Cow<'a, str>,
+    /// Sale or refund.
+    pub kind: Kind,
+    /// Exact amount, > 0.
+    pub amount: Amount,
+    /// Three upper-case ASCII letters.
+    pub currency: Cow<'a, str>,
+    /// `occurred_at` in UTC microseconds.
+    pub occurred_at: EpochMicros,
+    /// The UTC day of `occurred_at`.
+    pub day: Day,
+}
+
+/// Why an event was rejected: the field, the offending value (shortened) and
+/// the rule it broke. Sent to the dead-letter topic in headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The event field, or `payload` when the message is not a JSON object.
+    pub field: &'static str,
+    /// The offending value as it appeared, cut to 64 characters.
+    pub value: String,
+    /// The rule that was broken.
+    pub reason: String,
+}
+
+impl Invalid {
+    fn new(field: &'static str, value: &str, reason: impl Into<String>) -> Invalid {
+        let value = match value.char_indices().nth(MAX_VALUE_IN_REASON) {
+            Some((cut, _)) => format!("{}…", &value[..cut]),
+            None => value.to_owned(),
+        };
+        Invalid { field, value, reason: reason.into() }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field `{}`: value {:?} {}", self.field, self.value, self.reason)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    order_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    merchant_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    currency: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    occurred_at: Option<&'a RawValue>,
+}
+
+fn present<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<&'a str, Invalid> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Err(Invalid::new(field, "", "is missing")),
+        Some(text) => Ok(text),
+    }
+}
+
+fn string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
+    let token = present(raw, field)?;
+    if !token.starts_with('"') {
+        return Err(Invalid::new(field, token, "must be a JSON string"));
+    }
+    let inner = &token[1..token.len() - 1];
+    if !inner.contains('\\') {
+        return Ok(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(token)
+        .map(Cow::Owned)
+        .map_err(|e| Invalid::new(field, token, format!("is not a valid string: {e}")))
+}
+
+fn id<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
+    let value = string(raw, field)?;
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return Err(Invalid::new(field, &value, "must be 1 to 128 bytes long"));
+    }
+    Ok(value)
+}
+
+fn kind(raw: Option<&RawValue>) -> Result<Kind, Invalid> {
+    match string(raw, "kind")?.as_ref() {
+        "sale" => Ok(Kind::Sale),
+        "refund" => Ok(Kind::Refund),
+        other => Err(Invalid::new("kind", other, "must be \"sale\" or \"refund\"")),
+    }
+}
+
+fn amount(raw: Option<&RawValue>) -> Result<Amount, Invalid> {
+    let token = present(raw, "amount")?;
+    let text: Cow<'_, str> = if token.starts_with('"') {
+        string(raw, "amount")?
+    } else if token.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        Cow::Borrowed(token)
+    } else {
+        return Err(Invalid::new("amount", token, "must be a decimal string or a JSON number"));
+    };
+    Amount::parse_event_amount(&text).map_err(|e| Invalid::new("amount", &text, e.to_string()))
+}
+
+fn currency<'a>(raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Invalid> {
+    let value = string(raw, "currency")?;
+    if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Invalid::new("currency", &value, "must be three upper-case letters (ISO 4217)"));
+    }
+    Ok(value)
+}
+
+fn occurred_at(raw: Option<&RawValue>) -> Result<EpochMicros, Invalid> {
+    let value = string(raw, "occurred_at")?;
+    parse_rfc3339(&value).map_err(|e| Invalid::new("occurred_at", &value, e.to_string()))
+}
+
+/// Decodes and validates one message value. `key` is the message key; when
+/// present, `merchant_id` must equal it.
+///
+/// Fails with the first rule the message breaks: invalid UTF-8, not a JSON
+/// object, or a field rule from the event schema.
+pub fn decode<'a>(payload: &'a [u8], key: Option<&[u8]>) -> Result<ValidEvent<'a>, Invalid> {
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        Invalid::new("payload", "", format!("is not valid UTF-8 (byte {})", e.valid_up_to()))
+    })?;
+    let raw: RawEvent<'a> = serde_json::from_str(text).map_err(|e| {
+        Invalid::new("payload", text, format!("is not a JSON object with the event's fields: {e}"))
+    })?;
+    let event_id = id(raw.event_id, "event_id")?;
+    let order_id = id(raw.order_id, "order_id")?;
+    let merchant_id = id(raw.merchant_id, "merchant_id")?;
+    if let Some(key) = key {
+        if key != merchant_id.as_bytes() {
+            let reason = format!("does not equal the message key {:?}", String::from_utf8_lossy(key));
+            return Err(Invalid::new("merchant_id", &merchant_id, reason));
+        }
+    }
+    let kind = kind(raw.kind)?;
+    let amount = amount(raw.amount)?;
+    let currency = currency(raw.currency)?;
+    let occurred_at = occurred_at(raw.occurred_at)?;
+    Ok(ValidEvent {
+        event_id,
+        order_id,
+        merchant_id,
+        kind,
+        amount,
+        currency,
+        occurred_at,
+        day: Day::of_micros(occurred_at),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"event_id":"e-1","order_id":"o-1","merchant_id":"m-42","kind":"sale","amount":"19.99","currency":"EUR","occurred_at":"2026-11-20T13:45:10.123Z","extra":{"nested":[1,2]}}"#;
+
+    fn field_of(payload: &str) -> &'static str {
+        decode(payload.as_bytes(), None).unwrap_err().field
+    }
+
+    #[test]
+    fn decodes_a_good_event() {
+        let event = decode(GOOD.as_bytes(), Some(b"m-42")).unwrap();
+        assert_eq!(event.amount, Amount(199_900));
+        assert_eq!(event.day.to_string(), "2026-11-20");
+        assert!(matches!(event.merchant_id, Cow::Borrowed("m-42")));
+    }
+
+    #[test]
+    fn numbers_are_read_from_their_text() {
+        let payload = GOOD.replace(r#""19.99""#, "0.1");
+        assert_eq!(decode(payload.as_bytes(), None).unwrap().amount, Amount(1000));
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        assert_eq!(field_of(&GOOD.replace(r#""19.99""#, r#""-5""#)), "amount");
+        assert_eq!(field_of(&GOOD.replace(r#""19.99""#, r#""1.23456""#)), "amount");
+        assert_eq!(field_of(&GOOD.replace(r#""19.99""#, "1e2")), "amount");
+        assert_eq!(field_of(&GOOD.replace("EUR", "eur")), "currency");
+        assert_eq!(field_of(&GOOD.replace(r#""merchant_id":"m-42","#, "")), "merchant_id");
+        assert_eq!(field_of(&GOOD.replace(r#""o-1""#, "17")), "order_id");
+        assert_eq!(field_of(&GOOD.replace("sale", "chargeback")), "kind");
+        assert_eq!(field_of(&GOOD.replace("13:45:10.123Z", "13:45:10")), "occurred_at");
+        assert_eq!(field_of(&GOOD.replace(r#""e-1""#, r#""""#)), "event_id");
+        assert_eq!(field_of("{not json"), "payload");
+        assert_eq!(field_of("[1,2]"), "payload");
+        assert_eq!(decode(b"\xff\xfe", None).unwrap_err().field, "payload");
+        let mismatch = decode(GOOD.as_bytes(), Some(b"m-7")).unwrap_err();
+        assert_eq!(mismatch.field, "merchant_id");
+        assert!(mismatch.to_string().contains("message key"), "{mismatch}");
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let payload = GOOD.replace(r#""o-1""#, r#""o-\u0031""#);
+        assert_eq!(decode(payload.as_bytes(), None).unwrap().order_id, "o-1");
+    }
+}

@@ -1,0 +1,27 @@
+//! tally's shared vocabulary: the types every other crate speaks, and nothing
+//! that talks to a broker or a database (this crate stays a leaf).
+//!
+//! - [`amount`]: exact money amounts, `Decimal128(38,4)` units, parsed from text.
+//! - [`day`]: RFC 3339 timestamps and the UTC calendar days they fall on.
+//! - [`event`]: the order event, its validation rules and the borrowed decoder.
+//! - [`batch`]: the Arrow schema of a decoded batch and its builder.
+//! - [`config`]: validation helpers shared by every role's configuration.
+//! - [`partial`]: the partial-totals message a worker publishes per offset range.
+//! - [`totals`]: per-key sums with an exact, associative merge.
+//!
+//! The JSON Schema of the event lives beside this crate in
+//! `schemas/order-event.schema.json`.
+
+pub mod amount;
+pub mod batch;
+pub mod config;
+pub mod day;
+pub mod event;
+pub mod partial;
+pub mod totals;
+
+pub use amount::Amount;
+pub use day::Day;
+pub use event::{Invalid, Kind, OrderEvent, ValidEvent};
+pub use partial::{Partial, PartialRow};
+pub use totals::{Sums, Totals, TotalsKey};

@@ -1,0 +1,118 @@
+# Test-environment provisioning shared by scripts/test and the benchmarks.
+# Sourced, not executed. Everything it starts is stopped by `stop_services`.
+#
+# Caches (outside the clone, reused across runs):
+#   $TALLY_CACHE/tansu-0.6.0/bin/tansu   the broker, built once
+#   $TALLY_CACHE/target                  cargo's build directory
+
+TALLY_CACHE=${TALLY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tally}
+TANSU_VERSION=0.6.0
+TANSU_BIN="$TALLY_CACHE/tansu-$TANSU_VERSION/bin/tansu"
+RUN_DIR=""
+PG_BIN=""
+PG_DATA=""
+
+log() { printf '[provision] %s\n' "$*" >&2; }
+die() { printf '[provision] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root to run: $*"; fi
+}
+
+# A TCP port on 127.0.0.1 that nothing listens on (bash only: no python needed).
+free_port() {
+    local port
+    for _ in $(seq 1 200); do
+        port=$(( 20000 + RANDOM % 40000 ))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free loopback port found"
+}
+
+wait_for_port() { # port, name, log file
+    for _ in $(seq 1 300); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.2
+    done
+    [ -f "$3" ] && tail -n 40 "$3" >&2
+    die "$2 did not start listening on 127.0.0.1:$1 within 60 s"
+}
+
+ensure_postgres() {
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
+        log "PostgreSQL not found; installing Debian's postgresql package."
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
+        PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    fi
+    [ -x "$PG_BIN/initdb" ] || die "initdb not found after installing postgresql"
+}
+
+ensure_tansu() {
+    if [ -x "$TANSU_BIN" ]; then return 0; fi
+    log "Building tansu $TANSU_VERSION into $TALLY_CACHE (once; about 10 minutes)."
+    mkdir -p "$TALLY_CACHE"
+    cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features \
+        --features dynostore,libsql --root "$TALLY_CACHE/tansu-$TANSU_VERSION" \
+        || die "building tansu failed"
+}
+
+# Runs a command as an unprivileged user when we are root (initdb refuses root).
+as_pg_user() {
+    if [ "$(id -u)" -eq 0 ]; then
+        id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+start_postgres() {
+    local port
+    port=$(free_port)
+    PG_DATA="$RUN_DIR/pg"
+    mkdir -p "$PG_DATA"
+    [ "$(id -u)" -eq 0 ] && chown -R postgres "$RUN_DIR/pg"
+    as_pg_user "$PG_BIN/initdb" -D "$PG_DATA/data" -U postgres --auth=trust --no-sync >"$RUN_DIR/initdb.log" 2>&1 \
+        || { cat "$RUN_DIR/initdb.log" >&2; die "initdb failed"; }
+    # A throwaway cluster: durability settings off for speed; tests kill tally, never PostgreSQL.
+    as_pg_user "$PG_BIN/pg_ctl" -D "$PG_DATA/data" -l "$PG_DATA/server.log" -w start \
+        -o "-p $port -k $PG_DATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=300" \
+        >/dev/null || { tail -n 40 "$PG_DATA/server.log" >&2; die "PostgreSQL did not start"; }
+    export TALLY_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    log "PostgreSQL on 127.0.0.1:$port ($PG_DATA)."
+}
+
+start_tansu() { # storage engine URL (relative paths resolve in the broker's directory)
+    local port dir
+    port=$(free_port)
+    dir="$RUN_DIR/tansu"
+    mkdir -p "$dir"
+    (cd "$dir" && exec "$TANSU_BIN" broker \
+        --kafka-cluster-id tally-test \
+        --kafka-listener-url "tcp://127.0.0.1:$port" \
+        --kafka-advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine "${1:-sqlite://tansu.db}" >"$dir/broker.log" 2>&1) &
+    TANSU_PID=$!
+    wait_for_port "$port" tansu "$dir/broker.log"
+    export TALLY_TEST_BROKERS="127.0.0.1:$port"
+    export TALLY_TEST_TANSU_BIN="$TANSU_BIN" TALLY_TEST_TANSU_DIR="$dir"
+    log "tansu on 127.0.0.1:$port (pid $TANSU_PID, $dir)."
+}
+
+stop_services() {
+    if [ -n "${TANSU_PID:-}" ]; then kill "$TANSU_PID" 2>/dev/null || true; wait "$TANSU_PID" 2>/dev/null || true; fi
+    if [ -n "$PG_DATA" ] && [ -d "$PG_DATA/data" ]; then
+        as_pg_user "$PG_BIN/pg_ctl" -D "$PG_DATA/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    if [ -n "$RUN_DIR" ] && [ -z "${TALLY_KEEP_RUN_DIR:-}" ]; then rm -rf "$RUN_DIR"; fi
+}
+
+make_run_dir() {
+    RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tally-test.XXXXXX")
+    chmod 755 "$RUN_DIR"
+}

@@ -1,0 +1,116 @@
+//! `tally worker` configuration: declared, documented and validated here.
+
+use std::collections::BTreeMap;
+
+use schemas::config::{self as check, ConfigError};
+use serde::{Deserialize, Serialize};
+
+/// Settings of one shard worker. Every field has a default; see the README's
+/// configuration reference for the file, environment and flag spellings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Database holding fences and totals: `postgres://…` or `sqlite://PATH`.
+    pub database_url: String,
+    /// Topic of order events.
+    pub orders_topic: String,
+    /// Topic the worker publishes partial totals to.
+    pub partials_topic: String,
+    /// Dead-letter topic for invalid events.
+    pub dlq_topic: String,
+    /// Consumer group shared by all workers.
+    pub group_id: String,
+    /// Partitions given to each of the three topics when the worker creates them.
+    pub topic_partitions: i32,
+    /// Replication factor of created topics.
+    pub replication_factor: i32,
+    /// A batch (and so a partial) closes at this many messages…
+    pub batch_max_events: usize,
+    /// …or this long after its first message, whichever comes first.
+    pub batch_max_ms: u64,
+    /// Event ids are deduplicated within this much message time.
+    pub dedupe_window_secs: u64,
+    /// Kafka consumer session timeout.
+    pub session_timeout_ms: u64,
+    /// On shutdown, how long in-flight batches may take to publish.
+    pub drain_timeout_ms: u64,
+    /// Name recorded with each claim (defaults to host and process id).
+    pub instance_id: String,
+    /// Extra librdkafka properties for every client (e.g. security settings).
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> WorkerConfig {
+        WorkerConfig {
+            brokers: "127.0.0.1:9092".into(),
+            database_url: "sqlite://tally.sqlite".into(),
+            orders_topic: "orders".into(),
+            partials_topic: "tally.partials".into(),
+            dlq_topic: "orders.dlq".into(),
+            group_id: "tally-workers".into(),
+            topic_partitions: 8,
+            replication_factor: 1,
+            batch_max_events: 20_000,
+            batch_max_ms: 250,
+            dedupe_window_secs: 900,
+            session_timeout_ms: 10_000,
+            drain_timeout_ms: 15_000,
+            instance_id: String::new(),
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks every field; the error names the first bad one as `worker.<field>`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check::brokers("worker.brokers", &self.brokers)?;
+        check::database_url("worker.database_url", &self.database_url)?;
+        check::kafka_name("worker.orders_topic", &self.orders_topic)?;
+        check::kafka_name("worker.partials_topic", &self.partials_topic)?;
+        check::kafka_name("worker.dlq_topic", &self.dlq_topic)?;
+        check::kafka_name("worker.group_id", &self.group_id)?;
+        check::in_range("worker.topic_partitions", self.topic_partitions, 1, 10_000)?;
+        check::in_range("worker.replication_factor", self.replication_factor, 1, 32)?;
+        check::in_range("worker.batch_max_events", self.batch_max_events, 1, 1_000_000)?;
+        check::in_range("worker.batch_max_ms", self.batch_max_ms, 1, 60_000)?;
+        check::in_range("worker.dedupe_window_secs", self.dedupe_window_secs, 0, 7 * 86_400)?;
+        check::in_range("worker.session_timeout_ms", self.session_timeout_ms, 1_000, 300_000)?;
+        check::in_range("worker.drain_timeout_ms", self.drain_timeout_ms, 0, 600_000)?;
+        if self.orders_topic == self.partials_topic || self.orders_topic == self.dlq_topic {
+            return Err(ConfigError::new(
+                "worker.orders_topic",
+                &self.orders_topic,
+                "must differ from partials_topic and dlq_topic",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The instance id, or `host-pid` when none was configured.
+    pub fn instance(&self) -> String {
+        if self.instance_id.is_empty() {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        } else {
+            self.instance_id.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(WorkerConfig::default().validate(), Ok(()));
+        let bad = WorkerConfig { batch_max_events: 0, ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err().field, "worker.batch_max_events");
+        let bad = WorkerConfig { partials_topic: "orders".into(), ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err().field, "worker.orders_topic");
+    }
+}

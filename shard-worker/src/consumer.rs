@@ -1,0 +1,263 @@
+//! The consumer thread: claims partitions as they are assigned, reads
+//! messages, cuts them into batches by count and time, and hands each batch
+//! to its partition's task.
+//!
+//! Claims happen inside the rebalance callback, before `assign`, so the
+//! consumer starts every partition exactly at the database's
+//! `dedupe_from_offset` and never at Kafka's committed offset.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use store::Claim;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::decode::Message;
+use crate::partition::{Ended, PartitionTask, Shared};
+use crate::{metrics, publish};
+
+/// A change of assignment, recorded by the rebalance callback and acted on by
+/// the consumer loop right after the poll that triggered it.
+enum Control {
+    Assigned(i32, Claim),
+    Revoked(Vec<i32>),
+}
+
+/// Consumer context that claims each assigned partition in the database.
+pub struct ClaimContext {
+    shared: Arc<Shared>,
+    handle: Handle,
+    owner: String,
+    controls: Mutex<Vec<Control>>,
+    shutdown: CancellationToken,
+}
+
+impl ClaimContext {
+    /// A context claiming partitions of `shared.orders_topic` as `owner`.
+    pub fn new(shared: Arc<Shared>, handle: Handle, owner: String, shutdown: CancellationToken) -> ClaimContext {
+        ClaimContext { shared, handle, owner, controls: Mutex::new(Vec::new()), shutdown }
+    }
+
+    fn push(&self, control: Control) {
+        self.controls.lock().expect("controls lock").push(control);
+    }
+
+    fn claim(&self, partition: i32) -> Option<Claim> {
+        let (store, topic, owner) = (&self.shared.store, &self.shared.orders_topic, &self.owner);
+        let shutdown = self.shutdown.clone();
+        self.handle.block_on(async {
+            tokio::select! {
+                claim = publish::retry("claim", || store.claim(topic, partition, owner)) => Some(claim),
+                () = shutdown.cancelled() => None,
+            }
+        })
+    }
+}
+
+impl ClientContext for ClaimContext {}
+
+impl ConsumerContext for ClaimContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let topic = self.shared.orders_topic.clone();
+                let partitions: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
+                for partition in partitions {
+                    let Some(claim) = self.claim(partition) else { return };
+                    metrics::CLAIMS.inc();
+                    tracing::info!(partition, epoch = claim.epoch, next_offset = claim.next_offset,
+                        dedupe_from_offset = claim.dedupe_from_offset, "Partition claimed.");
+                    if let Err(error) = tpl.set_partition_offset(&topic, partition, Offset::Offset(claim.dedupe_from_offset)) {
+                        tracing::error!(partition, %error, "Could not set the start offset.");
+                    }
+                    self.push(Control::Assigned(partition, claim));
+                }
+                if let Err(error) = consumer.assign(tpl).and_then(|()| consumer.resume(tpl)) {
+                    tracing::error!(%error, "Assigning partitions failed.");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = tpl.elements().iter().map(|e| e.partition()).collect();
+                self.push(Control::Revoked(revoked));
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "Unassigning partitions failed.");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "Rebalance failed; dropping the assignment.");
+                self.push(Control::Revoked(tpl.elements().iter().map(|e| e.partition()).collect()));
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// One assigned partition as seen from the consumer thread.
+struct Lane {
+    batches: mpsc::Sender<Vec<Message>>,
+    pending: Vec<Message>,
+    opened: Option<Instant>,
+    task: JoinHandle<Ended>,
+    read_to: i64,
+}
+
+/// Batch limits and drain time for the loop.
+pub struct LoopSettings {
+    /// Close a batch at this many messages.
+    pub batch_max_events: usize,
+    /// Close a batch this long after its first message.
+    pub batch_max: Duration,
+    /// How long in-flight batches may take on shutdown.
+    pub drain: Duration,
+}
+
+fn owned(message: &BorrowedMessage<'_>) -> Message {
+    Message {
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().unwrap_or_default().to_vec(),
+        timestamp_ms: message.timestamp().to_millis(),
+        headers: message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// Runs the consumer until `shutdown`, then drains: pending batches are
+/// handed over and their partials published (within `settings.drain`), and
+/// the last offsets are committed as hints.
+pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, shutdown: CancellationToken) {
+    let ctx = consumer.context();
+    let (shared, handle) = (ctx.shared.clone(), ctx.handle.clone());
+    let (acks_tx, acks) = std::sync::mpsc::channel();
+    let mut lanes: HashMap<i32, Lane> = HashMap::new();
+    let mut last_lag = Instant::now();
+    metrics::READY.set(1);
+    while !shutdown.is_cancelled() {
+        let polled = consumer.poll(Duration::from_millis(50));
+        let controls = std::mem::take(&mut *ctx.controls.lock().expect("controls lock"));
+        for control in controls {
+            match control {
+                Control::Assigned(partition, claim) => {
+                    let (tx, rx) = mpsc::channel(2);
+                    let task = handle.spawn(PartitionTask::new(partition, claim, shared.clone()).run(rx, acks_tx.clone()));
+                    let lane = Lane { batches: tx, pending: Vec::new(), opened: None, task, read_to: claim.dedupe_from_offset };
+                    if let Some(old) = lanes.insert(partition, lane) {
+                        old.task.abort();
+                    }
+                }
+                Control::Revoked(partitions) => {
+                    for partition in partitions {
+                        if let Some(lane) = lanes.remove(&partition) {
+                            // The next owner re-reads whatever this lane had not published.
+                            lane.task.abort();
+                        }
+                    }
+                }
+            }
+        }
+        metrics::ASSIGNED.set(lanes.len() as i64);
+        match polled {
+            Some(Ok(message)) => {
+                if let Some(lane) = lanes.get_mut(&message.partition()) {
+                    lane.read_to = message.offset() + 1;
+                    lane.opened.get_or_insert_with(Instant::now);
+                    lane.pending.push(owned(&message));
+                }
+            }
+            Some(Err(error)) => tracing::warn!(%error, "Consumer error."),
+            None => {}
+        }
+        hand_over_due(&mut lanes, &settings, &consumer, &shared.orders_topic, false);
+        commit_hints(&consumer, &shared.orders_topic, &acks, CommitMode::Async);
+        if last_lag.elapsed() > Duration::from_secs(5) {
+            record_lag(&consumer, &shared.orders_topic, &lanes);
+            last_lag = Instant::now();
+        }
+    }
+    metrics::READY.set(0);
+    tracing::info!(partitions = lanes.len(), "Draining in-flight batches.");
+    hand_over_due(&mut lanes, &settings, &consumer, &shared.orders_topic, true);
+    let deadline = tokio::time::Instant::now() + settings.drain;
+    handle.block_on(async {
+        for (partition, lane) in lanes.drain() {
+            drop(lane.batches);
+            if tokio::time::timeout_at(deadline, lane.task).await.is_err() {
+                tracing::warn!(partition, "Drain timed out; the next owner will redo this partition's last batch.");
+            }
+        }
+    });
+    commit_hints(&consumer, &shared.orders_topic, &acks, CommitMode::Sync);
+    consumer.unsubscribe();
+}
+
+fn hand_over_due(
+    lanes: &mut HashMap<i32, Lane>,
+    settings: &LoopSettings,
+    consumer: &BaseConsumer<ClaimContext>,
+    topic: &str,
+    everything: bool,
+) {
+    let mut stopped = Vec::new();
+    for (&partition, lane) in lanes.iter_mut() {
+        let due = lane.pending.len() >= settings.batch_max_events
+            || lane.opened.is_some_and(|t| t.elapsed() >= settings.batch_max);
+        if lane.pending.is_empty() || !(due || everything) {
+            continue;
+        }
+        lane.opened = None;
+        let batch = std::mem::take(&mut lane.pending);
+        // Blocks while the partition's task is two batches behind: bounded memory.
+        if lane.batches.blocking_send(batch).is_err() {
+            stopped.push(partition);
+        }
+    }
+    for partition in stopped {
+        lanes.remove(&partition);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        if let Err(error) = consumer.pause(&tpl) {
+            tracing::warn!(partition, %error, "Could not pause a fenced partition.");
+        }
+    }
+}
+
+fn commit_hints(
+    consumer: &BaseConsumer<ClaimContext>,
+    topic: &str,
+    acks: &std::sync::mpsc::Receiver<(i32, i64)>,
+    mode: CommitMode,
+) {
+    let mut latest: HashMap<i32, i64> = HashMap::new();
+    while let Ok((partition, next)) = acks.try_recv() {
+        latest.insert(partition, next);
+    }
+    if latest.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (partition, next) in latest {
+        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+    }
+    // Only a hint for lag dashboards: the database fence is the truth.
+    if let Err(error) = consumer.commit(&tpl, mode) {
+        tracing::debug!(%error, "Offset commit hint failed.");
+    }
+}
+
+fn record_lag(consumer: &BaseConsumer<ClaimContext>, topic: &str, lanes: &HashMap<i32, Lane>) {
+    for (&partition, lane) in lanes {
+        if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_millis(500)) {
+            metrics::LAG.with_label_values(&[&partition.to_string()]).set((high - lane.read_to).max(0));
+        }
+    }
+}

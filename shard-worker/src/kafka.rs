@@ -1,0 +1,79 @@
+//! Kafka client settings and topic creation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::error::WorkerError;
+
+/// A client config for `brokers` with the operator's extra properties applied last.
+pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in extra {
+        config.set(key, value);
+    }
+    config
+}
+
+/// An idempotent producer with `acks=all`: a retried send never duplicates or
+/// reorders within a partition.
+///
+/// Fails when librdkafka rejects the configuration.
+pub fn idempotent_producer(brokers: &str, extra: &BTreeMap<String, String>) -> Result<FutureProducer, KafkaError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000");
+    for (key, value) in extra {
+        config.set(key, value);
+    }
+    config.create()
+}
+
+/// Creates each topic in `topics` that the cluster does not have yet, with
+/// `partitions` partitions. Topics that exist are left as they are.
+///
+/// Fails when the cluster is unreachable or refuses a creation.
+pub async fn ensure_topics(
+    brokers: &str,
+    extra: &BTreeMap<String, String>,
+    topics: &[&str],
+    partitions: i32,
+    replication: i32,
+) -> Result<(), WorkerError> {
+    let kafka = |op| move |source| WorkerError::Kafka { op, brokers: brokers.to_owned(), source };
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers, extra).create().map_err(kafka("admin client"))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(kafka("metadata"))?;
+    let missing: Vec<NewTopic<'_>> = topics
+        .iter()
+        .filter(|t| !metadata.topics().iter().any(|m| m.name() == **t && !m.partitions().is_empty()))
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&missing, &options).await.map_err(kafka("create topics"))?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, partitions, "Created topic."),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(WorkerError::Topic { topic, reason: code.to_string() }),
+        }
+    }
+    Ok(())
+}

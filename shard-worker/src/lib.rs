@@ -1,0 +1,30 @@
+//! `tally worker`: consumes `orders`, claims each assigned partition in the
+//! database, and publishes one partial per offset range to `tally.partials`.
+//!
+//! - [`config`]: settings, defaults and validation.
+//! - [`run()`]: the entry point; connects, subscribes, drains on shutdown.
+//! - [`consumer`]: the consumer thread, claims in the rebalance callback, batching.
+//! - [`partition`]: one claimed partition: decode, dedupe, aggregate, publish.
+//! - [`decode`]: raw messages to an Arrow batch (the hot path's first half).
+//! - [`aggregate`]: DataFusion partial totals (the hot path's second half).
+//! - [`dedupe`]: the per-partition window of seen event ids.
+//! - [`publish`]: dead letters and partials, retried until acknowledged.
+//! - [`kafka`]: client settings and topic creation.
+//! - [`metrics`]: the worker's Prometheus metrics.
+//! - [`error`]: what can stop a worker.
+
+pub mod aggregate;
+pub mod config;
+pub mod consumer;
+pub mod decode;
+pub mod dedupe;
+pub mod error;
+pub mod kafka;
+pub mod metrics;
+pub mod partition;
+pub mod publish;
+mod run;
+
+pub use config::WorkerConfig;
+pub use error::WorkerError;
+pub use run::run;

@@ -1,0 +1,91 @@
+//! The worker's Prometheus metrics, defined once and registered in the
+//! default registry (shared by every worker in a process, as in the demo).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
+
+/// Events by outcome: `counted`, `duplicate`, `invalid`.
+pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_worker_events_total",
+        "Order events handled by workers, by outcome.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Messages per batch.
+pub static BATCH_EVENTS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tally_worker_batch_events",
+        "Messages per worker batch.",
+        vec![1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 20_000.0, 50_000.0, 100_000.0]
+    )
+    .expect("metric registers once")
+});
+
+/// Decode, dedupe and aggregation time of one batch.
+pub static BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tally_worker_batch_duration_seconds",
+        "Time to decode, dedupe and aggregate one batch.",
+        prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+/// Partials acknowledged by the broker.
+pub static PARTIALS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tally_worker_partials_published_total", "Partials acknowledged by the broker.")
+        .expect("metric registers once")
+});
+
+/// Dead-letter records acknowledged by the broker.
+pub static DLQ_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tally_worker_dlq_writes_total", "Invalid events written to the dead-letter topic.")
+        .expect("metric registers once")
+});
+
+/// Partitions this worker stopped because another claimed them.
+pub static FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tally_worker_fenced_total", "Partitions stopped because a newer claim fenced this worker.")
+        .expect("metric registers once")
+});
+
+/// Successful partition claims.
+pub static CLAIMS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tally_worker_claims_total", "Partition claims made in the database.")
+        .expect("metric registers once")
+});
+
+/// Publish and database errors that were retried.
+pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_worker_retries_total", "Operations retried after an error.", &["operation"])
+        .expect("metric registers once")
+});
+
+/// Partitions currently assigned.
+pub static ASSIGNED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("tally_worker_assigned_partitions", "Partitions currently assigned to this process.")
+        .expect("metric registers once")
+});
+
+/// High watermark minus the next offset this worker will read.
+pub static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "tally_worker_consumer_lag_messages",
+        "Messages in the partition after the last one this worker read.",
+        &["partition"]
+    )
+    .expect("metric registers once")
+});
+
+/// 1 once the worker has connected to the database and joined its group.
+pub static READY: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("tally_worker_ready", "1 when the worker is connected and consuming.")
+        .expect("metric registers once")
+});

@@ -1,0 +1,74 @@
+//! `run`: connect, create topics, subscribe, and consume until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::Producer;
+use rdkafka::util::Timeout;
+use store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WorkerConfig;
+use crate::consumer::{poll_loop, ClaimContext, LoopSettings};
+use crate::error::WorkerError;
+use crate::kafka::{client_config, ensure_topics, idempotent_producer};
+use crate::partition::Shared;
+use crate::publish::retry;
+
+/// Runs one shard worker until `shutdown` is cancelled, then drains and
+/// returns.
+///
+/// Fails before connecting when the configuration is invalid, and when a
+/// Kafka client cannot be created. An unreachable database or broker is
+/// retried with capped backoff instead.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    config.validate()?;
+    let owner = config.instance();
+    let store = tokio::select! {
+        store = retry("database_connect", || Store::connect(&config.database_url)) => Arc::new(store),
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let topics = [config.orders_topic.as_str(), &config.partials_topic, &config.dlq_topic];
+    tokio::select! {
+        () = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_partitions, config.replication_factor)) => {}
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    let kafka = |op| |source| WorkerError::Kafka { op, brokers: config.brokers.clone(), source };
+    let producer = idempotent_producer(&config.brokers, &config.kafka).map_err(kafka("producer"))?;
+    let shared = Arc::new(Shared {
+        store,
+        producer: producer.clone(),
+        session: crate::aggregate::session(),
+        orders_topic: config.orders_topic.clone(),
+        partials_topic: config.partials_topic.clone(),
+        dlq_topic: config.dlq_topic.clone(),
+        dedupe_window_ms: config.dedupe_window_secs as i64 * 1000,
+    });
+    let context = ClaimContext::new(shared, tokio::runtime::Handle::current(), owner.clone(), shutdown.clone());
+    let mut consumer_config = client_config(&config.brokers, &config.kafka);
+    consumer_config
+        .set("group.id", &config.group_id)
+        .set("client.id", &owner)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(250).to_string());
+    let consumer: BaseConsumer<ClaimContext> =
+        consumer_config.create_with_context(context).map_err(kafka("consumer"))?;
+    consumer.subscribe(&[&config.orders_topic]).map_err(kafka("subscribe"))?;
+    tracing::info!(owner, topic = config.orders_topic, group = config.group_id, "Worker consuming.");
+    let settings = LoopSettings {
+        batch_max_events: config.batch_max_events,
+        batch_max: Duration::from_millis(config.batch_max_ms),
+        drain: Duration::from_millis(config.drain_timeout_ms),
+    };
+    let loop_shutdown = shutdown.clone();
+    tokio::task::spawn_blocking(move || poll_loop(consumer, settings, loop_shutdown))
+        .await
+        .map_err(|e| WorkerError::Thread(e.to_string()))?;
+    producer.flush(Timeout::After(Duration::from_secs(10))).map_err(kafka("producer flush"))?;
+    tracing::info!(owner, "Worker stopped.");
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! tally's database: the single source of truth for totals and progress.
+//!
+//! - [`fence`]: the claim and fence rules as pure functions.
+//! - [`postgres`]: PostgreSQL, with one multi-row `UNNEST` upsert per flush.
+//! - [`sqlite`]: the embedded SQLite sink, exact decimal text.
+//! - [`error`]: errors that say what failed and whether to retry.
+//!
+//! Both databases get their schema from the versioned files in
+//! `store/migrations/`, applied on connect.
+//!
+//! This crate is shared by the worker (claims) and the aggregator (fenced
+//! upserts), which is why it is not inside `aggregator/`.
+
+pub mod error;
+pub mod fence;
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+pub use error::{Result, StoreError};
+pub use fence::{Fence, Plan, SourcePartition};
+use schemas::{Partial, Sums, Totals, TotalsKey};
+
+/// What a claim returns: where the new owner starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The new epoch; partials must carry it.
+    pub epoch: i64,
+    /// First offset to count.
+    pub next_offset: i64,
+    /// First offset to read to rebuild the dedupe window.
+    pub dedupe_from_offset: i64,
+}
+
+/// A `tally_partitions` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// The fence.
+    pub fence: Fence,
+    /// Events counted into totals so far.
+    pub counted_events: i64,
+    /// Duplicates dropped so far.
+    pub duplicate_events: i64,
+    /// Invalid events sent to the dead-letter topic so far.
+    pub invalid_events: i64,
+}
+
+/// A connected database.
+pub enum Store {
+    /// PostgreSQL.
+    Postgres(postgres::PgStore),
+    /// SQLite.
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// Removes the password from a URL, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Connects and applies pending migrations.
+    ///
+    /// Fails when the URL is unsupported, the database is unreachable, or a
+    /// migration fails.
+    pub async fn connect(url: &str) -> Result<Store> {
+        let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Store::Postgres(postgres::PgStore::connect(url).await?)
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            Store::Sqlite(sqlite::SqliteStore::open(path).await?)
+        } else {
+            return Err(StoreError::UnsupportedUrl { url: redact(url) });
+        };
+        Ok(store)
+    }
+
+    /// Claims a partition for `owner`: raises its epoch and returns where to
+    /// start. Creates the fence at offset 0 on first claim.
+    pub async fn claim(&self, topic: &str, partition: i32, owner: &str) -> Result<Claim> {
+        match self {
+            Store::Postgres(s) => s.claim(topic, partition, owner).await,
+            Store::Sqlite(s) => s.claim(topic, partition, owner).await,
+        }
+    }
+
+    /// The partition's current epoch, if it was ever claimed.
+    pub async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        match self {
+            Store::Postgres(s) => s.epoch(topic, partition).await,
+            Store::Sqlite(s) => s.epoch(topic, partition).await,
+        }
+    }
+
+    /// In one transaction: locks the fences of the partitions involved, judges
+    /// `partials` in order, upserts the merged sums of those that apply, and
+    /// advances their fences. Returns the plan that was committed.
+    ///
+    /// Fails (and changes nothing) when the database does.
+    pub async fn apply(&self, partials: &[Partial]) -> Result<Plan> {
+        match self {
+            Store::Postgres(s) => s.apply(partials).await,
+            Store::Sqlite(s) => s.apply(partials).await,
+        }
+    }
+
+    /// Every row of `merchant_sales`, optionally of one merchant.
+    pub async fn totals(&self, merchant: Option<&str>) -> Result<Totals> {
+        match self {
+            Store::Postgres(s) => s.totals(merchant).await,
+            Store::Sqlite(s) => s.totals(merchant).await,
+        }
+    }
+
+    /// Every row of `tally_partitions`.
+    pub async fn progress(&self) -> Result<Vec<PartitionProgress>> {
+        match self {
+            Store::Postgres(s) => s.progress().await,
+            Store::Sqlite(s) => s.progress().await,
+        }
+    }
+}
+
+/// The distinct source partitions of `partials`, sorted (lock order).
+pub(crate) fn sources(partials: &[Partial]) -> Vec<SourcePartition> {
+    let mut sources: Vec<SourcePartition> =
+        partials.iter().map(|p| (p.topic.clone(), p.partition)).collect();
+    sources.sort();
+    sources.dedup();
+    sources
+}
+
+pub(crate) fn parse_row(
+    merchant_id: String,
+    currency: String,
+    day: &str,
+    amounts: [&str; 2],
+    counts: [i64; 2],
+) -> Result<(TotalsKey, Sums)> {
+    let corrupt = |column: &'static str, value: &str, reason: String| StoreError::Corrupt {
+        column,
+        value: value.to_owned(),
+        reason,
+    };
+    let day = schemas::Day::parse(day).map_err(|e| corrupt("day", day, e.to_string()))?;
+    let amount = |column, text: &str| {
+        schemas::Amount::parse_stored(text).map_err(|e| corrupt(column, text, e.to_string()))
+    };
+    Ok((
+        TotalsKey { merchant_id, currency, day },
+        Sums {
+            sales_amount: amount("sales_amount", amounts[0])?,
+            sales_count: counts[0],
+            refund_amount: amount("refund_amount", amounts[1])?,
+            refund_count: counts[1],
+        },
+    ))
+}
+
+pub(crate) type Fences = BTreeMap<SourcePartition, Fence>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

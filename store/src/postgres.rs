@@ -1,0 +1,256 @@
+//! PostgreSQL: fenced upserts with one multi-row `UNNEST` statement per flush.
+
+use std::collections::BTreeMap;
+
+use schemas::{Partial, Totals};
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::{pg, Result};
+use crate::fence::{self, Fence, Plan};
+use crate::{parse_row, sources, Claim, PartitionProgress};
+
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/postgres/0001_init.sql"))];
+
+/// Arbitrary constant that serialises concurrent migrations.
+const MIGRATION_LOCK: i64 = 0x7a11_7a11;
+
+const UPSERT: &str = "
+INSERT INTO merchant_sales AS s (merchant_id, currency, day, sales_amount, sales_count,
+                                 refund_amount, refund_count, net_amount, updated_at)
+SELECT u.m, u.c, u.d::date, u.sa::numeric, u.sc, u.ra::numeric, u.rc,
+       u.sa::numeric - u.ra::numeric, now()
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::int8[])
+     AS u(m, c, d, sa, sc, ra, rc)
+ON CONFLICT (merchant_id, currency, day) DO UPDATE SET
+    sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
+    sales_count   = s.sales_count   + EXCLUDED.sales_count,
+    refund_amount = s.refund_amount + EXCLUDED.refund_amount,
+    refund_count  = s.refund_count  + EXCLUDED.refund_count,
+    net_amount    = s.net_amount    + EXCLUDED.net_amount,
+    updated_at    = EXCLUDED.updated_at";
+
+const ADVANCE: &str = "
+UPDATE tally_partitions AS t SET
+    next_offset = u.n, dedupe_from_offset = u.df,
+    counted_events = t.counted_events + u.ce,
+    duplicate_events = t.duplicate_events + u.de,
+    invalid_events = t.invalid_events + u.ie,
+    updated_at = now()
+FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+     AS u(t, p, n, df, ce, de, ie)
+WHERE t.topic = u.t AND t.partition = u.p";
+
+/// A PostgreSQL database, reconnected on demand after a lost connection.
+pub struct PgStore {
+    url: String,
+    client: Mutex<Option<Client>>,
+}
+
+impl PgStore {
+    /// Connects and migrates. Fails when unreachable or a migration fails.
+    pub async fn connect(url: &str) -> Result<PgStore> {
+        let store = PgStore { url: url.to_owned(), client: Mutex::new(None) };
+        let mut client = store.client().await?;
+        migrate(client.as_mut().expect("connected")).await?;
+        drop(client);
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            let (client, connection) =
+                tokio_postgres::connect(&self.url, NoTls).await.map_err(pg("connect"))?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(%error, "PostgreSQL connection closed.");
+                }
+            });
+            *guard = Some(client);
+        }
+        Ok(guard)
+    }
+
+    pub(crate) async fn claim(&self, topic: &str, partition: i32, owner: &str) -> Result<Claim> {
+        let guard = self.client().await?;
+        let row = guard
+            .as_ref()
+            .expect("connected")
+            .query_one(
+                "INSERT INTO tally_partitions AS t (topic, partition, epoch, next_offset,
+                     dedupe_from_offset, claimed_by, claimed_at, updated_at)
+                 VALUES ($1, $2, 1, 0, 0, $3, now(), now())
+                 ON CONFLICT (topic, partition) DO UPDATE SET
+                     epoch = t.epoch + 1, claimed_by = EXCLUDED.claimed_by, claimed_at = now()
+                 RETURNING epoch, next_offset, dedupe_from_offset",
+                &[&topic, &partition, &owner],
+            )
+            .await
+            .map_err(pg("claim"))?;
+        Ok(Claim { epoch: row.get(0), next_offset: row.get(1), dedupe_from_offset: row.get(2) })
+    }
+
+    pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let guard = self.client().await?;
+        let row = guard
+            .as_ref()
+            .expect("connected")
+            .query_opt(
+                "SELECT epoch FROM tally_partitions WHERE topic = $1 AND partition = $2",
+                &[&topic, &partition],
+            )
+            .await
+            .map_err(pg("epoch read"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub(crate) async fn apply(&self, partials: &[Partial]) -> Result<Plan> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let (topics, parts): (Vec<String>, Vec<i32>) = sources(partials).into_iter().unzip();
+        // Locks are taken in (topic, partition) order so that concurrent
+        // aggregators cannot deadlock each other.
+        let rows = tx
+            .query(
+                "SELECT t.topic, t.partition, t.epoch, t.next_offset, t.dedupe_from_offset
+                 FROM tally_partitions t
+                 JOIN UNNEST($1::text[], $2::int4[]) AS u(topic, partition)
+                   ON t.topic = u.topic AND t.partition = u.partition
+                 ORDER BY t.topic, t.partition
+                 FOR UPDATE OF t",
+                &[&topics, &parts],
+            )
+            .await
+            .map_err(pg("fence lock"))?;
+        let fences: BTreeMap<_, _> = rows
+            .iter()
+            .map(|r| {
+                let fence = Fence { epoch: r.get(2), next_offset: r.get(3), dedupe_from_offset: r.get(4) };
+                ((r.get::<_, String>(0), r.get::<_, i32>(1)), fence)
+            })
+            .collect();
+        let plan = fence::plan(&fences, partials);
+        if !plan.deltas.is_empty() {
+            upsert(&tx, &plan.deltas).await?;
+        }
+        if !plan.advanced.is_empty() {
+            advance(&tx, &plan).await?;
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(plan)
+    }
+
+    pub(crate) async fn totals(&self, merchant: Option<&str>) -> Result<Totals> {
+        let guard = self.client().await?;
+        let rows = guard
+            .as_ref()
+            .expect("connected")
+            .query(
+                "SELECT merchant_id, currency::text, day::text, sales_amount::text, sales_count,
+                        refund_amount::text, refund_count
+                 FROM merchant_sales WHERE $1::text IS NULL OR merchant_id = $1",
+                &[&merchant],
+            )
+            .await
+            .map_err(pg("totals read"))?;
+        rows.iter()
+            .map(|r| {
+                parse_row(r.get(0), r.get(1), r.get(2), [r.get(3), r.get(5)], [r.get(4), r.get(6)])
+            })
+            .collect()
+    }
+
+    pub(crate) async fn progress(&self) -> Result<Vec<PartitionProgress>> {
+        let guard = self.client().await?;
+        let rows = guard
+            .as_ref()
+            .expect("connected")
+            .query(
+                "SELECT topic, partition, epoch, next_offset, dedupe_from_offset, counted_events,
+                        duplicate_events, invalid_events
+                 FROM tally_partitions ORDER BY topic, partition",
+                &[],
+            )
+            .await
+            .map_err(pg("progress read"))?;
+        Ok(rows
+            .iter()
+            .map(|r| PartitionProgress {
+                topic: r.get(0),
+                partition: r.get(1),
+                fence: Fence { epoch: r.get(2), next_offset: r.get(3), dedupe_from_offset: r.get(4) },
+                counted_events: r.get(5),
+                duplicate_events: r.get(6),
+                invalid_events: r.get(7),
+            })
+            .collect())
+    }
+}
+
+async fn upsert(tx: &tokio_postgres::Transaction<'_>, deltas: &Totals) -> Result<u64> {
+    let n = deltas.len();
+    let (mut m, mut c, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut sa, mut sc, mut ra, mut rc) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for (key, sums) in deltas {
+        m.push(key.merchant_id.as_str());
+        c.push(key.currency.as_str());
+        d.push(key.day.to_string());
+        sa.push(sums.sales_amount.to_string());
+        sc.push(sums.sales_count);
+        ra.push(sums.refund_amount.to_string());
+        rc.push(sums.refund_count);
+    }
+    tx.execute(UPSERT, &[&m, &c, &d, &sa, &sc, &ra, &rc]).await.map_err(pg("upsert"))
+}
+
+async fn advance(tx: &tokio_postgres::Transaction<'_>, plan: &Plan) -> Result<u64> {
+    let mut cols: (Vec<&str>, Vec<i32>, Vec<i64>, Vec<i64>) = Default::default();
+    let (mut ce, mut de, mut ie) = (Vec::new(), Vec::new(), Vec::new());
+    for ((topic, partition), fence) in &plan.advanced {
+        let events = plan.events.get(&(topic.clone(), *partition)).copied().unwrap_or_default();
+        cols.0.push(topic);
+        cols.1.push(*partition);
+        cols.2.push(fence.next_offset);
+        cols.3.push(fence.dedupe_from_offset);
+        ce.push(events.counted as i64);
+        de.push(events.duplicate as i64);
+        ie.push(events.invalid as i64);
+    }
+    tx.execute(ADVANCE, &[&cols.0, &cols.1, &cols.2, &cols.3, &ce, &de, &ie])
+        .await
+        .map_err(pg("fence advance"))
+}
+
+async fn migrate(client: &mut Client) -> Result<()> {
+    let tx = client.transaction().await.map_err(pg("begin migration"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg("migration lock"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tally_migrations (
+             version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)",
+    )
+    .await
+    .map_err(pg("migration table"))?;
+    for &(version, name, sql) in MIGRATIONS {
+        let done = tx
+            .query_opt("SELECT 1 FROM tally_migrations WHERE version = $1", &[&version])
+            .await
+            .map_err(pg("migration check"))?;
+        if done.is_none() {
+            tx.batch_execute(sql).await.map_err(pg("migration"))?;
+            tx.execute(
+                "INSERT INTO tally_migrations (version, name, applied_at) VALUES ($1, $2, now())",
+                &[&version, &name],
+            )
+            .await
+            .map_err(pg("migration record"))?;
+            tracing::info!(version, name, "Applied PostgreSQL migration.");
+        }
+    }
+    tx.commit().await.map_err(pg("commit migration"))
+}

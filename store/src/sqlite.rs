@@ -1,0 +1,276 @@
+//! SQLite, the embedded sink. Amounts are stored as decimal text and summed
+//! in exact integer units by tally, never by SQLite's floating arithmetic.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use schemas::{Amount, Partial, Sums, Totals};
+
+use crate::error::{lite, Result, StoreError};
+use crate::fence::{self, Fence, Plan};
+use crate::{parse_row, sources, Claim, PartitionProgress};
+
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// A SQLite file shared by every process that opens it (WAL mode).
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the file at `path`.
+    ///
+    /// Fails when the file cannot be opened or a migration fails.
+    pub async fn open(path: &str) -> Result<SqliteStore> {
+        let path = path.to_owned();
+        let conn = blocking(move || {
+            let mut conn = Connection::open(&path).map_err(lite("open"))?;
+            conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(lite("busy timeout"))?;
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(lite("journal mode"))?;
+            // Totals are money: every commit is durable before it is acknowledged.
+            conn.pragma_update(None, "synchronous", "FULL").map_err(lite("synchronous"))?;
+            migrate(&mut conn)?;
+            Ok(conn)
+        })
+        .await?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        blocking(move || {
+            let mut guard = conn.lock().map_err(|e| StoreError::Join(e.to_string()))?;
+            f(&mut guard)
+        })
+        .await
+    }
+
+    pub(crate) async fn claim(&self, topic: &str, partition: i32, owner: &str) -> Result<Claim> {
+        let (topic, owner) = (topic.to_owned(), owner.to_owned());
+        self.with(move |conn| {
+            let sql = format!(
+                "INSERT INTO tally_partitions (topic, partition, epoch, next_offset,
+                     dedupe_from_offset, claimed_by, claimed_at, updated_at)
+                 VALUES (?1, ?2, 1, 0, 0, ?3, {NOW}, {NOW})
+                 ON CONFLICT (topic, partition) DO UPDATE SET
+                     epoch = epoch + 1, claimed_by = excluded.claimed_by, claimed_at = {NOW}
+                 RETURNING epoch, next_offset, dedupe_from_offset"
+            );
+            conn.query_row(&sql, params![topic, partition, owner], |r| {
+                Ok(Claim { epoch: r.get(0)?, next_offset: r.get(1)?, dedupe_from_offset: r.get(2)? })
+            })
+            .map_err(lite("claim"))
+        })
+        .await
+    }
+
+    pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let topic = topic.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT epoch FROM tally_partitions WHERE topic = ?1 AND partition = ?2",
+                params![topic, partition],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(lite("epoch read"))
+        })
+        .await
+    }
+
+    pub(crate) async fn apply(&self, partials: &[Partial]) -> Result<Plan> {
+        let partials = partials.to_vec();
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(lite("begin"))?;
+            let mut fences = BTreeMap::new();
+            for (topic, partition) in sources(&partials) {
+                let fence = tx
+                    .query_row(
+                        "SELECT epoch, next_offset, dedupe_from_offset FROM tally_partitions
+                         WHERE topic = ?1 AND partition = ?2",
+                        params![topic, partition],
+                        |r| Ok(Fence { epoch: r.get(0)?, next_offset: r.get(1)?, dedupe_from_offset: r.get(2)? }),
+                    )
+                    .optional()
+                    .map_err(lite("fence read"))?;
+                if let Some(fence) = fence {
+                    fences.insert((topic, partition), fence);
+                }
+            }
+            let plan = fence::plan(&fences, &partials);
+            upsert(&tx, &plan.deltas)?;
+            advance(&tx, &plan)?;
+            tx.commit().map_err(lite("commit"))?;
+            Ok(plan)
+        })
+        .await
+    }
+
+    pub(crate) async fn totals(&self, merchant: Option<&str>) -> Result<Totals> {
+        let merchant = merchant.map(str::to_owned);
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount,
+                            refund_count
+                     FROM merchant_sales WHERE ?1 IS NULL OR merchant_id = ?1",
+                )
+                .map_err(lite("totals read"))?;
+            let rows = stmt
+                .query_map(params![merchant], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })
+                .map_err(lite("totals read"))?;
+            let mut totals = Totals::new();
+            for row in rows {
+                let (m, c, d, sa, sc, ra, rc) = row.map_err(lite("totals read"))?;
+                let (key, sums) = parse_row(m, c, &d, [&sa, &ra], [sc, rc])?;
+                totals.insert(key, sums);
+            }
+            Ok(totals)
+        })
+        .await
+    }
+
+    pub(crate) async fn progress(&self) -> Result<Vec<PartitionProgress>> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT topic, partition, epoch, next_offset, dedupe_from_offset,
+                            counted_events, duplicate_events, invalid_events
+                     FROM tally_partitions ORDER BY topic, partition",
+                )
+                .map_err(lite("progress read"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(PartitionProgress {
+                        topic: r.get(0)?,
+                        partition: r.get(1)?,
+                        fence: Fence { epoch: r.get(2)?, next_offset: r.get(3)?, dedupe_from_offset: r.get(4)? },
+                        counted_events: r.get(5)?,
+                        duplicate_events: r.get(6)?,
+                        invalid_events: r.get(7)?,
+                    })
+                })
+                .map_err(lite("progress read"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(lite("progress read"))
+        })
+        .await
+    }
+}
+
+fn upsert(tx: &rusqlite::Transaction<'_>, deltas: &Totals) -> Result<()> {
+    let mut read = tx
+        .prepare_cached(
+            "SELECT sales_amount, sales_count, refund_amount, refund_count FROM merchant_sales
+             WHERE merchant_id = ?1 AND currency = ?2 AND day = ?3",
+        )
+        .map_err(lite("upsert read"))?;
+    let mut write = tx
+        .prepare_cached(&format!(
+            "INSERT OR REPLACE INTO merchant_sales (merchant_id, currency, day, sales_amount,
+                 sales_count, refund_amount, refund_count, net_amount, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {NOW})"
+        ))
+        .map_err(lite("upsert write"))?;
+    for (key, delta) in deltas {
+        let day = key.day.to_string();
+        let existing = read
+            .query_row(params![key.merchant_id, key.currency, day], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            })
+            .optional()
+            .map_err(lite("upsert read"))?;
+        let mut sums = match existing {
+            Some((sa, sc, ra, rc)) => parse_row(String::new(), String::new(), &day, [&sa, &ra], [sc, rc])?.1,
+            None => Sums::default(),
+        };
+        sums.merge(delta);
+        write
+            .execute(params![
+                key.merchant_id,
+                key.currency,
+                day,
+                sums.sales_amount.to_string(),
+                sums.sales_count,
+                sums.refund_amount.to_string(),
+                sums.refund_count,
+                sums.net_amount().to_string(),
+            ])
+            .map_err(lite("upsert write"))?;
+    }
+    Ok(())
+}
+
+fn advance(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<()> {
+    let mut stmt = tx
+        .prepare_cached(&format!(
+            "UPDATE tally_partitions SET next_offset = ?3, dedupe_from_offset = ?4,
+                 counted_events = counted_events + ?5, duplicate_events = duplicate_events + ?6,
+                 invalid_events = invalid_events + ?7, updated_at = {NOW}
+             WHERE topic = ?1 AND partition = ?2"
+        ))
+        .map_err(lite("fence advance"))?;
+    for ((topic, partition), fence) in &plan.advanced {
+        let events = plan.events.get(&(topic.clone(), *partition)).copied().unwrap_or_default();
+        stmt.execute(params![
+            topic,
+            partition,
+            fence.next_offset,
+            fence.dedupe_from_offset,
+            events.counted as i64,
+            events.duplicate as i64,
+            events.invalid as i64
+        ])
+        .map_err(lite("fence advance"))?;
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(lite("begin migration"))?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS tally_migrations (
+             version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+    )
+    .map_err(lite("migration table"))?;
+    for &(version, name, sql) in MIGRATIONS {
+        let done: Option<i64> = tx
+            .query_row("SELECT 1 FROM tally_migrations WHERE version = ?1", [version], |r| r.get(0))
+            .optional()
+            .map_err(lite("migration check"))?;
+        if done.is_none() {
+            tx.execute_batch(sql).map_err(lite("migration"))?;
+            tx.execute(
+                &format!("INSERT INTO tally_migrations VALUES (?1, ?2, {NOW})"),
+                params![version, name],
+            )
+            .map_err(lite("migration record"))?;
+            tracing::info!(version, name, "Applied SQLite migration.");
+        }
+    }
+    tx.commit().map_err(lite("commit migration"))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Join(e.to_string()))?
+}
+

@@ -1,0 +1,112 @@
+//! Command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// tally: exact per-merchant sales totals from order events.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about)]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `shard_worker=debug` (also RUST_LOG).
+    #[arg(long, global = true, env = "TALLY_LOG")]
+    pub log: Option<String>,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline in one process on an in-process Kafka cluster
+    /// and a SQLite file, then check the totals against the generator's.
+    Demo(DemoArgs),
+    /// Run a shard worker: orders → partials.
+    Worker(ServiceArgs),
+    /// Run an aggregator: partials → database.
+    Aggregator(ServiceArgs),
+    /// Print a merchant's totals from the database.
+    Query(QueryArgs),
+}
+
+/// Flags shared by the long-running services.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// TOML configuration file with `[worker]` and `[aggregator]` tables.
+    #[arg(long, env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides file and environment).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Database URL: postgres://… or sqlite://PATH (overrides file and environment).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Any field, as `section.field=value` (repeatable), e.g. `worker.batch_max_events=5000`.
+    #[arg(long = "set", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+    /// Address for /metrics, /healthz and /readyz (port 0 picks a free port).
+    #[arg(long, env = "TALLY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Flags of `tally demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Messages to generate (including duplicates and invalid ones).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Distinct merchants.
+    #[arg(long, default_value_t = 1_000)]
+    pub merchants: u32,
+    /// Partitions of each topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// SQLite file to (re)create.
+    #[arg(long, default_value = "tally-demo.sqlite")]
+    pub database: PathBuf,
+    /// Address for /metrics while the demo runs.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_addr: SocketAddr,
+}
+
+/// Flags of `tally query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The merchant to show.
+    #[arg(long)]
+    pub merchant: String,
+    /// Database URL (default: the configured aggregator database).
+    #[arg(long, env = "TALLY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{raw:?} is not section.field=value"))
+}
+
+impl ServiceArgs {
+    /// The flag overrides as `section.field=value` pairs for both roles.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for section in ["worker", "aggregator"] {
+            if let Some(brokers) = &self.brokers {
+                out.push((format!("{section}.brokers"), brokers.clone()));
+            }
+            if let Some(url) = &self.database_url {
+                out.push((format!("{section}.database_url"), url.clone()));
+            }
+        }
+        out.extend(self.set.iter().cloned());
+        out
+    }
+}

@@ -1,0 +1,153 @@
+//! `tally demo`: the whole pipeline in one process, with no outside services.
+//!
+//! librdkafka's in-process mock cluster stands in for Kafka and a SQLite file
+//! for the database; two workers and an aggregator run as tasks; the built-in
+//! generator publishes the traffic and knows the exact totals it implies.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use aggregator::AggregatorConfig;
+use ingest::generate::{Generator, GeneratorConfig};
+use ingest::produce::{bulk_producer, produce_all};
+use rdkafka::mocking::MockCluster;
+use schemas::{Amount, Totals};
+use shard_worker::WorkerConfig;
+use store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::DemoArgs;
+
+const ORDERS: &str = "orders";
+const PARTIALS: &str = "tally.partials";
+const DLQ: &str = "orders.dlq";
+
+/// Runs the demo; exits 0 only when the database equals the generator's totals.
+pub async fn run(args: DemoArgs) -> ExitCode {
+    match demo(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> Result<bool, String> {
+    let cluster = MockCluster::new(1).map_err(|e| format!("mock cluster: {e}"))?;
+    for topic in [ORDERS, PARTIALS, DLQ] {
+        cluster.create_topic(topic, args.partitions, 1).map_err(|e| format!("create {topic}: {e}"))?;
+    }
+    let brokers = cluster.bootstrap_servers();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", args.database.display()));
+    }
+    let database_url = format!("sqlite://{}", args.database.display());
+    let store = Store::connect(&database_url).await.map_err(|e| e.to_string())?;
+    let shutdown = CancellationToken::new();
+    let bound = crate::http::serve(args.metrics_addr, || true, shutdown.clone()).await.map_err(|e| e.to_string())?;
+    println!("tally demo: {} events, {} merchants, {} partitions; metrics on http://{bound}/metrics", args.events, args.merchants, args.partitions);
+
+    let mut services = Vec::new();
+    for name in ["worker-1", "worker-2"] {
+        let config = WorkerConfig {
+            brokers: brokers.clone(),
+            database_url: database_url.clone(),
+            instance_id: name.into(),
+            topic_partitions: args.partitions,
+            batch_max_ms: 100,
+            ..WorkerConfig::default()
+        };
+        let token = shutdown.clone();
+        services.push(tokio::spawn(async move { shard_worker::run(config, token).await.map_err(|e| e.to_string()) }));
+    }
+    let config = AggregatorConfig { brokers: brokers.clone(), database_url, flush_interval_ms: 200, ..AggregatorConfig::default() };
+    let token = shutdown.clone();
+    services.push(tokio::spawn(async move { aggregator::run(config, token).await.map_err(|e| e.to_string()) }));
+
+    let generator_config = GeneratorConfig { seed: args.seed, events: args.events, merchants: args.merchants, ..GeneratorConfig::default() };
+    let mut generator = Generator::new(generator_config);
+    let producer = bulk_producer(&brokers).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let total = args.events;
+    produce_all(&producer, ORDERS, generator.by_ref(), |n| {
+        eprint!("\r  produced {n:>10}/{total}  ({:.0} events/s)   ", n as f64 / started.elapsed().as_secs_f64());
+    })
+    .await
+    .map_err(|e| format!("producing to the mock cluster: {e}"))?;
+    eprintln!();
+    let produced_at = started.elapsed();
+    let committed = wait_for_commit(&store, total, &started).await?;
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    for service in services {
+        service.await.map_err(|e| e.to_string())??;
+    }
+    let actual = store.totals(None).await.map_err(|e| e.to_string())?;
+    let progress = store.progress().await.map_err(|e| e.to_string())?;
+    let counted: i64 = progress.iter().map(|p| p.counted_events).sum();
+    let duplicates: i64 = progress.iter().map(|p| p.duplicate_events).sum();
+    let invalid: i64 = progress.iter().map(|p| p.invalid_events).sum();
+    println!();
+    println!("Produced {total} messages in {:.1}s; all committed after {:.1}s.", produced_at.as_secs_f64(), elapsed.as_secs_f64());
+    println!("Throughput: {:.0} events/s end to end (produce → decode → aggregate → SQLite).", committed as f64 / elapsed.as_secs_f64());
+    println!("Events: {counted} counted, {duplicates} duplicates dropped, {invalid} invalid (sent to {DLQ}).");
+    print_top_merchants(&actual);
+    let expected = generator.totals();
+    let matches = report_differences(expected, &actual);
+    let counts_match = counted as u64 == generator.counted();
+    if matches && counts_match {
+        println!("\nTotals match the generator's exact totals: {} keys, {} counted events. OK", expected.len(), counted);
+    } else {
+        println!("\nTotals DO NOT match the generator's exact totals (counted {counted}, expected {}).", generator.counted());
+    }
+    drop(cluster);
+    Ok(matches && counts_match)
+}
+
+/// Waits until every produced message is behind a committed fence.
+async fn wait_for_commit(store: &Store, total: u64, started: &Instant) -> Result<u64, String> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let progress = store.progress().await.map_err(|e| e.to_string())?;
+        let done: i64 = progress.iter().filter(|p| p.topic == ORDERS).map(|p| p.fence.next_offset).sum();
+        eprint!("\r  committed {done:>10}/{total}  ({:.0} events/s)   ", done as f64 / started.elapsed().as_secs_f64());
+        if done as u64 >= total {
+            eprintln!();
+            return Ok(done as u64);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {done} of {total} messages were committed after 10 minutes"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_top_merchants(totals: &Totals) {
+    let mut by_key: Vec<(&str, &str, Amount)> = Vec::new();
+    let mut merged: std::collections::BTreeMap<(&str, &str), Amount> = Default::default();
+    for (key, sums) in totals {
+        *merged.entry((key.merchant_id.as_str(), key.currency.as_str())).or_default() += sums.net_amount();
+    }
+    by_key.extend(merged.into_iter().map(|((m, c), a)| (m, c, a)));
+    by_key.sort_by(|a, b| b.2.cmp(&a.2));
+    println!("\nTop merchants by net sales (all days):");
+    for (merchant, currency, net) in by_key.iter().take(10) {
+        println!("  {merchant:<10} {currency} {:>18}", net.to_string());
+    }
+}
+
+fn report_differences(expected: &Totals, actual: &Totals) -> bool {
+    let mut differences = 0;
+    for key in expected.keys().chain(actual.keys()) {
+        let (e, a) = (expected.get(key), actual.get(key));
+        if e != a {
+            differences += 1;
+            if differences <= 10 {
+                println!("  MISMATCH {} {} {}: expected {e:?}, got {a:?}", key.merchant_id, key.currency, key.day);
+            }
+        }
+    }
+    differences == 0
+}

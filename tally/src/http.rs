@@ -1,0 +1,52 @@
+//! `/metrics`, `/healthz` and `/readyz` for every long-running command.
+
+use std::net::SocketAddr;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, TextEncoder};
+use tokio_util::sync::CancellationToken;
+
+/// Serves the default Prometheus registry on `addr` until `shutdown`.
+/// `ready` decides `/readyz`. Returns the bound address (useful with port 0).
+///
+/// Fails when the address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    ready: fn() -> bool,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "Metrics server failed.");
+        }
+    });
+    tracing::info!(%bound, "Serving /metrics, /healthz and /readyz.");
+    Ok(bound)
+}
+
+async fn metrics() -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8>) {
+    let mut body = Vec::new();
+    let content_type = [("content-type", "text/plain; version=0.0.4")];
+    match TextEncoder::new().encode(&prometheus::gather(), &mut body) {
+        Ok(()) => (StatusCode::OK, content_type, body),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, content_type, error.to_string().into_bytes()),
+    }
+}

@@ -1,0 +1,91 @@
+//! The `tally` binary: parses flags, loads configuration, sets up logging,
+//! calls the role's `run`, and maps the result to an exit code
+//! (0 success, 1 runtime failure, 2 invalid configuration).
+
+mod cli;
+mod demo;
+mod http;
+mod query;
+mod settings;
+mod signals;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Command, ServiceArgs};
+use settings::{Settings, SettingsError};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    let filter = cli.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| default_level.into());
+    tracing_subscriber::fmt().with_env_filter(EnvFilter::new(filter)).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    match command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Query(args) => query::run(args).await,
+        Command::Worker(args) => {
+            let settings = match load(&args) {
+                Ok(settings) => settings,
+                Err(code) => return code,
+            };
+            if let Err(error) = settings.worker.validate() {
+                return config_error(error.into());
+            }
+            let shutdown = signals::shutdown_on_signals();
+            let addr = args.metrics_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9101)));
+            if let Err(error) = http::serve(addr, || shard_worker::metrics::READY.get() == 1, shutdown.clone()).await {
+                eprintln!("error: cannot serve metrics on {addr}: {error}");
+                return ExitCode::FAILURE;
+            }
+            outcome(shard_worker::run(settings.worker, shutdown).await)
+        }
+        Command::Aggregator(args) => {
+            let settings = match load(&args) {
+                Ok(settings) => settings,
+                Err(code) => return code,
+            };
+            if let Err(error) = settings.aggregator.validate() {
+                return config_error(error.into());
+            }
+            let shutdown = signals::shutdown_on_signals();
+            let addr = args.metrics_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9102)));
+            if let Err(error) = http::serve(addr, || aggregator::metrics::READY.get() == 1, shutdown.clone()).await {
+                eprintln!("error: cannot serve metrics on {addr}: {error}");
+                return ExitCode::FAILURE;
+            }
+            outcome(aggregator::run(settings.aggregator, shutdown).await)
+        }
+    }
+}
+
+fn load(args: &ServiceArgs) -> Result<Settings, ExitCode> {
+    Settings::load(args.config.as_deref(), std::env::vars(), &args.overrides()).map_err(config_error)
+}
+
+fn config_error(error: SettingsError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(2)
+}
+
+fn outcome<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

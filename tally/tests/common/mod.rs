@@ -1,0 +1,342 @@
+//! Test harness: real tally processes against the real broker and database
+//! that `scripts/test` starts (`TALLY_TEST_BROKERS`, `TALLY_TEST_PG_URL`).
+//! Every test gets its own topics, consumer groups and database.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use schemas::{Amount, Day, Kind, Sums, Totals, TotalsKey};
+use store::Store;
+
+pub const PARTITIONS: i32 = 4;
+
+/// Which database a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+fn required(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the integration tests through scripts/test, which starts the broker and PostgreSQL")
+    })
+}
+
+/// One test's isolated world: topics, groups, database, scratch directory.
+pub struct World {
+    pub brokers: String,
+    pub database_url: String,
+    pub orders: String,
+    pub partials: String,
+    pub dlq: String,
+    pub worker_group: String,
+    pub aggregator_group: String,
+    pub dir: PathBuf,
+    children: Vec<Service>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{}-{nanos:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+impl World {
+    /// Creates topics and a fresh database for one test.
+    pub async fn new(name: &str, backend: Backend) -> World {
+        let brokers = required("TALLY_TEST_BROKERS");
+        let id = unique(name);
+        let dir = std::env::temp_dir().join(format!("tally-it-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let database_url = match backend {
+            Backend::Postgres => fresh_postgres(&id).await,
+            Backend::Sqlite => format!("sqlite://{}", dir.join("tally.sqlite").display()),
+        };
+        let world = World {
+            brokers,
+            database_url,
+            orders: format!("orders-{id}"),
+            partials: format!("partials-{id}"),
+            dlq: format!("dlq-{id}"),
+            worker_group: format!("workers-{id}"),
+            aggregator_group: format!("aggregators-{id}"),
+            dir,
+            children: Vec::new(),
+        };
+        create_topics(&world.brokers, &[&world.orders, &world.partials, &world.dlq]).await;
+        world
+    }
+
+    /// The database, opened by the test itself (never through a tally process).
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.database_url).await.expect("test database reachable")
+    }
+
+    fn base_args(&self) -> Vec<String> {
+        vec!["--brokers".into(), self.brokers.clone(), "--database-url".into(), self.database_url.clone(),
+             "--metrics-addr".into(), "127.0.0.1:0".into()]
+    }
+
+    /// Starts `tally worker` as its own process.
+    pub fn start_worker(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
+        let mut args = vec!["worker".to_string()];
+        args.extend(self.base_args());
+        let sets = [
+            ("worker.orders_topic", self.orders.as_str()),
+            ("worker.partials_topic", self.partials.as_str()),
+            ("worker.dlq_topic", self.dlq.as_str()),
+            ("worker.group_id", self.worker_group.as_str()),
+            ("worker.instance_id", name),
+            ("worker.batch_max_events", "2000"),
+            ("worker.batch_max_ms", "100"),
+            ("worker.session_timeout_ms", "6000"),
+            ("worker.kafka", "max.poll.interval.ms=20000"),
+        ];
+        for (key, value) in sets.iter().chain(extra) {
+            args.push("--set".into());
+            args.push(format!("{key}={value}"));
+        }
+        self.spawn(name, args)
+    }
+
+    /// Starts `tally aggregator` as its own process.
+    pub fn start_aggregator(&mut self, name: &str) -> usize {
+        let mut args = vec!["aggregator".to_string()];
+        args.extend(self.base_args());
+        for (key, value) in [
+            ("aggregator.partials_topic", self.partials.as_str()),
+            ("aggregator.group_id", self.aggregator_group.as_str()),
+            ("aggregator.flush_interval_ms", "200"),
+            ("aggregator.session_timeout_ms", "6000"),
+        ] {
+            args.push("--set".into());
+            args.push(format!("{key}={value}"));
+        }
+        self.spawn(name, args)
+    }
+
+    fn spawn(&mut self, name: &str, args: Vec<String>) -> usize {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.{}.log", self.children.len()))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(&args)
+            .env("TALLY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tally binary starts");
+        self.children.push(Service { name: name.to_owned(), child: Some(child) });
+        self.children.len() - 1
+    }
+
+    /// SIGKILL: no drain, no leave-group, exactly like a crash.
+    pub fn kill(&mut self, index: usize) {
+        let service = &mut self.children[index];
+        let mut child = service.child.take().expect("service running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self, index: usize) -> i32 {
+        let service = &mut self.children[index];
+        let mut child = service.child.take().expect("service running");
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within 60 s of SIGTERM", service.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the database's fences cover `messages` source messages.
+    /// Panics with the last progress seen after `timeout`.
+    pub async fn wait_committed(&self, store: &Store, messages: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self.committed(store).await;
+            if done >= messages {
+                assert_eq!(done, messages, "fences moved past the produced messages");
+                return;
+            }
+            for service in &self.children {
+                service.assert_alive();
+            }
+            assert!(Instant::now() < deadline, "only {done} of {messages} messages committed after {timeout:?}; logs in {}", self.dir.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Source messages behind committed fences.
+    pub async fn committed(&self, store: &Store) -> u64 {
+        let progress = store.progress().await.expect("progress readable");
+        progress.iter().filter(|p| p.topic == self.orders).map(|p| p.fence.next_offset as u64).sum()
+    }
+
+    /// Reads every record of the dead-letter topic: (source partition, source offset) → payload.
+    pub fn dead_letters(&self, expected: usize, timeout: Duration) -> HashMap<(i32, i64), Vec<u8>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", unique("dlq-reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&self.dlq, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = HashMap::new();
+        let deadline = Instant::now() + timeout;
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                let header = |name: &str| -> String {
+                    let headers = message.headers().expect("dead letters carry headers");
+                    let h = headers.iter().find(|h| h.key == name).unwrap_or_else(|| panic!("header {name} missing"));
+                    String::from_utf8(h.value.unwrap().to_vec()).unwrap()
+                };
+                assert!(!header("tally.reason").is_empty());
+                assert!(!header("tally.field").is_empty());
+                let source = (header("tally.source.partition").parse().unwrap(), header("tally.source.offset").parse().unwrap());
+                out.insert(source, message.payload().unwrap_or_default().to_vec());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for service in &mut self.children {
+            if let Some(mut child) = service.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+struct Service {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Service {
+    fn assert_alive(&self) {
+        // A service that exits on its own has failed: tally never crash-loops
+        // on data or outages.
+        if let Some(child) = &self.child {
+            let pid = child.id();
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+            assert!(alive, "{} (pid {pid}) exited unexpectedly", self.name);
+        }
+    }
+}
+
+async fn fresh_postgres(id: &str) -> String {
+    let admin_url = required("TALLY_TEST_PG_URL");
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.expect("PostgreSQL reachable");
+    tokio::spawn(connection);
+    let name = id.replace('-', "_").to_lowercase();
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+pub async fn create_topics(brokers: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1))).collect();
+    for result in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
+        result.expect("topic created");
+    }
+}
+
+/// Generated traffic plus the totals the test computes from it on its own.
+pub struct Traffic {
+    pub messages: Vec<Generated>,
+    pub expected: Totals,
+    pub invalid_payloads: Vec<Vec<u8>>,
+}
+
+/// Generates `events` messages with plenty of every kind of trouble.
+pub fn traffic(seed: u64, events: u64) -> Traffic {
+    let config = GeneratorConfig {
+        seed,
+        events,
+        merchants: 300,
+        refund_share: 0.1,
+        duplicate_share: 0.03,
+        invalid_share: 0.005,
+        late_share: 0.05,
+        ..GeneratorConfig::default()
+    };
+    let messages: Vec<Generated> = Generator::new(config).collect();
+    let expected = expected_totals(&messages);
+    let invalid_payloads =
+        messages.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).map(|m| m.payload.clone()).collect();
+    Traffic { messages, expected, invalid_payloads }
+}
+
+/// The test's own arithmetic: plain i128 sums of the counted events.
+pub fn expected_totals(messages: &[Generated]) -> Totals {
+    let mut sums: BTreeMap<(String, String, i32), [i128; 4]> = BTreeMap::new();
+    for message in messages {
+        if let Truth::Counted { key, kind, amount } = &message.truth {
+            let entry = sums.entry((key.merchant_id.clone(), key.currency.clone(), key.day.0)).or_default();
+            match kind {
+                Kind::Sale => { entry[0] += amount.0; entry[1] += 1; }
+                Kind::Refund => { entry[2] += amount.0; entry[3] += 1; }
+            }
+        }
+    }
+    sums.into_iter()
+        .map(|((merchant_id, currency, day), s)| {
+            (
+                TotalsKey { merchant_id, currency, day: Day(day) },
+                Sums { sales_amount: Amount(s[0]), sales_count: s[1] as i64, refund_amount: Amount(s[2]), refund_count: s[3] as i64 },
+            )
+        })
+        .collect()
+}
+
+/// Produces `messages` to `topic` and waits for every acknowledgement.
+pub async fn produce(brokers: &str, topic: &str, messages: &[Generated]) {
+    let producer = ingest::produce::bulk_producer(brokers).unwrap();
+    ingest::produce::produce_all(&producer, topic, messages.iter().cloned(), |_| {}).await.expect("broker accepts the traffic");
+}
+
+/// Compares the table with the expected totals row by row; panics listing differences.
+pub fn assert_totals_equal(expected: &Totals, actual: &Totals) {
+    let keys: HashSet<&TotalsKey> = expected.keys().chain(actual.keys()).collect();
+    let mut differences: Vec<String> = keys
+        .into_iter()
+        .filter(|k| expected.get(*k) != actual.get(*k))
+        .map(|k| format!("{} {} {}: expected {:?}, got {:?}", k.merchant_id, k.currency, k.day, expected.get(k), actual.get(k)))
+        .collect();
+    differences.sort();
+    assert!(
+        differences.is_empty(),
+        "{} of {} keys differ, e.g.:\n{}",
+        differences.len(),
+        expected.len(),
+        differences.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+    assert!(!expected.is_empty(), "the scenario produced no countable events");
+}
