@@ -36,7 +36,11 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
         store = connect(&config.database_url) => store,
         () = shutdown.cancelled() => return Ok(()),
     };
-    let kafka = |op| |source| AggregatorError::Kafka { op, brokers: config.brokers.clone(), source };
+    let brokers = config.brokers.clone();
+    let kafka = |op: &'static str| {
+        let brokers = brokers.clone();
+        move |source| AggregatorError::Kafka { op, brokers, source }
+    };
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)

@@ -34,7 +34,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         () = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_partitions, config.replication_factor)) => {}
         () = shutdown.cancelled() => return Ok(()),
     }
-    let kafka = |op| |source| WorkerError::Kafka { op, brokers: config.brokers.clone(), source };
+    let brokers = config.brokers.clone();
+    let kafka = |op: &'static str| {
+        let brokers = brokers.clone();
+        move |source| WorkerError::Kafka { op, brokers, source }
+    };
     let producer = idempotent_producer(&config.brokers, &config.kafka).map_err(kafka("producer"))?;
     let shared = Arc::new(Shared {
         store,

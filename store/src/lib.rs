@@ -16,8 +16,6 @@ pub mod fence;
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
-
 pub use error::{Result, StoreError};
 pub use fence::{Fence, Plan, SourcePartition};
 use schemas::{Partial, Sums, Totals, TotalsKey};
@@ -169,8 +167,6 @@ pub(crate) fn parse_row(
         },
     ))
 }
-
-pub(crate) type Fences = BTreeMap<SourcePartition, Fence>;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use schemas::{Amount, Partial, Sums, Totals};
+use schemas::{Partial, Sums, Totals};
 
 use crate::error::{lite, Result, StoreError};
 use crate::fence::{self, Fence, Plan};
