@@ -35,7 +35,7 @@ pub enum AmountError {
     #[error("has more than 4 fractional digits")]
     TooPrecise,
     /// More than eighteen integer digits.
-    #[error("has more than 18 integer digits")]
+    #[error("has too many integer digits (at most 18)")]
     TooLarge,
     /// Zero or negative.
     #[error("must be greater than 0")]
@@ -56,19 +56,19 @@ impl Amount {
             return Err(AmountError::Empty);
         }
         if bytes[0] == b'-' {
-            return match Self::parse_unsigned(&bytes[1..]) {
+            return match Self::parse_unsigned(&bytes[1..], MAX_INTEGER_DIGITS) {
                 Ok(_) => Err(AmountError::NotPositive),
                 Err(e) => Err(e),
             };
         }
-        let amount = Self::parse_unsigned(bytes)?;
+        let amount = Self::parse_unsigned(bytes, MAX_INTEGER_DIGITS)?;
         if amount.0 == 0 {
             return Err(AmountError::NotPositive);
         }
         Ok(amount)
     }
 
-    fn parse_unsigned(bytes: &[u8]) -> Result<Amount, AmountError> {
+    fn parse_unsigned(bytes: &[u8], max_integer_digits: usize) -> Result<Amount, AmountError> {
         let (int_part, frac_part) = match bytes.iter().position(|&b| b == b'.') {
             Some(dot) => (&bytes[..dot], Some(&bytes[dot + 1..])),
             None => (bytes, None),
@@ -84,7 +84,7 @@ impl Amount {
             return Err(AmountError::TooPrecise);
         }
         let significant = int_part.iter().skip_while(|&&b| b == b'0').count();
-        if significant > MAX_INTEGER_DIGITS {
+        if significant > max_integer_digits {
             return Err(AmountError::TooLarge);
         }
         let mut units: i128 = 0;
@@ -106,12 +106,8 @@ impl Amount {
             Some(rest) => (true, rest),
             None => (false, text),
         };
-        let bytes = rest.as_bytes();
-        let int_digits = bytes.iter().position(|&b| b == b'.').unwrap_or(bytes.len());
-        if int_digits > 34 {
-            return Err(AmountError::TooLarge);
-        }
-        let amount = Self::parse_unsigned(bytes)?;
+        // NUMERIC(38,4) leaves 34 integer digits.
+        let amount = Self::parse_unsigned(rest.as_bytes(), (PRECISION - SCALE as u8) as usize)?;
         Ok(if negative { Amount(-amount.0) } else { amount })
     }
 

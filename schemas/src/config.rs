@@ -84,6 +84,6 @@ mod tests {
         assert!(kafka_name("t", "orders.dlq").is_ok());
         assert!(kafka_name("t", "bad topic").is_err());
         assert!(database_url("d", "mysql://x").is_err());
-        assert_eq!(database_url("d", "postgres://u:p@h/db").unwrap_err().value, "<redacted>");
+        assert_eq!(database_url("d", "mysql://u:p@h/db").unwrap_err().value, "<redacted>");
     }
 }

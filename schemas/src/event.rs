@@ -195,6 +195,9 @@ pub fn decode<'a>(payload: &'a [u8], key: Option<&[u8]>) -> Result<ValidEvent<'a
     let text = std::str::from_utf8(payload).map_err(|e| {
         Invalid::new("payload", "", format!("is not valid UTF-8 (byte {})", e.valid_up_to()))
     })?;
+    if !text.trim_start().starts_with('{') {
+        return Err(Invalid::new("payload", text, "is not a JSON object"));
+    }
     let raw: RawEvent<'a> = serde_json::from_str(text).map_err(|e| {
         Invalid::new("payload", text, format!("is not a JSON object with the event's fields: {e}"))
     })?;
