@@ -62,7 +62,15 @@ impl ClaimContext {
     }
 }
 
-impl ClientContext for ClaimContext {}
+impl ClientContext for ClaimContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::kafka::forward_log(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, reason, "Kafka client error.");
+    }
+}
 
 impl ConsumerContext for ClaimContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -80,7 +88,7 @@ impl ConsumerContext for ClaimContext {
                     }
                     self.push(Control::Assigned(partition, claim));
                 }
-                if let Err(error) = consumer.assign(tpl).and_then(|()| consumer.resume(tpl)) {
+                if let Err(error) = consumer.assign(tpl) {
                     tracing::error!(%error, "Assigning partitions failed.");
                 }
             }
@@ -156,6 +164,7 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
                     }
                 }
                 Control::Revoked(partitions) => {
+                    tracing::debug!(?partitions, "Partitions revoked.");
                     for partition in partitions {
                         if let Some(lane) = lanes.remove(&partition) {
                             // The next owner re-reads whatever this lane had not published.
@@ -172,6 +181,8 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
                     lane.read_to = message.offset() + 1;
                     lane.opened.get_or_insert_with(Instant::now);
                     lane.pending.push(owned(&message));
+                } else {
+                    tracing::debug!(partition = message.partition(), offset = message.offset(), "Message for an unclaimed partition dropped.");
                 }
             }
             Some(Err(error)) => tracing::warn!(%error, "Consumer error."),

@@ -77,3 +77,15 @@ pub async fn ensure_topics(
     }
     Ok(())
 }
+
+/// Sends a librdkafka log line to `tracing` (target `librdkafka`), so that
+/// broker problems show up in tally's own logs.
+pub fn forward_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", facility, "{message}"),
+        L::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", facility, "{message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}

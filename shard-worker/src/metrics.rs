@@ -89,3 +89,12 @@ pub static READY: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("tally_worker_ready", "1 when the worker is connected and consuming.")
         .expect("metric registers once")
 });
+
+/// Offsets the log skipped between consecutive messages read.
+pub static SKIPPED_OFFSETS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_worker_skipped_offsets_total",
+        "Offsets absent from the log where tally expected records (retention, compaction, transaction markers)."
+    )
+    .expect("metric registers once")
+});

@@ -38,6 +38,8 @@ pub struct PartitionTask {
     partition: i32,
     epoch: i64,
     next_offset: i64,
+    /// The offset the next message should have if the log has no gap.
+    next_read: i64,
     window: DedupeWindow,
     shared: Arc<Shared>,
 }
@@ -72,6 +74,7 @@ impl PartitionTask {
             partition,
             epoch: claim.epoch,
             next_offset: claim.next_offset,
+            next_read: claim.dedupe_from_offset,
             window: DedupeWindow::new(shared.dedupe_window_ms),
             shared,
         }
@@ -103,12 +106,26 @@ impl PartitionTask {
         epoch != Some(self.epoch)
     }
 
+    /// Gaps are legitimate after compaction or transaction markers, but a gap
+    /// at the start usually means retention deleted records before tally read
+    /// them: say so loudly, since those events can no longer be counted.
+    fn note_gap(&mut self, first: i64, last: i64) {
+        if first > self.next_read {
+            let missing = (first - self.next_read) as u64;
+            metrics::SKIPPED_OFFSETS.inc_by(missing);
+            tracing::warn!(partition = self.partition, from = self.next_read, to = first - 1, missing,
+                "Offsets missing from the log (retention, compaction or transaction markers); events there were never seen.");
+        }
+        self.next_read = last + 1;
+    }
+
     async fn handle(&mut self, batch: Vec<Message>) -> Outcome {
         let Some(last_offset) = batch.last().map(|m| m.offset) else {
             return Outcome::Rebuilt;
         };
         let started = Instant::now();
         let count_from = self.next_offset;
+        self.note_gap(batch[0].offset, last_offset);
         let window = std::mem::replace(&mut self.window, DedupeWindow::new(0));
         let session = self.shared.session.clone();
         let handle = tokio::runtime::Handle::current();

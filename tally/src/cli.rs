@@ -64,7 +64,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1_000)]
     pub merchants: u32,
     /// Partitions of each topic.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub partitions: i32,
     /// SQLite file to (re)create.
     #[arg(long, default_value = "tally-demo.sqlite")]

@@ -21,6 +21,8 @@ use crate::cli::DemoArgs;
 const ORDERS: &str = "orders";
 const PARTIALS: &str = "tally.partials";
 const DLQ: &str = "orders.dlq";
+/// Messages the demo's producer may run ahead of the committed fences.
+const MAX_AHEAD: u64 = 50_000;
 
 /// Runs the demo; exits 0 only when the database equals the generator's totals.
 pub async fn run(args: DemoArgs) -> ExitCode {
@@ -71,11 +73,23 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     let producer = bulk_producer(&brokers).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let total = args.events;
-    produce_all(&producer, ORDERS, generator.by_ref(), |n| {
-        eprint!("\r  produced {n:>10}/{total}  ({:.0} events/s)   ", n as f64 / started.elapsed().as_secs_f64());
-    })
-    .await
-    .map_err(|e| format!("producing to the mock cluster: {e}"))?;
+    // librdkafka's mock cluster keeps only about 5 MB per partition and drops
+    // older records, like a short retention. The demo therefore stays at most
+    // MAX_AHEAD messages ahead of what the database has committed.
+    let mut produced = 0u64;
+    loop {
+        let chunk: Vec<_> = generator.by_ref().take(10_000).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        produced += produce_all(&producer, ORDERS, chunk, |_| {})
+            .await
+            .map_err(|e| format!("producing to the mock cluster: {e}"))?;
+        while produced > committed(&store).await? + MAX_AHEAD {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprint!("\r  produced {produced:>10}/{total}  ({:.0} events/s)   ", produced as f64 / started.elapsed().as_secs_f64());
+    }
     eprintln!();
     let produced_at = started.elapsed();
     let committed = wait_for_commit(&store, total, &started).await?;
@@ -106,16 +120,21 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     Ok(matches && counts_match)
 }
 
+/// Source messages behind committed fences.
+async fn committed(store: &Store) -> Result<u64, String> {
+    let progress = store.progress().await.map_err(|e| e.to_string())?;
+    Ok(progress.iter().filter(|p| p.topic == ORDERS).map(|p| p.fence.next_offset as u64).sum())
+}
+
 /// Waits until every produced message is behind a committed fence.
 async fn wait_for_commit(store: &Store, total: u64, started: &Instant) -> Result<u64, String> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let progress = store.progress().await.map_err(|e| e.to_string())?;
-        let done: i64 = progress.iter().filter(|p| p.topic == ORDERS).map(|p| p.fence.next_offset).sum();
+        let done = committed(store).await?;
         eprint!("\r  committed {done:>10}/{total}  ({:.0} events/s)   ", done as f64 / started.elapsed().as_secs_f64());
-        if done as u64 >= total {
+        if done >= total {
             eprintln!();
-            return Ok(done as u64);
+            return Ok(done);
         }
         if Instant::now() > deadline {
             return Err(format!("only {done} of {total} messages were committed after 10 minutes"));
