@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -16,6 +16,9 @@ use crate::error::WorkerError;
 pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
+    // librdkafka only logs what this level lets through; `debug` contexts need it all.
+    let level = if extra.contains_key("debug") { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Warning };
+    config.set_log_level(level);
     for (key, value) in extra {
         config.set(key, value);
     }
@@ -54,15 +57,19 @@ pub async fn ensure_topics(
     let kafka = |op| move |source| WorkerError::Kafka { op, brokers: brokers.to_owned(), source };
     let admin: AdminClient<DefaultClientContext> =
         client_config(brokers, extra).create().map_err(kafka("admin client"))?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(kafka("metadata"))?;
-    let missing: Vec<NewTopic<'_>> = topics
-        .iter()
-        .filter(|t| !metadata.topics().iter().any(|m| m.name() == **t && !m.partitions().is_empty()))
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
-        .collect();
+    // Ask about our topics only: a broker with thousands of topics answers a
+    // full metadata request slowly.
+    let mut missing = Vec::new();
+    for topic in topics {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(kafka("metadata"))?;
+        let exists = metadata.topics().iter().any(|m| m.name() == *topic && m.error().is_none() && !m.partitions().is_empty());
+        if !exists {
+            missing.push(NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)));
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }

@@ -105,7 +105,9 @@ impl World {
             ("worker.session_timeout_ms", "6000"),
             ("worker.kafka", "max.poll.interval.ms=20000"),
         ];
-        for (key, value) in sets.iter().chain(extra) {
+        let debug = std::env::var("TALLY_TEST_KAFKA_DEBUG").ok().map(|d| format!("debug={d}"));
+        let debug_set = debug.as_deref().map(|d| ("worker.kafka", d));
+        for (key, value) in sets.iter().chain(extra).chain(debug_set.iter()) {
             args.push("--set".into());
             args.push(format!("{key}={value}"));
         }
@@ -132,7 +134,7 @@ impl World {
         let log = std::fs::File::create(self.dir.join(format!("{name}.{}.log", self.children.len()))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tally"))
             .args(&args)
-            .env("TALLY_LOG", "info")
+            .env("TALLY_LOG", std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
