@@ -57,6 +57,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // One eager protocol: the claim happens in the assign callback, and a
+        // single offered protocol keeps every member's choice identical.
+        .set("partition.assignment.strategy", "roundrobin")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(250).to_string());
     let consumer: BaseConsumer<ClaimContext> =

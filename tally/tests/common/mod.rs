@@ -102,8 +102,8 @@ impl World {
             ("worker.instance_id", name),
             ("worker.batch_max_events", "2000"),
             ("worker.batch_max_ms", "100"),
-            ("worker.session_timeout_ms", "6000"),
-            ("worker.kafka", "max.poll.interval.ms=20000"),
+            ("worker.session_timeout_ms", "30000"),
+            ("worker.kafka", "max.poll.interval.ms=60000"),
         ];
         let debug = std::env::var("TALLY_TEST_KAFKA_DEBUG").ok().map(|d| format!("debug={d}"));
         let debug_set = debug.as_deref().map(|d| ("worker.kafka", d));
@@ -122,7 +122,7 @@ impl World {
             ("aggregator.partials_topic", self.partials.as_str()),
             ("aggregator.group_id", self.aggregator_group.as_str()),
             ("aggregator.flush_interval_ms", "200"),
-            ("aggregator.session_timeout_ms", "6000"),
+            ("aggregator.session_timeout_ms", "30000"),
         ] {
             args.push("--set".into());
             args.push(format!("{key}={value}"));
