@@ -5,24 +5,10 @@
 mod common;
 
 use common::{Backend, World};
-use schemas::partial::EventCounts;
-use schemas::{Amount, Day, Partial, PartialRow, Sums, TotalsKey};
+use schemas::Amount;
 
-fn partial(topic: &str, epoch: i64, first: i64, last: i64, units: i128) -> Partial {
-    Partial {
-        topic: topic.to_owned(),
-        partition: 0,
-        epoch,
-        first_offset: first,
-        last_offset: last,
-        dedupe_from_offset: first,
-        events: EventCounts { counted: 1, ..Default::default() },
-        max_append_ms: None,
-        rows: vec![PartialRow {
-            key: TotalsKey { merchant_id: "m-1".into(), currency: "EUR".into(), day: Day(20_777) },
-            sums: Sums { sales_amount: Amount(units), sales_count: 1, ..Default::default() },
-        }],
-    }
+fn partial(topic: &str, epoch: i64, first: i64, last: i64, units: i128) -> schemas::Partial {
+    common::partial(topic, 0, epoch, first, last, "m-1", units)
 }
 
 async fn zombies_change_nothing(backend: Backend) {

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use common::{assert_totals_equal, produce, traffic, Backend, World};
 use ingest::generate::Truth;
-use schemas::partial::EventCounts;
-use schemas::{Amount, Day, Partial, PartialRow, Sums, TotalsKey};
+use schemas::Partial;
 
 /// Messages per scenario: `TALLY_TEST_EVENTS`, default 20,000. tansu 0.6.0 on a
 /// 2-core machine stalls (group requests time out) under a 200,000-message
@@ -103,19 +102,8 @@ async fn rebalance_and_zombies(backend: Backend) {
     // Zombies: an older epoch continuing where the fence stands, and a replay
     // of an applied range, both carrying a huge amount that would show.
     let fence = progress[0].fence;
-    let poison = |epoch, first, last| Partial {
-        topic: world.orders.clone(),
-        partition: progress[0].partition,
-        epoch,
-        first_offset: first,
-        last_offset: last,
-        dedupe_from_offset: first,
-        events: EventCounts { counted: 1, ..Default::default() },
-        max_append_ms: None,
-        rows: vec![PartialRow {
-            key: TotalsKey { merchant_id: "zombie".into(), currency: "EUR".into(), day: Day(20_000) },
-            sums: Sums { sales_amount: Amount(1_000_000_000), sales_count: 1, ..Default::default() },
-        }],
+    let poison = |epoch, first, last| {
+        common::partial(&world.orders, progress[0].partition, epoch, first, last, "zombie", 1_000_000_000)
     };
     let zombies = [poison(fence.epoch - 1, fence.next_offset, fence.next_offset + 5), poison(fence.epoch, 0, fence.next_offset - 1)];
     publish_partials(&world, &zombies).await;

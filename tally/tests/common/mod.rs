@@ -342,3 +342,21 @@ pub fn assert_totals_equal(expected: &Totals, actual: &Totals) {
     );
     assert!(!expected.is_empty(), "the scenario produced no countable events");
 }
+
+/// A hand-made partial of one row (`merchant`, EUR, 2026-11-20) for fence tests.
+pub fn partial(topic: &str, partition: i32, epoch: i64, first: i64, last: i64, merchant: &str, units: i128) -> schemas::Partial {
+    schemas::Partial {
+        topic: topic.to_owned(),
+        partition,
+        epoch,
+        first_offset: first,
+        last_offset: last,
+        dedupe_from_offset: first,
+        events: schemas::partial::EventCounts { counted: 1, ..Default::default() },
+        max_append_ms: None,
+        rows: vec![schemas::PartialRow {
+            key: TotalsKey { merchant_id: merchant.into(), currency: "EUR".into(), day: Day(20_777) },
+            sums: Sums { sales_amount: Amount(units), sales_count: 1, ..Default::default() },
+        }],
+    }
+}
