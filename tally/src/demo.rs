@@ -144,15 +144,14 @@ async fn wait_for_commit(store: &Store, total: u64, started: &Instant) -> Result
 }
 
 fn print_top_merchants(totals: &Totals) {
-    let mut by_key: Vec<(&str, &str, Amount)> = Vec::new();
     let mut merged: std::collections::BTreeMap<(&str, &str), Amount> = Default::default();
     for (key, sums) in totals {
         *merged.entry((key.merchant_id.as_str(), key.currency.as_str())).or_default() += sums.net_amount();
     }
-    by_key.extend(merged.into_iter().map(|((m, c), a)| (m, c, a)));
-    by_key.sort_by(|a, b| b.2.cmp(&a.2));
+    let mut by_key: Vec<((&str, &str), Amount)> = merged.into_iter().collect();
+    by_key.sort_by(|a, b| b.1.cmp(&a.1));
     println!("\nTop merchants by net sales (all days):");
-    for (merchant, currency, net) in by_key.iter().take(10) {
+    for ((merchant, currency), net) in by_key.iter().take(10) {
         println!("  {merchant:<10} {currency} {:>18}", net.to_string());
     }
 }

@@ -166,37 +166,28 @@ macro_rules! on_both_databases {
 
 on_both_databases!(exact_totals);
 
-/// Not yet passing against tansu 0.6.0: after a member is SIGKILLed and a new
+macro_rules! ignored_on_tansu {
+    ($($name:ident: $scenario:ident on $backend:ident, $reason:literal;)*) => {
+        $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = $reason]
+        async fn $name() { super::$scenario(super::Backend::$backend).await })*
+    };
+}
+
+/// Not yet passing against tansu 0.6.0: after a member is SIGKILLed or a new
 /// one joins, the group does not settle again within the test's patience, so
-/// the stream stops. Runs with `cargo test -- --ignored crash_safety`.
+/// the stream stops. Run them with `scripts/test -- --ignored`.
 mod on_tansu_group_fix {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "the group does not re-settle on tansu 0.6.0 after SIGKILL; see the closing note of issue 2"]
-    async fn crash_safety_postgres() {
-        super::crash_safety(super::Backend::Postgres).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "the group does not re-settle on tansu 0.6.0 after SIGKILL; see the closing note of issue 2"]
-    async fn crash_safety_sqlite() {
-        super::crash_safety(super::Backend::Sqlite).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "the group does not re-settle on tansu 0.6.0 when a second worker joins; see the closing note of issue 2"]
-    async fn rebalance_and_zombies_postgres() {
-        super::rebalance_and_zombies(super::Backend::Postgres).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "passes on PostgreSQL when the group re-settles after the SIGKILL, which tansu 0.6.0 does not always do"]
-    async fn dedupe_across_restart_postgres() {
-        super::dedupe_across_restart(super::Backend::Postgres).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "the group does not always re-settle on tansu 0.6.0 after SIGKILL"]
-    async fn dedupe_across_restart_sqlite() {
-        super::dedupe_across_restart(super::Backend::Sqlite).await
+    ignored_on_tansu! {
+        crash_safety_postgres: crash_safety on Postgres,
+            "the group does not re-settle on tansu 0.6.0 after SIGKILL; see the closing note of issue 2";
+        crash_safety_sqlite: crash_safety on Sqlite,
+            "the group does not re-settle on tansu 0.6.0 after SIGKILL; see the closing note of issue 2";
+        rebalance_and_zombies_postgres: rebalance_and_zombies on Postgres,
+            "the group does not re-settle on tansu 0.6.0 when a second worker joins; see the closing note of issue 2";
+        dedupe_across_restart_postgres: dedupe_across_restart on Postgres,
+            "passes on PostgreSQL when the group re-settles after the SIGKILL, which tansu 0.6.0 does not always do";
+        dedupe_across_restart_sqlite: dedupe_across_restart on Sqlite,
+            "the group does not always re-settle on tansu 0.6.0 after SIGKILL";
     }
 }
