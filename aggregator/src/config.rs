@@ -23,6 +23,10 @@ pub struct AggregatorConfig {
     pub flush_max_partials: usize,
     /// Kafka consumer session timeout.
     pub session_timeout_ms: u64,
+    /// Kafka static membership (`group.instance.id`). A process restarted
+    /// with the same id takes its partitions back without a rebalance. Empty
+    /// means dynamic membership, where a clean shutdown leaves the group at once.
+    pub group_instance_id: String,
     /// Extra librdkafka properties (e.g. security settings).
     pub kafka: BTreeMap<String, String>,
 }
@@ -37,6 +41,7 @@ impl Default for AggregatorConfig {
             flush_interval_ms: 500,
             flush_max_partials: 5_000,
             session_timeout_ms: 10_000,
+            group_instance_id: String::new(),
             kafka: BTreeMap::new(),
         }
     }
@@ -48,6 +53,9 @@ impl AggregatorConfig {
         check::brokers("aggregator.brokers", &self.brokers)?;
         check::database_url("aggregator.database_url", &self.database_url)?;
         check::kafka_name("aggregator.partials_topic", &self.partials_topic)?;
+        if !self.group_instance_id.is_empty() {
+            check::kafka_name("aggregator.group_instance_id", &self.group_instance_id)?;
+        }
         check::kafka_name("aggregator.group_id", &self.group_id)?;
         check::in_range("aggregator.flush_interval_ms", self.flush_interval_ms, 10, 600_000)?;
         check::in_range("aggregator.flush_max_partials", self.flush_max_partials, 1, 1_000_000)?;

@@ -49,6 +49,9 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(250).to_string());
+    if !config.group_instance_id.is_empty() {
+        client.set("group.instance.id", &config.group_instance_id);
+    }
     for (key, value) in &config.kafka {
         client.set(key, value);
     }

@@ -38,6 +38,10 @@ pub struct WorkerConfig {
     pub drain_timeout_ms: u64,
     /// Name recorded with each claim (defaults to host and process id).
     pub instance_id: String,
+    /// Kafka static membership (`group.instance.id`). A process restarted
+    /// with the same id takes its partitions back without a rebalance. Empty
+    /// means dynamic membership, where a clean shutdown leaves the group at once.
+    pub group_instance_id: String,
     /// Extra librdkafka properties for every client (e.g. security settings).
     pub kafka: BTreeMap<String, String>,
 }
@@ -59,6 +63,7 @@ impl Default for WorkerConfig {
             session_timeout_ms: 10_000,
             drain_timeout_ms: 15_000,
             instance_id: String::new(),
+            group_instance_id: String::new(),
             kafka: BTreeMap::new(),
         }
     }
@@ -80,6 +85,9 @@ impl WorkerConfig {
         check::in_range("worker.dedupe_window_secs", self.dedupe_window_secs, 0, 7 * 86_400)?;
         check::in_range("worker.session_timeout_ms", self.session_timeout_ms, 1_000, 300_000)?;
         check::in_range("worker.drain_timeout_ms", self.drain_timeout_ms, 0, 600_000)?;
+        if !self.group_instance_id.is_empty() {
+            check::kafka_name("worker.group_instance_id", &self.group_instance_id)?;
+        }
         if self.orders_topic == self.partials_topic || self.orders_topic == self.dlq_topic {
             return Err(ConfigError::new(
                 "worker.orders_topic",

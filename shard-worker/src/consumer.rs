@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc::error::TrySendError;
 use store::Claim;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -37,13 +39,22 @@ pub struct ClaimContext {
     handle: Handle,
     owner: String,
     controls: Mutex<Vec<Control>>,
+    /// Each partition's high watermark from the latest client statistics.
+    high_watermarks: Mutex<HashMap<i32, i64>>,
     shutdown: CancellationToken,
 }
 
 impl ClaimContext {
     /// A context claiming partitions of `shared.orders_topic` as `owner`.
     pub fn new(shared: Arc<Shared>, handle: Handle, owner: String, shutdown: CancellationToken) -> ClaimContext {
-        ClaimContext { shared, handle, owner, controls: Mutex::new(Vec::new()), shutdown }
+        ClaimContext {
+            shared,
+            handle,
+            owner,
+            controls: Mutex::new(Vec::new()),
+            high_watermarks: Mutex::new(HashMap::new()),
+            shutdown,
+        }
     }
 
     fn push(&self, control: Control) {
@@ -69,6 +80,19 @@ impl ClientContext for ClaimContext {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, reason, "Kafka client error.");
+    }
+
+    /// High watermarks arrive with every fetch response, so lag costs the
+    /// broker no extra requests (tansu answers ListOffsets slowly, and its
+    /// group coordinator stalls behind them).
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.shared.orders_topic) else { return };
+        let mut marks = self.high_watermarks.lock().expect("watermarks lock");
+        for (&partition, stats) in &topic.partitions {
+            if partition >= 0 && stats.hi_offset >= 0 {
+                marks.insert(partition, stats.hi_offset);
+            }
+        }
     }
 }
 
@@ -114,7 +138,11 @@ struct Lane {
     pending: Vec<Message>,
     opened: Option<Instant>,
     task: JoinHandle<Ended>,
-    read_to: i64,
+    /// The offset after the last published partial: the fence's `next_offset`
+    /// once the aggregator applies it.
+    published_to: i64,
+    /// Fetching is paused while the partition's task is two batches behind.
+    paused: bool,
 }
 
 /// Batch limits and drain time for the loop.
@@ -158,10 +186,19 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
                 Control::Assigned(partition, claim) => {
                     let (tx, rx) = mpsc::channel(2);
                     let task = handle.spawn(PartitionTask::new(partition, claim, shared.clone()).run(rx, acks_tx.clone()));
-                    let lane = Lane { batches: tx, pending: Vec::new(), opened: None, task, read_to: claim.dedupe_from_offset };
+                    let lane = Lane {
+                        batches: tx,
+                        pending: Vec::new(),
+                        opened: None,
+                        task,
+                        published_to: claim.next_offset,
+                        paused: false,
+                    };
                     if let Some(old) = lanes.insert(partition, lane) {
                         old.task.abort();
                     }
+                    // librdkafka keeps a pause across assignments; a new lane starts fetching.
+                    set_paused(&consumer, &shared.orders_topic, partition, false);
                 }
                 Control::Revoked(partitions) => {
                     tracing::debug!(?partitions, "Partitions revoked.");
@@ -170,6 +207,7 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
                             // The next owner re-reads whatever this lane had not published.
                             lane.task.abort();
                         }
+                        let _ = metrics::LAG.remove_label_values(&[&partition.to_string()]);
                     }
                 }
             }
@@ -178,7 +216,6 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
         match polled {
             Some(Ok(message)) => {
                 if let Some(lane) = lanes.get_mut(&message.partition()) {
-                    lane.read_to = message.offset() + 1;
                     lane.opened.get_or_insert_with(Instant::now);
                     lane.pending.push(owned(&message));
                 } else {
@@ -189,9 +226,9 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
             None => {}
         }
         hand_over_due(&mut lanes, &settings, &consumer, &shared.orders_topic, false);
-        commit_hints(&consumer, &shared.orders_topic, &acks, CommitMode::Async);
-        if last_lag.elapsed() > Duration::from_secs(5) {
-            record_lag(&consumer, &shared.orders_topic, &lanes);
+        commit_hints(&consumer, &shared.orders_topic, &acks, &mut lanes, CommitMode::Async);
+        if last_lag.elapsed() > Duration::from_secs(1) {
+            record_lag(&ctx.high_watermarks, &lanes);
             last_lag = Instant::now();
         }
     }
@@ -207,7 +244,7 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
             }
         }
     });
-    commit_hints(&consumer, &shared.orders_topic, &acks, CommitMode::Sync);
+    commit_hints(&consumer, &shared.orders_topic, &acks, &mut lanes, CommitMode::Sync);
     consumer.unsubscribe();
 }
 
@@ -225,27 +262,54 @@ fn hand_over_due(
         if lane.pending.is_empty() || !(due || everything) {
             continue;
         }
-        lane.opened = None;
         let batch = std::mem::take(&mut lane.pending);
-        // Blocks while the partition's task is two batches behind: bounded memory.
-        if lane.batches.blocking_send(batch).is_err() {
-            stopped.push(partition);
+        if everything {
+            // Shutdown: the loop no longer polls, so waiting here is harmless.
+            if lane.batches.blocking_send(batch).is_err() {
+                stopped.push(partition);
+            }
+            continue;
+        }
+        // Never block the poll loop: a blocked loop misses rebalances. A busy
+        // partition is paused instead, and resumed once its task catches up.
+        match lane.batches.try_send(batch) {
+            Ok(()) => {
+                lane.opened = None;
+                if lane.paused {
+                    lane.paused = !set_paused(consumer, topic, partition, false);
+                }
+            }
+            Err(TrySendError::Full(batch)) => {
+                lane.pending = batch;
+                if !lane.paused {
+                    lane.paused = set_paused(consumer, topic, partition, true);
+                }
+            }
+            Err(TrySendError::Closed(_)) => stopped.push(partition),
         }
     }
     for partition in stopped {
         lanes.remove(&partition);
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, partition);
-        if let Err(error) = consumer.pause(&tpl) {
-            tracing::warn!(partition, %error, "Could not pause a fenced partition.");
-        }
+        set_paused(consumer, topic, partition, true);
     }
+}
+
+/// Pauses or resumes fetching one partition; true when it worked.
+fn set_paused(consumer: &BaseConsumer<ClaimContext>, topic: &str, partition: i32, pause: bool) -> bool {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    if let Err(error) = &result {
+        tracing::warn!(partition, pause, %error, "Could not pause or resume a partition.");
+    }
+    result.is_ok()
 }
 
 fn commit_hints(
     consumer: &BaseConsumer<ClaimContext>,
     topic: &str,
     acks: &std::sync::mpsc::Receiver<(i32, i64)>,
+    lanes: &mut HashMap<i32, Lane>,
     mode: CommitMode,
 ) {
     let mut latest: HashMap<i32, i64> = HashMap::new();
@@ -257,6 +321,9 @@ fn commit_hints(
     }
     let mut tpl = TopicPartitionList::new();
     for (partition, next) in latest {
+        if let Some(lane) = lanes.get_mut(&partition) {
+            lane.published_to = lane.published_to.max(next);
+        }
         let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
     }
     // Only a hint for lag dashboards: the database fence is the truth.
@@ -265,10 +332,13 @@ fn commit_hints(
     }
 }
 
-fn record_lag(consumer: &BaseConsumer<ClaimContext>, topic: &str, lanes: &HashMap<i32, Lane>) {
+/// Lag per partition: the broker's high watermark minus the offset after the
+/// last published partial.
+fn record_lag(high_watermarks: &Mutex<HashMap<i32, i64>>, lanes: &HashMap<i32, Lane>) {
+    let marks = high_watermarks.lock().expect("watermarks lock");
     for (&partition, lane) in lanes {
-        if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_millis(500)) {
-            metrics::LAG.with_label_values(&[&partition.to_string()]).set((high - lane.read_to).max(0));
+        if let Some(&high) = marks.get(&partition) {
+            metrics::LAG.with_label_values(&[&partition.to_string()]).set((high - lane.published_to).max(0));
         }
     }
 }

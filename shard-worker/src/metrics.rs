@@ -74,11 +74,11 @@ pub static ASSIGNED: LazyLock<IntGauge> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
-/// High watermark minus the next offset this worker will read.
+/// High watermark minus the offset after the last published partial.
 pub static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "tally_worker_consumer_lag_messages",
-        "Messages in the partition after the last one this worker read.",
+        "Messages in the partition after the last one this worker published a partial for.",
         &["partition"]
     )
     .expect("metric registers once")

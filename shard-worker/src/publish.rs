@@ -48,6 +48,11 @@ pub async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
 
 /// Writes the rejected messages of a batch to the dead-letter topic and
 /// waits until the broker has acknowledged every one.
+///
+/// Every copy is enqueued first, so they share produce requests; a copy whose
+/// delivery failed is then retried on its own until it lands. A retry after an
+/// ambiguous failure may write a second copy: readers key dead letters by
+/// their source partition and offset headers.
 pub async fn dead_letters(
     producer: &FutureProducer,
     dlq_topic: &str,
@@ -56,21 +61,34 @@ pub async fn dead_letters(
     messages: &[Message],
     invalid: &[(usize, Invalid)],
 ) {
-    for (index, reason) in invalid {
-        let message = &messages[*index];
-        retry("dlq_write", || send_dead_letter(producer, dlq_topic, source_topic, partition, message, reason)).await;
+    let record = |index: usize, reason: &Invalid| dead_letter(dlq_topic, source_topic, partition, &messages[index], reason);
+    let deliveries: Vec<_> =
+        invalid.iter().map(|(index, reason)| producer.send_result(record(*index, reason)).ok()).collect();
+    for ((index, reason), delivery) in invalid.iter().zip(deliveries) {
+        let landed = match delivery {
+            Some(delivery) => matches!(delivery.await, Ok(Ok(_))),
+            None => false,
+        };
+        if !landed {
+            retry("dlq_write", || async {
+                let sent = producer.send(record(*index, reason), Timeout::After(Duration::from_secs(30))).await;
+                sent.map(drop).map_err(|(e, _)| e)
+            })
+            .await;
+        }
     }
     metrics::DLQ_WRITES.inc_by(invalid.len() as u64);
 }
 
-async fn send_dead_letter(
-    producer: &FutureProducer,
-    dlq_topic: &str,
+/// The dead-letter copy of `message`: original key, payload and headers, plus
+/// the `tally.*` headers naming the reason and the source.
+fn dead_letter<'a>(
+    dlq_topic: &'a str,
     source_topic: &str,
     partition: i32,
-    message: &Message,
+    message: &'a Message,
     reason: &Invalid,
-) -> Result<(), rdkafka::error::KafkaError> {
+) -> FutureRecord<'a, [u8], [u8]> {
     let mut headers = OwnedHeaders::new();
     for (key, value) in &message.headers {
         headers = headers.insert(Header { key, value: Some(value) });
@@ -90,7 +108,7 @@ async fn send_dead_letter(
     if let Some(key) = &message.key {
         record = record.key(key.as_slice());
     }
-    producer.send(record, Timeout::After(Duration::from_secs(30))).await.map(drop).map_err(|(e, _)| e)
+    record
 }
 
 /// Publishes a partial to the partials partition equal to its source

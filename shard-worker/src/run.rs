@@ -60,8 +60,13 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         // One eager protocol: the claim happens in the assign callback, and a
         // single offered protocol keeps every member's choice identical.
         .set("partition.assignment.strategy", "roundrobin")
+        // High watermarks for the lag gauge come with these statistics.
+        .set("statistics.interval.ms", "2000")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(250).to_string());
+    if !config.group_instance_id.is_empty() {
+        consumer_config.set("group.instance.id", &config.group_instance_id);
+    }
     let consumer: BaseConsumer<ClaimContext> =
         consumer_config.create_with_context(context).map_err(kafka("consumer"))?;
     consumer.subscribe(&[&config.orders_topic]).map_err(kafka("subscribe"))?;

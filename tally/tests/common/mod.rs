@@ -123,6 +123,8 @@ impl World {
             ("aggregator.group_id", self.aggregator_group.as_str()),
             ("aggregator.flush_interval_ms", "200"),
             ("aggregator.session_timeout_ms", "30000"),
+            // Static membership: a restarted aggregator takes its partitions back.
+            ("aggregator.group_instance_id", name),
         ] {
             args.push("--set".into());
             args.push(format!("{key}={value}"));
@@ -132,7 +134,10 @@ impl World {
 
     fn spawn(&mut self, name: &str, args: Vec<String>) -> usize {
         let log = std::fs::File::create(self.dir.join(format!("{name}.{}.log", self.children.len()))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        // `setpriv --pdeathsig` (util-linux) kills the service if this test
+        // process dies without running `Drop`, so no stray worker outlives it.
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", env!("CARGO_BIN_EXE_tally")])
             .args(&args)
             .env("TALLY_LOG", std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
