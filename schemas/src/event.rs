@@ -1,17 +1,18 @@
 //! The order event: its owned form, its validation rules, and the borrowed
 //! decoder used on the worker's hot path.
 //!
-//! Decoding reads each field as a raw JSON token (no `serde_json::Value`
-//! tree) and borrows strings from the message wherever they hold no escapes.
+//! Decoding scans the object once for the raw token of each field (no
+//! `serde_json::Value` tree, no serde visitors) and borrows strings from the
+//! message wherever they hold no escapes.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::amount::Amount;
 use crate::day::{parse_rfc3339, Day, EpochMicros};
+use crate::scan::object_fields;
 
 /// Longest accepted `event_id`, `order_id` or `merchant_id`, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
@@ -106,32 +107,17 @@ impl fmt::Display for Invalid {
     }
 }
 
-#[derive(Deserialize)]
-struct RawEvent<'a> {
-    #[serde(borrow, default)]
-    event_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    order_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    merchant_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    amount: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    currency: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    occurred_at: Option<&'a RawValue>,
-}
+/// The event's fields, in the order `decode` reads them from the scan.
+const FIELDS: [&str; 7] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
 
-fn present<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<&'a str, Invalid> {
-    match raw.map(RawValue::get) {
+fn present<'a>(raw: Option<&'a str>, field: &'static str) -> Result<&'a str, Invalid> {
+    match raw {
         None | Some("null") => Err(Invalid::new(field, "", "is missing")),
         Some(text) => Ok(text),
     }
 }
 
-fn string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
+fn string<'a>(raw: Option<&'a str>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
     let token = present(raw, field)?;
     if !token.starts_with('"') {
         return Err(Invalid::new(field, token, "must be a JSON string"));
@@ -145,7 +131,7 @@ fn string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a, 
         .map_err(|e| Invalid::new(field, token, format!("is not a valid string: {e}")))
 }
 
-fn id<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
+fn id<'a>(raw: Option<&'a str>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
     let value = string(raw, field)?;
     if value.is_empty() || value.len() > MAX_ID_BYTES {
         return Err(Invalid::new(field, &value, "must be 1 to 128 bytes long"));
@@ -153,7 +139,7 @@ fn id<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a, str>
     Ok(value)
 }
 
-fn kind(raw: Option<&RawValue>) -> Result<Kind, Invalid> {
+fn kind(raw: Option<&str>) -> Result<Kind, Invalid> {
     match string(raw, "kind")?.as_ref() {
         "sale" => Ok(Kind::Sale),
         "refund" => Ok(Kind::Refund),
@@ -161,7 +147,7 @@ fn kind(raw: Option<&RawValue>) -> Result<Kind, Invalid> {
     }
 }
 
-fn amount(raw: Option<&RawValue>) -> Result<Amount, Invalid> {
+fn amount(raw: Option<&str>) -> Result<Amount, Invalid> {
     let token = present(raw, "amount")?;
     let text: Cow<'_, str> = if token.starts_with('"') {
         string(raw, "amount")?
@@ -173,7 +159,7 @@ fn amount(raw: Option<&RawValue>) -> Result<Amount, Invalid> {
     Amount::parse_event_amount(&text).map_err(|e| Invalid::new("amount", &text, e.to_string()))
 }
 
-fn currency<'a>(raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Invalid> {
+fn currency<'a>(raw: Option<&'a str>) -> Result<Cow<'a, str>, Invalid> {
     let value = string(raw, "currency")?;
     if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Invalid::new("currency", &value, "must be three upper-case letters (ISO 4217)"));
@@ -181,7 +167,7 @@ fn currency<'a>(raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Invalid> {
     Ok(value)
 }
 
-fn occurred_at(raw: Option<&RawValue>) -> Result<EpochMicros, Invalid> {
+fn occurred_at(raw: Option<&str>) -> Result<EpochMicros, Invalid> {
     let value = string(raw, "occurred_at")?;
     parse_rfc3339(&value).map_err(|e| Invalid::new("occurred_at", &value, e.to_string()))
 }
@@ -198,22 +184,23 @@ pub fn decode<'a>(payload: &'a [u8], key: Option<&[u8]>) -> Result<ValidEvent<'a
     if !text.trim_start().starts_with('{') {
         return Err(Invalid::new("payload", text, "is not a JSON object"));
     }
-    let raw: RawEvent<'a> = serde_json::from_str(text).map_err(|e| {
-        Invalid::new("payload", text, format!("is not a JSON object with the event's fields: {e}"))
-    })?;
-    let event_id = id(raw.event_id, "event_id")?;
-    let order_id = id(raw.order_id, "order_id")?;
-    let merchant_id = id(raw.merchant_id, "merchant_id")?;
+    let [event_id, order_id, merchant_id, kind_token, amount_token, currency_token, occurred_at_token] =
+        object_fields(text, &FIELDS).map_err(|e| {
+            Invalid::new("payload", text, format!("is not a valid JSON object: {} at byte {}", e.reason, e.at))
+        })?;
+    let event_id = id(event_id, "event_id")?;
+    let order_id = id(order_id, "order_id")?;
+    let merchant_id = id(merchant_id, "merchant_id")?;
     if let Some(key) = key {
         if key != merchant_id.as_bytes() {
             let reason = format!("does not equal the message key {:?}", String::from_utf8_lossy(key));
             return Err(Invalid::new("merchant_id", &merchant_id, reason));
         }
     }
-    let kind = kind(raw.kind)?;
-    let amount = amount(raw.amount)?;
-    let currency = currency(raw.currency)?;
-    let occurred_at = occurred_at(raw.occurred_at)?;
+    let kind = kind(kind_token)?;
+    let amount = amount(amount_token)?;
+    let currency = currency(currency_token)?;
+    let occurred_at = occurred_at(occurred_at_token)?;
     Ok(ValidEvent {
         event_id,
         order_id,

@@ -4,6 +4,7 @@
 //! - [`amount`]: exact money amounts, `Decimal128(38,4)` units, parsed from text.
 //! - [`day`]: RFC 3339 timestamps and the UTC calendar days they fall on.
 //! - [`event`]: the order event, its validation rules and the borrowed decoder.
+//! - [`scan`]: the one-pass JSON object scanner under the decoder.
 //! - [`batch`]: the Arrow schema of a decoded batch and its builder.
 //! - [`config`]: validation helpers shared by every role's configuration.
 //! - [`partial`]: the partial-totals message a worker publishes per offset range.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod day;
 pub mod event;
 pub mod partial;
+pub mod scan;
 pub mod totals;
 
 pub use amount::Amount;

@@ -59,12 +59,14 @@ impl DedupeWindow {
             self.newest_ms = time_ms;
             self.evict();
         }
-        if self.seen.contains_key(&id) {
-            return false;
+        match self.seen.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(offset);
+                self.order.push_back(Entry { offset, time_ms, id });
+                true
+            }
         }
-        self.seen.insert(id, offset);
-        self.order.push_back(Entry { offset, time_ms, id });
-        true
     }
 
     fn evict(&mut self) {

@@ -1,0 +1,302 @@
+//! A single-pass scanner for the top level of one JSON object: it checks the
+//! whole text is valid JSON and returns the raw token of each wanted key,
+//! without building values or copying anything.
+//!
+//! This is the first step of the worker's hot path. serde_json's derive
+//! spent most of its time matching key names and validating tokens through
+//! generic visitors; here each byte is looked at once.
+
+/// Nesting deeper than this is refused rather than recursed into.
+const MAX_DEPTH: usize = 64;
+
+/// Why a text is not a JSON object: a sentence and the byte position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanError {
+    /// What was wrong.
+    pub reason: &'static str,
+    /// Byte offset in the text where it was noticed.
+    pub at: usize,
+}
+
+/// Scans `text`, which must hold exactly one JSON object, and returns for
+/// each name in `wanted` the raw token of its value (strings keep their
+/// quotes and escapes), or `None` when the key is absent.
+///
+/// Keys with escapes are compared after unescaping. A wanted key that
+/// appears twice is an error: an event must not say two things.
+pub fn object_fields<'a, const N: usize>(
+    text: &'a str,
+    wanted: &[&str; N],
+) -> Result<[Option<&'a str>; N], ScanError> {
+    let mut scanner = Scanner { text, bytes: text.as_bytes(), at: 0 };
+    let mut found = [None; N];
+    scanner.whitespace();
+    scanner.expect(b'{', "expected `{` at the start of the object")?;
+    scanner.whitespace();
+    if scanner.peek() == Some(b'}') {
+        scanner.at += 1;
+    } else {
+        loop {
+            let key_start = scanner.at;
+            scanner.expect(b'"', "expected a key string")?;
+            let escaped = scanner.string_rest()?;
+            let key_token = &text[key_start..scanner.at];
+            scanner.whitespace();
+            scanner.expect(b':', "expected `:` after a key")?;
+            scanner.whitespace();
+            let value_start = scanner.at;
+            scanner.value(0)?;
+            let value = &text[value_start..scanner.at];
+            if let Some(slot) = slot_of(key_token, escaped, wanted) {
+                if found[slot].is_some() {
+                    return Err(ScanError { reason: "a field appears twice", at: key_start });
+                }
+                found[slot] = Some(value);
+            }
+            scanner.whitespace();
+            match scanner.next() {
+                Some(b',') => scanner.whitespace(),
+                Some(b'}') => break,
+                _ => return Err(scanner.error("expected `,` or `}` after a value")),
+            }
+        }
+    }
+    scanner.whitespace();
+    if scanner.at != scanner.bytes.len() {
+        return Err(scanner.error("unexpected characters after the object"));
+    }
+    Ok(found)
+}
+
+fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N]) -> Option<usize> {
+    let inner = &key_token.as_bytes()[1..key_token.len() - 1];
+    if !escaped {
+        return wanted.iter().position(|w| same(w.as_bytes(), inner));
+    }
+    let key: String = serde_json::from_str(key_token).ok()?;
+    wanted.iter().position(|w| *w == key)
+}
+
+/// Byte equality for short keys, inlined: a `memcmp` call per candidate key
+/// cost more than the comparison itself.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(true, |equal, (x, y)| equal & (x == y))
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn error(&self, reason: &'static str) -> ScanError {
+        ScanError { reason, at: self.at }
+    }
+
+    fn expect(&mut self, byte: u8, reason: &'static str) -> Result<(), ScanError> {
+        if self.peek() == Some(byte) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(self.error(reason))
+        }
+    }
+
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// After an opening quote: skips to just past the closing one. Returns
+    /// whether the string held escapes.
+    fn string_rest(&mut self) -> Result<bool, ScanError> {
+        let mut escaped = false;
+        loop {
+            // Plain characters are the common case: skip them in a tight loop.
+            let plain = self.bytes[self.at..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            self.at = plain.map_or(self.bytes.len(), |n| self.at + n);
+            let Some(byte) = self.next() else { return Err(self.error("unterminated string")) };
+            match byte {
+                b'"' => return Ok(escaped),
+                b'\\' => {
+                    escaped = true;
+                    match self.next() {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {}
+                        Some(b'u') => {
+                            for _ in 0..4 {
+                                if !self.next().is_some_and(|b| b.is_ascii_hexdigit()) {
+                                    return Err(self.error("invalid \\u escape"));
+                                }
+                            }
+                        }
+                        _ => return Err(self.error("invalid escape in a string")),
+                    }
+                }
+                0..=0x1f => return Err(self.error("control character in a string")),
+                _ => {}
+            }
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<(), ScanError> {
+        if depth > MAX_DEPTH {
+            return Err(self.error("nested too deeply"));
+        }
+        match self.peek() {
+            Some(b'"') => {
+                self.at += 1;
+                self.string_rest().map(drop)
+            }
+            Some(b'{') => self.container(depth, b'}', true),
+            Some(b'[') => self.container(depth, b']', false),
+            Some(b't') => self.literal("true"),
+            Some(b'f') => self.literal("false"),
+            Some(b'n') => self.literal("null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(self.error("expected a JSON value")),
+        }
+    }
+
+    fn container(&mut self, depth: usize, close: u8, keyed: bool) -> Result<(), ScanError> {
+        self.at += 1;
+        self.whitespace();
+        if self.peek() == Some(close) {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            if keyed {
+                self.expect(b'"', "expected a key string")?;
+                self.string_rest()?;
+                self.whitespace();
+                self.expect(b':', "expected `:` after a key")?;
+                self.whitespace();
+            }
+            self.value(depth + 1)?;
+            self.whitespace();
+            match self.next() {
+                Some(b',') => self.whitespace(),
+                Some(byte) if byte == close => return Ok(()),
+                _ => return Err(self.error("expected `,` or the end of a container")),
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &'static str) -> Result<(), ScanError> {
+        if self.text[self.at..].starts_with(word) {
+            self.at += word.len();
+            Ok(())
+        } else {
+            Err(self.error("invalid literal"))
+        }
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn number(&mut self) -> Result<(), ScanError> {
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.next() {
+            Some(b'0') => {}
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(self.error("invalid number")),
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            self.required_digits()?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            self.required_digits()?;
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+    }
+
+    fn required_digits(&mut self) -> Result<(), ScanError> {
+        if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            return Err(self.error("invalid number"));
+        }
+        self.digits();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WANTED: [&str; 2] = ["a", "b"];
+
+    fn fields(text: &str) -> Result<[Option<&str>; 2], ScanError> {
+        object_fields(text, &WANTED)
+    }
+
+    #[test]
+    fn returns_raw_tokens_and_skips_the_rest() {
+        let text = r#" { "x": {"deep": [1, -2.5e+3, true, null, "s\"}"]}, "b" : "t\u0041", "a":12.50 } "#;
+        assert_eq!(fields(text).unwrap(), [Some("12.50"), Some(r#""t\u0041""#)]);
+        assert_eq!(fields("{}").unwrap(), [None, None]);
+        assert_eq!(fields(r#"{"\u0061": 1}"#).unwrap(), [Some("1"), None]);
+    }
+
+    #[test]
+    fn agrees_with_serde_json_on_validity() {
+        let cases = [
+            r#"{"a":1}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":-}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":[1 2]}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":"x\q"}"#,
+            r#"{"a":"x\u12"}"#,
+            "{\"a\":\"tab\there\"}",
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":{"b":[{}]}}"#,
+            r#"{"a":"\ud83d\ude00"}"#,
+            r#"[1]"#,
+            r#""#,
+            r#"{"#,
+            r#"{"a":"#,
+        ];
+        for case in cases {
+            let ours = fields(case).is_ok();
+            let theirs = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(case).is_ok();
+            assert_eq!(ours, theirs, "{case}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_repeated_field_and_deep_nesting() {
+        assert_eq!(fields(r#"{"a":1,"a":2}"#).unwrap_err().reason, "a field appears twice");
+        let deep = format!(r#"{{"x":{}{}}}"#, "[".repeat(100), "]".repeat(100));
+        assert_eq!(fields(&deep).unwrap_err().reason, "nested too deeply");
+    }
+}
