@@ -2,8 +2,10 @@
 //!
 //! - [`generate`]: the deterministic load generator and its exact expected totals.
 //! - [`produce`]: publishing generated traffic straight to Kafka.
+//! - [`expected`]: the expected-totals CSV file and the key-by-key comparison.
 //!
-//! The HTTP ingest service (`tally ingest`) is the next piece to land here.
+//! The HTTP ingest service (`tally ingest`) is still to come.
 
+pub mod expected;
 pub mod generate;
 pub mod produce;

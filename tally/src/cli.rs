@@ -29,6 +29,12 @@ pub enum Command {
     Aggregator(ServiceArgs),
     /// Print a merchant's totals from the database.
     Query(QueryArgs),
+    /// Publish deterministic, realistic order traffic to Kafka and write the
+    /// exact `merchant_sales` rows it must produce.
+    Generate(GenerateArgs),
+    /// Compare an expected-totals file with the database, key by key; exit 1
+    /// on any difference.
+    VerifyTotals(VerifyArgs),
 }
 
 /// Flags shared by the long-running services.
@@ -80,6 +86,63 @@ pub struct QueryArgs {
     /// The merchant to show.
     #[arg(long)]
     pub merchant: String,
+    /// Database URL (default: the configured aggregator database).
+    #[arg(long, env = "TALLY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Flags of `tally generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "TALLY_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Topic to publish to (it must exist; `tally worker` creates it).
+    #[arg(long, default_value = "orders")]
+    pub topic: String,
+    /// Messages to publish, including duplicates and invalid ones.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Seed: the same seed and settings give the same messages and totals.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Distinct merchants (Zipf-like skew).
+    #[arg(long, default_value_t = 1_000)]
+    pub merchants: u32,
+    /// Currencies, comma-separated.
+    #[arg(long, default_value = "EUR,USD,GBP,JPY,CHF", value_delimiter = ',')]
+    pub currencies: Vec<String>,
+    /// Share of valid events that are refunds (0 to 1).
+    #[arg(long, default_value_t = 0.08)]
+    pub refund_share: f64,
+    /// Share of messages repeating an earlier event byte for byte (0 to 1).
+    #[arg(long, default_value_t = 0.02)]
+    pub duplicate_share: f64,
+    /// Share of messages that break a rule (0 to 1).
+    #[arg(long, default_value_t = 0.002)]
+    pub invalid_share: f64,
+    /// Share of valid events dated 1 to 30 days back (0 to 1).
+    #[arg(long, default_value_t = 0.03)]
+    pub late_share: f64,
+    /// The UTC day the traffic is about (YYYY-MM-DD).
+    #[arg(long, default_value = "2026-11-20")]
+    pub day: String,
+    /// Target messages per second; 0 publishes as fast as the broker takes them.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Where to write the expected totals (CSV).
+    #[arg(long, default_value = "expected-totals.csv")]
+    pub expected: PathBuf,
+}
+
+/// Flags of `tally verify-totals`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// An expected-totals file written by `tally generate`.
+    pub file: PathBuf,
     /// Database URL (default: the configured aggregator database).
     #[arg(long, env = "TALLY_DATABASE_URL")]
     pub database_url: Option<String>,

@@ -4,6 +4,7 @@
 
 mod cli;
 mod demo;
+mod generate;
 mod http;
 mod query;
 mod settings;
@@ -36,6 +37,8 @@ async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::Demo(args) => demo::run(args).await,
         Command::Query(args) => query::run(args).await,
+        Command::Generate(args) => generate::run(args).await,
+        Command::VerifyTotals(args) => generate::verify(args).await,
         Command::Worker(args) => {
             let settings = match load(&args) {
                 Ok(settings) => settings,

@@ -7,28 +7,35 @@ use store::Store;
 use crate::cli::QueryArgs;
 use crate::settings::Settings;
 
-/// Prints the rows of `merchant_sales` for `args.merchant`.
-pub async fn run(args: QueryArgs) -> ExitCode {
-    let url = match args.database_url {
+/// Opens the database named by `--database-url`, or else by the
+/// configuration's aggregator. Prints the error and returns the exit code
+/// (2 for a bad URL or file, 1 when unreachable) on failure.
+pub async fn open_store(database_url: Option<String>, config: Option<&std::path::Path>) -> Result<Store, ExitCode> {
+    let url = match database_url {
         Some(url) => url,
-        None => match Settings::load(args.config.as_deref(), std::env::vars(), &[]) {
+        None => match Settings::load(config, std::env::vars(), &[]) {
             Ok(settings) => settings.aggregator.database_url,
             Err(error) => {
                 eprintln!("error: {error}");
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
         },
     };
     if let Err(error) = schemas::config::database_url("--database-url", &url) {
         eprintln!("error: {error}");
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
-    let store = match Store::connect(&url).await {
+    Store::connect(&url).await.map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints the rows of `merchant_sales` for `args.merchant`.
+pub async fn run(args: QueryArgs) -> ExitCode {
+    let store = match open_store(args.database_url, args.config.as_deref()).await {
         Ok(store) => store,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let totals = match store.totals(Some(&args.merchant)).await {
         Ok(totals) => totals,
