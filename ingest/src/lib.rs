@@ -4,8 +4,9 @@
 //! - [`produce`]: publishing generated traffic straight to Kafka.
 //! - [`expected`]: the expected-totals CSV file and the key-by-key comparison.
 //!
-//! The HTTP ingest service (`tally ingest`) is still to come.
+//! - [`service`]: `tally ingest`, the HTTP front door (`POST /v1/orders`).
 
 pub mod expected;
 pub mod generate;
 pub mod produce;
+pub mod service;

@@ -1,6 +1,6 @@
-//! A single-pass scanner for the top level of one JSON object: it checks the
-//! whole text is valid JSON and returns the raw token of each wanted key,
-//! without building values or copying anything.
+//! A single-pass scanner for the top level of one JSON object (or array): it
+//! checks the whole text is valid JSON and returns the raw token of each
+//! wanted key (or element), without building values or copying anything.
 //!
 //! This is the first step of the worker's hot path. serde_json's derive
 //! spent most of its time matching key names and validating tokens through
@@ -66,6 +66,36 @@ pub fn object_fields<'a, const N: usize>(
         return Err(scanner.error("unexpected characters after the object"));
     }
     Ok(found)
+}
+
+/// Splits `text`, which must hold exactly one JSON array, into the raw text
+/// of each element (validated, not parsed).
+pub fn array_elements(text: &str) -> Result<Vec<&str>, ScanError> {
+    let mut scanner = Scanner { text, bytes: text.as_bytes(), at: 0 };
+    let mut elements = Vec::new();
+    scanner.whitespace();
+    scanner.expect(b'[', "expected `[` at the start of the array")?;
+    scanner.whitespace();
+    if scanner.peek() == Some(b']') {
+        scanner.at += 1;
+    } else {
+        loop {
+            let start = scanner.at;
+            scanner.value(0)?;
+            elements.push(&text[start..scanner.at]);
+            scanner.whitespace();
+            match scanner.next() {
+                Some(b',') => scanner.whitespace(),
+                Some(b']') => break,
+                _ => return Err(scanner.error("expected `,` or `]` after an element")),
+            }
+        }
+    }
+    scanner.whitespace();
+    if scanner.at != scanner.bytes.len() {
+        return Err(scanner.error("unexpected characters after the array"));
+    }
+    Ok(elements)
 }
 
 fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N]) -> Option<usize> {
@@ -290,6 +320,15 @@ mod tests {
             let ours = fields(case).is_ok();
             let theirs = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(case).is_ok();
             assert_eq!(ours, theirs, "{case}");
+        }
+    }
+
+    #[test]
+    fn splits_arrays_into_raw_elements() {
+        assert_eq!(array_elements(r#" [ {"a":1} , "x", [2,3] ] "#).unwrap(), [r#"{"a":1}"#, r#""x""#, "[2,3]"]);
+        assert_eq!(array_elements("[]").unwrap(), Vec::<&str>::new());
+        for bad in ["", "[", "[1,]", "{}", "[1] 2", "[1 2]"] {
+            assert!(array_elements(bad).is_err(), "{bad}");
         }
     }
 

@@ -27,6 +27,8 @@ pub enum Command {
     Worker(ServiceArgs),
     /// Run an aggregator: partials → database.
     Aggregator(ServiceArgs),
+    /// Run the HTTP ingest service: POST /v1/orders → orders topic.
+    Ingest(ServiceArgs),
     /// Print a merchant's totals from the database.
     Query(QueryArgs),
     /// Publish deterministic, realistic order traffic to Kafka and write the
@@ -161,6 +163,9 @@ impl ServiceArgs {
     /// The flag overrides as `section.field=value` pairs for both roles.
     pub fn overrides(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        if let Some(brokers) = &self.brokers {
+            out.push(("ingest.brokers".to_owned(), brokers.clone()));
+        }
         for section in ["worker", "aggregator"] {
             if let Some(brokers) = &self.brokers {
                 out.push((format!("{section}.brokers"), brokers.clone()));

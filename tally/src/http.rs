@@ -42,7 +42,8 @@ pub async fn serve(
     Ok(bound)
 }
 
-async fn metrics() -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8>) {
+/// `GET /metrics`: the default registry in Prometheus text format.
+pub async fn metrics() -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8>) {
     let mut body = Vec::new();
     let content_type = [("content-type", "text/plain; version=0.0.4")];
     match TextEncoder::new().encode(&prometheus::gather(), &mut body) {

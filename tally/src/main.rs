@@ -55,6 +55,16 @@ async fn dispatch(command: Command) -> ExitCode {
             }
             outcome(shard_worker::run(settings.worker, shutdown).await)
         }
+        Command::Ingest(args) => {
+            let settings = match load(&args) {
+                Ok(settings) => settings,
+                Err(code) => return code,
+            };
+            if let Err(error) = settings.ingest.validate() {
+                return config_error(error.into());
+            }
+            ingest_service(settings.ingest).await
+        }
         Command::Aggregator(args) => {
             let settings = match load(&args) {
                 Ok(settings) => settings,
@@ -70,6 +80,44 @@ async fn dispatch(command: Command) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             outcome(aggregator::run(settings.aggregator, shutdown).await)
+        }
+    }
+}
+
+/// Serves the ingest API (with `/metrics`) until SIGTERM, then stops
+/// accepting, lets in-flight requests finish, and flushes the producer.
+async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
+    let state = match ingest::service::Ingest::new(&config) {
+        Ok(state) => state,
+        Err(error) => {
+            eprintln!("error: cannot create the Kafka producer for {}: {error}", config.brokers);
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("error: cannot listen on {}: {error}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(state.clone().watch_broker(std::time::Duration::from_secs(2)));
+    let shutdown = signals::shutdown_on_signals();
+    let app = ingest::service::router(state.clone()).route("/metrics", axum::routing::get(http::metrics));
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%bound, topic = config.orders_topic, "Ingest listening.");
+    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+        eprintln!("error: the HTTP server failed: {error}");
+        return ExitCode::FAILURE;
+    }
+    match state.flush(std::time::Duration::from_secs(30)) {
+        Ok(()) => {
+            tracing::info!("Ingest stopped; every accepted event is acknowledged.");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: events still unacknowledged at shutdown: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use aggregator::AggregatorConfig;
+use ingest::service::IngestConfig;
 use serde::{Deserialize, Serialize};
 use shard_worker::WorkerConfig;
 use toml::{Table, Value};
@@ -17,6 +18,8 @@ pub struct Settings {
     pub worker: WorkerConfig,
     /// `[aggregator]`: see `aggregator::AggregatorConfig`.
     pub aggregator: AggregatorConfig,
+    /// `[ingest]`: see `ingest::service::IngestConfig`.
+    pub ingest: IngestConfig,
 }
 
 /// A configuration problem, named by field and source.
@@ -44,8 +47,11 @@ pub enum SettingsError {
     Invalid(#[from] schemas::config::ConfigError),
 }
 
-/// Environment variables that set a field of both roles.
-const SHARED_ENV: [(&str, &str); 2] = [("TALLY_BROKERS", "brokers"), ("TALLY_DATABASE_URL", "database_url")];
+/// Environment variables that set a field of several roles.
+const SHARED_ENV: [(&str, &str, &[&str]); 2] = [
+    ("TALLY_BROKERS", "brokers", &["worker", "aggregator", "ingest"]),
+    ("TALLY_DATABASE_URL", "database_url", &["worker", "aggregator"]),
+];
 
 impl Settings {
     /// Layers the file (if any), the environment and `overrides`
@@ -89,10 +95,10 @@ impl Settings {
 /// Maps `TALLY_WORKER_BATCH_MAX_EVENTS` to `(worker, batch_max_events)`, and
 /// the shared variables to both roles.
 fn env_targets(name: &str) -> Vec<(String, String)> {
-    if let Some((_, field)) = SHARED_ENV.iter().find(|(var, _)| *var == name) {
-        return vec![("worker".into(), (*field).into()), ("aggregator".into(), (*field).into())];
+    if let Some((_, field, sections)) = SHARED_ENV.iter().find(|(var, _, _)| *var == name) {
+        return sections.iter().map(|section| ((*section).into(), (*field).into())).collect();
     }
-    for section in ["worker", "aggregator"] {
+    for section in ["worker", "aggregator", "ingest"] {
         let prefix = format!("TALLY_{}_", section.to_uppercase());
         if let Some(field) = name.strip_prefix(&prefix) {
             return vec![(section.into(), field.to_lowercase())];
@@ -106,7 +112,7 @@ fn set(table: &mut Table, section: &str, field: &str, raw: &str, origin: &str) -
     let section_table = table
         .get_mut(section)
         .and_then(Value::as_table_mut)
-        .ok_or_else(|| parse(format!("unknown section `{section}` (expected worker or aggregator)")))?;
+        .ok_or_else(|| parse(format!("unknown section `{section}` (expected worker, aggregator or ingest)")))?;
     let value = match section_table.get(field) {
         Some(Value::Integer(_)) => Value::Integer(
             raw.trim().parse().map_err(|_| parse(format!("`{section}.{field}` = {raw:?}: must be an integer")))?,

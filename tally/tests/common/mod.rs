@@ -132,6 +132,28 @@ impl World {
         self.spawn(name, args)
     }
 
+    /// Starts `tally ingest` accepting `token`; returns the service index and
+    /// its `host:port` once `/readyz` says the broker is reachable.
+    pub async fn start_ingest(&mut self, name: &str, token: &str) -> (usize, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec!["ingest".to_string(), "--brokers".into(), self.brokers.clone()];
+        for (key, value) in [("ingest.orders_topic", self.orders.as_str()), ("ingest.listen", &addr), ("ingest.tokens", token)] {
+            args.push("--set".into());
+            args.push(format!("{key}={value}"));
+        }
+        let index = self.spawn(name, args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http(&addr, "GET", "/readyz", &[], b"").await {
+                return (index, addr);
+            }
+            self.children[index].assert_alive();
+            assert!(Instant::now() < deadline, "ingest on {addr} not ready within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn spawn(&mut self, name: &str, args: Vec<String>) -> usize {
         let log = std::fs::File::create(self.dir.join(format!("{name}.{}.log", self.children.len()))).unwrap();
         // `setpriv --pdeathsig` (util-linux) kills the service if this test
@@ -364,4 +386,64 @@ pub fn partial(topic: &str, partition: i32, epoch: i64, first: i64, last: i64, m
             sums: Sums { sales_amount: Amount(units), sales_count: 1, ..Default::default() },
         }],
     }
+}
+
+/// A minimal HTTP/1.1 request (`Connection: close`): returns status and body.
+pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut reader, mut writer) = tokio::net::TcpStream::connect(addr).await?.into_split();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    // Write while reading: a server may answer (413) and close before it has
+    // read a large body, and the reset must not hide its answer.
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&bytes).await;
+        writer
+    });
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&buffer[..n]),
+        }
+    }
+    writing.abort();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(std::io::ErrorKind::InvalidData)?;
+    let mut body = response[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 2 + size + 2..];
+    }
+    out
+}
+
+/// Messages in `topic` (all partitions), from the broker's watermarks.
+pub fn topic_messages(brokers: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    (0..PARTITIONS)
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            high - low
+        })
+        .sum()
 }

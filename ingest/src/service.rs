@@ -1,0 +1,374 @@
+//! `tally ingest`: the HTTP front door. `POST /v1/orders` takes a JSON array
+//! or NDJSON of order events, validates each one, produces the valid ones to
+//! `orders` (keyed by merchant, idempotent, `acks=all`) and answers only when
+//! the broker has acknowledged every one of them.
+//!
+//! Status codes:
+//!
+//! | status | when |
+//! | --- | --- |
+//! | 200 | every event accepted and durable |
+//! | 207 | some accepted (durable), some rejected: the body lists each rejection |
+//! | 422 | every event rejected: nothing was produced |
+//! | 400 | the body is empty, not UTF-8, or not a JSON array / NDJSON |
+//! | 401 | no bearer token, or an unknown one |
+//! | 413 | the body is larger than `max_body_bytes` |
+//! | 503 | the broker is unreachable or the producer queue is full (`Retry-After`) |
+//!
+//! A 503 can follow after part of a request was written. Retrying the whole
+//! request is safe: workers drop repeated `event_id`s within their window.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter, IntCounterVec};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use schemas::config::{self as check, ConfigError};
+use schemas::event::decode;
+use schemas::scan::array_elements;
+use serde::{Deserialize, Serialize};
+
+/// `[ingest]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Topic valid events go to.
+    pub orders_topic: String,
+    /// Address the API listens on.
+    pub listen: String,
+    /// Accepted bearer tokens, comma-separated. Prefer `TALLY_INGEST_TOKENS`
+    /// over a file. Empty refuses every request.
+    pub tokens: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Messages the producer may hold unacknowledged before requests get 503.
+    pub queue_max_messages: u32,
+    /// How long a request waits for the broker's acknowledgements.
+    pub ack_timeout_ms: u64,
+    /// Extra librdkafka properties.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> IngestConfig {
+        IngestConfig {
+            brokers: "127.0.0.1:9092".into(),
+            orders_topic: "orders".into(),
+            listen: "127.0.0.1:8080".into(),
+            tokens: String::new(),
+            max_body_bytes: 5 * 1024 * 1024,
+            queue_max_messages: 100_000,
+            ack_timeout_ms: 10_000,
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Checks every field; the error names the first bad one as `ingest.<field>`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check::brokers("ingest.brokers", &self.brokers)?;
+        check::kafka_name("ingest.orders_topic", &self.orders_topic)?;
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::new("ingest.listen", &self.listen, "must be host:port, e.g. 0.0.0.0:8080"));
+        }
+        if self.token_list().is_empty() {
+            return Err(ConfigError::new("ingest.tokens", "", "needs at least one bearer token (TALLY_INGEST_TOKENS)"));
+        }
+        check::in_range("ingest.max_body_bytes", self.max_body_bytes, 1_024, 256 * 1024 * 1024)?;
+        check::in_range("ingest.queue_max_messages", self.queue_max_messages, 100, 10_000_000)?;
+        check::in_range("ingest.ack_timeout_ms", self.ack_timeout_ms, 100, 600_000)
+    }
+
+    fn token_list(&self) -> Vec<String> {
+        self.tokens.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+    }
+}
+
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_ingest_requests_total", "HTTP requests by route and status.", &["route", "status"])
+        .expect("metric registers once")
+});
+static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_ingest_events_total", "Events by outcome: accepted or rejected.", &["outcome"])
+        .expect("metric registers once")
+});
+static DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!("tally_ingest_request_duration_seconds", "Time to answer POST /v1/orders.")
+        .expect("metric registers once")
+});
+static PRODUCE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tally_ingest_produce_errors_total", "Events the broker did not take (request answered 503).")
+        .expect("metric registers once")
+});
+
+/// Shared state of the service.
+pub struct Ingest {
+    producer: FutureProducer,
+    topic: String,
+    tokens: Vec<Vec<u8>>,
+    max_body_bytes: usize,
+    ack_timeout: Duration,
+    broker_up: AtomicBool,
+}
+
+impl Ingest {
+    /// The service state, with its idempotent producer.
+    ///
+    /// Fails when librdkafka rejects the producer configuration.
+    pub fn new(config: &IngestConfig) -> Result<Arc<Ingest>, KafkaError> {
+        let mut client = rdkafka::ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("queue.buffering.max.messages", config.queue_max_messages.to_string())
+            .set("message.timeout.ms", config.ack_timeout_ms.to_string());
+        for (key, value) in &config.kafka {
+            client.set(key, value);
+        }
+        Ok(Arc::new(Ingest {
+            producer: client.create()?,
+            topic: config.orders_topic.clone(),
+            tokens: config.token_list().into_iter().map(String::into_bytes).collect(),
+            max_body_bytes: config.max_body_bytes,
+            ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+            broker_up: AtomicBool::new(false),
+        }))
+    }
+
+    /// True while the last metadata request to the broker succeeded.
+    pub fn ready(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+    }
+
+    /// Asks the broker for the topic's metadata every `every`, recording
+    /// whether it answered, until the process ends.
+    pub async fn watch_broker(self: Arc<Self>, every: Duration) {
+        loop {
+            let this = self.clone();
+            let up = tokio::task::spawn_blocking(move || {
+                this.producer.client().fetch_metadata(Some(&this.topic), Duration::from_secs(2)).is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if up != self.broker_up.swap(up, Ordering::Relaxed) {
+                tracing::info!(broker_up = up, "Broker reachability changed.");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Waits up to `timeout` for every produced event to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Constant-time check of the `Authorization: Bearer …` header against
+    /// every configured token (no early exit, no length shortcut).
+    fn authorised(&self, headers: &HeaderMap) -> bool {
+        let Some(given) = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let mut any = 0u8;
+        for token in &self.tokens {
+            any |= u8::from(constant_time_eq(given, token));
+        }
+        any == 1
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = (a.len() ^ b.len()) as u64;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        difference |= u64::from(x ^ y);
+    }
+    difference == 0
+}
+
+/// The API routes: `POST /v1/orders`, `GET /healthz`, `GET /readyz` and
+/// `GET /openapi.json`. The caller adds `/metrics`.
+pub fn router(state: Arc<Ingest>) -> Router {
+    Router::new()
+        .route("/v1/orders", post(orders))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(state): State<Arc<Ingest>>| async move {
+                if state.ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n")
+                }
+            }),
+        )
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .with_state(state)
+}
+
+/// The OpenAPI document, also checked in at `ingest/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// One rejected event in a response.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rejection {
+    /// 0-based position in the array, or 1-based line number for NDJSON.
+    pub at: usize,
+    /// The field that broke a rule, or `payload`.
+    pub field: String,
+    /// The rule, with the offending value.
+    pub reason: String,
+}
+
+/// The response body of `POST /v1/orders`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// Events durable in the broker.
+    pub accepted: usize,
+    /// Events refused.
+    pub rejected: usize,
+    /// Why each refused event was refused.
+    pub errors: Vec<Rejection>,
+    /// Set on 4xx/5xx answers about the request as a whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn answer(status: StatusCode, outcome: &Outcome) -> Response {
+    REQUESTS.with_label_values(&["/v1/orders", status.as_str()]).inc();
+    let body = serde_json::to_vec(outcome).expect("outcomes serialise");
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn whole(status: StatusCode, message: impl Into<String>) -> Response {
+    answer(status, &Outcome { error: Some(message.into()), ..Outcome::default() })
+}
+
+async fn orders(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let response = handle(&state, &headers, body).await;
+    DURATION.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
+    if !state.authorised(headers) {
+        return whole(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required");
+    }
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > state.max_body_bytes) {
+        return whole(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", state.max_body_bytes));
+    }
+    let Ok(bytes) = to_bytes(body, state.max_body_bytes).await else {
+        return whole(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", state.max_body_bytes));
+    };
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        Err(e) => return whole(StatusCode::BAD_REQUEST, format!("the body is not valid UTF-8 (byte {})", e.valid_up_to())),
+    };
+    if text.trim().is_empty() {
+        return whole(StatusCode::BAD_REQUEST, "the body is empty");
+    }
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    // (position, text) of every event in the request.
+    let items: Vec<(usize, &str)> = if ndjson {
+        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l)).collect()
+    } else {
+        match array_elements(text) {
+            Ok(elements) => elements.into_iter().enumerate().collect(),
+            Err(e) => {
+                let message = format!("the body is not a JSON array of events: {} at byte {}", e.reason, e.at);
+                return whole(StatusCode::BAD_REQUEST, message + " (send NDJSON with Content-Type: application/x-ndjson)");
+            }
+        }
+    };
+    let mut outcome = Outcome::default();
+    let mut deliveries = Vec::new();
+    for (at, item) in items {
+        match decode(item.as_bytes(), None) {
+            Ok(event) => {
+                let record = FutureRecord::to(&state.topic).key(event.merchant_id.as_bytes()).payload(item.as_bytes());
+                match state.producer.send_result(record) {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err((error, _)) => {
+                        let busy = matches!(error, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                        PRODUCE_ERRORS.inc();
+                        let reason = if busy { "the producer queue is full; retry shortly".to_owned() } else { error.to_string() };
+                        return whole(StatusCode::SERVICE_UNAVAILABLE, reason);
+                    }
+                }
+            }
+            Err(invalid) => {
+                outcome.errors.push(Rejection { at, field: invalid.field.to_owned(), reason: invalid.to_string() });
+            }
+        }
+    }
+    let waited = tokio::time::timeout(state.ack_timeout, async {
+        for delivery in deliveries.iter_mut() {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(error.to_string()),
+                Err(_) => return Err("the producer was shut down".to_owned()),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(reason) = waited.unwrap_or_else(|_| Err("the broker did not acknowledge in time".to_owned())) {
+        PRODUCE_ERRORS.inc_by(deliveries.len() as u64);
+        return whole(StatusCode::SERVICE_UNAVAILABLE, format!("the broker did not take the events: {reason}"));
+    }
+    outcome.accepted = deliveries.len();
+    outcome.rejected = outcome.errors.len();
+    EVENTS.with_label_values(&["accepted"]).inc_by(outcome.accepted as u64);
+    EVENTS.with_label_values(&["rejected"]).inc_by(outcome.rejected as u64);
+    let status = match (outcome.accepted, outcome.rejected) {
+        (_, 0) => StatusCode::OK,
+        (0, _) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    answer(status, &outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_in_constant_time_and_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret-longer"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let config = IngestConfig::default();
+        assert_eq!(config.validate().unwrap_err().field, "ingest.tokens");
+        let config = IngestConfig { tokens: "a".into(), listen: "nowhere".into(), ..IngestConfig::default() };
+        assert_eq!(config.validate().unwrap_err().field, "ingest.listen");
+    }
+}

@@ -1,0 +1,120 @@
+//! `tally ingest` against the real broker: eight concurrent clients reach
+//! `merchant_sales` exactly; every kind of bad input gets its documented
+//! status and a useful body without losing the valid events beside it; and
+//! requests without a valid token are refused and produce nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_totals_equal, http, topic_messages, traffic, Backend, World};
+use ingest::generate::Truth;
+use ingest::service::Outcome;
+
+const TOKEN: &str = "test-token-1";
+
+async fn post(addr: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> (u16, Option<Outcome>) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", content_type)];
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer));
+    }
+    let (status, body) = http(addr, "POST", "/v1/orders", &headers, body).await.expect("ingest answers");
+    (status, serde_json::from_slice(&body).ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_clients_reach_the_table_exactly() {
+    let mut world = World::new("ingest", Backend::Postgres).await;
+    let store = world.store().await;
+    world.start_aggregator("aggregator");
+    world.start_worker("worker-a", &[]);
+    let (_, addr) = world.start_ingest("ingest", TOKEN).await;
+
+    // Invalid events are refused at the door (the DLQ is for Kafka producers).
+    let traffic = traffic(61, 40_000);
+    let events: Vec<Vec<u8>> =
+        traffic.messages.iter().filter(|m| !matches!(m.truth, Truth::Invalid(_))).map(|m| m.payload.clone()).collect();
+    let batches: Vec<Vec<Vec<u8>>> = events.chunks(500).map(<[_]>::to_vec).collect();
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let (addr, mine): (String, Vec<_>) = (addr.clone(), batches.iter().skip(client).step_by(8).cloned().collect());
+        clients.push(tokio::spawn(async move {
+            for (i, batch) in mine.iter().enumerate() {
+                // Half the requests as NDJSON, half as a JSON array.
+                let (content_type, body) = if (client + i) % 2 == 0 {
+                    ("application/x-ndjson", batch.join(&b'\n'))
+                } else {
+                    ("application/json", [b"[".to_vec(), batch.join(&b','), b"]".to_vec()].concat())
+                };
+                let (status, outcome) = post(&addr, Some(TOKEN), content_type, &body).await;
+                assert_eq!(status, 200, "{outcome:?}");
+                assert_eq!(outcome.unwrap().accepted, batch.len());
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    world.wait_committed(&store, events.len() as u64, Duration::from_secs(600)).await;
+    assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_bad_tokens() {
+    let mut world = World::new("ingest-bad", Backend::Postgres).await;
+    let (_, addr) = world.start_ingest("ingest", TOKEN).await;
+    let good = |id: &str| {
+        format!(r#"{{"event_id":"{id}","order_id":"o","merchant_id":"m-1","kind":"sale","amount":"1.50","currency":"EUR","occurred_at":"2026-11-20T10:00:00Z"}}"#)
+    };
+    let bad = |from: &str, to: &str| good("bad").replace(from, to);
+    let json = "application/json";
+
+    // Each broken rule is named, and the valid events of the same request go through.
+    let cases = [
+        (bad(r#""1.50""#, "true"), "amount"),
+        (bad(r#""1.50""#, r#""-1.50""#), "amount"),
+        (bad(r#""1.50""#, r#""1.50001""#), "amount"),
+        (bad("EUR", "eur"), "currency"),
+        (bad(r#""merchant_id":"m-1","#, ""), "merchant_id"),
+        (bad(r#""o""#, "17"), "order_id"),
+    ];
+    let mut accepted = 0;
+    for (i, (event, field)) in cases.iter().enumerate() {
+        let body = format!("[{},{event},{}]", good(&format!("a{i}")), good(&format!("b{i}")));
+        let (status, outcome) = post(&addr, Some(TOKEN), json, body.as_bytes()).await;
+        let outcome = outcome.expect("a JSON body");
+        assert_eq!((status, outcome.accepted, outcome.rejected), (207, 2, 1), "{event}");
+        assert_eq!((outcome.errors[0].at, outcome.errors[0].field.as_str()), (1, *field), "{outcome:?}");
+        assert!(!outcome.errors[0].reason.is_empty());
+        accepted += 2;
+    }
+    // Only bad events: 422, nothing produced. NDJSON errors name the line.
+    let (status, outcome) = post(&addr, Some(TOKEN), "application/x-ndjson", format!("\n{}\n", bad("EUR", "eur")).as_bytes()).await;
+    assert_eq!(status, 422);
+    assert_eq!(outcome.unwrap().errors[0].at, 2);
+    // Whole-request problems.
+    for (body, status) in [
+        (b"[{\"event_id\":".to_vec(), 400),
+        (b"{\"not\":\"an array\"}".to_vec(), 400),
+        (vec![b'[', 0xff, 0xfe, b']'], 400),
+        (Vec::new(), 400),
+        (vec![b' '; 10 * 1024 * 1024], 413),
+    ] {
+        let (got, outcome) = post(&addr, Some(TOKEN), json, &body).await;
+        assert_eq!(got, status, "{:?}", String::from_utf8_lossy(&body[..body.len().min(20)]));
+        if status == 400 {
+            assert!(outcome.and_then(|o| o.error).is_some_and(|e| !e.is_empty()));
+        }
+    }
+    // No token, or a wrong one: 401, and nothing from those requests is produced.
+    let body = format!("[{}]", good("unauthorised"));
+    assert_eq!(post(&addr, None, json, body.as_bytes()).await.0, 401);
+    assert_eq!(post(&addr, Some("test-token-2"), json, body.as_bytes()).await.0, 401);
+    assert_eq!(post(&addr, Some(""), json, body.as_bytes()).await.0, 401);
+    assert_eq!(topic_messages(&world.brokers, &world.orders), accepted, "exactly the accepted events are in the topic");
+
+    let (status, spec) = http(&addr, "GET", "/openapi.json", &[], b"").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(spec, std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../ingest/openapi.json")).unwrap());
+}
