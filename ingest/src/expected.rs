@@ -181,7 +181,7 @@ mod tests {
 
     fn sample() -> Totals {
         let mut totals = Totals::new();
-        for (merchant, units) in [("m-1", 1_234_5600), ("odd, \"quoted\"\nid", 1), ("m-2", 0)] {
+        for (merchant, units) in [("m-1", 12_345_600), ("odd, \"quoted\"\nid", 1), ("m-2", 0)] {
             totals.insert(
                 TotalsKey { merchant_id: merchant.into(), currency: "EUR".into(), day: Day(20_777) },
                 Sums { sales_amount: Amount(units), sales_count: 3, refund_amount: Amount(7), refund_count: 1 },

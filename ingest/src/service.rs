@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::{to_bytes, Body};
@@ -116,7 +116,11 @@ static PRODUCE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
 
 /// Shared state of the service.
 pub struct Ingest {
-    producer: FutureProducer,
+    /// Replaced by a fresh idempotent session after a delivery failure.
+    producer: RwLock<FutureProducer>,
+    client: rdkafka::ClientConfig,
+    /// A delivery failed: start a new producer session once the broker answers.
+    stale: AtomicBool,
     topic: String,
     tokens: Vec<Vec<u8>>,
     max_body_bytes: usize,
@@ -141,7 +145,9 @@ impl Ingest {
             client.set(key, value);
         }
         Ok(Arc::new(Ingest {
-            producer: client.create()?,
+            producer: RwLock::new(client.create()?),
+            client,
+            stale: AtomicBool::new(false),
             topic: config.orders_topic.clone(),
             tokens: config.token_list().into_iter().map(String::into_bytes).collect(),
             max_body_bytes: config.max_body_bytes,
@@ -155,16 +161,36 @@ impl Ingest {
         self.broker_up.load(Ordering::Relaxed)
     }
 
+    fn producer(&self) -> FutureProducer {
+        self.producer.read().expect("producer lock").clone()
+    }
+
     /// Asks the broker for the topic's metadata every `every`, recording
-    /// whether it answered, until the process ends.
+    /// whether it answered, until the process ends. Once the broker answers
+    /// again after a failed delivery, requests move to a fresh producer:
+    /// the old idempotent session's sequence numbers may no longer match
+    /// what the broker kept (tansu 0.6.0 even stops serving on them).
     pub async fn watch_broker(self: Arc<Self>, every: Duration) {
         loop {
-            let this = self.clone();
+            let producer = self.producer();
+            let topic = self.topic.clone();
             let up = tokio::task::spawn_blocking(move || {
-                this.producer.client().fetch_metadata(Some(&this.topic), Duration::from_secs(2)).is_ok()
+                producer.client().fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok()
             })
             .await
             .unwrap_or(false);
+            if up && self.stale.swap(false, Ordering::Relaxed) {
+                match self.client.create::<FutureProducer>() {
+                    Ok(fresh) => {
+                        *self.producer.write().expect("producer lock") = fresh;
+                        tracing::info!("Started a fresh producer session after failed deliveries.");
+                    }
+                    Err(error) => {
+                        self.stale.store(true, Ordering::Relaxed);
+                        tracing::warn!(%error, "Could not create a fresh producer; keeping the old one.");
+                    }
+                }
+            }
             if up != self.broker_up.swap(up, Ordering::Relaxed) {
                 tracing::info!(broker_up = up, "Broker reachability changed.");
             }
@@ -174,7 +200,7 @@ impl Ingest {
 
     /// Waits up to `timeout` for every produced event to be acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.producer().flush(timeout)
     }
 
     /// Constant-time check of the `Authorization: Bearer …` header against
@@ -306,15 +332,19 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
     };
     let mut outcome = Outcome::default();
     let mut deliveries = Vec::new();
+    let producer = state.producer();
     for (at, item) in items {
         match decode(item.as_bytes(), None) {
             Ok(event) => {
                 let record = FutureRecord::to(&state.topic).key(event.merchant_id.as_bytes()).payload(item.as_bytes());
-                match state.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => deliveries.push(delivery),
                     Err((error, _)) => {
                         let busy = matches!(error, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
                         PRODUCE_ERRORS.inc();
+                        if !busy {
+                            state.stale.store(true, Ordering::Relaxed);
+                        }
                         let reason = if busy { "the producer queue is full; retry shortly".to_owned() } else { error.to_string() };
                         return whole(StatusCode::SERVICE_UNAVAILABLE, reason);
                     }
@@ -338,6 +368,7 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
     .await;
     if let Err(reason) = waited.unwrap_or_else(|_| Err("the broker did not acknowledge in time".to_owned())) {
         PRODUCE_ERRORS.inc_by(deliveries.len() as u64);
+        state.stale.store(true, Ordering::Relaxed);
         return whole(StatusCode::SERVICE_UNAVAILABLE, format!("the broker did not take the events: {reason}"));
     }
     outcome.accepted = deliveries.len();

@@ -149,7 +149,7 @@ fn print_top_merchants(totals: &Totals) {
         *merged.entry((key.merchant_id.as_str(), key.currency.as_str())).or_default() += sums.net_amount();
     }
     let mut by_key: Vec<((&str, &str), Amount)> = merged.into_iter().collect();
-    by_key.sort_by(|a, b| b.1.cmp(&a.1));
+    by_key.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     println!("\nTop merchants by net sales (all days):");
     for ((merchant, currency), net) in by_key.iter().take(10) {
         println!("  {merchant:<10} {currency} {:>18}", net.to_string());

@@ -5,7 +5,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{assert_totals_equal, http, topic_messages, traffic, Backend, World};
 use ingest::generate::Truth;
@@ -29,7 +31,7 @@ async fn eight_clients_reach_the_table_exactly() {
     let store = world.store().await;
     world.start_aggregator("aggregator");
     world.start_worker("worker-a", &[]);
-    let (_, addr) = world.start_ingest("ingest", TOKEN).await;
+    let (_, addr) = world.start_ingest("ingest", TOKEN, &[]).await;
 
     // Invalid events are refused at the door (the DLQ is for Kafka producers).
     let traffic = traffic(61, 40_000);
@@ -63,7 +65,7 @@ async fn eight_clients_reach_the_table_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_and_bad_tokens() {
     let mut world = World::new("ingest-bad", Backend::Postgres).await;
-    let (_, addr) = world.start_ingest("ingest", TOKEN).await;
+    let (_, addr) = world.start_ingest("ingest", TOKEN, &[]).await;
     let good = |id: &str| {
         format!(r#"{{"event_id":"{id}","order_id":"o","merchant_id":"m-1","kind":"sale","amount":"1.50","currency":"EUR","occurred_at":"2026-11-20T10:00:00Z"}}"#)
     };
@@ -117,4 +119,74 @@ async fn bad_input_and_bad_tokens() {
     let (status, spec) = http(&addr, "GET", "/openapi.json", &[], b"").await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(spec, std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../ingest/openapi.json")).unwrap());
+}
+
+/// A private tansu for this test, so stopping it disturbs no other test.
+fn start_broker(dir: &Path, port: u16) -> Child {
+    let bin = std::env::var("TALLY_TEST_TANSU_BIN").expect("TALLY_TEST_TANSU_BIN is set by scripts/test");
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
+    let child = Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", &bin, "broker", "--kafka-cluster-id", "tally-outage"])
+        .args(["--kafka-listener-url", &url, "--kafka-advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("tansu starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+async fn wait_for(addr: &str, path: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http(addr, "GET", path, &[], b"").await.map(|r| r.0).ok() != Some(status) {
+        assert!(Instant::now() < deadline, "{path} did not answer {status} within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_gives_503_then_recovers() {
+    let mut world = World::new("ingest-outage", Backend::Postgres).await;
+    let broker_dir = world.dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut broker = start_broker(&broker_dir, port);
+    world.brokers = format!("127.0.0.1:{port}");
+    common::create_topics(&world.brokers, &[&world.orders]).await;
+    let (ingest, addr) = world.start_ingest("ingest", TOKEN, &[("ingest.ack_timeout_ms", "3000")]).await;
+    let event = |id: &str| {
+        format!(r#"[{{"event_id":"{id}","order_id":"o","merchant_id":"m-1","kind":"sale","amount":"2","currency":"EUR","occurred_at":"2026-11-20T10:00:00Z"}}]"#)
+    };
+    assert_eq!(post(&addr, Some(TOKEN), "application/json", event("before").as_bytes()).await.0, 200);
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    wait_for(&addr, "/readyz", 503).await;
+    let (status, outcome) = post(&addr, Some(TOKEN), "application/json", event("during").as_bytes()).await;
+    assert_eq!(status, 503, "{outcome:?}");
+    assert!(outcome.and_then(|o| o.error).is_some_and(|e| e.contains("broker")));
+    world.assert_running(ingest);
+
+    let mut broker = start_broker(&broker_dir, port);
+    wait_for(&addr, "/readyz", 200).await;
+    // The producer reconnects on its own; the first requests may still see 503.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _) = post(&addr, Some(TOKEN), "application/json", event("after").as_bytes()).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "requests still fail 60 s after the broker came back");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    world.assert_running(ingest);
+    broker.kill().unwrap();
+    broker.wait().unwrap();
 }

@@ -134,11 +134,12 @@ impl World {
 
     /// Starts `tally ingest` accepting `token`; returns the service index and
     /// its `host:port` once `/readyz` says the broker is reachable.
-    pub async fn start_ingest(&mut self, name: &str, token: &str) -> (usize, String) {
+    pub async fn start_ingest(&mut self, name: &str, token: &str, extra: &[(&str, &str)]) -> (usize, String) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let mut args = vec!["ingest".to_string(), "--brokers".into(), self.brokers.clone()];
-        for (key, value) in [("ingest.orders_topic", self.orders.as_str()), ("ingest.listen", &addr), ("ingest.tokens", token)] {
+        let sets = [("ingest.orders_topic", self.orders.as_str()), ("ingest.listen", &addr), ("ingest.tokens", token)];
+        for (key, value) in sets.iter().chain(extra) {
             args.push("--set".into());
             args.push(format!("{key}={value}"));
         }
@@ -168,6 +169,11 @@ impl World {
             .expect("tally binary starts");
         self.children.push(Service { name: name.to_owned(), child: Some(child) });
         self.children.len() - 1
+    }
+
+    /// Panics unless the service is still running.
+    pub fn assert_running(&self, index: usize) {
+        self.children[index].assert_alive();
     }
 
     /// SIGKILL: no drain, no leave-group, exactly like a crash.
