@@ -6,6 +6,11 @@
 //!   events per second over several runs.
 //! - `dedupe-memory`: heap bytes held by the dedupe window per million ids,
 //!   counted by a wrapping global allocator.
+//! - `ingest`: events per second that `tally ingest` accepts over HTTP into a
+//!   real broker, with p50/p99 request latency (`bench/ingest.sh` starts the
+//!   broker and runs it for batches of 100 and 1,000).
+
+mod http_load;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -112,11 +117,53 @@ fn dedupe_memory(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+fn text_arg(args: &[String], name: &str) -> Result<String> {
+    let i = args.iter().position(|a| a == name).with_context(|| format!("{name} is required"))?;
+    args.get(i + 1).cloned().with_context(|| format!("{name} needs a value"))
+}
+
+/// Starts `tally ingest` against `--brokers`, loads it, and stops it.
+fn ingest(args: &[String]) -> Result<()> {
+    let brokers = text_arg(args, "--brokers")?;
+    let tally = text_arg(args, "--tally-bin")?;
+    let events = arg(args, "--events", 200_000)?;
+    let batch = arg(args, "--batch", 1_000)? as usize;
+    let clients = arg(args, "--clients", 8)? as usize;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let topic = format!("bench-orders-{}", std::process::id());
+        shard_worker::kafka::ensure_topics(&brokers, &Default::default(), &[&topic], 8, 1).await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut service = std::process::Command::new(&tally)
+            .args(["ingest", "--brokers", &brokers, "--set", &format!("ingest.listen={addr}")])
+            .args(["--set", &format!("ingest.orders_topic={topic}"), "--set", "ingest.tokens=bench"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {tally}"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("tally ingest did not listen on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let result = http_load::run(&addr, "bench", events, batch, clients).await;
+        let _ = service.kill();
+        let _ = service.wait();
+        result
+    })
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("hotpath") => hotpath(&args),
         Some("dedupe-memory") => dedupe_memory(&args),
-        _ => bail!("usage: bench hotpath [--events N] [--batch N] [--runs N] | bench dedupe-memory [--ids N]"),
+        Some("ingest") => ingest(&args),
+        _ => bail!(
+            "usage: bench hotpath [--events N] [--batch N] [--runs N] | bench dedupe-memory [--ids N] | \
+             bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N]"
+        ),
     }
 }

@@ -108,7 +108,10 @@ async fn rebalance_and_zombies(backend: Backend) {
     world.wait_committed(&store, 90_000, PATIENCE).await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
     let progress = store.progress().await.unwrap();
-    assert!(progress.iter().all(|p| p.fence.epoch >= 3), "1 → 2 → 1 re-claimed every partition twice");
+    // The second worker's partitions were claimed by it and then re-claimed
+    // when it left: the rebalances really happened.
+    let epochs: Vec<i64> = progress.iter().map(|p| p.fence.epoch).collect();
+    assert!(epochs.iter().any(|&e| e >= 3), "1 → 2 → 1 moved partitions there and back: {epochs:?}");
 
     // Zombies: an older epoch continuing where the fence stands, and a replay
     // of an applied range, both carrying a huge amount that would show.

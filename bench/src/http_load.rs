@@ -1,0 +1,69 @@
+//! `bench ingest`: sustained events per second that `tally ingest` accepts
+//! over HTTP into the real broker, and the request latency, with concurrent
+//! clients posting NDJSON batches of a fixed size.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ingest::generate::{Generator, GeneratorConfig, Truth};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One POST over a fresh connection; returns the status code.
+async fn post(addr: &str, token: &str, body: &[u8]) -> Result<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let status = String::from_utf8_lossy(&response).split(' ').nth(1).and_then(|s| s.parse().ok());
+    status.context("no HTTP status in the response")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs the load and prints throughput and latency percentiles.
+pub async fn run(addr: &str, token: &str, events: u64, batch: usize, clients: usize) -> Result<()> {
+    let config = GeneratorConfig { seed: 9, events, invalid_share: 0.0, ..GeneratorConfig::default() };
+    let payloads: Vec<Vec<u8>> =
+        Generator::new(config).filter(|m| !matches!(m.truth, Truth::Invalid(_))).map(|m| m.payload).collect();
+    let bodies: Vec<Vec<u8>> = payloads.chunks(batch).map(|c| c.join(&b'\n')).collect();
+    println!("ingest: {} events in {} requests of {batch}, {clients} clients, {addr}", payloads.len(), bodies.len());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let mine: Vec<Vec<u8>> = bodies.iter().skip(client).step_by(clients).cloned().collect();
+        let (addr, token) = (addr.to_owned(), token.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(mine.len());
+            for body in &mine {
+                let sent = Instant::now();
+                let status = post(&addr, &token, body).await?;
+                if status != 200 {
+                    bail!("ingest answered {status}");
+                }
+                latencies.push(sent.elapsed());
+            }
+            Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    println!(
+        "  {:.0} events/s sustained; request latency p50 {:.1} ms, p99 {:.1} ms",
+        payloads.len() as f64 / elapsed,
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    Ok(())
+}
