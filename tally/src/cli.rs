@@ -82,18 +82,26 @@ pub struct DemoArgs {
     pub metrics_addr: SocketAddr,
 }
 
-/// Flags of `tally query`.
+/// The database a read-only command opens.
 #[derive(Debug, Args)]
-pub struct QueryArgs {
-    /// The merchant to show.
-    #[arg(long)]
-    pub merchant: String,
+pub struct DatabaseArgs {
     /// Database URL (default: the configured aggregator database).
     #[arg(long, env = "TALLY_DATABASE_URL")]
     pub database_url: Option<String>,
     /// TOML configuration file.
     #[arg(long, env = "TALLY_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// Flags of `tally query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The merchant to show.
+    #[arg(long)]
+    pub merchant: String,
+    /// Which database to read.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 /// Flags of `tally generate`.
@@ -145,12 +153,9 @@ pub struct GenerateArgs {
 pub struct VerifyArgs {
     /// An expected-totals file written by `tally generate`.
     pub file: PathBuf,
-    /// Database URL (default: the configured aggregator database).
-    #[arg(long, env = "TALLY_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// TOML configuration file.
-    #[arg(long, env = "TALLY_CONFIG")]
-    pub config: Option<PathBuf>,
+    /// Which database to read.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {

@@ -131,7 +131,7 @@ pub async fn verify(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store = match open_store(args.database_url, args.config.as_deref()).await {
+    let store = match open_store(&args.database).await {
         Ok(store) => store,
         Err(code) => return code,
     };

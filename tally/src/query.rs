@@ -4,16 +4,16 @@ use std::process::ExitCode;
 
 use store::Store;
 
-use crate::cli::QueryArgs;
+use crate::cli::{DatabaseArgs, QueryArgs};
 use crate::settings::Settings;
 
 /// Opens the database named by `--database-url`, or else by the
 /// configuration's aggregator. Prints the error and returns the exit code
 /// (2 for a bad URL or file, 1 when unreachable) on failure.
-pub async fn open_store(database_url: Option<String>, config: Option<&std::path::Path>) -> Result<Store, ExitCode> {
-    let url = match database_url {
-        Some(url) => url,
-        None => match Settings::load(config, std::env::vars(), &[]) {
+pub async fn open_store(database: &DatabaseArgs) -> Result<Store, ExitCode> {
+    let url = match &database.database_url {
+        Some(url) => url.clone(),
+        None => match Settings::load(database.config.as_deref(), std::env::vars(), &[]) {
             Ok(settings) => settings.aggregator.database_url,
             Err(error) => {
                 eprintln!("error: {error}");
@@ -33,7 +33,7 @@ pub async fn open_store(database_url: Option<String>, config: Option<&std::path:
 
 /// Prints the rows of `merchant_sales` for `args.merchant`.
 pub async fn run(args: QueryArgs) -> ExitCode {
-    let store = match open_store(args.database_url, args.config.as_deref()).await {
+    let store = match open_store(&args.database).await {
         Ok(store) => store,
         Err(code) => return code,
     };
