@@ -6,22 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ingest::generate::{Generator, GeneratorConfig, Truth};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ingest::client::request;
 
 /// One POST over a fresh connection; returns the status code.
 async fn post(addr: &str, token: &str, body: &[u8]) -> Result<u16> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-    let head = format!(
-        "POST /v1/orders HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let status = String::from_utf8_lossy(&response).split(' ').nth(1).and_then(|s| s.parse().ok());
-    status.context("no HTTP status in the response")
+    let bearer = format!("Bearer {token}");
+    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/x-ndjson")];
+    let reply = request(addr, "POST", "/v1/orders", &headers, body).await.with_context(|| format!("posting to {addr}"))?;
+    Ok(reply.status)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -30,6 +30,9 @@ pub struct GeneratorConfig {
     pub late_share: f64,
     /// The "current" UTC day the stream is about.
     pub day: Day,
+    /// The messages travel without a Kafka key (over HTTP, where ingest keys
+    /// them), so no invalid message relies on a wrong key.
+    pub keyless: bool,
 }
 
 impl Default for GeneratorConfig {
@@ -44,6 +47,7 @@ impl Default for GeneratorConfig {
             invalid_share: 0.002,
             late_share: 0.03,
             day: Day(20_777), // 2026-11-20
+            keyless: false,
         }
     }
 }
@@ -179,7 +183,9 @@ impl Generator {
     }
 
     fn invalid(&mut self, index: u64) -> Generated {
-        let kind = INVALID_KINDS[self.rng.below(INVALID_KINDS.len() as u64) as usize];
+        // `key_mismatch` is last, so a keyless stream draws from the others.
+        let kinds = if self.config.keyless { &INVALID_KINDS[..INVALID_KINDS.len() - 1] } else { &INVALID_KINDS[..] };
+        let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
         let (merchant, _) = self.merchant();
         let base = |amount: &str, currency: &str, at: &str, k: &str| {
             format!(r#"{{"event_id":"bad-{index}","order_id":"o-{index}","merchant_id":"{merchant}","kind":"{k}","amount":{amount},"currency":"{currency}","occurred_at":"{at}"}}"#)
@@ -265,5 +271,15 @@ mod tests {
             }
         }
         assert_eq!(&totals, generator.totals());
+    }
+
+    #[test]
+    fn keyless_streams_need_no_key_to_be_judged() {
+        let config = GeneratorConfig { keyless: true, invalid_share: 0.2, ..small(4) };
+        for message in Generator::new(config) {
+            assert_ne!(message.truth, Truth::Invalid("key_mismatch"));
+            let decoded = decode(&message.payload, None);
+            assert_eq!(decoded.is_err(), matches!(message.truth, Truth::Invalid(_)), "{message:?}");
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! - [`expected`]: the expected-totals CSV file and the key-by-key comparison.
 //!
 //! - [`service`]: `tally ingest`, the HTTP front door (`POST /v1/orders`).
+//! - [`client`]: a small HTTP/1.1 client for it (the generator's `--url`).
 
+pub mod client;
 pub mod expected;
 pub mod generate;
 pub mod produce;

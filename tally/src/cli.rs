@@ -113,6 +113,19 @@ pub struct GenerateArgs {
     /// Topic to publish to (it must exist; `tally worker` creates it).
     #[arg(long, default_value = "orders")]
     pub topic: String,
+    /// Post to `tally ingest` at this URL (http://HOST:PORT[/PATH]) instead of
+    /// publishing to Kafka; invalid events are then refused at the door.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Bearer token for `--url`.
+    #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Events per request with `--url`.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Concurrent HTTP clients with `--url`.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
     /// Messages to publish, including duplicates and invalid ones.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,

@@ -1,24 +1,38 @@
-//! `tally generate` (deterministic traffic to Kafka, plus its expected
+//! `tally generate` (deterministic traffic to Kafka or to `tally ingest`, plus its expected
 //! totals) and `tally verify-totals` (those totals against the database).
 
 use std::io::{BufReader, BufWriter};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ingest::client::Endpoint;
 use ingest::expected;
-use ingest::generate::{Generator, GeneratorConfig};
+use ingest::generate::{Generator, GeneratorConfig, Truth};
 use ingest::produce::{bulk_producer, produce_all};
+use rdkafka::producer::FutureProducer;
 use schemas::config::{self as check, ConfigError};
 use schemas::Day;
 
 use crate::cli::{GenerateArgs, VerifyArgs};
 use crate::query::open_store;
 
+/// Where `tally generate` sends its messages.
+enum Sink {
+    Kafka(FutureProducer),
+    Http { endpoint: Endpoint, token: String },
+}
+
 fn generator_config(args: &GenerateArgs) -> Result<GeneratorConfig, ConfigError> {
-    check::brokers("--brokers", &args.brokers)?;
-    check::kafka_name("--topic", &args.topic)?;
+    if args.url.is_none() {
+        check::brokers("--brokers", &args.brokers)?;
+        check::kafka_name("--topic", &args.topic)?;
+    }
     check::in_range("--events", args.events, 1, 10_000_000_000)?;
     check::in_range("--merchants", args.merchants, 1, 100_000_000)?;
+    check::in_range("--batch", args.batch, 1, 100_000)?;
+    check::in_range("--clients", args.clients, 1, 1_000)?;
     for (field, share) in [
         ("--refund-share", args.refund_share),
         ("--duplicate-share", args.duplicate_share),
@@ -48,7 +62,26 @@ fn generator_config(args: &GenerateArgs) -> Result<GeneratorConfig, ConfigError>
         invalid_share: args.invalid_share,
         late_share: args.late_share,
         day,
+        keyless: args.url.is_some(),
     })
+}
+
+fn sink(args: &GenerateArgs) -> Result<Sink, ExitCode> {
+    let Some(url) = &args.url else {
+        return bulk_producer(&args.brokers).map(Sink::Kafka).map_err(|error| {
+            eprintln!("error: cannot create a Kafka producer for {}: {error}", args.brokers);
+            ExitCode::FAILURE
+        });
+    };
+    let endpoint = Endpoint::parse("--url", url).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(2)
+    })?;
+    let Some(token) = args.token.clone().filter(|t| !t.is_empty()) else {
+        eprintln!("error: --url needs a bearer token: pass --token or set TALLY_TOKEN");
+        return Err(ExitCode::from(2));
+    };
+    Ok(Sink::Http { endpoint, token })
 }
 
 /// Publishes the generated messages, then writes the expected totals.
@@ -60,42 +93,24 @@ pub async fn run(args: GenerateArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let producer = match bulk_producer(&args.brokers) {
-        Ok(producer) => producer,
-        Err(error) => {
-            eprintln!("error: cannot create a Kafka producer for {}: {error}", args.brokers);
-            return ExitCode::FAILURE;
-        }
+    let sink = match sink(&args) {
+        Ok(sink) => sink,
+        Err(code) => return code,
     };
     let mut generator = Generator::new(config);
     let started = Instant::now();
-    // With a target rate, publish in tenth-of-a-second slices and wait for
-    // each slice's due time; otherwise everything goes in one stream.
-    let slice = if args.rate == 0 { u64::MAX } else { (args.rate / 10).max(1) };
-    let mut published = 0u64;
-    loop {
-        let chunk: Vec<_> = generator.by_ref().take(slice.min(args.events) as usize).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        let base = published;
-        let report = |done: u64| {
-            let rate = (base + done) as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            eprint!("\r  published {:>12}/{}  ({rate:.0} events/s)   ", base + done, args.events);
-        };
-        match produce_all(&producer, &args.topic, chunk, report).await {
-            Ok(n) => published += n,
-            Err(error) => {
-                eprintln!("\nerror: the broker refused a message after {published} were acknowledged: {error}");
-                return ExitCode::FAILURE;
-            }
-        }
-        if args.rate > 0 {
-            let due = started + Duration::from_secs_f64(published as f64 / args.rate as f64);
-            tokio::time::sleep_until(due.into()).await;
-        }
-    }
+    let sent = match &sink {
+        Sink::Kafka(producer) => to_kafka(&args, producer, &mut generator, started).await,
+        Sink::Http { endpoint, token } => to_ingest(&args, endpoint, token, &mut generator, started).await,
+    };
     eprintln!();
+    let (published, target) = match sent {
+        Ok(sent) => sent,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let written = std::fs::File::create(&args.expected)
         .and_then(|file| expected::write(generator.totals(), BufWriter::new(file)));
     if let Err(error) = written {
@@ -104,14 +119,120 @@ pub async fn run(args: GenerateArgs) -> ExitCode {
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "Published {published} messages to {} in {seconds:.1} s ({:.0} events/s); {} counted events over {} keys expected, written to {}.",
-        args.topic,
+        "Published {published} messages to {target} in {seconds:.1} s ({:.0} events/s); {} counted events over {} keys expected, written to {}.",
         published as f64 / seconds,
         generator.counted(),
         generator.totals().len(),
         args.expected.display()
     );
     ExitCode::SUCCESS
+}
+
+fn progress(started: Instant, done: u64, of: u64) {
+    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    eprint!("\r  published {done:>12}/{of}  ({rate:.0} events/s)   ");
+}
+
+/// Waits until `published` messages are due at `--rate` (no wait at rate 0).
+async fn pace(args: &GenerateArgs, started: Instant, published: u64) {
+    if args.rate > 0 {
+        let due = started + Duration::from_secs_f64(published as f64 / args.rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// Produces every message to the topic; returns the count and the target's name.
+async fn to_kafka(
+    args: &GenerateArgs,
+    producer: &FutureProducer,
+    generator: &mut Generator,
+    started: Instant,
+) -> Result<(u64, String), String> {
+    // With a target rate, publish in tenth-of-a-second slices and wait for
+    // each slice's due time; otherwise everything goes in one stream.
+    let slice = if args.rate == 0 { u64::MAX } else { (args.rate / 10).max(1) };
+    let mut published = 0u64;
+    loop {
+        let chunk: Vec<_> = generator.by_ref().take(slice.min(args.events) as usize).collect();
+        if chunk.is_empty() {
+            return Ok((published, args.topic.clone()));
+        }
+        let base = published;
+        published += produce_all(producer, &args.topic, chunk, |done| progress(started, base + done, args.events))
+            .await
+            .map_err(|error| format!("the broker refused a message after {published} were acknowledged: {error}"))?;
+        pace(args, started, published).await;
+    }
+}
+
+/// How long a batch may keep meeting 503s or a closed port before giving up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+
+/// Posts every message to `tally ingest` in NDJSON batches from
+/// `--clients` concurrent clients. Every invalid message must come back
+/// rejected and every other one accepted, or the expected totals would not
+/// describe what was sent.
+async fn to_ingest(
+    args: &GenerateArgs,
+    endpoint: &Endpoint,
+    token: &str,
+    generator: &mut Generator,
+    started: Instant,
+) -> Result<(u64, String), String> {
+    let (batches, queue) = tokio::sync::mpsc::channel::<Vec<u8>>(args.clients * 2);
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..args.clients {
+        let (queue, answered, endpoint, token) = (queue.clone(), answered.clone(), endpoint.clone(), token.to_owned());
+        clients.spawn(async move {
+            let (mut accepted, mut rejected) = (0u64, 0u64);
+            loop {
+                let Some(body) = queue.lock().await.recv().await else {
+                    return Ok::<_, String>((accepted, rejected));
+                };
+                let outcome = ingest::client::post_orders(&endpoint, &token, &body, GIVE_UP_AFTER).await?;
+                accepted += outcome.accepted as u64;
+                rejected += outcome.rejected as u64;
+                answered.fetch_add((outcome.accepted + outcome.rejected) as u64, Ordering::Relaxed);
+            }
+        });
+    }
+    drop(queue);
+    let (mut published, mut invalid) = (0u64, 0u64);
+    let mut shown = Instant::now();
+    loop {
+        let batch: Vec<_> = generator.by_ref().take(args.batch).collect();
+        if batch.is_empty() {
+            break;
+        }
+        invalid += batch.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).count() as u64;
+        published += batch.len() as u64;
+        let body = batch.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>().join(&b'\n');
+        if batches.send(body).await.is_err() {
+            break; // every client has stopped: the join below says why
+        }
+        if shown.elapsed() > Duration::from_millis(500) {
+            progress(started, answered.load(Ordering::Relaxed), args.events);
+            shown = Instant::now();
+        }
+        pace(args, started, published).await;
+    }
+    drop(batches);
+    let (mut accepted, mut rejected) = (0u64, 0u64);
+    while let Some(joined) = clients.join_next().await {
+        let (a, r) = joined.map_err(|e| format!("a client task failed: {e}"))??;
+        accepted += a;
+        rejected += r;
+    }
+    progress(started, accepted + rejected, args.events);
+    if (accepted, rejected) != (published - invalid, invalid) {
+        return Err(format!(
+            "{} accepted {accepted} and rejected {rejected} of {published} events, but {invalid} were generated invalid; the expected totals would not hold",
+            endpoint.addr
+        ));
+    }
+    Ok((published, format!("http://{}{} ({rejected} refused as invalid)", endpoint.addr, endpoint.path)))
 }
 
 /// Compares the file's rows with `merchant_sales`: exit 0 when every key

@@ -1,7 +1,8 @@
-//! `tally ingest` against the real broker: eight concurrent clients reach
-//! `merchant_sales` exactly; every kind of bad input gets its documented
-//! status and a useful body without losing the valid events beside it; and
-//! requests without a valid token are refused and produce nothing.
+//! `tally ingest` against the real broker: `tally generate --url` with eight
+//! concurrent clients reaches `merchant_sales` exactly as its expected file
+//! says; every kind of bad input gets its documented status and a useful body
+//! without losing the valid events beside it; and requests without a valid
+//! token are refused and produce nothing.
 
 mod common;
 
@@ -9,8 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_totals_equal, http, topic_messages, traffic, Backend, World};
-use ingest::generate::Truth;
+use common::{assert_totals_equal, expected_totals, http, topic_messages, Backend, World};
+use ingest::expected;
+use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
 use ingest::service::Outcome;
 
 const TOKEN: &str = "test-token-1";
@@ -33,33 +35,47 @@ async fn eight_clients_reach_the_table_exactly() {
     world.start_worker("worker-a", &[]);
     let (_, addr) = world.start_ingest("ingest", TOKEN, &[]).await;
 
-    // Invalid events are refused at the door (the DLQ is for Kafka producers).
-    let traffic = traffic(61, 40_000);
-    let events: Vec<Vec<u8>> =
-        traffic.messages.iter().filter(|m| !matches!(m.truth, Truth::Invalid(_))).map(|m| m.payload.clone()).collect();
-    let batches: Vec<Vec<Vec<u8>>> = events.chunks(500).map(<[_]>::to_vec).collect();
-    let mut clients = Vec::new();
-    for client in 0..8 {
-        let (addr, mine): (String, Vec<_>) = (addr.clone(), batches.iter().skip(client).step_by(8).cloned().collect());
-        clients.push(tokio::spawn(async move {
-            for (i, batch) in mine.iter().enumerate() {
-                // Half the requests as NDJSON, half as a JSON array.
-                let (content_type, body) = if (client + i) % 2 == 0 {
-                    ("application/x-ndjson", batch.join(&b'\n'))
-                } else {
-                    ("application/json", [b"[".to_vec(), batch.join(&b','), b"]".to_vec()].concat())
-                };
-                let (status, outcome) = post(&addr, Some(TOKEN), content_type, &body).await;
-                assert_eq!(status, 200, "{outcome:?}");
-                assert_eq!(outcome.unwrap().accepted, batch.len());
-            }
-        }));
-    }
-    for client in clients {
-        client.await.unwrap();
-    }
-    world.wait_committed(&store, events.len() as u64, Duration::from_secs(600)).await;
-    assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+    // `tally generate --url` posts NDJSON batches from 8 concurrent clients;
+    // ingest refuses the invalid events at the door and the rest must reach
+    // `merchant_sales` exactly as the generator's file says.
+    let file = world.dir.join("expected.csv");
+    let (events, seed) = (40_000, 61);
+    let url = format!("http://{addr}/v1/orders");
+    let run = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["generate", "--url", &url, "--token", TOKEN, "--clients", "8", "--batch", "500"])
+        .args(["--events", &events.to_string(), "--seed", &seed.to_string(), "--merchants", "300"])
+        .args(["--invalid-share", "0.01", "--duplicate-share", "0.03", "--late-share", "0.05"])
+        .arg("--expected")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    // The test's own account of the same seed: the file must say the same.
+    let config = GeneratorConfig {
+        seed,
+        events,
+        merchants: 300,
+        invalid_share: 0.01,
+        duplicate_share: 0.03,
+        late_share: 0.05,
+        keyless: true,
+        ..GeneratorConfig::default()
+    };
+    let messages: Vec<Generated> = Generator::new(config).collect();
+    let invalid = messages.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).count() as u64;
+    assert!(invalid > 0);
+    let from_file = expected::read(std::io::BufReader::new(std::fs::File::open(&file).unwrap())).unwrap();
+    assert_totals_equal(&expected_totals(&messages), &from_file);
+    assert!(String::from_utf8_lossy(&run.stdout).contains(&format!("({invalid} refused as invalid)")));
+
+    world.wait_committed(&store, events - invalid, Duration::from_secs(600)).await;
+    assert_totals_equal(&from_file, &store.totals(None).await.unwrap());
+    let verify = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["verify-totals", file.to_str().unwrap(), "--database-url", &world.database_url])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -396,51 +396,8 @@ pub fn partial(topic: &str, partition: i32, epoch: i64, first: i64, last: i64, m
 
 /// A minimal HTTP/1.1 request (`Connection: close`): returns status and body.
 pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut reader, mut writer) = tokio::net::TcpStream::connect(addr).await?.into_split();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut bytes = request.into_bytes();
-    bytes.extend_from_slice(body);
-    // Write while reading: a server may answer (413) and close before it has
-    // read a large body, and the reset must not hide its answer.
-    let writing = tokio::spawn(async move {
-        let _ = writer.write_all(&bytes).await;
-        writer
-    });
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 16 * 1024];
-    loop {
-        match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => response.extend_from_slice(&buffer[..n]),
-        }
-    }
-    writing.abort();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(std::io::ErrorKind::InvalidData)?;
-    let mut body = response[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    Ok((status, body))
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
-        data = &data[line_end + 2 + size + 2..];
-    }
-    out
+    let reply = ingest::client::request(addr, method, path, headers, body).await?;
+    Ok((reply.status, reply.body))
 }
 
 /// Messages in `topic` (all partitions), from the broker's watermarks.
