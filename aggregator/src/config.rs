@@ -27,6 +27,17 @@ pub struct AggregatorConfig {
     /// with the same id takes its partitions back without a rebalance. Empty
     /// means dynamic membership, where a clean shutdown leaves the group at once.
     pub group_instance_id: String,
+    /// Backfill tasks this process runs at once (0: run no backfills).
+    pub backfill_parallelism: usize,
+    /// Attempts per backfill task before it fails its job (1 + retries).
+    pub backfill_max_attempts: i32,
+    /// Wait before a task's first retry; it doubles per retry, plus jitter.
+    pub backfill_retry_base_ms: u64,
+    /// A running task's lease: another process retries it this long after
+    /// its runner stops renewing.
+    pub backfill_lease_ms: u64,
+    /// How often to look for backfill work.
+    pub backfill_poll_ms: u64,
     /// Extra librdkafka properties (e.g. security settings).
     pub kafka: BTreeMap<String, String>,
 }
@@ -42,6 +53,11 @@ impl Default for AggregatorConfig {
             flush_max_partials: 5_000,
             session_timeout_ms: 10_000,
             group_instance_id: String::new(),
+            backfill_parallelism: 2,
+            backfill_max_attempts: 4,
+            backfill_retry_base_ms: 1_000,
+            backfill_lease_ms: 30_000,
+            backfill_poll_ms: 500,
             kafka: BTreeMap::new(),
         }
     }
@@ -60,6 +76,11 @@ impl AggregatorConfig {
         check::in_range("aggregator.flush_interval_ms", self.flush_interval_ms, 10, 600_000)?;
         check::in_range("aggregator.flush_max_partials", self.flush_max_partials, 1, 1_000_000)?;
         check::in_range("aggregator.session_timeout_ms", self.session_timeout_ms, 1_000, 300_000)?;
+        check::in_range("aggregator.backfill_parallelism", self.backfill_parallelism, 0, 256)?;
+        check::in_range("aggregator.backfill_max_attempts", self.backfill_max_attempts, 1, 100)?;
+        check::in_range("aggregator.backfill_retry_base_ms", self.backfill_retry_base_ms, 1, 3_600_000)?;
+        check::in_range("aggregator.backfill_lease_ms", self.backfill_lease_ms, 300, 3_600_000)?;
+        check::in_range("aggregator.backfill_poll_ms", self.backfill_poll_ms, 10, 600_000)?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! `tally aggregator`: consumes `tally.partials`, merges the partials of a
 //! flush interval, and commits them in one fenced transaction.
 //!
+//! - [`backfill`]: backfill jobs from files, their runner, and the atomic replace.
 //! - [`config`]: settings, defaults and validation.
 //! - [`run()`]: the consume–merge–commit loop with retrying flushes.
 //! - [`metrics`]: the aggregator's Prometheus metrics.
@@ -9,6 +10,7 @@
 //! The merge and fence rules themselves live in `store::fence`, shared by the
 //! PostgreSQL and SQLite sinks.
 
+pub mod backfill;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -66,3 +66,33 @@ pub static READY: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("tally_aggregator_ready", "1 when the aggregator is connected and consuming.")
         .expect("metric registers once")
 });
+
+/// Backfill jobs that ended in this process, by state.
+pub static BACKFILL_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_backfill_jobs_total", "Backfill jobs ended by this process, by final state.", &["state"])
+        .expect("metric registers once")
+});
+
+/// Backfill task attempts, by outcome: `succeeded`, `retried`, `failed`, `abandoned`.
+pub static BACKFILL_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_backfill_task_attempts_total", "Backfill task attempts, by outcome.", &["outcome"])
+        .expect("metric registers once")
+});
+
+/// Backfill rows read, by outcome: `read`, `rejected`, `duplicate`.
+pub static BACKFILL_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_backfill_rows_total", "Rows read by successful backfill task attempts, by outcome.", &["outcome"])
+        .expect("metric registers once")
+});
+
+/// 1 while this process leads the scheduler.
+pub static SCHEDULER_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("tally_scheduler_leader", "1 while this aggregator runs due schedules (holds the scheduler lock).")
+        .expect("metric registers once")
+});
+
+/// Due schedule ticks, by outcome: `created` (a job) or `error` (no job; retried in a minute).
+pub static SCHEDULE_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_schedule_runs_total", "Due schedule ticks handled by this process, by outcome.", &["outcome"])
+        .expect("metric registers once")
+});

@@ -2,6 +2,7 @@
 //! fenced transaction.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
@@ -12,6 +13,7 @@ use schemas::Partial;
 use store::{Plan, Store};
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::{self, runner::RunnerConfig};
 use crate::config::AggregatorConfig;
 use crate::error::AggregatorError;
 use crate::metrics;
@@ -36,6 +38,24 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
         store = connect(&config.database_url) => store,
         () = shutdown.cancelled() => return Ok(()),
     };
+    if config.backfill_parallelism > 0 {
+        // Backfills and schedules get their own connection, so a long replace never holds
+        // up the flushes of the live stream.
+        let runner_store = tokio::select! {
+            store = connect(&config.database_url) => Arc::new(store),
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let runner = RunnerConfig {
+            owner: format!("{}-{}", hostname(), std::process::id()),
+            parallelism: config.backfill_parallelism,
+            max_attempts: config.backfill_max_attempts,
+            retry_base_ms: config.backfill_retry_base_ms,
+            lease_ms: config.backfill_lease_ms,
+            poll_ms: config.backfill_poll_ms,
+        };
+        tokio::spawn(backfill::scheduler::run(runner_store.clone(), Duration::from_millis(config.backfill_poll_ms), shutdown.clone()));
+        tokio::spawn(backfill::runner::run(runner_store, runner, shutdown.clone()));
+    }
     let brokers = config.brokers.clone();
     let kafka = |op: &'static str| {
         let brokers = brokers.clone();
@@ -176,4 +196,9 @@ fn record(plan: &Plan) {
     if plan.older_epoch + plan.already_applied > 0 {
         tracing::debug!(older_epoch = plan.older_epoch, already_applied = plan.already_applied, "Dropped stale partials.");
     }
+}
+
+/// This machine's name, for task owners (`tally_tasks.owner`).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "aggregator".to_owned())
 }

@@ -133,14 +133,23 @@ fn string<'a>(raw: Option<&'a str>, field: &'static str) -> Result<Cow<'a, str>,
 
 fn id<'a>(raw: Option<&'a str>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
     let value = string(raw, field)?;
-    if value.is_empty() || value.len() > MAX_ID_BYTES {
-        return Err(Invalid::new(field, &value, "must be 1 to 128 bytes long"));
-    }
+    check_id(&value, field)?;
     Ok(value)
 }
 
+fn check_id(value: &str, field: &'static str) -> Result<(), Invalid> {
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return Err(Invalid::new(field, value, "must be 1 to 128 bytes long"));
+    }
+    Ok(())
+}
+
 fn kind(raw: Option<&str>) -> Result<Kind, Invalid> {
-    match string(raw, "kind")?.as_ref() {
+    kind_of(&string(raw, "kind")?)
+}
+
+fn kind_of(value: &str) -> Result<Kind, Invalid> {
+    match value {
         "sale" => Ok(Kind::Sale),
         "refund" => Ok(Kind::Refund),
         other => Err(Invalid::new("kind", other, "must be \"sale\" or \"refund\"")),
@@ -156,20 +165,93 @@ fn amount(raw: Option<&str>) -> Result<Amount, Invalid> {
     } else {
         return Err(Invalid::new("amount", token, "must be a decimal string or a JSON number"));
     };
-    Amount::parse_event_amount(&text).map_err(|e| Invalid::new("amount", &text, e.to_string()))
+    amount_of(&text)
+}
+
+fn amount_of(text: &str) -> Result<Amount, Invalid> {
+    Amount::parse_event_amount(text).map_err(|e| Invalid::new("amount", text, e.to_string()))
 }
 
 fn currency<'a>(raw: Option<&'a str>) -> Result<Cow<'a, str>, Invalid> {
     let value = string(raw, "currency")?;
-    if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Invalid::new("currency", &value, "must be three upper-case letters (ISO 4217)"));
-    }
+    check_currency(&value)?;
     Ok(value)
 }
 
+fn check_currency(value: &str) -> Result<(), Invalid> {
+    if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Invalid::new("currency", value, "must be three upper-case letters (ISO 4217)"));
+    }
+    Ok(())
+}
+
 fn occurred_at(raw: Option<&str>) -> Result<EpochMicros, Invalid> {
-    let value = string(raw, "occurred_at")?;
-    parse_rfc3339(&value).map_err(|e| Invalid::new("occurred_at", &value, e.to_string()))
+    occurred_at_of(&string(raw, "occurred_at")?)
+}
+
+fn occurred_at_of(value: &str) -> Result<EpochMicros, Invalid> {
+    parse_rfc3339(value).map_err(|e| Invalid::new("occurred_at", value, e.to_string()))
+}
+
+/// An event's fields as separate column values (a row of a backfill file),
+/// `None` where the value is null or the column is absent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Columns<'a> {
+    /// `event_id` text.
+    pub event_id: Option<&'a str>,
+    /// `order_id` text.
+    pub order_id: Option<&'a str>,
+    /// `merchant_id` text.
+    pub merchant_id: Option<&'a str>,
+    /// `kind` text.
+    pub kind: Option<&'a str>,
+    /// `amount` as decimal text (a decimal column's exact text).
+    pub amount: Option<&'a str>,
+    /// `currency` text.
+    pub currency: Option<&'a str>,
+    /// `occurred_at`: RFC 3339 text, or a timestamp column's UTC microseconds.
+    pub occurred_at: Option<Occurred<'a>>,
+}
+
+/// How a file holds `occurred_at`.
+#[derive(Debug, Clone, Copy)]
+pub enum Occurred<'a> {
+    /// RFC 3339 text with an offset, as in the event.
+    Text(&'a str),
+    /// A timestamp column, already in UTC microseconds.
+    Micros(EpochMicros),
+}
+
+/// Validates one row of a backfill file by the same rules as a message.
+pub fn from_columns(row: Columns<'_>) -> Result<ValidEvent<'_>, Invalid> {
+    fn need<'a>(value: Option<&'a str>, field: &'static str) -> Result<&'a str, Invalid> {
+        value.ok_or_else(|| Invalid::new(field, "", "is missing"))
+    }
+    let event_id = need(row.event_id, "event_id")?;
+    check_id(event_id, "event_id")?;
+    let order_id = need(row.order_id, "order_id")?;
+    check_id(order_id, "order_id")?;
+    let merchant_id = need(row.merchant_id, "merchant_id")?;
+    check_id(merchant_id, "merchant_id")?;
+    let kind = kind_of(need(row.kind, "kind")?)?;
+    let amount = amount_of(need(row.amount, "amount")?)?;
+    let currency = need(row.currency, "currency")?;
+    check_currency(currency)?;
+    let occurred_at = match row.occurred_at {
+        None => return Err(Invalid::new("occurred_at", "", "is missing")),
+        Some(Occurred::Text(text)) => occurred_at_of(text)?,
+        Some(Occurred::Micros(micros)) => micros,
+    };
+    Ok(ValidEvent {
+        event_id: Cow::Borrowed(event_id),
+        order_id: Cow::Borrowed(order_id),
+        merchant_id: Cow::Borrowed(merchant_id),
+        kind,
+        amount,
+        currency: Cow::Borrowed(currency),
+        occurred_at,
+        day: Day::of_micros(occurred_at),
+    })
 }
 
 /// Decodes and validates one message value. `key` is the message key; when

@@ -3,6 +3,7 @@
 //! - [`fence`]: the claim and fence rules as pure functions.
 //! - [`postgres`]: PostgreSQL, with one multi-row `UNNEST` upsert per flush.
 //! - [`sqlite`]: the embedded SQLite sink, exact decimal text.
+//! - [`jobs`]: backfill jobs, tasks and schedules, and the atomic replace.
 //! - [`error`]: errors that say what failed and whether to retry.
 //!
 //! Both databases get their schema from the versioned files in
@@ -13,6 +14,7 @@
 
 pub mod error;
 pub mod fence;
+pub mod jobs;
 pub mod postgres;
 pub mod sqlite;
 

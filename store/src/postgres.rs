@@ -10,8 +10,12 @@ use crate::error::{pg, Result};
 use crate::fence::{self, Fence, Plan};
 use crate::{parse_row, sources, Claim, PartitionProgress};
 
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/postgres/0001_init.sql"))];
+mod jobs;
+
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
+    (2, "backfills", include_str!("../migrations/postgres/0002_backfills.sql")),
+];
 
 /// Arbitrary constant that serialises concurrent migrations.
 const MIGRATION_LOCK: i64 = 0x7a11_7a11;
@@ -56,6 +60,10 @@ impl PgStore {
         migrate(client.as_mut().expect("connected")).await?;
         drop(client);
         Ok(store)
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>> {

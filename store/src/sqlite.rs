@@ -11,8 +11,12 @@ use crate::error::{lite, Result, StoreError};
 use crate::fence::{self, Fence, Plan};
 use crate::{parse_row, sources, Claim, PartitionProgress};
 
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
+mod jobs;
+
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, "backfills", include_str!("../migrations/sqlite/0002_backfills.sql")),
+];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 /// A SQLite file shared by every process that opens it (WAL mode).

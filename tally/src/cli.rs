@@ -37,6 +37,16 @@ pub enum Command {
     /// Compare an expected-totals file with the database, key by key; exit 1
     /// on any difference.
     VerifyTotals(VerifyArgs),
+    /// Recompute a closed day range from files and replace it in
+    /// `merchant_sales` atomically (run by the aggregators).
+    Backfill(BackfillArgs),
+    /// List, show and cancel backfill jobs.
+    Jobs(JobsArgs),
+    /// Recompute totals from files without touching the table, and print the
+    /// keys where `merchant_sales` differs; exit 1 on any difference.
+    Verify(ReconcileArgs),
+    /// Add, list and remove backfill schedules (run by the aggregators).
+    Schedule(ScheduleArgs),
 }
 
 /// Flags shared by the long-running services.
@@ -167,6 +177,135 @@ pub struct VerifyArgs {
     /// An expected-totals file written by `tally generate`.
     pub file: PathBuf,
     /// Which database to read.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// What a backfill or a reconciliation reads, and which rows it covers.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// A file, a directory, or a pattern such as `exports/2026-11-*.parquet`.
+    #[arg(long)]
+    pub source: String,
+    /// First day, inclusive (YYYY-MM-DD).
+    #[arg(long)]
+    pub from: String,
+    /// Last day, exclusive (YYYY-MM-DD).
+    #[arg(long)]
+    pub to: String,
+    /// Only these merchants (repeatable); all merchants when absent.
+    #[arg(long = "merchant")]
+    pub merchants: Vec<String>,
+    /// parquet, csv or ndjson (default: from the files' extension).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// Flags of `tally backfill`.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Merchant-hash shards, one task each (default: one per 512 MiB of input).
+    #[arg(long)]
+    pub shards: Option<i32>,
+    /// Show progress until the job ends; exit 0 only if it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// `tally jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(subcommand)]
+    pub command: JobsCommand,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// `tally jobs …`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// The newest jobs with their state, tasks and row counts.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job with each task's attempts, timings and errors.
+    Show {
+        /// The job id.
+        id: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a pending or running job; the live table is left untouched.
+    Cancel {
+        /// The job id.
+        id: i64,
+    },
+}
+
+/// `tally schedule`.
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    pub command: ScheduleCommand,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// `tally schedule …`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create a job from `--source` at every tick of `--cron` (UTC).
+    Add {
+        /// Unique name.
+        name: String,
+        /// Five-field cron expression in UTC, e.g. "30 2 * * *", or @daily.
+        #[arg(long)]
+        cron: String,
+        /// A file, directory or pattern, listed again at every tick.
+        #[arg(long)]
+        source: String,
+        /// Days each job covers, relative to the tick: yesterday, today or last-N-days.
+        #[arg(long)]
+        range: String,
+        /// parquet, csv or ndjson (default: from the files' extension).
+        #[arg(long)]
+        format: Option<String>,
+        /// Only these merchants (repeatable).
+        #[arg(long = "merchant")]
+        merchants: Vec<String>,
+        /// Ticks after this time count (RFC 3339; default now). An earlier
+        /// time makes the latest tick since then due at once.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Every schedule with its last tick.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a schedule (its jobs stay).
+    Remove {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Flags of `tally verify`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }

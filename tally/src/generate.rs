@@ -263,7 +263,13 @@ pub async fn verify(args: VerifyArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let differences = expected::differences(&want, &have);
+    report(&want, &have)
+}
+
+/// Prints one `DIFF` line per key where `have` (the database) differs from
+/// `want`, with both values; exit 0 when none differs, 1 otherwise.
+pub fn report(want: &schemas::Totals, have: &schemas::Totals) -> ExitCode {
+    let differences = expected::differences(want, have);
     let show = |sums: &Option<schemas::Sums>| match sums {
         Some(s) => format!("sales {} ({}), refunds {} ({})", s.sales_amount, s.sales_count, s.refund_amount, s.refund_count),
         None => "no row".to_owned(),

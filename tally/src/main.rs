@@ -2,6 +2,7 @@
 //! calls the role's `run`, and maps the result to an exit code
 //! (0 success, 1 runtime failure, 2 invalid configuration).
 
+mod backfill;
 mod cli;
 mod demo;
 mod generate;
@@ -39,6 +40,10 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Query(args) => query::run(args).await,
         Command::Generate(args) => generate::run(args).await,
         Command::VerifyTotals(args) => generate::verify(args).await,
+        Command::Backfill(args) => backfill::backfill(args).await,
+        Command::Jobs(args) => backfill::jobs(args).await,
+        Command::Verify(args) => backfill::verify(args).await,
+        Command::Schedule(args) => backfill::schedule(args).await,
         Command::Worker(args) => {
             let settings = match load(&args) {
                 Ok(settings) => settings,

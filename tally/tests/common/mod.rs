@@ -116,16 +116,24 @@ impl World {
 
     /// Starts `tally aggregator` as its own process.
     pub fn start_aggregator(&mut self, name: &str) -> usize {
+        self.start_aggregator_with(name, &[])
+    }
+
+    /// Starts `tally aggregator` with extra `--set` fields.
+    pub fn start_aggregator_with(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
         let mut args = vec!["aggregator".to_string()];
         args.extend(self.base_args());
-        for (key, value) in [
+        for &(key, value) in [
             ("aggregator.partials_topic", self.partials.as_str()),
             ("aggregator.group_id", self.aggregator_group.as_str()),
             ("aggregator.flush_interval_ms", "200"),
             ("aggregator.session_timeout_ms", "30000"),
             // Static membership: a restarted aggregator takes its partitions back.
             ("aggregator.group_instance_id", name),
-        ] {
+        ]
+        .iter()
+        .chain(extra)
+        {
             args.push("--set".into());
             args.push(format!("{key}={value}"));
         }

@@ -1,0 +1,166 @@
+//! Runs backfill tasks from the database: claim, compute, record, retry
+//! with exponential backoff and jitter, and swap finished jobs into
+//! `merchant_sales`. Any number of runners may share a database; a task is
+//! leased to one at a time, and a runner that dies loses its lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use store::jobs::Task;
+use store::Store;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::compute::compute;
+use super::source::Format;
+use crate::metrics::{BACKFILL_ATTEMPTS, BACKFILL_JOBS, BACKFILL_ROWS};
+
+/// How a runner works.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// This runner's name in `tally_tasks.owner`.
+    pub owner: String,
+    /// Tasks run at once.
+    pub parallelism: usize,
+    /// Attempts per task before it fails its job (1 + retries).
+    pub max_attempts: i32,
+    /// Wait before the first retry; each further retry doubles it, plus up to 50% jitter.
+    pub retry_base_ms: u64,
+    /// A task's lease; renewed every second (or third of it) while the task runs.
+    pub lease_ms: u64,
+    /// How often to look for work.
+    pub poll_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The wait before attempt `attempt + 1`, with jitter drawn from `seed`.
+pub fn backoff(base_ms: u64, attempt: i32, seed: u64) -> u64 {
+    let exponential = base_ms.saturating_mul(1 << (attempt.clamp(1, 20) - 1));
+    exponential + xxh3_64(&seed.to_le_bytes()) % (exponential / 2 + 1)
+}
+
+/// Runs tasks until `shutdown`; then abandons running tasks (their leases
+/// lapse and another runner retries them).
+pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: CancellationToken) {
+    let mut running = JoinSet::new();
+    loop {
+        match store.complete_jobs(now_ms()).await {
+            Ok(done) => {
+                for id in done {
+                    tracing::info!(job = id, "Backfill job succeeded: its rows replaced the range in merchant_sales.");
+                    BACKFILL_JOBS.with_label_values(&["succeeded"]).inc();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "Cannot complete finished backfill jobs; will retry."),
+        }
+        while running.len() < config.parallelism {
+            let now = now_ms();
+            match store.claim_task(&config.owner, now, now + config.lease_ms as i64).await {
+                Ok(Some(task)) => {
+                    tracing::info!(job = task.job_id, task = task.task_no, attempt = task.attempts, "Backfill task started.");
+                    running.spawn(run_task(store.clone(), config.clone(), task));
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot claim a backfill task; will retry.");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            () = tokio::time::sleep(Duration::from_millis(config.poll_ms)) => {}
+        }
+    }
+    running.abort_all();
+}
+
+async fn run_task(store: Arc<Store>, config: RunnerConfig, task: Task) {
+    let (job_id, task_no, attempt) = (task.job_id, task.task_no, task.attempts);
+    let fail = |error: String| {
+        let store = store.clone();
+        let config = config.clone();
+        async move {
+            let now = now_ms();
+            let retry_at = (attempt < config.max_attempts)
+                .then(|| now + backoff(config.retry_base_ms, attempt, (job_id as u64) << 32 ^ task_no as u64 ^ now as u64) as i64);
+            let outcome = if retry_at.is_some() { "retried" } else { "failed" };
+            tracing::warn!(job = job_id, task = task_no, attempt, outcome, "Backfill task attempt failed: {error}");
+            BACKFILL_ATTEMPTS.with_label_values(&[outcome]).inc();
+            match store.fail_task(job_id, task_no, &config.owner, &error, now, retry_at).await {
+                Ok(()) if retry_at.is_none() => BACKFILL_JOBS.with_label_values(&["failed"]).inc(),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "Cannot record the failed attempt; its lease will lapse."),
+            }
+        }
+    };
+    if attempt > config.max_attempts {
+        // Taken over after its runners died this many times.
+        return fail("its runners stopped before finishing, too many times".to_owned()).await;
+    }
+    let job = match store.job(job_id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return,
+        Err(error) => return fail(format!("cannot read the job: {error}")).await,
+    };
+    let format = match Format::parse("format", &job.format) {
+        Ok(format) => format,
+        Err(error) => return fail(error).await,
+    };
+    let work = compute(&task.input.files, format, &job.scope, task.input.shard, task.input.shards);
+    let lease = async {
+        loop {
+            // Often enough that a cancelled job stops its tasks within a second or two.
+            tokio::time::sleep(Duration::from_millis((config.lease_ms / 3).min(1_000))).await;
+            match store.renew_task(job_id, task_no, &config.owner, now_ms() + config.lease_ms as i64).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => tracing::warn!(%error, "Cannot renew a backfill task's lease; will retry."),
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        () = lease => {
+            tracing::info!(job = job_id, task = task_no, "Backfill task stopped: its job was cancelled or it was taken over.");
+            BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc();
+            return;
+        }
+    };
+    match result {
+        Ok(result) => match store.finish_task(job_id, task_no, &config.owner, &result, now_ms()).await {
+            Ok(true) => {
+                BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
+                BACKFILL_ROWS.with_label_values(&["read"]).inc_by(result.rows_read as u64);
+                BACKFILL_ROWS.with_label_values(&["rejected"]).inc_by(result.rows_rejected as u64);
+                BACKFILL_ROWS.with_label_values(&["duplicate"]).inc_by(result.rows_duplicate as u64);
+                tracing::info!(job = job_id, task = task_no, rows = result.rows_read, rejected = result.rows_rejected, "Backfill task succeeded.");
+            }
+            Ok(false) => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
+            Err(error) => fail(format!("cannot record the result: {error}")).await,
+        },
+        Err(error) => fail(error).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter() {
+        for attempt in 1..=4 {
+            let plain = 100 * (1 << (attempt - 1));
+            for seed in 0..50 {
+                let wait = backoff(100, attempt, seed);
+                assert!((plain..=plain + plain / 2).contains(&wait), "{attempt}: {wait}");
+            }
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Backfill jobs, tasks and schedules on PostgreSQL.
+
+use tokio_postgres::{GenericClient, Row};
+
+use super::PgStore;
+use crate::error::{pg, Result};
+use crate::jobs::{json_list, parse_day, parse_list, parse_state, Job, NewJob, Schedule, Scope, State, Task, TaskResult};
+
+const TASK_COLUMNS: &str = "job_id, task_no, shard, shards, files, state, attempts, not_before, owner, started_at,
+    finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error";
+const JOB_COLUMNS: &str =
+    "id, state, source, format, day_from, day_to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error";
+const SCHEDULE_COLUMNS: &str = "name, cron, source, format, day_range, merchants, created_at, last_due";
+
+fn task(r: &Row) -> Result<Task> {
+    Ok(Task {
+        job_id: r.get(0),
+        task_no: r.get(1),
+        input: crate::jobs::NewTask { shard: r.get(2), shards: r.get(3), files: parse_list("files", r.get(4))? },
+        state: parse_state(r.get(5))?,
+        attempts: r.get(6),
+        not_before: r.get(7),
+        owner: r.get(8),
+        started_at: r.get(9),
+        finished_at: r.get(10),
+        rows_read: r.get(11),
+        rows_rejected: r.get(12),
+        rows_duplicate: r.get(13),
+        rejections: serde_json::from_str(r.get(14)).unwrap_or_default(),
+        last_error: r.get(15),
+    })
+}
+
+fn job(r: &Row, tasks: Vec<Task>) -> Result<Job> {
+    Ok(Job {
+        id: r.get(0),
+        state: parse_state(r.get(1))?,
+        source: r.get(2),
+        format: r.get(3),
+        scope: Scope { from: parse_day("day_from", r.get(4))?, to: parse_day("day_to", r.get(5))?, merchants: parse_list("merchants", r.get(6))? },
+        schedule: r.get(7),
+        created_at: r.get(8),
+        started_at: r.get(9),
+        finished_at: r.get(10),
+        keys_written: r.get(11),
+        last_error: r.get(12),
+        tasks,
+    })
+}
+
+fn schedule(r: &Row) -> Result<Schedule> {
+    Ok(Schedule {
+        name: r.get(0),
+        cron: r.get(1),
+        source: r.get(2),
+        format: r.get(3),
+        day_range: r.get(4),
+        merchants: parse_list("merchants", r.get(5))?,
+        created_at: r.get(6),
+        last_due: r.get(7),
+    })
+}
+
+async fn insert_job(tx: &impl GenericClient, new: &NewJob, now: i64) -> Result<i64> {
+    let row = tx
+        .query_one(
+            "INSERT INTO tally_jobs (state, source, format, day_from, day_to, merchants, schedule, created_at)
+             VALUES ('pending', $1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            &[
+                &new.source,
+                &new.format,
+                &new.scope.from.to_string(),
+                &new.scope.to.to_string(),
+                &json_list(&new.scope.merchants),
+                &new.schedule,
+                &now,
+            ],
+        )
+        .await
+        .map_err(pg("job insert"))?;
+    let id: i64 = row.get(0);
+    for (no, t) in new.tasks.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO tally_tasks (job_id, task_no, shard, shards, files, state) VALUES ($1, $2, $3, $4, $5, 'pending')",
+            &[&id, &(no as i32), &t.shard, &t.shards, &json_list(&t.files)],
+        )
+        .await
+        .map_err(pg("task insert"))?;
+    }
+    Ok(id)
+}
+
+/// Fails the job and stops its other tasks, dropping its computed rows.
+async fn fail_job(tx: &impl GenericClient, job_id: i64, error: &str, now: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE tally_jobs SET state = 'failed', finished_at = $2, last_error = $3 WHERE id = $1 AND state IN ('pending', 'running')",
+        &[&job_id, &now, &error],
+    )
+    .await
+    .map_err(pg("job fail"))?;
+    stop_tasks(tx, job_id, now).await
+}
+
+async fn stop_tasks(tx: &impl GenericClient, job_id: i64, now: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE tally_tasks SET state = 'cancelled', finished_at = $2 WHERE job_id = $1 AND state IN ('pending', 'running')",
+        &[&job_id, &now],
+    )
+    .await
+    .map_err(pg("task stop"))?;
+    tx.execute("DELETE FROM tally_backfill_rows WHERE job_id = $1", &[&job_id]).await.map_err(pg("job rows delete"))?;
+    Ok(())
+}
+
+impl PgStore {
+    pub(crate) async fn create_job(&self, new: &NewJob, now: i64) -> Result<i64> {
+        let mut guard = self.client().await?;
+        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let id = insert_job(&tx, new, now).await?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(id)
+    }
+
+    pub(crate) async fn job(&self, id: i64) -> Result<Option<Job>> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().expect("connected");
+        let Some(row) = client
+            .query_opt(&format!("SELECT {JOB_COLUMNS} FROM tally_jobs WHERE id = $1"), &[&id])
+            .await
+            .map_err(pg("job read"))?
+        else {
+            return Ok(None);
+        };
+        let tasks = client
+            .query(&format!("SELECT {TASK_COLUMNS} FROM tally_tasks WHERE job_id = $1 ORDER BY task_no"), &[&id])
+            .await
+            .map_err(pg("task read"))?;
+        Ok(Some(job(&row, tasks.iter().map(task).collect::<Result<_>>()?)?))
+    }
+
+    pub(crate) async fn jobs(&self, limit: i64) -> Result<Vec<Job>> {
+        let ids: Vec<i64> = {
+            let guard = self.client().await?;
+            let rows = guard
+                .as_ref()
+                .expect("connected")
+                .query("SELECT id FROM tally_jobs ORDER BY id DESC LIMIT $1", &[&limit])
+                .await
+                .map_err(pg("job list"))?;
+            rows.iter().map(|r| r.get(0)).collect()
+        };
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            jobs.extend(self.job(id).await?);
+        }
+        Ok(jobs)
+    }
+
+    pub(crate) async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<State>> {
+        let mut guard = self.client().await?;
+        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let cancelled = tx
+            .execute(
+                "UPDATE tally_jobs SET state = 'cancelled', finished_at = $2, last_error = 'cancelled by an operator'
+                 WHERE id = $1 AND state IN ('pending', 'running')",
+                &[&id, &now],
+            )
+            .await
+            .map_err(pg("job cancel"))?;
+        if cancelled == 1 {
+            stop_tasks(&tx, id, now).await?;
+        }
+        let state = tx.query_opt("SELECT state FROM tally_jobs WHERE id = $1", &[&id]).await.map_err(pg("job read"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        state.map(|r| parse_state(r.get(0))).transpose()
+    }
+
+    pub(crate) async fn claim_task(&self, owner: &str, now: i64, lease_until: i64) -> Result<Option<Task>> {
+        let mut guard = self.client().await?;
+        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "WITH next AS (
+                         SELECT t.job_id, t.task_no FROM tally_tasks t JOIN tally_jobs j ON j.id = t.job_id
+                         WHERE j.state IN ('pending', 'running')
+                           AND ((t.state = 'pending' AND t.not_before <= $2) OR (t.state = 'running' AND t.lease_until < $2))
+                         ORDER BY t.job_id, t.task_no LIMIT 1
+                         FOR UPDATE OF t SKIP LOCKED)
+                     UPDATE tally_tasks t SET state = 'running', attempts = t.attempts + 1, owner = $1,
+                         started_at = $2, finished_at = NULL, lease_until = $3,
+                         last_error = CASE WHEN t.state = 'running' THEN 'its runner stopped (lease expired)' ELSE t.last_error END
+                     FROM next WHERE t.job_id = next.job_id AND t.task_no = next.task_no
+                     RETURNING {}",
+                    TASK_COLUMNS.split(',').map(|c| format!("t.{}", c.trim())).collect::<Vec<_>>().join(", ")
+                ),
+                &[&owner, &now, &lease_until],
+            )
+            .await
+            .map_err(pg("task claim"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let task = task(&row)?;
+        tx.execute(
+            "UPDATE tally_jobs SET state = 'running', started_at = COALESCE(started_at, $2) WHERE id = $1 AND state = 'pending'",
+            &[&task.job_id, &now],
+        )
+        .await
+        .map_err(pg("job start"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(Some(task))
+    }
+
+    pub(crate) async fn renew_task(&self, job_id: i64, task_no: i32, owner: &str, lease_until: i64) -> Result<bool> {
+        let guard = self.client().await?;
+        let n = guard
+            .as_ref()
+            .expect("connected")
+            .execute(
+                "UPDATE tally_tasks SET lease_until = $4 WHERE job_id = $1 AND task_no = $2 AND owner = $3 AND state = 'running'",
+                &[&job_id, &task_no, &owner, &lease_until],
+            )
+            .await
+            .map_err(pg("task renew"))?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn finish_task(&self, job_id: i64, task_no: i32, owner: &str, result: &TaskResult, now: i64) -> Result<bool> {
+        let mut guard = self.client().await?;
+        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let mine = tx
+            .execute(
+                "UPDATE tally_tasks SET state = 'succeeded', finished_at = $4, rows_read = $5, rows_rejected = $6,
+                     rows_duplicate = $7, rejections = $8, last_error = NULL
+                 WHERE job_id = $1 AND task_no = $2 AND owner = $3 AND state = 'running'",
+                &[&job_id, &task_no, &owner, &now, &result.rows_read, &result.rows_rejected, &result.rows_duplicate, &result.rejections.to_string()],
+            )
+            .await
+            .map_err(pg("task finish"))?;
+        if mine != 1 {
+            return Ok(false); // dropped: the transaction rolls back
+        }
+        let n = result.totals.len();
+        let (mut m, mut c, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut sa, mut sc, mut ra, mut rc) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for (key, sums) in &result.totals {
+            m.push(key.merchant_id.as_str());
+            c.push(key.currency.as_str());
+            d.push(key.day.to_string());
+            sa.push(sums.sales_amount.to_string());
+            sc.push(sums.sales_count);
+            ra.push(sums.refund_amount.to_string());
+            rc.push(sums.refund_count);
+        }
+        tx.execute(
+            "INSERT INTO tally_backfill_rows (job_id, task_no, merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count)
+             SELECT $1, $2, u.m, u.c, u.d::date, u.sa::numeric, u.sc, u.ra::numeric, u.rc
+             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::int8[]) AS u(m, c, d, sa, sc, ra, rc)",
+            &[&job_id, &task_no, &m, &c, &d, &sa, &sc, &ra, &rc],
+        )
+        .await
+        .map_err(pg("task rows insert"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(true)
+    }
+
+    pub(crate) async fn fail_task(&self, job_id: i64, task_no: i32, owner: &str, error: &str, now: i64, retry_at: Option<i64>) -> Result<()> {
+        let mut guard = self.client().await?;
+        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let state = if retry_at.is_some() { "pending" } else { "failed" };
+        let mine = tx
+            .execute(
+                "UPDATE tally_tasks SET state = $4, finished_at = $5, not_before = $6, last_error = $7
+                 WHERE job_id = $1 AND task_no = $2 AND owner = $3 AND state = 'running'",
+                &[&job_id, &task_no, &owner, &state, &now, &retry_at.unwrap_or(0), &error],
+            )
+            .await
+            .map_err(pg("task fail"))?;
+        if mine == 1 && retry_at.is_none() {
+            fail_job(&tx, job_id, &format!("task {task_no} ran out of attempts: {error}"), now).await?;
+        }
+        tx.commit().await.map_err(pg("commit"))
+    }
+
+    pub(crate) async fn complete_jobs(&self, now: i64) -> Result<Vec<i64>> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        let ready: Vec<i64> = client
+            .query(
+                "SELECT id FROM tally_jobs j WHERE state = 'running'
+                   AND NOT EXISTS (SELECT 1 FROM tally_tasks t WHERE t.job_id = j.id AND t.state <> 'succeeded')
+                 ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(pg("job scan"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut done = Vec::new();
+        for id in ready {
+            let tx = client.transaction().await.map_err(pg("begin"))?;
+            // Taking the job's row first makes a concurrent cancel wait, then
+            // find the job ended.
+            let Some(row) = tx
+                .query_opt(
+                    "UPDATE tally_jobs SET state = 'succeeded', finished_at = $2 WHERE id = $1 AND state = 'running'
+                     RETURNING day_from, day_to, merchants",
+                    &[&id, &now],
+                )
+                .await
+                .map_err(pg("job complete"))?
+            else {
+                continue;
+            };
+            let (from, to): (&str, &str) = (row.get(0), row.get(1));
+            let merchants = parse_list("merchants", row.get(2))?;
+            tx.execute(
+                "DELETE FROM merchant_sales WHERE day >= $1::date AND day < $2::date
+                   AND (cardinality($3::text[]) = 0 OR merchant_id = ANY($3::text[]))",
+                &[&from, &to, &merchants],
+            )
+            .await
+            .map_err(pg("range delete"))?;
+            // A streamed event committed after the delete adds to the file's totals.
+            let written = tx
+                .execute(
+                    "INSERT INTO merchant_sales AS s (merchant_id, currency, day, sales_amount, sales_count,
+                         refund_amount, refund_count, net_amount, updated_at)
+                     SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count,
+                            sales_amount - refund_amount, now()
+                     FROM tally_backfill_rows WHERE job_id = $1
+                     ON CONFLICT (merchant_id, currency, day) DO UPDATE SET
+                         sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
+                         sales_count   = s.sales_count   + EXCLUDED.sales_count,
+                         refund_amount = s.refund_amount + EXCLUDED.refund_amount,
+                         refund_count  = s.refund_count  + EXCLUDED.refund_count,
+                         net_amount    = s.net_amount    + EXCLUDED.net_amount,
+                         updated_at    = EXCLUDED.updated_at",
+                    &[&id],
+                )
+                .await
+                .map_err(pg("range insert"))?;
+            tx.execute("UPDATE tally_jobs SET keys_written = $2 WHERE id = $1", &[&id, &(written as i64)])
+                .await
+                .map_err(pg("job complete"))?;
+            tx.execute("DELETE FROM tally_backfill_rows WHERE job_id = $1", &[&id]).await.map_err(pg("job rows delete"))?;
+            tx.commit().await.map_err(pg("commit"))?;
+            done.push(id);
+        }
+        Ok(done)
+    }
+
+    pub(crate) async fn add_schedule(&self, s: &Schedule) -> Result<()> {
+        let guard = self.client().await?;
+        guard
+            .as_ref()
+            .expect("connected")
+            .execute(
+                &format!("INSERT INTO tally_schedules ({SCHEDULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+                &[&s.name, &s.cron, &s.source, &s.format, &s.day_range, &json_list(&s.merchants), &s.created_at, &s.last_due],
+            )
+            .await
+            .map_err(pg("schedule insert"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn schedules(&self) -> Result<Vec<Schedule>> {
+        let guard = self.client().await?;
+        let rows = guard
+            .as_ref()
+            .expect("connected")
+            .query(&format!("SELECT {SCHEDULE_COLUMNS} FROM tally_schedules ORDER BY name"), &[])
+            .await
+            .map_err(pg("schedule read"))?;
+        rows.iter().map(schedule).collect()
+    }
+
+    pub(crate) async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        let guard = self.client().await?;
+        let n = guard
+            .as_ref()
+            .expect("connected")
+            .execute("DELETE FROM tally_schedules WHERE name = $1", &[&name])
+            .await
+            .map_err(pg("schedule delete"))?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn fire_schedule(&self, name: &str, previous: i64, due: i64, new: &NewJob, now: i64) -> Result<Option<i64>> {
+        let mut guard = self.client().await?;
+        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let moved = tx
+            .execute("UPDATE tally_schedules SET last_due = $3 WHERE name = $1 AND last_due = $2", &[&name, &previous, &due])
+            .await
+            .map_err(pg("schedule fire"))?;
+        if moved != 1 {
+            return Ok(None);
+        }
+        let id = insert_job(&tx, new, now).await?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(Some(id))
+    }
+}

@@ -1,0 +1,375 @@
+//! `tally backfill`, `tally jobs` and `tally verify`: backfill jobs from
+//! the command line, and reconciliation of files against the table.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use aggregator::backfill::compute::compute;
+use aggregator::backfill::plan::plan;
+use aggregator::backfill::runner::now_ms;
+use aggregator::backfill::schedule::{Cron, Range};
+use aggregator::backfill::source::{list_files, Format};
+use schemas::Day;
+use store::jobs::{Job, Schedule, Scope, State};
+use store::Store;
+
+use crate::cli::{BackfillArgs, JobsArgs, JobsCommand, ReconcileArgs, ScheduleArgs, ScheduleCommand, SourceArgs};
+use crate::query::open_store;
+
+/// The scope and format the flags ask for; errors name the flag.
+fn scope(args: &SourceArgs) -> Result<(Scope, Option<Format>), String> {
+    let day = |flag: &str, text: &str| Day::parse(text).map_err(|e| format!("`{flag}` = {text:?}: {e}"));
+    let (from, to) = (day("--from", &args.from)?, day("--to", &args.to)?);
+    if from >= to {
+        return Err(format!("`--to` = {:?}: must be after --from ({}); the range is [from, to)", args.to, args.from));
+    }
+    let mut merchants = args.merchants.clone();
+    merchants.sort();
+    merchants.dedup();
+    let format = args.format.as_deref().map(|f| Format::parse("--format", f)).transpose()?;
+    Ok((Scope { from, to, merchants }, format))
+}
+
+/// Creates a job; with `--wait`, follows it to the end.
+pub async fn backfill(args: BackfillArgs) -> ExitCode {
+    let job = scope(&args.source).and_then(|(scope, format)| plan(&args.source.source, format, scope, args.shards, None));
+    let job = match job {
+        Ok(job) => job,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match open_store(&args.database).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let id = match store.create_job(&job, now_ms()).await {
+        Ok(id) => id,
+        Err(error) => {
+            eprintln!("error: cannot create the job: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{id}");
+    eprintln!(
+        "Job {id}: {} {} file(s), days [{}, {}), {} task(s).",
+        job.format,
+        job.tasks[0].files.len(),
+        job.scope.from,
+        job.scope.to,
+        job.tasks.len()
+    );
+    if !args.wait {
+        return ExitCode::SUCCESS;
+    }
+    follow(&store, id).await
+}
+
+/// Shows progress until the job ends; exit 0 when it succeeded.
+async fn follow(store: &Store, id: i64) -> ExitCode {
+    let started = Instant::now();
+    let mut hinted = false;
+    loop {
+        let job = match store.job(id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                eprintln!("error: job {id} disappeared");
+                return ExitCode::FAILURE;
+            }
+            Err(error) => {
+                eprintln!("\nwarning: cannot read job {id}: {error}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let done = job.tasks.iter().filter(|t| t.state == State::Succeeded).count();
+        let attempts: i32 = job.tasks.iter().map(|t| t.attempts).sum();
+        let (read, rejected, duplicate) = job.rows();
+        eprint!(
+            "\r  {}: {done}/{} tasks done, {attempts} attempts, {read} rows read, {rejected} rejected, {duplicate} duplicate, {:.0} s   ",
+            job.state,
+            job.tasks.len(),
+            started.elapsed().as_secs_f64()
+        );
+        if job.state.is_final() {
+            eprintln!();
+            print_job(&job);
+            return if job.state == State::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
+        if job.state == State::Pending && !hinted && started.elapsed() > Duration::from_secs(15) {
+            eprintln!("\n  No runner has taken the job yet: jobs run inside `tally aggregator`; is one running on this database?");
+            hinted = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `tally jobs list | show | cancel`.
+pub async fn jobs(args: JobsArgs) -> ExitCode {
+    let store = match open_store(&args.database).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    match args.command {
+        JobsCommand::List { limit, json } => match store.jobs(limit).await {
+            Ok(jobs) if json => print_json(&jobs),
+            Ok(jobs) => {
+                println!("{:>6}  {:<10} {:<10} {:<23} {:>7} {:>8} {:>12} {:>9} {:>9}", "JOB", "STATE", "FORMAT", "DAYS", "TASKS", "ATTEMPTS", "ROWS", "REJECTED", "SECONDS");
+                for job in &jobs {
+                    let done = job.tasks.iter().filter(|t| t.state == State::Succeeded).count();
+                    let attempts: i32 = job.tasks.iter().map(|t| t.attempts).sum();
+                    let (read, rejected, _) = job.rows();
+                    println!(
+                        "{:>6}  {:<10} {:<10} {:<23} {:>7} {:>8} {:>12} {:>9} {:>9}",
+                        job.id,
+                        job.state.as_str(),
+                        job.format,
+                        format!("{}..{}", job.scope.from, job.scope.to),
+                        format!("{done}/{}", job.tasks.len()),
+                        attempts,
+                        read,
+                        rejected,
+                        seconds(job.started_at, job.finished_at),
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(error),
+        },
+        JobsCommand::Show { id, json } => match store.job(id).await {
+            Ok(Some(job)) if json => print_json(&job),
+            Ok(Some(job)) => {
+                print_job(&job);
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!("error: no job {id}");
+                ExitCode::FAILURE
+            }
+            Err(error) => fail(error),
+        },
+        JobsCommand::Cancel { id } => match store.cancel_job(id, now_ms()).await {
+            Ok(Some(State::Cancelled)) => {
+                println!("Job {id} cancelled; merchant_sales is unchanged.");
+                ExitCode::SUCCESS
+            }
+            Ok(Some(state)) => {
+                eprintln!("error: job {id} already ended ({state}); nothing to cancel");
+                ExitCode::FAILURE
+            }
+            Ok(None) => {
+                eprintln!("error: no job {id}");
+                ExitCode::FAILURE
+            }
+            Err(error) => fail(error),
+        },
+    }
+}
+
+fn fail(error: store::StoreError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::FAILURE
+}
+
+fn print_json(value: &impl serde::Serialize) -> ExitCode {
+    println!("{}", serde_json::to_string_pretty(value).expect("jobs serialise"));
+    ExitCode::SUCCESS
+}
+
+fn seconds(started: Option<i64>, finished: Option<i64>) -> String {
+    match (started, finished) {
+        (Some(s), Some(f)) => format!("{:.1}", (f - s) as f64 / 1000.0),
+        (Some(s), None) => format!("{:.1}…", (now_ms() - s) as f64 / 1000.0),
+        _ => "-".to_owned(),
+    }
+}
+
+fn print_job(job: &Job) {
+    let (read, rejected, duplicate) = job.rows();
+    println!("Job {}: {}", job.id, job.state);
+    println!("  source    {} ({})", job.source, job.format);
+    println!("  days      [{}, {})", job.scope.from, job.scope.to);
+    if !job.scope.merchants.is_empty() {
+        println!("  merchants {}", job.scope.merchants.join(", "));
+    }
+    if let Some(schedule) = &job.schedule {
+        println!("  schedule  {schedule}");
+    }
+    println!("  rows      {read} read, {rejected} rejected, {duplicate} duplicate");
+    if let Some(keys) = job.keys_written {
+        println!("  written   {keys} rows of merchant_sales");
+    }
+    println!("  seconds   {}", seconds(job.started_at, job.finished_at));
+    if let Some(error) = &job.last_error {
+        println!("  error     {error}");
+    }
+    println!("  {:>4}  {:<10} {:>5} {:>8} {:>12} {:>9} {:>9} {:>8}  LAST ERROR", "TASK", "STATE", "SHARD", "ATTEMPTS", "ROWS", "REJECTED", "DUPLICATE", "SECONDS");
+    for t in &job.tasks {
+        println!(
+            "  {:>4}  {:<10} {:>5} {:>8} {:>12} {:>9} {:>9} {:>8}  {}",
+            t.task_no,
+            t.state.as_str(),
+            format!("{}/{}", t.input.shard, t.input.shards),
+            t.attempts,
+            t.rows_read,
+            t.rows_rejected,
+            t.rows_duplicate,
+            seconds(t.started_at, t.finished_at),
+            t.last_error.as_deref().unwrap_or("")
+        );
+    }
+    let mut by_field = std::collections::BTreeMap::<String, i64>::new();
+    for t in &job.tasks {
+        if let Some(fields) = t.rejections.get("by_field").and_then(|f| f.as_object()) {
+            for (field, n) in fields {
+                *by_field.entry(field.clone()).or_default() += n.as_i64().unwrap_or(0);
+            }
+        }
+    }
+    if !by_field.is_empty() {
+        let list: Vec<String> = by_field.iter().map(|(f, n)| format!("{f} {n}")).collect();
+        println!("  rejected by field: {}", list.join(", "));
+        for example in job.tasks.iter().filter_map(|t| t.rejections.get("examples")?.as_array()).flatten().take(5) {
+            println!(
+                "    {}:{}: field `{}` = {}: {}",
+                example["file"].as_str().unwrap_or("?"),
+                example["row"],
+                example["field"].as_str().unwrap_or("?"),
+                example["value"],
+                example["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
+}
+
+/// Recomputes the scope from files in this process and diffs it with the table.
+pub async fn verify(args: ReconcileArgs) -> ExitCode {
+    let planned = scope(&args.source).and_then(|(scope, format)| {
+        let files = list_files(&args.source.source)?;
+        let format = match format {
+            Some(format) => format,
+            None => Format::of_path(&files[0].0).ok_or_else(|| format!("cannot tell the format of {:?}; pass --format", files[0].0))?,
+        };
+        Ok((scope, format, files.into_iter().map(|(f, _)| f).collect::<Vec<_>>()))
+    });
+    let (scope, format, files) = match planned {
+        Ok(planned) => planned,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match open_store(&args.database).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let computed = match compute(&files, format, &scope, 0, 1).await {
+        Ok(computed) => computed,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "Read {} rows from {} file(s): {} rejected, {} duplicate.",
+        computed.rows_read,
+        files.len(),
+        computed.rows_rejected,
+        computed.rows_duplicate
+    );
+    let have = match store.totals(None).await {
+        Ok(totals) => totals.into_iter().filter(|(key, _)| scope.contains(&key.merchant_id, key.day)).collect(),
+        Err(error) => {
+            eprintln!("error: cannot read merchant_sales: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::generate::report(&computed.totals, &have)
+}
+
+/// `tally schedule add | list | remove`.
+pub async fn schedule(args: ScheduleArgs) -> ExitCode {
+    let new = match &args.command {
+        ScheduleCommand::Add { name, cron, source, range, format, merchants, since } => {
+            let checked = (|| -> Result<Schedule, String> {
+                if name.is_empty() || name.len() > 128 {
+                    return Err(format!("schedule name {name:?} must be 1 to 128 bytes"));
+                }
+                Cron::parse(cron).map_err(|e| format!("`--cron` = {cron:?}: {e}"))?;
+                Range::parse(range).map_err(|e| format!("`--range`: {e}"))?;
+                if let Some(format) = format {
+                    Format::parse("--format", format)?;
+                }
+                list_files(source)?; // a typo is better caught now than at 2 a.m.
+                let since = match since {
+                    Some(text) => schemas::day::parse_rfc3339(text).map_err(|e| format!("`--since` = {text:?}: {e}"))? / 1000,
+                    None => now_ms(),
+                };
+                let mut merchants = merchants.clone();
+                merchants.sort();
+                merchants.dedup();
+                Ok(Schedule {
+                    name: name.clone(),
+                    cron: cron.clone(),
+                    source: source.clone(),
+                    format: format.clone().unwrap_or_default(),
+                    day_range: range.clone(),
+                    merchants,
+                    created_at: now_ms(),
+                    last_due: since,
+                })
+            })();
+            match checked {
+                Ok(schedule) => Some(schedule),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    let store = match open_store(&args.database).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    match args.command {
+        ScheduleCommand::Add { .. } => {
+            let schedule = new.expect("checked above");
+            match store.add_schedule(&schedule).await {
+                Ok(()) => {
+                    println!("Schedule {:?} added: {} (UTC), range {}, source {}.", schedule.name, schedule.cron, schedule.day_range, schedule.source);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: cannot add schedule {:?} (is the name taken?): {error}", schedule.name);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ScheduleCommand::List { json } => match store.schedules().await {
+            Ok(schedules) if json => print_json(&schedules),
+            Ok(schedules) => {
+                println!("{:<24} {:<16} {:<14} {:<24} SOURCE", "NAME", "CRON", "RANGE", "LAST TICK");
+                for s in &schedules {
+                    let last = schemas::day::format_rfc3339_millis(s.last_due * 1000);
+                    println!("{:<24} {:<16} {:<14} {:<24} {}", s.name, s.cron, s.day_range, last, s.source);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(error),
+        },
+        ScheduleCommand::Remove { name } => match store.remove_schedule(&name).await {
+            Ok(true) => {
+                println!("Schedule {name:?} removed.");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                eprintln!("error: no schedule {name:?}");
+                ExitCode::FAILURE
+            }
+            Err(error) => fail(error),
+        },
+    }
+}

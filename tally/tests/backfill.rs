@@ -1,0 +1,395 @@
+//! Backfills on PostgreSQL and SQLite, run by a real `tally aggregator`:
+//! exact totals from Parquet, CSV and NDJSON with invalid rows and
+//! duplicates; retries that recover and retries that give up without
+//! touching the table; cancellation; and `tally verify` naming exactly the
+//! keys changed by hand.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{assert_totals_equal, expected_totals, Backend, World};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
+use schemas::{Day, Totals};
+
+const FIELDS: [&str; 7] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
+const FROM: &str = "2026-11-01";
+const TO: &str = "2026-11-20";
+
+fn tally(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally")).args(args).output().expect("tally runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Generated events without a key (files have none), with every kind of trouble.
+fn events(seed: u64, count: u64) -> Vec<Generated> {
+    let config = GeneratorConfig {
+        seed,
+        events: count,
+        merchants: 400,
+        refund_share: 0.1,
+        duplicate_share: 0.03,
+        invalid_share: 0.01,
+        late_share: 0.4,
+        keyless: true,
+        ..GeneratorConfig::default()
+    };
+    Generator::new(config).collect()
+}
+
+/// The test's own expectation: counted events inside `[FROM, TO)`.
+fn in_scope(messages: &[Generated]) -> Totals {
+    let (from, to) = (Day::parse(FROM).unwrap(), Day::parse(TO).unwrap());
+    expected_totals(messages).into_iter().filter(|(key, _)| key.day >= from && key.day < to).collect()
+}
+
+/// Each message's fields as column text: a string's contents, a number's
+/// text; `None` when absent (a malformed message keeps what it has).
+fn columns(payload: &[u8]) -> [Option<String>; 7] {
+    let value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload).unwrap_or_default();
+    FIELDS.map(|field| match value.get(field)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    })
+}
+
+fn write_parquet(path: &Path, messages: &[Generated]) {
+    let schema = Arc::new(Schema::new(FIELDS.map(|f| Field::new(f, DataType::Utf8, true)).to_vec()));
+    let rows: Vec<[Option<String>; 7]> = messages.iter().map(|m| columns(&m.payload)).collect();
+    let arrays: Vec<ArrayRef> =
+        (0..FIELDS.len()).map(|c| Arc::new(rows.iter().map(|r| r[c].clone()).collect::<StringArray>()) as ArrayRef).collect();
+    let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+fn write_csv(path: &Path, messages: &[Generated]) {
+    let mut text = FIELDS.join(",") + ",channel\n";
+    for m in messages {
+        let row: Vec<String> = columns(&m.payload)
+            .into_iter()
+            .map(|v| v.map(|v| format!("\"{}\"", v.replace('"', "\"\""))).unwrap_or_default())
+            .collect();
+        text += &(row.join(",") + ",web\n");
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn write_ndjson(path: &Path, messages: &[Generated]) {
+    let lines: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    std::fs::write(path, lines.join(&b'\n')).unwrap();
+}
+
+/// Writes `messages` as two files of `format` under `dir`; returns the pattern.
+fn write_files(dir: &Path, format: &str, messages: &[Generated]) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let half = messages.len() / 2;
+    for (n, part) in [&messages[..half], &messages[half..]].into_iter().enumerate() {
+        let path = dir.join(format!("part-{n}.{format}"));
+        match format {
+            "parquet" => write_parquet(&path, part),
+            "csv" => write_csv(&path, part),
+            _ => write_ndjson(&path, part),
+        }
+    }
+    format!("{}/*.{format}", dir.display())
+}
+
+fn start_backfill(world: &World, source: &str, extra: &[&str]) -> i64 {
+    let mut args = vec!["backfill", "--source", source, "--from", FROM, "--to", TO, "--database-url", &world.database_url];
+    args.extend(extra);
+    let out = tally(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    stdout(&out).trim().parse().expect("the job id")
+}
+
+async fn wait_for_job(store: &store::Store, id: i64, done: impl Fn(&store::jobs::Job) -> bool) -> store::jobs::Job {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let job = store.job(id).await.unwrap().expect("the job exists");
+        if done(&job) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not get there in 300 s: {job:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every column of every `merchant_sales` row as text, `updated_at` included.
+async fn table_bytes(world: &World) -> String {
+    let query = "SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count, net_amount, updated_at
+                 FROM merchant_sales ORDER BY merchant_id, currency, day";
+    if let Some(path) = world.database_url.strip_prefix("sqlite://") {
+        let out = Command::new("sqlite3").arg(path).arg(query).output().expect("sqlite3 runs");
+        assert!(out.status.success());
+        return stdout(&out);
+    }
+    let (client, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let rows = client.query(&format!("SELECT t::text FROM ({query}) t"), &[]).await.unwrap();
+    rows.iter().map(|r| r.get::<_, String>(0) + "\n").collect()
+}
+
+async fn execute(world: &World, sql: &str) {
+    if let Some(path) = world.database_url.strip_prefix("sqlite://") {
+        assert!(Command::new("sqlite3").arg(path).arg(sql).status().unwrap().success());
+        return;
+    }
+    let (client, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(sql).await.unwrap();
+}
+
+async fn exact_backfills_and_verify(backend: Backend) {
+    let mut world = World::new("backfill", backend).await;
+    let store = world.store().await;
+    world.start_aggregator_with("aggregator", &[("aggregator.backfill_parallelism", "2")]);
+    let messages = events(71, 500_000);
+    let invalid = messages.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).count() as i64;
+    let duplicate = messages.iter().filter(|m| m.truth == Truth::Duplicate).count() as i64;
+    let expected = in_scope(&messages);
+
+    // Rows the backfill must leave alone: a day after the range and a merchant it never saw.
+    let keep = "INSERT INTO merchant_sales VALUES ('m-keep', 'EUR', '2026-11-20', '1.0000', 1, '0.0000', 0, '1.0000', '2026-11-21T00:00:00Z');
+                INSERT INTO merchant_sales VALUES ('m-00001', 'EUR', '2026-10-31', '7.0000', 1, '0.0000', 0, '7.0000', '2026-11-21T00:00:00Z');";
+    // A stale row inside the range, which the backfill must replace.
+    let stale = "INSERT INTO merchant_sales VALUES ('m-stale', 'EUR', '2026-11-05', '5.0000', 1, '0.0000', 0, '5.0000', '2026-11-21T00:00:00Z');";
+    execute(&world, &format!("{keep}{stale}")).await;
+
+    for format in ["parquet", "csv", "ndjson"] {
+        let source = write_files(&world.dir.join(format), format, &messages);
+        let id = start_backfill(&world, &source, &["--shards", "3"]);
+        let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
+        assert_eq!(job.state, store::jobs::State::Succeeded, "{format}: {job:#?}");
+        assert_eq!(job.rows(), (messages.len() as i64, invalid, duplicate), "{format}: rows read, rejected, duplicate");
+        let table = store.totals(None).await.unwrap();
+        let (from, to) = (Day::parse(FROM).unwrap(), Day::parse(TO).unwrap());
+        let inside: Totals = table.iter().filter(|(k, _)| k.day >= from && k.day < to).map(|(k, v)| (k.clone(), *v)).collect();
+        assert_totals_equal(&expected, &inside);
+        assert_eq!(table.len(), expected.len() + 2, "{format}: the two rows outside the range stay");
+    }
+
+    // Running the same job again gives the same table.
+    let before: Totals = store.totals(None).await.unwrap();
+    let id = start_backfill(&world, &format!("{}/*.parquet", world.dir.join("parquet").display()), &["--wait"]);
+    assert_eq!(store.job(id).await.unwrap().unwrap().state, store::jobs::State::Succeeded);
+    assert_eq!(store.totals(None).await.unwrap(), before);
+
+    // `jobs list` and `jobs show` in both shapes.
+    let list = tally(&["jobs", "list", "--json", "--database-url", &world.database_url]);
+    let jobs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 4);
+    let show = tally(&["jobs", "show", &id.to_string(), "--database-url", &world.database_url]);
+    assert!(stdout(&show).contains("succeeded") && stdout(&show).contains("rejected by field"), "{}", stdout(&show));
+
+    // Reconciliation: equal first, then exactly the keys changed by hand.
+    let verify = |world: &World| {
+        let source = format!("{}/*.csv", world.dir.join("csv").display());
+        tally(&["verify", "--source", &source, "--from", FROM, "--to", TO, "--database-url", &world.database_url])
+    };
+    let out = verify(&world);
+    assert!(out.status.success(), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    let mut keys: Vec<_> = expected.keys().cloned().collect();
+    keys.sort();
+    let (a, b) = (&keys[3], &keys[keys.len() / 2]);
+    execute(
+        &world,
+        &format!(
+            "UPDATE merchant_sales SET sales_count = sales_count + 1 WHERE merchant_id = '{}' AND currency = '{}' AND day = '{}';
+             DELETE FROM merchant_sales WHERE merchant_id = '{}' AND currency = '{}' AND day = '{}';",
+            a.merchant_id, a.currency, a.day, b.merchant_id, b.currency, b.day
+        ),
+    )
+    .await;
+    let out = verify(&world);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let mut diffs: Vec<String> = stdout(&out).lines().filter(|l| l.starts_with("DIFF ")).map(|l| l[5..].split(':').next().unwrap().to_owned()).collect();
+    diffs.sort();
+    let mut want = vec![format!("{} {} {}", a.merchant_id, a.currency, a.day), format!("{} {} {}", b.merchant_id, b.currency, b.day)];
+    want.sort();
+    assert_eq!(diffs, want, "{}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_backfills_and_verify_postgres() {
+    exact_backfills_and_verify(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_backfills_and_verify_sqlite() {
+    exact_backfills_and_verify(Backend::Sqlite).await;
+}
+
+async fn retries_and_cancellation(backend: Backend) {
+    let mut world = World::new("backfill-retry", backend).await;
+    let store = world.store().await;
+    world.start_aggregator_with(
+        "aggregator",
+        &[("aggregator.backfill_parallelism", "1"), ("aggregator.backfill_max_attempts", "3"), ("aggregator.backfill_retry_base_ms", "1500")],
+    );
+    let messages = events(72, 200_000);
+    let good = world.dir.join("good.parquet");
+    write_parquet(&good, &messages);
+    // Some live rows in the range, so that "unchanged" has something to keep.
+    let first = start_backfill(&world, good.to_str().unwrap(), &["--wait"]);
+    assert_eq!(store.job(first).await.unwrap().unwrap().state, store::jobs::State::Succeeded);
+    let table = table_bytes(&world).await;
+    assert!(table.lines().count() > 100);
+
+    // Fails twice, then succeeds: the file is broken until the second attempt has failed.
+    let flaky: PathBuf = world.dir.join("flaky.parquet");
+    std::fs::write(&flaky, b"PAR1 this is not parquet").unwrap();
+    let id = start_backfill(&world, flaky.to_str().unwrap(), &["--format", "parquet"]);
+    let job = wait_for_job(&store, id, |j| j.tasks[0].attempts == 2 && j.tasks[0].state == store::jobs::State::Pending).await;
+    assert!(job.tasks[0].last_error.as_deref().is_some_and(|e| e.contains("flaky.parquet")), "{job:#?}");
+    std::fs::copy(&good, &flaky).unwrap();
+    let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
+    assert_eq!((job.state, job.tasks[0].attempts), (store::jobs::State::Succeeded, 3), "{job:#?}");
+    assert_eq!(table_bytes(&world).await.lines().count(), table.lines().count());
+    let table = table_bytes(&world).await;
+
+    // Always fails: the job fails after 3 attempts and the table is unchanged, byte for byte.
+    let broken = world.dir.join("broken.parquet");
+    std::fs::write(&broken, b"not parquet at all").unwrap();
+    let id = start_backfill(&world, broken.to_str().unwrap(), &["--format", "parquet"]);
+    let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
+    assert_eq!((job.state, job.tasks[0].attempts), (store::jobs::State::Failed, 3), "{job:#?}");
+    assert!(job.last_error.as_deref().is_some_and(|e| e.contains("ran out of attempts")), "{job:#?}");
+    assert_eq!(table_bytes(&world).await, table);
+    let show = tally(&["jobs", "show", &id.to_string(), "--database-url", &world.database_url]);
+    assert!(stdout(&show).contains("broken.parquet"), "{}", stdout(&show));
+
+    // Cancelled while running: eight shards, one at a time; cancel after the first.
+    let id = start_backfill(&world, good.to_str().unwrap(), &["--shards", "8"]);
+    wait_for_job(&store, id, |j| j.tasks.iter().any(|t| t.state == store::jobs::State::Succeeded)).await;
+    let out = tally(&["jobs", "cancel", &id.to_string(), "--database-url", &world.database_url]);
+    assert!(out.status.success(), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    let job = wait_for_job(&store, id, |j| j.tasks.iter().all(|t| t.state.is_final())).await;
+    assert_eq!(job.state, store::jobs::State::Cancelled);
+    assert!(job.tasks.iter().any(|t| t.state == store::jobs::State::Cancelled), "{job:#?}");
+    // The runner is idle again (it checks for work every 500 ms): nothing changed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(store.job(id).await.unwrap().unwrap().state, store::jobs::State::Cancelled);
+    assert_eq!(table_bytes(&world).await, table);
+    let again = tally(&["jobs", "cancel", &id.to_string(), "--database-url", &world.database_url]);
+    assert_eq!(again.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_cancellation_postgres() {
+    retries_and_cancellation(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_cancellation_sqlite() {
+    retries_and_cancellation(Backend::Sqlite).await;
+}
+
+#[test]
+fn bad_arguments_name_the_flag() {
+    let out = tally(&["backfill", "--source", "/nonexistent/*.parquet", "--from", "2026-11-02", "--to", "2026-11-01", "--database-url", "sqlite:///tmp/x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`--to`"));
+    let out = tally(&["backfill", "--source", "/nonexistent/*.parquet", "--from", "2026-11-01", "--to", "2026-11-02", "--database-url", "sqlite:///tmp/x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
+    let out = tally(&["verify", "--source", "s3://bucket/x.parquet", "--from", "2026-11-01", "--to", "2026-11-02", "--database-url", "sqlite:///tmp/x"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn log_says(world: &World, name: &str, index: usize, text: &str) -> bool {
+    std::fs::read_to_string(world.dir.join(format!("{name}.{index}.log"))).is_ok_and(|log| log.contains(text))
+}
+
+async fn scheduled_jobs(store: &store::Store, schedule: &str) -> Vec<store::jobs::Job> {
+    store.jobs(100).await.unwrap().into_iter().filter(|j| j.schedule.as_deref() == Some(schedule)).collect()
+}
+
+/// Two aggregators on PostgreSQL: one leads; a schedule backdated with
+/// `--since` is due at once and creates exactly one job for its latest
+/// tick (three missed nights, one run); killing the leader hands over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_fire_once_under_one_leader() {
+    let mut world = World::new("schedule", Backend::Postgres).await;
+    let store = world.store().await;
+    let a = world.start_aggregator_with("agg-a", &[("aggregator.backfill_poll_ms", "200")]);
+    let b = world.start_aggregator_with("agg-b", &[("aggregator.backfill_poll_ms", "200")]);
+    let lead = "Leading the scheduler";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_says(&world, "agg-a", a, lead) && !log_says(&world, "agg-b", b, lead) {
+        assert!(Instant::now() < deadline, "no aggregator took the scheduler lock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (leader, follower, follower_name) = if log_says(&world, "agg-a", a, lead) { (a, b, "agg-b") } else { (b, a, "agg-a") };
+
+    // The latest 02:30 UTC tick at or before now, by the test's own clock.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let (day_ms, tick_ms) = (86_400_000, (2 * 60 + 30) * 60_000);
+    let tick_day = if now % day_ms >= tick_ms { now / day_ms } else { now / day_ms - 1 };
+    let yesterday = Day(tick_day as i32 - 1);
+    let messages: Vec<Generated> = Generator::new(GeneratorConfig {
+        seed: 73,
+        events: 20_000,
+        day: yesterday,
+        late_share: 0.0,
+        keyless: true,
+        ..GeneratorConfig::default()
+    })
+    .collect();
+    let file = world.dir.join("nightly.ndjson");
+    write_ndjson(&file, &messages);
+    let since = schemas::day::format_rfc3339_millis((tick_day - 4) * day_ms * 1000);
+    let database_url = world.database_url.clone();
+    let add = |name: &str| {
+        tally(&["schedule", "add", name, "--cron", "30 2 * * *", "--source", file.to_str().unwrap(), "--range", "yesterday",
+            "--since", &since, "--database-url", &database_url])
+    };
+    let out = add("nightly");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let jobs = scheduled_jobs(&store, "nightly").await;
+        assert!(jobs.len() <= 1, "one tick, one job: {jobs:#?}");
+        if let Some(job) = jobs.into_iter().find(|j| j.state.is_final()) {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the schedule did not fire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job.state, store::jobs::State::Succeeded, "{job:#?}");
+    assert_eq!((job.scope.from, job.scope.to), (yesterday, Day(tick_day as i32)));
+    assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
+    // Several more polls pass: still one job, and the schedule points at the tick.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(scheduled_jobs(&store, "nightly").await.len(), 1);
+    let schedules = store.schedules().await.unwrap();
+    assert_eq!(schedules[0].last_due, tick_day * day_ms + tick_ms);
+    assert!(!log_says(&world, follower_name, follower, lead), "only one aggregator leads");
+
+    // The leader dies; the other takes the lock and runs the next schedule.
+    world.kill(leader);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_says(&world, follower_name, follower, lead) {
+        assert!(Instant::now() < deadline, "the follower did not take over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(add("nightly-2").status.success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !scheduled_jobs(&store, "nightly-2").await.iter().any(|j| j.state == store::jobs::State::Succeeded) {
+        assert!(Instant::now() < deadline, "the new leader did not run the schedule");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = tally(&["schedule", "list", "--database-url", &world.database_url]);
+    assert!(stdout(&list).contains("nightly-2"), "{}", stdout(&list));
+}
