@@ -239,9 +239,9 @@ impl Store {
     }
 
     /// Cancels a job that has not ended, and its unfinished tasks. Returns
-    /// the job's state afterwards (`None` when there is no such job); a job
-    /// that had already ended keeps its state.
-    pub async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<State>> {
+    /// the job's state afterwards and whether this call cancelled it (`None`
+    /// when there is no such job); a job that had already ended keeps its state.
+    pub async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<(State, bool)>> {
         match self {
             Store::Postgres(s) => s.cancel_job(id, now).await,
             Store::Sqlite(s) => s.cancel_job(id, now).await,

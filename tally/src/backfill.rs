@@ -150,11 +150,11 @@ pub async fn jobs(args: JobsArgs) -> ExitCode {
             Err(error) => fail(error),
         },
         JobsCommand::Cancel { id } => match store.cancel_job(id, now_ms()).await {
-            Ok(Some(State::Cancelled)) => {
+            Ok(Some((_, true))) => {
                 println!("Job {id} cancelled; merchant_sales is unchanged.");
                 ExitCode::SUCCESS
             }
-            Ok(Some(state)) => {
+            Ok(Some((state, false))) => {
                 eprintln!("error: job {id} already ended ({state}); nothing to cancel");
                 ExitCode::FAILURE
             }

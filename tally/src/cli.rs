@@ -96,10 +96,10 @@ pub struct DemoArgs {
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// Database URL (default: the configured aggregator database).
-    #[arg(long, env = "TALLY_DATABASE_URL")]
+    #[arg(long, env = "TALLY_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// TOML configuration file.
-    #[arg(long, env = "TALLY_CONFIG")]
+    #[arg(long, env = "TALLY_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 }
 

@@ -110,7 +110,7 @@ fn start_backfill(world: &World, source: &str, extra: &[&str]) -> i64 {
     args.extend(extra);
     let out = tally(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    stdout(&out).trim().parse().expect("the job id")
+    stdout(&out).lines().next().unwrap_or("").trim().parse().expect("the job id on the first line")
 }
 
 async fn wait_for_job(store: &store::Store, id: i64, done: impl Fn(&store::jobs::Job) -> bool) -> store::jobs::Job {

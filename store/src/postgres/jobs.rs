@@ -156,7 +156,7 @@ impl PgStore {
         Ok(jobs)
     }
 
-    pub(crate) async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<State>> {
+    pub(crate) async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<(State, bool)>> {
         let mut guard = self.client().await?;
         let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
         let cancelled = tx
@@ -172,7 +172,7 @@ impl PgStore {
         }
         let state = tx.query_opt("SELECT state FROM tally_jobs WHERE id = $1", &[&id]).await.map_err(pg("job read"))?;
         tx.commit().await.map_err(pg("commit"))?;
-        state.map(|r| parse_state(r.get(0))).transpose()
+        state.map(|r| Ok((parse_state(r.get(0))?, cancelled == 1))).transpose()
     }
 
     pub(crate) async fn claim_task(&self, owner: &str, now: i64, lease_until: i64) -> Result<Option<Task>> {
@@ -317,7 +317,7 @@ impl PgStore {
             let (from, to): (&str, &str) = (row.get(0), row.get(1));
             let merchants = parse_list("merchants", row.get(2))?;
             tx.execute(
-                "DELETE FROM merchant_sales WHERE day >= $1::date AND day < $2::date
+                "DELETE FROM merchant_sales WHERE day >= $1::text::date AND day < $2::text::date
                    AND (cardinality($3::text[]) = 0 OR merchant_id = ANY($3::text[]))",
                 &[&from, &to, &merchants],
             )

@@ -149,7 +149,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<State>> {
+    pub(crate) async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<(State, bool)>> {
         self.with(move |conn| {
             let tx = immediate(conn)?;
             let cancelled = tx
@@ -165,7 +165,7 @@ impl SqliteStore {
             let state: Option<String> =
                 tx.query_row("SELECT state FROM tally_jobs WHERE id = ?1", [id], |r| r.get(0)).optional().map_err(lite("job read"))?;
             tx.commit().map_err(lite("commit"))?;
-            state.map(|s| parse_state(&s)).transpose()
+            state.map(|s| Ok((parse_state(&s)?, cancelled == 1))).transpose()
         })
         .await
     }
