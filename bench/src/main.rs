@@ -9,7 +9,11 @@
 //! - `ingest`: events per second that `tally ingest` accepts over HTTP into a
 //!   real broker, with p50/p99 request latency (`bench/ingest.sh` starts the
 //!   broker and runs it for batches of 100 and 1,000).
+//! - `backfill`: a backfill from Parquet to a finished table, against DuckDB
+//!   running the same GROUP BY on the same files (`DUCKDB_PYTHON` names a
+//!   Python with the duckdb package).
 
+mod backfill;
 mod http_load;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -161,9 +165,19 @@ fn main() -> Result<()> {
         Some("hotpath") => hotpath(&args),
         Some("dedupe-memory") => dedupe_memory(&args),
         Some("ingest") => ingest(&args),
+        Some("backfill") => {
+            let root = args.iter().position(|a| a == "--dir").and_then(|i| args.get(i + 1)).map_or_else(std::env::temp_dir, Into::into);
+            let python = std::env::var("DUCKDB_PYTHON").unwrap_or_else(|_| "python3".into());
+            let shards = match arg(&args, "--shards", 0)? {
+                0 => None,
+                n => Some(n as i32),
+            };
+            backfill::run(arg(&args, "--events", 10_000_000)?, arg(&args, "--runs", 3)?, shards, &root, &python)
+        }
         _ => bail!(
             "usage: bench hotpath [--events N] [--batch N] [--runs N] | bench dedupe-memory [--ids N] | \
-             bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N]"
+             bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N] | \
+             bench backfill [--events N] [--runs N] [--shards N] [--dir D]"
         ),
     }
 }

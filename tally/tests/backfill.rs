@@ -393,3 +393,45 @@ async fn schedules_fire_once_under_one_leader() {
     let list = tally(&["schedule", "list", "--database-url", &world.database_url]);
     assert!(stdout(&list).contains("nightly-2"), "{}", stdout(&list));
 }
+
+/// On SQLite one aggregator schedules: a backdated schedule creates one job
+/// for its latest tick, and nothing more on later polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_fires_once_on_sqlite() {
+    let mut world = World::new("schedule-lite", Backend::Sqlite).await;
+    let store = world.store().await;
+    world.start_aggregator_with("aggregator", &[("aggregator.backfill_poll_ms", "200")]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let day_ms = 86_400_000;
+    let today = Day((now / day_ms) as i32);
+    let messages: Vec<Generated> = Generator::new(GeneratorConfig {
+        seed: 74,
+        events: 10_000,
+        day: Day(today.0 - 1),
+        late_share: 0.0,
+        keyless: true,
+        ..GeneratorConfig::default()
+    })
+    .collect();
+    let file = world.dir.join("daily.ndjson");
+    write_ndjson(&file, &messages);
+    // Midnight UTC every day; three missed midnights make one job, for yesterday.
+    let since = schemas::day::format_rfc3339_millis((now / day_ms - 3) * day_ms * 1000 + 1000);
+    let out = tally(&["schedule", "add", "daily", "--cron", "@daily", "--source", file.to_str().unwrap(), "--range", "yesterday",
+        "--since", &since, "--database-url", &world.database_url]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let jobs = scheduled_jobs(&store, "daily").await;
+        assert!(jobs.len() <= 1, "{jobs:#?}");
+        if let Some(job) = jobs.into_iter().find(|j| j.state.is_final()) {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the schedule did not fire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((job.state, job.scope.from, job.scope.to), (store::jobs::State::Succeeded, Day(today.0 - 1), today));
+    assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(scheduled_jobs(&store, "daily").await.len(), 1);
+}
