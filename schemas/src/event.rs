@@ -343,4 +343,30 @@ mod tests {
         let payload = GOOD.replace(r#""o-1""#, r#""o-\u0031""#);
         assert_eq!(decode(payload.as_bytes(), None).unwrap().order_id, "o-1");
     }
+
+    #[test]
+    fn columns_follow_the_same_rules() {
+        let good = Columns {
+            event_id: Some("e-1"),
+            order_id: Some("o-1"),
+            merchant_id: Some("m-1"),
+            kind: Some("refund"),
+            amount: Some("19.99"),
+            currency: Some("EUR"),
+            occurred_at: Some(Occurred::Text("2026-11-20T23:30:00-01:00")),
+        };
+        let event = from_columns(good).unwrap();
+        assert_eq!((event.kind, event.amount, event.day), (Kind::Refund, Amount(199_900), Day::parse("2026-11-21").unwrap()));
+        let micros = Columns { occurred_at: Some(Occurred::Micros(event.occurred_at)), ..good };
+        assert_eq!(from_columns(micros).unwrap().day, event.day);
+        for (row, field) in [
+            (Columns { merchant_id: None, ..good }, "merchant_id"),
+            (Columns { amount: Some("1.23456"), ..good }, "amount"),
+            (Columns { currency: Some("eur"), ..good }, "currency"),
+            (Columns { kind: Some("chargeback"), ..good }, "kind"),
+            (Columns { occurred_at: None, ..good }, "occurred_at"),
+        ] {
+            assert_eq!(from_columns(row).unwrap_err().field, field);
+        }
+    }
 }

@@ -198,21 +198,46 @@ impl PgStore {
     }
 }
 
-async fn upsert(tx: &tokio_postgres::Transaction<'_>, deltas: &Totals) -> Result<u64> {
-    let n = deltas.len();
-    let (mut m, mut c, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut sa, mut sc, mut ra, mut rc) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for (key, sums) in deltas {
-        m.push(key.merchant_id.as_str());
-        c.push(key.currency.as_str());
-        d.push(key.day.to_string());
-        sa.push(sums.sales_amount.to_string());
-        sc.push(sums.sales_count);
-        ra.push(sums.refund_amount.to_string());
-        rc.push(sums.refund_count);
+/// `merchant_sales` rows as the column arrays that `UNNEST` takes:
+/// merchant, currency, day, sales amount and count, refund amount and count.
+pub(crate) struct Columns<'a> {
+    pub m: Vec<&'a str>,
+    pub c: Vec<&'a str>,
+    pub d: Vec<String>,
+    pub sa: Vec<String>,
+    pub sc: Vec<i64>,
+    pub ra: Vec<String>,
+    pub rc: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    pub(crate) fn of(totals: &'a Totals) -> Columns<'a> {
+        let n = totals.len();
+        let mut cols = Columns {
+            m: Vec::with_capacity(n),
+            c: Vec::with_capacity(n),
+            d: Vec::with_capacity(n),
+            sa: Vec::with_capacity(n),
+            sc: Vec::with_capacity(n),
+            ra: Vec::with_capacity(n),
+            rc: Vec::with_capacity(n),
+        };
+        for (key, sums) in totals {
+            cols.m.push(key.merchant_id.as_str());
+            cols.c.push(key.currency.as_str());
+            cols.d.push(key.day.to_string());
+            cols.sa.push(sums.sales_amount.to_string());
+            cols.sc.push(sums.sales_count);
+            cols.ra.push(sums.refund_amount.to_string());
+            cols.rc.push(sums.refund_count);
+        }
+        cols
     }
-    tx.execute(UPSERT, &[&m, &c, &d, &sa, &sc, &ra, &rc]).await.map_err(pg("upsert"))
+}
+
+async fn upsert(tx: &tokio_postgres::Transaction<'_>, deltas: &Totals) -> Result<u64> {
+    let c = Columns::of(deltas);
+    tx.execute(UPSERT, &[&c.m, &c.c, &c.d, &c.sa, &c.sc, &c.ra, &c.rc]).await.map_err(pg("upsert"))
 }
 
 async fn advance(tx: &tokio_postgres::Transaction<'_>, plan: &Plan) -> Result<u64> {

@@ -30,18 +30,21 @@ fn scope(args: &SourceArgs) -> Result<(Scope, Option<Format>), String> {
     Ok((Scope { from, to, merchants }, format))
 }
 
+/// The checked arguments and the open database; a bad argument exits 2
+/// before any connection is made.
+async fn checked<T>(arguments: Result<T, String>, database: &crate::cli::DatabaseArgs) -> Result<(T, Store), ExitCode> {
+    let arguments = arguments.map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(2)
+    })?;
+    Ok((arguments, open_store(database).await?))
+}
+
 /// Creates a job; with `--wait`, follows it to the end.
 pub async fn backfill(args: BackfillArgs) -> ExitCode {
     let job = scope(&args.source).and_then(|(scope, format)| plan(&args.source.source, format, scope, args.shards, None));
-    let job = match job {
-        Ok(job) => job,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let store = match open_store(&args.database).await {
-        Ok(store) => store,
+    let (job, store) = match checked(job, &args.database).await {
+        Ok(ready) => ready,
         Err(code) => return code,
     };
     let id = match store.create_job(&job, now_ms()).await {
@@ -245,26 +248,15 @@ fn print_job(job: &Job) {
 
 /// Recomputes the scope from files in this process and diffs it with the table.
 pub async fn verify(args: ReconcileArgs) -> ExitCode {
-    let planned = scope(&args.source).and_then(|(scope, format)| {
-        let files = list_files(&args.source.source)?;
-        let format = match format {
-            Some(format) => format,
-            None => Format::of_path(&files[0].0).ok_or_else(|| format!("cannot tell the format of {:?}; pass --format", files[0].0))?,
-        };
-        Ok((scope, format, files.into_iter().map(|(f, _)| f).collect::<Vec<_>>()))
-    });
-    let (scope, format, files) = match planned {
-        Ok(planned) => planned,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let store = match open_store(&args.database).await {
-        Ok(store) => store,
+    // The same listing and format rules as a backfill, as one shard.
+    let planned = scope(&args.source).and_then(|(scope, format)| plan(&args.source.source, format, scope, Some(1), None));
+    let (job, store) = match checked(planned, &args.database).await {
+        Ok(ready) => ready,
         Err(code) => return code,
     };
-    let computed = match compute(&files, format, &scope, 0, 1).await {
+    let (scope, files) = (job.scope, &job.tasks[0].files);
+    let format = Format::parse("format", &job.format).expect("plan names a format");
+    let computed = match compute(files, format, &scope, 0, 1).await {
         Ok(computed) => computed,
         Err(error) => {
             eprintln!("error: {error}");

@@ -307,6 +307,25 @@ fn bad_arguments_name_the_flag() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Keyless events all dated `day`.
+fn one_day(seed: u64, events: u64, day: Day) -> Vec<Generated> {
+    Generator::new(GeneratorConfig { seed, events, day, late_share: 0.0, keyless: true, ..GeneratorConfig::default() }).collect()
+}
+
+/// The one job `schedule` creates, once it has ended; fails on a second one.
+async fn scheduled_job(store: &store::Store, schedule: &str) -> store::jobs::Job {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let jobs = scheduled_jobs(store, schedule).await;
+        assert!(jobs.len() <= 1, "one tick, one job: {jobs:#?}");
+        if let Some(job) = jobs.into_iter().find(|j| j.state.is_final()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "schedule {schedule} did not fire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn log_says(world: &World, name: &str, index: usize, text: &str) -> bool {
     std::fs::read_to_string(world.dir.join(format!("{name}.{index}.log"))).is_ok_and(|log| log.contains(text))
 }
@@ -337,15 +356,7 @@ async fn schedules_fire_once_under_one_leader() {
     let (day_ms, tick_ms) = (86_400_000, (2 * 60 + 30) * 60_000);
     let tick_day = if now % day_ms >= tick_ms { now / day_ms } else { now / day_ms - 1 };
     let yesterday = Day(tick_day as i32 - 1);
-    let messages: Vec<Generated> = Generator::new(GeneratorConfig {
-        seed: 73,
-        events: 20_000,
-        day: yesterday,
-        late_share: 0.0,
-        keyless: true,
-        ..GeneratorConfig::default()
-    })
-    .collect();
+    let messages = one_day(73, 20_000, yesterday);
     let file = world.dir.join("nightly.ndjson");
     write_ndjson(&file, &messages);
     let since = schemas::day::format_rfc3339_millis((tick_day - 4) * day_ms * 1000);
@@ -357,16 +368,7 @@ async fn schedules_fire_once_under_one_leader() {
     let out = add("nightly");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let job = loop {
-        let jobs = scheduled_jobs(&store, "nightly").await;
-        assert!(jobs.len() <= 1, "one tick, one job: {jobs:#?}");
-        if let Some(job) = jobs.into_iter().find(|j| j.state.is_final()) {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "the schedule did not fire");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let job = scheduled_job(&store, "nightly").await;
     assert_eq!(job.state, store::jobs::State::Succeeded, "{job:#?}");
     assert_eq!((job.scope.from, job.scope.to), (yesterday, Day(tick_day as i32)));
     assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
@@ -404,15 +406,7 @@ async fn schedule_fires_once_on_sqlite() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let day_ms = 86_400_000;
     let today = Day((now / day_ms) as i32);
-    let messages: Vec<Generated> = Generator::new(GeneratorConfig {
-        seed: 74,
-        events: 10_000,
-        day: Day(today.0 - 1),
-        late_share: 0.0,
-        keyless: true,
-        ..GeneratorConfig::default()
-    })
-    .collect();
+    let messages = one_day(74, 10_000, Day(today.0 - 1));
     let file = world.dir.join("daily.ndjson");
     write_ndjson(&file, &messages);
     // Midnight UTC every day; three missed midnights make one job, for yesterday.
@@ -420,16 +414,7 @@ async fn schedule_fires_once_on_sqlite() {
     let out = tally(&["schedule", "add", "daily", "--cron", "@daily", "--source", file.to_str().unwrap(), "--range", "yesterday",
         "--since", &since, "--database-url", &world.database_url]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let job = loop {
-        let jobs = scheduled_jobs(&store, "daily").await;
-        assert!(jobs.len() <= 1, "{jobs:#?}");
-        if let Some(job) = jobs.into_iter().find(|j| j.state.is_final()) {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "the schedule did not fire");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let job = scheduled_job(&store, "daily").await;
     assert_eq!((job.state, job.scope.from, job.scope.to), (store::jobs::State::Succeeded, Day(today.0 - 1), today));
     assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
     tokio::time::sleep(Duration::from_secs(1)).await;

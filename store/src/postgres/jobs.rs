@@ -2,7 +2,7 @@
 
 use tokio_postgres::{GenericClient, Row};
 
-use super::PgStore;
+use super::{Columns, PgStore};
 use crate::error::{pg, Result};
 use crate::jobs::{json_list, parse_day, parse_list, parse_state, Job, NewJob, Schedule, Scope, State, Task, TaskResult};
 
@@ -241,23 +241,12 @@ impl PgStore {
         if mine != 1 {
             return Ok(false); // dropped: the transaction rolls back
         }
-        let n = result.totals.len();
-        let (mut m, mut c, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        let (mut sa, mut sc, mut ra, mut rc) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        for (key, sums) in &result.totals {
-            m.push(key.merchant_id.as_str());
-            c.push(key.currency.as_str());
-            d.push(key.day.to_string());
-            sa.push(sums.sales_amount.to_string());
-            sc.push(sums.sales_count);
-            ra.push(sums.refund_amount.to_string());
-            rc.push(sums.refund_count);
-        }
+        let c = Columns::of(&result.totals);
         tx.execute(
             "INSERT INTO tally_backfill_rows (job_id, task_no, merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count)
              SELECT $1, $2, u.m, u.c, u.d::date, u.sa::numeric, u.sc, u.ra::numeric, u.rc
              FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::int8[]) AS u(m, c, d, sa, sc, ra, rc)",
-            &[&job_id, &task_no, &m, &c, &d, &sa, &sc, &ra, &rc],
+            &[&job_id, &task_no, &c.m, &c.c, &c.d, &c.sa, &c.sc, &c.ra, &c.rc],
         )
         .await
         .map_err(pg("task rows insert"))?;
