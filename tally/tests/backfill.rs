@@ -249,7 +249,7 @@ async fn retries_and_cancellation(backend: Backend) {
     // Fails twice, then succeeds: the file is broken until the second attempt has failed.
     let flaky: PathBuf = world.dir.join("flaky.parquet");
     std::fs::write(&flaky, b"PAR1 this is not parquet").unwrap();
-    let id = start_backfill(&world, flaky.to_str().unwrap(), &["--format", "parquet"]);
+    let id = start_backfill(&world, flaky.to_str().unwrap(), &["--format", "parquet", "--shards", "1"]);
     let job = wait_for_job(&store, id, |j| j.tasks[0].attempts == 2 && j.tasks[0].state == store::jobs::State::Pending).await;
     assert!(job.tasks[0].last_error.as_deref().is_some_and(|e| e.contains("flaky.parquet")), "{job:#?}");
     std::fs::copy(&good, &flaky).unwrap();
@@ -261,7 +261,7 @@ async fn retries_and_cancellation(backend: Backend) {
     // Always fails: the job fails after 3 attempts and the table is unchanged, byte for byte.
     let broken = world.dir.join("broken.parquet");
     std::fs::write(&broken, b"not parquet at all").unwrap();
-    let id = start_backfill(&world, broken.to_str().unwrap(), &["--format", "parquet"]);
+    let id = start_backfill(&world, broken.to_str().unwrap(), &["--format", "parquet", "--shards", "1"]);
     let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
     assert_eq!((job.state, job.tasks[0].attempts), (store::jobs::State::Failed, 3), "{job:#?}");
     assert!(job.last_error.as_deref().is_some_and(|e| e.contains("ran out of attempts")), "{job:#?}");
