@@ -293,7 +293,11 @@ pub async fn schedule(args: ScheduleArgs) -> ExitCode {
                 if let Some(format) = format {
                     Format::parse("--format", format)?;
                 }
-                list_files(source)?; // a typo is better caught now than at 2 a.m.
+                // A typo is better seen now than at 2 a.m.; files that will
+                // only appear later are fine.
+                if let Err(warning) = list_files(source) {
+                    eprintln!("warning: {warning} (yet)");
+                }
                 let since = match since {
                     Some(text) => schemas::day::parse_rfc3339(text).map_err(|e| format!("`--since` = {text:?}: {e}"))? / 1000,
                     None => now_ms(),
