@@ -114,6 +114,20 @@ fn stop_tasks(tx: &Transaction<'_>, job_id: i64, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// The next runnable task, read outside any write transaction.
+fn next_task(conn: &Connection, now: i64) -> Result<Option<(i64, i32)>> {
+    conn.query_row(
+        "SELECT t.job_id, t.task_no FROM tally_tasks t JOIN tally_jobs j ON j.id = t.job_id
+         WHERE j.state IN ('pending', 'running')
+           AND ((t.state = 'pending' AND t.not_before <= ?1) OR (t.state = 'running' AND t.lease_until < ?1))
+         LIMIT 1",
+        [now],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(lite("task claim"))
+}
+
 fn immediate(conn: &mut Connection) -> Result<Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(lite("begin"))
 }
@@ -173,6 +187,11 @@ impl SqliteStore {
     pub(crate) async fn claim_task(&self, owner: &str, now: i64, lease_until: i64) -> Result<Option<Task>> {
         let owner = owner.to_owned();
         self.with(move |conn| {
+            // Look first without the write lock: runners poll often, and an
+            // idle poll must not queue behind (or hold up) claims and flushes.
+            if next_task(conn, now)?.is_none() {
+                return Ok(None);
+            }
             let tx = immediate(conn)?;
             let next: Option<(i64, i32)> = tx
                 .query_row(
