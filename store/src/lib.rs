@@ -48,6 +48,8 @@ pub struct PartitionProgress {
     pub duplicate_events: i64,
     /// Invalid events sent to the dead-letter topic so far.
     pub invalid_events: i64,
+    /// The worker instance that made the latest claim.
+    pub claimed_by: Option<String>,
 }
 
 /// A connected database.

@@ -178,7 +178,7 @@ impl PgStore {
             .expect("connected")
             .query(
                 "SELECT topic, partition, epoch, next_offset, dedupe_from_offset, counted_events,
-                        duplicate_events, invalid_events
+                        duplicate_events, invalid_events, claimed_by
                  FROM tally_partitions ORDER BY topic, partition",
                 &[],
             )
@@ -193,6 +193,7 @@ impl PgStore {
                 counted_events: r.get(5),
                 duplicate_events: r.get(6),
                 invalid_events: r.get(7),
+                claimed_by: r.get(8),
             })
             .collect())
     }

@@ -157,7 +157,7 @@ impl SqliteStore {
             let mut stmt = conn
                 .prepare(
                     "SELECT topic, partition, epoch, next_offset, dedupe_from_offset,
-                            counted_events, duplicate_events, invalid_events
+                            counted_events, duplicate_events, invalid_events, claimed_by
                      FROM tally_partitions ORDER BY topic, partition",
                 )
                 .map_err(lite("progress read"))?;
@@ -170,6 +170,7 @@ impl SqliteStore {
                         counted_events: r.get(5)?,
                         duplicate_events: r.get(6)?,
                         invalid_events: r.get(7)?,
+                        claimed_by: r.get(8)?,
                     })
                 })
                 .map_err(lite("progress read"))?;

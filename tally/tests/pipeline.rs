@@ -101,9 +101,13 @@ async fn rebalance_and_zombies(backend: Backend) {
     produce(&world.brokers, &world.orders, thirds[0]).await;
     world.wait_committed(&store, 30_000, PATIENCE).await;
     let second = world.start_worker("worker-b", &[]);
+    // The join has happened only once worker-b holds a claim; without this
+    // wait a slow start can leave worker-a with everything and nothing moves.
+    wait_until(PATIENCE, || async { held_by(&store, "worker-b").await > 0 }).await;
     produce(&world.brokers, &world.orders, thirds[1]).await;
     world.wait_committed(&store, 60_000, PATIENCE).await;
     assert_eq!(world.terminate(second), 0, "SIGTERM drains and exits 0");
+    wait_until(PATIENCE, || async { held_by(&store, "worker-a").await == common::PARTITIONS as usize }).await;
     produce(&world.brokers, &world.orders, thirds[2]).await;
     world.wait_committed(&store, 90_000, PATIENCE).await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
@@ -128,6 +132,11 @@ async fn rebalance_and_zombies(backend: Backend) {
     let mut expected = traffic.expected.clone();
     schemas::totals::merge_into(&mut expected, more.expected.clone());
     assert_totals_equal(&expected, &store.totals(None).await.unwrap());
+}
+
+/// Partitions whose latest claim was made by `worker`.
+async fn held_by(store: &store::Store, worker: &str) -> usize {
+    store.progress().await.unwrap().iter().filter(|p| p.claimed_by.as_deref() == Some(worker)).count()
 }
 
 /// Claims made so far: every claim raises its partition's epoch by one.
