@@ -1,11 +1,14 @@
 //! The aggregator's Prometheus metrics, defined once.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge, Histogram,
-    IntCounter, IntCounterVec, IntGauge,
+    register_gauge_vec, register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge,
 };
+use tokio_util::sync::CancellationToken;
 
 /// Partials by outcome: `applied`, `older_epoch`, `already_applied`, `violation`.
 pub static PARTIALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -96,3 +99,81 @@ pub static SCHEDULE_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("tally_schedule_runs_total", "Due schedule ticks handled by this process, by outcome.", &["outcome"])
         .expect("metric registers once")
 });
+
+/// Schedules whose latest due tick has gone unrun past a grace period.
+pub static SCHEDULES_OVERDUE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_schedules_overdue",
+        "Schedules (seen by the scheduling aggregator) whose latest due tick has no job after 5 minutes, or that cannot run."
+    )
+    .expect("metric registers once")
+});
+
+/// Age of the newest committed event, per source partition.
+pub static FRESHNESS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "tally_aggregator_freshness_seconds",
+        "Age of the newest event (by broker append time) this aggregator has committed, per source partition.",
+        &["partition"]
+    )
+    .expect("metric registers once")
+});
+
+/// Newest committed append time (ms) per source partition.
+static NEWEST_COMMITTED_MS: LazyLock<Mutex<HashMap<i32, i64>>> = LazyLock::new(Mutex::default);
+
+/// Records that an event appended at `append_ms` is now committed.
+pub fn note_committed(partition: i32, append_ms: i64) {
+    let mut newest = NEWEST_COMMITTED_MS.lock().expect("freshness lock");
+    let entry = newest.entry(partition).or_insert(append_ms);
+    *entry = (*entry).max(append_ms);
+}
+
+/// Keeps `tally_aggregator_freshness_seconds` current (once a second), so
+/// it keeps growing while nothing commits.
+pub async fn refresh_freshness(shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        for (partition, append_ms) in NEWEST_COMMITTED_MS.lock().expect("freshness lock").iter() {
+            FRESHNESS.with_label_values(&[&partition.to_string()]).set((now_ms - append_ms).max(0) as f64 / 1000.0);
+        }
+    }
+}
+
+/// Registers every aggregator metric, with a zero series for each known
+/// label value, so dashboards and alerts see them before the first event.
+pub fn init() {
+    for outcome in ["applied", "older_epoch", "already_applied", "violation"] {
+        PARTIALS.with_label_values(&[outcome]);
+    }
+    for outcome in ["counted", "duplicate", "invalid"] {
+        EVENTS.with_label_values(&[outcome]);
+    }
+    for state in ["succeeded", "failed"] {
+        BACKFILL_JOBS.with_label_values(&[state]);
+    }
+    for outcome in ["succeeded", "retried", "failed", "abandoned"] {
+        BACKFILL_ATTEMPTS.with_label_values(&[outcome]);
+    }
+    for outcome in ["read", "rejected", "duplicate"] {
+        BACKFILL_ROWS.with_label_values(&[outcome]);
+    }
+    for outcome in ["created", "error"] {
+        SCHEDULE_RUNS.with_label_values(&[outcome]);
+    }
+    let _ = collectors();
+}
+
+/// Every aggregator metric (dereferencing registers it).
+pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
+    vec![
+        &*PARTIALS, &*EVENTS, &*UPSERT_ROWS, &*FLUSH_SECONDS, &*FLUSH_ERRORS, &*END_TO_END, &*BUFFERED,
+        &*READY, &*BACKFILL_JOBS, &*BACKFILL_ATTEMPTS, &*BACKFILL_ROWS, &*SCHEDULER_LEADER,
+        &*SCHEDULE_RUNS, &*SCHEDULES_OVERDUE, &*FRESHNESS,
+    ]
+}

@@ -34,6 +34,8 @@ struct Buffer {
 /// backoff while the buffered partials are kept.
 pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Result<(), AggregatorError> {
     config.validate()?;
+    metrics::init();
+    tokio::spawn(metrics::refresh_freshness(shutdown.clone()));
     let store = tokio::select! {
         store = connect(&config.database_url) => store,
         () = shutdown.cancelled() => return Ok(()),
@@ -185,8 +187,9 @@ fn record(plan: &Plan) {
         metrics::EVENTS.with_label_values(&["invalid"]).inc_by(counts.invalid);
     }
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    for append_ms in &plan.applied_append_ms {
+    for &(partition, append_ms) in &plan.applied_append_ms {
         metrics::END_TO_END.observe((now_ms - append_ms).max(0) as f64 / 1000.0);
+        metrics::note_committed(partition, append_ms);
     }
     for violation in &plan.violations {
         tracing::error!(topic = violation.source.0, partition = violation.source.1, epoch = violation.epoch,

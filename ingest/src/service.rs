@@ -114,6 +114,23 @@ static PRODUCE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+/// Registers every ingest metric, with zero series for the answers an
+/// operator watches, so dashboards and alerts see them before the first request.
+pub fn init_metrics() {
+    for status in ["200", "207", "400", "401", "413", "422", "503"] {
+        REQUESTS.with_label_values(&["/v1/orders", status]);
+    }
+    for outcome in ["accepted", "rejected"] {
+        EVENTS.with_label_values(&[outcome]);
+    }
+    let _ = metric_collectors();
+}
+
+/// Every ingest metric (dereferencing registers it).
+pub fn metric_collectors() -> Vec<&'static dyn prometheus::core::Collector> {
+    vec![&*REQUESTS, &*EVENTS, &*DURATION, &*PRODUCE_ERRORS]
+}
+
 /// Shared state of the service.
 pub struct Ingest {
     /// Replaced by a fresh idempotent session after a delivery failure.
@@ -133,6 +150,7 @@ impl Ingest {
     ///
     /// Fails when librdkafka rejects the producer configuration.
     pub fn new(config: &IngestConfig) -> Result<Arc<Ingest>, KafkaError> {
+        init_metrics();
         let mut client = rdkafka::ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)

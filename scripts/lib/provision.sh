@@ -59,6 +59,19 @@ ensure_sqlite3() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq sqlite3 >/dev/null
 }
 
+# Prometheus and promtool, and docker-compose (only to validate the compose
+# file: no container engine is needed), from Debian's packages.
+ensure_monitoring_tools() {
+    local missing=()
+    command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+    command -v docker-compose >/dev/null || missing+=(docker-compose)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "Installing Debian's ${missing[*]} package(s)."
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || die "installing ${missing[*]} failed"
+}
+
 # tansu 0.6.0's SQLite schema has no index on header (topition, offset_id),
 # yet it looks up the headers of every record it fetches by those columns: a
 # full scan of all headers per record. The dead-letter topic carries headers,

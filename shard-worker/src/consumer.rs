@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::Message;
+use crate::lag::Offsets;
 use crate::partition::{Ended, PartitionTask, Shared};
 use crate::{metrics, publish};
 
@@ -39,20 +40,20 @@ pub struct ClaimContext {
     handle: Handle,
     owner: String,
     controls: Mutex<Vec<Control>>,
-    /// Each partition's high watermark from the latest client statistics.
-    high_watermarks: Mutex<HashMap<i32, i64>>,
+    /// High watermarks and held partitions, for the lag reporter.
+    offsets: Arc<Offsets>,
     shutdown: CancellationToken,
 }
 
 impl ClaimContext {
     /// A context claiming partitions of `shared.orders_topic` as `owner`.
-    pub fn new(shared: Arc<Shared>, handle: Handle, owner: String, shutdown: CancellationToken) -> ClaimContext {
+    pub fn new(shared: Arc<Shared>, handle: Handle, owner: String, offsets: Arc<Offsets>, shutdown: CancellationToken) -> ClaimContext {
         ClaimContext {
             shared,
             handle,
             owner,
             controls: Mutex::new(Vec::new()),
-            high_watermarks: Mutex::new(HashMap::new()),
+            offsets,
             shutdown,
         }
     }
@@ -87,10 +88,9 @@ impl ClientContext for ClaimContext {
     /// group coordinator stalls behind them).
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.shared.orders_topic) else { return };
-        let mut marks = self.high_watermarks.lock().expect("watermarks lock");
         for (&partition, stats) in &topic.partitions {
             if partition >= 0 && stats.hi_offset >= 0 {
-                marks.insert(partition, stats.hi_offset);
+                self.offsets.set_high(partition, stats.hi_offset);
             }
         }
     }
@@ -138,9 +138,6 @@ struct Lane {
     pending: Vec<Message>,
     opened: Option<Instant>,
     task: JoinHandle<Ended>,
-    /// The offset after the last published partial: the fence's `next_offset`
-    /// once the aggregator applies it.
-    published_to: i64,
     /// Fetching is paused while the partition's task is two batches behind.
     paused: bool,
 }
@@ -176,11 +173,12 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
     let (shared, handle) = (ctx.shared.clone(), ctx.handle.clone());
     let (acks_tx, acks) = std::sync::mpsc::channel();
     let mut lanes: HashMap<i32, Lane> = HashMap::new();
-    let mut last_lag = Instant::now();
+    let mut held = 0;
     metrics::READY.set(1);
     while !shutdown.is_cancelled() {
         let polled = consumer.poll(Duration::from_millis(50));
         let controls = std::mem::take(&mut *ctx.controls.lock().expect("controls lock"));
+        let controls_empty = controls.is_empty();
         for control in controls {
             match control {
                 Control::Assigned(partition, claim) => {
@@ -191,7 +189,6 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
                         pending: Vec::new(),
                         opened: None,
                         task,
-                        published_to: claim.next_offset,
                         paused: false,
                     };
                     if let Some(old) = lanes.insert(partition, lane) {
@@ -207,12 +204,10 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
                             // The next owner re-reads whatever this lane had not published.
                             lane.task.abort();
                         }
-                        let _ = metrics::LAG.remove_label_values(&[&partition.to_string()]);
                     }
                 }
             }
         }
-        metrics::ASSIGNED.set(lanes.len() as i64);
         match polled {
             Some(Ok(message)) => {
                 if let Some(lane) = lanes.get_mut(&message.partition()) {
@@ -226,11 +221,13 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
             None => {}
         }
         hand_over_due(&mut lanes, &settings, &consumer, &shared.orders_topic, false);
-        commit_hints(&consumer, &shared.orders_topic, &acks, &mut lanes, CommitMode::Async);
-        if last_lag.elapsed() > Duration::from_secs(1) {
-            record_lag(&ctx.high_watermarks, &lanes);
-            last_lag = Instant::now();
+        // A fenced lane leaves without a control, hence the count check.
+        if !controls_empty || lanes.len() != held {
+            held = lanes.len();
+            metrics::ASSIGNED.set(held as i64);
+            ctx.offsets.set_assigned(lanes.keys().copied());
         }
+        commit_hints(&consumer, &shared.orders_topic, &acks, CommitMode::Async);
     }
     metrics::READY.set(0);
     tracing::info!(partitions = lanes.len(), "Draining in-flight batches.");
@@ -244,7 +241,7 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
             }
         }
     });
-    commit_hints(&consumer, &shared.orders_topic, &acks, &mut lanes, CommitMode::Sync);
+    commit_hints(&consumer, &shared.orders_topic, &acks, CommitMode::Sync);
     consumer.unsubscribe();
 }
 
@@ -309,7 +306,6 @@ fn commit_hints(
     consumer: &BaseConsumer<ClaimContext>,
     topic: &str,
     acks: &std::sync::mpsc::Receiver<(i32, i64)>,
-    lanes: &mut HashMap<i32, Lane>,
     mode: CommitMode,
 ) {
     let mut latest: HashMap<i32, i64> = HashMap::new();
@@ -321,24 +317,10 @@ fn commit_hints(
     }
     let mut tpl = TopicPartitionList::new();
     for (partition, next) in latest {
-        if let Some(lane) = lanes.get_mut(&partition) {
-            lane.published_to = lane.published_to.max(next);
-        }
         let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
     }
     // Only a hint for lag dashboards: the database fence is the truth.
     if let Err(error) = consumer.commit(&tpl, mode) {
         tracing::debug!(%error, "Offset commit hint failed.");
-    }
-}
-
-/// Lag per partition: the broker's high watermark minus the offset after the
-/// last published partial.
-fn record_lag(high_watermarks: &Mutex<HashMap<i32, i64>>, lanes: &HashMap<i32, Lane>) {
-    let marks = high_watermarks.lock().expect("watermarks lock");
-    for (&partition, lane) in lanes {
-        if let Some(&high) = marks.get(&partition) {
-            metrics::LAG.with_label_values(&[&partition.to_string()]).set((high - lane.published_to).max(0));
-        }
     }
 }

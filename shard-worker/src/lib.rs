@@ -20,6 +20,7 @@ pub mod decode;
 pub mod dedupe;
 pub mod error;
 pub mod kafka;
+pub mod lag;
 pub mod metrics;
 pub mod partition;
 pub mod publish;

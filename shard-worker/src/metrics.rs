@@ -74,11 +74,22 @@ pub static ASSIGNED: LazyLock<IntGauge> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
-/// High watermark minus the offset after the last published partial.
+/// High watermark minus the fence's `next_offset`: messages whose totals are
+/// not in the database yet.
 pub static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "tally_worker_consumer_lag_messages",
-        "Messages in the partition after the last one this worker published a partial for.",
+        "Messages in the partition not yet committed to the database: high watermark minus the fence's next_offset.",
+        &["partition"]
+    )
+    .expect("metric registers once")
+});
+
+/// The fence's `next_offset` of each held partition.
+pub static COMMITTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "tally_worker_committed_offset",
+        "The fence's next_offset: the first message of the partition not yet committed to the database.",
         &["partition"]
     )
     .expect("metric registers once")
@@ -98,3 +109,23 @@ pub static SKIPPED_OFFSETS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Registers every worker metric, with a zero series for each known label
+/// value, so dashboards and alerts see them before the first event.
+pub fn init() {
+    for outcome in ["counted", "duplicate", "invalid"] {
+        EVENTS.with_label_values(&[outcome]);
+    }
+    for operation in ["claim", "epoch_read", "partial_publish", "dlq_write"] {
+        RETRIES.with_label_values(&[operation]);
+    }
+    let _ = collectors();
+}
+
+/// Every worker metric (dereferencing registers it).
+pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
+    vec![
+        &*EVENTS, &*BATCH_EVENTS, &*BATCH_SECONDS, &*PARTIALS, &*DLQ_WRITES, &*FENCED, &*CLAIMS, &*RETRIES,
+        &*ASSIGNED, &*LAG, &*COMMITTED, &*READY, &*SKIPPED_OFFSETS,
+    ]
+}

@@ -13,8 +13,12 @@ use crate::config::WorkerConfig;
 use crate::consumer::{poll_loop, ClaimContext, LoopSettings};
 use crate::error::WorkerError;
 use crate::kafka::{client_config, ensure_topics, idempotent_producer};
+use crate::lag::{self, Offsets};
 use crate::partition::Shared;
 use crate::publish::retry;
+
+/// How often the lag gauges are refreshed from the database's fences.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs one shard worker until `shutdown` is cancelled, then drains and
 /// returns.
@@ -24,6 +28,7 @@ use crate::publish::retry;
 /// retried with capped backoff instead.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     config.validate()?;
+    crate::metrics::init();
     let owner = config.instance();
     let store = tokio::select! {
         store = retry("database_connect", || Store::connect(&config.database_url)) => Arc::new(store),
@@ -49,7 +54,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         dlq_topic: config.dlq_topic.clone(),
         dedupe_window_ms: config.dedupe_window_secs as i64 * 1000,
     });
-    let context = ClaimContext::new(shared, tokio::runtime::Handle::current(), owner.clone(), shutdown.clone());
+    let offsets = Arc::new(Offsets::default());
+    tokio::spawn(lag::report(offsets.clone(), shared.store.clone(), config.orders_topic.clone(), LAG_EVERY, shutdown.clone()));
+    let context = ClaimContext::new(shared, tokio::runtime::Handle::current(), owner.clone(), offsets, shutdown.clone());
     let mut consumer_config = client_config(&config.brokers, &config.kafka);
     consumer_config
         .set("group.id", &config.group_id)

@@ -94,8 +94,9 @@ pub struct Plan {
     pub events: BTreeMap<SourcePartition, EventCounts>,
     /// Partials applied.
     pub applied: u64,
-    /// Latest append time (ms) of each applied partial, for end-to-end latency.
-    pub applied_append_ms: Vec<i64>,
+    /// Source partition and latest append time (ms) of each applied partial,
+    /// for end-to-end latency and freshness.
+    pub applied_append_ms: Vec<(i32, i64)>,
     /// Partials dropped for an older epoch.
     pub older_epoch: u64,
     /// Partials dropped as already applied.
@@ -123,7 +124,7 @@ pub fn plan(fences: &BTreeMap<SourcePartition, Fence>, partials: &[Partial]) -> 
                 counts.invalid += partial.events.invalid;
                 merge_into(&mut out.deltas, partial.rows.iter().map(|r| (r.key.clone(), r.sums)));
                 out.applied += 1;
-                out.applied_append_ms.extend(partial.max_append_ms);
+                out.applied_append_ms.extend(partial.max_append_ms.map(|ms| (partial.partition, ms)));
             }
             Verdict::OlderEpoch => out.older_epoch += 1,
             Verdict::AlreadyApplied => out.already_applied += 1,

@@ -13,10 +13,13 @@ use super::plan::plan;
 use super::runner::now_ms;
 use super::schedule::{Cron, Range};
 use super::source::Format;
-use crate::metrics::{SCHEDULER_LEADER, SCHEDULE_RUNS};
+use crate::metrics::{SCHEDULER_LEADER, SCHEDULES_OVERDUE, SCHEDULE_RUNS};
 
 /// After a schedule fails to create its job, wait this long before trying again.
 const RETRY_AFTER_MS: i64 = 60_000;
+
+/// A due tick still without its job this long after it fell due counts as missed.
+const OVERDUE_AFTER_MS: i64 = 5 * 60_000;
 
 /// Checks schedules every `poll` while this process leads, until `shutdown`.
 pub async fn run(store: Arc<Store>, poll: Duration, shutdown: CancellationToken) {
@@ -41,9 +44,15 @@ pub async fn run(store: Arc<Store>, poll: Duration, shutdown: CancellationToken)
         if leadership.is_some() {
             match store.schedules().await {
                 Ok(schedules) => {
+                    let mut overdue = 0;
                     for schedule in schedules {
-                        fire_if_due(&store, &schedule, now_ms(), &mut failed_at).await;
+                        let now = now_ms();
+                        let late = overdue_at(&schedule, now);
+                        if !fire_if_due(&store, &schedule, now, &mut failed_at).await && late {
+                            overdue += 1;
+                        }
                     }
+                    SCHEDULES_OVERDUE.set(overdue);
                 }
                 Err(error) => tracing::warn!(%error, "Cannot read schedules; will retry."),
             }
@@ -54,11 +63,23 @@ pub async fn run(store: Arc<Store>, poll: Duration, shutdown: CancellationToken)
         }
     }
     SCHEDULER_LEADER.set(0);
+    SCHEDULES_OVERDUE.set(0);
 }
 
-async fn fire_if_due(store: &Store, schedule: &Schedule, now: i64, failed_at: &mut HashMap<String, i64>) {
+/// True when the schedule cannot run, or a tick older than the grace period
+/// has no job yet.
+fn overdue_at(schedule: &Schedule, now: i64) -> bool {
+    match Cron::parse(&schedule.cron) {
+        Ok(cron) => cron.latest(schedule.last_due, now - OVERDUE_AFTER_MS).is_some(),
+        Err(_) => true,
+    }
+}
+
+/// Creates the job of the schedule's latest due tick, if any. False when a
+/// tick is due and no job was created for it.
+async fn fire_if_due(store: &Store, schedule: &Schedule, now: i64, failed_at: &mut HashMap<String, i64>) -> bool {
     if failed_at.get(&schedule.name).is_some_and(|&at| now - at < RETRY_AFTER_MS) {
-        return;
+        return false;
     }
     let parsed = Cron::parse(&schedule.cron).and_then(|cron| Ok((cron, Range::parse(&schedule.day_range)?)));
     let (cron, range) = match parsed {
@@ -66,12 +87,12 @@ async fn fire_if_due(store: &Store, schedule: &Schedule, now: i64, failed_at: &m
         Err(error) => {
             tracing::error!(schedule = schedule.name, "Schedule is invalid: {error}");
             failed_at.insert(schedule.name.clone(), now);
-            return;
+            return false;
         }
     };
     // Only the latest tick: a scheduler that was down for three nights runs once.
     let Some(due) = cron.latest(schedule.last_due, now) else {
-        return;
+        return true;
     };
     let (from, to) = range.days(due);
     let scope = Scope { from, to, merchants: schedule.merchants.clone() };
@@ -82,7 +103,7 @@ async fn fire_if_due(store: &Store, schedule: &Schedule, now: i64, failed_at: &m
             tracing::error!(schedule = schedule.name, "Schedule is due but cannot create its job: {error}");
             SCHEDULE_RUNS.with_label_values(&["error"]).inc();
             failed_at.insert(schedule.name.clone(), now);
-            return;
+            return false;
         }
     };
     match store.fire_schedule(&schedule.name, schedule.last_due, due, &job, now).await {
@@ -90,8 +111,12 @@ async fn fire_if_due(store: &Store, schedule: &Schedule, now: i64, failed_at: &m
             failed_at.remove(&schedule.name);
             SCHEDULE_RUNS.with_label_values(&["created"]).inc();
             tracing::info!(schedule = schedule.name, job = id, days = %format!("[{from}, {to})"), "Schedule fired.");
+            true
         }
-        Ok(None) => {} // another scheduler got there first
-        Err(error) => tracing::warn!(schedule = schedule.name, %error, "Cannot create the scheduled job; will retry."),
+        Ok(None) => true, // another scheduler got there first
+        Err(error) => {
+            tracing::warn!(schedule = schedule.name, %error, "Cannot create the scheduled job; will retry.");
+            false
+        }
     }
 }

@@ -44,6 +44,8 @@ pub struct World {
     pub worker_group: String,
     pub aggregator_group: String,
     pub dir: PathBuf,
+    /// Each service's `/metrics` address, by name (the latest start wins).
+    pub metrics: HashMap<String, String>,
     children: Vec<Service>,
 }
 
@@ -74,6 +76,7 @@ impl World {
             worker_group: format!("workers-{id}"),
             aggregator_group: format!("aggregators-{id}"),
             dir,
+            metrics: HashMap::new(),
             children: Vec::new(),
         };
         create_topics(&world.brokers, &[&world.orders, &world.partials, &world.dlq]).await;
@@ -85,15 +88,18 @@ impl World {
         Store::connect(&self.database_url).await.expect("test database reachable")
     }
 
-    fn base_args(&self) -> Vec<String> {
+    /// Flags every service takes; picks and records `name`'s metrics address.
+    fn base_args(&mut self, name: &str) -> Vec<String> {
+        let metrics = free_addr();
+        self.metrics.insert(name.to_owned(), metrics.clone());
         vec!["--brokers".into(), self.brokers.clone(), "--database-url".into(), self.database_url.clone(),
-             "--metrics-addr".into(), "127.0.0.1:0".into()]
+             "--metrics-addr".into(), metrics]
     }
 
     /// Starts `tally worker` as its own process.
     pub fn start_worker(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
         let mut args = vec!["worker".to_string()];
-        args.extend(self.base_args());
+        args.extend(self.base_args(name));
         let sets = [
             ("worker.orders_topic", self.orders.as_str()),
             ("worker.partials_topic", self.partials.as_str()),
@@ -122,7 +128,7 @@ impl World {
     /// Starts `tally aggregator` with extra `--set` fields.
     pub fn start_aggregator_with(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
         let mut args = vec!["aggregator".to_string()];
-        args.extend(self.base_args());
+        args.extend(self.base_args(name));
         for &(key, value) in [
             ("aggregator.partials_topic", self.partials.as_str()),
             ("aggregator.group_id", self.aggregator_group.as_str()),
@@ -143,8 +149,8 @@ impl World {
     /// Starts `tally ingest` accepting `token`; returns the service index and
     /// its `host:port` once `/readyz` says the broker is reachable.
     pub async fn start_ingest(&mut self, name: &str, token: &str, extra: &[(&str, &str)]) -> (usize, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = free_addr();
+        self.metrics.insert(name.to_owned(), addr.clone());
         let mut args = vec!["ingest".to_string(), "--brokers".into(), self.brokers.clone()];
         let sets = [("ingest.orders_topic", self.orders.as_str()), ("ingest.listen", &addr), ("ingest.tokens", token)];
         for (key, value) in sets.iter().chain(extra) {
@@ -406,6 +412,12 @@ pub fn partial(topic: &str, partition: i32, epoch: i64, first: i64, last: i64, m
 pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     let reply = ingest::client::request(addr, method, path, headers, body).await?;
     Ok((reply.status, reply.body))
+}
+
+/// A loopback `host:port` that nothing listened on a moment ago.
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
 }
 
 /// Messages in `topic` (all partitions), from the broker's watermarks.
