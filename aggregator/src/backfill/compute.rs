@@ -8,7 +8,6 @@
 //! number amount into a float, and money must stay exact.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::BufRead;
 use std::sync::Arc;
 
@@ -36,67 +35,15 @@ pub fn shard_of(merchant_id: &str, shards: i32) -> i32 {
     (xxh3_64(merchant_id.as_bytes()) % shards.max(1) as u64) as i32
 }
 
-/// A multiply-rotate hasher for the task's own maps: their keys are already
-/// xxh3 digests, interned merchant numbers and days, or short ids from the
-/// job's own files, so SipHash's resistance to chosen keys buys nothing here
-/// and its cost shows on every row.
-#[derive(Default)]
-struct Quick(u64);
-
-impl Quick {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for Quick {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-
-    fn write_i32(&mut self, n: i32) {
-        self.add(n as u32 as u64);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn write_u128(&mut self, n: u128) {
-        self.add(n as u64);
-        self.add((n >> 64) as u64);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    /// A product's low bits see only its inputs' low bits, and the table
-    /// indexes by low bits: fold the well-mixed high half down.
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 32)
-    }
-}
-
-type QuickHash = BuildHasherDefault<Quick>;
-
 /// Sums one task's rows.
 struct Tally<'s> {
     scope: &'s Scope,
     shard: i32,
     shards: i32,
     seen: IdSet,
-    merchants: HashMap<String, u32, QuickHash>,
+    merchants: HashMap<String, u32>,
     names: Vec<String>,
-    sums: HashMap<(u32, [u8; 3], i32), Sums, QuickHash>,
+    sums: HashMap<(u32, [u8; 3], i32), Sums>,
     rows_read: i64,
     rows_rejected: i64,
     rows_duplicate: i64,
