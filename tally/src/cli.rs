@@ -206,7 +206,7 @@ pub struct SourceArgs {
 pub struct BackfillArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Merchant-hash shards, one task each (default: one per GiB of input, at least 2).
+    /// Merchant-hash shards, one task each (default: one per 2 GiB of input, rounded up to an even number).
     #[arg(long)]
     pub shards: Option<i32>,
     /// Show progress until the job ends; exit 0 only if it succeeded.

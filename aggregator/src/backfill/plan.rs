@@ -10,17 +10,20 @@ use store::jobs::{NewJob, NewTask, Scope};
 use super::source::{list_files, Format};
 
 /// Input bytes per shard when the caller does not choose: this bounds a
-/// task's dedupe set (about 40 million ids per GiB of Parquet).
-pub const SHARD_BYTES: u64 = 1 << 30;
+/// task's dedupe set (about 40 million ids per GiB of Parquet, 16 bytes
+/// each at most 70 % full: up to 2 GiB of memory for a task).
+pub const SHARD_BYTES: u64 = 2 << 30;
 
-/// Fewest shards when the caller does not choose: the runner's default
-/// parallelism, so that a small job still uses two cores.
+/// Shards come in multiples of this when the caller does not choose: the
+/// runner's default parallelism, so that no runner idles through a last,
+/// lone task (each task reads every file, so an odd one out costs a whole
+/// extra pass).
 pub const MIN_SHARDS: u64 = 2;
 
 /// Lists the source and builds the job: the format from `format` or the
-/// files' extension, and `shards` tasks (by default one per GiB of input,
-/// at least two). Every task reads every file, so more shards than runners
-/// cost reading time without adding speed.
+/// files' extension, and `shards` tasks (by default one per 2 GiB of input,
+/// rounded up to an even number). Every task reads every file, so more
+/// shards than runners cost reading time without adding speed.
 pub fn plan(source: &str, format: Option<Format>, scope: Scope, shards: Option<i32>, schedule: Option<String>) -> Result<NewJob, String> {
     if scope.from >= scope.to {
         return Err(format!("the range [{}, {}) is empty: --to must be after --from", scope.from, scope.to));
@@ -34,7 +37,7 @@ pub fn plan(source: &str, format: Option<Format>, scope: Scope, shards: Option<i
         }
     };
     let bytes: u64 = files.iter().map(|(_, size)| size).sum();
-    let shards = shards.unwrap_or_else(|| bytes.div_ceil(SHARD_BYTES).clamp(MIN_SHARDS, 64) as i32);
+    let shards = shards.unwrap_or_else(|| (bytes.div_ceil(SHARD_BYTES).div_ceil(MIN_SHARDS) * MIN_SHARDS).clamp(MIN_SHARDS, 64) as i32);
     if !(1..=1024).contains(&shards) {
         return Err(format!("--shards = {shards}: must be between 1 and 1024"));
     }
