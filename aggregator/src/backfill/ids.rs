@@ -7,7 +7,7 @@
 //! current one; those reads are independent, so the processor overlaps their
 //! misses instead of waiting for each in turn.
 
-/// An open-addressing set of nonzero-probability 128-bit digests (linear
+/// An open-addressing set of 128-bit digests (linear
 /// probing; 0 marks an empty slot, and the digest 0 is kept aside).
 pub struct IdSet {
     slots: Vec<u128>,
