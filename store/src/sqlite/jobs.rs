@@ -387,8 +387,10 @@ impl SqliteStore {
     }
 
     pub(crate) async fn schedules(&self) -> Result<Vec<Schedule>> {
+        /// A `tally_schedules` row as stored: the merchant list still JSON text.
+        type Row = (String, String, String, String, String, String, i64, i64);
         self.with(|conn| {
-            let raw: Vec<(String, String, String, String, String, String, i64, i64)> = conn
+            let raw: Vec<Row> = conn
                 .prepare(&format!("SELECT {SCHEDULE_COLUMNS} FROM tally_schedules ORDER BY name"))
                 .and_then(|mut s| {
                     s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))?
