@@ -148,23 +148,18 @@ pub async fn refresh_freshness(shutdown: CancellationToken) {
 /// Registers every aggregator metric, with a zero series for each known
 /// label value, so dashboards and alerts see them before the first event.
 pub fn init() {
-    for outcome in ["applied", "older_epoch", "already_applied", "violation"] {
-        PARTIALS.with_label_values(&[outcome]);
-    }
-    for outcome in ["counted", "duplicate", "invalid"] {
-        EVENTS.with_label_values(&[outcome]);
-    }
-    for state in ["succeeded", "failed"] {
-        BACKFILL_JOBS.with_label_values(&[state]);
-    }
-    for outcome in ["succeeded", "retried", "failed", "abandoned"] {
-        BACKFILL_ATTEMPTS.with_label_values(&[outcome]);
-    }
-    for outcome in ["read", "rejected", "duplicate"] {
-        BACKFILL_ROWS.with_label_values(&[outcome]);
-    }
-    for outcome in ["created", "error"] {
-        SCHEDULE_RUNS.with_label_values(&[outcome]);
+    let labelled: [(&IntCounterVec, &[&str]); 6] = [
+        (&PARTIALS, &["applied", "older_epoch", "already_applied", "violation"]),
+        (&EVENTS, &["counted", "duplicate", "invalid"]),
+        (&BACKFILL_JOBS, &["succeeded", "failed"]),
+        (&BACKFILL_ATTEMPTS, &["succeeded", "retried", "failed", "abandoned"]),
+        (&BACKFILL_ROWS, &["read", "rejected", "duplicate"]),
+        (&SCHEDULE_RUNS, &["created", "error"]),
+    ];
+    for (metric, values) in labelled {
+        for value in values {
+            metric.with_label_values(&[*value]);
+        }
     }
     let _ = collectors();
 }

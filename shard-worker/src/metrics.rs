@@ -113,11 +113,14 @@ pub static SKIPPED_OFFSETS: LazyLock<IntCounter> = LazyLock::new(|| {
 /// Registers every worker metric, with a zero series for each known label
 /// value, so dashboards and alerts see them before the first event.
 pub fn init() {
-    for outcome in ["counted", "duplicate", "invalid"] {
-        EVENTS.with_label_values(&[outcome]);
-    }
-    for operation in ["claim", "epoch_read", "partial_publish", "dlq_write"] {
-        RETRIES.with_label_values(&[operation]);
+    let labelled: [(&IntCounterVec, &[&str]); 2] = [
+        (&EVENTS, &["counted", "duplicate", "invalid"]),
+        (&RETRIES, &["claim", "epoch_read", "partial_publish", "dlq_write"]),
+    ];
+    for (metric, values) in labelled {
+        for value in values {
+            metric.with_label_values(&[*value]);
+        }
     }
     let _ = collectors();
 }
