@@ -3,11 +3,14 @@
 #
 # Caches (outside the clone, reused across runs):
 #   $TALLY_CACHE/tansu-0.6.0/bin/tansu   the broker, built once
+#   $TALLY_CACHE/moto-5.2.5              an S3-compatible server (a Python virtualenv)
 #   $TALLY_CACHE/target                  cargo's build directory
 
 TALLY_CACHE=${TALLY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tally}
 TANSU_VERSION=0.6.0
 TANSU_BIN="$TALLY_CACHE/tansu-$TANSU_VERSION/bin/tansu"
+MOTO_VERSION=5.2.5
+MOTO_VENV="$TALLY_CACHE/moto-$MOTO_VERSION"
 RUN_DIR=""
 PG_BIN=""
 PG_DATA=""
@@ -97,6 +100,35 @@ ensure_tansu() {
         || die "building tansu failed"
 }
 
+# An S3-compatible server for backfills from s3:// sources: moto in server
+# mode, from PyPI, in a virtualenv in the cache. `.complete` marks a
+# finished install, so an interrupted one is redone.
+ensure_s3_server() {
+    [ -f "$MOTO_VENV/.complete" ] && return 0
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        log "python3 with venv not found; installing Debian's python3-venv package."
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+    fi
+    log "Installing moto $MOTO_VERSION (an S3-compatible server) into $MOTO_VENV."
+    rm -rf "$MOTO_VENV"
+    python3 -m venv "$MOTO_VENV" || die "creating a Python virtualenv in $MOTO_VENV failed"
+    "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "moto[s3,server]==$MOTO_VERSION" \
+        || die "installing moto $MOTO_VERSION failed"
+    touch "$MOTO_VENV/.complete"
+}
+
+start_s3_server() {
+    local port dir="$RUN_DIR/s3"
+    port=$(free_port)
+    mkdir -p "$dir"
+    (cd "$dir" && exec "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/server.log" 2>&1) &
+    S3_PID=$!
+    wait_for_port "$port" "the S3 server" "$dir/server.log"
+    export TALLY_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+    log "S3 (moto) on 127.0.0.1:$port (pid $S3_PID)."
+}
+
 # Runs a command as an unprivileged user when we are root (initdb refuses root).
 as_pg_user() {
     if [ "$(id -u)" -eq 0 ]; then
@@ -144,6 +176,7 @@ start_tansu() { # storage engine URL (relative paths resolve in the broker's dir
 }
 
 stop_services() {
+    if [ -n "${S3_PID:-}" ]; then kill "$S3_PID" 2>/dev/null || true; wait "$S3_PID" 2>/dev/null || true; fi
     if [ -n "${TANSU_PID:-}" ]; then kill "$TANSU_PID" 2>/dev/null || true; wait "$TANSU_PID" 2>/dev/null || true; fi
     if [ -n "$PG_DATA" ] && [ -d "$PG_DATA/data" ]; then
         as_pg_user "$PG_BIN/pg_ctl" -D "$PG_DATA/data" -m immediate stop >/dev/null 2>&1 || true

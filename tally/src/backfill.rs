@@ -42,7 +42,10 @@ async fn checked<T>(arguments: Result<T, String>, database: &crate::cli::Databas
 
 /// Creates a job; with `--wait`, follows it to the end.
 pub async fn backfill(args: BackfillArgs) -> ExitCode {
-    let job = scope(&args.source).and_then(|(scope, format)| plan(&args.source.source, format, scope, args.shards, None));
+    let job = match scope(&args.source) {
+        Ok((scope, format)) => plan(&args.source.source, format, scope, args.shards, None).await,
+        Err(error) => Err(error),
+    };
     let (job, store) = match checked(job, &args.database).await {
         Ok(ready) => ready,
         Err(code) => return code,
@@ -249,7 +252,10 @@ fn print_job(job: &Job) {
 /// Recomputes the scope from files in this process and diffs it with the table.
 pub async fn verify(args: ReconcileArgs) -> ExitCode {
     // The same listing and format rules as a backfill, as one shard.
-    let planned = scope(&args.source).and_then(|(scope, format)| plan(&args.source.source, format, scope, Some(1), None));
+    let planned = match scope(&args.source) {
+        Ok((scope, format)) => plan(&args.source.source, format, scope, Some(1), None).await,
+        Err(error) => Err(error),
+    };
     let (job, store) = match checked(planned, &args.database).await {
         Ok(ready) => ready,
         Err(code) => return code,
@@ -293,11 +299,6 @@ pub async fn schedule(args: ScheduleArgs) -> ExitCode {
                 if let Some(format) = format {
                     Format::parse("--format", format)?;
                 }
-                // A typo is better seen now than at 2 a.m.; files that will
-                // only appear later are fine.
-                if let Err(warning) = list_files(source) {
-                    eprintln!("warning: {warning} (yet)");
-                }
                 let since = match since {
                     Some(text) => schemas::day::parse_rfc3339(text).map_err(|e| format!("`--since` = {text:?}: {e}"))? / 1000,
                     None => now_ms(),
@@ -317,7 +318,14 @@ pub async fn schedule(args: ScheduleArgs) -> ExitCode {
                 })
             })();
             match checked {
-                Ok(schedule) => Some(schedule),
+                Ok(schedule) => {
+                    // A typo is better seen now than at 2 a.m.; files that
+                    // will only appear later are fine.
+                    if let Err(warning) = list_files(source).await {
+                        eprintln!("warning: {warning} (yet)");
+                    }
+                    Some(schedule)
+                }
                 Err(error) => {
                     eprintln!("error: {error}");
                     return ExitCode::from(2);

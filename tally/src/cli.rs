@@ -184,7 +184,8 @@ pub struct VerifyArgs {
 /// What a backfill or a reconciliation reads, and which rows it covers.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
-    /// A file, a directory, or a pattern such as `exports/2026-11-*.parquet`.
+    /// A file, a directory, or a pattern such as `exports/2026-11-*.parquet`;
+    /// locally or as an `s3://bucket/key` URL (credentials from `AWS_*`).
     #[arg(long)]
     pub source: String,
     /// First day, inclusive (YYYY-MM-DD).
@@ -271,7 +272,7 @@ pub enum ScheduleCommand {
         /// Five-field cron expression in UTC, e.g. "30 2 * * *", or @daily.
         #[arg(long)]
         cron: String,
-        /// A file, directory or pattern, listed again at every tick.
+        /// A file, directory or pattern (local or `s3://`), listed again at every tick.
         #[arg(long)]
         source: String,
         /// Days each job covers, relative to the tick: yesterday, today or last-N-days.

@@ -1,8 +1,8 @@
 //! Backfills on PostgreSQL and SQLite, run by a real `tally aggregator`:
 //! exact totals from Parquet, CSV and NDJSON with invalid rows and
 //! duplicates; retries that recover and retries that give up without
-//! touching the table; cancellation; and `tally verify` naming exactly the
-//! keys changed by hand.
+//! touching the table; cancellation; `tally verify` naming exactly the
+//! keys changed by hand; and the same from an S3-compatible server.
 
 mod common;
 
@@ -23,7 +23,11 @@ const FROM: &str = "2026-11-01";
 const TO: &str = "2026-11-20";
 
 fn tally(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tally")).args(args).output().expect("tally runs")
+    tally_with(args, &[])
+}
+
+fn tally_with(args: &[&str], env: &[(String, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally")).args(args).envs(env.iter().cloned()).output().expect("tally runs")
 }
 
 fn stdout(out: &Output) -> String {
@@ -108,7 +112,7 @@ fn write_files(dir: &Path, format: &str, messages: &[Generated]) -> String {
 fn start_backfill(world: &World, source: &str, extra: &[&str]) -> i64 {
     let mut args = vec!["backfill", "--source", source, "--from", FROM, "--to", TO, "--database-url", &world.database_url];
     args.extend(extra);
-    let out = tally(&args);
+    let out = tally_with(&args, &world.env);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     stdout(&out).lines().next().unwrap_or("").trim().parse().expect("the job id on the first line")
 }
@@ -303,8 +307,98 @@ fn bad_arguments_name_the_flag() {
     let out = tally(&["backfill", "--source", "/nonexistent/*.parquet", "--from", "2026-11-01", "--to", "2026-11-02", "--database-url", "sqlite:///tmp/x"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
-    let out = tally(&["verify", "--source", "s3://bucket/x.parquet", "--from", "2026-11-01", "--to", "2026-11-02", "--database-url", "sqlite:///tmp/x"]);
+    let out = tally(&["verify", "--source", "gs://bucket/x.parquet", "--from", "2026-11-01", "--to", "2026-11-02", "--database-url", "sqlite:///tmp/x"]);
     assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gs:// is not supported"));
+}
+
+/// The usual AWS variables, pointed at the test's S3 server.
+fn s3_env() -> Vec<(String, String)> {
+    let endpoint = common::required("TALLY_TEST_S3_ENDPOINT");
+    [("AWS_ENDPOINT_URL", endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", "us-east-1"),
+     ("AWS_ACCESS_KEY_ID", "tally-test"), ("AWS_SECRET_ACCESS_KEY", "tally-test-secret")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec()
+}
+
+/// Creates `bucket` and copies every file under `dir` into it, keyed by its path relative to `dir`.
+async fn upload(bucket: &str, dir: &Path) {
+    use object_store::ObjectStoreExt;
+    let endpoint = common::required("TALLY_TEST_S3_ENDPOINT");
+    let (status, body) = common::http(endpoint.trim_start_matches("http://"), "PUT", &format!("/{bucket}"), &[], b"").await.unwrap();
+    assert_eq!(status, 200, "creating bucket {bucket}: {}", String::from_utf8_lossy(&body));
+    let env = s3_env();
+    let mut builder = object_store::aws::AmazonS3Builder::new().with_bucket_name(bucket);
+    for (key, value) in &env {
+        builder = builder.with_config(key.to_ascii_lowercase().parse().unwrap(), value);
+    }
+    let s3 = builder.build().unwrap();
+    for folder in std::fs::read_dir(dir).unwrap() {
+        let folder = folder.unwrap().path();
+        for file in std::fs::read_dir(&folder).unwrap() {
+            let file = file.unwrap().path();
+            let key = file.strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
+            s3.put(&key.as_str().into(), std::fs::read(&file).unwrap().into()).await.unwrap();
+        }
+    }
+}
+
+async fn s3_sources(backend: Backend) {
+    let mut world = World::new("backfill-s3", backend).await;
+    world.env = s3_env();
+    let store = world.store().await;
+    world.start_aggregator_with("aggregator", &[("aggregator.backfill_parallelism", "2")]);
+    let messages = events(73, 200_000);
+    let invalid = messages.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).count() as i64;
+    let duplicate = messages.iter().filter(|m| m.truth == Truth::Duplicate).count() as i64;
+    let expected = in_scope(&messages);
+
+    // Two files per format, plus what a data lake leaves beside them: a job
+    // marker, which a folder's listing skips, and a file that patterns skip.
+    let local = world.dir.join("lake");
+    for format in ["parquet", "csv", "ndjson"] {
+        write_files(&local.join(format), format, &messages);
+        std::fs::write(local.join(format).join("_SUCCESS"), b"").unwrap();
+        if format != "ndjson" {
+            std::fs::write(local.join(format).join("README.txt"), b"exported by the lake").unwrap();
+        }
+    }
+    let bucket = world.dir.file_name().unwrap().to_str().unwrap().to_owned();
+    upload(&bucket, &local).await;
+
+    // A pattern, a pattern, and a folder.
+    let sources = [("parquet", format!("s3://{bucket}/parquet/*.parquet")), ("csv", format!("s3://{bucket}/csv/*.csv")), ("ndjson", format!("s3://{bucket}/ndjson/"))];
+    for (format, source) in &sources {
+        let id = start_backfill(&world, source, &["--shards", "3"]);
+        let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
+        assert_eq!(job.state, store::jobs::State::Succeeded, "{format}: {job:#?}");
+        let files = &job.tasks[0].input.files;
+        let want = [format!("s3://{bucket}/{format}/part-0.{format}"), format!("s3://{bucket}/{format}/part-1.{format}")];
+        assert_eq!(files, &want, "{format}: the data files, and nothing beside them");
+        assert_eq!(job.rows(), (messages.len() as i64, invalid, duplicate), "{format}: rows read, rejected, duplicate");
+        assert_totals_equal(&expected, &store.totals(None).await.unwrap());
+    }
+
+    // Reconciliation reads S3 too.
+    let args = ["verify", "--source", &sources[0].1, "--from", FROM, "--to", TO, "--database-url", &world.database_url];
+    let out = tally_with(&args, &world.env);
+    assert!(out.status.success(), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+
+    // A missing object is a clear error before any job exists.
+    let missing = format!("s3://{bucket}/parquet/nothing-*.parquet");
+    let out = tally_with(&["backfill", "--source", &missing, "--from", FROM, "--to", TO, "--database-url", &world.database_url], &world.env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("matches no files"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_sources_postgres() {
+    s3_sources(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_sources_sqlite() {
+    s3_sources(Backend::Sqlite).await;
 }
 
 /// Keyless events all dated `day`.

@@ -8,7 +8,7 @@
 //! number amount into a float, and money must stay exact.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -25,7 +25,7 @@ use store::jobs::{Scope, TaskResult};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use super::ids::IdSet;
-use super::source::Format;
+use super::source::{Format, Remote};
 
 /// Rejected rows kept as examples per task.
 const EXAMPLES: usize = 20;
@@ -146,28 +146,82 @@ pub async fn compute(files: &[String], format: Format, scope: &Scope, shard: i32
     let mut tally = Tally::new(scope, shard, shards);
     for file in files {
         match format {
-            Format::Ndjson => ndjson(file, &mut tally)?,
+            Format::Ndjson => ndjson(file, &mut tally).await?,
             Format::Parquet | Format::Csv => tabular(file, format, &mut tally).await?,
         }
     }
     Ok(tally.finish())
 }
 
-fn ndjson(file: &str, tally: &mut Tally<'_>) -> Result<(), String> {
-    let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?);
-    for (n, line) in reader.split(b'\n').enumerate() {
-        let line = line.map_err(|e| format!("{file}: line {}: {e}", n + 1))?;
+async fn ndjson(file: &str, tally: &mut Tally<'_>) -> Result<(), String> {
+    let mut lines = Lines::default();
+    let mut each = |number: u64, line: &[u8]| {
         if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+            return;
         }
-        match decode(&line, None) {
+        match decode(line, None) {
             Ok(event) if tally.mine(Some(&event.merchant_id)) => tally.add(&event),
             Ok(_) => {}
-            Err(invalid) if tally.mine(None) => tally.reject(file, n as u64 + 1, invalid),
+            Err(invalid) if tally.mine(None) => tally.reject(file, number, invalid),
             Err(_) => {}
         }
+    };
+    match Remote::parse(file)? {
+        Some(remote) => {
+            let mut blocks = remote.blocks().await.map_err(|e| format!("{file}: {e}"))?;
+            while let Some(block) = blocks.next().await {
+                lines.feed(&block.map_err(|e| format!("{file}: {e}"))?, &mut each);
+            }
+        }
+        None => {
+            let mut reader = std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?;
+            let mut block = vec![0; 1 << 20];
+            loop {
+                let read = reader.read(&mut block).map_err(|e| format!("{file}: {e}"))?;
+                if read == 0 {
+                    break;
+                }
+                lines.feed(&block[..read], &mut each);
+            }
+        }
     }
+    lines.finish(&mut each);
     Ok(())
+}
+
+/// Splits blocks of bytes into lines numbered from 1, carrying a line that
+/// a block cuts over to the next block.
+#[derive(Default)]
+struct Lines {
+    carry: Vec<u8>,
+    number: u64,
+}
+
+impl Lines {
+    fn feed(&mut self, block: &[u8], each: &mut impl FnMut(u64, &[u8])) {
+        let mut rest = block;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            self.number += 1;
+            if self.carry.is_empty() {
+                each(self.number, &rest[..end]);
+            } else {
+                self.carry.extend_from_slice(&rest[..end]);
+                each(self.number, &self.carry);
+                self.carry.clear();
+            }
+            rest = &rest[end + 1..];
+        }
+        self.carry.extend_from_slice(rest);
+    }
+
+    /// The last line, when the input does not end with a newline.
+    fn finish(&mut self, each: &mut impl FnMut(u64, &[u8])) {
+        if !self.carry.is_empty() {
+            self.number += 1;
+            each(self.number, &self.carry);
+            self.carry.clear();
+        }
+    }
 }
 
 /// A column of text, whatever string layout the reader chose.
@@ -252,10 +306,14 @@ async fn tabular(file: &str, format: Format, tally: &mut Tally<'_>) -> Result<()
     // One partition keeps the file's row order, so that the first of two
     // rows sharing an `event_id` is the one counted, on every run.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(64 * 1024));
+    let remote = Remote::parse(file)?;
+    if let Some(remote) = &remote {
+        ctx.register_object_store(&remote.bucket, Arc::clone(&remote.store));
+    }
     let frame = match format {
         Format::Parquet => ctx.read_parquet(file, ParquetReadOptions::default()).await,
         _ => {
-            let schema = csv_schema(file)?;
+            let schema = csv_schema(file, &header(file, remote.as_ref()).await?)?;
             ctx.read_csv(file, CsvReadOptions::new().has_header(true).schema(&schema).file_extension("")).await
         }
     }
@@ -270,12 +328,33 @@ async fn tabular(file: &str, format: Format, tally: &mut Tally<'_>) -> Result<()
     Ok(())
 }
 
-/// Every column of the CSV's header, as nullable text.
-fn csv_schema(file: &str) -> Result<Schema, String> {
-    let mut header = String::new();
-    std::io::BufReader::new(std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?)
-        .read_line(&mut header)
-        .map_err(|e| format!("{file}: {e}"))?;
+/// A CSV file's first line.
+async fn header(file: &str, remote: Option<&Remote>) -> Result<String, String> {
+    let mut line = Vec::new();
+    match remote {
+        Some(remote) => {
+            let mut blocks = remote.blocks().await.map_err(|e| format!("{file}: {e}"))?;
+            while !line.contains(&b'\n') && line.len() < HEADER_LIMIT {
+                match blocks.next().await {
+                    Some(block) => line.extend(block.map_err(|e| format!("{file}: {e}"))?),
+                    None => break,
+                }
+            }
+        }
+        None => {
+            let opened = std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?;
+            std::io::BufReader::new(opened).take(HEADER_LIMIT as u64).read_until(b'\n', &mut line).map_err(|e| format!("{file}: {e}"))?;
+        }
+    }
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    String::from_utf8(line[..end].to_vec()).map_err(|_| format!("{file}: the header row is not UTF-8"))
+}
+
+/// The longest CSV header row read.
+const HEADER_LIMIT: usize = 1 << 20;
+
+/// Every column of the CSV's header row, as nullable text.
+fn csv_schema(file: &str, header: &str) -> Result<Schema, String> {
     let header = header.trim_end_matches(['\r', '\n']);
     if header.is_empty() {
         return Err(format!("{file}: the file is empty; a CSV needs a header row"));
@@ -353,5 +432,17 @@ mod tests {
         assert_eq!(result.rejections["by_field"]["amount"], 1);
         assert_eq!(result.rejections["examples"][0]["row"], 4);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn lines_cut_by_blocks_are_joined() {
+        let mut lines = Lines::default();
+        let mut seen = Vec::new();
+        let mut each = |n: u64, line: &[u8]| seen.push((n, String::from_utf8(line.to_vec()).unwrap()));
+        for block in ["ab\nc", "d", "e\n\nf"] {
+            lines.feed(block.as_bytes(), &mut each);
+        }
+        lines.finish(&mut each);
+        assert_eq!(seen, [(1, "ab".into()), (2, "cde".into()), (3, "".into()), (4, "f".into())]);
     }
 }

@@ -24,11 +24,11 @@ pub const MIN_SHARDS: u64 = 2;
 /// files' extension, and `shards` tasks (by default one per 2 GiB of input,
 /// rounded up to an even number). Every task reads every file, so more
 /// shards than runners cost reading time without adding speed.
-pub fn plan(source: &str, format: Option<Format>, scope: Scope, shards: Option<i32>, schedule: Option<String>) -> Result<NewJob, String> {
+pub async fn plan(source: &str, format: Option<Format>, scope: Scope, shards: Option<i32>, schedule: Option<String>) -> Result<NewJob, String> {
     if scope.from >= scope.to {
         return Err(format!("the range [{}, {}) is empty: --to must be after --from", scope.from, scope.to));
     }
-    let files = list_files(source)?;
+    let files = list_files(source).await?;
     let format = match format {
         Some(format) => format,
         None => {

@@ -97,7 +97,7 @@ async fn fire_if_due(store: &Store, schedule: &Schedule, now: i64, failed_at: &m
     let (from, to) = range.days(due);
     let scope = Scope { from, to, merchants: schedule.merchants.clone() };
     let format = Format::parse("format", &schedule.format).ok();
-    let job = match plan(&schedule.source, format, scope, None, Some(schedule.name.clone())) {
+    let job = match plan(&schedule.source, format, scope, None, Some(schedule.name.clone())).await {
         Ok(job) => job,
         Err(error) => {
             tracing::error!(schedule = schedule.name, "Schedule is due but cannot create its job: {error}");

@@ -1,8 +1,18 @@
 //! Where a backfill reads from: the file format, and the files a source
-//! names (a file, a directory, or a `*`/`?` pattern in the last component).
+//! names (a file, a directory, or a `*`/`?` pattern in the last component),
+//! on local disk or in S3.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use futures::stream::{BoxStream, StreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
+use url::Url;
 
 /// The formats a backfill reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,18 +64,24 @@ impl fmt::Display for Format {
     }
 }
 
-/// The files `source` names, sorted, with their sizes in bytes.
+/// The files `source` names, sorted, with their sizes in bytes: local
+/// paths as given, objects as `s3://bucket/key` URLs.
 ///
-/// Fails, naming the source, when it matches nothing, cannot be listed, or
-/// is an object-store URL (not supported by this build).
-pub fn list_files(source: &str) -> Result<Vec<(String, u64)>, String> {
-    let path = source.strip_prefix("file://").unwrap_or(source);
-    if path.contains("://") {
-        return Err(format!(
-            "source {source:?}: object-store URLs are not supported by this build; copy or mount the files and pass a local path or pattern"
-        ));
+/// Fails, naming the source, when it matches nothing or cannot be listed.
+pub async fn list_files(source: &str) -> Result<Vec<(String, u64)>, String> {
+    let mut files = match Remote::parse(source)? {
+        Some(remote) => remote.list(source).await?,
+        None => list_local(source)?,
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("source {source:?} matches no files"));
     }
-    let path = Path::new(path);
+    Ok(files)
+}
+
+fn list_local(source: &str) -> Result<Vec<(String, u64)>, String> {
+    let path = Path::new(source.strip_prefix("file://").unwrap_or(source));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let mut files = Vec::new();
     if name.contains(['*', '?']) {
@@ -82,10 +98,6 @@ pub fn list_files(source: &str) -> Result<Vec<(String, u64)>, String> {
     } else {
         return Err(format!("source {source:?}: no such file or directory"));
     }
-    files.sort();
-    if files.is_empty() {
-        return Err(format!("source {source:?} matches no files"));
-    }
     files
         .into_iter()
         .map(|f| {
@@ -95,18 +107,111 @@ pub fn list_files(source: &str) -> Result<Vec<(String, u64)>, String> {
         .collect()
 }
 
-/// The regular, non-hidden files directly inside `dir`.
+/// The data files directly inside `dir`: regular files not hidden by a
+/// leading `.` or `_` (such as `_SUCCESS` markers).
 fn read_dir(dir: &Path, source: &str) -> Result<Vec<PathBuf>, String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("source {source:?}: cannot list {}: {e}", dir.display()))?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| format!("source {source:?}: {e}"))?;
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if !hidden && entry.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+        if !hidden(&entry.file_name().to_string_lossy()) && entry.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
             files.push(entry.path());
         }
     }
     Ok(files)
+}
+
+fn hidden(name: &str) -> bool {
+    name.starts_with(['.', '_'])
+}
+
+/// An object named by an `s3://bucket/key` URL, with a client for its
+/// bucket. Credentials, region and endpoint come from the usual `AWS_*`
+/// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...), or from the
+/// instance's role when none are set.
+pub struct Remote {
+    /// The bucket's client.
+    pub store: Arc<dyn ObjectStore>,
+    /// `s3://bucket`, the URL DataFusion finds the client under.
+    pub bucket: Url,
+    /// The key (or key pattern) inside the bucket, without a leading `/`.
+    pub key: String,
+}
+
+impl Remote {
+    /// `None` for a local path (plain or `file://`); an error naming the
+    /// source for a URL this build cannot read.
+    pub fn parse(source: &str) -> Result<Option<Remote>, String> {
+        let Some((scheme, rest)) = source.split_once("://") else { return Ok(None) };
+        if scheme == "file" {
+            return Ok(None);
+        }
+        if scheme != "s3" && scheme != "s3a" {
+            return Err(format!("source {source:?}: {scheme}:// is not supported; use a local path or an s3://bucket/key URL"));
+        }
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("source {source:?}: names no bucket; write s3://bucket/key"));
+        }
+        let store = client(bucket).map_err(|e| format!("source {source:?}: cannot set up the S3 client: {e}"))?;
+        let bucket = Url::parse(&format!("s3://{bucket}")).map_err(|e| format!("source {source:?}: bucket {bucket:?}: {e}"))?;
+        Ok(Some(Remote { store, bucket, key: key.to_owned() }))
+    }
+
+    /// The object itself when the key names one; otherwise the data
+    /// objects directly under the key as a folder, or, when its last
+    /// component holds `*` or `?`, those of its folder that match.
+    async fn list(&self, source: &str) -> Result<Vec<(String, u64)>, String> {
+        let (folder, name) = self.key.rsplit_once('/').unwrap_or(("", &self.key));
+        let (folder, pattern) = if name.contains(['*', '?']) {
+            (folder, Some(name))
+        } else {
+            if !name.is_empty() {
+                match self.store.head(&ObjectPath::from(self.key.as_str())).await {
+                    Ok(meta) => return Ok(vec![(self.url(&meta.location), meta.size)]),
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(format!("source {source:?}: {e}")),
+                }
+            }
+            (self.key.trim_end_matches('/'), None)
+        };
+        let prefix = (!folder.is_empty()).then(|| ObjectPath::from(folder));
+        let listing = self.store.list_with_delimiter(prefix.as_ref()).await.map_err(|e| format!("source {source:?}: cannot list: {e}"))?;
+        let wanted = |name: &str| !hidden(name) && pattern.is_none_or(|p| matches(p.as_bytes(), name.as_bytes()));
+        Ok(listing
+            .objects
+            .into_iter()
+            .filter(|meta| meta.location.filename().is_some_and(wanted))
+            .map(|meta| (self.url(&meta.location), meta.size))
+            .collect())
+    }
+
+    fn url(&self, location: &ObjectPath) -> String {
+        format!("{}/{location}", self.bucket.as_str().trim_end_matches('/'))
+    }
+
+    /// The object at this key, in the blocks the connection delivers.
+    pub async fn blocks(&self) -> Result<BoxStream<'static, Result<Vec<u8>, String>>, String> {
+        let object = self.store.get(&ObjectPath::from(self.key.as_str())).await.map_err(|e| e.to_string())?;
+        Ok(object.into_stream().map(|block| block.map(Vec::from).map_err(|e| e.to_string())).boxed())
+    }
+}
+
+/// One client per bucket for the life of the process, so that tasks share
+/// its connections.
+fn client(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    static CLIENTS: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(client) = clients.get(bucket) {
+        return Ok(Arc::clone(client));
+    }
+    // A backfill task has its own retries, so the client's are short: a
+    // missing object or a dead endpoint surfaces in seconds, not minutes.
+    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(30), ..RetryConfig::default() };
+    let client: Arc<dyn ObjectStore> = Arc::new(AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).build()?);
+    clients.insert(bucket.to_owned(), Arc::clone(&client));
+    Ok(client)
 }
 
 /// Shell-style match of `*` (any run) and `?` (one byte).
@@ -132,18 +237,19 @@ mod tests {
         assert!(!matches(b"day-?.csv", b"day-10.csv"));
     }
 
-    #[test]
-    fn sources_list_sorted_files_or_say_why_not() {
+    #[tokio::test]
+    async fn sources_list_sorted_files_or_say_why_not() {
         let dir = std::env::temp_dir().join(format!("tally-source-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for name in ["b.csv", "a.csv", "c.parquet", ".hidden.csv"] {
+        for name in ["b.csv", "a.csv", "c.parquet", ".hidden.csv", "_SUCCESS"] {
             std::fs::write(dir.join(name), "x").unwrap();
         }
-        let names = |source: &str| list_files(source).unwrap().into_iter().map(|(f, _)| f.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
-        assert_eq!(names(&format!("{}/*.csv", dir.display())), ["a.csv", "b.csv"]);
-        assert_eq!(names(dir.to_str().unwrap()), ["a.csv", "b.csv", "c.parquet"]);
-        assert!(list_files(&format!("{}/*.ndjson", dir.display())).unwrap_err().contains("matches no files"));
-        assert!(list_files("s3://bucket/x").unwrap_err().contains("object-store"));
+        let names = |files: Vec<(String, u64)>| files.into_iter().map(|(f, _)| f.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
+        assert_eq!(names(list_files(&format!("{}/*.csv", dir.display())).await.unwrap()), ["a.csv", "b.csv"]);
+        assert_eq!(names(list_files(dir.to_str().unwrap()).await.unwrap()), ["a.csv", "b.csv", "c.parquet"]);
+        assert!(list_files(&format!("{}/*.ndjson", dir.display())).await.unwrap_err().contains("matches no files"));
+        assert!(list_files("gs://bucket/x").await.unwrap_err().contains("gs:// is not supported"));
+        assert!(list_files("s3:///x").await.unwrap_err().contains("names no bucket"));
         assert_eq!(Format::of_path("x/y.PARQUET"), Some(Format::Parquet));
         assert!(Format::parse("--format", "xml").unwrap_err().contains("`--format`"));
         std::fs::remove_dir_all(dir).unwrap();

@@ -28,9 +28,9 @@ pub enum Backend {
     Sqlite,
 }
 
-fn required(var: &str) -> String {
+pub fn required(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the integration tests through scripts/test, which starts the broker and PostgreSQL")
+        panic!("{var} is not set: run the integration tests through scripts/test, which starts the broker, PostgreSQL and the S3 server")
     })
 }
 
@@ -46,6 +46,8 @@ pub struct World {
     pub dir: PathBuf,
     /// Each service's `/metrics` address, by name (the latest start wins).
     pub metrics: HashMap<String, String>,
+    /// Environment variables every service started from now on gets.
+    pub env: Vec<(String, String)>,
     children: Vec<Service>,
 }
 
@@ -77,6 +79,7 @@ impl World {
             aggregator_group: format!("aggregators-{id}"),
             dir,
             metrics: HashMap::new(),
+            env: Vec::new(),
             children: Vec::new(),
         };
         create_topics(&world.brokers, &[&world.orders, &world.partials, &world.dlq]).await;
@@ -177,6 +180,7 @@ impl World {
             .args(["--pdeathsig", "KILL", "--", env!("CARGO_BIN_EXE_tally")])
             .args(&args)
             .env("TALLY_LOG", std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
