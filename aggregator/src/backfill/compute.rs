@@ -372,18 +372,20 @@ fn rows(file: &str, batch: &RecordBatch, first_row: u64, tally: &mut Tally<'_>) 
     let get = |c: usize, i: usize| text[c].as_ref().and_then(|t| t.get(i));
     let mut valid = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
+        // Another shard's rows are skipped before their other columns are read.
+        let merchant_id = get(2, i);
+        if !tally.mine(merchant_id) {
+            continue;
+        }
         let columns = Columns {
             event_id: get(0, i),
             order_id: get(1, i),
-            merchant_id: get(2, i),
+            merchant_id,
             kind: get(3, i),
             amount: get(4, i),
             currency: get(5, i),
             occurred_at: when.as_ref().and_then(|w| w.get(i)),
         };
-        if !tally.mine(columns.merchant_id) {
-            continue;
-        }
         match from_columns(columns) {
             Ok(event) => valid.push(event),
             // Row numbers count data rows from 1, after any header.
