@@ -171,13 +171,13 @@ impl Remote {
                 match self.store.head(&ObjectPath::from(self.key.as_str())).await {
                     Ok(meta) => return Ok(vec![(self.url(&meta.location), meta.size)]),
                     Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(format!("source {source:?}: {e}")),
+                    Err(e) => return Err(format!("source {source:?}: {}", describe(e))),
                 }
             }
             (self.key.trim_end_matches('/'), None)
         };
         let prefix = (!folder.is_empty()).then(|| ObjectPath::from(folder));
-        let listing = self.store.list_with_delimiter(prefix.as_ref()).await.map_err(|e| format!("source {source:?}: cannot list: {e}"))?;
+        let listing = self.store.list_with_delimiter(prefix.as_ref()).await.map_err(|e| format!("source {source:?}: cannot list: {}", describe(e)))?;
         let wanted = |name: &str| !hidden(name) && pattern.is_none_or(|p| matches(p.as_bytes(), name.as_bytes()));
         Ok(listing
             .objects
@@ -193,9 +193,21 @@ impl Remote {
 
     /// The object at this key, in the blocks the connection delivers.
     pub async fn blocks(&self) -> Result<BoxStream<'static, Result<Vec<u8>, String>>, String> {
-        let object = self.store.get(&ObjectPath::from(self.key.as_str())).await.map_err(|e| e.to_string())?;
-        Ok(object.into_stream().map(|block| block.map(Vec::from).map_err(|e| e.to_string())).boxed())
+        let object = self.store.get(&ObjectPath::from(self.key.as_str())).await.map_err(describe)?;
+        Ok(object.into_stream().map(|block| block.map(Vec::from).map_err(describe)).boxed())
     }
+}
+
+/// The client's error, and where credentials were looked for when none
+/// were given: without them the client asks the instance's metadata
+/// service, whose refusal alone would puzzle anyone off AWS.
+fn describe(error: object_store::Error) -> String {
+    const GIVEN: [&str; 4] =
+        ["AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"];
+    if GIVEN.iter().any(|name| std::env::var_os(name).is_some()) {
+        return error.to_string();
+    }
+    format!("{error} (no AWS credentials are set, so the instance's role was asked; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
 }
 
 /// One client per bucket for the life of the process, so that tasks share
