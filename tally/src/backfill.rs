@@ -262,8 +262,8 @@ pub async fn verify(args: ReconcileArgs) -> ExitCode {
     };
     let (scope, files) = (job.scope, &job.tasks[0].files);
     let format = Format::parse("format", &job.format).expect("plan names a format");
-    let computed = match compute(files, format, &scope, 0, 1).await {
-        Ok(computed) => computed,
+    let computed = match compute(files, format, &scope, &[0], 1).await {
+        Ok(mut computed) => computed.remove(0),
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::FAILURE;

@@ -16,12 +16,15 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use schemas::event::{decode, from_columns, Columns, Invalid, Occurred, ValidEvent};
 use schemas::{Sums, Totals, TotalsKey};
 use serde_json::json;
 use store::jobs::{Scope, TaskResult};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use super::ids::IdSet;
@@ -36,8 +39,8 @@ pub fn shard_of(merchant_id: &str, shards: i32) -> i32 {
 }
 
 /// Sums one task's rows.
-struct Tally<'s> {
-    scope: &'s Scope,
+struct Tally {
+    scope: Arc<Scope>,
     shard: i32,
     shards: i32,
     seen: IdSet,
@@ -51,8 +54,8 @@ struct Tally<'s> {
     examples: Vec<serde_json::Value>,
 }
 
-impl<'s> Tally<'s> {
-    fn new(scope: &'s Scope, shard: i32, shards: i32) -> Tally<'s> {
+impl Tally {
+    fn new(scope: Arc<Scope>, shard: i32, shards: i32) -> Tally {
         Tally {
             scope,
             shard,
@@ -138,22 +141,81 @@ impl<'s> Tally<'s> {
     }
 }
 
-/// Reads `files` and sums shard `shard` of `shards` within `scope`.
+/// Reads `files` and sums each of `shards` (shard numbers out of `of`)
+/// within `scope`, returning one result per shard, in order.
 ///
-/// Fails (so the task is retried) when a file cannot be read, or holds a
-/// column whose type cannot carry the event exactly (such as a float amount).
-pub async fn compute(files: &[String], format: Format, scope: &Scope, shard: i32, shards: i32) -> Result<TaskResult, String> {
-    let mut tally = Tally::new(scope, shard, shards);
-    for file in files {
-        match format {
-            Format::Ndjson => ndjson(file, &mut tally).await?,
-            Format::Parquet | Format::Csv => tabular(file, format, &mut tally).await?,
+/// Several shards share one reading of Parquet and CSV: each file is
+/// decoded once and every batch goes to each shard's tally, which runs as a
+/// task of its own. (NDJSON is decoded and validated in one step, so each
+/// shard reads it.) Fails (so the tasks are retried) when a file cannot be
+/// read, or holds a column whose type cannot carry the event exactly (such
+/// as a float amount).
+pub async fn compute(files: &[String], format: Format, scope: &Scope, shards: &[i32], of: i32) -> Result<Vec<TaskResult>, String> {
+    let scope = Arc::new(scope.clone());
+    if let [shard] = shards {
+        let mut tally = Tally::new(scope, *shard, of);
+        for file in files {
+            match format {
+                Format::Ndjson => ndjson(file, &mut tally).await?,
+                Format::Parquet | Format::Csv => {
+                    let mut batches = batches(file, format).await?;
+                    let mut row = 0u64;
+                    while let Some(batch) = batches.next().await {
+                        let batch = batch.map_err(|e| format!("{file}: {e}"))?;
+                        rows(file, &batch, row, &mut tally)?;
+                        row += batch.num_rows() as u64;
+                    }
+                }
+            }
+        }
+        return Ok(vec![tally.finish()]);
+    }
+    // Dropping the set (on an error, or when the caller gives up) stops every tally.
+    let mut tallies = JoinSet::new();
+    let mut senders = Vec::new();
+    for &shard in shards {
+        let (sender, mut batches) = mpsc::channel::<(Arc<str>, RecordBatch, u64)>(4);
+        senders.push(sender);
+        let (scope, files) = (Arc::clone(&scope), files.to_vec());
+        tallies.spawn(async move {
+            let mut tally = Tally::new(scope, shard, of);
+            if format == Format::Ndjson {
+                for file in &files {
+                    ndjson(file, &mut tally).await?;
+                }
+            }
+            while let Some((file, batch, row)) = batches.recv().await {
+                rows(&file, &batch, row, &mut tally)?;
+            }
+            Ok::<_, String>((shard, tally.finish()))
+        });
+    }
+    if format != Format::Ndjson {
+        'files: for file in files {
+            let name: Arc<str> = file.as_str().into();
+            let mut batches = batches(file, format).await?;
+            let mut row = 0u64;
+            while let Some(batch) = batches.next().await {
+                let batch = batch.map_err(|e| format!("{file}: {e}"))?;
+                for sender in &senders {
+                    if sender.send((Arc::clone(&name), batch.clone(), row)).await.is_err() {
+                        break 'files; // That tally failed; its error is collected below.
+                    }
+                }
+                row += batch.num_rows() as u64;
+            }
         }
     }
-    Ok(tally.finish())
+    drop(senders);
+    let mut results = HashMap::new();
+    while let Some(joined) = tallies.join_next().await {
+        let (shard, result) = joined.map_err(|e| format!("a shard's tally stopped: {e}"))??;
+        results.insert(shard, result);
+    }
+    Ok(shards.iter().map(|shard| results.remove(shard).expect("one result per shard")).collect())
 }
 
-async fn ndjson(file: &str, tally: &mut Tally<'_>) -> Result<(), String> {
+async fn ndjson(file: &str, tally: &mut Tally) -> Result<(), String> {
     let mut lines = Lines::default();
     let mut each = |number: u64, line: &[u8]| {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -302,7 +364,8 @@ impl When {
 
 const TEXT_COLUMNS: [&str; 6] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency"];
 
-async fn tabular(file: &str, format: Format, tally: &mut Tally<'_>) -> Result<(), String> {
+/// A Parquet or CSV file's rows, decoded by DataFusion in file order.
+async fn batches(file: &str, format: Format) -> Result<SendableRecordBatchStream, String> {
     // One partition keeps the file's row order, so that the first of two
     // rows sharing an `event_id` is the one counted, on every run.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(64 * 1024));
@@ -318,14 +381,7 @@ async fn tabular(file: &str, format: Format, tally: &mut Tally<'_>) -> Result<()
         }
     }
     .map_err(|e| format!("{file}: {e}"))?;
-    let mut stream = frame.execute_stream().await.map_err(|e| format!("{file}: {e}"))?;
-    let mut row = 0u64;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| format!("{file}: {e}"))?;
-        rows(file, &batch, row, tally)?;
-        row += batch.num_rows() as u64;
-    }
-    Ok(())
+    frame.execute_stream().await.map_err(|e| format!("{file}: {e}"))
 }
 
 /// A CSV file's first line.
@@ -362,7 +418,7 @@ fn csv_schema(file: &str, header: &str) -> Result<Schema, String> {
     Ok(Schema::new(header.split(',').map(|name| Field::new(name.trim_matches('"'), DataType::Utf8, true)).collect::<Vec<_>>()))
 }
 
-fn rows(file: &str, batch: &RecordBatch, first_row: u64, tally: &mut Tally<'_>) -> Result<(), String> {
+fn rows(file: &str, batch: &RecordBatch, first_row: u64, tally: &mut Tally) -> Result<(), String> {
     let column = |name: &str| batch.schema().index_of(name).ok().map(|i| Arc::clone(batch.column(i)));
     let mut text: Vec<Option<Text>> = Vec::with_capacity(TEXT_COLUMNS.len());
     for name in TEXT_COLUMNS {
@@ -426,13 +482,54 @@ mod tests {
         std::fs::write(&file, lines.join("\n")).unwrap();
         let scope = Scope { from: Day::parse("2026-11-20").unwrap(), to: Day::parse("2026-11-21").unwrap(), merchants: vec![] };
         let files = [file.to_string_lossy().into_owned()];
-        let result = compute(&files, Format::Ndjson, &scope, 0, 1).await.unwrap();
+        let result = compute(&files, Format::Ndjson, &scope, &[0], 1).await.unwrap().remove(0);
         assert_eq!((result.rows_read, result.rows_rejected, result.rows_duplicate), (6, 2, 1));
         assert_eq!(result.totals.len(), 1);
         let sums = result.totals.values().next().unwrap();
         assert_eq!((sums.sales_amount.to_string(), sums.sales_count), ("3.3000".to_owned(), 2));
         assert_eq!(result.rejections["by_field"]["amount"], 1);
         assert_eq!(result.rejections["examples"][0]["row"], 4);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shards_sharing_one_reading_sum_like_shards_read_alone() {
+        use datafusion::parquet::arrow::ArrowWriter;
+        let dir = std::env::temp_dir().join(format!("tally-compute-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let names = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
+        let schema = Arc::new(Schema::new(names.map(|n| Field::new(n, DataType::Utf8, true)).to_vec()));
+        // Ids repeat (every 7th row is a repeat), and every 50th amount is invalid.
+        let rows = 150_000;
+        let column = |f: &dyn Fn(usize) -> String| Arc::new((0..rows).map(|i| Some(f(i))).collect::<StringArray>()) as ArrayRef;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                column(&|i| format!("e-{}", if i % 7 == 0 { i / 2 } else { i })),
+                column(&|i| format!("o-{i}")),
+                column(&|i| format!("m-{}", i % 97)),
+                column(&|_| "sale".into()),
+                column(&|i| if i % 50 == 0 { "-1".into() } else { format!("{}.{:02}", i % 1000, i % 100) }),
+                column(&|_| "EUR".into()),
+                column(&|i| format!("2026-11-{:02}T10:00:00Z", 1 + i % 20)),
+            ],
+        )
+        .unwrap();
+        let file = dir.join("x.parquet");
+        let mut writer = ArrowWriter::try_new(std::fs::File::create(&file).unwrap(), schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let files = [file.to_string_lossy().into_owned()];
+        let scope = Scope { from: Day::parse("2026-11-01").unwrap(), to: Day::parse("2026-11-15").unwrap(), merchants: vec![] };
+        let together = compute(&files, Format::Parquet, &scope, &[0, 1, 2], 3).await.unwrap();
+        for (shard, shared) in together.iter().enumerate() {
+            let alone = compute(&files, Format::Parquet, &scope, &[shard as i32], 3).await.unwrap().remove(0);
+            assert_eq!(shared.totals, alone.totals, "shard {shard}");
+            assert_eq!((shared.rows_read, shared.rows_rejected, shared.rows_duplicate), (alone.rows_read, alone.rows_rejected, alone.rows_duplicate));
+            assert!(!shared.totals.is_empty());
+        }
+        let read: i64 = together.iter().map(|r| r.rows_read).sum();
+        assert_eq!(read, rows as i64);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -3,6 +3,7 @@
 //! `merchant_sales`. Any number of runners may share a database; a task is
 //! leased to one at a time, and a runner that dies loses its lease.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,8 +47,13 @@ pub fn backoff(base_ms: u64, attempt: i32, seed: u64) -> u64 {
 
 /// Runs tasks until `shutdown`; then abandons running tasks (their leases
 /// lapse and another runner retries them).
+///
+/// Tasks claimed together from the same job run as one group: they read the
+/// same files, so the group decodes them once for all its shards.
 pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: CancellationToken) {
     let mut running = JoinSet::new();
+    // Tasks each running group holds, by its id in `running`.
+    let mut sizes = HashMap::new();
     loop {
         match store.complete_jobs(now_ms()).await {
             Ok(done) => {
@@ -58,12 +64,17 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
             }
             Err(error) => tracing::warn!(%error, "Cannot complete finished backfill jobs; will retry."),
         }
-        while running.len() < config.parallelism {
+        let mut group: Vec<Task> = Vec::new();
+        while sizes.values().sum::<usize>() + group.len() < config.parallelism {
             let now = now_ms();
             match store.claim_task(&config.owner, now, now + config.lease_ms as i64).await {
                 Ok(Some(task)) => {
                     tracing::info!(job = task.job_id, task = task.task_no, attempt = task.attempts, "Backfill task started.");
-                    running.spawn(run_task(store.clone(), config.clone(), task));
+                    if group.first().is_some_and(|first| first.job_id != task.job_id || first.input.files != task.input.files) {
+                        let size = group.len();
+                        sizes.insert(running.spawn(run_group(store.clone(), config.clone(), std::mem::take(&mut group))).id(), size);
+                    }
+                    group.push(task);
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -72,80 +83,121 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
                 }
             }
         }
+        if !group.is_empty() {
+            let size = group.len();
+            sizes.insert(running.spawn(run_group(store.clone(), config.clone(), group)).id(), size);
+        }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match joined {
+                    Ok((id, ())) => id,
+                    Err(error) => {
+                        tracing::error!(%error, "A backfill group stopped unexpectedly; its leases will lapse.");
+                        error.id()
+                    }
+                };
+                sizes.remove(&id);
+            }
             () = tokio::time::sleep(Duration::from_millis(config.poll_ms)) => {}
         }
     }
     running.abort_all();
 }
 
-async fn run_task(store: Arc<Store>, config: RunnerConfig, task: Task) {
+/// Records a failed attempt: the task is retried after a backoff, or fails
+/// its job when out of attempts.
+async fn fail(store: &Store, config: &RunnerConfig, task: &Task, error: &str) {
     let (job_id, task_no, attempt) = (task.job_id, task.task_no, task.attempts);
-    let fail = |error: String| {
-        let store = store.clone();
-        let config = config.clone();
+    let now = now_ms();
+    let retry_at = (attempt < config.max_attempts)
+        .then(|| now + backoff(config.retry_base_ms, attempt, (job_id as u64) << 32 ^ task_no as u64 ^ now as u64) as i64);
+    let outcome = if retry_at.is_some() { "retried" } else { "failed" };
+    tracing::warn!(job = job_id, task = task_no, attempt, outcome, "Backfill task attempt failed: {error}");
+    BACKFILL_ATTEMPTS.with_label_values(&[outcome]).inc();
+    match store.fail_task(job_id, task_no, &config.owner, error, now, retry_at).await {
+        Ok(()) if retry_at.is_none() => BACKFILL_JOBS.with_label_values(&["failed"]).inc(),
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "Cannot record the failed attempt; its lease will lapse."),
+    }
+}
+
+/// Runs tasks of one job that read the same files, in one pass.
+async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
+    let mut group = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if task.attempts > config.max_attempts {
+            // Taken over after its runners died this many times.
+            fail(&store, &config, &task, "its runners stopped before finishing, too many times").await;
+        } else {
+            group.push(task);
+        }
+    }
+    let Some(first) = group.first() else { return };
+    let job_id = first.job_id;
+    let fail_all = |error: String| {
+        let (store, config, group) = (&store, &config, &group);
         async move {
-            let now = now_ms();
-            let retry_at = (attempt < config.max_attempts)
-                .then(|| now + backoff(config.retry_base_ms, attempt, (job_id as u64) << 32 ^ task_no as u64 ^ now as u64) as i64);
-            let outcome = if retry_at.is_some() { "retried" } else { "failed" };
-            tracing::warn!(job = job_id, task = task_no, attempt, outcome, "Backfill task attempt failed: {error}");
-            BACKFILL_ATTEMPTS.with_label_values(&[outcome]).inc();
-            match store.fail_task(job_id, task_no, &config.owner, &error, now, retry_at).await {
-                Ok(()) if retry_at.is_none() => BACKFILL_JOBS.with_label_values(&["failed"]).inc(),
-                Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "Cannot record the failed attempt; its lease will lapse."),
+            for task in group {
+                fail(store, config, task, &error).await;
             }
         }
     };
-    if attempt > config.max_attempts {
-        // Taken over after its runners died this many times.
-        return fail("its runners stopped before finishing, too many times".to_owned()).await;
-    }
     let job = match store.job(job_id).await {
         Ok(Some(job)) => job,
         Ok(None) => return,
-        Err(error) => return fail(format!("cannot read the job: {error}")).await,
+        Err(error) => return fail_all(format!("cannot read the job: {error}")).await,
     };
     let format = match Format::parse("format", &job.format) {
         Ok(format) => format,
-        Err(error) => return fail(error).await,
+        Err(error) => return fail_all(error).await,
     };
-    let work = compute(&task.input.files, format, &job.scope, task.input.shard, task.input.shards);
+    let shards: Vec<i32> = group.iter().map(|task| task.input.shard).collect();
+    let work = compute(&first.input.files, format, &job.scope, &shards, first.input.shards);
     let lease = async {
         loop {
             // Often enough that a cancelled job stops its tasks within a second or two.
             tokio::time::sleep(Duration::from_millis((config.lease_ms / 3).min(1_000))).await;
-            match store.renew_task(job_id, task_no, &config.owner, now_ms() + config.lease_ms as i64).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(error) => tracing::warn!(%error, "Cannot renew a backfill task's lease; will retry."),
+            for task in &group {
+                match store.renew_task(job_id, task.task_no, &config.owner, now_ms() + config.lease_ms as i64).await {
+                    Ok(true) => {}
+                    Ok(false) => return task.task_no,
+                    Err(error) => tracing::warn!(%error, "Cannot renew a backfill task's lease; will retry."),
+                }
             }
         }
     };
-    let result = tokio::select! {
-        result = work => result,
-        () = lease => {
+    let results = tokio::select! {
+        results = work => results,
+        task_no = lease => {
+            // Its job was cancelled, or it was taken over: the group's shared
+            // reading stops, and every task still leased here is retried.
             tracing::info!(job = job_id, task = task_no, "Backfill task stopped: its job was cancelled or it was taken over.");
-            BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc();
+            for task in &group {
+                BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc();
+                if task.task_no != task_no {
+                    let _ = store.fail_task(job_id, task.task_no, &config.owner, "stopped with its group", now_ms(), Some(now_ms())).await;
+                }
+            }
             return;
         }
     };
-    match result {
-        Ok(result) => match store.finish_task(job_id, task_no, &config.owner, &result, now_ms()).await {
+    let results = match results {
+        Ok(results) => results,
+        Err(error) => return fail_all(error).await,
+    };
+    for (task, result) in group.iter().zip(results) {
+        match store.finish_task(job_id, task.task_no, &config.owner, &result, now_ms()).await {
             Ok(true) => {
                 BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
                 BACKFILL_ROWS.with_label_values(&["read"]).inc_by(result.rows_read as u64);
                 BACKFILL_ROWS.with_label_values(&["rejected"]).inc_by(result.rows_rejected as u64);
                 BACKFILL_ROWS.with_label_values(&["duplicate"]).inc_by(result.rows_duplicate as u64);
-                tracing::info!(job = job_id, task = task_no, rows = result.rows_read, rejected = result.rows_rejected, "Backfill task succeeded.");
+                tracing::info!(job = job_id, task = task.task_no, rows = result.rows_read, rejected = result.rows_rejected, "Backfill task succeeded.");
             }
             Ok(false) => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
-            Err(error) => fail(format!("cannot record the result: {error}")).await,
-        },
-        Err(error) => fail(error).await,
+            Err(error) => fail(&store, &config, task, &format!("cannot record the result: {error}")).await,
+        }
     }
 }
 
