@@ -144,32 +144,14 @@ impl Tally {
 /// Reads `files` and sums each of `shards` (shard numbers out of `of`)
 /// within `scope`, returning one result per shard, in order.
 ///
-/// Several shards share one reading of Parquet and CSV: each file is
-/// decoded once and every batch goes to each shard's tally, which runs as a
-/// task of its own. (NDJSON is decoded and validated in one step, so each
+/// Shards share one reading of Parquet and CSV: each file is decoded once
+/// and every batch goes to each shard's tally, which runs as a task of its
+/// own. (NDJSON is decoded and validated in one step, so each
 /// shard reads it.) Fails (so the tasks are retried) when a file cannot be
 /// read, or holds a column whose type cannot carry the event exactly (such
 /// as a float amount).
 pub async fn compute(files: &[String], format: Format, scope: &Scope, shards: &[i32], of: i32) -> Result<Vec<TaskResult>, String> {
     let scope = Arc::new(scope.clone());
-    if let [shard] = shards {
-        let mut tally = Tally::new(scope, *shard, of);
-        for file in files {
-            match format {
-                Format::Ndjson => ndjson(file, &mut tally).await?,
-                Format::Parquet | Format::Csv => {
-                    let mut batches = batches(file, format).await?;
-                    let mut row = 0u64;
-                    while let Some(batch) = batches.next().await {
-                        let batch = batch.map_err(|e| format!("{file}: {e}"))?;
-                        rows(file, &batch, row, &mut tally)?;
-                        row += batch.num_rows() as u64;
-                    }
-                }
-            }
-        }
-        return Ok(vec![tally.finish()]);
-    }
     // Dropping the set (on an error, or when the caller gives up) stops every tally.
     let mut tallies = JoinSet::new();
     let mut senders = Vec::new();
