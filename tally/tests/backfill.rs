@@ -239,7 +239,7 @@ async fn retries_and_cancellation(backend: Backend) {
     let store = world.store().await;
     world.start_aggregator_with(
         "aggregator",
-        &[("aggregator.backfill_parallelism", "1"), ("aggregator.backfill_max_attempts", "3"), ("aggregator.backfill_retry_base_ms", "1500")],
+        &[("aggregator.backfill_parallelism", "2"), ("aggregator.backfill_max_attempts", "3"), ("aggregator.backfill_retry_base_ms", "1500")],
     );
     let messages = events(72, 200_000);
     let good = world.dir.join("good.parquet");
@@ -273,7 +273,8 @@ async fn retries_and_cancellation(backend: Backend) {
     let show = tally(&["jobs", "show", &id.to_string(), "--database-url", &world.database_url]);
     assert!(stdout(&show).contains("broken.parquet"), "{}", stdout(&show));
 
-    // Cancelled while running: eight shards, one at a time; cancel after the first.
+    // Cancelled while running: eight shards, two at a time as one group that
+    // reads the file once; cancel after the first group.
     let id = start_backfill(&world, good.to_str().unwrap(), &["--shards", "8"]);
     wait_for_job(&store, id, |j| j.tasks.iter().any(|t| t.state == store::jobs::State::Succeeded)).await;
     let out = tally(&["jobs", "cancel", &id.to_string(), "--database-url", &world.database_url]);
