@@ -64,17 +64,13 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
             }
             Err(error) => tracing::warn!(%error, "Cannot complete finished backfill jobs; will retry."),
         }
-        let mut group: Vec<Task> = Vec::new();
-        while sizes.values().sum::<usize>() + group.len() < config.parallelism {
+        let mut claimed: Vec<Task> = Vec::new();
+        while sizes.values().sum::<usize>() + claimed.len() < config.parallelism {
             let now = now_ms();
             match store.claim_task(&config.owner, now, now + config.lease_ms as i64).await {
                 Ok(Some(task)) => {
                     tracing::info!(job = task.job_id, task = task.task_no, attempt = task.attempts, "Backfill task started.");
-                    if group.first().is_some_and(|first| first.job_id != task.job_id || first.input.files != task.input.files) {
-                        let size = group.len();
-                        sizes.insert(running.spawn(run_group(store.clone(), config.clone(), std::mem::take(&mut group))).id(), size);
-                    }
-                    group.push(task);
+                    claimed.push(task);
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -83,9 +79,9 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
                 }
             }
         }
-        if !group.is_empty() {
-            let size = group.len();
-            sizes.insert(running.spawn(run_group(store.clone(), config.clone(), group)).id(), size);
+        // Claims come in job order, so a job's tasks claimed now sit together.
+        for group in claimed.chunk_by(|a, b| a.job_id == b.job_id && a.input.files == b.input.files) {
+            sizes.insert(running.spawn(run_group(store.clone(), config.clone(), group.to_vec())).id(), group.len());
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
