@@ -17,6 +17,12 @@ pub struct AggregatorConfig {
     pub partials_topic: String,
     /// Consumer group shared by all aggregators.
     pub group_id: String,
+    /// Partitions of the partials topic when the aggregator creates it (it
+    /// does when it starts before any worker). Must be at least the orders
+    /// topic's partition count; workers refuse to start otherwise.
+    pub partials_partitions: i32,
+    /// Replication factor of the partials topic when the aggregator creates it.
+    pub replication_factor: i32,
     /// Partials are merged and committed in one transaction this often…
     pub flush_interval_ms: u64,
     /// …or as soon as this many are buffered.
@@ -49,6 +55,8 @@ impl Default for AggregatorConfig {
             database_url: "sqlite://tally.sqlite".into(),
             partials_topic: "tally.partials".into(),
             group_id: "tally-aggregators".into(),
+            partials_partitions: 8,
+            replication_factor: 1,
             flush_interval_ms: 500,
             flush_max_partials: 5_000,
             session_timeout_ms: 10_000,
@@ -73,6 +81,8 @@ impl AggregatorConfig {
             check::kafka_name("aggregator.group_instance_id", &self.group_instance_id)?;
         }
         check::kafka_name("aggregator.group_id", &self.group_id)?;
+        check::in_range("aggregator.partials_partitions", self.partials_partitions, 1, 10_000)?;
+        check::in_range("aggregator.replication_factor", self.replication_factor, 1, 32)?;
         check::in_range("aggregator.flush_interval_ms", self.flush_interval_ms, 10, 600_000)?;
         check::in_range("aggregator.flush_max_partials", self.flush_max_partials, 1, 1_000_000)?;
         check::in_range("aggregator.session_timeout_ms", self.session_timeout_ms, 1_000, 300_000)?;

@@ -1,6 +1,7 @@
 //! Aggregator errors.
 
 use rdkafka::error::KafkaError;
+use retry::Classify;
 use schemas::config::ConfigError;
 
 /// Why an aggregator could not start.
@@ -20,11 +21,22 @@ pub enum AggregatorError {
         #[source]
         source: KafkaError,
     },
+    /// The database refused to connect or migrate, for a reason a retry cannot fix.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The partials topic could not be created.
+    #[error("cannot set up the partials topic: {0}")]
+    Topic(String),
 }
 
-impl AggregatorError {
-    /// True when starting again later can succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, AggregatorError::Kafka { .. })
+/// Transient when the broker or database may come back; permanent for
+/// configuration and refused topics.
+impl retry::Classify for AggregatorError {
+    fn class(&self) -> retry::Class {
+        match self {
+            AggregatorError::Kafka { source, .. } => source.class(),
+            AggregatorError::Store(e) => e.class(),
+            AggregatorError::Config(_) | AggregatorError::Topic(_) => retry::Class::Permanent,
+        }
     }
 }

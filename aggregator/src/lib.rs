@@ -3,7 +3,10 @@
 //!
 //! - [`backfill`]: backfill jobs from files, their runner, and the atomic replace.
 //! - [`config`]: settings, defaults and validation.
-//! - [`run()`]: the consume–merge–commit loop with retrying flushes.
+//! - [`run()`]: the consume–merge–commit loop.
+//! - `flush`: the buffer and the fenced flush: retried when transient,
+//!   isolated to the partial at fault when permanent.
+//! - [`health`]: parked partitions and what `/readyz` says.
 //! - [`metrics`]: the aggregator's Prometheus metrics.
 //! - [`error`]: what can stop an aggregator.
 //!
@@ -13,6 +16,8 @@
 pub mod backfill;
 pub mod config;
 pub mod error;
+mod flush;
+pub mod health;
 pub mod metrics;
 mod run;
 

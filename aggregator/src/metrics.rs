@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
     register_gauge_vec, register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge,
+    register_int_gauge_vec, GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +109,31 @@ pub static SCHEDULES_OVERDUE: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Source partitions this aggregator parked.
+pub static PARKED_PARTITIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_aggregator_parked_partitions",
+        "Source partitions parked by this aggregator: their fence does not move until the cause is fixed and it restarts."
+    )
+    .expect("metric registers once")
+});
+
+/// The first source offset not applied of each parked partition, by reason.
+pub static PARKED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "tally_aggregator_partition_parked_offset",
+        "First source offset not applied of a parked partition (its fence), by reason (unreadable_partial, database_refused).",
+        &["topic", "partition", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Flush retries after transient database errors.
+pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_aggregator_retries_total", "Operations retried after a transient error.", &["operation"])
+        .expect("metric registers once")
+});
+
 /// Age of the newest committed event, per source partition.
 pub static FRESHNESS: LazyLock<GaugeVec> = LazyLock::new(|| {
     register_gauge_vec!(
@@ -148,7 +173,8 @@ pub async fn refresh_freshness(shutdown: CancellationToken) {
 /// Registers every aggregator metric, with a zero series for each known
 /// label value, so dashboards and alerts see them before the first event.
 pub fn init() {
-    let labelled: [(&IntCounterVec, &[&str]); 6] = [
+    let labelled: [(&IntCounterVec, &[&str]); 7] = [
+        (&RETRIES, &["flush", "database_connect", "topic_setup"]),
         (&PARTIALS, &["applied", "older_epoch", "already_applied", "violation"]),
         (&EVENTS, &["counted", "duplicate", "invalid"]),
         (&BACKFILL_JOBS, &["succeeded", "failed"]),
@@ -169,6 +195,6 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
     vec![
         &*PARTIALS, &*EVENTS, &*UPSERT_ROWS, &*FLUSH_SECONDS, &*FLUSH_ERRORS, &*END_TO_END, &*BUFFERED,
         &*READY, &*BACKFILL_JOBS, &*BACKFILL_ATTEMPTS, &*BACKFILL_ROWS, &*SCHEDULER_LEADER,
-        &*SCHEDULE_RUNS, &*SCHEDULES_OVERDUE, &*FRESHNESS,
+        &*SCHEDULE_RUNS, &*SCHEDULES_OVERDUE, &*FRESHNESS, &*PARKED_PARTITIONS, &*PARKED, &*RETRIES,
     ]
 }

@@ -1,30 +1,19 @@
 //! `run`: consume partials, merge them, and commit each flush in one
 //! fenced transaction.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use schemas::Partial;
-use store::{Plan, Store};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::backfill::{self, runner::RunnerConfig};
 use crate::config::AggregatorConfig;
 use crate::error::AggregatorError;
+use crate::flush::{flush, Buffer};
 use crate::metrics;
-
-/// Partials read since the last flush, and the partials-topic offsets to
-/// commit (as a restart hint) once they are durable.
-#[derive(Default)]
-struct Buffer {
-    partials: Vec<Partial>,
-    next_offsets: HashMap<i32, i64>,
-}
 
 /// Runs one aggregator until `shutdown` is cancelled, committing what it
 /// has buffered before returning.
@@ -37,14 +26,16 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
     metrics::init();
     tokio::spawn(metrics::refresh_freshness(shutdown.clone()));
     let store = tokio::select! {
-        store = connect(&config.database_url) => store,
+        store = connect(&config.database_url) => Arc::new(store?),
         () = shutdown.cancelled() => return Ok(()),
     };
+    crate::health::watch(store.clone());
+    tokio::spawn(crate::health::probe(store.clone(), shutdown.clone()));
     if config.backfill_parallelism > 0 {
         // Backfills and schedules get their own connection, so a long replace never holds
         // up the flushes of the live stream.
         let runner_store = tokio::select! {
-            store = connect(&config.database_url) => Arc::new(store),
+            store = connect(&config.database_url) => Arc::new(store?),
             () = shutdown.cancelled() => return Ok(()),
         };
         let runner = RunnerConfig {
@@ -63,10 +54,24 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
         let brokers = brokers.clone();
         move |source| AggregatorError::Kafka { op, brokers, source }
     };
+    // The partials topic may not exist yet when the aggregator starts first:
+    // create it, so that start order does not matter.
+    let topics = [config.partials_topic.as_str()];
+    let setup = || async {
+        shard_worker::kafka::ensure_topics(&config.brokers, &config.kafka, &topics, config.partials_partitions, config.replication_factor).await
+    };
+    tokio::select! {
+        made = retry::retry("topic_setup", setup, |_| metrics::RETRIES.with_label_values(&["topic_setup"]).inc()) => {
+            made.map_err(|e| AggregatorError::Topic(e.to_string()))?
+        }
+        () = shutdown.cancelled() => return Ok(()),
+    }
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
+        // A partials topic created or recreated later is seen within seconds.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
@@ -88,7 +93,7 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
             biased;
             () = shutdown.cancelled() => break,
             _ = tick.tick() => flush(&store, &consumer, &config.partials_topic, &mut buffer, &shutdown).await,
-            received = consumer.recv(), if buffer.partials.len() < config.flush_max_partials => match received {
+            received = consumer.recv(), if buffer.len() < config.flush_max_partials => match received {
                 Ok(message) => buffer.add(&message),
                 Err(error) => tracing::warn!(%error, "Partials consumer error."),
             },
@@ -108,97 +113,12 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
     Ok(())
 }
 
-async fn connect(url: &str) -> Store {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match Store::connect(url).await {
-            Ok(store) => return store,
-            Err(error) => {
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Database unreachable; retrying.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-impl Buffer {
-    fn add(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
-        self.next_offsets.insert(message.partition(), message.offset() + 1);
-        match serde_json::from_slice::<Partial>(message.payload().unwrap_or_default()) {
-            Ok(partial) => self.partials.push(partial),
-            Err(error) => {
-                metrics::PARTIALS.with_label_values(&["violation"]).inc();
-                tracing::error!(partition = message.partition(), offset = message.offset(), %error,
-                    "Unreadable partial; not applied.");
-            }
-        }
-        metrics::BUFFERED.set(self.partials.len() as i64);
-    }
-}
-
-/// Applies the buffer in one transaction, retrying with capped backoff until
-/// it commits or `stop` is cancelled (then the buffer is kept).
-async fn flush(store: &Store, consumer: &StreamConsumer, topic: &str, buffer: &mut Buffer, stop: &CancellationToken) {
-    if buffer.next_offsets.is_empty() {
-        return;
-    }
-    let mut delay = Duration::from_millis(100);
-    let plan = loop {
-        let started = Instant::now();
-        match store.apply(&buffer.partials).await {
-            Ok(plan) => {
-                metrics::FLUSH_SECONDS.observe(started.elapsed().as_secs_f64());
-                break plan;
-            }
-            Err(error) => {
-                metrics::FLUSH_ERRORS.inc();
-                tracing::warn!(%error, partials = buffer.partials.len(), retry_in_ms = delay.as_millis() as u64,
-                    "Flush failed; keeping the partials and retrying.");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = stop.cancelled() => return,
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    };
-    record(&plan);
-    let mut tpl = TopicPartitionList::new();
-    for (partition, next) in buffer.next_offsets.drain() {
-        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
-    }
-    buffer.partials.clear();
-    metrics::BUFFERED.set(0);
-    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
-        tracing::debug!(%error, "Partials offset commit failed; partials will be re-read and dropped as applied.");
-    }
-}
-
-fn record(plan: &Plan) {
-    metrics::PARTIALS.with_label_values(&["applied"]).inc_by(plan.applied);
-    metrics::PARTIALS.with_label_values(&["older_epoch"]).inc_by(plan.older_epoch);
-    metrics::PARTIALS.with_label_values(&["already_applied"]).inc_by(plan.already_applied);
-    metrics::PARTIALS.with_label_values(&["violation"]).inc_by(plan.violations.len() as u64);
-    metrics::UPSERT_ROWS.inc_by(plan.deltas.len() as u64);
-    for counts in plan.events.values() {
-        metrics::EVENTS.with_label_values(&["counted"]).inc_by(counts.counted);
-        metrics::EVENTS.with_label_values(&["duplicate"]).inc_by(counts.duplicate);
-        metrics::EVENTS.with_label_values(&["invalid"]).inc_by(counts.invalid);
-    }
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    for &(partition, append_ms) in &plan.applied_append_ms {
-        metrics::END_TO_END.observe((now_ms - append_ms).max(0) as f64 / 1000.0);
-        metrics::note_committed(partition, append_ms);
-    }
-    for violation in &plan.violations {
-        tracing::error!(topic = violation.source.0, partition = violation.source.1, epoch = violation.epoch,
-            first_offset = violation.first_offset, reason = violation.reason,
-            "Fence invariant violated; partial not applied.");
-    }
-    if plan.older_epoch + plan.already_applied > 0 {
-        tracing::debug!(older_epoch = plan.older_epoch, already_applied = plan.already_applied, "Dropped stale partials.");
-    }
+/// Connects, retrying while the database is unreachable.
+///
+/// Fails on a permanent error: a malformed URL, a failed migration.
+async fn connect(url: &str) -> Result<Store, AggregatorError> {
+    let on_retry = |_: &store::StoreError| metrics::RETRIES.with_label_values(&["database_connect"]).inc();
+    Ok(retry::retry("database_connect", || Store::connect(url), on_retry).await?)
 }
 
 /// This machine's name, for task owners (`tally_tasks.owner`).

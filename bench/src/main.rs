@@ -4,8 +4,11 @@
 //! - `hotpath`: raw JSON message bytes → Arrow batch → DataFusion partial
 //!   totals, on one thread (a current-thread runtime), reported as the median
 //!   events per second over several runs.
-//! - `dedupe-memory`: heap bytes held by the dedupe window per million ids,
-//!   counted by a wrapping global allocator.
+//! - `dedupe-memory`: heap bytes held by the dedupe window per million ids
+//!   (with the content digests of the conflict check), counted by a wrapping
+//!   global allocator.
+//! - `partials`: how the worker cuts one batch of many merchants into
+//!   partials that fit the default row and byte limits.
 //! - `ingest`: events per second that `tally ingest` accepts over HTTP into a
 //!   real broker, with p50/p99 request latency (`bench/ingest.sh` starts the
 //!   broker and runs it for batches of 100 and 1,000).
@@ -79,7 +82,7 @@ fn hotpath(args: &[String]) -> Result<()> {
     let ctx = session();
     let (mut rates, mut decode_shares) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let mut window = DedupeWindow::new(900_000);
+        let mut window = DedupeWindow::new(900_000, 2_000_000);
         let mut keys = 0usize;
         let mut decoding = Duration::ZERO;
         let started = Instant::now();
@@ -111,13 +114,53 @@ fn dedupe_memory(args: &[String]) -> Result<()> {
     let ids = arg(args, "--ids", 1_000_000)?;
     let names: Vec<String> = (0..ids).map(|i| format!("e-2a-{i}")).collect();
     let before = LIVE.load(Ordering::Relaxed);
-    let mut window = DedupeWindow::new(i64::MAX / 4);
+    let mut window = DedupeWindow::new(i64::MAX / 4, usize::MAX);
     for (i, name) in names.iter().enumerate() {
-        window.first_sighting(name, i as i64, i as i64);
+        // Each id with its content digest, as the worker keeps it for the conflict check.
+        window.sight(name, i as u64, i as i64, i as i64);
     }
     let held = LIVE.load(Ordering::Relaxed) - before;
-    println!("dedupe window: {} ids hold {:.1} MiB ({:.0} bytes per id; {:.1} MiB per million ids)",
+    println!("dedupe window (with content digests): {} ids hold {:.1} MiB ({:.0} bytes per id; {:.1} MiB per million ids)",
         window.len(), held as f64 / 1_048_576.0, held as f64 / ids as f64, held as f64 / ids as f64 * 1e6 / 1_048_576.0);
+    Ok(())
+}
+
+/// The partials the worker's cut makes of one batch of `--merchants` events,
+/// one per merchant (a backlog of a busy partition), with the default limits.
+fn partials(args: &[String]) -> Result<()> {
+    use shard_worker::cut::{cut, Head, Limits, Span};
+    let merchants = arg(args, "--merchants", 40_000)? as usize;
+    let defaults = shard_worker::WorkerConfig::default();
+    let limits = Limits { max_rows: defaults.partial_max_rows, max_bytes: defaults.partial_max_bytes };
+    let batch: Vec<Message> = (0..merchants)
+        .map(|i| Message {
+            offset: i as i64,
+            key: None,
+            payload: format!(
+                r#"{{"event_id":"e-{i}","order_id":"o-{i}","merchant_id":"merchant-{i:08}","kind":"sale","amount":"12.34","currency":"EUR","occurred_at":"2026-11-20T10:00:00Z"}}"#
+            )
+            .into_bytes(),
+            timestamp_ms: Some(1_763_600_000_000),
+            headers: Vec::new(),
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let mut window = DedupeWindow::new(900_000, 2_000_000);
+    let decoded = decode_messages(&batch, &mut window, 0, 0)?;
+    let head = Head { topic: "orders", partition: 0, epoch: 1 };
+    let whole = Span { start: 0, end: batch.len() };
+    let pieces = runtime.block_on(cut(&session(), &head, &batch, &decoded, 0, whole, None, limits));
+    let mut rows: Vec<usize> = pieces.iter().map(|p| p.partial.rows.len()).collect();
+    let mut bytes: Vec<usize> = pieces.iter().map(|p| p.payload.len()).collect();
+    rows.sort_unstable();
+    bytes.sort_unstable();
+    let total: usize = bytes.iter().sum();
+    println!(
+        "partials: one batch of {merchants} events for {merchants} merchants, limits {} rows / {} bytes -> {} partials; \
+         rows min {} median {} max {}; bytes min {} median {} max {} ({:.0} bytes per row)",
+        limits.max_rows, limits.max_bytes, pieces.len(), rows[0], rows[rows.len() / 2], rows[rows.len() - 1],
+        bytes[0], bytes[bytes.len() / 2], bytes[bytes.len() - 1], total as f64 / merchants as f64
+    );
     Ok(())
 }
 
@@ -164,6 +207,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("hotpath") => hotpath(&args),
         Some("dedupe-memory") => dedupe_memory(&args),
+        Some("partials") => partials(&args),
         Some("ingest") => ingest(&args),
         Some("backfill") => {
             let root = args.iter().position(|a| a == "--dir").and_then(|i| args.get(i + 1)).map_or_else(std::env::temp_dir, Into::into);
@@ -176,6 +220,7 @@ fn main() -> Result<()> {
         }
         _ => bail!(
             "usage: bench hotpath [--events N] [--batch N] [--runs N] | bench dedupe-memory [--ids N] | \
+             bench partials [--merchants N] | \
              bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N] | \
              bench backfill [--events N] [--runs N] [--shards N] [--dir D]"
         ),

@@ -157,6 +157,8 @@ impl Ingest {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
+            // A topic created after ingest started is found within seconds.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .set("queue.buffering.max.messages", config.queue_max_messages.to_string())
             .set("message.timeout.ms", config.ack_timeout_ms.to_string());
         for (key, value) in &config.kafka {
@@ -357,6 +359,12 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
                 let record = FutureRecord::to(&state.topic).key(event.merchant_id.as_bytes()).payload(item.as_bytes());
                 match producer.send_result(record) {
                     Ok(delivery) => deliveries.push(delivery),
+                    // The broker would refuse this event every time (too large):
+                    // the client's fault, not a reason to retry the request.
+                    Err((error, _)) if !retry::Classify::is_retryable(&error) => {
+                        let reason = format!("event {at} cannot be published: {error}");
+                        outcome.errors.push(Rejection { at, field: "payload".to_owned(), reason });
+                    }
                     Err((error, _)) => {
                         let busy = matches!(error, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
                         PRODUCE_ERRORS.inc();

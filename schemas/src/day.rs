@@ -26,7 +26,16 @@ pub enum TimeError {
     /// No `Z` or numeric offset.
     #[error("has no UTC offset (add Z or ±HH:MM)")]
     NoOffset,
+    /// The stated date or its UTC day is outside 0001-01-01..9999-12-31,
+    /// which is all that both databases and the partial format can hold.
+    #[error("lies outside 0001-01-01..9999-12-31 (as stated or as a UTC day)")]
+    OutOfEra,
 }
+
+/// 0001-01-01, the first day tally accepts (PostgreSQL has no year 0).
+pub const MIN_DAY: Day = Day(-719_162);
+/// 9999-12-31, the last day tally accepts (four-digit years only).
+pub const MAX_DAY: Day = Day(2_932_896);
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
@@ -135,6 +144,9 @@ pub fn parse_rfc3339(text: &str) -> Result<EpochMicros, TimeError> {
         _ => return Err(TimeError::Layout),
     };
     let year = i64::from(year);
+    if year == 0 {
+        return Err(TimeError::OutOfEra);
+    }
     if !(1..=12).contains(&month)
         || day == 0
         || day > days_in_month(year, month)
@@ -147,7 +159,9 @@ pub fn parse_rfc3339(text: &str) -> Result<EpochMicros, TimeError> {
     let (second, micros) = if second == 60 { (59, 999_999) } else { (second, micros) };
     let days = days_from_civil(year, month, day);
     let local_secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
-    Ok((local_secs - offset_secs) * 1_000_000 + i64::from(micros))
+    let micros = (local_secs - offset_secs) * 1_000_000 + i64::from(micros);
+    Day::of_micros(micros).checked()?;
+    Ok(micros)
 }
 
 impl Day {
@@ -156,7 +170,20 @@ impl Day {
         Day(micros.div_euclid(86_400_000_000) as i32)
     }
 
-    /// Parses `YYYY-MM-DD`. Fails on any other layout or an impossible date.
+    /// The day itself when it lies in [`MIN_DAY`]..=[`MAX_DAY`], the range
+    /// whose text form is `YYYY-MM-DD` and which both databases store.
+    ///
+    /// Fails with [`TimeError::OutOfEra`] otherwise.
+    pub fn checked(self) -> Result<Day, TimeError> {
+        if (MIN_DAY..=MAX_DAY).contains(&self) {
+            Ok(self)
+        } else {
+            Err(TimeError::OutOfEra)
+        }
+    }
+
+    /// Parses `YYYY-MM-DD`. Fails on any other layout, an impossible date,
+    /// or year 0000.
     pub fn parse(text: &str) -> Result<Day, TimeError> {
         let b = text.as_bytes();
         if b.len() != 10 {
@@ -165,6 +192,9 @@ impl Day {
         let (year, month, day) = (digits(b, 0, 4)?, digits(b, 5, 2)?, digits(b, 8, 2)?);
         expect(b, 4, b"-")?;
         expect(b, 7, b"-")?;
+        if year == 0 {
+            return Err(TimeError::OutOfEra);
+        }
         if !(1..=12).contains(&month) || day == 0 || day > days_in_month(i64::from(year), month) {
             return Err(TimeError::Range);
         }
@@ -238,5 +268,32 @@ mod tests {
         }
         assert_eq!(Day::parse("2024-02-29").unwrap().to_string(), "2024-02-29");
         assert!(Day::parse("2023-02-29").is_err());
+    }
+
+    #[test]
+    fn the_era_bounds_are_the_first_and_last_four_digit_days() {
+        assert_eq!(MIN_DAY.to_string(), "0001-01-01");
+        assert_eq!(MAX_DAY.to_string(), "9999-12-31");
+        assert_eq!(Day::parse("0000-12-31"), Err(TimeError::OutOfEra));
+    }
+
+    #[test]
+    fn text_and_parser_agree_on_every_accepted_day() {
+        for n in MIN_DAY.0..=MAX_DAY.0 {
+            let text = Day(n).to_string();
+            assert_eq!(Day::parse(&text), Ok(Day(n)), "{text}");
+        }
+    }
+
+    #[test]
+    fn days_outside_the_era_are_refused_as_stated_and_in_utc() {
+        // Stated in range, but the UTC day is 10000-01-01 or 0000-12-31.
+        assert_eq!(parse_rfc3339("9999-12-31T23:30:00-01:00"), Err(TimeError::OutOfEra));
+        assert_eq!(parse_rfc3339("0001-01-01T00:30:00+01:00"), Err(TimeError::OutOfEra));
+        assert_eq!(parse_rfc3339("0000-01-01T00:00:00Z"), Err(TimeError::OutOfEra));
+        let last = parse_rfc3339("9999-12-31T23:59:59.999999Z").unwrap();
+        assert_eq!(Day::of_micros(last), MAX_DAY);
+        let first = parse_rfc3339("0001-01-01T00:00:00Z").unwrap();
+        assert_eq!(Day::of_micros(first), MIN_DAY);
     }
 }

@@ -92,7 +92,8 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn new(field: &'static str, value: &str, reason: impl Into<String>) -> Invalid {
+    /// A rejection of `value` in `field`; the value is cut to 64 characters.
+    pub fn new(field: &'static str, value: &str, reason: impl Into<String>) -> Invalid {
         let value = match value.char_indices().nth(MAX_VALUE_IN_REASON) {
             Some((cut, _)) => format!("{}…", &value[..cut]),
             None => value.to_owned(),
@@ -140,6 +141,16 @@ fn id<'a>(raw: Option<&'a str>, field: &'static str) -> Result<Cow<'a, str>, Inv
 fn check_id(value: &str, field: &'static str) -> Result<(), Invalid> {
     if value.is_empty() || value.len() > MAX_ID_BYTES {
         return Err(Invalid::new(field, value, "must be 1 to 128 bytes long"));
+    }
+    // PostgreSQL refuses U+0000 in text, and no id needs a control character.
+    // Raw C0 controls never reach here (JSON forbids them unescaped), so the
+    // byte test only lets DEL, C1 controls (lead byte 0xC2) and unescaped
+    // strings through to the exact check.
+    if value.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+        if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+            let reason = format!("must not contain control characters (U+{:04X} at byte {at})", u32::from(c));
+            return Err(Invalid::new(field, value, reason));
+        }
     }
     Ok(())
 }
@@ -240,7 +251,11 @@ pub fn from_columns(row: Columns<'_>) -> Result<ValidEvent<'_>, Invalid> {
     let occurred_at = match row.occurred_at {
         None => return Err(Invalid::new("occurred_at", "", "is missing")),
         Some(Occurred::Text(text)) => occurred_at_of(text)?,
-        Some(Occurred::Micros(micros)) => micros,
+        Some(Occurred::Micros(micros)) => {
+            let day = Day::of_micros(micros).checked();
+            day.map_err(|e| Invalid::new("occurred_at", &crate::day::format_rfc3339_millis(micros), e.to_string()))?;
+            micros
+        }
     };
     Ok(ValidEvent {
         event_id: Cow::Borrowed(event_id),
@@ -336,6 +351,32 @@ mod tests {
         let mismatch = decode(GOOD.as_bytes(), Some(b"m-7")).unwrap_err();
         assert_eq!(mismatch.field, "merchant_id");
         assert!(mismatch.to_string().contains("message key"), "{mismatch}");
+    }
+
+    #[test]
+    fn control_characters_in_ids_are_refused_by_field() {
+        for (from, to, field) in [
+            (r#""m-42","kind""#, r#""m\u0000x","kind""#, "merchant_id"),
+            (r#""e-1""#, r#""e\u001f1""#, "event_id"),
+            (r#""o-1""#, "\"o\u{7f}1\"", "order_id"),
+            (r#""o-1""#, "\"o\u{85}1\"", "order_id"),
+        ] {
+            let invalid = decode(GOOD.replace(from, to).as_bytes(), None).unwrap_err();
+            assert_eq!(invalid.field, field, "{to}");
+            assert!(invalid.reason.contains("control characters"), "{invalid}");
+        }
+        let unicode = GOOD.replace(r#""o-1""#, r#""o-ü-日本""#);
+        assert_eq!(decode(unicode.as_bytes(), None).unwrap().order_id, "o-ü-日本");
+    }
+
+    #[test]
+    fn days_outside_the_era_are_refused() {
+        for stated in ["9999-12-31T23:30:00-01:00", "0000-01-01T00:00:00Z", "0001-01-01T00:10:00+00:20"] {
+            let payload = GOOD.replace("2026-11-20T13:45:10.123Z", stated);
+            let invalid = decode(payload.as_bytes(), None).unwrap_err();
+            assert_eq!(invalid.field, "occurred_at", "{stated}");
+            assert!(invalid.reason.contains("0001-01-01..9999-12-31"), "{invalid}");
+        }
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub struct Partial {
     pub last_offset: i64,
     /// Lowest offset still inside the dedupe window after this range.
     pub dedupe_from_offset: i64,
+    /// The dedupe window's clock after this range (ms): a new owner's
+    /// rebuild never runs its clock past it. Absent in partials written
+    /// before it existed, and while the window has seen no message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_clock_ms: Option<i64>,
     /// Events in the range that were counted, by outcome.
     pub events: EventCounts,
     /// Latest broker append time in the range, ms since the epoch (for
@@ -75,6 +80,7 @@ mod tests {
             first_offset: 100,
             last_offset: 199,
             dedupe_from_offset: 40,
+            dedupe_clock_ms: Some(1_763_600_000_000),
             events: EventCounts { counted: 98, duplicate: 1, invalid: 1 },
             max_append_ms: Some(1),
             rows: vec![PartialRow {

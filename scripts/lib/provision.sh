@@ -152,6 +152,8 @@ start_postgres() {
         -o "-p $port -k $PG_DATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=300" \
         >/dev/null || { tail -n 40 "$PG_DATA/server.log" >&2; die "PostgreSQL did not start"; }
     export TALLY_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    # For tests that freeze the server (SIGSTOP) to show that nothing hangs.
+    export TALLY_TEST_PG_DATA="$PG_DATA/data"
     log "PostgreSQL on 127.0.0.1:$port ($PG_DATA)."
 }
 

@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 use schemas::config::{self as check, ConfigError};
 use serde::{Deserialize, Serialize};
 
+/// librdkafka's default `message.max.bytes` (and Kafka's default broker limit is close: 1 MiB).
+pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// What a partial's record adds to its JSON: key, headers, record framing.
+pub const PARTIAL_ENVELOPE_BYTES: usize = 1_024;
+
 /// Settings of one shard worker. Every field has a default; see the README's
 /// configuration reference for the file, environment and flag spellings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +37,17 @@ pub struct WorkerConfig {
     pub batch_max_ms: u64,
     /// Event ids are deduplicated within this much message time.
     pub dedupe_window_secs: u64,
+    /// Most event ids one partition's dedupe window holds. Past this the
+    /// oldest id leaves early (counted in `tally_worker_dedupe_evicted_total`),
+    /// so a retry of it would count again: size it above a partition's ids
+    /// per window. About 60 bytes per id.
+    pub dedupe_max_ids: usize,
+    /// A partial holds at most this many rows; a batch with more keys is
+    /// cut into several partials of consecutive offset ranges.
+    pub partial_max_rows: usize,
+    /// A partial's JSON is at most this many bytes (before compression);
+    /// must fit the producer's `message.max.bytes` and the broker's limit.
+    pub partial_max_bytes: usize,
     /// Kafka consumer session timeout.
     pub session_timeout_ms: u64,
     /// On shutdown, how long in-flight batches may take to publish.
@@ -60,6 +76,9 @@ impl Default for WorkerConfig {
             batch_max_events: 20_000,
             batch_max_ms: 250,
             dedupe_window_secs: 900,
+            dedupe_max_ids: 2_000_000,
+            partial_max_rows: 5_000,
+            partial_max_bytes: 512 * 1024,
             session_timeout_ms: 10_000,
             drain_timeout_ms: 15_000,
             instance_id: String::new(),
@@ -83,6 +102,18 @@ impl WorkerConfig {
         check::in_range("worker.batch_max_events", self.batch_max_events, 1, 1_000_000)?;
         check::in_range("worker.batch_max_ms", self.batch_max_ms, 1, 60_000)?;
         check::in_range("worker.dedupe_window_secs", self.dedupe_window_secs, 0, 7 * 86_400)?;
+        check::in_range("worker.dedupe_max_ids", self.dedupe_max_ids, 1_000, 1_000_000_000)?;
+        check::in_range("worker.partial_max_rows", self.partial_max_rows, 1, 1_000_000)?;
+        let message_max = self.message_max_bytes()?;
+        // One row of the largest ids with every header field is under 1 KiB.
+        let room = message_max.saturating_sub(PARTIAL_ENVELOPE_BYTES);
+        if self.partial_max_bytes < 4_096 || self.partial_max_bytes > room {
+            return Err(ConfigError::new(
+                "worker.partial_max_bytes",
+                self.partial_max_bytes,
+                format!("must be between 4096 and {room} (the producer's message.max.bytes {message_max} minus {PARTIAL_ENVELOPE_BYTES} for the record's key and framing)"),
+            ));
+        }
         check::in_range("worker.session_timeout_ms", self.session_timeout_ms, 1_000, 300_000)?;
         check::in_range("worker.drain_timeout_ms", self.drain_timeout_ms, 0, 600_000)?;
         if !self.group_instance_id.is_empty() {
@@ -96,6 +127,18 @@ impl WorkerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The producer's `message.max.bytes`: `worker.kafka` or librdkafka's default.
+    ///
+    /// Fails when the configured value is not a number.
+    pub fn message_max_bytes(&self) -> Result<usize, ConfigError> {
+        match self.kafka.get("message.max.bytes") {
+            None => Ok(LIBRDKAFKA_MESSAGE_MAX_BYTES),
+            Some(text) => text
+                .parse()
+                .map_err(|_| ConfigError::new("worker.kafka.message.max.bytes", text, "must be a whole number of bytes")),
+        }
     }
 
     /// The instance id, or `host-pid` when none was configured.
@@ -120,5 +163,18 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err().field, "worker.batch_max_events");
         let bad = WorkerConfig { partials_topic: "orders".into(), ..Default::default() };
         assert_eq!(bad.validate().unwrap_err().field, "worker.orders_topic");
+    }
+
+    #[test]
+    fn partials_must_fit_the_producers_message_limit() {
+        let mut small = WorkerConfig::default();
+        small.kafka.insert("message.max.bytes".into(), "200000".into());
+        let error = small.validate().unwrap_err();
+        assert_eq!(error.field, "worker.partial_max_bytes");
+        assert!(error.reason.contains("message.max.bytes 200000"), "{error}");
+        small.partial_max_bytes = 100_000;
+        assert_eq!(small.validate(), Ok(()));
+        small.kafka.insert("message.max.bytes".into(), "lots".into());
+        assert_eq!(small.validate().unwrap_err().field, "worker.kafka.message.max.bytes");
     }
 }

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::Message;
+use crate::health::{self, ParkReason, Parked};
 use crate::lag::Offsets;
 use crate::partition::{Ended, PartitionTask, Shared};
 use crate::{metrics, publish};
@@ -102,22 +103,33 @@ impl ConsumerContext for ClaimContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let topic = self.shared.orders_topic.clone();
                 let partitions: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
+                let mut accepted = TopicPartitionList::new();
                 for partition in partitions {
+                    health::unpark(&topic, partition);
                     let Some(claim) = self.claim(partition) else { return };
                     metrics::CLAIMS.inc();
                     tracing::info!(partition, epoch = claim.epoch, next_offset = claim.next_offset,
                         dedupe_from_offset = claim.dedupe_from_offset, "Partition claimed.");
-                    if let Err(error) = tpl.set_partition_offset(&topic, partition, Offset::Offset(claim.dedupe_from_offset)) {
+                    if let Some(parked) = log_behind_fence(consumer, &topic, partition, &claim) {
+                        // Not assigned: nothing is read, so nothing past the fence is counted.
+                        health::park(&topic, partition, parked);
+                        continue;
+                    }
+                    if let Err(error) = accepted.add_partition_offset(&topic, partition, Offset::Offset(claim.dedupe_from_offset)) {
                         tracing::error!(partition, %error, "Could not set the start offset.");
                     }
                     self.push(Control::Assigned(partition, claim));
                 }
-                if let Err(error) = consumer.assign(tpl) {
+                if let Err(error) = consumer.assign(&accepted) {
                     tracing::error!(%error, "Assigning partitions failed.");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let revoked = tpl.elements().iter().map(|e| e.partition()).collect();
+                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                for &partition in &revoked {
+                    // Its next owner reports it, if the cause is still there.
+                    health::unpark(&self.shared.orders_topic, partition);
+                }
                 self.push(Control::Revoked(revoked));
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "Unassigning partitions failed.");
@@ -132,8 +144,36 @@ impl ConsumerContext for ClaimContext {
     }
 }
 
+/// A claim whose `next_offset` lies beyond the partition's log end: the topic
+/// was recreated or truncated under tally. Counting from there would silently
+/// skip the new log's first events, so the partition is refused instead.
+/// `None` when the log reaches the fence, or when the broker cannot say (the
+/// running check in [`poll_loop`] still catches a log that went backwards).
+fn log_behind_fence(consumer: &BaseConsumer<ClaimContext>, topic: &str, partition: i32, claim: &Claim) -> Option<Parked> {
+    let (low, high) = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+        Ok(marks) => marks,
+        Err(error) => {
+            tracing::warn!(partition, %error, "Cannot read the partition's log end to check it against the fence.");
+            return None;
+        }
+    };
+    (claim.next_offset > high).then(|| Parked {
+        reason: ParkReason::LogBehindFence,
+        first_offset: claim.next_offset,
+        last_offset: None,
+        detail: format!(
+            "the database has counted up to offset {} but the log holds only offsets {low}..{high}: the topic was \
+             recreated or truncated; see the README (\"A log that went backwards\") before resetting the fence",
+            claim.next_offset
+        ),
+    })
+}
+
 /// One assigned partition as seen from the consumer thread.
 struct Lane {
+    /// The lowest offset the next message may have: a lower one means the
+    /// log went backwards under the consumer.
+    expected: i64,
     batches: mpsc::Sender<Vec<Message>>,
     pending: Vec<Message>,
     opened: Option<Instant>,
@@ -183,8 +223,10 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
             match control {
                 Control::Assigned(partition, claim) => {
                     let (tx, rx) = mpsc::channel(2);
+                    let start = claim.dedupe_from_offset;
                     let task = handle.spawn(PartitionTask::new(partition, claim, shared.clone()).run(rx, acks_tx.clone()));
                     let lane = Lane {
+                        expected: start,
                         batches: tx,
                         pending: Vec::new(),
                         opened: None,
@@ -210,7 +252,17 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
         }
         match polled {
             Some(Ok(message)) => {
-                if let Some(lane) = lanes.get_mut(&message.partition()) {
+                let partition = message.partition();
+                if let Some(lane) = lanes.get_mut(&partition) {
+                    if message.offset() < lane.expected {
+                        went_backwards(&shared.orders_topic, partition, lane.expected, message.offset());
+                        if let Some(lane) = lanes.remove(&partition) {
+                            lane.task.abort();
+                        }
+                        set_paused(&consumer, &shared.orders_topic, partition, true);
+                        continue;
+                    }
+                    lane.expected = message.offset() + 1;
                     lane.opened.get_or_insert_with(Instant::now);
                     lane.pending.push(owned(&message));
                 } else {
@@ -243,6 +295,17 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
     });
     commit_hints(&consumer, &shared.orders_topic, &acks, CommitMode::Sync);
     consumer.unsubscribe();
+}
+
+/// Parks a partition whose log handed out `offset` after `expected`: the
+/// topic was recreated or truncated while this worker read it.
+fn went_backwards(topic: &str, partition: i32, expected: i64, offset: i64) {
+    let detail = format!(
+        "the log handed out offset {offset} after offset {}: the topic was recreated or truncated under the \
+         worker; see the README (\"A log that went backwards\")",
+        expected - 1
+    );
+    health::park(topic, partition, Parked { reason: ParkReason::LogWentBackwards, first_offset: expected, last_offset: None, detail });
 }
 
 fn hand_over_due(

@@ -9,7 +9,10 @@ use schemas::event::decode;
 use schemas::partial::EventCounts;
 use schemas::Invalid;
 
-use crate::dedupe::DedupeWindow;
+use schemas::ValidEvent;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::dedupe::{DedupeWindow, Sighting};
 
 /// One consumed message, owned so that it can cross threads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,16 +29,59 @@ pub struct Message {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// What happened to one message of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Below `count_from`: only rebuilt the dedupe window.
+    Rebuilt,
+    /// Valid and first seen: a row of the batch.
+    Counted,
+    /// Valid, seen before inside the window.
+    Duplicate,
+    /// Broke a rule (or repeated an id with other content): dead-lettered.
+    Invalid,
+}
+
+/// The window's state right after one message, so that a batch can be cut
+/// into several partials at any message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// `dedupe_from_offset` if a partial ended at this message.
+    pub dedupe_from_offset: i64,
+    /// The window's clock at this message.
+    pub dedupe_clock_ms: Option<i64>,
+}
+
 /// The result of decoding one batch.
 pub struct Decoded {
-    /// Valid events seen for the first time, at or after `count_from`.
+    /// Valid events seen for the first time, at or after `count_from`, in
+    /// offset order.
     pub batch: RecordBatch,
+    /// The input index of each row of `batch`.
+    pub row_message: Vec<u32>,
     /// Rejected messages at or after `count_from`: index into the input, reason.
     pub invalid: Vec<(usize, Invalid)>,
+    /// What happened to each input message.
+    pub outcomes: Vec<Outcome>,
+    /// The window's state after each input message.
+    pub checkpoints: Vec<Checkpoint>,
     /// Outcome counts of the messages at or after `count_from`.
     pub counts: EventCounts,
     /// Latest timestamp among counted messages.
     pub max_append_ms: Option<i64>,
+}
+
+/// A digest of everything an event says besides its id: a retry repeats it,
+/// a different event under a reused id does not.
+fn content_digest(event: &ValidEvent<'_>) -> u64 {
+    let mut hasher = Xxh3::new();
+    for part in [event.order_id.as_bytes(), event.merchant_id.as_bytes(), event.currency.as_bytes(), event.kind.as_str().as_bytes()] {
+        hasher.update(&(part.len() as u32).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.update(&event.amount.0.to_le_bytes());
+    hasher.update(&event.occurred_at.to_le_bytes());
+    hasher.digest()
 }
 
 /// Decodes `messages` in offset order. Messages below `count_from` only
@@ -43,6 +89,8 @@ pub struct Decoded {
 /// rest are validated, deduped and appended to the batch.
 ///
 /// `now_ms` stands in for a missing message timestamp.
+///
+/// Fails only if the batch's columns disagree with its schema, which would be a bug.
 pub fn decode_messages(
     messages: &[Message],
     window: &mut DedupeWindow,
@@ -50,34 +98,56 @@ pub fn decode_messages(
     now_ms: i64,
 ) -> Result<Decoded, ArrowError> {
     let mut builder = EventBatchBuilder::with_capacity(messages.len());
+    let mut row_message = Vec::with_capacity(messages.len());
     let mut invalid = Vec::new();
+    let mut outcomes = Vec::with_capacity(messages.len());
+    let mut checkpoints = Vec::with_capacity(messages.len());
     let mut counts = EventCounts::default();
     let mut max_append_ms = None;
     for (index, message) in messages.iter().enumerate() {
         let time_ms = message.timestamp_ms.unwrap_or(now_ms);
         let counting = message.offset >= count_from;
-        match decode(&message.payload, message.key.as_deref()) {
+        let outcome = match decode(&message.payload, message.key.as_deref()) {
             Ok(event) => {
-                let first = window.first_sighting(&event.event_id, message.offset, time_ms);
-                if !counting {
-                    continue;
-                }
-                if first {
-                    builder.push(&event);
-                    counts.counted += 1;
-                } else {
-                    counts.duplicate += 1;
+                let sighting = window.sight(&event.event_id, content_digest(&event), message.offset, time_ms);
+                match sighting {
+                    _ if !counting => Outcome::Rebuilt,
+                    Sighting::First => {
+                        builder.push(&event);
+                        row_message.push(index as u32);
+                        Outcome::Counted
+                    }
+                    Sighting::Repeat => Outcome::Duplicate,
+                    Sighting::Conflict => {
+                        let reason = "is a conflicting duplicate: this id was seen inside the dedupe window with \
+                                      different content; the first is counted, this one is not";
+                        invalid.push((index, Invalid::new("event_id", &event.event_id, reason)));
+                        Outcome::Duplicate
+                    }
                 }
             }
             Err(reason) if counting => {
                 invalid.push((index, reason));
-                counts.invalid += 1;
+                Outcome::Invalid
             }
-            Err(_) => continue,
+            Err(_) => Outcome::Rebuilt,
+        };
+        match outcome {
+            Outcome::Counted => counts.counted += 1,
+            Outcome::Duplicate => counts.duplicate += 1,
+            Outcome::Invalid => counts.invalid += 1,
+            Outcome::Rebuilt => {}
         }
-        max_append_ms = max_append_ms.max(Some(time_ms));
+        if outcome != Outcome::Rebuilt {
+            max_append_ms = max_append_ms.max(Some(time_ms));
+        }
+        outcomes.push(outcome);
+        checkpoints.push(Checkpoint {
+            dedupe_from_offset: window.dedupe_from_offset(message.offset + 1),
+            dedupe_clock_ms: window.clock_ms(),
+        });
     }
-    Ok(Decoded { batch: builder.finish()?, invalid, counts, max_append_ms })
+    Ok(Decoded { batch: builder.finish()?, row_message, invalid, outcomes, checkpoints, counts, max_append_ms })
 }
 
 #[cfg(test)]
@@ -95,11 +165,27 @@ mod tests {
     fn rebuild_then_count_once() {
         let messages =
             [message(0, "a", "1"), message(1, "b", "2"), message(2, "a", "1"), message(3, "c", "-1"), message(4, "d", "4")];
-        let mut window = DedupeWindow::new(60_000);
+        let mut window = DedupeWindow::new(60_000, 1_000);
         let decoded = decode_messages(&messages, &mut window, 2, 0).unwrap();
         assert_eq!(decoded.counts, EventCounts { counted: 1, duplicate: 1, invalid: 1 });
         assert_eq!(decoded.batch.num_rows(), 1);
+        assert_eq!(decoded.row_message, [4]);
         assert_eq!(decoded.invalid[0].0, 3);
         assert_eq!(decoded.invalid[0].1.field, "amount");
+        use Outcome::*;
+        assert_eq!(decoded.outcomes, [Rebuilt, Rebuilt, Duplicate, Invalid, Counted]);
+        assert_eq!(decoded.checkpoints[4].dedupe_from_offset, 0);
+    }
+
+    #[test]
+    fn a_reused_id_with_other_content_is_counted_once_and_dead_lettered() {
+        let messages = [message(0, "a", "1"), message(1, "a", "2"), message(2, "a", "1")];
+        let mut window = DedupeWindow::new(60_000, 1_000);
+        let decoded = decode_messages(&messages, &mut window, 0, 0).unwrap();
+        assert_eq!(decoded.counts, EventCounts { counted: 1, duplicate: 2, invalid: 0 });
+        assert_eq!(decoded.invalid.len(), 1);
+        let (index, reason) = &decoded.invalid[0];
+        assert_eq!((*index, reason.field), (1, "event_id"));
+        assert!(reason.reason.contains("conflicting duplicate"), "{reason}");
     }
 }

@@ -1,10 +1,28 @@
 //! The per-partition dedupe window: the 128-bit hashes of the event ids seen
-//! within the last `window_ms` of message time.
+//! within the last `window_ms` of message time, each with a digest of the
+//! event's content so that a repeated id with different content shows.
 //!
 //! Entries are kept in offset order so that the lowest offset still inside
 //! the window is the front of the queue; that offset is stored with the fence
 //! as `dedupe_from_offset`, and a new owner re-reads from there to rebuild
 //! the window before counting anything.
+//!
+//! # The window's clock
+//!
+//! Ids leave the window when the window's clock is `window_ms` past their
+//! message time. The clock is the newest message time seen, but never later
+//! than the wall clock: a producer whose clock runs ahead cannot empty the
+//! window (and so let a retry count twice), nor stop eviction until real time
+//! catches up. The clock at each partial's end is stored with the fence
+//! (`dedupe_clock_ms`), and a rebuild never lets its clock pass that value, so
+//! a new owner evicts no more than the old one had.
+//!
+//! # The cap
+//!
+//! Each window holds at most `max_ids` ids. When a new id would exceed it,
+//! the oldest id leaves early and `evicted_by_cap` counts it: a retry of that
+//! event would then be counted again, so the cap is sized well above a busy
+//! partition's ids per window (see the README).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -29,7 +47,9 @@ impl Hasher for PrehashedHasher {
     }
 }
 
-type IdMap = HashMap<u128, i64, BuildHasherDefault<PrehashedHasher>>;
+/// Id hash → digest of the content first seen with it. Every id has exactly
+/// one entry in `order`, so eviction needs no offset check.
+type IdMap = HashMap<u128, u64, BuildHasherDefault<PrehashedHasher>>;
 
 struct Entry {
     offset: i64,
@@ -37,48 +57,110 @@ struct Entry {
     id: u128,
 }
 
+/// What a sighting of an event id means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sighting {
+    /// Not seen inside the window: count it.
+    First,
+    /// Seen before with the same content: a retry, not counted.
+    Repeat,
+    /// Seen before with different content: not counted, and dead-lettered
+    /// as a conflicting duplicate so that the difference is visible.
+    Conflict,
+}
+
 /// Ids seen in one partition within the window.
 pub struct DedupeWindow {
     window_ms: i64,
+    max_ids: usize,
     seen: IdMap,
     order: VecDeque<Entry>,
-    newest_ms: i64,
+    /// The window's clock: newest message time, held at or below `ceiling_ms`.
+    clock_ms: i64,
+    /// The wall clock now: the latest the clock may reach.
+    ceiling_ms: i64,
+    /// Messages below this offset are a rebuild of what an earlier owner saw…
+    rebuild_until: i64,
+    /// …and the clock may not pass that owner's clock at the fence while reading them.
+    rebuild_ceiling_ms: i64,
+    evicted_by_cap: u64,
 }
 
 impl DedupeWindow {
-    /// An empty window spanning `window_ms` of message time.
-    pub fn new(window_ms: i64) -> DedupeWindow {
-        DedupeWindow { window_ms, seen: IdMap::default(), order: VecDeque::new(), newest_ms: i64::MIN }
+    /// An empty window spanning `window_ms` of message time, holding at
+    /// most `max_ids` ids.
+    pub fn new(window_ms: i64, max_ids: usize) -> DedupeWindow {
+        DedupeWindow {
+            window_ms,
+            max_ids: max_ids.max(1),
+            seen: IdMap::default(),
+            order: VecDeque::new(),
+            clock_ms: i64::MIN,
+            ceiling_ms: i64::MAX,
+            rebuild_until: i64::MIN,
+            rebuild_ceiling_ms: i64::MAX,
+            evicted_by_cap: 0,
+        }
     }
 
-    /// Records `event_id` seen at `offset` and message time `time_ms`.
-    /// Returns true the first time an id is seen inside the window.
-    pub fn first_sighting(&mut self, event_id: &str, offset: i64, time_ms: i64) -> bool {
+    /// While reading offsets below `next_offset` (the rebuild after a
+    /// claim), holds the clock at or below `clock_ms`, the clock the previous
+    /// owner had at the fence: the rebuilt window then holds at least every
+    /// id that owner still held.
+    pub fn rebuild_until(&mut self, next_offset: i64, clock_ms: i64) {
+        self.rebuild_until = next_offset;
+        self.rebuild_ceiling_ms = clock_ms;
+    }
+
+    /// Sets the latest time the clock may reach: the wall clock before each
+    /// batch, or the fence's `dedupe_clock_ms` while rebuilding.
+    pub fn set_ceiling(&mut self, ceiling_ms: i64) {
+        self.ceiling_ms = ceiling_ms;
+    }
+
+    /// The window's clock (ms), `None` before any message: stored with the
+    /// fence as `dedupe_clock_ms`.
+    pub fn clock_ms(&self) -> Option<i64> {
+        (self.clock_ms != i64::MIN).then_some(self.clock_ms)
+    }
+
+    /// Records `event_id`, whose content hashes to `digest`, seen at `offset`
+    /// and message time `time_ms`, and says what the sighting means.
+    pub fn sight(&mut self, event_id: &str, digest: u64, offset: i64, time_ms: i64) -> Sighting {
         let id = xxh3_128(event_id.as_bytes());
-        if time_ms > self.newest_ms {
-            self.newest_ms = time_ms;
+        let ceiling = if offset < self.rebuild_until { self.rebuild_ceiling_ms.min(self.ceiling_ms) } else { self.ceiling_ms };
+        let time_ms = time_ms.min(ceiling);
+        if time_ms > self.clock_ms {
+            self.clock_ms = time_ms;
             self.evict();
         }
         match self.seen.entry(id) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Occupied(first) if *first.get() == digest => Sighting::Repeat,
+            std::collections::hash_map::Entry::Occupied(_) => Sighting::Conflict,
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(offset);
-                self.order.push_back(Entry { offset, time_ms, id });
-                true
+                slot.insert(digest);
+                // An entry never carries a time past the clock, so the queue
+                // stays in time order for eviction even when clamped.
+                self.order.push_back(Entry { offset, time_ms: time_ms.min(self.clock_ms), id });
+                if self.order.len() > self.max_ids {
+                    self.pop_front();
+                    self.evicted_by_cap += 1;
+                }
+                Sighting::First
             }
         }
     }
 
     fn evict(&mut self) {
-        let horizon = self.newest_ms.saturating_sub(self.window_ms);
-        while let Some(front) = self.order.front() {
-            if front.time_ms >= horizon {
-                break;
-            }
-            if self.seen.get(&front.id) == Some(&front.offset) {
-                self.seen.remove(&front.id);
-            }
-            self.order.pop_front();
+        let horizon = self.clock_ms.saturating_sub(self.window_ms);
+        while self.order.front().is_some_and(|front| front.time_ms < horizon) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(front) = self.order.pop_front() {
+            self.seen.remove(&front.id);
         }
     }
 
@@ -97,29 +179,88 @@ impl DedupeWindow {
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }
+
+    /// Ids that left early because the window was full, since the last call.
+    pub fn take_evicted_by_cap(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted_by_cap)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const SAME: u64 = 7;
+
+    fn first(window: &mut DedupeWindow, id: &str, offset: i64, time_ms: i64) -> bool {
+        window.sight(id, SAME, offset, time_ms) == Sighting::First
+    }
+
     #[test]
     fn repeats_inside_the_window_are_duplicates() {
-        let mut window = DedupeWindow::new(1_000);
-        assert!(window.first_sighting("a", 0, 10));
-        assert!(!window.first_sighting("a", 1, 900));
-        assert!(window.first_sighting("b", 2, 1_000));
+        let mut window = DedupeWindow::new(1_000, 100);
+        assert!(first(&mut window, "a", 0, 10));
+        assert!(!first(&mut window, "a", 1, 900));
+        assert!(first(&mut window, "b", 2, 1_000));
         assert_eq!(window.dedupe_from_offset(3), 0);
     }
 
     #[test]
     fn ids_leave_the_window_with_message_time() {
-        let mut window = DedupeWindow::new(1_000);
-        window.first_sighting("a", 0, 0);
-        window.first_sighting("b", 1, 500);
-        window.first_sighting("c", 2, 1_200);
+        let mut window = DedupeWindow::new(1_000, 100);
+        first(&mut window, "a", 0, 0);
+        first(&mut window, "b", 1, 500);
+        first(&mut window, "c", 2, 1_200);
         assert_eq!(window.dedupe_from_offset(3), 1);
-        assert!(window.first_sighting("a", 3, 1_300), "a left the window");
+        assert!(first(&mut window, "a", 3, 1_300), "a left the window");
         assert_eq!(window.len(), 3);
+    }
+
+    #[test]
+    fn a_clock_running_ahead_does_not_empty_the_window() {
+        let now = 10_000_000;
+        let mut window = DedupeWindow::new(900_000, 100);
+        window.set_ceiling(now);
+        first(&mut window, "a", 0, now - 60_000);
+        // A producer an hour ahead: read as now, so "a" stays.
+        assert!(first(&mut window, "ahead", 1, now + 3_600_000));
+        assert_eq!(window.clock_ms(), Some(now));
+        assert!(!first(&mut window, "a", 2, now - 30_000), "the retry of a is a duplicate");
+        // Eviction goes on with real time.
+        window.set_ceiling(now + 900_000);
+        assert!(first(&mut window, "b", 3, now + 900_000));
+        assert_eq!(window.len(), 2, "a left, the early message stayed until its clamped time passes");
+    }
+
+    #[test]
+    fn a_rebuild_evicts_no_more_than_the_previous_owner() {
+        // The previous owner read "a", then "ahead" clamped to its wall clock
+        // 10_000, and stopped with its clock at 10_000.
+        let mut window = DedupeWindow::new(1_000, 100);
+        window.rebuild_until(2, 10_000);
+        window.set_ceiling(50_000); // much later now
+        first(&mut window, "a", 0, 9_500);
+        first(&mut window, "ahead", 1, 60_000);
+        assert_eq!(window.clock_ms(), Some(10_000));
+        assert!(!first(&mut window, "a", 2, 9_600), "a retry of a is still a duplicate after the rebuild");
+    }
+
+    #[test]
+    fn different_content_under_one_id_is_a_conflict() {
+        let mut window = DedupeWindow::new(1_000, 100);
+        assert_eq!(window.sight("a", 1, 0, 0), Sighting::First);
+        assert_eq!(window.sight("a", 1, 1, 0), Sighting::Repeat);
+        assert_eq!(window.sight("a", 2, 2, 0), Sighting::Conflict);
+    }
+
+    #[test]
+    fn the_cap_evicts_the_oldest_and_counts_it() {
+        let mut window = DedupeWindow::new(i64::MAX / 4, 3);
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            assert!(first(&mut window, id, i as i64, 0));
+        }
+        assert_eq!((window.len(), window.take_evicted_by_cap()), (3, 1));
+        assert_eq!(window.dedupe_from_offset(4), 1);
+        assert!(first(&mut window, "a", 4, 0), "a was evicted by the cap");
     }
 }

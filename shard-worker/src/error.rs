@@ -2,6 +2,7 @@
 
 use rdkafka::error::KafkaError;
 use schemas::config::ConfigError;
+use retry::Classify;
 use store::StoreError;
 
 /// Why a worker could not start or had to stop.
@@ -37,14 +38,14 @@ pub enum WorkerError {
     Thread(String),
 }
 
-impl WorkerError {
-    /// True when starting again later can succeed (the broker or database
-    /// may come back); false for configuration errors.
-    pub fn is_retryable(&self) -> bool {
+/// Transient when the broker or database may come back; permanent for
+/// configuration errors, refused topics and a failed consumer thread.
+impl retry::Classify for WorkerError {
+    fn class(&self) -> retry::Class {
         match self {
-            WorkerError::Config(_) => false,
-            WorkerError::Store(e) => e.is_retryable(),
-            _ => true,
+            WorkerError::Store(e) => e.class(),
+            WorkerError::Kafka { source, .. } => source.class(),
+            WorkerError::Config(_) | WorkerError::Topic { .. } | WorkerError::Thread(_) => retry::Class::Permanent,
         }
     }
 }

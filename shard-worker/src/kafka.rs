@@ -26,7 +26,9 @@ pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientC
 }
 
 /// An idempotent producer with `acks=all`: a retried send never duplicates or
-/// reorders within a partition.
+/// reorders within a partition. Partials are compressed with LZ4 (a partial
+/// of many merchants is mostly repeated field names), unless `extra` says
+/// otherwise.
 ///
 /// Fails when librdkafka rejects the configuration.
 pub fn idempotent_producer(brokers: &str, extra: &BTreeMap<String, String>) -> Result<FutureProducer, KafkaError> {
@@ -36,6 +38,8 @@ pub fn idempotent_producer(brokers: &str, extra: &BTreeMap<String, String>) -> R
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set("message.timeout.ms", "60000");
     for (key, value) in extra {
         config.set(key, value);

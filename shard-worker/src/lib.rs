@@ -6,9 +6,11 @@
 //! - [`consumer`]: the consumer thread, claims in the rebalance callback, batching.
 //! - [`partition`]: one claimed partition: decode, dedupe, aggregate, publish.
 //! - [`decode`]: raw messages to an Arrow batch (the hot path's first half).
+//! - [`cut`]: one batch into partials that fit any broker.
 //! - [`aggregate`]: DataFusion partial totals (the hot path's second half).
 //! - [`dedupe`]: the per-partition window of seen event ids.
 //! - [`publish`]: dead letters and partials, retried until acknowledged.
+//! - [`health`]: parked partitions and what `/readyz` says.
 //! - [`kafka`]: client settings and topic creation.
 //! - [`metrics`]: the worker's Prometheus metrics.
 //! - [`error`]: what can stop a worker.
@@ -16,9 +18,11 @@
 pub mod aggregate;
 pub mod config;
 pub mod consumer;
+pub mod cut;
 pub mod decode;
 pub mod dedupe;
 pub mod error;
+pub mod health;
 pub mod kafka;
 pub mod lag;
 pub mod metrics;

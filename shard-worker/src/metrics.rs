@@ -110,12 +110,53 @@ pub static SKIPPED_OFFSETS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Partitions parked by this process (see `health`).
+pub static PARKED_PARTITIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("tally_worker_parked_partitions", "Partitions this worker parked: nothing past their fence is counted.")
+        .expect("metric registers once")
+});
+
+/// 1 for each parked partition, by reason.
+pub static PARKED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "tally_worker_partition_parked",
+        "1 while a partition is parked, by reason (log_behind_fence, log_went_backwards, broker_refused).",
+        &["partition", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Ids held by each partition's dedupe window.
+pub static DEDUPE_IDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("tally_worker_dedupe_ids", "Event ids held in the partition's dedupe window.", &["partition"])
+        .expect("metric registers once")
+});
+
+/// Ids that left a dedupe window before their time because it was full.
+pub static DEDUPE_EVICTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_worker_dedupe_evicted_total",
+        "Event ids evicted early because a dedupe window reached worker.dedupe_max_ids."
+    )
+    .expect("metric registers once")
+});
+
+/// Partials per batch after cutting by rows and bytes.
+pub static PARTIALS_PER_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tally_worker_partials_per_batch",
+        "Partials one batch was cut into to fit worker.partial_max_rows and partial_max_bytes.",
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every worker metric, with a zero series for each known label
 /// value, so dashboards and alerts see them before the first event.
 pub fn init() {
     let labelled: [(&IntCounterVec, &[&str]); 2] = [
         (&EVENTS, &["counted", "duplicate", "invalid"]),
-        (&RETRIES, &["claim", "epoch_read", "partial_publish", "dlq_write"]),
+        (&RETRIES, &["claim", "epoch_read", "partial_publish", "dlq_write", "database_connect", "topic_setup"]),
     ];
     for (metric, values) in labelled {
         for value in values {
@@ -129,6 +170,7 @@ pub fn init() {
 pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
     vec![
         &*EVENTS, &*BATCH_EVENTS, &*BATCH_SECONDS, &*PARTIALS, &*DLQ_WRITES, &*FENCED, &*CLAIMS, &*RETRIES,
-        &*ASSIGNED, &*LAG, &*COMMITTED, &*READY, &*SKIPPED_OFFSETS,
+        &*ASSIGNED, &*LAG, &*COMMITTED, &*READY, &*SKIPPED_OFFSETS, &*PARKED_PARTITIONS, &*PARKED, &*DEDUPE_IDS,
+        &*DEDUPE_EVICTED, &*PARTIALS_PER_BATCH,
     ]
 }

@@ -1,18 +1,24 @@
-//! One claimed partition: turns each batch of its messages into a partial,
-//! in offset order, until it is revoked or fenced.
+//! One claimed partition: turns each batch of its messages into partials,
+//! in offset order, until it is revoked, fenced or parked.
+//!
+//! A batch becomes one partial when that fits `partial_max_rows` and
+//! `partial_max_bytes`, or else several of consecutive offset ranges
+//! ([`crate::cut`]).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::prelude::SessionContext;
 use rdkafka::producer::FutureProducer;
-use schemas::Partial;
+use schemas::PartialRow;
 use store::{Claim, Store};
 use tokio::sync::mpsc;
 
 use crate::aggregate::partial_rows;
-use crate::decode::{decode_messages, Decoded, Message};
+use crate::cut::{cut, Head, Limits, Span};
+use crate::decode::{decode_messages, Decoded, Message, Outcome as Handled};
 use crate::dedupe::DedupeWindow;
+use crate::health::{self, ParkReason, Parked};
 use crate::{metrics, publish};
 
 /// What every partition task of a worker shares.
@@ -31,6 +37,12 @@ pub struct Shared {
     pub dlq_topic: String,
     /// Dedupe window length in ms.
     pub dedupe_window_ms: i64,
+    /// Most ids one partition's window holds.
+    pub dedupe_max_ids: usize,
+    /// Most rows in one partial.
+    pub partial_max_rows: usize,
+    /// Most bytes of JSON in one partial.
+    pub partial_max_bytes: usize,
 }
 
 /// The state of one claimed partition.
@@ -51,16 +63,20 @@ pub enum Ended {
     Closed,
     /// Another worker holds a newer epoch.
     Fenced,
+    /// It cannot advance without an operator (see [`health`]).
+    Parked,
 }
 
 /// What handling one batch did.
 enum Outcome {
-    /// A partial was acknowledged; the new `next_offset`.
+    /// Partials were acknowledged; the new `next_offset`.
     Published(i64),
     /// Every message was below `next_offset`: only the dedupe window changed.
     Rebuilt,
     /// The database holds a newer epoch: nothing was published.
     Fenced,
+    /// The broker refused this partition's output for good.
+    Parked,
 }
 
 fn now_ms() -> i64 {
@@ -70,21 +86,28 @@ fn now_ms() -> i64 {
 impl PartitionTask {
     /// A task for a partition just claimed with `claim`.
     pub fn new(partition: i32, claim: Claim, shared: Arc<Shared>) -> PartitionTask {
+        let mut window = DedupeWindow::new(shared.dedupe_window_ms, shared.dedupe_max_ids);
+        // The rebuild may not run the clock past where the last owner's was.
+        if let Some(clock) = claim.dedupe_clock_ms {
+            window.rebuild_until(claim.next_offset, clock);
+        }
         PartitionTask {
             partition,
             epoch: claim.epoch,
             next_offset: claim.next_offset,
             next_read: claim.dedupe_from_offset,
-            window: DedupeWindow::new(shared.dedupe_window_ms),
+            window,
             shared,
         }
     }
 
-    /// Handles batches until the channel closes or the partition is fenced.
-    /// After each published partial, sends the next offset on `acks` (the
-    /// Kafka commit hint).
+    /// Handles batches until the channel closes, the partition is fenced, or
+    /// it is parked. After each batch's partials are acknowledged, sends the
+    /// next offset on `acks` (the Kafka commit hint).
     pub async fn run(mut self, mut batches: mpsc::Receiver<Vec<Message>>, acks: std::sync::mpsc::Sender<(i32, i64)>) -> Ended {
-        while let Some(batch) = batches.recv().await {
+        let label = self.partition.to_string();
+        let ended = loop {
+            let Some(batch) = batches.recv().await else { break Ended::Closed };
             match self.handle(batch).await {
                 Outcome::Published(next) => {
                     let _ = acks.send((self.partition, next));
@@ -93,17 +116,28 @@ impl PartitionTask {
                 Outcome::Fenced => {
                     metrics::FENCED.inc();
                     tracing::warn!(partition = self.partition, epoch = self.epoch, "Partition fenced by a newer claim; stopping it.");
-                    return Ended::Fenced;
+                    break Ended::Fenced;
                 }
+                Outcome::Parked => break Ended::Parked,
             }
-        }
-        Ended::Closed
+            metrics::DEDUPE_IDS.with_label_values(&[&label]).set(self.window.len() as i64);
+            metrics::DEDUPE_EVICTED.inc_by(self.window.take_evicted_by_cap());
+        };
+        let _ = metrics::DEDUPE_IDS.remove_label_values(&[&label]);
+        ended
     }
 
     async fn fenced_now(&self) -> bool {
         let (store, topic, partition) = (&self.shared.store, &self.shared.orders_topic, self.partition);
-        let epoch = publish::retry("epoch_read", || store.epoch(topic, partition)).await;
-        epoch != Some(self.epoch)
+        match publish::retry("epoch_read", || store.epoch(topic, partition)).await {
+            Ok(epoch) => epoch != Some(self.epoch),
+            Err(error) => {
+                // A permanent database error on a one-row read: stop this
+                // partition and let a new claim try again.
+                tracing::error!(partition, %error, "Cannot read the partition's epoch; stopping it.");
+                true
+            }
+        }
     }
 
     /// Gaps are legitimate after compaction or transaction markers, but a gap
@@ -126,13 +160,14 @@ impl PartitionTask {
         let started = Instant::now();
         let count_from = self.next_offset;
         self.note_gap(batch[0].offset, last_offset);
-        let window = std::mem::replace(&mut self.window, DedupeWindow::new(0));
+        let mut window = std::mem::replace(&mut self.window, DedupeWindow::new(0, 1));
         let session = self.shared.session.clone();
         let handle = tokio::runtime::Handle::current();
         // Decoding and DataFusion are CPU-bound: keep them off the reactor.
+        let now = now_ms();
         let (window, batch, decoded, rows) = tokio::task::spawn_blocking(move || {
-            let mut window = window;
-            let decoded = decode_messages(&batch, &mut window, count_from, now_ms());
+            window.set_ceiling(now);
+            let decoded = decode_messages(&batch, &mut window, count_from, now);
             let rows = decoded.as_ref().ok().map(|d| handle.block_on(partial_rows(&session, d.batch.clone())));
             (window, batch, decoded, rows)
         })
@@ -147,29 +182,56 @@ impl PartitionTask {
         metrics::BATCH_EVENTS.observe(batch.len() as f64);
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
 
-        // Dead letters first: once the partial is applied, its range is never
+        // Dead letters first: once a partial is applied, its range is never
         // read again, so its invalid events must already be durable.
         let shared = self.shared.clone();
-        publish::dead_letters(&shared.producer, &shared.dlq_topic, &shared.orders_topic, self.partition, &batch, &decoded.invalid).await;
+        let written = publish::dead_letters(&shared.producer, &shared.dlq_topic, &shared.orders_topic, self.partition, &batch, &decoded.invalid).await;
+        if let Err(error) = written {
+            return self.park(last_offset, format!("the broker refused a dead-letter record: {error}"));
+        }
         if self.fenced_now().await {
             return Outcome::Fenced;
         }
-        let partial = Partial {
-            topic: shared.orders_topic.clone(),
-            partition: self.partition,
-            epoch: self.epoch,
-            first_offset: count_from,
-            last_offset,
-            dedupe_from_offset: self.window.dedupe_from_offset(last_offset + 1),
-            events: decoded.counts,
-            max_append_ms: decoded.max_append_ms,
-            rows,
-        };
-        publish::partial(&shared.producer, &shared.partials_topic, &partial).await;
-        for (outcome, n) in [("counted", partial.events.counted), ("duplicate", partial.events.duplicate), ("invalid", partial.events.invalid)] {
-            metrics::EVENTS.with_label_values(&[outcome]).inc_by(n);
+        let start = decoded.outcomes.iter().position(|o| *o != Handled::Rebuilt).unwrap_or(batch.len());
+        self.publish(&batch, &decoded, Span { start, end: batch.len() }, rows).await
+    }
+
+    /// Publishes the batch's partials, cut to fit ([`cut`]), in offset
+    /// order, each acknowledged before the next. A piece the broker refuses
+    /// as too large is cut again to half its size.
+    async fn publish(&mut self, batch: &[Message], decoded: &Decoded, whole: Span, whole_rows: Vec<PartialRow>) -> Outcome {
+        let shared = self.shared.clone();
+        let limits = Limits { max_rows: shared.partial_max_rows, max_bytes: shared.partial_max_bytes };
+        let head = Head { topic: &shared.orders_topic, partition: self.partition, epoch: self.epoch };
+        let mut pending = cut(&shared.session, &head, batch, decoded, self.next_offset, whole, Some(whole_rows), limits).await;
+        pending.reverse();
+        let mut parts = 0;
+        while let Some(piece) = pending.pop() {
+            match publish::publish_payload(&shared.producer, &shared.partials_topic, &piece.partial, &piece.payload).await {
+                Ok(()) => {}
+                Err(error) if publish::is_too_large(&error) && piece.span.end - piece.span.start > 1 => {
+                    tracing::warn!(partition = self.partition, bytes = piece.payload.len(), "The broker refused a partial as too large; cutting it smaller.");
+                    let smaller = Limits { max_bytes: piece.payload.len() / 2, ..limits };
+                    let again = cut(&shared.session, &head, batch, decoded, self.next_offset, piece.span, None, smaller).await;
+                    pending.extend(again.into_iter().rev());
+                    continue;
+                }
+                Err(error) => return self.park(piece.partial.last_offset, format!("the broker refused a partial: {error}")),
+            }
+            let events = piece.partial.events;
+            for (outcome, n) in [("counted", events.counted), ("duplicate", events.duplicate), ("invalid", events.invalid)] {
+                metrics::EVENTS.with_label_values(&[outcome]).inc_by(n);
+            }
+            self.next_offset = piece.partial.last_offset + 1;
+            parts += 1;
         }
-        self.next_offset = last_offset + 1;
+        metrics::PARTIALS_PER_BATCH.observe(f64::from(parts));
         Outcome::Published(self.next_offset)
+    }
+
+    fn park(&self, last_offset: i64, detail: String) -> Outcome {
+        let parked = Parked { reason: ParkReason::BrokerRefused, first_offset: self.next_offset, last_offset: Some(last_offset), detail };
+        health::park(&self.shared.orders_topic, self.partition, parked);
+        Outcome::Parked
     }
 }

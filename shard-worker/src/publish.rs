@@ -1,9 +1,11 @@
 //! Producing to the broker: dead-letter copies and partials, each retried
-//! with capped backoff until the broker acknowledges it.
+//! with tally's retry policy until the broker acknowledges it or refuses it
+//! for good.
 
 use std::future::Future;
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -24,27 +26,26 @@ pub mod header {
     pub const PARTITION: &str = "tally.source.partition";
     /// Source offset (decimal text).
     pub const OFFSET: &str = "tally.source.offset";
+    /// Present when the broker refused the whole payload: its original length.
+    pub const TRUNCATED: &str = "tally.payload.truncated";
 }
 
-/// Runs `op` until it succeeds, sleeping 100 ms, 200 ms, … up to 10 s
-/// between attempts and logging each failure.
-pub async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
-    operation: &'static str,
-    mut op: impl FnMut() -> F,
-) -> T {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match op().await {
-            Ok(value) => return value,
-            Err(error) => {
-                metrics::RETRIES.with_label_values(&[operation]).inc();
-                tracing::warn!(operation, %error, retry_in_ms = delay.as_millis() as u64, "Operation failed; retrying.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+/// Runs `op` until it succeeds or fails permanently, with tally's one retry
+/// policy ([`retry::retry`]), counting each retry under `operation`.
+///
+/// Fails with the first permanent error.
+pub async fn retry<T, E, F, Fut>(operation: &'static str, op: F) -> Result<T, E>
+where
+    E: retry::Classify + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    retry::retry(operation, op, |_| metrics::RETRIES.with_label_values(&[operation]).inc()).await
 }
+
+/// Largest payload kept whole in a dead-letter copy; a bigger one that the
+/// broker refuses is cut to this and marked with `tally.payload.truncated`.
+const DLQ_KEPT_BYTES: usize = 256 * 1024;
 
 /// Writes the rejected messages of a batch to the dead-letter topic and
 /// waits until the broker has acknowledged every one.
@@ -52,7 +53,12 @@ pub async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
 /// Every copy is enqueued first, so they share produce requests; a copy whose
 /// delivery failed is then retried on its own until it lands. A retry after an
 /// ambiguous failure may write a second copy: readers key dead letters by
-/// their source partition and offset headers.
+/// their source partition and offset headers. A copy the broker refuses for
+/// its size is written again with its payload cut to 256 KiB and the
+/// original length in `tally.payload.truncated`.
+///
+/// Fails when a copy cannot be written at all (a permanent broker error even
+/// for the cut copy): the caller parks the partition rather than lose it.
 pub async fn dead_letters(
     producer: &FutureProducer,
     dlq_topic: &str,
@@ -60,24 +66,41 @@ pub async fn dead_letters(
     partition: i32,
     messages: &[Message],
     invalid: &[(usize, Invalid)],
-) {
-    let record = |index: usize, reason: &Invalid| dead_letter(dlq_topic, source_topic, partition, &messages[index], reason);
+) -> Result<(), KafkaError> {
+    let record = |index: usize, reason: &Invalid, cut: bool| {
+        dead_letter(dlq_topic, source_topic, partition, &messages[index], reason, cut)
+    };
     let deliveries: Vec<_> =
-        invalid.iter().map(|(index, reason)| producer.send_result(record(*index, reason)).ok()).collect();
+        invalid.iter().map(|(index, reason)| producer.send_result(record(*index, reason, false)).ok()).collect();
     for ((index, reason), delivery) in invalid.iter().zip(deliveries) {
         let landed = match delivery {
             Some(delivery) => matches!(delivery.await, Ok(Ok(_))),
             None => false,
         };
-        if !landed {
-            retry("dlq_write", || async {
-                let sent = producer.send(record(*index, reason), Timeout::After(Duration::from_secs(30))).await;
-                sent.map(drop).map_err(|(e, _)| e)
-            })
-            .await;
+        if landed {
+            continue;
+        }
+        let send = |cut: bool| async move {
+            let sent = producer.send(record(*index, reason, cut), Timeout::After(Duration::from_secs(30))).await;
+            sent.map(drop).map_err(|(e, _)| e)
+        };
+        match retry("dlq_write", || send(false)).await {
+            Ok(()) => {}
+            Err(error) if is_too_large(&error) => retry("dlq_write", || send(true)).await?,
+            Err(error) => return Err(error),
         }
     }
     metrics::DLQ_WRITES.inc_by(invalid.len() as u64);
+    Ok(())
+}
+
+/// The broker or the producer refused a record for its size.
+pub fn is_too_large(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize)
+    )
 }
 
 /// The dead-letter copy of `message`: original key, payload and headers, plus
@@ -88,6 +111,7 @@ fn dead_letter<'a>(
     partition: i32,
     message: &'a Message,
     reason: &Invalid,
+    cut: bool,
 ) -> FutureRecord<'a, [u8], [u8]> {
     let mut headers = OwnedHeaders::new();
     for (key, value) in &message.headers {
@@ -104,7 +128,14 @@ fn dead_letter<'a>(
     ] {
         headers = headers.insert(Header { key, value: Some(value) });
     }
-    let mut record = FutureRecord::<[u8], [u8]>::to(dlq_topic).payload(&message.payload).headers(headers);
+    let payload: &[u8] = if cut {
+        let length = message.payload.len().to_string();
+        headers = headers.insert(Header { key: header::TRUNCATED, value: Some(length.as_str()) });
+        &message.payload[..message.payload.len().min(DLQ_KEPT_BYTES)]
+    } else {
+        &message.payload
+    };
+    let mut record = FutureRecord::<[u8], [u8]>::to(dlq_topic).payload(payload).headers(headers);
     if let Some(key) = &message.key {
         record = record.key(key.as_slice());
     }
@@ -113,13 +144,24 @@ fn dead_letter<'a>(
 
 /// Publishes a partial to the partials partition equal to its source
 /// partition and waits for the acknowledgement.
-pub async fn partial(producer: &FutureProducer, partials_topic: &str, partial: &Partial) {
+///
+/// Fails with a permanent broker error (a partial too large for the broker,
+/// an authorization failure); transient ones are retried.
+pub async fn partial(producer: &FutureProducer, partials_topic: &str, partial: &Partial) -> Result<(), KafkaError> {
     let payload = serde_json::to_vec(partial).expect("partials always serialise");
+    publish_payload(producer, partials_topic, partial, &payload).await
+}
+
+/// [`partial`] with the partial's JSON already made.
+///
+/// Fails as [`partial`] does.
+pub async fn publish_payload(producer: &FutureProducer, partials_topic: &str, partial: &Partial, payload: &[u8]) -> Result<(), KafkaError> {
     let key = partial.message_key();
     retry("partial_publish", || async {
-        let record = FutureRecord::to(partials_topic).partition(partial.partition).key(&key).payload(&payload);
+        let record = FutureRecord::to(partials_topic).partition(partial.partition).key(&key).payload(payload);
         producer.send(record, Timeout::After(Duration::from_secs(30))).await.map(drop).map_err(|(e, _)| e)
     })
-    .await;
+    .await?;
     metrics::PARTIALS.inc();
+    Ok(())
 }

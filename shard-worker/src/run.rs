@@ -17,6 +17,36 @@ use crate::lag::{self, Offsets};
 use crate::partition::Shared;
 use crate::publish::retry;
 
+/// Partials go to the partials partition equal to their source partition, so
+/// the partials topic needs at least as many partitions as the orders topic;
+/// with fewer, the extra partitions' partials could never be published.
+///
+/// Fails with both counts when it has fewer. A broker that cannot say is
+/// not an error here (publishing then retries).
+fn check_partials_partitions(config: &WorkerConfig) -> Result<(), WorkerError> {
+    let admin: rdkafka::consumer::BaseConsumer = crate::kafka::client_config(&config.brokers, &config.kafka)
+        .create()
+        .map_err(|source| WorkerError::Kafka { op: "metadata client", brokers: config.brokers.clone(), source })?;
+    let count = |topic: &str| {
+        admin.fetch_metadata(Some(topic), Duration::from_secs(10)).ok().and_then(|m| {
+            m.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len())
+        })
+    };
+    if let (Some(orders), Some(partials)) = (count(&config.orders_topic), count(&config.partials_topic)) {
+        if partials < orders {
+            return Err(WorkerError::Topic {
+                topic: config.partials_topic.clone(),
+                reason: format!(
+                    "has {partials} partitions but {} has {orders}: partials go to the partition equal to their \
+                     source partition, so add partitions to {} (kafka-topics --alter --partitions {orders})",
+                    config.orders_topic, config.partials_topic
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// How often the lag gauges are refreshed from the database's fences.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
@@ -31,14 +61,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     crate::metrics::init();
     let owner = config.instance();
     let store = tokio::select! {
-        store = retry("database_connect", || Store::connect(&config.database_url)) => Arc::new(store),
+        store = retry("database_connect", || Store::connect(&config.database_url)) => Arc::new(store?),
         () = shutdown.cancelled() => return Ok(()),
     };
+    crate::health::watch(store.clone());
     let topics = [config.orders_topic.as_str(), &config.partials_topic, &config.dlq_topic];
     tokio::select! {
-        () = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_partitions, config.replication_factor)) => {}
+        ready = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_partitions, config.replication_factor)) => ready?,
         () = shutdown.cancelled() => return Ok(()),
     }
+    check_partials_partitions(&config)?;
     let brokers = config.brokers.clone();
     let kafka = |op: &'static str| {
         let brokers = brokers.clone();
@@ -53,6 +85,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         partials_topic: config.partials_topic.clone(),
         dlq_topic: config.dlq_topic.clone(),
         dedupe_window_ms: config.dedupe_window_secs as i64 * 1000,
+        dedupe_max_ids: config.dedupe_max_ids,
+        partial_max_rows: config.partial_max_rows,
+        partial_max_bytes: config.partial_max_bytes,
     });
     let offsets = Arc::new(Offsets::default());
     tokio::spawn(lag::report(offsets.clone(), shared.store.clone(), config.orders_topic.clone(), LAG_EVERY, shutdown.clone()));
@@ -69,6 +104,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         .set("partition.assignment.strategy", "roundrobin")
         // High watermarks for the lag gauge come with these statistics.
         .set("statistics.interval.ms", "2000")
+        // A topic created (or recreated) after the worker subscribed is seen
+        // within seconds, not librdkafka's default five minutes.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(250).to_string());
     if !config.group_instance_id.is_empty() {

@@ -1,5 +1,7 @@
 //! Database errors, with the operation that failed and whether a retry can help.
 
+pub use retry::{Class, Classify};
+
 /// A database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,27 +42,91 @@ pub enum StoreError {
     /// A blocking SQLite task panicked or was cancelled.
     #[error("SQLite worker thread failed: {0}")]
     Join(String),
+    /// The database did not answer in time; the connection was dropped.
+    #[error("database {op} did not answer within {after_ms} ms (connection reset)")]
+    Timeout {
+        /// What tally was doing.
+        op: &'static str,
+        /// The limit that ran out.
+        after_ms: u64,
+    },
+}
+
+/// Transient: lost or refused connections, timeouts (ours or the server's),
+/// serialization failures, deadlocks, lock timeouts, a server shutting down
+/// or short of resources. Permanent: everything the same input would hit
+/// again (a data exception such as a NUL byte in text, a constraint, a
+/// missing table, a corrupt stored value, an unsupported URL).
+impl Classify for StoreError {
+    fn class(&self) -> Class {
+        match self {
+            StoreError::Postgres { source, .. } => match source.code() {
+                // No SQLSTATE: the connection broke, or the server never answered.
+                None => Class::Transient,
+                Some(code) => postgres_class(code.code()),
+            },
+            StoreError::Sqlite { source, .. } => match source.sqlite_error_code() {
+                Some(
+                    rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::OutOfMemory,
+                ) => Class::Transient,
+                _ => Class::Permanent,
+            },
+            StoreError::Join(_) | StoreError::Timeout { .. } => Class::Transient,
+            StoreError::UnsupportedUrl { .. } | StoreError::Corrupt { .. } => Class::Permanent,
+        }
+    }
+}
+
+/// A PostgreSQL SQLSTATE's class (Appendix A of the PostgreSQL manual).
+pub fn postgres_class(sqlstate: &str) -> Class {
+    const TRANSIENT_CLASSES: [&str; 6] = [
+        "08", // connection exception
+        "40", // transaction rollback: serialization failure, deadlock
+        "53", // insufficient resources
+        "57", // operator intervention: query_canceled (statement_timeout), admin shutdown
+        "58", // system error (I/O)
+        "XX", // internal error
+    ];
+    const TRANSIENT_CODES: [&str; 1] = ["55P03"]; // lock_not_available
+    if TRANSIENT_CLASSES.iter().any(|c| sqlstate.starts_with(c)) || TRANSIENT_CODES.contains(&sqlstate) {
+        Class::Transient
+    } else {
+        Class::Permanent
+    }
 }
 
 impl StoreError {
-    /// True when retrying the same operation later can succeed: lost
-    /// connections, lock timeouts, serialization failures, deadlocks.
+    /// True when retrying the same operation later can succeed (see [`Classify`]).
     pub fn is_retryable(&self) -> bool {
-        match self {
-            StoreError::Postgres { source, .. } => match source.code() {
-                None => true,
-                Some(code) => {
-                    let code = code.code();
-                    code.starts_with("08") || code == "40001" || code == "40P01" || code.starts_with("57P")
-                }
-            },
-            StoreError::Sqlite { source, .. } => matches!(
-                source.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-            ),
-            StoreError::Join(_) => true,
-            StoreError::UnsupportedUrl { .. } | StoreError::Corrupt { .. } => false,
+        Classify::is_retryable(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_by_class() {
+        for transient in ["08006", "08001", "40001", "40P01", "57014", "57P01", "53300", "55P03", "XX000"] {
+            assert_eq!(postgres_class(transient), Class::Transient, "{transient}");
         }
+        // 22021: invalid byte sequence (a NUL in text); 23514: check violation;
+        // 42P01: undefined table; 22003: numeric value out of range.
+        for permanent in ["22021", "23514", "42P01", "22003", "22008"] {
+            assert_eq!(postgres_class(permanent), Class::Permanent, "{permanent}");
+        }
+        assert!(StoreError::Timeout { op: "apply", after_ms: 1 }.is_retryable());
+        let corrupt = StoreError::Corrupt { column: "day", value: "x".into(), reason: "y".into() };
+        assert!(!corrupt.is_retryable());
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None);
+        assert!(StoreError::Sqlite { op: "apply", source: busy }.is_retryable());
+        let constraint = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(19), None);
+        assert!(!StoreError::Sqlite { op: "apply", source: constraint }.is_retryable());
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Fence {
     pub next_offset: i64,
     /// Lowest offset inside the dedupe window at `next_offset`.
     pub dedupe_from_offset: i64,
+    /// The dedupe window's clock at `next_offset` (ms), when known.
+    pub dedupe_clock_ms: Option<i64>,
 }
 
 /// What to do with one partial.
@@ -117,6 +119,7 @@ pub fn plan(fences: &BTreeMap<SourcePartition, Fence>, partials: &[Partial]) -> 
                 let fence = current.get_mut(&source).expect("judged against an existing fence");
                 fence.next_offset = partial.last_offset + 1;
                 fence.dedupe_from_offset = partial.dedupe_from_offset;
+                fence.dedupe_clock_ms = partial.dedupe_clock_ms.or(fence.dedupe_clock_ms);
                 out.advanced.insert(source.clone(), *fence);
                 let counts = out.events.entry(source).or_default();
                 counts.counted += partial.events.counted;
@@ -152,6 +155,7 @@ mod tests {
             first_offset: first,
             last_offset: last,
             dedupe_from_offset: first,
+            dedupe_clock_ms: None,
             events: EventCounts { counted: 1, ..Default::default() },
             max_append_ms: None,
             rows: vec![PartialRow {
@@ -162,7 +166,7 @@ mod tests {
     }
 
     fn fences(epoch: i64, next: i64) -> BTreeMap<SourcePartition, Fence> {
-        BTreeMap::from([(("orders".into(), 0), Fence { epoch, next_offset: next, dedupe_from_offset: 0 })])
+        BTreeMap::from([(("orders".into(), 0), Fence { epoch, next_offset: next, dedupe_from_offset: 0, dedupe_clock_ms: None })])
     }
 
     fn total(plan: &Plan) -> i128 {

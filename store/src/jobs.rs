@@ -216,36 +216,48 @@ pub struct Schedule {
 impl Store {
     /// Creates a pending job with its pending tasks; returns its id.
     pub async fn create_job(&self, job: &NewJob, now: i64) -> Result<i64> {
-        match self {
-            Store::Postgres(s) => s.create_job(job, now).await,
-            Store::Sqlite(s) => s.create_job(job, now).await,
-        }
+        self.timed("create_job", async {
+            match self {
+                Store::Postgres(s) => s.create_job(job, now).await,
+                Store::Sqlite(s) => s.create_job(job, now).await,
+            }
+        })
+        .await
     }
 
     /// The job and its tasks, if it exists.
     pub async fn job(&self, id: i64) -> Result<Option<Job>> {
-        match self {
-            Store::Postgres(s) => s.job(id).await,
-            Store::Sqlite(s) => s.job(id).await,
-        }
+        self.timed("job", async {
+            match self {
+                Store::Postgres(s) => s.job(id).await,
+                Store::Sqlite(s) => s.job(id).await,
+            }
+        })
+        .await
     }
 
     /// The newest `limit` jobs, newest first, with their tasks.
     pub async fn jobs(&self, limit: i64) -> Result<Vec<Job>> {
-        match self {
-            Store::Postgres(s) => s.jobs(limit).await,
-            Store::Sqlite(s) => s.jobs(limit).await,
-        }
+        self.timed("jobs", async {
+            match self {
+                Store::Postgres(s) => s.jobs(limit).await,
+                Store::Sqlite(s) => s.jobs(limit).await,
+            }
+        })
+        .await
     }
 
     /// Cancels a job that has not ended, and its unfinished tasks. Returns
     /// the job's state afterwards and whether this call cancelled it (`None`
     /// when there is no such job); a job that had already ended keeps its state.
     pub async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<(State, bool)>> {
-        match self {
-            Store::Postgres(s) => s.cancel_job(id, now).await,
-            Store::Sqlite(s) => s.cancel_job(id, now).await,
-        }
+        self.timed("cancel_job", async {
+            match self {
+                Store::Postgres(s) => s.cancel_job(id, now).await,
+                Store::Sqlite(s) => s.cancel_job(id, now).await,
+            }
+        })
+        .await
     }
 
     /// Takes the next runnable task for `owner`: a pending task whose retry
@@ -253,82 +265,109 @@ impl Store {
     /// died), of a job that has not ended. Marks the job running, counts an
     /// attempt, and leases the task until `lease_until`.
     pub async fn claim_task(&self, owner: &str, now: i64, lease_until: i64) -> Result<Option<Task>> {
-        match self {
-            Store::Postgres(s) => s.claim_task(owner, now, lease_until).await,
-            Store::Sqlite(s) => s.claim_task(owner, now, lease_until).await,
-        }
+        self.timed("claim_task", async {
+            match self {
+                Store::Postgres(s) => s.claim_task(owner, now, lease_until).await,
+                Store::Sqlite(s) => s.claim_task(owner, now, lease_until).await,
+            }
+        })
+        .await
     }
 
     /// Extends the lease of a task `owner` is running; false when the task
     /// is no longer theirs to run (cancelled, or taken over).
     pub async fn renew_task(&self, job_id: i64, task_no: i32, owner: &str, lease_until: i64) -> Result<bool> {
-        match self {
-            Store::Postgres(s) => s.renew_task(job_id, task_no, owner, lease_until).await,
-            Store::Sqlite(s) => s.renew_task(job_id, task_no, owner, lease_until).await,
-        }
+        self.timed("renew_task", async {
+            match self {
+                Store::Postgres(s) => s.renew_task(job_id, task_no, owner, lease_until).await,
+                Store::Sqlite(s) => s.renew_task(job_id, task_no, owner, lease_until).await,
+            }
+        })
+        .await
     }
 
     /// Records a successful attempt and its rows, in one transaction; false
     /// (and nothing written) when the task is no longer `owner`'s.
     pub async fn finish_task(&self, job_id: i64, task_no: i32, owner: &str, result: &TaskResult, now: i64) -> Result<bool> {
-        match self {
-            Store::Postgres(s) => s.finish_task(job_id, task_no, owner, result, now).await,
-            Store::Sqlite(s) => s.finish_task(job_id, task_no, owner, result, now).await,
-        }
+        self.timed("finish_task", async {
+            match self {
+                Store::Postgres(s) => s.finish_task(job_id, task_no, owner, result, now).await,
+                Store::Sqlite(s) => s.finish_task(job_id, task_no, owner, result, now).await,
+            }
+        })
+        .await
     }
 
     /// Records a failed attempt. With `retry_at` the task waits for that
     /// time; without, it fails, and so does its job (its other tasks are
     /// cancelled and its computed rows dropped).
     pub async fn fail_task(&self, job_id: i64, task_no: i32, owner: &str, error: &str, now: i64, retry_at: Option<i64>) -> Result<()> {
-        match self {
-            Store::Postgres(s) => s.fail_task(job_id, task_no, owner, error, now, retry_at).await,
-            Store::Sqlite(s) => s.fail_task(job_id, task_no, owner, error, now, retry_at).await,
-        }
+        self.timed("fail_task", async {
+            match self {
+                Store::Postgres(s) => s.fail_task(job_id, task_no, owner, error, now, retry_at).await,
+                Store::Sqlite(s) => s.fail_task(job_id, task_no, owner, error, now, retry_at).await,
+            }
+        })
+        .await
     }
 
     /// For every running job whose tasks have all succeeded: in one
     /// transaction, replaces its scope of `merchant_sales` with its rows
     /// and marks it succeeded. Returns the ids of the jobs it finished.
     pub async fn complete_jobs(&self, now: i64) -> Result<Vec<i64>> {
-        match self {
-            Store::Postgres(s) => s.complete_jobs(now).await,
-            Store::Sqlite(s) => s.complete_jobs(now).await,
-        }
+        self.timed("complete_jobs", async {
+            match self {
+                Store::Postgres(s) => s.complete_jobs(now).await,
+                Store::Sqlite(s) => s.complete_jobs(now).await,
+            }
+        })
+        .await
     }
 
     /// Adds a schedule; fails when the name is taken.
     pub async fn add_schedule(&self, schedule: &Schedule) -> Result<()> {
-        match self {
-            Store::Postgres(s) => s.add_schedule(schedule).await,
-            Store::Sqlite(s) => s.add_schedule(schedule).await,
-        }
+        self.timed("add_schedule", async {
+            match self {
+                Store::Postgres(s) => s.add_schedule(schedule).await,
+                Store::Sqlite(s) => s.add_schedule(schedule).await,
+            }
+        })
+        .await
     }
 
     /// Every schedule, by name.
     pub async fn schedules(&self) -> Result<Vec<Schedule>> {
-        match self {
-            Store::Postgres(s) => s.schedules().await,
-            Store::Sqlite(s) => s.schedules().await,
-        }
+        self.timed("schedules", async {
+            match self {
+                Store::Postgres(s) => s.schedules().await,
+                Store::Sqlite(s) => s.schedules().await,
+            }
+        })
+        .await
     }
 
     /// Removes a schedule; false when there was none of that name.
     pub async fn remove_schedule(&self, name: &str) -> Result<bool> {
-        match self {
-            Store::Postgres(s) => s.remove_schedule(name).await,
-            Store::Sqlite(s) => s.remove_schedule(name).await,
-        }
+        self.timed("remove_schedule", async {
+            match self {
+                Store::Postgres(s) => s.remove_schedule(name).await,
+                Store::Sqlite(s) => s.remove_schedule(name).await,
+            }
+        })
+        .await
     }
 
     /// Creates `job` for schedule `name` and moves its `last_due` from
     /// `previous` to `due`, in one transaction; `None` when another
     /// scheduler already did (its `last_due` is no longer `previous`).
     pub async fn fire_schedule(&self, name: &str, previous: i64, due: i64, job: &NewJob, now: i64) -> Result<Option<i64>> {
-        match self {
-            Store::Postgres(s) => s.fire_schedule(name, previous, due, job, now).await,
-            Store::Sqlite(s) => s.fire_schedule(name, previous, due, job, now).await,
-        }
+        self.timed("fire_schedule", async {
+            match self {
+                Store::Postgres(s) => s.fire_schedule(name, previous, due, job, now).await,
+                Store::Sqlite(s) => s.fire_schedule(name, previous, due, job, now).await,
+            }
+        })
+        .await
     }
 }
 
@@ -362,19 +401,24 @@ impl Store {
     pub async fn try_lead(&self) -> Result<Option<Leadership>> {
         match self {
             Store::Postgres(s) => {
-                let (client, connection) = tokio_postgres::connect(s.url(), tokio_postgres::NoTls)
+                let lead = async {
+                    let (client, connection) =
+                        s.config().connect(tokio_postgres::NoTls).await.map_err(crate::error::pg("connect"))?;
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::warn!(%error, "Scheduler lock connection closed.");
+                        }
+                    });
+                    let row = client
+                        .query_one("SELECT pg_try_advisory_lock($1)", &[&SCHEDULER_LOCK])
+                        .await
+                        .map_err(crate::error::pg("scheduler lock"))?;
+                    Ok(row.get::<_, bool>(0).then_some(Leadership::Postgres(client)))
+                };
+                let limit = s.call_timeout();
+                tokio::time::timeout(limit, lead)
                     .await
-                    .map_err(crate::error::pg("connect"))?;
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::warn!(%error, "Scheduler lock connection closed.");
-                    }
-                });
-                let row = client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&SCHEDULER_LOCK])
-                    .await
-                    .map_err(crate::error::pg("scheduler lock"))?;
-                Ok(row.get::<_, bool>(0).then_some(Leadership::Postgres(client)))
+                    .unwrap_or(Err(crate::StoreError::Timeout { op: "scheduler lock", after_ms: limit.as_millis() as u64 }))
             }
             Store::Sqlite(_) => Ok(Some(Leadership::Local)),
         }

@@ -4,7 +4,12 @@
 //! - [`postgres`]: PostgreSQL, with one multi-row `UNNEST` upsert per flush.
 //! - [`sqlite`]: the embedded SQLite sink, exact decimal text.
 //! - [`jobs`]: backfill jobs, tasks and schedules, and the atomic replace.
+//! - [`health`]: whether the database is answering, for `/readyz`.
 //! - [`error`]: errors that say what failed and whether to retry.
+//!
+//! Every call has a time limit ([`Store::call_timeout`]): a database that
+//! stops answering (a half-open connection, a frozen server) costs a
+//! timeout and a fresh connection, never a hung pipeline.
 //!
 //! Both databases get their schema from the versioned files in
 //! `store/migrations/`, applied on connect.
@@ -14,11 +19,13 @@
 
 pub mod error;
 pub mod fence;
+pub mod health;
 pub mod jobs;
 pub mod postgres;
 pub mod sqlite;
 
-pub use error::{Result, StoreError};
+pub use error::{Class, Classify, Result, StoreError};
+pub use health::Health;
 pub use fence::{Fence, Plan, SourcePartition};
 use schemas::{Partial, Sums, Totals, TotalsKey};
 
@@ -31,6 +38,9 @@ pub struct Claim {
     pub next_offset: i64,
     /// First offset to read to rebuild the dedupe window.
     pub dedupe_from_offset: i64,
+    /// The dedupe window's clock at `next_offset`, when known: the rebuild's
+    /// clock stays at or below it.
+    pub dedupe_clock_ms: Option<i64>,
 }
 
 /// A `tally_partitions` row.
@@ -90,21 +100,66 @@ impl Store {
         Ok(store)
     }
 
+    /// How long one call may take before it fails with
+    /// [`StoreError::Timeout`] and its connection is dropped: PostgreSQL's
+    /// `statement_timeout` plus 5 s (so the server normally answers first),
+    /// and SQLite's busy timeout plus 30 s.
+    pub fn call_timeout(&self) -> std::time::Duration {
+        match self {
+            Store::Postgres(s) => s.call_timeout(),
+            Store::Sqlite(_) => sqlite::CALL_TIMEOUT,
+        }
+    }
+
+    /// Whether the database has been answering: for `/readyz`.
+    pub fn health(&self) -> &Health {
+        match self {
+            Store::Postgres(s) => &s.health,
+            Store::Sqlite(s) => &s.health,
+        }
+    }
+
+    /// Runs one call under [`Store::call_timeout`], recording its outcome in
+    /// [`Store::health`]. A call that runs out of time drops its PostgreSQL
+    /// connection, so the next call reconnects instead of queueing behind it.
+    async fn timed<T>(&self, op: &'static str, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.call_timeout();
+        let started = self.health().begin();
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Store::Postgres(s) = self {
+                    s.reset();
+                }
+                Err(StoreError::Timeout { op, after_ms: limit.as_millis() as u64 })
+            }
+        };
+        let down = matches!(&result, Err(e) if e.is_retryable());
+        self.health().end(started, down);
+        result
+    }
+
     /// Claims a partition for `owner`: raises its epoch and returns where to
     /// start. Creates the fence at offset 0 on first claim.
     pub async fn claim(&self, topic: &str, partition: i32, owner: &str) -> Result<Claim> {
-        match self {
-            Store::Postgres(s) => s.claim(topic, partition, owner).await,
-            Store::Sqlite(s) => s.claim(topic, partition, owner).await,
-        }
+        self.timed("claim", async {
+            match self {
+                Store::Postgres(s) => s.claim(topic, partition, owner).await,
+                Store::Sqlite(s) => s.claim(topic, partition, owner).await,
+            }
+        })
+        .await
     }
 
     /// The partition's current epoch, if it was ever claimed.
     pub async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        match self {
-            Store::Postgres(s) => s.epoch(topic, partition).await,
-            Store::Sqlite(s) => s.epoch(topic, partition).await,
-        }
+        self.timed("epoch", async {
+            match self {
+                Store::Postgres(s) => s.epoch(topic, partition).await,
+                Store::Sqlite(s) => s.epoch(topic, partition).await,
+            }
+        })
+        .await
     }
 
     /// In one transaction: locks the fences of the partitions involved, judges
@@ -113,26 +168,49 @@ impl Store {
     ///
     /// Fails (and changes nothing) when the database does.
     pub async fn apply(&self, partials: &[Partial]) -> Result<Plan> {
-        match self {
-            Store::Postgres(s) => s.apply(partials).await,
-            Store::Sqlite(s) => s.apply(partials).await,
-        }
+        self.timed("apply", async {
+            match self {
+                Store::Postgres(s) => s.apply(partials).await,
+                Store::Sqlite(s) => s.apply(partials).await,
+            }
+        })
+        .await
     }
 
     /// Every row of `merchant_sales`, optionally of one merchant.
     pub async fn totals(&self, merchant: Option<&str>) -> Result<Totals> {
-        match self {
-            Store::Postgres(s) => s.totals(merchant).await,
-            Store::Sqlite(s) => s.totals(merchant).await,
-        }
+        self.timed("totals", async {
+            match self {
+                Store::Postgres(s) => s.totals(merchant).await,
+                Store::Sqlite(s) => s.totals(merchant).await,
+            }
+        })
+        .await
+    }
+
+    /// One round trip (`SELECT 1`), so that an idle process still notices a
+    /// database that stopped answering ([`Store::health`]).
+    ///
+    /// Fails when the database does not answer.
+    pub async fn ping(&self) -> Result<()> {
+        self.timed("ping", async {
+            match self {
+                Store::Postgres(s) => s.ping().await,
+                Store::Sqlite(s) => s.ping().await,
+            }
+        })
+        .await
     }
 
     /// Every row of `tally_partitions`.
     pub async fn progress(&self) -> Result<Vec<PartitionProgress>> {
-        match self {
-            Store::Postgres(s) => s.progress().await,
-            Store::Sqlite(s) => s.progress().await,
-        }
+        self.timed("progress", async {
+            match self {
+                Store::Postgres(s) => s.progress().await,
+                Store::Sqlite(s) => s.progress().await,
+            }
+        })
+        .await
     }
 }
 

@@ -2,11 +2,15 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use schemas::{Partial, Totals};
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, Config, NoTls};
 
-use crate::error::{pg, Result};
+use crate::error::{pg, Result, StoreError};
+use crate::health::Health;
 use crate::fence::{self, Fence, Plan};
 use crate::{parse_row, sources, Claim, PartitionProgress};
 
@@ -15,6 +19,7 @@ mod jobs;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
     (2, "backfills", include_str!("../migrations/postgres/0002_backfills.sql")),
+    (3, "dedupe_clock", include_str!("../migrations/postgres/0003_dedupe_clock.sql")),
 ];
 
 /// Arbitrary constant that serialises concurrent migrations.
@@ -37,40 +42,116 @@ ON CONFLICT (merchant_id, currency, day) DO UPDATE SET
 
 const ADVANCE: &str = "
 UPDATE tally_partitions AS t SET
-    next_offset = u.n, dedupe_from_offset = u.df,
+    next_offset = u.n, dedupe_from_offset = u.df, dedupe_clock_ms = u.dc,
     counted_events = t.counted_events + u.ce,
     duplicate_events = t.duplicate_events + u.de,
     invalid_events = t.invalid_events + u.ie,
     updated_at = now()
-FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
-     AS u(t, p, n, df, ce, de, ie)
+FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+            $8::int8[])
+     AS u(t, p, n, df, ce, de, ie, dc)
 WHERE t.topic = u.t AND t.partition = u.p";
+
+/// Server-side limit on one statement, unless the URL's `options` set one.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Limit on opening a TCP connection, unless the URL sets `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive idle time and interval: a peer that vanished (a half-open
+/// connection) is noticed in about a minute even when no call is waiting.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A PostgreSQL database, reconnected on demand after a lost connection.
 pub struct PgStore {
-    url: String,
+    config: Config,
+    call_timeout: Duration,
     client: Mutex<Option<Client>>,
+    /// Set when a call timed out: its connection may be stuck, so the next
+    /// call opens a fresh one.
+    poisoned: AtomicBool,
+    pub(crate) health: Health,
+}
+
+/// The URL's settings plus tally's defaults for connect, keepalive and
+/// statement timeouts; returns the config and the statement timeout in force.
+fn settings(url: &str) -> Result<(Config, Duration)> {
+    let mut config: Config = url.parse().map_err(pg("parse url"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE).keepalives_interval(KEEPALIVE_INTERVAL).keepalives_retries(3);
+    let options = config.get_options().unwrap_or_default().to_owned();
+    let statement = match statement_timeout_in(&options) {
+        Some(given) => given,
+        None => {
+            let ms = STATEMENT_TIMEOUT.as_millis();
+            config.options(format!("{options} -c statement_timeout={ms}").trim());
+            STATEMENT_TIMEOUT
+        }
+    };
+    Ok((config, statement))
+}
+
+/// `statement_timeout` from libpq-style `options` (`-c statement_timeout=…`),
+/// in ms, or with an `s`/`ms`/`min` unit. `0` (no limit) is read as none given.
+fn statement_timeout_in(options: &str) -> Option<Duration> {
+    let value = options.split_whitespace().find_map(|o| o.strip_prefix("statement_timeout="))?;
+    let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit {
+        "" | "ms" => n,
+        "s" => n * 1_000,
+        "min" => n * 60_000,
+        _ => return None,
+    };
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 impl PgStore {
-    /// Connects and migrates. Fails when unreachable or a migration fails.
+    /// Connects and migrates. Fails when the URL is malformed, the server is
+    /// unreachable, or a migration fails.
     pub async fn connect(url: &str) -> Result<PgStore> {
-        let store = PgStore { url: url.to_owned(), client: Mutex::new(None) };
-        let mut client = store.client().await?;
-        migrate(client.as_mut().expect("connected")).await?;
-        drop(client);
+        let (config, statement) = settings(url)?;
+        let store = PgStore {
+            config,
+            call_timeout: statement + Duration::from_secs(5),
+            client: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
+            health: Health::default(),
+        };
+        let call = async {
+            let mut client = store.client().await?;
+            migrate(client.as_mut().expect("connected")).await
+        };
+        match tokio::time::timeout(store.call_timeout, call).await {
+            Ok(migrated) => migrated?,
+            Err(_) => return Err(StoreError::Timeout { op: "connect", after_ms: store.call_timeout.as_millis() as u64 }),
+        }
         Ok(store)
     }
 
-    pub(crate) fn url(&self) -> &str {
-        &self.url
+    /// The connection settings, with tally's timeouts applied.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// Drops the connection at the next call (after a timeout).
+    pub(crate) fn reset(&self) {
+        self.poisoned.store(true, Ordering::Relaxed);
     }
 
     async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>> {
         let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) =
-                tokio_postgres::connect(&self.url, NoTls).await.map_err(pg("connect"))?;
+        let poisoned = self.poisoned.swap(false, Ordering::Relaxed);
+        if poisoned || guard.as_ref().is_none_or(Client::is_closed) {
+            // Dropping a stuck client ends its connection task once the server
+            // answers again (or keepalive gives up), rolling back its transaction.
+            *guard = None;
+            let (client, connection) = self.config.connect(NoTls).await.map_err(pg("connect"))?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::warn!(%error, "PostgreSQL connection closed.");
@@ -92,12 +173,18 @@ impl PgStore {
                  VALUES ($1, $2, 1, 0, 0, $3, now(), now())
                  ON CONFLICT (topic, partition) DO UPDATE SET
                      epoch = t.epoch + 1, claimed_by = EXCLUDED.claimed_by, claimed_at = now()
-                 RETURNING epoch, next_offset, dedupe_from_offset",
+                 RETURNING epoch, next_offset, dedupe_from_offset, dedupe_clock_ms",
                 &[&topic, &partition, &owner],
             )
             .await
             .map_err(pg("claim"))?;
-        Ok(Claim { epoch: row.get(0), next_offset: row.get(1), dedupe_from_offset: row.get(2) })
+        Ok(Claim { epoch: row.get(0), next_offset: row.get(1), dedupe_from_offset: row.get(2), dedupe_clock_ms: row.get(3) })
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let guard = self.client().await?;
+        guard.as_ref().expect("connected").simple_query("SELECT 1").await.map_err(pg("ping"))?;
+        Ok(())
     }
 
     pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
@@ -123,7 +210,7 @@ impl PgStore {
         // aggregators cannot deadlock each other.
         let rows = tx
             .query(
-                "SELECT t.topic, t.partition, t.epoch, t.next_offset, t.dedupe_from_offset
+                "SELECT t.topic, t.partition, t.epoch, t.next_offset, t.dedupe_from_offset, t.dedupe_clock_ms
                  FROM tally_partitions t
                  JOIN UNNEST($1::text[], $2::int4[]) AS u(topic, partition)
                    ON t.topic = u.topic AND t.partition = u.partition
@@ -136,7 +223,7 @@ impl PgStore {
         let fences: BTreeMap<_, _> = rows
             .iter()
             .map(|r| {
-                let fence = Fence { epoch: r.get(2), next_offset: r.get(3), dedupe_from_offset: r.get(4) };
+                let fence = Fence { epoch: r.get(2), next_offset: r.get(3), dedupe_from_offset: r.get(4), dedupe_clock_ms: r.get(5) };
                 ((r.get::<_, String>(0), r.get::<_, i32>(1)), fence)
             })
             .collect();
@@ -178,7 +265,7 @@ impl PgStore {
             .expect("connected")
             .query(
                 "SELECT topic, partition, epoch, next_offset, dedupe_from_offset, counted_events,
-                        duplicate_events, invalid_events, claimed_by
+                        duplicate_events, invalid_events, claimed_by, dedupe_clock_ms
                  FROM tally_partitions ORDER BY topic, partition",
                 &[],
             )
@@ -189,7 +276,7 @@ impl PgStore {
             .map(|r| PartitionProgress {
                 topic: r.get(0),
                 partition: r.get(1),
-                fence: Fence { epoch: r.get(2), next_offset: r.get(3), dedupe_from_offset: r.get(4) },
+                fence: Fence { epoch: r.get(2), next_offset: r.get(3), dedupe_from_offset: r.get(4), dedupe_clock_ms: r.get(9) },
                 counted_events: r.get(5),
                 duplicate_events: r.get(6),
                 invalid_events: r.get(7),
@@ -243,7 +330,7 @@ async fn upsert(tx: &tokio_postgres::Transaction<'_>, deltas: &Totals) -> Result
 
 async fn advance(tx: &tokio_postgres::Transaction<'_>, plan: &Plan) -> Result<u64> {
     let mut cols: (Vec<&str>, Vec<i32>, Vec<i64>, Vec<i64>) = Default::default();
-    let (mut ce, mut de, mut ie) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ce, mut de, mut ie, mut dc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((topic, partition), fence) in &plan.advanced {
         let events = plan.events.get(&(topic.clone(), *partition)).copied().unwrap_or_default();
         cols.0.push(topic);
@@ -253,8 +340,9 @@ async fn advance(tx: &tokio_postgres::Transaction<'_>, plan: &Plan) -> Result<u6
         ce.push(events.counted as i64);
         de.push(events.duplicate as i64);
         ie.push(events.invalid as i64);
+        dc.push(fence.dedupe_clock_ms);
     }
-    tx.execute(ADVANCE, &[&cols.0, &cols.1, &cols.2, &cols.3, &ce, &de, &ie])
+    tx.execute(ADVANCE, &[&cols.0, &cols.1, &cols.2, &cols.3, &ce, &de, &ie, &dc])
         .await
         .map_err(pg("fence advance"))
 }
@@ -287,4 +375,22 @@ async fn migrate(client: &mut Client) -> Result<()> {
         }
     }
     tx.commit().await.map_err(pg("commit migration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_sets_timeouts_unless_the_url_does() {
+        let (config, statement) = settings("postgres://u@h/db").unwrap();
+        assert_eq!(statement, STATEMENT_TIMEOUT);
+        assert_eq!(config.get_options(), Some("-c statement_timeout=30000"));
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let (config, statement) = settings("postgres://u@h/db?connect_timeout=2&options=-c%20statement_timeout%3D90s").unwrap();
+        assert_eq!(statement, Duration::from_secs(90));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert_eq!(statement_timeout_in("-c statement_timeout=250"), Some(Duration::from_millis(250)));
+        assert_eq!(statement_timeout_in("-c statement_timeout=0"), None);
+    }
 }

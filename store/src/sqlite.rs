@@ -16,12 +16,18 @@ mod jobs;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "backfills", include_str!("../migrations/sqlite/0002_backfills.sql")),
+    (3, "dedupe_clock", include_str!("../migrations/sqlite/0003_dedupe_clock.sql")),
 ];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+/// How long a writer waits for another process's write lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Limit on one call: the busy timeout plus time for the work itself.
+pub(crate) const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A SQLite file shared by every process that opens it (WAL mode).
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    pub(crate) health: crate::health::Health,
 }
 
 impl SqliteStore {
@@ -32,7 +38,7 @@ impl SqliteStore {
         let path = path.to_owned();
         let conn = blocking(move || {
             let mut conn = Connection::open(&path).map_err(lite("open"))?;
-            conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(lite("busy timeout"))?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(lite("busy timeout"))?;
             conn.pragma_update(None, "journal_mode", "WAL").map_err(lite("journal mode"))?;
             // Totals are money: every commit is durable before it is acknowledged.
             conn.pragma_update(None, "synchronous", "FULL").map_err(lite("synchronous"))?;
@@ -40,7 +46,7 @@ impl SqliteStore {
             Ok(conn)
         })
         .await?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), health: Default::default() })
     }
 
     async fn with<T: Send + 'static>(
@@ -64,14 +70,18 @@ impl SqliteStore {
                  VALUES (?1, ?2, 1, 0, 0, ?3, {NOW}, {NOW})
                  ON CONFLICT (topic, partition) DO UPDATE SET
                      epoch = epoch + 1, claimed_by = excluded.claimed_by, claimed_at = {NOW}
-                 RETURNING epoch, next_offset, dedupe_from_offset"
+                 RETURNING epoch, next_offset, dedupe_from_offset, dedupe_clock_ms"
             );
             conn.query_row(&sql, params![topic, partition, owner], |r| {
-                Ok(Claim { epoch: r.get(0)?, next_offset: r.get(1)?, dedupe_from_offset: r.get(2)? })
+                Ok(Claim { epoch: r.get(0)?, next_offset: r.get(1)?, dedupe_from_offset: r.get(2)?, dedupe_clock_ms: r.get(3)? })
             })
             .map_err(lite("claim"))
         })
         .await
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(lite("ping"))).await
     }
 
     pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
@@ -98,10 +108,10 @@ impl SqliteStore {
             for (topic, partition) in sources(&partials) {
                 let fence = tx
                     .query_row(
-                        "SELECT epoch, next_offset, dedupe_from_offset FROM tally_partitions
+                        "SELECT epoch, next_offset, dedupe_from_offset, dedupe_clock_ms FROM tally_partitions
                          WHERE topic = ?1 AND partition = ?2",
                         params![topic, partition],
-                        |r| Ok(Fence { epoch: r.get(0)?, next_offset: r.get(1)?, dedupe_from_offset: r.get(2)? }),
+                        |r| Ok(Fence { epoch: r.get(0)?, next_offset: r.get(1)?, dedupe_from_offset: r.get(2)?, dedupe_clock_ms: r.get(3)? }),
                     )
                     .optional()
                     .map_err(lite("fence read"))?;
@@ -157,7 +167,7 @@ impl SqliteStore {
             let mut stmt = conn
                 .prepare(
                     "SELECT topic, partition, epoch, next_offset, dedupe_from_offset,
-                            counted_events, duplicate_events, invalid_events, claimed_by
+                            counted_events, duplicate_events, invalid_events, claimed_by, dedupe_clock_ms
                      FROM tally_partitions ORDER BY topic, partition",
                 )
                 .map_err(lite("progress read"))?;
@@ -166,7 +176,7 @@ impl SqliteStore {
                     Ok(PartitionProgress {
                         topic: r.get(0)?,
                         partition: r.get(1)?,
-                        fence: Fence { epoch: r.get(2)?, next_offset: r.get(3)?, dedupe_from_offset: r.get(4)? },
+                        fence: Fence { epoch: r.get(2)?, next_offset: r.get(3)?, dedupe_from_offset: r.get(4)?, dedupe_clock_ms: r.get(9)? },
                         counted_events: r.get(5)?,
                         duplicate_events: r.get(6)?,
                         invalid_events: r.get(7)?,
@@ -226,7 +236,7 @@ fn upsert(tx: &rusqlite::Transaction<'_>, deltas: &Totals) -> Result<()> {
 fn advance(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<()> {
     let mut stmt = tx
         .prepare_cached(&format!(
-            "UPDATE tally_partitions SET next_offset = ?3, dedupe_from_offset = ?4,
+            "UPDATE tally_partitions SET next_offset = ?3, dedupe_from_offset = ?4, dedupe_clock_ms = ?8,
                  counted_events = counted_events + ?5, duplicate_events = duplicate_events + ?6,
                  invalid_events = invalid_events + ?7, updated_at = {NOW}
              WHERE topic = ?1 AND partition = ?2"
@@ -241,7 +251,8 @@ fn advance(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<()> {
             fence.dedupe_from_offset,
             events.counted as i64,
             events.duplicate as i64,
-            events.invalid as i64
+            events.invalid as i64,
+            fence.dedupe_clock_ms
         ])
         .map_err(lite("fence advance"))?;
     }

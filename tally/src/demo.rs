@@ -48,7 +48,7 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     let database_url = format!("sqlite://{}", args.database.display());
     let store = Store::connect(&database_url).await.map_err(|e| e.to_string())?;
     let shutdown = CancellationToken::new();
-    let bound = crate::http::serve(args.metrics_addr, || true, shutdown.clone()).await.map_err(|e| e.to_string())?;
+    let bound = crate::http::serve(args.metrics_addr, || Ok(()), shutdown.clone()).await.map_err(|e| e.to_string())?;
     println!("tally demo: {} events, {} merchants, {} partitions; metrics on http://{bound}/metrics", args.events, args.merchants, args.partitions);
 
     let mut services = Vec::new();

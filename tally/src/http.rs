@@ -9,12 +9,13 @@ use prometheus::{Encoder, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
 /// Serves the default Prometheus registry on `addr` until `shutdown`.
-/// `ready` decides `/readyz`. Returns the bound address (useful with port 0).
+/// `ready` decides `/readyz`: 200, or 503 with each reason on its own line.
+/// Returns the bound address (useful with port 0).
 ///
 /// Fails when the address cannot be bound.
 pub async fn serve(
     addr: SocketAddr,
-    ready: fn() -> bool,
+    ready: fn() -> Result<(), String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -25,10 +26,9 @@ pub async fn serve(
         .route(
             "/readyz",
             get(move || async move {
-                if ready() {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                match ready() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(reasons) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{reasons}\n")),
                 }
             }),
         );

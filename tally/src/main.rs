@@ -54,7 +54,7 @@ async fn dispatch(command: Command) -> ExitCode {
             }
             let shutdown = signals::shutdown_on_signals();
             let addr = args.metrics_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9101)));
-            if let Err(error) = http::serve(addr, || shard_worker::metrics::READY.get() == 1, shutdown.clone()).await {
+            if let Err(error) = http::serve(addr, shard_worker::health::readiness, shutdown.clone()).await {
                 eprintln!("error: cannot serve metrics on {addr}: {error}");
                 return ExitCode::FAILURE;
             }
@@ -80,7 +80,7 @@ async fn dispatch(command: Command) -> ExitCode {
             }
             let shutdown = signals::shutdown_on_signals();
             let addr = args.metrics_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9102)));
-            if let Err(error) = http::serve(addr, || aggregator::metrics::READY.get() == 1, shutdown.clone()).await {
+            if let Err(error) = http::serve(addr, aggregator::health::readiness, shutdown.clone()).await {
                 eprintln!("error: cannot serve metrics on {addr}: {error}");
                 return ExitCode::FAILURE;
             }

@@ -219,7 +219,8 @@ fn dashboard_and_rules_name_only_exported_metrics() {
     assert!(sql.contains("FROM merchant_sales"), "the top-merchants panel reads merchant_sales: {sql}");
     let rules = rules_text();
     for alert in ["TallyConsumerLagGrowing", "TallyNoCommitWithLag", "TallyFenceViolation", "TallyDeadLetterRateHigh",
-        "TallySinkErrors", "TallyBackfillJobFailed", "TallyScheduleMissed", "TallyTargetDown"] {
+        "TallySinkErrors", "TallyBackfillJobFailed", "TallyScheduleMissed", "TallyTargetDown", "TallyPartitionParked",
+        "TallyDedupeWindowFull"] {
         assert!(rules.contains(&format!("alert: {alert}")), "alert {alert} missing");
     }
     assert_eq!(rules.matches("alert: ").count(), rules.matches("runbook: ").count(), "every alert has a runbook line");

@@ -2,6 +2,7 @@
 //! processes, the real broker, and PostgreSQL or SQLite. Every scenario
 //! compares `merchant_sales` row by row with totals the test computes itself.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -156,7 +157,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(timeout: Duration, mu
 async fn publish_partials(world: &World, partials: &[Partial]) {
     let producer = shard_worker::kafka::idempotent_producer(&world.brokers, &Default::default()).unwrap();
     for partial in partials {
-        shard_worker::publish::partial(&producer, &world.partials, partial).await;
+        shard_worker::publish::partial(&producer, &world.partials, partial).await.expect("partial published");
     }
 }
 
@@ -186,19 +187,6 @@ async fn dedupe_across_restart(backend: Backend) {
     let first_dups = first.messages.iter().filter(|m| m.truth == Truth::Duplicate).count();
     let second_dups = second.messages.iter().filter(|m| m.truth == Truth::Duplicate).count();
     assert_eq!(duplicates as usize, first_dups + repeats.len() + second_dups);
-}
-
-macro_rules! on_both_databases {
-    ($($scenario:ident),*) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Backend::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Backend::Sqlite).await })*
-        }
-    };
 }
 
 on_both_databases!(exact_totals, crash_safety, rebalance_and_zombies, dedupe_across_restart);

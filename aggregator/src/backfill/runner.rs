@@ -11,7 +11,6 @@ use store::jobs::Task;
 use store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::compute::compute;
 use super::source::Format;
@@ -39,10 +38,13 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The wait before attempt `attempt + 1`, with jitter drawn from `seed`.
+/// Longest wait between a task's attempts, before jitter.
+const RETRY_CAP_MS: u64 = 10 * 60 * 1000;
+
+/// The wait before attempt `attempt + 1`: tally's one retry policy
+/// ([`retry::delay_ms`]), with the attempt count kept in the database.
 pub fn backoff(base_ms: u64, attempt: i32, seed: u64) -> u64 {
-    let exponential = base_ms.saturating_mul(1 << (attempt.clamp(1, 20) - 1));
-    exponential + xxh3_64(&seed.to_le_bytes()) % (exponential / 2 + 1)
+    retry::delay_ms(base_ms, RETRY_CAP_MS, attempt.max(1) as u32, seed)
 }
 
 /// Runs tasks until `shutdown`; then abandons running tasks (their leases
@@ -193,22 +195,6 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
             }
             Ok(false) => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
             Err(error) => fail(&store, &config, task, &format!("cannot record the result: {error}")).await,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_bounded_jitter() {
-        for attempt in 1..=4 {
-            let plain = 100 * (1 << (attempt - 1));
-            for seed in 0..50 {
-                let wait = backoff(100, attempt, seed);
-                assert!((plain..=plain + plain / 2).contains(&wait), "{attempt}: {wait}");
-            }
         }
     }
 }

@@ -2,7 +2,22 @@
 //! that `scripts/test` starts (`TALLY_TEST_BROKERS`, `TALLY_TEST_PG_URL`).
 //! Every test gets its own topics, consumer groups and database.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// Runs each async scenario `fn(Backend)` as one test on PostgreSQL and one
+/// on SQLite (needs `Backend` in scope at the call site).
+macro_rules! on_both_databases {
+    ($($scenario:ident),*) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Backend::Postgres).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Backend::Sqlite).await })*
+        }
+    };
+}
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -61,6 +76,12 @@ fn unique(prefix: &str) -> String {
 impl World {
     /// Creates topics and a fresh database for one test.
     pub async fn new(name: &str, backend: Backend) -> World {
+        World::with_topics(name, backend, true).await
+    }
+
+    /// Like [`World::new`], but leaves the partials topic for the services to
+    /// create when `partials` is false.
+    pub async fn with_topics(name: &str, backend: Backend, partials: bool) -> World {
         let brokers = required("TALLY_TEST_BROKERS");
         let id = unique(name);
         let dir = std::env::temp_dir().join(format!("tally-it-{id}"));
@@ -82,8 +103,48 @@ impl World {
             env: Vec::new(),
             children: Vec::new(),
         };
-        create_topics(&world.brokers, &[&world.orders, &world.partials, &world.dlq]).await;
+        if partials {
+            create_topics(&world.brokers, &[&world.orders, &world.partials, &world.dlq]).await;
+        } else {
+            create_topics(&world.brokers, &[&world.orders, &world.dlq]).await;
+        }
         world
+    }
+
+    /// The value of the series of `name` whose labels include every `labels`
+    /// pair, summed, from service `service`'s `/metrics`; `None` when absent.
+    pub async fn metric(&self, service: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (status, body) = http(&self.metrics[service], "GET", "/metrics", &[], b"").await.ok()?;
+        assert_eq!(status, 200, "{service} serves /metrics");
+        let text = String::from_utf8(body).unwrap();
+        let mut found = None;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = series.split_once('{').map_or((series, ""), |(m, l)| (m, l));
+            if metric != name || !labels.iter().all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))) {
+                continue;
+            }
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+        }
+        found
+    }
+
+    /// `/readyz` of service `service`: status and body.
+    pub async fn readyz(&self, service: &str) -> (u16, String) {
+        let (status, body) = http(&self.metrics[service], "GET", "/readyz", &[], b"").await.expect("readyz answers");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Polls `condition` every 200 ms; panics after `timeout` naming `what`.
+    pub async fn wait_for<F: std::future::Future<Output = bool>>(&self, what: &str, timeout: Duration, mut condition: impl FnMut() -> F) {
+        let deadline = Instant::now() + timeout;
+        while !condition().await {
+            for service in &self.children {
+                service.assert_alive();
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {timeout:?}; logs in {}", self.dir.display());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The database, opened by the test itself (never through a tally process).
@@ -403,6 +464,7 @@ pub fn partial(topic: &str, partition: i32, epoch: i64, first: i64, last: i64, m
         first_offset: first,
         last_offset: last,
         dedupe_from_offset: first,
+        dedupe_clock_ms: None,
         events: schemas::partial::EventCounts { counted: 1, ..Default::default() },
         max_append_ms: None,
         rows: vec![schemas::PartialRow {
@@ -433,4 +495,58 @@ pub fn topic_messages(brokers: &str, topic: &str) -> i64 {
             high - low
         })
         .sum()
+}
+
+/// Every process of the test PostgreSQL server: the postmaster first, then
+/// its children (`TALLY_TEST_PG_DATA` names its data directory).
+pub fn postgres_pids() -> Vec<u32> {
+    let data = required("TALLY_TEST_PG_DATA");
+    let pid_file = std::fs::read_to_string(format!("{data}/postmaster.pid")).expect("postmaster.pid readable");
+    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The fields after the command name, which is in parentheses.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Sends `signal` (`STOP` or `CONT`) to every PostgreSQL process.
+pub fn signal_postgres(signal: &str) {
+    let mut pids = postgres_pids();
+    if signal == "CONT" {
+        pids.reverse();
+    }
+    for pid in pids {
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// Produces `(key, payload, timestamp_ms)` records to `topic` (the broker's
+/// partitioner places them by key) and waits for every acknowledgement.
+pub async fn produce_raw(brokers: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>, Option<i64>)]) {
+    let producer: rdkafka::producer::FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").create().unwrap();
+    let mut deliveries = Vec::new();
+    for (key, payload, timestamp) in records {
+        let mut record = rdkafka::producer::FutureRecord::to(topic).key(key.as_slice()).payload(payload.as_slice());
+        if let Some(ms) = timestamp {
+            record = record.timestamp(*ms);
+        }
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueued"));
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap().map_err(|(e, _)| e).expect("broker acknowledges");
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }

@@ -1,0 +1,114 @@
+//! What `/readyz` says of an aggregator, and the partitions it parked.
+//!
+//! A source partition is parked when one of its partials cannot be applied
+//! for a reason a retry would only repeat: the partial is unreadable, or the
+//! database refuses its rows (a data exception, a constraint). Its fence stays
+//! where it is, its later partials wait in the partials topic (the consumer
+//! offset is not committed past the parked one), and every other partition
+//! keeps committing. Once the cause is fixed, a restart re-reads the parked
+//! partial and goes on exactly.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use store::{SourcePartition, Store};
+
+use crate::metrics;
+
+/// Why a partition is parked: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkReason {
+    /// A partial that does not parse.
+    UnreadablePartial,
+    /// The database refused the partial's rows permanently.
+    DatabaseRefused,
+}
+
+impl ParkReason {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ParkReason::UnreadablePartial => "unreadable_partial",
+            ParkReason::DatabaseRefused => "database_refused",
+        }
+    }
+}
+
+/// One parked source partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    /// Why.
+    pub reason: ParkReason,
+    /// The partials-topic partition and offset of the partial at fault: the
+    /// consumer offset is never committed past it.
+    pub partials_partition: i32,
+    /// See `partials_partition`.
+    pub partials_offset: i64,
+    /// The source offset range of the partial at fault, when it was readable.
+    pub range: Option<(i64, i64)>,
+    /// The error, for logs and `/readyz`.
+    pub detail: String,
+}
+
+static PARKED: Mutex<BTreeMap<SourcePartition, Parked>> = Mutex::new(BTreeMap::new());
+static STORES: Mutex<Vec<Arc<Store>>> = Mutex::new(Vec::new());
+
+/// Parks `source`: logs it with its range and reason, sets its metric, and
+/// holds `/readyz`. A partition already parked keeps its first park.
+pub fn park(source: &SourcePartition, parked: Parked) {
+    let mut all = PARKED.lock().expect("parked lock");
+    if all.contains_key(source) {
+        return;
+    }
+    let (first_offset, last_offset) = parked.range.map_or((None, None), |(f, l)| (Some(f), Some(l)));
+    tracing::error!(topic = source.0, partition = source.1, reason = parked.reason.label(), first_offset, last_offset,
+        partials_partition = parked.partials_partition, partials_offset = parked.partials_offset, detail = parked.detail,
+        "Partition parked: its fence stays put and the other partitions go on; fix the cause and restart the aggregator.");
+    let shown = first_offset.unwrap_or(-1);
+    metrics::PARKED.with_label_values(&[&source.0, &source.1.to_string(), parked.reason.label()]).set(shown);
+    all.insert(source.clone(), parked);
+    metrics::PARKED_PARTITIONS.set(all.len() as i64);
+}
+
+/// The park of `source`, if it is parked.
+pub fn parked(source: &SourcePartition) -> Option<Parked> {
+    PARKED.lock().expect("parked lock").get(source).cloned()
+}
+
+/// The lowest parked partials offset on `partials_partition`, if any: the
+/// consumer offset committed there must not pass it.
+pub fn commit_limit(partials_partition: i32) -> Option<i64> {
+    let all = PARKED.lock().expect("parked lock");
+    all.values().filter(|p| p.partials_partition == partials_partition).map(|p| p.partials_offset).min()
+}
+
+/// Pings the database every 2 s until `shutdown`, so that `/readyz` notices
+/// a database that stopped answering even while no partials arrive.
+pub async fn probe(store: Arc<Store>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = store.ping().await {
+            tracing::debug!(%error, "Database ping failed.");
+        }
+    }
+}
+
+/// Adds a database to those `/readyz` checks.
+pub fn watch(store: Arc<Store>) {
+    STORES.lock().expect("stores lock").push(store);
+}
+
+/// `Ok` while the aggregator consumes, its database answers and nothing is
+/// parked; otherwise each reason, one per line.
+pub fn readiness() -> Result<(), String> {
+    let stores = STORES.lock().expect("stores lock").clone();
+    let parked = PARKED.lock().expect("parked lock").iter().map(|((topic, partition), parked)| {
+        let range = parked.range.map_or("an unknown range".to_owned(), |(f, l)| format!("offsets {f}..={l}"));
+        format!("partition {topic}/{partition} parked at {range} ({}): {}", parked.reason.label(), parked.detail)
+    }).collect::<Vec<_>>();
+    store::health::readiness("aggregator", metrics::READY.get() >= 1, stores.iter().map(|s| s.health()), parked)
+}
