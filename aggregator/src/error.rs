@@ -1,7 +1,6 @@
 //! Aggregator errors.
 
 use rdkafka::error::KafkaError;
-use retry::Classify;
 use schemas::config::ConfigError;
 
 /// Why an aggregator could not start.

@@ -13,7 +13,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use retry::Classify;
 use schemas::Partial;
 use store::{Plan, SourcePartition, Store, StoreError};
 use tokio_util::sync::CancellationToken;

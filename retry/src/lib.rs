@@ -152,7 +152,6 @@ where
 /// timeouts, leaders moving, throttling, a full local queue) is transient.
 impl Classify for KafkaError {
     fn class(&self) -> Class {
-        use RDKafkaErrorCode as C;
         let code = match self {
             KafkaError::MessageProduction(code) | KafkaError::AdminOp(code) => *code,
             KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) | KafkaError::Subscription(_) => {

@@ -63,7 +63,8 @@ impl ClaimContext {
         self.controls.lock().expect("controls lock").push(control);
     }
 
-    fn claim(&self, partition: i32) -> Option<Claim> {
+    /// `None` on shutdown; an error when the database refuses the claim for good.
+    fn claim(&self, partition: i32) -> Option<Result<Claim, store::StoreError>> {
         let (store, topic, owner) = (&self.shared.store, &self.shared.orders_topic, &self.owner);
         let shutdown = self.shutdown.clone();
         self.handle.block_on(async {
@@ -106,7 +107,15 @@ impl ConsumerContext for ClaimContext {
                 let mut accepted = TopicPartitionList::new();
                 for partition in partitions {
                     health::unpark(&topic, partition);
-                    let Some(claim) = self.claim(partition) else { return };
+                    let claim = match self.claim(partition) {
+                        None => return,
+                        Some(Ok(claim)) => claim,
+                        Some(Err(error)) => {
+                            let detail = format!("the database refused the claim: {error}");
+                            health::park(&topic, partition, Parked { reason: ParkReason::ClaimRefused, first_offset: -1, last_offset: None, detail });
+                            continue;
+                        }
+                    };
                     metrics::CLAIMS.inc();
                     tracing::info!(partition, epoch = claim.epoch, next_offset = claim.next_offset,
                         dedupe_from_offset = claim.dedupe_from_offset, "Partition claimed.");

@@ -2,7 +2,6 @@
 
 use rdkafka::error::KafkaError;
 use schemas::config::ConfigError;
-use retry::Classify;
 use store::StoreError;
 
 /// Why a worker could not start or had to stop.

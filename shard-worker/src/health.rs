@@ -24,6 +24,8 @@ pub enum ParkReason {
     LogWentBackwards,
     /// The broker refused a partial or a dead letter permanently.
     BrokerRefused,
+    /// The database refused the claim permanently.
+    ClaimRefused,
 }
 
 impl ParkReason {
@@ -33,11 +35,10 @@ impl ParkReason {
             ParkReason::LogBehindFence => "log_behind_fence",
             ParkReason::LogWentBackwards => "log_went_backwards",
             ParkReason::BrokerRefused => "broker_refused",
+            ParkReason::ClaimRefused => "claim_refused",
         }
     }
 
-    /// Every label, for zero series.
-    pub const ALL: [ParkReason; 3] = [ParkReason::LogBehindFence, ParkReason::LogWentBackwards, ParkReason::BrokerRefused];
 }
 
 /// One parked partition.

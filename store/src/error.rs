@@ -12,7 +12,7 @@ pub enum StoreError {
         url: String,
     },
     /// PostgreSQL refused or lost the connection, or a statement failed.
-    #[error("PostgreSQL {op} failed: {source}")]
+    #[error("PostgreSQL {op} failed: {}", postgres_detail(source))]
     Postgres {
         /// What tally was doing.
         op: &'static str,
@@ -127,6 +127,18 @@ mod tests {
         assert!(StoreError::Sqlite { op: "apply", source: busy }.is_retryable());
         let constraint = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(19), None);
         assert!(!StoreError::Sqlite { op: "apply", source: constraint }.is_retryable());
+    }
+}
+
+/// The server's own message, SQLSTATE and detail when there is one (the
+/// driver's `Display` says only "db error"), else the driver's text.
+fn postgres_detail(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let detail = db.detail().map_or(String::new(), |d| format!(" ({d})"));
+            format!("{}: {}{detail} [SQLSTATE {}]", db.severity(), db.message(), db.code().code())
+        }
+        None => error.to_string(),
     }
 }
 

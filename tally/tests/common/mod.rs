@@ -129,10 +129,13 @@ impl World {
         found
     }
 
-    /// `/readyz` of service `service`: status and body.
+    /// `/readyz` of service `service`: status and body (status 0 while
+    /// nothing listens yet).
     pub async fn readyz(&self, service: &str) -> (u16, String) {
-        let (status, body) = http(&self.metrics[service], "GET", "/readyz", &[], b"").await.expect("readyz answers");
-        (status, String::from_utf8_lossy(&body).into_owned())
+        match http(&self.metrics[service], "GET", "/readyz", &[], b"").await {
+            Ok((status, body)) => (status, String::from_utf8_lossy(&body).into_owned()),
+            Err(error) => (0, error.to_string()),
+        }
     }
 
     /// Polls `condition` every 200 ms; panics after `timeout` naming `what`.
@@ -356,9 +359,11 @@ impl Service {
         // on data or outages.
         if let Some(child) = &self.child {
             let pid = child.id();
-            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
-                && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
-            assert!(alive, "{} (pid {pid}) exited unexpectedly", self.name);
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists() && !stat.contains(") Z ");
+            // A zombie's last stat field is its wait status (signal in the low bits).
+            let status = stat.split_whitespace().last().unwrap_or("?");
+            assert!(alive, "{} (pid {pid}) exited unexpectedly (wait status {status})", self.name);
         }
     }
 }
