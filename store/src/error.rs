@@ -106,6 +106,29 @@ impl StoreError {
     }
 }
 
+/// The server's own message, SQLSTATE and detail when there is one (the
+/// driver's `Display` says only "db error"), else the driver's text.
+fn postgres_detail(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let detail = db.detail().map_or(String::new(), |d| format!(" ({d})"));
+            format!("{}: {}{detail} [SQLSTATE {}]", db.severity(), db.message(), db.code().code())
+        }
+        None => error.to_string(),
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub(crate) fn pg(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |source| StoreError::Postgres { op, source }
+}
+
+pub(crate) fn lite(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { op, source }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,27 +151,4 @@ mod tests {
         let constraint = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(19), None);
         assert!(!StoreError::Sqlite { op: "apply", source: constraint }.is_retryable());
     }
-}
-
-/// The server's own message, SQLSTATE and detail when there is one (the
-/// driver's `Display` says only "db error"), else the driver's text.
-fn postgres_detail(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => {
-            let detail = db.detail().map_or(String::new(), |d| format!(" ({d})"));
-            format!("{}: {}{detail} [SQLSTATE {}]", db.severity(), db.message(), db.code().code())
-        }
-        None => error.to_string(),
-    }
-}
-
-/// Result alias for this crate.
-pub type Result<T> = std::result::Result<T, StoreError>;
-
-pub(crate) fn pg(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
-    move |source| StoreError::Postgres { op, source }
-}
-
-pub(crate) fn lite(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Sqlite { op, source }
 }

@@ -65,7 +65,7 @@ pub struct PartitionProgress {
 /// A connected database.
 pub enum Store {
     /// PostgreSQL.
-    Postgres(postgres::PgStore),
+    Postgres(Box<postgres::PgStore>),
     /// SQLite.
     Sqlite(sqlite::SqliteStore),
 }
@@ -91,7 +91,7 @@ impl Store {
     /// migration fails.
     pub async fn connect(url: &str) -> Result<Store> {
         let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Store::Postgres(postgres::PgStore::connect(url).await?)
+            Store::Postgres(Box::new(postgres::PgStore::connect(url).await?))
         } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             Store::Sqlite(sqlite::SqliteStore::open(path).await?)
         } else {

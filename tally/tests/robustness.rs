@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_totals_equal, now_ms, produce, produce_raw, traffic, Backend, World};
 use ingest::generate::{Generated, Truth};
-use schemas::{Amount, Day, Kind, Sums, Totals, TotalsKey};
+use schemas::{Amount, Day, Kind, Totals, TotalsKey};
 
 const PATIENCE: Duration = Duration::from_secs(300);
 
@@ -30,7 +30,7 @@ fn event(event_id: &str, merchant: &str, amount: &str, occurred_at: &str) -> Vec
 
 fn add(totals: &mut Totals, merchant: &str, day: &str, units: i128) {
     let key = TotalsKey { merchant_id: merchant.into(), currency: "EUR".into(), day: Day::parse(day).unwrap() };
-    let sums = totals.entry(key).or_insert_with(Sums::default);
+    let sums = totals.entry(key).or_default();
     sums.add_event(Kind::Sale, Amount(units));
 }
 
