@@ -17,7 +17,7 @@ use schemas::Partial;
 use store::{Plan, SourcePartition, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{self, ParkReason, Parked};
+use crate::health::{self, ParkReason, Parked, PartialsContext};
 use crate::metrics;
 
 /// A partial with where it was read from.
@@ -79,7 +79,13 @@ impl Buffer {
 /// `stop` is cancelled (then the buffer is kept), isolating permanent ones.
 /// Then commits the partials offsets as restart hints, never past a parked
 /// partial.
-pub async fn flush(store: &Store, consumer: &StreamConsumer, topic: &str, buffer: &mut Buffer, stop: &CancellationToken) {
+pub async fn flush(
+    store: &Store,
+    consumer: &StreamConsumer<PartialsContext>,
+    topic: &str,
+    buffer: &mut Buffer,
+    stop: &CancellationToken,
+) {
     if buffer.is_empty() {
         return;
     }

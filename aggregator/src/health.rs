@@ -70,6 +70,39 @@ pub fn park(source: &SourcePartition, parked: Parked) {
     metrics::PARKED_PARTITIONS.set(all.len() as i64);
 }
 
+/// Forgets the parks whose partial sits on `partials_partition`: the
+/// partition moved to another aggregator (which re-reads it from the
+/// committed offset, never past the parked partial, and reports it if the
+/// cause is still there).
+pub fn unpark_partials_partition(partials_partition: i32) {
+    let mut all = PARKED.lock().expect("parked lock");
+    all.retain(|(topic, partition), parked| {
+        let keep = parked.partials_partition != partials_partition;
+        if !keep {
+            tracing::info!(topic, partition, partials_partition, "Parked partition moved to another aggregator; no longer reported here.");
+            let _ = metrics::PARKED.remove_label_values(&[topic, &partition.to_string(), parked.reason.label()]);
+        }
+        keep
+    });
+    metrics::PARKED_PARTITIONS.set(all.len() as i64);
+}
+
+/// The consumer context of the partials consumer: a revoked partials
+/// partition takes its parks with it.
+pub struct PartialsContext;
+
+impl rdkafka::ClientContext for PartialsContext {}
+
+impl rdkafka::consumer::ConsumerContext for PartialsContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Revoke(revoked) = rebalance {
+            for element in revoked.elements() {
+                unpark_partials_partition(element.partition());
+            }
+        }
+    }
+}
+
 /// The park of `source`, if it is parked.
 pub fn parked(source: &SourcePartition) -> Option<Parked> {
     PARKED.lock().expect("parked lock").get(source).cloned()

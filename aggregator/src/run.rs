@@ -13,6 +13,7 @@ use crate::backfill::{self, runner::RunnerConfig};
 use crate::config::AggregatorConfig;
 use crate::error::AggregatorError;
 use crate::flush::{flush, Buffer};
+use crate::health::PartialsContext;
 use crate::metrics;
 
 /// Runs one aggregator until `shutdown` is cancelled, committing what it
@@ -82,7 +83,8 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
     for (key, value) in &config.kafka {
         client.set(key, value);
     }
-    let consumer: StreamConsumer = client.create().map_err(kafka("consumer"))?;
+    let consumer: StreamConsumer<PartialsContext> =
+        client.create_with_context(PartialsContext).map_err(kafka("consumer"))?;
     consumer.subscribe(&[&config.partials_topic]).map_err(kafka("subscribe"))?;
     tracing::info!(topic = config.partials_topic, group = config.group_id, "Aggregator consuming.");
     metrics::READY.set(1);
