@@ -44,6 +44,19 @@ pub struct AggregatorConfig {
     pub backfill_lease_ms: u64,
     /// How often to look for backfill work.
     pub backfill_poll_ms: u64,
+    /// A folder, `*` pattern or `s3://bucket/prefix/` whose new files are
+    /// imported (added to the live totals, once per file). Empty: no watch.
+    /// Only the elected scheduler watches.
+    pub import_watch: String,
+    /// How often the watch lists its source.
+    pub import_poll_ms: u64,
+    /// A new file is imported once it has stayed unchanged (size and
+    /// modification time or ETag) for this long; a file still being
+    /// written is left alone. 0 imports a file when first seen: for
+    /// writers that rename into place.
+    pub import_settle_ms: u64,
+    /// Format of watched files: parquet, csv or ndjson. Empty: from each file's extension.
+    pub import_format: String,
     /// Extra librdkafka properties (e.g. security settings).
     pub kafka: BTreeMap<String, String>,
 }
@@ -66,6 +79,10 @@ impl Default for AggregatorConfig {
             backfill_retry_base_ms: 1_000,
             backfill_lease_ms: 30_000,
             backfill_poll_ms: 500,
+            import_watch: String::new(),
+            import_poll_ms: 2_000,
+            import_settle_ms: 10_000,
+            import_format: String::new(),
             kafka: BTreeMap::new(),
         }
     }
@@ -91,6 +108,23 @@ impl AggregatorConfig {
         check::in_range("aggregator.backfill_retry_base_ms", self.backfill_retry_base_ms, 1, 3_600_000)?;
         check::in_range("aggregator.backfill_lease_ms", self.backfill_lease_ms, 300, 3_600_000)?;
         check::in_range("aggregator.backfill_poll_ms", self.backfill_poll_ms, 10, 600_000)?;
+        check::in_range("aggregator.import_poll_ms", self.import_poll_ms, 10, 3_600_000)?;
+        check::in_range("aggregator.import_settle_ms", self.import_settle_ms, 0, 86_400_000)?;
+        if !self.import_format.is_empty() {
+            crate::backfill::source::Format::parse("aggregator.import_format", &self.import_format)
+                .map_err(|reason| ConfigError::new("aggregator.import_format", &self.import_format, &reason))?;
+        }
+        if !self.import_watch.is_empty() {
+            crate::backfill::source::Remote::parse(&self.import_watch)
+                .map_err(|reason| ConfigError::new("aggregator.import_watch", &self.import_watch, &reason))?;
+            if self.backfill_parallelism == 0 {
+                return Err(ConfigError::new(
+                    "aggregator.import_watch",
+                    &self.import_watch,
+                    "needs aggregator.backfill_parallelism above 0: the watch runs beside the job runner",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -104,5 +138,11 @@ mod tests {
         assert_eq!(AggregatorConfig::default().validate(), Ok(()));
         let bad = AggregatorConfig { flush_interval_ms: 0, ..Default::default() };
         assert_eq!(bad.validate().unwrap_err().field, "aggregator.flush_interval_ms");
+        let bad = AggregatorConfig { import_watch: "gs://bucket/in/".into(), ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err().field, "aggregator.import_watch");
+        let bad = AggregatorConfig { import_watch: "/in".into(), backfill_parallelism: 0, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("backfill_parallelism"));
+        let bad = AggregatorConfig { import_format: "xml".into(), ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err().field, "aggregator.import_format");
     }
 }

@@ -88,6 +88,42 @@ pub static BACKFILL_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+/// Import files by outcome.
+pub static IMPORT_FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_import_files_total",
+        "Imported files by outcome: imported, already_imported, superseded, conflict, failed.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Rows of imported files by outcome.
+pub static IMPORT_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_import_rows_total", "Rows of imported files, by outcome: counted, duplicate, invalid.", &["outcome"])
+        .expect("metric registers once")
+});
+
+/// Watch polls.
+pub static IMPORT_WATCH_POLLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("tally_import_watch_polls_total", "Listings of the watched import source, by outcome: ok, error.", &["outcome"])
+        .expect("metric registers once")
+});
+
+/// Files the watch has seen but not queued yet because they are still changing.
+pub static IMPORT_WATCH_UNSETTLED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_import_watch_unsettled_files",
+        "New files in the watched source that have not stayed unchanged for import_settle_ms yet."
+    )
+    .expect("metric registers once")
+});
+
+/// Files the watch queued.
+pub static IMPORT_WATCH_QUEUED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tally_import_watch_queued_files_total", "Files the watch queued for import.").expect("metric registers once")
+});
+
 /// 1 while this process leads the scheduler.
 pub static SCHEDULER_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("tally_scheduler_leader", "1 while this aggregator runs due schedules (holds the scheduler lock).")
@@ -173,11 +209,14 @@ pub async fn refresh_freshness(shutdown: CancellationToken) {
 /// Registers every aggregator metric, with a zero series for each known
 /// label value, so dashboards and alerts see them before the first event.
 pub fn init() {
-    let labelled: [(&IntCounterVec, &[&str]); 7] = [
+    let labelled: [(&IntCounterVec, &[&str]); 10] = [
         (&RETRIES, &["flush", "database_connect", "topic_setup"]),
         (&PARTIALS, &["applied", "older_epoch", "already_applied", "violation"]),
         (&EVENTS, &["counted", "duplicate", "invalid"]),
-        (&BACKFILL_JOBS, &["succeeded", "failed"]),
+        (&BACKFILL_JOBS, &["succeeded", "failed", "cancelled"]),
+        (&IMPORT_FILES, &["imported", "already_imported", "superseded", "conflict", "failed"]),
+        (&IMPORT_ROWS, &["counted", "duplicate", "invalid"]),
+        (&IMPORT_WATCH_POLLS, &["ok", "error"]),
         (&BACKFILL_ATTEMPTS, &["succeeded", "retried", "failed", "abandoned"]),
         (&BACKFILL_ROWS, &["read", "rejected", "duplicate"]),
         (&SCHEDULE_RUNS, &["created", "error"]),
@@ -196,5 +235,6 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*PARTIALS, &*EVENTS, &*UPSERT_ROWS, &*FLUSH_SECONDS, &*FLUSH_ERRORS, &*END_TO_END, &*BUFFERED,
         &*READY, &*BACKFILL_JOBS, &*BACKFILL_ATTEMPTS, &*BACKFILL_ROWS, &*SCHEDULER_LEADER,
         &*SCHEDULE_RUNS, &*SCHEDULES_OVERDUE, &*FRESHNESS, &*PARKED_PARTITIONS, &*PARKED, &*RETRIES,
+        &*IMPORT_FILES, &*IMPORT_ROWS, &*IMPORT_WATCH_POLLS, &*IMPORT_WATCH_UNSETTLED, &*IMPORT_WATCH_QUEUED,
     ]
 }

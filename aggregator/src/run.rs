@@ -47,7 +47,14 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
             lease_ms: config.backfill_lease_ms,
             poll_ms: config.backfill_poll_ms,
         };
-        tokio::spawn(backfill::scheduler::run(runner_store.clone(), Duration::from_millis(config.backfill_poll_ms), shutdown.clone()));
+        let watch = (!config.import_watch.is_empty()).then(|| backfill::watch::WatchConfig {
+            source: config.import_watch.clone(),
+            format: backfill::source::Format::parse("aggregator.import_format", &config.import_format).ok(),
+            poll: Duration::from_millis(config.import_poll_ms),
+            settle: Duration::from_millis(config.import_settle_ms),
+        });
+        let poll = Duration::from_millis(config.backfill_poll_ms);
+        tokio::spawn(backfill::scheduler::run(runner_store.clone(), poll, watch, shutdown.clone()));
         tokio::spawn(backfill::runner::run(runner_store, runner, shutdown.clone()));
     }
     let brokers = config.brokers.clone();

@@ -81,7 +81,7 @@ async fn tally_once(dir: &Path, shards: Option<i32>) -> Result<(Duration, i64)> 
     let scope = Scope { from: Day(0), to: Day(100_000), merchants: Vec::new() };
     let source = format!("{}/*.parquet", dir.display());
     let started = Instant::now();
-    let job = plan(&source, Some(Format::Parquet), scope, shards, None).await.map_err(anyhow::Error::msg)?;
+    let job = plan(&source, Some(Format::Parquet), scope, shards, None, Vec::new()).await.map_err(anyhow::Error::msg)?;
     let id = store.create_job(&job, now_ms()).await?;
     let shutdown = CancellationToken::new();
     let config = RunnerConfig { owner: "bench".into(), parallelism: 2, max_attempts: 1, retry_base_ms: 1000, lease_ms: 600_000, poll_ms: 20 };

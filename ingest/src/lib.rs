@@ -5,10 +5,12 @@
 //! - [`expected`]: the expected-totals CSV file and the key-by-key comparison.
 //!
 //! - [`service`]: `tally ingest`, the HTTP front door (`POST /v1/orders`).
+//! - [`imports`]: `POST /v1/imports`, S3 event notifications that start imports.
 //! - [`client`]: a small HTTP/1.1 client for it (the generator's `--url`).
 
 pub mod client;
 pub mod expected;
 pub mod generate;
+pub mod imports;
 pub mod produce;
 pub mod service;

@@ -38,6 +38,8 @@ use schemas::event::decode;
 use schemas::scan::array_elements;
 use serde::{Deserialize, Serialize};
 
+use crate::imports::{ImportQueue, Started};
+
 /// `[ingest]` settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,6 +59,10 @@ pub struct IngestConfig {
     pub queue_max_messages: u32,
     /// How long a request waits for the broker's acknowledgements.
     pub ack_timeout_ms: u64,
+    /// Database where `POST /v1/imports` queues import jobs (`postgres://…`
+    /// or `sqlite://PATH`, the aggregators' database). Empty: that route
+    /// answers 503.
+    pub database_url: String,
     /// Extra librdkafka properties.
     pub kafka: BTreeMap<String, String>,
 }
@@ -71,6 +77,7 @@ impl Default for IngestConfig {
             max_body_bytes: 5 * 1024 * 1024,
             queue_max_messages: 100_000,
             ack_timeout_ms: 10_000,
+            database_url: String::new(),
             kafka: BTreeMap::new(),
         }
     }
@@ -89,7 +96,11 @@ impl IngestConfig {
         }
         check::in_range("ingest.max_body_bytes", self.max_body_bytes, 1_024, 256 * 1024 * 1024)?;
         check::in_range("ingest.queue_max_messages", self.queue_max_messages, 100, 10_000_000)?;
-        check::in_range("ingest.ack_timeout_ms", self.ack_timeout_ms, 100, 600_000)
+        check::in_range("ingest.ack_timeout_ms", self.ack_timeout_ms, 100, 600_000)?;
+        if !self.database_url.is_empty() {
+            check::database_url("ingest.database_url", &self.database_url)?;
+        }
+        Ok(())
     }
 
     fn token_list(&self) -> Vec<String> {
@@ -120,6 +131,9 @@ pub fn init_metrics() {
     for status in ["200", "207", "400", "401", "413", "422", "503"] {
         REQUESTS.with_label_values(&["/v1/orders", status]);
     }
+    for status in ["200", "207", "400", "401", "413", "503"] {
+        REQUESTS.with_label_values(&["/v1/imports", status]);
+    }
     for outcome in ["accepted", "rejected"] {
         EVENTS.with_label_values(&[outcome]);
     }
@@ -143,13 +157,17 @@ pub struct Ingest {
     max_body_bytes: usize,
     ack_timeout: Duration,
     broker_up: AtomicBool,
+    imports: Option<Arc<dyn ImportQueue>>,
 }
 
 impl Ingest {
     /// The service state, with its idempotent producer.
     ///
     /// Fails when librdkafka rejects the producer configuration.
-    pub fn new(config: &IngestConfig) -> Result<Arc<Ingest>, KafkaError> {
+    ///
+    /// `imports` queues the imports `POST /v1/imports` asks for; without
+    /// it that route answers 503.
+    pub fn new(config: &IngestConfig, imports: Option<Arc<dyn ImportQueue>>) -> Result<Arc<Ingest>, KafkaError> {
         init_metrics();
         let mut client = rdkafka::ClientConfig::new();
         client
@@ -173,6 +191,7 @@ impl Ingest {
             max_body_bytes: config.max_body_bytes,
             ack_timeout: Duration::from_millis(config.ack_timeout_ms),
             broker_up: AtomicBool::new(false),
+            imports,
         }))
     }
 
@@ -252,6 +271,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn router(state: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/orders", post(orders))
+        .route("/v1/imports", post(imports))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -407,6 +427,66 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
         _ => StatusCode::MULTI_STATUS,
     };
     answer(status, &outcome)
+}
+
+/// The answer of `POST /v1/imports`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ImportsOutcome {
+    /// Import jobs queued.
+    pub queued: usize,
+    /// One entry per record of the notification, in order.
+    pub records: Vec<Started>,
+    /// Set when the request as a whole was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn imports_answer(status: StatusCode, outcome: &ImportsOutcome) -> Response {
+    REQUESTS.with_label_values(&["/v1/imports", status.as_str()]).inc();
+    let body = serde_json::to_vec(outcome).expect("outcomes serialise");
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    }
+    response
+}
+
+/// `POST /v1/imports`: an S3 event notification; one import per created
+/// object. 200 when every record was queued, skipped as already imported or
+/// queued, or ignored; 207 when some failed (the sender may deliver the
+/// notification again: what was queued is not queued twice); 503 when
+/// every one failed or imports are not configured.
+async fn imports(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+    let refuse = |status, message: String| imports_answer(status, &ImportsOutcome { error: Some(message), ..ImportsOutcome::default() });
+    if !state.authorised(&headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required".into());
+    }
+    let Some(queue) = state.imports.clone() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "imports are not configured: set ingest.database_url to the aggregators' database".into());
+    };
+    let Ok(bytes) = to_bytes(body, state.max_body_bytes).await else {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", state.max_body_bytes));
+    };
+    let records = match crate::imports::parse(&bytes) {
+        Ok(records) => records,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
+    };
+    let mut outcome = ImportsOutcome::default();
+    for record in records {
+        let started = match record {
+            Ok(object) => queue.queue(&object).await,
+            Err(reason) => Started { object: String::new(), job: None, outcome: "ignored".into(), reason: Some(reason) },
+        };
+        outcome.queued += usize::from(started.job.is_some());
+        outcome.records.push(started);
+    }
+    let failed = outcome.records.iter().filter(|r| r.outcome == "error").count();
+    let status = match failed {
+        0 => StatusCode::OK,
+        n if n == outcome.records.len() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    imports_answer(status, &outcome)
 }
 
 #[cfg(test)]

@@ -42,6 +42,10 @@ pub enum StoreError {
     /// A blocking SQLite task panicked or was cancelled.
     #[error("SQLite worker thread failed: {0}")]
     Join(String),
+    /// The request breaks a rule the database holds (such as a dependency
+    /// on a job that does not exist).
+    #[error("{0}")]
+    Refused(String),
     /// The database did not answer in time; the connection was dropped.
     #[error("database {op} did not answer within {after_ms} ms (connection reset)")]
     Timeout {
@@ -76,7 +80,7 @@ impl Classify for StoreError {
                 _ => Class::Permanent,
             },
             StoreError::Join(_) | StoreError::Timeout { .. } => Class::Transient,
-            StoreError::UnsupportedUrl { .. } | StoreError::Corrupt { .. } => Class::Permanent,
+            StoreError::UnsupportedUrl { .. } | StoreError::Corrupt { .. } | StoreError::Refused(_) => Class::Permanent,
         }
     }
 }

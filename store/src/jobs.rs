@@ -1,10 +1,18 @@
-//! Backfill jobs and their tasks, kept in the database so that any
-//! aggregator can run them and a crash loses nothing.
+//! Backfill and import jobs and their tasks, kept in the database so that
+//! any aggregator can run them and a crash loses nothing.
 //!
 //! A job is `pending → running → succeeded | failed | cancelled`; so is each
-//! task. A task writes its totals into `tally_backfill_rows` when it
+//! task. A backfill task writes its totals into `tally_backfill_rows` when it
 //! succeeds; only when every task of a job has succeeded does one
 //! transaction replace the job's range of `merchant_sales` with those rows.
+//! An import task reads one file and adds its totals to `merchant_sales` in
+//! the transaction that records the file's version in `tally_imports`, so
+//! each file counts once ([`Store::finish_import`]).
+//!
+//! A job may wait on others (`tally_job_deps`): it stays pending until they
+//! have all succeeded, and is cancelled when one of them fails or is
+//! cancelled ([`Store::cancel_orphans`]). A job can only wait on jobs that
+//! already exist, so dependencies never form a cycle ([`check_after`]).
 //! Times are milliseconds since the Unix epoch, passed in by the caller so
 //! that tests control the clock.
 
@@ -63,6 +71,31 @@ impl fmt::Display for State {
     }
 }
 
+/// What a job does with its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Recompute a closed day range and replace it.
+    Backfill,
+    /// Add each file's events to the live totals, once per file.
+    Import,
+}
+
+impl Kind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Backfill => "backfill",
+            Kind::Import => "import",
+        }
+    }
+
+    /// Reads the stored spelling.
+    pub fn parse(text: &str) -> Option<Kind> {
+        [Kind::Backfill, Kind::Import].into_iter().find(|k| k.as_str() == text)
+    }
+}
+
 /// What a job recomputes: days `[from, to)`, of these merchants (all when empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
@@ -75,6 +108,13 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// Every day an event can fall on, every merchant: what an import
+    /// reads. (Its `to`, the day after 9999-12-31, is never stored: an
+    /// import job records `[MIN_DAY, MAX_DAY]` for display.)
+    pub fn everything() -> Scope {
+        Scope { from: schemas::day::MIN_DAY, to: Day(schemas::day::MAX_DAY.0 + 1), merchants: Vec::new() }
+    }
+
     /// Whether an event of `merchant` on `day` belongs to the scope.
     pub fn contains(&self, merchant: &str, day: Day) -> bool {
         day >= self.from && day < self.to && (self.merchants.is_empty() || self.merchants.binary_search_by(|m| m.as_str().cmp(merchant)).is_ok())
@@ -84,6 +124,8 @@ impl Scope {
 /// A job to create.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// Backfill or import.
+    pub kind: Kind,
     /// The source as given (path, glob or URL).
     pub source: String,
     /// `parquet`, `csv` or `ndjson`.
@@ -94,9 +136,12 @@ pub struct NewJob {
     pub schedule: Option<String>,
     /// Its tasks.
     pub tasks: Vec<NewTask>,
+    /// Jobs that must succeed before this one starts (`--after`).
+    pub after: Vec<i64>,
 }
 
-/// A task to create: one merchant-hash shard of the job's files.
+/// A task to create: one merchant-hash shard of the job's files (a
+/// backfill), or one file (an import).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewTask {
     /// This task's shard, `0..shards`.
@@ -105,6 +150,12 @@ pub struct NewTask {
     pub shards: i32,
     /// The files it reads (fixed when the job is created).
     pub files: Vec<String>,
+    /// Their size in bytes when the job was created.
+    #[serde(default)]
+    pub size: i64,
+    /// Import: the version (ETag or modification time) of the file it must read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// A stored task.
@@ -139,6 +190,17 @@ pub struct Task {
     pub rejections: serde_json::Value,
     /// The last attempt's error.
     pub last_error: Option<String>,
+    /// Import: what became of the file (imported, already imported, superseded, conflict).
+    pub outcome: Option<String>,
+}
+
+/// A job this one waits on, and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dependency {
+    /// Its id.
+    pub job_id: i64,
+    /// Its state.
+    pub state: State,
 }
 
 /// A stored job with its tasks.
@@ -146,6 +208,8 @@ pub struct Task {
 pub struct Job {
     /// Its id.
     pub id: i64,
+    /// Backfill or import.
+    pub kind: Kind,
     /// Its state.
     pub state: State,
     /// The source as given.
@@ -168,6 +232,10 @@ pub struct Job {
     pub last_error: Option<String>,
     /// Its tasks, by number.
     pub tasks: Vec<Task>,
+    /// The jobs it waits on.
+    pub after: Vec<Dependency>,
+    /// The jobs that wait on it.
+    pub before: Vec<i64>,
 }
 
 impl Job {
@@ -192,6 +260,113 @@ pub struct TaskResult {
     pub rejections: serde_json::Value,
 }
 
+/// One version of a file: its location and identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct FileVersion {
+    /// A local path, or `s3://bucket/key`.
+    pub location: String,
+    /// Bytes.
+    pub size: i64,
+    /// The object's ETag, or the local file's modification time in nanoseconds.
+    pub version: String,
+}
+
+/// Whether queueing a file that an ended job failed to import queues it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Never: a watch or a repeated notification must not retry by itself.
+    Never,
+    /// When its last job failed or was cancelled: an operator's `tally import`.
+    AfterFailure,
+}
+
+/// What queueing one file did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueuedFile {
+    /// The file.
+    pub location: String,
+    /// True when the new job imports it.
+    pub queued: bool,
+    /// Why not, when it was not: which job imported or queued it before.
+    pub reason: Option<String>,
+}
+
+/// What [`Store::queue_import`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Queued {
+    /// The new job; `None` when no file needed one.
+    pub job_id: Option<i64>,
+    /// Each file, in the order given.
+    pub files: Vec<QueuedFile>,
+}
+
+/// What became of a file when its import task finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// Its totals were added, in `keys` rows of `merchant_sales`.
+    Imported {
+        /// Rows of `merchant_sales` written.
+        keys: i64,
+    },
+    /// This version was imported before, by `job_id`: nothing added.
+    AlreadyImported {
+        /// The job that imported it.
+        job_id: i64,
+    },
+    /// The file changed before it was read; its new version is imported
+    /// by the job queued for it.
+    Superseded,
+    /// Another version of this location was imported: nothing added, the job fails.
+    Conflict {
+        /// What happened and what the operator does next.
+        message: String,
+    },
+    /// The task is no longer this runner's (cancelled or taken over): nothing written.
+    NotMine,
+}
+
+impl ImportOutcome {
+    /// The text stored in `tally_tasks.outcome`.
+    pub fn describe(&self) -> String {
+        match self {
+            ImportOutcome::Imported { .. } => "imported".to_owned(),
+            ImportOutcome::AlreadyImported { job_id } => format!("already imported by job {job_id}"),
+            ImportOutcome::Superseded => "superseded: the file changed before it was read".to_owned(),
+            ImportOutcome::Conflict { .. } => "conflict".to_owned(),
+            ImportOutcome::NotMine => "abandoned".to_owned(),
+        }
+    }
+}
+
+/// The conflict report for `new`, a version of a location that was already
+/// imported as `old` by job `job_id`: what happened and what to do.
+pub fn conflict_message(new: &FileVersion, old_size: i64, old_version: &str, job_id: i64) -> String {
+    format!(
+        "conflict: {} changed after job {job_id} imported it (size {old_size}, version {old_version}; now size {}, version {}). \
+         Its new content was not counted. If it holds new orders, publish it under a new name; if it corrects \
+         the old file, run `tally backfill` over the days it covers from the corrected files",
+        new.location, new.size, new.version
+    )
+}
+
+/// Checks a new job's dependencies: `after` pairs each id with the state of
+/// that job, `None` when there is no such job. Refuses an unknown job (a
+/// job can only wait on one that exists, which is why dependencies never
+/// form a cycle) and one that failed or was cancelled (the new job would
+/// never run).
+pub fn check_after(after: &[(i64, Option<State>)]) -> std::result::Result<(), String> {
+    for &(id, state) in after {
+        match state {
+            None => return Err(format!("--after {id}: there is no job {id}; a job can only wait on one that exists (so no cycle can form)")),
+            Some(state @ (State::Failed | State::Cancelled)) => {
+                return Err(format!("--after {id}: job {id} {state}, so a job after it would never run"))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// A stored schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Schedule {
@@ -214,7 +389,9 @@ pub struct Schedule {
 }
 
 impl Store {
-    /// Creates a pending job with its pending tasks; returns its id.
+    /// Creates a pending job with its pending tasks and its dependencies;
+    /// returns its id. Fails with [`crate::StoreError::Refused`] when a
+    /// dependency is unknown or has failed ([`check_after`]).
     pub async fn create_job(&self, job: &NewJob, now: i64) -> Result<i64> {
         self.timed("create_job", async {
             match self {
@@ -242,6 +419,74 @@ impl Store {
             match self {
                 Store::Postgres(s) => s.jobs(limit).await,
                 Store::Sqlite(s) => s.jobs(limit).await,
+            }
+        })
+        .await
+    }
+
+    /// Creates an import job with one task per file of `new` that needs
+    /// importing, and records each queued version in `tally_imports`, in one
+    /// transaction. A version already imported, or queued by a job that has
+    /// not ended, is skipped (so a notification delivered twice, or a watch
+    /// that lists a file again, queues nothing); so is one whose job ended
+    /// without importing it, unless `requeue` allows. No job is created when
+    /// every file is skipped.
+    pub async fn queue_import(&self, new: &NewJob, requeue: Requeue, now: i64) -> Result<Queued> {
+        self.timed("queue_import", async {
+            match self {
+                Store::Postgres(s) => s.queue_import(new, requeue, now).await,
+                Store::Sqlite(s) => s.queue_import(new, requeue, now).await,
+            }
+        })
+        .await
+    }
+
+    /// Finishes an import task in one transaction. With `result`, adds the
+    /// file's totals to `merchant_sales` and marks `file` imported, unless
+    /// some version of its location was imported already (then nothing is
+    /// added: the same version is [`ImportOutcome::AlreadyImported`], another
+    /// is a [`ImportOutcome::Conflict`], which fails the job). Without,
+    /// records that the file changed before it was read.
+    pub async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, result: Option<&TaskResult>, now: i64) -> Result<ImportOutcome> {
+        self.timed("finish_import", async {
+            match self {
+                Store::Postgres(s) => s.finish_import(task, owner, file, result, now).await,
+                Store::Sqlite(s) => s.finish_import(task, owner, file, result, now).await,
+            }
+        })
+        .await
+    }
+
+    /// Every version of `location` that was queued, newest first: (version, state, job).
+    pub async fn import_versions(&self, location: &str) -> Result<Vec<(FileVersion, String, i64)>> {
+        self.timed("import_versions", async {
+            match self {
+                Store::Postgres(s) => s.import_versions(location).await,
+                Store::Sqlite(s) => s.import_versions(location).await,
+            }
+        })
+        .await
+    }
+
+    /// Whether each version was ever queued (by any job, whatever became of it).
+    pub async fn known_versions(&self, files: &[FileVersion]) -> Result<Vec<bool>> {
+        self.timed("known_versions", async {
+            match self {
+                Store::Postgres(s) => s.known_versions(files).await,
+                Store::Sqlite(s) => s.known_versions(files).await,
+            }
+        })
+        .await
+    }
+
+    /// Cancels every pending job that waits on a job that failed or was
+    /// cancelled (and so on down the graph). Returns each cancelled job
+    /// with the reason recorded.
+    pub async fn cancel_orphans(&self, now: i64) -> Result<Vec<(i64, String)>> {
+        self.timed("cancel_orphans", async {
+            match self {
+                Store::Postgres(s) => s.cancel_orphans(now).await,
+                Store::Sqlite(s) => s.cancel_orphans(now).await,
             }
         })
         .await
@@ -435,6 +680,23 @@ pub(crate) fn parse_list(column: &'static str, text: &str) -> Result<Vec<String>
     serde_json::from_str(text).map_err(|e| crate::StoreError::Corrupt { column, value: text.to_owned(), reason: e.to_string() })
 }
 
+/// Why a version seen before is not queued again: `state` is its
+/// `tally_imports` state, `job_state` that of the job that queued it.
+pub(crate) fn skip_reason(state: &str, job_id: i64, job_state: State, requeue: Requeue) -> Option<String> {
+    match state {
+        "imported" => Some(format!("already imported by job {job_id}")),
+        "superseded" => Some(format!("superseded: it changed before job {job_id} read it")),
+        "conflict" => Some(format!("conflict reported by job {job_id}")),
+        _ if !job_state.is_final() => Some(format!("already queued in job {job_id}")),
+        _ if requeue == Requeue::Never => Some(format!("job {job_id} {job_state} before importing it; `tally import` queues it again")),
+        _ => None,
+    }
+}
+
+pub(crate) fn parse_kind(text: &str) -> Result<Kind> {
+    Kind::parse(text).ok_or_else(|| crate::StoreError::Corrupt { column: "kind", value: text.to_owned(), reason: "unknown job kind".into() })
+}
+
 pub(crate) fn parse_state(text: &str) -> Result<State> {
     State::parse(text).ok_or_else(|| crate::StoreError::Corrupt { column: "state", value: text.to_owned(), reason: "unknown state".into() })
 }
@@ -446,6 +708,17 @@ pub(crate) fn parse_day(column: &'static str, text: &str) -> Result<Day> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependencies_must_exist_and_be_able_to_succeed() {
+        assert_eq!(check_after(&[(1, Some(State::Succeeded)), (2, Some(State::Pending)), (3, Some(State::Running))]), Ok(()));
+        assert!(check_after(&[(1, Some(State::Pending)), (9, None)]).unwrap_err().contains("no job 9"));
+        assert!(check_after(&[(4, Some(State::Failed))]).unwrap_err().contains("job 4 failed"));
+        assert!(check_after(&[(5, Some(State::Cancelled))]).unwrap_err().contains("never run"));
+        assert_eq!(Kind::parse(Kind::Import.as_str()), Some(Kind::Import));
+        let all = Scope::everything();
+        assert!(all.contains("m", schemas::day::MIN_DAY) && all.contains("m", schemas::day::MAX_DAY));
+    }
 
     #[test]
     fn states_round_trip_and_scopes_filter() {

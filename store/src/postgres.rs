@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
     (2, "backfills", include_str!("../migrations/postgres/0002_backfills.sql")),
     (3, "dedupe_clock", include_str!("../migrations/postgres/0003_dedupe_clock.sql")),
+    (4, "imports", include_str!("../migrations/postgres/0004_imports.sql")),
 ];
 
 /// Arbitrary constant that serialises concurrent migrations.

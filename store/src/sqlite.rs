@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "backfills", include_str!("../migrations/sqlite/0002_backfills.sql")),
     (3, "dedupe_clock", include_str!("../migrations/sqlite/0003_dedupe_clock.sql")),
+    (4, "imports", include_str!("../migrations/sqlite/0004_imports.sql")),
 ];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 /// How long a writer waits for another process's write lock.

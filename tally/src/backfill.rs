@@ -1,19 +1,19 @@
-//! `tally backfill`, `tally jobs` and `tally verify`: backfill jobs from
-//! the command line, and reconciliation of files against the table.
+//! `tally backfill`, `tally import`, `tally jobs` and `tally verify`: jobs
+//! from the command line, and reconciliation of files against the table.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use aggregator::backfill::compute::compute;
-use aggregator::backfill::plan::plan;
+use aggregator::backfill::plan::{plan, plan_import};
 use aggregator::backfill::runner::now_ms;
 use aggregator::backfill::schedule::{Cron, Range};
 use aggregator::backfill::source::{list_files, Format};
 use schemas::Day;
-use store::jobs::{Job, Schedule, Scope, State};
+use store::jobs::{Job, Kind, Requeue, Schedule, Scope, State};
 use store::Store;
 
-use crate::cli::{BackfillArgs, JobsArgs, JobsCommand, ReconcileArgs, ScheduleArgs, ScheduleCommand, SourceArgs};
+use crate::cli::{BackfillArgs, ImportArgs, JobsArgs, JobsCommand, ReconcileArgs, ScheduleArgs, ScheduleCommand, SourceArgs};
 use crate::query::open_store;
 
 /// The scope and format the flags ask for; errors name the flag.
@@ -43,7 +43,7 @@ async fn checked<T>(arguments: Result<T, String>, database: &crate::cli::Databas
 /// Creates a job; with `--wait`, follows it to the end.
 pub async fn backfill(args: BackfillArgs) -> ExitCode {
     let job = match scope(&args.source) {
-        Ok((scope, format)) => plan(&args.source.source, format, scope, args.shards, None).await,
+        Ok((scope, format)) => plan(&args.source.source, format, scope, args.shards, None, args.after.clone()).await,
         Err(error) => Err(error),
     };
     let (job, store) = match checked(job, &args.database).await {
@@ -52,6 +52,10 @@ pub async fn backfill(args: BackfillArgs) -> ExitCode {
     };
     let id = match store.create_job(&job, now_ms()).await {
         Ok(id) => id,
+        Err(store::StoreError::Refused(reason)) => {
+            eprintln!("error: {reason}");
+            return ExitCode::from(2);
+        }
         Err(error) => {
             eprintln!("error: cannot create the job: {error}");
             return ExitCode::FAILURE;
@@ -70,6 +74,69 @@ pub async fn backfill(args: BackfillArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     follow(&store, id).await
+}
+
+/// Queues an import job of the files that need importing; with `--wait`,
+/// follows it to the end. Files imported before are skipped and named.
+pub async fn import(args: ImportArgs) -> ExitCode {
+    let format = args.format.as_deref().map(|f| Format::parse("--format", f)).transpose();
+    let job = match format {
+        Ok(format) => plan_import(&args.source, format, args.after.clone()).await,
+        Err(error) => Err(error),
+    };
+    let (job, store) = match checked(job, &args.database).await {
+        Ok(ready) => ready,
+        Err(code) => return code,
+    };
+    let queued = match store.queue_import(&job, Requeue::AfterFailure, now_ms()).await {
+        Ok(queued) => queued,
+        Err(store::StoreError::Refused(reason)) => {
+            eprintln!("error: {reason}");
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            eprintln!("error: cannot create the job: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for file in queued.files.iter().filter(|f| !f.queued) {
+        eprintln!("  skipped {}: {}", file.location, file.reason.as_deref().unwrap_or(""));
+    }
+    let Some(id) = queued.job_id else {
+        eprintln!("Nothing to import: every file was imported or queued before.");
+        return ExitCode::SUCCESS;
+    };
+    println!("{id}");
+    let files = queued.files.iter().filter(|f| f.queued).count();
+    eprintln!("Job {id}: import of {files} file(s) from {}{}.", job.source, after_text(&job.after));
+    if !args.wait {
+        return ExitCode::SUCCESS;
+    }
+    follow(&store, id).await
+}
+
+fn after_text(after: &[i64]) -> String {
+    if after.is_empty() {
+        return String::new();
+    }
+    let ids: Vec<String> = after.iter().map(i64::to_string).collect();
+    format!(", after job {}", ids.join(", "))
+}
+
+/// The progress line of an import: files and rows done and left. Rows left
+/// are estimated from the bytes left at the rate of the files done.
+fn import_progress(job: &Job) -> String {
+    let finished: Vec<_> = job.tasks.iter().filter(|t| t.state.is_final()).collect();
+    let (read, rejected, duplicate) = job.rows();
+    let bytes_done: i64 = finished.iter().map(|t| t.input.size).sum();
+    let bytes_left: i64 = job.tasks.iter().filter(|t| !t.state.is_final()).map(|t| t.input.size).sum();
+    let left = if bytes_done > 0 { format!("~{}", (read as f64 / bytes_done as f64 * bytes_left as f64).round() as i64) } else { "?".to_owned() };
+    format!(
+        "files {}/{} done, {} left; rows {read} done ({rejected} invalid, {duplicate} duplicate), {left} left",
+        finished.len(),
+        job.tasks.len(),
+        job.tasks.len() - finished.len(),
+    )
 }
 
 /// Shows progress until the job ends; exit 0 when it succeeded.
@@ -92,18 +159,22 @@ async fn follow(store: &Store, id: i64) -> ExitCode {
         let done = job.tasks.iter().filter(|t| t.state == State::Succeeded).count();
         let attempts: i32 = job.tasks.iter().map(|t| t.attempts).sum();
         let (read, rejected, duplicate) = job.rows();
-        eprint!(
-            "\r  {}: {done}/{} tasks done, {attempts} attempts, {read} rows read, {rejected} rejected, {duplicate} duplicate, {:.0} s   ",
-            job.state,
-            job.tasks.len(),
-            started.elapsed().as_secs_f64()
-        );
+        if job.kind == Kind::Import {
+            eprint!("\r  {}: {}, {:.0} s   ", job.state, import_progress(&job), started.elapsed().as_secs_f64());
+        } else {
+            eprint!(
+                "\r  {}: {done}/{} tasks done, {attempts} attempts, {read} rows read, {rejected} rejected, {duplicate} duplicate, {:.0} s   ",
+                job.state,
+                job.tasks.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         if job.state.is_final() {
             eprintln!();
             print_job(&job);
             return if job.state == State::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
-        if job.state == State::Pending && !hinted && started.elapsed() > Duration::from_secs(15) {
+        if job.state == State::Pending && !hinted && started.elapsed() > Duration::from_secs(15) && job.after.iter().all(|d| d.state == State::Succeeded) {
             eprintln!("\n  No runner has taken the job yet: jobs run inside `tally aggregator`; is one running on this database?");
             hinted = true;
         }
@@ -193,9 +264,19 @@ fn seconds(started: Option<i64>, finished: Option<i64>) -> String {
 
 fn print_job(job: &Job) {
     let (read, rejected, duplicate) = job.rows();
-    println!("Job {}: {}", job.id, job.state);
+    println!("Job {}: {} {}", job.id, job.kind.as_str(), job.state);
     println!("  source    {} ({})", job.source, job.format);
-    println!("  days      [{}, {})", job.scope.from, job.scope.to);
+    if job.kind == Kind::Backfill {
+        println!("  days      [{}, {})", job.scope.from, job.scope.to);
+    }
+    if !job.after.is_empty() {
+        let after: Vec<String> = job.after.iter().map(|d| format!("job {} ({})", d.job_id, d.state)).collect();
+        println!("  after     {}", after.join(", "));
+    }
+    if !job.before.is_empty() {
+        let before: Vec<String> = job.before.iter().map(|id| format!("job {id}")).collect();
+        println!("  before    {} (wait on this one)", before.join(", "));
+    }
     if !job.scope.merchants.is_empty() {
         println!("  merchants {}", job.scope.merchants.join(", "));
     }
@@ -209,6 +290,9 @@ fn print_job(job: &Job) {
     println!("  seconds   {}", seconds(job.started_at, job.finished_at));
     if let Some(error) = &job.last_error {
         println!("  error     {error}");
+    }
+    if job.kind == Kind::Import {
+        return print_import_files(job);
     }
     println!("  {:>4}  {:<10} {:>5} {:>8} {:>12} {:>9} {:>9} {:>8}  LAST ERROR", "TASK", "STATE", "SHARD", "ATTEMPTS", "ROWS", "REJECTED", "DUPLICATE", "SECONDS");
     for t in &job.tasks {
@@ -249,11 +333,49 @@ fn print_job(job: &Job) {
     }
 }
 
+/// An import's files: each one's state, outcome and rows, then every
+/// invalid row listed (up to the per-file limit) with its row number and reason.
+fn print_import_files(job: &Job) {
+    println!("  {:>4}  {:<10} {:<24} {:>8} {:>10} {:>8} {:>9} {:>8}  FILE", "TASK", "STATE", "OUTCOME", "ATTEMPTS", "ROWS", "INVALID", "DUPLICATE", "SECONDS");
+    for t in &job.tasks {
+        let outcome = t.outcome.as_deref().unwrap_or("-");
+        let outcome = if outcome.len() > 24 { &outcome[..outcome.char_indices().nth(24).map_or(outcome.len(), |(i, _)| i)] } else { outcome };
+        println!(
+            "  {:>4}  {:<10} {:<24} {:>8} {:>10} {:>8} {:>9} {:>8}  {}",
+            t.task_no,
+            t.state.as_str(),
+            outcome,
+            t.attempts,
+            t.rows_read,
+            t.rows_rejected,
+            t.rows_duplicate,
+            seconds(t.started_at, t.finished_at),
+            t.input.files[0]
+        );
+        if let Some(error) = &t.last_error {
+            println!("        error: {error}");
+        }
+    }
+    for t in job.tasks.iter().filter(|t| t.rows_rejected > 0) {
+        let listed = t.rejections.get("examples").and_then(|e| e.as_array()).map_or(&[][..], Vec::as_slice);
+        println!("  invalid rows of {} ({} of {} listed):", t.input.files[0], listed.len(), t.rows_rejected);
+        for example in listed {
+            println!(
+                "    row {}: field `{}` = {}: {}",
+                example["row"],
+                example["field"].as_str().unwrap_or("?"),
+                example["value"],
+                example["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
+}
+
 /// Recomputes the scope from files in this process and diffs it with the table.
 pub async fn verify(args: ReconcileArgs) -> ExitCode {
     // The same listing and format rules as a backfill, as one shard.
     let planned = match scope(&args.source) {
-        Ok((scope, format)) => plan(&args.source.source, format, scope, Some(1), None).await,
+        Ok((scope, format)) => plan(&args.source.source, format, scope, Some(1), None, Vec::new()).await,
         Err(error) => Err(error),
     };
     let (job, store) = match checked(planned, &args.database).await {

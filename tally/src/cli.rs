@@ -40,7 +40,10 @@ pub enum Command {
     /// Recompute a closed day range from files and replace it in
     /// `merchant_sales` atomically (run by the aggregators).
     Backfill(BackfillArgs),
-    /// List, show and cancel backfill jobs.
+    /// Add the events of files to the live totals, exactly once per file
+    /// (run by the aggregators).
+    Import(ImportArgs),
+    /// List, show and cancel backfill and import jobs.
     Jobs(JobsArgs),
     /// Recompute totals from files without touching the table, and print the
     /// keys where `merchant_sales` differs; exit 1 on any difference.
@@ -210,7 +213,32 @@ pub struct BackfillArgs {
     /// Merchant-hash shards, one task each (default: one per 2 GiB of input, rounded up to an even number).
     #[arg(long)]
     pub shards: Option<i32>,
+    /// Start only after job JOB_ID has succeeded (repeatable); the job is
+    /// cancelled if that one fails or is cancelled.
+    #[arg(long = "after", value_name = "JOB_ID")]
+    pub after: Vec<i64>,
     /// Show progress until the job ends; exit 0 only if it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Flags of `tally import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A file, a directory, or a pattern such as `drops/*.csv`; locally or
+    /// as an `s3://bucket/key` URL (credentials from `AWS_*`).
+    #[arg(long)]
+    pub source: String,
+    /// parquet, csv or ndjson (default: each file's extension).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Start only after job JOB_ID has succeeded (repeatable); the import is
+    /// cancelled if that one fails or is cancelled.
+    #[arg(long = "after", value_name = "JOB_ID")]
+    pub after: Vec<i64>,
+    /// Show files and rows done and left until the job ends; exit 0 only if it succeeded.
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]
@@ -323,6 +351,9 @@ impl ServiceArgs {
         let mut out = Vec::new();
         if let Some(brokers) = &self.brokers {
             out.push(("ingest.brokers".to_owned(), brokers.clone()));
+        }
+        if let Some(url) = &self.database_url {
+            out.push(("ingest.database_url".to_owned(), url.clone()));
         }
         for section in ["worker", "aggregator"] {
             if let Some(brokers) = &self.brokers {

@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod generate;
 mod http;
+mod imports;
 mod query;
 mod settings;
 mod signals;
@@ -41,6 +42,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Generate(args) => generate::run(args).await,
         Command::VerifyTotals(args) => generate::verify(args).await,
         Command::Backfill(args) => backfill::backfill(args).await,
+        Command::Import(args) => backfill::import(args).await,
         Command::Jobs(args) => backfill::jobs(args).await,
         Command::Verify(args) => backfill::verify(args).await,
         Command::Schedule(args) => backfill::schedule(args).await,
@@ -92,7 +94,9 @@ async fn dispatch(command: Command) -> ExitCode {
 /// Serves the ingest API (with `/metrics`) until SIGTERM, then stops
 /// accepting, lets in-flight requests finish, and flushes the producer.
 async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
-    let state = match ingest::service::Ingest::new(&config) {
+    let imports = (!config.database_url.is_empty())
+        .then(|| std::sync::Arc::new(imports::DatabaseQueue::new(config.database_url.clone())) as std::sync::Arc<dyn ingest::imports::ImportQueue>);
+    let state = match ingest::service::Ingest::new(&config, imports) {
         Ok(state) => state,
         Err(error) => {
             eprintln!("error: cannot create the Kafka producer for {}: {error}", config.brokers);

@@ -50,7 +50,7 @@ pub enum SettingsError {
 /// Environment variables that set a field of several roles.
 const SHARED_ENV: [(&str, &str, &[&str]); 2] = [
     ("TALLY_BROKERS", "brokers", &["worker", "aggregator", "ingest"]),
-    ("TALLY_DATABASE_URL", "database_url", &["worker", "aggregator"]),
+    ("TALLY_DATABASE_URL", "database_url", &["worker", "aggregator", "ingest"]),
 ];
 
 impl Settings {

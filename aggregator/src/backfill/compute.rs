@@ -30,8 +30,12 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 use super::ids::IdSet;
 use super::source::{Format, Remote};
 
-/// Rejected rows kept as examples per task.
+/// Rejected rows kept as examples per backfill task.
 const EXAMPLES: usize = 20;
+
+/// Rejected rows listed (with row number and reason) per imported file;
+/// beyond this the file's counts by field still cover every one.
+pub const IMPORT_EXAMPLES: usize = 10_000;
 
 /// The shard a merchant belongs to, out of `shards`.
 pub fn shard_of(merchant_id: &str, shards: i32) -> i32 {
@@ -52,10 +56,11 @@ struct Tally {
     rows_duplicate: i64,
     by_field: BTreeMap<&'static str, i64>,
     examples: Vec<serde_json::Value>,
+    max_examples: usize,
 }
 
 impl Tally {
-    fn new(scope: Arc<Scope>, shard: i32, shards: i32) -> Tally {
+    fn new(scope: Arc<Scope>, shard: i32, shards: i32, max_examples: usize) -> Tally {
         Tally {
             scope,
             shard,
@@ -69,6 +74,7 @@ impl Tally {
             rows_duplicate: 0,
             by_field: BTreeMap::new(),
             examples: Vec::new(),
+            max_examples,
         }
     }
 
@@ -82,7 +88,7 @@ impl Tally {
         self.rows_read += 1;
         self.rows_rejected += 1;
         *self.by_field.entry(invalid.field).or_default() += 1;
-        if self.examples.len() < EXAMPLES {
+        if self.examples.len() < self.max_examples {
             self.examples.push(json!({
                 "file": file, "row": row, "field": invalid.field, "value": invalid.value, "reason": invalid.reason,
             }));
@@ -151,6 +157,11 @@ impl Tally {
 /// read, or holds a column whose type cannot carry the event exactly (such
 /// as a float amount).
 pub async fn compute(files: &[String], format: Format, scope: &Scope, shards: &[i32], of: i32) -> Result<Vec<TaskResult>, String> {
+    compute_with(files, format, scope, shards, of, EXAMPLES).await
+}
+
+/// [`compute`], keeping up to `max_examples` rejected rows per shard.
+pub async fn compute_with(files: &[String], format: Format, scope: &Scope, shards: &[i32], of: i32, max_examples: usize) -> Result<Vec<TaskResult>, String> {
     let scope = Arc::new(scope.clone());
     // Dropping the set (on an error, or when the caller gives up) stops every tally.
     let mut tallies = JoinSet::new();
@@ -160,7 +171,7 @@ pub async fn compute(files: &[String], format: Format, scope: &Scope, shards: &[
         senders.push(sender);
         let (scope, files) = (Arc::clone(&scope), files.to_vec());
         tallies.spawn(async move {
-            let mut tally = Tally::new(scope, shard, of);
+            let mut tally = Tally::new(scope, shard, of, max_examples);
             if format == Format::Ndjson {
                 for file in &files {
                     ndjson(file, &mut tally).await?;

@@ -1,5 +1,6 @@
-//! Backfills: recompute closed periods from files and swap them into
-//! `merchant_sales` atomically.
+//! Backfills, which recompute closed periods from files and swap them into
+//! `merchant_sales` atomically, and imports, which add a file's events to
+//! the live totals exactly once per file.
 //!
 //! - [`source`]: formats and the files a source names.
 //! - [`compute`]: one task's read, validation, dedupe and sums.
@@ -7,7 +8,10 @@
 //! - [`runner`]: claims tasks from the database, retries, completes jobs.
 //! - [`plan`]: splits a new job into tasks.
 //! - [`schedule`]: cron expressions and relative day ranges.
-//! - [`scheduler`]: the elected scheduler that turns due ticks into jobs.
+//! - [`scheduler`]: the elected scheduler that turns due ticks into jobs
+//!   and runs the import watch.
+//! - [`watch`]: the import watch over a folder or `s3://` prefix, and the
+//!   queueing of pushed objects.
 
 pub mod compute;
 pub mod ids;
@@ -16,3 +20,4 @@ pub mod runner;
 pub mod schedule;
 pub mod scheduler;
 pub mod source;
+pub mod watch;

@@ -1,13 +1,64 @@
-//! Splitting a job into tasks: one per merchant-hash shard, each reading
-//! every file of the job and keeping its shard's rows.
+//! Splitting a job into tasks.
 //!
-//! Tasks split by merchant rather than by file because a duplicate
-//! `event_id` can sit in two files: the repeats of an event share its
-//! merchant, so each shard sees all of them and counts the event once.
+//! A backfill has one task per merchant-hash shard, each reading every file
+//! of the job and keeping its shard's rows. Tasks split by merchant rather
+//! than by file because a duplicate `event_id` can sit in two files: the
+//! repeats of an event share its merchant, so each shard sees all of them
+//! and counts the event once.
+//!
+//! An import has one task per file: each file commits on its own, exactly
+//! once, so its `event_id`s are deduplicated within the file.
 
-use store::jobs::{NewJob, NewTask, Scope};
+use store::jobs::{FileVersion, Kind, NewJob, NewTask, Scope};
 
-use super::source::{list_files, Format};
+use super::source::{list_files, list_versions, Format};
+
+/// The format an import job records when each file's comes from its name.
+pub const BY_EXTENSION: &str = "auto";
+
+/// The format of an import job's file `location`: the job's, or the one its name implies.
+pub fn import_format(job_format: &str, location: &str) -> Result<Format, String> {
+    if job_format == BY_EXTENSION {
+        Format::of_path(location).ok_or_else(|| format!("cannot tell the format of {location:?} from its name; pass --format"))
+    } else {
+        Format::parse("format", job_format)
+    }
+}
+
+/// Builds an import job of `files` (one task each) read from `source`.
+/// Without `format`, each file's format comes from its extension, and a
+/// file whose name implies none is returned apart, with the reason.
+pub fn plan_import_files(source: &str, files: Vec<FileVersion>, format: Option<Format>, after: Vec<i64>) -> (NewJob, Vec<(String, String)>) {
+    let job_format = format.map_or(BY_EXTENSION, Format::as_str);
+    let (mut tasks, mut unreadable) = (Vec::new(), Vec::new());
+    for file in files {
+        match import_format(job_format, &file.location) {
+            Ok(_) => tasks.push(NewTask { shard: 0, shards: 1, files: vec![file.location], size: file.size, version: Some(file.version) }),
+            Err(reason) => unreadable.push((file.location, reason)),
+        }
+    }
+    let job = NewJob {
+        kind: Kind::Import,
+        source: source.to_owned(),
+        format: job_format.to_owned(),
+        scope: Scope { from: schemas::day::MIN_DAY, to: schemas::day::MAX_DAY, merchants: Vec::new() },
+        schedule: None,
+        tasks,
+        after,
+    };
+    (job, unreadable)
+}
+
+/// Lists `source` and builds its import job; fails, naming the file, when
+/// one's format cannot be told from its name.
+pub async fn plan_import(source: &str, format: Option<Format>, after: Vec<i64>) -> Result<NewJob, String> {
+    let files = list_versions(source).await?;
+    let (job, unreadable) = plan_import_files(source, files, format, after);
+    match unreadable.into_iter().next() {
+        Some((_, reason)) => Err(reason),
+        None => Ok(job),
+    }
+}
 
 /// Input bytes per shard when the caller does not choose: this bounds a
 /// task's dedupe set (about 40 million ids per GiB of Parquet, 16 bytes
@@ -24,7 +75,7 @@ pub const MIN_SHARDS: u64 = 2;
 /// files' extension, and `shards` tasks (by default one per 2 GiB of input,
 /// rounded up to an even number). Every task reads every file, so more
 /// shards than runners cost reading time without adding speed.
-pub async fn plan(source: &str, format: Option<Format>, scope: Scope, shards: Option<i32>, schedule: Option<String>) -> Result<NewJob, String> {
+pub async fn plan(source: &str, format: Option<Format>, scope: Scope, shards: Option<i32>, schedule: Option<String>, after: Vec<i64>) -> Result<NewJob, String> {
     if scope.from >= scope.to {
         return Err(format!("the range [{}, {}) is empty: --to must be after --from", scope.from, scope.to));
     }
@@ -42,6 +93,7 @@ pub async fn plan(source: &str, format: Option<Format>, scope: Scope, shards: Op
         return Err(format!("--shards = {shards}: must be between 1 and 1024"));
     }
     let names: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
-    let tasks = (0..shards).map(|shard| NewTask { shard, shards, files: names.clone() }).collect();
-    Ok(NewJob { source: source.to_owned(), format: format.as_str().to_owned(), scope, schedule, tasks })
+    let size = bytes as i64;
+    let tasks = (0..shards).map(|shard| NewTask { shard, shards, files: names.clone(), size, version: None }).collect();
+    Ok(NewJob { kind: Kind::Backfill, source: source.to_owned(), format: format.as_str().to_owned(), scope, schedule, tasks, after })
 }

@@ -1,20 +1,27 @@
-//! Runs backfill tasks from the database: claim, compute, record, retry
-//! with exponential backoff and jitter, and swap finished jobs into
-//! `merchant_sales`. Any number of runners may share a database; a task is
-//! leased to one at a time, and a runner that dies loses its lease.
+//! Runs backfill and import tasks from the database: claim, compute,
+//! record, retry with exponential backoff and jitter, swap finished
+//! backfills into `merchant_sales`, and cancel jobs whose dependencies
+//! failed. Any number of runners may share a database; a task is leased to
+//! one at a time, and a runner that dies loses its lease.
+//!
+//! An import task reads one file: it checks the file is still the version
+//! it was queued as, reads and sums it, checks again that nothing changed
+//! while it read, and commits the totals with the file's record
+//! ([`store::Store::finish_import`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::jobs::Task;
+use store::jobs::{FileVersion, ImportOutcome, Job, Kind, Scope, Task};
 use store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::compute::compute;
-use super::source::Format;
-use crate::metrics::{BACKFILL_ATTEMPTS, BACKFILL_JOBS, BACKFILL_ROWS};
+use super::compute::{compute, compute_with, IMPORT_EXAMPLES};
+use super::plan::import_format;
+use super::source::{stat, Format};
+use crate::metrics::{BACKFILL_ATTEMPTS, BACKFILL_JOBS, BACKFILL_ROWS, IMPORT_FILES, IMPORT_ROWS};
 
 /// How a runner works.
 #[derive(Debug, Clone)]
@@ -66,6 +73,15 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
             }
             Err(error) => tracing::warn!(%error, "Cannot complete finished backfill jobs; will retry."),
         }
+        match store.cancel_orphans(now_ms()).await {
+            Ok(cancelled) => {
+                for (id, reason) in cancelled {
+                    tracing::warn!(job = id, "Job {reason}; merchant_sales is unchanged by it.");
+                    BACKFILL_JOBS.with_label_values(&["cancelled"]).inc();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "Cannot cancel jobs whose dependencies failed; will retry."),
+        }
         let mut claimed: Vec<Task> = Vec::new();
         while sizes.values().sum::<usize>() + claimed.len() < config.parallelism {
             let now = now_ms();
@@ -106,6 +122,7 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
 /// Records a failed attempt: the task is retried after a backoff, or fails
 /// its job when out of attempts.
 async fn fail(store: &Store, config: &RunnerConfig, task: &Task, error: &str) {
+    let import = task.input.version.is_some();
     let (job_id, task_no, attempt) = (task.job_id, task.task_no, task.attempts);
     let now = now_ms();
     let retry_at = (attempt < config.max_attempts)
@@ -114,9 +131,107 @@ async fn fail(store: &Store, config: &RunnerConfig, task: &Task, error: &str) {
     tracing::warn!(job = job_id, task = task_no, attempt, outcome, "Backfill task attempt failed: {error}");
     BACKFILL_ATTEMPTS.with_label_values(&[outcome]).inc();
     match store.fail_task(job_id, task_no, &config.owner, error, now, retry_at).await {
-        Ok(()) if retry_at.is_none() => BACKFILL_JOBS.with_label_values(&["failed"]).inc(),
+        Ok(()) if retry_at.is_none() => {
+            BACKFILL_JOBS.with_label_values(&["failed"]).inc();
+            if import {
+                IMPORT_FILES.with_label_values(&["failed"]).inc();
+            }
+        }
         Ok(()) => {}
         Err(e) => tracing::warn!(error = %e, "Cannot record the failed attempt; its lease will lapse."),
+    }
+}
+
+/// Renews the leases of `tasks` until one is no longer this runner's
+/// (its job was cancelled, or it was taken over); returns that task's number.
+async fn hold_leases(store: &Store, config: &RunnerConfig, tasks: &[Task]) -> i32 {
+    loop {
+        // Often enough that a cancelled job stops its tasks within a second or two.
+        tokio::time::sleep(Duration::from_millis((config.lease_ms / 3).min(1_000))).await;
+        for task in tasks {
+            match store.renew_task(task.job_id, task.task_no, &config.owner, now_ms() + config.lease_ms as i64).await {
+                Ok(true) => {}
+                Ok(false) => return task.task_no,
+                Err(error) => tracing::warn!(%error, "Cannot renew a task's lease; will retry."),
+            }
+        }
+    }
+}
+
+/// Imports one file: the version it was queued as, read whole and
+/// unchanged, committed with its record. A file that changed before it
+/// was read is superseded (its new version has a job of its own); one that
+/// changes while it is read is read again on the next attempt.
+async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task) {
+    let location = &task.input.files[0];
+    let planned = FileVersion { location: location.clone(), size: task.input.size, version: task.input.version.clone().unwrap_or_default() };
+    let format = match import_format(&job.format, location) {
+        Ok(format) => format,
+        Err(error) => return fail(store, config, task, &error).await,
+    };
+    let before = match stat(location).await {
+        Ok(version) => version,
+        Err(error) => return fail(store, config, task, &format!("cannot read the file: {error}")).await,
+    };
+    let result = if before == planned {
+        let files = [location.clone()];
+        let scope = Scope::everything();
+        let work = compute_with(&files, format, &scope, &[0], 1, IMPORT_EXAMPLES);
+        let result = tokio::select! {
+            result = work => result,
+            _ = hold_leases(store, config, std::slice::from_ref(task)) => {
+                tracing::info!(job = task.job_id, task = task.task_no, file = %location, "Import stopped: its job was cancelled or it was taken over.");
+                BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc();
+                return;
+            }
+        };
+        let mut result = match result {
+            Ok(mut results) => results.remove(0),
+            Err(error) => return fail(store, config, task, &error).await,
+        };
+        match stat(location).await {
+            Ok(after) if after == before => {}
+            Ok(_) => return fail(store, config, task, &format!("{location} changed while it was read; reading it again")).await,
+            Err(error) => return fail(store, config, task, &format!("cannot read the file: {error}")).await,
+        }
+        result.rejections["file"] = serde_json::json!(location);
+        Some(result)
+    } else {
+        None
+    };
+    let outcome = match store.finish_import(task, &config.owner, &before, result.as_ref(), now_ms()).await {
+        Ok(outcome) => outcome,
+        Err(error) => return fail(store, config, task, &format!("cannot record the import: {error}")).await,
+    };
+    let (job_id, file) = (task.job_id, location.as_str());
+    match &outcome {
+        ImportOutcome::Imported { keys } => {
+            let result = result.as_ref().expect("imported files were read");
+            BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
+            IMPORT_FILES.with_label_values(&["imported"]).inc();
+            let counted = result.rows_read - result.rows_rejected - result.rows_duplicate;
+            IMPORT_ROWS.with_label_values(&["counted"]).inc_by(counted as u64);
+            IMPORT_ROWS.with_label_values(&["duplicate"]).inc_by(result.rows_duplicate as u64);
+            IMPORT_ROWS.with_label_values(&["invalid"]).inc_by(result.rows_rejected as u64);
+            tracing::info!(job = job_id, file, rows = result.rows_read, invalid = result.rows_rejected, duplicate = result.rows_duplicate, keys, "File imported.");
+        }
+        ImportOutcome::AlreadyImported { job_id: by } => {
+            BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
+            IMPORT_FILES.with_label_values(&["already_imported"]).inc();
+            tracing::info!(job = job_id, file, "File already imported by job {by}: nothing added.");
+        }
+        ImportOutcome::Superseded => {
+            BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
+            IMPORT_FILES.with_label_values(&["superseded"]).inc();
+            tracing::info!(job = job_id, file, "File changed before it was read: this version is superseded, nothing added.");
+        }
+        ImportOutcome::Conflict { message } => {
+            BACKFILL_ATTEMPTS.with_label_values(&["failed"]).inc();
+            BACKFILL_JOBS.with_label_values(&["failed"]).inc();
+            IMPORT_FILES.with_label_values(&["conflict"]).inc();
+            tracing::error!(job = job_id, file, "Import failed: {message}.");
+        }
+        ImportOutcome::NotMine => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
     }
 }
 
@@ -146,28 +261,21 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
         Ok(None) => return,
         Err(error) => return fail_all(format!("cannot read the job: {error}")).await,
     };
+    if job.kind == Kind::Import {
+        for task in &group {
+            run_import(&store, &config, &job, task).await;
+        }
+        return;
+    }
     let format = match Format::parse("format", &job.format) {
         Ok(format) => format,
         Err(error) => return fail_all(error).await,
     };
     let shards: Vec<i32> = group.iter().map(|task| task.input.shard).collect();
     let work = compute(&first.input.files, format, &job.scope, &shards, first.input.shards);
-    let lease = async {
-        loop {
-            // Often enough that a cancelled job stops its tasks within a second or two.
-            tokio::time::sleep(Duration::from_millis((config.lease_ms / 3).min(1_000))).await;
-            for task in &group {
-                match store.renew_task(job_id, task.task_no, &config.owner, now_ms() + config.lease_ms as i64).await {
-                    Ok(true) => {}
-                    Ok(false) => return task.task_no,
-                    Err(error) => tracing::warn!(%error, "Cannot renew a backfill task's lease; will retry."),
-                }
-            }
-        }
-    };
     let results = tokio::select! {
         results = work => results,
-        task_no = lease => {
+        task_no = hold_leases(&store, &config, &group) => {
             // Its job was cancelled, or it was taken over: the group's shared
             // reading stops, and every task still leased here is retried.
             tracing::info!(job = job_id, task = task_no, "Backfill task stopped: its job was cancelled or it was taken over.");

@@ -1,5 +1,6 @@
 //! Runs due schedules: one scheduler at a time (elected through the
-//! database), one job per due tick, and a missed tick caught up once.
+//! database), one job per due tick, and a missed tick caught up once. The
+//! same leader runs the import watch ([`super::watch`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use super::plan::plan;
 use super::runner::now_ms;
 use super::schedule::{Cron, Range};
 use super::source::Format;
+use super::watch::{Watch, WatchConfig};
 use crate::metrics::{SCHEDULER_LEADER, SCHEDULES_OVERDUE, SCHEDULE_RUNS};
 
 /// After a schedule fails to create its job, wait this long before trying again.
@@ -21,14 +23,19 @@ const RETRY_AFTER_MS: i64 = 60_000;
 /// A due tick still without its job this long after it fell due counts as missed.
 const OVERDUE_AFTER_MS: i64 = 5 * 60_000;
 
-/// Checks schedules every `poll` while this process leads, until `shutdown`.
-pub async fn run(store: Arc<Store>, poll: Duration, shutdown: CancellationToken) {
+/// Checks schedules every `poll`, and runs the import watch when there is
+/// one, while this process leads, until `shutdown`.
+pub async fn run(store: Arc<Store>, poll: Duration, watch: Option<WatchConfig>, shutdown: CancellationToken) {
+    let mut watch = watch.map(Watch::new);
     let mut leadership: Option<Leadership> = None;
     let mut failed_at: HashMap<String, i64> = HashMap::new();
     loop {
         if leadership.as_ref().is_some_and(|l| !l.is_held()) {
             tracing::warn!("Lost the scheduler lock; another aggregator may take over.");
             leadership = None;
+            if let Some(watch) = &mut watch {
+                watch.pause();
+            }
         }
         if leadership.is_none() {
             match store.try_lead().await {
@@ -55,6 +62,9 @@ pub async fn run(store: Arc<Store>, poll: Duration, shutdown: CancellationToken)
                     SCHEDULES_OVERDUE.set(overdue);
                 }
                 Err(error) => tracing::warn!(%error, "Cannot read schedules; will retry."),
+            }
+            if let Some(watch) = watch.as_mut().filter(|w| w.due()) {
+                watch.poll(&store).await;
             }
         }
         tokio::select! {
@@ -97,7 +107,7 @@ async fn fire_if_due(store: &Store, schedule: &Schedule, now: i64, failed_at: &m
     let (from, to) = range.days(due);
     let scope = Scope { from, to, merchants: schedule.merchants.clone() };
     let format = Format::parse("format", &schedule.format).ok();
-    let job = match plan(&schedule.source, format, scope, None, Some(schedule.name.clone())).await {
+    let job = match plan(&schedule.source, format, scope, None, Some(schedule.name.clone()), Vec::new()).await {
         Ok(job) => job,
         Err(error) => {
             tracing::error!(schedule = schedule.name, "Schedule is due but cannot create its job: {error}");

@@ -12,6 +12,7 @@ use futures::stream::{BoxStream, StreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
+pub use store::jobs::FileVersion;
 use url::Url;
 
 /// The formats a backfill reads.
@@ -69,18 +70,60 @@ impl fmt::Display for Format {
 ///
 /// Fails, naming the source, when it matches nothing or cannot be listed.
 pub async fn list_files(source: &str) -> Result<Vec<(String, u64)>, String> {
-    let mut files = match Remote::parse(source)? {
-        Some(remote) => remote.list(source).await?,
-        None => list_local(source)?,
-    };
-    files.sort();
+    Ok(list_versions(source).await?.into_iter().map(|f| (f.location, f.size as u64)).collect())
+}
+
+/// Like [`list_files`], with each file's version: an object's ETag, or a
+/// local file's modification time in nanoseconds since the Unix epoch.
+pub async fn list_versions(source: &str) -> Result<Vec<FileVersion>, String> {
+    let files = list_present(source).await?;
     if files.is_empty() {
         return Err(format!("source {source:?} matches no files"));
     }
     Ok(files)
 }
 
-fn list_local(source: &str) -> Result<Vec<(String, u64)>, String> {
+/// Like [`list_versions`], but an empty folder or a pattern that matches
+/// nothing yet is an empty list: what a watch sees before files arrive.
+pub async fn list_present(source: &str) -> Result<Vec<FileVersion>, String> {
+    let mut files = match Remote::parse(source)? {
+        Some(remote) => remote.list(source).await?,
+        None => list_local(source)?,
+    };
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(files)
+}
+
+/// The current version of one file (a local path or an `s3://` URL).
+///
+/// Fails, naming the file, when it is gone or cannot be read.
+pub async fn stat(location: &str) -> Result<FileVersion, String> {
+    match Remote::parse(location)? {
+        Some(remote) => {
+            let meta = remote.store.head(&ObjectPath::from(remote.key.as_str())).await.map_err(|e| format!("{location}: {}", describe(e)))?;
+            Ok(object_version(remote.url(&meta.location), &meta))
+        }
+        None => local_version(Path::new(location.strip_prefix("file://").unwrap_or(location))),
+    }
+}
+
+fn local_version(path: &Path) -> Result<FileVersion, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    Ok(FileVersion { location: path.to_string_lossy().into_owned(), size: meta.len() as i64, version: mtime.to_string() })
+}
+
+/// An object's version is its ETag without the quotes (the form S3 event
+/// notifications carry), or its modification time when the server sends none.
+fn object_version(location: String, meta: &object_store::ObjectMeta) -> FileVersion {
+    let version = match &meta.e_tag {
+        Some(tag) => tag.trim_matches('"').to_owned(),
+        None => meta.last_modified.timestamp_nanos_opt().unwrap_or_default().to_string(),
+    };
+    FileVersion { location, size: meta.size as i64, version }
+}
+
+fn list_local(source: &str) -> Result<Vec<FileVersion>, String> {
     let path = Path::new(source.strip_prefix("file://").unwrap_or(source));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let mut files = Vec::new();
@@ -98,13 +141,7 @@ fn list_local(source: &str) -> Result<Vec<(String, u64)>, String> {
     } else {
         return Err(format!("source {source:?}: no such file or directory"));
     }
-    files
-        .into_iter()
-        .map(|f| {
-            let size = std::fs::metadata(&f).map_err(|e| format!("{}: {e}", f.display()))?.len();
-            Ok((f.to_string_lossy().into_owned(), size))
-        })
-        .collect()
+    files.iter().map(|f| local_version(f)).collect()
 }
 
 /// The data files directly inside `dir`: regular files not hidden by a
@@ -162,14 +199,14 @@ impl Remote {
     /// The object itself when the key names one; otherwise the data
     /// objects directly under the key as a folder, or, when its last
     /// component holds `*` or `?`, those of its folder that match.
-    async fn list(&self, source: &str) -> Result<Vec<(String, u64)>, String> {
+    async fn list(&self, source: &str) -> Result<Vec<FileVersion>, String> {
         let (folder, name) = self.key.rsplit_once('/').unwrap_or(("", &self.key));
         let (folder, pattern) = if name.contains(['*', '?']) {
             (folder, Some(name))
         } else {
             if !name.is_empty() {
                 match self.store.head(&ObjectPath::from(self.key.as_str())).await {
-                    Ok(meta) => return Ok(vec![(self.url(&meta.location), meta.size)]),
+                    Ok(meta) => return Ok(vec![object_version(self.url(&meta.location), &meta)]),
                     Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(format!("source {source:?}: {}", describe(e))),
                 }
@@ -183,7 +220,7 @@ impl Remote {
             .objects
             .into_iter()
             .filter(|meta| meta.location.filename().is_some_and(wanted))
-            .map(|meta| (self.url(&meta.location), meta.size))
+            .map(|meta| object_version(self.url(&meta.location), &meta))
             .collect())
     }
 

@@ -4,19 +4,23 @@ use tokio_postgres::{GenericClient, Row};
 
 use super::{Columns, PgStore};
 use crate::error::{pg, Result};
-use crate::jobs::{json_list, parse_day, parse_list, parse_state, Job, NewJob, Schedule, Scope, State, Task, TaskResult};
+use crate::jobs::{
+    check_after, conflict_message, skip_reason, json_list, parse_day, parse_kind, parse_list, parse_state, Dependency, FileVersion, ImportOutcome, Job,
+    NewJob, Queued, QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
+};
+use crate::StoreError;
 
 const TASK_COLUMNS: &str = "job_id, task_no, shard, shards, files, state, attempts, not_before, owner, started_at,
-    finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error";
+    finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error, size, version, outcome";
 const JOB_COLUMNS: &str =
-    "id, state, source, format, day_from, day_to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error";
+    "id, state, source, format, day_from, day_to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error, kind";
 const SCHEDULE_COLUMNS: &str = "name, cron, source, format, day_range, merchants, created_at, last_due";
 
 fn task(r: &Row) -> Result<Task> {
     Ok(Task {
         job_id: r.get(0),
         task_no: r.get(1),
-        input: crate::jobs::NewTask { shard: r.get(2), shards: r.get(3), files: parse_list("files", r.get(4))? },
+        input: crate::jobs::NewTask { shard: r.get(2), shards: r.get(3), files: parse_list("files", r.get(4))?, size: r.get(16), version: r.get(17) },
         state: parse_state(r.get(5))?,
         attempts: r.get(6),
         not_before: r.get(7),
@@ -28,12 +32,14 @@ fn task(r: &Row) -> Result<Task> {
         rows_duplicate: r.get(13),
         rejections: serde_json::from_str(r.get(14)).unwrap_or_default(),
         last_error: r.get(15),
+        outcome: r.get(18),
     })
 }
 
-fn job(r: &Row, tasks: Vec<Task>) -> Result<Job> {
+fn job(r: &Row, tasks: Vec<Task>, after: Vec<Dependency>, before: Vec<i64>) -> Result<Job> {
     Ok(Job {
         id: r.get(0),
+        kind: parse_kind(r.get(13))?,
         state: parse_state(r.get(1))?,
         source: r.get(2),
         format: r.get(3),
@@ -45,6 +51,8 @@ fn job(r: &Row, tasks: Vec<Task>) -> Result<Job> {
         keys_written: r.get(11),
         last_error: r.get(12),
         tasks,
+        after,
+        before,
     })
 }
 
@@ -62,10 +70,17 @@ fn schedule(r: &Row) -> Result<Schedule> {
 }
 
 async fn insert_job(tx: &impl GenericClient, new: &NewJob, now: i64) -> Result<i64> {
+    let mut after = Vec::with_capacity(new.after.len());
+    for &id in &new.after {
+        // FOR SHARE: the dependency cannot end between this check and the commit unseen.
+        let state = tx.query_opt("SELECT state FROM tally_jobs WHERE id = $1 FOR SHARE", &[&id]).await.map_err(pg("dependency read"))?;
+        after.push((id, state.map(|r| parse_state(r.get(0))).transpose()?));
+    }
+    check_after(&after).map_err(StoreError::Refused)?;
     let row = tx
         .query_one(
-            "INSERT INTO tally_jobs (state, source, format, day_from, day_to, merchants, schedule, created_at)
-             VALUES ('pending', $1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO tally_jobs (state, source, format, day_from, day_to, merchants, schedule, created_at, kind)
+             VALUES ('pending', $1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
             &[
                 &new.source,
                 &new.format,
@@ -74,6 +89,7 @@ async fn insert_job(tx: &impl GenericClient, new: &NewJob, now: i64) -> Result<i
                 &json_list(&new.scope.merchants),
                 &new.schedule,
                 &now,
+                &new.kind.as_str(),
             ],
         )
         .await
@@ -81,11 +97,17 @@ async fn insert_job(tx: &impl GenericClient, new: &NewJob, now: i64) -> Result<i
     let id: i64 = row.get(0);
     for (no, t) in new.tasks.iter().enumerate() {
         tx.execute(
-            "INSERT INTO tally_tasks (job_id, task_no, shard, shards, files, state) VALUES ($1, $2, $3, $4, $5, 'pending')",
-            &[&id, &(no as i32), &t.shard, &t.shards, &json_list(&t.files)],
+            "INSERT INTO tally_tasks (job_id, task_no, shard, shards, files, state, size, version) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
+            &[&id, &(no as i32), &t.shard, &t.shards, &json_list(&t.files), &t.size, &t.version],
         )
         .await
         .map_err(pg("task insert"))?;
+    }
+    let mut after = new.after.clone();
+    after.sort_unstable();
+    after.dedup();
+    for after_id in after {
+        tx.execute("INSERT INTO tally_job_deps (job_id, after_id) VALUES ($1, $2)", &[&id, &after_id]).await.map_err(pg("dependency insert"))?;
     }
     Ok(id)
 }
@@ -135,7 +157,21 @@ impl PgStore {
             .query(&format!("SELECT {TASK_COLUMNS} FROM tally_tasks WHERE job_id = $1 ORDER BY task_no"), &[&id])
             .await
             .map_err(pg("task read"))?;
-        Ok(Some(job(&row, tasks.iter().map(task).collect::<Result<_>>()?)?))
+        let after = client
+            .query("SELECT a.id, a.state FROM tally_job_deps d JOIN tally_jobs a ON a.id = d.after_id WHERE d.job_id = $1 ORDER BY a.id", &[&id])
+            .await
+            .map_err(pg("dependency read"))?
+            .iter()
+            .map(|r| Ok(Dependency { job_id: r.get(0), state: parse_state(r.get(1))? }))
+            .collect::<Result<_>>()?;
+        let before = client
+            .query("SELECT job_id FROM tally_job_deps WHERE after_id = $1 ORDER BY job_id", &[&id])
+            .await
+            .map_err(pg("dependency read"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(Some(job(&row, tasks.iter().map(task).collect::<Result<_>>()?, after, before)?))
     }
 
     pub(crate) async fn jobs(&self, limit: i64) -> Result<Vec<Job>> {
@@ -184,6 +220,8 @@ impl PgStore {
                     "WITH next AS (
                          SELECT t.job_id, t.task_no FROM tally_tasks t JOIN tally_jobs j ON j.id = t.job_id
                          WHERE j.state IN ('pending', 'running')
+                           AND NOT EXISTS (SELECT 1 FROM tally_job_deps d JOIN tally_jobs a ON a.id = d.after_id
+                                           WHERE d.job_id = j.id AND a.state <> 'succeeded')
                            AND ((t.state = 'pending' AND t.not_before <= $2) OR (t.state = 'running' AND t.lease_until < $2))
                          ORDER BY t.job_id, t.task_no LIMIT 1
                          FOR UPDATE OF t SKIP LOCKED)
@@ -295,7 +333,7 @@ impl PgStore {
             let Some(row) = tx
                 .query_opt(
                     "UPDATE tally_jobs SET state = 'succeeded', finished_at = $2 WHERE id = $1 AND state = 'running'
-                     RETURNING day_from, day_to, merchants",
+                     RETURNING day_from, day_to, merchants, kind",
                     &[&id, &now],
                 )
                 .await
@@ -303,6 +341,19 @@ impl PgStore {
             else {
                 continue;
             };
+            if parse_kind(row.get(3))? == crate::jobs::Kind::Import {
+                // Each file's totals committed with the file; nothing to swap in.
+                tx.execute(
+                    "UPDATE tally_jobs SET keys_written = (SELECT COALESCE(SUM(keys_written), 0)::bigint FROM tally_imports
+                         WHERE job_id = $1 AND state = 'imported') WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(pg("job complete"))?;
+                tx.commit().await.map_err(pg("commit"))?;
+                done.push(id);
+                continue;
+            }
             let (from, to): (&str, &str) = (row.get(0), row.get(1));
             let merchants = parse_list("merchants", row.get(2))?;
             tx.execute(
@@ -391,4 +442,204 @@ impl PgStore {
         tx.commit().await.map_err(pg("commit"))?;
         Ok(Some(id))
     }
+
+    pub(crate) async fn queue_import(&self, new: &NewJob, requeue: Requeue, now: i64) -> Result<Queued> {
+        let mut guard = self.client().await?;
+        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let mut files = Vec::with_capacity(new.tasks.len());
+        let mut tasks = Vec::new();
+        for t in &new.tasks {
+            let location = &t.files[0];
+            lock_location(&tx, location).await?;
+            let version = t.version.clone().unwrap_or_default();
+            let seen = tx
+                .query_opt(
+                    "SELECT i.state, i.job_id, j.state FROM tally_imports i JOIN tally_jobs j ON j.id = i.job_id
+                     WHERE i.location = $1 AND i.size = $2 AND i.version = $3",
+                    &[location, &t.size, &version],
+                )
+                .await
+                .map_err(pg("import read"))?;
+            let reason = match seen {
+                None => None,
+                Some(r) => skip_reason(r.get(0), r.get(1), parse_state(r.get(2))?, requeue),
+            };
+            files.push(QueuedFile { location: location.clone(), queued: reason.is_none(), reason });
+            if files.last().expect("pushed").queued {
+                tasks.push(t.clone());
+            }
+        }
+        if tasks.is_empty() {
+            return Ok(Queued { job_id: None, files });
+        }
+        let job = NewJob { tasks, ..new.clone() };
+        let id = insert_job(&tx, &job, now).await?;
+        for (no, t) in job.tasks.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO tally_imports (location, size, version, state, job_id, task_no, queued_at) VALUES ($1, $2, $3, 'queued', $4, $5, $6)
+                 ON CONFLICT (location, size, version) DO UPDATE SET state = 'queued', job_id = $4, task_no = $5, queued_at = $6",
+                &[&t.files[0], &t.size, &t.version.clone().unwrap_or_default(), &id, &(no as i32), &now],
+            )
+            .await
+            .map_err(pg("import queue"))?;
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(Queued { job_id: Some(id), files })
+    }
+
+    pub(crate) async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, result: Option<&TaskResult>, now: i64) -> Result<ImportOutcome> {
+        let mut guard = self.client().await?;
+        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let (job_id, task_no) = (task.job_id, task.task_no);
+        let mine = tx
+            .query_opt(
+                "SELECT 1 FROM tally_tasks WHERE job_id = $1 AND task_no = $2 AND owner = $3 AND state = 'running' FOR UPDATE",
+                &[&job_id, &task_no, &owner],
+            )
+            .await
+            .map_err(pg("task read"))?;
+        if mine.is_none() {
+            return Ok(ImportOutcome::NotMine);
+        }
+        lock_location(&tx, &file.location).await?;
+        let imported = tx
+            .query_opt("SELECT job_id, size, version FROM tally_imports WHERE location = $1 AND state = 'imported'", &[&file.location])
+            .await
+            .map_err(pg("import read"))?;
+        let planned = task.input.version.clone().unwrap_or_default();
+        let outcome = match (imported, result) {
+            (Some(r), _) if r.get::<_, i64>(1) == file.size && r.get::<_, String>(2) == file.version => ImportOutcome::AlreadyImported { job_id: r.get(0) },
+            (Some(r), _) => ImportOutcome::Conflict { message: conflict_message(file, r.get(1), &r.get::<_, String>(2), r.get(0)) },
+            (None, None) => ImportOutcome::Superseded,
+            (None, Some(result)) => {
+                let keys = super::upsert(&tx, &result.totals).await? as i64;
+                tx.execute(
+                    "UPDATE tally_imports SET state = 'imported', imported_at = $4, rows_read = $5, rows_rejected = $6, rows_duplicate = $7,
+                         keys_written = $8, job_id = $9, task_no = $10
+                     WHERE location = $1 AND size = $2 AND version = $3",
+                    &[&file.location, &file.size, &file.version, &now, &result.rows_read, &result.rows_rejected, &result.rows_duplicate, &keys, &job_id, &task_no],
+                )
+                .await
+                .map_err(pg("import record"))?;
+                ImportOutcome::Imported { keys }
+            }
+        };
+        let row_state = match &outcome {
+            ImportOutcome::Superseded => Some("superseded"),
+            ImportOutcome::Conflict { .. } => Some("conflict"),
+            _ => None,
+        };
+        if let Some(state) = row_state {
+            tx.execute(
+                "UPDATE tally_imports SET state = $4 WHERE location = $1 AND size = $2 AND version = $3 AND state = 'queued'",
+                &[&file.location, &task.input.size, &planned, &state],
+            )
+            .await
+            .map_err(pg("import record"))?;
+        }
+        let empty = TaskResult::default();
+        let counts = result.filter(|_| matches!(outcome, ImportOutcome::Imported { .. })).unwrap_or(&empty);
+        if let ImportOutcome::Conflict { message } = &outcome {
+            tx.execute(
+                "UPDATE tally_tasks SET state = 'failed', finished_at = $3, outcome = 'conflict', last_error = $4 WHERE job_id = $1 AND task_no = $2",
+                &[&job_id, &task_no, &now, message],
+            )
+            .await
+            .map_err(pg("task fail"))?;
+            fail_job(&tx, job_id, message, now).await?;
+        } else {
+            tx.execute(
+                "UPDATE tally_tasks SET state = 'succeeded', finished_at = $3, rows_read = $4, rows_rejected = $5, rows_duplicate = $6,
+                     rejections = $7, last_error = NULL, outcome = $8
+                 WHERE job_id = $1 AND task_no = $2",
+                &[&job_id, &task_no, &now, &counts.rows_read, &counts.rows_rejected, &counts.rows_duplicate, &counts.rejections.to_string(), &outcome.describe()],
+            )
+            .await
+            .map_err(pg("task finish"))?;
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(outcome)
+    }
+
+    pub(crate) async fn import_versions(&self, location: &str) -> Result<Vec<(FileVersion, String, i64)>> {
+        let guard = self.client().await?;
+        let rows = guard
+            .as_ref()
+            .expect("connected")
+            .query("SELECT size, version, state, job_id FROM tally_imports WHERE location = $1 ORDER BY queued_at DESC", &[&location])
+            .await
+            .map_err(pg("import read"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (FileVersion { location: location.to_owned(), size: r.get(0), version: r.get(1) }, r.get(2), r.get(3)))
+            .collect())
+    }
+
+    pub(crate) async fn known_versions(&self, files: &[FileVersion]) -> Result<Vec<bool>> {
+        let guard = self.client().await?;
+        let (l, s, v): (Vec<&str>, Vec<i64>, Vec<&str>) =
+            files.iter().map(|f| (f.location.as_str(), f.size, f.version.as_str())).fold((vec![], vec![], vec![]), |mut acc, (l, s, v)| {
+                acc.0.push(l);
+                acc.1.push(s);
+                acc.2.push(v);
+                acc
+            });
+        let rows = guard
+            .as_ref()
+            .expect("connected")
+            .query(
+                "SELECT u.n FROM UNNEST($1::text[], $2::int8[], $3::text[]) WITH ORDINALITY AS u(l, s, v, n)
+                 WHERE EXISTS (SELECT 1 FROM tally_imports i WHERE i.location = u.l AND i.size = u.s AND i.version = u.v)",
+                &[&l, &s, &v],
+            )
+            .await
+            .map_err(pg("import read"))?;
+        let mut known = vec![false; files.len()];
+        for r in rows {
+            known[r.get::<_, i64>(0) as usize - 1] = true;
+        }
+        Ok(known)
+    }
+
+    pub(crate) async fn cancel_orphans(&self, now: i64) -> Result<Vec<(i64, String)>> {
+        let mut guard = self.client().await?;
+        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let mut cancelled = Vec::new();
+        loop {
+            let orphans = tx
+                .query(
+                    "SELECT DISTINCT ON (j.id) j.id, a.id, a.state FROM tally_jobs j
+                     JOIN tally_job_deps d ON d.job_id = j.id JOIN tally_jobs a ON a.id = d.after_id
+                     WHERE j.state = 'pending' AND a.state IN ('failed', 'cancelled') ORDER BY j.id, a.id",
+                    &[],
+                )
+                .await
+                .map_err(pg("dependency scan"))?;
+            if orphans.is_empty() {
+                break;
+            }
+            for r in orphans {
+                let (id, after, state): (i64, i64, &str) = (r.get(0), r.get(1), r.get(2));
+                let reason = format!("cancelled: job {after}, which it waits on, {state}");
+                tx.execute(
+                    "UPDATE tally_jobs SET state = 'cancelled', finished_at = $2, last_error = $3 WHERE id = $1 AND state = 'pending'",
+                    &[&id, &now, &reason],
+                )
+                .await
+                .map_err(pg("job cancel"))?;
+                stop_tasks(&tx, id, now).await?;
+                cancelled.push((id, reason));
+            }
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(cancelled)
+    }
+}
+
+/// Serialises the transactions that judge one location, so that two
+/// versions of a file can never both be imported (the partial unique index
+/// `tally_imports_once` is the backstop).
+async fn lock_location(tx: &impl GenericClient, location: &str) -> Result<()> {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&location]).await.map_err(pg("import lock"))?;
+    Ok(())
 }

@@ -5,32 +5,42 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 
 use super::{upsert, SqliteStore};
 use crate::error::{lite, Result};
-use crate::jobs::{json_list, parse_day, parse_list, parse_state, Job, NewJob, NewTask, Schedule, Scope, State, Task, TaskResult};
+use crate::jobs::{
+    check_after, conflict_message, json_list, parse_day, parse_kind, parse_list, parse_state, skip_reason, Dependency, FileVersion,
+    ImportOutcome, Job, Kind, NewJob, NewTask, Queued, QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
+};
+use crate::StoreError;
 use crate::parse_row;
 
 const TASK_COLUMNS: &str = "job_id, task_no, shard, shards, files, state, attempts, not_before, owner, started_at,
-    finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error";
+    finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error, size, version, outcome";
 const JOB_COLUMNS: &str =
-    "id, state, source, format, day_from, day_to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error";
+    "id, state, source, format, day_from, day_to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error, kind";
 const SCHEDULE_COLUMNS: &str = "name, cron, source, format, day_range, merchants, created_at, last_due";
 
 /// A row's raw columns; parsed outside rusqlite's closure so that our own
 /// errors can be returned.
-type RawTask = (i64, i32, i32, i32, String, String, i32, i64, Option<String>, Option<i64>, Option<i64>, i64, i64, i64, String, Option<String>);
+type RawTask = (
+    (i64, i32, i32, i32, String, String, i32, i64, Option<String>, Option<i64>, Option<i64>, i64, i64, i64, String, Option<String>),
+    (i64, Option<String>, Option<String>),
+);
 
 fn raw_task(r: &Row<'_>) -> rusqlite::Result<RawTask> {
     Ok((
-        r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?,
-        r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?, r.get(15)?,
+        (
+            r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?,
+            r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?, r.get(15)?,
+        ),
+        (r.get(16)?, r.get(17)?, r.get(18)?),
     ))
 }
 
 fn task(raw: RawTask) -> Result<Task> {
-    let (job_id, task_no, shard, shards, files, state, attempts, not_before, owner, started_at, finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error) = raw;
+    let ((job_id, task_no, shard, shards, files, state, attempts, not_before, owner, started_at, finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error), (size, version, outcome)) = raw;
     Ok(Task {
         job_id,
         task_no,
-        input: NewTask { shard, shards, files: parse_list("files", &files)? },
+        input: NewTask { shard, shards, files: parse_list("files", &files)?, size, version },
         state: parse_state(&state)?,
         attempts,
         not_before,
@@ -42,15 +52,16 @@ fn task(raw: RawTask) -> Result<Task> {
         rows_duplicate,
         rejections: serde_json::from_str(&rejections).unwrap_or_default(),
         last_error,
+        outcome,
     })
 }
 
-type RawJob = (i64, String, String, String, String, String, String, Option<String>, i64, Option<i64>, Option<i64>, Option<i64>, Option<String>);
+type RawJob = (i64, String, String, String, String, String, String, Option<String>, i64, Option<i64>, Option<i64>, Option<i64>, Option<String>, String);
 
 fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
     Ok((
         r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?,
-        r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?,
+        r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?,
     ))
 }
 
@@ -59,7 +70,7 @@ fn read_job(conn: &Connection, id: i64) -> Result<Option<Job>> {
         .query_row(&format!("SELECT {JOB_COLUMNS} FROM tally_jobs WHERE id = ?1"), [id], raw_job)
         .optional()
         .map_err(lite("job read"))?;
-    let Some((id, state, source, format, from, to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error)) = raw else {
+    let Some((id, state, source, format, from, to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error, kind)) = raw else {
         return Ok(None);
     };
     let mut stmt = conn
@@ -70,8 +81,19 @@ fn read_job(conn: &Connection, id: i64) -> Result<Option<Job>> {
         .map_err(lite("task read"))?
         .map(|r| r.map_err(lite("task read")).and_then(task))
         .collect::<Result<Vec<_>>>()?;
+    let after: Vec<(i64, String)> = conn
+        .prepare_cached("SELECT a.id, a.state FROM tally_job_deps d JOIN tally_jobs a ON a.id = d.after_id WHERE d.job_id = ?1 ORDER BY a.id")
+        .and_then(|mut s| s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(lite("dependency read"))?;
+    let before: Vec<i64> = conn
+        .prepare_cached("SELECT job_id FROM tally_job_deps WHERE after_id = ?1 ORDER BY job_id")
+        .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
+        .map_err(lite("dependency read"))?;
     Ok(Some(Job {
         id,
+        kind: parse_kind(&kind)?,
+        after: after.into_iter().map(|(job_id, state)| Ok(Dependency { job_id, state: parse_state(&state)? })).collect::<Result<_>>()?,
+        before,
         state: parse_state(&state)?,
         source,
         format,
@@ -87,21 +109,47 @@ fn read_job(conn: &Connection, id: i64) -> Result<Option<Job>> {
 }
 
 fn insert_job(tx: &Transaction<'_>, new: &NewJob, now: i64) -> Result<i64> {
+    let mut after = Vec::with_capacity(new.after.len());
+    for &id in &new.after {
+        let state: Option<String> =
+            tx.query_row("SELECT state FROM tally_jobs WHERE id = ?1", [id], |r| r.get(0)).optional().map_err(lite("dependency read"))?;
+        after.push((id, state.map(|s| parse_state(&s)).transpose()?));
+    }
+    check_after(&after).map_err(StoreError::Refused)?;
     tx.execute(
-        "INSERT INTO tally_jobs (state, source, format, day_from, day_to, merchants, schedule, created_at)
-         VALUES ('pending', ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![new.source, new.format, new.scope.from.to_string(), new.scope.to.to_string(), json_list(&new.scope.merchants), new.schedule, now],
+        "INSERT INTO tally_jobs (state, source, format, day_from, day_to, merchants, schedule, created_at, kind)
+         VALUES ('pending', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![new.source, new.format, new.scope.from.to_string(), new.scope.to.to_string(), json_list(&new.scope.merchants), new.schedule, now, new.kind.as_str()],
     )
     .map_err(lite("job insert"))?;
     let id = tx.last_insert_rowid();
     for (no, t) in new.tasks.iter().enumerate() {
         tx.execute(
-            "INSERT INTO tally_tasks (job_id, task_no, shard, shards, files, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-            params![id, no as i32, t.shard, t.shards, json_list(&t.files)],
+            "INSERT INTO tally_tasks (job_id, task_no, shard, shards, files, state, size, version) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+            params![id, no as i32, t.shard, t.shards, json_list(&t.files), t.size, t.version],
         )
         .map_err(lite("task insert"))?;
     }
+    let mut after = new.after.clone();
+    after.sort_unstable();
+    after.dedup();
+    for after_id in after {
+        tx.execute("INSERT INTO tally_job_deps (job_id, after_id) VALUES (?1, ?2)", params![id, after_id]).map_err(lite("dependency insert"))?;
+    }
     Ok(id)
+}
+
+/// A job may start once every job it waits on has succeeded.
+const READY: &str = "NOT EXISTS (SELECT 1 FROM tally_job_deps d JOIN tally_jobs a ON a.id = d.after_id WHERE d.job_id = j.id AND a.state <> 'succeeded')";
+
+/// Fails the job and stops its other tasks, dropping its computed rows.
+fn fail_job(tx: &Transaction<'_>, job_id: i64, error: &str, now: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE tally_jobs SET state = 'failed', finished_at = ?2, last_error = ?3 WHERE id = ?1 AND state IN ('pending', 'running')",
+        params![job_id, now, error],
+    )
+    .map_err(lite("job fail"))?;
+    stop_tasks(tx, job_id, now)
 }
 
 fn stop_tasks(tx: &Transaction<'_>, job_id: i64, now: i64) -> Result<()> {
@@ -117,10 +165,12 @@ fn stop_tasks(tx: &Transaction<'_>, job_id: i64, now: i64) -> Result<()> {
 /// The next runnable task, read outside any write transaction.
 fn next_task(conn: &Connection, now: i64) -> Result<Option<(i64, i32)>> {
     conn.query_row(
-        "SELECT t.job_id, t.task_no FROM tally_tasks t JOIN tally_jobs j ON j.id = t.job_id
-         WHERE j.state IN ('pending', 'running')
-           AND ((t.state = 'pending' AND t.not_before <= ?1) OR (t.state = 'running' AND t.lease_until < ?1))
-         LIMIT 1",
+        &format!(
+            "SELECT t.job_id, t.task_no FROM tally_tasks t JOIN tally_jobs j ON j.id = t.job_id
+             WHERE j.state IN ('pending', 'running') AND {READY}
+               AND ((t.state = 'pending' AND t.not_before <= ?1) OR (t.state = 'running' AND t.lease_until < ?1))
+             ORDER BY t.job_id, t.task_no LIMIT 1"
+        ),
         [now],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )
@@ -193,18 +243,7 @@ impl SqliteStore {
                 return Ok(None);
             }
             let tx = immediate(conn)?;
-            let next: Option<(i64, i32)> = tx
-                .query_row(
-                    "SELECT t.job_id, t.task_no FROM tally_tasks t JOIN tally_jobs j ON j.id = t.job_id
-                     WHERE j.state IN ('pending', 'running')
-                       AND ((t.state = 'pending' AND t.not_before <= ?1) OR (t.state = 'running' AND t.lease_until < ?1))
-                     ORDER BY t.job_id, t.task_no LIMIT 1",
-                    [now],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(lite("task claim"))?;
-            let Some((job_id, task_no)) = next else {
+            let Some((job_id, task_no)) = next_task(&tx, now)? else {
                 return Ok(None);
             };
             let raw = tx
@@ -300,12 +339,7 @@ impl SqliteStore {
                 )
                 .map_err(lite("task fail"))?;
             if mine == 1 && retry_at.is_none() {
-                tx.execute(
-                    "UPDATE tally_jobs SET state = 'failed', finished_at = ?2, last_error = ?3 WHERE id = ?1 AND state IN ('pending', 'running')",
-                    params![job_id, now, format!("task {task_no} ran out of attempts: {error}")],
-                )
-                .map_err(lite("job fail"))?;
-                stop_tasks(&tx, job_id, now)?;
+                fail_job(&tx, job_id, &format!("task {task_no} ran out of attempts: {error}"), now)?;
             }
             tx.commit().map_err(lite("commit"))
         })
@@ -325,18 +359,30 @@ impl SqliteStore {
             let mut done = Vec::new();
             for id in ready {
                 let tx = immediate(conn)?;
-                let scope: Option<(String, String, String)> = tx
+                let scope: Option<(String, String, String, String)> = tx
                     .query_row(
                         "UPDATE tally_jobs SET state = 'succeeded', finished_at = ?2 WHERE id = ?1 AND state = 'running'
-                         RETURNING day_from, day_to, merchants",
+                         RETURNING day_from, day_to, merchants, kind",
                         params![id, now],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                     )
                     .optional()
                     .map_err(lite("job complete"))?;
-                let Some((from, to, merchants)) = scope else {
+                let Some((from, to, merchants, kind)) = scope else {
                     continue;
                 };
+                if parse_kind(&kind)? == Kind::Import {
+                    // Each file's totals committed with the file; nothing to swap in.
+                    tx.execute(
+                        "UPDATE tally_jobs SET keys_written = (SELECT COALESCE(SUM(keys_written), 0) FROM tally_imports
+                             WHERE job_id = ?1 AND state = 'imported') WHERE id = ?1",
+                        [id],
+                    )
+                    .map_err(lite("job complete"))?;
+                    tx.commit().map_err(lite("commit"))?;
+                    done.push(id);
+                    continue;
+                }
                 tx.execute(
                     "DELETE FROM merchant_sales WHERE day >= ?1 AND day < ?2
                        AND (json_array_length(?3) = 0 OR merchant_id IN (SELECT value FROM json_each(?3)))",
@@ -425,6 +471,194 @@ impl SqliteStore {
             let id = insert_job(&tx, &new, now)?;
             tx.commit().map_err(lite("commit"))?;
             Ok(Some(id))
+        })
+        .await
+    }
+
+    pub(crate) async fn queue_import(&self, new: &NewJob, requeue: Requeue, now: i64) -> Result<Queued> {
+        let new = new.clone();
+        self.with(move |conn| {
+            let tx = immediate(conn)?;
+            let mut files = Vec::with_capacity(new.tasks.len());
+            let mut tasks = Vec::new();
+            for t in &new.tasks {
+                let location = &t.files[0];
+                let seen: Option<(String, i64, String)> = tx
+                    .query_row(
+                        "SELECT i.state, i.job_id, j.state FROM tally_imports i JOIN tally_jobs j ON j.id = i.job_id
+                         WHERE i.location = ?1 AND i.size = ?2 AND i.version = ?3",
+                        params![location, t.size, t.version.clone().unwrap_or_default()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(lite("import read"))?;
+                let reason = match seen {
+                    None => None,
+                    Some((state, job_id, job_state)) => skip_reason(&state, job_id, parse_state(&job_state)?, requeue),
+                };
+                if reason.is_none() {
+                    tasks.push(t.clone());
+                }
+                files.push(QueuedFile { location: location.clone(), queued: reason.is_none(), reason });
+            }
+            if tasks.is_empty() {
+                return Ok(Queued { job_id: None, files });
+            }
+            let job = NewJob { tasks, ..new };
+            let id = insert_job(&tx, &job, now)?;
+            for (no, t) in job.tasks.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO tally_imports (location, size, version, state, job_id, task_no, queued_at) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)
+                     ON CONFLICT (location, size, version) DO UPDATE SET state = 'queued', job_id = ?4, task_no = ?5, queued_at = ?6",
+                    params![t.files[0], t.size, t.version.clone().unwrap_or_default(), id, no as i32, now],
+                )
+                .map_err(lite("import queue"))?;
+            }
+            tx.commit().map_err(lite("commit"))?;
+            Ok(Queued { job_id: Some(id), files })
+        })
+        .await
+    }
+
+    pub(crate) async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, result: Option<&TaskResult>, now: i64) -> Result<ImportOutcome> {
+        let (task, owner, file, result) = (task.clone(), owner.to_owned(), file.clone(), result.cloned());
+        self.with(move |conn| {
+            // IMMEDIATE: the whole judgement runs under the write lock, so two
+            // versions of one file can never both be imported.
+            let tx = immediate(conn)?;
+            let (job_id, task_no) = (task.job_id, task.task_no);
+            let mine: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM tally_tasks WHERE job_id = ?1 AND task_no = ?2 AND owner = ?3 AND state = 'running'",
+                    params![job_id, task_no, owner],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(lite("task read"))?;
+            if mine.is_none() {
+                return Ok(ImportOutcome::NotMine);
+            }
+            let imported: Option<(i64, i64, String)> = tx
+                .query_row(
+                    "SELECT job_id, size, version FROM tally_imports WHERE location = ?1 AND state = 'imported'",
+                    [&file.location],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(lite("import read"))?;
+            let outcome = match (imported, &result) {
+                (Some((job, size, version)), _) if size == file.size && version == file.version => ImportOutcome::AlreadyImported { job_id: job },
+                (Some((job, size, version)), _) => ImportOutcome::Conflict { message: conflict_message(&file, size, &version, job) },
+                (None, None) => ImportOutcome::Superseded,
+                (None, Some(result)) => {
+                    upsert(&tx, &result.totals)?;
+                    let keys = result.totals.len() as i64;
+                    tx.execute(
+                        "UPDATE tally_imports SET state = 'imported', imported_at = ?4, rows_read = ?5, rows_rejected = ?6, rows_duplicate = ?7,
+                             keys_written = ?8, job_id = ?9, task_no = ?10
+                         WHERE location = ?1 AND size = ?2 AND version = ?3",
+                        params![file.location, file.size, file.version, now, result.rows_read, result.rows_rejected, result.rows_duplicate, keys, job_id, task_no],
+                    )
+                    .map_err(lite("import record"))?;
+                    ImportOutcome::Imported { keys }
+                }
+            };
+            let row_state = match &outcome {
+                ImportOutcome::Superseded => Some("superseded"),
+                ImportOutcome::Conflict { .. } => Some("conflict"),
+                _ => None,
+            };
+            if let Some(state) = row_state {
+                tx.execute(
+                    "UPDATE tally_imports SET state = ?4 WHERE location = ?1 AND size = ?2 AND version = ?3 AND state = 'queued'",
+                    params![file.location, task.input.size, task.input.version.clone().unwrap_or_default(), state],
+                )
+                .map_err(lite("import record"))?;
+            }
+            if let ImportOutcome::Conflict { message } = &outcome {
+                tx.execute(
+                    "UPDATE tally_tasks SET state = 'failed', finished_at = ?3, outcome = 'conflict', last_error = ?4 WHERE job_id = ?1 AND task_no = ?2",
+                    params![job_id, task_no, now, message],
+                )
+                .map_err(lite("task fail"))?;
+                fail_job(&tx, job_id, message, now)?;
+            } else {
+                let counts = result.filter(|_| matches!(outcome, ImportOutcome::Imported { .. })).unwrap_or_default();
+                tx.execute(
+                    "UPDATE tally_tasks SET state = 'succeeded', finished_at = ?3, rows_read = ?4, rows_rejected = ?5, rows_duplicate = ?6,
+                         rejections = ?7, last_error = NULL, outcome = ?8
+                     WHERE job_id = ?1 AND task_no = ?2",
+                    params![job_id, task_no, now, counts.rows_read, counts.rows_rejected, counts.rows_duplicate, counts.rejections.to_string(), outcome.describe()],
+                )
+                .map_err(lite("task finish"))?;
+            }
+            tx.commit().map_err(lite("commit"))?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    pub(crate) async fn import_versions(&self, location: &str) -> Result<Vec<(FileVersion, String, i64)>> {
+        let location = location.to_owned();
+        self.with(move |conn| {
+            let rows: Vec<(i64, String, String, i64)> = conn
+                .prepare("SELECT size, version, state, job_id FROM tally_imports WHERE location = ?1 ORDER BY queued_at DESC")
+                .and_then(|mut s| s.query_map([&location], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
+                .map_err(lite("import read"))?;
+            Ok(rows.into_iter().map(|(size, version, state, job)| (FileVersion { location: location.clone(), size, version }, state, job)).collect())
+        })
+        .await
+    }
+
+    pub(crate) async fn known_versions(&self, files: &[FileVersion]) -> Result<Vec<bool>> {
+        let files = files.to_vec();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT 1 FROM tally_imports WHERE location = ?1 AND size = ?2 AND version = ?3")
+                .map_err(lite("import read"))?;
+            files
+                .iter()
+                .map(|f| stmt.exists(params![f.location, f.size, f.version]).map_err(lite("import read")))
+                .collect()
+        })
+        .await
+    }
+
+    pub(crate) async fn cancel_orphans(&self, now: i64) -> Result<Vec<(i64, String)>> {
+        self.with(move |conn| {
+            let orphans = |conn: &Connection| -> Result<Vec<(i64, i64, String)>> {
+                conn.prepare(
+                    "SELECT j.id, MIN(a.id), a.state FROM tally_jobs j
+                     JOIN tally_job_deps d ON d.job_id = j.id JOIN tally_jobs a ON a.id = d.after_id
+                     WHERE j.state = 'pending' AND a.state IN ('failed', 'cancelled') GROUP BY j.id ORDER BY j.id",
+                )
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+                .map_err(lite("dependency scan"))
+            };
+            // Look first without the write lock: runners poll often.
+            if orphans(conn)?.is_empty() {
+                return Ok(Vec::new());
+            }
+            let tx = immediate(conn)?;
+            let mut cancelled = Vec::new();
+            loop {
+                let found = orphans(&tx)?;
+                if found.is_empty() {
+                    break;
+                }
+                for (id, after, state) in found {
+                    let reason = format!("cancelled: job {after}, which it waits on, {state}");
+                    tx.execute(
+                        "UPDATE tally_jobs SET state = 'cancelled', finished_at = ?2, last_error = ?3 WHERE id = ?1 AND state = 'pending'",
+                        params![id, now, reason],
+                    )
+                    .map_err(lite("job cancel"))?;
+                    stop_tasks(&tx, id, now)?;
+                    cancelled.push((id, reason));
+                }
+            }
+            tx.commit().map_err(lite("commit"))?;
+            Ok(cancelled)
         })
         .await
     }
