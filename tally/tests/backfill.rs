@@ -5,108 +5,23 @@
 //! keys changed by hand; and the same from an S3-compatible server.
 
 mod common;
+mod files;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{assert_totals_equal, expected_totals, Backend, World};
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::parquet::arrow::ArrowWriter;
+use files::{events, execute, s3_env, stdout, table_bytes, tally, tally_with, upload, wait_for_job, write_files, write_ndjson, write_parquet};
 use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
 use schemas::{Day, Totals};
 
-const FIELDS: [&str; 7] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
 const FROM: &str = "2026-11-01";
 const TO: &str = "2026-11-20";
-
-fn tally(args: &[&str]) -> Output {
-    tally_with(args, &[])
-}
-
-fn tally_with(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tally")).args(args).envs(env.iter().cloned()).output().expect("tally runs")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Generated events without a key (files have none), with every kind of trouble.
-fn events(seed: u64, count: u64) -> Vec<Generated> {
-    let config = GeneratorConfig {
-        seed,
-        events: count,
-        merchants: 400,
-        refund_share: 0.1,
-        duplicate_share: 0.03,
-        invalid_share: 0.01,
-        late_share: 0.4,
-        keyless: true,
-        ..GeneratorConfig::default()
-    };
-    Generator::new(config).collect()
-}
 
 /// The test's own expectation: counted events inside `[FROM, TO)`.
 fn in_scope(messages: &[Generated]) -> Totals {
     let (from, to) = (Day::parse(FROM).unwrap(), Day::parse(TO).unwrap());
     expected_totals(messages).into_iter().filter(|(key, _)| key.day >= from && key.day < to).collect()
-}
-
-/// Each message's fields as column text: a string's contents, a number's
-/// text; `None` when absent (a malformed message keeps what it has).
-fn columns(payload: &[u8]) -> [Option<String>; 7] {
-    let value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload).unwrap_or_default();
-    FIELDS.map(|field| match value.get(field)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    })
-}
-
-fn write_parquet(path: &Path, messages: &[Generated]) {
-    let schema = Arc::new(Schema::new(FIELDS.map(|f| Field::new(f, DataType::Utf8, true)).to_vec()));
-    let rows: Vec<[Option<String>; 7]> = messages.iter().map(|m| columns(&m.payload)).collect();
-    let arrays: Vec<ArrayRef> =
-        (0..FIELDS.len()).map(|c| Arc::new(rows.iter().map(|r| r[c].clone()).collect::<StringArray>()) as ArrayRef).collect();
-    let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
-    let mut writer = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-}
-
-fn write_csv(path: &Path, messages: &[Generated]) {
-    let mut text = FIELDS.join(",") + ",channel\n";
-    for m in messages {
-        let row: Vec<String> = columns(&m.payload)
-            .into_iter()
-            .map(|v| v.map(|v| format!("\"{}\"", v.replace('"', "\"\""))).unwrap_or_default())
-            .collect();
-        text += &(row.join(",") + ",web\n");
-    }
-    std::fs::write(path, text).unwrap();
-}
-
-fn write_ndjson(path: &Path, messages: &[Generated]) {
-    let lines: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-    std::fs::write(path, lines.join(&b'\n')).unwrap();
-}
-
-/// Writes `messages` as two files of `format` under `dir`; returns the pattern.
-fn write_files(dir: &Path, format: &str, messages: &[Generated]) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let half = messages.len() / 2;
-    for (n, part) in [&messages[..half], &messages[half..]].into_iter().enumerate() {
-        let path = dir.join(format!("part-{n}.{format}"));
-        match format {
-            "parquet" => write_parquet(&path, part),
-            "csv" => write_csv(&path, part),
-            _ => write_ndjson(&path, part),
-        }
-    }
-    format!("{}/*.{format}", dir.display())
 }
 
 fn start_backfill(world: &World, source: &str, extra: &[&str]) -> i64 {
@@ -115,43 +30,6 @@ fn start_backfill(world: &World, source: &str, extra: &[&str]) -> i64 {
     let out = tally_with(&args, &world.env);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     stdout(&out).lines().next().unwrap_or("").trim().parse().expect("the job id on the first line")
-}
-
-async fn wait_for_job(store: &store::Store, id: i64, done: impl Fn(&store::jobs::Job) -> bool) -> store::jobs::Job {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let job = store.job(id).await.unwrap().expect("the job exists");
-        if done(&job) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} did not get there in 300 s: {job:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every column of every `merchant_sales` row as text, `updated_at` included.
-async fn table_bytes(world: &World) -> String {
-    let query = "SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count, net_amount, updated_at
-                 FROM merchant_sales ORDER BY merchant_id, currency, day";
-    if let Some(path) = world.database_url.strip_prefix("sqlite://") {
-        let out = Command::new("sqlite3").arg(path).arg(query).output().expect("sqlite3 runs");
-        assert!(out.status.success());
-        return stdout(&out);
-    }
-    let (client, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    let rows = client.query(&format!("SELECT t::text FROM ({query}) t"), &[]).await.unwrap();
-    rows.iter().map(|r| r.get::<_, String>(0) + "\n").collect()
-}
-
-async fn execute(world: &World, sql: &str) {
-    if let Some(path) = world.database_url.strip_prefix("sqlite://") {
-        assert!(Command::new("sqlite3").arg(path).arg(sql).status().unwrap().success());
-        return;
-    }
-    let (client, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(sql).await.unwrap();
 }
 
 async fn exact_backfills_and_verify(backend: Backend) {
@@ -311,37 +189,6 @@ fn bad_arguments_name_the_flag() {
     let out = tally(&["verify", "--source", "gs://bucket/x.parquet", "--from", "2026-11-01", "--to", "2026-11-02", "--database-url", "sqlite:///tmp/x"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("gs:// is not supported"));
-}
-
-/// The usual AWS variables, pointed at the test's S3 server.
-fn s3_env() -> Vec<(String, String)> {
-    let endpoint = common::required("TALLY_TEST_S3_ENDPOINT");
-    [("AWS_ENDPOINT_URL", endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", "us-east-1"),
-     ("AWS_ACCESS_KEY_ID", "tally-test"), ("AWS_SECRET_ACCESS_KEY", "tally-test-secret")]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .to_vec()
-}
-
-/// Creates `bucket` and copies every file under `dir` into it, keyed by its path relative to `dir`.
-async fn upload(bucket: &str, dir: &Path) {
-    use object_store::ObjectStoreExt;
-    let endpoint = common::required("TALLY_TEST_S3_ENDPOINT");
-    let (status, body) = common::http(endpoint.trim_start_matches("http://"), "PUT", &format!("/{bucket}"), &[], b"").await.unwrap();
-    assert_eq!(status, 200, "creating bucket {bucket}: {}", String::from_utf8_lossy(&body));
-    let env = s3_env();
-    let mut builder = object_store::aws::AmazonS3Builder::new().with_bucket_name(bucket);
-    for (key, value) in &env {
-        builder = builder.with_config(key.to_ascii_lowercase().parse().unwrap(), value);
-    }
-    let s3 = builder.build().unwrap();
-    for folder in std::fs::read_dir(dir).unwrap() {
-        let folder = folder.unwrap().path();
-        for file in std::fs::read_dir(&folder).unwrap() {
-            let file = file.unwrap().path();
-            let key = file.strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
-            s3.put(&key.as_str().into(), std::fs::read(&file).unwrap().into()).await.unwrap();
-        }
-    }
 }
 
 async fn s3_sources(backend: Backend) {
