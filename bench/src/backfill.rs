@@ -1,5 +1,6 @@
 //! `bench backfill`: a backfill from Parquet files to a finished table,
-//! against DuckDB running the same GROUP BY on the same files.
+//! against DuckDB running the same GROUP BY on the same files; and the
+//! import of the same files into a table that already holds streamed totals.
 //!
 //! The files are generated once per size into `--dir` (one file per 10
 //! million events, text columns as exported from the event stream, with
@@ -7,6 +8,12 @@
 //! job in a fresh SQLite file and runs it with the aggregator's own runner
 //! (2 tasks at once) until the job has replaced its range; each DuckDB run
 //! (`bench/duckdb_backfill.py`) creates a table from the same GROUP BY.
+//!
+//! Each import run starts from a fresh SQLite file holding the totals of
+//! a million streamed events (committed through the fence, as the
+//! aggregator does), runs the elected scheduler's watch (no settle time)
+//! and the runner, and times from the files' arrival in the watched folder
+//! (a hard link: a writer renaming into place) to the last file's commit.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +31,8 @@ use datafusion::parquet::file::properties::WriterProperties;
 use ingest::generate::{Generator, GeneratorConfig};
 use schemas::scan::object_fields;
 use schemas::Day;
-use store::jobs::{Scope, State};
+use aggregator::backfill::watch::WatchConfig;
+use store::jobs::{Kind, Scope, State};
 use store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -102,6 +110,75 @@ async fn tally_once(dir: &Path, shards: Option<i32>) -> Result<(Duration, i64)> 
     Ok((elapsed, job.keys_written.unwrap_or(0)))
 }
 
+/// Commits the totals of `events` streamed events to `store` through the
+/// fence, as one partial of partition 0.
+async fn stream_totals(store: &Store, events: u64) -> Result<usize> {
+    let mut sums: std::collections::BTreeMap<schemas::TotalsKey, schemas::Sums> = Default::default();
+    let config = GeneratorConfig { seed: 12, events, late_share: 0.1, ..GeneratorConfig::default() };
+    for message in Generator::new(config) {
+        if let ingest::generate::Truth::Counted { key, kind, amount } = message.truth {
+            sums.entry(key).or_default().add_event(kind, amount);
+        }
+    }
+    let claim = store.claim("orders", 0, "bench").await?;
+    let rows: Vec<schemas::PartialRow> = sums.into_iter().map(|(key, sums)| schemas::PartialRow { key, sums }).collect();
+    let keys = rows.len();
+    let partial = schemas::Partial {
+        topic: "orders".into(),
+        partition: 0,
+        epoch: claim.epoch,
+        first_offset: 0,
+        last_offset: events as i64 - 1,
+        dedupe_from_offset: 0,
+        dedupe_clock_ms: None,
+        events: schemas::partial::EventCounts { counted: events, ..Default::default() },
+        max_append_ms: None,
+        rows,
+    };
+    store.apply(&[partial]).await?;
+    Ok(keys)
+}
+
+/// One import of every file in `dir` into a table of streamed totals,
+/// timed from the files' arrival in the watched folder to the last commit.
+async fn import_once(dir: &Path) -> Result<(Duration, i64, usize)> {
+    let db = dir.join("import.sqlite");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let store = Arc::new(Store::connect(&format!("sqlite://{}", db.display())).await?);
+    let streamed = stream_totals(&store, 1_000_000).await?;
+    let inbox = dir.join("inbox");
+    let _ = std::fs::remove_dir_all(&inbox);
+    std::fs::create_dir_all(&inbox)?;
+    let shutdown = CancellationToken::new();
+    let watch = WatchConfig { source: inbox.display().to_string(), format: None, poll: Duration::from_millis(20), settle: Duration::ZERO };
+    let scheduler = tokio::spawn(aggregator::backfill::scheduler::run(store.clone(), Duration::from_millis(20), Some(watch), shutdown.clone()));
+    let config = RunnerConfig { owner: "bench".into(), parallelism: 2, max_attempts: 1, retry_base_ms: 1000, lease_ms: 600_000, poll_ms: 20 };
+    let running = tokio::spawn(runner::run(store.clone(), config, shutdown.clone()));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect();
+    files.sort();
+    let started = Instant::now();
+    for file in &files {
+        std::fs::hard_link(file, inbox.join(file.file_name().expect("a file name")))?;
+    }
+    let jobs = loop {
+        let jobs: Vec<_> = store.jobs(1_000).await?.into_iter().filter(|j| j.kind == Kind::Import).collect();
+        if jobs.len() == files.len() && jobs.iter().all(|j| j.state.is_final()) {
+            break jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    running.await?;
+    scheduler.await?;
+    if let Some(job) = jobs.iter().find(|j| j.state != State::Succeeded) {
+        bail!("an import ended {}: {:?}", job.state, job.last_error);
+    }
+    Ok((elapsed, jobs.iter().map(|j| j.keys_written.unwrap_or(0)).sum(), streamed))
+}
+
 /// One DuckDB run of the same GROUP BY into a table; its own timing.
 fn duckdb_once(python: &str, dir: &Path) -> Result<Option<Duration>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("duckdb_backfill.py");
@@ -120,6 +197,23 @@ fn duckdb_once(python: &str, dir: &Path) -> Result<Option<Duration>> {
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
+}
+
+/// Runs the imports and prints the median, beside the backfill's when `backfill` is given.
+pub fn import(events: u64, runs: u64, root: &Path) -> Result<()> {
+    let dir = root.join(format!("backfill-{events}"));
+    println!("import: {events} events as Parquet in {}, into a table of streamed totals", dir.display());
+    write_files(&dir, events)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let (elapsed, keys, streamed) = runtime.block_on(import_once(&dir))?;
+        println!("  run {run}: import {:.2} s from arrival to commit ({keys} rows upserted into a table of {streamed})", elapsed.as_secs_f64());
+        times.push(elapsed);
+    }
+    let t = median(times);
+    println!("  import median {:.2} s ({:.2} M events/s)", t.as_secs_f64(), events as f64 / t.as_secs_f64() / 1e6);
+    Ok(())
 }
 
 /// Runs the comparison and prints medians and their ratio.

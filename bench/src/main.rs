@@ -15,6 +15,9 @@
 //! - `backfill`: a backfill from Parquet to a finished table, against DuckDB
 //!   running the same GROUP BY on the same files (`DUCKDB_PYTHON` names a
 //!   Python with the duckdb package).
+//! - `import`: the same files imported (added once per file) into a table
+//!   that already holds streamed totals, from arrival in a watched folder
+//!   to the last commit.
 
 mod backfill;
 mod http_load;
@@ -218,11 +221,15 @@ fn main() -> Result<()> {
             };
             backfill::run(arg(&args, "--events", 10_000_000)?, arg(&args, "--runs", 3)?, shards, &root, &python)
         }
+        Some("import") => {
+            let root = args.iter().position(|a| a == "--dir").and_then(|i| args.get(i + 1)).map_or_else(std::env::temp_dir, Into::into);
+            backfill::import(arg(&args, "--events", 10_000_000)?, arg(&args, "--runs", 3)?, &root)
+        }
         _ => bail!(
             "usage: bench hotpath [--events N] [--batch N] [--runs N] | bench dedupe-memory [--ids N] | \
              bench partials [--merchants N] | \
              bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N] | \
-             bench backfill [--events N] [--runs N] [--shards N] [--dir D]"
+             bench backfill [--events N] [--runs N] [--shards N] [--dir D] | bench import [--events N] [--runs N] [--dir D]"
         ),
     }
 }

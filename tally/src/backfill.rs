@@ -202,7 +202,7 @@ pub async fn jobs(args: JobsArgs) -> ExitCode {
                         job.id,
                         job.state.as_str(),
                         job.format,
-                        format!("{}..{}", job.scope.from, job.scope.to),
+                        if job.kind == Kind::Import { "import (adds)".to_owned() } else { format!("{}..{}", job.scope.from, job.scope.to) },
                         format!("{done}/{}", job.tasks.len()),
                         attempts,
                         read,

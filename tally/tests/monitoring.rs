@@ -212,7 +212,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
     let titles: Vec<&str> = dashboard["panels"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
     for wanted in ["Events by outcome", "Consumer lag per partition", "End-to-end latency", "Freshness per partition",
         "Dead-letter rate", "Flush duration", "Upserted rows", "Fenced and dropped partials", "Backfill jobs by state",
-        "Ingest requests by status", "Top merchants today (UTC)"] {
+        "Ingest requests by status", "Imported files by outcome", "Imported rows by outcome", "Top merchants today (UTC)"] {
         assert!(titles.contains(&wanted), "panel {wanted:?} missing from {titles:?}");
     }
     let sql = dashboard["panels"].as_array().unwrap().iter().find_map(|p| p["targets"][0]["rawSql"].as_str()).unwrap();
@@ -220,7 +220,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
     let rules = rules_text();
     for alert in ["TallyConsumerLagGrowing", "TallyNoCommitWithLag", "TallyFenceViolation", "TallyDeadLetterRateHigh",
         "TallySinkErrors", "TallyBackfillJobFailed", "TallyScheduleMissed", "TallyTargetDown", "TallyPartitionParked",
-        "TallyDedupeWindowFull"] {
+        "TallyDedupeWindowFull", "TallyImportFailed"] {
         assert!(rules.contains(&format!("alert: {alert}")), "alert {alert} missing");
     }
     assert_eq!(rules.matches("alert: ").count(), rules.matches("runbook: ").count(), "every alert has a runbook line");

@@ -131,12 +131,9 @@ async fn fail(store: &Store, config: &RunnerConfig, task: &Task, error: &str) {
     tracing::warn!(job = job_id, task = task_no, attempt, outcome, "Backfill task attempt failed: {error}");
     BACKFILL_ATTEMPTS.with_label_values(&[outcome]).inc();
     match store.fail_task(job_id, task_no, &config.owner, error, now, retry_at).await {
-        Ok(()) if retry_at.is_none() => {
-            BACKFILL_JOBS.with_label_values(&["failed"]).inc();
-            if import {
-                IMPORT_FILES.with_label_values(&["failed"]).inc();
-            }
-        }
+        // A failed import is counted by file (tally_import_files_total), a failed backfill by job.
+        Ok(()) if retry_at.is_none() && import => IMPORT_FILES.with_label_values(&["failed"]).inc(),
+        Ok(()) if retry_at.is_none() => BACKFILL_JOBS.with_label_values(&["failed"]).inc(),
         Ok(()) => {}
         Err(e) => tracing::warn!(error = %e, "Cannot record the failed attempt; its lease will lapse."),
     }
@@ -227,7 +224,6 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
         }
         ImportOutcome::Conflict { message } => {
             BACKFILL_ATTEMPTS.with_label_values(&["failed"]).inc();
-            BACKFILL_JOBS.with_label_values(&["failed"]).inc();
             IMPORT_FILES.with_label_values(&["conflict"]).inc();
             tracing::error!(job = job_id, file, "Import failed: {message}.");
         }

@@ -509,7 +509,8 @@ impl SqliteStore {
             for (no, t) in job.tasks.iter().enumerate() {
                 tx.execute(
                     "INSERT INTO tally_imports (location, size, version, state, job_id, task_no, queued_at) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)
-                     ON CONFLICT (location, size, version) DO UPDATE SET state = 'queued', job_id = ?4, task_no = ?5, queued_at = ?6",
+                     ON CONFLICT (location, size, version) DO UPDATE SET state = 'queued', job_id = ?4, task_no = ?5, queued_at = ?6
+                     WHERE tally_imports.state <> 'imported'",
                     params![t.files[0], t.size, t.version.clone().unwrap_or_default(), id, no as i32, now],
                 )
                 .map_err(lite("import queue"))?;
@@ -553,10 +554,14 @@ impl SqliteStore {
                 (None, Some(result)) => {
                     upsert(&tx, &result.totals)?;
                     let keys = result.totals.len() as i64;
+                    // An upsert, so the file's record commits with its totals even
+                    // if its queued row were missing.
                     tx.execute(
-                        "UPDATE tally_imports SET state = 'imported', imported_at = ?4, rows_read = ?5, rows_rejected = ?6, rows_duplicate = ?7,
-                             keys_written = ?8, job_id = ?9, task_no = ?10
-                         WHERE location = ?1 AND size = ?2 AND version = ?3",
+                        "INSERT INTO tally_imports (location, size, version, state, job_id, task_no, queued_at, imported_at,
+                             rows_read, rows_rejected, rows_duplicate, keys_written)
+                         VALUES (?1, ?2, ?3, 'imported', ?9, ?10, ?4, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (location, size, version) DO UPDATE SET state = 'imported', imported_at = ?4, rows_read = ?5,
+                             rows_rejected = ?6, rows_duplicate = ?7, keys_written = ?8, job_id = ?9, task_no = ?10",
                         params![file.location, file.size, file.version, now, result.rows_read, result.rows_rejected, result.rows_duplicate, keys, job_id, task_no],
                     )
                     .map_err(lite("import record"))?;
