@@ -92,7 +92,7 @@ pub static BACKFILL_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static IMPORT_FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "tally_import_files_total",
-        "Imported files by outcome: imported, already_imported, superseded, conflict, failed.",
+        "Imported files by outcome: imported, already_imported, unchanged, superseded, conflict, failed.",
         &["outcome"]
     )
     .expect("metric registers once")
@@ -214,7 +214,7 @@ pub fn init() {
         (&PARTIALS, &["applied", "older_epoch", "already_applied", "violation"]),
         (&EVENTS, &["counted", "duplicate", "invalid"]),
         (&BACKFILL_JOBS, &["succeeded", "failed", "cancelled"]),
-        (&IMPORT_FILES, &["imported", "already_imported", "superseded", "conflict", "failed"]),
+        (&IMPORT_FILES, &["imported", "already_imported", "unchanged", "superseded", "conflict", "failed"]),
         (&IMPORT_ROWS, &["counted", "duplicate", "invalid"]),
         (&IMPORT_WATCH_POLLS, &["ok", "error"]),
         (&BACKFILL_ATTEMPTS, &["succeeded", "retried", "failed", "abandoned"]),

@@ -313,6 +313,12 @@ pub enum ImportOutcome {
         /// The job that imported it.
         job_id: i64,
     },
+    /// Another version of this location was imported, with the same
+    /// content (a local file copied or touched again): nothing added.
+    Unchanged {
+        /// The job that imported the content.
+        job_id: i64,
+    },
     /// The file changed before it was read; its new version is imported
     /// by the job queued for it.
     Superseded,
@@ -331,11 +337,26 @@ impl ImportOutcome {
         match self {
             ImportOutcome::Imported { .. } => "imported".to_owned(),
             ImportOutcome::AlreadyImported { job_id } => format!("already imported by job {job_id}"),
+            ImportOutcome::Unchanged { job_id } => format!("unchanged: the content job {job_id} imported"),
             ImportOutcome::Superseded => "superseded: the file changed before it was read".to_owned(),
             ImportOutcome::Conflict { .. } => "conflict".to_owned(),
             ImportOutcome::NotMine => "abandoned".to_owned(),
         }
     }
+}
+
+/// What an import of `file` (content `digest`, for local files) comes to,
+/// given the version of its location imported before, if any: `(job,
+/// size, version, digest)`. `None` when it is the first: import it.
+pub fn judge_import(file: &FileVersion, digest: Option<&str>, imported: Option<(i64, i64, String, Option<String>)>) -> Option<ImportOutcome> {
+    let (job_id, size, version, old_digest) = imported?;
+    Some(if size == file.size && version == file.version {
+        ImportOutcome::AlreadyImported { job_id }
+    } else if size == file.size && digest.is_some() && old_digest.as_deref() == digest {
+        ImportOutcome::Unchanged { job_id }
+    } else {
+        ImportOutcome::Conflict { message: conflict_message(file, size, &version, job_id) }
+    })
 }
 
 /// The conflict report for `new`, a version of a location that was already
@@ -444,14 +465,15 @@ impl Store {
     /// Finishes an import task in one transaction. With `result`, adds the
     /// file's totals to `merchant_sales` and marks `file` imported, unless
     /// some version of its location was imported already (then nothing is
-    /// added: the same version is [`ImportOutcome::AlreadyImported`], another
-    /// is a [`ImportOutcome::Conflict`], which fails the job). Without,
-    /// records that the file changed before it was read.
-    pub async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, result: Option<&TaskResult>, now: i64) -> Result<ImportOutcome> {
+    /// added: the same version is [`ImportOutcome::AlreadyImported`],
+    /// another with the same `digest` is [`ImportOutcome::Unchanged`], any
+    /// other is a [`ImportOutcome::Conflict`], which fails the job).
+    /// Without, records that the file changed before it was read.
+    pub async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, read: Option<(&TaskResult, Option<&str>)>, now: i64) -> Result<ImportOutcome> {
         self.timed("finish_import", async {
             match self {
-                Store::Postgres(s) => s.finish_import(task, owner, file, result, now).await,
-                Store::Sqlite(s) => s.finish_import(task, owner, file, result, now).await,
+                Store::Postgres(s) => s.finish_import(task, owner, file, read, now).await,
+                Store::Sqlite(s) => s.finish_import(task, owner, file, read, now).await,
             }
         })
         .await
@@ -685,10 +707,22 @@ pub(crate) fn parse_list(column: &'static str, text: &str) -> Result<Vec<String>
 pub(crate) fn skip_reason(state: &str, job_id: i64, job_state: State, requeue: Requeue) -> Option<String> {
     match state {
         "imported" => Some(format!("already imported by job {job_id}")),
+        "unchanged" => Some(format!("unchanged: the content job {job_id} imported")),
         "superseded" => Some(format!("superseded: it changed before job {job_id} read it")),
         "conflict" => Some(format!("conflict reported by job {job_id}")),
         _ if !job_state.is_final() => Some(format!("already queued in job {job_id}")),
         _ if requeue == Requeue::Never => Some(format!("job {job_id} {job_state} before importing it; `tally import` queues it again")),
+        _ => None,
+    }
+}
+
+/// The `tally_imports` state a version queued for a task gets when the task
+/// ends without importing it.
+pub(crate) fn row_state(outcome: &ImportOutcome) -> Option<&'static str> {
+    match outcome {
+        ImportOutcome::Superseded => Some("superseded"),
+        ImportOutcome::Unchanged { .. } => Some("unchanged"),
+        ImportOutcome::Conflict { .. } => Some("conflict"),
         _ => None,
     }
 }
@@ -708,6 +742,20 @@ pub(crate) fn parse_day(column: &'static str, text: &str) -> Result<Day> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_location_is_imported_once_and_only_a_new_content_conflicts() {
+        let file = FileVersion { location: "/in/a.csv".into(), size: 10, version: "t2".into() };
+        assert_eq!(judge_import(&file, Some("d1"), None), None);
+        let same = Some((4, 10, "t2".to_owned(), Some("d1".to_owned())));
+        assert_eq!(judge_import(&file, Some("d1"), same), Some(ImportOutcome::AlreadyImported { job_id: 4 }));
+        let touched = Some((4, 10, "t1".to_owned(), Some("d1".to_owned())));
+        assert_eq!(judge_import(&file, Some("d1"), touched.clone()), Some(ImportOutcome::Unchanged { job_id: 4 }));
+        let rewritten = Some((4, 10, "t1".to_owned(), Some("d0".to_owned())));
+        assert!(matches!(judge_import(&file, Some("d1"), rewritten), Some(ImportOutcome::Conflict { message }) if message.contains("job 4")));
+        // Without a digest (an object), another version is a conflict.
+        assert!(matches!(judge_import(&file, None, touched), Some(ImportOutcome::Conflict { .. })));
+    }
 
     #[test]
     fn dependencies_must_exist_and_be_able_to_succeed() {

@@ -1,7 +1,8 @@
 //! Imports on PostgreSQL and SQLite, run by real `tally aggregator`
 //! processes beside the live stream: a watched folder and a watched `s3://`
 //! prefix, pushed S3 event notifications (delivered twice), an aggregator
-//! killed in the middle of an import, a file rewritten under the same name,
+//! killed in the middle of an import, a file copied in again, a file
+//! rewritten under the same name,
 //! a file still being written, and jobs that wait on other jobs. Every
 //! total is compared with the test's own arithmetic over the files and the
 //! streamed events.
@@ -98,6 +99,42 @@ fn assert_rows_per_file(jobs: &[Job], files: &[(String, Vec<Generated>)]) {
     }
 }
 
+const AGGREGATORS: [&str; 2] = ["aggregator-a", "aggregator-b"];
+
+/// A metric summed over both aggregators.
+async fn both(world: &World, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for service in AGGREGATORS {
+        sum += world.metric(service, name, labels).await.unwrap_or(0.0);
+    }
+    sum
+}
+
+/// The aggregators that run the watch, once they have settled: exactly one
+/// on PostgreSQL (the advisory lock), both on SQLite.
+async fn leaders(world: &World, backend: Backend) -> Vec<&'static str> {
+    let want = if backend == Backend::Postgres { 1.0 } else { 2.0 };
+    world
+        .wait_for("the scheduler elected", Duration::from_secs(60), || async { both(world, "tally_scheduler_leader", &[]).await == want })
+        .await;
+    let mut leaders = Vec::new();
+    for service in AGGREGATORS {
+        if world.metric(service, "tally_scheduler_leader", &[]).await == Some(1.0) {
+            leaders.push(service);
+        }
+    }
+    leaders
+}
+
+/// Waits until each watching aggregator has listed the folder three more times.
+async fn three_more_listings(world: &World, leaders: &[&str]) {
+    for &service in leaders {
+        let polls = || async { world.metric(service, "tally_import_watch_polls_total", &[("outcome", "ok")]).await.unwrap_or(0.0) };
+        let start = polls().await;
+        world.wait_for("three more listings", Duration::from_secs(60), || async { polls().await >= start + 3.0 }).await;
+    }
+}
+
 /// Scenario 1, 4 and 6: a watched folder beside the live stream.
 async fn watched_folder(backend: Backend) {
     let mut world = World::new("import-watch", backend).await;
@@ -105,7 +142,12 @@ async fn watched_folder(backend: Backend) {
     let inbox = world.dir.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     world.start_worker("worker", &[]);
-    start_aggregator(&mut world, "aggregator", &aggregator_settings(Some(inbox.to_str().unwrap()), "3000"));
+    // Two aggregators watch: one leads (on PostgreSQL; on SQLite both list,
+    // and queueing is still once per file).
+    let settings = aggregator_settings(Some(inbox.to_str().unwrap()), "3000");
+    start_aggregator(&mut world, "aggregator-a", &settings);
+    start_aggregator(&mut world, "aggregator-b", &settings);
+    let leaders = leaders(&world, backend).await;
 
     // Streamed events and six files copied in while the pipeline runs.
     let stream = common::traffic(91, 30_000);
@@ -131,13 +173,24 @@ async fn watched_folder(backend: Backend) {
     let listed: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("row ")).collect();
     assert_eq!(listed.len() as i64, rows(&files[2].1).1, "{}", stdout(&show));
     assert!(listed.iter().all(|l| l.contains("field `")), "{listed:?}");
-    let imported = world.metric("aggregator", "tally_import_files_total", &[("outcome", "imported")]).await;
-    assert_eq!(imported, Some(6.0));
+    assert_eq!(both(&world, "tally_import_files_total", &[("outcome", "imported")]).await, 6.0);
     let invalid: i64 = files.iter().map(|(_, m)| rows(m).1).sum();
-    assert_eq!(world.metric("aggregator", "tally_import_rows_total", &[("outcome", "invalid")]).await, Some(invalid as f64));
+    assert_eq!(both(&world, "tally_import_rows_total", &[("outcome", "invalid")]).await, invalid as f64);
+
+    // A file copied in again with the same bytes (a new modification time) adds nothing and is no conflict.
+    let before = store.totals(None).await.unwrap();
+    std::fs::copy(staged.join("orders-0.parquet"), inbox.join("orders-0.parquet")).unwrap();
+    world
+        .wait_for("the copy judged", Duration::from_secs(120), || async {
+            imports_of(&store, "orders-0.parquet").await.iter().filter(|j| j.state == State::Succeeded).count() == 2
+        })
+        .await;
+    let copy = imports_of(&store, "orders-0.parquet").await.pop().unwrap();
+    assert!(copy.tasks[0].outcome.as_deref().unwrap_or("").starts_with("unchanged"), "{copy:#?}");
+    assert_eq!(store.totals(None).await.unwrap(), before);
+    assert_eq!(both(&world, "tally_import_files_total", &[("outcome", "unchanged")]).await, 1.0);
 
     // Scenario 4: a file rewritten under the same name is a conflict, reported once, and counts nothing.
-    let before = store.totals(None).await.unwrap();
     write_format(&staged.join("changed.csv"), "csv", &events(190, 20_000));
     std::fs::copy(staged.join("changed.csv"), inbox.join("orders-2.csv")).unwrap();
     world
@@ -150,7 +203,7 @@ async fn watched_folder(backend: Backend) {
     assert!(error.contains("conflict") && error.contains("new name") && error.contains("tally backfill"), "{error}");
     assert_eq!(failed[0].tasks[0].outcome.as_deref(), Some("conflict"));
     assert_eq!(store.totals(None).await.unwrap(), before);
-    assert_eq!(world.metric("aggregator", "tally_import_files_total", &[("outcome", "conflict")]).await, Some(1.0));
+    assert_eq!(both(&world, "tally_import_files_total", &[("outcome", "conflict")]).await, 1.0);
 
     // Scenario 6: a file still being written waits until it is complete.
     let late = events(195, 40_000);
@@ -158,14 +211,9 @@ async fn watched_folder(backend: Backend) {
     let bytes = std::fs::read(staged.join("late.ndjson")).unwrap();
     let (head, tail) = bytes.split_at(bytes.len() / 2 + 7); // mid-line
     std::fs::write(inbox.join("late.ndjson"), head).unwrap();
-    let unsettled = || async { world.metric("aggregator", "tally_import_watch_unsettled_files", &[]).await == Some(1.0) };
+    let unsettled = || async { both(&world, "tally_import_watch_unsettled_files", &[]).await >= 1.0 };
     world.wait_for("the watch sees the half-written file", Duration::from_secs(60), unsettled).await;
-    let polls = world.metric("aggregator", "tally_import_watch_polls_total", &[("outcome", "ok")]).await.unwrap();
-    world
-        .wait_for("three more listings", Duration::from_secs(60), || async {
-            world.metric("aggregator", "tally_import_watch_polls_total", &[("outcome", "ok")]).await.unwrap() >= polls + 3.0
-        })
-        .await;
+    three_more_listings(&world, &leaders).await;
     assert!(imports_of(&store, "late.ndjson").await.is_empty(), "a half-written file was queued");
     let mut writer = std::fs::OpenOptions::new().append(true).open(inbox.join("late.ndjson")).unwrap();
     std::io::Write::write_all(&mut writer, tail).unwrap();
@@ -181,13 +229,8 @@ async fn watched_folder(backend: Backend) {
     everything.extend(late.iter().cloned());
     assert_totals_equal(&expected_totals(&everything), &store.totals(None).await.unwrap());
     // Several more listings: nothing is queued again.
-    let polls = world.metric("aggregator", "tally_import_watch_polls_total", &[("outcome", "ok")]).await.unwrap();
-    world
-        .wait_for("three more listings", Duration::from_secs(60), || async {
-            world.metric("aggregator", "tally_import_watch_polls_total", &[("outcome", "ok")]).await.unwrap() >= polls + 3.0
-        })
-        .await;
-    assert_eq!(imports(&store).await.len(), 8, "6 files, one conflict, one late file");
+    three_more_listings(&world, &leaders).await;
+    assert_eq!(imports(&store).await.len(), 9, "6 files, a copy, a conflict, a late file");
 }
 
 /// An S3 event notification naming `objects` (key, size, ETag) in `bucket`.

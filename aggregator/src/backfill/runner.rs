@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::compute::{compute, compute_with, IMPORT_EXAMPLES};
 use super::plan::import_format;
-use super::source::{stat, Format};
+use super::source::{content_digest, stat, Format};
 use crate::metrics::{BACKFILL_ATTEMPTS, BACKFILL_JOBS, BACKFILL_ROWS, IMPORT_FILES, IMPORT_ROWS};
 
 /// How a runner works.
@@ -192,18 +192,26 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
             Err(error) => return fail(store, config, task, &format!("cannot read the file: {error}")).await,
         }
         result.rejections["file"] = serde_json::json!(location);
-        Some(result)
+        // Hashed off the runtime's threads: it reads the whole file again (from the page cache).
+        let path = location.clone();
+        let digest = match tokio::task::spawn_blocking(move || content_digest(&path)).await {
+            Ok(Ok(digest)) => digest,
+            Ok(Err(error)) => return fail(store, config, task, &format!("cannot read the file: {error}")).await,
+            Err(error) => return fail(store, config, task, &format!("the digest stopped: {error}")).await,
+        };
+        Some((result, digest))
     } else {
         None
     };
-    let outcome = match store.finish_import(task, &config.owner, &before, result.as_ref(), now_ms()).await {
+    let read = result.as_ref().map(|(r, d)| (r, d.as_deref()));
+    let outcome = match store.finish_import(task, &config.owner, &before, read, now_ms()).await {
         Ok(outcome) => outcome,
         Err(error) => return fail(store, config, task, &format!("cannot record the import: {error}")).await,
     };
     let (job_id, file) = (task.job_id, location.as_str());
     match &outcome {
         ImportOutcome::Imported { keys } => {
-            let result = result.as_ref().expect("imported files were read");
+            let (result, _) = result.as_ref().expect("imported files were read");
             BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
             IMPORT_FILES.with_label_values(&["imported"]).inc();
             let counted = result.rows_read - result.rows_rejected - result.rows_duplicate;
@@ -216,6 +224,11 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
             BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
             IMPORT_FILES.with_label_values(&["already_imported"]).inc();
             tracing::info!(job = job_id, file, "File already imported by job {by}: nothing added.");
+        }
+        ImportOutcome::Unchanged { job_id: by } => {
+            BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
+            IMPORT_FILES.with_label_values(&["unchanged"]).inc();
+            tracing::info!(job = job_id, file, "File copied or touched again with the content job {by} imported: nothing added.");
         }
         ImportOutcome::Superseded => {
             BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();

@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS tally_imports (
     location       TEXT    NOT NULL,   -- path, or s3://bucket/key
     size           BIGINT  NOT NULL,
     version        TEXT    NOT NULL,   -- ETag, or mtime in nanoseconds
-    state          TEXT    NOT NULL,   -- queued, imported, superseded, conflict
+    digest         TEXT,               -- local files: xxh3-128 of the content read
+    state          TEXT    NOT NULL,   -- queued, imported, unchanged, superseded, conflict
     job_id         BIGINT  NOT NULL,   -- the job that queued (or imported) it
     task_no        INTEGER NOT NULL,
     queued_at      BIGINT  NOT NULL,

@@ -5,7 +5,7 @@ use tokio_postgres::{GenericClient, Row};
 use super::{Columns, PgStore};
 use crate::error::{pg, Result};
 use crate::jobs::{
-    check_after, conflict_message, skip_reason, json_list, parse_day, parse_kind, parse_list, parse_state, Dependency, FileVersion, ImportOutcome, Job,
+    check_after, judge_import, row_state, skip_reason, json_list, parse_day, parse_kind, parse_list, parse_state, Dependency, FileVersion, ImportOutcome, Job,
     NewJob, Queued, QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
 };
 use crate::StoreError;
@@ -487,7 +487,8 @@ impl PgStore {
         Ok(Queued { job_id: Some(id), files })
     }
 
-    pub(crate) async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, result: Option<&TaskResult>, now: i64) -> Result<ImportOutcome> {
+    pub(crate) async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, read: Option<(&TaskResult, Option<&str>)>, now: i64) -> Result<ImportOutcome> {
+        let (result, digest) = (read.map(|r| r.0), read.and_then(|r| r.1));
         let mut guard = self.client().await?;
         let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
         let (job_id, task_no) = (task.job_id, task.task_no);
@@ -503,13 +504,13 @@ impl PgStore {
         }
         lock_location(&tx, &file.location).await?;
         let imported = tx
-            .query_opt("SELECT job_id, size, version FROM tally_imports WHERE location = $1 AND state = 'imported'", &[&file.location])
+            .query_opt("SELECT job_id, size, version, digest FROM tally_imports WHERE location = $1 AND state = 'imported'", &[&file.location])
             .await
-            .map_err(pg("import read"))?;
+            .map_err(pg("import read"))?
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)));
         let planned = task.input.version.clone().unwrap_or_default();
-        let outcome = match (imported, result) {
-            (Some(r), _) if r.get::<_, i64>(1) == file.size && r.get::<_, String>(2) == file.version => ImportOutcome::AlreadyImported { job_id: r.get(0) },
-            (Some(r), _) => ImportOutcome::Conflict { message: conflict_message(file, r.get(1), &r.get::<_, String>(2), r.get(0)) },
+        let outcome = match (judge_import(file, digest, imported), result) {
+            (Some(judged), _) => judged,
             (None, None) => ImportOutcome::Superseded,
             (None, Some(result)) => {
                 let keys = super::upsert(&tx, &result.totals).await? as i64;
@@ -517,22 +518,18 @@ impl PgStore {
                 // if its queued row were missing.
                 tx.execute(
                     "INSERT INTO tally_imports (location, size, version, state, job_id, task_no, queued_at, imported_at,
-                         rows_read, rows_rejected, rows_duplicate, keys_written)
-                     VALUES ($1, $2, $3, 'imported', $9, $10, $4, $4, $5, $6, $7, $8)
+                         rows_read, rows_rejected, rows_duplicate, keys_written, digest)
+                     VALUES ($1, $2, $3, 'imported', $9, $10, $4, $4, $5, $6, $7, $8, $11)
                      ON CONFLICT (location, size, version) DO UPDATE SET state = 'imported', imported_at = $4, rows_read = $5,
-                         rows_rejected = $6, rows_duplicate = $7, keys_written = $8, job_id = $9, task_no = $10",
-                    &[&file.location, &file.size, &file.version, &now, &result.rows_read, &result.rows_rejected, &result.rows_duplicate, &keys, &job_id, &task_no],
+                         rows_rejected = $6, rows_duplicate = $7, keys_written = $8, job_id = $9, task_no = $10, digest = $11",
+                    &[&file.location, &file.size, &file.version, &now, &result.rows_read, &result.rows_rejected, &result.rows_duplicate, &keys, &job_id, &task_no, &digest],
                 )
                 .await
                 .map_err(pg("import record"))?;
                 ImportOutcome::Imported { keys }
             }
         };
-        let row_state = match &outcome {
-            ImportOutcome::Superseded => Some("superseded"),
-            ImportOutcome::Conflict { .. } => Some("conflict"),
-            _ => None,
-        };
+        let row_state = row_state(&outcome);
         if let Some(state) = row_state {
             tx.execute(
                 "UPDATE tally_imports SET state = $4 WHERE location = $1 AND size = $2 AND version = $3 AND state = 'queued'",

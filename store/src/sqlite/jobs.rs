@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 use super::{upsert, SqliteStore};
 use crate::error::{lite, Result};
 use crate::jobs::{
-    check_after, conflict_message, json_list, parse_day, parse_kind, parse_list, parse_state, skip_reason, Dependency, FileVersion,
+    check_after, json_list, judge_import, row_state, parse_day, parse_kind, parse_list, parse_state, skip_reason, Dependency, FileVersion,
     ImportOutcome, Job, Kind, NewJob, NewTask, Queued, QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
 };
 use crate::StoreError;
@@ -521,8 +521,9 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, result: Option<&TaskResult>, now: i64) -> Result<ImportOutcome> {
-        let (task, owner, file, result) = (task.clone(), owner.to_owned(), file.clone(), result.cloned());
+    pub(crate) async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, read: Option<(&TaskResult, Option<&str>)>, now: i64) -> Result<ImportOutcome> {
+        let (task, owner, file) = (task.clone(), owner.to_owned(), file.clone());
+        let (result, digest) = (read.map(|r| r.0.clone()), read.and_then(|r| r.1.map(str::to_owned)));
         self.with(move |conn| {
             // IMMEDIATE: the whole judgement runs under the write lock, so two
             // versions of one file can never both be imported.
@@ -539,17 +540,16 @@ impl SqliteStore {
             if mine.is_none() {
                 return Ok(ImportOutcome::NotMine);
             }
-            let imported: Option<(i64, i64, String)> = tx
+            let imported: Option<(i64, i64, String, Option<String>)> = tx
                 .query_row(
-                    "SELECT job_id, size, version FROM tally_imports WHERE location = ?1 AND state = 'imported'",
+                    "SELECT job_id, size, version, digest FROM tally_imports WHERE location = ?1 AND state = 'imported'",
                     [&file.location],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()
                 .map_err(lite("import read"))?;
-            let outcome = match (imported, &result) {
-                (Some((job, size, version)), _) if size == file.size && version == file.version => ImportOutcome::AlreadyImported { job_id: job },
-                (Some((job, size, version)), _) => ImportOutcome::Conflict { message: conflict_message(&file, size, &version, job) },
+            let outcome = match (judge_import(&file, digest.as_deref(), imported), &result) {
+                (Some(judged), _) => judged,
                 (None, None) => ImportOutcome::Superseded,
                 (None, Some(result)) => {
                     upsert(&tx, &result.totals)?;
@@ -558,21 +558,17 @@ impl SqliteStore {
                     // if its queued row were missing.
                     tx.execute(
                         "INSERT INTO tally_imports (location, size, version, state, job_id, task_no, queued_at, imported_at,
-                             rows_read, rows_rejected, rows_duplicate, keys_written)
-                         VALUES (?1, ?2, ?3, 'imported', ?9, ?10, ?4, ?4, ?5, ?6, ?7, ?8)
+                             rows_read, rows_rejected, rows_duplicate, keys_written, digest)
+                         VALUES (?1, ?2, ?3, 'imported', ?9, ?10, ?4, ?4, ?5, ?6, ?7, ?8, ?11)
                          ON CONFLICT (location, size, version) DO UPDATE SET state = 'imported', imported_at = ?4, rows_read = ?5,
-                             rows_rejected = ?6, rows_duplicate = ?7, keys_written = ?8, job_id = ?9, task_no = ?10",
-                        params![file.location, file.size, file.version, now, result.rows_read, result.rows_rejected, result.rows_duplicate, keys, job_id, task_no],
+                             rows_rejected = ?6, rows_duplicate = ?7, keys_written = ?8, job_id = ?9, task_no = ?10, digest = ?11",
+                        params![file.location, file.size, file.version, now, result.rows_read, result.rows_rejected, result.rows_duplicate, keys, job_id, task_no, digest],
                     )
                     .map_err(lite("import record"))?;
                     ImportOutcome::Imported { keys }
                 }
             };
-            let row_state = match &outcome {
-                ImportOutcome::Superseded => Some("superseded"),
-                ImportOutcome::Conflict { .. } => Some("conflict"),
-                _ => None,
-            };
+            let row_state = row_state(&outcome);
             if let Some(state) = row_state {
                 tx.execute(
                     "UPDATE tally_imports SET state = ?4 WHERE location = ?1 AND size = ?2 AND version = ?3 AND state = 'queued'",
