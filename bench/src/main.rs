@@ -15,11 +15,16 @@
 //! - `backfill`: a backfill from Parquet to a finished table, against DuckDB
 //!   running the same GROUP BY on the same files (`DUCKDB_PYTHON` names a
 //!   Python with the duckdb package).
+//! - `e2e`: the whole pipeline (2 workers, 1 aggregator, PostgreSQL) from
+//!   process start to exact totals, against bare consumers draining the same
+//!   topic, with CPU, peak memory and latency (`bench/e2e.sh` starts the
+//!   broker and the database and runs it).
 //! - `import`: the same files imported (added once per file) into a table
 //!   that already holds streamed totals, from arrival in a watched folder
 //!   to the last commit.
 
 mod backfill;
+mod e2e;
 mod http_load;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -221,6 +226,19 @@ fn main() -> Result<()> {
             };
             backfill::run(arg(&args, "--events", 10_000_000)?, arg(&args, "--runs", 3)?, shards, &root, &python)
         }
+        Some("e2e") => {
+            let sets = args.iter().enumerate().filter(|(_, a)| *a == "--set").filter_map(|(i, _)| args.get(i + 1).cloned()).collect();
+            let setup = e2e::Setup {
+                brokers: text_arg(&args, "--brokers")?,
+                pg_url: text_arg(&args, "--pg-url")?,
+                tally: text_arg(&args, "--tally-bin")?,
+                events: arg(&args, "--events", 1_000_000)?,
+                merchants: arg(&args, "--merchants", 10_000)? as u32,
+                partitions: arg(&args, "--partitions", 8)? as i32,
+                sets,
+            };
+            e2e::run(&setup, arg(&args, "--runs", 3)?)
+        }
         Some("import") => {
             let root = args.iter().position(|a| a == "--dir").and_then(|i| args.get(i + 1)).map_or_else(std::env::temp_dir, Into::into);
             backfill::import(arg(&args, "--events", 10_000_000)?, arg(&args, "--runs", 3)?, &root)
@@ -229,7 +247,8 @@ fn main() -> Result<()> {
             "usage: bench hotpath [--events N] [--batch N] [--runs N] | bench dedupe-memory [--ids N] | \
              bench partials [--merchants N] | \
              bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N] | \
-             bench backfill [--events N] [--runs N] [--shards N] [--dir D] | bench import [--events N] [--runs N] [--dir D]"
+             bench backfill [--events N] [--runs N] [--shards N] [--dir D] | bench import [--events N] [--runs N] [--dir D] | \
+             bench e2e --brokers B --pg-url URL --tally-bin PATH [--events N] [--merchants N] [--partitions N] [--runs N] [--set S]…"
         ),
     }
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole pipeline against the broker's own speed: starts tansu (memory
+# store: this load never re-seeks) and PostgreSQL (fsync off) on loopback,
+# then runs `bench e2e` (fresh topics and database per run, 2 workers and
+# 1 aggregator with default settings, bare consumers in the same run).
+#   bench/e2e.sh [events, default 1000000] [runs, default 3] [bench e2e flags…]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/provision.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TALLY_CACHE/target}
+ensure_postgres
+ensure_tansu
+make_run_dir
+trap stop_services EXIT
+start_postgres
+start_tansu "memory://tansu/"
+cargo build --release --locked --workspace --bins
+events=${1:-1000000}
+runs=${2:-3}
+shift $(( $# > 2 ? 2 : $# ))
+"$CARGO_TARGET_DIR/release/bench" e2e --brokers "$TALLY_TEST_BROKERS" --pg-url "$TALLY_TEST_PG_URL" \
+    --tally-bin "$CARGO_TARGET_DIR/release/tally" --events "$events" --runs "$runs" "$@"

@@ -1,0 +1,314 @@
+//! `bench e2e`: the pipeline as a user runs it, against what the broker
+//! can deliver.
+//!
+//! Each run makes a fresh topic set and PostgreSQL database, publishes the
+//! generator's mix (duplicates, late and invalid events) and then:
+//!
+//! 1. drains the topic with bare librdkafka consumers that decode nothing,
+//!    once with default fetch settings and once tuned
+//!    (`fetch.wait.max.ms=10`, a deep prefetch queue): the broker's speed;
+//! 2. starts 2 `tally worker` and 1 `tally aggregator` processes with
+//!    default settings and times from their start until the fences cover
+//!    every message, then checks `merchant_sales` against the generator's
+//!    exact totals (a run whose totals differ fails);
+//! 3. reads each process's CPU seconds and peak RSS from `/proc`;
+//! 4. publishes as many events again at half the rate just measured and
+//!    reads the append-to-commit latency of those from the aggregator's
+//!    histogram.
+//!
+//! `bench/e2e.sh` starts tansu (memory store: nothing here re-seeks) and
+//! PostgreSQL (fsync off) and runs it.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ingest::generate::{Generated, Generator, GeneratorConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use store::Store;
+
+/// What one run measured.
+struct Run {
+    bare_default: f64,
+    bare_tuned: f64,
+    tally_seconds: f64,
+    cpu_seconds: f64,
+    peak_rss_mib: Vec<(String, f64)>,
+    p50: f64,
+    p99: f64,
+    paced_rate: f64,
+}
+
+/// How the pipeline is run: partitions, workers, extra `--set` fields.
+pub struct Setup {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// A PostgreSQL URL whose user may create databases.
+    pub pg_url: String,
+    /// The `tally` binary.
+    pub tally: String,
+    /// Events per run.
+    pub events: u64,
+    /// Distinct merchants.
+    pub merchants: u32,
+    /// Partitions of each topic.
+    pub partitions: i32,
+    /// Extra `--set section.field=value` for every process.
+    pub sets: Vec<String>,
+}
+
+/// Runs `runs` times and prints medians.
+pub fn run(setup: &Setup, runs: u64) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!(
+        "e2e: {} events, {} merchants, {} partitions, 2 workers + 1 aggregator, PostgreSQL; extra settings: {:?}",
+        setup.events, setup.merchants, setup.partitions, setup.sets
+    );
+    let mut results = Vec::new();
+    for n in 0..runs {
+        let run = runtime.block_on(once(setup, n))?;
+        let rate = setup.events as f64 / run.tally_seconds;
+        println!(
+            "  run {n}: tally {:.2} s ({rate:.0} events/s, {:.0}% of the tuned bare consumer's {:.0}/s, {:.0}% of the default one's {:.0}/s); \
+             {:.1} CPU-s ({:.2} µs per event); p50 {:.3} s, p99 {:.3} s at {:.0} events/s",
+            run.tally_seconds,
+            rate / run.bare_tuned * 100.0,
+            run.bare_tuned,
+            rate / run.bare_default * 100.0,
+            run.bare_default,
+            run.cpu_seconds,
+            run.cpu_seconds / setup.events as f64 * 1e6,
+            run.p50,
+            run.p99,
+            run.paced_rate,
+        );
+        let rss: Vec<String> = run.peak_rss_mib.iter().map(|(name, mib)| format!("{name} {mib:.0} MiB")).collect();
+        println!("         peak RSS: {}", rss.join(", "));
+        results.push(run);
+    }
+    let median = |f: &dyn Fn(&Run) -> f64| {
+        let mut values: Vec<f64> = results.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let events = setup.events as f64;
+    println!("| measure (median of {runs}) | figure |");
+    println!("| --- | --- |");
+    println!("| bare consumer, default fetch settings | {:.0} msgs/s |", median(&|r| r.bare_default));
+    println!("| bare consumer, fetch.wait.max.ms=10 and a deep queue | {:.0} msgs/s |", median(&|r| r.bare_tuned));
+    println!("| tally, process start to exact totals | {:.2} s, {:.0} events/s |", median(&|r| r.tally_seconds), median(&|r| events / r.tally_seconds));
+    println!("| tally / tuned bare consumer | {:.2} |", median(&|r| events / r.tally_seconds / r.bare_tuned));
+    println!("| tally / default bare consumer | {:.2} |", median(&|r| events / r.tally_seconds / r.bare_default));
+    println!("| CPU, all tally processes | {:.1} s, {:.2} µs per event |", median(&|r| r.cpu_seconds), median(&|r| r.cpu_seconds / events * 1e6));
+    println!("| append-to-commit at half that rate | p50 {:.3} s, p99 {:.3} s |", median(&|r| r.p50), median(&|r| r.p99));
+    Ok(())
+}
+
+async fn once(setup: &Setup, n: u64) -> Result<Run> {
+    let id = format!("{}-{n}", std::process::id());
+    let (orders, partials, dlq) = (format!("e2e-orders-{id}"), format!("e2e-partials-{id}"), format!("e2e-dlq-{id}"));
+    shard_worker::kafka::ensure_topics(&setup.brokers, &Default::default(), &[&orders, &partials, &dlq], setup.partitions, 1).await?;
+    let database_url = fresh_database(&setup.pg_url, &format!("e2e_{}", id.replace('-', "_"))).await?;
+    let store = Store::connect(&database_url).await?;
+
+    let config = GeneratorConfig { seed: 500 + n, events: setup.events, merchants: setup.merchants, ..GeneratorConfig::default() };
+    let mut generator = Generator::new(config.clone());
+    let messages: Vec<Generated> = generator.by_ref().collect();
+    let expected = generator.totals().clone();
+    let producer = ingest::produce::bulk_producer(&setup.brokers)?;
+    ingest::produce::produce_all(&producer, &orders, messages, |_| {}).await?;
+
+    let bare_default = drain(&setup.brokers, &orders, setup.partitions, setup.events, &[]).await?;
+    let bare_tuned = drain(&setup.brokers, &orders, setup.partitions, setup.events, &[("fetch.wait.max.ms", "10"), ("queued.min.messages", "1000000")]).await?;
+
+    let topics = [
+        format!("worker.orders_topic={orders}"),
+        format!("worker.partials_topic={partials}"),
+        format!("worker.dlq_topic={dlq}"),
+        format!("worker.group_id=e2e-workers-{id}"),
+        format!("worker.topic_partitions={}", setup.partitions),
+        format!("aggregator.partials_topic={partials}"),
+        format!("aggregator.group_id=e2e-aggregators-{id}"),
+        format!("aggregator.partials_partitions={}", setup.partitions),
+        "aggregator.backfill_parallelism=0".to_owned(),
+    ];
+    let logs = std::env::temp_dir().join(format!("tally-e2e-{id}"));
+    std::fs::create_dir_all(&logs)?;
+    let started = Instant::now();
+    let mut processes = Vec::new();
+    for (role, name) in [("worker", "worker-1"), ("worker", "worker-2"), ("aggregator", "aggregator")] {
+        let metrics = free_addr()?;
+        let mut command = Command::new(&setup.tally);
+        command.args([role, "--brokers", &setup.brokers, "--database-url", &database_url, "--metrics-addr", &metrics]);
+        for set in topics.iter().chain(&setup.sets) {
+            command.args(["--set", set]);
+        }
+        let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {}", setup.tally))?;
+        processes.push(Process { name: name.to_owned(), child, metrics });
+    }
+    let result = async {
+        wait_committed(&store, &orders, setup.events, &mut processes, Duration::from_secs(600)).await?;
+        let tally_seconds = started.elapsed().as_secs_f64();
+        let cpu_seconds: f64 = processes.iter().map(|p| p.cpu_seconds()).sum();
+        let table = store.totals(None).await?;
+        if table != expected {
+            bail!("merchant_sales differs from the generator's totals ({} rows against {}); logs in {}", table.len(), expected.len(), logs.display());
+        }
+
+        // Latency at half the rate just reached: as many events again, paced.
+        let aggregator = processes.iter().find(|p| p.name == "aggregator").expect("started").metrics.clone();
+        let before = histogram(&aggregator).await?;
+        let rate = setup.events as f64 / tally_seconds / 2.0;
+        let more = GeneratorConfig { seed: 900 + n, ..config };
+        let paced: Vec<Generated> = Generator::new(more).collect();
+        let start = Instant::now();
+        let mut deliveries = Vec::with_capacity(paced.len());
+        for (i, chunk) in paced.chunks(1_000).enumerate() {
+            tokio::time::sleep_until((start + Duration::from_secs_f64((i * 1_000) as f64 / rate)).into()).await;
+            for message in chunk {
+                let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(&orders).payload(&message.payload);
+                if let Some(key) = &message.key {
+                    record = record.key(key.as_str());
+                }
+                deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+            }
+        }
+        let paced_rate = paced.len() as f64 / start.elapsed().as_secs_f64();
+        for delivery in deliveries {
+            delivery.await?.map_err(|(e, _)| e)?;
+        }
+        wait_committed(&store, &orders, setup.events * 2, &mut processes, Duration::from_secs(600)).await?;
+        let after = histogram(&aggregator).await?;
+        let (p50, p99) = (quantile(&before, &after, 0.5), quantile(&before, &after, 0.99));
+        let peak_rss_mib = processes.iter().map(|p| (p.name.clone(), p.peak_rss_mib())).collect();
+        Ok(Run { bare_default, bare_tuned, tally_seconds, cpu_seconds, peak_rss_mib, p50, p99, paced_rate })
+    }
+    .await;
+    for process in &mut processes {
+        let _ = Command::new("kill").args(["-TERM", &process.child.id().to_string()]).status();
+    }
+    for process in &mut processes {
+        let _ = process.child.wait();
+    }
+    result
+}
+
+struct Process {
+    name: String,
+    child: Child,
+    metrics: String,
+}
+
+impl Process {
+    /// User plus system CPU seconds so far (`/proc/PID/stat`, in clock ticks of 1/100 s).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// The most resident memory the process has held (`VmHWM`).
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        kib.unwrap_or(0.0) / 1024.0
+    }
+}
+
+/// Reads every message of `topic` with a bare consumer that decodes
+/// nothing; returns messages per second from the first poll to the last message.
+async fn drain(brokers: &str, topic: &str, partitions: i32, events: u64, settings: &[(&str, &str)]) -> Result<f64> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &brokers).set("group.id", format!("e2e-bare-{}", std::process::id())).set("enable.auto.commit", "false");
+        for (key, value) in &settings {
+            config.set(key, value);
+        }
+        let consumer: BaseConsumer = config.create()?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let started = Instant::now();
+        let mut seen = 0u64;
+        while seen < events {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(_)) => seen += 1,
+                Some(Err(error)) => bail!("bare consumer: {error}"),
+                None if started.elapsed() > Duration::from_secs(300) => bail!("bare consumer: {seen} of {events} after 300 s"),
+                None => {}
+            }
+        }
+        Ok(events as f64 / started.elapsed().as_secs_f64())
+    })
+    .await?
+}
+
+/// Waits until the fences of `topic` cover `messages`; fails if a process exits.
+async fn wait_committed(store: &Store, topic: &str, messages: u64, processes: &mut [Process], limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let progress = store.progress().await?;
+        let done: i64 = progress.iter().filter(|p| p.topic == topic).map(|p| p.fence.next_offset).sum();
+        if done as u64 >= messages {
+            return Ok(());
+        }
+        for process in processes.iter_mut() {
+            if let Some(status) = process.child.try_wait()? {
+                bail!("{} exited: {status}", process.name);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {messages} messages committed after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The aggregator's end-to-end latency histogram: cumulative count per upper bound.
+async fn histogram(addr: &str) -> Result<Vec<(f64, f64)>> {
+    let reply = ingest::client::request(addr, "GET", "/metrics", &[], b"").await?;
+    let text = String::from_utf8_lossy(&reply.body);
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("tally_aggregator_end_to_end_latency_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (le, value) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, value.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if buckets.is_empty() {
+        bail!("no tally_aggregator_end_to_end_latency_seconds on {addr}");
+    }
+    Ok(buckets)
+}
+
+/// The upper bound of the bucket holding quantile `q` of the observations
+/// made between two readings of a histogram.
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let earlier: HashMap<u64, f64> = before.iter().map(|(le, n)| (le.to_bits(), *n)).collect();
+    let delta: Vec<(f64, f64)> = after.iter().map(|(le, n)| (*le, n - earlier.get(&le.to_bits()).copied().unwrap_or(0.0))).collect();
+    let total = delta.last().map_or(0.0, |b| b.1);
+    delta.iter().find(|(_, n)| *n >= total * q).map_or(f64::NAN, |b| b.0)
+}
+
+async fn fresh_database(admin_url: &str, name: &str) -> Result<String> {
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    let (base, _) = admin_url.rsplit_once('/').context("the PostgreSQL URL names a database")?;
+    Ok(format!("{base}/{name}"))
+}
+
+fn free_addr() -> Result<String> {
+    Ok(format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))
+}
