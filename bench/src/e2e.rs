@@ -140,7 +140,10 @@ async fn once(setup: &Setup, n: u64) -> Result<Run> {
     let mut processes = Vec::new();
     for (role, name) in [("worker", "worker-1"), ("worker", "worker-2"), ("aggregator", "aggregator")] {
         let metrics = free_addr()?;
-        let mut command = Command::new(&setup.tally);
+        // `setpriv --pdeathsig` (util-linux) execs the service in its place and
+        // kills it if the bench dies first.
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--", &setup.tally]);
         command.args([role, "--brokers", &setup.brokers, "--database-url", &database_url, "--metrics-addr", &metrics]);
         for set in topics.iter().chain(&setup.sets) {
             command.args(["--set", set]);
