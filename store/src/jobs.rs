@@ -337,8 +337,8 @@ impl ImportOutcome {
         match self {
             ImportOutcome::Imported { .. } => "imported".to_owned(),
             ImportOutcome::AlreadyImported { job_id } => format!("already imported by job {job_id}"),
-            ImportOutcome::Unchanged { job_id } => format!("unchanged: the content job {job_id} imported"),
-            ImportOutcome::Superseded => "superseded: the file changed before it was read".to_owned(),
+            ImportOutcome::Unchanged { job_id } => format!("unchanged (content of job {job_id})"),
+            ImportOutcome::Superseded => "superseded (changed before read)".to_owned(),
             ImportOutcome::Conflict { .. } => "conflict".to_owned(),
             ImportOutcome::NotMine => "abandoned".to_owned(),
         }

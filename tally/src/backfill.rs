@@ -336,12 +336,11 @@ fn print_job(job: &Job) {
 /// An import's files: each one's state, outcome and rows, then every
 /// invalid row listed (up to the per-file limit) with its row number and reason.
 fn print_import_files(job: &Job) {
-    println!("  {:>4}  {:<10} {:<24} {:>8} {:>10} {:>8} {:>9} {:>8}  FILE", "TASK", "STATE", "OUTCOME", "ATTEMPTS", "ROWS", "INVALID", "DUPLICATE", "SECONDS");
+    println!("  {:>4}  {:<10} {:<32} {:>8} {:>10} {:>8} {:>9} {:>8}  FILE", "TASK", "STATE", "OUTCOME", "ATTEMPTS", "ROWS", "INVALID", "DUPLICATE", "SECONDS");
     for t in &job.tasks {
         let outcome = t.outcome.as_deref().unwrap_or("-");
-        let outcome = if outcome.len() > 24 { &outcome[..outcome.char_indices().nth(24).map_or(outcome.len(), |(i, _)| i)] } else { outcome };
         println!(
-            "  {:>4}  {:<10} {:<24} {:>8} {:>10} {:>8} {:>9} {:>8}  {}",
+            "  {:>4}  {:<10} {:<32} {:>8} {:>10} {:>8} {:>9} {:>8}  {}",
             t.task_no,
             t.state.as_str(),
             outcome,
