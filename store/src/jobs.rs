@@ -479,17 +479,6 @@ impl Store {
         .await
     }
 
-    /// Every version of `location` that was queued, newest first: (version, state, job).
-    pub async fn import_versions(&self, location: &str) -> Result<Vec<(FileVersion, String, i64)>> {
-        self.timed("import_versions", async {
-            match self {
-                Store::Postgres(s) => s.import_versions(location).await,
-                Store::Sqlite(s) => s.import_versions(location).await,
-            }
-        })
-        .await
-    }
-
     /// Whether each version was ever queued (by any job, whatever became of it).
     pub async fn known_versions(&self, files: &[FileVersion]) -> Result<Vec<bool>> {
         self.timed("known_versions", async {

@@ -40,26 +40,34 @@ async fn checked<T>(arguments: Result<T, String>, database: &crate::cli::Databas
     Ok((arguments, open_store(database).await?))
 }
 
+/// A job the database created, or the exit code: 2 when it refused the
+/// request (a bad `--after`), 1 when it failed.
+fn created<T>(result: Result<T, store::StoreError>) -> Result<T, ExitCode> {
+    result.map_err(|error| match error {
+        store::StoreError::Refused(reason) => {
+            eprintln!("error: {reason}");
+            ExitCode::from(2)
+        }
+        error => {
+            eprintln!("error: cannot create the job: {error}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
 /// Creates a job; with `--wait`, follows it to the end.
 pub async fn backfill(args: BackfillArgs) -> ExitCode {
     let job = match scope(&args.source) {
-        Ok((scope, format)) => plan(&args.source.source, format, scope, args.shards, None, args.after.clone()).await,
+        Ok((scope, format)) => plan(&args.source.source, format, scope, args.shards, None, args.job.after.clone()).await,
         Err(error) => Err(error),
     };
     let (job, store) = match checked(job, &args.database).await {
         Ok(ready) => ready,
         Err(code) => return code,
     };
-    let id = match store.create_job(&job, now_ms()).await {
+    let id = match created(store.create_job(&job, now_ms()).await) {
         Ok(id) => id,
-        Err(store::StoreError::Refused(reason)) => {
-            eprintln!("error: {reason}");
-            return ExitCode::from(2);
-        }
-        Err(error) => {
-            eprintln!("error: cannot create the job: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     println!("{id}");
     eprintln!(
@@ -70,7 +78,7 @@ pub async fn backfill(args: BackfillArgs) -> ExitCode {
         job.scope.to,
         job.tasks.len()
     );
-    if !args.wait {
+    if !args.job.wait {
         return ExitCode::SUCCESS;
     }
     follow(&store, id).await
@@ -81,23 +89,16 @@ pub async fn backfill(args: BackfillArgs) -> ExitCode {
 pub async fn import(args: ImportArgs) -> ExitCode {
     let format = args.format.as_deref().map(|f| Format::parse("--format", f)).transpose();
     let job = match format {
-        Ok(format) => plan_import(&args.source, format, args.after.clone()).await,
+        Ok(format) => plan_import(&args.source, format, args.job.after.clone()).await,
         Err(error) => Err(error),
     };
     let (job, store) = match checked(job, &args.database).await {
         Ok(ready) => ready,
         Err(code) => return code,
     };
-    let queued = match store.queue_import(&job, Requeue::AfterFailure, now_ms()).await {
+    let queued = match created(store.queue_import(&job, Requeue::AfterFailure, now_ms()).await) {
         Ok(queued) => queued,
-        Err(store::StoreError::Refused(reason)) => {
-            eprintln!("error: {reason}");
-            return ExitCode::from(2);
-        }
-        Err(error) => {
-            eprintln!("error: cannot create the job: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     for file in queued.files.iter().filter(|f| !f.queued) {
         eprintln!("  skipped {}: {}", file.location, file.reason.as_deref().unwrap_or(""));
@@ -109,7 +110,7 @@ pub async fn import(args: ImportArgs) -> ExitCode {
     println!("{id}");
     let files = queued.files.iter().filter(|f| f.queued).count();
     eprintln!("Job {id}: import of {files} file(s) from {}{}.", job.source, after_text(&job.after));
-    if !args.wait {
+    if !args.job.wait {
         return ExitCode::SUCCESS;
     }
     follow(&store, id).await

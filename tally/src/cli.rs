@@ -213,15 +213,23 @@ pub struct BackfillArgs {
     /// Merchant-hash shards, one task each (default: one per 2 GiB of input, rounded up to an even number).
     #[arg(long)]
     pub shards: Option<i32>,
+    #[command(flatten)]
+    pub job: JobFlags,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Flags every job-creating command takes.
+#[derive(Debug, Args)]
+pub struct JobFlags {
     /// Start only after job JOB_ID has succeeded (repeatable); the job is
     /// cancelled if that one fails or is cancelled.
     #[arg(long = "after", value_name = "JOB_ID")]
     pub after: Vec<i64>,
-    /// Show progress until the job ends; exit 0 only if it succeeded.
+    /// Show progress (for an import: files and rows done and left) until
+    /// the job ends; exit 0 only if it succeeded.
     #[arg(long)]
     pub wait: bool,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
 }
 
 /// Flags of `tally import`.
@@ -234,13 +242,8 @@ pub struct ImportArgs {
     /// parquet, csv or ndjson (default: each file's extension).
     #[arg(long)]
     pub format: Option<String>,
-    /// Start only after job JOB_ID has succeeded (repeatable); the import is
-    /// cancelled if that one fails or is cancelled.
-    #[arg(long = "after", value_name = "JOB_ID")]
-    pub after: Vec<i64>,
-    /// Show files and rows done and left until the job ends; exit 0 only if it succeeded.
-    #[arg(long)]
-    pub wait: bool,
+    #[command(flatten)]
+    pub job: JobFlags,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }

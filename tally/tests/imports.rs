@@ -135,6 +135,20 @@ async fn three_more_listings(world: &World, leaders: &[&str]) {
     }
 }
 
+/// Waits until the streamed events are committed and the six files
+/// imported, checks each file's rows, and checks `merchant_sales` against
+/// the test's own sums of both; returns the import jobs and every event.
+async fn stream_and_files_counted(world: &World, store: &Store, stream: &[Generated], files: &[(String, Vec<Generated>)]) -> (Vec<Job>, Vec<Generated>) {
+    world.wait_committed(store, stream.len() as u64, Duration::from_secs(180)).await;
+    let jobs = all_imported(world, store, 6).await;
+    assert_rows_per_file(&jobs, files);
+    let mut everything = stream.to_vec();
+    everything.extend(files.iter().flat_map(|(_, m)| m.iter().cloned()));
+    assert!(everything.len() >= 300_000);
+    assert_totals_equal(&expected_totals(&everything), &store.totals(None).await.unwrap());
+    (jobs, everything)
+}
+
 /// Scenario 1, 4 and 6: a watched folder beside the live stream.
 async fn watched_folder(backend: Backend) {
     let mut world = World::new("import-watch", backend).await;
@@ -158,13 +172,7 @@ async fn watched_folder(backend: Backend) {
         std::fs::copy(staged.join(name), inbox.join(name)).unwrap();
     }
     produce.await;
-    world.wait_committed(&store, stream.messages.len() as u64, Duration::from_secs(180)).await;
-    let jobs = all_imported(&world, &store, 6).await;
-    assert_rows_per_file(&jobs, &files);
-    let mut everything: Vec<Generated> = stream.messages.clone();
-    everything.extend(files.iter().flat_map(|(_, m)| m.iter().cloned()));
-    assert!(everything.len() >= 300_000);
-    assert_totals_equal(&expected_totals(&everything), &store.totals(None).await.unwrap());
+    let (jobs, mut everything) = stream_and_files_counted(&world, &store, &stream.messages, &files).await;
 
     // `jobs show` lists every invalid row of a file with its row number and reason.
     let csv = jobs.iter().find(|j| j.tasks[0].input.files[0].ends_with("orders-2.csv")).unwrap();
@@ -294,13 +302,8 @@ async fn s3_prefix_and_notifications(backend: Backend) {
     assert_eq!(status, 401);
 
     produce.await;
-    world.wait_committed(&store, stream.messages.len() as u64, Duration::from_secs(180)).await;
-    let jobs = all_imported(&world, &store, 6).await;
-    assert_rows_per_file(&jobs, &files);
-    let mut everything: Vec<Generated> = stream.messages.clone();
-    everything.extend(files.iter().flat_map(|(_, m)| m.iter().cloned()));
+    let (_, everything) = stream_and_files_counted(&world, &store, &stream.messages, &files).await;
     let expected = expected_totals(&everything);
-    assert_totals_equal(&expected, &store.totals(None).await.unwrap());
     // Delivered a third time after the imports: still nothing.
     let (status, late) = common::http(&addr, "POST", "/v1/imports", &headers, &body).await.unwrap();
     let late: serde_json::Value = serde_json::from_slice(&late).unwrap();

@@ -562,29 +562,11 @@ impl PgStore {
         Ok(outcome)
     }
 
-    pub(crate) async fn import_versions(&self, location: &str) -> Result<Vec<(FileVersion, String, i64)>> {
-        let guard = self.client().await?;
-        let rows = guard
-            .as_ref()
-            .expect("connected")
-            .query("SELECT size, version, state, job_id FROM tally_imports WHERE location = $1 ORDER BY queued_at DESC", &[&location])
-            .await
-            .map_err(pg("import read"))?;
-        Ok(rows
-            .iter()
-            .map(|r| (FileVersion { location: location.to_owned(), size: r.get(0), version: r.get(1) }, r.get(2), r.get(3)))
-            .collect())
-    }
-
     pub(crate) async fn known_versions(&self, files: &[FileVersion]) -> Result<Vec<bool>> {
         let guard = self.client().await?;
-        let (l, s, v): (Vec<&str>, Vec<i64>, Vec<&str>) =
-            files.iter().map(|f| (f.location.as_str(), f.size, f.version.as_str())).fold((vec![], vec![], vec![]), |mut acc, (l, s, v)| {
-                acc.0.push(l);
-                acc.1.push(s);
-                acc.2.push(v);
-                acc
-            });
+        let l: Vec<&str> = files.iter().map(|f| f.location.as_str()).collect();
+        let s: Vec<i64> = files.iter().map(|f| f.size).collect();
+        let v: Vec<&str> = files.iter().map(|f| f.version.as_str()).collect();
         let rows = guard
             .as_ref()
             .expect("connected")

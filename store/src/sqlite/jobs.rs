@@ -599,18 +599,6 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn import_versions(&self, location: &str) -> Result<Vec<(FileVersion, String, i64)>> {
-        let location = location.to_owned();
-        self.with(move |conn| {
-            let rows: Vec<(i64, String, String, i64)> = conn
-                .prepare("SELECT size, version, state, job_id FROM tally_imports WHERE location = ?1 ORDER BY queued_at DESC")
-                .and_then(|mut s| s.query_map([&location], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
-                .map_err(lite("import read"))?;
-            Ok(rows.into_iter().map(|(size, version, state, job)| (FileVersion { location: location.clone(), size, version }, state, job)).collect())
-        })
-        .await
-    }
-
     pub(crate) async fn known_versions(&self, files: &[FileVersion]) -> Result<Vec<bool>> {
         let files = files.to_vec();
         self.with(move |conn| {
