@@ -70,7 +70,7 @@ impl Default for AggregatorConfig {
             group_id: "tally-aggregators".into(),
             partials_partitions: 8,
             replication_factor: 1,
-            flush_interval_ms: 500,
+            flush_interval_ms: 200,
             flush_max_partials: 5_000,
             session_timeout_ms: 10_000,
             group_instance_id: String::new(),

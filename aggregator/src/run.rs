@@ -87,6 +87,7 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
     if !config.group_instance_id.is_empty() {
         client.set("group.instance.id", &config.group_instance_id);
     }
+    shard_worker::kafka::fetch_defaults(&mut client, &config.kafka);
     for (key, value) in &config.kafka {
         client.set(key, value);
     }

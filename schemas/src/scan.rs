@@ -30,6 +30,9 @@ pub fn object_fields<'a, const N: usize>(
 ) -> Result<[Option<&'a str>; N], ScanError> {
     let mut scanner = Scanner { text, bytes: text.as_bytes(), at: 0 };
     let mut found = [None; N];
+    // Producers write the keys in one order: try the slot after the last
+    // one matched before comparing against every wanted key.
+    let mut guess = 0;
     scanner.whitespace();
     scanner.expect(b'{', "expected `{` at the start of the object")?;
     scanner.whitespace();
@@ -47,11 +50,12 @@ pub fn object_fields<'a, const N: usize>(
             let value_start = scanner.at;
             scanner.value(0)?;
             let value = &text[value_start..scanner.at];
-            if let Some(slot) = slot_of(key_token, escaped, wanted) {
+            if let Some(slot) = slot_of(key_token, escaped, wanted, guess) {
                 if found[slot].is_some() {
                     return Err(ScanError { reason: "a field appears twice", at: key_start });
                 }
                 found[slot] = Some(value);
+                guess = slot + 1;
             }
             scanner.whitespace();
             match scanner.next() {
@@ -98,9 +102,12 @@ pub fn array_elements(text: &str) -> Result<Vec<&str>, ScanError> {
     Ok(elements)
 }
 
-fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N]) -> Option<usize> {
+fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N], guess: usize) -> Option<usize> {
     let inner = &key_token.as_bytes()[1..key_token.len() - 1];
     if !escaped {
+        if wanted.get(guess).is_some_and(|w| same(w.as_bytes(), inner)) {
+            return Some(guess);
+        }
         return wanted.iter().position(|w| same(w.as_bytes(), inner));
     }
     let key: String = serde_json::from_str(key_token).ok()?;
@@ -112,6 +119,35 @@ fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N]) -
 #[inline]
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(true, |equal, (x, y)| equal & (x == y))
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `word` below `n` (n ≤ 0x80). Exact for the
+/// lowest such byte; bytes above it may be flagged falsely, which the caller's
+/// `trailing_zeros` never looks at.
+#[inline]
+fn below(word: u64, n: u8) -> u64 {
+    word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS
+}
+
+/// How many bytes at the start of `bytes` are plain string characters: not
+/// `"`, not `\`, not a control character. Eight bytes per step, in safe
+/// SWAR arithmetic, then byte by byte.
+#[inline]
+fn plain_run(bytes: &[u8]) -> usize {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let hits = below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) | below(word, 0x20);
+        if hits != 0 {
+            return at + (hits.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at + chunks.remainder().iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(chunks.remainder().len())
 }
 
 struct Scanner<'a> {
@@ -155,9 +191,8 @@ impl Scanner<'_> {
     fn string_rest(&mut self) -> Result<bool, ScanError> {
         let mut escaped = false;
         loop {
-            // Plain characters are the common case: skip them in a tight loop.
-            let plain = self.bytes[self.at..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
-            self.at = plain.map_or(self.bytes.len(), |n| self.at + n);
+            // Plain characters are the common case: skip them eight at a time.
+            self.at += plain_run(&self.bytes[self.at..]);
             let Some(byte) = self.next() else { return Err(self.error("unterminated string")) };
             match byte {
                 b'"' => return Ok(escaped),
@@ -330,6 +365,27 @@ mod tests {
         for bad in ["", "[", "[1,]", "{}", "[1] 2", "[1 2]"] {
             assert!(array_elements(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn plain_runs_stop_at_the_first_special_byte() {
+        for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+            for at in 0..20 {
+                let mut bytes = vec![b'a'; 20];
+                // Bytes that a careless SWAR test would also flag.
+                bytes.iter_mut().skip(at + 1).step_by(3).for_each(|b| *b = 0xff);
+                bytes[at] = special;
+                assert_eq!(plain_run(&bytes), at, "{special:#x} at {at}");
+            }
+        }
+        assert_eq!(plain_run("é€😀 plain".as_bytes()), "é€😀 plain".len());
+        assert_eq!(plain_run(&[0x21, 0x5b, 0x5d, 0x7f, 0x80]), 5);
+    }
+
+    #[test]
+    fn keys_out_of_order_are_still_found() {
+        assert_eq!(fields(r#"{"b":2,"a":1}"#).unwrap(), [Some("1"), Some("2")]);
+        assert_eq!(fields(r#"{"x":0,"b":2,"y":0,"a":1}"#).unwrap(), [Some("1"), Some("2")]);
     }
 
     #[test]

@@ -5,12 +5,21 @@
 //! Claims happen inside the rebalance callback, before `assign`, so the
 //! consumer starts every partition exactly at the database's
 //! `dedupe_from_offset` and never at Kafka's committed offset.
+//!
+//! Each claimed partition gets its own librdkafka queue, split off before
+//! `assign`. The loop reads a partition's queue only while its task has
+//! room, so a partition that falls behind simply stops being read: its
+//! queue fills up to `queued.min.messages` or `queued.max.messages.kbytes`
+//! and librdkafka stops fetching it, keeping what it prefetched. Nothing
+//! pauses and nothing re-fetches (pausing drops the prefetch, and the
+//! resume fetches again from inside a record batch).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -31,7 +40,10 @@ use crate::{metrics, publish};
 /// A change of assignment, recorded by the rebalance callback and acted on by
 /// the consumer loop right after the poll that triggered it.
 enum Control {
-    Assigned(i32, Claim),
+    /// The queue is `None` only when it could not be split off; the
+    /// partition's messages then arrive on the consumer's own queue. The
+    /// park is `Some` when the broker's log end looked behind the fence.
+    Assigned(i32, Claim, Option<PartitionQueue<ClaimContext>>, Option<Parked>),
     Revoked(Vec<i32>),
 }
 
@@ -44,6 +56,8 @@ pub struct ClaimContext {
     /// High watermarks and held partitions, for the lag reporter.
     offsets: Arc<Offsets>,
     shutdown: CancellationToken,
+    /// The consumer itself, to split partition queues in the callback.
+    consumer: OnceLock<Weak<BaseConsumer<ClaimContext>>>,
 }
 
 impl ClaimContext {
@@ -56,7 +70,24 @@ impl ClaimContext {
             controls: Mutex::new(Vec::new()),
             offsets,
             shutdown,
+            consumer: OnceLock::new(),
         }
+    }
+
+    /// Lets the rebalance callback split partition queues off `consumer`
+    /// (which owns this context). Call before subscribing.
+    pub fn attach(consumer: &Arc<BaseConsumer<ClaimContext>>) {
+        let _ = consumer.context().consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// The partition's own queue, split off the consumer's before `assign`
+    /// (librdkafka keeps a queue the application split off across `assign`).
+    fn split(&self, topic: &str, partition: i32) -> Option<PartitionQueue<ClaimContext>> {
+        let queue = self.consumer.get().and_then(Weak::upgrade).and_then(|c| c.split_partition_queue(topic, partition));
+        if queue.is_none() {
+            tracing::warn!(partition, "Could not give the partition its own queue; reading it from the shared one.");
+        }
+        queue
     }
 
     fn push(&self, control: Control) {
@@ -119,15 +150,12 @@ impl ConsumerContext for ClaimContext {
                     metrics::CLAIMS.inc();
                     tracing::info!(partition, epoch = claim.epoch, next_offset = claim.next_offset,
                         dedupe_from_offset = claim.dedupe_from_offset, "Partition claimed.");
-                    if let Some(parked) = log_behind_fence(consumer, &topic, partition, &claim) {
-                        // Not assigned: nothing is read, so nothing past the fence is counted.
-                        health::park(&topic, partition, parked);
-                        continue;
-                    }
+                    let suspect = log_behind_fence(consumer, &topic, partition, &claim);
                     if let Err(error) = accepted.add_partition_offset(&topic, partition, Offset::Offset(claim.dedupe_from_offset)) {
                         tracing::error!(partition, %error, "Could not set the start offset.");
                     }
-                    self.push(Control::Assigned(partition, claim));
+                    let queue = self.split(&topic, partition);
+                    self.push(Control::Assigned(partition, claim, queue, suspect));
                 }
                 if let Err(error) = consumer.assign(&accepted) {
                     tracing::error!(%error, "Assigning partitions failed.");
@@ -158,6 +186,11 @@ impl ConsumerContext for ClaimContext {
 /// skip the new log's first events, so the partition is refused instead.
 /// `None` when the log reaches the fence, or when the broker cannot say (the
 /// running check in [`poll_loop`] still catches a log that went backwards).
+///
+/// The log end comes from ListOffsets, which some brokers answer wrongly
+/// (tansu's memory store names the start of a recent record batch). So a
+/// `Some` only makes the lane a suspect: it hands nothing over until a
+/// fetch response's high watermark ([`Lane::settle`]) confirms or clears it.
 fn log_behind_fence(consumer: &BaseConsumer<ClaimContext>, topic: &str, partition: i32, claim: &Claim) -> Option<Parked> {
     let (low, high) = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
         Ok(marks) => marks,
@@ -183,12 +216,76 @@ struct Lane {
     /// The lowest offset the next message may have: a lower one means the
     /// log went backwards under the consumer.
     expected: i64,
+    /// Its own librdkafka queue, read only while the task has room.
+    queue: Option<PartitionQueue<ClaimContext>>,
     batches: mpsc::Sender<Vec<Message>>,
     pending: Vec<Message>,
     opened: Option<Instant>,
     task: JoinHandle<Ended>,
-    /// Fetching is paused while the partition's task is two batches behind.
-    paused: bool,
+    /// Set while the log's end looked behind the fence and no fetch
+    /// response has said otherwise: the park, the fence, and since when.
+    suspect: Option<(Parked, i64, Instant)>,
+}
+
+/// How long a suspect lane waits for a fetch response's high watermark
+/// (statistics come every 2 s) before the park stands.
+const SUSPECT_FOR: Duration = Duration::from_secs(30);
+
+impl Lane {
+    /// Settles a suspect lane from the high watermark of fetch responses:
+    /// `Some(park)` when the log is confirmed behind the fence.
+    fn settle(&mut self, partition: i32, offsets: &Offsets) -> Option<Parked> {
+        let (parked, fence, since) = self.suspect.take()?;
+        match offsets.high_since(partition, since) {
+            Some(high) if high >= fence => {
+                tracing::info!(partition, high, fence, "The log end from ListOffsets was behind the fence, but fetches reach past it; reading on.");
+                None
+            }
+            Some(_) => Some(parked),
+            None if since.elapsed() >= SUSPECT_FOR => Some(parked),
+            None => {
+                self.suspect = Some((parked, fence, since));
+                None
+            }
+        }
+    }
+
+    /// Adds `message` to the pending batch; false when the log went
+    /// backwards (the caller then parks the partition).
+    fn accept(&mut self, message: &BorrowedMessage<'_>) -> bool {
+        if message.offset() < self.expected {
+            return false;
+        }
+        self.expected = message.offset() + 1;
+        self.opened.get_or_insert_with(Instant::now);
+        self.pending.push(owned(message));
+        true
+    }
+
+    /// Reads the partition's queue until the pending batch is full, the
+    /// queue is empty, or `most` messages were read. `Err` carries the
+    /// offset at which the log went backwards.
+    fn read(&mut self, batch_max_events: usize, most: usize) -> Result<usize, i64> {
+        let Some(queue) = self.queue.take() else { return Ok(0) };
+        let mut read = 0;
+        let mut result = Ok(0);
+        while self.pending.len() < batch_max_events && read < most {
+            match queue.poll(Duration::ZERO) {
+                Some(Ok(message)) => {
+                    if !self.accept(&message) {
+                        result = Err(message.offset());
+                        break;
+                    }
+                    read += 1;
+                    result = Ok(read);
+                }
+                Some(Err(error)) => tracing::warn!(%error, "Consumer error."),
+                None => break,
+            }
+        }
+        self.queue = Some(queue);
+        result
+    }
 }
 
 /// Batch limits and drain time for the loop.
@@ -214,39 +311,46 @@ fn owned(message: &BorrowedMessage<'_>) -> Message {
     }
 }
 
+/// How long the loop waits on the consumer's own queue when no partition
+/// had anything to read: the most a message waits in its partition's queue.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+
+/// Most messages read from one partition's queue per turn, so one busy
+/// partition cannot hold up the others' batch timers or the rebalance.
+const READ_PER_TURN: usize = 5_000;
+
 /// Runs the consumer until `shutdown`, then drains: pending batches are
 /// handed over and their partials published (within `settings.drain`), and
 /// the last offsets are committed as hints.
-pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, shutdown: CancellationToken) {
+pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettings, shutdown: CancellationToken) {
     let ctx = consumer.context();
     let (shared, handle) = (ctx.shared.clone(), ctx.handle.clone());
+    let topic = shared.orders_topic.as_str();
     let (acks_tx, acks) = std::sync::mpsc::channel();
     let mut lanes: HashMap<i32, Lane> = HashMap::new();
     let mut held = 0;
+    let mut busy = false;
     metrics::READY.set(1);
     while !shutdown.is_cancelled() {
-        let polled = consumer.poll(Duration::from_millis(50));
+        // The consumer's own queue serves rebalances, statistics and errors
+        // (and the messages of a partition whose queue could not be split).
+        let polled = consumer.poll(if busy { Duration::ZERO } else { IDLE_POLL });
         let controls = std::mem::take(&mut *ctx.controls.lock().expect("controls lock"));
         let controls_empty = controls.is_empty();
         for control in controls {
             match control {
-                Control::Assigned(partition, claim) => {
+                Control::Assigned(partition, claim, queue, suspect) => {
                     let (tx, rx) = mpsc::channel(2);
-                    let start = claim.dedupe_from_offset;
+                    let (start, fence) = (claim.dedupe_from_offset, claim.next_offset);
                     let task = handle.spawn(PartitionTask::new(partition, claim, shared.clone()).run(rx, acks_tx.clone()));
-                    let lane = Lane {
-                        expected: start,
-                        batches: tx,
-                        pending: Vec::new(),
-                        opened: None,
-                        task,
-                        paused: false,
-                    };
+                    let suspect = suspect.map(|parked| (parked, fence, Instant::now()));
+                    let lane = Lane { expected: start, queue, batches: tx, pending: Vec::new(), opened: None, task, suspect };
                     if let Some(old) = lanes.insert(partition, lane) {
                         old.task.abort();
                     }
-                    // librdkafka keeps a pause across assignments; a new lane starts fetching.
-                    set_paused(&consumer, &shared.orders_topic, partition, false);
+                    // librdkafka keeps a pause across assignments (a parked
+                    // partition is paused); a new lane starts fetching.
+                    set_paused(&consumer, topic, partition, false);
                 }
                 Control::Revoked(partitions) => {
                     tracing::debug!(?partitions, "Partitions revoked.");
@@ -259,40 +363,57 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
                 }
             }
         }
+        let mut backwards = Vec::new();
         match polled {
-            Some(Ok(message)) => {
-                let partition = message.partition();
-                if let Some(lane) = lanes.get_mut(&partition) {
-                    if message.offset() < lane.expected {
-                        went_backwards(&shared.orders_topic, partition, lane.expected, message.offset());
-                        if let Some(lane) = lanes.remove(&partition) {
-                            lane.task.abort();
-                        }
-                        set_paused(&consumer, &shared.orders_topic, partition, true);
-                        continue;
+            Some(Ok(message)) => match lanes.get_mut(&message.partition()) {
+                Some(lane) => {
+                    if !lane.accept(&message) {
+                        backwards.push((message.partition(), message.offset()));
                     }
-                    lane.expected = message.offset() + 1;
-                    lane.opened.get_or_insert_with(Instant::now);
-                    lane.pending.push(owned(&message));
-                } else {
-                    tracing::debug!(partition = message.partition(), offset = message.offset(), "Message for an unclaimed partition dropped.");
                 }
-            }
+                None => tracing::debug!(partition = message.partition(), offset = message.offset(), "Message for an unclaimed partition dropped."),
+            },
             Some(Err(error)) => tracing::warn!(%error, "Consumer error."),
             None => {}
         }
-        hand_over_due(&mut lanes, &settings, &consumer, &shared.orders_topic, false);
+        busy = false;
+        for (&partition, lane) in lanes.iter_mut() {
+            match lane.read(settings.batch_max_events, READ_PER_TURN) {
+                Ok(read) => busy |= read > 0,
+                Err(offset) => backwards.push((partition, offset)),
+            }
+        }
+        let mut parks: Vec<(i32, Parked)> = Vec::new();
+        for (partition, offset) in backwards {
+            if let Some(lane) = lanes.get(&partition) {
+                parks.push((partition, went_backwards(partition, lane.expected, offset)));
+            }
+        }
+        for (&partition, lane) in lanes.iter_mut() {
+            if let Some(parked) = lane.settle(partition, &ctx.offsets) {
+                parks.push((partition, parked));
+            }
+        }
+        for (partition, parked) in parks {
+            if let Some(lane) = lanes.remove(&partition) {
+                // Nothing past the fence was handed over, so nothing of it is counted.
+                health::park(topic, partition, parked);
+                lane.task.abort();
+                set_paused(&consumer, topic, partition, true);
+            }
+        }
+        hand_over_due(&mut lanes, &settings, &consumer, topic, false);
         // A fenced lane leaves without a control, hence the count check.
         if !controls_empty || lanes.len() != held {
             held = lanes.len();
             metrics::ASSIGNED.set(held as i64);
             ctx.offsets.set_assigned(lanes.keys().copied());
         }
-        commit_hints(&consumer, &shared.orders_topic, &acks, CommitMode::Async);
+        commit_hints(&consumer, topic, &acks, CommitMode::Async);
     }
     metrics::READY.set(0);
     tracing::info!(partitions = lanes.len(), "Draining in-flight batches.");
-    hand_over_due(&mut lanes, &settings, &consumer, &shared.orders_topic, true);
+    hand_over_due(&mut lanes, &settings, &consumer, topic, true);
     let deadline = tokio::time::Instant::now() + settings.drain;
     handle.block_on(async {
         for (partition, lane) in lanes.drain() {
@@ -302,19 +423,22 @@ pub fn poll_loop(consumer: BaseConsumer<ClaimContext>, settings: LoopSettings, s
             }
         }
     });
-    commit_hints(&consumer, &shared.orders_topic, &acks, CommitMode::Sync);
+    commit_hints(&consumer, topic, &acks, CommitMode::Sync);
     consumer.unsubscribe();
+    // Queues split off in a last rebalance hold the consumer: let it go.
+    ctx.controls.lock().expect("controls lock").clear();
 }
 
-/// Parks a partition whose log handed out `offset` after `expected`: the
-/// topic was recreated or truncated while this worker read it.
-fn went_backwards(topic: &str, partition: i32, expected: i64, offset: i64) {
+/// The park of a partition whose log handed out `offset` after `expected`:
+/// the topic was recreated or truncated while this worker read it.
+fn went_backwards(partition: i32, expected: i64, offset: i64) -> Parked {
     let detail = format!(
         "the log handed out offset {offset} after offset {}: the topic was recreated or truncated under the \
          worker; see the README (\"A log that went backwards\")",
         expected - 1
     );
-    health::park(topic, partition, Parked { reason: ParkReason::LogWentBackwards, first_offset: expected, last_offset: None, detail });
+    tracing::debug!(partition, expected, offset, "Log went backwards.");
+    Parked { reason: ParkReason::LogWentBackwards, first_offset: expected, last_offset: None, detail }
 }
 
 fn hand_over_due(
@@ -328,7 +452,7 @@ fn hand_over_due(
     for (&partition, lane) in lanes.iter_mut() {
         let due = lane.pending.len() >= settings.batch_max_events
             || lane.opened.is_some_and(|t| t.elapsed() >= settings.batch_max);
-        if lane.pending.is_empty() || !(due || everything) {
+        if lane.pending.is_empty() || !(due || everything) || lane.suspect.is_some() {
             continue;
         }
         let batch = std::mem::take(&mut lane.pending);
@@ -339,25 +463,17 @@ fn hand_over_due(
             }
             continue;
         }
-        // Never block the poll loop: a blocked loop misses rebalances. A busy
-        // partition is paused instead, and resumed once its task catches up.
+        // Never block the poll loop: a blocked loop misses rebalances. A
+        // busy partition keeps its full batch, and its queue is not read
+        // until the task takes it.
         match lane.batches.try_send(batch) {
-            Ok(()) => {
-                lane.opened = None;
-                if lane.paused {
-                    lane.paused = !set_paused(consumer, topic, partition, false);
-                }
-            }
-            Err(TrySendError::Full(batch)) => {
-                lane.pending = batch;
-                if !lane.paused {
-                    lane.paused = set_paused(consumer, topic, partition, true);
-                }
-            }
+            Ok(()) => lane.opened = None,
+            Err(TrySendError::Full(batch)) => lane.pending = batch,
             Err(TrySendError::Closed(_)) => stopped.push(partition),
         }
     }
     for partition in stopped {
+        // Fenced or parked: stop fetching what nobody will read.
         lanes.remove(&partition);
         set_paused(consumer, topic, partition, true);
     }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use store::Store;
 use tokio_util::sync::CancellationToken;
@@ -15,8 +15,9 @@ use crate::metrics;
 /// What the consumer thread knows and the lag reporter needs.
 #[derive(Default)]
 pub struct Offsets {
-    /// Each partition's high watermark, from the client's statistics.
-    high: Mutex<HashMap<i32, i64>>,
+    /// Each partition's high watermark, from the client's statistics, and
+    /// when it was reported.
+    high: Mutex<HashMap<i32, (i64, Instant)>>,
     /// Partitions this process holds now.
     assigned: Mutex<BTreeSet<i32>>,
 }
@@ -24,7 +25,13 @@ pub struct Offsets {
 impl Offsets {
     /// Records a partition's high watermark.
     pub fn set_high(&self, partition: i32, high: i64) {
-        self.high.lock().expect("offsets lock").insert(partition, high);
+        self.high.lock().expect("offsets lock").insert(partition, (high, Instant::now()));
+    }
+
+    /// A partition's high watermark as reported after `since`.
+    pub fn high_since(&self, partition: i32, since: Instant) -> Option<i64> {
+        let high = self.high.lock().expect("offsets lock");
+        high.get(&partition).filter(|(_, at)| *at > since).map(|(high, _)| *high)
     }
 
     /// Replaces the set of partitions held.
@@ -61,7 +68,7 @@ pub async fn report(offsets: Arc<Offsets>, store: Arc<Store>, topic: String, eve
         for row in progress.iter().filter(|p| p.topic == topic && assigned.contains(&p.partition)) {
             let label = row.partition.to_string();
             metrics::COMMITTED.with_label_values(&[&label]).set(row.fence.next_offset);
-            if let Some(&high) = high.get(&row.partition) {
+            if let Some(&(high, _)) = high.get(&row.partition) {
                 metrics::LAG.with_label_values(&[&label]).set((high - row.fence.next_offset).max(0));
             }
             reported.insert(row.partition);

@@ -112,8 +112,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     if !config.group_instance_id.is_empty() {
         consumer_config.set("group.instance.id", &config.group_instance_id);
     }
-    let consumer: BaseConsumer<ClaimContext> =
-        consumer_config.create_with_context(context).map_err(kafka("consumer"))?;
+    crate::kafka::fetch_defaults(&mut consumer_config, &config.kafka);
+    let consumer: Arc<BaseConsumer<ClaimContext>> =
+        Arc::new(consumer_config.create_with_context(context).map_err(kafka("consumer"))?);
+    ClaimContext::attach(&consumer);
     consumer.subscribe(&[&config.orders_topic]).map_err(kafka("subscribe"))?;
     tracing::info!(owner, topic = config.orders_topic, group = config.group_id, "Worker consuming.");
     let settings = LoopSettings {
