@@ -6,20 +6,20 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Date32Builder, Decimal128Builder, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::amount::{PRECISION, SCALE};
-use crate::event::ValidEvent;
+use crate::event::{Kind, ValidEvent};
 
 /// Column names, in schema order.
 pub mod col {
     /// `merchant_id`, Utf8.
     pub const MERCHANT_ID: &str = "merchant_id";
-    /// `kind`, Utf8 (`sale` or `refund`).
-    pub const KIND: &str = "kind";
+    /// `refund`, Boolean: the event's `kind` is `refund` (else `sale`).
+    pub const REFUND: &str = "refund";
     /// `amount`, Decimal128(38,4).
     pub const AMOUNT: &str = "amount";
     /// `currency`, Utf8.
@@ -32,7 +32,7 @@ pub mod col {
 pub fn event_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(col::MERCHANT_ID, DataType::Utf8, false),
-        Field::new(col::KIND, DataType::Utf8, false),
+        Field::new(col::REFUND, DataType::Boolean, false),
         Field::new(col::AMOUNT, DataType::Decimal128(PRECISION, SCALE), false),
         Field::new(col::CURRENCY, DataType::Utf8, false),
         Field::new(col::DAY, DataType::Date32, false),
@@ -43,7 +43,7 @@ pub fn event_schema() -> SchemaRef {
 pub struct EventBatchBuilder {
     schema: SchemaRef,
     merchant_id: StringBuilder,
-    kind: StringBuilder,
+    refund: BooleanBuilder,
     amount: Decimal128Builder,
     currency: StringBuilder,
     day: Date32Builder,
@@ -56,7 +56,7 @@ impl EventBatchBuilder {
         EventBatchBuilder {
             schema: event_schema(),
             merchant_id: StringBuilder::with_capacity(capacity, capacity * 16),
-            kind: StringBuilder::with_capacity(capacity, capacity * 6),
+            refund: BooleanBuilder::with_capacity(capacity),
             amount: Decimal128Builder::with_capacity(capacity),
             currency: StringBuilder::with_capacity(capacity, capacity * 3),
             day: Date32Builder::with_capacity(capacity),
@@ -67,7 +67,7 @@ impl EventBatchBuilder {
     /// Appends one event.
     pub fn push(&mut self, event: &ValidEvent<'_>) {
         self.merchant_id.append_value(&event.merchant_id);
-        self.kind.append_value(event.kind.as_str());
+        self.refund.append_value(event.kind == Kind::Refund);
         self.amount.append_value(event.amount.0);
         self.currency.append_value(&event.currency);
         self.day.append_value(event.day.0);
@@ -90,7 +90,7 @@ impl EventBatchBuilder {
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.merchant_id.finish()),
-            Arc::new(self.kind.finish()),
+            Arc::new(self.refund.finish()),
             Arc::new(self.amount.finish().with_precision_and_scale(PRECISION, SCALE)?),
             Arc::new(self.currency.finish()),
             Arc::new(self.day.finish()),

@@ -23,7 +23,8 @@ pub struct ScanError {
 /// quotes and escapes), or `None` when the key is absent.
 ///
 /// Keys with escapes are compared after unescaping. A wanted key that
-/// appears twice is an error: an event must not say two things.
+/// appears twice is an error: an event must not say two things. Wanted
+/// names are plain: no quote, backslash or control character.
 pub fn object_fields<'a, const N: usize>(
     text: &'a str,
     wanted: &[&str; N],
@@ -42,15 +43,20 @@ pub fn object_fields<'a, const N: usize>(
         loop {
             let key_start = scanner.at;
             scanner.expect(b'"', "expected a key string")?;
-            let escaped = scanner.string_rest()?;
-            let key_token = &text[key_start..scanner.at];
+            let slot = match scanner.literal_key(wanted.get(guess).copied()) {
+                true => Some(guess),
+                false => {
+                    let escaped = scanner.string_rest()?;
+                    slot_of(&text[key_start..scanner.at], escaped, wanted, guess)
+                }
+            };
             scanner.whitespace();
             scanner.expect(b':', "expected `:` after a key")?;
             scanner.whitespace();
             let value_start = scanner.at;
             scanner.value(0)?;
             let value = &text[value_start..scanner.at];
-            if let Some(slot) = slot_of(key_token, escaped, wanted, guess) {
+            if let Some(slot) = slot {
                 if found[slot].is_some() {
                     return Err(ScanError { reason: "a field appears twice", at: key_start });
                 }
@@ -184,6 +190,21 @@ impl Scanner<'_> {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.at += 1;
         }
+    }
+
+    /// After a key's opening quote: when the key is exactly `name` followed
+    /// by the closing quote, skips past it. A plain name matched byte for
+    /// byte holds no escape, so the key needs no other scan.
+    #[inline]
+    fn literal_key(&mut self, name: Option<&str>) -> bool {
+        let Some(name) = name else { return false };
+        debug_assert!(!name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20), "wanted names are plain");
+        let end = self.at + name.len();
+        let hit = self.bytes.get(self.at..end).is_some_and(|key| same(key, name.as_bytes())) && self.bytes.get(end) == Some(&b'"');
+        if hit {
+            self.at = end + 1;
+        }
+        hit
     }
 
     /// After an opening quote: skips to just past the closing one. Returns

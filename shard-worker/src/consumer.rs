@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::decode::Message;
 use crate::health::{self, ParkReason, Parked};
 use crate::lag::Offsets;
-use crate::partition::{Ended, PartitionTask, Shared};
+use crate::partition::{Ended, PartitionTask, Resume, Shared};
 use crate::{metrics, publish};
 
 /// A change of assignment, recorded by the rebalance callback and acted on by
@@ -42,8 +42,9 @@ use crate::{metrics, publish};
 enum Control {
     /// The queue is `None` only when it could not be split off; the
     /// partition's messages then arrive on the consumer's own queue. The
-    /// park is `Some` when the broker's log end looked behind the fence.
-    Assigned(i32, Claim, Option<PartitionQueue<ClaimContext>>, Option<Parked>),
+    /// park is `Some` when the broker's log end looked behind the fence; the
+    /// resume when the claim follows this process's own last one.
+    Assigned(i32, Claim, Option<PartitionQueue<ClaimContext>>, Option<Parked>, Option<Resume>),
     Revoked(Vec<i32>),
 }
 
@@ -58,7 +59,17 @@ pub struct ClaimContext {
     shutdown: CancellationToken,
     /// The consumer itself, to split partition queues in the callback.
     consumer: OnceLock<Weak<BaseConsumer<ClaimContext>>>,
+    /// Tasks of revoked partitions, stopping; a new claim of the same
+    /// partition in this process takes over their window ([`Resume`]).
+    leaving: Mutex<HashMap<i32, Leaving>>,
 }
+
+type Leaving = JoinHandle<(Ended, Option<Resume>)>;
+
+/// How long a new claim waits for the revoked task to finish its batch…
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// …and then for the aggregator to apply that task's last partials.
+const FENCE_WAIT: Duration = Duration::from_secs(2);
 
 impl ClaimContext {
     /// A context claiming partitions of `shared.orders_topic` as `owner`.
@@ -71,7 +82,37 @@ impl ClaimContext {
             offsets,
             shutdown,
             consumer: OnceLock::new(),
+            leaving: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The window of this process's own last task for `partition`, once
+    /// that task has stopped and the fence stands where it left it; `None`
+    /// when there was none, or the fence moved on or never got there.
+    fn resume_of(&self, partition: i32) -> Option<Resume> {
+        let task = self.leaving.lock().expect("leaving lock").remove(&partition)?;
+        let (store, topic) = (&self.shared.store, &self.shared.orders_topic);
+        self.handle.block_on(async {
+            let abort = task.abort_handle();
+            let Ok(Ok((Ended::Closed, Some(resume)))) = tokio::time::timeout(STOP_WAIT, task).await else {
+                abort.abort();
+                return None;
+            };
+            let deadline = tokio::time::Instant::now() + FENCE_WAIT;
+            loop {
+                let fence = store.progress().await.ok()?.into_iter().find(|p| p.topic == *topic && p.partition == partition)?.fence;
+                if fence.epoch != resume.epoch || fence.next_offset > resume.next_offset {
+                    return None;
+                }
+                if fence.next_offset == resume.next_offset {
+                    return Some(resume);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
     }
 
     /// Lets the rebalance callback split partition queues off `consumer`
@@ -138,6 +179,7 @@ impl ConsumerContext for ClaimContext {
                 let mut accepted = TopicPartitionList::new();
                 for partition in partitions {
                     health::unpark(&topic, partition);
+                    let resume = self.resume_of(partition);
                     let claim = match self.claim(partition) {
                         None => return,
                         Some(Ok(claim)) => claim,
@@ -148,15 +190,21 @@ impl ConsumerContext for ClaimContext {
                         }
                     };
                     metrics::CLAIMS.inc();
+                    // Only a claim right after this process's own, at the
+                    // fence its task left, may keep that task's window.
+                    let resume = resume.filter(|r| claim.epoch == r.epoch + 1 && claim.next_offset == r.next_offset);
+                    let start = resume.as_ref().map_or(claim.dedupe_from_offset, |r| r.read_from);
                     tracing::info!(partition, epoch = claim.epoch, next_offset = claim.next_offset,
-                        dedupe_from_offset = claim.dedupe_from_offset, "Partition claimed.");
+                        dedupe_from_offset = claim.dedupe_from_offset, reading_from = start, kept_window = resume.is_some(), "Partition claimed.");
                     let suspect = log_behind_fence(consumer, &topic, partition, &claim);
-                    if let Err(error) = accepted.add_partition_offset(&topic, partition, Offset::Offset(claim.dedupe_from_offset)) {
+                    if let Err(error) = accepted.add_partition_offset(&topic, partition, Offset::Offset(start)) {
                         tracing::error!(partition, %error, "Could not set the start offset.");
                     }
                     let queue = self.split(&topic, partition);
-                    self.push(Control::Assigned(partition, claim, queue, suspect));
+                    self.push(Control::Assigned(partition, claim, queue, suspect, resume));
                 }
+                // Revoked tasks of partitions that went elsewhere finish on their own.
+                self.leaving.lock().expect("leaving lock").clear();
                 if let Err(error) = consumer.assign(&accepted) {
                     tracing::error!(%error, "Assigning partitions failed.");
                 }
@@ -221,7 +269,9 @@ struct Lane {
     batches: mpsc::Sender<Vec<Message>>,
     pending: Vec<Message>,
     opened: Option<Instant>,
-    task: JoinHandle<Ended>,
+    task: Leaving,
+    /// Stops the task between batches, keeping its window.
+    stop: CancellationToken,
     /// Set while the log's end looked behind the fence and no fetch
     /// response has said otherwise: the park, the fence, and since when.
     suspect: Option<(Parked, i64, Instant)>,
@@ -339,12 +389,17 @@ pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettin
         let controls_empty = controls.is_empty();
         for control in controls {
             match control {
-                Control::Assigned(partition, claim, queue, suspect) => {
+                Control::Assigned(partition, claim, queue, suspect, resume) => {
                     let (tx, rx) = mpsc::channel(2);
-                    let (start, fence) = (claim.dedupe_from_offset, claim.next_offset);
-                    let task = handle.spawn(PartitionTask::new(partition, claim, shared.clone()).run(rx, acks_tx.clone()));
+                    let fence = claim.next_offset;
+                    let (start, task) = match resume {
+                        Some(resume) => (resume.read_from, PartitionTask::resume(partition, claim, resume, shared.clone())),
+                        None => (claim.dedupe_from_offset, PartitionTask::new(partition, claim, shared.clone())),
+                    };
+                    let stop = CancellationToken::new();
+                    let task = handle.spawn(task.run(rx, acks_tx.clone(), stop.clone()));
                     let suspect = suspect.map(|parked| (parked, fence, Instant::now()));
-                    let lane = Lane { expected: start, queue, batches: tx, pending: Vec::new(), opened: None, task, suspect };
+                    let lane = Lane { expected: start, queue, batches: tx, pending: Vec::new(), opened: None, task, stop, suspect };
                     if let Some(old) = lanes.insert(partition, lane) {
                         old.task.abort();
                     }
@@ -356,8 +411,11 @@ pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettin
                     tracing::debug!(?partitions, "Partitions revoked.");
                     for partition in partitions {
                         if let Some(lane) = lanes.remove(&partition) {
-                            // The next owner re-reads whatever this lane had not published.
-                            lane.task.abort();
+                            // The next owner re-reads whatever this lane had
+                            // not published. The task stops after its batch in
+                            // hand, so that a new claim here can keep its window.
+                            lane.stop.cancel();
+                            ctx.leaving.lock().expect("leaving lock").insert(partition, lane.task);
                         }
                     }
                 }

@@ -56,6 +56,21 @@ pub struct PartitionTask {
     shared: Arc<Shared>,
 }
 
+/// What a task that stopped cleanly hands to its partition's next claim in
+/// this process: the window exactly as it stood after the last message it
+/// read. A claim that finds the fence where this task left it (nobody else
+/// claimed or published since) resumes from here instead of re-reading the
+/// whole dedupe window from the log.
+pub struct Resume {
+    /// The epoch the task published under.
+    pub epoch: i64,
+    /// The task's `next_offset`: the fence once its partials are applied.
+    pub next_offset: i64,
+    /// The first offset the task had not read.
+    pub read_from: i64,
+    window: DedupeWindow,
+}
+
 /// Why a partition task ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -101,13 +116,43 @@ impl PartitionTask {
         }
     }
 
-    /// Handles batches until the channel closes, the partition is fenced, or
-    /// it is parked. After each batch's partials are acknowledged, sends the
-    /// next offset on `acks` (the Kafka commit hint).
-    pub async fn run(mut self, mut batches: mpsc::Receiver<Vec<Message>>, acks: std::sync::mpsc::Sender<(i32, i64)>) -> Ended {
+    /// A task for a partition this process just claimed again, resuming
+    /// from `resume` (see [`Resume`]). The caller checked that `claim`
+    /// follows `resume.epoch` directly and starts at `resume.next_offset`.
+    pub fn resume(partition: i32, claim: Claim, resume: Resume, shared: Arc<Shared>) -> PartitionTask {
+        debug_assert!(claim.epoch == resume.epoch + 1 && claim.next_offset == resume.next_offset);
+        PartitionTask {
+            partition,
+            epoch: claim.epoch,
+            next_offset: claim.next_offset,
+            next_read: resume.read_from,
+            window: resume.window,
+            shared,
+        }
+    }
+
+    /// Handles batches until the channel closes, `stop` is cancelled, the
+    /// partition is fenced, or it is parked. After each batch's partials are
+    /// acknowledged, sends the next offset on `acks` (the Kafka commit hint).
+    /// A task stopped by `stop` between batches returns its [`Resume`].
+    pub async fn run(
+        mut self,
+        mut batches: mpsc::Receiver<Vec<Message>>,
+        acks: std::sync::mpsc::Sender<(i32, i64)>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> (Ended, Option<Resume>) {
         let label = self.partition.to_string();
+        let mut stopped = false;
         let ended = loop {
-            let Some(batch) = batches.recv().await else { break Ended::Closed };
+            let batch = tokio::select! {
+                biased;
+                () = stop.cancelled() => {
+                    stopped = true;
+                    break Ended::Closed;
+                }
+                batch = batches.recv() => batch,
+            };
+            let Some(batch) = batch else { break Ended::Closed };
             match self.handle(batch).await {
                 Outcome::Published(next) => {
                     let _ = acks.send((self.partition, next));
@@ -124,7 +169,8 @@ impl PartitionTask {
             metrics::DEDUPE_EVICTED.inc_by(self.window.take_evicted_by_cap());
         };
         let _ = metrics::DEDUPE_IDS.remove_label_values(&[&label]);
-        ended
+        let resume = stopped.then(|| Resume { epoch: self.epoch, next_offset: self.next_offset, read_from: self.next_read, window: self.window });
+        (ended, resume)
     }
 
     async fn fenced_now(&self) -> bool {

@@ -108,7 +108,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         // within seconds, not librdkafka's default five minutes.
         .set("topic.metadata.refresh.interval.ms", "5000")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
-        .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(250).to_string());
+        // A member learns of a rebalance from its next heartbeat, so the
+        // interval bounds how long a joining worker waits for partitions.
+        .set("heartbeat.interval.ms", (config.session_timeout_ms / 10).clamp(250, 1000).to_string());
     if !config.group_instance_id.is_empty() {
         consumer_config.set("group.instance.id", &config.group_instance_id);
     }
