@@ -235,6 +235,8 @@ fn main() -> Result<()> {
                 events: arg(&args, "--events", 1_000_000)?,
                 merchants: arg(&args, "--merchants", 10_000)? as u32,
                 partitions: arg(&args, "--partitions", 8)? as i32,
+                workers: arg(&args, "--workers", 2)? as usize,
+                backlog: args.iter().any(|a| a == "--backlog"),
                 sets,
             };
             e2e::run(&setup, arg(&args, "--runs", 3)?)
