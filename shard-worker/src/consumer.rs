@@ -44,7 +44,7 @@ enum Control {
     /// partition's messages then arrive on the consumer's own queue. The
     /// park is `Some` when the broker's log end looked behind the fence; the
     /// resume when the claim follows this process's own last one.
-    Assigned(i32, Claim, Option<PartitionQueue<ClaimContext>>, Option<Parked>, Option<Resume>),
+    Assigned(i32, Claim, Option<PartitionQueue<ClaimContext>>, Option<Parked>, Option<Box<Resume>>),
     Revoked(Vec<i32>),
 }
 
@@ -201,7 +201,7 @@ impl ConsumerContext for ClaimContext {
                         tracing::error!(partition, %error, "Could not set the start offset.");
                     }
                     let queue = self.split(&topic, partition);
-                    self.push(Control::Assigned(partition, claim, queue, suspect, resume));
+                    self.push(Control::Assigned(partition, claim, queue, suspect, resume.map(Box::new)));
                 }
                 // Revoked tasks of partitions that went elsewhere finish on their own.
                 self.leaving.lock().expect("leaving lock").clear();
@@ -393,7 +393,7 @@ pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettin
                     let (tx, rx) = mpsc::channel(2);
                     let fence = claim.next_offset;
                     let (start, task) = match resume {
-                        Some(resume) => (resume.read_from, PartitionTask::resume(partition, claim, resume, shared.clone())),
+                        Some(resume) => (resume.read_from, PartitionTask::resume(partition, claim, *resume, shared.clone())),
                         None => (claim.dedupe_from_offset, PartitionTask::new(partition, claim, shared.clone())),
                     };
                     let stop = CancellationToken::new();

@@ -169,7 +169,7 @@ impl PartitionTask {
             metrics::DEDUPE_EVICTED.inc_by(self.window.take_evicted_by_cap());
         };
         let _ = metrics::DEDUPE_IDS.remove_label_values(&[&label]);
-        let resume = stopped.then(|| Resume { epoch: self.epoch, next_offset: self.next_offset, read_from: self.next_read, window: self.window });
+        let resume = stopped.then_some(Resume { epoch: self.epoch, next_offset: self.next_offset, read_from: self.next_read, window: self.window });
         (ended, resume)
     }
 
