@@ -66,10 +66,10 @@ pub struct ClaimContext {
 
 type Leaving = JoinHandle<(Ended, Option<Resume>)>;
 
-/// How long a new claim waits for the revoked task to finish its batch…
-const STOP_WAIT: Duration = Duration::from_secs(5);
-/// …and then for the aggregator to apply that task's last partials.
-const FENCE_WAIT: Duration = Duration::from_secs(2);
+/// How long one assignment waits, in all, for this process's revoked tasks
+/// to finish their batches and for the aggregator to apply their last
+/// partials; a partition not ready by then is rebuilt from the log.
+const RESUME_WAIT: Duration = Duration::from_secs(3);
 
 impl ClaimContext {
     /// A context claiming partitions of `shared.orders_topic` as `owner`.
@@ -89,16 +89,15 @@ impl ClaimContext {
     /// The window of this process's own last task for `partition`, once
     /// that task has stopped and the fence stands where it left it; `None`
     /// when there was none, or the fence moved on or never got there.
-    fn resume_of(&self, partition: i32) -> Option<Resume> {
+    fn resume_of(&self, partition: i32, deadline: tokio::time::Instant) -> Option<Resume> {
         let task = self.leaving.lock().expect("leaving lock").remove(&partition)?;
         let (store, topic) = (&self.shared.store, &self.shared.orders_topic);
         self.handle.block_on(async {
             let abort = task.abort_handle();
-            let Ok(Ok((Ended::Closed, Some(resume)))) = tokio::time::timeout(STOP_WAIT, task).await else {
+            let Ok(Ok((Ended::Closed, Some(resume)))) = tokio::time::timeout_at(deadline, task).await else {
                 abort.abort();
                 return None;
             };
-            let deadline = tokio::time::Instant::now() + FENCE_WAIT;
             loop {
                 let fence = store.progress().await.ok()?.into_iter().find(|p| p.topic == *topic && p.partition == partition)?.fence;
                 if fence.epoch != resume.epoch || fence.next_offset > resume.next_offset {
@@ -177,9 +176,10 @@ impl ConsumerContext for ClaimContext {
                 let topic = self.shared.orders_topic.clone();
                 let partitions: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
                 let mut accepted = TopicPartitionList::new();
+                let deadline = tokio::time::Instant::now() + RESUME_WAIT;
                 for partition in partitions {
                     health::unpark(&topic, partition);
-                    let resume = self.resume_of(partition);
+                    let resume = self.resume_of(partition, deadline);
                     let claim = match self.claim(partition) {
                         None => return,
                         Some(Ok(claim)) => claim,
