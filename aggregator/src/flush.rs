@@ -8,6 +8,7 @@
 //! partition's partials are committed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -73,43 +74,46 @@ impl Buffer {
         }
         metrics::BUFFERED.set(self.read.len() as i64);
     }
+
+    /// Takes the partials read so far, leaving an empty buffer.
+    pub fn take(&mut self) -> Buffer {
+        metrics::BUFFERED.set(0);
+        std::mem::take(self)
+    }
 }
 
-/// Applies the buffer, retrying transient failures until it commits or
-/// `stop` is cancelled (then the buffer is kept), isolating permanent ones.
-/// Then commits the partials offsets as restart hints, never past a parked
-/// partial.
-pub async fn flush(
-    store: &Store,
-    consumer: &StreamConsumer<PartialsContext>,
-    topic: &str,
-    buffer: &mut Buffer,
-    stop: &CancellationToken,
-) {
+/// Applies `buffer`, retrying transient failures until it commits or `stop`
+/// is cancelled, isolating permanent ones. Then commits the partials
+/// offsets as restart hints, never past a parked partial.
+///
+/// Returns the buffer unapplied when `stop` came first, else an empty one.
+/// The flush owns its buffer, so the next one fills while it runs.
+pub async fn flush(store: Arc<Store>, consumer: Arc<StreamConsumer<PartialsContext>>, topic: Arc<str>, mut buffer: Buffer, stop: CancellationToken) -> Buffer {
     if buffer.is_empty() {
-        return;
+        return buffer;
     }
+    // A partition parked by the flush before this one has nothing more applied.
+    buffer.read.retain(|r| health::parked(&(r.partial.topic.clone(), r.partial.partition)).is_none());
     let partials: Vec<Partial> = buffer.read.iter().map(|r| r.partial.clone()).collect();
-    match apply(store, &partials, stop).await {
+    match apply(&store, &partials, &stop).await {
         Some(Ok(plan)) => record(&plan),
         Some(Err(error)) => {
             tracing::warn!(%error, partials = partials.len(), "Flush refused by the database; finding the partial at fault.");
-            if !isolate(store, &buffer.read, stop).await {
-                return;
+            if !isolate(&store, &buffer.read, &stop).await {
+                return buffer;
             }
         }
-        None => return,
+        None => return buffer,
     }
     let mut tpl = TopicPartitionList::new();
     for (partition, next) in buffer.next_offsets.drain() {
         let next = health::commit_limit(partition).map_or(next, |limit| next.min(limit));
-        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+        let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
     }
-    buffer.read.clear();
-    metrics::BUFFERED.set(0);
     if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::debug!(%error, "Partials offset commit failed; partials will be re-read and dropped as applied.");
     }
+    Buffer::default()
 }
 
 /// One transaction for `partials`, retried while the error is transient.

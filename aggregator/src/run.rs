@@ -7,6 +7,8 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use store::Store;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::backfill::{self, runner::RunnerConfig};
@@ -91,18 +93,33 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
     for (key, value) in &config.kafka {
         client.set(key, value);
     }
-    let consumer: StreamConsumer<PartialsContext> =
-        client.create_with_context(PartialsContext).map_err(kafka("consumer"))?;
+    let consumer: Arc<StreamConsumer<PartialsContext>> =
+        Arc::new(client.create_with_context(PartialsContext).map_err(kafka("consumer"))?);
     consumer.subscribe(&[&config.partials_topic]).map_err(kafka("subscribe"))?;
     tracing::info!(topic = config.partials_topic, group = config.group_id, "Aggregator consuming.");
     metrics::READY.set(1);
+    let topic: Arc<str> = config.partials_topic.as_str().into();
+    // Flushes run one at a time, in order, while the next buffer fills. Under
+    // load they follow each other at once and grow, so each upsert carries
+    // more events per row; idle, one starts every `flush_interval_ms`.
+    // They stop only at `last`, cancelled a while after shutdown.
+    let last = CancellationToken::new();
     let mut buffer = Buffer::default();
+    let mut in_flight: Option<JoinHandle<Buffer>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(config.flush_interval_ms));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            _ = tick.tick() => flush(&store, &consumer, &config.partials_topic, &mut buffer, &shutdown).await,
+            done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                in_flight = None;
+                finished(done);
+            }
+            _ = tick.tick(), if in_flight.is_none() && !buffer.is_empty() => {
+                let flushing = flush(store.clone(), consumer.clone(), topic.clone(), buffer.take(), last.clone());
+                in_flight = Some(tokio::spawn(flushing));
+            }
             received = consumer.recv(), if buffer.len() < config.flush_max_partials => match received {
                 Ok(message) => buffer.add(&message),
                 Err(error) => tracing::warn!(%error, "Partials consumer error."),
@@ -110,17 +127,30 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
         }
     }
     metrics::READY.set(0);
-    // A last flush on the way out; if the database is down it is abandoned and
-    // the partials are read again on the next start (the fence dedupes them).
-    let last = CancellationToken::new();
+    // The flush in flight, then a last one of what was read since; if the
+    // database is down they are abandoned and the partials are read again on
+    // the next start (the fence dedupes them).
     let deadline = last.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(10)).await;
         deadline.cancel();
     });
-    flush(&store, &consumer, &config.partials_topic, &mut buffer, &last).await;
+    if let Some(flushing) = in_flight {
+        finished(flushing.await);
+    }
+    flush(store, consumer, topic, buffer, last).await;
     tracing::info!("Aggregator stopped.");
     Ok(())
+}
+
+/// A flush task that panicked is a bug: the panic goes on here, as it
+/// would have in line.
+fn finished(done: Result<Buffer, tokio::task::JoinError>) {
+    if let Err(error) = done {
+        if error.is_panic() {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
 }
 
 /// Connects, retrying while the database is unreachable.

@@ -46,6 +46,8 @@ struct Run {
     p50: f64,
     p99: f64,
     paced_rate: f64,
+    /// Rows upserted into `merchant_sales`, and flush transactions, to exact totals.
+    upserts: (f64, f64),
 }
 
 /// How the pipeline is run: partitions, workers, extra `--set` fields.
@@ -87,7 +89,7 @@ pub fn run(setup: &Setup, runs: u64) -> Result<()> {
         println!(
             "  run {n}: settled {:.2} s after start; published in {:.2} s; tally {:.2} s to exact totals ({rate:.0} events/s, \
              {:.0}% of the tuned bare consumer's {:.0}/s, {:.0}% of the default one's {:.0}/s); \
-             {:.1} CPU-s ({:.2} µs per event); p50 {:.3} s, p99 {:.3} s at {:.0} events/s",
+             {:.1} CPU-s ({:.2} µs per event); {:.0} rows upserted in {:.0} flushes; p50 {:.3} s, p99 {:.3} s at {:.0} events/s",
             run.settle_seconds,
             run.publish_seconds,
             run.tally_seconds,
@@ -97,6 +99,8 @@ pub fn run(setup: &Setup, runs: u64) -> Result<()> {
             run.bare_default,
             run.cpu_seconds,
             run.cpu_seconds / setup.events as f64 * 1e6,
+            run.upserts.0,
+            run.upserts.1,
             run.p50,
             run.p99,
             run.paced_rate,
@@ -121,6 +125,7 @@ pub fn run(setup: &Setup, runs: u64) -> Result<()> {
     println!("| tally / tuned bare consumer | {:.2} |", median(&|r| events / r.tally_seconds / r.bare_tuned));
     println!("| tally / default bare consumer | {:.2} |", median(&|r| events / r.tally_seconds / r.bare_default));
     println!("| CPU, all tally processes, start to exact totals | {:.1} s, {:.2} µs per event |", median(&|r| r.cpu_seconds), median(&|r| r.cpu_seconds / events * 1e6));
+    println!("| rows upserted into merchant_sales, per event | {:.3} ({:.0} flushes) |", median(&|r| r.upserts.0 / events), median(&|r| r.upserts.1));
     println!("| append-to-commit at half that rate | p50 {:.3} s, p99 {:.3} s |", median(&|r| r.p50), median(&|r| r.p99));
     Ok(())
 }
@@ -189,6 +194,11 @@ async fn once(setup: &Setup, n: u64) -> Result<Run> {
         wait_committed(&store, &orders, setup.events, &mut processes, Duration::from_secs(600)).await?;
         let tally_seconds = started.elapsed().as_secs_f64();
         let cpu_seconds: f64 = processes.iter().map(|p| p.cpu_seconds()).sum();
+        let aggregator = processes.iter().find(|p| p.name == "aggregator").expect("started").metrics.clone();
+        let upserts = (
+            metric(&aggregator, "tally_aggregator_upsert_rows_total").await?,
+            metric(&aggregator, "tally_aggregator_flush_duration_seconds_count").await?,
+        );
         let table = store.totals(None).await?;
         if table != expected {
             bail!("merchant_sales differs from the generator's totals ({} rows against {}); logs in {}", table.len(), expected.len(), logs.display());
@@ -197,7 +207,6 @@ async fn once(setup: &Setup, n: u64) -> Result<Run> {
         let bare_tuned = drain(&setup.brokers, &orders, setup.partitions, setup.events, &[("fetch.wait.max.ms", "10"), ("queued.min.messages", "1000000")]).await?;
 
         // Latency at half the rate just reached: as many events again, paced.
-        let aggregator = processes.iter().find(|p| p.name == "aggregator").expect("started").metrics.clone();
         let before = histogram(&aggregator).await?;
         let rate = setup.events as f64 / tally_seconds / 2.0;
         let more = GeneratorConfig { seed: 900 + n, ..config };
@@ -222,7 +231,7 @@ async fn once(setup: &Setup, n: u64) -> Result<Run> {
         let after = histogram(&aggregator).await?;
         let (p50, p99) = (quantile(&before, &after, 0.5), quantile(&before, &after, 0.99));
         let peak_rss_mib = processes.iter().map(|p| (p.name.clone(), p.peak_rss_mib())).collect();
-        Ok(Run { bare_default, bare_tuned, tally_seconds, settle_seconds, publish_seconds, cpu_seconds, peak_rss_mib, p50, p99, paced_rate })
+        Ok(Run { bare_default, bare_tuned, tally_seconds, settle_seconds, publish_seconds, cpu_seconds, peak_rss_mib, p50, p99, paced_rate, upserts })
     }
     .await;
     for process in &mut processes {
@@ -329,6 +338,14 @@ async fn wait_committed(store: &Store, topic: &str, messages: u64, processes: &m
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The value of one unlabelled metric on a `/metrics` page.
+async fn metric(addr: &str, name: &str) -> Result<f64> {
+    let reply = ingest::client::request(addr, "GET", "/metrics", &[], b"").await?;
+    let text = String::from_utf8_lossy(&reply.body);
+    let value = text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok());
+    value.with_context(|| format!("no {name} on {addr}"))
 }
 
 /// The aggregator's end-to-end latency histogram: cumulative count per upper bound.

@@ -27,31 +27,37 @@ mod backfill;
 mod e2e;
 mod http_load;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use mimalloc::MiMalloc;
 use ingest::generate::{Generator, GeneratorConfig};
 use shard_worker::aggregate::{partial_rows, session};
 use shard_worker::decode::{decode_messages, Message};
 use shard_worker::dedupe::DedupeWindow;
 
-/// Counts live heap bytes so memory figures are exact, not sampled.
+/// Counts live heap bytes so memory figures are exact, not sampled, on top
+/// of the allocator the `tally` binary uses.
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: delegates every call to the system allocator unchanged.
+// SAFETY: delegates every call to mimalloc unchanged.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
+        unsafe { MiMalloc.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "backfills", include_str!("../migrations/postgres/0002_backfills.sql")),
     (3, "dedupe_clock", include_str!("../migrations/postgres/0003_dedupe_clock.sql")),
     (4, "imports", include_str!("../migrations/postgres/0004_imports.sql")),
+    (5, "hot_updates", include_str!("../migrations/postgres/0005_hot_updates.sql")),
 ];
 
 /// Arbitrary constant that serialises concurrent migrations.

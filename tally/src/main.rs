@@ -20,6 +20,9 @@ use cli::{Cli, Command, ServiceArgs};
 use settings::{Settings, SettingsError};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
