@@ -23,9 +23,10 @@ pub struct AggregatorConfig {
     pub partials_partitions: i32,
     /// Replication factor of the partials topic when the aggregator creates it.
     pub replication_factor: i32,
-    /// Partials are merged and committed in one transaction this often…
+    /// At most one flush transaction starts per this interval; under load
+    /// each starts as soon as the one before commits.
     pub flush_interval_ms: u64,
-    /// …or as soon as this many are buffered.
+    /// Reading pauses while this many partials wait behind a flush.
     pub flush_max_partials: usize,
     /// Kafka consumer session timeout.
     pub session_timeout_ms: u64,

@@ -1,5 +1,6 @@
-//! The buffer of partials read since the last flush, and the flush that
-//! applies them in one fenced transaction.
+//! The buffer of partials read since the last flush began, and the flush
+//! that applies them in one fenced transaction (in its own task, so that
+//! the next buffer fills meanwhile).
 //!
 //! A flush is retried while the database fails transiently. When it fails
 //! permanently, the flush is redone partition by partition, and within the

@@ -1,5 +1,6 @@
-//! `tally aggregator`: consumes `tally.partials`, merges the partials of a
-//! flush interval, and commits them in one fenced transaction.
+//! `tally aggregator`: consumes `tally.partials`, and commits what it read
+//! while the last flush ran (at most one flush per interval) in one fenced
+//! transaction.
 //!
 //! - [`backfill`]: backfill jobs from files, their runner, and the atomic replace.
 //! - [`config`]: settings, defaults and validation.

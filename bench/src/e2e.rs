@@ -20,9 +20,12 @@
 //!    reads the append-to-commit latency of those from the aggregator's
 //!    histogram.
 //!
-//! `bench/e2e.sh` starts tansu (SQLite store: the workers' rebalance
-//! re-seeks, which the memory store gets wrong inside a record batch) and
-//! PostgreSQL (fsync off) and runs it.
+//! 6. reads the rows upserted and the flushes from the aggregator's metrics.
+//!
+//! `bench/e2e.sh` starts tansu (memory store: a settled group never
+//! re-seeks; `--backlog` with more than one worker rebalances while reading,
+//! which that store gets wrong inside a record batch) and PostgreSQL (fsync
+//! off) and runs it.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

@@ -47,7 +47,7 @@ pub fn object_fields<'a, const N: usize>(
                 true => Some(guess),
                 false => {
                     let escaped = scanner.string_rest()?;
-                    slot_of(&text[key_start..scanner.at], escaped, wanted, guess)
+                    slot_of(&text[key_start..scanner.at], escaped, wanted)
                 }
             };
             scanner.whitespace();
@@ -108,12 +108,11 @@ pub fn array_elements(text: &str) -> Result<Vec<&str>, ScanError> {
     Ok(elements)
 }
 
-fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N], guess: usize) -> Option<usize> {
+/// The slot of a key that was not the one expected next (`literal_key`
+/// already tried that one).
+fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N]) -> Option<usize> {
     let inner = &key_token.as_bytes()[1..key_token.len() - 1];
     if !escaped {
-        if wanted.get(guess).is_some_and(|w| same(w.as_bytes(), inner)) {
-            return Some(guess);
-        }
         return wanted.iter().position(|w| same(w.as_bytes(), inner));
     }
     let key: String = serde_json::from_str(key_token).ok()?;
