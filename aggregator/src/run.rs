@@ -114,6 +114,7 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
             () = shutdown.cancelled() => break,
             done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                 in_flight = None;
+                // Unapplied only at `last`, which is not cancelled before the loop ends.
                 finished(done);
             }
             _ = tick.tick(), if in_flight.is_none() && !buffer.is_empty() => {
@@ -135,21 +136,27 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
         tokio::time::sleep(Duration::from_secs(10)).await;
         deadline.cancel();
     });
-    if let Some(flushing) = in_flight {
-        finished(flushing.await);
+    // A flush still unapplied at the deadline keeps what came after it from
+    // going first.
+    let behind = match in_flight {
+        Some(flushing) => !finished(flushing.await).is_empty(),
+        None => false,
+    };
+    if !behind {
+        flush(store, consumer, topic, buffer, last).await;
     }
-    flush(store, consumer, topic, buffer, last).await;
     tracing::info!("Aggregator stopped.");
     Ok(())
 }
 
-/// A flush task that panicked is a bug: the panic goes on here, as it
+/// What a flush task handed back: the buffer, unapplied only if its stop
+/// came first. A task that panicked is a bug: the panic goes on here, as it
 /// would have in line.
-fn finished(done: Result<Buffer, tokio::task::JoinError>) {
-    if let Err(error) = done {
-        if error.is_panic() {
-            std::panic::resume_unwind(error.into_panic());
-        }
+fn finished(done: Result<Buffer, tokio::task::JoinError>) -> Buffer {
+    match done {
+        Ok(kept) => kept,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => Buffer::default(),
     }
 }
 
