@@ -89,7 +89,13 @@ impl Buffer {
 ///
 /// Returns the buffer unapplied when `stop` came first, else an empty one.
 /// The flush owns its buffer, so the next one fills while it runs.
-pub async fn flush(store: Arc<Store>, consumer: Arc<StreamConsumer<PartialsContext>>, topic: Arc<str>, mut buffer: Buffer, stop: CancellationToken) -> Buffer {
+pub async fn flush(
+    store: Arc<Store>,
+    consumer: Arc<StreamConsumer<PartialsContext>>,
+    topic: Arc<str>,
+    mut buffer: Buffer,
+    stop: CancellationToken,
+) -> Buffer {
     if buffer.is_empty() {
         return buffer;
     }

@@ -15,12 +15,11 @@
 //! 3. drains the same topic with bare librdkafka consumers that decode
 //!    nothing, once with default fetch settings and once tuned
 //!    (`fetch.wait.max.ms=10`, a deep prefetch queue): the broker's speed;
-//! 4. reads each process's CPU seconds and peak RSS from `/proc`;
+//! 4. reads each process's CPU seconds and peak RSS from `/proc`, and the
+//!    rows upserted and the flushes from the aggregator's metrics;
 //! 5. publishes as many events again at half the rate just measured and
 //!    reads the append-to-commit latency of those from the aggregator's
 //!    histogram.
-//!
-//! 6. reads the rows upserted and the flushes from the aggregator's metrics.
 //!
 //! `bench/e2e.sh` starts tansu (memory store: a settled group never
 //! re-seeks; `--backlog` with more than one worker rebalances while reading,

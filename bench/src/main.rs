@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use mimalloc::MiMalloc;
 use ingest::generate::{Generator, GeneratorConfig};
+use mimalloc::MiMalloc;
 use shard_worker::aggregate::{partial_rows, session};
 use shard_worker::decode::{decode_messages, Message};
 use shard_worker::dedupe::DedupeWindow;
