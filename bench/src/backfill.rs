@@ -63,7 +63,7 @@ fn write_files(dir: &Path, events: u64) -> Result<()> {
                 let text = std::str::from_utf8(&message.payload)?;
                 let fields = object_fields(text, &FIELDS).unwrap_or([None; 7]);
                 for (builder, raw) in builders.iter_mut().zip(fields) {
-                    builder.append_option(raw.map(|r| r.trim_matches('"')));
+                    builder.append_option(raw.map(|r| r.raw.trim_matches('"')));
                 }
                 in_file += 1;
             }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amount::Amount;
 use crate::day::{parse_rfc3339, Day, EpochMicros};
-use crate::scan::object_fields;
+use crate::scan::{object_fields, same, Shape, Token};
 
 /// Longest accepted `event_id`, `order_id` or `merchant_id`, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
@@ -111,41 +111,53 @@ impl fmt::Display for Invalid {
 /// The event's fields, in the order `decode` reads them from the scan.
 const FIELDS: [&str; 7] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
 
-fn present<'a>(raw: Option<&'a str>, field: &'static str) -> Result<&'a str, Invalid> {
+fn present<'a>(raw: Option<Token<'a>>, field: &'static str) -> Result<Token<'a>, Invalid> {
     match raw {
-        None | Some("null") => Err(Invalid::new(field, "", "is missing")),
-        Some(text) => Ok(text),
+        None => Err(Invalid::new(field, "", "is missing")),
+        Some(token) if token.raw == "null" => Err(Invalid::new(field, "", "is missing")),
+        Some(token) => Ok(token),
     }
 }
 
-fn string<'a>(raw: Option<&'a str>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
+fn string<'a>(raw: Option<Token<'a>>, field: &'static str) -> Result<(Cow<'a, str>, Shape), Invalid> {
     let token = present(raw, field)?;
-    if !token.starts_with('"') {
-        return Err(Invalid::new(field, token, "must be a JSON string"));
+    let inner = || &token.raw[1..token.raw.len() - 1];
+    match token.shape {
+        Shape::Printable | Shape::Unescaped => Ok((Cow::Borrowed(inner()), token.shape)),
+        Shape::Escaped => serde_json::from_str::<String>(token.raw)
+            .map(|value| (Cow::Owned(value), Shape::Escaped))
+            .map_err(|e| Invalid::new(field, token.raw, format!("is not a valid string: {e}"))),
+        Shape::Other => Err(Invalid::new(field, token.raw, "must be a JSON string")),
     }
-    let inner = &token[1..token.len() - 1];
-    if !inner.contains('\\') {
-        return Ok(Cow::Borrowed(inner));
-    }
-    serde_json::from_str::<String>(token)
-        .map(Cow::Owned)
-        .map_err(|e| Invalid::new(field, token, format!("is not a valid string: {e}")))
 }
 
-fn id<'a>(raw: Option<&'a str>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
-    let value = string(raw, field)?;
-    check_id(&value, field)?;
+fn id<'a>(raw: Option<Token<'a>>, field: &'static str) -> Result<Cow<'a, str>, Invalid> {
+    let (value, shape) = string(raw, field)?;
+    check_length(&value, field)?;
+    // Printable ASCII holds no control character: only other strings need the scan.
+    if shape != Shape::Printable {
+        check_controls(&value, field)?;
+    }
     Ok(value)
 }
 
 fn check_id(value: &str, field: &'static str) -> Result<(), Invalid> {
+    check_length(value, field)?;
+    check_controls(value, field)
+}
+
+fn check_length(value: &str, field: &'static str) -> Result<(), Invalid> {
     if value.is_empty() || value.len() > MAX_ID_BYTES {
         return Err(Invalid::new(field, value, "must be 1 to 128 bytes long"));
     }
+    Ok(())
+}
+
+fn check_controls(value: &str, field: &'static str) -> Result<(), Invalid> {
     // PostgreSQL refuses U+0000 in text, and no id needs a control character.
-    // Raw C0 controls never reach here (JSON forbids them unescaped), so the
-    // byte test only lets DEL, C1 controls (lead byte 0xC2) and unescaped
-    // strings through to the exact check.
+    // Raw C0 controls never reach here from JSON (it forbids them unescaped),
+    // so the byte test only lets DEL, C1 controls (lead byte 0xC2) and
+    // unescaped strings through to the exact check.
     if value.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
         if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
             let reason = format!("must not contain control characters (U+{:04X} at byte {at})", u32::from(c));
@@ -155,8 +167,8 @@ fn check_id(value: &str, field: &'static str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn kind(raw: Option<&str>) -> Result<Kind, Invalid> {
-    kind_of(&string(raw, "kind")?)
+fn kind(raw: Option<Token<'_>>) -> Result<Kind, Invalid> {
+    kind_of(&string(raw, "kind")?.0)
 }
 
 fn kind_of(value: &str) -> Result<Kind, Invalid> {
@@ -167,14 +179,14 @@ fn kind_of(value: &str) -> Result<Kind, Invalid> {
     }
 }
 
-fn amount(raw: Option<&str>) -> Result<Amount, Invalid> {
+fn amount(raw: Option<Token<'_>>) -> Result<Amount, Invalid> {
     let token = present(raw, "amount")?;
-    let text: Cow<'_, str> = if token.starts_with('"') {
-        string(raw, "amount")?
-    } else if token.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        Cow::Borrowed(token)
+    let text: Cow<'_, str> = if token.shape != Shape::Other {
+        string(raw, "amount")?.0
+    } else if token.raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        Cow::Borrowed(token.raw)
     } else {
-        return Err(Invalid::new("amount", token, "must be a decimal string or a JSON number"));
+        return Err(Invalid::new("amount", token.raw, "must be a decimal string or a JSON number"));
     };
     amount_of(&text)
 }
@@ -183,8 +195,8 @@ fn amount_of(text: &str) -> Result<Amount, Invalid> {
     Amount::parse_event_amount(text).map_err(|e| Invalid::new("amount", text, e.to_string()))
 }
 
-fn currency<'a>(raw: Option<&'a str>) -> Result<Cow<'a, str>, Invalid> {
-    let value = string(raw, "currency")?;
+fn currency<'a>(raw: Option<Token<'a>>) -> Result<Cow<'a, str>, Invalid> {
+    let (value, _) = string(raw, "currency")?;
     check_currency(&value)?;
     Ok(value)
 }
@@ -196,8 +208,8 @@ fn check_currency(value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn occurred_at(raw: Option<&str>) -> Result<EpochMicros, Invalid> {
-    occurred_at_of(&string(raw, "occurred_at")?)
+fn occurred_at(raw: Option<Token<'_>>) -> Result<EpochMicros, Invalid> {
+    occurred_at_of(&string(raw, "occurred_at")?.0)
 }
 
 fn occurred_at_of(value: &str) -> Result<EpochMicros, Invalid> {
@@ -289,7 +301,7 @@ pub fn decode<'a>(payload: &'a [u8], key: Option<&[u8]>) -> Result<ValidEvent<'a
     let order_id = id(order_id, "order_id")?;
     let merchant_id = id(merchant_id, "merchant_id")?;
     if let Some(key) = key {
-        if key != merchant_id.as_bytes() {
+        if !same(key, merchant_id.as_bytes()) {
             let reason = format!("does not equal the message key {:?}", String::from_utf8_lossy(key));
             return Err(Invalid::new("merchant_id", &merchant_id, reason));
         }

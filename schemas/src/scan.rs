@@ -18,17 +18,42 @@ pub struct ScanError {
     pub at: usize,
 }
 
+/// What the scan learnt about a value while passing over it, so that
+/// nobody reads its bytes again to learn it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Not a string: a number, literal, object or array.
+    Other,
+    /// A string of printable ASCII (U+0020..U+007E) with no escape: the text
+    /// between its quotes is its value, and it holds no control character.
+    Printable,
+    /// A string with no escape, holding some byte at or above 0x7F.
+    Unescaped,
+    /// A string with at least one escape.
+    Escaped,
+}
+
+/// The raw text of one value, as the scan found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token<'a> {
+    /// The value's text: strings keep their quotes and escapes.
+    pub raw: &'a str,
+    /// What kind of value it is.
+    pub shape: Shape,
+}
+
 /// Scans `text`, which must hold exactly one JSON object, and returns for
-/// each name in `wanted` the raw token of its value (strings keep their
-/// quotes and escapes), or `None` when the key is absent.
+/// each name in `wanted` the token of its value, or `None` when the key is
+/// absent.
 ///
 /// Keys with escapes are compared after unescaping. A wanted key that
 /// appears twice is an error: an event must not say two things. Wanted
 /// names are plain: no quote, backslash or control character.
+#[inline(always)]
 pub fn object_fields<'a, const N: usize>(
     text: &'a str,
     wanted: &[&str; N],
-) -> Result<[Option<&'a str>; N], ScanError> {
+) -> Result<[Option<Token<'a>>; N], ScanError> {
     let mut scanner = Scanner { text, bytes: text.as_bytes(), at: 0 };
     let mut found = [None; N];
     // Producers write the keys in one order: try the slot after the last
@@ -46,7 +71,7 @@ pub fn object_fields<'a, const N: usize>(
             let slot = match scanner.literal_key(wanted.get(guess).copied()) {
                 true => Some(guess),
                 false => {
-                    let escaped = scanner.string_rest()?;
+                    let escaped = scanner.string_rest()? == Shape::Escaped;
                     slot_of(&text[key_start..scanner.at], escaped, wanted)
                 }
             };
@@ -54,13 +79,12 @@ pub fn object_fields<'a, const N: usize>(
             scanner.expect(b':', "expected `:` after a key")?;
             scanner.whitespace();
             let value_start = scanner.at;
-            scanner.value(0)?;
-            let value = &text[value_start..scanner.at];
+            let shape = scanner.value(0)?;
             if let Some(slot) = slot {
                 if found[slot].is_some() {
                     return Err(ScanError { reason: "a field appears twice", at: key_start });
                 }
-                found[slot] = Some(value);
+                found[slot] = Some(Token { raw: &text[value_start..scanner.at], shape });
                 guess = slot + 1;
             }
             scanner.whitespace();
@@ -119,11 +143,29 @@ fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N]) -
     wanted.iter().position(|w| *w == key)
 }
 
-/// Byte equality for short keys, inlined: a `memcmp` call per candidate key
-/// cost more than the comparison itself.
+/// Byte equality for short texts such as keys, inlined: a `memcmp` call cost
+/// more than the comparison itself. Four to sixteen bytes are compared as
+/// two overlapping words, the first and the last.
 #[inline]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(true, |equal, (x, y)| equal & (x == y))
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        8..=16 => word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, n - 8) == word::<8>(b, n - 8),
+        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        _ => a == b,
+    }
+}
+
+/// The `W` bytes of `bytes` from `at`, as an integer to compare.
+#[inline]
+fn word<const W: usize>(bytes: &[u8], at: usize) -> u64 {
+    let mut buffer = [0u8; 8];
+    buffer[..W].copy_from_slice(&bytes[at..at + W]);
+    u64::from_le_bytes(buffer)
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -137,22 +179,38 @@ fn below(word: u64, n: u8) -> u64 {
     word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS
 }
 
-/// How many bytes at the start of `bytes` are plain string characters: not
-/// `"`, not `\`, not a control character. Eight bytes per step, in safe
-/// SWAR arithmetic, then byte by byte.
+/// The high bit of each byte of `word` at or above 0x7F (DEL and every
+/// non-ASCII byte). Only whether it is zero is exact: a carry out of an
+/// 0xFF byte may flag the byte above, which is flagged anyway.
 #[inline]
-fn plain_run(bytes: &[u8]) -> usize {
+fn wide(word: u64) -> u64 {
+    (word | word.wrapping_add(ONES)) & HIGHS
+}
+
+/// How many bytes at the start of `bytes` are plain string characters (not
+/// `"`, not `\`, not a control character), and whether all of them are
+/// printable ASCII. Eight bytes per step, in safe SWAR arithmetic, then byte
+/// by byte.
+#[inline]
+fn plain_run(bytes: &[u8]) -> (usize, bool) {
     let mut chunks = bytes.chunks_exact(8);
     let mut at = 0;
+    let mut seen_wide = 0;
     for chunk in &mut chunks {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         let hits = below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) | below(word, 0x20);
         if hits != 0 {
-            return at + (hits.trailing_zeros() / 8) as usize;
+            let run = (hits.trailing_zeros() / 8) as usize;
+            // Only the bytes before the stop belong to the run.
+            let before = word & !(u64::MAX << (8 * run));
+            return (at + run, seen_wide | wide(before) == 0);
         }
+        seen_wide |= wide(word);
         at += 8;
     }
-    at + chunks.remainder().iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(chunks.remainder().len())
+    let rest = chunks.remainder();
+    let run = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(rest.len());
+    (at + run, seen_wide == 0 && rest[..run].iter().all(|&b| b < 0x7f))
 }
 
 struct Scanner<'a> {
@@ -206,16 +264,21 @@ impl Scanner<'_> {
         hit
     }
 
-    /// After an opening quote: skips to just past the closing one. Returns
-    /// whether the string held escapes.
-    fn string_rest(&mut self) -> Result<bool, ScanError> {
+    /// After an opening quote: skips to just past the closing one, and says
+    /// which kind of string it was.
+    fn string_rest(&mut self) -> Result<Shape, ScanError> {
         let mut escaped = false;
+        let mut printable = true;
         loop {
             // Plain characters are the common case: skip them eight at a time.
-            self.at += plain_run(&self.bytes[self.at..]);
+            let (run, run_printable) = plain_run(&self.bytes[self.at..]);
+            self.at += run;
+            printable &= run_printable;
             let Some(byte) = self.next() else { return Err(self.error("unterminated string")) };
             match byte {
-                b'"' => return Ok(escaped),
+                b'"' if escaped => return Ok(Shape::Escaped),
+                b'"' if printable => return Ok(Shape::Printable),
+                b'"' => return Ok(Shape::Unescaped),
                 b'\\' => {
                     escaped = true;
                     match self.next() {
@@ -236,14 +299,14 @@ impl Scanner<'_> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<(), ScanError> {
+    fn value(&mut self, depth: usize) -> Result<Shape, ScanError> {
         if depth > MAX_DEPTH {
             return Err(self.error("nested too deeply"));
         }
         match self.peek() {
             Some(b'"') => {
                 self.at += 1;
-                self.string_rest().map(drop)
+                return self.string_rest();
             }
             Some(b'{') => self.container(depth, b'}', true),
             Some(b'[') => self.container(depth, b']', false),
@@ -252,7 +315,8 @@ impl Scanner<'_> {
             Some(b'n') => self.literal("null"),
             Some(b'-' | b'0'..=b'9') => self.number(),
             _ => Err(self.error("expected a JSON value")),
-        }
+        }?;
+        Ok(Shape::Other)
     }
 
     fn container(&mut self, depth: usize, close: u8, keyed: bool) -> Result<(), ScanError> {
@@ -334,16 +398,24 @@ mod tests {
 
     const WANTED: [&str; 2] = ["a", "b"];
 
-    fn fields(text: &str) -> Result<[Option<&str>; 2], ScanError> {
+    fn fields(text: &str) -> Result<[Option<Token<'_>>; 2], ScanError> {
         object_fields(text, &WANTED)
+    }
+
+    fn raw<'a>(tokens: [Option<Token<'a>>; 2]) -> [Option<&'a str>; 2] {
+        tokens.map(|token| token.map(|t| t.raw))
+    }
+
+    fn shape(text: &str) -> Shape {
+        fields(text).unwrap()[0].unwrap().shape
     }
 
     #[test]
     fn returns_raw_tokens_and_skips_the_rest() {
         let text = r#" { "x": {"deep": [1, -2.5e+3, true, null, "s\"}"]}, "b" : "t\u0041", "a":12.50 } "#;
-        assert_eq!(fields(text).unwrap(), [Some("12.50"), Some(r#""t\u0041""#)]);
-        assert_eq!(fields("{}").unwrap(), [None, None]);
-        assert_eq!(fields(r#"{"\u0061": 1}"#).unwrap(), [Some("1"), None]);
+        assert_eq!(raw(fields(text).unwrap()), [Some("12.50"), Some(r#""t\u0041""#)]);
+        assert_eq!(raw(fields("{}").unwrap()), [None, None]);
+        assert_eq!(raw(fields(r#"{"\u0061": 1}"#).unwrap()), [Some("1"), None]);
     }
 
     #[test]
@@ -395,17 +467,64 @@ mod tests {
                 // Bytes that a careless SWAR test would also flag.
                 bytes.iter_mut().skip(at + 1).step_by(3).for_each(|b| *b = 0xff);
                 bytes[at] = special;
-                assert_eq!(plain_run(&bytes), at, "{special:#x} at {at}");
+                assert_eq!(plain_run(&bytes), (at, true), "{special:#x} at {at}");
             }
         }
-        assert_eq!(plain_run("é€😀 plain".as_bytes()), "é€😀 plain".len());
-        assert_eq!(plain_run(&[0x21, 0x5b, 0x5d, 0x7f, 0x80]), 5);
+        assert_eq!(plain_run("é€😀 plain".as_bytes()), ("é€😀 plain".len(), false));
+        assert_eq!(plain_run(&[0x21, 0x5b, 0x5d, 0x7f, 0x80]), (5, false));
+        assert_eq!(plain_run(b"~ printable!"), (12, true));
+    }
+
+    #[test]
+    fn printable_means_no_byte_from_del_up_before_the_quote() {
+        // DEL or a wide byte at every position of a run, before and after
+        // word boundaries; bytes after the closing quote do not count.
+        for len in 1..20 {
+            for at in 0..len {
+                for odd in [0x7f_u8, 0x80, 0xc2, 0xff] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = odd;
+                    bytes.extend_from_slice(b"\"\xff\xff\xff\xff\xff\xff\xff\xff");
+                    assert_eq!(plain_run(&bytes), (len, false), "{odd:#x} at {at} of {len}");
+                    bytes[at] = b'~';
+                    assert_eq!(plain_run(&bytes), (len, true), "{len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_value_has_its_shape() {
+        assert_eq!(shape(r#"{"a":"plain ascii ~"}"#), Shape::Printable);
+        assert_eq!(shape(r#"{"a":"ü"}"#), Shape::Unescaped);
+        assert_eq!(shape("{\"a\":\"del\u{7f}\"}"), Shape::Unescaped);
+        assert_eq!(shape(r#"{"a":"\u0041"}"#), Shape::Escaped);
+        assert_eq!(shape(r#"{"a":"ü\n"}"#), Shape::Escaped);
+        for other in ["1", "-2.5e3", "true", "null", "[\"x\"]", r#"{"x":"y"}"#] {
+            assert_eq!(shape(&format!(r#"{{"a":{other}}}"#)), Shape::Other, "{other}");
+        }
+    }
+
+    #[test]
+    fn short_texts_compare_by_words() {
+        let texts = ["", "a", "ab", "abc", "kind", "amount", "currency", "event_id", "merchant_id", "0123456789abcdef", "0123456789abcdefg"];
+        for a in texts {
+            for b in texts {
+                assert_eq!(same(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
+            }
+            // One byte changed anywhere is seen.
+            for at in 0..a.len() {
+                let mut changed = a.as_bytes().to_vec();
+                changed[at] ^= 1;
+                assert!(!same(a.as_bytes(), &changed), "{a} at {at}");
+            }
+        }
     }
 
     #[test]
     fn keys_out_of_order_are_still_found() {
-        assert_eq!(fields(r#"{"b":2,"a":1}"#).unwrap(), [Some("1"), Some("2")]);
-        assert_eq!(fields(r#"{"x":0,"b":2,"y":0,"a":1}"#).unwrap(), [Some("1"), Some("2")]);
+        assert_eq!(raw(fields(r#"{"b":2,"a":1}"#).unwrap()), [Some("1"), Some("2")]);
+        assert_eq!(raw(fields(r#"{"x":0,"b":2,"y":0,"a":1}"#).unwrap()), [Some("1"), Some("2")]);
     }
 
     #[test]

@@ -24,37 +24,21 @@
 //! event would then be counted again, so the cap is sized well above a busy
 //! partition's ids per window (see the README).
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 
 use xxhash_rust::xxh3::xxh3_128;
 
-/// Keys are already uniform 128-bit hashes, so the map only needs their low bits.
-#[derive(Default)]
-struct PrehashedHasher(u64);
+use crate::id_table::{tag_of, IdTable};
 
-impl Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes.iter().take(8) {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
-    }
-}
-
-/// Id hash → digest of the content first seen with it. Every id has exactly
-/// one entry in `order`, so eviction needs no offset check.
-type IdMap = HashMap<u128, u64, BuildHasherDefault<PrehashedHasher>>;
-
+/// One id in the window, in the order it was first seen.
 struct Entry {
+    /// The id's 128-bit hash, as two halves (an `u128` would pad the entry
+    /// to 48 bytes); the low half is the table's hash.
+    id: [u64; 2],
+    /// Digest of the content first seen with the id.
+    digest: u64,
     offset: i64,
     time_ms: i64,
-    id: u128,
 }
 
 /// What a sighting of an event id means.
@@ -73,8 +57,14 @@ pub enum Sighting {
 pub struct DedupeWindow {
     window_ms: i64,
     max_ids: usize,
-    seen: IdMap,
+    /// Every id held, oldest first.
     order: VecDeque<Entry>,
+    /// The sequence number of `order`'s front: each entry's is its position
+    /// plus this, so that positions survive eviction from the front.
+    front_seq: u64,
+    /// The entries' sequence numbers (low 32 bits) by id. `max_ids` is
+    /// below 2^32, so the low bits name one entry.
+    table: IdTable,
     /// The window's clock: newest message time, held at or below `ceiling_ms`.
     clock_ms: i64,
     /// The wall clock now: the latest the clock may reach.
@@ -92,9 +82,10 @@ impl DedupeWindow {
     pub fn new(window_ms: i64, max_ids: usize) -> DedupeWindow {
         DedupeWindow {
             window_ms,
-            max_ids: max_ids.max(1),
-            seen: IdMap::default(),
+            max_ids: max_ids.clamp(1, IdTable::MAX_IDS),
             order: VecDeque::new(),
+            front_seq: 0,
+            table: IdTable::new(),
             clock_ms: i64::MIN,
             ceiling_ms: i64::MAX,
             rebuild_until: i64::MIN,
@@ -127,28 +118,35 @@ impl DedupeWindow {
     /// Records `event_id`, whose content hashes to `digest`, seen at `offset`
     /// and message time `time_ms`, and says what the sighting means.
     pub fn sight(&mut self, event_id: &str, digest: u64, offset: i64, time_ms: i64) -> Sighting {
-        let id = xxh3_128(event_id.as_bytes());
+        let hash = xxh3_128(event_id.as_bytes());
+        let id = [hash as u64, (hash >> 64) as u64];
         let ceiling = if offset < self.rebuild_until { self.rebuild_ceiling_ms.min(self.ceiling_ms) } else { self.ceiling_ms };
         let time_ms = time_ms.min(ceiling);
         if time_ms > self.clock_ms {
             self.clock_ms = time_ms;
             self.evict();
         }
-        match self.seen.entry(id) {
-            std::collections::hash_map::Entry::Occupied(first) if *first.get() == digest => Sighting::Repeat,
-            std::collections::hash_map::Entry::Occupied(_) => Sighting::Conflict,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(digest);
-                // An entry never carries a time past the clock, so the queue
-                // stays in time order for eviction even when clamped.
-                self.order.push_back(Entry { offset, time_ms: time_ms.min(self.clock_ms), id });
-                if self.order.len() > self.max_ids {
-                    self.pop_front();
-                    self.evicted_by_cap += 1;
-                }
-                Sighting::First
-            }
+        let tag = tag_of(id[0]);
+        let at = |seq: u32| seq.wrapping_sub(self.front_seq as u32) as usize;
+        if let Some(seq) = self.table.find(tag, |seq| self.order[at(seq)].id == id) {
+            return match self.order[at(seq)].digest == digest {
+                true => Sighting::Repeat,
+                false => Sighting::Conflict,
+            };
         }
+        if self.table.needs_room() {
+            self.reindex();
+        }
+        let seq = (self.front_seq + self.order.len() as u64) as u32;
+        self.table.insert(tag, seq);
+        // An entry never carries a time past the clock, so the queue stays in
+        // time order for eviction even when clamped.
+        self.order.push_back(Entry { id, digest, offset, time_ms: time_ms.min(self.clock_ms) });
+        if self.order.len() > self.max_ids {
+            self.pop_front();
+            self.evicted_by_cap += 1;
+        }
+        Sighting::First
     }
 
     fn evict(&mut self) {
@@ -160,7 +158,16 @@ impl DedupeWindow {
 
     fn pop_front(&mut self) {
         if let Some(front) = self.order.pop_front() {
-            self.seen.remove(&front.id);
+            self.table.remove(tag_of(front.id[0]), self.front_seq as u32);
+            self.front_seq += 1;
+        }
+    }
+
+    /// Indexes every entry again in a table with room to grow.
+    fn reindex(&mut self) {
+        self.table.rebuild(self.order.len());
+        for (position, entry) in self.order.iter().enumerate() {
+            self.table.insert(tag_of(entry.id[0]), (self.front_seq + position as u64) as u32);
         }
     }
 
@@ -172,12 +179,12 @@ impl DedupeWindow {
 
     /// Ids currently held.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.order.len()
     }
 
     /// True when no id is held.
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.order.is_empty()
     }
 
     /// Ids that left early because the window was full, since the last call.
@@ -251,6 +258,21 @@ mod tests {
         assert_eq!(window.sight("a", 1, 0, 0), Sighting::First);
         assert_eq!(window.sight("a", 1, 1, 0), Sighting::Repeat);
         assert_eq!(window.sight("a", 2, 2, 0), Sighting::Conflict);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_past_32_bits() {
+        let mut window = DedupeWindow::new(1_000, 3);
+        window.front_seq = u64::from(u32::MAX) - 1;
+        for (i, id) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            assert!(first(&mut window, id, i as i64, 0));
+        }
+        assert_eq!(window.len(), 3);
+        for (i, id) in ["c", "d", "e"].iter().enumerate() {
+            assert_eq!(window.sight(id, SAME, 10 + i as i64, 0), Sighting::Repeat, "{id}");
+        }
+        assert_eq!(window.sight("e", SAME + 1, 20, 0), Sighting::Conflict);
+        assert!(first(&mut window, "a", 21, 0), "a was evicted by the cap");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! - [`decode`]: raw messages to an Arrow batch (the hot path's first half).
 //! - [`cut`]: one batch into partials that fit any broker.
 //! - [`aggregate`]: DataFusion partial totals (the hot path's second half).
-//! - [`dedupe`]: the per-partition window of seen event ids.
+//! - [`dedupe`]: the per-partition window of seen event ids, indexed by `id_table`.
 //! - [`publish`]: dead letters and partials, retried until acknowledged.
 //! - [`health`]: parked partitions and what `/readyz` says.
 //! - [`kafka`]: client settings and topic creation.
@@ -23,6 +23,7 @@ pub mod decode;
 pub mod dedupe;
 pub mod error;
 pub mod health;
+mod id_table;
 pub mod kafka;
 pub mod lag;
 pub mod metrics;
