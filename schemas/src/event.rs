@@ -114,7 +114,7 @@ const FIELDS: [&str; 7] = ["event_id", "order_id", "merchant_id", "kind", "amoun
 fn present<'a>(raw: Option<Token<'a>>, field: &'static str) -> Result<Token<'a>, Invalid> {
     match raw {
         None => Err(Invalid::new(field, "", "is missing")),
-        Some(token) if token.raw == "null" => Err(Invalid::new(field, "", "is missing")),
+        Some(token) if same(token.raw.as_bytes(), b"null") => Err(Invalid::new(field, "", "is missing")),
         Some(token) => Ok(token),
     }
 }
@@ -172,10 +172,10 @@ fn kind(raw: Option<Token<'_>>) -> Result<Kind, Invalid> {
 }
 
 fn kind_of(value: &str) -> Result<Kind, Invalid> {
-    match value {
-        "sale" => Ok(Kind::Sale),
-        "refund" => Ok(Kind::Refund),
-        other => Err(Invalid::new("kind", other, "must be \"sale\" or \"refund\"")),
+    match value.as_bytes() {
+        sale if same(sale, b"sale") => Ok(Kind::Sale),
+        refund if same(refund, b"refund") => Ok(Kind::Refund),
+        _ => Err(Invalid::new("kind", value, "must be \"sale\" or \"refund\"")),
     }
 }
 

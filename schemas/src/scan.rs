@@ -146,7 +146,7 @@ fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N]) -
 /// Byte equality for short texts such as keys, inlined: a `memcmp` call cost
 /// more than the comparison itself. Four to sixteen bytes are compared as
 /// two overlapping words, the first and the last.
-#[inline]
+#[inline(always)]
 pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
@@ -252,7 +252,7 @@ impl Scanner<'_> {
     /// After a key's opening quote: when the key is exactly `name` followed
     /// by the closing quote, skips past it. A plain name matched byte for
     /// byte holds no escape, so the key needs no other scan.
-    #[inline]
+    #[inline(always)]
     fn literal_key(&mut self, name: Option<&str>) -> bool {
         let Some(name) = name else { return false };
         debug_assert!(!name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20), "wanted names are plain");
@@ -266,6 +266,7 @@ impl Scanner<'_> {
 
     /// After an opening quote: skips to just past the closing one, and says
     /// which kind of string it was.
+    #[inline]
     fn string_rest(&mut self) -> Result<Shape, ScanError> {
         let mut escaped = false;
         let mut printable = true;

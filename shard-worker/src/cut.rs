@@ -11,11 +11,10 @@
 //! has at most one row.
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::SessionContext;
 use schemas::partial::EventCounts;
 use schemas::{Partial, PartialRow};
 
-use crate::aggregate::partial_rows;
+use crate::aggregate::{partial_rows, Session};
 use crate::decode::{Decoded, Message, Outcome};
 
 /// A run of messages of one batch, by index: `start..end`.
@@ -67,7 +66,7 @@ pub struct Piece {
 /// When DataFusion fails on a batch that matches the event schema (a bug).
 #[allow(clippy::too_many_arguments)]
 pub async fn cut(
-    session: &SessionContext,
+    session: &Session,
     head: &Head<'_>,
     batch: &[Message],
     decoded: &Decoded,
@@ -100,7 +99,7 @@ pub async fn cut(
 }
 
 /// The partial totals of the counted events of `span`, computed off the reactor.
-async fn aggregate(session: &SessionContext, decoded: &Decoded, span: Span) -> Vec<PartialRow> {
+async fn aggregate(session: &Session, decoded: &Decoded, span: Span) -> Vec<PartialRow> {
     let from = decoded.row_message.partition_point(|&m| (m as usize) < span.start);
     let to = decoded.row_message.partition_point(|&m| (m as usize) < span.end);
     let slice: RecordBatch = decoded.batch.slice(from, to - from);

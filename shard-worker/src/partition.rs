@@ -8,13 +8,12 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use datafusion::prelude::SessionContext;
 use rdkafka::producer::FutureProducer;
 use schemas::PartialRow;
 use store::{Claim, Store};
 use tokio::sync::mpsc;
 
-use crate::aggregate::partial_rows;
+use crate::aggregate::{partial_rows, Session};
 use crate::cut::{cut, Head, Limits, Span};
 use crate::decode::{decode_messages, Decoded, Message, Outcome as Handled};
 use crate::dedupe::DedupeWindow;
@@ -28,7 +27,7 @@ pub struct Shared {
     /// Idempotent producer for partials and dead letters.
     pub producer: FutureProducer,
     /// DataFusion session for the partial aggregation.
-    pub session: SessionContext,
+    pub session: Session,
     /// Source topic.
     pub orders_topic: String,
     /// Partials topic.

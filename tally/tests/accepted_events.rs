@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use common::{Backend, World};
 use ingest::generate::Rng;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::SessionContext;
+use shard_worker::aggregate::Session;
 use schemas::batch::EventBatchBuilder;
 use schemas::event::decode;
 use schemas::partial::EventCounts;
@@ -143,7 +143,7 @@ async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> (Vec<Part
 
 /// The builder's events as the next partial, after checking that it
 /// round-trips through JSON.
-async fn flush(session: &SessionContext, builder: &mut EventBatchBuilder, partials: &mut Vec<Partial>, topic: &str, seed: u64) {
+async fn flush(session: &Session, builder: &mut EventBatchBuilder, partials: &mut Vec<Partial>, topic: &str, seed: u64) {
     let batch: RecordBatch = builder.finish().unwrap();
     let events = EventCounts { counted: batch.num_rows() as u64, ..Default::default() };
     let rows = shard_worker::aggregate::partial_rows(session, batch).await.unwrap();
