@@ -89,10 +89,13 @@ pub fn run(setup: &Setup, runs: u64) -> Result<()> {
         let run = runtime.block_on(once(setup, n))?;
         let rate = setup.events as f64 / run.tally_seconds;
         println!(
-            "  run {n}: settled {:.2} s after start; published in {:.2} s; tally {:.2} s to exact totals ({rate:.0} events/s, \
+            "  run {n}: {}published in {:.2} s; tally {:.2} s to exact totals ({rate:.0} events/s, \
              {:.0}% of the tuned bare consumer's {:.0}/s, {:.0}% of the default one's {:.0}/s); \
              {:.1} CPU-s ({:.2} µs per event); {:.0} rows upserted in {:.0} flushes; p50 {:.3} s, p99 {:.3} s at {:.0} events/s",
-            run.settle_seconds,
+            match setup.backlog {
+                true => String::new(),
+                false => format!("settled {:.2} s after start; ", run.settle_seconds),
+            },
             run.publish_seconds,
             run.tally_seconds,
             rate / run.bare_tuned * 100.0,
@@ -121,7 +124,9 @@ pub fn run(setup: &Setup, runs: u64) -> Result<()> {
     println!("| --- | --- |");
     println!("| bare consumer, default fetch settings | {:.0} msgs/s |", median(&|r| r.bare_default));
     println!("| bare consumer, fetch.wait.max.ms=10 and a deep queue | {:.0} msgs/s |", median(&|r| r.bare_tuned));
-    println!("| processes started to group settled | {:.2} s |", median(&|r| r.settle_seconds));
+    if !setup.backlog {
+        println!("| processes started to group settled | {:.2} s |", median(&|r| r.settle_seconds));
+    }
     println!("| one producer publishing the events | {:.2} s, {:.0} events/s |", median(&|r| r.publish_seconds), median(&|r| events / r.publish_seconds));
     println!("| tally, to exact totals | {:.2} s, {:.0} events/s |", median(&|r| r.tally_seconds), median(&|r| events / r.tally_seconds));
     println!("| tally / tuned bare consumer | {:.2} |", median(&|r| events / r.tally_seconds / r.bare_tuned));
