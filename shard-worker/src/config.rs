@@ -40,7 +40,7 @@ pub struct WorkerConfig {
     /// Most event ids one partition's dedupe window holds. Past this the
     /// oldest id leaves early (counted in `tally_worker_dedupe_evicted_total`),
     /// so a retry of it would count again: size it above a partition's ids
-    /// per window. About 100 bytes per id.
+    /// per window. About 60 bytes per id.
     pub dedupe_max_ids: usize,
     /// A partial holds at most this many rows; a batch with more keys is
     /// cut into several partials of consecutive offset ranges.
