@@ -82,7 +82,8 @@ pub async fn partial_rows(session: &Session, batch: RecordBatch) -> Result<Vec<P
             session.plan.get_or_init(|| made).clone()
         }
     };
-    let rows: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&[vec![batch]], event_schema(), None)?;
+    let schema = batch.schema();
+    let rows: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
     let mut scans = 0;
     let plan = template
         .transform_up(|node| {
