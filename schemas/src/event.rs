@@ -109,7 +109,7 @@ impl fmt::Display for Invalid {
 }
 
 /// The event's fields, in the order `decode` reads them from the scan.
-const FIELDS: [&str; 7] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
+pub(crate) const FIELDS: [&str; 7] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
 
 fn present<'a>(raw: Option<Token<'a>>, field: &'static str) -> Result<Token<'a>, Invalid> {
     match raw {
@@ -201,7 +201,7 @@ fn currency<'a>(raw: Option<Token<'a>>) -> Result<Cow<'a, str>, Invalid> {
     Ok(value)
 }
 
-fn check_currency(value: &str) -> Result<(), Invalid> {
+pub(crate) fn check_currency(value: &str) -> Result<(), Invalid> {
     if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Invalid::new("currency", value, "must be three upper-case letters (ISO 4217)"));
     }
@@ -284,12 +284,32 @@ pub fn from_columns(row: Columns<'_>) -> Result<ValidEvent<'_>, Invalid> {
 /// Decodes and validates one message value. `key` is the message key; when
 /// present, `merchant_id` must equal it.
 ///
+/// An event laid out as producers write it takes a fast path (`fast`);
+/// any other layout, and every invalid event, the general one.
+///
 /// Fails with the first rule the message breaks: invalid UTF-8, not a JSON
 /// object, or a field rule from the event schema.
 pub fn decode<'a>(payload: &'a [u8], key: Option<&[u8]>) -> Result<ValidEvent<'a>, Invalid> {
-    let text = std::str::from_utf8(payload).map_err(|e| {
-        Invalid::new("payload", "", format!("is not valid UTF-8 (byte {})", e.valid_up_to()))
-    })?;
+    let text = utf8(payload)?;
+    match crate::fast::decode(text, key) {
+        Some(event) => Ok(event),
+        None => general(text, key),
+    }
+}
+
+/// [`decode`] without the fast path, for the tests that compare the two.
+#[cfg(test)]
+pub(crate) fn decode_general<'a>(payload: &'a [u8], key: Option<&[u8]>) -> Result<ValidEvent<'a>, Invalid> {
+    general(utf8(payload)?, key)
+}
+
+fn utf8(payload: &[u8]) -> Result<&str, Invalid> {
+    std::str::from_utf8(payload)
+        .map_err(|e| Invalid::new("payload", "", format!("is not valid UTF-8 (byte {})", e.valid_up_to())))
+}
+
+/// Any layout of the event, and the rule it breaks when it breaks one.
+fn general<'a>(text: &'a str, key: Option<&[u8]>) -> Result<ValidEvent<'a>, Invalid> {
     if !text.trim_start().starts_with('{') {
         return Err(Invalid::new("payload", text, "is not a JSON object"));
     }

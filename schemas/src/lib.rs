@@ -5,6 +5,7 @@
 //! - [`day`]: RFC 3339 timestamps and the UTC calendar days they fall on.
 //! - [`event`]: the order event, its validation rules and the borrowed decoder.
 //! - [`scan`]: the one-pass JSON object scanner under the decoder.
+//! - `fast`: the decoder's fast path for events laid out as producers write them.
 //! - [`batch`]: the Arrow schema of a decoded batch and its builder.
 //! - [`config`]: validation helpers shared by every role's configuration.
 //! - [`partial`]: the partial-totals message a worker publishes per offset range.
@@ -18,6 +19,7 @@ pub mod batch;
 pub mod config;
 pub mod day;
 pub mod event;
+mod fast;
 pub mod partial;
 pub mod scan;
 pub mod totals;

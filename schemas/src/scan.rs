@@ -132,6 +132,38 @@ pub fn array_elements(text: &str) -> Result<Vec<&str>, ScanError> {
     Ok(elements)
 }
 
+/// After the value of a member of a top-level object, at byte `at`:
+/// `Some` when the rest of `text` is further members and the object's end,
+/// none of them under a key in `wanted`. An escaped key gives `None` too,
+/// unread, and so does anything that is not JSON: the caller then scans the
+/// whole object the general way, which tells them apart.
+pub(crate) fn members_after<const N: usize>(text: &str, at: usize, wanted: &[&str; N]) -> Option<()> {
+    let mut scanner = Scanner { text, bytes: text.as_bytes(), at };
+    loop {
+        scanner.whitespace();
+        match scanner.next()? {
+            b'}' => break,
+            b',' => scanner.whitespace(),
+            _ => return None,
+        }
+        let key_start = scanner.at;
+        scanner.expect(b'"', "expected a key string").ok()?;
+        if scanner.string_rest().ok()? == Shape::Escaped {
+            return None;
+        }
+        let key = &scanner.bytes[key_start + 1..scanner.at - 1];
+        if wanted.iter().any(|name| same(name.as_bytes(), key)) {
+            return None;
+        }
+        scanner.whitespace();
+        scanner.expect(b':', "expected `:` after a key").ok()?;
+        scanner.whitespace();
+        scanner.value(0).ok()?;
+    }
+    scanner.whitespace();
+    (scanner.at == scanner.bytes.len()).then_some(())
+}
+
 /// The slot of a key that was not the one expected next (`literal_key`
 /// already tried that one).
 fn slot_of<const N: usize>(key_token: &str, escaped: bool, wanted: &[&str; N]) -> Option<usize> {
@@ -192,7 +224,7 @@ fn wide(word: u64) -> u64 {
 /// printable ASCII. Eight bytes per step, in safe SWAR arithmetic, then byte
 /// by byte.
 #[inline]
-fn plain_run(bytes: &[u8]) -> (usize, bool) {
+pub(crate) fn plain_run(bytes: &[u8]) -> (usize, bool) {
     let mut chunks = bytes.chunks_exact(8);
     let mut at = 0;
     let mut seen_wide = 0;

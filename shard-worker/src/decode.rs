@@ -12,7 +12,7 @@ use schemas::Invalid;
 use schemas::ValidEvent;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::dedupe::{DedupeWindow, Sighting};
+use crate::dedupe::{DedupeWindow, IdHash, Sighting};
 
 /// One consumed message, owned so that it can cross threads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,9 +82,24 @@ fn content_digest(event: &ValidEvent<'_>) -> u64 {
     xxh3_64_with_seed(event.currency.as_bytes(), h ^ event.kind as u64)
 }
 
+/// Messages decoded ahead of their sightings, a chunk at a time: small
+/// enough to stay in the cache between the two passes.
+const CHUNK: usize = 256;
+
+/// How many sightings ahead an id's table slot is touched
+/// ([`DedupeWindow::touch`]).
+const AHEAD: usize = 8;
+
+/// A message decoded, with what its sighting needs.
+type Parsed<'a> = Result<(ValidEvent<'a>, IdHash, u64), Invalid>;
+
 /// Decodes `messages` in offset order. Messages below `count_from` only
 /// rebuild the dedupe window (they were counted by an earlier owner); the
 /// rest are validated, deduped and appended to the batch.
+///
+/// Each chunk of messages is decoded and hashed first, then sighted in
+/// order, touching the window's table a few ids ahead so that its cache
+/// misses overlap instead of coming one per event.
 ///
 /// `now_ms` stands in for a missing message timestamp.
 ///
@@ -102,13 +117,26 @@ pub fn decode_messages(
     let mut checkpoints = Vec::with_capacity(messages.len());
     let mut counts = EventCounts::default();
     let mut max_append_ms = None;
-    for (index, message) in messages.iter().enumerate() {
-        let time_ms = message.timestamp_ms.unwrap_or(now_ms);
-        let counting = message.offset >= count_from;
-        let outcome = match decode(&message.payload, message.key.as_deref()) {
-            Ok(event) => {
-                let sighting = window.sight(&event.event_id, content_digest(&event), message.offset, time_ms);
-                match sighting {
+    let mut parsed: Vec<Parsed<'_>> = Vec::with_capacity(CHUNK.min(messages.len()));
+    let mut ids: Vec<Option<IdHash>> = Vec::with_capacity(CHUNK.min(messages.len()));
+    for (chunk_at, chunk) in messages.chunks(CHUNK).enumerate() {
+        parsed.extend(chunk.iter().map(|message| {
+            let event = decode(&message.payload, message.key.as_deref())?;
+            let (id, digest) = (IdHash::of(&event.event_id), content_digest(&event));
+            Ok((event, id, digest))
+        }));
+        ids.clear();
+        ids.extend(parsed.iter().map(|parsed| parsed.as_ref().ok().map(|(_, id, _)| *id)));
+        ids.iter().take(AHEAD).flatten().for_each(|&id| window.touch(id));
+        for (at, (message, parsed)) in chunk.iter().zip(parsed.drain(..)).enumerate() {
+            if let Some(&Some(id)) = ids.get(at + AHEAD) {
+                window.touch(id);
+            }
+            let index = chunk_at * CHUNK + at;
+            let time_ms = message.timestamp_ms.unwrap_or(now_ms);
+            let counting = message.offset >= count_from;
+            let outcome = match parsed {
+                Ok((event, id, digest)) => match window.sight_hashed(id, digest, message.offset, time_ms) {
                     _ if !counting => Outcome::Rebuilt,
                     Sighting::First => {
                         builder.push(&event);
@@ -122,28 +150,28 @@ pub fn decode_messages(
                         invalid.push((index, Invalid::new("event_id", &event.event_id, reason)));
                         Outcome::Duplicate
                     }
+                },
+                Err(reason) if counting => {
+                    invalid.push((index, reason));
+                    Outcome::Invalid
                 }
+                Err(_) => Outcome::Rebuilt,
+            };
+            match outcome {
+                Outcome::Counted => counts.counted += 1,
+                Outcome::Duplicate => counts.duplicate += 1,
+                Outcome::Invalid => counts.invalid += 1,
+                Outcome::Rebuilt => {}
             }
-            Err(reason) if counting => {
-                invalid.push((index, reason));
-                Outcome::Invalid
+            if outcome != Outcome::Rebuilt {
+                max_append_ms = max_append_ms.max(Some(time_ms));
             }
-            Err(_) => Outcome::Rebuilt,
-        };
-        match outcome {
-            Outcome::Counted => counts.counted += 1,
-            Outcome::Duplicate => counts.duplicate += 1,
-            Outcome::Invalid => counts.invalid += 1,
-            Outcome::Rebuilt => {}
+            outcomes.push(outcome);
+            checkpoints.push(Checkpoint {
+                dedupe_from_offset: window.dedupe_from_offset(message.offset + 1),
+                dedupe_clock_ms: window.clock_ms(),
+            });
         }
-        if outcome != Outcome::Rebuilt {
-            max_append_ms = max_append_ms.max(Some(time_ms));
-        }
-        outcomes.push(outcome);
-        checkpoints.push(Checkpoint {
-            dedupe_from_offset: window.dedupe_from_offset(message.offset + 1),
-            dedupe_clock_ms: window.clock_ms(),
-        });
     }
     Ok(Decoded { batch: builder.finish()?, row_message, invalid, outcomes, checkpoints, counts, max_append_ms })
 }
@@ -173,6 +201,41 @@ mod tests {
         use Outcome::*;
         assert_eq!(decoded.outcomes, [Rebuilt, Rebuilt, Duplicate, Invalid, Counted]);
         assert_eq!(decoded.checkpoints[4].dedupe_from_offset, 0);
+    }
+
+    #[test]
+    fn chunks_keep_the_order_and_the_index_of_every_message() {
+        // Over three chunks: below offset 100 only rebuilds; every seventh
+        // message from 300 on repeats an id from 300 messages before, in an
+        // earlier chunk; every 50th is invalid.
+        let messages: Vec<Message> = (0..700)
+            .map(|i| match i {
+                _ if i % 50 == 49 => message(i, &format!("e{i}"), "-1"),
+                _ if i >= 300 && i % 7 == 0 => message(i, &format!("e{}", i - 300), "1"),
+                _ => message(i, &format!("e{i}"), "1"),
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut expected = Vec::new();
+        for m in &messages {
+            let event = schemas::event::decode(&m.payload, None).ok();
+            let first = event.as_ref().is_some_and(|e| seen.insert(e.event_id.to_string()));
+            expected.push(match (m.offset < 100, event.is_some(), first) {
+                (true, _, _) => Outcome::Rebuilt,
+                (false, false, _) => Outcome::Invalid,
+                (false, true, true) => Outcome::Counted,
+                (false, true, false) => Outcome::Duplicate,
+            });
+        }
+        let mut window = DedupeWindow::new(60_000, 10_000);
+        let decoded = decode_messages(&messages, &mut window, 100, 0).unwrap();
+        assert_eq!(decoded.outcomes, expected);
+        let counted: Vec<u32> = (0..700).filter(|&i| expected[i as usize] == Outcome::Counted).collect();
+        assert_eq!(decoded.row_message, counted);
+        assert_eq!(decoded.batch.num_rows(), counted.len());
+        let invalid: Vec<usize> = decoded.invalid.iter().map(|(index, _)| *index).collect();
+        assert_eq!(invalid, (0..700).filter(|&i| expected[i] == Outcome::Invalid).collect::<Vec<_>>());
+        assert_eq!(decoded.checkpoints.len(), 700);
     }
 
     #[test]

@@ -53,6 +53,18 @@ pub enum Sighting {
     Conflict,
 }
 
+/// An event id's 128-bit hash, by which the window knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdHash([u64; 2]);
+
+impl IdHash {
+    /// The hash of `event_id`.
+    pub fn of(event_id: &str) -> IdHash {
+        let hash = xxh3_128(event_id.as_bytes());
+        IdHash([hash as u64, (hash >> 64) as u64])
+    }
+}
+
 /// Ids seen in one partition within the window.
 pub struct DedupeWindow {
     window_ms: i64,
@@ -118,8 +130,21 @@ impl DedupeWindow {
     /// Records `event_id`, whose content hashes to `digest`, seen at `offset`
     /// and message time `time_ms`, and says what the sighting means.
     pub fn sight(&mut self, event_id: &str, digest: u64, offset: i64, time_ms: i64) -> Sighting {
-        let hash = xxh3_128(event_id.as_bytes());
-        let id = [hash as u64, (hash >> 64) as u64];
+        self.sight_hashed(IdHash::of(event_id), digest, offset, time_ms)
+    }
+
+    /// Loads the table slot where `id` would be found, so that its sighting
+    /// a few events later finds it in the cache. The table is far larger
+    /// than the cache, and a probe that waits on memory also stalls the
+    /// branches after it; touched a few ids ahead, the misses overlap.
+    #[inline]
+    pub fn touch(&self, id: IdHash) {
+        self.table.touch(tag_of(id.0[0]));
+    }
+
+    /// [`DedupeWindow::sight`] of an id already hashed.
+    pub fn sight_hashed(&mut self, id: IdHash, digest: u64, offset: i64, time_ms: i64) -> Sighting {
+        let id = id.0;
         let ceiling = if offset < self.rebuild_until { self.rebuild_ceiling_ms.min(self.ceiling_ms) } else { self.ceiling_ms };
         let time_ms = time_ms.min(ceiling);
         if time_ms > self.clock_ms {

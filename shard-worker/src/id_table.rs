@@ -58,6 +58,13 @@ impl IdTable {
         }
     }
 
+    /// Reads the home slot of `tag`, for its cache line (see
+    /// [`crate::dedupe::DedupeWindow::touch`]).
+    #[inline]
+    pub(crate) fn touch(&self, tag: u32) {
+        std::hint::black_box(self.slots[tag as usize & self.mask()]);
+    }
+
     /// Adds an id that is not in the table. Call [`IdTable::needs_room`]
     /// first and [`IdTable::rebuild`] when it says so.
     pub(crate) fn insert(&mut self, tag: u32, seq: u32) {
