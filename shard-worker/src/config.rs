@@ -33,7 +33,8 @@ pub struct WorkerConfig {
     pub replication_factor: i32,
     /// A batch (and so a partial) closes at this many messages…
     pub batch_max_events: usize,
-    /// …or this long after its first message, whichever comes first.
+    /// …or this long after its first message, whichever comes first. A
+    /// batch that reaches the end of the partition's log closes at once.
     pub batch_max_ms: u64,
     /// Event ids are deduplicated within this much message time.
     pub dedupe_window_secs: u64,

@@ -2,6 +2,12 @@
 //! messages, cuts them into batches by count and time, and hands each batch
 //! to its partition's task.
 //!
+//! A batch also closes when it reaches the end of its partition's log
+//! (librdkafka's partition EOF, which comes after the last message
+//! fetched): the tail of a burst, or a quiet stream's each fetch, goes on
+//! at once instead of waiting out `batch_max_ms`. Under a backlog the end
+//! is not reached, and batches fill to `batch_max_events`.
+//!
 //! Claims happen inside the rebalance callback, before `assign`, so the
 //! consumer starts every partition exactly at the database's
 //! `dedupe_from_offset` and never at Kafka's committed offset.
@@ -20,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -269,6 +276,9 @@ struct Lane {
     batches: mpsc::Sender<Vec<Message>>,
     pending: Vec<Message>,
     opened: Option<Instant>,
+    /// The last message read was the log's last: the pending batch is
+    /// handed over without waiting for `batch_max_ms`.
+    at_end: bool,
     task: Leaving,
     /// Stops the task between batches, keeping its window.
     stop: CancellationToken,
@@ -307,6 +317,7 @@ impl Lane {
             return false;
         }
         self.expected = message.offset() + 1;
+        self.at_end = false;
         self.opened.get_or_insert_with(Instant::now);
         self.pending.push(owned(message));
         true
@@ -329,6 +340,7 @@ impl Lane {
                     read += 1;
                     result = Ok(read);
                 }
+                Some(Err(KafkaError::PartitionEOF(_))) => self.at_end = true,
                 Some(Err(error)) => tracing::warn!(%error, "Consumer error."),
                 None => break,
             }
@@ -399,7 +411,7 @@ pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettin
                     let stop = CancellationToken::new();
                     let task = handle.spawn(task.run(rx, acks_tx.clone(), stop.clone()));
                     let suspect = suspect.map(|parked| (parked, fence, Instant::now()));
-                    let lane = Lane { expected: start, queue, batches: tx, pending: Vec::new(), opened: None, task, stop, suspect };
+                    let lane = Lane { expected: start, queue, batches: tx, pending: Vec::new(), opened: None, at_end: false, task, stop, suspect };
                     if let Some(old) = lanes.insert(partition, lane) {
                         old.task.abort();
                     }
@@ -431,6 +443,11 @@ pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettin
                 }
                 None => tracing::debug!(partition = message.partition(), offset = message.offset(), "Message for an unclaimed partition dropped."),
             },
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if let Some(lane) = lanes.get_mut(&partition) {
+                    lane.at_end = true;
+                }
+            }
             Some(Err(error)) => tracing::warn!(%error, "Consumer error."),
             None => {}
         }
@@ -509,6 +526,7 @@ fn hand_over_due(
     let mut stopped = Vec::new();
     for (&partition, lane) in lanes.iter_mut() {
         let due = lane.pending.len() >= settings.batch_max_events
+            || lane.at_end
             || lane.opened.is_some_and(|t| t.elapsed() >= settings.batch_max);
         if lane.pending.is_empty() || !(due || everything) || lane.suspect.is_some() {
             continue;

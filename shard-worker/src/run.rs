@@ -102,6 +102,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         // One eager protocol: the claim happens in the assign callback, and a
         // single offered protocol keeps every member's choice identical.
         .set("partition.assignment.strategy", "roundrobin")
+        // The end of the log closes a batch at once (see `consumer`): the
+        // last events of a burst wait for no timer.
+        .set("enable.partition.eof", "true")
         // High watermarks for the lag gauge come with these statistics.
         .set("statistics.interval.ms", "2000")
         // A topic created (or recreated) after the worker subscribed is seen
