@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::Producer;
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use store::Store;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,22 @@ fn check_partials_partitions(config: &WorkerConfig) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// How long [`warm_up`] waits for the broker.
+const WARM_UP: Duration = Duration::from_secs(5);
+
+/// Has the producer learn the partials topic's metadata before the worker
+/// joins its group. Without it, the first partials waited for the lookup
+/// and the retries behind it while every partition's task stood still: in
+/// a backlog on tansu, most runs lost most of a second there. A failure is
+/// only logged; publishing retries as it always does.
+async fn warm_up(producer: &FutureProducer, partials_topic: &str) {
+    let (producer, topic) = (producer.clone(), partials_topic.to_owned());
+    let fetched = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), WARM_UP)).await;
+    if let Ok(Err(error)) = fetched {
+        tracing::debug!(%error, "Partials topic metadata not fetched ahead; the first partial will wait for it.");
+    }
+}
+
 /// How often the lag gauges are refreshed from the database's fences.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
@@ -77,6 +93,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         move |source| WorkerError::Kafka { op, brokers, source }
     };
     let producer = idempotent_producer(&config.brokers, &config.kafka).map_err(kafka("producer"))?;
+    warm_up(&producer, &config.partials_topic).await;
     let shared = Arc::new(Shared {
         store,
         producer: producer.clone(),
