@@ -342,7 +342,11 @@ async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
     prometheus.wait_for("sum(up)", Duration::from_secs(60), |r| r.first().is_some_and(|s| s["value"][1] == "4")).await;
 
     // Traffic through both doors: the broker directly (with duplicates and
-    // invalid events) and the HTTP API.
+    // invalid events) and the HTTP API. The aggregator is stopped meanwhile,
+    // so the fences stand still and the lag must show the whole stream
+    // however fast the workers are; it is started again once Prometheus has
+    // seen the lag.
+    assert_eq!(world.terminate(aggregator), 0);
     let stream = traffic(51, 60_000);
     produce(&world.brokers, &world.orders, &stream.messages).await;
     let posted = traffic(52, 2_000);
@@ -352,6 +356,12 @@ async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
     let (status, reply) = common::http(&ingest, "POST", "/v1/orders", &[("authorization", &auth), ("content-type", "application/x-ndjson")], &body).await.unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
     let total = stream.messages.len() as u64 + valid.len() as u64;
+    prometheus
+        .wait_for("sum(tally_worker_consumer_lag_messages)", Duration::from_secs(60), |r| {
+            r.first().and_then(|s| s["value"][1].as_str()).is_some_and(|v| v.parse::<f64>().is_ok_and(|lag| lag > 0.0))
+        })
+        .await;
+    let aggregator = world.restart_aggregator("aggregator");
     world.wait_committed(&store, total, Duration::from_secs(600)).await;
 
     // Every metric the dashboard and the rules use has series in Prometheus.
@@ -371,7 +381,7 @@ async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // Lag: above 0 while the stream was being worked off, then 0 on every partition.
+    // Lag: above 0 while the stream waited, then 0 on every partition.
     let partitions = common::PARTITIONS.to_string();
     prometheus
         .wait_for("count(tally_worker_consumer_lag_messages == 0)", Duration::from_secs(60), |r| {

@@ -194,8 +194,23 @@ impl World {
 
     /// Starts `tally aggregator` with extra `--set` fields.
     pub fn start_aggregator_with(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
+        let args = self.base_args(name);
+        self.spawn_aggregator(name, args, extra)
+    }
+
+    /// Starts `tally aggregator` again under `name`, on the metrics address
+    /// it had before, so that a Prometheus scraping it finds it again.
+    pub fn restart_aggregator(&mut self, name: &str) -> usize {
+        let before = self.metrics[name].clone();
+        let mut args = self.base_args(name);
+        *args.last_mut().expect("the metrics address is the last base flag") = before.clone();
+        self.metrics.insert(name.to_owned(), before);
+        self.spawn_aggregator(name, args, &[])
+    }
+
+    fn spawn_aggregator(&mut self, name: &str, base: Vec<String>, extra: &[(&str, &str)]) -> usize {
         let mut args = vec!["aggregator".to_string()];
-        args.extend(self.base_args(name));
+        args.extend(base);
         for &(key, value) in [
             ("aggregator.partials_topic", self.partials.as_str()),
             ("aggregator.group_id", self.aggregator_group.as_str()),
