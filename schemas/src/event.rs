@@ -79,6 +79,31 @@ pub struct ValidEvent<'a> {
     pub day: Day,
 }
 
+impl<'a> ValidEvent<'a> {
+    /// An event of fields that each passed their rule; the day follows from
+    /// `occurred_at`.
+    pub(crate) fn new(
+        event_id: impl Into<Cow<'a, str>>,
+        order_id: impl Into<Cow<'a, str>>,
+        merchant_id: impl Into<Cow<'a, str>>,
+        kind: Kind,
+        amount: Amount,
+        currency: impl Into<Cow<'a, str>>,
+        occurred_at: EpochMicros,
+    ) -> ValidEvent<'a> {
+        ValidEvent {
+            event_id: event_id.into(),
+            order_id: order_id.into(),
+            merchant_id: merchant_id.into(),
+            kind,
+            amount,
+            currency: currency.into(),
+            occurred_at,
+            day: Day::of_micros(occurred_at),
+        }
+    }
+}
+
 /// Why an event was rejected: the field, the offending value (shortened) and
 /// the rule it broke. Sent to the dead-letter topic in headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,16 +294,7 @@ pub fn from_columns(row: Columns<'_>) -> Result<ValidEvent<'_>, Invalid> {
             micros
         }
     };
-    Ok(ValidEvent {
-        event_id: Cow::Borrowed(event_id),
-        order_id: Cow::Borrowed(order_id),
-        merchant_id: Cow::Borrowed(merchant_id),
-        kind,
-        amount,
-        currency: Cow::Borrowed(currency),
-        occurred_at,
-        day: Day::of_micros(occurred_at),
-    })
+    Ok(ValidEvent::new(event_id, order_id, merchant_id, kind, amount, currency, occurred_at))
 }
 
 /// Decodes and validates one message value. `key` is the message key; when
@@ -330,16 +346,7 @@ fn general<'a>(text: &'a str, key: Option<&[u8]>) -> Result<ValidEvent<'a>, Inva
     let amount = amount(amount_token)?;
     let currency = currency(currency_token)?;
     let occurred_at = occurred_at(occurred_at_token)?;
-    Ok(ValidEvent {
-        event_id,
-        order_id,
-        merchant_id,
-        kind,
-        amount,
-        currency,
-        occurred_at,
-        day: Day::of_micros(occurred_at),
-    })
+    Ok(ValidEvent::new(event_id, order_id, merchant_id, kind, amount, currency, occurred_at))
 }
 
 #[cfg(test)]

@@ -10,10 +10,8 @@
 //! an event is invalid, so it cannot give a different verdict; the tests
 //! check that where it answers, its answer is the general path's.
 
-use std::borrow::Cow;
-
 use crate::amount::Amount;
-use crate::day::{parse_rfc3339, Day};
+use crate::day::parse_rfc3339;
 use crate::event::{check_currency, Kind, ValidEvent, FIELDS, MAX_ID_BYTES};
 use crate::scan::{members_after, plain_run, same};
 
@@ -112,16 +110,7 @@ pub(crate) fn decode<'a>(text: &'a str, key: Option<&[u8]>) -> Option<ValidEvent
     if cursor.at + 1 != text.len() || cursor.literal(b"}").is_none() {
         members_after(text, cursor.at, &FIELDS)?;
     }
-    Some(ValidEvent {
-        event_id: Cow::Borrowed(event_id),
-        order_id: Cow::Borrowed(order_id),
-        merchant_id: Cow::Borrowed(merchant_id),
-        kind,
-        amount,
-        currency: Cow::Borrowed(currency),
-        occurred_at,
-        day: Day::of_micros(occurred_at),
-    })
+    Some(ValidEvent::new(event_id, order_id, merchant_id, kind, amount, currency, occurred_at))
 }
 
 #[cfg(test)]

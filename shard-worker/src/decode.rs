@@ -118,28 +118,29 @@ pub fn decode_messages(
     let mut counts = EventCounts::default();
     let mut max_append_ms = None;
     let mut parsed: Vec<Parsed<'_>> = Vec::with_capacity(CHUNK.min(messages.len()));
-    let mut ids: Vec<Option<IdHash>> = Vec::with_capacity(CHUNK.min(messages.len()));
+    let touch = |window: &DedupeWindow, parsed: Option<&Parsed<'_>>| {
+        if let Some(Ok((_, id, _))) = parsed {
+            window.touch(*id);
+        }
+    };
     for (chunk_at, chunk) in messages.chunks(CHUNK).enumerate() {
+        parsed.clear();
         parsed.extend(chunk.iter().map(|message| {
             let event = decode(&message.payload, message.key.as_deref())?;
             let (id, digest) = (IdHash::of(&event.event_id), content_digest(&event));
             Ok((event, id, digest))
         }));
-        ids.clear();
-        ids.extend(parsed.iter().map(|parsed| parsed.as_ref().ok().map(|(_, id, _)| *id)));
-        ids.iter().take(AHEAD).flatten().for_each(|&id| window.touch(id));
-        for (at, (message, parsed)) in chunk.iter().zip(parsed.drain(..)).enumerate() {
-            if let Some(&Some(id)) = ids.get(at + AHEAD) {
-                window.touch(id);
-            }
+        parsed.iter().take(AHEAD).for_each(|ahead| touch(window, Some(ahead)));
+        for (at, (message, parsed_now)) in chunk.iter().zip(&parsed).enumerate() {
+            touch(window, parsed.get(at + AHEAD));
             let index = chunk_at * CHUNK + at;
             let time_ms = message.timestamp_ms.unwrap_or(now_ms);
             let counting = message.offset >= count_from;
-            let outcome = match parsed {
-                Ok((event, id, digest)) => match window.sight_hashed(id, digest, message.offset, time_ms) {
+            let outcome = match parsed_now {
+                Ok((event, id, digest)) => match window.sight_hashed(*id, *digest, message.offset, time_ms) {
                     _ if !counting => Outcome::Rebuilt,
                     Sighting::First => {
-                        builder.push(&event);
+                        builder.push(event);
                         row_message.push(index as u32);
                         Outcome::Counted
                     }
@@ -152,7 +153,7 @@ pub fn decode_messages(
                     }
                 },
                 Err(reason) if counting => {
-                    invalid.push((index, reason));
+                    invalid.push((index, reason.clone()));
                     Outcome::Invalid
                 }
                 Err(_) => Outcome::Rebuilt,

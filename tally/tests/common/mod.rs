@@ -157,7 +157,11 @@ impl World {
 
     /// Flags every service takes; picks and records `name`'s metrics address.
     fn base_args(&mut self, name: &str) -> Vec<String> {
-        let metrics = free_addr();
+        self.base_args_at(name, free_addr())
+    }
+
+    /// [`World::base_args`] with the metrics address given.
+    fn base_args_at(&mut self, name: &str, metrics: String) -> Vec<String> {
         self.metrics.insert(name.to_owned(), metrics.clone());
         vec!["--brokers".into(), self.brokers.clone(), "--database-url".into(), self.database_url.clone(),
              "--metrics-addr".into(), metrics]
@@ -201,10 +205,7 @@ impl World {
     /// Starts `tally aggregator` again under `name`, on the metrics address
     /// it had before, so that a Prometheus scraping it finds it again.
     pub fn restart_aggregator(&mut self, name: &str) -> usize {
-        let before = self.metrics[name].clone();
-        let mut args = self.base_args(name);
-        *args.last_mut().expect("the metrics address is the last base flag") = before.clone();
-        self.metrics.insert(name.to_owned(), before);
+        let args = self.base_args_at(name, self.metrics[name].clone());
         self.spawn_aggregator(name, args, &[])
     }
 
