@@ -69,6 +69,9 @@ pub fn bulk_producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        // Java's default partitioner, as ingest uses: a merchant's events
+        // land in one partition whichever client produced them.
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")

@@ -13,14 +13,25 @@
 //! | 400 | the body is empty, not UTF-8, or not a JSON array / NDJSON |
 //! | 401 | no bearer token, or an unknown one |
 //! | 413 | the body is larger than `max_body_bytes` |
-//! | 503 | the broker is unreachable or the producer queue is full (`Retry-After`) |
+//! | 408 | the body did not arrive within `body_timeout_ms` |
+//! | 503 | the broker is unreachable, the producer queue is full, or more than `max_concurrent_requests` requests are in progress (`Retry-After`) |
 //!
 //! A 503 can follow after part of a request was written. Retrying the whole
 //! request is safe: workers drop repeated `event_id`s within their window.
+//!
+//! An answer lists at most [`LISTED_REJECTIONS`] rejections, the first ones,
+//! and counts every rejection by field and rule in `reasons`, so it is never
+//! much larger than the request. An event larger than the broker takes is
+//! rejected by name (its position), not answered with a retryable 503.
+//!
+//! Events are keyed by `merchant_id` and partitioned by murmur2 of the key
+//! (librdkafka's `murmur2_random`), as Java's default partitioner does, so a
+//! merchant's events land in one partition whichever client produced them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
+use tokio::sync::Semaphore;
 use std::time::{Duration, Instant};
 
 use axum::body::{to_bytes, Body};
@@ -29,7 +40,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter, IntCounterVec};
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge, Histogram, IntCounter, IntCounterVec,
+    IntGauge,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -65,6 +79,19 @@ pub struct IngestConfig {
     pub database_url: String,
     /// Extra librdkafka properties.
     pub kafka: BTreeMap<String, String>,
+    /// PEM certificate chain: with `tls_key`, the API is served over HTTPS.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
+    /// How long a connection may take to send a request's headers (and its
+    /// TLS handshake) before it is closed.
+    pub header_timeout_ms: u64,
+    /// How long a request may take to send its body before it gets 408.
+    pub body_timeout_ms: u64,
+    /// Requests handled at once; more get 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// Open connections; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for IngestConfig {
@@ -79,6 +106,12 @@ impl Default for IngestConfig {
             ack_timeout_ms: 10_000,
             database_url: String::new(),
             kafka: BTreeMap::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_concurrent_requests: 256,
+            max_connections: 4_096,
         }
     }
 }
@@ -100,13 +133,40 @@ impl IngestConfig {
         if !self.database_url.is_empty() {
             check::database_url("ingest.database_url", &self.database_url)?;
         }
+        check::in_range("ingest.header_timeout_ms", self.header_timeout_ms, 100, 600_000)?;
+        check::in_range("ingest.body_timeout_ms", self.body_timeout_ms, 100, 3_600_000)?;
+        check::in_range("ingest.max_concurrent_requests", self.max_concurrent_requests, 1, 100_000)?;
+        check::in_range("ingest.max_connections", self.max_connections, 1, 1_000_000)?;
+        match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
+            (true, false) => return Err(ConfigError::new("ingest.tls_cert", "", "must be set with ingest.tls_key")),
+            (false, true) => return Err(ConfigError::new("ingest.tls_key", "", "must be set with ingest.tls_cert")),
+            _ => {}
+        }
+        let max_message = self.max_message_bytes();
+        check::in_range("ingest.kafka.message.max.bytes", max_message, 1_000, 1_000_000_000)?;
         Ok(())
+    }
+
+    /// The producer's `message.max.bytes`: `ingest.kafka` or librdkafka's default.
+    /// An unparsable value counts as 0, which `validate` refuses.
+    fn max_message_bytes(&self) -> usize {
+        self.kafka.get("message.max.bytes").map_or(DEFAULT_MESSAGE_MAX_BYTES, |v| v.trim().parse().unwrap_or(0))
     }
 
     fn token_list(&self) -> Vec<String> {
         self.tokens.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
     }
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Rejections an answer lists one by one; the rest are only counted.
+pub const LISTED_REJECTIONS: usize = 100;
+
+/// Distinct `field rule` keys counted in an answer's `reasons`; others count
+/// under `other`.
+const COUNTED_REASONS: usize = 100;
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("tally_ingest_requests_total", "HTTP requests by route and status.", &["route", "status"])
@@ -120,6 +180,10 @@ static DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!("tally_ingest_request_duration_seconds", "Time to answer POST /v1/orders.")
         .expect("metric registers once")
 });
+static IN_PROGRESS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("tally_ingest_requests_in_progress", "Requests holding one of ingest.max_concurrent_requests slots.")
+        .expect("metric registers once")
+});
 static PRODUCE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("tally_ingest_produce_errors_total", "Events the broker did not take (request answered 503).")
         .expect("metric registers once")
@@ -128,10 +192,10 @@ static PRODUCE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
 /// Registers every ingest metric, with zero series for the answers an
 /// operator watches, so dashboards and alerts see them before the first request.
 pub fn init_metrics() {
-    for status in ["200", "207", "400", "401", "413", "422", "503"] {
+    for status in ["200", "207", "400", "401", "408", "413", "422", "503"] {
         REQUESTS.with_label_values(&["/v1/orders", status]);
     }
-    for status in ["200", "207", "400", "401", "413", "503"] {
+    for status in ["200", "207", "400", "401", "408", "413", "503"] {
         REQUESTS.with_label_values(&["/v1/imports", status]);
     }
     for outcome in ["accepted", "rejected"] {
@@ -142,7 +206,7 @@ pub fn init_metrics() {
 
 /// Every ingest metric (dereferencing registers it).
 pub fn metric_collectors() -> Vec<&'static dyn prometheus::core::Collector> {
-    vec![&*REQUESTS, &*EVENTS, &*DURATION, &*PRODUCE_ERRORS]
+    vec![&*REQUESTS, &*EVENTS, &*DURATION, &*IN_PROGRESS, &*PRODUCE_ERRORS]
 }
 
 /// Shared state of the service.
@@ -155,7 +219,12 @@ pub struct Ingest {
     topic: String,
     tokens: Vec<Vec<u8>>,
     max_body_bytes: usize,
+    max_message_bytes: usize,
+    body_timeout: Duration,
     ack_timeout: Duration,
+    /// One permit per request in progress.
+    slots: Arc<Semaphore>,
+    max_concurrent_requests: usize,
     broker_up: AtomicBool,
     imports: Option<Arc<dyn ImportQueue>>,
 }
@@ -175,6 +244,8 @@ impl Ingest {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
+            // Java's default partitioner: murmur2 of the key.
+            .set("partitioner", "murmur2_random")
             // A topic created after ingest started is found within seconds.
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set("queue.buffering.max.messages", config.queue_max_messages.to_string())
@@ -189,7 +260,11 @@ impl Ingest {
             topic: config.orders_topic.clone(),
             tokens: config.token_list().into_iter().map(String::into_bytes).collect(),
             max_body_bytes: config.max_body_bytes,
+            max_message_bytes: config.max_message_bytes(),
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
             ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+            slots: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            max_concurrent_requests: config.max_concurrent_requests,
             broker_up: AtomicBool::new(false),
             imports,
         }))
@@ -308,11 +383,30 @@ pub struct Outcome {
     pub accepted: usize,
     /// Events refused.
     pub rejected: usize,
-    /// Why each refused event was refused.
+    /// Why each refused event was refused: the first
+    /// [`LISTED_REJECTIONS`] of them.
     pub errors: Vec<Rejection>,
+    /// Every rejection counted by `field rule` (e.g. `amount must be a
+    /// decimal`); at most 100 keys, then `other`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reasons: BTreeMap<String, usize>,
     /// Set on 4xx/5xx answers about the request as a whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Outcome {
+    /// Counts a rejection, and lists it while fewer than
+    /// [`LISTED_REJECTIONS`] are listed.
+    pub fn reject(&mut self, at: usize, field: &str, rule: &str, reason: String) {
+        self.rejected += 1;
+        let key = format!("{field} {rule}");
+        let key = if self.reasons.len() < COUNTED_REASONS || self.reasons.contains_key(&key) { key } else { "other".to_owned() };
+        *self.reasons.entry(key).or_default() += 1;
+        if self.errors.len() < LISTED_REJECTIONS {
+            self.errors.push(Rejection { at, field: field.to_owned(), reason });
+        }
+    }
 }
 
 fn answer(status: StatusCode, outcome: &Outcome) -> Response {
@@ -336,16 +430,60 @@ async fn orders(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Body
     response
 }
 
+/// One of `max_concurrent_requests` slots, held while a request is handled.
+struct Slot(#[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        IN_PROGRESS.dec();
+    }
+}
+
+impl Ingest {
+    /// A slot for one request, or the 503 message that sheds it.
+    fn admit(&self) -> Result<Slot, String> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                IN_PROGRESS.inc();
+                Ok(Slot(permit))
+            }
+            Err(_) => Err(format!(
+                "{} requests are in progress, the most ingest.max_concurrent_requests allows; retry shortly",
+                self.max_concurrent_requests
+            )),
+        }
+    }
+
+    /// The whole body, within the size and time limits; or the status and
+    /// message that refuse it.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, (StatusCode, String)> {
+        let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", self.max_body_bytes));
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|length| length > self.max_body_bytes) {
+            return Err(too_large());
+        }
+        match tokio::time::timeout(self.body_timeout, to_bytes(body, self.max_body_bytes)).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(_)) => Err(too_large()),
+            Err(_) => Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {} ms (ingest.body_timeout_ms)", self.body_timeout.as_millis()),
+            )),
+        }
+    }
+}
+
 async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
     if !state.authorised(headers) {
         return whole(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required");
     }
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > state.max_body_bytes) {
-        return whole(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", state.max_body_bytes));
-    }
-    let Ok(bytes) = to_bytes(body, state.max_body_bytes).await else {
-        return whole(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", state.max_body_bytes));
+    let _slot = match state.admit() {
+        Ok(slot) => slot,
+        Err(message) => return whole(StatusCode::SERVICE_UNAVAILABLE, message),
+    };
+    let bytes = match state.read_body(headers, body).await {
+        Ok(bytes) => bytes,
+        Err((status, message)) => return whole(status, message),
     };
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
@@ -375,15 +513,22 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
     let producer = state.producer();
     for (at, item) in items {
         match decode(item.as_bytes(), None) {
+            Ok(_) if item.len() + 512 > state.max_message_bytes => {
+                let reason = format!(
+                    "event {at} is {} bytes; the broker takes messages up to {} bytes (message.max.bytes)",
+                    item.len(),
+                    state.max_message_bytes
+                );
+                outcome.reject(at, "payload", "is larger than the broker takes", reason);
+            }
             Ok(event) => {
                 let record = FutureRecord::to(&state.topic).key(event.merchant_id.as_bytes()).payload(item.as_bytes());
                 match producer.send_result(record) {
-                    Ok(delivery) => deliveries.push(delivery),
+                    Ok(delivery) => deliveries.push((at, delivery)),
                     // The broker would refuse this event every time (too large):
                     // the client's fault, not a reason to retry the request.
                     Err((error, _)) if !retry::Classify::is_retryable(&error) => {
-                        let reason = format!("event {at} cannot be published: {error}");
-                        outcome.errors.push(Rejection { at, field: "payload".to_owned(), reason });
+                        outcome.reject(at, "payload", "cannot be published", format!("event {at} cannot be published: {error}"));
                     }
                     Err((error, _)) => {
                         let busy = matches!(error, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
@@ -396,29 +541,37 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
                     }
                 }
             }
-            Err(invalid) => {
-                outcome.errors.push(Rejection { at, field: invalid.field.to_owned(), reason: invalid.to_string() });
-            }
+            Err(invalid) => outcome.reject(at, invalid.field, &invalid.reason, invalid.to_string()),
         }
     }
+    let sent = deliveries.len();
     let waited = tokio::time::timeout(state.ack_timeout, async {
-        for delivery in deliveries.iter_mut() {
+        let mut refused = Vec::new();
+        for (at, delivery) in deliveries.iter_mut() {
             match delivery.await {
                 Ok(Ok(_)) => {}
+                // Refused for what it is (too large for the broker): the event's
+                // fault, and no retry would change it.
+                Ok(Err((error, _))) if !retry::Classify::is_retryable(&error) => refused.push((*at, error)),
                 Ok(Err((error, _))) => return Err(error.to_string()),
                 Err(_) => return Err("the producer was shut down".to_owned()),
             }
         }
-        Ok(())
+        Ok(refused)
     })
     .await;
-    if let Err(reason) = waited.unwrap_or_else(|_| Err("the broker did not acknowledge in time".to_owned())) {
-        PRODUCE_ERRORS.inc_by(deliveries.len() as u64);
-        state.stale.store(true, Ordering::Relaxed);
-        return whole(StatusCode::SERVICE_UNAVAILABLE, format!("the broker did not take the events: {reason}"));
+    let refused = match waited.unwrap_or_else(|_| Err("the broker did not acknowledge in time".to_owned())) {
+        Ok(refused) => refused,
+        Err(reason) => {
+            PRODUCE_ERRORS.inc_by(sent as u64);
+            state.stale.store(true, Ordering::Relaxed);
+            return whole(StatusCode::SERVICE_UNAVAILABLE, format!("the broker did not take the events: {reason}"));
+        }
+    };
+    for (at, error) in &refused {
+        outcome.reject(*at, "payload", "was refused by the broker", format!("event {at} was refused by the broker: {error}"));
     }
-    outcome.accepted = deliveries.len();
-    outcome.rejected = outcome.errors.len();
+    outcome.accepted = sent - refused.len();
     EVENTS.with_label_values(&["accepted"]).inc_by(outcome.accepted as u64);
     EVENTS.with_label_values(&["rejected"]).inc_by(outcome.rejected as u64);
     let status = match (outcome.accepted, outcome.rejected) {
@@ -464,8 +617,13 @@ async fn imports(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
     let Some(queue) = state.imports.clone() else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "imports are not configured: set ingest.database_url to the aggregators' database".into());
     };
-    let Ok(bytes) = to_bytes(body, state.max_body_bytes).await else {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", state.max_body_bytes));
+    let _slot = match state.admit() {
+        Ok(slot) => slot,
+        Err(message) => return refuse(StatusCode::SERVICE_UNAVAILABLE, message),
+    };
+    let bytes = match state.read_body(&headers, body).await {
+        Ok(bytes) => bytes,
+        Err((status, message)) => return refuse(status, message),
     };
     let records = match crate::imports::parse(&bytes) {
         Ok(records) => records,

@@ -106,6 +106,14 @@ async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = match ingest::serve::tls_acceptor(&config) {
+        Ok(tls) => tls,
+        Err(error) => return config_error(SettingsError::Invalid(schemas::config::ConfigError::new(
+            format!("ingest.{}", error.field),
+            &error.path,
+            error.reason,
+        ))),
+    };
     let listener = match tokio::net::TcpListener::bind(&config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -117,11 +125,9 @@ async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
     let shutdown = signals::shutdown_on_signals();
     let app = ingest::service::router(state.clone()).route("/metrics", axum::routing::get(http::metrics));
     let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(%bound, topic = config.orders_topic, "Ingest listening.");
-    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
-        eprintln!("error: the HTTP server failed: {error}");
-        return ExitCode::FAILURE;
-    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%bound, scheme, topic = config.orders_topic, "Ingest listening.");
+    ingest::serve::serve(listener, app, tls, ingest::serve::Limits::of(&config), shutdown).await;
     match state.flush(std::time::Duration::from_secs(30)) {
         Ok(()) => {
             tracing::info!("Ingest stopped; every accepted event is acknowledged.");

@@ -1,6 +1,14 @@
 //! Configuration layering: defaults → TOML file → `TALLY_*` environment →
 //! flags. Every layer is checked before anything connects, and each error
 //! names the field (and the variable or flag it came from).
+//!
+//! The environment spells fields as `TALLY_<ROLE>_<FIELD>`, and librdkafka
+//! properties as `TALLY_<ROLE>_KAFKA__<PROPERTY>` with dots as underscores
+//! (`TALLY_WORKER_KAFKA__SASL_PASSWORD` sets `sasl.password`); `TALLY_KAFKA__…`
+//! sets the property for every role. Any variable may instead name a file
+//! that holds its value, with `_FILE` appended (`TALLY_DATABASE_URL_FILE`),
+//! as containers pass secrets. Errors never repeat a value read from the
+//! environment or a file: it may be a secret.
 
 use std::path::Path;
 
@@ -75,9 +83,12 @@ impl Settings {
                 .map_err(|e| SettingsError::Parse { origin: path.display().to_string(), message: e.message().to_owned() })?;
             table = Table::try_from(from_file).expect("settings serialise");
         }
-        for (name, value) in env {
-            for (section, field) in env_targets(&name) {
-                set(&mut table, &section, &field, &value, &name)?;
+        for (name, value) in resolve_files(env)? {
+            for target in env_targets(&name) {
+                match target {
+                    Target::Field(section, field) => set(&mut table, &section, &field, &value, &name)?,
+                    Target::Kafka(section, property) => set_kafka(&mut table, &section, &property, &value),
+                }
             }
         }
         for (key, value) in overrides {
@@ -92,19 +103,81 @@ impl Settings {
     }
 }
 
-/// Maps `TALLY_WORKER_BATCH_MAX_EVENTS` to `(worker, batch_max_events)`, and
-/// the shared variables to both roles.
-fn env_targets(name: &str) -> Vec<(String, String)> {
+const ROLES: [&str; 3] = ["worker", "aggregator", "ingest"];
+
+/// What one environment variable sets.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// A field of a role's table.
+    Field(String, String),
+    /// A librdkafka property of a role.
+    Kafka(String, String),
+}
+
+/// Maps `TALLY_WORKER_BATCH_MAX_EVENTS` to `worker.batch_max_events`,
+/// `TALLY_INGEST_KAFKA__SASL_PASSWORD` to ingest's `sasl.password`, and the
+/// shared variables to every role.
+fn env_targets(name: &str) -> Vec<Target> {
     if let Some((_, field, sections)) = SHARED_ENV.iter().find(|(var, _, _)| *var == name) {
-        return sections.iter().map(|section| ((*section).into(), (*field).into())).collect();
+        return sections.iter().map(|section| Target::Field((*section).into(), (*field).into())).collect();
     }
-    for section in ["worker", "aggregator", "ingest"] {
+    if let Some(property) = name.strip_prefix("TALLY_KAFKA__") {
+        return ROLES.iter().map(|section| Target::Kafka((*section).into(), kafka_property(property))).collect();
+    }
+    for section in ROLES {
         let prefix = format!("TALLY_{}_", section.to_uppercase());
         if let Some(field) = name.strip_prefix(&prefix) {
-            return vec![(section.into(), field.to_lowercase())];
+            if let Some(property) = field.strip_prefix("KAFKA__") {
+                return vec![Target::Kafka(section.into(), kafka_property(property))];
+            }
+            return vec![Target::Field(section.into(), field.to_lowercase())];
         }
     }
     Vec::new()
+}
+
+/// `SASL_PASSWORD` → `sasl.password`: librdkafka's property names are
+/// lower case with dots, and none holds an underscore.
+fn kafka_property(spelled: &str) -> String {
+    spelled.to_lowercase().replace('_', ".")
+}
+
+/// Replaces every `TALLY_…_FILE` variable by the variable it names, with the
+/// file's contents (less a trailing newline) as its value.
+///
+/// Fails when the file cannot be read, or when both spellings are set.
+fn resolve_files(env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<(String, String)>, SettingsError> {
+    let env: Vec<(String, String)> = env.into_iter().filter(|(name, _)| name.starts_with("TALLY_")).collect();
+    let mut resolved = Vec::with_capacity(env.len());
+    for (name, value) in &env {
+        let Some(base) = name.strip_suffix("_FILE") else {
+            resolved.push((name.clone(), value.clone()));
+            continue;
+        };
+        if env.iter().any(|(other, _)| other == base) {
+            return Err(SettingsError::Parse {
+                origin: name.clone(),
+                message: format!("{base} is set too: set one of {base} and {name}"),
+            });
+        }
+        let text = std::fs::read_to_string(value)
+            .map_err(|source| SettingsError::Read { path: format!("{value} (from {name})"), source })?;
+        resolved.push((base.to_owned(), text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(resolved)
+}
+
+fn set_kafka(table: &mut Table, section: &str, property: &str, value: &str) {
+    let Some(kafka) = table.get_mut(section).and_then(Value::as_table_mut).and_then(|s| s.get_mut("kafka")) else {
+        unreachable!("every role has a kafka table");
+    };
+    if let Some(kafka) = kafka.as_table_mut() {
+        kafka.insert(property.to_owned(), Value::String(value.to_owned()));
+    }
+}
+
+fn origin_prefix(section: &str) -> String {
+    format!("TALLY_{}", section.to_uppercase())
 }
 
 fn set(table: &mut Table, section: &str, field: &str, raw: &str, origin: &str) -> Result<(), SettingsError> {
@@ -123,7 +196,7 @@ fn set(table: &mut Table, section: &str, field: &str, raw: &str, origin: &str) -
         Some(Value::Table(_)) => {
             let (key, value) = raw
                 .split_once('=')
-                .ok_or_else(|| parse(format!("`{section}.{field}` = {raw:?}: must be key=value")))?;
+                .ok_or_else(|| parse(format!("`{section}.{field}` must be key=value (or use {}_KAFKA__<PROPERTY>)", origin_prefix(section))))?;
             let mut inner = section_table[field].as_table().cloned().unwrap_or_default();
             inner.insert(key.to_owned(), Value::String(value.to_owned()));
             Value::Table(inner)
@@ -167,5 +240,63 @@ mod tests {
         assert!(text.contains("TALLY_WORKER_BATCH_MAX_EVENTS") && text.contains("worker.batch_max_events"), "{text}");
         let error = Settings::load(None, env(&[("TALLY_WORKER_BATCH_SIZE", "1")]), &[]).unwrap_err();
         assert!(error.to_string().contains("worker.batch_size"), "{error}");
+    }
+
+    #[test]
+    fn any_kafka_property_comes_from_the_environment() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("TALLY_WORKER_KAFKA__SASL_PASSWORD", "hunter2"),
+                ("TALLY_KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
+                ("TALLY_INGEST_KAFKA__SSL_CA_LOCATION", "/etc/ca.pem"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(settings.worker.kafka["sasl.password"], "hunter2");
+        assert!(!settings.aggregator.kafka.contains_key("sasl.password"));
+        for kafka in [&settings.worker.kafka, &settings.aggregator.kafka, &settings.ingest.kafka] {
+            assert_eq!(kafka["security.protocol"], "SASL_SSL");
+        }
+        assert_eq!(settings.ingest.kafka["ssl.ca.location"], "/etc/ca.pem");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_errors_do_not_repeat_them() {
+        let dir = std::env::temp_dir().join(format!("tally-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("sasl-password");
+        std::fs::write(&password, "s3cret-from-file\n").unwrap();
+        let url = dir.join("database-url");
+        std::fs::write(&url, "postgres://tally:pw-from-file@db:5432/tally\n").unwrap();
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("TALLY_KAFKA__SASL_PASSWORD_FILE", password.to_str().unwrap()),
+                ("TALLY_DATABASE_URL_FILE", url.to_str().unwrap()),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(settings.ingest.kafka["sasl.password"], "s3cret-from-file");
+        assert_eq!(settings.aggregator.database_url, "postgres://tally:pw-from-file@db:5432/tally");
+
+        let both = Settings::load(
+            None,
+            env(&[("TALLY_DATABASE_URL", "postgres://u:inline-secret@db/x"), ("TALLY_DATABASE_URL_FILE", url.to_str().unwrap())]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("TALLY_DATABASE_URL_FILE") && !both.contains("inline-secret"), "{both}");
+
+        let missing = Settings::load(None, env(&[("TALLY_WORKER_KAFKA__SASL_PASSWORD_FILE", "/nonexistent/pw")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("/nonexistent/pw") && missing.contains("TALLY_WORKER_KAFKA__SASL_PASSWORD_FILE"), "{missing}");
+
+        let malformed = Settings::load(None, env(&[("TALLY_WORKER_KAFKA", "no-equals-secret")]), &[]).unwrap_err().to_string();
+        assert!(malformed.contains("worker.kafka") && !malformed.contains("no-equals-secret"), "{malformed}");
     }
 }
