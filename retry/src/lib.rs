@@ -16,6 +16,9 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
+mod refused;
+pub use refused::kafka_refuses;
+
 /// Whether retrying the same operation can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {

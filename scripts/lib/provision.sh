@@ -177,7 +177,100 @@ start_tansu() { # storage engine URL (relative paths resolve in the broker's dir
     log "tansu on 127.0.0.1:$port (pid $TANSU_PID, $dir)."
 }
 
+# openssl (test certificates), stunnel (TLS in front of tansu, which serves
+# plain TCP only) and curl (an HTTPS client), from Debian's packages.
+ensure_tls_tools() {
+    local missing=()
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
+    command -v curl >/dev/null || missing+=(curl)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "Installing Debian's ${missing[*]} package(s)."
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || die "installing ${missing[*]} failed"
+}
+
+# A test CA, a server certificate it signed for 127.0.0.1 and localhost, and
+# a second CA that signed nothing of ours (for the wrong-CA tests).
+make_test_certs() {
+    local dir="$RUN_DIR/tls" ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    mkdir -p "$dir"
+    {
+        openssl req -x509 "${ec[@]}" -days 2 -subj "/CN=tally test CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+        && openssl req -x509 "${ec[@]}" -days 2 -subj "/CN=tally wrong CA" -keyout "$dir/wrong-ca.key" -out "$dir/wrong-ca.pem" \
+        && openssl req "${ec[@]}" -subj "/CN=127.0.0.1" -keyout "$dir/server.key" -out "$dir/server.csr" \
+        && printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+            "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$dir/server.ext" \
+        && openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+            -days 2 -extfile "$dir/server.ext" -out "$dir/server.pem"
+    } >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; die "generating the test certificates failed"; }
+    chmod 644 "$dir"/*.pem "$dir"/*.key
+    export TALLY_TEST_TLS_CA="$dir/ca.pem" TALLY_TEST_TLS_WRONG_CA="$dir/wrong-ca.pem"
+    export TALLY_TEST_TLS_CERT="$dir/server.pem" TALLY_TEST_TLS_KEY="$dir/server.key"
+}
+
+# A second PostgreSQL that takes only TLS connections (hostssl), with the
+# test certificate; `tally` logs in with a password (scram-sha-256).
+start_postgres_tls() {
+    local port dir="$RUN_DIR/pg-tls" password
+    port=$(free_port)
+    password="pg-secret-$RANDOM$RANDOM"
+    mkdir -p "$dir"
+    cp "$TALLY_TEST_TLS_CERT" "$dir/server.pem"
+    cp "$TALLY_TEST_TLS_KEY" "$dir/server.key"
+    chmod 600 "$dir/server.key"
+    [ "$(id -u)" -eq 0 ] && chown -R postgres "$dir"
+    as_pg_user "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; die "initdb (TLS cluster) failed"; }
+    printf '%s\n' "local all all trust" "hostssl all postgres 127.0.0.1/32 trust" \
+        "hostssl all all 127.0.0.1/32 scram-sha-256" >"$dir/data/pg_hba.conf"
+    as_pg_user "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on -c ssl_cert_file=$dir/server.pem -c ssl_key_file=$dir/server.key" \
+        >/dev/null || { tail -n 40 "$dir/server.log" >&2; die "PostgreSQL (TLS) did not start"; }
+    as_pg_user "$PG_BIN/psql" -h "$dir" -p "$port" -U postgres -d postgres -q \
+        -c "CREATE ROLE tally LOGIN SUPERUSER PASSWORD '$password'" >/dev/null || die "creating the tally role failed"
+    PG_TLS_DATA="$dir/data"
+    export TALLY_TEST_PG_TLS_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    export TALLY_TEST_PG_TLS_PASSWORD="$password"
+    # For the tests to make databases: the Unix socket, where the postgres role needs no TLS.
+    export TALLY_TEST_PG_TLS_ADMIN="host=$dir port=$port user=postgres dbname=postgres"
+    log "PostgreSQL with TLS only on 127.0.0.1:$port ($dir)."
+}
+
+# A second tansu that clients reach only through stunnel's TLS listener: the
+# broker advertises the TLS address, so every connection goes through it.
+start_tansu_tls() {
+    local plain tls dir="$RUN_DIR/tansu-tls" stunnel
+    plain=$(free_port)
+    tls=$(free_port)
+    mkdir -p "$dir"
+    (cd "$dir" && exec "$TANSU_BIN" broker \
+        --kafka-cluster-id tally-test-tls \
+        --kafka-listener-url "tcp://127.0.0.1:$plain" \
+        --kafka-advertised-listener-url "tcp://127.0.0.1:$tls" \
+        --storage-engine "sqlite://tansu.db" >"$dir/broker.log" 2>&1) &
+    TANSU_TLS_PID=$!
+    wait_for_port "$plain" "tansu (TLS)" "$dir/broker.log"
+    index_tansu_headers "$dir/tansu.db"
+    stunnel=$(command -v stunnel4 || command -v stunnel)
+    printf '%s\n' "foreground = yes" "pid =" "[kafka]" "accept = 127.0.0.1:$tls" "connect = 127.0.0.1:$plain" \
+        "cert = $TALLY_TEST_TLS_CERT" "key = $TALLY_TEST_TLS_KEY" >"$dir/stunnel.conf"
+    "$stunnel" "$dir/stunnel.conf" >"$dir/stunnel.log" 2>&1 &
+    STUNNEL_PID=$!
+    wait_for_port "$tls" stunnel "$dir/stunnel.log"
+    export TALLY_TEST_TLS_BROKERS="127.0.0.1:$tls"
+    log "tansu behind stunnel: TLS on 127.0.0.1:$tls, plain on $plain (pids $TANSU_TLS_PID, $STUNNEL_PID)."
+}
+
 stop_services() {
+    local pid
+    for pid in "${STUNNEL_PID:-}" "${TANSU_TLS_PID:-}"; do
+        if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+    done
+    if [ -n "${PG_TLS_DATA:-}" ] && [ -d "$PG_TLS_DATA" ]; then
+        as_pg_user "$PG_BIN/pg_ctl" -D "$PG_TLS_DATA" -m immediate stop >/dev/null 2>&1 || true
+    fi
     if [ -n "${S3_PID:-}" ]; then kill "$S3_PID" 2>/dev/null || true; wait "$S3_PID" 2>/dev/null || true; fi
     if [ -n "${TANSU_PID:-}" ]; then kill "$TANSU_PID" 2>/dev/null || true; wait "$TANSU_PID" 2>/dev/null || true; fi
     if [ -n "$PG_DATA" ] && [ -d "$PG_DATA/data" ]; then

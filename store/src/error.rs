@@ -11,6 +11,19 @@ pub enum StoreError {
         /// The URL with any password removed.
         url: String,
     },
+    /// The database URL cannot be used (the URL itself is not shown: it may
+    /// hold a password).
+    #[error("invalid database url: {reason}")]
+    InvalidUrl {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS settings of the database URL cannot be used.
+    #[error("PostgreSQL TLS: {reason}")]
+    Tls {
+        /// What is wrong (names the file or setting).
+        reason: String,
+    },
     /// PostgreSQL refused or lost the connection, or a statement failed.
     #[error("PostgreSQL {op} failed: {}", postgres_detail(source))]
     Postgres {
@@ -65,6 +78,9 @@ impl Classify for StoreError {
     fn class(&self) -> Class {
         match self {
             StoreError::Postgres { source, .. } => match source.code() {
+                // A certificate the configured CAs or host name refuse is
+                // refused again on every attempt.
+                None if refused_certificate(source) => Class::Permanent,
                 // No SQLSTATE: the connection broke, or the server never answered.
                 None => Class::Transient,
                 Some(code) => postgres_class(code.code()),
@@ -80,7 +96,11 @@ impl Classify for StoreError {
                 _ => Class::Permanent,
             },
             StoreError::Join(_) | StoreError::Timeout { .. } => Class::Transient,
-            StoreError::UnsupportedUrl { .. } | StoreError::Corrupt { .. } | StoreError::Refused(_) => Class::Permanent,
+            StoreError::UnsupportedUrl { .. }
+            | StoreError::InvalidUrl { .. }
+            | StoreError::Tls { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Refused(_) => Class::Permanent,
         }
     }
 }
@@ -112,13 +132,46 @@ impl StoreError {
 
 /// The server's own message, SQLSTATE and detail when there is one (the
 /// driver's `Display` says only "db error"), else the driver's text.
+/// The errors behind `error`, outermost first. An `io::Error` that wraps
+/// another error (as a TLS failure does) is followed into it: its own
+/// `source` skips the wrapped error.
+fn causes(error: &tokio_postgres::Error) -> Vec<&(dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(error) = cause {
+        out.push(error);
+        cause = match error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    out
+}
+
+/// Whether the TLS handshake failed on the server's certificate.
+fn refused_certificate(error: &tokio_postgres::Error) -> bool {
+    causes(error).iter().any(|cause| matches!(cause.downcast_ref(), Some(tokio_rustls::rustls::Error::InvalidCertificate(_))))
+}
+
 fn postgres_detail(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
             let detail = db.detail().map_or(String::new(), |d| format!(" ({d})"));
             format!("{}: {}{detail} [SQLSTATE {}]", db.severity(), db.message(), db.code().code())
         }
-        None => error.to_string(),
+        None => {
+            let mut text = error.to_string();
+            let mut last = String::new();
+            for cause in causes(error) {
+                let shown = cause.to_string();
+                // An io::Error shows the error it wraps: say it once.
+                if shown != last && !text.ends_with(&shown) {
+                    text = format!("{text}: {shown}");
+                }
+                last = shown;
+            }
+            text
+        }
     }
 }
 

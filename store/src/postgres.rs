@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use schemas::{Partial, Totals};
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{pg, Result, StoreError};
 use crate::health::Health;
@@ -15,6 +16,7 @@ use crate::fence::{self, Fence, Plan};
 use crate::{parse_row, sources, Claim, PartitionProgress};
 
 mod jobs;
+mod tls;
 
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -66,6 +68,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// A PostgreSQL database, reconnected on demand after a lost connection.
 pub struct PgStore {
     config: Config,
+    /// TLS as the URL's `sslmode` and `sslrootcert` ask.
+    tls: MakeRustlsConnect,
     call_timeout: Duration,
     client: Mutex<Option<Client>>,
     /// Set when a call timed out: its connection may be stuck, so the next
@@ -76,8 +80,10 @@ pub struct PgStore {
 
 /// The URL's settings plus tally's defaults for connect, keepalive and
 /// statement timeouts; returns the config and the statement timeout in force.
-fn settings(url: &str) -> Result<(Config, Duration)> {
+fn settings(url: &str) -> Result<(Config, Duration, MakeRustlsConnect)> {
+    let (url, tls) = tls::split(url)?;
     let mut config: Config = url.parse().map_err(pg("parse url"))?;
+    tls.apply(&mut config);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -91,7 +97,7 @@ fn settings(url: &str) -> Result<(Config, Duration)> {
             STATEMENT_TIMEOUT
         }
     };
-    Ok((config, statement))
+    Ok((config, statement, tls.connector()?))
 }
 
 /// `statement_timeout` from libpq-style `options` (`-c statement_timeout=…`),
@@ -113,9 +119,10 @@ impl PgStore {
     /// Connects and migrates. Fails when the URL is malformed, the server is
     /// unreachable, or a migration fails.
     pub async fn connect(url: &str) -> Result<PgStore> {
-        let (config, statement) = settings(url)?;
+        let (config, statement, tls) = settings(url)?;
         let store = PgStore {
             config,
+            tls,
             call_timeout: statement + Duration::from_secs(5),
             client: Mutex::new(None),
             poisoned: AtomicBool::new(false),
@@ -153,7 +160,7 @@ impl PgStore {
             // Dropping a stuck client ends its connection task once the server
             // answers again (or keepalive gives up), rolling back its transaction.
             *guard = None;
-            let (client, connection) = self.config.connect(NoTls).await.map_err(pg("connect"))?;
+            let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(pg("connect"))?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::warn!(%error, "PostgreSQL connection closed.");
@@ -385,11 +392,11 @@ mod tests {
 
     #[test]
     fn tally_sets_timeouts_unless_the_url_does() {
-        let (config, statement) = settings("postgres://u@h/db").unwrap();
+        let (config, statement, _) = settings("postgres://u@h/db").unwrap();
         assert_eq!(statement, STATEMENT_TIMEOUT);
         assert_eq!(config.get_options(), Some("-c statement_timeout=30000"));
         assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
-        let (config, statement) = settings("postgres://u@h/db?connect_timeout=2&options=-c%20statement_timeout%3D90s").unwrap();
+        let (config, statement, _) = settings("postgres://u@h/db?connect_timeout=2&options=-c%20statement_timeout%3D90s").unwrap();
         assert_eq!(statement, Duration::from_secs(90));
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(2)));
         assert_eq!(statement_timeout_in("-c statement_timeout=250"), Some(Duration::from_millis(250)));

@@ -57,6 +57,9 @@ async fn dispatch(command: Command) -> ExitCode {
             if let Err(error) = settings.worker.validate() {
                 return config_error(error.into());
             }
+            if let Err(code) = kafka_accepts(&settings.worker.brokers, &settings.worker.kafka).await {
+                return code;
+            }
             let shutdown = signals::shutdown_on_signals();
             let addr = args.metrics_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9101)));
             if let Err(error) = http::serve(addr, shard_worker::health::readiness, shutdown.clone()).await {
@@ -73,6 +76,9 @@ async fn dispatch(command: Command) -> ExitCode {
             if let Err(error) = settings.ingest.validate() {
                 return config_error(error.into());
             }
+            if let Err(code) = kafka_accepts(&settings.ingest.brokers, &settings.ingest.kafka).await {
+                return code;
+            }
             ingest_service(settings.ingest).await
         }
         Command::Aggregator(args) => {
@@ -82,6 +88,9 @@ async fn dispatch(command: Command) -> ExitCode {
             };
             if let Err(error) = settings.aggregator.validate() {
                 return config_error(error.into());
+            }
+            if let Err(code) = kafka_accepts(&settings.aggregator.brokers, &settings.aggregator.kafka).await {
+                return code;
             }
             let shutdown = signals::shutdown_on_signals();
             let addr = args.metrics_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9102)));
@@ -136,6 +145,29 @@ async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
         Err(error) => {
             eprintln!("error: events still unacknowledged at shutdown: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Fails (exit 1, with librdkafka's reason) when the brokers refuse the
+/// connection itself: a certificate the configured CAs do not trust, or SASL
+/// credentials they reject. A broker that is merely away is left to the
+/// role's retries.
+async fn kafka_accepts(brokers: &str, kafka: &std::collections::BTreeMap<String, String>) -> Result<(), ExitCode> {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in kafka {
+        config.set(key, value);
+    }
+    let refused = tokio::task::spawn_blocking(move || retry::kafka_refuses(&config, std::time::Duration::from_secs(10)))
+        .await
+        .unwrap_or(None);
+    match refused {
+        None => Ok(()),
+        Some(reason) => {
+            eprintln!("error: the Kafka brokers {brokers} refused the connection: {reason}");
+            eprintln!("hint: check the kafka security settings (security.protocol, ssl.ca.location, sasl.mechanism, sasl.username, sasl.password)");
+            Err(ExitCode::FAILURE)
         }
     }
 }

@@ -142,7 +142,7 @@ async fn a_flood_beyond_the_limit_is_shed_and_nothing_accepted_is_lost() {
     // Two requests hold both slots, their bodies half sent.
     let (slow_ids_a, slow_a) = batch(1000);
     let (slow_ids_b, slow_b) = batch(1001);
-    let mut holders = vec![half_posted(&addr, &slow_a).await, half_posted(&addr, &slow_b).await];
+    let mut holders = [half_posted(&addr, &slow_a).await, half_posted(&addr, &slow_b).await];
     world
         .wait_for("both slots to be taken", Duration::from_secs(30), || async {
             world.metric("ingest", "tally_ingest_requests_in_progress", &[]).await == Some(2.0)
@@ -186,9 +186,9 @@ async fn a_flood_beyond_the_limit_is_shed_and_nothing_accepted_is_lost() {
     assert_eq!(world.metric("ingest", "tally_ingest_requests_in_progress", &[]).await, Some(0.0));
 }
 
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();

@@ -68,7 +68,7 @@ pub struct World {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{prefix}-{}-{}-{nanos:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
@@ -108,6 +108,40 @@ impl World {
         } else {
             create_topics(&world.brokers, &[&world.orders, &world.dlq]).await;
         }
+        world
+    }
+
+    /// A world on the TLS-only servers: tansu behind stunnel, and the
+    /// PostgreSQL that takes only TLS and a password. Services get every
+    /// secret from the environment or files, never from flags: the Kafka
+    /// security settings as `TALLY_KAFKA__*`, and the database URL (with
+    /// `sslmode=verify-full` and the password) from `TALLY_DATABASE_URL_FILE`.
+    pub async fn secure(name: &str) -> World {
+        let id = unique(name);
+        let dir = std::env::temp_dir().join(format!("tally-it-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let database_url = fresh_tls_postgres(&id).await;
+        let url_file = dir.join("database-url");
+        std::fs::write(&url_file, format!("{database_url}\n")).unwrap();
+        let world = World {
+            brokers: required("TALLY_TEST_TLS_BROKERS"),
+            database_url,
+            orders: format!("orders-{id}"),
+            partials: format!("partials-{id}"),
+            dlq: format!("dlq-{id}"),
+            worker_group: format!("workers-{id}"),
+            aggregator_group: format!("aggregators-{id}"),
+            dir,
+            metrics: HashMap::new(),
+            env: vec![
+                ("TALLY_DATABASE_URL_FILE".into(), url_file.display().to_string()),
+                ("TALLY_KAFKA__SECURITY_PROTOCOL".into(), "SSL".into()),
+                ("TALLY_KAFKA__SSL_CA_LOCATION".into(), required("TALLY_TEST_TLS_CA")),
+                ("TALLY_KAFKA__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM".into(), "https".into()),
+            ],
+            children: Vec::new(),
+        };
+        create_topics(&world.brokers, &[&world.orders, &world.partials, &world.dlq]).await;
         world
     }
 
@@ -160,11 +194,15 @@ impl World {
         self.base_args_at(name, free_addr())
     }
 
-    /// [`World::base_args`] with the metrics address given.
+    /// [`World::base_args`] with the metrics address given. The database
+    /// URL goes on the command line unless the environment names its file.
     fn base_args_at(&mut self, name: &str, metrics: String) -> Vec<String> {
         self.metrics.insert(name.to_owned(), metrics.clone());
-        vec!["--brokers".into(), self.brokers.clone(), "--database-url".into(), self.database_url.clone(),
-             "--metrics-addr".into(), metrics]
+        let mut args = vec!["--brokers".into(), self.brokers.clone(), "--metrics-addr".into(), metrics];
+        if !self.env.iter().any(|(var, _)| var == "TALLY_DATABASE_URL_FILE") {
+            args.extend(["--database-url".into(), self.database_url.clone()]);
+        }
+        args
     }
 
     /// Starts `tally worker` as its own process.
@@ -243,7 +281,14 @@ impl World {
         let index = self.spawn(name, args);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok((200, _)) = http(&addr, "GET", "/readyz", &[], b"").await {
+            let tls = extra.iter().any(|(key, _)| *key == "ingest.tls_cert");
+            let status = if tls {
+                let addr = addr.clone();
+                tokio::task::spawn_blocking(move || https(&addr, "GET", "/readyz", &[], b"").0).await.unwrap()
+            } else {
+                http(&addr, "GET", "/readyz", &[], b"").await.map_or(0, |(status, _)| status)
+            };
+            if status == 200 {
                 return (index, addr);
             }
             self.children[index].assert_alive();
@@ -323,8 +368,7 @@ impl World {
 
     /// Reads every record of the dead-letter topic: (source partition, source offset) → payload.
     pub fn dead_letters(&self, expected: usize, timeout: Duration) -> HashMap<(i32, i64), Vec<u8>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: BaseConsumer = kafka_client(&self.brokers)
             .set("group.id", unique("dlq-reader"))
             .set("enable.auto.commit", "false")
             .create()
@@ -384,6 +428,46 @@ impl Service {
     }
 }
 
+/// A new database on the TLS-only PostgreSQL, made over its Unix socket; the
+/// URL tally gets logs in as `tally` with its password over verified TLS.
+pub async fn fresh_tls_postgres(id: &str) -> String {
+    let (client, connection) =
+        tokio_postgres::connect(&required("TALLY_TEST_PG_TLS_ADMIN"), tokio_postgres::NoTls).await.expect("PostgreSQL (TLS) reachable");
+    tokio::spawn(connection);
+    let name = id.replace('-', "_").to_lowercase();
+    client.batch_execute(&format!("CREATE DATABASE {name} OWNER tally")).await.unwrap();
+    let base = required("TALLY_TEST_PG_TLS_URL").replace("postgres@", &format!("tally:{}@", required("TALLY_TEST_PG_TLS_PASSWORD")));
+    let (base, _) = base.rsplit_once('/').unwrap();
+    format!("{base}/{name}?sslmode=verify-full&sslrootcert={}", required("TALLY_TEST_TLS_CA"))
+}
+
+/// An HTTPS request through curl, trusting only the test CA: the status and body.
+pub fn https(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "--max-time", "60", "--cacert", &required("TALLY_TEST_TLS_CA"), "-X", method, "-w", "\n%{http_code}"]);
+    for (name, value) in headers {
+        command.args(["-H", &format!("{name}: {value}")]);
+    }
+    if !body.is_empty() {
+        command.args(["--data-binary", "@-"]);
+    }
+    command.arg(format!("https://{addr}{path}")).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("curl runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(body).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = output.stdout;
+    let split = text.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&text[split..]).trim().parse().unwrap_or(0);
+    if status == 0 {
+        return (0, output.stderr);
+    }
+    (status, text[..split].to_vec())
+}
+
 async fn fresh_postgres(id: &str) -> String {
     let admin_url = required("TALLY_TEST_PG_URL");
     let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.expect("PostgreSQL reachable");
@@ -394,9 +478,19 @@ async fn fresh_postgres(id: &str) -> String {
     format!("{base}/{name}")
 }
 
+/// A Kafka client for `brokers`; for the TLS broker (`TALLY_TEST_TLS_BROKERS`,
+/// tansu behind stunnel) with the test CA, as tally's own settings would be.
+pub fn kafka_client(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    if std::env::var("TALLY_TEST_TLS_BROKERS").is_ok_and(|tls| tls == brokers) {
+        config.set("security.protocol", "SSL").set("ssl.ca.location", required("TALLY_TEST_TLS_CA"));
+    }
+    config
+}
+
 pub async fn create_topics(brokers: &str, topics: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = kafka_client(brokers).create().unwrap();
     let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1))).collect();
     for result in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
         result.expect("topic created");
@@ -509,7 +603,7 @@ pub fn free_addr() -> String {
 
 /// Messages in `topic` (all partitions), from the broker's watermarks.
 pub fn topic_messages(brokers: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let consumer: BaseConsumer = kafka_client(brokers).create().unwrap();
     (0..PARTITIONS)
         .map(|p| {
             let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
@@ -553,7 +647,7 @@ pub fn signal_postgres(signal: &str) {
 /// partitioner places them by key) and waits for every acknowledgement.
 pub async fn produce_raw(brokers: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>, Option<i64>)]) {
     let producer: rdkafka::producer::FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").create().unwrap();
+        kafka_client(brokers).set("enable.idempotence", "true").create().unwrap();
     let mut deliveries = Vec::new();
     for (key, payload, timestamp) in records {
         let mut record = rdkafka::producer::FutureRecord::to(topic).key(key.as_slice()).payload(payload.as_slice());
@@ -582,8 +676,7 @@ pub struct Record {
 /// Every record of `topic`, read from the beginning up to the high
 /// watermarks the broker reports now.
 pub fn topic_records(brokers: &str, topic: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = kafka_client(brokers)
         .set("group.id", unique("records-reader"))
         .set("enable.auto.commit", "false")
         .create()
