@@ -49,7 +49,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use schemas::config::{self as check, ConfigError};
 use schemas::event::decode;
-use schemas::scan::array_elements;
+use schemas::scan::body_items;
 use serde::{Deserialize, Serialize};
 
 use crate::imports::{ImportQueue, Started};
@@ -497,15 +497,11 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
     // (position, text) of every event in the request.
-    let items: Vec<(usize, &str)> = if ndjson {
-        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l)).collect()
-    } else {
-        match array_elements(text) {
-            Ok(elements) => elements.into_iter().enumerate().collect(),
-            Err(e) => {
-                let message = format!("the body is not a JSON array of events: {} at byte {}", e.reason, e.at);
-                return whole(StatusCode::BAD_REQUEST, message + " (send NDJSON with Content-Type: application/x-ndjson)");
-            }
+    let items = match body_items(text, ndjson) {
+        Ok(items) => items,
+        Err(e) => {
+            let message = format!("the body is not a JSON array of events: {} at byte {}", e.reason, e.at);
+            return whole(StatusCode::BAD_REQUEST, message + " (send NDJSON with Content-Type: application/x-ndjson)");
         }
     };
     let mut outcome = Outcome::default();

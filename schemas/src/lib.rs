@@ -15,6 +15,7 @@
 //! `schemas/order-event.schema.json`.
 
 pub mod amount;
+#[cfg(feature = "arrow")]
 pub mod batch;
 pub mod config;
 pub mod day;

@@ -102,6 +102,18 @@ pub fn object_fields<'a, const N: usize>(
     Ok(found)
 }
 
+/// The events of an ingest request body, each with its position: the
+/// 1-based line number of each non-blank line for NDJSON, else the 0-based
+/// index of each element of the one JSON array the body must hold.
+///
+/// Fails when a non-NDJSON body is not one JSON array.
+pub fn body_items(text: &str, ndjson: bool) -> Result<Vec<(usize, &str)>, ScanError> {
+    if ndjson {
+        return Ok(text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(|(i, line)| (i + 1, line)).collect());
+    }
+    Ok(array_elements(text)?.into_iter().enumerate().collect())
+}
+
 /// Splits `text`, which must hold exactly one JSON array, into the raw text
 /// of each element (validated, not parsed).
 pub fn array_elements(text: &str) -> Result<Vec<&str>, ScanError> {
@@ -316,13 +328,21 @@ impl Scanner<'_> {
                     escaped = true;
                     match self.next() {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {}
-                        Some(b'u') => {
-                            for _ in 0..4 {
-                                if !self.next().is_some_and(|b| b.is_ascii_hexdigit()) {
-                                    return Err(self.error("invalid \\u escape"));
+                        // A surrogate must come as a high-low pair: a lone one
+                        // is no character, and serde_json refuses it too.
+                        Some(b'u') => match self.hex4()? {
+                            0xD800..=0xDBFF => {
+                                let low = match (self.next(), self.next()) {
+                                    (Some(b'\\'), Some(b'u')) => self.hex4()?,
+                                    _ => return Err(self.error("lone surrogate in a \\u escape")),
+                                };
+                                if !(0xDC00..=0xDFFF).contains(&low) {
+                                    return Err(self.error("lone surrogate in a \\u escape"));
                                 }
                             }
-                        }
+                            0xDC00..=0xDFFF => return Err(self.error("lone surrogate in a \\u escape")),
+                            _ => {}
+                        },
                         _ => return Err(self.error("invalid escape in a string")),
                     }
                 }
@@ -330,6 +350,17 @@ impl Scanner<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// The four hex digits of a `\\u` escape, as a UTF-16 code unit.
+    fn hex4(&mut self) -> Result<u16, ScanError> {
+        let mut unit = 0u16;
+        for _ in 0..4 {
+            let digit = self.next().and_then(|b| (b as char).to_digit(16));
+            let Some(digit) = digit else { return Err(self.error("invalid \\u escape")) };
+            unit = unit << 4 | digit as u16;
+        }
+        Ok(unit)
     }
 
     fn value(&mut self, depth: usize) -> Result<Shape, ScanError> {
@@ -430,6 +461,22 @@ mod tests {
     use super::*;
 
     const WANTED: [&str; 2] = ["a", "b"];
+
+    #[test]
+    fn surrogates_come_in_pairs_as_serde_json_requires() {
+        for (text, ok) in [
+            (r#"{"a":"\ud83d\ude00"}"#, true),
+            (r#"{"a":"\u00e9\uFFFF"}"#, true),
+            (r#"{"a":"\ud800"}"#, false),
+            (r#"{"a":"\udc00"}"#, false),
+            (r#"{"a":"\ud800\u0041"}"#, false),
+            (r#"{"a":"\ud800x"}"#, false),
+            (r#"{"c":["\udfff"]}"#, false),
+        ] {
+            assert_eq!(fields(text).is_ok(), ok, "{text}");
+            assert_eq!(serde_json::from_str::<serde_json::Value>(text).is_ok(), ok, "serde_json on {text}");
+        }
+    }
 
     fn fields(text: &str) -> Result<[Option<Token<'_>>; 2], ScanError> {
         object_fields(text, &WANTED)

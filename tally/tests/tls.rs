@@ -149,7 +149,7 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     assert!(stderr.contains("password authentication failed") && !stderr.contains("not-the-password-4711"), "{stderr}");
 
     // No secret in --help, even when the environment holds it.
-    let leaky = vec![("TALLY_DATABASE_URL".to_owned(), world.database_url.clone())];
+    let leaky = [("TALLY_DATABASE_URL".to_owned(), world.database_url.clone())];
     for help in [vec!["query", "--help"], vec!["worker", "--help"], vec!["jobs", "list", "--help"]] {
         let output = Command::new(env!("CARGO_BIN_EXE_tally")).args(&help).envs(leaky.iter().cloned()).output().unwrap();
         let text = String::from_utf8_lossy(&output.stdout);
