@@ -238,20 +238,33 @@ start_postgres_tls() {
     log "PostgreSQL with TLS only on 127.0.0.1:$port ($dir)."
 }
 
-# A second tansu that clients reach only through stunnel's TLS listener: the
-# broker advertises the TLS address, so every connection goes through it.
+# A second tansu that clients reach only through stunnel's TLS listener, with
+# SASL (SCRAM-SHA-512 user `tally`, SCRAM-SHA-256 user `tally256`, one random
+# password): the broker advertises the TLS address, so every connection goes
+# through it. tansu 0.6.0 serves its user API only to authenticated clients,
+# so the users are created before authentication is turned on.
 start_tansu_tls() {
-    local plain tls dir="$RUN_DIR/tansu-tls" stunnel
+    local plain tls dir="$RUN_DIR/tansu-tls" stunnel password
     plain=$(free_port)
     tls=$(free_port)
+    password="kafka-secret-$RANDOM$RANDOM"
     mkdir -p "$dir"
-    (cd "$dir" && exec "$TANSU_BIN" broker \
-        --kafka-cluster-id tally-test-tls \
-        --kafka-listener-url "tcp://127.0.0.1:$plain" \
-        --kafka-advertised-listener-url "tcp://127.0.0.1:$tls" \
-        --storage-engine "sqlite://tansu.db" >"$dir/broker.log" 2>&1) &
-    TANSU_TLS_PID=$!
-    wait_for_port "$plain" "tansu (TLS)" "$dir/broker.log"
+    run_tansu_tls() {
+        (cd "$dir" && exec "$TANSU_BIN" broker \
+            --kafka-cluster-id tally-test-tls \
+            --kafka-listener-url "tcp://127.0.0.1:$plain" \
+            --kafka-advertised-listener-url "tcp://127.0.0.1:$tls" \
+            --storage-engine "sqlite://tansu.db" "$@" >>"$dir/broker.log" 2>&1) &
+        TANSU_TLS_PID=$!
+        wait_for_port "$plain" "tansu (TLS)" "$dir/broker.log"
+    }
+    run_tansu_tls
+    "$TANSU_BIN" user create --broker "tcp://127.0.0.1:$plain" --mechanism scram512 tally "$password" >>"$dir/users.log" 2>&1 \
+        && "$TANSU_BIN" user create --broker "tcp://127.0.0.1:$plain" --mechanism scram256 tally256 "$password" >>"$dir/users.log" 2>&1 \
+        || { cat "$dir/users.log" >&2; die "creating the SASL users in tansu failed"; }
+    kill "$TANSU_TLS_PID"
+    wait "$TANSU_TLS_PID" 2>/dev/null || true
+    run_tansu_tls --authentication
     index_tansu_headers "$dir/tansu.db"
     stunnel=$(command -v stunnel4 || command -v stunnel)
     printf '%s\n' "foreground = yes" "pid =" "[kafka]" "accept = 127.0.0.1:$tls" "connect = 127.0.0.1:$plain" \
@@ -259,8 +272,8 @@ start_tansu_tls() {
     "$stunnel" "$dir/stunnel.conf" >"$dir/stunnel.log" 2>&1 &
     STUNNEL_PID=$!
     wait_for_port "$tls" stunnel "$dir/stunnel.log"
-    export TALLY_TEST_TLS_BROKERS="127.0.0.1:$tls"
-    log "tansu behind stunnel: TLS on 127.0.0.1:$tls, plain on $plain (pids $TANSU_TLS_PID, $STUNNEL_PID)."
+    export TALLY_TEST_TLS_BROKERS="127.0.0.1:$tls" TALLY_TEST_KAFKA_SASL_PASSWORD="$password"
+    log "tansu with SASL behind stunnel: TLS on 127.0.0.1:$tls, plain on $plain (pids $TANSU_TLS_PID, $STUNNEL_PID)."
 }
 
 stop_services() {

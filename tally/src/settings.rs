@@ -83,7 +83,10 @@ impl Settings {
                 .map_err(|e| SettingsError::Parse { origin: path.display().to_string(), message: e.message().to_owned() })?;
             table = Table::try_from(from_file).expect("settings serialise");
         }
-        for (name, value) in resolve_files(env)? {
+        let mut env = resolve_files(env)?;
+        // Variables for every role first, so a role's own spelling wins.
+        env.sort_by_key(|(name, _)| !(name.starts_with("TALLY_KAFKA__") || SHARED_ENV.iter().any(|(var, _, _)| var == name)));
+        for (name, value) in env {
             for target in env_targets(&name) {
                 match target {
                     Target::Field(section, field) => set(&mut table, &section, &field, &value, &name)?,
@@ -260,6 +263,20 @@ mod tests {
             assert_eq!(kafka["security.protocol"], "SASL_SSL");
         }
         assert_eq!(settings.ingest.kafka["ssl.ca.location"], "/etc/ca.pem");
+
+        // A role's own variable wins over the one for every role, in either order.
+        for pairs in [
+            [("TALLY_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"), ("TALLY_INGEST_KAFKA__SASL_MECHANISM", "SCRAM-SHA-256")],
+            [("TALLY_INGEST_KAFKA__SASL_MECHANISM", "SCRAM-SHA-256"), ("TALLY_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")],
+        ] {
+            let settings = Settings::load(None, env(&pairs), &[]).unwrap();
+            assert_eq!(settings.ingest.kafka["sasl.mechanism"], "SCRAM-SHA-256");
+            assert_eq!(settings.worker.kafka["sasl.mechanism"], "SCRAM-SHA-512");
+        }
+        let settings =
+            Settings::load(None, env(&[("TALLY_WORKER_DATABASE_URL", "sqlite://w"), ("TALLY_DATABASE_URL", "sqlite://all")]), &[])
+                .unwrap();
+        assert_eq!((settings.worker.database_url.as_str(), settings.aggregator.database_url.as_str()), ("sqlite://w", "sqlite://all"));
     }
 
     #[test]

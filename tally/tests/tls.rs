@@ -1,16 +1,19 @@
 //! tally over TLS against real servers on loopback (`scripts/test` starts
 //! them with a CA it generates): a PostgreSQL that takes only TLS and a
-//! password, and tansu behind stunnel, which advertises only the TLS address.
+//! password, and tansu with SASL (SCRAM) behind stunnel, which advertises
+//! only the TLS address.
 //!
 //! - PostgreSQL: `verify-full` connects; a wrong CA, a wrong host name and
 //!   `sslmode=disable` are refused with errors that say why, once (no
 //!   retrying), and never show the password.
 //! - The whole pipeline: ingest over HTTPS, workers and aggregators over
-//!   Kafka TLS and PostgreSQL TLS, with every secret from the environment or
+//!   Kafka TLS with SASL (SCRAM-SHA-512; ingest SCRAM-SHA-256) and
+//!   PostgreSQL TLS, with every secret from the environment or
 //!   a file; the totals are exact, and neither password shows in any log,
 //!   `/metrics` page, error or `--help`.
-//! - A Kafka CA that does not sign the broker's certificate stops each role
-//!   at startup with librdkafka's reason.
+//! - A Kafka CA that does not sign the broker's certificate, or a SASL
+//!   password the broker refuses, stops each role at startup with
+//!   librdkafka's reason.
 
 mod common;
 
@@ -84,6 +87,7 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     let mut world = World::secure("tls-pipeline").await;
     let store = world.store().await;
     let password = required("TALLY_TEST_PG_TLS_PASSWORD");
+    let sasl_password = required("TALLY_TEST_KAFKA_SASL_PASSWORD");
     world.start_aggregator("aggregator");
     world.start_worker("worker", &[]);
     let (cert, key) = (required("TALLY_TEST_TLS_CERT"), required("TALLY_TEST_TLS_KEY"));
@@ -137,6 +141,13 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
         assert_eq!(code, 1, "tally {role:?}: {stderr}");
         assert!(stderr.contains("refused the connection") && stderr.contains("certificate verify failed"), "tally {role:?}: {stderr}");
     }
+    // A SASL password the broker refuses: the same, with librdkafka's reason.
+    let mut wrong = world.env.clone();
+    wrong.retain(|(var, _)| var != "TALLY_KAFKA__SASL_PASSWORD_FILE");
+    wrong.push(("TALLY_KAFKA__SASL_PASSWORD".into(), "not-the-sasl-password-0815".into()));
+    let (code, stderr) = run_to_exit(&["worker", "--brokers", &world.brokers, "--metrics-addr", "127.0.0.1:0"], &wrong);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("SASL authentication error") && !stderr.contains("not-the-sasl-password-0815"), "{stderr}");
     // A database password the server refuses: PostgreSQL says so; the
     // password it was given is not repeated.
     let url_file = world.dir.join("wrong-password-url");
@@ -149,11 +160,14 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     assert!(stderr.contains("password authentication failed") && !stderr.contains("not-the-password-4711"), "{stderr}");
 
     // No secret in --help, even when the environment holds it.
-    let leaky = [("TALLY_DATABASE_URL".to_owned(), world.database_url.clone())];
+    let leaky = [
+        ("TALLY_DATABASE_URL".to_owned(), world.database_url.clone()),
+        ("TALLY_KAFKA__SASL_PASSWORD".to_owned(), sasl_password.clone()),
+    ];
     for help in [vec!["query", "--help"], vec!["worker", "--help"], vec!["jobs", "list", "--help"]] {
         let output = Command::new(env!("CARGO_BIN_EXE_tally")).args(&help).envs(leaky.iter().cloned()).output().unwrap();
         let text = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success() && !text.contains(&password), "tally {help:?} shows the password:\n{text}");
+        assert!(output.status.success() && !text.contains(&password) && !text.contains(&sasl_password), "tally {help:?} shows a password:\n{text}");
     }
     // None in the logs or on /metrics either.
     let addr_for_metrics = addr.clone();
@@ -173,5 +187,6 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     assert!(pages.len() >= 6, "three /metrics pages and three logs");
     for page in &pages {
         assert!(!page.contains(&password), "a log or /metrics page shows the database password");
+        assert!(!page.contains(&sasl_password), "a log or /metrics page shows the SASL password");
     }
 }

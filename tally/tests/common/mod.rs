@@ -111,10 +111,11 @@ impl World {
         world
     }
 
-    /// A world on the TLS-only servers: tansu behind stunnel, and the
-    /// PostgreSQL that takes only TLS and a password. Services get every
+    /// A world on the TLS-only servers: tansu with SASL behind stunnel, and
+    /// the PostgreSQL that takes only TLS and a password. Services get every
     /// secret from the environment or files, never from flags: the Kafka
-    /// security settings as `TALLY_KAFKA__*`, and the database URL (with
+    /// security settings as `TALLY_KAFKA__*` (the SASL password from
+    /// `TALLY_KAFKA__SASL_PASSWORD_FILE`), and the database URL (with
     /// `sslmode=verify-full` and the password) from `TALLY_DATABASE_URL_FILE`.
     pub async fn secure(name: &str) -> World {
         let id = unique(name);
@@ -123,6 +124,8 @@ impl World {
         let database_url = fresh_tls_postgres(&id).await;
         let url_file = dir.join("database-url");
         std::fs::write(&url_file, format!("{database_url}\n")).unwrap();
+        let sasl_file = dir.join("sasl-password");
+        std::fs::write(&sasl_file, required("TALLY_TEST_KAFKA_SASL_PASSWORD")).unwrap();
         let world = World {
             brokers: required("TALLY_TEST_TLS_BROKERS"),
             database_url,
@@ -135,9 +138,15 @@ impl World {
             metrics: HashMap::new(),
             env: vec![
                 ("TALLY_DATABASE_URL_FILE".into(), url_file.display().to_string()),
-                ("TALLY_KAFKA__SECURITY_PROTOCOL".into(), "SSL".into()),
+                ("TALLY_KAFKA__SECURITY_PROTOCOL".into(), "SASL_SSL".into()),
                 ("TALLY_KAFKA__SSL_CA_LOCATION".into(), required("TALLY_TEST_TLS_CA")),
                 ("TALLY_KAFKA__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM".into(), "https".into()),
+                ("TALLY_KAFKA__SASL_MECHANISM".into(), "SCRAM-SHA-512".into()),
+                ("TALLY_KAFKA__SASL_USERNAME".into(), "tally".into()),
+                ("TALLY_KAFKA__SASL_PASSWORD_FILE".into(), sasl_file.display().to_string()),
+                // Ingest logs in as the other user, with the other mechanism.
+                ("TALLY_INGEST_KAFKA__SASL_MECHANISM".into(), "SCRAM-SHA-256".into()),
+                ("TALLY_INGEST_KAFKA__SASL_USERNAME".into(), "tally256".into()),
             ],
             children: Vec::new(),
         };
@@ -479,12 +488,17 @@ async fn fresh_postgres(id: &str) -> String {
 }
 
 /// A Kafka client for `brokers`; for the TLS broker (`TALLY_TEST_TLS_BROKERS`,
-/// tansu behind stunnel) with the test CA, as tally's own settings would be.
+/// tansu with SASL behind stunnel) with the test CA and SCRAM credentials.
 pub fn kafka_client(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     if std::env::var("TALLY_TEST_TLS_BROKERS").is_ok_and(|tls| tls == brokers) {
-        config.set("security.protocol", "SSL").set("ssl.ca.location", required("TALLY_TEST_TLS_CA"));
+        config
+            .set("security.protocol", "SASL_SSL")
+            .set("ssl.ca.location", required("TALLY_TEST_TLS_CA"))
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", "tally")
+            .set("sasl.password", required("TALLY_TEST_KAFKA_SASL_PASSWORD"));
     }
     config
 }
