@@ -13,6 +13,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -21,9 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::service::IngestConfig;
 
-/// How long a stop waits for open connections to finish their requests.
-const DRAIN: Duration = Duration::from_secs(30);
-
 /// The server's limits, from `[ingest]`.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -31,12 +29,19 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Open connections; the listener stops accepting at this many.
     pub max_connections: usize,
+    /// How long a stop waits for requests in flight: the longest one takes
+    /// its body timeout plus its acknowledgement timeout.
+    pub drain: Duration,
 }
 
 impl Limits {
     /// The limits `config` sets.
     pub fn of(config: &IngestConfig) -> Limits {
-        Limits { header_timeout: Duration::from_millis(config.header_timeout_ms), max_connections: config.max_connections }
+        Limits {
+            header_timeout: Duration::from_millis(config.header_timeout_ms),
+            max_connections: config.max_connections,
+            drain: Duration::from_millis(config.body_timeout_ms + config.ack_timeout_ms) + Duration::from_secs(5),
+        }
     }
 }
 
@@ -82,11 +87,14 @@ pub fn tls_acceptor(config: &IngestConfig) -> Result<Option<TlsAcceptor>, TlsErr
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
 
-/// Serves `app` on `listener` until `shutdown`, then stops accepting and
-/// waits up to 30 s for open connections to finish their requests.
+/// Serves `app` on `listener` until `shutdown`, then stops accepting, lets
+/// each open connection finish the request it is serving (idle ones close at
+/// once), and closes any still open after `limits.drain`.
 pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, limits: Limits, shutdown: CancellationToken) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let mut tasks = JoinSet::new();
     loop {
+        while tasks.try_join_next().is_some() {}
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
             permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -104,7 +112,7 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>,
             },
         };
         let (app, tls, limits, shutdown) = (app.clone(), tls.clone(), limits.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
             match tls {
@@ -118,8 +126,11 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>,
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, connections.acquire_many(limits.max_connections as u32)).await.is_err() {
-        tracing::warn!("Connections still open {} s after the stop; closing them.", DRAIN.as_secs());
+    if tokio::time::timeout(limits.drain, connections.acquire_many(limits.max_connections as u32)).await.is_err() {
+        tracing::warn!(open = tasks.len(), "Connections still open {} s after the stop; closing them.", limits.drain.as_secs());
+        // A request cut off here was not answered: its sender sends it again,
+        // and what it had published is deduplicated downstream.
+        tasks.shutdown().await;
     }
 }
 

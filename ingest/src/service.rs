@@ -40,6 +40,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use http_body_util::LengthLimitError;
 use prometheus::{
     register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge, Histogram, IntCounter, IntCounterVec,
     IntGauge,
@@ -464,13 +465,27 @@ impl Ingest {
         }
         match tokio::time::timeout(self.body_timeout, to_bytes(body, self.max_body_bytes)).await {
             Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(_)) => Err(too_large()),
+            Ok(Err(error)) if std::error::Error::source(&error).is_some_and(|e| e.is::<LengthLimitError>()) => Err(too_large()),
+            // The connection broke or the chunked encoding was malformed.
+            Ok(Err(error)) => Err((StatusCode::BAD_REQUEST, format!("the body could not be read: {error}"))),
             Err(_) => Err((
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the body did not arrive within {} ms (ingest.body_timeout_ms)", self.body_timeout.as_millis()),
             )),
         }
     }
+}
+
+/// Whether Kafka refused this event for what it is (its size or form): the
+/// sender's fault, which no retry would change, so the event is rejected by
+/// position. Any other failure (a refused login or ACL, an unknown topic, a
+/// timeout) is the pipeline's: the request gets 503 and is sent again.
+fn refuses_the_event(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::{InvalidMessageSize, InvalidRecord, MessageBatchTooLarge, MessageSizeTooLarge};
+    matches!(
+        error,
+        KafkaError::MessageProduction(MessageSizeTooLarge | InvalidMessageSize | MessageBatchTooLarge | InvalidRecord)
+    )
 }
 
 async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
@@ -521,9 +536,7 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
                 let record = FutureRecord::to(&state.topic).key(event.merchant_id.as_bytes()).payload(item.as_bytes());
                 match producer.send_result(record) {
                     Ok(delivery) => deliveries.push((at, delivery)),
-                    // The broker would refuse this event every time (too large):
-                    // the client's fault, not a reason to retry the request.
-                    Err((error, _)) if !retry::Classify::is_retryable(&error) => {
+                    Err((error, _)) if refuses_the_event(&error) => {
                         outcome.reject(at, "payload", "cannot be published", format!("event {at} cannot be published: {error}"));
                     }
                     Err((error, _)) => {
@@ -546,9 +559,7 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
         for (at, delivery) in deliveries.iter_mut() {
             match delivery.await {
                 Ok(Ok(_)) => {}
-                // Refused for what it is (too large for the broker): the event's
-                // fault, and no retry would change it.
-                Ok(Err((error, _))) if !retry::Classify::is_retryable(&error) => refused.push((*at, error)),
+                Ok(Err((error, _))) if refuses_the_event(&error) => refused.push((*at, error)),
                 Ok(Err((error, _))) => return Err(error.to_string()),
                 Err(_) => return Err("the producer was shut down".to_owned()),
             }
@@ -653,6 +664,25 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret-longer"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn only_the_event_s_own_faults_reject_it() {
+        let production = KafkaError::MessageProduction;
+        assert!(refuses_the_event(&production(RDKafkaErrorCode::MessageSizeTooLarge)));
+        assert!(refuses_the_event(&production(RDKafkaErrorCode::InvalidRecord)));
+        // The pipeline's faults: retried as a whole (503), never blamed on an event.
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+            RDKafkaErrorCode::UnsupportedVersion,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+        ] {
+            assert!(!refuses_the_event(&production(code)), "{code:?}");
+        }
+        assert!(!refuses_the_event(&KafkaError::Canceled));
     }
 
     #[test]

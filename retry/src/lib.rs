@@ -17,7 +17,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 mod refused;
-pub use refused::kafka_refuses;
+pub use refused::{kafka_property_refused, kafka_refuses};
 
 /// Whether retrying the same operation can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,8 +2,10 @@
 //! one that refuses tally's connection (permanent: a TLS certificate its CAs
 //! do not trust, a wrong SASL password), so that a misconfigured service
 //! stops at once with librdkafka's own explanation instead of retrying
-//! forever behind a generic timeout.
+//! forever behind a generic timeout. Before that, each configured property
+//! is checked on its own, so a misspelt one is named without its value.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,24 @@ impl ClientContext for Watch {
 
 impl ConsumerContext for Watch {}
 
+/// The first of `properties` that librdkafka refuses: its key and
+/// librdkafka's reason, with the value taken out of the reason.
+///
+/// rdkafka's own error for a refused property repeats the value, and the
+/// value may be a password (`sasl.pasword=…`, misspelt), so roles check
+/// their properties here before they create any client.
+pub fn kafka_property_refused(properties: &BTreeMap<String, String>) -> Option<(String, String)> {
+    properties.iter().find_map(|(key, value)| {
+        let mut one = ClientConfig::new();
+        one.set(key, value);
+        match one.create_native_config() {
+            Err(KafkaError::ClientConfig(_, reason, _, _)) if value.is_empty() => Some((key.clone(), reason)),
+            Err(KafkaError::ClientConfig(_, reason, _, _)) => Some((key.clone(), reason.replace(value.as_str(), "<value not shown>"))),
+            _ => None,
+        }
+    })
+}
+
 /// Asks the brokers of `config` for metadata for up to `wait`. Returns
 /// librdkafka's reason when they refused the connection itself (TLS or SASL);
 /// `None` when they answered, or could not be reached at all (a broker that
@@ -72,4 +92,20 @@ pub fn kafka_refuses(config: &ClientConfig, wait: Duration) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_property_is_named_without_its_value() {
+        let properties = |key: &str, value: &str| BTreeMap::from([(key.to_owned(), value.to_owned())]);
+        let (key, reason) = kafka_property_refused(&properties("sasl.pasword", "hunter2-secret")).unwrap();
+        assert_eq!(key, "sasl.pasword");
+        assert!(reason.contains("No such configuration property") && !reason.contains("hunter2"), "{reason}");
+        let (_, reason) = kafka_property_refused(&properties("security.protocol", "TLS-please")).unwrap();
+        assert!(!reason.contains("TLS-please"), "{reason}");
+        assert_eq!(kafka_property_refused(&properties("sasl.password", "hunter2-secret")), None);
+    }
 }

@@ -62,10 +62,21 @@ pub fn database_url(field: &str, value: &str) -> Result<(), ConfigError> {
         .iter()
         .any(|scheme| value.starts_with(scheme) && value.len() > scheme.len());
     if !ok {
-        let shown = if value.contains('@') { "<redacted>" } else { value };
-        return Err(ConfigError::new(field, shown, "must start with postgres://, postgresql:// or sqlite://"));
+        return Err(ConfigError::new(field, shown_database_url(value), "must start with postgres://, postgresql:// or sqlite://"));
     }
     Ok(())
+}
+
+/// A database URL as an error may show it: its scheme only. The rest (user
+/// information, a `password=` parameter, a libpq `key=value` string) may hold
+/// a password.
+pub fn shown_database_url(value: &str) -> String {
+    match value.split_once("://") {
+        Some((scheme, _)) if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') => {
+            format!("{scheme}://<rest not shown>")
+        }
+        _ => "<not shown: it may hold a password>".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +95,8 @@ mod tests {
         assert!(kafka_name("t", "orders.dlq").is_ok());
         assert!(kafka_name("t", "bad topic").is_err());
         assert!(database_url("d", "mysql://x").is_err());
-        assert_eq!(database_url("d", "mysql://u:p@h/db").unwrap_err().value, "<redacted>");
+        assert_eq!(database_url("d", "mysql://u:p@h/db").unwrap_err().value, "mysql://<rest not shown>");
+        assert_eq!(database_url("d", "host=db password=hunter2").unwrap_err().value, "<not shown: it may hold a password>");
+        assert_eq!(database_url("d", "pg://db?password=hunter2").unwrap_err().value, "pg://<rest not shown>");
     }
 }

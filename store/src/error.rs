@@ -8,7 +8,7 @@ pub enum StoreError {
     /// The URL names no supported database.
     #[error("database url {url:?} is not supported: use postgres://… or sqlite://PATH")]
     UnsupportedUrl {
-        /// The URL with any password removed.
+        /// The URL's scheme only: the rest may hold a password.
         url: String,
     },
     /// The database URL cannot be used (the URL itself is not shown: it may

@@ -658,13 +658,7 @@ impl Store {
         match self {
             Store::Postgres(s) => {
                 let lead = async {
-                    let (client, connection) =
-                        s.config().connect(tokio_postgres::NoTls).await.map_err(crate::error::pg("connect"))?;
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::warn!(%error, "Scheduler lock connection closed.");
-                        }
-                    });
+                    let client = s.open("scheduler lock").await?;
                     let row = client
                         .query_one("SELECT pg_try_advisory_lock($1)", &[&SCHEDULER_LOCK])
                         .await

@@ -70,20 +70,6 @@ pub enum Store {
     Sqlite(sqlite::SqliteStore),
 }
 
-/// Removes the password from a URL, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 impl Store {
     /// Connects and applies pending migrations.
     ///
@@ -95,7 +81,7 @@ impl Store {
         } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             Store::Sqlite(sqlite::SqliteStore::open(path).await?)
         } else {
-            return Err(StoreError::UnsupportedUrl { url: redact(url) });
+            return Err(StoreError::UnsupportedUrl { url: schemas::config::shown_database_url(url) });
         };
         Ok(store)
     }
@@ -252,9 +238,11 @@ pub(crate) fn parse_row(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
-        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    #[tokio::test]
+    async fn an_unsupported_url_is_not_shown() {
+        let error = super::Store::connect("mysql://u:secret@h:5/db").await.err().unwrap().to_string();
+        assert!(error.contains("mysql://<rest not shown>") && !error.contains("secret"), "{error}");
+        let error = super::Store::connect("host=h password=secret").await.err().unwrap().to_string();
+        assert!(!error.contains("secret"), "{error}");
     }
 }

@@ -139,9 +139,16 @@ impl PgStore {
         Ok(store)
     }
 
-    /// The connection settings, with tally's timeouts applied.
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
+    /// Opens a connection with the store's settings and TLS; `purpose` names
+    /// it in the warning when it closes (the scheduler's lock holds its own).
+    pub(crate) async fn open(&self, purpose: &'static str) -> Result<Client> {
+        let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(pg("connect"))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, purpose, "PostgreSQL connection closed.");
+            }
+        });
+        Ok(client)
     }
 
     pub(crate) fn call_timeout(&self) -> Duration {
@@ -160,13 +167,7 @@ impl PgStore {
             // Dropping a stuck client ends its connection task once the server
             // answers again (or keepalive gives up), rolling back its transaction.
             *guard = None;
-            let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(pg("connect"))?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::warn!(%error, "PostgreSQL connection closed.");
-                }
-            });
-            *guard = Some(client);
+            *guard = Some(self.open("store").await?);
         }
         Ok(guard)
     }

@@ -77,8 +77,22 @@ fn sink(args: &GenerateArgs) -> Result<Sink, ExitCode> {
         eprintln!("error: {error}");
         ExitCode::from(2)
     })?;
-    let Some(token) = args.token.clone().filter(|t| !t.is_empty()) else {
-        eprintln!("error: --url needs a bearer token: pass --token or set TALLY_TOKEN");
+    let token = match &args.token {
+        Some(token) => Some(token.clone()),
+        // The container convention, as for the roles' variables.
+        None => match std::env::var_os("TALLY_TOKEN_FILE") {
+            Some(path) => match std::fs::read_to_string(&path) {
+                Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
+                Err(error) => {
+                    eprintln!("error: cannot read TALLY_TOKEN_FILE {}: {error}", path.to_string_lossy());
+                    return Err(ExitCode::from(2));
+                }
+            },
+            None => None,
+        },
+    };
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        eprintln!("error: --url needs a bearer token: pass --token, or set TALLY_TOKEN or TALLY_TOKEN_FILE");
         return Err(ExitCode::from(2));
     };
     Ok(Sink::Http { endpoint, token })

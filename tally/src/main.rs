@@ -57,7 +57,7 @@ async fn dispatch(command: Command) -> ExitCode {
             if let Err(error) = settings.worker.validate() {
                 return config_error(error.into());
             }
-            if let Err(code) = kafka_accepts(&settings.worker.brokers, &settings.worker.kafka).await {
+            if let Err(code) = kafka_accepts("worker", &settings.worker.brokers, &settings.worker.kafka).await {
                 return code;
             }
             let shutdown = signals::shutdown_on_signals();
@@ -76,7 +76,7 @@ async fn dispatch(command: Command) -> ExitCode {
             if let Err(error) = settings.ingest.validate() {
                 return config_error(error.into());
             }
-            if let Err(code) = kafka_accepts(&settings.ingest.brokers, &settings.ingest.kafka).await {
+            if let Err(code) = kafka_accepts("ingest", &settings.ingest.brokers, &settings.ingest.kafka).await {
                 return code;
             }
             ingest_service(settings.ingest).await
@@ -89,7 +89,7 @@ async fn dispatch(command: Command) -> ExitCode {
             if let Err(error) = settings.aggregator.validate() {
                 return config_error(error.into());
             }
-            if let Err(code) = kafka_accepts(&settings.aggregator.brokers, &settings.aggregator.kafka).await {
+            if let Err(code) = kafka_accepts("aggregator", &settings.aggregator.brokers, &settings.aggregator.kafka).await {
                 return code;
             }
             let shutdown = signals::shutdown_on_signals();
@@ -149,11 +149,16 @@ async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
     }
 }
 
-/// Fails (exit 1, with librdkafka's reason) when the brokers refuse the
-/// connection itself: a certificate the configured CAs do not trust, or SASL
+/// Fails with exit 2 when librdkafka refuses one of the role's properties
+/// (named without its value, which may be a secret), and with exit 1 (and
+/// librdkafka's reason) when the brokers refuse the connection itself: a certificate the configured CAs do not trust, or SASL
 /// credentials they reject. A broker that is merely away is left to the
 /// role's retries.
-async fn kafka_accepts(brokers: &str, kafka: &std::collections::BTreeMap<String, String>) -> Result<(), ExitCode> {
+async fn kafka_accepts(role: &str, brokers: &str, kafka: &std::collections::BTreeMap<String, String>) -> Result<(), ExitCode> {
+    if let Some((key, reason)) = retry::kafka_property_refused(kafka) {
+        eprintln!("error: invalid configuration: `{role}.kafka` property `{key}`: {reason}");
+        return Err(ExitCode::from(2));
+    }
     let mut config = rdkafka::ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     for (key, value) in kafka {

@@ -41,8 +41,13 @@ async fn eight_clients_reach_the_table_exactly() {
     let file = world.dir.join("expected.csv");
     let (events, seed) = (40_000, 61);
     let url = format!("http://{addr}/v1/orders");
+    // The token comes from a file, as a container's secret would.
+    let token_file = world.dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["generate", "--url", &url, "--token", TOKEN, "--clients", "8", "--batch", "500"])
+        .env_remove("TALLY_TOKEN")
+        .env("TALLY_TOKEN_FILE", &token_file)
+        .args(["generate", "--url", &url, "--clients", "8", "--batch", "500"])
         .args(["--events", &events.to_string(), "--seed", &seed.to_string(), "--merchants", "300"])
         .args(["--invalid-share", "0.01", "--duplicate-share", "0.03", "--late-share", "0.05"])
         .arg("--expected")

@@ -1,7 +1,8 @@
-//! `tally ingest` under abuse, against the real broker: a body of ten
-//! thousand rejections gets a bounded answer; an event larger than the
+//! `tally ingest` under abuse, against the real broker: a 5 MiB body of
+//! `[1,1,…]` (2.6 million rejections) gets a bounded answer; an event larger than the
 //! broker takes is refused by position, not with a retryable 503; half-sent
-//! headers are closed after the deadline while normal requests are served; a
+//! headers are closed after the deadline while normal requests are served,
+//! and a body that breaks off gets 400; a
 //! flood beyond the concurrency limit is shed with 503 and `Retry-After`,
 //! and every accepted event is in the topic exactly once; and every key
 //! lands in the partition Java's murmur2 partitioner picks.
@@ -110,6 +111,21 @@ async fn half_sent_headers_are_closed_while_requests_are_served() {
         }
     }
     println!("300 stalled connections closed {:.1} s after the last was opened", started.elapsed().as_secs_f64());
+
+    // A chunked body whose encoding breaks off after a first good chunk:
+    // 400 (the request is malformed, not too large), and nothing of it is produced.
+    let chunk = format!("[{}", event("broken", "m-1"));
+    let request = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\nZZ-not-a-size\r\n",
+        chunk.len()
+    );
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await.expect("answered").ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("could not be read"), "{answer}");
+
     let (status, _, _) = post(&addr, format!("[{}]", event("after", "m-1")).as_bytes()).await;
     assert_eq!(status, 200);
     let ids: BTreeSet<String> = ids_in(&world).into_iter().collect();

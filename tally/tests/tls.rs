@@ -9,7 +9,8 @@
 //! - The whole pipeline: ingest over HTTPS, workers and aggregators over
 //!   Kafka TLS with SASL (SCRAM-SHA-512; ingest SCRAM-SHA-256) and
 //!   PostgreSQL TLS, with every secret from the environment or
-//!   a file; the totals are exact, and neither password shows in any log,
+//!   a file; the totals are exact, the scheduler's lock (a connection of its
+//!   own) is taken over TLS too, and neither password shows in any log,
 //!   `/metrics` page, error or `--help`.
 //! - A Kafka CA that does not sign the broker's certificate, or a SASL
 //!   password the broker refuses, stops each role at startup with
@@ -125,6 +126,12 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     assert_eq!(accepted, messages.len() - invalid);
     world.wait_committed(&store, accepted as u64, Duration::from_secs(300)).await;
     assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
+    // The scheduler's lock is a connection of its own, over the same TLS.
+    world
+        .wait_for("the aggregator leads the scheduler", Duration::from_secs(60), || async {
+            world.metric("aggregator", "tally_scheduler_leader", &[]).await == Some(1.0)
+        })
+        .await;
 
     // A Kafka CA that did not sign the broker's certificate: each role stops
     // at startup and says why.
@@ -148,6 +155,13 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     let (code, stderr) = run_to_exit(&["worker", "--brokers", &world.brokers, "--metrics-addr", "127.0.0.1:0"], &wrong);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("SASL authentication error") && !stderr.contains("not-the-sasl-password-0815"), "{stderr}");
+    // A misspelt property holding the password: librdkafka refuses it, and
+    // the error names the property but not the value (rdkafka's own does).
+    let mut misspelt = world.env.clone();
+    misspelt.push(("TALLY_WORKER_KAFKA__SASL_PASWORD".into(), sasl_password.clone()));
+    let (code, stderr) = run_to_exit(&["worker", "--brokers", &world.brokers, "--metrics-addr", "127.0.0.1:0"], &misspelt);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("sasl.pasword") && !stderr.contains(&sasl_password), "{stderr}");
     // A database password the server refuses: PostgreSQL says so; the
     // password it was given is not repeated.
     let url_file = world.dir.join("wrong-password-url");
@@ -168,6 +182,8 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
         let output = Command::new(env!("CARGO_BIN_EXE_tally")).args(&help).envs(leaky.iter().cloned()).output().unwrap();
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success() && !text.contains(&password) && !text.contains(&sasl_password), "tally {help:?} shows a password:\n{text}");
+        // The variable is read there, and only its name is shown.
+        assert!(help[0] != "query" || text.contains("[env: TALLY_DATABASE_URL]"), "{text}");
     }
     // None in the logs or on /metrics either.
     let addr_for_metrics = addr.clone();

@@ -61,14 +61,21 @@ pub(crate) struct TlsSettings {
 pub(crate) fn split(url: &str) -> Result<(String, TlsSettings)> {
     let invalid = |reason: String| StoreError::InvalidUrl { reason };
     let mut settings = TlsSettings { mode: Mode::Prefer, root_cert: None };
-    let Some((base, query)) = url.split_once('?') else {
+    // The query starts after the user information, where a password may
+    // hold a `?` of its own; that ends at the first `@`, as tokio-postgres
+    // reads it.
+    let authority = url.find('@').map_or(0, |at| at + 1);
+    let Some(mark) = url[authority..].find('?').map(|i| authority + i) else {
         return Ok((url.to_owned(), settings));
     };
+    let (base, query) = (&url[..mark], &url[mark + 1..]);
     // The other parameters stay as written: tokio-postgres decodes them itself.
+    // These two are percent-decoded as it does (a `+` stays a `+`).
     let mut kept = Vec::new();
     for segment in query.split('&') {
-        let Some((key, value)) = url::form_urlencoded::parse(segment.as_bytes()).next() else { continue };
-        match &*key {
+        let (key, value) = segment.split_once('=').unwrap_or((segment, ""));
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        match key {
             "sslmode" => {
                 settings.mode = match &*value {
                     "disable" => Mode::Disable,
@@ -245,6 +252,9 @@ mod tests {
         let (url, _) = split("postgres://db/x?options=-c%20statement_timeout%3D90s&sslmode=require").unwrap();
         assert_eq!(url, "postgres://db/x?options=-c%20statement_timeout%3D90s");
         assert_eq!(tls, TlsSettings { mode: Mode::VerifyFull, root_cert: Some("/etc/ca.pem".into()) });
+        // A `?` in the password is not the query; a `+` in a path is not a space.
+        let (url, tls) = split("postgres://u:p?ss@db/x?sslrootcert=/etc/ca+1.pem").unwrap();
+        assert_eq!((url.as_str(), tls.root_cert.as_deref()), ("postgres://u:p?ss@db/x", Some("/etc/ca+1.pem")));
         let (url, tls) = split("postgres://db/x").unwrap();
         assert_eq!((url.as_str(), tls.mode), ("postgres://db/x", Mode::Prefer));
         let (url, tls) = split("postgresql://db/x?sslmode=disable").unwrap();
