@@ -148,7 +148,7 @@ async fn once(setup: &Setup, n: u64) -> Result<Run> {
     let mut generator = Generator::new(config.clone());
     let messages: Vec<Generated> = generator.by_ref().collect();
     let expected = generator.totals().clone();
-    let producer = ingest::produce::bulk_producer(&setup.brokers)?;
+    let producer = ingest::produce::bulk_producer(&setup.brokers, &Default::default())?;
 
     let topics = [
         format!("worker.orders_topic={orders}"),

@@ -1,5 +1,6 @@
 //! Publishing generated traffic straight to the `orders` topic.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -61,11 +62,13 @@ async fn settle(in_flight: &mut Vec<rdkafka::producer::DeliveryFuture>) -> Resul
     Ok(n)
 }
 
-/// A producer suited to bulk loads: idempotent, `acks=all`, batched.
+/// A producer suited to bulk loads: idempotent, `acks=all`, batched; with
+/// `properties` (TLS, SASL, …) set over those.
 ///
 /// Fails when librdkafka rejects the configuration.
-pub fn bulk_producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
-    rdkafka::ClientConfig::new()
+pub fn bulk_producer(brokers: &str, properties: &BTreeMap<String, String>) -> Result<FutureProducer, KafkaError> {
+    let mut config = rdkafka::ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -75,7 +78,10 @@ pub fn bulk_producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
-        .set("message.timeout.ms", "120000")
-        .create()
+        .set("message.timeout.ms", "120000");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config.create()
 }
 

@@ -70,7 +70,7 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
 
     let generator_config = GeneratorConfig { seed: args.seed, events: args.events, merchants: args.merchants, ..GeneratorConfig::default() };
     let mut generator = Generator::new(generator_config);
-    let producer = bulk_producer(&brokers).map_err(|e| e.to_string())?;
+    let producer = bulk_producer(&brokers, &Default::default()).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let total = args.events;
     // librdkafka's mock cluster keeps only about 5 MB per partition and drops

@@ -17,6 +17,7 @@ use schemas::Day;
 
 use crate::cli::{GenerateArgs, VerifyArgs};
 use crate::query::open_store;
+use crate::settings::Settings;
 
 /// Where `tally generate` sends its messages.
 enum Sink {
@@ -68,7 +69,21 @@ fn generator_config(args: &GenerateArgs) -> Result<GeneratorConfig, ConfigError>
 
 fn sink(args: &GenerateArgs) -> Result<Sink, ExitCode> {
     let Some(url) = &args.url else {
-        return bulk_producer(&args.brokers).map(Sink::Kafka).map_err(|error| {
+        // The same Kafka properties as ingest, the other producer: `[ingest.kafka]`
+        // of TALLY_CONFIG, TALLY_KAFKA__* and TALLY_INGEST_KAFKA__* (TLS, SASL).
+        let file = std::env::var_os("TALLY_CONFIG").map(std::path::PathBuf::from);
+        let properties = match Settings::load(file.as_deref(), std::env::vars(), &[]) {
+            Ok(settings) => settings.ingest.kafka,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return Err(ExitCode::from(2));
+            }
+        };
+        if let Some((key, reason)) = retry::kafka_property_refused(&properties) {
+            eprintln!("error: invalid configuration: `ingest.kafka` property `{key}`: {reason}");
+            return Err(ExitCode::from(2));
+        }
+        return bulk_producer(&args.brokers, &properties).map(Sink::Kafka).map_err(|error| {
             eprintln!("error: cannot create a Kafka producer for {}: {error}", args.brokers);
             ExitCode::FAILURE
         });

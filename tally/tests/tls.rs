@@ -6,7 +6,8 @@
 //! - PostgreSQL: `verify-full` connects; a wrong CA, a wrong host name and
 //!   `sslmode=disable` are refused with errors that say why, once (no
 //!   retrying), and never show the password.
-//! - The whole pipeline: ingest over HTTPS, workers and aggregators over
+//! - The whole pipeline: ingest over HTTPS and `tally generate` straight to
+//!   Kafka, workers and aggregators over
 //!   Kafka TLS with SASL (SCRAM-SHA-512; ingest SCRAM-SHA-256) and
 //!   PostgreSQL TLS, with every secret from the environment or
 //!   a file; the totals are exact, the scheduler's lock (a connection of its
@@ -125,6 +126,23 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     }
     assert_eq!(accepted, messages.len() - invalid);
     world.wait_committed(&store, accepted as u64, Duration::from_secs(300)).await;
+    assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
+
+    // `tally generate` publishes straight to the TLS listener with ingest's
+    // properties (SASL as the SCRAM-SHA-256 user); the worker counts those too.
+    let (events, seed) = (3_000_u64, 11);
+    let generated = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .envs(world.env.iter().cloned())
+        .args(["generate", "--brokers", &world.brokers, "--topic", &world.orders, "--merchants", "120"])
+        .args(["--events", &events.to_string(), "--seed", &seed.to_string()])
+        .arg("--expected")
+        .arg(world.dir.join("expected.csv"))
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let direct = Generator::new(GeneratorConfig { seed, events, merchants: 120, ..GeneratorConfig::default() });
+    let messages: Vec<Generated> = messages.into_iter().chain(direct).collect();
+    world.wait_committed(&store, accepted as u64 + events, Duration::from_secs(300)).await;
     assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
     // The scheduler's lock is a connection of its own, over the same TLS.
     world

@@ -561,7 +561,7 @@ pub fn expected_totals(messages: &[Generated]) -> Totals {
 
 /// Produces `messages` to `topic` and waits for every acknowledgement.
 pub async fn produce(brokers: &str, topic: &str, messages: &[Generated]) {
-    let producer = ingest::produce::bulk_producer(brokers).unwrap();
+    let producer = ingest::produce::bulk_producer(brokers, &Default::default()).unwrap();
     ingest::produce::produce_all(&producer, topic, messages.iter().cloned(), |_| {}).await.expect("broker accepts the traffic");
 }
 
