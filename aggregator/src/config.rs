@@ -99,25 +99,88 @@ impl AggregatorConfig {
             check::kafka_name("aggregator.group_instance_id", &self.group_instance_id)?;
         }
         check::kafka_name("aggregator.group_id", &self.group_id)?;
-        check::in_range("aggregator.partials_partitions", self.partials_partitions, 1, 10_000)?;
-        check::in_range("aggregator.replication_factor", self.replication_factor, 1, 32)?;
-        check::in_range("aggregator.flush_interval_ms", self.flush_interval_ms, 10, 600_000)?;
-        check::in_range("aggregator.flush_max_partials", self.flush_max_partials, 1, 1_000_000)?;
-        check::in_range("aggregator.session_timeout_ms", self.session_timeout_ms, 1_000, 300_000)?;
-        check::in_range("aggregator.backfill_parallelism", self.backfill_parallelism, 0, 256)?;
-        check::in_range("aggregator.backfill_max_attempts", self.backfill_max_attempts, 1, 100)?;
-        check::in_range("aggregator.backfill_retry_base_ms", self.backfill_retry_base_ms, 1, 3_600_000)?;
-        check::in_range("aggregator.backfill_lease_ms", self.backfill_lease_ms, 300, 3_600_000)?;
-        check::in_range("aggregator.backfill_poll_ms", self.backfill_poll_ms, 10, 600_000)?;
-        check::in_range("aggregator.import_poll_ms", self.import_poll_ms, 10, 3_600_000)?;
-        check::in_range("aggregator.import_settle_ms", self.import_settle_ms, 0, 86_400_000)?;
+        check::in_range(
+            "aggregator.partials_partitions",
+            self.partials_partitions,
+            1,
+            10_000,
+        )?;
+        check::in_range(
+            "aggregator.replication_factor",
+            self.replication_factor,
+            1,
+            32,
+        )?;
+        check::in_range(
+            "aggregator.flush_interval_ms",
+            self.flush_interval_ms,
+            10,
+            600_000,
+        )?;
+        check::in_range(
+            "aggregator.flush_max_partials",
+            self.flush_max_partials,
+            1,
+            1_000_000,
+        )?;
+        check::in_range(
+            "aggregator.session_timeout_ms",
+            self.session_timeout_ms,
+            1_000,
+            300_000,
+        )?;
+        check::in_range(
+            "aggregator.backfill_parallelism",
+            self.backfill_parallelism,
+            0,
+            256,
+        )?;
+        check::in_range(
+            "aggregator.backfill_max_attempts",
+            self.backfill_max_attempts,
+            1,
+            100,
+        )?;
+        check::in_range(
+            "aggregator.backfill_retry_base_ms",
+            self.backfill_retry_base_ms,
+            1,
+            3_600_000,
+        )?;
+        check::in_range(
+            "aggregator.backfill_lease_ms",
+            self.backfill_lease_ms,
+            300,
+            3_600_000,
+        )?;
+        check::in_range(
+            "aggregator.backfill_poll_ms",
+            self.backfill_poll_ms,
+            10,
+            600_000,
+        )?;
+        check::in_range(
+            "aggregator.import_poll_ms",
+            self.import_poll_ms,
+            10,
+            3_600_000,
+        )?;
+        check::in_range(
+            "aggregator.import_settle_ms",
+            self.import_settle_ms,
+            0,
+            86_400_000,
+        )?;
         if !self.import_format.is_empty() {
             crate::backfill::source::Format::parse("aggregator.import_format", &self.import_format)
-                .map_err(|reason| ConfigError::new("aggregator.import_format", &self.import_format, &reason))?;
+                .map_err(|reason| {
+                    ConfigError::new("aggregator.import_format", &self.import_format, &reason)
+                })?;
         }
         if !self.import_watch.is_empty() {
-            crate::backfill::source::Remote::parse(&self.import_watch)
-                .map_err(|reason| ConfigError::new("aggregator.import_watch", &self.import_watch, &reason))?;
+            crate::backfill::source::Remote::parse(&self.import_watch).map_err(|reason| {
+                ConfigError::new("aggregator.import_watch", &self.import_watch, &reason)
+            })?;
             if self.backfill_parallelism == 0 {
                 return Err(ConfigError::new(
                     "aggregator.import_watch",
@@ -137,13 +200,36 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_are_named() {
         assert_eq!(AggregatorConfig::default().validate(), Ok(()));
-        let bad = AggregatorConfig { flush_interval_ms: 0, ..Default::default() };
-        assert_eq!(bad.validate().unwrap_err().field, "aggregator.flush_interval_ms");
-        let bad = AggregatorConfig { import_watch: "gs://bucket/in/".into(), ..Default::default() };
+        let bad = AggregatorConfig {
+            flush_interval_ms: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().field,
+            "aggregator.flush_interval_ms"
+        );
+        let bad = AggregatorConfig {
+            import_watch: "gs://bucket/in/".into(),
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().field, "aggregator.import_watch");
-        let bad = AggregatorConfig { import_watch: "/in".into(), backfill_parallelism: 0, ..Default::default() };
-        assert!(bad.validate().unwrap_err().to_string().contains("backfill_parallelism"));
-        let bad = AggregatorConfig { import_format: "xml".into(), ..Default::default() };
-        assert_eq!(bad.validate().unwrap_err().field, "aggregator.import_format");
+        let bad = AggregatorConfig {
+            import_watch: "/in".into(),
+            backfill_parallelism: 0,
+            ..Default::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("backfill_parallelism"));
+        let bad = AggregatorConfig {
+            import_format: "xml".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().field,
+            "aggregator.import_format"
+        );
     }
 }

@@ -61,15 +61,31 @@ impl Buffer {
         let (partition, offset) = (message.partition(), message.offset());
         self.next_offsets.insert(partition, offset + 1);
         match serde_json::from_slice::<Partial>(message.payload().unwrap_or_default()) {
-            Ok(partial) if health::parked(&(partial.topic.clone(), partial.partition)).is_some() => {}
-            Ok(partial) => self.read.push(Read { partials_partition: partition, partials_offset: offset, partial }),
+            Ok(partial)
+                if health::parked(&(partial.topic.clone(), partial.partition)).is_some() => {}
+            Ok(partial) => self.read.push(Read {
+                partials_partition: partition,
+                partials_offset: offset,
+                partial,
+            }),
             Err(error) => {
                 metrics::PARTIALS.with_label_values(&["violation"]).inc();
                 // The key names the source even when the payload is garbage;
                 // without one, the partials partition stands in for it.
-                let source = message.key().and_then(source_of_key).unwrap_or_else(|| ("?".to_owned(), partition));
-                let detail = format!("the partial at partials offset {partition}/{offset} is unreadable: {error}");
-                let parked = Parked { reason: ParkReason::UnreadablePartial, partials_partition: partition, partials_offset: offset, range: None, detail };
+                let source = message
+                    .key()
+                    .and_then(source_of_key)
+                    .unwrap_or_else(|| ("?".to_owned(), partition));
+                let detail = format!(
+                    "the partial at partials offset {partition}/{offset} is unreadable: {error}"
+                );
+                let parked = Parked {
+                    reason: ParkReason::UnreadablePartial,
+                    partials_partition: partition,
+                    partials_offset: offset,
+                    range: None,
+                    detail,
+                };
                 health::park(&source, parked);
             }
         }
@@ -100,7 +116,9 @@ pub async fn flush(
         return buffer;
     }
     // A partition parked by the flush before this one has nothing more applied.
-    buffer.read.retain(|r| health::parked(&(r.partial.topic.clone(), r.partial.partition)).is_none());
+    buffer
+        .read
+        .retain(|r| health::parked(&(r.partial.topic.clone(), r.partial.partition)).is_none());
     let partials: Vec<Partial> = buffer.read.iter().map(|r| r.partial.clone()).collect();
     match apply(&store, &partials, &stop).await {
         Some(Ok(plan)) => record(&plan),
@@ -125,7 +143,11 @@ pub async fn flush(
 
 /// One transaction for `partials`, retried while the error is transient.
 /// `None` when `stop` came first; `Some(Err)` for a permanent error.
-async fn apply(store: &Store, partials: &[Partial], stop: &CancellationToken) -> Option<Result<Plan, StoreError>> {
+async fn apply(
+    store: &Store,
+    partials: &[Partial],
+    stop: &CancellationToken,
+) -> Option<Result<Plan, StoreError>> {
     let attempt = || async {
         let started = Instant::now();
         let plan = store.apply(partials).await?;
@@ -148,7 +170,10 @@ async fn apply(store: &Store, partials: &[Partial], stop: &CancellationToken) ->
 async fn isolate(store: &Store, read: &[Read], stop: &CancellationToken) -> bool {
     let mut by_source: BTreeMap<SourcePartition, Vec<&Read>> = BTreeMap::new();
     for r in read {
-        by_source.entry((r.partial.topic.clone(), r.partial.partition)).or_default().push(r);
+        by_source
+            .entry((r.partial.topic.clone(), r.partial.partition))
+            .or_default()
+            .push(r);
     }
     for (source, reads) in by_source {
         let partials: Vec<Partial> = reads.iter().map(|r| r.partial.clone()).collect();
@@ -185,28 +210,53 @@ async fn isolate(store: &Store, read: &[Read], stop: &CancellationToken) -> bool
 }
 
 fn record(plan: &Plan) {
-    metrics::PARTIALS.with_label_values(&["applied"]).inc_by(plan.applied);
-    metrics::PARTIALS.with_label_values(&["older_epoch"]).inc_by(plan.older_epoch);
-    metrics::PARTIALS.with_label_values(&["already_applied"]).inc_by(plan.already_applied);
-    metrics::PARTIALS.with_label_values(&["violation"]).inc_by(plan.violations.len() as u64);
+    metrics::PARTIALS
+        .with_label_values(&["applied"])
+        .inc_by(plan.applied);
+    metrics::PARTIALS
+        .with_label_values(&["older_epoch"])
+        .inc_by(plan.older_epoch);
+    metrics::PARTIALS
+        .with_label_values(&["already_applied"])
+        .inc_by(plan.already_applied);
+    metrics::PARTIALS
+        .with_label_values(&["violation"])
+        .inc_by(plan.violations.len() as u64);
     metrics::UPSERT_ROWS.inc_by(plan.deltas.len() as u64);
     for counts in plan.events.values() {
-        metrics::EVENTS.with_label_values(&["counted"]).inc_by(counts.counted);
-        metrics::EVENTS.with_label_values(&["duplicate"]).inc_by(counts.duplicate);
-        metrics::EVENTS.with_label_values(&["invalid"]).inc_by(counts.invalid);
+        metrics::EVENTS
+            .with_label_values(&["counted"])
+            .inc_by(counts.counted);
+        metrics::EVENTS
+            .with_label_values(&["duplicate"])
+            .inc_by(counts.duplicate);
+        metrics::EVENTS
+            .with_label_values(&["invalid"])
+            .inc_by(counts.invalid);
     }
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     for &(partition, append_ms) in &plan.applied_append_ms {
         metrics::END_TO_END.observe((now_ms - append_ms).max(0) as f64 / 1000.0);
         metrics::note_committed(partition, append_ms);
     }
     for violation in &plan.violations {
-        tracing::error!(topic = violation.source.0, partition = violation.source.1, epoch = violation.epoch,
-            first_offset = violation.first_offset, reason = violation.reason,
-            "Fence invariant violated; partial not applied.");
+        tracing::error!(
+            topic = violation.source.0,
+            partition = violation.source.1,
+            epoch = violation.epoch,
+            first_offset = violation.first_offset,
+            reason = violation.reason,
+            "Fence invariant violated; partial not applied."
+        );
     }
     if plan.older_epoch + plan.already_applied > 0 {
-        tracing::debug!(older_epoch = plan.older_epoch, already_applied = plan.already_applied, "Dropped stale partials.");
+        tracing::debug!(
+            older_epoch = plan.older_epoch,
+            already_applied = plan.already_applied,
+            "Dropped stale partials."
+        );
     }
 }
 

@@ -60,12 +60,16 @@ pub fn park(source: &SourcePartition, parked: Parked) {
     if all.contains_key(source) {
         return;
     }
-    let (first_offset, last_offset) = parked.range.map_or((None, None), |(f, l)| (Some(f), Some(l)));
+    let (first_offset, last_offset) = parked
+        .range
+        .map_or((None, None), |(f, l)| (Some(f), Some(l)));
     tracing::error!(topic = source.0, partition = source.1, reason = parked.reason.label(), first_offset, last_offset,
         partials_partition = parked.partials_partition, partials_offset = parked.partials_offset, detail = parked.detail,
         "Partition parked: its fence stays put and the other partitions go on; fix the cause and restart the aggregator.");
     let shown = first_offset.unwrap_or(-1);
-    metrics::PARKED.with_label_values(&[&source.0, &source.1.to_string(), parked.reason.label()]).set(shown);
+    metrics::PARKED
+        .with_label_values(&[&source.0, &source.1.to_string(), parked.reason.label()])
+        .set(shown);
     all.insert(source.clone(), parked);
     metrics::PARKED_PARTITIONS.set(all.len() as i64);
 }
@@ -79,8 +83,17 @@ pub fn unpark_partials_partition(partials_partition: i32) {
     all.retain(|(topic, partition), parked| {
         let keep = parked.partials_partition != partials_partition;
         if !keep {
-            tracing::info!(topic, partition, partials_partition, "Parked partition moved to another aggregator; no longer reported here.");
-            let _ = metrics::PARKED.remove_label_values(&[topic, &partition.to_string(), parked.reason.label()]);
+            tracing::info!(
+                topic,
+                partition,
+                partials_partition,
+                "Parked partition moved to another aggregator; no longer reported here."
+            );
+            let _ = metrics::PARKED.remove_label_values(&[
+                topic,
+                &partition.to_string(),
+                parked.reason.label(),
+            ]);
         }
         keep
     });
@@ -94,7 +107,11 @@ pub struct PartialsContext;
 impl rdkafka::ClientContext for PartialsContext {}
 
 impl rdkafka::consumer::ConsumerContext for PartialsContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
         if let rdkafka::consumer::Rebalance::Revoke(revoked) = rebalance {
             for element in revoked.elements() {
                 unpark_partials_partition(element.partition());
@@ -112,7 +129,10 @@ pub fn parked(source: &SourcePartition) -> Option<Parked> {
 /// consumer offset committed there must not pass it.
 pub fn commit_limit(partials_partition: i32) -> Option<i64> {
     let all = PARKED.lock().expect("parked lock");
-    all.values().filter(|p| p.partials_partition == partials_partition).map(|p| p.partials_offset).min()
+    all.values()
+        .filter(|p| p.partials_partition == partials_partition)
+        .map(|p| p.partials_offset)
+        .min()
 }
 
 /// Pings the database every 2 s until `shutdown`, so that `/readyz` notices
@@ -139,9 +159,27 @@ pub fn watch(store: Arc<Store>) {
 /// parked; otherwise each reason, one per line.
 pub fn readiness() -> Result<(), String> {
     let stores = STORES.lock().expect("stores lock").clone();
-    let parked = PARKED.lock().expect("parked lock").iter().map(|((topic, partition), parked)| {
-        let range = parked.range.map_or("an unknown range".to_owned(), |(f, l)| format!("offsets {f}..={l}"));
-        format!("partition {topic}/{partition} parked at {range} ({}): {}", parked.reason.label(), parked.detail)
-    }).collect::<Vec<_>>();
-    store::health::readiness("aggregator", metrics::READY.get() >= 1, stores.iter().map(|s| s.health()), parked)
+    let parked = PARKED
+        .lock()
+        .expect("parked lock")
+        .iter()
+        .map(|((topic, partition), parked)| {
+            let range = parked
+                .range
+                .map_or("an unknown range".to_owned(), |(f, l)| {
+                    format!("offsets {f}..={l}")
+                });
+            format!(
+                "partition {topic}/{partition} parked at {range} ({}): {}",
+                parked.reason.label(),
+                parked.detail
+            )
+        })
+        .collect::<Vec<_>>();
+    store::health::readiness(
+        "aggregator",
+        metrics::READY.get() >= 1,
+        stores.iter().map(|s| s.health()),
+        parked,
+    )
 }

@@ -5,15 +5,20 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    register_gauge_vec, register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_gauge_vec, register_histogram, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, GaugeVec, Histogram, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 use tokio_util::sync::CancellationToken;
 
 /// Partials by outcome: `applied`, `older_epoch`, `already_applied`, `violation`.
 pub static PARTIALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_aggregator_partials_total", "Partials judged by the fence, by outcome.", &["outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_aggregator_partials_total",
+        "Partials judged by the fence, by outcome.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
 });
 
 /// Events committed to the database, by outcome.
@@ -28,8 +33,11 @@ pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Rows upserted into merchant_sales.
 pub static UPSERT_ROWS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_aggregator_upsert_rows_total", "Rows upserted into merchant_sales.")
-        .expect("metric registers once")
+    register_int_counter!(
+        "tally_aggregator_upsert_rows_total",
+        "Rows upserted into merchant_sales."
+    )
+    .expect("metric registers once")
 });
 
 /// Duration of one flush transaction.
@@ -44,8 +52,11 @@ pub static FLUSH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 
 /// Failed flush attempts (retried).
 pub static FLUSH_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_aggregator_sink_errors_total", "Flush transactions that failed and were retried.")
-        .expect("metric registers once")
+    register_int_counter!(
+        "tally_aggregator_sink_errors_total",
+        "Flush transactions that failed and were retried."
+    )
+    .expect("metric registers once")
 });
 
 /// Append-to-commit latency.
@@ -54,39 +65,60 @@ pub static END_TO_END: LazyLock<Histogram> = LazyLock::new(|| {
         "tally_aggregator_end_to_end_latency_seconds",
         "From the newest event's broker append time to the commit of its partial.",
         // Bounds at round figures, so that "p99 under 1 s" can be read off.
-        vec![0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0]
+        vec![
+            0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+            30.0, 60.0
+        ]
     )
     .expect("metric registers once")
 });
 
 /// Partials waiting for the next flush.
 pub static BUFFERED: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("tally_aggregator_buffered_partials", "Partials waiting for the next flush.")
-        .expect("metric registers once")
+    register_int_gauge!(
+        "tally_aggregator_buffered_partials",
+        "Partials waiting for the next flush."
+    )
+    .expect("metric registers once")
 });
 
 /// 1 once connected and consuming.
 pub static READY: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("tally_aggregator_ready", "1 when the aggregator is connected and consuming.")
-        .expect("metric registers once")
+    register_int_gauge!(
+        "tally_aggregator_ready",
+        "1 when the aggregator is connected and consuming."
+    )
+    .expect("metric registers once")
 });
 
 /// Backfill jobs that ended in this process, by state.
 pub static BACKFILL_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_backfill_jobs_total", "Backfill jobs ended by this process, by final state.", &["state"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_backfill_jobs_total",
+        "Backfill jobs ended by this process, by final state.",
+        &["state"]
+    )
+    .expect("metric registers once")
 });
 
 /// Backfill task attempts, by outcome: `succeeded`, `retried`, `failed`, `abandoned`.
 pub static BACKFILL_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_backfill_task_attempts_total", "Backfill task attempts, by outcome.", &["outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_backfill_task_attempts_total",
+        "Backfill task attempts, by outcome.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
 });
 
 /// Backfill rows read, by outcome: `read`, `rejected`, `duplicate`.
 pub static BACKFILL_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_backfill_rows_total", "Rows read by successful backfill task attempts, by outcome.", &["outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_backfill_rows_total",
+        "Rows read by successful backfill task attempts, by outcome.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
 });
 
 /// Import files by outcome.
@@ -101,14 +133,22 @@ pub static IMPORT_FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Rows of imported files by outcome.
 pub static IMPORT_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_import_rows_total", "Rows of imported files, by outcome: counted, duplicate, invalid.", &["outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_import_rows_total",
+        "Rows of imported files, by outcome: counted, duplicate, invalid.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
 });
 
 /// Watch polls.
 pub static IMPORT_WATCH_POLLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_import_watch_polls_total", "Listings of the watched import source, by outcome: ok, error.", &["outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_import_watch_polls_total",
+        "Listings of the watched import source, by outcome: ok, error.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
 });
 
 /// Files the watch has seen but not queued yet because they are still changing.
@@ -122,19 +162,30 @@ pub static IMPORT_WATCH_UNSETTLED: LazyLock<IntGauge> = LazyLock::new(|| {
 
 /// Files the watch queued.
 pub static IMPORT_WATCH_QUEUED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_import_watch_queued_files_total", "Files the watch queued for import.").expect("metric registers once")
+    register_int_counter!(
+        "tally_import_watch_queued_files_total",
+        "Files the watch queued for import."
+    )
+    .expect("metric registers once")
 });
 
 /// 1 while this process leads the scheduler.
 pub static SCHEDULER_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("tally_scheduler_leader", "1 while this aggregator runs due schedules (holds the scheduler lock).")
-        .expect("metric registers once")
+    register_int_gauge!(
+        "tally_scheduler_leader",
+        "1 while this aggregator runs due schedules (holds the scheduler lock)."
+    )
+    .expect("metric registers once")
 });
 
 /// Due schedule ticks, by outcome: `created` (a job) or `error` (no job; retried in a minute).
 pub static SCHEDULE_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_schedule_runs_total", "Due schedule ticks handled by this process, by outcome.", &["outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_schedule_runs_total",
+        "Due schedule ticks handled by this process, by outcome.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
 });
 
 /// Schedules whose latest due tick has gone unrun past a grace period.
@@ -167,8 +218,12 @@ pub static PARKED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 
 /// Flush retries after transient database errors.
 pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_aggregator_retries_total", "Operations retried after a transient error.", &["operation"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_aggregator_retries_total",
+        "Operations retried after a transient error.",
+        &["operation"]
+    )
+    .expect("metric registers once")
 });
 
 /// Age of the newest committed event, per source partition.
@@ -200,9 +255,13 @@ pub async fn refresh_freshness(shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         for (partition, append_ms) in NEWEST_COMMITTED_MS.lock().expect("freshness lock").iter() {
-            FRESHNESS.with_label_values(&[&partition.to_string()]).set((now_ms - append_ms).max(0) as f64 / 1000.0);
+            FRESHNESS
+                .with_label_values(&[&partition.to_string()])
+                .set((now_ms - append_ms).max(0) as f64 / 1000.0);
         }
     }
 }
@@ -212,13 +271,29 @@ pub async fn refresh_freshness(shutdown: CancellationToken) {
 pub fn init() {
     let labelled: [(&IntCounterVec, &[&str]); 10] = [
         (&RETRIES, &["flush", "database_connect", "topic_setup"]),
-        (&PARTIALS, &["applied", "older_epoch", "already_applied", "violation"]),
+        (
+            &PARTIALS,
+            &["applied", "older_epoch", "already_applied", "violation"],
+        ),
         (&EVENTS, &["counted", "duplicate", "invalid"]),
         (&BACKFILL_JOBS, &["succeeded", "failed", "cancelled"]),
-        (&IMPORT_FILES, &["imported", "already_imported", "unchanged", "superseded", "conflict", "failed"]),
+        (
+            &IMPORT_FILES,
+            &[
+                "imported",
+                "already_imported",
+                "unchanged",
+                "superseded",
+                "conflict",
+                "failed",
+            ],
+        ),
         (&IMPORT_ROWS, &["counted", "duplicate", "invalid"]),
         (&IMPORT_WATCH_POLLS, &["ok", "error"]),
-        (&BACKFILL_ATTEMPTS, &["succeeded", "retried", "failed", "abandoned"]),
+        (
+            &BACKFILL_ATTEMPTS,
+            &["succeeded", "retried", "failed", "abandoned"],
+        ),
         (&BACKFILL_ROWS, &["read", "rejected", "duplicate"]),
         (&SCHEDULE_RUNS, &["created", "error"]),
     ];
@@ -233,9 +308,28 @@ pub fn init() {
 /// Every aggregator metric (dereferencing registers it).
 pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
     vec![
-        &*PARTIALS, &*EVENTS, &*UPSERT_ROWS, &*FLUSH_SECONDS, &*FLUSH_ERRORS, &*END_TO_END, &*BUFFERED,
-        &*READY, &*BACKFILL_JOBS, &*BACKFILL_ATTEMPTS, &*BACKFILL_ROWS, &*SCHEDULER_LEADER,
-        &*SCHEDULE_RUNS, &*SCHEDULES_OVERDUE, &*FRESHNESS, &*PARKED_PARTITIONS, &*PARKED, &*RETRIES,
-        &*IMPORT_FILES, &*IMPORT_ROWS, &*IMPORT_WATCH_POLLS, &*IMPORT_WATCH_UNSETTLED, &*IMPORT_WATCH_QUEUED,
+        &*PARTIALS,
+        &*EVENTS,
+        &*UPSERT_ROWS,
+        &*FLUSH_SECONDS,
+        &*FLUSH_ERRORS,
+        &*END_TO_END,
+        &*BUFFERED,
+        &*READY,
+        &*BACKFILL_JOBS,
+        &*BACKFILL_ATTEMPTS,
+        &*BACKFILL_ROWS,
+        &*SCHEDULER_LEADER,
+        &*SCHEDULE_RUNS,
+        &*SCHEDULES_OVERDUE,
+        &*FRESHNESS,
+        &*PARKED_PARTITIONS,
+        &*PARKED,
+        &*RETRIES,
+        &*IMPORT_FILES,
+        &*IMPORT_ROWS,
+        &*IMPORT_WATCH_POLLS,
+        &*IMPORT_WATCH_UNSETTLED,
+        &*IMPORT_WATCH_QUEUED,
     ]
 }

@@ -24,7 +24,10 @@ use crate::metrics;
 /// Fails before connecting when the configuration is invalid, and when the
 /// Kafka consumer cannot be created. Database outages are retried with capped
 /// backoff while the buffered partials are kept.
-pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Result<(), AggregatorError> {
+pub async fn run(
+    config: AggregatorConfig,
+    shutdown: CancellationToken,
+) -> Result<(), AggregatorError> {
     config.validate()?;
     metrics::init();
     tokio::spawn(metrics::refresh_freshness(shutdown.clone()));
@@ -51,24 +54,48 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
         };
         let watch = (!config.import_watch.is_empty()).then(|| backfill::watch::WatchConfig {
             source: config.import_watch.clone(),
-            format: backfill::source::Format::parse("aggregator.import_format", &config.import_format).ok(),
+            format: backfill::source::Format::parse(
+                "aggregator.import_format",
+                &config.import_format,
+            )
+            .ok(),
             poll: Duration::from_millis(config.import_poll_ms),
             settle: Duration::from_millis(config.import_settle_ms),
         });
         let poll = Duration::from_millis(config.backfill_poll_ms);
-        tokio::spawn(backfill::scheduler::run(runner_store.clone(), poll, watch, shutdown.clone()));
-        tokio::spawn(backfill::runner::run(runner_store, runner, shutdown.clone()));
+        tokio::spawn(backfill::scheduler::run(
+            runner_store.clone(),
+            poll,
+            watch,
+            shutdown.clone(),
+        ));
+        tokio::spawn(backfill::runner::run(
+            runner_store,
+            runner,
+            shutdown.clone(),
+        ));
     }
     let brokers = config.brokers.clone();
     let kafka = |op: &'static str| {
         let brokers = brokers.clone();
-        move |source| AggregatorError::Kafka { op, brokers, source }
+        move |source| AggregatorError::Kafka {
+            op,
+            brokers,
+            source,
+        }
     };
     // The partials topic may not exist yet when the aggregator starts first:
     // create it, so that start order does not matter.
     let topics = [config.partials_topic.as_str()];
     let setup = || async {
-        shard_worker::kafka::ensure_topics(&config.brokers, &config.kafka, &topics, config.partials_partitions, config.replication_factor).await
+        shard_worker::kafka::ensure_topics(
+            &config.brokers,
+            &config.kafka,
+            &topics,
+            config.partials_partitions,
+            config.replication_factor,
+        )
+        .await
     };
     tokio::select! {
         made = retry::retry("topic_setup", setup, |_| metrics::RETRIES.with_label_values(&["topic_setup"]).inc()) => {
@@ -85,7 +112,10 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
-        .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(250).to_string());
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout_ms / 4).max(250).to_string(),
+        );
     if !config.group_instance_id.is_empty() {
         client.set("group.instance.id", &config.group_instance_id);
     }
@@ -93,10 +123,19 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> Resul
     for (key, value) in &config.kafka {
         client.set(key, value);
     }
-    let consumer: Arc<StreamConsumer<PartialsContext>> =
-        Arc::new(client.create_with_context(PartialsContext).map_err(kafka("consumer"))?);
-    consumer.subscribe(&[&config.partials_topic]).map_err(kafka("subscribe"))?;
-    tracing::info!(topic = config.partials_topic, group = config.group_id, "Aggregator consuming.");
+    let consumer: Arc<StreamConsumer<PartialsContext>> = Arc::new(
+        client
+            .create_with_context(PartialsContext)
+            .map_err(kafka("consumer"))?,
+    );
+    consumer
+        .subscribe(&[&config.partials_topic])
+        .map_err(kafka("subscribe"))?;
+    tracing::info!(
+        topic = config.partials_topic,
+        group = config.group_id,
+        "Aggregator consuming."
+    );
     metrics::READY.set(1);
     let topic: Arc<str> = config.partials_topic.as_str().into();
     // Flushes run one at a time, in order, while the next buffer fills. Under
@@ -164,11 +203,17 @@ fn finished(done: Result<Buffer, tokio::task::JoinError>) -> Buffer {
 ///
 /// Fails on a permanent error: a malformed URL, a failed migration.
 async fn connect(url: &str) -> Result<Store, AggregatorError> {
-    let on_retry = |_: &store::StoreError| metrics::RETRIES.with_label_values(&["database_connect"]).inc();
+    let on_retry = |_: &store::StoreError| {
+        metrics::RETRIES
+            .with_label_values(&["database_connect"])
+            .inc()
+    };
     Ok(retry::retry("database_connect", || Store::connect(url), on_retry).await?)
 }
 
 /// This machine's name, for task owners (`tally_tasks.owner`).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "aggregator".to_owned())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "aggregator".to_owned())
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use aggregator::backfill::plan::plan;
 use aggregator::backfill::runner::{self, now_ms, RunnerConfig};
 use aggregator::backfill::source::Format;
+use aggregator::backfill::watch::WatchConfig;
 use anyhow::{bail, Context, Result};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -31,12 +32,19 @@ use datafusion::parquet::file::properties::WriterProperties;
 use ingest::generate::{Generator, GeneratorConfig};
 use schemas::scan::object_fields;
 use schemas::Day;
-use aggregator::backfill::watch::WatchConfig;
 use store::jobs::{Kind, Scope, State};
 use store::Store;
 use tokio_util::sync::CancellationToken;
 
-const FIELDS: [&str; 7] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
+const FIELDS: [&str; 7] = [
+    "event_id",
+    "order_id",
+    "merchant_id",
+    "kind",
+    "amount",
+    "currency",
+    "occurred_at",
+];
 const PER_FILE: u64 = 10_000_000;
 const ROW_GROUP: usize = 1_000_000;
 
@@ -48,18 +56,37 @@ fn write_files(dir: &Path, events: u64) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
-    let schema = Arc::new(Schema::new(FIELDS.map(|f| Field::new(f, DataType::Utf8, true)).to_vec()));
-    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(ROW_GROUP)).build();
-    let config = GeneratorConfig { seed: 11, events, keyless: true, late_share: 0.1, ..GeneratorConfig::default() };
+    let schema = Arc::new(Schema::new(
+        FIELDS.map(|f| Field::new(f, DataType::Utf8, true)).to_vec(),
+    ));
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP))
+        .build();
+    let config = GeneratorConfig {
+        seed: 11,
+        events,
+        keyless: true,
+        late_share: 0.1,
+        ..GeneratorConfig::default()
+    };
     let mut generator = Generator::new(config).peekable();
     let mut file_no = 0;
     while generator.peek().is_some() {
         let path = dir.join(format!("orders-{file_no:04}.parquet"));
-        let mut writer = ArrowWriter::try_new(std::fs::File::create(&path)?, schema.clone(), Some(properties.clone()))?;
+        let mut writer = ArrowWriter::try_new(
+            std::fs::File::create(&path)?,
+            schema.clone(),
+            Some(properties.clone()),
+        )?;
         let mut in_file = 0u64;
         while in_file < PER_FILE && generator.peek().is_some() {
-            let mut builders: Vec<StringBuilder> = (0..FIELDS.len()).map(|_| StringBuilder::new()).collect();
-            for message in generator.by_ref().take(ROW_GROUP.min((PER_FILE - in_file) as usize)) {
+            let mut builders: Vec<StringBuilder> =
+                (0..FIELDS.len()).map(|_| StringBuilder::new()).collect();
+            for message in generator
+                .by_ref()
+                .take(ROW_GROUP.min((PER_FILE - in_file) as usize))
+            {
                 let text = std::str::from_utf8(&message.payload)?;
                 let fields = object_fields(text, &FIELDS).unwrap_or([None; 7]);
                 for (builder, raw) in builders.iter_mut().zip(fields) {
@@ -67,7 +94,10 @@ fn write_files(dir: &Path, events: u64) -> Result<()> {
                 }
                 in_file += 1;
             }
-            let arrays: Vec<ArrayRef> = builders.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+            let arrays: Vec<ArrayRef> = builders
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef)
+                .collect();
             writer.write(&RecordBatch::try_new(schema.clone(), arrays)?)?;
         }
         writer.close()?;
@@ -86,13 +116,33 @@ async fn tally_once(dir: &Path, shards: Option<i32>) -> Result<(Duration, i64)> 
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
     let store = Arc::new(Store::connect(&format!("sqlite://{}", db.display())).await?);
-    let scope = Scope { from: Day(0), to: Day(100_000), merchants: Vec::new() };
+    let scope = Scope {
+        from: Day(0),
+        to: Day(100_000),
+        merchants: Vec::new(),
+    };
     let source = format!("{}/*.parquet", dir.display());
     let started = Instant::now();
-    let job = plan(&source, Some(Format::Parquet), scope, shards, None, Vec::new()).await.map_err(anyhow::Error::msg)?;
+    let job = plan(
+        &source,
+        Some(Format::Parquet),
+        scope,
+        shards,
+        None,
+        Vec::new(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let id = store.create_job(&job, now_ms()).await?;
     let shutdown = CancellationToken::new();
-    let config = RunnerConfig { owner: "bench".into(), parallelism: 2, max_attempts: 1, retry_base_ms: 1000, lease_ms: 600_000, poll_ms: 20 };
+    let config = RunnerConfig {
+        owner: "bench".into(),
+        parallelism: 2,
+        max_attempts: 1,
+        retry_base_ms: 1000,
+        lease_ms: 600_000,
+        poll_ms: 20,
+    };
     let running = tokio::spawn(runner::run(store.clone(), config, shutdown.clone()));
     let job = loop {
         let job = store.job(id).await?.context("the job exists")?;
@@ -113,15 +163,24 @@ async fn tally_once(dir: &Path, shards: Option<i32>) -> Result<(Duration, i64)> 
 /// Commits the totals of `events` streamed events to `store` through the
 /// fence, as one partial of partition 0.
 async fn stream_totals(store: &Store, events: u64) -> Result<usize> {
-    let mut sums: std::collections::BTreeMap<schemas::TotalsKey, schemas::Sums> = Default::default();
-    let config = GeneratorConfig { seed: 12, events, late_share: 0.1, ..GeneratorConfig::default() };
+    let mut sums: std::collections::BTreeMap<schemas::TotalsKey, schemas::Sums> =
+        Default::default();
+    let config = GeneratorConfig {
+        seed: 12,
+        events,
+        late_share: 0.1,
+        ..GeneratorConfig::default()
+    };
     for message in Generator::new(config) {
         if let ingest::generate::Truth::Counted { key, kind, amount } = message.truth {
             sums.entry(key).or_default().add_event(kind, amount);
         }
     }
     let claim = store.claim("orders", 0, "bench").await?;
-    let rows: Vec<schemas::PartialRow> = sums.into_iter().map(|(key, sums)| schemas::PartialRow { key, sums }).collect();
+    let rows: Vec<schemas::PartialRow> = sums
+        .into_iter()
+        .map(|(key, sums)| schemas::PartialRow { key, sums })
+        .collect();
     let keys = rows.len();
     let partial = schemas::Partial {
         topic: "orders".into(),
@@ -131,7 +190,10 @@ async fn stream_totals(store: &Store, events: u64) -> Result<usize> {
         last_offset: events as i64 - 1,
         dedupe_from_offset: 0,
         dedupe_clock_ms: None,
-        events: schemas::partial::EventCounts { counted: events, ..Default::default() },
+        events: schemas::partial::EventCounts {
+            counted: events,
+            ..Default::default()
+        },
         max_append_ms: None,
         rows,
     };
@@ -152,18 +214,44 @@ async fn import_once(dir: &Path) -> Result<(Duration, i64, usize)> {
     let _ = std::fs::remove_dir_all(&inbox);
     std::fs::create_dir_all(&inbox)?;
     let shutdown = CancellationToken::new();
-    let watch = WatchConfig { source: inbox.display().to_string(), format: None, poll: Duration::from_millis(20), settle: Duration::ZERO };
-    let scheduler = tokio::spawn(aggregator::backfill::scheduler::run(store.clone(), Duration::from_millis(20), Some(watch), shutdown.clone()));
-    let config = RunnerConfig { owner: "bench".into(), parallelism: 2, max_attempts: 1, retry_base_ms: 1000, lease_ms: 600_000, poll_ms: 20 };
+    let watch = WatchConfig {
+        source: inbox.display().to_string(),
+        format: None,
+        poll: Duration::from_millis(20),
+        settle: Duration::ZERO,
+    };
+    let scheduler = tokio::spawn(aggregator::backfill::scheduler::run(
+        store.clone(),
+        Duration::from_millis(20),
+        Some(watch),
+        shutdown.clone(),
+    ));
+    let config = RunnerConfig {
+        owner: "bench".into(),
+        parallelism: 2,
+        max_attempts: 1,
+        retry_base_ms: 1000,
+        lease_ms: 600_000,
+        poll_ms: 20,
+    };
     let running = tokio::spawn(runner::run(store.clone(), config, shutdown.clone()));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
     files.sort();
     let started = Instant::now();
     for file in &files {
         std::fs::hard_link(file, inbox.join(file.file_name().expect("a file name")))?;
     }
     let jobs = loop {
-        let jobs: Vec<_> = store.jobs(1_000).await?.into_iter().filter(|j| j.kind == Kind::Import).collect();
+        let jobs: Vec<_> = store
+            .jobs(1_000)
+            .await?
+            .into_iter()
+            .filter(|j| j.kind == Kind::Import)
+            .collect();
         if jobs.len() == files.len() && jobs.iter().all(|j| j.state.is_final()) {
             break jobs;
         }
@@ -176,21 +264,38 @@ async fn import_once(dir: &Path) -> Result<(Duration, i64, usize)> {
     if let Some(job) = jobs.iter().find(|j| j.state != State::Succeeded) {
         bail!("an import ended {}: {:?}", job.state, job.last_error);
     }
-    Ok((elapsed, jobs.iter().map(|j| j.keys_written.unwrap_or(0)).sum(), streamed))
+    Ok((
+        elapsed,
+        jobs.iter().map(|j| j.keys_written.unwrap_or(0)).sum(),
+        streamed,
+    ))
 }
 
 /// One DuckDB run of the same GROUP BY into a table; its own timing.
 fn duckdb_once(python: &str, dir: &Path) -> Result<Option<Duration>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("duckdb_backfill.py");
-    let out = match std::process::Command::new(python).arg(script).arg(dir).output() {
+    let out = match std::process::Command::new(python)
+        .arg(script)
+        .arg(dir)
+        .output()
+    {
         Ok(out) => out,
         Err(_) => return Ok(None),
     };
     if !out.status.success() {
-        eprintln!("  DuckDB skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        eprintln!(
+            "  DuckDB skipped: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
         return Ok(None);
     }
-    let seconds: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("DuckDB prints its seconds")?;
+    let seconds: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("DuckDB prints its seconds")?;
     Ok(Some(Duration::from_secs_f64(seconds)))
 }
 
@@ -202,9 +307,14 @@ fn median(mut values: Vec<Duration>) -> Duration {
 /// Runs the imports and prints the median, beside the backfill's when `backfill` is given.
 pub fn import(events: u64, runs: u64, root: &Path) -> Result<()> {
     let dir = root.join(format!("backfill-{events}"));
-    println!("import: {events} events as Parquet in {}, into a table of streamed totals", dir.display());
+    println!(
+        "import: {events} events as Parquet in {}, into a table of streamed totals",
+        dir.display()
+    );
     write_files(&dir, events)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let mut times = Vec::new();
     for run in 0..runs {
         let (elapsed, keys, streamed) = runtime.block_on(import_once(&dir))?;
@@ -212,7 +322,11 @@ pub fn import(events: u64, runs: u64, root: &Path) -> Result<()> {
         times.push(elapsed);
     }
     let t = median(times);
-    println!("  import median {:.2} s ({:.2} M events/s)", t.as_secs_f64(), events as f64 / t.as_secs_f64() / 1e6);
+    println!(
+        "  import median {:.2} s ({:.2} M events/s)",
+        t.as_secs_f64(),
+        events as f64 / t.as_secs_f64() / 1e6
+    );
     Ok(())
 }
 
@@ -221,13 +335,22 @@ pub fn run(events: u64, runs: u64, shards: Option<i32>, root: &Path, python: &st
     let dir = root.join(format!("backfill-{events}"));
     println!("backfill: {events} events as Parquet in {}", dir.display());
     write_files(&dir, events)?;
-    let bytes: u64 = std::fs::read_dir(&dir)?.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "parquet")).map(|e| e.metadata().map_or(0, |m| m.len())).sum();
+    let bytes: u64 = std::fs::read_dir(&dir)?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum();
     println!("  {:.0} MiB of Parquet", bytes as f64 / (1 << 20) as f64);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let (mut tally, mut duck) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let (elapsed, keys) = runtime.block_on(tally_once(&dir, shards))?;
-        println!("  run {run}: tally {:.2} s ({keys} rows written)", elapsed.as_secs_f64());
+        println!(
+            "  run {run}: tally {:.2} s ({keys} rows written)",
+            elapsed.as_secs_f64()
+        );
         tally.push(elapsed);
         if let Some(d) = duckdb_once(python, &dir)? {
             println!("  run {run}: DuckDB {:.2} s", d.as_secs_f64());
@@ -235,10 +358,18 @@ pub fn run(events: u64, runs: u64, shards: Option<i32>, root: &Path, python: &st
         }
     }
     let t = median(tally);
-    println!("  tally median {:.2} s ({:.2} M events/s)", t.as_secs_f64(), events as f64 / t.as_secs_f64() / 1e6);
+    println!(
+        "  tally median {:.2} s ({:.2} M events/s)",
+        t.as_secs_f64(),
+        events as f64 / t.as_secs_f64() / 1e6
+    );
     if !duck.is_empty() {
         let d = median(duck);
-        println!("  DuckDB median {:.2} s; tally / DuckDB = {:.2}", d.as_secs_f64(), t.as_secs_f64() / d.as_secs_f64());
+        println!(
+            "  DuckDB median {:.2} s; tally / DuckDB = {:.2}",
+            d.as_secs_f64(),
+            t.as_secs_f64() / d.as_secs_f64()
+        );
     }
     Ok(())
 }

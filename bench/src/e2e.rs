@@ -78,8 +78,14 @@ pub struct Setup {
 
 /// Runs `runs` times and prints medians.
 pub fn run(setup: &Setup, runs: u64) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let mode = if setup.backlog { "a backlog, timed from process start" } else { "published into a settled pipeline, timed from the first publish" };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mode = if setup.backlog {
+        "a backlog, timed from process start"
+    } else {
+        "published into a settled pipeline, timed from the first publish"
+    };
     println!(
         "e2e: {} events ({mode}), {} merchants, {} partitions, {} workers + 1 aggregator, PostgreSQL; extra settings: {:?}",
         setup.events, setup.merchants, setup.partitions, setup.workers, setup.sets
@@ -110,7 +116,11 @@ pub fn run(setup: &Setup, runs: u64) -> Result<()> {
             run.p99,
             run.paced_rate,
         );
-        let rss: Vec<String> = run.peak_rss_mib.iter().map(|(name, mib)| format!("{name} {mib:.0} MiB")).collect();
+        let rss: Vec<String> = run
+            .peak_rss_mib
+            .iter()
+            .map(|(name, mib)| format!("{name} {mib:.0} MiB"))
+            .collect();
         println!("         peak RSS: {}", rss.join(", "));
         results.push(run);
     }
@@ -122,29 +132,81 @@ pub fn run(setup: &Setup, runs: u64) -> Result<()> {
     let events = setup.events as f64;
     println!("| measure (median of {runs}) | figure |");
     println!("| --- | --- |");
-    println!("| bare consumer, default fetch settings | {:.0} msgs/s |", median(&|r| r.bare_default));
-    println!("| bare consumer, fetch.wait.max.ms=10 and a deep queue | {:.0} msgs/s |", median(&|r| r.bare_tuned));
+    println!(
+        "| bare consumer, default fetch settings | {:.0} msgs/s |",
+        median(&|r| r.bare_default)
+    );
+    println!(
+        "| bare consumer, fetch.wait.max.ms=10 and a deep queue | {:.0} msgs/s |",
+        median(&|r| r.bare_tuned)
+    );
     if !setup.backlog {
-        println!("| processes started to group settled | {:.2} s |", median(&|r| r.settle_seconds));
+        println!(
+            "| processes started to group settled | {:.2} s |",
+            median(&|r| r.settle_seconds)
+        );
     }
-    println!("| one producer publishing the events | {:.2} s, {:.0} events/s |", median(&|r| r.publish_seconds), median(&|r| events / r.publish_seconds));
-    println!("| tally, to exact totals | {:.2} s, {:.0} events/s |", median(&|r| r.tally_seconds), median(&|r| events / r.tally_seconds));
-    println!("| tally / tuned bare consumer | {:.2} |", median(&|r| events / r.tally_seconds / r.bare_tuned));
-    println!("| tally / default bare consumer | {:.2} |", median(&|r| events / r.tally_seconds / r.bare_default));
-    println!("| CPU, all tally processes, start to exact totals | {:.1} s, {:.2} µs per event |", median(&|r| r.cpu_seconds), median(&|r| r.cpu_seconds / events * 1e6));
-    println!("| rows upserted into merchant_sales, per event | {:.3} ({:.0} flushes) |", median(&|r| r.upserts.0 / events), median(&|r| r.upserts.1));
-    println!("| append-to-commit at half that rate | p50 {:.3} s, p99 {:.3} s |", median(&|r| r.p50), median(&|r| r.p99));
+    println!(
+        "| one producer publishing the events | {:.2} s, {:.0} events/s |",
+        median(&|r| r.publish_seconds),
+        median(&|r| events / r.publish_seconds)
+    );
+    println!(
+        "| tally, to exact totals | {:.2} s, {:.0} events/s |",
+        median(&|r| r.tally_seconds),
+        median(&|r| events / r.tally_seconds)
+    );
+    println!(
+        "| tally / tuned bare consumer | {:.2} |",
+        median(&|r| events / r.tally_seconds / r.bare_tuned)
+    );
+    println!(
+        "| tally / default bare consumer | {:.2} |",
+        median(&|r| events / r.tally_seconds / r.bare_default)
+    );
+    println!(
+        "| CPU, all tally processes, start to exact totals | {:.1} s, {:.2} µs per event |",
+        median(&|r| r.cpu_seconds),
+        median(&|r| r.cpu_seconds / events * 1e6)
+    );
+    println!(
+        "| rows upserted into merchant_sales, per event | {:.3} ({:.0} flushes) |",
+        median(&|r| r.upserts.0 / events),
+        median(&|r| r.upserts.1)
+    );
+    println!(
+        "| append-to-commit at half that rate | p50 {:.3} s, p99 {:.3} s |",
+        median(&|r| r.p50),
+        median(&|r| r.p99)
+    );
     Ok(())
 }
 
 async fn once(setup: &Setup, n: u64) -> Result<Run> {
     let id = format!("{}-{n}", std::process::id());
-    let (orders, partials, dlq) = (format!("e2e-orders-{id}"), format!("e2e-partials-{id}"), format!("e2e-dlq-{id}"));
-    shard_worker::kafka::ensure_topics(&setup.brokers, &Default::default(), &[&orders, &partials, &dlq], setup.partitions, 1).await?;
-    let database_url = fresh_database(&setup.pg_url, &format!("e2e_{}", id.replace('-', "_"))).await?;
+    let (orders, partials, dlq) = (
+        format!("e2e-orders-{id}"),
+        format!("e2e-partials-{id}"),
+        format!("e2e-dlq-{id}"),
+    );
+    shard_worker::kafka::ensure_topics(
+        &setup.brokers,
+        &Default::default(),
+        &[&orders, &partials, &dlq],
+        setup.partitions,
+        1,
+    )
+    .await?;
+    let database_url =
+        fresh_database(&setup.pg_url, &format!("e2e_{}", id.replace('-', "_"))).await?;
     let store = Store::connect(&database_url).await?;
 
-    let config = GeneratorConfig { seed: 500 + n, events: setup.events, merchants: setup.merchants, ..GeneratorConfig::default() };
+    let config = GeneratorConfig {
+        seed: 500 + n,
+        events: setup.events,
+        merchants: setup.merchants,
+        ..GeneratorConfig::default()
+    };
     let mut generator = Generator::new(config.clone());
     let messages: Vec<Generated> = generator.by_ref().collect();
     let expected = generator.totals().clone();
@@ -172,20 +234,39 @@ async fn once(setup: &Setup, n: u64) -> Result<Run> {
     let launched = Instant::now();
     let mut processes = Vec::new();
     let names: Vec<String> = (1..=setup.workers).map(|n| format!("worker-{n}")).collect();
-    let roles = names.iter().map(|name| ("worker", name.as_str())).chain([("aggregator", "aggregator")]);
+    let roles = names
+        .iter()
+        .map(|name| ("worker", name.as_str()))
+        .chain([("aggregator", "aggregator")]);
     for (role, name) in roles {
         let metrics = free_addr()?;
         // `setpriv --pdeathsig` (util-linux) execs the service in its place and
         // kills it if the bench dies first.
         let mut command = Command::new("setpriv");
         command.args(["--pdeathsig", "KILL", "--", &setup.tally]);
-        command.args([role, "--brokers", &setup.brokers, "--database-url", &database_url, "--metrics-addr", &metrics]);
+        command.args([
+            role,
+            "--brokers",
+            &setup.brokers,
+            "--database-url",
+            &database_url,
+            "--metrics-addr",
+            &metrics,
+        ]);
         for set in topics.iter().chain(&setup.sets) {
             command.args(["--set", set]);
         }
         let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-        let child = command.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {}", setup.tally))?;
-        processes.push(Process { name: name.to_owned(), child, metrics });
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", setup.tally))?;
+        processes.push(Process {
+            name: name.to_owned(),
+            child,
+            metrics,
+        });
     }
     let result = async {
         let (started, settle_seconds) = if setup.backlog {
@@ -242,7 +323,9 @@ async fn once(setup: &Setup, n: u64) -> Result<Run> {
     }
     .await;
     for process in &mut processes {
-        let _ = Command::new("kill").args(["-TERM", &process.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &process.child.id().to_string()])
+            .status();
     }
     for process in &mut processes {
         let _ = process.child.wait();
@@ -259,28 +342,54 @@ struct Process {
 impl Process {
     /// User plus system CPU seconds so far (`/proc/PID/stat`, in clock ticks of 1/100 s).
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         (ticks(11) + ticks(12)) / 100.0
     }
 
     /// The most resident memory the process has held (`VmHWM`).
     fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
         kib.unwrap_or(0.0) / 1024.0
     }
 }
 
 /// Reads every message of `topic` with a bare consumer that decodes
 /// nothing; returns messages per second from the first poll to the last message.
-async fn drain(brokers: &str, topic: &str, partitions: i32, events: u64, settings: &[(&str, &str)]) -> Result<f64> {
+async fn drain(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    events: u64,
+    settings: &[(&str, &str)],
+) -> Result<f64> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let settings: Vec<(String, String)> = settings
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &brokers).set("group.id", format!("e2e-bare-{}", std::process::id())).set("enable.auto.commit", "false");
+        config
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("e2e-bare-{}", std::process::id()))
+            .set("enable.auto.commit", "false");
         for (key, value) in &settings {
             config.set(key, value);
         }
@@ -296,7 +405,9 @@ async fn drain(brokers: &str, topic: &str, partitions: i32, events: u64, setting
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(_)) => seen += 1,
                 Some(Err(error)) => bail!("bare consumer: {error}"),
-                None if started.elapsed() > Duration::from_secs(300) => bail!("bare consumer: {seen} of {events} after 300 s"),
+                None if started.elapsed() > Duration::from_secs(300) => {
+                    bail!("bare consumer: {seen} of {events} after 300 s")
+                }
                 None => {}
             }
         }
@@ -311,9 +422,15 @@ async fn settled(processes: &[Process], partitions: i32, limit: Duration) -> Res
     loop {
         let mut held = Vec::new();
         for process in processes.iter().filter(|p| p.name.starts_with("worker")) {
-            let reply = ingest::client::request(&process.metrics, "GET", "/metrics", &[], b"").await;
-            let text = reply.map(|r| String::from_utf8_lossy(&r.body).into_owned()).unwrap_or_default();
-            let value = text.lines().find_map(|l| l.strip_prefix("tally_worker_assigned_partitions ")).and_then(|v| v.trim().parse::<f64>().ok());
+            let reply =
+                ingest::client::request(&process.metrics, "GET", "/metrics", &[], b"").await;
+            let text = reply
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                .unwrap_or_default();
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix("tally_worker_assigned_partitions "))
+                .and_then(|v| v.trim().parse::<f64>().ok());
             held.push(value.unwrap_or(0.0));
         }
         if held.iter().all(|&n| n > 0.0) && held.iter().sum::<f64>() == f64::from(partitions) {
@@ -327,11 +444,21 @@ async fn settled(processes: &[Process], partitions: i32, limit: Duration) -> Res
 }
 
 /// Waits until the fences of `topic` cover `messages`; fails if a process exits.
-async fn wait_committed(store: &Store, topic: &str, messages: u64, processes: &mut [Process], limit: Duration) -> Result<()> {
+async fn wait_committed(
+    store: &Store,
+    topic: &str,
+    messages: u64,
+    processes: &mut [Process],
+    limit: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let progress = store.progress().await?;
-        let done: i64 = progress.iter().filter(|p| p.topic == topic).map(|p| p.fence.next_offset).sum();
+        let done: i64 = progress
+            .iter()
+            .filter(|p| p.topic == topic)
+            .map(|p| p.fence.next_offset)
+            .sum();
         if done as u64 >= messages {
             return Ok(());
         }
@@ -351,7 +478,13 @@ async fn wait_committed(store: &Store, topic: &str, messages: u64, processes: &m
 async fn metric(addr: &str, name: &str) -> Result<f64> {
     let reply = ingest::client::request(addr, "GET", "/metrics", &[], b"").await?;
     let text = String::from_utf8_lossy(&reply.body);
-    let value = text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok());
+    let value = text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    });
     value.with_context(|| format!("no {name} on {addr}"))
 }
 
@@ -361,10 +494,16 @@ async fn histogram(addr: &str) -> Result<Vec<(f64, f64)>> {
     let text = String::from_utf8_lossy(&reply.body);
     let mut buckets: Vec<(f64, f64)> = text
         .lines()
-        .filter_map(|line| line.strip_prefix("tally_aggregator_end_to_end_latency_seconds_bucket{le=\""))
+        .filter_map(|line| {
+            line.strip_prefix("tally_aggregator_end_to_end_latency_seconds_bucket{le=\"")
+        })
         .filter_map(|rest| {
             let (le, value) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, value.trim().parse().ok()?))
         })
         .collect();
@@ -379,19 +518,34 @@ async fn histogram(addr: &str) -> Result<Vec<(f64, f64)>> {
 /// made between two readings of a histogram.
 fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     let earlier: HashMap<u64, f64> = before.iter().map(|(le, n)| (le.to_bits(), *n)).collect();
-    let delta: Vec<(f64, f64)> = after.iter().map(|(le, n)| (*le, n - earlier.get(&le.to_bits()).copied().unwrap_or(0.0))).collect();
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| (*le, n - earlier.get(&le.to_bits()).copied().unwrap_or(0.0)))
+        .collect();
     let total = delta.last().map_or(0.0, |b| b.1);
-    delta.iter().find(|(_, n)| *n >= total * q).map_or(f64::NAN, |b| b.0)
+    delta
+        .iter()
+        .find(|(_, n)| *n >= total * q)
+        .map_or(f64::NAN, |b| b.0)
 }
 
 async fn fresh_database(admin_url: &str, name: &str) -> Result<String> {
     let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
-    let (base, _) = admin_url.rsplit_once('/').context("the PostgreSQL URL names a database")?;
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .context("the PostgreSQL URL names a database")?;
     Ok(format!("{base}/{name}"))
 }
 
 fn free_addr() -> Result<String> {
-    Ok(format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))
+    Ok(format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    ))
 }

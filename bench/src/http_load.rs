@@ -5,14 +5,19 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ingest::generate::{Generator, GeneratorConfig, Truth};
 use ingest::client::request;
+use ingest::generate::{Generator, GeneratorConfig, Truth};
 
 /// One POST over a fresh connection; returns the status code.
 async fn post(addr: &str, token: &str, body: &[u8]) -> Result<u16> {
     let bearer = format!("Bearer {token}");
-    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/x-ndjson")];
-    let reply = request(addr, "POST", "/v1/orders", &headers, body).await.with_context(|| format!("posting to {addr}"))?;
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/x-ndjson"),
+    ];
+    let reply = request(addr, "POST", "/v1/orders", &headers, body)
+        .await
+        .with_context(|| format!("posting to {addr}"))?;
     Ok(reply.status)
 }
 
@@ -22,15 +27,31 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Runs the load and prints throughput and latency percentiles.
 pub async fn run(addr: &str, token: &str, events: u64, batch: usize, clients: usize) -> Result<()> {
-    let config = GeneratorConfig { seed: 9, events, invalid_share: 0.0, ..GeneratorConfig::default() };
-    let payloads: Vec<Vec<u8>> =
-        Generator::new(config).filter(|m| !matches!(m.truth, Truth::Invalid(_))).map(|m| m.payload).collect();
+    let config = GeneratorConfig {
+        seed: 9,
+        events,
+        invalid_share: 0.0,
+        ..GeneratorConfig::default()
+    };
+    let payloads: Vec<Vec<u8>> = Generator::new(config)
+        .filter(|m| !matches!(m.truth, Truth::Invalid(_)))
+        .map(|m| m.payload)
+        .collect();
     let bodies: Vec<Vec<u8>> = payloads.chunks(batch).map(|c| c.join(&b'\n')).collect();
-    println!("ingest: {} events in {} requests of {batch}, {clients} clients, {addr}", payloads.len(), bodies.len());
+    println!(
+        "ingest: {} events in {} requests of {batch}, {clients} clients, {addr}",
+        payloads.len(),
+        bodies.len()
+    );
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..clients {
-        let mine: Vec<Vec<u8>> = bodies.iter().skip(client).step_by(clients).cloned().collect();
+        let mine: Vec<Vec<u8>> = bodies
+            .iter()
+            .skip(client)
+            .step_by(clients)
+            .cloned()
+            .collect();
         let (addr, token) = (addr.to_owned(), token.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(mine.len());

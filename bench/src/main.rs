@@ -56,7 +56,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
@@ -65,7 +68,11 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 fn messages(events: u64) -> Vec<Message> {
-    let config = GeneratorConfig { seed: 7, events, ..GeneratorConfig::default() };
+    let config = GeneratorConfig {
+        seed: 7,
+        events,
+        ..GeneratorConfig::default()
+    };
     Generator::new(config)
         .enumerate()
         .map(|(i, g)| Message {
@@ -80,7 +87,11 @@ fn messages(events: u64) -> Vec<Message> {
 
 fn arg(args: &[String], name: &str, default: u64) -> Result<u64> {
     match args.iter().position(|a| a == name) {
-        Some(i) => args.get(i + 1).context("missing value")?.parse().with_context(|| format!("{name} takes a number")),
+        Some(i) => args
+            .get(i + 1)
+            .context("missing value")?
+            .parse()
+            .with_context(|| format!("{name} takes a number")),
         None => Ok(default),
     }
 }
@@ -91,12 +102,19 @@ fn hotpath(args: &[String]) -> Result<()> {
     let runs = arg(args, "--runs", 5)?;
     let input = messages(events);
     let bytes: usize = input.iter().map(|m| m.payload.len()).sum();
-    println!("hotpath: {events} events, mean {} bytes, batches of {batch}, {runs} runs, 1 thread", bytes / input.len());
+    println!(
+        "hotpath: {events} events, mean {} bytes, batches of {batch}, {runs} runs, 1 thread",
+        bytes / input.len()
+    );
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let ctx = session();
     let ids: Vec<String> = input
         .iter()
-        .filter_map(|m| schemas::event::decode(&m.payload, None).ok().map(|e| e.event_id.into_owned()))
+        .filter_map(|m| {
+            schemas::event::decode(&m.payload, None)
+                .ok()
+                .map(|e| e.event_id.into_owned())
+        })
         .collect();
     let hashes: Vec<IdHash> = ids.iter().map(|id| IdHash::of(id)).collect();
     let mut rates = Vec::new();
@@ -119,7 +137,10 @@ fn hotpath(args: &[String]) -> Result<()> {
         // The same work again, one stage at a time, in ns per event.
         let per_event = |took: Duration| took.as_secs_f64() * 1e9 / events as f64;
         let started = Instant::now();
-        let valid = input.iter().filter(|m| schemas::event::decode(&m.payload, m.key.as_deref()).is_ok()).count();
+        let valid = input
+            .iter()
+            .filter(|m| schemas::event::decode(&m.payload, m.key.as_deref()).is_ok())
+            .count();
         let parsing = per_event(started.elapsed());
         let mut window = DedupeWindow::new(900_000, 2_000_000);
         let started = Instant::now();
@@ -128,7 +149,12 @@ fn hotpath(args: &[String]) -> Result<()> {
             if let Some(&ahead) = hashes.get(i + 8) {
                 window.touch(ahead);
             }
-            std::hint::black_box(window.sight_hashed(id, 0, i as i64, 1_763_600_000_000 + i as i64));
+            std::hint::black_box(window.sight_hashed(
+                id,
+                0,
+                i as i64,
+                1_763_600_000_000 + i as i64,
+            ));
         }
         let deduping = started.elapsed().as_secs_f64() * 1e9 / ids.len() as f64;
         let total = per_event(elapsed);
@@ -145,10 +171,22 @@ fn hotpath(args: &[String]) -> Result<()> {
     println!("median: {:.0} events/s per core", median(&mut rates));
     let [parsing, deduping, building, aggregating] = &mut stages;
     println!("  where an event's time goes (medians, ns):");
-    println!("    parse and validate the JSON          {:>5.0}", median(parsing));
-    println!("    dedupe window, per new id (hashed)   {:>5.0}", median(deduping));
-    println!("    digest, Arrow columns, bookkeeping   {:>5.0}", median(building));
-    println!("    DataFusion partial aggregation       {:>5.0}", median(aggregating));
+    println!(
+        "    parse and validate the JSON          {:>5.0}",
+        median(parsing)
+    );
+    println!(
+        "    dedupe window, per new id (hashed)   {:>5.0}",
+        median(deduping)
+    );
+    println!(
+        "    digest, Arrow columns, bookkeeping   {:>5.0}",
+        median(building)
+    );
+    println!(
+        "    DataFusion partial aggregation       {:>5.0}",
+        median(aggregating)
+    );
     Ok(())
 }
 
@@ -173,7 +211,10 @@ fn partials(args: &[String]) -> Result<()> {
     use shard_worker::cut::{cut, Head, Limits, Span};
     let merchants = arg(args, "--merchants", 40_000)? as usize;
     let defaults = shard_worker::WorkerConfig::default();
-    let limits = Limits { max_rows: defaults.partial_max_rows, max_bytes: defaults.partial_max_bytes };
+    let limits = Limits {
+        max_rows: defaults.partial_max_rows,
+        max_bytes: defaults.partial_max_bytes,
+    };
     let batch: Vec<Message> = (0..merchants)
         .map(|i| Message {
             offset: i as i64,
@@ -186,12 +227,31 @@ fn partials(args: &[String]) -> Result<()> {
             headers: Vec::new(),
         })
         .collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let mut window = DedupeWindow::new(900_000, 2_000_000);
     let decoded = decode_messages(&batch, &mut window, 0, 0)?;
-    let head = Head { topic: "orders", partition: 0, epoch: 1 };
-    let whole = Span { start: 0, end: batch.len() };
-    let pieces = runtime.block_on(cut(&session(), &head, &batch, &decoded, 0, whole, None, limits));
+    let head = Head {
+        topic: "orders",
+        partition: 0,
+        epoch: 1,
+    };
+    let whole = Span {
+        start: 0,
+        end: batch.len(),
+    };
+    let pieces = runtime.block_on(cut(
+        &session(),
+        &head,
+        &batch,
+        &decoded,
+        0,
+        whole,
+        None,
+        limits,
+    ));
     let mut rows: Vec<usize> = pieces.iter().map(|p| p.partial.rows.len()).collect();
     let mut bytes: Vec<usize> = pieces.iter().map(|p| p.payload.len()).collect();
     rows.sort_unstable();
@@ -207,8 +267,13 @@ fn partials(args: &[String]) -> Result<()> {
 }
 
 fn text_arg(args: &[String], name: &str) -> Result<String> {
-    let i = args.iter().position(|a| a == name).with_context(|| format!("{name} is required"))?;
-    args.get(i + 1).cloned().with_context(|| format!("{name} needs a value"))
+    let i = args
+        .iter()
+        .position(|a| a == name)
+        .with_context(|| format!("{name} is required"))?;
+    args.get(i + 1)
+        .cloned()
+        .with_context(|| format!("{name} needs a value"))
 }
 
 /// Starts `tally ingest` against `--brokers`, loads it, and stops it.
@@ -218,15 +283,30 @@ fn ingest(args: &[String]) -> Result<()> {
     let events = arg(args, "--events", 200_000)?;
     let batch = arg(args, "--batch", 1_000)? as usize;
     let clients = arg(args, "--clients", 8)? as usize;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let topic = format!("bench-orders-{}", std::process::id());
         shard_worker::kafka::ensure_topics(&brokers, &Default::default(), &[&topic], 8, 1).await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let mut service = std::process::Command::new(&tally)
-            .args(["ingest", "--brokers", &brokers, "--set", &format!("ingest.listen={addr}")])
-            .args(["--set", &format!("ingest.orders_topic={topic}"), "--set", "ingest.tokens=bench"])
+            .args([
+                "ingest",
+                "--brokers",
+                &brokers,
+                "--set",
+                &format!("ingest.listen={addr}"),
+            ])
+            .args([
+                "--set",
+                &format!("ingest.orders_topic={topic}"),
+                "--set",
+                "ingest.tokens=bench",
+            ])
             .stderr(std::process::Stdio::null())
             .spawn()
             .with_context(|| format!("starting {tally}"))?;

@@ -35,11 +35,23 @@ impl Endpoint {
             return Err(ConfigError::new(field, url, "names no host"));
         }
         let addr = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => authority.to_owned(),
-            Some(_) => return Err(ConfigError::new(field, url, "has a port that is not a number from 0 to 65535")),
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                authority.to_owned()
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    field,
+                    url,
+                    "has a port that is not a number from 0 to 65535",
+                ))
+            }
             None => format!("{authority}:80"),
         };
-        let path = if path.is_empty() || path == "/" { "/v1/orders".to_owned() } else { path.to_owned() };
+        let path = if path.is_empty() || path == "/" {
+            "/v1/orders".to_owned()
+        } else {
+            path.to_owned()
+        };
         Ok(Endpoint { addr, path })
     }
 }
@@ -58,19 +70,35 @@ pub struct Reply {
 impl Reply {
     /// The first value of header `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// `Retry-After` in seconds, when the server sent one.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.header("retry-after")?.trim().parse().ok().map(Duration::from_secs)
+        self.header("retry-after")?
+            .trim()
+            .parse()
+            .ok()
+            .map(Duration::from_secs)
     }
 }
 
 /// Sends one request over a fresh connection and reads the whole response.
-pub async fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
     let (mut reader, mut writer) = tokio::net::TcpStream::connect(addr).await?.into_split();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -95,7 +123,9 @@ pub async fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &st
         }
     }
     writing.abort();
-    parse(&response).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP/1.1 response"))
+    parse(&response).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP/1.1 response")
+    })
 }
 
 /// Posts one NDJSON batch of events to `endpoint` and returns the service's
@@ -103,24 +133,48 @@ pub async fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &st
 /// `Retry-After` (one second when absent) until `give_up_after` has passed;
 /// retrying is safe, since workers count a repeated `event_id` once. Any
 /// other status is an error that carries the service's message.
-pub async fn post_orders(endpoint: &Endpoint, token: &str, ndjson: &[u8], give_up_after: Duration) -> Result<Outcome, String> {
+pub async fn post_orders(
+    endpoint: &Endpoint,
+    token: &str,
+    ndjson: &[u8],
+    give_up_after: Duration,
+) -> Result<Outcome, String> {
     let bearer = format!("Bearer {token}");
-    let headers = [("Content-Type", "application/x-ndjson"), ("Authorization", bearer.as_str())];
+    let headers = [
+        ("Content-Type", "application/x-ndjson"),
+        ("Authorization", bearer.as_str()),
+    ];
     let deadline = tokio::time::Instant::now() + give_up_after;
     loop {
-        let (wait, why) = match request(&endpoint.addr, "POST", &endpoint.path, &headers, ndjson).await {
-            Ok(reply) if matches!(reply.status, 200 | 207 | 422) => {
-                return serde_json::from_slice(&reply.body)
-                    .map_err(|e| format!("{} answered {} with a body that is not an outcome: {e}", endpoint.addr, reply.status));
-            }
-            Ok(reply) if reply.status == 503 => {
-                (reply.retry_after().unwrap_or(Duration::from_secs(1)), format!("503: {}", message(&reply.body)))
-            }
-            Ok(reply) => return Err(format!("{} answered {}: {}", endpoint.addr, reply.status, message(&reply.body))),
-            Err(error) => (Duration::from_secs(1), error.to_string()),
-        };
+        let (wait, why) =
+            match request(&endpoint.addr, "POST", &endpoint.path, &headers, ndjson).await {
+                Ok(reply) if matches!(reply.status, 200 | 207 | 422) => {
+                    return serde_json::from_slice(&reply.body).map_err(|e| {
+                        format!(
+                            "{} answered {} with a body that is not an outcome: {e}",
+                            endpoint.addr, reply.status
+                        )
+                    });
+                }
+                Ok(reply) if reply.status == 503 => (
+                    reply.retry_after().unwrap_or(Duration::from_secs(1)),
+                    format!("503: {}", message(&reply.body)),
+                ),
+                Ok(reply) => {
+                    return Err(format!(
+                        "{} answered {}: {}",
+                        endpoint.addr,
+                        reply.status,
+                        message(&reply.body)
+                    ))
+                }
+                Err(error) => (Duration::from_secs(1), error.to_string()),
+            };
         if tokio::time::Instant::now() + wait > deadline {
-            return Err(format!("{} still refused after {give_up_after:?}: {why}", endpoint.addr));
+            return Err(format!(
+                "{} still refused after {give_up_after:?}: {why}",
+                endpoint.addr
+            ));
         }
         tracing::warn!(addr = %endpoint.addr, "retrying a batch in {wait:?}: {why}");
         tokio::time::sleep(wait).await;
@@ -130,7 +184,9 @@ pub async fn post_orders(endpoint: &Endpoint, token: &str, ndjson: &[u8], give_u
 /// The `error` of an outcome body, or the body itself.
 fn message(body: &[u8]) -> String {
     match serde_json::from_slice::<Outcome>(body) {
-        Ok(Outcome { error: Some(error), .. }) => error,
+        Ok(Outcome {
+            error: Some(error), ..
+        }) => error,
         _ => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
     }
 }
@@ -144,8 +200,15 @@ fn parse(response: &[u8]) -> Option<Reply> {
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
         .collect();
-    let mut reply = Reply { status, headers, body: response[split + 4..].to_vec() };
-    if reply.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    let mut reply = Reply {
+        status,
+        headers,
+        body: response[split + 4..].to_vec(),
+    };
+    if reply
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
         reply.body = dechunk(&reply.body)?;
     }
     Some(reply)
@@ -172,18 +235,35 @@ mod tests {
     #[test]
     fn urls_parse_with_defaults_and_clear_errors() {
         let e = Endpoint::parse("--url", "http://127.0.0.1:8080").unwrap();
-        assert_eq!((e.addr.as_str(), e.path.as_str()), ("127.0.0.1:8080", "/v1/orders"));
+        assert_eq!(
+            (e.addr.as_str(), e.path.as_str()),
+            ("127.0.0.1:8080", "/v1/orders")
+        );
         let e = Endpoint::parse("--url", "http://ingest/custom/path").unwrap();
-        assert_eq!((e.addr.as_str(), e.path.as_str()), ("ingest:80", "/custom/path"));
-        for (url, reason) in [("https://x", "https"), ("x:80", "http://"), ("http://", "no host"), ("http://h:99999", "port")] {
+        assert_eq!(
+            (e.addr.as_str(), e.path.as_str()),
+            ("ingest:80", "/custom/path")
+        );
+        for (url, reason) in [
+            ("https://x", "https"),
+            ("x:80", "http://"),
+            ("http://", "no host"),
+            ("http://h:99999", "port"),
+        ] {
             let error = Endpoint::parse("--url", url).unwrap_err().to_string();
-            assert!(error.contains("`--url`") && error.contains(reason), "{url}: {error}");
+            assert!(
+                error.contains("`--url`") && error.contains(reason),
+                "{url}: {error}"
+            );
         }
     }
 
     #[test]
     fn responses_parse_plain_and_chunked() {
-        let plain = parse(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\ncontent-length: 2\r\n\r\nno").unwrap();
+        let plain = parse(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\ncontent-length: 2\r\n\r\nno",
+        )
+        .unwrap();
         assert_eq!((plain.status, plain.body.as_slice()), (503, &b"no"[..]));
         assert_eq!(plain.retry_after(), Some(Duration::from_secs(2)));
         let chunked = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();

@@ -16,7 +16,8 @@ use std::io::{self, BufRead, Write};
 use schemas::{Amount, Day, Sums, Totals, TotalsKey};
 
 /// The header line, which the reader requires verbatim.
-pub const HEADER: &str = "merchant_id,currency,day,sales_amount,sales_count,refund_amount,refund_count";
+pub const HEADER: &str =
+    "merchant_id,currency,day,sales_amount,sales_count,refund_amount,refund_count";
 
 /// A line of an expected-totals file that could not be read.
 #[derive(Debug)]
@@ -73,14 +74,28 @@ fn quoted(field: &str) -> String {
 pub fn read(input: impl BufRead) -> Result<Totals, FileError> {
     let mut totals = Totals::new();
     let mut lines = input.lines().enumerate().map(|(i, line)| (i + 1, line));
-    let io_error = |line, e: io::Error| FileError { line, field: "file", reason: e.to_string() };
+    let io_error = |line, e: io::Error| FileError {
+        line,
+        field: "file",
+        reason: e.to_string(),
+    };
     match lines.next() {
         Some((_, Ok(header))) if header.trim_end() == HEADER => {}
         Some((n, Ok(other))) => {
-            return Err(FileError { line: n, field: "file", reason: format!("header {other:?} is not {HEADER:?}") })
+            return Err(FileError {
+                line: n,
+                field: "file",
+                reason: format!("header {other:?} is not {HEADER:?}"),
+            })
         }
         Some((n, Err(e))) => return Err(io_error(n, e)),
-        None => return Err(FileError { line: 0, field: "file", reason: "the file is empty".into() }),
+        None => {
+            return Err(FileError {
+                line: 0,
+                field: "file",
+                reason: "the file is empty".into(),
+            })
+        }
     }
     // A quoted merchant id may span lines; gather until quotes balance.
     let mut pending = String::new();
@@ -99,14 +114,26 @@ pub fn read(input: impl BufRead) -> Result<Totals, FileError> {
         if pending.matches('"').count() % 2 == 1 {
             continue;
         }
-        let (key, sums) = row(&pending).map_err(|(field, reason)| FileError { line: start, field, reason })?;
+        let (key, sums) = row(&pending).map_err(|(field, reason)| FileError {
+            line: start,
+            field,
+            reason,
+        })?;
         if totals.insert(key, sums).is_some() {
-            return Err(FileError { line: start, field: "file", reason: "this key already appeared".into() });
+            return Err(FileError {
+                line: start,
+                field: "file",
+                reason: "this key already appeared".into(),
+            });
         }
         pending.clear();
     }
     if !pending.is_empty() {
-        return Err(FileError { line: start, field: "merchant_id", reason: "unterminated quoted field".into() });
+        return Err(FileError {
+            line: start,
+            field: "merchant_id",
+            reason: "unterminated quoted field".into(),
+        });
     }
     Ok(totals)
 }
@@ -126,21 +153,35 @@ fn row(line: &str) -> Result<(TotalsKey, Sums), (&'static str, String)> {
                 None => return Err(("merchant_id", "unterminated quoted field".into())),
             }
         };
-        let rest = rest.strip_prefix(',').ok_or(("merchant_id", "expected `,` after the quoted field".to_owned()))?;
+        let rest = rest.strip_prefix(',').ok_or((
+            "merchant_id",
+            "expected `,` after the quoted field".to_owned(),
+        ))?;
         (id, rest)
     } else {
-        let (id, rest) = line.split_once(',').ok_or(("file", "expected 7 columns".to_owned()))?;
+        let (id, rest) = line
+            .split_once(',')
+            .ok_or(("file", "expected 7 columns".to_owned()))?;
         (id.to_owned(), rest)
     };
     let columns: Vec<&str> = rest.trim_end_matches('\r').split(',').collect();
-    let [currency, day, sales_amount, sales_count, refund_amount, refund_count] = columns[..] else {
-        return Err(("file", format!("expected 7 columns, found {}", columns.len() + 1)));
+    let [currency, day, sales_amount, sales_count, refund_amount, refund_count] = columns[..]
+    else {
+        return Err((
+            "file",
+            format!("expected 7 columns, found {}", columns.len() + 1),
+        ));
     };
     if merchant_id.is_empty() {
         return Err(("merchant_id", "is empty".into()));
     }
-    let amount = |field, text: &str| Amount::parse_stored(text).map_err(|e| (field, format!("{text:?}: {e}")));
-    let count = |field, text: &str| text.parse::<i64>().map_err(|e| (field, format!("{text:?}: {e}")));
+    let amount = |field, text: &str| {
+        Amount::parse_stored(text).map_err(|e| (field, format!("{text:?}: {e}")))
+    };
+    let count = |field, text: &str| {
+        text.parse::<i64>()
+            .map_err(|e| (field, format!("{text:?}: {e}")))
+    };
     let key = TotalsKey {
         merchant_id,
         currency: currency.to_owned(),
@@ -168,10 +209,15 @@ pub struct Difference {
 
 /// Every key whose row differs, is missing, or is unexpected, in key order.
 pub fn differences(expected: &Totals, actual: &Totals) -> Vec<Difference> {
-    let keys: std::collections::BTreeSet<&TotalsKey> = expected.keys().chain(actual.keys()).collect();
+    let keys: std::collections::BTreeSet<&TotalsKey> =
+        expected.keys().chain(actual.keys()).collect();
     keys.into_iter()
         .filter(|key| expected.get(*key) != actual.get(*key))
-        .map(|key| Difference { key: key.clone(), expected: expected.get(key).cloned(), actual: actual.get(key).cloned() })
+        .map(|key| Difference {
+            key: key.clone(),
+            expected: expected.get(key).cloned(),
+            actual: actual.get(key).cloned(),
+        })
         .collect()
 }
 
@@ -183,8 +229,17 @@ mod tests {
         let mut totals = Totals::new();
         for (merchant, units) in [("m-1", 12_345_600), ("odd, \"quoted\"\nid", 1), ("m-2", 0)] {
             totals.insert(
-                TotalsKey { merchant_id: merchant.into(), currency: "EUR".into(), day: Day(20_777) },
-                Sums { sales_amount: Amount(units), sales_count: 3, refund_amount: Amount(7), refund_count: 1 },
+                TotalsKey {
+                    merchant_id: merchant.into(),
+                    currency: "EUR".into(),
+                    day: Day(20_777),
+                },
+                Sums {
+                    sales_amount: Amount(units),
+                    sales_count: 3,
+                    refund_amount: Amount(7),
+                    refund_count: 1,
+                },
             );
         }
         totals
@@ -196,7 +251,10 @@ mod tests {
         write(&sample(), &mut bytes).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.starts_with(HEADER));
-        assert!(text.contains("m-1,EUR,2026-11-20,1234.5600,3,0.0007,1"), "{text}");
+        assert!(
+            text.contains("m-1,EUR,2026-11-20,1234.5600,3,0.0007,1"),
+            "{text}"
+        );
         assert_eq!(read(bytes.as_slice()).unwrap(), sample());
     }
 
@@ -218,11 +276,18 @@ mod tests {
         let mut actual = sample();
         let first = expected.keys().next().unwrap().clone();
         actual.get_mut(&first).unwrap().sales_count += 1;
-        let extra = TotalsKey { merchant_id: "new".into(), currency: "USD".into(), day: Day(1) };
+        let extra = TotalsKey {
+            merchant_id: "new".into(),
+            currency: "USD".into(),
+            day: Day(1),
+        };
         actual.insert(extra.clone(), Sums::default());
         let last = expected.keys().last().unwrap().clone();
         actual.remove(&last);
-        let keys: Vec<TotalsKey> = differences(&expected, &actual).into_iter().map(|d| d.key).collect();
+        let keys: Vec<TotalsKey> = differences(&expected, &actual)
+            .into_iter()
+            .map(|d| d.key)
+            .collect();
         let mut want = vec![first, extra, last];
         want.sort();
         assert_eq!(keys, want);

@@ -41,7 +41,9 @@ impl Default for GeneratorConfig {
             seed: 42,
             events: 1_000_000,
             merchants: 1_000,
-            currencies: ["EUR", "USD", "GBP", "JPY", "CHF"].map(String::from).to_vec(),
+            currencies: ["EUR", "USD", "GBP", "JPY", "CHF"]
+                .map(String::from)
+                .to_vec(),
             refund_share: 0.08,
             duplicate_share: 0.02,
             invalid_share: 0.002,
@@ -134,11 +136,27 @@ pub struct Generator {
 impl Generator {
     /// A generator for `config`.
     pub fn new(config: GeneratorConfig) -> Generator {
-        let weights: Vec<f64> = (1..=config.merchants.max(1)).map(|rank| 1.0 / f64::from(rank).powf(1.1)).collect();
+        let weights: Vec<f64> = (1..=config.merchants.max(1))
+            .map(|rank| 1.0 / f64::from(rank).powf(1.1))
+            .collect();
         let sum: f64 = weights.iter().sum();
         let mut acc = 0.0;
-        let zipf_cdf = weights.iter().map(|w| { acc += w / sum; acc }).collect();
-        Generator { rng: Rng(config.seed), config, zipf_cdf, emitted: 0, recent: Vec::with_capacity(RECENT), totals: Totals::new(), counted: 0 }
+        let zipf_cdf = weights
+            .iter()
+            .map(|w| {
+                acc += w / sum;
+                acc
+            })
+            .collect();
+        Generator {
+            rng: Rng(config.seed),
+            config,
+            zipf_cdf,
+            emitted: 0,
+            recent: Vec::with_capacity(RECENT),
+            totals: Totals::new(),
+            counted: 0,
+        }
     }
 
     /// Exact totals of the counted events emitted so far.
@@ -153,7 +171,10 @@ impl Generator {
 
     fn merchant(&mut self) -> (String, usize) {
         let u = self.rng.unit();
-        let rank = self.zipf_cdf.partition_point(|&c| c < u).min(self.zipf_cdf.len() - 1);
+        let rank = self
+            .zipf_cdf
+            .partition_point(|&c| c < u)
+            .min(self.zipf_cdf.len() - 1);
         (format!("m-{rank:05}"), rank)
     }
 
@@ -162,21 +183,45 @@ impl Generator {
         let currencies = &self.config.currencies;
         // Each merchant sells in its home currency and, now and then, a second one.
         let home = rank % currencies.len();
-        let currency = if self.rng.below(10) == 0 { (home + 1) % currencies.len() } else { home };
+        let currency = if self.rng.below(10) == 0 {
+            (home + 1) % currencies.len()
+        } else {
+            home
+        };
         let currency = currencies[currency].clone();
-        let kind = if self.rng.unit() < self.config.refund_share { Kind::Refund } else { Kind::Sale };
+        let kind = if self.rng.unit() < self.config.refund_share {
+            Kind::Refund
+        } else {
+            Kind::Sale
+        };
         let cents = 100 + self.rng.below(49_900) as i128;
-        let amount = if self.rng.below(20) == 0 { Amount(cents * 100 + self.rng.below(100) as i128) } else { Amount(cents * 100) };
-        let days_back = if self.rng.unit() < self.config.late_share { 1 + self.rng.below(30) as i32 } else { 0 };
+        let amount = if self.rng.below(20) == 0 {
+            Amount(cents * 100 + self.rng.below(100) as i128)
+        } else {
+            Amount(cents * 100)
+        };
+        let days_back = if self.rng.unit() < self.config.late_share {
+            1 + self.rng.below(30) as i32
+        } else {
+            0
+        };
         let day = Day(self.config.day.0 - days_back);
         let micros = i64::from(day.0) * 86_400_000_000 + self.rng.below(86_400_000_000) as i64;
-        let amount_json = if self.rng.below(10) == 0 { trim(amount) } else { format!("\"{}\"", trim(amount)) };
+        let amount_json = if self.rng.below(10) == 0 {
+            trim(amount)
+        } else {
+            format!("\"{}\"", trim(amount))
+        };
         let payload = format!(
             r#"{{"event_id":"e-{:x}-{index}","order_id":"o-{index}","merchant_id":"{merchant}","kind":"{}","amount":{amount_json},"currency":"{currency}","occurred_at":"{}","channel":"web"}}"#,
             self.config.seed, kind.as_str(), format_rfc3339_millis(micros)
         )
         .into_bytes();
-        let key = TotalsKey { merchant_id: merchant.clone(), currency, day };
+        let key = TotalsKey {
+            merchant_id: merchant.clone(),
+            currency,
+            day,
+        };
         let mut sums = Sums::default();
         sums.add_event(kind, amount);
         self.totals.entry(key.clone()).or_default().merge(&sums);
@@ -187,30 +232,50 @@ impl Generator {
             let slot = self.rng.below(RECENT as u64) as usize;
             self.recent[slot] = (merchant.clone(), payload.clone());
         }
-        Generated { key: Some(merchant), payload, truth: Truth::Counted { key, kind, amount } }
+        Generated {
+            key: Some(merchant),
+            payload,
+            truth: Truth::Counted { key, kind, amount },
+        }
     }
 
     fn invalid(&mut self, index: u64) -> Generated {
         // `key_mismatch` is last, so a keyless stream draws from the others.
-        let kinds = if self.config.keyless { &INVALID_KINDS[..INVALID_KINDS.len() - 1] } else { &INVALID_KINDS[..] };
+        let kinds = if self.config.keyless {
+            &INVALID_KINDS[..INVALID_KINDS.len() - 1]
+        } else {
+            &INVALID_KINDS[..]
+        };
         let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
         let (merchant, _) = self.merchant();
         let base = |amount: &str, currency: &str, at: &str, k: &str| {
-            format!(r#"{{"event_id":"bad-{index}","order_id":"o-{index}","merchant_id":"{merchant}","kind":"{k}","amount":{amount},"currency":"{currency}","occurred_at":"{at}"}}"#)
+            format!(
+                r#"{{"event_id":"bad-{index}","order_id":"o-{index}","merchant_id":"{merchant}","kind":"{k}","amount":{amount},"currency":"{currency}","occurred_at":"{at}"}}"#
+            )
         };
         let at = "2026-11-20T10:00:00Z";
         let payload = match kind {
             "negative_amount" => base("\"-5.00\"", "EUR", at, "sale"),
             "too_precise" => base("\"1.23456\"", "EUR", at, "sale"),
             "lowercase_currency" => base("\"3.00\"", "eur", at, "sale"),
-            "missing_merchant" => format!(r#"{{"event_id":"bad-{index}","order_id":"o","kind":"sale","amount":"1","currency":"EUR","occurred_at":"{at}"}}"#),
+            "missing_merchant" => format!(
+                r#"{{"event_id":"bad-{index}","order_id":"o","kind":"sale","amount":"1","currency":"EUR","occurred_at":"{at}"}}"#
+            ),
             "malformed_json" => format!(r#"{{"event_id":"bad-{index}","amount":"#),
             "bad_timestamp" => base("\"3.00\"", "EUR", "2026-11-20 10:00", "sale"),
             "bad_kind" => base("\"3.00\"", "EUR", at, "chargeback"),
             _ => base("\"3.00\"", "EUR", at, "sale"),
         };
-        let key = if kind == "key_mismatch" { format!("{merchant}-other") } else { merchant };
-        Generated { key: Some(key), payload: payload.into_bytes(), truth: Truth::Invalid(kind) }
+        let key = if kind == "key_mismatch" {
+            format!("{merchant}-other")
+        } else {
+            merchant
+        };
+        Generated {
+            key: Some(key),
+            payload: payload.into_bytes(),
+            truth: Truth::Invalid(kind),
+        }
     }
 }
 
@@ -234,9 +299,15 @@ impl Iterator for Generator {
         if roll < self.config.invalid_share {
             return Some(self.invalid(index));
         }
-        if roll < self.config.invalid_share + self.config.duplicate_share && !self.recent.is_empty() {
-            let (key, payload) = self.recent[self.rng.below(self.recent.len() as u64) as usize].clone();
-            return Some(Generated { key: Some(key), payload, truth: Truth::Duplicate });
+        if roll < self.config.invalid_share + self.config.duplicate_share && !self.recent.is_empty()
+        {
+            let (key, payload) =
+                self.recent[self.rng.below(self.recent.len() as u64) as usize].clone();
+            return Some(Generated {
+                key: Some(key),
+                payload,
+                truth: Truth::Duplicate,
+            });
         }
         Some(self.valid(index))
     }
@@ -248,7 +319,13 @@ mod tests {
     use schemas::event::decode;
 
     fn small(seed: u64) -> GeneratorConfig {
-        GeneratorConfig { seed, events: 20_000, invalid_share: 0.05, duplicate_share: 0.05, ..Default::default() }
+        GeneratorConfig {
+            seed,
+            events: 20_000,
+            invalid_share: 0.05,
+            duplicate_share: 0.05,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -270,8 +347,14 @@ mod tests {
             match (&message.truth, decoded) {
                 (Truth::Counted { key, kind, amount }, Ok(event)) => {
                     assert!(seen.insert(event.event_id.to_string()));
-                    assert_eq!((event.kind, event.amount, event.day), (*kind, *amount, key.day));
-                    totals.entry(key.clone()).or_default().add_event(*kind, *amount);
+                    assert_eq!(
+                        (event.kind, event.amount, event.day),
+                        (*kind, *amount, key.day)
+                    );
+                    totals
+                        .entry(key.clone())
+                        .or_default()
+                        .add_event(*kind, *amount);
                 }
                 (Truth::Duplicate, Ok(event)) => assert!(seen.contains(event.event_id.as_ref())),
                 (Truth::Invalid(_), Err(_)) => {}
@@ -283,11 +366,19 @@ mod tests {
 
     #[test]
     fn keyless_streams_need_no_key_to_be_judged() {
-        let config = GeneratorConfig { keyless: true, invalid_share: 0.2, ..small(4) };
+        let config = GeneratorConfig {
+            keyless: true,
+            invalid_share: 0.2,
+            ..small(4)
+        };
         for message in Generator::new(config) {
             assert_ne!(message.truth, Truth::Invalid("key_mismatch"));
             let decoded = decode(&message.payload, None);
-            assert_eq!(decoded.is_err(), matches!(message.truth, Truth::Invalid(_)), "{message:?}");
+            assert_eq!(
+                decoded.is_err(),
+                matches!(message.truth, Truth::Invalid(_)),
+                "{message:?}"
+            );
         }
     }
 }

@@ -42,7 +42,10 @@ pub struct Started {
 /// Queues imports; implemented over the database by the binary.
 pub trait ImportQueue: Send + Sync {
     /// Queues one import for `object`.
-    fn queue<'a>(&'a self, object: &'a Announced) -> Pin<Box<dyn Future<Output = Started> + Send + 'a>>;
+    fn queue<'a>(
+        &'a self,
+        object: &'a Announced,
+    ) -> Pin<Box<dyn Future<Output = Started> + Send + 'a>>;
 }
 
 #[derive(Deserialize)]
@@ -82,29 +85,46 @@ struct Object {
 /// A notification's records: each created object, or the reason a record
 /// is ignored. Fails, saying what is missing, when the body is not a notification.
 pub fn parse(body: &[u8]) -> Result<Vec<Result<Announced, String>>, String> {
-    let notification: Notification =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not an S3 event notification: {e}"))?;
+    let notification: Notification = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not an S3 event notification: {e}"))?;
     if notification.event.as_deref() == Some("s3:TestEvent") {
         return Ok(Vec::new());
     }
-    let records = notification.records.ok_or("the body has no `Records` array: it is not an S3 event notification")?;
+    let records = notification
+        .records
+        .ok_or("the body has no `Records` array: it is not an S3 event notification")?;
     Ok(records
         .into_iter()
         .enumerate()
         .map(|(i, record)| {
             let name = record.event_name.unwrap_or_default();
             if !name.starts_with("ObjectCreated:") && !name.starts_with("s3:ObjectCreated:") {
-                return Err(format!("record {i}: event {name:?} is not an object creation"));
+                return Err(format!(
+                    "record {i}: event {name:?} is not an object creation"
+                ));
             }
-            let s3 = record.s3.ok_or_else(|| format!("record {i}: no `s3` object"))?;
-            let key = decode_key(&s3.object.key).ok_or_else(|| format!("record {i}: key {:?} is not valid URL encoding", s3.object.key))?;
+            let s3 = record
+                .s3
+                .ok_or_else(|| format!("record {i}: no `s3` object"))?;
+            let key = decode_key(&s3.object.key).ok_or_else(|| {
+                format!(
+                    "record {i}: key {:?} is not valid URL encoding",
+                    s3.object.key
+                )
+            })?;
             if s3.bucket.name.is_empty() || key.is_empty() {
-                return Err(format!("record {i}: the bucket name and the key must not be empty"));
+                return Err(format!(
+                    "record {i}: the bucket name and the key must not be empty"
+                ));
             }
             Ok(Announced {
                 url: format!("s3://{}/{key}", s3.bucket.name),
                 size: s3.object.size,
-                etag: s3.object.etag.map(|e| e.trim_matches('"').to_owned()).filter(|e| !e.is_empty()),
+                etag: s3
+                    .object
+                    .etag
+                    .map(|e| e.trim_matches('"').to_owned())
+                    .filter(|e| !e.is_empty()),
             })
         })
         .collect())
@@ -144,12 +164,29 @@ mod tests {
             {"eventName":"s3:ObjectCreated:CompleteMultipartUpload","s3":{"bucket":{"name":"lake"},"object":{"key":"big.csv"}}}
         ]}"#;
         let records = parse(body).unwrap();
-        assert_eq!(records[0], Ok(Announced { url: "s3://lake/in/day 1/a+b.parquet".into(), size: Some(1024), etag: Some("0a1b".into()) }));
-        assert!(records[1].as_ref().unwrap_err().contains("ObjectRemoved:Delete"));
+        assert_eq!(
+            records[0],
+            Ok(Announced {
+                url: "s3://lake/in/day 1/a+b.parquet".into(),
+                size: Some(1024),
+                etag: Some("0a1b".into())
+            })
+        );
+        assert!(records[1]
+            .as_ref()
+            .unwrap_err()
+            .contains("ObjectRemoved:Delete"));
         assert_eq!(records[2].as_ref().unwrap().url, "s3://lake/big.csv");
-        assert_eq!(parse(br#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"lake"}"#).unwrap(), vec![]);
-        assert!(parse(b"[1]").unwrap_err().contains("not an S3 event notification"));
-        assert!(parse(br#"{"Message":"x"}"#).unwrap_err().contains("Records"));
+        assert_eq!(
+            parse(br#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"lake"}"#).unwrap(),
+            vec![]
+        );
+        assert!(parse(b"[1]")
+            .unwrap_err()
+            .contains("not an S3 event notification"));
+        assert!(parse(br#"{"Message":"x"}"#)
+            .unwrap_err()
+            .contains("Records"));
         assert_eq!(decode_key("a%zz"), None);
     }
 }

@@ -32,7 +32,10 @@ pub async fn produce_all(
         let delivery = loop {
             match producer.send_result(record) {
                 Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -66,7 +69,10 @@ async fn settle(in_flight: &mut Vec<rdkafka::producer::DeliveryFuture>) -> Resul
 /// `properties` (TLS, SASL, …) set over those.
 ///
 /// Fails when librdkafka rejects the configuration.
-pub fn bulk_producer(brokers: &str, properties: &BTreeMap<String, String>) -> Result<FutureProducer, KafkaError> {
+pub fn bulk_producer(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+) -> Result<FutureProducer, KafkaError> {
     let mut config = rdkafka::ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -84,4 +90,3 @@ pub fn bulk_producer(brokers: &str, properties: &BTreeMap<String, String>) -> Re
     }
     config.create()
 }
-

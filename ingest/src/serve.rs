@@ -40,7 +40,8 @@ impl Limits {
         Limits {
             header_timeout: Duration::from_millis(config.header_timeout_ms),
             max_connections: config.max_connections,
-            drain: Duration::from_millis(config.body_timeout_ms + config.ack_timeout_ms) + Duration::from_secs(5),
+            drain: Duration::from_millis(config.body_timeout_ms + config.ack_timeout_ms)
+                + Duration::from_secs(5),
         }
     }
 }
@@ -64,7 +65,11 @@ pub fn tls_acceptor(config: &IngestConfig) -> Result<Option<TlsAcceptor>, TlsErr
     if config.tls_cert.is_empty() {
         return Ok(None);
     }
-    let cert_error = |reason: String| TlsError { field: "tls_cert", path: config.tls_cert.clone(), reason };
+    let cert_error = |reason: String| TlsError {
+        field: "tls_cert",
+        path: config.tls_cert.clone(),
+        reason,
+    };
     let certs = CertificateDer::pem_file_iter(&config.tls_cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| cert_error(format!("cannot read a PEM certificate chain: {e}")))?;
@@ -90,7 +95,13 @@ pub fn tls_acceptor(config: &IngestConfig) -> Result<Option<TlsAcceptor>, TlsErr
 /// Serves `app` on `listener` until `shutdown`, then stops accepting, lets
 /// each open connection finish the request it is serving (idle ones close at
 /// once), and closes any still open after `limits.drain`.
-pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, limits: Limits, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut tasks = JoinSet::new();
     loop {
@@ -111,23 +122,37 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>,
                 }
             },
         };
-        let (app, tls, limits, shutdown) = (app.clone(), tls.clone(), limits.clone(), shutdown.clone());
+        let (app, tls, limits, shutdown) =
+            (app.clone(), tls.clone(), limits.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
             match tls {
                 None => connection(stream, app, &limits, &shutdown).await,
-                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => connection(stream, app, &limits, &shutdown).await,
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed."),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out."),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => connection(stream, app, &limits, &shutdown).await,
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed."),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out."),
+                    }
+                }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain, connections.acquire_many(limits.max_connections as u32)).await.is_err() {
-        tracing::warn!(open = tasks.len(), "Connections still open {} s after the stop; closing them.", limits.drain.as_secs());
+    if tokio::time::timeout(
+        limits.drain,
+        connections.acquire_many(limits.max_connections as u32),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            open = tasks.len(),
+            "Connections still open {} s after the stop; closing them.",
+            limits.drain.as_secs()
+        );
         // A request cut off here was not answered: its sender sends it again,
         // and what it had published is deduplicated downstream.
         tasks.shutdown().await;

@@ -31,8 +31,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
-use tokio::sync::Semaphore;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
@@ -42,8 +42,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::LengthLimitError;
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge, Histogram, IntCounter, IntCounterVec,
-    IntGauge,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -123,39 +123,96 @@ impl IngestConfig {
         check::brokers("ingest.brokers", &self.brokers)?;
         check::kafka_name("ingest.orders_topic", &self.orders_topic)?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::new("ingest.listen", &self.listen, "must be host:port, e.g. 0.0.0.0:8080"));
+            return Err(ConfigError::new(
+                "ingest.listen",
+                &self.listen,
+                "must be host:port, e.g. 0.0.0.0:8080",
+            ));
         }
         if self.token_list().is_empty() {
-            return Err(ConfigError::new("ingest.tokens", "", "needs at least one bearer token (TALLY_INGEST_TOKENS)"));
+            return Err(ConfigError::new(
+                "ingest.tokens",
+                "",
+                "needs at least one bearer token (TALLY_INGEST_TOKENS)",
+            ));
         }
-        check::in_range("ingest.max_body_bytes", self.max_body_bytes, 1_024, 256 * 1024 * 1024)?;
-        check::in_range("ingest.queue_max_messages", self.queue_max_messages, 100, 10_000_000)?;
+        check::in_range(
+            "ingest.max_body_bytes",
+            self.max_body_bytes,
+            1_024,
+            256 * 1024 * 1024,
+        )?;
+        check::in_range(
+            "ingest.queue_max_messages",
+            self.queue_max_messages,
+            100,
+            10_000_000,
+        )?;
         check::in_range("ingest.ack_timeout_ms", self.ack_timeout_ms, 100, 600_000)?;
         if !self.database_url.is_empty() {
             check::database_url("ingest.database_url", &self.database_url)?;
         }
-        check::in_range("ingest.header_timeout_ms", self.header_timeout_ms, 100, 600_000)?;
-        check::in_range("ingest.body_timeout_ms", self.body_timeout_ms, 100, 3_600_000)?;
-        check::in_range("ingest.max_concurrent_requests", self.max_concurrent_requests, 1, 100_000)?;
+        check::in_range(
+            "ingest.header_timeout_ms",
+            self.header_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check::in_range(
+            "ingest.body_timeout_ms",
+            self.body_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        check::in_range(
+            "ingest.max_concurrent_requests",
+            self.max_concurrent_requests,
+            1,
+            100_000,
+        )?;
         check::in_range("ingest.max_connections", self.max_connections, 1, 1_000_000)?;
         match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
-            (true, false) => return Err(ConfigError::new("ingest.tls_cert", "", "must be set with ingest.tls_key")),
-            (false, true) => return Err(ConfigError::new("ingest.tls_key", "", "must be set with ingest.tls_cert")),
+            (true, false) => {
+                return Err(ConfigError::new(
+                    "ingest.tls_cert",
+                    "",
+                    "must be set with ingest.tls_key",
+                ))
+            }
+            (false, true) => {
+                return Err(ConfigError::new(
+                    "ingest.tls_key",
+                    "",
+                    "must be set with ingest.tls_cert",
+                ))
+            }
             _ => {}
         }
         let max_message = self.max_message_bytes();
-        check::in_range("ingest.kafka.message.max.bytes", max_message, 1_000, 1_000_000_000)?;
+        check::in_range(
+            "ingest.kafka.message.max.bytes",
+            max_message,
+            1_000,
+            1_000_000_000,
+        )?;
         Ok(())
     }
 
     /// The producer's `message.max.bytes`: `ingest.kafka` or librdkafka's default.
     /// An unparsable value counts as 0, which `validate` refuses.
     fn max_message_bytes(&self) -> usize {
-        self.kafka.get("message.max.bytes").map_or(DEFAULT_MESSAGE_MAX_BYTES, |v| v.trim().parse().unwrap_or(0))
+        self.kafka
+            .get("message.max.bytes")
+            .map_or(DEFAULT_MESSAGE_MAX_BYTES, |v| v.trim().parse().unwrap_or(0))
     }
 
     fn token_list(&self) -> Vec<String> {
-        self.tokens.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+        self.tokens
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -170,24 +227,41 @@ pub const LISTED_REJECTIONS: usize = 100;
 const COUNTED_REASONS: usize = 100;
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_ingest_requests_total", "HTTP requests by route and status.", &["route", "status"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_ingest_requests_total",
+        "HTTP requests by route and status.",
+        &["route", "status"]
+    )
+    .expect("metric registers once")
 });
 static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_ingest_events_total", "Events by outcome: accepted or rejected.", &["outcome"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_ingest_events_total",
+        "Events by outcome: accepted or rejected.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
 });
 static DURATION: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!("tally_ingest_request_duration_seconds", "Time to answer POST /v1/orders.")
-        .expect("metric registers once")
+    register_histogram!(
+        "tally_ingest_request_duration_seconds",
+        "Time to answer POST /v1/orders."
+    )
+    .expect("metric registers once")
 });
 static IN_PROGRESS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("tally_ingest_requests_in_progress", "Requests holding one of ingest.max_concurrent_requests slots.")
-        .expect("metric registers once")
+    register_int_gauge!(
+        "tally_ingest_requests_in_progress",
+        "Requests holding one of ingest.max_concurrent_requests slots."
+    )
+    .expect("metric registers once")
 });
 static PRODUCE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_ingest_produce_errors_total", "Events the broker did not take (request answered 503).")
-        .expect("metric registers once")
+    register_int_counter!(
+        "tally_ingest_produce_errors_total",
+        "Events the broker did not take (request answered 503)."
+    )
+    .expect("metric registers once")
 });
 
 /// Registers every ingest metric, with zero series for the answers an
@@ -207,7 +281,13 @@ pub fn init_metrics() {
 
 /// Every ingest metric (dereferencing registers it).
 pub fn metric_collectors() -> Vec<&'static dyn prometheus::core::Collector> {
-    vec![&*REQUESTS, &*EVENTS, &*DURATION, &*IN_PROGRESS, &*PRODUCE_ERRORS]
+    vec![
+        &*REQUESTS,
+        &*EVENTS,
+        &*DURATION,
+        &*IN_PROGRESS,
+        &*PRODUCE_ERRORS,
+    ]
 }
 
 /// Shared state of the service.
@@ -237,7 +317,10 @@ impl Ingest {
     ///
     /// `imports` queues the imports `POST /v1/imports` asks for; without
     /// it that route answers 503.
-    pub fn new(config: &IngestConfig, imports: Option<Arc<dyn ImportQueue>>) -> Result<Arc<Ingest>, KafkaError> {
+    pub fn new(
+        config: &IngestConfig,
+        imports: Option<Arc<dyn ImportQueue>>,
+    ) -> Result<Arc<Ingest>, KafkaError> {
         init_metrics();
         let mut client = rdkafka::ClientConfig::new();
         client
@@ -249,7 +332,10 @@ impl Ingest {
             .set("partitioner", "murmur2_random")
             // A topic created after ingest started is found within seconds.
             .set("topic.metadata.refresh.interval.ms", "5000")
-            .set("queue.buffering.max.messages", config.queue_max_messages.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                config.queue_max_messages.to_string(),
+            )
             .set("message.timeout.ms", config.ack_timeout_ms.to_string());
         for (key, value) in &config.kafka {
             client.set(key, value);
@@ -259,7 +345,11 @@ impl Ingest {
             client,
             stale: AtomicBool::new(false),
             topic: config.orders_topic.clone(),
-            tokens: config.token_list().into_iter().map(String::into_bytes).collect(),
+            tokens: config
+                .token_list()
+                .into_iter()
+                .map(String::into_bytes)
+                .collect(),
             max_body_bytes: config.max_body_bytes,
             max_message_bytes: config.max_message_bytes(),
             body_timeout: Duration::from_millis(config.body_timeout_ms),
@@ -290,7 +380,10 @@ impl Ingest {
             let producer = self.producer();
             let topic = self.topic.clone();
             let up = tokio::task::spawn_blocking(move || {
-                producer.client().fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok()
+                producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                    .is_ok()
             })
             .await
             .unwrap_or(false);
@@ -321,7 +414,10 @@ impl Ingest {
     /// Constant-time check of the `Authorization: Bearer …` header against
     /// every configured token (no early exit, no length shortcut).
     fn authorised(&self, headers: &HeaderMap) -> bool {
-        let Some(given) = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")) else {
+        let Some(given) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        else {
             return false;
         };
         let mut any = 0u8;
@@ -359,7 +455,10 @@ pub fn router(state: Arc<Ingest>) -> Router {
                 }
             }),
         )
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .with_state(state)
 }
 
@@ -402,26 +501,44 @@ impl Outcome {
     pub fn reject(&mut self, at: usize, field: &str, rule: &str, reason: String) {
         self.rejected += 1;
         let key = format!("{field} {rule}");
-        let key = if self.reasons.len() < COUNTED_REASONS || self.reasons.contains_key(&key) { key } else { "other".to_owned() };
+        let key = if self.reasons.len() < COUNTED_REASONS || self.reasons.contains_key(&key) {
+            key
+        } else {
+            "other".to_owned()
+        };
         *self.reasons.entry(key).or_default() += 1;
         if self.errors.len() < LISTED_REJECTIONS {
-            self.errors.push(Rejection { at, field: field.to_owned(), reason });
+            self.errors.push(Rejection {
+                at,
+                field: field.to_owned(),
+                reason,
+            });
         }
     }
 }
 
 fn answer(status: StatusCode, outcome: &Outcome) -> Response {
-    REQUESTS.with_label_values(&["/v1/orders", status.as_str()]).inc();
+    REQUESTS
+        .with_label_values(&["/v1/orders", status.as_str()])
+        .inc();
     let body = serde_json::to_vec(outcome).expect("outcomes serialise");
     let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     response
 }
 
 fn whole(status: StatusCode, message: impl Into<String>) -> Response {
-    answer(status, &Outcome { error: Some(message.into()), ..Outcome::default() })
+    answer(
+        status,
+        &Outcome {
+            error: Some(message.into()),
+            ..Outcome::default()
+        },
+    )
 }
 
 async fn orders(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
@@ -457,20 +574,42 @@ impl Ingest {
 
     /// The whole body, within the size and time limits; or the status and
     /// message that refuse it.
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, (StatusCode, String)> {
-        let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", self.max_body_bytes));
-        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<axum::body::Bytes, (StatusCode, String)> {
+        let too_large = || {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {} bytes", self.max_body_bytes),
+            )
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         if declared.is_some_and(|length| length > self.max_body_bytes) {
             return Err(too_large());
         }
         match tokio::time::timeout(self.body_timeout, to_bytes(body, self.max_body_bytes)).await {
             Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(error)) if std::error::Error::source(&error).is_some_and(|e| e.is::<LengthLimitError>()) => Err(too_large()),
+            Ok(Err(error))
+                if std::error::Error::source(&error)
+                    .is_some_and(|e| e.is::<LengthLimitError>()) =>
+            {
+                Err(too_large())
+            }
             // The connection broke or the chunked encoding was malformed.
-            Ok(Err(error)) => Err((StatusCode::BAD_REQUEST, format!("the body could not be read: {error}"))),
+            Ok(Err(error)) => Err((
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {error}"),
+            )),
             Err(_) => Err((
                 StatusCode::REQUEST_TIMEOUT,
-                format!("the body did not arrive within {} ms (ingest.body_timeout_ms)", self.body_timeout.as_millis()),
+                format!(
+                    "the body did not arrive within {} ms (ingest.body_timeout_ms)",
+                    self.body_timeout.as_millis()
+                ),
             )),
         }
     }
@@ -481,16 +620,23 @@ impl Ingest {
 /// position. Any other failure (a refused login or ACL, an unknown topic, a
 /// timeout) is the pipeline's: the request gets 503 and is sent again.
 fn refuses_the_event(error: &KafkaError) -> bool {
-    use RDKafkaErrorCode::{InvalidMessageSize, InvalidRecord, MessageBatchTooLarge, MessageSizeTooLarge};
+    use RDKafkaErrorCode::{
+        InvalidMessageSize, InvalidRecord, MessageBatchTooLarge, MessageSizeTooLarge,
+    };
     matches!(
         error,
-        KafkaError::MessageProduction(MessageSizeTooLarge | InvalidMessageSize | MessageBatchTooLarge | InvalidRecord)
+        KafkaError::MessageProduction(
+            MessageSizeTooLarge | InvalidMessageSize | MessageBatchTooLarge | InvalidRecord
+        )
     )
 }
 
 async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
     if !state.authorised(headers) {
-        return whole(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required");
+        return whole(
+            StatusCode::UNAUTHORIZED,
+            "a valid `Authorization: Bearer <token>` header is required",
+        );
     }
     let _slot = match state.admit() {
         Ok(slot) => slot,
@@ -502,7 +648,12 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
     };
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
-        Err(e) => return whole(StatusCode::BAD_REQUEST, format!("the body is not valid UTF-8 (byte {})", e.valid_up_to())),
+        Err(e) => {
+            return whole(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid UTF-8 (byte {})", e.valid_up_to()),
+            )
+        }
     };
     if text.trim().is_empty() {
         return whole(StatusCode::BAD_REQUEST, "the body is empty");
@@ -515,8 +666,14 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
     let items = match body_items(text, ndjson) {
         Ok(items) => items,
         Err(e) => {
-            let message = format!("the body is not a JSON array of events: {} at byte {}", e.reason, e.at);
-            return whole(StatusCode::BAD_REQUEST, message + " (send NDJSON with Content-Type: application/x-ndjson)");
+            let message = format!(
+                "the body is not a JSON array of events: {} at byte {}",
+                e.reason, e.at
+            );
+            return whole(
+                StatusCode::BAD_REQUEST,
+                message + " (send NDJSON with Content-Type: application/x-ndjson)",
+            );
         }
     };
     let mut outcome = Outcome::default();
@@ -533,19 +690,33 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
                 outcome.reject(at, "payload", "is larger than the broker takes", reason);
             }
             Ok(event) => {
-                let record = FutureRecord::to(&state.topic).key(event.merchant_id.as_bytes()).payload(item.as_bytes());
+                let record = FutureRecord::to(&state.topic)
+                    .key(event.merchant_id.as_bytes())
+                    .payload(item.as_bytes());
                 match producer.send_result(record) {
                     Ok(delivery) => deliveries.push((at, delivery)),
                     Err((error, _)) if refuses_the_event(&error) => {
-                        outcome.reject(at, "payload", "cannot be published", format!("event {at} cannot be published: {error}"));
+                        outcome.reject(
+                            at,
+                            "payload",
+                            "cannot be published",
+                            format!("event {at} cannot be published: {error}"),
+                        );
                     }
                     Err((error, _)) => {
-                        let busy = matches!(error, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                        let busy = matches!(
+                            error,
+                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                        );
                         PRODUCE_ERRORS.inc();
                         if !busy {
                             state.stale.store(true, Ordering::Relaxed);
                         }
-                        let reason = if busy { "the producer queue is full; retry shortly".to_owned() } else { error.to_string() };
+                        let reason = if busy {
+                            "the producer queue is full; retry shortly".to_owned()
+                        } else {
+                            error.to_string()
+                        };
                         return whole(StatusCode::SERVICE_UNAVAILABLE, reason);
                     }
                 }
@@ -567,20 +738,33 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
         Ok(refused)
     })
     .await;
-    let refused = match waited.unwrap_or_else(|_| Err("the broker did not acknowledge in time".to_owned())) {
-        Ok(refused) => refused,
-        Err(reason) => {
-            PRODUCE_ERRORS.inc_by(sent as u64);
-            state.stale.store(true, Ordering::Relaxed);
-            return whole(StatusCode::SERVICE_UNAVAILABLE, format!("the broker did not take the events: {reason}"));
-        }
-    };
+    let refused =
+        match waited.unwrap_or_else(|_| Err("the broker did not acknowledge in time".to_owned())) {
+            Ok(refused) => refused,
+            Err(reason) => {
+                PRODUCE_ERRORS.inc_by(sent as u64);
+                state.stale.store(true, Ordering::Relaxed);
+                return whole(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the broker did not take the events: {reason}"),
+                );
+            }
+        };
     for (at, error) in &refused {
-        outcome.reject(*at, "payload", "was refused by the broker", format!("event {at} was refused by the broker: {error}"));
+        outcome.reject(
+            *at,
+            "payload",
+            "was refused by the broker",
+            format!("event {at} was refused by the broker: {error}"),
+        );
     }
     outcome.accepted = sent - refused.len();
-    EVENTS.with_label_values(&["accepted"]).inc_by(outcome.accepted as u64);
-    EVENTS.with_label_values(&["rejected"]).inc_by(outcome.rejected as u64);
+    EVENTS
+        .with_label_values(&["accepted"])
+        .inc_by(outcome.accepted as u64);
+    EVENTS
+        .with_label_values(&["rejected"])
+        .inc_by(outcome.rejected as u64);
     let status = match (outcome.accepted, outcome.rejected) {
         (_, 0) => StatusCode::OK,
         (0, _) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -602,11 +786,15 @@ pub struct ImportsOutcome {
 }
 
 fn imports_answer(status: StatusCode, outcome: &ImportsOutcome) -> Response {
-    REQUESTS.with_label_values(&["/v1/imports", status.as_str()]).inc();
+    REQUESTS
+        .with_label_values(&["/v1/imports", status.as_str()])
+        .inc();
     let body = serde_json::to_vec(outcome).expect("outcomes serialise");
     let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
     }
     response
 }
@@ -617,12 +805,27 @@ fn imports_answer(status: StatusCode, outcome: &ImportsOutcome) -> Response {
 /// notification again: what was queued is not queued twice); 503 when
 /// every one failed or imports are not configured.
 async fn imports(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
-    let refuse = |status, message: String| imports_answer(status, &ImportsOutcome { error: Some(message), ..ImportsOutcome::default() });
+    let refuse = |status, message: String| {
+        imports_answer(
+            status,
+            &ImportsOutcome {
+                error: Some(message),
+                ..ImportsOutcome::default()
+            },
+        )
+    };
     if !state.authorised(&headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required".into());
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "a valid `Authorization: Bearer <token>` header is required".into(),
+        );
     }
     let Some(queue) = state.imports.clone() else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "imports are not configured: set ingest.database_url to the aggregators' database".into());
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "imports are not configured: set ingest.database_url to the aggregators' database"
+                .into(),
+        );
     };
     let _slot = match state.admit() {
         Ok(slot) => slot,
@@ -640,12 +843,21 @@ async fn imports(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
     for record in records {
         let started = match record {
             Ok(object) => queue.queue(&object).await,
-            Err(reason) => Started { object: String::new(), job: None, outcome: "ignored".into(), reason: Some(reason) },
+            Err(reason) => Started {
+                object: String::new(),
+                job: None,
+                outcome: "ignored".into(),
+                reason: Some(reason),
+            },
         };
         outcome.queued += usize::from(started.job.is_some());
         outcome.records.push(started);
     }
-    let failed = outcome.records.iter().filter(|r| r.outcome == "error").count();
+    let failed = outcome
+        .records
+        .iter()
+        .filter(|r| r.outcome == "error")
+        .count();
     let status = match failed {
         0 => StatusCode::OK,
         n if n == outcome.records.len() => StatusCode::SERVICE_UNAVAILABLE,
@@ -669,8 +881,12 @@ mod tests {
     #[test]
     fn only_the_event_s_own_faults_reject_it() {
         let production = KafkaError::MessageProduction;
-        assert!(refuses_the_event(&production(RDKafkaErrorCode::MessageSizeTooLarge)));
-        assert!(refuses_the_event(&production(RDKafkaErrorCode::InvalidRecord)));
+        assert!(refuses_the_event(&production(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+        assert!(refuses_the_event(&production(
+            RDKafkaErrorCode::InvalidRecord
+        )));
         // The pipeline's faults: retried as a whole (503), never blamed on an event.
         for code in [
             RDKafkaErrorCode::TopicAuthorizationFailed,
@@ -689,7 +905,11 @@ mod tests {
     fn config_errors_name_the_field() {
         let config = IngestConfig::default();
         assert_eq!(config.validate().unwrap_err().field, "ingest.tokens");
-        let config = IngestConfig { tokens: "a".into(), listen: "nowhere".into(), ..IngestConfig::default() };
+        let config = IngestConfig {
+            tokens: "a".into(),
+            listen: "nowhere".into(),
+            ..IngestConfig::default()
+        };
         assert_eq!(config.validate().unwrap_err().field, "ingest.listen");
     }
 }

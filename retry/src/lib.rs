@@ -65,13 +65,22 @@ impl Default for Backoff {
 impl Backoff {
     /// Backoff starting at `base` and growing to at most `cap` (before jitter).
     pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { base, cap, attempt: 0 }
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The wait before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
         self.attempt = self.attempt.saturating_add(1);
-        let millis = delay_ms(self.base.as_millis() as u64, self.cap.as_millis() as u64, self.attempt, random());
+        let millis = delay_ms(
+            self.base.as_millis() as u64,
+            self.cap.as_millis() as u64,
+            self.attempt,
+            random(),
+        );
         Duration::from_millis(millis)
     }
 
@@ -85,7 +94,9 @@ impl Backoff {
 /// plus a jitter of up to half of that, drawn from `seed`. Pure, so loops whose
 /// attempt count lives in a database (backfill tasks) use the same schedule.
 pub fn delay_ms(base_ms: u64, cap_ms: u64, attempt: u32, seed: u64) -> u64 {
-    let exponential = base_ms.saturating_mul(1u64 << (attempt.clamp(1, 40) - 1)).min(cap_ms);
+    let exponential = base_ms
+        .saturating_mul(1u64 << (attempt.clamp(1, 40) - 1))
+        .min(cap_ms);
     exponential + mix(seed) % (exponential / 2 + 1)
 }
 
@@ -99,7 +110,9 @@ fn mix(seed: u64) -> u64 {
 
 fn random() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     mix(nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(32))
 }
 
@@ -110,7 +123,11 @@ fn random() -> u64 {
 /// Fails with the first permanent error. Transient errors are retried
 /// without end: callers that must stop (shutdown) race this against their
 /// cancellation.
-pub async fn retry<T, E, F, Fut>(operation: &'static str, op: F, on_retry: impl FnMut(&E)) -> Result<T, E>
+pub async fn retry<T, E, F, Fut>(
+    operation: &'static str,
+    op: F,
+    on_retry: impl FnMut(&E),
+) -> Result<T, E>
 where
     E: Classify + Display,
     F: FnMut() -> Fut,
@@ -157,10 +174,14 @@ impl Classify for KafkaError {
     fn class(&self) -> Class {
         let code = match self {
             KafkaError::MessageProduction(code) | KafkaError::AdminOp(code) => *code,
-            KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) | KafkaError::Subscription(_) => {
-                return Class::Permanent
+            KafkaError::ClientCreation(_)
+            | KafkaError::ClientConfig(..)
+            | KafkaError::Subscription(_) => return Class::Permanent,
+            other => {
+                return other
+                    .rdkafka_error_code()
+                    .map_or(Class::Transient, code_class)
             }
-            other => return other.rdkafka_error_code().map_or(Class::Transient, code_class),
         };
         code_class(code)
     }
@@ -196,10 +217,14 @@ mod tests {
             let plain = (100u64 << (attempt - 1)).min(10_000);
             for seed in 0..200 {
                 let wait = delay_ms(100, 10_000, attempt, seed);
-                assert!((plain..=plain + plain / 2).contains(&wait), "attempt {attempt}: {wait}");
+                assert!(
+                    (plain..=plain + plain / 2).contains(&wait),
+                    "attempt {attempt}: {wait}"
+                );
             }
         }
-        let spread: std::collections::BTreeSet<u64> = (0..50).map(|s| delay_ms(1_000, 10_000, 1, s)).collect();
+        let spread: std::collections::BTreeSet<u64> =
+            (0..50).map(|s| delay_ms(1_000, 10_000, 1, s)).collect();
         assert!(spread.len() > 10, "jitter spreads retries: {spread:?}");
     }
 
@@ -216,9 +241,16 @@ mod tests {
             RDKafkaErrorCode::AllBrokersDown,
             RDKafkaErrorCode::RequestTimedOut,
         ] {
-            assert_eq!(KafkaError::MessageProduction(transient).class(), Class::Transient, "{transient:?}");
+            assert_eq!(
+                KafkaError::MessageProduction(transient).class(),
+                Class::Transient,
+                "{transient:?}"
+            );
         }
-        assert_eq!(KafkaError::ClientCreation("bad".into()).class(), Class::Permanent);
+        assert_eq!(
+            KafkaError::ClientCreation("bad".into()).class(),
+            Class::Permanent
+        );
     }
 
     #[derive(Debug)]
@@ -239,19 +271,33 @@ mod tests {
         let fast = || Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
         let mut calls = 0;
         let mut retried = 0;
-        let result = retry_with(fast(), "flaky", || {
-            calls += 1;
-            let outcome = if calls < 4 { Err(Flaky(Class::Transient)) } else { Ok(calls) };
-            async move { outcome }
-        }, |_| retried += 1)
+        let result = retry_with(
+            fast(),
+            "flaky",
+            || {
+                calls += 1;
+                let outcome = if calls < 4 {
+                    Err(Flaky(Class::Transient))
+                } else {
+                    Ok(calls)
+                };
+                async move { outcome }
+            },
+            |_| retried += 1,
+        )
         .await;
         assert_eq!((result.unwrap(), retried), (4, 3));
 
         let mut calls = 0;
-        let result: Result<(), _> = retry_with(fast(), "broken", || {
-            calls += 1;
-            async { Err(Flaky(Class::Permanent)) }
-        }, |_| {})
+        let result: Result<(), _> = retry_with(
+            fast(),
+            "broken",
+            || {
+                calls += 1;
+                async { Err(Flaky(Class::Permanent)) }
+            },
+            |_| {},
+        )
         .await;
         assert_eq!((result.unwrap_err().0, calls), (Class::Permanent, 1));
     }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::error::KafkaError;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 /// Records the first TLS or authentication failure librdkafka reports.
@@ -23,13 +23,20 @@ struct Watch {
 
 impl Watch {
     fn record(&self, reason: &str) {
-        self.refused.lock().expect("watch lock").get_or_insert_with(|| reason.to_owned());
+        self.refused
+            .lock()
+            .expect("watch lock")
+            .get_or_insert_with(|| reason.to_owned());
     }
 }
 
 /// What librdkafka logs when a broker refuses the TLS handshake or the SASL
 /// credentials.
-const REFUSALS: [&str; 3] = ["SSL handshake failed", "SASL authentication error", "Authentication failed"];
+const REFUSALS: [&str; 3] = [
+    "SSL handshake failed",
+    "SASL authentication error",
+    "Authentication failed",
+];
 
 impl ClientContext for Watch {
     fn log(&self, _level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -40,7 +47,10 @@ impl ClientContext for Watch {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)
+        ) {
             self.record(reason);
         }
     }
@@ -59,8 +69,13 @@ pub fn kafka_property_refused(properties: &BTreeMap<String, String>) -> Option<(
         let mut one = ClientConfig::new();
         one.set(key, value);
         match one.create_native_config() {
-            Err(KafkaError::ClientConfig(_, reason, _, _)) if value.is_empty() => Some((key.clone(), reason)),
-            Err(KafkaError::ClientConfig(_, reason, _, _)) => Some((key.clone(), reason.replace(value.as_str(), "<value not shown>"))),
+            Err(KafkaError::ClientConfig(_, reason, _, _)) if value.is_empty() => {
+                Some((key.clone(), reason))
+            }
+            Err(KafkaError::ClientConfig(_, reason, _, _)) => Some((
+                key.clone(),
+                reason.replace(value.as_str(), "<value not shown>"),
+            )),
             _ => None,
         }
     })
@@ -82,7 +97,11 @@ pub fn kafka_refuses(config: &ClientConfig, wait: Duration) -> Option<String> {
     };
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        if client.client().fetch_metadata(None, Duration::from_millis(500)).is_ok() {
+        if client
+            .client()
+            .fetch_metadata(None, Duration::from_millis(500))
+            .is_ok()
+        {
             return None;
         }
         // rdkafka queues librdkafka's logs and errors: polling delivers them.
@@ -100,12 +119,21 @@ mod tests {
 
     #[test]
     fn a_refused_property_is_named_without_its_value() {
-        let properties = |key: &str, value: &str| BTreeMap::from([(key.to_owned(), value.to_owned())]);
-        let (key, reason) = kafka_property_refused(&properties("sasl.pasword", "hunter2-secret")).unwrap();
+        let properties =
+            |key: &str, value: &str| BTreeMap::from([(key.to_owned(), value.to_owned())]);
+        let (key, reason) =
+            kafka_property_refused(&properties("sasl.pasword", "hunter2-secret")).unwrap();
         assert_eq!(key, "sasl.pasword");
-        assert!(reason.contains("No such configuration property") && !reason.contains("hunter2"), "{reason}");
-        let (_, reason) = kafka_property_refused(&properties("security.protocol", "TLS-please")).unwrap();
+        assert!(
+            reason.contains("No such configuration property") && !reason.contains("hunter2"),
+            "{reason}"
+        );
+        let (_, reason) =
+            kafka_property_refused(&properties("security.protocol", "TLS-please")).unwrap();
         assert!(!reason.contains("TLS-please"), "{reason}");
-        assert_eq!(kafka_property_refused(&properties("sasl.password", "hunter2-secret")), None);
+        assert_eq!(
+            kafka_property_refused(&properties("sasl.password", "hunter2-secret")),
+            None
+        );
     }
 }

@@ -191,7 +191,10 @@ mod tests {
         assert_eq!(Amount::parse_event_amount("-5"), Err(NotPositive));
         assert_eq!(Amount::parse_event_amount("0.000"), Err(NotPositive));
         assert_eq!(Amount::parse_event_amount("1.23456"), Err(TooPrecise));
-        assert_eq!(Amount::parse_event_amount("1234567890123456789"), Err(TooLarge));
+        assert_eq!(
+            Amount::parse_event_amount("1234567890123456789"),
+            Err(TooLarge)
+        );
         assert_eq!(Amount::parse_event_amount("1e3"), Err(NotDecimal));
         assert_eq!(Amount::parse_event_amount("1."), Err(NotDecimal));
         assert_eq!(Amount::parse_event_amount(".5"), Err(NotDecimal));

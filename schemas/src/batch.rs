@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, StringBuilder};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, StringBuilder,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -91,7 +93,11 @@ impl EventBatchBuilder {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.merchant_id.finish()),
             Arc::new(self.refund.finish()),
-            Arc::new(self.amount.finish().with_precision_and_scale(PRECISION, SCALE)?),
+            Arc::new(
+                self.amount
+                    .finish()
+                    .with_precision_and_scale(PRECISION, SCALE)?,
+            ),
             Arc::new(self.currency.finish()),
             Arc::new(self.day.finish()),
         ];

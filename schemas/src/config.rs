@@ -16,21 +16,42 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: `{}` = {:?}: {}", self.field, self.value, self.reason)
+        write!(
+            f,
+            "invalid configuration: `{}` = {:?}: {}",
+            self.field, self.value, self.reason
+        )
     }
 }
 
 impl ConfigError {
     /// A new error for `field`.
-    pub fn new(field: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> ConfigError {
-        ConfigError { field: field.into(), value: value.to_string(), reason: reason.into() }
+    pub fn new(
+        field: impl Into<String>,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
     }
 }
 
 /// Checks `value` lies in `[min, max]`.
-pub fn in_range<T: PartialOrd + fmt::Display>(field: &str, value: T, min: T, max: T) -> Result<(), ConfigError> {
+pub fn in_range<T: PartialOrd + fmt::Display>(
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
     if value < min || value > max {
-        return Err(ConfigError::new(field, &value, format!("must be between {min} and {max}")));
+        return Err(ConfigError::new(
+            field,
+            &value,
+            format!("must be between {min} and {max}"),
+        ));
     }
     Ok(())
 }
@@ -39,7 +60,11 @@ pub fn in_range<T: PartialOrd + fmt::Display>(field: &str, value: T, min: T, max
 pub fn kafka_name(field: &str, value: &str) -> Result<(), ConfigError> {
     let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if value.is_empty() || value.len() > 249 || !value.chars().all(legal) {
-        return Err(ConfigError::new(field, value, "must be 1 to 249 characters of A-Z a-z 0-9 . _ -"));
+        return Err(ConfigError::new(
+            field,
+            value,
+            "must be 1 to 249 characters of A-Z a-z 0-9 . _ -",
+        ));
     }
     Ok(())
 }
@@ -48,10 +73,15 @@ pub fn kafka_name(field: &str, value: &str) -> Result<(), ConfigError> {
 pub fn brokers(field: &str, value: &str) -> Result<(), ConfigError> {
     let ok = !value.is_empty()
         && value.split(',').all(|b| {
-            b.rsplit_once(':').is_some_and(|(host, port)| !host.trim().is_empty() && port.parse::<u16>().is_ok())
+            b.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.trim().is_empty() && port.parse::<u16>().is_ok())
         });
     if !ok {
-        return Err(ConfigError::new(field, value, "must be a comma-separated list of host:port"));
+        return Err(ConfigError::new(
+            field,
+            value,
+            "must be a comma-separated list of host:port",
+        ));
     }
     Ok(())
 }
@@ -62,7 +92,11 @@ pub fn database_url(field: &str, value: &str) -> Result<(), ConfigError> {
         .iter()
         .any(|scheme| value.starts_with(scheme) && value.len() > scheme.len());
     if !ok {
-        return Err(ConfigError::new(field, shown_database_url(value), "must start with postgres://, postgresql:// or sqlite://"));
+        return Err(ConfigError::new(
+            field,
+            shown_database_url(value),
+            "must start with postgres://, postgresql:// or sqlite://",
+        ));
     }
     Ok(())
 }
@@ -72,7 +106,12 @@ pub fn database_url(field: &str, value: &str) -> Result<(), ConfigError> {
 /// a password.
 pub fn shown_database_url(value: &str) -> String {
     match value.split_once("://") {
-        Some((scheme, _)) if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') => {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+') =>
+        {
             format!("{scheme}://<rest not shown>")
         }
         _ => "<not shown: it may hold a password>".to_owned(),
@@ -95,8 +134,21 @@ mod tests {
         assert!(kafka_name("t", "orders.dlq").is_ok());
         assert!(kafka_name("t", "bad topic").is_err());
         assert!(database_url("d", "mysql://x").is_err());
-        assert_eq!(database_url("d", "mysql://u:p@h/db").unwrap_err().value, "mysql://<rest not shown>");
-        assert_eq!(database_url("d", "host=db password=hunter2").unwrap_err().value, "<not shown: it may hold a password>");
-        assert_eq!(database_url("d", "pg://db?password=hunter2").unwrap_err().value, "pg://<rest not shown>");
+        assert_eq!(
+            database_url("d", "mysql://u:p@h/db").unwrap_err().value,
+            "mysql://<rest not shown>"
+        );
+        assert_eq!(
+            database_url("d", "host=db password=hunter2")
+                .unwrap_err()
+                .value,
+            "<not shown: it may hold a password>"
+        );
+        assert_eq!(
+            database_url("d", "pg://db?password=hunter2")
+                .unwrap_err()
+                .value,
+            "pg://<rest not shown>"
+        );
     }
 }

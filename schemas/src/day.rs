@@ -156,7 +156,11 @@ pub fn parse_rfc3339(text: &str) -> Result<EpochMicros, TimeError> {
     {
         return Err(TimeError::Range);
     }
-    let (second, micros) = if second == 60 { (59, 999_999) } else { (second, micros) };
+    let (second, micros) = if second == 60 {
+        (59, 999_999)
+    } else {
+        (second, micros)
+    };
     let days = days_from_civil(year, month, day);
     let local_secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
     let micros = (local_secs - offset_secs) * 1_000_000 + i64::from(micros);
@@ -253,10 +257,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_timestamps() {
-        assert_eq!(parse_rfc3339("2026-11-20T13:45:10"), Err(TimeError::NoOffset));
+        assert_eq!(
+            parse_rfc3339("2026-11-20T13:45:10"),
+            Err(TimeError::NoOffset)
+        );
         assert_eq!(parse_rfc3339("2026-02-30T00:00:00Z"), Err(TimeError::Range));
         assert_eq!(parse_rfc3339("2026-11-20 13:45"), Err(TimeError::Layout));
-        assert_eq!(parse_rfc3339("2026-11-20T13:45:10.Z"), Err(TimeError::Layout));
+        assert_eq!(
+            parse_rfc3339("2026-11-20T13:45:10.Z"),
+            Err(TimeError::Layout)
+        );
         assert_eq!(parse_rfc3339("yesterday"), Err(TimeError::Layout));
     }
 
@@ -288,9 +298,18 @@ mod tests {
     #[test]
     fn days_outside_the_era_are_refused_as_stated_and_in_utc() {
         // Stated in range, but the UTC day is 10000-01-01 or 0000-12-31.
-        assert_eq!(parse_rfc3339("9999-12-31T23:30:00-01:00"), Err(TimeError::OutOfEra));
-        assert_eq!(parse_rfc3339("0001-01-01T00:30:00+01:00"), Err(TimeError::OutOfEra));
-        assert_eq!(parse_rfc3339("0000-01-01T00:00:00Z"), Err(TimeError::OutOfEra));
+        assert_eq!(
+            parse_rfc3339("9999-12-31T23:30:00-01:00"),
+            Err(TimeError::OutOfEra)
+        );
+        assert_eq!(
+            parse_rfc3339("0001-01-01T00:30:00+01:00"),
+            Err(TimeError::OutOfEra)
+        );
+        assert_eq!(
+            parse_rfc3339("0000-01-01T00:00:00Z"),
+            Err(TimeError::OutOfEra)
+        );
         let last = parse_rfc3339("9999-12-31T23:59:59.999999Z").unwrap();
         assert_eq!(Day::of_micros(last), MAX_DAY);
         let first = parse_rfc3339("0001-01-01T00:00:00Z").unwrap();

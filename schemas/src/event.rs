@@ -123,28 +123,49 @@ impl Invalid {
             Some((cut, _)) => format!("{}…", &value[..cut]),
             None => value.to_owned(),
         };
-        Invalid { field, value, reason: reason.into() }
+        Invalid {
+            field,
+            value,
+            reason: reason.into(),
+        }
     }
 }
 
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "field `{}`: value {:?} {}", self.field, self.value, self.reason)
+        write!(
+            f,
+            "field `{}`: value {:?} {}",
+            self.field, self.value, self.reason
+        )
     }
 }
 
 /// The event's fields, in the order `decode` reads them from the scan.
-pub(crate) const FIELDS: [&str; 7] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
+pub(crate) const FIELDS: [&str; 7] = [
+    "event_id",
+    "order_id",
+    "merchant_id",
+    "kind",
+    "amount",
+    "currency",
+    "occurred_at",
+];
 
 fn present<'a>(raw: Option<Token<'a>>, field: &'static str) -> Result<Token<'a>, Invalid> {
     match raw {
         None => Err(Invalid::new(field, "", "is missing")),
-        Some(token) if same(token.raw.as_bytes(), b"null") => Err(Invalid::new(field, "", "is missing")),
+        Some(token) if same(token.raw.as_bytes(), b"null") => {
+            Err(Invalid::new(field, "", "is missing"))
+        }
         Some(token) => Ok(token),
     }
 }
 
-fn string<'a>(raw: Option<Token<'a>>, field: &'static str) -> Result<(Cow<'a, str>, Shape), Invalid> {
+fn string<'a>(
+    raw: Option<Token<'a>>,
+    field: &'static str,
+) -> Result<(Cow<'a, str>, Shape), Invalid> {
     let token = present(raw, field)?;
     let inner = || &token.raw[1..token.raw.len() - 1];
     match token.shape {
@@ -185,7 +206,10 @@ fn check_controls(value: &str, field: &'static str) -> Result<(), Invalid> {
     // unescaped strings through to the exact check.
     if value.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
         if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
-            let reason = format!("must not contain control characters (U+{:04X} at byte {at})", u32::from(c));
+            let reason = format!(
+                "must not contain control characters (U+{:04X} at byte {at})",
+                u32::from(c)
+            );
             return Err(Invalid::new(field, value, reason));
         }
     }
@@ -200,7 +224,11 @@ fn kind_of(value: &str) -> Result<Kind, Invalid> {
     match value.as_bytes() {
         sale if same(sale, b"sale") => Ok(Kind::Sale),
         refund if same(refund, b"refund") => Ok(Kind::Refund),
-        _ => Err(Invalid::new("kind", value, "must be \"sale\" or \"refund\"")),
+        _ => Err(Invalid::new(
+            "kind",
+            value,
+            "must be \"sale\" or \"refund\"",
+        )),
     }
 }
 
@@ -208,10 +236,17 @@ fn amount(raw: Option<Token<'_>>) -> Result<Amount, Invalid> {
     let token = present(raw, "amount")?;
     let text: Cow<'_, str> = if token.shape != Shape::Other {
         string(raw, "amount")?.0
-    } else if token.raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+    } else if token
+        .raw
+        .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+    {
         Cow::Borrowed(token.raw)
     } else {
-        return Err(Invalid::new("amount", token.raw, "must be a decimal string or a JSON number"));
+        return Err(Invalid::new(
+            "amount",
+            token.raw,
+            "must be a decimal string or a JSON number",
+        ));
     };
     amount_of(&text)
 }
@@ -228,7 +263,11 @@ fn currency<'a>(raw: Option<Token<'a>>) -> Result<Cow<'a, str>, Invalid> {
 
 pub(crate) fn check_currency(value: &str) -> Result<(), Invalid> {
     if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Invalid::new("currency", value, "must be three upper-case letters (ISO 4217)"));
+        return Err(Invalid::new(
+            "currency",
+            value,
+            "must be three upper-case letters (ISO 4217)",
+        ));
     }
     Ok(())
 }
@@ -290,11 +329,25 @@ pub fn from_columns(row: Columns<'_>) -> Result<ValidEvent<'_>, Invalid> {
         Some(Occurred::Text(text)) => occurred_at_of(text)?,
         Some(Occurred::Micros(micros)) => {
             let day = Day::of_micros(micros).checked();
-            day.map_err(|e| Invalid::new("occurred_at", &crate::day::format_rfc3339_millis(micros), e.to_string()))?;
+            day.map_err(|e| {
+                Invalid::new(
+                    "occurred_at",
+                    &crate::day::format_rfc3339_millis(micros),
+                    e.to_string(),
+                )
+            })?;
             micros
         }
     };
-    Ok(ValidEvent::new(event_id, order_id, merchant_id, kind, amount, currency, occurred_at))
+    Ok(ValidEvent::new(
+        event_id,
+        order_id,
+        merchant_id,
+        kind,
+        amount,
+        currency,
+        occurred_at,
+    ))
 }
 
 /// Decodes and validates one message value. `key` is the message key; when
@@ -315,13 +368,21 @@ pub fn decode<'a>(payload: &'a [u8], key: Option<&[u8]>) -> Result<ValidEvent<'a
 
 /// [`decode`] without the fast path, for the tests that compare the two.
 #[cfg(test)]
-pub(crate) fn decode_general<'a>(payload: &'a [u8], key: Option<&[u8]>) -> Result<ValidEvent<'a>, Invalid> {
+pub(crate) fn decode_general<'a>(
+    payload: &'a [u8],
+    key: Option<&[u8]>,
+) -> Result<ValidEvent<'a>, Invalid> {
     general(utf8(payload)?, key)
 }
 
 fn utf8(payload: &[u8]) -> Result<&str, Invalid> {
-    std::str::from_utf8(payload)
-        .map_err(|e| Invalid::new("payload", "", format!("is not valid UTF-8 (byte {})", e.valid_up_to())))
+    std::str::from_utf8(payload).map_err(|e| {
+        Invalid::new(
+            "payload",
+            "",
+            format!("is not valid UTF-8 (byte {})", e.valid_up_to()),
+        )
+    })
 }
 
 /// Any layout of the event, and the rule it breaks when it breaks one.
@@ -331,14 +392,21 @@ fn general<'a>(text: &'a str, key: Option<&[u8]>) -> Result<ValidEvent<'a>, Inva
     }
     let [event_id, order_id, merchant_id, kind_token, amount_token, currency_token, occurred_at_token] =
         object_fields(text, &FIELDS).map_err(|e| {
-            Invalid::new("payload", text, format!("is not a valid JSON object: {} at byte {}", e.reason, e.at))
+            Invalid::new(
+                "payload",
+                text,
+                format!("is not a valid JSON object: {} at byte {}", e.reason, e.at),
+            )
         })?;
     let event_id = id(event_id, "event_id")?;
     let order_id = id(order_id, "order_id")?;
     let merchant_id = id(merchant_id, "merchant_id")?;
     if let Some(key) = key {
         if !same(key, merchant_id.as_bytes()) {
-            let reason = format!("does not equal the message key {:?}", String::from_utf8_lossy(key));
+            let reason = format!(
+                "does not equal the message key {:?}",
+                String::from_utf8_lossy(key)
+            );
             return Err(Invalid::new("merchant_id", &merchant_id, reason));
         }
     }
@@ -346,7 +414,15 @@ fn general<'a>(text: &'a str, key: Option<&[u8]>) -> Result<ValidEvent<'a>, Inva
     let amount = amount(amount_token)?;
     let currency = currency(currency_token)?;
     let occurred_at = occurred_at(occurred_at_token)?;
-    Ok(ValidEvent::new(event_id, order_id, merchant_id, kind, amount, currency, occurred_at))
+    Ok(ValidEvent::new(
+        event_id,
+        order_id,
+        merchant_id,
+        kind,
+        amount,
+        currency,
+        occurred_at,
+    ))
 }
 
 #[cfg(test)]
@@ -370,19 +446,31 @@ mod tests {
     #[test]
     fn numbers_are_read_from_their_text() {
         let payload = GOOD.replace(r#""19.99""#, "0.1");
-        assert_eq!(decode(payload.as_bytes(), None).unwrap().amount, Amount(1000));
+        assert_eq!(
+            decode(payload.as_bytes(), None).unwrap().amount,
+            Amount(1000)
+        );
     }
 
     #[test]
     fn each_rule_names_its_field() {
         assert_eq!(field_of(&GOOD.replace(r#""19.99""#, r#""-5""#)), "amount");
-        assert_eq!(field_of(&GOOD.replace(r#""19.99""#, r#""1.23456""#)), "amount");
+        assert_eq!(
+            field_of(&GOOD.replace(r#""19.99""#, r#""1.23456""#)),
+            "amount"
+        );
         assert_eq!(field_of(&GOOD.replace(r#""19.99""#, "1e2")), "amount");
         assert_eq!(field_of(&GOOD.replace("EUR", "eur")), "currency");
-        assert_eq!(field_of(&GOOD.replace(r#""merchant_id":"m-42","#, "")), "merchant_id");
+        assert_eq!(
+            field_of(&GOOD.replace(r#""merchant_id":"m-42","#, "")),
+            "merchant_id"
+        );
         assert_eq!(field_of(&GOOD.replace(r#""o-1""#, "17")), "order_id");
         assert_eq!(field_of(&GOOD.replace("sale", "chargeback")), "kind");
-        assert_eq!(field_of(&GOOD.replace("13:45:10.123Z", "13:45:10")), "occurred_at");
+        assert_eq!(
+            field_of(&GOOD.replace("13:45:10.123Z", "13:45:10")),
+            "occurred_at"
+        );
         assert_eq!(field_of(&GOOD.replace(r#""e-1""#, r#""""#)), "event_id");
         assert_eq!(field_of("{not json"), "payload");
         assert_eq!(field_of("[1,2]"), "payload");
@@ -405,16 +493,26 @@ mod tests {
             assert!(invalid.reason.contains("control characters"), "{invalid}");
         }
         let unicode = GOOD.replace(r#""o-1""#, r#""o-ü-日本""#);
-        assert_eq!(decode(unicode.as_bytes(), None).unwrap().order_id, "o-ü-日本");
+        assert_eq!(
+            decode(unicode.as_bytes(), None).unwrap().order_id,
+            "o-ü-日本"
+        );
     }
 
     #[test]
     fn days_outside_the_era_are_refused() {
-        for stated in ["9999-12-31T23:30:00-01:00", "0000-01-01T00:00:00Z", "0001-01-01T00:10:00+00:20"] {
+        for stated in [
+            "9999-12-31T23:30:00-01:00",
+            "0000-01-01T00:00:00Z",
+            "0001-01-01T00:10:00+00:20",
+        ] {
             let payload = GOOD.replace("2026-11-20T13:45:10.123Z", stated);
             let invalid = decode(payload.as_bytes(), None).unwrap_err();
             assert_eq!(invalid.field, "occurred_at", "{stated}");
-            assert!(invalid.reason.contains("0001-01-01..9999-12-31"), "{invalid}");
+            assert!(
+                invalid.reason.contains("0001-01-01..9999-12-31"),
+                "{invalid}"
+            );
         }
     }
 
@@ -436,15 +534,55 @@ mod tests {
             occurred_at: Some(Occurred::Text("2026-11-20T23:30:00-01:00")),
         };
         let event = from_columns(good).unwrap();
-        assert_eq!((event.kind, event.amount, event.day), (Kind::Refund, Amount(199_900), Day::parse("2026-11-21").unwrap()));
-        let micros = Columns { occurred_at: Some(Occurred::Micros(event.occurred_at)), ..good };
+        assert_eq!(
+            (event.kind, event.amount, event.day),
+            (
+                Kind::Refund,
+                Amount(199_900),
+                Day::parse("2026-11-21").unwrap()
+            )
+        );
+        let micros = Columns {
+            occurred_at: Some(Occurred::Micros(event.occurred_at)),
+            ..good
+        };
         assert_eq!(from_columns(micros).unwrap().day, event.day);
         for (row, field) in [
-            (Columns { merchant_id: None, ..good }, "merchant_id"),
-            (Columns { amount: Some("1.23456"), ..good }, "amount"),
-            (Columns { currency: Some("eur"), ..good }, "currency"),
-            (Columns { kind: Some("chargeback"), ..good }, "kind"),
-            (Columns { occurred_at: None, ..good }, "occurred_at"),
+            (
+                Columns {
+                    merchant_id: None,
+                    ..good
+                },
+                "merchant_id",
+            ),
+            (
+                Columns {
+                    amount: Some("1.23456"),
+                    ..good
+                },
+                "amount",
+            ),
+            (
+                Columns {
+                    currency: Some("eur"),
+                    ..good
+                },
+                "currency",
+            ),
+            (
+                Columns {
+                    kind: Some("chargeback"),
+                    ..good
+                },
+                "kind",
+            ),
+            (
+                Columns {
+                    occurred_at: None,
+                    ..good
+                },
+                "occurred_at",
+            ),
         ] {
             assert_eq!(from_columns(row).unwrap_err().field, field);
         }

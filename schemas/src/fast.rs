@@ -26,7 +26,12 @@ impl<'a> Cursor<'a> {
     /// length is a constant, so the compare is a few word loads.
     #[inline(always)]
     fn literal<const N: usize>(&mut self, literal: &[u8; N]) -> Option<()> {
-        let next: [u8; N] = self.text.as_bytes().get(self.at..self.at + N)?.try_into().ok()?;
+        let next: [u8; N] = self
+            .text
+            .as_bytes()
+            .get(self.at..self.at + N)?
+            .try_into()
+            .ok()?;
         (next == *literal).then(|| self.at += N)
     }
 
@@ -48,7 +53,8 @@ impl<'a> Cursor<'a> {
     /// An id: printable, 1 to [`MAX_ID_BYTES`] bytes.
     #[inline(always)]
     fn id(&mut self) -> Option<&'a str> {
-        self.printable().filter(|id| (1..=MAX_ID_BYTES).contains(&id.len()))
+        self.printable()
+            .filter(|id| (1..=MAX_ID_BYTES).contains(&id.len()))
     }
 
     /// The amount's text, quoted or a bare JSON number of digits with at
@@ -60,7 +66,12 @@ impl<'a> Cursor<'a> {
         }
         let bytes = self.text.as_bytes();
         let start = self.at;
-        let digits = |from: usize| from + bytes[from..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let digits = |from: usize| {
+            from + bytes[from..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count()
+        };
         let mut end = digits(start);
         // JSON allows no leading zero; an amount's text would.
         if end == start || (bytes[start] == b'0' && end - start > 1) {
@@ -110,7 +121,15 @@ pub(crate) fn decode<'a>(text: &'a str, key: Option<&[u8]>) -> Option<ValidEvent
     if cursor.at + 1 != text.len() || cursor.literal(b"}").is_none() {
         members_after(text, cursor.at, &FIELDS)?;
     }
-    Some(ValidEvent::new(event_id, order_id, merchant_id, kind, amount, currency, occurred_at))
+    Some(ValidEvent::new(
+        event_id,
+        order_id,
+        merchant_id,
+        kind,
+        amount,
+        currency,
+        occurred_at,
+    ))
 }
 
 #[cfg(test)]
@@ -142,7 +161,11 @@ mod tests {
     fn producers_layout_takes_the_fast_path() {
         for event in EVENTS {
             let fast = decode(event, Some(b"m-00042")).unwrap_or_else(|| panic!("slow: {event}"));
-            assert_eq!(Ok(fast), decode_general(event.as_bytes(), Some(b"m-00042")), "{event}");
+            assert_eq!(
+                Ok(fast),
+                decode_general(event.as_bytes(), Some(b"m-00042")),
+                "{event}"
+            );
         }
     }
 
@@ -174,10 +197,15 @@ mod tests {
     /// declines or agrees.
     #[test]
     fn every_one_byte_change_is_declined_or_agreed() {
-        let bytes: Vec<u8> = b"\"\\{}[],:-+.0159eEZzT tn\x00\x1f\x7f".iter().copied().chain([0xc3, 0xff]).collect();
+        let bytes: Vec<u8> = b"\"\\{}[],:-+.0159eEZzT tn\x00\x1f\x7f"
+            .iter()
+            .copied()
+            .chain([0xc3, 0xff])
+            .collect();
         for event in EVENTS {
             for at in 0..event.len() {
-                let mut variants = vec![[&event.as_bytes()[..at], &event.as_bytes()[at + 1..]].concat()];
+                let mut variants =
+                    vec![[&event.as_bytes()[..at], &event.as_bytes()[at + 1..]].concat()];
                 variants.push([&event.as_bytes()[..=at], &event.as_bytes()[at..]].concat());
                 for &b in &bytes {
                     let mut changed = event.as_bytes().to_vec();

@@ -81,10 +81,18 @@ mod tests {
             last_offset: 199,
             dedupe_from_offset: 40,
             dedupe_clock_ms: Some(1_763_600_000_000),
-            events: EventCounts { counted: 98, duplicate: 1, invalid: 1 },
+            events: EventCounts {
+                counted: 98,
+                duplicate: 1,
+                invalid: 1,
+            },
             max_append_ms: Some(1),
             rows: vec![PartialRow {
-                key: TotalsKey { merchant_id: "m".into(), currency: "EUR".into(), day: Day(1) },
+                key: TotalsKey {
+                    merchant_id: "m".into(),
+                    currency: "EUR".into(),
+                    day: Day(1),
+                },
                 sums: Sums {
                     sales_amount: Amount(123_456_789_012_345_678_901_234_567),
                     sales_count: 2,
@@ -94,7 +102,10 @@ mod tests {
             }],
         };
         let json = serde_json::to_string(&partial).unwrap();
-        assert!(json.contains(r#""sales_amount":"12345678901234567890123.4567""#), "{json}");
+        assert!(
+            json.contains(r#""sales_amount":"12345678901234567890123.4567""#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<Partial>(&json).unwrap(), partial);
     }
 }

@@ -54,7 +54,11 @@ pub fn object_fields<'a, const N: usize>(
     text: &'a str,
     wanted: &[&str; N],
 ) -> Result<[Option<Token<'a>>; N], ScanError> {
-    let mut scanner = Scanner { text, bytes: text.as_bytes(), at: 0 };
+    let mut scanner = Scanner {
+        text,
+        bytes: text.as_bytes(),
+        at: 0,
+    };
     let mut found = [None; N];
     // Producers write the keys in one order: try the slot after the last
     // one matched before comparing against every wanted key.
@@ -82,9 +86,15 @@ pub fn object_fields<'a, const N: usize>(
             let shape = scanner.value(0)?;
             if let Some(slot) = slot {
                 if found[slot].is_some() {
-                    return Err(ScanError { reason: "a field appears twice", at: key_start });
+                    return Err(ScanError {
+                        reason: "a field appears twice",
+                        at: key_start,
+                    });
                 }
-                found[slot] = Some(Token { raw: &text[value_start..scanner.at], shape });
+                found[slot] = Some(Token {
+                    raw: &text[value_start..scanner.at],
+                    shape,
+                });
                 guess = slot + 1;
             }
             scanner.whitespace();
@@ -109,7 +119,12 @@ pub fn object_fields<'a, const N: usize>(
 /// Fails when a non-NDJSON body is not one JSON array.
 pub fn body_items(text: &str, ndjson: bool) -> Result<Vec<(usize, &str)>, ScanError> {
     if ndjson {
-        return Ok(text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(|(i, line)| (i + 1, line)).collect());
+        return Ok(text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| (i + 1, line))
+            .collect());
     }
     Ok(array_elements(text)?.into_iter().enumerate().collect())
 }
@@ -117,7 +132,11 @@ pub fn body_items(text: &str, ndjson: bool) -> Result<Vec<(usize, &str)>, ScanEr
 /// Splits `text`, which must hold exactly one JSON array, into the raw text
 /// of each element (validated, not parsed).
 pub fn array_elements(text: &str) -> Result<Vec<&str>, ScanError> {
-    let mut scanner = Scanner { text, bytes: text.as_bytes(), at: 0 };
+    let mut scanner = Scanner {
+        text,
+        bytes: text.as_bytes(),
+        at: 0,
+    };
     let mut elements = Vec::new();
     scanner.whitespace();
     scanner.expect(b'[', "expected `[` at the start of the array")?;
@@ -149,8 +168,16 @@ pub fn array_elements(text: &str) -> Result<Vec<&str>, ScanError> {
 /// none of them under a key in `wanted`. An escaped key gives `None` too,
 /// unread, and so does anything that is not JSON: the caller then scans the
 /// whole object the general way, which tells them apart.
-pub(crate) fn members_after<const N: usize>(text: &str, at: usize, wanted: &[&str; N]) -> Option<()> {
-    let mut scanner = Scanner { text, bytes: text.as_bytes(), at };
+pub(crate) fn members_after<const N: usize>(
+    text: &str,
+    at: usize,
+    wanted: &[&str; N],
+) -> Option<()> {
+    let mut scanner = Scanner {
+        text,
+        bytes: text.as_bytes(),
+        at,
+    };
     loop {
         scanner.whitespace();
         match scanner.next()? {
@@ -242,7 +269,9 @@ pub(crate) fn plain_run(bytes: &[u8]) -> (usize, bool) {
     let mut seen_wide = 0;
     for chunk in &mut chunks {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let hits = below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) | below(word, 0x20);
+        let hits = below(word ^ (ONES * u64::from(b'"')), 1)
+            | below(word ^ (ONES * u64::from(b'\\')), 1)
+            | below(word, 0x20);
         if hits != 0 {
             let run = (hits.trailing_zeros() / 8) as usize;
             // Only the bytes before the stop belong to the run.
@@ -253,8 +282,14 @@ pub(crate) fn plain_run(bytes: &[u8]) -> (usize, bool) {
         at += 8;
     }
     let rest = chunks.remainder();
-    let run = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(rest.len());
-    (at + run, seen_wide == 0 && rest[..run].iter().all(|&b| b < 0x7f))
+    let run = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .unwrap_or(rest.len());
+    (
+        at + run,
+        seen_wide == 0 && rest[..run].iter().all(|&b| b < 0x7f),
+    )
 }
 
 struct Scanner<'a> {
@@ -275,7 +310,10 @@ impl Scanner<'_> {
     }
 
     fn error(&self, reason: &'static str) -> ScanError {
-        ScanError { reason, at: self.at }
+        ScanError {
+            reason,
+            at: self.at,
+        }
     }
 
     fn expect(&mut self, byte: u8, reason: &'static str) -> Result<(), ScanError> {
@@ -299,9 +337,16 @@ impl Scanner<'_> {
     #[inline(always)]
     fn literal_key(&mut self, name: Option<&str>) -> bool {
         let Some(name) = name else { return false };
-        debug_assert!(!name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20), "wanted names are plain");
+        debug_assert!(
+            !name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
+            "wanted names are plain"
+        );
         let end = self.at + name.len();
-        let hit = self.bytes.get(self.at..end).is_some_and(|key| same(key, name.as_bytes())) && self.bytes.get(end) == Some(&b'"');
+        let hit = self
+            .bytes
+            .get(self.at..end)
+            .is_some_and(|key| same(key, name.as_bytes()))
+            && self.bytes.get(end) == Some(&b'"');
         if hit {
             self.at = end + 1;
         }
@@ -319,7 +364,9 @@ impl Scanner<'_> {
             let (run, run_printable) = plain_run(&self.bytes[self.at..]);
             self.at += run;
             printable &= run_printable;
-            let Some(byte) = self.next() else { return Err(self.error("unterminated string")) };
+            let Some(byte) = self.next() else {
+                return Err(self.error("unterminated string"));
+            };
             match byte {
                 b'"' if escaped => return Ok(Shape::Escaped),
                 b'"' if printable => return Ok(Shape::Printable),
@@ -340,7 +387,9 @@ impl Scanner<'_> {
                                     return Err(self.error("lone surrogate in a \\u escape"));
                                 }
                             }
-                            0xDC00..=0xDFFF => return Err(self.error("lone surrogate in a \\u escape")),
+                            0xDC00..=0xDFFF => {
+                                return Err(self.error("lone surrogate in a \\u escape"))
+                            }
                             _ => {}
                         },
                         _ => return Err(self.error("invalid escape in a string")),
@@ -357,7 +406,9 @@ impl Scanner<'_> {
         let mut unit = 0u16;
         for _ in 0..4 {
             let digit = self.next().and_then(|b| (b as char).to_digit(16));
-            let Some(digit) = digit else { return Err(self.error("invalid \\u escape")) };
+            let Some(digit) = digit else {
+                return Err(self.error("invalid \\u escape"));
+            };
             unit = unit << 4 | digit as u16;
         }
         Ok(unit)
@@ -474,7 +525,11 @@ mod tests {
             (r#"{"c":["\udfff"]}"#, false),
         ] {
             assert_eq!(fields(text).is_ok(), ok, "{text}");
-            assert_eq!(serde_json::from_str::<serde_json::Value>(text).is_ok(), ok, "serde_json on {text}");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(text).is_ok(),
+                ok,
+                "serde_json on {text}"
+            );
         }
     }
 
@@ -492,8 +547,12 @@ mod tests {
 
     #[test]
     fn returns_raw_tokens_and_skips_the_rest() {
-        let text = r#" { "x": {"deep": [1, -2.5e+3, true, null, "s\"}"]}, "b" : "t\u0041", "a":12.50 } "#;
-        assert_eq!(raw(fields(text).unwrap()), [Some("12.50"), Some(r#""t\u0041""#)]);
+        let text =
+            r#" { "x": {"deep": [1, -2.5e+3, true, null, "s\"}"]}, "b" : "t\u0041", "a":12.50 } "#;
+        assert_eq!(
+            raw(fields(text).unwrap()),
+            [Some("12.50"), Some(r#""t\u0041""#)]
+        );
         assert_eq!(raw(fields("{}").unwrap()), [None, None]);
         assert_eq!(raw(fields(r#"{"\u0061": 1}"#).unwrap()), [Some("1"), None]);
     }
@@ -525,14 +584,18 @@ mod tests {
         ];
         for case in cases {
             let ours = fields(case).is_ok();
-            let theirs = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(case).is_ok();
+            let theirs =
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(case).is_ok();
             assert_eq!(ours, theirs, "{case}");
         }
     }
 
     #[test]
     fn splits_arrays_into_raw_elements() {
-        assert_eq!(array_elements(r#" [ {"a":1} , "x", [2,3] ] "#).unwrap(), [r#"{"a":1}"#, r#""x""#, "[2,3]"]);
+        assert_eq!(
+            array_elements(r#" [ {"a":1} , "x", [2,3] ] "#).unwrap(),
+            [r#"{"a":1}"#, r#""x""#, "[2,3]"]
+        );
         assert_eq!(array_elements("[]").unwrap(), Vec::<&str>::new());
         for bad in ["", "[", "[1,]", "{}", "[1] 2", "[1 2]"] {
             assert!(array_elements(bad).is_err(), "{bad}");
@@ -545,12 +608,19 @@ mod tests {
             for at in 0..20 {
                 let mut bytes = vec![b'a'; 20];
                 // Bytes that a careless SWAR test would also flag.
-                bytes.iter_mut().skip(at + 1).step_by(3).for_each(|b| *b = 0xff);
+                bytes
+                    .iter_mut()
+                    .skip(at + 1)
+                    .step_by(3)
+                    .for_each(|b| *b = 0xff);
                 bytes[at] = special;
                 assert_eq!(plain_run(&bytes), (at, true), "{special:#x} at {at}");
             }
         }
-        assert_eq!(plain_run("é€😀 plain".as_bytes()), ("é€😀 plain".len(), false));
+        assert_eq!(
+            plain_run("é€😀 plain".as_bytes()),
+            ("é€😀 plain".len(), false)
+        );
         assert_eq!(plain_run(&[0x21, 0x5b, 0x5d, 0x7f, 0x80]), (5, false));
         assert_eq!(plain_run(b"~ printable!"), (12, true));
     }
@@ -581,13 +651,29 @@ mod tests {
         assert_eq!(shape(r#"{"a":"\u0041"}"#), Shape::Escaped);
         assert_eq!(shape(r#"{"a":"ü\n"}"#), Shape::Escaped);
         for other in ["1", "-2.5e3", "true", "null", "[\"x\"]", r#"{"x":"y"}"#] {
-            assert_eq!(shape(&format!(r#"{{"a":{other}}}"#)), Shape::Other, "{other}");
+            assert_eq!(
+                shape(&format!(r#"{{"a":{other}}}"#)),
+                Shape::Other,
+                "{other}"
+            );
         }
     }
 
     #[test]
     fn short_texts_compare_by_words() {
-        let texts = ["", "a", "ab", "abc", "kind", "amount", "currency", "event_id", "merchant_id", "0123456789abcdef", "0123456789abcdefg"];
+        let texts = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "kind",
+            "amount",
+            "currency",
+            "event_id",
+            "merchant_id",
+            "0123456789abcdef",
+            "0123456789abcdefg",
+        ];
         for a in texts {
             for b in texts {
                 assert_eq!(same(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
@@ -603,13 +689,22 @@ mod tests {
 
     #[test]
     fn keys_out_of_order_are_still_found() {
-        assert_eq!(raw(fields(r#"{"b":2,"a":1}"#).unwrap()), [Some("1"), Some("2")]);
-        assert_eq!(raw(fields(r#"{"x":0,"b":2,"y":0,"a":1}"#).unwrap()), [Some("1"), Some("2")]);
+        assert_eq!(
+            raw(fields(r#"{"b":2,"a":1}"#).unwrap()),
+            [Some("1"), Some("2")]
+        );
+        assert_eq!(
+            raw(fields(r#"{"x":0,"b":2,"y":0,"a":1}"#).unwrap()),
+            [Some("1"), Some("2")]
+        );
     }
 
     #[test]
     fn refuses_a_repeated_field_and_deep_nesting() {
-        assert_eq!(fields(r#"{"a":1,"a":2}"#).unwrap_err().reason, "a field appears twice");
+        assert_eq!(
+            fields(r#"{"a":1,"a":2}"#).unwrap_err().reason,
+            "a field appears twice"
+        );
         let deep = format!(r#"{{"x":{}{}}}"#, "[".repeat(100), "]".repeat(100));
         assert_eq!(fields(&deep).unwrap_err().reason, "nested too deeply");
     }

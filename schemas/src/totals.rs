@@ -76,7 +76,11 @@ mod tests {
     use super::*;
 
     fn key(m: &str) -> TotalsKey {
-        TotalsKey { merchant_id: m.into(), currency: "EUR".into(), day: Day(20_000) }
+        TotalsKey {
+            merchant_id: m.into(),
+            currency: "EUR".into(),
+            day: Day(20_000),
+        }
     }
 
     #[test]

@@ -33,12 +33,21 @@ pub struct Session {
 pub fn session() -> Session {
     // One partition: a worker batch is small and already runs on its own
     // blocking thread, so repartitioning would only add overhead.
-    let config = SessionConfig::new().with_target_partitions(1).with_batch_size(16 * 1024);
-    Session { ctx: SessionContext::new_with_config(config), plan: Arc::default() }
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(16 * 1024);
+    Session {
+        ctx: SessionContext::new_with_config(config),
+        plan: Arc::default(),
+    }
 }
 
 fn filtered(aggregate: Expr, refund: bool, name: &str) -> Result<Expr> {
-    let only = if refund { col(c::REFUND) } else { !col(c::REFUND) };
+    let only = if refund {
+        col(c::REFUND)
+    } else {
+        !col(c::REFUND)
+    };
     Ok(aggregate.filter(only).build()?.alias(name))
 }
 
@@ -83,7 +92,8 @@ pub async fn partial_rows(session: &Session, batch: RecordBatch) -> Result<Vec<P
         }
     };
     let schema = batch.schema();
-    let rows: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
+    let rows: Arc<dyn ExecutionPlan> =
+        MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
     let mut scans = 0;
     let plan = template
         .transform_up(|node| {
@@ -97,7 +107,9 @@ pub async fn partial_rows(session: &Session, batch: RecordBatch) -> Result<Vec<P
     if scans != 1 {
         // A DataFusion upgrade that planned the empty scan away (or twice)
         // must fail loudly, not count a batch as nothing.
-        return Err(DataFusionError::Internal(format!("the cached partial-totals plan has {scans} scans of the batch; it needs exactly 1")));
+        return Err(DataFusionError::Internal(format!(
+            "the cached partial-totals plan has {scans} scans of the batch; it needs exactly 1"
+        )));
     }
     let results = collect(plan, session.ctx.task_ctx()).await?;
     let mut rows = Vec::new();
@@ -155,7 +167,17 @@ mod tests {
             let event = decode(json.as_bytes(), None).unwrap();
             let mut sums = Sums::default();
             sums.add_event(event.kind, event.amount);
-            merge_into(&mut expected, [(TotalsKey { merchant_id: m.to_string(), currency: cur.to_string(), day: event.day }, sums)]);
+            merge_into(
+                &mut expected,
+                [(
+                    TotalsKey {
+                        merchant_id: m.to_string(),
+                        currency: cur.to_string(),
+                        day: event.day,
+                    },
+                    sums,
+                )],
+            );
             builder.push(&event);
         }
         (builder.finish().unwrap(), expected)
@@ -163,17 +185,36 @@ mod tests {
 
     #[tokio::test]
     async fn one_plan_serves_every_batch_of_a_session() {
-        let (first, first_totals) = batch_of(&[("m1", "sale", "1.5", "EUR"), ("m2", "refund", "2", "USD")]);
-        let (second, second_totals) = batch_of(&[("m3", "sale", "7", "EUR"), ("m3", "sale", "0.25", "EUR"), ("m1", "refund", "1", "EUR")]);
+        let (first, first_totals) =
+            batch_of(&[("m1", "sale", "1.5", "EUR"), ("m2", "refund", "2", "USD")]);
+        let (second, second_totals) = batch_of(&[
+            ("m3", "sale", "7", "EUR"),
+            ("m3", "sale", "0.25", "EUR"),
+            ("m1", "refund", "1", "EUR"),
+        ]);
         let session = session();
-        for (batch, expected) in [(&first, &first_totals), (&second, &second_totals), (&first, &first_totals)] {
+        for (batch, expected) in [
+            (&first, &first_totals),
+            (&second, &second_totals),
+            (&first, &first_totals),
+        ] {
             let mut got = Totals::new();
-            merge_into(&mut got, partial_rows(&session, batch.clone()).await.unwrap().into_iter().map(|r| (r.key, r.sums)));
+            merge_into(
+                &mut got,
+                partial_rows(&session, batch.clone())
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| (r.key, r.sums)),
+            );
             assert_eq!(&got, expected);
         }
         // Clones share the plan, and a clone running at the same time gets its own rows.
         let clone = session.clone();
-        let (a, b) = tokio::join!(partial_rows(&clone, first.clone()), partial_rows(&session, second.clone()));
+        let (a, b) = tokio::join!(
+            partial_rows(&clone, first.clone()),
+            partial_rows(&session, second.clone())
+        );
         assert_eq!((a.unwrap().len(), b.unwrap().len()), (2, 2));
     }
 
@@ -190,7 +231,11 @@ mod tests {
         let mut got = Totals::new();
         merge_into(&mut got, rows.into_iter().map(|r| (r.key, r.sums)));
         assert_eq!(got, expected);
-        let m1 = &got[&TotalsKey { merchant_id: "m1".into(), currency: "EUR".into(), day: Day::parse("2026-11-20").unwrap() }];
+        let m1 = &got[&TotalsKey {
+            merchant_id: "m1".into(),
+            currency: "EUR".into(),
+            day: Day::parse("2026-11-20").unwrap(),
+        }];
         assert_eq!(m1.net_amount().to_string(), "7.5001");
     }
 }

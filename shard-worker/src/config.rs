@@ -100,11 +100,31 @@ impl WorkerConfig {
         check::kafka_name("worker.group_id", &self.group_id)?;
         check::in_range("worker.topic_partitions", self.topic_partitions, 1, 10_000)?;
         check::in_range("worker.replication_factor", self.replication_factor, 1, 32)?;
-        check::in_range("worker.batch_max_events", self.batch_max_events, 1, 1_000_000)?;
+        check::in_range(
+            "worker.batch_max_events",
+            self.batch_max_events,
+            1,
+            1_000_000,
+        )?;
         check::in_range("worker.batch_max_ms", self.batch_max_ms, 1, 60_000)?;
-        check::in_range("worker.dedupe_window_secs", self.dedupe_window_secs, 0, 7 * 86_400)?;
-        check::in_range("worker.dedupe_max_ids", self.dedupe_max_ids, 1_000, 1_000_000_000)?;
-        check::in_range("worker.partial_max_rows", self.partial_max_rows, 1, 1_000_000)?;
+        check::in_range(
+            "worker.dedupe_window_secs",
+            self.dedupe_window_secs,
+            0,
+            7 * 86_400,
+        )?;
+        check::in_range(
+            "worker.dedupe_max_ids",
+            self.dedupe_max_ids,
+            1_000,
+            1_000_000_000,
+        )?;
+        check::in_range(
+            "worker.partial_max_rows",
+            self.partial_max_rows,
+            1,
+            1_000_000,
+        )?;
         let message_max = self.message_max_bytes()?;
         // One row of the largest ids with every header field is under 1 KiB.
         let room = message_max.saturating_sub(PARTIAL_ENVELOPE_BYTES);
@@ -115,7 +135,12 @@ impl WorkerConfig {
                 format!("must be between 4096 and {room} (the producer's message.max.bytes {message_max} minus {PARTIAL_ENVELOPE_BYTES} for the record's key and framing)"),
             ));
         }
-        check::in_range("worker.session_timeout_ms", self.session_timeout_ms, 1_000, 300_000)?;
+        check::in_range(
+            "worker.session_timeout_ms",
+            self.session_timeout_ms,
+            1_000,
+            300_000,
+        )?;
         check::in_range("worker.drain_timeout_ms", self.drain_timeout_ms, 0, 600_000)?;
         if !self.group_instance_id.is_empty() {
             check::kafka_name("worker.group_instance_id", &self.group_instance_id)?;
@@ -136,9 +161,13 @@ impl WorkerConfig {
     pub fn message_max_bytes(&self) -> Result<usize, ConfigError> {
         match self.kafka.get("message.max.bytes") {
             None => Ok(LIBRDKAFKA_MESSAGE_MAX_BYTES),
-            Some(text) => text
-                .parse()
-                .map_err(|_| ConfigError::new("worker.kafka.message.max.bytes", text, "must be a whole number of bytes")),
+            Some(text) => text.parse().map_err(|_| {
+                ConfigError::new(
+                    "worker.kafka.message.max.bytes",
+                    text,
+                    "must be a whole number of bytes",
+                )
+            }),
         }
     }
 
@@ -160,22 +189,35 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_are_named() {
         assert_eq!(WorkerConfig::default().validate(), Ok(()));
-        let bad = WorkerConfig { batch_max_events: 0, ..Default::default() };
+        let bad = WorkerConfig {
+            batch_max_events: 0,
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().field, "worker.batch_max_events");
-        let bad = WorkerConfig { partials_topic: "orders".into(), ..Default::default() };
+        let bad = WorkerConfig {
+            partials_topic: "orders".into(),
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().field, "worker.orders_topic");
     }
 
     #[test]
     fn partials_must_fit_the_producers_message_limit() {
         let mut small = WorkerConfig::default();
-        small.kafka.insert("message.max.bytes".into(), "200000".into());
+        small
+            .kafka
+            .insert("message.max.bytes".into(), "200000".into());
         let error = small.validate().unwrap_err();
         assert_eq!(error.field, "worker.partial_max_bytes");
         assert!(error.reason.contains("message.max.bytes 200000"), "{error}");
         small.partial_max_bytes = 100_000;
         assert_eq!(small.validate(), Ok(()));
-        small.kafka.insert("message.max.bytes".into(), "lots".into());
-        assert_eq!(small.validate().unwrap_err().field, "worker.kafka.message.max.bytes");
+        small
+            .kafka
+            .insert("message.max.bytes".into(), "lots".into());
+        assert_eq!(
+            small.validate().unwrap_err().field,
+            "worker.kafka.message.max.bytes"
+        );
     }
 }

@@ -24,17 +24,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::mpsc::error::TrySendError;
 use store::Claim;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +51,13 @@ enum Control {
     /// partition's messages then arrive on the consumer's own queue. The
     /// park is `Some` when the broker's log end looked behind the fence; the
     /// resume when the claim follows this process's own last one.
-    Assigned(i32, Claim, Option<PartitionQueue<ClaimContext>>, Option<Parked>, Option<Box<Resume>>),
+    Assigned(
+        i32,
+        Claim,
+        Option<PartitionQueue<ClaimContext>>,
+        Option<Parked>,
+        Option<Box<Resume>>,
+    ),
     Revoked(Vec<i32>),
 }
 
@@ -80,7 +86,13 @@ const RESUME_WAIT: Duration = Duration::from_secs(3);
 
 impl ClaimContext {
     /// A context claiming partitions of `shared.orders_topic` as `owner`.
-    pub fn new(shared: Arc<Shared>, handle: Handle, owner: String, offsets: Arc<Offsets>, shutdown: CancellationToken) -> ClaimContext {
+    pub fn new(
+        shared: Arc<Shared>,
+        handle: Handle,
+        owner: String,
+        offsets: Arc<Offsets>,
+        shutdown: CancellationToken,
+    ) -> ClaimContext {
         ClaimContext {
             shared,
             handle,
@@ -97,16 +109,28 @@ impl ClaimContext {
     /// that task has stopped and the fence stands where it left it; `None`
     /// when there was none, or the fence moved on or never got there.
     fn resume_of(&self, partition: i32, deadline: tokio::time::Instant) -> Option<Resume> {
-        let task = self.leaving.lock().expect("leaving lock").remove(&partition)?;
+        let task = self
+            .leaving
+            .lock()
+            .expect("leaving lock")
+            .remove(&partition)?;
         let (store, topic) = (&self.shared.store, &self.shared.orders_topic);
         self.handle.block_on(async {
             let abort = task.abort_handle();
-            let Ok(Ok((Ended::Closed, Some(resume)))) = tokio::time::timeout_at(deadline, task).await else {
+            let Ok(Ok((Ended::Closed, Some(resume)))) =
+                tokio::time::timeout_at(deadline, task).await
+            else {
                 abort.abort();
                 return None;
             };
             loop {
-                let fence = store.progress().await.ok()?.into_iter().find(|p| p.topic == *topic && p.partition == partition)?.fence;
+                let fence = store
+                    .progress()
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|p| p.topic == *topic && p.partition == partition)?
+                    .fence;
                 if fence.epoch != resume.epoch || fence.next_offset > resume.next_offset {
                     return None;
                 }
@@ -130,9 +154,16 @@ impl ClaimContext {
     /// The partition's own queue, split off the consumer's before `assign`
     /// (librdkafka keeps a queue the application split off across `assign`).
     fn split(&self, topic: &str, partition: i32) -> Option<PartitionQueue<ClaimContext>> {
-        let queue = self.consumer.get().and_then(Weak::upgrade).and_then(|c| c.split_partition_queue(topic, partition));
+        let queue = self
+            .consumer
+            .get()
+            .and_then(Weak::upgrade)
+            .and_then(|c| c.split_partition_queue(topic, partition));
         if queue.is_none() {
-            tracing::warn!(partition, "Could not give the partition its own queue; reading it from the shared one.");
+            tracing::warn!(
+                partition,
+                "Could not give the partition its own queue; reading it from the shared one."
+            );
         }
         queue
     }
@@ -167,7 +198,9 @@ impl ClientContext for ClaimContext {
     /// broker no extra requests (tansu answers ListOffsets slowly, and its
     /// group coordinator stalls behind them).
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.shared.orders_topic) else { return };
+        let Some(topic) = statistics.topics.get(&self.shared.orders_topic) else {
+            return;
+        };
         for (&partition, stats) in &topic.partitions {
             if partition >= 0 && stats.hi_offset >= 0 {
                 self.offsets.set_high(partition, stats.hi_offset);
@@ -177,11 +210,20 @@ impl ClientContext for ClaimContext {
 }
 
 impl ConsumerContext for ClaimContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let topic = self.shared.orders_topic.clone();
-                let partitions: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
+                let partitions: Vec<i32> = tpl
+                    .elements_for_topic(&topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
                 let mut accepted = TopicPartitionList::new();
                 let deadline = tokio::time::Instant::now() + RESUME_WAIT;
                 for partition in partitions {
@@ -192,23 +234,51 @@ impl ConsumerContext for ClaimContext {
                         Some(Ok(claim)) => claim,
                         Some(Err(error)) => {
                             let detail = format!("the database refused the claim: {error}");
-                            health::park(&topic, partition, Parked { reason: ParkReason::ClaimRefused, first_offset: -1, last_offset: None, detail });
+                            health::park(
+                                &topic,
+                                partition,
+                                Parked {
+                                    reason: ParkReason::ClaimRefused,
+                                    first_offset: -1,
+                                    last_offset: None,
+                                    detail,
+                                },
+                            );
                             continue;
                         }
                     };
                     metrics::CLAIMS.inc();
                     // Only a claim right after this process's own, at the
                     // fence its task left, may keep that task's window.
-                    let resume = resume.filter(|r| claim.epoch == r.epoch + 1 && claim.next_offset == r.next_offset);
-                    let start = resume.as_ref().map_or(claim.dedupe_from_offset, |r| r.read_from);
-                    tracing::info!(partition, epoch = claim.epoch, next_offset = claim.next_offset,
-                        dedupe_from_offset = claim.dedupe_from_offset, reading_from = start, kept_window = resume.is_some(), "Partition claimed.");
+                    let resume = resume.filter(|r| {
+                        claim.epoch == r.epoch + 1 && claim.next_offset == r.next_offset
+                    });
+                    let start = resume
+                        .as_ref()
+                        .map_or(claim.dedupe_from_offset, |r| r.read_from);
+                    tracing::info!(
+                        partition,
+                        epoch = claim.epoch,
+                        next_offset = claim.next_offset,
+                        dedupe_from_offset = claim.dedupe_from_offset,
+                        reading_from = start,
+                        kept_window = resume.is_some(),
+                        "Partition claimed."
+                    );
                     let suspect = log_behind_fence(consumer, &topic, partition, &claim);
-                    if let Err(error) = accepted.add_partition_offset(&topic, partition, Offset::Offset(start)) {
+                    if let Err(error) =
+                        accepted.add_partition_offset(&topic, partition, Offset::Offset(start))
+                    {
                         tracing::error!(partition, %error, "Could not set the start offset.");
                     }
                     let queue = self.split(&topic, partition);
-                    self.push(Control::Assigned(partition, claim, queue, suspect, resume.map(Box::new)));
+                    self.push(Control::Assigned(
+                        partition,
+                        claim,
+                        queue,
+                        suspect,
+                        resume.map(Box::new),
+                    ));
                 }
                 // Revoked tasks of partitions that went elsewhere finish on their own.
                 self.leaving.lock().expect("leaving lock").clear();
@@ -229,7 +299,9 @@ impl ConsumerContext for ClaimContext {
             }
             other => {
                 tracing::error!(error = ?other, "Rebalance failed; dropping the assignment.");
-                self.push(Control::Revoked(tpl.elements().iter().map(|e| e.partition()).collect()));
+                self.push(Control::Revoked(
+                    tpl.elements().iter().map(|e| e.partition()).collect(),
+                ));
                 let _ = consumer.unassign();
             }
         }
@@ -246,7 +318,12 @@ impl ConsumerContext for ClaimContext {
 /// (tansu's memory store names the start of a recent record batch). So a
 /// `Some` only makes the lane a suspect: it hands nothing over until a
 /// fetch response's high watermark ([`Lane::settle`]) confirms or clears it.
-fn log_behind_fence(consumer: &BaseConsumer<ClaimContext>, topic: &str, partition: i32, claim: &Claim) -> Option<Parked> {
+fn log_behind_fence(
+    consumer: &BaseConsumer<ClaimContext>,
+    topic: &str,
+    partition: i32,
+    claim: &Claim,
+) -> Option<Parked> {
     let (low, high) = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
         Ok(marks) => marks,
         Err(error) => {
@@ -327,7 +404,9 @@ impl Lane {
     /// queue is empty, or `most` messages were read. `Err` carries the
     /// offset at which the log went backwards.
     fn read(&mut self, batch_max_events: usize, most: usize) -> Result<usize, i64> {
-        let Some(queue) = self.queue.take() else { return Ok(0) };
+        let Some(queue) = self.queue.take() else {
+            return Ok(0);
+        };
         let mut read = 0;
         let mut result = Ok(0);
         while self.pending.len() < batch_max_events && read < most {
@@ -368,7 +447,11 @@ fn owned(message: &BorrowedMessage<'_>) -> Message {
         timestamp_ms: message.timestamp().to_millis(),
         headers: message
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
             .unwrap_or_default(),
     }
 }
@@ -384,7 +467,11 @@ const READ_PER_TURN: usize = 5_000;
 /// Runs the consumer until `shutdown`, then drains: pending batches are
 /// handed over and their partials published (within `settings.drain`), and
 /// the last offsets are committed as hints.
-pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettings, shutdown: CancellationToken) {
+pub fn poll_loop(
+    consumer: Arc<BaseConsumer<ClaimContext>>,
+    settings: LoopSettings,
+    shutdown: CancellationToken,
+) {
     let ctx = consumer.context();
     let (shared, handle) = (ctx.shared.clone(), ctx.handle.clone());
     let topic = shared.orders_topic.as_str();
@@ -405,13 +492,29 @@ pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettin
                     let (tx, rx) = mpsc::channel(2);
                     let fence = claim.next_offset;
                     let (start, task) = match resume {
-                        Some(resume) => (resume.read_from, PartitionTask::resume(partition, claim, *resume, shared.clone())),
-                        None => (claim.dedupe_from_offset, PartitionTask::new(partition, claim, shared.clone())),
+                        Some(resume) => (
+                            resume.read_from,
+                            PartitionTask::resume(partition, claim, *resume, shared.clone()),
+                        ),
+                        None => (
+                            claim.dedupe_from_offset,
+                            PartitionTask::new(partition, claim, shared.clone()),
+                        ),
                     };
                     let stop = CancellationToken::new();
                     let task = handle.spawn(task.run(rx, acks_tx.clone(), stop.clone()));
                     let suspect = suspect.map(|parked| (parked, fence, Instant::now()));
-                    let lane = Lane { expected: start, queue, batches: tx, pending: Vec::new(), opened: None, at_end: false, task, stop, suspect };
+                    let lane = Lane {
+                        expected: start,
+                        queue,
+                        batches: tx,
+                        pending: Vec::new(),
+                        opened: None,
+                        at_end: false,
+                        task,
+                        stop,
+                        suspect,
+                    };
                     if let Some(old) = lanes.insert(partition, lane) {
                         old.task.abort();
                     }
@@ -427,7 +530,10 @@ pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettin
                             // not published. The task stops after its batch in
                             // hand, so that a new claim here can keep its window.
                             lane.stop.cancel();
-                            ctx.leaving.lock().expect("leaving lock").insert(partition, lane.task);
+                            ctx.leaving
+                                .lock()
+                                .expect("leaving lock")
+                                .insert(partition, lane.task);
                         }
                     }
                 }
@@ -441,7 +547,11 @@ pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettin
                         backwards.push((message.partition(), message.offset()));
                     }
                 }
-                None => tracing::debug!(partition = message.partition(), offset = message.offset(), "Message for an unclaimed partition dropped."),
+                None => tracing::debug!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "Message for an unclaimed partition dropped."
+                ),
             },
             Some(Err(KafkaError::PartitionEOF(partition))) => {
                 if let Some(lane) = lanes.get_mut(&partition) {
@@ -494,7 +604,10 @@ pub fn poll_loop(consumer: Arc<BaseConsumer<ClaimContext>>, settings: LoopSettin
         for (partition, lane) in lanes.drain() {
             drop(lane.batches);
             if tokio::time::timeout_at(deadline, lane.task).await.is_err() {
-                tracing::warn!(partition, "Drain timed out; the next owner will redo this partition's last batch.");
+                tracing::warn!(
+                    partition,
+                    "Drain timed out; the next owner will redo this partition's last batch."
+                );
             }
         }
     });
@@ -513,7 +626,12 @@ fn went_backwards(partition: i32, expected: i64, offset: i64) -> Parked {
         expected - 1
     );
     tracing::debug!(partition, expected, offset, "Log went backwards.");
-    Parked { reason: ParkReason::LogWentBackwards, first_offset: expected, last_offset: None, detail }
+    Parked {
+        reason: ParkReason::LogWentBackwards,
+        first_offset: expected,
+        last_offset: None,
+        detail,
+    }
 }
 
 fn hand_over_due(
@@ -527,7 +645,9 @@ fn hand_over_due(
     for (&partition, lane) in lanes.iter_mut() {
         let due = lane.pending.len() >= settings.batch_max_events
             || lane.at_end
-            || lane.opened.is_some_and(|t| t.elapsed() >= settings.batch_max);
+            || lane
+                .opened
+                .is_some_and(|t| t.elapsed() >= settings.batch_max);
         if lane.pending.is_empty() || !(due || everything) || lane.suspect.is_some() {
             continue;
         }
@@ -556,10 +676,19 @@ fn hand_over_due(
 }
 
 /// Pauses or resumes fetching one partition; true when it worked.
-fn set_paused(consumer: &BaseConsumer<ClaimContext>, topic: &str, partition: i32, pause: bool) -> bool {
+fn set_paused(
+    consumer: &BaseConsumer<ClaimContext>,
+    topic: &str,
+    partition: i32,
+    pause: bool,
+) -> bool {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
-    let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
     if let Err(error) = &result {
         tracing::warn!(partition, pause, %error, "Could not pause or resume a partition.");
     }

@@ -88,20 +88,40 @@ pub async fn cut(
         let fits = partial.rows.len() <= limits.max_rows && payload.len() <= limits.max_bytes;
         if !fits && span.end - span.start > 1 {
             let middle = span.start + (span.end - span.start) / 2;
-            pending.push((Span { start: middle, end: span.end }, None));
-            pending.push((Span { start: span.start, end: middle }, None));
+            pending.push((
+                Span {
+                    start: middle,
+                    end: span.end,
+                },
+                None,
+            ));
+            pending.push((
+                Span {
+                    start: span.start,
+                    end: middle,
+                },
+                None,
+            ));
             continue;
         }
         next_first = partial.last_offset + 1;
-        pieces.push(Piece { partial, payload, span });
+        pieces.push(Piece {
+            partial,
+            payload,
+            span,
+        });
     }
     pieces
 }
 
 /// The partial totals of the counted events of `span`, computed off the reactor.
 async fn aggregate(session: &Session, decoded: &Decoded, span: Span) -> Vec<PartialRow> {
-    let from = decoded.row_message.partition_point(|&m| (m as usize) < span.start);
-    let to = decoded.row_message.partition_point(|&m| (m as usize) < span.end);
+    let from = decoded
+        .row_message
+        .partition_point(|&m| (m as usize) < span.start);
+    let to = decoded
+        .row_message
+        .partition_point(|&m| (m as usize) < span.end);
     let slice: RecordBatch = decoded.batch.slice(from, to - from);
     let (session, handle) = (session.clone(), tokio::runtime::Handle::current());
     tokio::task::spawn_blocking(move || handle.block_on(partial_rows(&session, slice)))
@@ -112,11 +132,21 @@ async fn aggregate(session: &Session, decoded: &Decoded, span: Span) -> Vec<Part
 
 /// The partial of `span`, starting at `first_offset` so that ranges stay
 /// contiguous across log gaps.
-fn partial_of(head: &Head<'_>, batch: &[Message], decoded: &Decoded, first_offset: i64, span: Span, rows: Vec<PartialRow>) -> Partial {
+fn partial_of(
+    head: &Head<'_>,
+    batch: &[Message],
+    decoded: &Decoded,
+    first_offset: i64,
+    span: Span,
+    rows: Vec<PartialRow>,
+) -> Partial {
     let last = span.end - 1;
     let mut events = EventCounts::default();
     let mut max_append_ms = None;
-    for (message, outcome) in batch[span.start..span.end].iter().zip(&decoded.outcomes[span.start..span.end]) {
+    for (message, outcome) in batch[span.start..span.end]
+        .iter()
+        .zip(&decoded.outcomes[span.start..span.end])
+    {
         match outcome {
             Outcome::Counted => events.counted += 1,
             Outcome::Duplicate => events.duplicate += 1,
@@ -166,26 +196,70 @@ mod tests {
         let mut window = DedupeWindow::new(60_000, 100_000);
         let decoded = decode_messages(&batch, &mut window, 0, 0).unwrap();
         let session = crate::aggregate::session();
-        let head = Head { topic: "orders", partition: 3, epoch: 2 };
-        let whole = Span { start: 0, end: batch.len() };
-        let limits = Limits { max_rows: 700, max_bytes: 64 * 1024 };
+        let head = Head {
+            topic: "orders",
+            partition: 3,
+            epoch: 2,
+        };
+        let whole = Span {
+            start: 0,
+            end: batch.len(),
+        };
+        let limits = Limits {
+            max_rows: 700,
+            max_bytes: 64 * 1024,
+        };
         let pieces = cut(&session, &head, &batch, &decoded, 90, whole, None, limits).await;
         assert!(pieces.len() >= 8, "{} pieces", pieces.len());
-        assert_eq!(pieces[0].partial.first_offset, 90, "the first starts at the claimed next_offset");
-        assert_eq!(pieces.last().unwrap().partial.last_offset, batch.last().unwrap().offset);
+        assert_eq!(
+            pieces[0].partial.first_offset, 90,
+            "the first starts at the claimed next_offset"
+        );
+        assert_eq!(
+            pieces.last().unwrap().partial.last_offset,
+            batch.last().unwrap().offset
+        );
         for pair in pieces.windows(2) {
-            assert_eq!(pair[1].partial.first_offset, pair[0].partial.last_offset + 1, "contiguous");
+            assert_eq!(
+                pair[1].partial.first_offset,
+                pair[0].partial.last_offset + 1,
+                "contiguous"
+            );
         }
         let (mut totals, mut events) = (Totals::new(), EventCounts::default());
         for piece in &pieces {
-            assert!(piece.partial.rows.len() <= limits.max_rows && piece.payload.len() <= limits.max_bytes);
-            schemas::totals::merge_into(&mut totals, piece.partial.rows.iter().map(|r| (r.key.clone(), r.sums)));
+            assert!(
+                piece.partial.rows.len() <= limits.max_rows
+                    && piece.payload.len() <= limits.max_bytes
+            );
+            schemas::totals::merge_into(
+                &mut totals,
+                piece.partial.rows.iter().map(|r| (r.key.clone(), r.sums)),
+            );
             events.counted += piece.partial.events.counted;
             events.duplicate += piece.partial.events.duplicate;
         }
-        let one = cut(&session, &head, &batch, &decoded, 90, whole, None, Limits { max_rows: usize::MAX, max_bytes: usize::MAX }).await;
+        let one = cut(
+            &session,
+            &head,
+            &batch,
+            &decoded,
+            90,
+            whole,
+            None,
+            Limits {
+                max_rows: usize::MAX,
+                max_bytes: usize::MAX,
+            },
+        )
+        .await;
         assert_eq!(one.len(), 1);
-        let single: Totals = one[0].partial.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
+        let single: Totals = one[0]
+            .partial
+            .rows
+            .iter()
+            .map(|r| (r.key.clone(), r.sums))
+            .collect();
         assert_eq!(totals, single, "the pieces add up to the whole");
         assert_eq!((events.counted, events.duplicate), (4_500, 500));
     }

@@ -130,28 +130,34 @@ pub fn decode_messages(
             let (id, digest) = (IdHash::of(&event.event_id), content_digest(&event));
             Ok((event, id, digest))
         }));
-        parsed.iter().take(AHEAD).for_each(|ahead| touch(window, Some(ahead)));
+        parsed
+            .iter()
+            .take(AHEAD)
+            .for_each(|ahead| touch(window, Some(ahead)));
         for (at, (message, parsed_now)) in chunk.iter().zip(&parsed).enumerate() {
             touch(window, parsed.get(at + AHEAD));
             let index = chunk_at * CHUNK + at;
             let time_ms = message.timestamp_ms.unwrap_or(now_ms);
             let counting = message.offset >= count_from;
             let outcome = match parsed_now {
-                Ok((event, id, digest)) => match window.sight_hashed(*id, *digest, message.offset, time_ms) {
-                    _ if !counting => Outcome::Rebuilt,
-                    Sighting::First => {
-                        builder.push(event);
-                        row_message.push(index as u32);
-                        Outcome::Counted
-                    }
-                    Sighting::Repeat => Outcome::Duplicate,
-                    Sighting::Conflict => {
-                        let reason = "is a conflicting duplicate: this id was seen inside the dedupe window with \
+                Ok((event, id, digest)) => {
+                    match window.sight_hashed(*id, *digest, message.offset, time_ms) {
+                        _ if !counting => Outcome::Rebuilt,
+                        Sighting::First => {
+                            builder.push(event);
+                            row_message.push(index as u32);
+                            Outcome::Counted
+                        }
+                        Sighting::Repeat => Outcome::Duplicate,
+                        Sighting::Conflict => {
+                            let reason = "is a conflicting duplicate: this id was seen inside the dedupe window with \
                                       different content; the first is counted, this one is not";
-                        invalid.push((index, Invalid::new("event_id", &event.event_id, reason)));
-                        Outcome::Duplicate
+                            invalid
+                                .push((index, Invalid::new("event_id", &event.event_id, reason)));
+                            Outcome::Duplicate
+                        }
                     }
-                },
+                }
                 Err(reason) if counting => {
                     invalid.push((index, reason.clone()));
                     Outcome::Invalid
@@ -174,7 +180,15 @@ pub fn decode_messages(
             });
         }
     }
-    Ok(Decoded { batch: builder.finish()?, row_message, invalid, outcomes, checkpoints, counts, max_append_ms })
+    Ok(Decoded {
+        batch: builder.finish()?,
+        row_message,
+        invalid,
+        outcomes,
+        checkpoints,
+        counts,
+        max_append_ms,
+    })
 }
 
 #[cfg(test)]
@@ -185,22 +199,43 @@ mod tests {
         let payload = format!(
             r#"{{"event_id":"{event_id}","order_id":"o","merchant_id":"m","kind":"sale","amount":"{amount}","currency":"EUR","occurred_at":"2026-11-20T10:00:00Z"}}"#
         );
-        Message { offset, key: Some(b"m".to_vec()), payload: payload.into_bytes(), timestamp_ms: Some(offset), headers: vec![] }
+        Message {
+            offset,
+            key: Some(b"m".to_vec()),
+            payload: payload.into_bytes(),
+            timestamp_ms: Some(offset),
+            headers: vec![],
+        }
     }
 
     #[test]
     fn rebuild_then_count_once() {
-        let messages =
-            [message(0, "a", "1"), message(1, "b", "2"), message(2, "a", "1"), message(3, "c", "-1"), message(4, "d", "4")];
+        let messages = [
+            message(0, "a", "1"),
+            message(1, "b", "2"),
+            message(2, "a", "1"),
+            message(3, "c", "-1"),
+            message(4, "d", "4"),
+        ];
         let mut window = DedupeWindow::new(60_000, 1_000);
         let decoded = decode_messages(&messages, &mut window, 2, 0).unwrap();
-        assert_eq!(decoded.counts, EventCounts { counted: 1, duplicate: 1, invalid: 1 });
+        assert_eq!(
+            decoded.counts,
+            EventCounts {
+                counted: 1,
+                duplicate: 1,
+                invalid: 1
+            }
+        );
         assert_eq!(decoded.batch.num_rows(), 1);
         assert_eq!(decoded.row_message, [4]);
         assert_eq!(decoded.invalid[0].0, 3);
         assert_eq!(decoded.invalid[0].1.field, "amount");
         use Outcome::*;
-        assert_eq!(decoded.outcomes, [Rebuilt, Rebuilt, Duplicate, Invalid, Counted]);
+        assert_eq!(
+            decoded.outcomes,
+            [Rebuilt, Rebuilt, Duplicate, Invalid, Counted]
+        );
         assert_eq!(decoded.checkpoints[4].dedupe_from_offset, 0);
     }
 
@@ -220,7 +255,9 @@ mod tests {
         let mut expected = Vec::new();
         for m in &messages {
             let event = schemas::event::decode(&m.payload, None).ok();
-            let first = event.as_ref().is_some_and(|e| seen.insert(e.event_id.to_string()));
+            let first = event
+                .as_ref()
+                .is_some_and(|e| seen.insert(e.event_id.to_string()));
             expected.push(match (m.offset < 100, event.is_some(), first) {
                 (true, _, _) => Outcome::Rebuilt,
                 (false, false, _) => Outcome::Invalid,
@@ -231,20 +268,38 @@ mod tests {
         let mut window = DedupeWindow::new(60_000, 10_000);
         let decoded = decode_messages(&messages, &mut window, 100, 0).unwrap();
         assert_eq!(decoded.outcomes, expected);
-        let counted: Vec<u32> = (0..700).filter(|&i| expected[i as usize] == Outcome::Counted).collect();
+        let counted: Vec<u32> = (0..700)
+            .filter(|&i| expected[i as usize] == Outcome::Counted)
+            .collect();
         assert_eq!(decoded.row_message, counted);
         assert_eq!(decoded.batch.num_rows(), counted.len());
         let invalid: Vec<usize> = decoded.invalid.iter().map(|(index, _)| *index).collect();
-        assert_eq!(invalid, (0..700).filter(|&i| expected[i] == Outcome::Invalid).collect::<Vec<_>>());
+        assert_eq!(
+            invalid,
+            (0..700)
+                .filter(|&i| expected[i] == Outcome::Invalid)
+                .collect::<Vec<_>>()
+        );
         assert_eq!(decoded.checkpoints.len(), 700);
     }
 
     #[test]
     fn a_reused_id_with_other_content_is_counted_once_and_dead_lettered() {
-        let messages = [message(0, "a", "1"), message(1, "a", "2"), message(2, "a", "1")];
+        let messages = [
+            message(0, "a", "1"),
+            message(1, "a", "2"),
+            message(2, "a", "1"),
+        ];
         let mut window = DedupeWindow::new(60_000, 1_000);
         let decoded = decode_messages(&messages, &mut window, 0, 0).unwrap();
-        assert_eq!(decoded.counts, EventCounts { counted: 1, duplicate: 2, invalid: 0 });
+        assert_eq!(
+            decoded.counts,
+            EventCounts {
+                counted: 1,
+                duplicate: 2,
+                invalid: 0
+            }
+        );
         assert_eq!(decoded.invalid.len(), 1);
         let (index, reason) = &decoded.invalid[0];
         assert_eq!((*index, reason.field), (1, "event_id"));

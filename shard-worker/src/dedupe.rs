@@ -145,7 +145,11 @@ impl DedupeWindow {
     /// [`DedupeWindow::sight`] of an id already hashed.
     pub fn sight_hashed(&mut self, id: IdHash, digest: u64, offset: i64, time_ms: i64) -> Sighting {
         let id = id.0;
-        let ceiling = if offset < self.rebuild_until { self.rebuild_ceiling_ms.min(self.ceiling_ms) } else { self.ceiling_ms };
+        let ceiling = if offset < self.rebuild_until {
+            self.rebuild_ceiling_ms.min(self.ceiling_ms)
+        } else {
+            self.ceiling_ms
+        };
         let time_ms = time_ms.min(ceiling);
         if time_ms > self.clock_ms {
             self.clock_ms = time_ms;
@@ -166,7 +170,12 @@ impl DedupeWindow {
         self.table.insert(tag, seq);
         // An entry never carries a time past the clock, so the queue stays in
         // time order for eviction even when clamped.
-        self.order.push_back(Entry { id, digest, offset, time_ms: time_ms.min(self.clock_ms) });
+        self.order.push_back(Entry {
+            id,
+            digest,
+            offset,
+            time_ms: time_ms.min(self.clock_ms),
+        });
         if self.order.len() > self.max_ids {
             self.pop_front();
             self.evicted_by_cap += 1;
@@ -176,14 +185,19 @@ impl DedupeWindow {
 
     fn evict(&mut self) {
         let horizon = self.clock_ms.saturating_sub(self.window_ms);
-        while self.order.front().is_some_and(|front| front.time_ms < horizon) {
+        while self
+            .order
+            .front()
+            .is_some_and(|front| front.time_ms < horizon)
+        {
             self.pop_front();
         }
     }
 
     fn pop_front(&mut self) {
         if let Some(front) = self.order.pop_front() {
-            self.table.remove(tag_of(front.id[0]), self.front_seq as u32);
+            self.table
+                .remove(tag_of(front.id[0]), self.front_seq as u32);
             self.front_seq += 1;
         }
     }
@@ -192,14 +206,19 @@ impl DedupeWindow {
     fn reindex(&mut self) {
         self.table.rebuild(self.order.len());
         for (position, entry) in self.order.iter().enumerate() {
-            self.table.insert(tag_of(entry.id[0]), (self.front_seq + position as u64) as u32);
+            self.table.insert(
+                tag_of(entry.id[0]),
+                (self.front_seq + position as u64) as u32,
+            );
         }
     }
 
     /// The lowest offset whose id is still inside the window, or `next_offset`
     /// when the window is empty.
     pub fn dedupe_from_offset(&self, next_offset: i64) -> i64 {
-        self.order.front().map_or(next_offset, |e| e.offset.min(next_offset))
+        self.order
+            .front()
+            .map_or(next_offset, |e| e.offset.min(next_offset))
     }
 
     /// Ids currently held.
@@ -257,11 +276,18 @@ mod tests {
         // A producer an hour ahead: read as now, so "a" stays.
         assert!(first(&mut window, "ahead", 1, now + 3_600_000));
         assert_eq!(window.clock_ms(), Some(now));
-        assert!(!first(&mut window, "a", 2, now - 30_000), "the retry of a is a duplicate");
+        assert!(
+            !first(&mut window, "a", 2, now - 30_000),
+            "the retry of a is a duplicate"
+        );
         // Eviction goes on with real time.
         window.set_ceiling(now + 900_000);
         assert!(first(&mut window, "b", 3, now + 900_000));
-        assert_eq!(window.len(), 2, "a left, the early message stayed until its clamped time passes");
+        assert_eq!(
+            window.len(),
+            2,
+            "a left, the early message stayed until its clamped time passes"
+        );
     }
 
     #[test]
@@ -274,7 +300,10 @@ mod tests {
         first(&mut window, "a", 0, 9_500);
         first(&mut window, "ahead", 1, 60_000);
         assert_eq!(window.clock_ms(), Some(10_000));
-        assert!(!first(&mut window, "a", 2, 9_600), "a retry of a is still a duplicate after the rebuild");
+        assert!(
+            !first(&mut window, "a", 2, 9_600),
+            "a retry of a is still a duplicate after the rebuild"
+        );
     }
 
     #[test]
@@ -294,7 +323,11 @@ mod tests {
         }
         assert_eq!(window.len(), 3);
         for (i, id) in ["c", "d", "e"].iter().enumerate() {
-            assert_eq!(window.sight(id, SAME, 10 + i as i64, 0), Sighting::Repeat, "{id}");
+            assert_eq!(
+                window.sight(id, SAME, 10 + i as i64, 0),
+                Sighting::Repeat,
+                "{id}"
+            );
         }
         assert_eq!(window.sight("e", SAME + 1, 20, 0), Sighting::Conflict);
         assert!(first(&mut window, "a", 21, 0), "a was evicted by the cap");

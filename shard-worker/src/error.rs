@@ -44,7 +44,9 @@ impl retry::Classify for WorkerError {
         match self {
             WorkerError::Store(e) => e.class(),
             WorkerError::Kafka { source, .. } => source.class(),
-            WorkerError::Config(_) | WorkerError::Topic { .. } | WorkerError::Thread(_) => retry::Class::Permanent,
+            WorkerError::Config(_) | WorkerError::Topic { .. } | WorkerError::Thread(_) => {
+                retry::Class::Permanent
+            }
         }
     }
 }

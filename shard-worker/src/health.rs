@@ -38,7 +38,6 @@ impl ParkReason {
             ParkReason::ClaimRefused => "claim_refused",
         }
     }
-
 }
 
 /// One parked partition.
@@ -62,22 +61,35 @@ pub fn park(topic: &str, partition: i32, parked: Parked) {
     tracing::error!(topic, partition, reason = parked.reason.label(), first_offset = parked.first_offset,
         last_offset = parked.last_offset, detail = parked.detail, "Partition parked: nothing past its fence is counted until this is fixed and the worker restarted.");
     let label = partition.to_string();
-    metrics::PARKED.with_label_values(&[&label, parked.reason.label()]).set(1);
-    PARKED.lock().expect("parked lock").insert((topic.to_owned(), partition), parked);
+    metrics::PARKED
+        .with_label_values(&[&label, parked.reason.label()])
+        .set(1);
+    PARKED
+        .lock()
+        .expect("parked lock")
+        .insert((topic.to_owned(), partition), parked);
     metrics::PARKED_PARTITIONS.set(PARKED.lock().expect("parked lock").len() as i64);
 }
 
 /// Forgets a park (the partition was claimed afresh, or moved to another worker).
 pub fn unpark(topic: &str, partition: i32) {
-    if let Some(parked) = PARKED.lock().expect("parked lock").remove(&(topic.to_owned(), partition)) {
-        let _ = metrics::PARKED.remove_label_values(&[&partition.to_string(), parked.reason.label()]);
+    if let Some(parked) = PARKED
+        .lock()
+        .expect("parked lock")
+        .remove(&(topic.to_owned(), partition))
+    {
+        let _ =
+            metrics::PARKED.remove_label_values(&[&partition.to_string(), parked.reason.label()]);
     }
     metrics::PARKED_PARTITIONS.set(PARKED.lock().expect("parked lock").len() as i64);
 }
 
 /// Whether `partition` of `topic` is parked.
 pub fn is_parked(topic: &str, partition: i32) -> bool {
-    PARKED.lock().expect("parked lock").contains_key(&(topic.to_owned(), partition))
+    PARKED
+        .lock()
+        .expect("parked lock")
+        .contains_key(&(topic.to_owned(), partition))
 }
 
 /// Adds a database to those `/readyz` checks.
@@ -89,9 +101,26 @@ pub fn watch(store: Arc<Store>) {
 /// answering and no partition is parked; otherwise each reason, one per line.
 pub fn readiness() -> Result<(), String> {
     let stores = STORES.lock().expect("stores lock").clone();
-    let parked = PARKED.lock().expect("parked lock").iter().map(|((topic, partition), parked)| {
-        let last = parked.last_offset.map_or(String::new(), |l| format!("..={l}"));
-        format!("partition {topic}/{partition} parked at offsets {}{last} ({}): {}", parked.first_offset, parked.reason.label(), parked.detail)
-    }).collect::<Vec<_>>();
-    store::health::readiness("worker", metrics::READY.get() >= 1, stores.iter().map(|s| s.health()), parked)
+    let parked = PARKED
+        .lock()
+        .expect("parked lock")
+        .iter()
+        .map(|((topic, partition), parked)| {
+            let last = parked
+                .last_offset
+                .map_or(String::new(), |l| format!("..={l}"));
+            format!(
+                "partition {topic}/{partition} parked at offsets {}{last} ({}): {}",
+                parked.first_offset,
+                parked.reason.label(),
+                parked.detail
+            )
+        })
+        .collect::<Vec<_>>();
+    store::health::readiness(
+        "worker",
+        metrics::READY.get() >= 1,
+        stores.iter().map(|s| s.health()),
+        parked,
+    )
 }

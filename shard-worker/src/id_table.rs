@@ -35,7 +35,10 @@ impl IdTable {
     pub(crate) const MAX_IDS: usize = Self::MAX_SLOTS / 2 - 1;
 
     pub(crate) fn new() -> IdTable {
-        IdTable { slots: vec![EMPTY; 16], len: 0 }
+        IdTable {
+            slots: vec![EMPTY; 16],
+            len: 0,
+        }
     }
 
     fn mask(&self) -> usize {

@@ -17,7 +17,11 @@ pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientC
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     // librdkafka only logs what this level lets through; `debug` contexts need it all.
-    let level = if extra.contains_key("debug") { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Warning };
+    let level = if extra.contains_key("debug") {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Warning
+    };
     config.set_log_level(level);
     for (key, value) in extra {
         config.set(key, value);
@@ -39,8 +43,11 @@ pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientC
 ///   (its task was busy) is fetched again 10 ms after it has room, not a
 ///   second later: at librdkafka's 1,000 ms, a backlog read stalled for
 ///   whole tenths of a second each time a queue filled.
-pub const FETCH_DEFAULTS: [(&str, &str); 3] =
-    [("fetch.wait.max.ms", "10"), ("queued.max.messages.kbytes", "16384"), ("fetch.queue.backoff.ms", "10")];
+pub const FETCH_DEFAULTS: [(&str, &str); 3] = [
+    ("fetch.wait.max.ms", "10"),
+    ("queued.max.messages.kbytes", "16384"),
+    ("fetch.queue.backoff.ms", "10"),
+];
 
 /// Applies [`FETCH_DEFAULTS`] that `extra` leaves unset.
 pub fn fetch_defaults(config: &mut ClientConfig, extra: &BTreeMap<String, String>) {
@@ -57,7 +64,10 @@ pub fn fetch_defaults(config: &mut ClientConfig, extra: &BTreeMap<String, String
 /// otherwise.
 ///
 /// Fails when librdkafka rejects the configuration.
-pub fn idempotent_producer(brokers: &str, extra: &BTreeMap<String, String>) -> Result<FutureProducer, KafkaError> {
+pub fn idempotent_producer(
+    brokers: &str,
+    extra: &BTreeMap<String, String>,
+) -> Result<FutureProducer, KafkaError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -84,9 +94,16 @@ pub async fn ensure_topics(
     partitions: i32,
     replication: i32,
 ) -> Result<(), WorkerError> {
-    let kafka = |op| move |source| WorkerError::Kafka { op, brokers: brokers.to_owned(), source };
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers, extra).create().map_err(kafka("admin client"))?;
+    let kafka = |op| {
+        move |source| WorkerError::Kafka {
+            op,
+            brokers: brokers.to_owned(),
+            source,
+        }
+    };
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, extra)
+        .create()
+        .map_err(kafka("admin client"))?;
     // Ask about our topics only: a broker with thousands of topics answers a
     // full metadata request slowly.
     let mut missing = Vec::new();
@@ -95,21 +112,36 @@ pub async fn ensure_topics(
             .inner()
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .map_err(kafka("metadata"))?;
-        let exists = metadata.topics().iter().any(|m| m.name() == *topic && m.error().is_none() && !m.partitions().is_empty());
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|m| m.name() == *topic && m.error().is_none() && !m.partitions().is_empty());
         if !exists {
-            missing.push(NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)));
+            missing.push(NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(replication),
+            ));
         }
     }
     if missing.is_empty() {
         return Ok(());
     }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics(&missing, &options).await.map_err(kafka("create topics"))?;
+    let results = admin
+        .create_topics(&missing, &options)
+        .await
+        .map_err(kafka("create topics"))?;
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, partitions, "Created topic."),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(WorkerError::Topic { topic, reason: code.to_string() }),
+            Err((topic, code)) => {
+                return Err(WorkerError::Topic {
+                    topic,
+                    reason: code.to_string(),
+                })
+            }
         }
     }
     Ok(())
@@ -120,7 +152,9 @@ pub async fn ensure_topics(
 pub fn forward_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
     use rdkafka::config::RDKafkaLogLevel as L;
     match level {
-        L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", facility, "{message}"),
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", facility, "{message}")
+        }
         L::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
         L::Notice | L::Info => tracing::info!(target: "librdkafka", facility, "{message}"),
         L::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),

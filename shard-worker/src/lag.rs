@@ -25,13 +25,18 @@ pub struct Offsets {
 impl Offsets {
     /// Records a partition's high watermark.
     pub fn set_high(&self, partition: i32, high: i64) {
-        self.high.lock().expect("offsets lock").insert(partition, (high, Instant::now()));
+        self.high
+            .lock()
+            .expect("offsets lock")
+            .insert(partition, (high, Instant::now()));
     }
 
     /// A partition's high watermark as reported after `since`.
     pub fn high_since(&self, partition: i32, since: Instant) -> Option<i64> {
         let high = self.high.lock().expect("offsets lock");
-        high.get(&partition).filter(|(_, at)| *at > since).map(|(high, _)| *high)
+        high.get(&partition)
+            .filter(|(_, at)| *at > since)
+            .map(|(high, _)| *high)
     }
 
     /// Replaces the set of partitions held.
@@ -42,7 +47,13 @@ impl Offsets {
 
 /// Sets the lag and committed-offset gauges of the held partitions every
 /// `every`, from one read of the fences, until `shutdown`.
-pub async fn report(offsets: Arc<Offsets>, store: Arc<Store>, topic: String, every: Duration, shutdown: CancellationToken) {
+pub async fn report(
+    offsets: Arc<Offsets>,
+    store: Arc<Store>,
+    topic: String,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     let mut reported: BTreeSet<i32> = BTreeSet::new();
     let mut tick = tokio::time::interval(every);
     loop {
@@ -65,11 +76,18 @@ pub async fn report(offsets: Arc<Offsets>, store: Arc<Store>, topic: String, eve
             let _ = metrics::COMMITTED.remove_label_values(&[&label]);
         }
         reported.clear();
-        for row in progress.iter().filter(|p| p.topic == topic && assigned.contains(&p.partition)) {
+        for row in progress
+            .iter()
+            .filter(|p| p.topic == topic && assigned.contains(&p.partition))
+        {
             let label = row.partition.to_string();
-            metrics::COMMITTED.with_label_values(&[&label]).set(row.fence.next_offset);
+            metrics::COMMITTED
+                .with_label_values(&[&label])
+                .set(row.fence.next_offset);
             if let Some(&(high, _)) = high.get(&row.partition) {
-                metrics::LAG.with_label_values(&[&label]).set((high - row.fence.next_offset).max(0));
+                metrics::LAG
+                    .with_label_values(&[&label])
+                    .set((high - row.fence.next_offset).max(0));
             }
             reported.insert(row.partition);
         }

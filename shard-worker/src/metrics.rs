@@ -40,38 +40,57 @@ pub static BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 
 /// Partials acknowledged by the broker.
 pub static PARTIALS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_worker_partials_published_total", "Partials acknowledged by the broker.")
-        .expect("metric registers once")
+    register_int_counter!(
+        "tally_worker_partials_published_total",
+        "Partials acknowledged by the broker."
+    )
+    .expect("metric registers once")
 });
 
 /// Dead-letter records acknowledged by the broker.
 pub static DLQ_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_worker_dlq_writes_total", "Invalid events written to the dead-letter topic.")
-        .expect("metric registers once")
+    register_int_counter!(
+        "tally_worker_dlq_writes_total",
+        "Invalid events written to the dead-letter topic."
+    )
+    .expect("metric registers once")
 });
 
 /// Partitions this worker stopped because another claimed them.
 pub static FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_worker_fenced_total", "Partitions stopped because a newer claim fenced this worker.")
-        .expect("metric registers once")
+    register_int_counter!(
+        "tally_worker_fenced_total",
+        "Partitions stopped because a newer claim fenced this worker."
+    )
+    .expect("metric registers once")
 });
 
 /// Successful partition claims.
 pub static CLAIMS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("tally_worker_claims_total", "Partition claims made in the database.")
-        .expect("metric registers once")
+    register_int_counter!(
+        "tally_worker_claims_total",
+        "Partition claims made in the database."
+    )
+    .expect("metric registers once")
 });
 
 /// Publish and database errors that were retried.
 pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("tally_worker_retries_total", "Operations retried after an error.", &["operation"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "tally_worker_retries_total",
+        "Operations retried after an error.",
+        &["operation"]
+    )
+    .expect("metric registers once")
 });
 
 /// Partitions currently assigned.
 pub static ASSIGNED: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("tally_worker_assigned_partitions", "Partitions currently assigned to this process.")
-        .expect("metric registers once")
+    register_int_gauge!(
+        "tally_worker_assigned_partitions",
+        "Partitions currently assigned to this process."
+    )
+    .expect("metric registers once")
 });
 
 /// High watermark minus the fence's `next_offset`: messages whose totals are
@@ -97,8 +116,11 @@ pub static COMMITTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 
 /// 1 once the worker has connected to the database and joined its group.
 pub static READY: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("tally_worker_ready", "1 when the worker is connected and consuming.")
-        .expect("metric registers once")
+    register_int_gauge!(
+        "tally_worker_ready",
+        "1 when the worker is connected and consuming."
+    )
+    .expect("metric registers once")
 });
 
 /// Offsets the log skipped between consecutive messages read.
@@ -112,8 +134,11 @@ pub static SKIPPED_OFFSETS: LazyLock<IntCounter> = LazyLock::new(|| {
 
 /// Partitions parked by this process (see `health`).
 pub static PARKED_PARTITIONS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("tally_worker_parked_partitions", "Partitions this worker parked: nothing past their fence is counted.")
-        .expect("metric registers once")
+    register_int_gauge!(
+        "tally_worker_parked_partitions",
+        "Partitions this worker parked: nothing past their fence is counted."
+    )
+    .expect("metric registers once")
 });
 
 /// 1 for each parked partition, by reason.
@@ -128,8 +153,12 @@ pub static PARKED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 
 /// Ids held by each partition's dedupe window.
 pub static DEDUPE_IDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("tally_worker_dedupe_ids", "Event ids held in the partition's dedupe window.", &["partition"])
-        .expect("metric registers once")
+    register_int_gauge_vec!(
+        "tally_worker_dedupe_ids",
+        "Event ids held in the partition's dedupe window.",
+        &["partition"]
+    )
+    .expect("metric registers once")
 });
 
 /// Ids that left a dedupe window before their time because it was full.
@@ -156,7 +185,17 @@ pub static PARTIALS_PER_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
 pub fn init() {
     let labelled: [(&IntCounterVec, &[&str]); 2] = [
         (&EVENTS, &["counted", "duplicate", "invalid"]),
-        (&RETRIES, &["claim", "epoch_read", "partial_publish", "dlq_write", "database_connect", "topic_setup"]),
+        (
+            &RETRIES,
+            &[
+                "claim",
+                "epoch_read",
+                "partial_publish",
+                "dlq_write",
+                "database_connect",
+                "topic_setup",
+            ],
+        ),
     ];
     for (metric, values) in labelled {
         for value in values {
@@ -169,8 +208,23 @@ pub fn init() {
 /// Every worker metric (dereferencing registers it).
 pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
     vec![
-        &*EVENTS, &*BATCH_EVENTS, &*BATCH_SECONDS, &*PARTIALS, &*DLQ_WRITES, &*FENCED, &*CLAIMS, &*RETRIES,
-        &*ASSIGNED, &*LAG, &*COMMITTED, &*READY, &*SKIPPED_OFFSETS, &*PARKED_PARTITIONS, &*PARKED, &*DEDUPE_IDS,
-        &*DEDUPE_EVICTED, &*PARTIALS_PER_BATCH,
+        &*EVENTS,
+        &*BATCH_EVENTS,
+        &*BATCH_SECONDS,
+        &*PARTIALS,
+        &*DLQ_WRITES,
+        &*FENCED,
+        &*CLAIMS,
+        &*RETRIES,
+        &*ASSIGNED,
+        &*LAG,
+        &*COMMITTED,
+        &*READY,
+        &*SKIPPED_OFFSETS,
+        &*PARKED_PARTITIONS,
+        &*PARKED,
+        &*DEDUPE_IDS,
+        &*DEDUPE_EVICTED,
+        &*PARTIALS_PER_BATCH,
     ]
 }

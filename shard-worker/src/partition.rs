@@ -94,7 +94,9 @@ enum Outcome {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl PartitionTask {
@@ -118,7 +120,12 @@ impl PartitionTask {
     /// A task for a partition this process just claimed again, resuming
     /// from `resume` (see [`Resume`]). The caller checked that `claim`
     /// follows `resume.epoch` directly and starts at `resume.next_offset`.
-    pub fn resume(partition: i32, claim: Claim, resume: Resume, shared: Arc<Shared>) -> PartitionTask {
+    pub fn resume(
+        partition: i32,
+        claim: Claim,
+        resume: Resume,
+        shared: Arc<Shared>,
+    ) -> PartitionTask {
         debug_assert!(claim.epoch == resume.epoch + 1 && claim.next_offset == resume.next_offset);
         PartitionTask {
             partition,
@@ -151,7 +158,9 @@ impl PartitionTask {
                 }
                 batch = batches.recv() => batch,
             };
-            let Some(batch) = batch else { break Ended::Closed };
+            let Some(batch) = batch else {
+                break Ended::Closed;
+            };
             match self.handle(batch).await {
                 Outcome::Published(next) => {
                     let _ = acks.send((self.partition, next));
@@ -159,21 +168,36 @@ impl PartitionTask {
                 Outcome::Rebuilt => {}
                 Outcome::Fenced => {
                     metrics::FENCED.inc();
-                    tracing::warn!(partition = self.partition, epoch = self.epoch, "Partition fenced by a newer claim; stopping it.");
+                    tracing::warn!(
+                        partition = self.partition,
+                        epoch = self.epoch,
+                        "Partition fenced by a newer claim; stopping it."
+                    );
                     break Ended::Fenced;
                 }
                 Outcome::Parked => break Ended::Parked,
             }
-            metrics::DEDUPE_IDS.with_label_values(&[&label]).set(self.window.len() as i64);
+            metrics::DEDUPE_IDS
+                .with_label_values(&[&label])
+                .set(self.window.len() as i64);
             metrics::DEDUPE_EVICTED.inc_by(self.window.take_evicted_by_cap());
         };
         let _ = metrics::DEDUPE_IDS.remove_label_values(&[&label]);
-        let resume = stopped.then_some(Resume { epoch: self.epoch, next_offset: self.next_offset, read_from: self.next_read, window: self.window });
+        let resume = stopped.then_some(Resume {
+            epoch: self.epoch,
+            next_offset: self.next_offset,
+            read_from: self.next_read,
+            window: self.window,
+        });
         (ended, resume)
     }
 
     async fn fenced_now(&self) -> bool {
-        let (store, topic, partition) = (&self.shared.store, &self.shared.orders_topic, self.partition);
+        let (store, topic, partition) = (
+            &self.shared.store,
+            &self.shared.orders_topic,
+            self.partition,
+        );
         match publish::retry("epoch_read", || store.epoch(topic, partition)).await {
             Ok(epoch) => epoch != Some(self.epoch),
             Err(error) => {
@@ -213,7 +237,10 @@ impl PartitionTask {
         let (window, batch, decoded, rows) = tokio::task::spawn_blocking(move || {
             window.set_ceiling(now);
             let decoded = decode_messages(&batch, &mut window, count_from, now);
-            let rows = decoded.as_ref().ok().map(|d| handle.block_on(partial_rows(&session, d.batch.clone())));
+            let rows = decoded
+                .as_ref()
+                .ok()
+                .map(|d| handle.block_on(partial_rows(&session, d.batch.clone())));
             (window, batch, decoded, rows)
         })
         .await
@@ -223,48 +250,132 @@ impl PartitionTask {
             return Outcome::Rebuilt;
         }
         let decoded: Decoded = decoded.expect("decoded batches match the event schema");
-        let rows = rows.expect("present when decoded").expect("aggregation of a valid batch succeeds");
+        let rows = rows
+            .expect("present when decoded")
+            .expect("aggregation of a valid batch succeeds");
         metrics::BATCH_EVENTS.observe(batch.len() as f64);
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
 
         // Dead letters first: once a partial is applied, its range is never
         // read again, so its invalid events must already be durable.
         let shared = self.shared.clone();
-        let written = publish::dead_letters(&shared.producer, &shared.dlq_topic, &shared.orders_topic, self.partition, &batch, &decoded.invalid).await;
+        let written = publish::dead_letters(
+            &shared.producer,
+            &shared.dlq_topic,
+            &shared.orders_topic,
+            self.partition,
+            &batch,
+            &decoded.invalid,
+        )
+        .await;
         if let Err(error) = written {
-            return self.park(last_offset, format!("the broker refused a dead-letter record: {error}"));
+            return self.park(
+                last_offset,
+                format!("the broker refused a dead-letter record: {error}"),
+            );
         }
         if self.fenced_now().await {
             return Outcome::Fenced;
         }
-        let start = decoded.outcomes.iter().position(|o| *o != Handled::Rebuilt).unwrap_or(batch.len());
-        self.publish(&batch, &decoded, Span { start, end: batch.len() }, rows).await
+        let start = decoded
+            .outcomes
+            .iter()
+            .position(|o| *o != Handled::Rebuilt)
+            .unwrap_or(batch.len());
+        self.publish(
+            &batch,
+            &decoded,
+            Span {
+                start,
+                end: batch.len(),
+            },
+            rows,
+        )
+        .await
     }
 
     /// Publishes the batch's partials, cut to fit ([`cut`]), in offset
     /// order, each acknowledged before the next. A piece the broker refuses
     /// as too large is cut again to half its size.
-    async fn publish(&mut self, batch: &[Message], decoded: &Decoded, whole: Span, whole_rows: Vec<PartialRow>) -> Outcome {
+    async fn publish(
+        &mut self,
+        batch: &[Message],
+        decoded: &Decoded,
+        whole: Span,
+        whole_rows: Vec<PartialRow>,
+    ) -> Outcome {
         let shared = self.shared.clone();
-        let limits = Limits { max_rows: shared.partial_max_rows, max_bytes: shared.partial_max_bytes };
-        let head = Head { topic: &shared.orders_topic, partition: self.partition, epoch: self.epoch };
-        let mut pending = cut(&shared.session, &head, batch, decoded, self.next_offset, whole, Some(whole_rows), limits).await;
+        let limits = Limits {
+            max_rows: shared.partial_max_rows,
+            max_bytes: shared.partial_max_bytes,
+        };
+        let head = Head {
+            topic: &shared.orders_topic,
+            partition: self.partition,
+            epoch: self.epoch,
+        };
+        let mut pending = cut(
+            &shared.session,
+            &head,
+            batch,
+            decoded,
+            self.next_offset,
+            whole,
+            Some(whole_rows),
+            limits,
+        )
+        .await;
         pending.reverse();
         let mut parts = 0;
         while let Some(piece) = pending.pop() {
-            match publish::publish_payload(&shared.producer, &shared.partials_topic, &piece.partial, &piece.payload).await {
+            match publish::publish_payload(
+                &shared.producer,
+                &shared.partials_topic,
+                &piece.partial,
+                &piece.payload,
+            )
+            .await
+            {
                 Ok(()) => {}
-                Err(error) if publish::is_too_large(&error) && piece.span.end - piece.span.start > 1 => {
-                    tracing::warn!(partition = self.partition, bytes = piece.payload.len(), "The broker refused a partial as too large; cutting it smaller.");
-                    let smaller = Limits { max_bytes: piece.payload.len() / 2, ..limits };
-                    let again = cut(&shared.session, &head, batch, decoded, self.next_offset, piece.span, None, smaller).await;
+                Err(error)
+                    if publish::is_too_large(&error) && piece.span.end - piece.span.start > 1 =>
+                {
+                    tracing::warn!(
+                        partition = self.partition,
+                        bytes = piece.payload.len(),
+                        "The broker refused a partial as too large; cutting it smaller."
+                    );
+                    let smaller = Limits {
+                        max_bytes: piece.payload.len() / 2,
+                        ..limits
+                    };
+                    let again = cut(
+                        &shared.session,
+                        &head,
+                        batch,
+                        decoded,
+                        self.next_offset,
+                        piece.span,
+                        None,
+                        smaller,
+                    )
+                    .await;
                     pending.extend(again.into_iter().rev());
                     continue;
                 }
-                Err(error) => return self.park(piece.partial.last_offset, format!("the broker refused a partial: {error}")),
+                Err(error) => {
+                    return self.park(
+                        piece.partial.last_offset,
+                        format!("the broker refused a partial: {error}"),
+                    )
+                }
             }
             let events = piece.partial.events;
-            for (outcome, n) in [("counted", events.counted), ("duplicate", events.duplicate), ("invalid", events.invalid)] {
+            for (outcome, n) in [
+                ("counted", events.counted),
+                ("duplicate", events.duplicate),
+                ("invalid", events.invalid),
+            ] {
                 metrics::EVENTS.with_label_values(&[outcome]).inc_by(n);
             }
             self.next_offset = piece.partial.last_offset + 1;
@@ -275,7 +386,12 @@ impl PartitionTask {
     }
 
     fn park(&self, last_offset: i64, detail: String) -> Outcome {
-        let parked = Parked { reason: ParkReason::BrokerRefused, first_offset: self.next_offset, last_offset: Some(last_offset), detail };
+        let parked = Parked {
+            reason: ParkReason::BrokerRefused,
+            first_offset: self.next_offset,
+            last_offset: Some(last_offset),
+            detail,
+        };
         health::park(&self.shared.orders_topic, self.partition, parked);
         Outcome::Parked
     }

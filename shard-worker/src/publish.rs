@@ -40,7 +40,10 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    retry::retry(operation, op, |_| metrics::RETRIES.with_label_values(&[operation]).inc()).await
+    retry::retry(operation, op, |_| {
+        metrics::RETRIES.with_label_values(&[operation]).inc()
+    })
+    .await
 }
 
 /// Largest payload kept whole in a dead-letter copy; a bigger one that the
@@ -68,10 +71,19 @@ pub async fn dead_letters(
     invalid: &[(usize, Invalid)],
 ) -> Result<(), KafkaError> {
     let record = |index: usize, reason: &Invalid, cut: bool| {
-        dead_letter(dlq_topic, source_topic, partition, &messages[index], reason, cut)
+        dead_letter(
+            dlq_topic,
+            source_topic,
+            partition,
+            &messages[index],
+            reason,
+            cut,
+        )
     };
-    let deliveries: Vec<_> =
-        invalid.iter().map(|(index, reason)| producer.send_result(record(*index, reason, false)).ok()).collect();
+    let deliveries: Vec<_> = invalid
+        .iter()
+        .map(|(index, reason)| producer.send_result(record(*index, reason, false)).ok())
+        .collect();
     for ((index, reason), delivery) in invalid.iter().zip(deliveries) {
         let landed = match delivery {
             Some(delivery) => matches!(delivery.await, Ok(Ok(_))),
@@ -81,7 +93,12 @@ pub async fn dead_letters(
             continue;
         }
         let send = |cut: bool| async move {
-            let sent = producer.send(record(*index, reason, cut), Timeout::After(Duration::from_secs(30))).await;
+            let sent = producer
+                .send(
+                    record(*index, reason, cut),
+                    Timeout::After(Duration::from_secs(30)),
+                )
+                .await;
             sent.map(drop).map_err(|(e, _)| e)
         };
         match retry("dlq_write", || send(false)).await {
@@ -115,7 +132,10 @@ fn dead_letter<'a>(
 ) -> FutureRecord<'a, [u8], [u8]> {
     let mut headers = OwnedHeaders::new();
     for (key, value) in &message.headers {
-        headers = headers.insert(Header { key, value: Some(value) });
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
     }
     let (partition_text, offset_text) = (partition.to_string(), message.offset.to_string());
     let reason_text = reason.to_string();
@@ -126,16 +146,24 @@ fn dead_letter<'a>(
         (header::PARTITION, partition_text.as_str()),
         (header::OFFSET, offset_text.as_str()),
     ] {
-        headers = headers.insert(Header { key, value: Some(value) });
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
     }
     let payload: &[u8] = if cut {
         let length = message.payload.len().to_string();
-        headers = headers.insert(Header { key: header::TRUNCATED, value: Some(length.as_str()) });
+        headers = headers.insert(Header {
+            key: header::TRUNCATED,
+            value: Some(length.as_str()),
+        });
         &message.payload[..message.payload.len().min(DLQ_KEPT_BYTES)]
     } else {
         &message.payload
     };
-    let mut record = FutureRecord::<[u8], [u8]>::to(dlq_topic).payload(payload).headers(headers);
+    let mut record = FutureRecord::<[u8], [u8]>::to(dlq_topic)
+        .payload(payload)
+        .headers(headers);
     if let Some(key) = &message.key {
         record = record.key(key.as_slice());
     }
@@ -147,7 +175,11 @@ fn dead_letter<'a>(
 ///
 /// Fails with a permanent broker error (a partial too large for the broker,
 /// an authorization failure); transient ones are retried.
-pub async fn partial(producer: &FutureProducer, partials_topic: &str, partial: &Partial) -> Result<(), KafkaError> {
+pub async fn partial(
+    producer: &FutureProducer,
+    partials_topic: &str,
+    partial: &Partial,
+) -> Result<(), KafkaError> {
     let payload = serde_json::to_vec(partial).expect("partials always serialise");
     publish_payload(producer, partials_topic, partial, &payload).await
 }
@@ -155,11 +187,23 @@ pub async fn partial(producer: &FutureProducer, partials_topic: &str, partial: &
 /// [`partial`] with the partial's JSON already made.
 ///
 /// Fails as [`partial`] does.
-pub async fn publish_payload(producer: &FutureProducer, partials_topic: &str, partial: &Partial, payload: &[u8]) -> Result<(), KafkaError> {
+pub async fn publish_payload(
+    producer: &FutureProducer,
+    partials_topic: &str,
+    partial: &Partial,
+    payload: &[u8],
+) -> Result<(), KafkaError> {
     let key = partial.message_key();
     retry("partial_publish", || async {
-        let record = FutureRecord::to(partials_topic).partition(partial.partition).key(&key).payload(payload);
-        producer.send(record, Timeout::After(Duration::from_secs(30))).await.map(drop).map_err(|(e, _)| e)
+        let record = FutureRecord::to(partials_topic)
+            .partition(partial.partition)
+            .key(&key)
+            .payload(payload);
+        producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map(drop)
+            .map_err(|(e, _)| e)
     })
     .await?;
     metrics::PARTIALS.inc();

@@ -24,15 +24,28 @@ use crate::publish::retry;
 /// Fails with both counts when it has fewer. A broker that cannot say is
 /// not an error here (publishing then retries).
 fn check_partials_partitions(config: &WorkerConfig) -> Result<(), WorkerError> {
-    let admin: rdkafka::consumer::BaseConsumer = crate::kafka::client_config(&config.brokers, &config.kafka)
-        .create()
-        .map_err(|source| WorkerError::Kafka { op: "metadata client", brokers: config.brokers.clone(), source })?;
+    let admin: rdkafka::consumer::BaseConsumer =
+        crate::kafka::client_config(&config.brokers, &config.kafka)
+            .create()
+            .map_err(|source| WorkerError::Kafka {
+                op: "metadata client",
+                brokers: config.brokers.clone(),
+                source,
+            })?;
     let count = |topic: &str| {
-        admin.fetch_metadata(Some(topic), Duration::from_secs(10)).ok().and_then(|m| {
-            m.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len())
-        })
+        admin
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| t.partitions().len())
+            })
     };
-    if let (Some(orders), Some(partials)) = (count(&config.orders_topic), count(&config.partials_topic)) {
+    if let (Some(orders), Some(partials)) =
+        (count(&config.orders_topic), count(&config.partials_topic))
+    {
         if partials < orders {
             return Err(WorkerError::Topic {
                 topic: config.partials_topic.clone(),
@@ -57,7 +70,10 @@ const WARM_UP: Duration = Duration::from_secs(5);
 /// only logged; publishing retries as it always does.
 async fn warm_up(producer: &FutureProducer, partials_topic: &str) {
     let (producer, topic) = (producer.clone(), partials_topic.to_owned());
-    let fetched = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), WARM_UP)).await;
+    let fetched = tokio::task::spawn_blocking(move || {
+        producer.client().fetch_metadata(Some(&topic), WARM_UP)
+    })
+    .await;
     if let Ok(Err(error)) = fetched {
         tracing::debug!(%error, "Partials topic metadata not fetched ahead; the first partial will wait for it.");
     }
@@ -81,7 +97,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         () = shutdown.cancelled() => return Ok(()),
     };
     crate::health::watch(store.clone());
-    let topics = [config.orders_topic.as_str(), &config.partials_topic, &config.dlq_topic];
+    let topics = [
+        config.orders_topic.as_str(),
+        &config.partials_topic,
+        &config.dlq_topic,
+    ];
     tokio::select! {
         ready = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_partitions, config.replication_factor)) => ready?,
         () = shutdown.cancelled() => return Ok(()),
@@ -90,9 +110,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let brokers = config.brokers.clone();
     let kafka = |op: &'static str| {
         let brokers = brokers.clone();
-        move |source| WorkerError::Kafka { op, brokers, source }
+        move |source| WorkerError::Kafka {
+            op,
+            brokers,
+            source,
+        }
     };
-    let producer = idempotent_producer(&config.brokers, &config.kafka).map_err(kafka("producer"))?;
+    let producer =
+        idempotent_producer(&config.brokers, &config.kafka).map_err(kafka("producer"))?;
     warm_up(&producer, &config.partials_topic).await;
     let shared = Arc::new(Shared {
         store,
@@ -107,8 +132,20 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         partial_max_bytes: config.partial_max_bytes,
     });
     let offsets = Arc::new(Offsets::default());
-    tokio::spawn(lag::report(offsets.clone(), shared.store.clone(), config.orders_topic.clone(), LAG_EVERY, shutdown.clone()));
-    let context = ClaimContext::new(shared, tokio::runtime::Handle::current(), owner.clone(), offsets, shutdown.clone());
+    tokio::spawn(lag::report(
+        offsets.clone(),
+        shared.store.clone(),
+        config.orders_topic.clone(),
+        LAG_EVERY,
+        shutdown.clone(),
+    ));
+    let context = ClaimContext::new(
+        shared,
+        tokio::runtime::Handle::current(),
+        owner.clone(),
+        offsets,
+        shutdown.clone(),
+    );
     let mut consumer_config = client_config(&config.brokers, &config.kafka);
     consumer_config
         .set("group.id", &config.group_id)
@@ -130,16 +167,31 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
         // A member learns of a rebalance from its next heartbeat, so the
         // interval bounds how long a joining worker waits for partitions.
-        .set("heartbeat.interval.ms", (config.session_timeout_ms / 10).clamp(250, 1000).to_string());
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout_ms / 10)
+                .clamp(250, 1000)
+                .to_string(),
+        );
     if !config.group_instance_id.is_empty() {
         consumer_config.set("group.instance.id", &config.group_instance_id);
     }
     crate::kafka::fetch_defaults(&mut consumer_config, &config.kafka);
-    let consumer: Arc<BaseConsumer<ClaimContext>> =
-        Arc::new(consumer_config.create_with_context(context).map_err(kafka("consumer"))?);
+    let consumer: Arc<BaseConsumer<ClaimContext>> = Arc::new(
+        consumer_config
+            .create_with_context(context)
+            .map_err(kafka("consumer"))?,
+    );
     ClaimContext::attach(&consumer);
-    consumer.subscribe(&[&config.orders_topic]).map_err(kafka("subscribe"))?;
-    tracing::info!(owner, topic = config.orders_topic, group = config.group_id, "Worker consuming.");
+    consumer
+        .subscribe(&[&config.orders_topic])
+        .map_err(kafka("subscribe"))?;
+    tracing::info!(
+        owner,
+        topic = config.orders_topic,
+        group = config.group_id,
+        "Worker consuming."
+    );
     let settings = LoopSettings {
         batch_max_events: config.batch_max_events,
         batch_max: Duration::from_millis(config.batch_max_ms),
@@ -149,7 +201,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     tokio::task::spawn_blocking(move || poll_loop(consumer, settings, loop_shutdown))
         .await
         .map_err(|e| WorkerError::Thread(e.to_string()))?;
-    producer.flush(Timeout::After(Duration::from_secs(10))).map_err(kafka("producer flush"))?;
+    producer
+        .flush(Timeout::After(Duration::from_secs(10)))
+        .map_err(kafka("producer flush"))?;
     tracing::info!(owner, "Worker stopped.");
     Ok(())
 }

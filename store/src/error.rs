@@ -116,7 +116,9 @@ pub fn postgres_class(sqlstate: &str) -> Class {
         "XX", // internal error
     ];
     const TRANSIENT_CODES: [&str; 1] = ["55P03"]; // lock_not_available
-    if TRANSIENT_CLASSES.iter().any(|c| sqlstate.starts_with(c)) || TRANSIENT_CODES.contains(&sqlstate) {
+    if TRANSIENT_CLASSES.iter().any(|c| sqlstate.starts_with(c))
+        || TRANSIENT_CODES.contains(&sqlstate)
+    {
         Class::Transient
     } else {
         Class::Permanent
@@ -140,7 +142,10 @@ fn causes(error: &tokio_postgres::Error) -> Vec<&(dyn std::error::Error + 'stati
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(error) = cause {
         out.push(error);
-        cause = match error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+        cause = match error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => error.source(),
         };
@@ -150,14 +155,24 @@ fn causes(error: &tokio_postgres::Error) -> Vec<&(dyn std::error::Error + 'stati
 
 /// Whether the TLS handshake failed on the server's certificate.
 fn refused_certificate(error: &tokio_postgres::Error) -> bool {
-    causes(error).iter().any(|cause| matches!(cause.downcast_ref(), Some(tokio_rustls::rustls::Error::InvalidCertificate(_))))
+    causes(error).iter().any(|cause| {
+        matches!(
+            cause.downcast_ref(),
+            Some(tokio_rustls::rustls::Error::InvalidCertificate(_))
+        )
+    })
 }
 
 fn postgres_detail(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
             let detail = db.detail().map_or(String::new(), |d| format!(" ({d})"));
-            format!("{}: {}{detail} [SQLSTATE {}]", db.severity(), db.message(), db.code().code())
+            format!(
+                "{}: {}{detail} [SQLSTATE {}]",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            )
         }
         None => {
             let mut text = error.to_string();
@@ -192,7 +207,9 @@ mod tests {
 
     #[test]
     fn sqlstates_by_class() {
-        for transient in ["08006", "08001", "40001", "40P01", "57014", "57P01", "53300", "55P03", "XX000"] {
+        for transient in [
+            "08006", "08001", "40001", "40P01", "57014", "57P01", "53300", "55P03", "XX000",
+        ] {
             assert_eq!(postgres_class(transient), Class::Transient, "{transient}");
         }
         // 22021: invalid byte sequence (a NUL in text); 23514: check violation;
@@ -200,12 +217,28 @@ mod tests {
         for permanent in ["22021", "23514", "42P01", "22003", "22008"] {
             assert_eq!(postgres_class(permanent), Class::Permanent, "{permanent}");
         }
-        assert!(StoreError::Timeout { op: "apply", after_ms: 1 }.is_retryable());
-        let corrupt = StoreError::Corrupt { column: "day", value: "x".into(), reason: "y".into() };
+        assert!(StoreError::Timeout {
+            op: "apply",
+            after_ms: 1
+        }
+        .is_retryable());
+        let corrupt = StoreError::Corrupt {
+            column: "day",
+            value: "x".into(),
+            reason: "y".into(),
+        };
         assert!(!corrupt.is_retryable());
         let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None);
-        assert!(StoreError::Sqlite { op: "apply", source: busy }.is_retryable());
+        assert!(StoreError::Sqlite {
+            op: "apply",
+            source: busy
+        }
+        .is_retryable());
         let constraint = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(19), None);
-        assert!(!StoreError::Sqlite { op: "apply", source: constraint }.is_retryable());
+        assert!(!StoreError::Sqlite {
+            op: "apply",
+            source: constraint
+        }
+        .is_retryable());
     }
 }

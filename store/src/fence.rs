@@ -116,7 +116,9 @@ pub fn plan(fences: &BTreeMap<SourcePartition, Fence>, partials: &[Partial]) -> 
         let source = (partial.topic.clone(), partial.partition);
         match judge(current.get(&source), partial) {
             Verdict::Apply => {
-                let fence = current.get_mut(&source).expect("judged against an existing fence");
+                let fence = current
+                    .get_mut(&source)
+                    .expect("judged against an existing fence");
                 fence.next_offset = partial.last_offset + 1;
                 fence.dedupe_from_offset = partial.dedupe_from_offset;
                 fence.dedupe_clock_ms = partial.dedupe_clock_ms.or(fence.dedupe_clock_ms);
@@ -125,9 +127,13 @@ pub fn plan(fences: &BTreeMap<SourcePartition, Fence>, partials: &[Partial]) -> 
                 counts.counted += partial.events.counted;
                 counts.duplicate += partial.events.duplicate;
                 counts.invalid += partial.events.invalid;
-                merge_into(&mut out.deltas, partial.rows.iter().map(|r| (r.key.clone(), r.sums)));
+                merge_into(
+                    &mut out.deltas,
+                    partial.rows.iter().map(|r| (r.key.clone(), r.sums)),
+                );
                 out.applied += 1;
-                out.applied_append_ms.extend(partial.max_append_ms.map(|ms| (partial.partition, ms)));
+                out.applied_append_ms
+                    .extend(partial.max_append_ms.map(|ms| (partial.partition, ms)));
             }
             Verdict::OlderEpoch => out.older_epoch += 1,
             Verdict::AlreadyApplied => out.already_applied += 1,
@@ -156,17 +162,36 @@ mod tests {
             last_offset: last,
             dedupe_from_offset: first,
             dedupe_clock_ms: None,
-            events: EventCounts { counted: 1, ..Default::default() },
+            events: EventCounts {
+                counted: 1,
+                ..Default::default()
+            },
             max_append_ms: None,
             rows: vec![PartialRow {
-                key: TotalsKey { merchant_id: "m".into(), currency: "EUR".into(), day: Day(0) },
-                sums: Sums { sales_amount: Amount(amount), sales_count: 1, ..Default::default() },
+                key: TotalsKey {
+                    merchant_id: "m".into(),
+                    currency: "EUR".into(),
+                    day: Day(0),
+                },
+                sums: Sums {
+                    sales_amount: Amount(amount),
+                    sales_count: 1,
+                    ..Default::default()
+                },
             }],
         }
     }
 
     fn fences(epoch: i64, next: i64) -> BTreeMap<SourcePartition, Fence> {
-        BTreeMap::from([(("orders".into(), 0), Fence { epoch, next_offset: next, dedupe_from_offset: 0, dedupe_clock_ms: None })])
+        BTreeMap::from([(
+            ("orders".into(), 0),
+            Fence {
+                epoch,
+                next_offset: next,
+                dedupe_from_offset: 0,
+                dedupe_clock_ms: None,
+            },
+        )])
     }
 
     fn total(plan: &Plan) -> i128 {
@@ -184,16 +209,31 @@ mod tests {
     fn replay_and_zombies_change_nothing() {
         let plan = plan(
             &fences(3, 10),
-            &[partial(3, 0, 9, 5), partial(2, 10, 19, 7), partial(3, 10, 19, 11), partial(3, 10, 19, 11)],
+            &[
+                partial(3, 0, 9, 5),
+                partial(2, 10, 19, 7),
+                partial(3, 10, 19, 11),
+                partial(3, 10, 19, 11),
+            ],
         );
         assert_eq!(total(&plan), 11);
-        assert_eq!((plan.applied, plan.older_epoch, plan.already_applied), (1, 1, 2));
+        assert_eq!(
+            (plan.applied, plan.older_epoch, plan.already_applied),
+            (1, 1, 2)
+        );
         assert!(plan.violations.is_empty());
     }
 
     #[test]
     fn gaps_overlaps_and_unknown_epochs_are_violations() {
-        let plan = plan(&fences(1, 10), &[partial(1, 11, 19, 1), partial(1, 5, 15, 1), partial(9, 10, 19, 1)]);
+        let plan = plan(
+            &fences(1, 10),
+            &[
+                partial(1, 11, 19, 1),
+                partial(1, 5, 15, 1),
+                partial(9, 10, 19, 1),
+            ],
+        );
         assert_eq!(plan.violations.len(), 3);
         assert_eq!((plan.applied, total(&plan)), (0, 0));
         let unclaimed = super::plan(&BTreeMap::new(), &[partial(1, 0, 1, 1)]);

@@ -30,22 +30,37 @@ impl Health {
     /// Records the start of a call.
     pub fn begin(&self) -> Started {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.lock().expect("health lock").insert(id, Instant::now());
+        self.in_flight
+            .lock()
+            .expect("health lock")
+            .insert(id, Instant::now());
         Started(id)
     }
 
     /// Records the end of a call; `down` when it failed for a reason that
     /// says the database is unreachable (a transient error).
     pub fn end(&self, started: Started, down: bool) {
-        self.in_flight.lock().expect("health lock").remove(&started.0);
+        self.in_flight
+            .lock()
+            .expect("health lock")
+            .remove(&started.0);
         self.down.store(down, Ordering::Relaxed);
     }
 
     /// `Ok` while the database answers; otherwise why not, for `/readyz`.
     pub fn status(&self) -> Result<(), String> {
-        let oldest = self.in_flight.lock().expect("health lock").values().min().copied();
+        let oldest = self
+            .in_flight
+            .lock()
+            .expect("health lock")
+            .values()
+            .min()
+            .copied();
         if let Some(waiting) = oldest.map(|t| t.elapsed()).filter(|w| *w >= STALL) {
-            return Err(format!("the database has not answered a call for {} s", waiting.as_secs()));
+            return Err(format!(
+                "the database has not answered a call for {} s",
+                waiting.as_secs()
+            ));
         }
         if self.down.load(Ordering::Relaxed) {
             return Err("the database is unreachable (the last call failed; retrying)".into());
@@ -65,7 +80,9 @@ pub fn readiness<'a>(
 ) -> Result<(), String> {
     let mut problems = Vec::new();
     if !consuming {
-        problems.push(format!("the {role} is not consuming yet (connecting, or shutting down)"));
+        problems.push(format!(
+            "the {role} is not consuming yet (connecting, or shutting down)"
+        ));
     }
     problems.extend(databases.into_iter().filter_map(|h| h.status().err()));
     problems.extend(parked);
@@ -85,7 +102,10 @@ mod tests {
         let health = Health::default();
         assert!(health.status().is_ok());
         let call = health.begin();
-        assert!(health.status().is_ok(), "a call that just started is not a stall");
+        assert!(
+            health.status().is_ok(),
+            "a call that just started is not a stall"
+        );
         health.end(call, true);
         assert!(health.status().unwrap_err().contains("unreachable"));
         let call = health.begin();

@@ -54,9 +54,15 @@ impl State {
 
     /// Reads the stored spelling.
     pub fn parse(text: &str) -> Option<State> {
-        [State::Pending, State::Running, State::Succeeded, State::Failed, State::Cancelled]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            State::Pending,
+            State::Running,
+            State::Succeeded,
+            State::Failed,
+            State::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 
     /// Succeeded, failed or cancelled: nothing more will happen.
@@ -92,7 +98,9 @@ impl Kind {
 
     /// Reads the stored spelling.
     pub fn parse(text: &str) -> Option<Kind> {
-        [Kind::Backfill, Kind::Import].into_iter().find(|k| k.as_str() == text)
+        [Kind::Backfill, Kind::Import]
+            .into_iter()
+            .find(|k| k.as_str() == text)
     }
 }
 
@@ -112,12 +120,22 @@ impl Scope {
     /// reads. (Its `to`, the day after 9999-12-31, is never stored: an
     /// import job records `[MIN_DAY, MAX_DAY]` for display.)
     pub fn everything() -> Scope {
-        Scope { from: schemas::day::MIN_DAY, to: Day(schemas::day::MAX_DAY.0 + 1), merchants: Vec::new() }
+        Scope {
+            from: schemas::day::MIN_DAY,
+            to: Day(schemas::day::MAX_DAY.0 + 1),
+            merchants: Vec::new(),
+        }
     }
 
     /// Whether an event of `merchant` on `day` belongs to the scope.
     pub fn contains(&self, merchant: &str, day: Day) -> bool {
-        day >= self.from && day < self.to && (self.merchants.is_empty() || self.merchants.binary_search_by(|m| m.as_str().cmp(merchant)).is_ok())
+        day >= self.from
+            && day < self.to
+            && (self.merchants.is_empty()
+                || self
+                    .merchants
+                    .binary_search_by(|m| m.as_str().cmp(merchant))
+                    .is_ok())
     }
 }
 
@@ -241,7 +259,9 @@ pub struct Job {
 impl Job {
     /// Rows read, rejected and duplicate over all tasks.
     pub fn rows(&self) -> (i64, i64, i64) {
-        self.tasks.iter().fold((0, 0, 0), |(r, j, d), t| (r + t.rows_read, j + t.rows_rejected, d + t.rows_duplicate))
+        self.tasks.iter().fold((0, 0, 0), |(r, j, d), t| {
+            (r + t.rows_read, j + t.rows_rejected, d + t.rows_duplicate)
+        })
     }
 }
 
@@ -336,7 +356,9 @@ impl ImportOutcome {
     pub fn describe(&self) -> String {
         match self {
             ImportOutcome::Imported { .. } => "imported".to_owned(),
-            ImportOutcome::AlreadyImported { job_id } => format!("already imported by job {job_id}"),
+            ImportOutcome::AlreadyImported { job_id } => {
+                format!("already imported by job {job_id}")
+            }
             ImportOutcome::Unchanged { job_id } => format!("unchanged (content of job {job_id})"),
             ImportOutcome::Superseded => "superseded (changed before read)".to_owned(),
             ImportOutcome::Conflict { .. } => "conflict".to_owned(),
@@ -348,20 +370,31 @@ impl ImportOutcome {
 /// What an import of `file` (content `digest`, for local files) comes to,
 /// given the version of its location imported before, if any: `(job,
 /// size, version, digest)`. `None` when it is the first: import it.
-pub fn judge_import(file: &FileVersion, digest: Option<&str>, imported: Option<(i64, i64, String, Option<String>)>) -> Option<ImportOutcome> {
+pub fn judge_import(
+    file: &FileVersion,
+    digest: Option<&str>,
+    imported: Option<(i64, i64, String, Option<String>)>,
+) -> Option<ImportOutcome> {
     let (job_id, size, version, old_digest) = imported?;
     Some(if size == file.size && version == file.version {
         ImportOutcome::AlreadyImported { job_id }
     } else if size == file.size && digest.is_some() && old_digest.as_deref() == digest {
         ImportOutcome::Unchanged { job_id }
     } else {
-        ImportOutcome::Conflict { message: conflict_message(file, size, &version, job_id) }
+        ImportOutcome::Conflict {
+            message: conflict_message(file, size, &version, job_id),
+        }
     })
 }
 
 /// The conflict report for `new`, a version of a location that was already
 /// imported as `old` by job `job_id`: what happened and what to do.
-pub fn conflict_message(new: &FileVersion, old_size: i64, old_version: &str, job_id: i64) -> String {
+pub fn conflict_message(
+    new: &FileVersion,
+    old_size: i64,
+    old_version: &str,
+    job_id: i64,
+) -> String {
     format!(
         "conflict: {} changed after job {job_id} imported it (size {old_size}, version {old_version}; now size {}, version {}). \
          Its new content was not counted. If it holds new orders, publish it under a new name; if it corrects \
@@ -469,7 +502,14 @@ impl Store {
     /// another with the same `digest` is [`ImportOutcome::Unchanged`], any
     /// other is a [`ImportOutcome::Conflict`], which fails the job).
     /// Without, records that the file changed before it was read.
-    pub async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, read: Option<(&TaskResult, Option<&str>)>, now: i64) -> Result<ImportOutcome> {
+    pub async fn finish_import(
+        &self,
+        task: &Task,
+        owner: &str,
+        file: &FileVersion,
+        read: Option<(&TaskResult, Option<&str>)>,
+        now: i64,
+    ) -> Result<ImportOutcome> {
         self.timed("finish_import", async {
             match self {
                 Store::Postgres(s) => s.finish_import(task, owner, file, read, now).await,
@@ -520,7 +560,12 @@ impl Store {
     /// time has come, or a running one whose lease ran out (its runner
     /// died), of a job that has not ended. Marks the job running, counts an
     /// attempt, and leases the task until `lease_until`.
-    pub async fn claim_task(&self, owner: &str, now: i64, lease_until: i64) -> Result<Option<Task>> {
+    pub async fn claim_task(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Task>> {
         self.timed("claim_task", async {
             match self {
                 Store::Postgres(s) => s.claim_task(owner, now, lease_until).await,
@@ -532,7 +577,13 @@ impl Store {
 
     /// Extends the lease of a task `owner` is running; false when the task
     /// is no longer theirs to run (cancelled, or taken over).
-    pub async fn renew_task(&self, job_id: i64, task_no: i32, owner: &str, lease_until: i64) -> Result<bool> {
+    pub async fn renew_task(
+        &self,
+        job_id: i64,
+        task_no: i32,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<bool> {
         self.timed("renew_task", async {
             match self {
                 Store::Postgres(s) => s.renew_task(job_id, task_no, owner, lease_until).await,
@@ -544,7 +595,14 @@ impl Store {
 
     /// Records a successful attempt and its rows, in one transaction; false
     /// (and nothing written) when the task is no longer `owner`'s.
-    pub async fn finish_task(&self, job_id: i64, task_no: i32, owner: &str, result: &TaskResult, now: i64) -> Result<bool> {
+    pub async fn finish_task(
+        &self,
+        job_id: i64,
+        task_no: i32,
+        owner: &str,
+        result: &TaskResult,
+        now: i64,
+    ) -> Result<bool> {
         self.timed("finish_task", async {
             match self {
                 Store::Postgres(s) => s.finish_task(job_id, task_no, owner, result, now).await,
@@ -557,11 +615,25 @@ impl Store {
     /// Records a failed attempt. With `retry_at` the task waits for that
     /// time; without, it fails, and so does its job (its other tasks are
     /// cancelled and its computed rows dropped).
-    pub async fn fail_task(&self, job_id: i64, task_no: i32, owner: &str, error: &str, now: i64, retry_at: Option<i64>) -> Result<()> {
+    pub async fn fail_task(
+        &self,
+        job_id: i64,
+        task_no: i32,
+        owner: &str,
+        error: &str,
+        now: i64,
+        retry_at: Option<i64>,
+    ) -> Result<()> {
         self.timed("fail_task", async {
             match self {
-                Store::Postgres(s) => s.fail_task(job_id, task_no, owner, error, now, retry_at).await,
-                Store::Sqlite(s) => s.fail_task(job_id, task_no, owner, error, now, retry_at).await,
+                Store::Postgres(s) => {
+                    s.fail_task(job_id, task_no, owner, error, now, retry_at)
+                        .await
+                }
+                Store::Sqlite(s) => {
+                    s.fail_task(job_id, task_no, owner, error, now, retry_at)
+                        .await
+                }
             }
         })
         .await
@@ -616,7 +688,14 @@ impl Store {
     /// Creates `job` for schedule `name` and moves its `last_due` from
     /// `previous` to `due`, in one transaction; `None` when another
     /// scheduler already did (its `last_due` is no longer `previous`).
-    pub async fn fire_schedule(&self, name: &str, previous: i64, due: i64, job: &NewJob, now: i64) -> Result<Option<i64>> {
+    pub async fn fire_schedule(
+        &self,
+        name: &str,
+        previous: i64,
+        due: i64,
+        job: &NewJob,
+        now: i64,
+    ) -> Result<Option<i64>> {
         self.timed("fire_schedule", async {
             match self {
                 Store::Postgres(s) => s.fire_schedule(name, previous, due, job, now).await,
@@ -663,12 +742,17 @@ impl Store {
                         .query_one("SELECT pg_try_advisory_lock($1)", &[&SCHEDULER_LOCK])
                         .await
                         .map_err(crate::error::pg("scheduler lock"))?;
-                    Ok(row.get::<_, bool>(0).then_some(Leadership::Postgres(client)))
+                    Ok(row
+                        .get::<_, bool>(0)
+                        .then_some(Leadership::Postgres(client)))
                 };
                 let limit = s.call_timeout();
                 tokio::time::timeout(limit, lead)
                     .await
-                    .unwrap_or(Err(crate::StoreError::Timeout { op: "scheduler lock", after_ms: limit.as_millis() as u64 }))
+                    .unwrap_or(Err(crate::StoreError::Timeout {
+                        op: "scheduler lock",
+                        after_ms: limit.as_millis() as u64,
+                    }))
             }
             Store::Sqlite(_) => Ok(Some(Leadership::Local)),
         }
@@ -682,19 +766,32 @@ pub(crate) fn json_list(items: &[String]) -> String {
 
 /// Reads a stored JSON list of strings.
 pub(crate) fn parse_list(column: &'static str, text: &str) -> Result<Vec<String>> {
-    serde_json::from_str(text).map_err(|e| crate::StoreError::Corrupt { column, value: text.to_owned(), reason: e.to_string() })
+    serde_json::from_str(text).map_err(|e| crate::StoreError::Corrupt {
+        column,
+        value: text.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Why a version seen before is not queued again: `state` is its
 /// `tally_imports` state, `job_state` that of the job that queued it.
-pub(crate) fn skip_reason(state: &str, job_id: i64, job_state: State, requeue: Requeue) -> Option<String> {
+pub(crate) fn skip_reason(
+    state: &str,
+    job_id: i64,
+    job_state: State,
+    requeue: Requeue,
+) -> Option<String> {
     match state {
         "imported" => Some(format!("already imported by job {job_id}")),
         "unchanged" => Some(format!("unchanged: the content job {job_id} imported")),
-        "superseded" => Some(format!("superseded: it changed before job {job_id} read it")),
+        "superseded" => Some(format!(
+            "superseded: it changed before job {job_id} read it"
+        )),
         "conflict" => Some(format!("conflict reported by job {job_id}")),
         _ if !job_state.is_final() => Some(format!("already queued in job {job_id}")),
-        _ if requeue == Requeue::Never => Some(format!("job {job_id} {job_state} before importing it; `tally import` queues it again")),
+        _ if requeue == Requeue::Never => Some(format!(
+            "job {job_id} {job_state} before importing it; `tally import` queues it again"
+        )),
         _ => None,
     }
 }
@@ -711,15 +808,27 @@ pub(crate) fn row_state(outcome: &ImportOutcome) -> Option<&'static str> {
 }
 
 pub(crate) fn parse_kind(text: &str) -> Result<Kind> {
-    Kind::parse(text).ok_or_else(|| crate::StoreError::Corrupt { column: "kind", value: text.to_owned(), reason: "unknown job kind".into() })
+    Kind::parse(text).ok_or_else(|| crate::StoreError::Corrupt {
+        column: "kind",
+        value: text.to_owned(),
+        reason: "unknown job kind".into(),
+    })
 }
 
 pub(crate) fn parse_state(text: &str) -> Result<State> {
-    State::parse(text).ok_or_else(|| crate::StoreError::Corrupt { column: "state", value: text.to_owned(), reason: "unknown state".into() })
+    State::parse(text).ok_or_else(|| crate::StoreError::Corrupt {
+        column: "state",
+        value: text.to_owned(),
+        reason: "unknown state".into(),
+    })
 }
 
 pub(crate) fn parse_day(column: &'static str, text: &str) -> Result<Day> {
-    Day::parse(text).map_err(|e| crate::StoreError::Corrupt { column, value: text.to_owned(), reason: e.to_string() })
+    Day::parse(text).map_err(|e| crate::StoreError::Corrupt {
+        column,
+        value: text.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -728,37 +837,85 @@ mod tests {
 
     #[test]
     fn a_location_is_imported_once_and_only_a_new_content_conflicts() {
-        let file = FileVersion { location: "/in/a.csv".into(), size: 10, version: "t2".into() };
+        let file = FileVersion {
+            location: "/in/a.csv".into(),
+            size: 10,
+            version: "t2".into(),
+        };
         assert_eq!(judge_import(&file, Some("d1"), None), None);
         let same = Some((4, 10, "t2".to_owned(), Some("d1".to_owned())));
-        assert_eq!(judge_import(&file, Some("d1"), same), Some(ImportOutcome::AlreadyImported { job_id: 4 }));
+        assert_eq!(
+            judge_import(&file, Some("d1"), same),
+            Some(ImportOutcome::AlreadyImported { job_id: 4 })
+        );
         let touched = Some((4, 10, "t1".to_owned(), Some("d1".to_owned())));
-        assert_eq!(judge_import(&file, Some("d1"), touched.clone()), Some(ImportOutcome::Unchanged { job_id: 4 }));
+        assert_eq!(
+            judge_import(&file, Some("d1"), touched.clone()),
+            Some(ImportOutcome::Unchanged { job_id: 4 })
+        );
         let rewritten = Some((4, 10, "t1".to_owned(), Some("d0".to_owned())));
-        assert!(matches!(judge_import(&file, Some("d1"), rewritten), Some(ImportOutcome::Conflict { message }) if message.contains("job 4")));
+        assert!(
+            matches!(judge_import(&file, Some("d1"), rewritten), Some(ImportOutcome::Conflict { message }) if message.contains("job 4"))
+        );
         // Without a digest (an object), another version is a conflict.
-        assert!(matches!(judge_import(&file, None, touched), Some(ImportOutcome::Conflict { .. })));
+        assert!(matches!(
+            judge_import(&file, None, touched),
+            Some(ImportOutcome::Conflict { .. })
+        ));
     }
 
     #[test]
     fn dependencies_must_exist_and_be_able_to_succeed() {
-        assert_eq!(check_after(&[(1, Some(State::Succeeded)), (2, Some(State::Pending)), (3, Some(State::Running))]), Ok(()));
-        assert!(check_after(&[(1, Some(State::Pending)), (9, None)]).unwrap_err().contains("no job 9"));
-        assert!(check_after(&[(4, Some(State::Failed))]).unwrap_err().contains("job 4 failed"));
-        assert!(check_after(&[(5, Some(State::Cancelled))]).unwrap_err().contains("never run"));
+        assert_eq!(
+            check_after(&[
+                (1, Some(State::Succeeded)),
+                (2, Some(State::Pending)),
+                (3, Some(State::Running))
+            ]),
+            Ok(())
+        );
+        assert!(check_after(&[(1, Some(State::Pending)), (9, None)])
+            .unwrap_err()
+            .contains("no job 9"));
+        assert!(check_after(&[(4, Some(State::Failed))])
+            .unwrap_err()
+            .contains("job 4 failed"));
+        assert!(check_after(&[(5, Some(State::Cancelled))])
+            .unwrap_err()
+            .contains("never run"));
         assert_eq!(Kind::parse(Kind::Import.as_str()), Some(Kind::Import));
         let all = Scope::everything();
-        assert!(all.contains("m", schemas::day::MIN_DAY) && all.contains("m", schemas::day::MAX_DAY));
+        assert!(
+            all.contains("m", schemas::day::MIN_DAY) && all.contains("m", schemas::day::MAX_DAY)
+        );
     }
 
     #[test]
     fn states_round_trip_and_scopes_filter() {
-        for state in [State::Pending, State::Running, State::Succeeded, State::Failed, State::Cancelled] {
+        for state in [
+            State::Pending,
+            State::Running,
+            State::Succeeded,
+            State::Failed,
+            State::Cancelled,
+        ] {
             assert_eq!(State::parse(state.as_str()), Some(state));
         }
-        let scope = Scope { from: Day(10), to: Day(12), merchants: vec!["a".into(), "c".into()] };
+        let scope = Scope {
+            from: Day(10),
+            to: Day(12),
+            merchants: vec!["a".into(), "c".into()],
+        };
         assert!(scope.contains("a", Day(10)) && scope.contains("c", Day(11)));
-        assert!(!scope.contains("b", Day(10)) && !scope.contains("a", Day(12)) && !scope.contains("a", Day(9)));
-        assert!(Scope { merchants: vec![], ..scope }.contains("zz", Day(11)));
+        assert!(
+            !scope.contains("b", Day(10))
+                && !scope.contains("a", Day(12))
+                && !scope.contains("a", Day(9))
+        );
+        assert!(Scope {
+            merchants: vec![],
+            ..scope
+        }
+        .contains("zz", Day(11)));
     }
 }

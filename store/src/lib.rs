@@ -25,8 +25,8 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use error::{Class, Classify, Result, StoreError};
-pub use health::Health;
 pub use fence::{Fence, Plan, SourcePartition};
+pub use health::Health;
 use schemas::{Partial, Sums, Totals, TotalsKey};
 
 /// What a claim returns: where the new owner starts.
@@ -78,10 +78,15 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store> {
         let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Store::Postgres(Box::new(postgres::PgStore::connect(url).await?))
-        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             Store::Sqlite(sqlite::SqliteStore::open(path).await?)
         } else {
-            return Err(StoreError::UnsupportedUrl { url: schemas::config::shown_database_url(url) });
+            return Err(StoreError::UnsupportedUrl {
+                url: schemas::config::shown_database_url(url),
+            });
         };
         Ok(store)
     }
@@ -108,7 +113,11 @@ impl Store {
     /// Runs one call under [`Store::call_timeout`], recording its outcome in
     /// [`Store::health`]. A call that runs out of time drops its PostgreSQL
     /// connection, so the next call reconnects instead of queueing behind it.
-    async fn timed<T>(&self, op: &'static str, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         let limit = self.call_timeout();
         let started = self.health().begin();
         let result = match tokio::time::timeout(limit, call).await {
@@ -117,7 +126,10 @@ impl Store {
                 if let Store::Postgres(s) = self {
                     s.reset();
                 }
-                Err(StoreError::Timeout { op, after_ms: limit.as_millis() as u64 })
+                Err(StoreError::Timeout {
+                    op,
+                    after_ms: limit.as_millis() as u64,
+                })
             }
         };
         let down = matches!(&result, Err(e) if e.is_retryable());
@@ -202,8 +214,10 @@ impl Store {
 
 /// The distinct source partitions of `partials`, sorted (lock order).
 pub(crate) fn sources(partials: &[Partial]) -> Vec<SourcePartition> {
-    let mut sources: Vec<SourcePartition> =
-        partials.iter().map(|p| (p.topic.clone(), p.partition)).collect();
+    let mut sources: Vec<SourcePartition> = partials
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition))
+        .collect();
     sources.sort();
     sources.dedup();
     sources
@@ -226,7 +240,11 @@ pub(crate) fn parse_row(
         schemas::Amount::parse_stored(text).map_err(|e| corrupt(column, text, e.to_string()))
     };
     Ok((
-        TotalsKey { merchant_id, currency, day },
+        TotalsKey {
+            merchant_id,
+            currency,
+            day,
+        },
         Sums {
             sales_amount: amount("sales_amount", amounts[0])?,
             sales_count: counts[0],
@@ -240,9 +258,20 @@ pub(crate) fn parse_row(
 mod tests {
     #[tokio::test]
     async fn an_unsupported_url_is_not_shown() {
-        let error = super::Store::connect("mysql://u:secret@h:5/db").await.err().unwrap().to_string();
-        assert!(error.contains("mysql://<rest not shown>") && !error.contains("secret"), "{error}");
-        let error = super::Store::connect("host=h password=secret").await.err().unwrap().to_string();
+        let error = super::Store::connect("mysql://u:secret@h:5/db")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("mysql://<rest not shown>") && !error.contains("secret"),
+            "{error}"
+        );
+        let error = super::Store::connect("host=h password=secret")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
         assert!(!error.contains("secret"), "{error}");
     }
 }

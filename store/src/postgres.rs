@@ -11,19 +11,39 @@ use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{pg, Result, StoreError};
-use crate::health::Health;
 use crate::fence::{self, Fence, Plan};
+use crate::health::Health;
 use crate::{parse_row, sources, Claim, PartitionProgress};
 
 mod jobs;
 mod tls;
 
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
-    (2, "backfills", include_str!("../migrations/postgres/0002_backfills.sql")),
-    (3, "dedupe_clock", include_str!("../migrations/postgres/0003_dedupe_clock.sql")),
-    (4, "imports", include_str!("../migrations/postgres/0004_imports.sql")),
-    (5, "hot_updates", include_str!("../migrations/postgres/0005_hot_updates.sql")),
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "backfills",
+        include_str!("../migrations/postgres/0002_backfills.sql"),
+    ),
+    (
+        3,
+        "dedupe_clock",
+        include_str!("../migrations/postgres/0003_dedupe_clock.sql"),
+    ),
+    (
+        4,
+        "imports",
+        include_str!("../migrations/postgres/0004_imports.sql"),
+    ),
+    (
+        5,
+        "hot_updates",
+        include_str!("../migrations/postgres/0005_hot_updates.sql"),
+    ),
 ];
 
 /// Arbitrary constant that serialises concurrent migrations.
@@ -87,7 +107,11 @@ fn settings(url: &str) -> Result<(Config, Duration, MakeRustlsConnect)> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE).keepalives_interval(KEEPALIVE_INTERVAL).keepalives_retries(3);
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(3);
     let options = config.get_options().unwrap_or_default().to_owned();
     let statement = match statement_timeout_in(&options) {
         Some(given) => given,
@@ -103,8 +127,14 @@ fn settings(url: &str) -> Result<(Config, Duration, MakeRustlsConnect)> {
 /// `statement_timeout` from libpq-style `options` (`-c statement_timeout=…`),
 /// in ms, or with an `s`/`ms`/`min` unit. `0` (no limit) is read as none given.
 fn statement_timeout_in(options: &str) -> Option<Duration> {
-    let value = options.split_whitespace().find_map(|o| o.strip_prefix("statement_timeout="))?;
-    let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let value = options
+        .split_whitespace()
+        .find_map(|o| o.strip_prefix("statement_timeout="))?;
+    let (digits, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
     let n: u64 = digits.parse().ok()?;
     let ms = match unit {
         "" | "ms" => n,
@@ -134,7 +164,12 @@ impl PgStore {
         };
         match tokio::time::timeout(store.call_timeout, call).await {
             Ok(migrated) => migrated?,
-            Err(_) => return Err(StoreError::Timeout { op: "connect", after_ms: store.call_timeout.as_millis() as u64 }),
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    op: "connect",
+                    after_ms: store.call_timeout.as_millis() as u64,
+                })
+            }
         }
         Ok(store)
     }
@@ -142,7 +177,11 @@ impl PgStore {
     /// Opens a connection with the store's settings and TLS; `purpose` names
     /// it in the warning when it closes (the scheduler's lock holds its own).
     pub(crate) async fn open(&self, purpose: &'static str) -> Result<Client> {
-        let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(pg("connect"))?;
+        let (client, connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(pg("connect"))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!(%error, purpose, "PostgreSQL connection closed.");
@@ -188,12 +227,22 @@ impl PgStore {
             )
             .await
             .map_err(pg("claim"))?;
-        Ok(Claim { epoch: row.get(0), next_offset: row.get(1), dedupe_from_offset: row.get(2), dedupe_clock_ms: row.get(3) })
+        Ok(Claim {
+            epoch: row.get(0),
+            next_offset: row.get(1),
+            dedupe_from_offset: row.get(2),
+            dedupe_clock_ms: row.get(3),
+        })
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
         let guard = self.client().await?;
-        guard.as_ref().expect("connected").simple_query("SELECT 1").await.map_err(pg("ping"))?;
+        guard
+            .as_ref()
+            .expect("connected")
+            .simple_query("SELECT 1")
+            .await
+            .map_err(pg("ping"))?;
         Ok(())
     }
 
@@ -233,7 +282,12 @@ impl PgStore {
         let fences: BTreeMap<_, _> = rows
             .iter()
             .map(|r| {
-                let fence = Fence { epoch: r.get(2), next_offset: r.get(3), dedupe_from_offset: r.get(4), dedupe_clock_ms: r.get(5) };
+                let fence = Fence {
+                    epoch: r.get(2),
+                    next_offset: r.get(3),
+                    dedupe_from_offset: r.get(4),
+                    dedupe_clock_ms: r.get(5),
+                };
                 ((r.get::<_, String>(0), r.get::<_, i32>(1)), fence)
             })
             .collect();
@@ -263,7 +317,13 @@ impl PgStore {
             .map_err(pg("totals read"))?;
         rows.iter()
             .map(|r| {
-                parse_row(r.get(0), r.get(1), r.get(2), [r.get(3), r.get(5)], [r.get(4), r.get(6)])
+                parse_row(
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    [r.get(3), r.get(5)],
+                    [r.get(4), r.get(6)],
+                )
             })
             .collect()
     }
@@ -286,7 +346,12 @@ impl PgStore {
             .map(|r| PartitionProgress {
                 topic: r.get(0),
                 partition: r.get(1),
-                fence: Fence { epoch: r.get(2), next_offset: r.get(3), dedupe_from_offset: r.get(4), dedupe_clock_ms: r.get(9) },
+                fence: Fence {
+                    epoch: r.get(2),
+                    next_offset: r.get(3),
+                    dedupe_from_offset: r.get(4),
+                    dedupe_clock_ms: r.get(9),
+                },
                 counted_events: r.get(5),
                 duplicate_events: r.get(6),
                 invalid_events: r.get(7),
@@ -335,14 +400,20 @@ impl<'a> Columns<'a> {
 
 async fn upsert(tx: &tokio_postgres::Transaction<'_>, deltas: &Totals) -> Result<u64> {
     let c = Columns::of(deltas);
-    tx.execute(UPSERT, &[&c.m, &c.c, &c.d, &c.sa, &c.sc, &c.ra, &c.rc]).await.map_err(pg("upsert"))
+    tx.execute(UPSERT, &[&c.m, &c.c, &c.d, &c.sa, &c.sc, &c.ra, &c.rc])
+        .await
+        .map_err(pg("upsert"))
 }
 
 async fn advance(tx: &tokio_postgres::Transaction<'_>, plan: &Plan) -> Result<u64> {
     let mut cols: (Vec<&str>, Vec<i32>, Vec<i64>, Vec<i64>) = Default::default();
     let (mut ce, mut de, mut ie, mut dc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((topic, partition), fence) in &plan.advanced {
-        let events = plan.events.get(&(topic.clone(), *partition)).copied().unwrap_or_default();
+        let events = plan
+            .events
+            .get(&(topic.clone(), *partition))
+            .copied()
+            .unwrap_or_default();
         cols.0.push(topic);
         cols.1.push(*partition);
         cols.2.push(fence.next_offset);
@@ -352,9 +423,12 @@ async fn advance(tx: &tokio_postgres::Transaction<'_>, plan: &Plan) -> Result<u6
         ie.push(events.invalid as i64);
         dc.push(fence.dedupe_clock_ms);
     }
-    tx.execute(ADVANCE, &[&cols.0, &cols.1, &cols.2, &cols.3, &ce, &de, &ie, &dc])
-        .await
-        .map_err(pg("fence advance"))
+    tx.execute(
+        ADVANCE,
+        &[&cols.0, &cols.1, &cols.2, &cols.3, &ce, &de, &ie, &dc],
+    )
+    .await
+    .map_err(pg("fence advance"))
 }
 
 async fn migrate(client: &mut Client) -> Result<()> {
@@ -370,7 +444,10 @@ async fn migrate(client: &mut Client) -> Result<()> {
     .map_err(pg("migration table"))?;
     for &(version, name, sql) in MIGRATIONS {
         let done = tx
-            .query_opt("SELECT 1 FROM tally_migrations WHERE version = $1", &[&version])
+            .query_opt(
+                "SELECT 1 FROM tally_migrations WHERE version = $1",
+                &[&version],
+            )
             .await
             .map_err(pg("migration check"))?;
         if done.is_none() {
@@ -397,10 +474,15 @@ mod tests {
         assert_eq!(statement, STATEMENT_TIMEOUT);
         assert_eq!(config.get_options(), Some("-c statement_timeout=30000"));
         assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
-        let (config, statement, _) = settings("postgres://u@h/db?connect_timeout=2&options=-c%20statement_timeout%3D90s").unwrap();
+        let (config, statement, _) =
+            settings("postgres://u@h/db?connect_timeout=2&options=-c%20statement_timeout%3D90s")
+                .unwrap();
         assert_eq!(statement, Duration::from_secs(90));
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(2)));
-        assert_eq!(statement_timeout_in("-c statement_timeout=250"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            statement_timeout_in("-c statement_timeout=250"),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(statement_timeout_in("-c statement_timeout=0"), None);
     }
 }

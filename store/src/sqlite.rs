@@ -14,10 +14,26 @@ use crate::{parse_row, sources, Claim, PartitionProgress};
 mod jobs;
 
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
-    (2, "backfills", include_str!("../migrations/sqlite/0002_backfills.sql")),
-    (3, "dedupe_clock", include_str!("../migrations/sqlite/0003_dedupe_clock.sql")),
-    (4, "imports", include_str!("../migrations/sqlite/0004_imports.sql")),
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "backfills",
+        include_str!("../migrations/sqlite/0002_backfills.sql"),
+    ),
+    (
+        3,
+        "dedupe_clock",
+        include_str!("../migrations/sqlite/0003_dedupe_clock.sql"),
+    ),
+    (
+        4,
+        "imports",
+        include_str!("../migrations/sqlite/0004_imports.sql"),
+    ),
 ];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 /// How long a writer waits for another process's write lock.
@@ -39,15 +55,21 @@ impl SqliteStore {
         let path = path.to_owned();
         let conn = blocking(move || {
             let mut conn = Connection::open(&path).map_err(lite("open"))?;
-            conn.busy_timeout(BUSY_TIMEOUT).map_err(lite("busy timeout"))?;
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(lite("journal mode"))?;
+            conn.busy_timeout(BUSY_TIMEOUT)
+                .map_err(lite("busy timeout"))?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(lite("journal mode"))?;
             // Totals are money: every commit is durable before it is acknowledged.
-            conn.pragma_update(None, "synchronous", "FULL").map_err(lite("synchronous"))?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(lite("synchronous"))?;
             migrate(&mut conn)?;
             Ok(conn)
         })
         .await?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), health: Default::default() })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            health: Default::default(),
+        })
     }
 
     async fn with<T: Send + 'static>(
@@ -74,7 +96,12 @@ impl SqliteStore {
                  RETURNING epoch, next_offset, dedupe_from_offset, dedupe_clock_ms"
             );
             conn.query_row(&sql, params![topic, partition, owner], |r| {
-                Ok(Claim { epoch: r.get(0)?, next_offset: r.get(1)?, dedupe_from_offset: r.get(2)?, dedupe_clock_ms: r.get(3)? })
+                Ok(Claim {
+                    epoch: r.get(0)?,
+                    next_offset: r.get(1)?,
+                    dedupe_from_offset: r.get(2)?,
+                    dedupe_clock_ms: r.get(3)?,
+                })
             })
             .map_err(lite("claim"))
         })
@@ -82,7 +109,11 @@ impl SqliteStore {
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
-        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(lite("ping"))).await
+        self.with(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(lite("ping"))
+        })
+        .await
     }
 
     pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
@@ -209,12 +240,19 @@ fn upsert(tx: &rusqlite::Transaction<'_>, deltas: &Totals) -> Result<()> {
         let day = key.day.to_string();
         let existing = read
             .query_row(params![key.merchant_id, key.currency, day], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
             })
             .optional()
             .map_err(lite("upsert read"))?;
         let mut sums = match existing {
-            Some((sa, sc, ra, rc)) => parse_row(String::new(), String::new(), &day, [&sa, &ra], [sc, rc])?.1,
+            Some((sa, sc, ra, rc)) => {
+                parse_row(String::new(), String::new(), &day, [&sa, &ra], [sc, rc])?.1
+            }
             None => Sums::default(),
         };
         sums.merge(delta);
@@ -244,7 +282,11 @@ fn advance(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<()> {
         ))
         .map_err(lite("fence advance"))?;
     for ((topic, partition), fence) in &plan.advanced {
-        let events = plan.events.get(&(topic.clone(), *partition)).copied().unwrap_or_default();
+        let events = plan
+            .events
+            .get(&(topic.clone(), *partition))
+            .copied()
+            .unwrap_or_default();
         stmt.execute(params![
             topic,
             partition,
@@ -271,7 +313,11 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     .map_err(lite("migration table"))?;
     for &(version, name, sql) in MIGRATIONS {
         let done: Option<i64> = tx
-            .query_row("SELECT 1 FROM tally_migrations WHERE version = ?1", [version], |r| r.get(0))
+            .query_row(
+                "SELECT 1 FROM tally_migrations WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(lite("migration check"))?;
         if done.is_none() {
@@ -288,6 +334,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Join(e.to_string()))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
 }
-

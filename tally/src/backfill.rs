@@ -13,26 +13,47 @@ use schemas::Day;
 use store::jobs::{Job, Kind, Requeue, Schedule, Scope, State};
 use store::Store;
 
-use crate::cli::{BackfillArgs, ImportArgs, JobsArgs, JobsCommand, ReconcileArgs, ScheduleArgs, ScheduleCommand, SourceArgs};
+use crate::cli::{
+    BackfillArgs, ImportArgs, JobsArgs, JobsCommand, ReconcileArgs, ScheduleArgs, ScheduleCommand,
+    SourceArgs,
+};
 use crate::query::open_store;
 
 /// The scope and format the flags ask for; errors name the flag.
 fn scope(args: &SourceArgs) -> Result<(Scope, Option<Format>), String> {
-    let day = |flag: &str, text: &str| Day::parse(text).map_err(|e| format!("`{flag}` = {text:?}: {e}"));
+    let day =
+        |flag: &str, text: &str| Day::parse(text).map_err(|e| format!("`{flag}` = {text:?}: {e}"));
     let (from, to) = (day("--from", &args.from)?, day("--to", &args.to)?);
     if from >= to {
-        return Err(format!("`--to` = {:?}: must be after --from ({}); the range is [from, to)", args.to, args.from));
+        return Err(format!(
+            "`--to` = {:?}: must be after --from ({}); the range is [from, to)",
+            args.to, args.from
+        ));
     }
     let mut merchants = args.merchants.clone();
     merchants.sort();
     merchants.dedup();
-    let format = args.format.as_deref().map(|f| Format::parse("--format", f)).transpose()?;
-    Ok((Scope { from, to, merchants }, format))
+    let format = args
+        .format
+        .as_deref()
+        .map(|f| Format::parse("--format", f))
+        .transpose()?;
+    Ok((
+        Scope {
+            from,
+            to,
+            merchants,
+        },
+        format,
+    ))
 }
 
 /// The checked arguments and the open database; a bad argument exits 2
 /// before any connection is made.
-async fn checked<T>(arguments: Result<T, String>, database: &crate::cli::DatabaseArgs) -> Result<(T, Store), ExitCode> {
+async fn checked<T>(
+    arguments: Result<T, String>,
+    database: &crate::cli::DatabaseArgs,
+) -> Result<(T, Store), ExitCode> {
     let arguments = arguments.map_err(|error| {
         eprintln!("error: {error}");
         ExitCode::from(2)
@@ -58,7 +79,17 @@ fn created<T>(result: Result<T, store::StoreError>) -> Result<T, ExitCode> {
 /// Creates a job; with `--wait`, follows it to the end.
 pub async fn backfill(args: BackfillArgs) -> ExitCode {
     let job = match scope(&args.source) {
-        Ok((scope, format)) => plan(&args.source.source, format, scope, args.shards, None, args.job.after.clone()).await,
+        Ok((scope, format)) => {
+            plan(
+                &args.source.source,
+                format,
+                scope,
+                args.shards,
+                None,
+                args.job.after.clone(),
+            )
+            .await
+        }
         Err(error) => Err(error),
     };
     let (job, store) = match checked(job, &args.database).await {
@@ -87,7 +118,11 @@ pub async fn backfill(args: BackfillArgs) -> ExitCode {
 /// Queues an import job of the files that need importing; with `--wait`,
 /// follows it to the end. Files imported before are skipped and named.
 pub async fn import(args: ImportArgs) -> ExitCode {
-    let format = args.format.as_deref().map(|f| Format::parse("--format", f)).transpose();
+    let format = args
+        .format
+        .as_deref()
+        .map(|f| Format::parse("--format", f))
+        .transpose();
     let job = match format {
         Ok(format) => plan_import(&args.source, format, args.job.after.clone()).await,
         Err(error) => Err(error),
@@ -96,12 +131,20 @@ pub async fn import(args: ImportArgs) -> ExitCode {
         Ok(ready) => ready,
         Err(code) => return code,
     };
-    let queued = match created(store.queue_import(&job, Requeue::AfterFailure, now_ms()).await) {
+    let queued = match created(
+        store
+            .queue_import(&job, Requeue::AfterFailure, now_ms())
+            .await,
+    ) {
         Ok(queued) => queued,
         Err(code) => return code,
     };
     for file in queued.files.iter().filter(|f| !f.queued) {
-        eprintln!("  skipped {}: {}", file.location, file.reason.as_deref().unwrap_or(""));
+        eprintln!(
+            "  skipped {}: {}",
+            file.location,
+            file.reason.as_deref().unwrap_or("")
+        );
     }
     let Some(id) = queued.job_id else {
         eprintln!("Nothing to import: every file was imported or queued before.");
@@ -109,7 +152,11 @@ pub async fn import(args: ImportArgs) -> ExitCode {
     };
     println!("{id}");
     let files = queued.files.iter().filter(|f| f.queued).count();
-    eprintln!("Job {id}: import of {files} file(s) from {}{}.", job.source, after_text(&job.after));
+    eprintln!(
+        "Job {id}: import of {files} file(s) from {}{}.",
+        job.source,
+        after_text(&job.after)
+    );
     if !args.job.wait {
         return ExitCode::SUCCESS;
     }
@@ -130,8 +177,20 @@ fn import_progress(job: &Job) -> String {
     let finished: Vec<_> = job.tasks.iter().filter(|t| t.state.is_final()).collect();
     let (read, rejected, duplicate) = job.rows();
     let bytes_done: i64 = finished.iter().map(|t| t.input.size).sum();
-    let bytes_left: i64 = job.tasks.iter().filter(|t| !t.state.is_final()).map(|t| t.input.size).sum();
-    let left = if bytes_done > 0 { format!("~{}", (read as f64 / bytes_done as f64 * bytes_left as f64).round() as i64) } else { "?".to_owned() };
+    let bytes_left: i64 = job
+        .tasks
+        .iter()
+        .filter(|t| !t.state.is_final())
+        .map(|t| t.input.size)
+        .sum();
+    let left = if bytes_done > 0 {
+        format!(
+            "~{}",
+            (read as f64 / bytes_done as f64 * bytes_left as f64).round() as i64
+        )
+    } else {
+        "?".to_owned()
+    };
     format!(
         "files {}/{} done, {} left; rows {read} done ({rejected} invalid, {duplicate} duplicate), {left} left",
         finished.len(),
@@ -157,11 +216,20 @@ async fn follow(store: &Store, id: i64) -> ExitCode {
                 continue;
             }
         };
-        let done = job.tasks.iter().filter(|t| t.state == State::Succeeded).count();
+        let done = job
+            .tasks
+            .iter()
+            .filter(|t| t.state == State::Succeeded)
+            .count();
         let attempts: i32 = job.tasks.iter().map(|t| t.attempts).sum();
         let (read, rejected, duplicate) = job.rows();
         if job.kind == Kind::Import {
-            eprint!("\r  {}: {}, {:.0} s   ", job.state, import_progress(&job), started.elapsed().as_secs_f64());
+            eprint!(
+                "\r  {}: {}, {:.0} s   ",
+                job.state,
+                import_progress(&job),
+                started.elapsed().as_secs_f64()
+            );
         } else {
             eprint!(
                 "\r  {}: {done}/{} tasks done, {attempts} attempts, {read} rows read, {rejected} rejected, {duplicate} duplicate, {:.0} s   ",
@@ -173,9 +241,17 @@ async fn follow(store: &Store, id: i64) -> ExitCode {
         if job.state.is_final() {
             eprintln!();
             print_job(&job);
-            return if job.state == State::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+            return if job.state == State::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
-        if job.state == State::Pending && !hinted && started.elapsed() > Duration::from_secs(15) && job.after.iter().all(|d| d.state == State::Succeeded) {
+        if job.state == State::Pending
+            && !hinted
+            && started.elapsed() > Duration::from_secs(15)
+            && job.after.iter().all(|d| d.state == State::Succeeded)
+        {
             eprintln!("\n  No runner has taken the job yet: jobs run inside `tally aggregator`; is one running on this database?");
             hinted = true;
         }
@@ -193,9 +269,24 @@ pub async fn jobs(args: JobsArgs) -> ExitCode {
         JobsCommand::List { limit, json } => match store.jobs(limit).await {
             Ok(jobs) if json => print_json(&jobs),
             Ok(jobs) => {
-                println!("{:>6}  {:<10} {:<10} {:<23} {:>7} {:>8} {:>12} {:>9} {:>9}", "JOB", "STATE", "FORMAT", "DAYS", "TASKS", "ATTEMPTS", "ROWS", "REJECTED", "SECONDS");
+                println!(
+                    "{:>6}  {:<10} {:<10} {:<23} {:>7} {:>8} {:>12} {:>9} {:>9}",
+                    "JOB",
+                    "STATE",
+                    "FORMAT",
+                    "DAYS",
+                    "TASKS",
+                    "ATTEMPTS",
+                    "ROWS",
+                    "REJECTED",
+                    "SECONDS"
+                );
                 for job in &jobs {
-                    let done = job.tasks.iter().filter(|t| t.state == State::Succeeded).count();
+                    let done = job
+                        .tasks
+                        .iter()
+                        .filter(|t| t.state == State::Succeeded)
+                        .count();
                     let attempts: i32 = job.tasks.iter().map(|t| t.attempts).sum();
                     let (read, rejected, _) = job.rows();
                     println!(
@@ -203,7 +294,11 @@ pub async fn jobs(args: JobsArgs) -> ExitCode {
                         job.id,
                         job.state.as_str(),
                         job.format,
-                        if job.kind == Kind::Import { "import (adds)".to_owned() } else { format!("{}..{}", job.scope.from, job.scope.to) },
+                        if job.kind == Kind::Import {
+                            "import (adds)".to_owned()
+                        } else {
+                            format!("{}..{}", job.scope.from, job.scope.to)
+                        },
                         format!("{done}/{}", job.tasks.len()),
                         attempts,
                         read,
@@ -251,7 +346,10 @@ fn fail(error: store::StoreError) -> ExitCode {
 }
 
 fn print_json(value: &impl serde::Serialize) -> ExitCode {
-    println!("{}", serde_json::to_string_pretty(value).expect("jobs serialise"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("jobs serialise")
+    );
     ExitCode::SUCCESS
 }
 
@@ -271,7 +369,11 @@ fn print_job(job: &Job) {
         println!("  days      [{}, {})", job.scope.from, job.scope.to);
     }
     if !job.after.is_empty() {
-        let after: Vec<String> = job.after.iter().map(|d| format!("job {} ({})", d.job_id, d.state)).collect();
+        let after: Vec<String> = job
+            .after
+            .iter()
+            .map(|d| format!("job {} ({})", d.job_id, d.state))
+            .collect();
         println!("  after     {}", after.join(", "));
     }
     if !job.before.is_empty() {
@@ -295,7 +397,10 @@ fn print_job(job: &Job) {
     if job.kind == Kind::Import {
         return print_import_files(job);
     }
-    println!("  {:>4}  {:<10} {:>5} {:>8} {:>12} {:>9} {:>9} {:>8}  LAST ERROR", "TASK", "STATE", "SHARD", "ATTEMPTS", "ROWS", "REJECTED", "DUPLICATE", "SECONDS");
+    println!(
+        "  {:>4}  {:<10} {:>5} {:>8} {:>12} {:>9} {:>9} {:>8}  LAST ERROR",
+        "TASK", "STATE", "SHARD", "ATTEMPTS", "ROWS", "REJECTED", "DUPLICATE", "SECONDS"
+    );
     for t in &job.tasks {
         println!(
             "  {:>4}  {:<10} {:>5} {:>8} {:>12} {:>9} {:>9} {:>8}  {}",
@@ -321,7 +426,13 @@ fn print_job(job: &Job) {
     if !by_field.is_empty() {
         let list: Vec<String> = by_field.iter().map(|(f, n)| format!("{f} {n}")).collect();
         println!("  rejected by field: {}", list.join(", "));
-        for example in job.tasks.iter().filter_map(|t| t.rejections.get("examples")?.as_array()).flatten().take(5) {
+        for example in job
+            .tasks
+            .iter()
+            .filter_map(|t| t.rejections.get("examples")?.as_array())
+            .flatten()
+            .take(5)
+        {
             println!(
                 "    {}:{}: field `{}` = {}: {}",
                 example["file"].as_str().unwrap_or("?"),
@@ -337,7 +448,10 @@ fn print_job(job: &Job) {
 /// An import's files: each one's state, outcome and rows, then every
 /// invalid row listed (up to the per-file limit) with its row number and reason.
 fn print_import_files(job: &Job) {
-    println!("  {:>4}  {:<10} {:<32} {:>8} {:>10} {:>8} {:>9} {:>8}  FILE", "TASK", "STATE", "OUTCOME", "ATTEMPTS", "ROWS", "INVALID", "DUPLICATE", "SECONDS");
+    println!(
+        "  {:>4}  {:<10} {:<32} {:>8} {:>10} {:>8} {:>9} {:>8}  FILE",
+        "TASK", "STATE", "OUTCOME", "ATTEMPTS", "ROWS", "INVALID", "DUPLICATE", "SECONDS"
+    );
     for t in &job.tasks {
         let outcome = t.outcome.as_deref().unwrap_or("-");
         println!(
@@ -357,8 +471,17 @@ fn print_import_files(job: &Job) {
         }
     }
     for t in job.tasks.iter().filter(|t| t.rows_rejected > 0) {
-        let listed = t.rejections.get("examples").and_then(|e| e.as_array()).map_or(&[][..], Vec::as_slice);
-        println!("  invalid rows of {} ({} of {} listed):", t.input.files[0], listed.len(), t.rows_rejected);
+        let listed = t
+            .rejections
+            .get("examples")
+            .and_then(|e| e.as_array())
+            .map_or(&[][..], Vec::as_slice);
+        println!(
+            "  invalid rows of {} ({} of {} listed):",
+            t.input.files[0],
+            listed.len(),
+            t.rows_rejected
+        );
         for example in listed {
             println!(
                 "    row {}: field `{}` = {}: {}",
@@ -375,7 +498,17 @@ fn print_import_files(job: &Job) {
 pub async fn verify(args: ReconcileArgs) -> ExitCode {
     // The same listing and format rules as a backfill, as one shard.
     let planned = match scope(&args.source) {
-        Ok((scope, format)) => plan(&args.source.source, format, scope, Some(1), None, Vec::new()).await,
+        Ok((scope, format)) => {
+            plan(
+                &args.source.source,
+                format,
+                scope,
+                Some(1),
+                None,
+                Vec::new(),
+            )
+            .await
+        }
         Err(error) => Err(error),
     };
     let (job, store) = match checked(planned, &args.database).await {
@@ -399,7 +532,10 @@ pub async fn verify(args: ReconcileArgs) -> ExitCode {
         computed.rows_duplicate
     );
     let have = match store.totals(None).await {
-        Ok(totals) => totals.into_iter().filter(|(key, _)| scope.contains(&key.merchant_id, key.day)).collect(),
+        Ok(totals) => totals
+            .into_iter()
+            .filter(|(key, _)| scope.contains(&key.merchant_id, key.day))
+            .collect(),
         Err(error) => {
             eprintln!("error: cannot read merchant_sales: {error}");
             return ExitCode::FAILURE;
@@ -411,7 +547,15 @@ pub async fn verify(args: ReconcileArgs) -> ExitCode {
 /// `tally schedule add | list | remove`.
 pub async fn schedule(args: ScheduleArgs) -> ExitCode {
     let new = match &args.command {
-        ScheduleCommand::Add { name, cron, source, range, format, merchants, since } => {
+        ScheduleCommand::Add {
+            name,
+            cron,
+            source,
+            range,
+            format,
+            merchants,
+            since,
+        } => {
             let checked = (|| -> Result<Schedule, String> {
                 if name.is_empty() || name.len() > 128 {
                     return Err(format!("schedule name {name:?} must be 1 to 128 bytes"));
@@ -422,7 +566,11 @@ pub async fn schedule(args: ScheduleArgs) -> ExitCode {
                     Format::parse("--format", format)?;
                 }
                 let since = match since {
-                    Some(text) => schemas::day::parse_rfc3339(text).map_err(|e| format!("`--since` = {text:?}: {e}"))? / 1000,
+                    Some(text) => {
+                        schemas::day::parse_rfc3339(text)
+                            .map_err(|e| format!("`--since` = {text:?}: {e}"))?
+                            / 1000
+                    }
                     None => now_ms(),
                 };
                 let mut merchants = merchants.clone();
@@ -465,11 +613,17 @@ pub async fn schedule(args: ScheduleArgs) -> ExitCode {
             let schedule = new.expect("checked above");
             match store.add_schedule(&schedule).await {
                 Ok(()) => {
-                    println!("Schedule {:?} added: {} (UTC), range {}, source {}.", schedule.name, schedule.cron, schedule.day_range, schedule.source);
+                    println!(
+                        "Schedule {:?} added: {} (UTC), range {}, source {}.",
+                        schedule.name, schedule.cron, schedule.day_range, schedule.source
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    eprintln!("error: cannot add schedule {:?} (is the name taken?): {error}", schedule.name);
+                    eprintln!(
+                        "error: cannot add schedule {:?} (is the name taken?): {error}",
+                        schedule.name
+                    );
                     ExitCode::FAILURE
                 }
             }
@@ -477,10 +631,16 @@ pub async fn schedule(args: ScheduleArgs) -> ExitCode {
         ScheduleCommand::List { json } => match store.schedules().await {
             Ok(schedules) if json => print_json(&schedules),
             Ok(schedules) => {
-                println!("{:<24} {:<16} {:<14} {:<24} SOURCE", "NAME", "CRON", "RANGE", "LAST TICK");
+                println!(
+                    "{:<24} {:<16} {:<14} {:<24} SOURCE",
+                    "NAME", "CRON", "RANGE", "LAST TICK"
+                );
                 for s in &schedules {
                     let last = schemas::day::format_rfc3339_millis(s.last_due * 1000);
-                    println!("{:<24} {:<16} {:<14} {:<24} {}", s.name, s.cron, s.day_range, last, s.source);
+                    println!(
+                        "{:<24} {:<16} {:<14} {:<24} {}",
+                        s.name, s.cron, s.day_range, last, s.source
+                    );
                 }
                 ExitCode::SUCCESS
             }

@@ -99,7 +99,12 @@ pub struct DemoArgs {
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// Database URL (default: the configured aggregator database).
-    #[arg(long, env = "TALLY_DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TALLY_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// TOML configuration file.
     #[arg(long, env = "TALLY_CONFIG", global = true)]

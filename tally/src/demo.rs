@@ -39,17 +39,26 @@ pub async fn run(args: DemoArgs) -> ExitCode {
 async fn demo(args: DemoArgs) -> Result<bool, String> {
     let cluster = MockCluster::new(1).map_err(|e| format!("mock cluster: {e}"))?;
     for topic in [ORDERS, PARTIALS, DLQ] {
-        cluster.create_topic(topic, args.partitions, 1).map_err(|e| format!("create {topic}: {e}"))?;
+        cluster
+            .create_topic(topic, args.partitions, 1)
+            .map_err(|e| format!("create {topic}: {e}"))?;
     }
     let brokers = cluster.bootstrap_servers();
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", args.database.display()));
     }
     let database_url = format!("sqlite://{}", args.database.display());
-    let store = Store::connect(&database_url).await.map_err(|e| e.to_string())?;
+    let store = Store::connect(&database_url)
+        .await
+        .map_err(|e| e.to_string())?;
     let shutdown = CancellationToken::new();
-    let bound = crate::http::serve(args.metrics_addr, || Ok(()), shutdown.clone()).await.map_err(|e| e.to_string())?;
-    println!("tally demo: {} events, {} merchants, {} partitions; metrics on http://{bound}/metrics", args.events, args.merchants, args.partitions);
+    let bound = crate::http::serve(args.metrics_addr, || Ok(()), shutdown.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "tally demo: {} events, {} merchants, {} partitions; metrics on http://{bound}/metrics",
+        args.events, args.merchants, args.partitions
+    );
 
     let mut services = Vec::new();
     for name in ["worker-1", "worker-2"] {
@@ -62,13 +71,31 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
             ..WorkerConfig::default()
         };
         let token = shutdown.clone();
-        services.push(tokio::spawn(async move { shard_worker::run(config, token).await.map_err(|e| e.to_string()) }));
+        services.push(tokio::spawn(async move {
+            shard_worker::run(config, token)
+                .await
+                .map_err(|e| e.to_string())
+        }));
     }
-    let config = AggregatorConfig { brokers: brokers.clone(), database_url, flush_interval_ms: 200, ..AggregatorConfig::default() };
+    let config = AggregatorConfig {
+        brokers: brokers.clone(),
+        database_url,
+        flush_interval_ms: 200,
+        ..AggregatorConfig::default()
+    };
     let token = shutdown.clone();
-    services.push(tokio::spawn(async move { aggregator::run(config, token).await.map_err(|e| e.to_string()) }));
+    services.push(tokio::spawn(async move {
+        aggregator::run(config, token)
+            .await
+            .map_err(|e| e.to_string())
+    }));
 
-    let generator_config = GeneratorConfig { seed: args.seed, events: args.events, merchants: args.merchants, ..GeneratorConfig::default() };
+    let generator_config = GeneratorConfig {
+        seed: args.seed,
+        events: args.events,
+        merchants: args.merchants,
+        ..GeneratorConfig::default()
+    };
     let mut generator = Generator::new(generator_config);
     let producer = bulk_producer(&brokers, &Default::default()).map_err(|e| e.to_string())?;
     let started = Instant::now();
@@ -88,7 +115,10 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         while produced > committed(&store).await? + MAX_AHEAD {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        eprint!("\r  produced {produced:>10}/{total}  ({:.0} events/s)   ", produced as f64 / started.elapsed().as_secs_f64());
+        eprint!(
+            "\r  produced {produced:>10}/{total}  ({:.0} events/s)   ",
+            produced as f64 / started.elapsed().as_secs_f64()
+        );
     }
     eprintln!();
     let produced_at = started.elapsed();
@@ -104,8 +134,15 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     let duplicates: i64 = progress.iter().map(|p| p.duplicate_events).sum();
     let invalid: i64 = progress.iter().map(|p| p.invalid_events).sum();
     println!();
-    println!("Produced {total} messages in {:.1}s; all committed after {:.1}s.", produced_at.as_secs_f64(), elapsed.as_secs_f64());
-    println!("Throughput: {:.0} events/s end to end (produce → decode → aggregate → SQLite).", committed as f64 / elapsed.as_secs_f64());
+    println!(
+        "Produced {total} messages in {:.1}s; all committed after {:.1}s.",
+        produced_at.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "Throughput: {:.0} events/s end to end (produce → decode → aggregate → SQLite).",
+        committed as f64 / elapsed.as_secs_f64()
+    );
     println!(
         "  This rate is the mock cluster's: it keeps only about 5 MB per partition, so the demo stays at most {MAX_AHEAD} \
          messages ahead of the database. On a real broker (tansu, `bench/e2e.sh`, 2 cores), tally drains a backlog \
@@ -118,9 +155,16 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     let matches = report_differences(expected, &actual);
     let counts_match = counted as u64 == generator.counted();
     if matches && counts_match {
-        println!("\nTotals match the generator's exact totals: {} keys, {} counted events. OK", expected.len(), counted);
+        println!(
+            "\nTotals match the generator's exact totals: {} keys, {} counted events. OK",
+            expected.len(),
+            counted
+        );
     } else {
-        println!("\nTotals DO NOT match the generator's exact totals (counted {counted}, expected {}).", generator.counted());
+        println!(
+            "\nTotals DO NOT match the generator's exact totals (counted {counted}, expected {}).",
+            generator.counted()
+        );
     }
     drop(cluster);
     Ok(matches && counts_match)
@@ -129,7 +173,11 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
 /// Source messages behind committed fences.
 async fn committed(store: &Store) -> Result<u64, String> {
     let progress = store.progress().await.map_err(|e| e.to_string())?;
-    Ok(progress.iter().filter(|p| p.topic == ORDERS).map(|p| p.fence.next_offset as u64).sum())
+    Ok(progress
+        .iter()
+        .filter(|p| p.topic == ORDERS)
+        .map(|p| p.fence.next_offset as u64)
+        .sum())
 }
 
 /// Waits until every produced message is behind a committed fence.
@@ -137,13 +185,18 @@ async fn wait_for_commit(store: &Store, total: u64, started: &Instant) -> Result
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let done = committed(store).await?;
-        eprint!("\r  committed {done:>10}/{total}  ({:.0} events/s)   ", done as f64 / started.elapsed().as_secs_f64());
+        eprint!(
+            "\r  committed {done:>10}/{total}  ({:.0} events/s)   ",
+            done as f64 / started.elapsed().as_secs_f64()
+        );
         if done >= total {
             eprintln!();
             return Ok(done);
         }
         if Instant::now() > deadline {
-            return Err(format!("only {done} of {total} messages were committed after 10 minutes"));
+            return Err(format!(
+                "only {done} of {total} messages were committed after 10 minutes"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -152,7 +205,9 @@ async fn wait_for_commit(store: &Store, total: u64, started: &Instant) -> Result
 fn print_top_merchants(totals: &Totals) {
     let mut merged: std::collections::BTreeMap<(&str, &str), Amount> = Default::default();
     for (key, sums) in totals {
-        *merged.entry((key.merchant_id.as_str(), key.currency.as_str())).or_default() += sums.net_amount();
+        *merged
+            .entry((key.merchant_id.as_str(), key.currency.as_str()))
+            .or_default() += sums.net_amount();
     }
     let mut by_key: Vec<((&str, &str), Amount)> = merged.into_iter().collect();
     by_key.sort_by_key(|entry| std::cmp::Reverse(entry.1));
@@ -169,7 +224,10 @@ fn report_differences(expected: &Totals, actual: &Totals) -> bool {
         if e != a {
             differences += 1;
             if differences <= 10 {
-                println!("  MISMATCH {} {} {}: expected {e:?}, got {a:?}", key.merchant_id, key.currency, key.day);
+                println!(
+                    "  MISMATCH {} {} {}: expected {e:?}, got {a:?}",
+                    key.merchant_id, key.currency, key.day
+                );
             }
         }
     }

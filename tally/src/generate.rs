@@ -46,13 +46,22 @@ fn generator_config(args: &GenerateArgs) -> Result<GeneratorConfig, ConfigError>
     }
     for currency in &args.currencies {
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(ConfigError::new("--currencies", currency, "must be three upper-case letters"));
+            return Err(ConfigError::new(
+                "--currencies",
+                currency,
+                "must be three upper-case letters",
+            ));
         }
     }
     if args.currencies.is_empty() {
-        return Err(ConfigError::new("--currencies", "", "needs at least one currency"));
+        return Err(ConfigError::new(
+            "--currencies",
+            "",
+            "needs at least one currency",
+        ));
     }
-    let day = Day::parse(&args.day).map_err(|e| ConfigError::new("--day", &args.day, e.to_string()))?;
+    let day =
+        Day::parse(&args.day).map_err(|e| ConfigError::new("--day", &args.day, e.to_string()))?;
     Ok(GeneratorConfig {
         seed: args.seed,
         events: args.events,
@@ -83,10 +92,15 @@ fn sink(args: &GenerateArgs) -> Result<Sink, ExitCode> {
             eprintln!("error: invalid configuration: `ingest.kafka` property `{key}`: {reason}");
             return Err(ExitCode::from(2));
         }
-        return bulk_producer(&args.brokers, &properties).map(Sink::Kafka).map_err(|error| {
-            eprintln!("error: cannot create a Kafka producer for {}: {error}", args.brokers);
-            ExitCode::FAILURE
-        });
+        return bulk_producer(&args.brokers, &properties)
+            .map(Sink::Kafka)
+            .map_err(|error| {
+                eprintln!(
+                    "error: cannot create a Kafka producer for {}: {error}",
+                    args.brokers
+                );
+                ExitCode::FAILURE
+            });
     };
     let endpoint = Endpoint::parse("--url", url).map_err(|error| {
         eprintln!("error: {error}");
@@ -99,7 +113,10 @@ fn sink(args: &GenerateArgs) -> Result<Sink, ExitCode> {
             Some(path) => match std::fs::read_to_string(&path) {
                 Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
                 Err(error) => {
-                    eprintln!("error: cannot read TALLY_TOKEN_FILE {}: {error}", path.to_string_lossy());
+                    eprintln!(
+                        "error: cannot read TALLY_TOKEN_FILE {}: {error}",
+                        path.to_string_lossy()
+                    );
                     return Err(ExitCode::from(2));
                 }
             },
@@ -130,7 +147,9 @@ pub async fn run(args: GenerateArgs) -> ExitCode {
     let started = Instant::now();
     let sent = match &sink {
         Sink::Kafka(producer) => to_kafka(&args, producer, &mut generator, started).await,
-        Sink::Http { endpoint, token } => to_ingest(&args, endpoint, token, &mut generator, started).await,
+        Sink::Http { endpoint, token } => {
+            to_ingest(&args, endpoint, token, &mut generator, started).await
+        }
     };
     eprintln!();
     let (published, target) = match sent {
@@ -179,17 +198,28 @@ async fn to_kafka(
 ) -> Result<(u64, String), String> {
     // With a target rate, publish in tenth-of-a-second slices and wait for
     // each slice's due time; otherwise everything goes in one stream.
-    let slice = if args.rate == 0 { u64::MAX } else { (args.rate / 10).max(1) };
+    let slice = if args.rate == 0 {
+        u64::MAX
+    } else {
+        (args.rate / 10).max(1)
+    };
     let mut published = 0u64;
     loop {
-        let chunk: Vec<_> = generator.by_ref().take(slice.min(args.events) as usize).collect();
+        let chunk: Vec<_> = generator
+            .by_ref()
+            .take(slice.min(args.events) as usize)
+            .collect();
         if chunk.is_empty() {
             return Ok((published, args.topic.clone()));
         }
         let base = published;
-        published += produce_all(producer, &args.topic, chunk, |done| progress(started, base + done, args.events))
-            .await
-            .map_err(|error| format!("the broker refused a message after {published} were acknowledged: {error}"))?;
+        published += produce_all(producer, &args.topic, chunk, |done| {
+            progress(started, base + done, args.events)
+        })
+        .await
+        .map_err(|error| {
+            format!("the broker refused a message after {published} were acknowledged: {error}")
+        })?;
         pace(args, started, published).await;
     }
 }
@@ -213,17 +243,26 @@ async fn to_ingest(
     let answered = Arc::new(AtomicU64::new(0));
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..args.clients {
-        let (queue, answered, endpoint, token) = (queue.clone(), answered.clone(), endpoint.clone(), token.to_owned());
+        let (queue, answered, endpoint, token) = (
+            queue.clone(),
+            answered.clone(),
+            endpoint.clone(),
+            token.to_owned(),
+        );
         clients.spawn(async move {
             let (mut accepted, mut rejected) = (0u64, 0u64);
             loop {
                 let Some(body) = queue.lock().await.recv().await else {
                     return Ok::<_, String>((accepted, rejected));
                 };
-                let outcome = ingest::client::post_orders(&endpoint, &token, &body, GIVE_UP_AFTER).await?;
+                let outcome =
+                    ingest::client::post_orders(&endpoint, &token, &body, GIVE_UP_AFTER).await?;
                 accepted += outcome.accepted as u64;
                 rejected += outcome.rejected as u64;
-                answered.fetch_add((outcome.accepted + outcome.rejected) as u64, Ordering::Relaxed);
+                answered.fetch_add(
+                    (outcome.accepted + outcome.rejected) as u64,
+                    Ordering::Relaxed,
+                );
             }
         });
     }
@@ -235,9 +274,16 @@ async fn to_ingest(
         if batch.is_empty() {
             break;
         }
-        invalid += batch.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).count() as u64;
+        invalid += batch
+            .iter()
+            .filter(|m| matches!(m.truth, Truth::Invalid(_)))
+            .count() as u64;
         published += batch.len() as u64;
-        let body = batch.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>().join(&b'\n');
+        let body = batch
+            .iter()
+            .map(|m| m.payload.as_slice())
+            .collect::<Vec<_>>()
+            .join(&b'\n');
         if batches.send(body).await.is_err() {
             break; // every client has stopped: the join below says why
         }
@@ -261,7 +307,13 @@ async fn to_ingest(
             endpoint.addr
         ));
     }
-    Ok((published, format!("http://{}{} ({rejected} refused as invalid)", endpoint.addr, endpoint.path)))
+    Ok((
+        published,
+        format!(
+            "http://{}{} ({rejected} refused as invalid)",
+            endpoint.addr, endpoint.path
+        ),
+    ))
 }
 
 /// Compares the file's rows with `merchant_sales`: exit 0 when every key
@@ -300,20 +352,31 @@ pub async fn verify(args: VerifyArgs) -> ExitCode {
 pub fn report(want: &schemas::Totals, have: &schemas::Totals) -> ExitCode {
     let differences = expected::differences(want, have);
     let show = |sums: &Option<schemas::Sums>| match sums {
-        Some(s) => format!("sales {} ({}), refunds {} ({})", s.sales_amount, s.sales_count, s.refund_amount, s.refund_count),
+        Some(s) => format!(
+            "sales {} ({}), refunds {} ({})",
+            s.sales_amount, s.sales_count, s.refund_amount, s.refund_count
+        ),
         None => "no row".to_owned(),
     };
     for d in &differences {
         println!(
             "DIFF {} {} {}: expected {}; database {}",
-            d.key.merchant_id, d.key.currency, d.key.day, show(&d.expected), show(&d.actual)
+            d.key.merchant_id,
+            d.key.currency,
+            d.key.day,
+            show(&d.expected),
+            show(&d.actual)
         );
     }
     if differences.is_empty() {
         println!("OK: all {} keys match.", want.len());
         ExitCode::SUCCESS
     } else {
-        println!("{} of {} keys differ.", differences.len(), want.len().max(have.len()));
+        println!(
+            "{} of {} keys differ.",
+            differences.len(),
+            want.len().max(have.len())
+        );
         ExitCode::FAILURE
     }
 }

@@ -28,12 +28,17 @@ pub async fn serve(
             get(move || async move {
                 match ready() {
                     Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-                    Err(reasons) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{reasons}\n")),
+                    Err(reasons) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready:\n{reasons}\n"),
+                    ),
                 }
             }),
         );
     tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(%error, "Metrics server failed.");
         }
@@ -48,6 +53,10 @@ pub async fn metrics() -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8
     let content_type = [("content-type", "text/plain; version=0.0.4")];
     match TextEncoder::new().encode(&prometheus::gather(), &mut body) {
         Ok(()) => (StatusCode::OK, content_type, body),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, content_type, error.to_string().into_bytes()),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            content_type,
+            error.to_string().into_bytes(),
+        ),
     }
 }

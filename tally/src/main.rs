@@ -25,10 +25,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
-    let filter = cli.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| default_level.into());
-    tracing_subscriber::fmt().with_env_filter(EnvFilter::new(filter)).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default_level.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -57,12 +71,18 @@ async fn dispatch(command: Command) -> ExitCode {
             if let Err(error) = settings.worker.validate() {
                 return config_error(error.into());
             }
-            if let Err(code) = kafka_accepts("worker", &settings.worker.brokers, &settings.worker.kafka).await {
+            if let Err(code) =
+                kafka_accepts("worker", &settings.worker.brokers, &settings.worker.kafka).await
+            {
                 return code;
             }
             let shutdown = signals::shutdown_on_signals();
-            let addr = args.metrics_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9101)));
-            if let Err(error) = http::serve(addr, shard_worker::health::readiness, shutdown.clone()).await {
+            let addr = args
+                .metrics_addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9101)));
+            if let Err(error) =
+                http::serve(addr, shard_worker::health::readiness, shutdown.clone()).await
+            {
                 eprintln!("error: cannot serve metrics on {addr}: {error}");
                 return ExitCode::FAILURE;
             }
@@ -76,7 +96,9 @@ async fn dispatch(command: Command) -> ExitCode {
             if let Err(error) = settings.ingest.validate() {
                 return config_error(error.into());
             }
-            if let Err(code) = kafka_accepts("ingest", &settings.ingest.brokers, &settings.ingest.kafka).await {
+            if let Err(code) =
+                kafka_accepts("ingest", &settings.ingest.brokers, &settings.ingest.kafka).await
+            {
                 return code;
             }
             ingest_service(settings.ingest).await
@@ -89,12 +111,22 @@ async fn dispatch(command: Command) -> ExitCode {
             if let Err(error) = settings.aggregator.validate() {
                 return config_error(error.into());
             }
-            if let Err(code) = kafka_accepts("aggregator", &settings.aggregator.brokers, &settings.aggregator.kafka).await {
+            if let Err(code) = kafka_accepts(
+                "aggregator",
+                &settings.aggregator.brokers,
+                &settings.aggregator.kafka,
+            )
+            .await
+            {
                 return code;
             }
             let shutdown = signals::shutdown_on_signals();
-            let addr = args.metrics_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9102)));
-            if let Err(error) = http::serve(addr, aggregator::health::readiness, shutdown.clone()).await {
+            let addr = args
+                .metrics_addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9102)));
+            if let Err(error) =
+                http::serve(addr, aggregator::health::readiness, shutdown.clone()).await
+            {
                 eprintln!("error: cannot serve metrics on {addr}: {error}");
                 return ExitCode::FAILURE;
             }
@@ -106,22 +138,29 @@ async fn dispatch(command: Command) -> ExitCode {
 /// Serves the ingest API (with `/metrics`) until SIGTERM, then stops
 /// accepting, lets in-flight requests finish, and flushes the producer.
 async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
-    let imports = (!config.database_url.is_empty())
-        .then(|| std::sync::Arc::new(imports::DatabaseQueue::new(config.database_url.clone())) as std::sync::Arc<dyn ingest::imports::ImportQueue>);
+    let imports = (!config.database_url.is_empty()).then(|| {
+        std::sync::Arc::new(imports::DatabaseQueue::new(config.database_url.clone()))
+            as std::sync::Arc<dyn ingest::imports::ImportQueue>
+    });
     let state = match ingest::service::Ingest::new(&config, imports) {
         Ok(state) => state,
         Err(error) => {
-            eprintln!("error: cannot create the Kafka producer for {}: {error}", config.brokers);
+            eprintln!(
+                "error: cannot create the Kafka producer for {}: {error}",
+                config.brokers
+            );
             return ExitCode::FAILURE;
         }
     };
     let tls = match ingest::serve::tls_acceptor(&config) {
         Ok(tls) => tls,
-        Err(error) => return config_error(SettingsError::Invalid(schemas::config::ConfigError::new(
-            format!("ingest.{}", error.field),
-            &error.path,
-            error.reason,
-        ))),
+        Err(error) => {
+            return config_error(SettingsError::Invalid(schemas::config::ConfigError::new(
+                format!("ingest.{}", error.field),
+                &error.path,
+                error.reason,
+            )))
+        }
     };
     let listener = match tokio::net::TcpListener::bind(&config.listen).await {
         Ok(listener) => listener,
@@ -130,13 +169,28 @@ async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tokio::spawn(state.clone().watch_broker(std::time::Duration::from_secs(2)));
+    tokio::spawn(
+        state
+            .clone()
+            .watch_broker(std::time::Duration::from_secs(2)),
+    );
     let shutdown = signals::shutdown_on_signals();
-    let app = ingest::service::router(state.clone()).route("/metrics", axum::routing::get(http::metrics));
-    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let app =
+        ingest::service::router(state.clone()).route("/metrics", axum::routing::get(http::metrics));
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%bound, scheme, topic = config.orders_topic, "Ingest listening.");
-    ingest::serve::serve(listener, app, tls, ingest::serve::Limits::of(&config), shutdown).await;
+    ingest::serve::serve(
+        listener,
+        app,
+        tls,
+        ingest::serve::Limits::of(&config),
+        shutdown,
+    )
+    .await;
     match state.flush(std::time::Duration::from_secs(30)) {
         Ok(()) => {
             tracing::info!("Ingest stopped; every accepted event is acknowledged.");
@@ -154,7 +208,11 @@ async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
 /// librdkafka's reason) when the brokers refuse the connection itself: a certificate the configured CAs do not trust, or SASL
 /// credentials they reject. A broker that is merely away is left to the
 /// role's retries.
-async fn kafka_accepts(role: &str, brokers: &str, kafka: &std::collections::BTreeMap<String, String>) -> Result<(), ExitCode> {
+async fn kafka_accepts(
+    role: &str,
+    brokers: &str,
+    kafka: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ExitCode> {
     if let Some((key, reason)) = retry::kafka_property_refused(kafka) {
         eprintln!("error: invalid configuration: `{role}.kafka` property `{key}`: {reason}");
         return Err(ExitCode::from(2));
@@ -164,9 +222,11 @@ async fn kafka_accepts(role: &str, brokers: &str, kafka: &std::collections::BTre
     for (key, value) in kafka {
         config.set(key, value);
     }
-    let refused = tokio::task::spawn_blocking(move || retry::kafka_refuses(&config, std::time::Duration::from_secs(10)))
-        .await
-        .unwrap_or(None);
+    let refused = tokio::task::spawn_blocking(move || {
+        retry::kafka_refuses(&config, std::time::Duration::from_secs(10))
+    })
+    .await
+    .unwrap_or(None);
     match refused {
         None => Ok(()),
         Some(reason) => {
@@ -178,7 +238,8 @@ async fn kafka_accepts(role: &str, brokers: &str, kafka: &std::collections::BTre
 }
 
 fn load(args: &ServiceArgs) -> Result<Settings, ExitCode> {
-    Settings::load(args.config.as_deref(), std::env::vars(), &args.overrides()).map_err(config_error)
+    Settings::load(args.config.as_deref(), std::env::vars(), &args.overrides())
+        .map_err(config_error)
 }
 
 fn config_error(error: SettingsError) -> ExitCode {

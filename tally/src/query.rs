@@ -48,12 +48,21 @@ pub async fn run(args: QueryArgs) -> ExitCode {
         eprintln!("No totals for merchant {:?}.", args.merchant);
         return ExitCode::SUCCESS;
     }
-    println!("{:<12} {:<8} {:<10} {:>20} {:>8} {:>20} {:>8} {:>20}", "merchant", "currency", "day", "sales", "count", "refunds", "count", "net");
+    println!(
+        "{:<12} {:<8} {:<10} {:>20} {:>8} {:>20} {:>8} {:>20}",
+        "merchant", "currency", "day", "sales", "count", "refunds", "count", "net"
+    );
     for (key, sums) in &totals {
         println!(
             "{:<12} {:<8} {:<10} {:>20} {:>8} {:>20} {:>8} {:>20}",
-            key.merchant_id, key.currency, key.day.to_string(), sums.sales_amount.to_string(), sums.sales_count,
-            sums.refund_amount.to_string(), sums.refund_count, sums.net_amount().to_string()
+            key.merchant_id,
+            key.currency,
+            key.day.to_string(),
+            sums.sales_amount.to_string(),
+            sums.sales_count,
+            sums.refund_amount.to_string(),
+            sums.refund_count,
+            sums.net_amount().to_string()
         );
     }
     ExitCode::SUCCESS

@@ -57,8 +57,16 @@ pub enum SettingsError {
 
 /// Environment variables that set a field of several roles.
 const SHARED_ENV: [(&str, &str, &[&str]); 2] = [
-    ("TALLY_BROKERS", "brokers", &["worker", "aggregator", "ingest"]),
-    ("TALLY_DATABASE_URL", "database_url", &["worker", "aggregator", "ingest"]),
+    (
+        "TALLY_BROKERS",
+        "brokers",
+        &["worker", "aggregator", "ingest"],
+    ),
+    (
+        "TALLY_DATABASE_URL",
+        "database_url",
+        &["worker", "aggregator", "ingest"],
+    ),
 ];
 
 impl Settings {
@@ -77,32 +85,45 @@ impl Settings {
             Err(e) => unreachable!("defaults serialise: {e}"),
         };
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| SettingsError::Read { path: path.display().to_string(), source })?;
-            let from_file: Settings = toml::from_str(&text)
-                .map_err(|e| SettingsError::Parse { origin: path.display().to_string(), message: e.message().to_owned() })?;
+            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let from_file: Settings = toml::from_str(&text).map_err(|e| SettingsError::Parse {
+                origin: path.display().to_string(),
+                message: e.message().to_owned(),
+            })?;
             table = Table::try_from(from_file).expect("settings serialise");
         }
         let mut env = resolve_files(env)?;
         // Variables for every role first, so a role's own spelling wins.
-        env.sort_by_key(|(name, _)| !(name.starts_with("TALLY_KAFKA__") || SHARED_ENV.iter().any(|(var, _, _)| var == name)));
+        env.sort_by_key(|(name, _)| {
+            !(name.starts_with("TALLY_KAFKA__") || SHARED_ENV.iter().any(|(var, _, _)| var == name))
+        });
         for (name, value) in env {
             for target in env_targets(&name) {
                 match target {
-                    Target::Field(section, field) => set(&mut table, &section, &field, &value, &name)?,
-                    Target::Kafka(section, property) => set_kafka(&mut table, &section, &property, &value),
+                    Target::Field(section, field) => {
+                        set(&mut table, &section, &field, &value, &name)?
+                    }
+                    Target::Kafka(section, property) => {
+                        set_kafka(&mut table, &section, &property, &value)
+                    }
                 }
             }
         }
         for (key, value) in overrides {
             let (section, field) = key.split_once('.').ok_or_else(|| SettingsError::Parse {
                 origin: format!("--set {key}"),
-                message: "keys look like worker.batch_max_events or aggregator.flush_interval_ms".into(),
+                message: "keys look like worker.batch_max_events or aggregator.flush_interval_ms"
+                    .into(),
             })?;
             set(&mut table, section, field, value, &format!("--set {key}"))?;
         }
-        Settings::deserialize(Value::Table(table))
-            .map_err(|e| SettingsError::Parse { origin: "the merged configuration".into(), message: e.message().to_owned() })
+        Settings::deserialize(Value::Table(table)).map_err(|e| SettingsError::Parse {
+            origin: "the merged configuration".into(),
+            message: e.message().to_owned(),
+        })
     }
 }
 
@@ -122,10 +143,16 @@ enum Target {
 /// shared variables to every role.
 fn env_targets(name: &str) -> Vec<Target> {
     if let Some((_, field, sections)) = SHARED_ENV.iter().find(|(var, _, _)| *var == name) {
-        return sections.iter().map(|section| Target::Field((*section).into(), (*field).into())).collect();
+        return sections
+            .iter()
+            .map(|section| Target::Field((*section).into(), (*field).into()))
+            .collect();
     }
     if let Some(property) = name.strip_prefix("TALLY_KAFKA__") {
-        return ROLES.iter().map(|section| Target::Kafka((*section).into(), kafka_property(property))).collect();
+        return ROLES
+            .iter()
+            .map(|section| Target::Kafka((*section).into(), kafka_property(property)))
+            .collect();
     }
     for section in ROLES {
         let prefix = format!("TALLY_{}_", section.to_uppercase());
@@ -149,8 +176,13 @@ fn kafka_property(spelled: &str) -> String {
 /// file's contents (less a trailing newline) as its value.
 ///
 /// Fails when the file cannot be read, or when both spellings are set.
-fn resolve_files(env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<(String, String)>, SettingsError> {
-    let env: Vec<(String, String)> = env.into_iter().filter(|(name, _)| name.starts_with("TALLY_")).collect();
+fn resolve_files(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<(String, String)>, SettingsError> {
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("TALLY_"))
+        .collect();
     let mut resolved = Vec::with_capacity(env.len());
     for (name, value) in &env {
         let Some(base) = name.strip_suffix("_FILE") else {
@@ -163,15 +195,24 @@ fn resolve_files(env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<
                 message: format!("{base} is set too: set one of {base} and {name}"),
             });
         }
-        let text = std::fs::read_to_string(value)
-            .map_err(|source| SettingsError::Read { path: format!("{value} (from {name})"), source })?;
-        resolved.push((base.to_owned(), text.trim_end_matches(['\n', '\r']).to_owned()));
+        let text = std::fs::read_to_string(value).map_err(|source| SettingsError::Read {
+            path: format!("{value} (from {name})"),
+            source,
+        })?;
+        resolved.push((
+            base.to_owned(),
+            text.trim_end_matches(['\n', '\r']).to_owned(),
+        ));
     }
     Ok(resolved)
 }
 
 fn set_kafka(table: &mut Table, section: &str, property: &str, value: &str) {
-    let Some(kafka) = table.get_mut(section).and_then(Value::as_table_mut).and_then(|s| s.get_mut("kafka")) else {
+    let Some(kafka) = table
+        .get_mut(section)
+        .and_then(Value::as_table_mut)
+        .and_then(|s| s.get_mut("kafka"))
+    else {
         unreachable!("every role has a kafka table");
     };
     if let Some(kafka) = kafka.as_table_mut() {
@@ -183,30 +224,49 @@ fn origin_prefix(section: &str) -> String {
     format!("TALLY_{}", section.to_uppercase())
 }
 
-fn set(table: &mut Table, section: &str, field: &str, raw: &str, origin: &str) -> Result<(), SettingsError> {
-    let parse = |message: String| SettingsError::Parse { origin: origin.to_owned(), message };
+fn set(
+    table: &mut Table,
+    section: &str,
+    field: &str,
+    raw: &str,
+    origin: &str,
+) -> Result<(), SettingsError> {
+    let parse = |message: String| SettingsError::Parse {
+        origin: origin.to_owned(),
+        message,
+    };
     let section_table = table
         .get_mut(section)
         .and_then(Value::as_table_mut)
-        .ok_or_else(|| parse(format!("unknown section `{section}` (expected worker, aggregator or ingest)")))?;
-    let value = match section_table.get(field) {
-        Some(Value::Integer(_)) => Value::Integer(
-            raw.trim().parse().map_err(|_| parse(format!("`{section}.{field}` = {raw:?}: must be an integer")))?,
-        ),
-        Some(Value::Boolean(_)) => Value::Boolean(
-            raw.trim().parse().map_err(|_| parse(format!("`{section}.{field}` = {raw:?}: must be true or false")))?,
-        ),
-        Some(Value::Table(_)) => {
-            let (key, value) = raw
-                .split_once('=')
-                .ok_or_else(|| parse(format!("`{section}.{field}` must be key=value (or use {}_KAFKA__<PROPERTY>)", origin_prefix(section))))?;
-            let mut inner = section_table[field].as_table().cloned().unwrap_or_default();
-            inner.insert(key.to_owned(), Value::String(value.to_owned()));
-            Value::Table(inner)
-        }
-        Some(_) => Value::String(raw.to_owned()),
-        None => return Err(parse(format!("unknown field `{section}.{field}`"))),
-    };
+        .ok_or_else(|| {
+            parse(format!(
+                "unknown section `{section}` (expected worker, aggregator or ingest)"
+            ))
+        })?;
+    let value =
+        match section_table.get(field) {
+            Some(Value::Integer(_)) => Value::Integer(raw.trim().parse().map_err(|_| {
+                parse(format!("`{section}.{field}` = {raw:?}: must be an integer"))
+            })?),
+            Some(Value::Boolean(_)) => Value::Boolean(raw.trim().parse().map_err(|_| {
+                parse(format!(
+                    "`{section}.{field}` = {raw:?}: must be true or false"
+                ))
+            })?),
+            Some(Value::Table(_)) => {
+                let (key, value) = raw.split_once('=').ok_or_else(|| {
+                    parse(format!(
+                        "`{section}.{field}` must be key=value (or use {}_KAFKA__<PROPERTY>)",
+                        origin_prefix(section)
+                    ))
+                })?;
+                let mut inner = section_table[field].as_table().cloned().unwrap_or_default();
+                inner.insert(key.to_owned(), Value::String(value.to_owned()));
+                Value::Table(inner)
+            }
+            Some(_) => Value::String(raw.to_owned()),
+            None => return Err(parse(format!("unknown field `{section}.{field}`"))),
+        };
     section_table.insert(field.to_owned(), value);
     Ok(())
 }
@@ -216,7 +276,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -227,7 +290,11 @@ mod tests {
         std::fs::write(&file, "[worker]\nbatch_max_events = 10\nbatch_max_ms = 7\n").unwrap();
         let settings = Settings::load(
             Some(&file),
-            env(&[("TALLY_WORKER_BATCH_MAX_EVENTS", "20"), ("TALLY_BROKERS", "b:1"), ("HOME", "/x")]),
+            env(&[
+                ("TALLY_WORKER_BATCH_MAX_EVENTS", "20"),
+                ("TALLY_BROKERS", "b:1"),
+                ("HOME", "/x"),
+            ]),
             &[("worker.batch_max_ms".into(), "9".into())],
         )
         .unwrap();
@@ -238,10 +305,16 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_origin() {
-        let error = Settings::load(None, env(&[("TALLY_WORKER_BATCH_MAX_EVENTS", "lots")]), &[]).unwrap_err();
+        let error = Settings::load(None, env(&[("TALLY_WORKER_BATCH_MAX_EVENTS", "lots")]), &[])
+            .unwrap_err();
         let text = error.to_string();
-        assert!(text.contains("TALLY_WORKER_BATCH_MAX_EVENTS") && text.contains("worker.batch_max_events"), "{text}");
-        let error = Settings::load(None, env(&[("TALLY_WORKER_BATCH_SIZE", "1")]), &[]).unwrap_err();
+        assert!(
+            text.contains("TALLY_WORKER_BATCH_MAX_EVENTS")
+                && text.contains("worker.batch_max_events"),
+            "{text}"
+        );
+        let error =
+            Settings::load(None, env(&[("TALLY_WORKER_BATCH_SIZE", "1")]), &[]).unwrap_err();
         assert!(error.to_string().contains("worker.batch_size"), "{error}");
     }
 
@@ -259,24 +332,46 @@ mod tests {
         .unwrap();
         assert_eq!(settings.worker.kafka["sasl.password"], "hunter2");
         assert!(!settings.aggregator.kafka.contains_key("sasl.password"));
-        for kafka in [&settings.worker.kafka, &settings.aggregator.kafka, &settings.ingest.kafka] {
+        for kafka in [
+            &settings.worker.kafka,
+            &settings.aggregator.kafka,
+            &settings.ingest.kafka,
+        ] {
             assert_eq!(kafka["security.protocol"], "SASL_SSL");
         }
         assert_eq!(settings.ingest.kafka["ssl.ca.location"], "/etc/ca.pem");
 
         // A role's own variable wins over the one for every role, in either order.
         for pairs in [
-            [("TALLY_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"), ("TALLY_INGEST_KAFKA__SASL_MECHANISM", "SCRAM-SHA-256")],
-            [("TALLY_INGEST_KAFKA__SASL_MECHANISM", "SCRAM-SHA-256"), ("TALLY_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")],
+            [
+                ("TALLY_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+                ("TALLY_INGEST_KAFKA__SASL_MECHANISM", "SCRAM-SHA-256"),
+            ],
+            [
+                ("TALLY_INGEST_KAFKA__SASL_MECHANISM", "SCRAM-SHA-256"),
+                ("TALLY_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+            ],
         ] {
             let settings = Settings::load(None, env(&pairs), &[]).unwrap();
             assert_eq!(settings.ingest.kafka["sasl.mechanism"], "SCRAM-SHA-256");
             assert_eq!(settings.worker.kafka["sasl.mechanism"], "SCRAM-SHA-512");
         }
-        let settings =
-            Settings::load(None, env(&[("TALLY_WORKER_DATABASE_URL", "sqlite://w"), ("TALLY_DATABASE_URL", "sqlite://all")]), &[])
-                .unwrap();
-        assert_eq!((settings.worker.database_url.as_str(), settings.aggregator.database_url.as_str()), ("sqlite://w", "sqlite://all"));
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("TALLY_WORKER_DATABASE_URL", "sqlite://w"),
+                ("TALLY_DATABASE_URL", "sqlite://all"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                settings.worker.database_url.as_str(),
+                settings.aggregator.database_url.as_str()
+            ),
+            ("sqlite://w", "sqlite://all")
+        );
     }
 
     #[test]
@@ -290,30 +385,59 @@ mod tests {
         let settings = Settings::load(
             None,
             env(&[
-                ("TALLY_KAFKA__SASL_PASSWORD_FILE", password.to_str().unwrap()),
+                (
+                    "TALLY_KAFKA__SASL_PASSWORD_FILE",
+                    password.to_str().unwrap(),
+                ),
                 ("TALLY_DATABASE_URL_FILE", url.to_str().unwrap()),
             ]),
             &[],
         )
         .unwrap();
         assert_eq!(settings.ingest.kafka["sasl.password"], "s3cret-from-file");
-        assert_eq!(settings.aggregator.database_url, "postgres://tally:pw-from-file@db:5432/tally");
+        assert_eq!(
+            settings.aggregator.database_url,
+            "postgres://tally:pw-from-file@db:5432/tally"
+        );
 
         let both = Settings::load(
             None,
-            env(&[("TALLY_DATABASE_URL", "postgres://u:inline-secret@db/x"), ("TALLY_DATABASE_URL_FILE", url.to_str().unwrap())]),
+            env(&[
+                ("TALLY_DATABASE_URL", "postgres://u:inline-secret@db/x"),
+                ("TALLY_DATABASE_URL_FILE", url.to_str().unwrap()),
+            ]),
             &[],
         )
         .unwrap_err()
         .to_string();
-        assert!(both.contains("TALLY_DATABASE_URL_FILE") && !both.contains("inline-secret"), "{both}");
+        assert!(
+            both.contains("TALLY_DATABASE_URL_FILE") && !both.contains("inline-secret"),
+            "{both}"
+        );
 
-        let missing = Settings::load(None, env(&[("TALLY_WORKER_KAFKA__SASL_PASSWORD_FILE", "/nonexistent/pw")]), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(missing.contains("/nonexistent/pw") && missing.contains("TALLY_WORKER_KAFKA__SASL_PASSWORD_FILE"), "{missing}");
+        let missing = Settings::load(
+            None,
+            env(&[("TALLY_WORKER_KAFKA__SASL_PASSWORD_FILE", "/nonexistent/pw")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            missing.contains("/nonexistent/pw")
+                && missing.contains("TALLY_WORKER_KAFKA__SASL_PASSWORD_FILE"),
+            "{missing}"
+        );
 
-        let malformed = Settings::load(None, env(&[("TALLY_WORKER_KAFKA", "no-equals-secret")]), &[]).unwrap_err().to_string();
-        assert!(malformed.contains("worker.kafka") && !malformed.contains("no-equals-secret"), "{malformed}");
+        let malformed = Settings::load(
+            None,
+            env(&[("TALLY_WORKER_KAFKA", "no-equals-secret")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            malformed.contains("worker.kafka") && !malformed.contains("no-equals-secret"),
+            "{malformed}"
+        );
     }
 }

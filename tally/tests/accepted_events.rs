@@ -13,16 +13,27 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{Backend, World};
-use ingest::generate::Rng;
 use datafusion::arrow::record_batch::RecordBatch;
-use shard_worker::aggregate::Session;
+use ingest::generate::Rng;
 use schemas::batch::EventBatchBuilder;
 use schemas::event::decode;
 use schemas::partial::EventCounts;
 use schemas::{Amount, Partial, Sums, Totals, TotalsKey};
+use shard_worker::aggregate::Session;
 
 /// Characters every id may hold, multi-byte, JSON-escaped and bidi ones among them.
-const SAFE: [&str; 10] = ["a", "Z", "7", "-", "_", " ", "é", "日本", "🦀", "\u{202e}\"\\"];
+const SAFE: [&str; 10] = [
+    "a",
+    "Z",
+    "7",
+    "-",
+    "_",
+    " ",
+    "é",
+    "日本",
+    "🦀",
+    "\u{202e}\"\\",
+];
 /// Characters no id may hold (PostgreSQL refuses U+0000 in text).
 const CONTROL: [&str; 4] = ["\u{0}", "\u{1f}", "\u{7f}", "\u{85}"];
 
@@ -54,7 +65,9 @@ fn text(rng: &mut Rng) -> String {
 
 fn digits(rng: &mut Rng, n: usize) -> String {
     let first = char::from(b'1' + rng.below(9) as u8);
-    std::iter::once(first).chain((1..n).map(|_| char::from(b'0' + rng.below(10) as u8))).collect()
+    std::iter::once(first)
+        .chain((1..n).map(|_| char::from(b'0' + rng.below(10) as u8)))
+        .collect()
 }
 
 /// Mostly legal amounts at the edges of 18 integer and 4 fractional digits,
@@ -126,10 +139,19 @@ async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> (Vec<Part
     let mut accepted = 0;
     for n in 0..candidates {
         let (payload, key) = candidate(&mut rng, n);
-        let Ok(event) = decode(&payload, key.as_deref()) else { continue };
+        let Ok(event) = decode(&payload, key.as_deref()) else {
+            continue;
+        };
         accepted += 1;
-        let key = TotalsKey { merchant_id: event.merchant_id.to_string(), currency: event.currency.to_string(), day: event.day };
-        expected.entry(key).or_default().add_event(event.kind, event.amount);
+        let key = TotalsKey {
+            merchant_id: event.merchant_id.to_string(),
+            currency: event.currency.to_string(),
+            day: event.day,
+        };
+        expected
+            .entry(key)
+            .or_default()
+            .add_event(event.kind, event.amount);
         builder.push(&event);
         if builder.len() == 50 {
             flush(&session, &mut builder, &mut partials, topic, seed).await;
@@ -143,10 +165,21 @@ async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> (Vec<Part
 
 /// The builder's events as the next partial, after checking that it
 /// round-trips through JSON.
-async fn flush(session: &Session, builder: &mut EventBatchBuilder, partials: &mut Vec<Partial>, topic: &str, seed: u64) {
+async fn flush(
+    session: &Session,
+    builder: &mut EventBatchBuilder,
+    partials: &mut Vec<Partial>,
+    topic: &str,
+    seed: u64,
+) {
     let batch: RecordBatch = builder.finish().unwrap();
-    let events = EventCounts { counted: batch.num_rows() as u64, ..Default::default() };
-    let rows = shard_worker::aggregate::partial_rows(session, batch).await.unwrap();
+    let events = EventCounts {
+        counted: batch.num_rows() as u64,
+        ..Default::default()
+    };
+    let rows = shard_worker::aggregate::partial_rows(session, batch)
+        .await
+        .unwrap();
     let first_offset = partials.last().map_or(0, |p: &Partial| p.last_offset + 1);
     let partial = Partial {
         topic: topic.to_owned(),
@@ -161,8 +194,12 @@ async fn flush(session: &Session, builder: &mut EventBatchBuilder, partials: &mu
         rows,
     };
     let json = serde_json::to_vec(&partial).unwrap();
-    let back: Partial = serde_json::from_slice(&json).unwrap_or_else(|e| panic!("seed {seed}: partial does not read back: {e}"));
-    assert_eq!(back, partial, "seed {seed}: the partial round-trips exactly");
+    let back: Partial = serde_json::from_slice(&json)
+        .unwrap_or_else(|e| panic!("seed {seed}: partial does not read back: {e}"));
+    assert_eq!(
+        back, partial,
+        "seed {seed}: the partial round-trips exactly"
+    );
     partials.push(partial);
 }
 
@@ -177,20 +214,37 @@ async fn both_databases_store_every_accepted_event(backend: Backend) {
         assert!(accepted > 900 && accepted < 5_000, "seed {seed}: the generator reaches valid and invalid events ({accepted} of 6000 valid)");
         let claim = store.claim(&topic, 0, "property").await.unwrap();
         assert_eq!(claim.epoch, 1);
-        let plan = store.apply(&partials).await.unwrap_or_else(|e| panic!("seed {seed}: the database refused accepted events: {e}"));
-        assert!(plan.violations.is_empty(), "seed {seed}: {:?}", plan.violations);
+        let plan = store
+            .apply(&partials)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: the database refused accepted events: {e}"));
+        assert!(
+            plan.violations.is_empty(),
+            "seed {seed}: {:?}",
+            plan.violations
+        );
         assert_eq!(plan.applied, partials.len() as u64);
         schemas::totals::merge_into(&mut all, expected);
         let stored = store.totals(None).await.unwrap();
-        assert_eq!(stored.len(), all.len(), "seed {seed}: every accepted key is stored, and nothing else");
+        assert_eq!(
+            stored.len(),
+            all.len(),
+            "seed {seed}: every accepted key is stored, and nothing else"
+        );
         for (key, sums) in &all {
-            assert_eq!(stored.get(key), Some(sums), "seed {seed}: {key:?} reads back exactly");
+            assert_eq!(
+                stored.get(key),
+                Some(sums),
+                "seed {seed}: {key:?} reads back exactly"
+            );
         }
     }
     // Kinds and amounts are exercised: refunds pass and amounts reach 18 digits.
     let (_, expected, _) = accepted_partials(1, 6_000, "x").await;
     assert!(expected.values().any(|s| s.refund_count > 0));
-    assert!(expected.values().any(|s| s.sales_amount >= Amount(10i128.pow(17) * 10_000)));
+    assert!(expected
+        .values()
+        .any(|s| s.sales_amount >= Amount(10i128.pow(17) * 10_000)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

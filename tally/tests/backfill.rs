@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{assert_totals_equal, expected_totals, Backend, World};
-use files::{events, execute, s3_env, stdout, table_bytes, tally, tally_with, upload, wait_for_job, write_files, write_ndjson, write_parquet};
+use files::{
+    events, execute, s3_env, stdout, table_bytes, tally, tally_with, upload, wait_for_job,
+    write_files, write_ndjson, write_parquet,
+};
 use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
 use schemas::{Day, Totals};
 
@@ -21,15 +24,38 @@ const TO: &str = "2026-11-20";
 /// The test's own expectation: counted events inside `[FROM, TO)`.
 fn in_scope(messages: &[Generated]) -> Totals {
     let (from, to) = (Day::parse(FROM).unwrap(), Day::parse(TO).unwrap());
-    expected_totals(messages).into_iter().filter(|(key, _)| key.day >= from && key.day < to).collect()
+    expected_totals(messages)
+        .into_iter()
+        .filter(|(key, _)| key.day >= from && key.day < to)
+        .collect()
 }
 
 fn start_backfill(world: &World, source: &str, extra: &[&str]) -> i64 {
-    let mut args = vec!["backfill", "--source", source, "--from", FROM, "--to", TO, "--database-url", &world.database_url];
+    let mut args = vec![
+        "backfill",
+        "--source",
+        source,
+        "--from",
+        FROM,
+        "--to",
+        TO,
+        "--database-url",
+        &world.database_url,
+    ];
     args.extend(extra);
     let out = tally_with(&args, &world.env);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    stdout(&out).lines().next().unwrap_or("").trim().parse().expect("the job id on the first line")
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .expect("the job id on the first line")
 }
 
 async fn exact_backfills_and_verify(backend: Backend) {
@@ -37,8 +63,14 @@ async fn exact_backfills_and_verify(backend: Backend) {
     let store = world.store().await;
     world.start_aggregator_with("aggregator", &[("aggregator.backfill_parallelism", "2")]);
     let messages = events(71, 500_000);
-    let invalid = messages.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).count() as i64;
-    let duplicate = messages.iter().filter(|m| m.truth == Truth::Duplicate).count() as i64;
+    let invalid = messages
+        .iter()
+        .filter(|m| matches!(m.truth, Truth::Invalid(_)))
+        .count() as i64;
+    let duplicate = messages
+        .iter()
+        .filter(|m| m.truth == Truth::Duplicate)
+        .count() as i64;
     let expected = in_scope(&messages);
 
     // Rows the backfill must leave alone: a day after the range and a merchant it never saw.
@@ -52,35 +84,89 @@ async fn exact_backfills_and_verify(backend: Backend) {
         let source = write_files(&world.dir.join(format), format, &messages);
         let id = start_backfill(&world, &source, &["--shards", "3"]);
         let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
-        assert_eq!(job.state, store::jobs::State::Succeeded, "{format}: {job:#?}");
-        assert_eq!(job.rows(), (messages.len() as i64, invalid, duplicate), "{format}: rows read, rejected, duplicate");
+        assert_eq!(
+            job.state,
+            store::jobs::State::Succeeded,
+            "{format}: {job:#?}"
+        );
+        assert_eq!(
+            job.rows(),
+            (messages.len() as i64, invalid, duplicate),
+            "{format}: rows read, rejected, duplicate"
+        );
         let table = store.totals(None).await.unwrap();
         let (from, to) = (Day::parse(FROM).unwrap(), Day::parse(TO).unwrap());
-        let inside: Totals = table.iter().filter(|(k, _)| k.day >= from && k.day < to).map(|(k, v)| (k.clone(), *v)).collect();
+        let inside: Totals = table
+            .iter()
+            .filter(|(k, _)| k.day >= from && k.day < to)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         assert_totals_equal(&expected, &inside);
-        assert_eq!(table.len(), expected.len() + 2, "{format}: the two rows outside the range stay");
+        assert_eq!(
+            table.len(),
+            expected.len() + 2,
+            "{format}: the two rows outside the range stay"
+        );
     }
 
     // Running the same job again gives the same table.
     let before: Totals = store.totals(None).await.unwrap();
-    let id = start_backfill(&world, &format!("{}/*.parquet", world.dir.join("parquet").display()), &["--wait"]);
-    assert_eq!(store.job(id).await.unwrap().unwrap().state, store::jobs::State::Succeeded);
+    let id = start_backfill(
+        &world,
+        &format!("{}/*.parquet", world.dir.join("parquet").display()),
+        &["--wait"],
+    );
+    assert_eq!(
+        store.job(id).await.unwrap().unwrap().state,
+        store::jobs::State::Succeeded
+    );
     assert_eq!(store.totals(None).await.unwrap(), before);
 
     // `jobs list` and `jobs show` in both shapes.
-    let list = tally(&["jobs", "list", "--json", "--database-url", &world.database_url]);
+    let list = tally(&[
+        "jobs",
+        "list",
+        "--json",
+        "--database-url",
+        &world.database_url,
+    ]);
     let jobs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(jobs.as_array().unwrap().len(), 4);
-    let show = tally(&["jobs", "show", &id.to_string(), "--database-url", &world.database_url]);
-    assert!(stdout(&show).contains("succeeded") && stdout(&show).contains("rejected by field"), "{}", stdout(&show));
+    let show = tally(&[
+        "jobs",
+        "show",
+        &id.to_string(),
+        "--database-url",
+        &world.database_url,
+    ]);
+    assert!(
+        stdout(&show).contains("succeeded") && stdout(&show).contains("rejected by field"),
+        "{}",
+        stdout(&show)
+    );
 
     // Reconciliation: equal first, then exactly the keys changed by hand.
     let verify = |world: &World| {
         let source = format!("{}/*.csv", world.dir.join("csv").display());
-        tally(&["verify", "--source", &source, "--from", FROM, "--to", TO, "--database-url", &world.database_url])
+        tally(&[
+            "verify",
+            "--source",
+            &source,
+            "--from",
+            FROM,
+            "--to",
+            TO,
+            "--database-url",
+            &world.database_url,
+        ])
     };
     let out = verify(&world);
-    assert!(out.status.success(), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut keys: Vec<_> = expected.keys().cloned().collect();
     keys.sort();
     let (a, b) = (&keys[3], &keys[keys.len() / 2]);
@@ -95,9 +181,16 @@ async fn exact_backfills_and_verify(backend: Backend) {
     .await;
     let out = verify(&world);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    let mut diffs: Vec<String> = stdout(&out).lines().filter(|l| l.starts_with("DIFF ")).map(|l| l[5..].split(':').next().unwrap().to_owned()).collect();
+    let mut diffs: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| l.starts_with("DIFF "))
+        .map(|l| l[5..].split(':').next().unwrap().to_owned())
+        .collect();
     diffs.sort();
-    let mut want = vec![format!("{} {} {}", a.merchant_id, a.currency, a.day), format!("{} {} {}", b.merchant_id, b.currency, b.day)];
+    let mut want = vec![
+        format!("{} {} {}", a.merchant_id, a.currency, a.day),
+        format!("{} {} {}", b.merchant_id, b.currency, b.day),
+    ];
     want.sort();
     assert_eq!(diffs, want, "{}", stdout(&out));
 }
@@ -117,54 +210,134 @@ async fn retries_and_cancellation(backend: Backend) {
     let store = world.store().await;
     world.start_aggregator_with(
         "aggregator",
-        &[("aggregator.backfill_parallelism", "2"), ("aggregator.backfill_max_attempts", "3"), ("aggregator.backfill_retry_base_ms", "1500")],
+        &[
+            ("aggregator.backfill_parallelism", "2"),
+            ("aggregator.backfill_max_attempts", "3"),
+            ("aggregator.backfill_retry_base_ms", "1500"),
+        ],
     );
     let messages = events(72, 200_000);
     let good = world.dir.join("good.parquet");
     write_parquet(&good, &messages);
     // Some live rows in the range, so that "unchanged" has something to keep.
     let first = start_backfill(&world, good.to_str().unwrap(), &["--wait"]);
-    assert_eq!(store.job(first).await.unwrap().unwrap().state, store::jobs::State::Succeeded);
+    assert_eq!(
+        store.job(first).await.unwrap().unwrap().state,
+        store::jobs::State::Succeeded
+    );
     let table = table_bytes(&world).await;
     assert!(table.lines().count() > 100);
 
     // Fails twice, then succeeds: the file is broken until the second attempt has failed.
     let flaky: PathBuf = world.dir.join("flaky.parquet");
     std::fs::write(&flaky, b"PAR1 this is not parquet").unwrap();
-    let id = start_backfill(&world, flaky.to_str().unwrap(), &["--format", "parquet", "--shards", "1"]);
-    let job = wait_for_job(&store, id, |j| j.tasks[0].attempts == 2 && j.tasks[0].state == store::jobs::State::Pending).await;
-    assert!(job.tasks[0].last_error.as_deref().is_some_and(|e| e.contains("flaky.parquet")), "{job:#?}");
+    let id = start_backfill(
+        &world,
+        flaky.to_str().unwrap(),
+        &["--format", "parquet", "--shards", "1"],
+    );
+    let job = wait_for_job(&store, id, |j| {
+        j.tasks[0].attempts == 2 && j.tasks[0].state == store::jobs::State::Pending
+    })
+    .await;
+    assert!(
+        job.tasks[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("flaky.parquet")),
+        "{job:#?}"
+    );
     std::fs::copy(&good, &flaky).unwrap();
     let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
-    assert_eq!((job.state, job.tasks[0].attempts), (store::jobs::State::Succeeded, 3), "{job:#?}");
-    assert_eq!(table_bytes(&world).await.lines().count(), table.lines().count());
+    assert_eq!(
+        (job.state, job.tasks[0].attempts),
+        (store::jobs::State::Succeeded, 3),
+        "{job:#?}"
+    );
+    assert_eq!(
+        table_bytes(&world).await.lines().count(),
+        table.lines().count()
+    );
     let table = table_bytes(&world).await;
 
     // Always fails: the job fails after 3 attempts and the table is unchanged, byte for byte.
     let broken = world.dir.join("broken.parquet");
     std::fs::write(&broken, b"not parquet at all").unwrap();
-    let id = start_backfill(&world, broken.to_str().unwrap(), &["--format", "parquet", "--shards", "1"]);
+    let id = start_backfill(
+        &world,
+        broken.to_str().unwrap(),
+        &["--format", "parquet", "--shards", "1"],
+    );
     let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
-    assert_eq!((job.state, job.tasks[0].attempts), (store::jobs::State::Failed, 3), "{job:#?}");
-    assert!(job.last_error.as_deref().is_some_and(|e| e.contains("ran out of attempts")), "{job:#?}");
+    assert_eq!(
+        (job.state, job.tasks[0].attempts),
+        (store::jobs::State::Failed, 3),
+        "{job:#?}"
+    );
+    assert!(
+        job.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("ran out of attempts")),
+        "{job:#?}"
+    );
     assert_eq!(table_bytes(&world).await, table);
-    let show = tally(&["jobs", "show", &id.to_string(), "--database-url", &world.database_url]);
-    assert!(stdout(&show).contains("broken.parquet"), "{}", stdout(&show));
+    let show = tally(&[
+        "jobs",
+        "show",
+        &id.to_string(),
+        "--database-url",
+        &world.database_url,
+    ]);
+    assert!(
+        stdout(&show).contains("broken.parquet"),
+        "{}",
+        stdout(&show)
+    );
 
     // Cancelled while running: eight shards, two at a time as one group that
     // reads the file once; cancel after the first group.
     let id = start_backfill(&world, good.to_str().unwrap(), &["--shards", "8"]);
-    wait_for_job(&store, id, |j| j.tasks.iter().any(|t| t.state == store::jobs::State::Succeeded)).await;
-    let out = tally(&["jobs", "cancel", &id.to_string(), "--database-url", &world.database_url]);
-    assert!(out.status.success(), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    wait_for_job(&store, id, |j| {
+        j.tasks
+            .iter()
+            .any(|t| t.state == store::jobs::State::Succeeded)
+    })
+    .await;
+    let out = tally(&[
+        "jobs",
+        "cancel",
+        &id.to_string(),
+        "--database-url",
+        &world.database_url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job = wait_for_job(&store, id, |j| j.tasks.iter().all(|t| t.state.is_final())).await;
     assert_eq!(job.state, store::jobs::State::Cancelled);
-    assert!(job.tasks.iter().any(|t| t.state == store::jobs::State::Cancelled), "{job:#?}");
+    assert!(
+        job.tasks
+            .iter()
+            .any(|t| t.state == store::jobs::State::Cancelled),
+        "{job:#?}"
+    );
     // The runner is idle again (it checks for work every 500 ms): nothing changed.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(store.job(id).await.unwrap().unwrap().state, store::jobs::State::Cancelled);
+    assert_eq!(
+        store.job(id).await.unwrap().unwrap().state,
+        store::jobs::State::Cancelled
+    );
     assert_eq!(table_bytes(&world).await, table);
-    let again = tally(&["jobs", "cancel", &id.to_string(), "--database-url", &world.database_url]);
+    let again = tally(&[
+        "jobs",
+        "cancel",
+        &id.to_string(),
+        "--database-url",
+        &world.database_url,
+    ]);
     assert_eq!(again.status.code(), Some(1));
 }
 
@@ -180,13 +353,43 @@ async fn retries_and_cancellation_sqlite() {
 
 #[test]
 fn bad_arguments_name_the_flag() {
-    let out = tally(&["backfill", "--source", "/nonexistent/*.parquet", "--from", "2026-11-02", "--to", "2026-11-01", "--database-url", "sqlite:///tmp/x"]);
+    let out = tally(&[
+        "backfill",
+        "--source",
+        "/nonexistent/*.parquet",
+        "--from",
+        "2026-11-02",
+        "--to",
+        "2026-11-01",
+        "--database-url",
+        "sqlite:///tmp/x",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`--to`"));
-    let out = tally(&["backfill", "--source", "/nonexistent/*.parquet", "--from", "2026-11-01", "--to", "2026-11-02", "--database-url", "sqlite:///tmp/x"]);
+    let out = tally(&[
+        "backfill",
+        "--source",
+        "/nonexistent/*.parquet",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-02",
+        "--database-url",
+        "sqlite:///tmp/x",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
-    let out = tally(&["verify", "--source", "gs://bucket/x.parquet", "--from", "2026-11-01", "--to", "2026-11-02", "--database-url", "sqlite:///tmp/x"]);
+    let out = tally(&[
+        "verify",
+        "--source",
+        "gs://bucket/x.parquet",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-02",
+        "--database-url",
+        "sqlite:///tmp/x",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("gs:// is not supported"));
 }
@@ -197,8 +400,14 @@ async fn s3_sources(backend: Backend) {
     let store = world.store().await;
     world.start_aggregator_with("aggregator", &[("aggregator.backfill_parallelism", "2")]);
     let messages = events(73, 200_000);
-    let invalid = messages.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).count() as i64;
-    let duplicate = messages.iter().filter(|m| m.truth == Truth::Duplicate).count() as i64;
+    let invalid = messages
+        .iter()
+        .filter(|m| matches!(m.truth, Truth::Invalid(_)))
+        .count() as i64;
+    let duplicate = messages
+        .iter()
+        .filter(|m| m.truth == Truth::Duplicate)
+        .count() as i64;
     let expected = in_scope(&messages);
 
     // Two files per format, plus what a data lake leaves beside them: a job
@@ -208,35 +417,89 @@ async fn s3_sources(backend: Backend) {
         write_files(&local.join(format), format, &messages);
         std::fs::write(local.join(format).join("_SUCCESS"), b"").unwrap();
         if format != "ndjson" {
-            std::fs::write(local.join(format).join("README.txt"), b"exported by the lake").unwrap();
+            std::fs::write(
+                local.join(format).join("README.txt"),
+                b"exported by the lake",
+            )
+            .unwrap();
         }
     }
     let bucket = world.dir.file_name().unwrap().to_str().unwrap().to_owned();
     upload(&bucket, &local).await;
 
     // A pattern, a pattern, and a folder.
-    let sources = [("parquet", format!("s3://{bucket}/parquet/*.parquet")), ("csv", format!("s3://{bucket}/csv/*.csv")), ("ndjson", format!("s3://{bucket}/ndjson/"))];
+    let sources = [
+        ("parquet", format!("s3://{bucket}/parquet/*.parquet")),
+        ("csv", format!("s3://{bucket}/csv/*.csv")),
+        ("ndjson", format!("s3://{bucket}/ndjson/")),
+    ];
     for (format, source) in &sources {
         let id = start_backfill(&world, source, &["--shards", "3"]);
         let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
-        assert_eq!(job.state, store::jobs::State::Succeeded, "{format}: {job:#?}");
+        assert_eq!(
+            job.state,
+            store::jobs::State::Succeeded,
+            "{format}: {job:#?}"
+        );
         let files = &job.tasks[0].input.files;
-        let want = [format!("s3://{bucket}/{format}/part-0.{format}"), format!("s3://{bucket}/{format}/part-1.{format}")];
-        assert_eq!(files, &want, "{format}: the data files, and nothing beside them");
-        assert_eq!(job.rows(), (messages.len() as i64, invalid, duplicate), "{format}: rows read, rejected, duplicate");
+        let want = [
+            format!("s3://{bucket}/{format}/part-0.{format}"),
+            format!("s3://{bucket}/{format}/part-1.{format}"),
+        ];
+        assert_eq!(
+            files, &want,
+            "{format}: the data files, and nothing beside them"
+        );
+        assert_eq!(
+            job.rows(),
+            (messages.len() as i64, invalid, duplicate),
+            "{format}: rows read, rejected, duplicate"
+        );
         assert_totals_equal(&expected, &store.totals(None).await.unwrap());
     }
 
     // Reconciliation reads S3 too.
-    let args = ["verify", "--source", &sources[0].1, "--from", FROM, "--to", TO, "--database-url", &world.database_url];
+    let args = [
+        "verify",
+        "--source",
+        &sources[0].1,
+        "--from",
+        FROM,
+        "--to",
+        TO,
+        "--database-url",
+        &world.database_url,
+    ];
     let out = tally_with(&args, &world.env);
-    assert!(out.status.success(), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A missing object is a clear error before any job exists.
     let missing = format!("s3://{bucket}/parquet/nothing-*.parquet");
-    let out = tally_with(&["backfill", "--source", &missing, "--from", FROM, "--to", TO, "--database-url", &world.database_url], &world.env);
+    let out = tally_with(
+        &[
+            "backfill",
+            "--source",
+            &missing,
+            "--from",
+            FROM,
+            "--to",
+            TO,
+            "--database-url",
+            &world.database_url,
+        ],
+        &world.env,
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("matches no files"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("matches no files"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +514,15 @@ async fn s3_sources_sqlite() {
 
 /// Keyless events all dated `day`.
 fn one_day(seed: u64, events: u64, day: Day) -> Vec<Generated> {
-    Generator::new(GeneratorConfig { seed, events, day, late_share: 0.0, keyless: true, ..GeneratorConfig::default() }).collect()
+    Generator::new(GeneratorConfig {
+        seed,
+        events,
+        day,
+        late_share: 0.0,
+        keyless: true,
+        ..GeneratorConfig::default()
+    })
+    .collect()
 }
 
 /// The one job `schedule` creates, once it has ended; fails on a second one.
@@ -263,17 +534,27 @@ async fn scheduled_job(store: &store::Store, schedule: &str) -> store::jobs::Job
         if let Some(job) = jobs.into_iter().find(|j| j.state.is_final()) {
             return job;
         }
-        assert!(Instant::now() < deadline, "schedule {schedule} did not fire");
+        assert!(
+            Instant::now() < deadline,
+            "schedule {schedule} did not fire"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn log_says(world: &World, name: &str, index: usize, text: &str) -> bool {
-    std::fs::read_to_string(world.dir.join(format!("{name}.{index}.log"))).is_ok_and(|log| log.contains(text))
+    std::fs::read_to_string(world.dir.join(format!("{name}.{index}.log")))
+        .is_ok_and(|log| log.contains(text))
 }
 
 async fn scheduled_jobs(store: &store::Store, schedule: &str) -> Vec<store::jobs::Job> {
-    store.jobs(100).await.unwrap().into_iter().filter(|j| j.schedule.as_deref() == Some(schedule)).collect()
+    store
+        .jobs(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.schedule.as_deref() == Some(schedule))
+        .collect()
 }
 
 /// Two aggregators on PostgreSQL: one leads; a schedule backdated with
@@ -288,15 +569,29 @@ async fn schedules_fire_once_under_one_leader() {
     let lead = "Leading the scheduler";
     let deadline = Instant::now() + Duration::from_secs(60);
     while !log_says(&world, "agg-a", a, lead) && !log_says(&world, "agg-b", b, lead) {
-        assert!(Instant::now() < deadline, "no aggregator took the scheduler lock");
+        assert!(
+            Instant::now() < deadline,
+            "no aggregator took the scheduler lock"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (leader, follower, follower_name) = if log_says(&world, "agg-a", a, lead) { (a, b, "agg-b") } else { (b, a, "agg-a") };
+    let (leader, follower, follower_name) = if log_says(&world, "agg-a", a, lead) {
+        (a, b, "agg-b")
+    } else {
+        (b, a, "agg-a")
+    };
 
     // The latest 02:30 UTC tick at or before now, by the test's own clock.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let (day_ms, tick_ms) = (86_400_000, (2 * 60 + 30) * 60_000);
-    let tick_day = if now % day_ms >= tick_ms { now / day_ms } else { now / day_ms - 1 };
+    let tick_day = if now % day_ms >= tick_ms {
+        now / day_ms
+    } else {
+        now / day_ms - 1
+    };
     let yesterday = Day(tick_day as i32 - 1);
     let messages = one_day(73, 20_000, yesterday);
     let file = world.dir.join("nightly.ndjson");
@@ -304,22 +599,48 @@ async fn schedules_fire_once_under_one_leader() {
     let since = schemas::day::format_rfc3339_millis((tick_day - 4) * day_ms * 1000);
     let database_url = world.database_url.clone();
     let add = |name: &str| {
-        tally(&["schedule", "add", name, "--cron", "30 2 * * *", "--source", file.to_str().unwrap(), "--range", "yesterday",
-            "--since", &since, "--database-url", &database_url])
+        tally(&[
+            "schedule",
+            "add",
+            name,
+            "--cron",
+            "30 2 * * *",
+            "--source",
+            file.to_str().unwrap(),
+            "--range",
+            "yesterday",
+            "--since",
+            &since,
+            "--database-url",
+            &database_url,
+        ])
     };
     let out = add("nightly");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let job = scheduled_job(&store, "nightly").await;
     assert_eq!(job.state, store::jobs::State::Succeeded, "{job:#?}");
-    assert_eq!((job.scope.from, job.scope.to), (yesterday, Day(tick_day as i32)));
-    assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
+    assert_eq!(
+        (job.scope.from, job.scope.to),
+        (yesterday, Day(tick_day as i32))
+    );
+    assert_totals_equal(
+        &expected_totals(&messages),
+        &store.totals(None).await.unwrap(),
+    );
     // Several more polls pass: still one job, and the schedule points at the tick.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(scheduled_jobs(&store, "nightly").await.len(), 1);
     let schedules = store.schedules().await.unwrap();
     assert_eq!(schedules[0].last_due, tick_day * day_ms + tick_ms);
-    assert!(!log_says(&world, follower_name, follower, lead), "only one aggregator leads");
+    assert!(
+        !log_says(&world, follower_name, follower, lead),
+        "only one aggregator leads"
+    );
 
     // The leader dies; the other takes the lock and runs the next schedule.
     world.kill(leader);
@@ -330,8 +651,15 @@ async fn schedules_fire_once_under_one_leader() {
     }
     assert!(add("nightly-2").status.success());
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !scheduled_jobs(&store, "nightly-2").await.iter().any(|j| j.state == store::jobs::State::Succeeded) {
-        assert!(Instant::now() < deadline, "the new leader did not run the schedule");
+    while !scheduled_jobs(&store, "nightly-2")
+        .await
+        .iter()
+        .any(|j| j.state == store::jobs::State::Succeeded)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new leader did not run the schedule"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let list = tally(&["schedule", "list", "--database-url", &world.database_url]);
@@ -345,7 +673,10 @@ async fn schedule_fires_once_on_sqlite() {
     let mut world = World::new("schedule-lite", Backend::Sqlite).await;
     let store = world.store().await;
     world.start_aggregator_with("aggregator", &[("aggregator.backfill_poll_ms", "200")]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let day_ms = 86_400_000;
     let today = Day((now / day_ms) as i32);
     let messages = one_day(74, 10_000, Day(today.0 - 1));
@@ -353,12 +684,35 @@ async fn schedule_fires_once_on_sqlite() {
     write_ndjson(&file, &messages);
     // Midnight UTC every day; three missed midnights make one job, for yesterday.
     let since = schemas::day::format_rfc3339_millis((now / day_ms - 3) * day_ms * 1000 + 1000);
-    let out = tally(&["schedule", "add", "daily", "--cron", "@daily", "--source", file.to_str().unwrap(), "--range", "yesterday",
-        "--since", &since, "--database-url", &world.database_url]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tally(&[
+        "schedule",
+        "add",
+        "daily",
+        "--cron",
+        "@daily",
+        "--source",
+        file.to_str().unwrap(),
+        "--range",
+        "yesterday",
+        "--since",
+        &since,
+        "--database-url",
+        &world.database_url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job = scheduled_job(&store, "daily").await;
-    assert_eq!((job.state, job.scope.from, job.scope.to), (store::jobs::State::Succeeded, Day(today.0 - 1), today));
-    assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
+    assert_eq!(
+        (job.state, job.scope.from, job.scope.to),
+        (store::jobs::State::Succeeded, Day(today.0 - 1), today)
+    );
+    assert_totals_equal(
+        &expected_totals(&messages),
+        &store.totals(None).await.unwrap(),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(scheduled_jobs(&store, "daily").await.len(), 1);
 }

@@ -19,21 +19,37 @@ fn tally(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
 fn assert_rejected(args: &[&str], env: &[(&str, &str)], must_mention: &[&str]) {
     let (output, elapsed) = tally(args, env);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "exit status 2 for {args:?} {env:?}; stderr: {stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "exit status 2 for {args:?} {env:?}; stderr: {stderr}"
+    );
     for needle in must_mention {
         assert!(stderr.contains(needle), "stderr names {needle:?}: {stderr}");
     }
-    assert!(elapsed < Duration::from_secs(5), "failed fast, without connecting ({elapsed:?})");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "failed fast, without connecting ({elapsed:?})"
+    );
 }
 
-const NOWHERE: [&str; 4] = ["--brokers", "127.0.0.1:1", "--database-url", "postgres://nobody@127.0.0.1:1/none"];
+const NOWHERE: [&str; 4] = [
+    "--brokers",
+    "127.0.0.1:1",
+    "--database-url",
+    "postgres://nobody@127.0.0.1:1/none",
+];
 
 #[test]
 fn flag_values_are_checked() {
     let mut args = vec!["worker"];
     args.extend(NOWHERE);
     args.extend(["--set", "worker.batch_max_events=0"]);
-    assert_rejected(&args, &[], &["worker.batch_max_events", "\"0\"", "between 1 and"]);
+    assert_rejected(
+        &args,
+        &[],
+        &["worker.batch_max_events", "\"0\"", "between 1 and"],
+    );
     let mut args = vec!["aggregator"];
     args.extend(NOWHERE);
     args.extend(["--set", "aggregator.flush_interval_ms=1"]);
@@ -44,9 +60,31 @@ fn flag_values_are_checked() {
 fn environment_values_are_checked() {
     let mut args = vec!["worker"];
     args.extend(NOWHERE);
-    assert_rejected(&args, &[("TALLY_WORKER_DEDUPE_WINDOW_SECS", "a while")], &["TALLY_WORKER_DEDUPE_WINDOW_SECS", "worker.dedupe_window_secs", "integer"]);
-    assert_rejected(&["worker", "--brokers", "localhost"], &[], &["worker.brokers", "host:port"]);
-    assert_rejected(&["aggregator", "--database-url", "mysql://db/x", "--brokers", "127.0.0.1:1"], &[], &["aggregator.database_url"]);
+    assert_rejected(
+        &args,
+        &[("TALLY_WORKER_DEDUPE_WINDOW_SECS", "a while")],
+        &[
+            "TALLY_WORKER_DEDUPE_WINDOW_SECS",
+            "worker.dedupe_window_secs",
+            "integer",
+        ],
+    );
+    assert_rejected(
+        &["worker", "--brokers", "localhost"],
+        &[],
+        &["worker.brokers", "host:port"],
+    );
+    assert_rejected(
+        &[
+            "aggregator",
+            "--database-url",
+            "mysql://db/x",
+            "--brokers",
+            "127.0.0.1:1",
+        ],
+        &[],
+        &["aggregator.database_url"],
+    );
 }
 
 #[test]
@@ -56,7 +94,15 @@ fn file_fields_are_checked() {
     let file = dir.join("tally.toml");
     std::fs::write(&file, "[worker]\nbatch_max_event = 5\n").unwrap();
     let path = file.to_str().unwrap();
-    assert_rejected(&["worker", "--config", path], &[], &["batch_max_event", path]);
+    assert_rejected(
+        &["worker", "--config", path],
+        &[],
+        &["batch_max_event", path],
+    );
     std::fs::write(&file, "[worker]\norders_topic = \"has spaces\"\n").unwrap();
-    assert_rejected(&["worker", "--config", path], &[], &["worker.orders_topic", "has spaces"]);
+    assert_rejected(
+        &["worker", "--config", path],
+        &[],
+        &["worker.orders_topic", "has spaces"],
+    );
 }

@@ -9,12 +9,25 @@ fn demo_exits_zero_with_matching_totals() {
     std::fs::create_dir_all(&dir).unwrap();
     let database = dir.join("demo.sqlite");
     let output = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["demo", "--events", "300000", "--database", database.to_str().unwrap()])
+        .args([
+            "demo",
+            "--events",
+            "300000",
+            "--database",
+            database.to_str().unwrap(),
+        ])
         .output()
         .expect("tally demo runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("Totals match the generator's exact totals"), "{stdout}");
+    assert!(
+        output.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Totals match the generator's exact totals"),
+        "{stdout}"
+    );
     assert!(stdout.contains("Top merchants"), "{stdout}");
     let _ = std::fs::remove_dir_all(dir);
 }

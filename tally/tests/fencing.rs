@@ -16,7 +16,10 @@ async fn zombies_change_nothing(backend: Backend) {
     let store = world.store().await;
     let topic = world.orders.as_str();
     let first = store.claim(topic, 0, "worker-a").await.unwrap();
-    let plan = store.apply(&[partial(topic, first.epoch, 0, 9, 10_000)]).await.unwrap();
+    let plan = store
+        .apply(&[partial(topic, first.epoch, 0, 9, 10_000)])
+        .await
+        .unwrap();
     assert_eq!(plan.applied, 1);
 
     // worker-b takes over; worker-a is now a zombie.
@@ -26,7 +29,15 @@ async fn zombies_change_nothing(backend: Backend) {
     let replay = partial(topic, second.epoch, 0, 9, 1_000_000);
     let gap = partial(topic, second.epoch, 15, 19, 1_000_000);
     let plan = store.apply(&[zombie, replay, gap]).await.unwrap();
-    assert_eq!((plan.applied, plan.older_epoch, plan.already_applied, plan.violations.len()), (0, 1, 1, 1));
+    assert_eq!(
+        (
+            plan.applied,
+            plan.older_epoch,
+            plan.already_applied,
+            plan.violations.len()
+        ),
+        (0, 1, 1, 1)
+    );
     let good = partial(topic, second.epoch, 10, 19, 5_000);
     assert_eq!(store.apply(&[good.clone(), good]).await.unwrap().applied, 1);
 

@@ -11,13 +11,33 @@ use std::time::Duration;
 use common::{Backend, World};
 
 fn tally(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tally")).args(args).output().expect("tally runs")
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .output()
+        .expect("tally runs")
 }
 
 fn generate(world: &World, topic: &str, seed: &str, file: &Path) -> Output {
     let file = file.to_str().unwrap();
-    tally(&["generate", "--brokers", &world.brokers, "--topic", topic, "--events", "30000", "--seed", seed,
-        "--merchants", "200", "--invalid-share", "0.01", "--duplicate-share", "0.05", "--expected", file])
+    tally(&[
+        "generate",
+        "--brokers",
+        &world.brokers,
+        "--topic",
+        topic,
+        "--events",
+        "30000",
+        "--seed",
+        seed,
+        "--merchants",
+        "200",
+        "--invalid-share",
+        "0.01",
+        "--duplicate-share",
+        "0.05",
+        "--expected",
+        file,
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,26 +47,51 @@ async fn expected_totals_are_reproducible_and_verified() {
     world.start_aggregator("aggregator");
     world.start_worker("worker-a", &[]);
 
-    let (first, again, other) = (world.dir.join("a.csv"), world.dir.join("b.csv"), world.dir.join("c.csv"));
+    let (first, again, other) = (
+        world.dir.join("a.csv"),
+        world.dir.join("b.csv"),
+        world.dir.join("c.csv"),
+    );
     let run = generate(&world, &world.orders, "5", &first);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     // The same seed, published to a topic no worker reads, writes the same file.
     let spare = format!("{}-spare", world.orders);
     common::create_topics(&world.brokers, &[&spare]).await;
     assert!(generate(&world, &spare, "5", &again).status.success());
     assert!(generate(&world, &spare, "6", &other).status.success());
     let bytes = |p: &Path| std::fs::read(p).unwrap();
-    assert_eq!(bytes(&first), bytes(&again), "same seed, same expected totals");
+    assert_eq!(
+        bytes(&first),
+        bytes(&again),
+        "same seed, same expected totals"
+    );
     assert_ne!(bytes(&first), bytes(&other), "another seed, other totals");
 
-    world.wait_committed(&store, 30_000, Duration::from_secs(600)).await;
-    let verify = tally(&["verify-totals", first.to_str().unwrap(), "--database-url", &world.database_url]);
+    world
+        .wait_committed(&store, 30_000, Duration::from_secs(600))
+        .await;
+    let verify = tally(&[
+        "verify-totals",
+        first.to_str().unwrap(),
+        "--database-url",
+        &world.database_url,
+    ]);
     let stdout = String::from_utf8_lossy(&verify.stdout);
-    assert!(verify.status.success(), "{stdout}{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     assert!(stdout.starts_with("OK: all "), "{stdout}");
 
     // Change one row by hand: verify-totals names exactly that key and fails.
-    let (client, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let row = client
         .query_one(
@@ -58,8 +103,18 @@ async fn expected_totals_are_reproducible_and_verified() {
         )
         .await
         .unwrap();
-    let key = format!("{} {} {}", row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, String>(2));
-    let verify = tally(&["verify-totals", first.to_str().unwrap(), "--database-url", &world.database_url]);
+    let key = format!(
+        "{} {} {}",
+        row.get::<_, String>(0),
+        row.get::<_, String>(1),
+        row.get::<_, String>(2)
+    );
+    let verify = tally(&[
+        "verify-totals",
+        first.to_str().unwrap(),
+        "--database-url",
+        &world.database_url,
+    ]);
     let stdout = String::from_utf8_lossy(&verify.stdout);
     assert_eq!(verify.status.code(), Some(1), "{stdout}");
     let diffs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("DIFF ")).collect();
@@ -74,8 +129,17 @@ fn bad_arguments_name_the_flag() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`--duplicate-share`"));
     let bad = std::env::temp_dir().join(format!("tally-bad-expected-{}.csv", std::process::id()));
     std::fs::write(&bad, "merchant_id,currency\n").unwrap();
-    let out = tally(&["verify-totals", bad.to_str().unwrap(), "--database-url", "sqlite:///nonexistent/x.sqlite"]);
+    let out = tally(&[
+        "verify-totals",
+        bad.to_str().unwrap(),
+        "--database-url",
+        "sqlite:///nonexistent/x.sqlite",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_file(bad).unwrap();
 }

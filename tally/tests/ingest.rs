@@ -17,13 +17,20 @@ use ingest::service::Outcome;
 
 const TOKEN: &str = "test-token-1";
 
-async fn post(addr: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> (u16, Option<Outcome>) {
+async fn post(
+    addr: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Option<Outcome>) {
     let bearer = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", content_type)];
     if let Some(bearer) = &bearer {
         headers.push(("Authorization", bearer));
     }
-    let (status, body) = http(addr, "POST", "/v1/orders", &headers, body).await.expect("ingest answers");
+    let (status, body) = http(addr, "POST", "/v1/orders", &headers, body)
+        .await
+        .expect("ingest answers");
     (status, serde_json::from_slice(&body).ok())
 }
 
@@ -47,14 +54,40 @@ async fn eight_clients_reach_the_table_exactly() {
     let run = Command::new(env!("CARGO_BIN_EXE_tally"))
         .env_remove("TALLY_TOKEN")
         .env("TALLY_TOKEN_FILE", &token_file)
-        .args(["generate", "--url", &url, "--clients", "8", "--batch", "500"])
-        .args(["--events", &events.to_string(), "--seed", &seed.to_string(), "--merchants", "300"])
-        .args(["--invalid-share", "0.01", "--duplicate-share", "0.03", "--late-share", "0.05"])
+        .args([
+            "generate",
+            "--url",
+            &url,
+            "--clients",
+            "8",
+            "--batch",
+            "500",
+        ])
+        .args([
+            "--events",
+            &events.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--merchants",
+            "300",
+        ])
+        .args([
+            "--invalid-share",
+            "0.01",
+            "--duplicate-share",
+            "0.03",
+            "--late-share",
+            "0.05",
+        ])
         .arg("--expected")
         .arg(&file)
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     // The test's own account of the same seed: the file must say the same.
     let config = GeneratorConfig {
@@ -68,19 +101,36 @@ async fn eight_clients_reach_the_table_exactly() {
         ..GeneratorConfig::default()
     };
     let messages: Vec<Generated> = Generator::new(config).collect();
-    let invalid = messages.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).count() as u64;
+    let invalid = messages
+        .iter()
+        .filter(|m| matches!(m.truth, Truth::Invalid(_)))
+        .count() as u64;
     assert!(invalid > 0);
-    let from_file = expected::read(std::io::BufReader::new(std::fs::File::open(&file).unwrap())).unwrap();
+    let from_file =
+        expected::read(std::io::BufReader::new(std::fs::File::open(&file).unwrap())).unwrap();
     assert_totals_equal(&expected_totals(&messages), &from_file);
-    assert!(String::from_utf8_lossy(&run.stdout).contains(&format!("({invalid} refused as invalid)")));
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains(&format!("({invalid} refused as invalid)"))
+    );
 
-    world.wait_committed(&store, events - invalid, Duration::from_secs(600)).await;
+    world
+        .wait_committed(&store, events - invalid, Duration::from_secs(600))
+        .await;
     assert_totals_equal(&from_file, &store.totals(None).await.unwrap());
     let verify = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["verify-totals", file.to_str().unwrap(), "--database-url", &world.database_url])
+        .args([
+            "verify-totals",
+            file.to_str().unwrap(),
+            "--database-url",
+            &world.database_url,
+        ])
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +138,9 @@ async fn bad_input_and_bad_tokens() {
     let mut world = World::new("ingest-bad", Backend::Postgres).await;
     let (_, addr) = world.start_ingest("ingest", TOKEN, &[]).await;
     let good = |id: &str| {
-        format!(r#"{{"event_id":"{id}","order_id":"o","merchant_id":"m-1","kind":"sale","amount":"1.50","currency":"EUR","occurred_at":"2026-11-20T10:00:00Z"}}"#)
+        format!(
+            r#"{{"event_id":"{id}","order_id":"o","merchant_id":"m-1","kind":"sale","amount":"1.50","currency":"EUR","occurred_at":"2026-11-20T10:00:00Z"}}"#
+        )
     };
     let bad = |from: &str, to: &str| good("bad").replace(from, to);
     let json = "application/json";
@@ -104,16 +156,34 @@ async fn bad_input_and_bad_tokens() {
     ];
     let mut accepted = 0;
     for (i, (event, field)) in cases.iter().enumerate() {
-        let body = format!("[{},{event},{}]", good(&format!("a{i}")), good(&format!("b{i}")));
+        let body = format!(
+            "[{},{event},{}]",
+            good(&format!("a{i}")),
+            good(&format!("b{i}"))
+        );
         let (status, outcome) = post(&addr, Some(TOKEN), json, body.as_bytes()).await;
         let outcome = outcome.expect("a JSON body");
-        assert_eq!((status, outcome.accepted, outcome.rejected), (207, 2, 1), "{event}");
-        assert_eq!((outcome.errors[0].at, outcome.errors[0].field.as_str()), (1, *field), "{outcome:?}");
+        assert_eq!(
+            (status, outcome.accepted, outcome.rejected),
+            (207, 2, 1),
+            "{event}"
+        );
+        assert_eq!(
+            (outcome.errors[0].at, outcome.errors[0].field.as_str()),
+            (1, *field),
+            "{outcome:?}"
+        );
         assert!(!outcome.errors[0].reason.is_empty());
         accepted += 2;
     }
     // Only bad events: 422, nothing produced. NDJSON errors name the line.
-    let (status, outcome) = post(&addr, Some(TOKEN), "application/x-ndjson", format!("\n{}\n", bad("EUR", "eur")).as_bytes()).await;
+    let (status, outcome) = post(
+        &addr,
+        Some(TOKEN),
+        "application/x-ndjson",
+        format!("\n{}\n", bad("EUR", "eur")).as_bytes(),
+    )
+    .await;
     assert_eq!(status, 422);
     assert_eq!(outcome.unwrap().errors[0].at, 2);
     // Whole-request problems.
@@ -125,7 +195,12 @@ async fn bad_input_and_bad_tokens() {
         (vec![b' '; 10 * 1024 * 1024], 413),
     ] {
         let (got, outcome) = post(&addr, Some(TOKEN), json, &body).await;
-        assert_eq!(got, status, "{:?}", String::from_utf8_lossy(&body[..body.len().min(20)]));
+        assert_eq!(
+            got,
+            status,
+            "{:?}",
+            String::from_utf8_lossy(&body[..body.len().min(20)])
+        );
         if status == 400 {
             assert!(outcome.and_then(|o| o.error).is_some_and(|e| !e.is_empty()));
         }
@@ -133,23 +208,59 @@ async fn bad_input_and_bad_tokens() {
     // No token, or a wrong one: 401, and nothing from those requests is produced.
     let body = format!("[{}]", good("unauthorised"));
     assert_eq!(post(&addr, None, json, body.as_bytes()).await.0, 401);
-    assert_eq!(post(&addr, Some("test-token-2"), json, body.as_bytes()).await.0, 401);
+    assert_eq!(
+        post(&addr, Some("test-token-2"), json, body.as_bytes())
+            .await
+            .0,
+        401
+    );
     assert_eq!(post(&addr, Some(""), json, body.as_bytes()).await.0, 401);
-    assert_eq!(topic_messages(&world.brokers, &world.orders), accepted, "exactly the accepted events are in the topic");
+    assert_eq!(
+        topic_messages(&world.brokers, &world.orders),
+        accepted,
+        "exactly the accepted events are in the topic"
+    );
 
     let (status, spec) = http(&addr, "GET", "/openapi.json", &[], b"").await.unwrap();
     assert_eq!(status, 200);
-    assert_eq!(spec, std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../ingest/openapi.json")).unwrap());
+    assert_eq!(
+        spec,
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../ingest/openapi.json"
+        ))
+        .unwrap()
+    );
 }
 
 /// A private tansu for this test, so stopping it disturbs no other test.
 fn start_broker(dir: &Path, port: u16) -> Child {
-    let bin = std::env::var("TALLY_TEST_TANSU_BIN").expect("TALLY_TEST_TANSU_BIN is set by scripts/test");
+    let bin =
+        std::env::var("TALLY_TEST_TANSU_BIN").expect("TALLY_TEST_TANSU_BIN is set by scripts/test");
     let url = format!("tcp://127.0.0.1:{port}");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .unwrap();
     let child = Command::new("setpriv")
-        .args(["--pdeathsig", "KILL", "--", &bin, "broker", "--kafka-cluster-id", "tally-outage"])
-        .args(["--kafka-listener-url", &url, "--kafka-advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+        .args([
+            "--pdeathsig",
+            "KILL",
+            "--",
+            &bin,
+            "broker",
+            "--kafka-cluster-id",
+            "tally-outage",
+        ])
+        .args([
+            "--kafka-listener-url",
+            &url,
+            "--kafka-advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ])
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(log)
@@ -166,7 +277,10 @@ fn start_broker(dir: &Path, port: u16) -> Child {
 async fn wait_for(addr: &str, path: &str, status: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while http(addr, "GET", path, &[], b"").await.map(|r| r.0).ok() != Some(status) {
-        assert!(Instant::now() < deadline, "{path} did not answer {status} within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not answer {status} within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -176,22 +290,48 @@ async fn broker_outage_gives_503_then_recovers() {
     let mut world = World::new("ingest-outage", Backend::Postgres).await;
     let broker_dir = world.dir.join("broker");
     std::fs::create_dir_all(&broker_dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut broker = start_broker(&broker_dir, port);
     world.brokers = format!("127.0.0.1:{port}");
     common::create_topics(&world.brokers, &[&world.orders]).await;
-    let (ingest, addr) = world.start_ingest("ingest", TOKEN, &[("ingest.ack_timeout_ms", "3000")]).await;
+    let (ingest, addr) = world
+        .start_ingest("ingest", TOKEN, &[("ingest.ack_timeout_ms", "3000")])
+        .await;
     let event = |id: &str| {
-        format!(r#"[{{"event_id":"{id}","order_id":"o","merchant_id":"m-1","kind":"sale","amount":"2","currency":"EUR","occurred_at":"2026-11-20T10:00:00Z"}}]"#)
+        format!(
+            r#"[{{"event_id":"{id}","order_id":"o","merchant_id":"m-1","kind":"sale","amount":"2","currency":"EUR","occurred_at":"2026-11-20T10:00:00Z"}}]"#
+        )
     };
-    assert_eq!(post(&addr, Some(TOKEN), "application/json", event("before").as_bytes()).await.0, 200);
+    assert_eq!(
+        post(
+            &addr,
+            Some(TOKEN),
+            "application/json",
+            event("before").as_bytes()
+        )
+        .await
+        .0,
+        200
+    );
 
     broker.kill().unwrap();
     broker.wait().unwrap();
     wait_for(&addr, "/readyz", 503).await;
-    let (status, outcome) = post(&addr, Some(TOKEN), "application/json", event("during").as_bytes()).await;
+    let (status, outcome) = post(
+        &addr,
+        Some(TOKEN),
+        "application/json",
+        event("during").as_bytes(),
+    )
+    .await;
     assert_eq!(status, 503, "{outcome:?}");
-    assert!(outcome.and_then(|o| o.error).is_some_and(|e| e.contains("broker")));
+    assert!(outcome
+        .and_then(|o| o.error)
+        .is_some_and(|e| e.contains("broker")));
     world.assert_running(ingest);
 
     let mut broker = start_broker(&broker_dir, port);
@@ -199,12 +339,21 @@ async fn broker_outage_gives_503_then_recovers() {
     // The producer reconnects on its own; the first requests may still see 503.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, _) = post(&addr, Some(TOKEN), "application/json", event("after").as_bytes()).await;
+        let (status, _) = post(
+            &addr,
+            Some(TOKEN),
+            "application/json",
+            event("after").as_bytes(),
+        )
+        .await;
         if status == 200 {
             break;
         }
         assert_eq!(status, 503);
-        assert!(Instant::now() < deadline, "requests still fail 60 s after the broker came back");
+        assert!(
+            Instant::now() < deadline,
+            "requests still fail 60 s after the broker came back"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     world.assert_running(ingest);

@@ -12,14 +12,23 @@ use std::time::{Duration, Instant};
 use common::{produce, traffic, Backend, World};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// Runs a provisioned tool from the repository root; panics with its output unless it succeeds.
 fn run_tool(program: &str, args: &[&str]) {
-    let output = Command::new(program).args(args).current_dir(repo()).output().unwrap_or_else(|e| {
-        panic!("cannot run {program}: {e}; run the tests through scripts/test, which installs it")
-    });
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {program}: {e}; run the tests through scripts/test, which installs it"
+            )
+        });
     assert!(
         output.status.success(),
         "{program} {args:?} failed:\n{}{}",
@@ -30,14 +39,26 @@ fn run_tool(program: &str, args: &[&str]) {
 
 #[test]
 fn promtool_accepts_the_config_and_rules() {
-    run_tool("promtool", &["check", "config", "deploy/prometheus/prometheus.yml"]);
-    run_tool("promtool", &["check", "rules", "deploy/prometheus/rules/tally.yml"]);
-    run_tool("promtool", &["test", "rules", "deploy/prometheus/tests/tally.test.yml"]);
+    run_tool(
+        "promtool",
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+    );
+    run_tool(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/rules/tally.yml"],
+    );
+    run_tool(
+        "promtool",
+        &["test", "rules", "deploy/prometheus/tests/tally.test.yml"],
+    );
 }
 
 #[test]
 fn compose_file_is_valid() {
-    run_tool("docker-compose", &["--file", "docker-compose.yml", "config", "--quiet"]);
+    run_tool(
+        "docker-compose",
+        &["--file", "docker-compose.yml", "config", "--quiet"],
+    );
 }
 
 /// Every PromQL expression of the dashboard (`expr` of each target).
@@ -56,7 +77,8 @@ fn dashboard_exprs() -> Vec<String> {
             _ => {}
         }
     }
-    let text = std::fs::read_to_string(repo().join("deploy/grafana/dashboards/tally.json")).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("deploy/grafana/dashboards/tally.json")).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     let mut out = Vec::new();
     walk(&dashboard, &mut out);
@@ -68,7 +90,9 @@ fn rule_exprs(text: &str) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        let Some(rest) = line.trim_start().strip_prefix("expr:") else { continue };
+        let Some(rest) = line.trim_start().strip_prefix("expr:") else {
+            continue;
+        };
         let rest = rest.trim();
         if rest != "|" && rest != ">" {
             out.push(rest.to_owned());
@@ -94,9 +118,36 @@ fn rules_text() -> String {
 /// skipped; whatever identifier is left is a metric name.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     // Aggregations may put `by (…)` before their parenthesis, so they are keywords too.
-    const KEYWORDS: [&str; 20] = ["and", "or", "unless", "bool", "offset", "inf", "nan", "atan2", "group", "sum", "min",
-        "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values"];
-    const GROUPING: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+    const KEYWORDS: [&str; 20] = [
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "atan2",
+        "group",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+    ];
+    const GROUPING: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
     let chars: Vec<char> = expr.chars().collect();
     let mut names = BTreeSet::new();
     let mut i = 0;
@@ -130,12 +181,16 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         } else if c == '$' || c.is_ascii_digit() {
             // A Grafana variable, or a number or duration.
             i += 1;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.')
+            {
                 i += 1;
             }
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -185,45 +240,115 @@ fn exported_names() -> BTreeSet<String> {
 
 /// Every metric the dashboard and the alert rules query.
 fn used_names() -> BTreeSet<String> {
-    dashboard_exprs().iter().chain(&rule_exprs(&rules_text())).flat_map(|e| metric_names(e)).collect()
+    dashboard_exprs()
+        .iter()
+        .chain(&rule_exprs(&rules_text()))
+        .flat_map(|e| metric_names(e))
+        .collect()
 }
 
 #[test]
 fn metric_names_are_read_from_promql() {
     let expr = r#"histogram_quantile(0.99, sum by (le) (rate(tally_x_seconds_bucket{job=~"a|b", le!="1"}[$__rate_interval])))
         / on (partition) group_left (instance) max_over_time(tally_y[5m:1s]) > 0 and up == 0 or vector(1) * "by(z)""#;
-    assert_eq!(metric_names(expr), BTreeSet::from(["tally_x_seconds_bucket".into(), "tally_y".into(), "up".into()]));
+    assert_eq!(
+        metric_names(expr),
+        BTreeSet::from([
+            "tally_x_seconds_bucket".into(),
+            "tally_y".into(),
+            "up".into()
+        ])
+    );
     let rules = "      - alert: A\n        expr: |\n          sum(a_metric) > 0\n          and b_metric\n        for: 1m\n      - alert: B\n        expr: c_metric == 0\n";
-    assert_eq!(rule_exprs(rules), vec!["sum(a_metric) > 0 and b_metric".to_owned(), "c_metric == 0".to_owned()]);
+    assert_eq!(
+        rule_exprs(rules),
+        vec![
+            "sum(a_metric) > 0 and b_metric".to_owned(),
+            "c_metric == 0".to_owned()
+        ]
+    );
 }
 
 #[test]
 fn dashboard_and_rules_name_only_exported_metrics() {
     let exported = exported_names();
     let used = used_names();
-    assert!(used.len() >= 12, "the dashboard and rules query the pipeline: {used:?}");
+    assert!(
+        used.len() >= 12,
+        "the dashboard and rules query the pipeline: {used:?}"
+    );
     let unknown: Vec<_> = used.difference(&exported).collect();
-    assert!(unknown.is_empty(), "the dashboard or rules name metrics the code does not export: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "the dashboard or rules name metrics the code does not export: {unknown:?}"
+    );
 
     // The panels and alerts an operator was promised.
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/grafana/dashboards/tally.json")).unwrap()).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/dashboards/tally.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(dashboard["title"], "tally — merchant sales pipeline");
-    let titles: Vec<&str> = dashboard["panels"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
-    for wanted in ["Events by outcome", "Consumer lag per partition", "End-to-end latency", "Freshness per partition",
-        "Dead-letter rate", "Flush duration", "Upserted rows", "Fenced and dropped partials", "Backfill jobs by state",
-        "Ingest requests by status", "Imported files by outcome", "Imported rows by outcome", "Top merchants today (UTC)"] {
-        assert!(titles.contains(&wanted), "panel {wanted:?} missing from {titles:?}");
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "Events by outcome",
+        "Consumer lag per partition",
+        "End-to-end latency",
+        "Freshness per partition",
+        "Dead-letter rate",
+        "Flush duration",
+        "Upserted rows",
+        "Fenced and dropped partials",
+        "Backfill jobs by state",
+        "Ingest requests by status",
+        "Imported files by outcome",
+        "Imported rows by outcome",
+        "Top merchants today (UTC)",
+    ] {
+        assert!(
+            titles.contains(&wanted),
+            "panel {wanted:?} missing from {titles:?}"
+        );
     }
-    let sql = dashboard["panels"].as_array().unwrap().iter().find_map(|p| p["targets"][0]["rawSql"].as_str()).unwrap();
-    assert!(sql.contains("FROM merchant_sales"), "the top-merchants panel reads merchant_sales: {sql}");
+    let sql = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p["targets"][0]["rawSql"].as_str())
+        .unwrap();
+    assert!(
+        sql.contains("FROM merchant_sales"),
+        "the top-merchants panel reads merchant_sales: {sql}"
+    );
     let rules = rules_text();
-    for alert in ["TallyConsumerLagGrowing", "TallyNoCommitWithLag", "TallyFenceViolation", "TallyDeadLetterRateHigh",
-        "TallySinkErrors", "TallyBackfillJobFailed", "TallyScheduleMissed", "TallyTargetDown", "TallyPartitionParked",
-        "TallyDedupeWindowFull", "TallyImportFailed"] {
-        assert!(rules.contains(&format!("alert: {alert}")), "alert {alert} missing");
+    for alert in [
+        "TallyConsumerLagGrowing",
+        "TallyNoCommitWithLag",
+        "TallyFenceViolation",
+        "TallyDeadLetterRateHigh",
+        "TallySinkErrors",
+        "TallyBackfillJobFailed",
+        "TallyScheduleMissed",
+        "TallyTargetDown",
+        "TallyPartitionParked",
+        "TallyDedupeWindowFull",
+        "TallyImportFailed",
+    ] {
+        assert!(
+            rules.contains(&format!("alert: {alert}")),
+            "alert {alert} missing"
+        );
     }
-    assert_eq!(rules.matches("alert: ").count(), rules.matches("runbook: ").count(), "every alert has a runbook line");
+    assert_eq!(
+        rules.matches("alert: ").count(),
+        rules.matches("runbook: ").count(),
+        "every alert has a runbook line"
+    );
 }
 
 /// A real Prometheus on loopback, killed when dropped.
@@ -245,7 +370,13 @@ impl Prometheus {
     async fn start(dir: &Path, jobs: &[(&str, Vec<String>)]) -> Prometheus {
         let rules: String = rules_text()
             .lines()
-            .map(|l| if l.trim_start().starts_with("for:") { l.split("for:").next().unwrap().to_owned() + "for: 1s" } else { l.to_owned() })
+            .map(|l| {
+                if l.trim_start().starts_with("for:") {
+                    l.split("for:").next().unwrap().to_owned() + "for: 1s"
+                } else {
+                    l.to_owned()
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n");
         std::fs::write(dir.join("rules.yml"), rules).unwrap();
@@ -255,15 +386,24 @@ impl Prometheus {
         );
         for (job, targets) in jobs {
             let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-            config += &format!("  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n", targets.join(", "));
+            config += &format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            );
         }
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let addr = common::free_addr();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", "prometheus"])
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prometheus-data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -271,8 +411,15 @@ impl Prometheus {
             .expect("prometheus starts (scripts/test installs Debian's prometheus package)");
         let prometheus = Prometheus { child, addr };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !matches!(common::http(&prometheus.addr, "GET", "/-/ready", &[], b"").await, Ok((200, _))) {
-            assert!(Instant::now() < deadline, "Prometheus not ready in 60 s; log in {}", dir.display());
+        while !matches!(
+            common::http(&prometheus.addr, "GET", "/-/ready", &[], b"").await,
+            Ok((200, _))
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus not ready in 60 s; log in {}",
+                dir.display()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         prometheus
@@ -281,27 +428,44 @@ impl Prometheus {
     /// An instant query's result vector.
     async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let (status, body) = common::http(&self.addr, "GET", &path, &[], b"").await.expect("Prometheus answers");
-        let reply: serde_json::Value = serde_json::from_slice(&body).expect("Prometheus answers JSON");
+        let (status, body) = common::http(&self.addr, "GET", &path, &[], b"")
+            .await
+            .expect("Prometheus answers");
+        let reply: serde_json::Value =
+            serde_json::from_slice(&body).expect("Prometheus answers JSON");
         assert_eq!(status, 200, "query {promql} failed: {reply}");
-        reply["data"]["result"].as_array().cloned().unwrap_or_default()
+        reply["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The value of a query that returns one sample, if it returns one.
     async fn scalar(&self, promql: &str) -> Option<f64> {
         let result = self.query(promql).await;
-        result.first().and_then(|s| s["value"][1].as_str()).map(|v| v.parse().expect("a number"))
+        result
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .map(|v| v.parse().expect("a number"))
     }
 
     /// Polls `promql` every 500 ms until `done` accepts its result; panics after `timeout`.
-    async fn wait_for(&self, promql: &str, timeout: Duration, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    async fn wait_for(
+        &self,
+        promql: &str,
+        timeout: Duration,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let result = self.query(promql).await;
             if done(&result) {
                 return result;
             }
-            assert!(Instant::now() < deadline, "{promql} still {result:?} after {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{promql} still {result:?} after {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -310,7 +474,9 @@ impl Prometheus {
 fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -333,13 +499,20 @@ async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
     let prometheus = Prometheus::start(
         &world.dir,
         &[
-            ("tally-worker", vec![metrics("worker-a"), metrics("worker-b")]),
+            (
+                "tally-worker",
+                vec![metrics("worker-a"), metrics("worker-b")],
+            ),
             ("tally-aggregator", vec![metrics("aggregator")]),
             ("tally-ingest", vec![ingest.clone()]),
         ],
     )
     .await;
-    prometheus.wait_for("sum(up)", Duration::from_secs(60), |r| r.first().is_some_and(|s| s["value"][1] == "4")).await;
+    prometheus
+        .wait_for("sum(up)", Duration::from_secs(60), |r| {
+            r.first().is_some_and(|s| s["value"][1] == "4")
+        })
+        .await;
 
     // Traffic through both doors: the broker directly (with duplicates and
     // invalid events) and the HTTP API. The aggregator is stopped meanwhile,
@@ -350,19 +523,43 @@ async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
     let stream = traffic(51, 60_000);
     produce(&world.brokers, &world.orders, &stream.messages).await;
     let posted = traffic(52, 2_000);
-    let valid: Vec<&[u8]> = posted.messages.iter().filter(|m| !matches!(m.truth, ingest::generate::Truth::Invalid(_))).map(|m| m.payload.as_slice()).collect();
+    let valid: Vec<&[u8]> = posted
+        .messages
+        .iter()
+        .filter(|m| !matches!(m.truth, ingest::generate::Truth::Invalid(_)))
+        .map(|m| m.payload.as_slice())
+        .collect();
     let body = valid.join(&b'\n');
     let auth = format!("Bearer {token}");
-    let (status, reply) = common::http(&ingest, "POST", "/v1/orders", &[("authorization", &auth), ("content-type", "application/x-ndjson")], &body).await.unwrap();
+    let (status, reply) = common::http(
+        &ingest,
+        "POST",
+        "/v1/orders",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/x-ndjson"),
+        ],
+        &body,
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
     let total = stream.messages.len() as u64 + valid.len() as u64;
     prometheus
-        .wait_for("sum(tally_worker_consumer_lag_messages)", Duration::from_secs(60), |r| {
-            r.first().and_then(|s| s["value"][1].as_str()).is_some_and(|v| v.parse::<f64>().is_ok_and(|lag| lag > 0.0))
-        })
+        .wait_for(
+            "sum(tally_worker_consumer_lag_messages)",
+            Duration::from_secs(60),
+            |r| {
+                r.first()
+                    .and_then(|s| s["value"][1].as_str())
+                    .is_some_and(|v| v.parse::<f64>().is_ok_and(|lag| lag > 0.0))
+            },
+        )
         .await;
     let aggregator = world.restart_aggregator("aggregator");
-    world.wait_committed(&store, total, Duration::from_secs(600)).await;
+    world
+        .wait_committed(&store, total, Duration::from_secs(600))
+        .await;
 
     // Every metric the dashboard and the rules use has series in Prometheus.
     let used = used_names();
@@ -370,33 +567,56 @@ async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
     loop {
         let mut missing = Vec::new();
         for name in used.iter().filter(|n| *n != "ALERTS") {
-            if prometheus.query(&format!("count({{__name__=\"{name}\"}})")).await.is_empty() {
+            if prometheus
+                .query(&format!("count({{__name__=\"{name}\"}})"))
+                .await
+                .is_empty()
+            {
                 missing.push(name.clone());
             }
         }
         if missing.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "no series in Prometheus for {missing:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no series in Prometheus for {missing:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     // Lag: above 0 while the stream waited, then 0 on every partition.
     let partitions = common::PARTITIONS.to_string();
     prometheus
-        .wait_for("count(tally_worker_consumer_lag_messages == 0)", Duration::from_secs(60), |r| {
-            r.first().is_some_and(|s| s["value"][1] == partitions.as_str())
-        })
+        .wait_for(
+            "count(tally_worker_consumer_lag_messages == 0)",
+            Duration::from_secs(60),
+            |r| {
+                r.first()
+                    .is_some_and(|s| s["value"][1] == partitions.as_str())
+            },
+        )
         .await;
-    let peak = prometheus.scalar("max_over_time(sum(tally_worker_consumer_lag_messages)[10m:1s])").await.unwrap();
-    assert!(peak > 0.0, "lag was never above 0 while {total} messages were worked off");
+    let peak = prometheus
+        .scalar("max_over_time(sum(tally_worker_consumer_lag_messages)[10m:1s])")
+        .await
+        .unwrap();
+    assert!(
+        peak > 0.0,
+        "lag was never above 0 while {total} messages were worked off"
+    );
     eprintln!("lag peaked at {peak} messages while {total} were worked off, then returned to 0");
     // The aggregator's committed-event counters cover every message exactly once.
     let total_text = total.to_string();
     prometheus
-        .wait_for("sum(tally_aggregator_events_total)", Duration::from_secs(30), |r| {
-            r.first().is_some_and(|s| s["value"][1] == total_text.as_str())
-        })
+        .wait_for(
+            "sum(tally_aggregator_events_total)",
+            Duration::from_secs(30),
+            |r| {
+                r.first()
+                    .is_some_and(|s| s["value"][1] == total_text.as_str())
+            },
+        )
         .await;
 
     // Aggregator stopped, events still arriving: the lag alert fires.
@@ -410,10 +630,23 @@ async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
         if !prometheus.query(firing).await.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "TallyConsumerLagGrowing did not fire within 180 s; logs in {}", world.dir.display());
+        assert!(
+            Instant::now() < deadline,
+            "TallyConsumerLagGrowing did not fire within 180 s; logs in {}",
+            world.dir.display()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    eprintln!("TallyConsumerLagGrowing fired {:?} after the aggregator stopped", stopped.elapsed());
-    let down = prometheus.query("ALERTS{alertname=\"TallyTargetDown\", alertstate=\"firing\"}").await;
-    assert!(down.iter().any(|s| s["metric"]["job"] == "tally-aggregator"), "the stopped aggregator is reported down: {down:?}");
+    eprintln!(
+        "TallyConsumerLagGrowing fired {:?} after the aggregator stopped",
+        stopped.elapsed()
+    );
+    let down = prometheus
+        .query("ALERTS{alertname=\"TallyTargetDown\", alertstate=\"firing\"}")
+        .await;
+    assert!(
+        down.iter()
+            .any(|s| s["metric"]["job"] == "tally-aggregator"),
+        "the stopped aggregator is reported down: {down:?}"
+    );
 }

@@ -13,7 +13,10 @@ use schemas::Partial;
 
 /// Messages per scenario: `TALLY_TEST_EVENTS`, default 200,000.
 fn events() -> u64 {
-    std::env::var("TALLY_TEST_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
+    std::env::var("TALLY_TEST_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000)
 }
 const PATIENCE: Duration = Duration::from_secs(600);
 
@@ -36,12 +39,22 @@ async fn exact_totals(backend: Backend) {
     world.wait_committed(&store, events(), PATIENCE).await;
 
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
-    let count = |f: fn(&Truth) -> bool| traffic.messages.iter().filter(|m| f(&m.truth)).count() as i64;
+    let count =
+        |f: fn(&Truth) -> bool| traffic.messages.iter().filter(|m| f(&m.truth)).count() as i64;
     let progress = store.progress().await.unwrap();
     let sum = |f: fn(&store::PartitionProgress) -> i64| progress.iter().map(f).sum::<i64>();
-    assert_eq!(sum(|p| p.counted_events), count(|t| matches!(t, Truth::Counted { .. })));
-    assert_eq!(sum(|p| p.duplicate_events), count(|t| matches!(t, Truth::Duplicate)));
-    assert_eq!(sum(|p| p.invalid_events), count(|t| matches!(t, Truth::Invalid(_))));
+    assert_eq!(
+        sum(|p| p.counted_events),
+        count(|t| matches!(t, Truth::Counted { .. }))
+    );
+    assert_eq!(
+        sum(|p| p.duplicate_events),
+        count(|t| matches!(t, Truth::Duplicate))
+    );
+    assert_eq!(
+        sum(|p| p.invalid_events),
+        count(|t| matches!(t, Truth::Invalid(_)))
+    );
     assert!(count(|t| matches!(t, Truth::Duplicate)) > 100 && traffic.invalid_payloads.len() > 50);
 
     let dead = world.dead_letters(traffic.invalid_payloads.len(), Duration::from_secs(60));
@@ -49,8 +62,15 @@ async fn exact_totals(backend: Backend) {
     let mut want: Vec<&Vec<u8>> = traffic.invalid_payloads.iter().collect();
     got.sort();
     want.sort();
-    assert_eq!(got.len(), want.len(), "every invalid event is dead-lettered once per source offset");
-    assert!(got == want, "dead-letter payloads are the original bytes of the invalid events");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "every invalid event is dead-lettered once per source offset"
+    );
+    assert!(
+        got == want,
+        "dead-letter payloads are the original bytes of the invalid events"
+    );
 }
 
 /// 2 (and 5): SIGKILL a worker three times mid-stream (restarting it as a
@@ -65,8 +85,14 @@ async fn crash_safety(backend: Backend) {
     world.start_worker("worker-b", &[("worker.group_instance_id", "worker-b")]);
     // Every partition is claimed before the stream starts, so the first kill
     // hits a worker that is in the group.
-    wait_until(PATIENCE, || async { store.progress().await.unwrap().len() == common::PARTITIONS as usize }).await;
-    let chunks: Vec<_> = traffic.messages.chunks((events() / 20).max(1) as usize).collect();
+    wait_until(PATIENCE, || async {
+        store.progress().await.unwrap().len() == common::PARTITIONS as usize
+    })
+    .await;
+    let chunks: Vec<_> = traffic
+        .messages
+        .chunks((events() / 20).max(1) as usize)
+        .collect();
     for (i, chunk) in chunks.iter().enumerate() {
         produce(&world.brokers, &world.orders, chunk).await;
         match i {
@@ -87,7 +113,10 @@ async fn crash_safety(backend: Backend) {
     world.wait_committed(&store, events(), PATIENCE).await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
     let claimed = claims(&store).await;
-    assert!(claimed >= common::PARTITIONS as i64 + 3, "each restarted victim re-claimed its partitions: {claimed} claims");
+    assert!(
+        claimed >= common::PARTITIONS as i64 + 3,
+        "each restarted victim re-claimed its partitions: {claimed} claims"
+    );
 }
 
 /// 3: rebalancing 1 → 2 → 1 workers keeps totals exact; a zombie partial
@@ -108,7 +137,10 @@ async fn rebalance_and_zombies(backend: Backend) {
     produce(&world.brokers, &world.orders, thirds[1]).await;
     world.wait_committed(&store, 60_000, PATIENCE).await;
     assert_eq!(world.terminate(second), 0, "SIGTERM drains and exits 0");
-    wait_until(PATIENCE, || async { held_by(&store, "worker-a").await == common::PARTITIONS as usize }).await;
+    wait_until(PATIENCE, || async {
+        held_by(&store, "worker-a").await == common::PARTITIONS as usize
+    })
+    .await;
     produce(&world.brokers, &world.orders, thirds[2]).await;
     world.wait_committed(&store, 90_000, PATIENCE).await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
@@ -116,15 +148,29 @@ async fn rebalance_and_zombies(backend: Backend) {
     // The second worker's partitions were claimed by it and then re-claimed
     // when it left: the rebalances really happened.
     let epochs: Vec<i64> = progress.iter().map(|p| p.fence.epoch).collect();
-    assert!(epochs.iter().any(|&e| e >= 3), "1 → 2 → 1 moved partitions there and back: {epochs:?}");
+    assert!(
+        epochs.iter().any(|&e| e >= 3),
+        "1 → 2 → 1 moved partitions there and back: {epochs:?}"
+    );
 
     // Zombies: an older epoch continuing where the fence stands, and a replay
     // of an applied range, both carrying a huge amount that would show.
     let fence = progress[0].fence;
     let poison = |epoch, first, last| {
-        common::partial(&world.orders, progress[0].partition, epoch, first, last, "zombie", 1_000_000_000)
+        common::partial(
+            &world.orders,
+            progress[0].partition,
+            epoch,
+            first,
+            last,
+            "zombie",
+            1_000_000_000,
+        )
     };
-    let zombies = [poison(fence.epoch - 1, fence.next_offset, fence.next_offset + 5), poison(fence.epoch, 0, fence.next_offset - 1)];
+    let zombies = [
+        poison(fence.epoch - 1, fence.next_offset, fence.next_offset + 5),
+        poison(fence.epoch, 0, fence.next_offset - 1),
+    ];
     publish_partials(&world, &zombies).await;
     // More real traffic on every partition, so the aggregator must read past the zombies.
     let more = common::traffic(34, 8_000);
@@ -137,27 +183,48 @@ async fn rebalance_and_zombies(backend: Backend) {
 
 /// Partitions whose latest claim was made by `worker`.
 async fn held_by(store: &store::Store, worker: &str) -> usize {
-    store.progress().await.unwrap().iter().filter(|p| p.claimed_by.as_deref() == Some(worker)).count()
+    store
+        .progress()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|p| p.claimed_by.as_deref() == Some(worker))
+        .count()
 }
 
 /// Claims made so far: every claim raises its partition's epoch by one.
 async fn claims(store: &store::Store) -> i64 {
-    store.progress().await.unwrap().iter().map(|p| p.fence.epoch).sum()
+    store
+        .progress()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.fence.epoch)
+        .sum()
 }
 
 /// Polls `condition` every 100 ms; panics after `timeout`.
-async fn wait_until<F: std::future::Future<Output = bool>>(timeout: Duration, mut condition: impl FnMut() -> F) {
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut condition: impl FnMut() -> F,
+) {
     let deadline = std::time::Instant::now() + timeout;
     while !condition().await {
-        assert!(std::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn publish_partials(world: &World, partials: &[Partial]) {
-    let producer = shard_worker::kafka::idempotent_producer(&world.brokers, &Default::default()).unwrap();
+    let producer =
+        shard_worker::kafka::idempotent_producer(&world.brokers, &Default::default()).unwrap();
     for partial in partials {
-        shard_worker::publish::partial(&producer, &world.partials, partial).await.expect("partial published");
+        shard_worker::publish::partial(&producer, &world.partials, partial)
+            .await
+            .expect("partial published");
     }
 }
 
@@ -173,7 +240,13 @@ async fn dedupe_across_restart(backend: Backend) {
     world.kill(worker);
     world.start_worker("worker-a", STATIC_A);
 
-    let repeats: Vec<_> = first.messages.iter().filter(|m| matches!(m.truth, Truth::Counted { .. })).step_by(7).cloned().collect();
+    let repeats: Vec<_> = first
+        .messages
+        .iter()
+        .filter(|m| matches!(m.truth, Truth::Counted { .. }))
+        .step_by(7)
+        .cloned()
+        .collect();
     let second = traffic(45, 10_000);
     produce(&world.brokers, &world.orders, &repeats).await;
     produce(&world.brokers, &world.orders, &second.messages).await;
@@ -183,10 +256,32 @@ async fn dedupe_across_restart(backend: Backend) {
     let mut expected = first.expected.clone();
     schemas::totals::merge_into(&mut expected, second.expected.clone());
     assert_totals_equal(&expected, &store.totals(None).await.unwrap());
-    let duplicates: i64 = store.progress().await.unwrap().iter().map(|p| p.duplicate_events).sum();
-    let first_dups = first.messages.iter().filter(|m| m.truth == Truth::Duplicate).count();
-    let second_dups = second.messages.iter().filter(|m| m.truth == Truth::Duplicate).count();
-    assert_eq!(duplicates as usize, first_dups + repeats.len() + second_dups);
+    let duplicates: i64 = store
+        .progress()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.duplicate_events)
+        .sum();
+    let first_dups = first
+        .messages
+        .iter()
+        .filter(|m| m.truth == Truth::Duplicate)
+        .count();
+    let second_dups = second
+        .messages
+        .iter()
+        .filter(|m| m.truth == Truth::Duplicate)
+        .count();
+    assert_eq!(
+        duplicates as usize,
+        first_dups + repeats.len() + second_dups
+    );
 }
 
-on_both_databases!(exact_totals, crash_safety, rebalance_and_zombies, dedupe_across_restart);
+on_both_databases!(
+    exact_totals,
+    crash_safety,
+    rebalance_and_zombies,
+    dedupe_across_restart
+);

@@ -16,7 +16,11 @@ use schemas::{Amount, Day, Kind, Totals, TotalsKey};
 const PATIENCE: Duration = Duration::from_secs(300);
 
 fn raw(message: &Generated) -> (Vec<u8>, Vec<u8>, Option<i64>) {
-    (message.key.clone().unwrap_or_default().into_bytes(), message.payload.clone(), None)
+    (
+        message.key.clone().unwrap_or_default().into_bytes(),
+        message.payload.clone(),
+        None,
+    )
 }
 
 fn event(event_id: &str, merchant: &str, amount: &str, occurred_at: &str) -> Vec<u8> {
@@ -29,7 +33,11 @@ fn event(event_id: &str, merchant: &str, amount: &str, occurred_at: &str) -> Vec
 }
 
 fn add(totals: &mut Totals, merchant: &str, day: &str, units: i128) {
-    let key = TotalsKey { merchant_id: merchant.into(), currency: "EUR".into(), day: Day::parse(day).unwrap() };
+    let key = TotalsKey {
+        merchant_id: merchant.into(),
+        currency: "EUR".into(),
+        day: Day::parse(day).unwrap(),
+    };
     let sums = totals.entry(key).or_default();
     sums.add_event(Kind::Sale, Amount(units));
 }
@@ -46,8 +54,17 @@ async fn odd_events(backend: Backend) {
     let after = traffic(62, 520);
     world.start_aggregator("aggregator");
     world.start_worker("worker-a", &[]);
-    let retried = before.messages.iter().find(|m| matches!(m.truth, Truth::Counted { .. })).unwrap();
-    let reused = before.messages.iter().rev().find(|m| matches!(m.truth, Truth::Counted { .. })).unwrap();
+    let retried = before
+        .messages
+        .iter()
+        .find(|m| matches!(m.truth, Truth::Counted { .. }))
+        .unwrap();
+    let reused = before
+        .messages
+        .iter()
+        .rev()
+        .find(|m| matches!(m.truth, Truth::Counted { .. }))
+        .unwrap();
     let merchant = retried.key.clone().unwrap();
     let other = reused.key.clone().unwrap();
     let mut changed: serde_json::Value = serde_json::from_slice(&reused.payload).unwrap();
@@ -55,21 +72,43 @@ async fn odd_events(backend: Backend) {
 
     let mut records: Vec<_> = before.messages.iter().map(raw).collect();
     let odd = [
-        (merchant.clone(), event("odd-10000", &merchant, "1.00", "9999-12-31T23:30:00-01:00"), "occurred_at"),
-        (merchant.clone(), event("odd-0000", &merchant, "1.00", "0000-01-01T00:00:00Z"), "occurred_at"),
-        ("m\u{0}x".to_owned(), event("odd-nul", "m\u{0}x", "1.00", "2026-11-20T10:00:00Z"), "merchant_id"),
+        (
+            merchant.clone(),
+            event("odd-10000", &merchant, "1.00", "9999-12-31T23:30:00-01:00"),
+            "occurred_at",
+        ),
+        (
+            merchant.clone(),
+            event("odd-0000", &merchant, "1.00", "0000-01-01T00:00:00Z"),
+            "occurred_at",
+        ),
+        (
+            "m\u{0}x".to_owned(),
+            event("odd-nul", "m\u{0}x", "1.00", "2026-11-20T10:00:00Z"),
+            "merchant_id",
+        ),
     ];
     for (key, payload, _) in &odd {
         records.push((key.clone().into_bytes(), payload.clone(), None));
     }
     // An hour ahead of the wall clock, then a retry of an earlier event of the same partition.
     let ahead = event("ahead-1", &merchant, "5.00", "2026-11-20T10:00:00Z");
-    records.push((merchant.clone().into_bytes(), ahead, Some(now_ms() + 3_600_000)));
+    records.push((
+        merchant.clone().into_bytes(),
+        ahead,
+        Some(now_ms() + 3_600_000),
+    ));
     records.push(raw(retried));
-    records.push((other.into_bytes(), serde_json::to_vec(&changed).unwrap(), None));
+    records.push((
+        other.into_bytes(),
+        serde_json::to_vec(&changed).unwrap(),
+        None,
+    ));
     records.extend(after.messages.iter().map(raw));
     produce_raw(&world.brokers, &world.orders, &records).await;
-    world.wait_committed(&store, records.len() as u64, PATIENCE).await;
+    world
+        .wait_committed(&store, records.len() as u64, PATIENCE)
+        .await;
 
     let mut expected = before.expected.clone();
     schemas::totals::merge_into(&mut expected, after.expected.clone());
@@ -79,11 +118,21 @@ async fn odd_events(backend: Backend) {
     let invalid = before.invalid_payloads.len() + after.invalid_payloads.len();
     let dead = world.dead_letters(invalid + odd.len() + 1, Duration::from_secs(60));
     for (_, payload, field) in &odd {
-        assert!(dead.values().any(|p| p == payload), "the {field} event is dead-lettered");
+        assert!(
+            dead.values().any(|p| p == payload),
+            "the {field} event is dead-lettered"
+        );
     }
     let conflict = serde_json::to_vec(&changed).unwrap();
-    assert!(dead.values().any(|p| *p == conflict), "the conflicting duplicate is dead-lettered");
-    assert_eq!(dead.len(), invalid + odd.len() + 1, "every bad event once, nothing else");
+    assert!(
+        dead.values().any(|p| *p == conflict),
+        "the conflicting duplicate is dead-lettered"
+    );
+    assert_eq!(
+        dead.len(),
+        invalid + odd.len() + 1,
+        "every bad event once, nothing else"
+    );
 }
 
 /// Situation 4: 40,000 events for 40,000 merchants waiting in one partition
@@ -96,27 +145,54 @@ async fn wide_backlog(backend: Backend) {
     for i in 0..40_000 {
         let merchant = format!("merchant-with-a-long-identifier-{i:06}");
         let units = 10_000 + i as i128;
-        records.push((merchant.clone().into_bytes(), event(&format!("wide-{i}"), &merchant, &format!("{}.{:04}", units / 10_000, units % 10_000), "2026-11-20T12:00:00Z"), None::<i64>));
+        records.push((
+            merchant.clone().into_bytes(),
+            event(
+                &format!("wide-{i}"),
+                &merchant,
+                &format!("{}.{:04}", units / 10_000, units % 10_000),
+                "2026-11-20T12:00:00Z",
+            ),
+            None::<i64>,
+        ));
         add(&mut expected, &merchant, "2026-11-20", units);
     }
     // One partition for all of them, as a single busy merchant group would.
     let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &world.brokers).set("enable.idempotence", "true").create().unwrap();
+        .set("bootstrap.servers", &world.brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
     let mut deliveries = Vec::new();
     for (key, payload, _) in &records {
-        let record = rdkafka::producer::FutureRecord::to(&world.orders).partition(0).key(key.as_slice()).payload(payload.as_slice());
+        let record = rdkafka::producer::FutureRecord::to(&world.orders)
+            .partition(0)
+            .key(key.as_slice())
+            .payload(payload.as_slice());
         deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
     }
     for delivery in deliveries {
         delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
     world.start_aggregator("aggregator");
-    world.start_worker("worker-a", &[("worker.batch_max_events", "50000"), ("worker.batch_max_ms", "3000")]);
+    world.start_worker(
+        "worker-a",
+        &[
+            ("worker.batch_max_events", "50000"),
+            ("worker.batch_max_ms", "3000"),
+        ],
+    );
     world.wait_committed(&store, 40_000, PATIENCE).await;
     assert_totals_equal(&expected, &store.totals(None).await.unwrap());
     // 40,000 rows of about 190 bytes cannot fit one 512 KiB partial.
-    let partials = world.metric("worker-a", "tally_worker_partials_published_total", &[]).await.unwrap();
-    assert!(partials >= 15.0, "the backlog was cut into many partials: {partials}");
+    let partials = world
+        .metric("worker-a", "tally_worker_partials_published_total", &[])
+        .await
+        .unwrap();
+    assert!(
+        partials >= 15.0,
+        "the backlog was cut into many partials: {partials}"
+    );
 }
 
 /// Situation 5: an aggregator started before the partials topic exists
@@ -126,11 +202,19 @@ async fn aggregator_first(backend: Backend) {
     let store = world.store().await;
     let traffic = traffic(63, 4_000);
     world.start_aggregator("aggregator");
-    world.wait_for("the aggregator is ready", Duration::from_secs(60), || async { world.readyz("aggregator").await.0 == 200 }).await;
+    world
+        .wait_for(
+            "the aggregator is ready",
+            Duration::from_secs(60),
+            || async { world.readyz("aggregator").await.0 == 200 },
+        )
+        .await;
     world.start_worker("worker-a", &[]);
     produce(&world.brokers, &world.orders, &traffic.messages).await;
     // librdkafka's default metadata refresh alone would take five minutes.
-    world.wait_committed(&store, 4_000, Duration::from_secs(60)).await;
+    world
+        .wait_committed(&store, 4_000, Duration::from_secs(60))
+        .await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
 }
 
@@ -150,17 +234,27 @@ async fn frozen_postgres_loses_and_doubles_nothing() {
     produce(&world.brokers, &world.orders, thirds[0]).await;
     world.wait_committed(&store, 10_000, PATIENCE).await;
     for service in ["aggregator", "worker-a"] {
-        assert_eq!(world.readyz(service).await.0, 200, "{service} ready before the freeze");
+        assert_eq!(
+            world.readyz(service).await.0,
+            200,
+            "{service} ready before the freeze"
+        );
     }
 
     common::signal_postgres("STOP");
     let frozen = Instant::now();
     produce(&world.brokers, &world.orders, thirds[1]).await;
     for service in ["aggregator", "worker-a"] {
-        world.wait_for(&format!("{service} reports not ready"), Duration::from_secs(25), || async {
-            let (status, body) = world.readyz(service).await;
-            status == 503 && body.contains("database")
-        }).await;
+        world
+            .wait_for(
+                &format!("{service} reports not ready"),
+                Duration::from_secs(25),
+                || async {
+                    let (status, body) = world.readyz(service).await;
+                    status == 503 && body.contains("database")
+                },
+            )
+            .await;
     }
     let still_frozen = Duration::from_secs(30).saturating_sub(frozen.elapsed());
     tokio::time::sleep(still_frozen).await;
@@ -170,7 +264,13 @@ async fn frozen_postgres_loses_and_doubles_nothing() {
     world.wait_committed(&store, 30_000, PATIENCE).await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
     for service in ["aggregator", "worker-a"] {
-        world.wait_for(&format!("{service} ready again"), Duration::from_secs(30), || async { world.readyz(service).await.0 == 200 }).await;
+        world
+            .wait_for(
+                &format!("{service} ready again"),
+                Duration::from_secs(30),
+                || async { world.readyz(service).await.0 == 200 },
+            )
+            .await;
     }
 }
 
@@ -183,48 +283,117 @@ async fn frozen_postgres_loses_and_doubles_nothing() {
 async fn poisoned_partition_is_parked_and_resumes() {
     let mut world = World::new("poison", Backend::Postgres).await;
     let store = world.store().await;
-    let (admin, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls).await.unwrap();
+    let (admin, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     admin.batch_execute("ALTER TABLE merchant_sales ADD CONSTRAINT test_refuses CHECK (merchant_id NOT LIKE 'blocked-%')").await.unwrap();
 
     let traffic = traffic(65, 8_000);
     let mut records: Vec<_> = traffic.messages.iter().map(raw).collect();
-    records.push((b"blocked-1".to_vec(), event("blocked-e1", "blocked-1", "3.00", "2026-11-20T09:00:00Z"), None));
+    records.push((
+        b"blocked-1".to_vec(),
+        event("blocked-e1", "blocked-1", "3.00", "2026-11-20T09:00:00Z"),
+        None,
+    ));
     let mut expected = traffic.expected.clone();
     add(&mut expected, "blocked-1", "2026-11-20", 30_000);
     let aggregator = world.start_aggregator("aggregator");
     world.start_worker("worker-a", &[]);
     produce_raw(&world.brokers, &world.orders, &records).await;
 
-    world.wait_for("one partition parked", PATIENCE, || async {
-        world.metric("aggregator", "tally_aggregator_parked_partitions", &[]).await == Some(1.0)
-    }).await;
+    world
+        .wait_for("one partition parked", PATIENCE, || async {
+            world
+                .metric("aggregator", "tally_aggregator_parked_partitions", &[])
+                .await
+                == Some(1.0)
+        })
+        .await;
     let (status, body) = world.readyz("aggregator").await;
     assert_eq!(status, 503);
-    assert!(body.contains("parked") && body.contains("database_refused") && body.contains("test_refuses"), "{body}");
+    assert!(
+        body.contains("parked")
+            && body.contains("database_refused")
+            && body.contains("test_refuses"),
+        "{body}"
+    );
     // Every other partition commits all it has.
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &world.brokers).create().unwrap();
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &world.brokers)
+        .create()
+        .unwrap();
     let highs: Vec<i64> = (0..common::PARTITIONS)
-        .map(|p| rdkafka::consumer::Consumer::fetch_watermarks(&consumer, &world.orders, p, Duration::from_secs(10)).unwrap().1)
+        .map(|p| {
+            rdkafka::consumer::Consumer::fetch_watermarks(
+                &consumer,
+                &world.orders,
+                p,
+                Duration::from_secs(10),
+            )
+            .unwrap()
+            .1
+        })
         .collect();
-    world.wait_for("the other partitions commit everything", PATIENCE, || async {
-        let progress = store.progress().await.unwrap();
-        let behind: Vec<i32> = progress.iter().filter(|p| p.fence.next_offset < highs[p.partition as usize]).map(|p| p.partition).collect();
-        progress.len() == common::PARTITIONS as usize && behind.len() == 1
-    }).await;
+    world
+        .wait_for(
+            "the other partitions commit everything",
+            PATIENCE,
+            || async {
+                let progress = store.progress().await.unwrap();
+                let behind: Vec<i32> = progress
+                    .iter()
+                    .filter(|p| p.fence.next_offset < highs[p.partition as usize])
+                    .map(|p| p.partition)
+                    .collect();
+                progress.len() == common::PARTITIONS as usize && behind.len() == 1
+            },
+        )
+        .await;
 
-    admin.batch_execute("ALTER TABLE merchant_sales DROP CONSTRAINT test_refuses").await.unwrap();
+    admin
+        .batch_execute("ALTER TABLE merchant_sales DROP CONSTRAINT test_refuses")
+        .await
+        .unwrap();
     assert_eq!(world.terminate(aggregator), 0);
     world.start_aggregator("aggregator");
-    world.wait_committed(&store, records.len() as u64, PATIENCE).await;
+    world
+        .wait_committed(&store, records.len() as u64, PATIENCE)
+        .await;
     assert_totals_equal(&expected, &store.totals(None).await.unwrap());
-    world.wait_for("ready again", Duration::from_secs(30), || async { world.readyz("aggregator").await.0 == 200 }).await;
+    world
+        .wait_for("ready again", Duration::from_secs(30), || async {
+            world.readyz("aggregator").await.0 == 200
+        })
+        .await;
 
     // A test-only unreadable partial on partials partition 2 parks source partition 2.
-    produce_raw(&world.brokers, &world.partials, &[(format!("{}/2", world.orders).into_bytes(), b"{not a partial".to_vec(), None)]).await;
-    world.wait_for("the unreadable partial parks its partition", PATIENCE, || async {
-        world.metric("aggregator", "tally_aggregator_partition_parked_offset", &[("partition", "2"), ("reason", "unreadable_partial")]).await.is_some()
-    }).await;
+    produce_raw(
+        &world.brokers,
+        &world.partials,
+        &[(
+            format!("{}/2", world.orders).into_bytes(),
+            b"{not a partial".to_vec(),
+            None,
+        )],
+    )
+    .await;
+    world
+        .wait_for(
+            "the unreadable partial parks its partition",
+            PATIENCE,
+            || async {
+                world
+                    .metric(
+                        "aggregator",
+                        "tally_aggregator_partition_parked_offset",
+                        &[("partition", "2"), ("reason", "unreadable_partial")],
+                    )
+                    .await
+                    .is_some()
+            },
+        )
+        .await;
 }
 
 /// A topic deleted and recreated under a running pipeline is reported (the
@@ -239,7 +408,13 @@ async fn recreated_topic_is_reported_not_skipped() {
     let worker = world.start_worker("worker-a", &[]);
     produce(&world.brokers, &world.orders, &first.messages).await;
     world.wait_committed(&store, 8_000, PATIENCE).await;
-    let fences_before: Vec<i64> = store.progress().await.unwrap().iter().map(|p| p.fence.next_offset).collect();
+    let fences_before: Vec<i64> = store
+        .progress()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.fence.next_offset)
+        .collect();
     // tansu 0.6.0 answers metadata requests after a deletion with a topic
     // whose name is null, which crashes librdkafka clients connected at the
     // time (a NULL strcmp in its metadata cache); so the services are
@@ -248,9 +423,16 @@ async fn recreated_topic_is_reported_not_skipped() {
     assert_eq!(world.terminate(aggregator), 0);
 
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", &world.brokers).create().unwrap();
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &world.brokers)
+            .create()
+            .unwrap();
     let options = rdkafka::admin::AdminOptions::new();
-    for result in admin.delete_topics(&[&world.orders], &options).await.unwrap() {
+    for result in admin
+        .delete_topics(&[&world.orders], &options)
+        .await
+        .unwrap()
+    {
         result.expect("topic deleted");
     }
     common::create_topics(&world.brokers, &[&world.orders]).await;
@@ -259,13 +441,27 @@ async fn recreated_topic_is_reported_not_skipped() {
     world.start_aggregator("aggregator");
     world.start_worker("worker-a", &[]);
 
-    world.wait_for("every partition reported", PATIENCE, || async {
-        world.metric("worker-a", "tally_worker_parked_partitions", &[]).await == Some(f64::from(common::PARTITIONS))
-    }).await;
+    world
+        .wait_for("every partition reported", PATIENCE, || async {
+            world
+                .metric("worker-a", "tally_worker_parked_partitions", &[])
+                .await
+                == Some(f64::from(common::PARTITIONS))
+        })
+        .await;
     let (status, body) = world.readyz("worker-a").await;
     assert_eq!(status, 503);
     assert!(body.contains("recreated or truncated"), "{body}");
-    let fences_after: Vec<i64> = store.progress().await.unwrap().iter().map(|p| p.fence.next_offset).collect();
-    assert_eq!(fences_after, fences_before, "no fence moved past the recreated log");
+    let fences_after: Vec<i64> = store
+        .progress()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.fence.next_offset)
+        .collect();
+    assert_eq!(
+        fences_after, fences_before,
+        "no fence moved past the recreated log"
+    );
     assert_totals_equal(&first.expected, &store.totals(None).await.unwrap());
 }

@@ -22,7 +22,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_totals_equal, expected_totals, fresh_tls_postgres, https, required, unique, World};
+use common::{
+    assert_totals_equal, expected_totals, fresh_tls_postgres, https, required, unique, World,
+};
 use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
 use ingest::service::Outcome;
 use store::Store;
@@ -30,10 +32,19 @@ use store::Store;
 const TOKEN: &str = "tls-token";
 
 async fn connect_error(url: &str) -> String {
-    let error = Store::connect(url).await.err().unwrap_or_else(|| panic!("connected: {url}"));
-    assert!(!error.is_retryable(), "a refused connection is not retried: {error}");
+    let error = Store::connect(url)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("connected: {url}"));
+    assert!(
+        !error.is_retryable(),
+        "a refused connection is not retried: {error}"
+    );
     let text = error.to_string();
-    assert!(!text.contains(&required("TALLY_TEST_PG_TLS_PASSWORD")), "the password shows: {text}");
+    assert!(
+        !text.contains(&required("TALLY_TEST_PG_TLS_PASSWORD")),
+        "the password shows: {text}"
+    );
     text
 }
 
@@ -41,20 +52,33 @@ async fn connect_error(url: &str) -> String {
 async fn postgres_tls_checks_the_ca_and_the_host_name() {
     let url = fresh_tls_postgres(&unique("pg-tls")).await;
     assert!(url.contains("sslmode=verify-full"));
-    let store = Store::connect(&url).await.expect("verify-full with the right CA connects");
+    let store = Store::connect(&url)
+        .await
+        .expect("verify-full with the right CA connects");
     assert!(store.totals(None).await.unwrap().is_empty());
 
-    let wrong_ca = url.replace(&required("TALLY_TEST_TLS_CA"), &required("TALLY_TEST_TLS_WRONG_CA"));
+    let wrong_ca = url.replace(
+        &required("TALLY_TEST_TLS_CA"),
+        &required("TALLY_TEST_TLS_WRONG_CA"),
+    );
     let error = connect_error(&wrong_ca).await;
-    assert!(error.contains("invalid peer certificate") && error.contains("UnknownIssuer"), "{error}");
+    assert!(
+        error.contains("invalid peer certificate") && error.contains("UnknownIssuer"),
+        "{error}"
+    );
 
     // The certificate names 127.0.0.1 and localhost; connect to 127.0.0.1
     // under another name (hostaddr), as a misrouted DNS entry would.
     let wrong_host = url.replace("@127.0.0.1:", "@db.elsewhere.test:") + "&hostaddr=127.0.0.1";
     let error = connect_error(&wrong_host).await;
-    assert!(error.contains("invalid peer certificate") && error.contains("db.elsewhere.test"), "{error}");
+    assert!(
+        error.contains("invalid peer certificate") && error.contains("db.elsewhere.test"),
+        "{error}"
+    );
     // verify-ca checks the chain but not the name, as libpq does.
-    Store::connect(&wrong_host.replace("verify-full", "verify-ca")).await.expect("verify-ca ignores the name");
+    Store::connect(&wrong_host.replace("verify-full", "verify-ca"))
+        .await
+        .expect("verify-ca ignores the name");
 
     // The server takes only TLS: without it, PostgreSQL's own refusal.
     let error = connect_error(&url.replace("verify-full", "disable")).await;
@@ -81,7 +105,10 @@ fn run_to_exit(args: &[&str], env: &[(String, String)]) -> (i32, String) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let output = child.wait_with_output().unwrap();
-    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,8 +119,17 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     let sasl_password = required("TALLY_TEST_KAFKA_SASL_PASSWORD");
     world.start_aggregator("aggregator");
     world.start_worker("worker", &[]);
-    let (cert, key) = (required("TALLY_TEST_TLS_CERT"), required("TALLY_TEST_TLS_KEY"));
-    let (_, addr) = world.start_ingest("ingest", TOKEN, &[("ingest.tls_cert", &cert), ("ingest.tls_key", &key)]).await;
+    let (cert, key) = (
+        required("TALLY_TEST_TLS_CERT"),
+        required("TALLY_TEST_TLS_KEY"),
+    );
+    let (_, addr) = world
+        .start_ingest(
+            "ingest",
+            TOKEN,
+            &[("ingest.tls_cert", &cert), ("ingest.tls_key", &key)],
+        )
+        .await;
 
     let config = GeneratorConfig {
         seed: 7,
@@ -105,7 +141,10 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
         ..GeneratorConfig::default()
     };
     let messages: Vec<Generated> = Generator::new(config).collect();
-    let invalid = messages.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).count();
+    let invalid = messages
+        .iter()
+        .filter(|m| matches!(m.truth, Truth::Invalid(_)))
+        .count();
     let mut accepted = 0;
     for chunk in messages.chunks(500) {
         let mut body = Vec::new();
@@ -116,100 +155,248 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
         let addr = addr.clone();
         let (status, answer) = tokio::task::spawn_blocking(move || {
             let auth = format!("Bearer {TOKEN}");
-            https(&addr, "POST", "/v1/orders", &[("Content-Type", "application/x-ndjson"), ("Authorization", &auth)], &body)
+            https(
+                &addr,
+                "POST",
+                "/v1/orders",
+                &[
+                    ("Content-Type", "application/x-ndjson"),
+                    ("Authorization", &auth),
+                ],
+                &body,
+            )
         })
         .await
         .unwrap();
-        let outcome: Outcome = serde_json::from_slice(&answer).unwrap_or_else(|e| panic!("{status} {e}: {}", String::from_utf8_lossy(&answer)));
+        let outcome: Outcome = serde_json::from_slice(&answer)
+            .unwrap_or_else(|e| panic!("{status} {e}: {}", String::from_utf8_lossy(&answer)));
         assert!(status == 200 || status == 207, "{status}: {outcome:?}");
         accepted += outcome.accepted;
     }
     assert_eq!(accepted, messages.len() - invalid);
-    world.wait_committed(&store, accepted as u64, Duration::from_secs(300)).await;
-    assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
+    world
+        .wait_committed(&store, accepted as u64, Duration::from_secs(300))
+        .await;
+    assert_totals_equal(
+        &expected_totals(&messages),
+        &store.totals(None).await.unwrap(),
+    );
 
     // `tally generate` publishes straight to the TLS listener with ingest's
     // properties (SASL as the SCRAM-SHA-256 user); the worker counts those too.
     let (events, seed) = (3_000_u64, 11);
     let generated = Command::new(env!("CARGO_BIN_EXE_tally"))
         .envs(world.env.iter().cloned())
-        .args(["generate", "--brokers", &world.brokers, "--topic", &world.orders, "--merchants", "120"])
+        .args([
+            "generate",
+            "--brokers",
+            &world.brokers,
+            "--topic",
+            &world.orders,
+            "--merchants",
+            "120",
+        ])
         .args(["--events", &events.to_string(), "--seed", &seed.to_string()])
         .arg("--expected")
         .arg(world.dir.join("expected.csv"))
         .output()
         .unwrap();
-    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
-    let direct = Generator::new(GeneratorConfig { seed, events, merchants: 120, ..GeneratorConfig::default() });
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let direct = Generator::new(GeneratorConfig {
+        seed,
+        events,
+        merchants: 120,
+        ..GeneratorConfig::default()
+    });
     let messages: Vec<Generated> = messages.into_iter().chain(direct).collect();
-    world.wait_committed(&store, accepted as u64 + events, Duration::from_secs(300)).await;
-    assert_totals_equal(&expected_totals(&messages), &store.totals(None).await.unwrap());
+    world
+        .wait_committed(&store, accepted as u64 + events, Duration::from_secs(300))
+        .await;
+    assert_totals_equal(
+        &expected_totals(&messages),
+        &store.totals(None).await.unwrap(),
+    );
     // The scheduler's lock is a connection of its own, over the same TLS.
     world
-        .wait_for("the aggregator leads the scheduler", Duration::from_secs(60), || async {
-            world.metric("aggregator", "tally_scheduler_leader", &[]).await == Some(1.0)
-        })
+        .wait_for(
+            "the aggregator leads the scheduler",
+            Duration::from_secs(60),
+            || async {
+                world
+                    .metric("aggregator", "tally_scheduler_leader", &[])
+                    .await
+                    == Some(1.0)
+            },
+        )
         .await;
 
     // A Kafka CA that did not sign the broker's certificate: each role stops
     // at startup and says why.
     let mut wrong = world.env.clone();
     wrong.retain(|(var, _)| var != "TALLY_KAFKA__SSL_CA_LOCATION");
-    wrong.push(("TALLY_KAFKA__SSL_CA_LOCATION".into(), required("TALLY_TEST_TLS_WRONG_CA")));
+    wrong.push((
+        "TALLY_KAFKA__SSL_CA_LOCATION".into(),
+        required("TALLY_TEST_TLS_WRONG_CA"),
+    ));
     let listen = common::free_addr();
     for role in [
-        vec!["worker", "--brokers", &world.brokers, "--metrics-addr", "127.0.0.1:0", "--set", "worker.instance_id=wrong-ca"],
-        vec!["aggregator", "--brokers", &world.brokers, "--metrics-addr", "127.0.0.1:0"],
-        vec!["ingest", "--brokers", &world.brokers, "--set", "ingest.tokens=t", "--set", &format!("ingest.listen={listen}")],
+        vec![
+            "worker",
+            "--brokers",
+            &world.brokers,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--set",
+            "worker.instance_id=wrong-ca",
+        ],
+        vec![
+            "aggregator",
+            "--brokers",
+            &world.brokers,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        vec![
+            "ingest",
+            "--brokers",
+            &world.brokers,
+            "--set",
+            "ingest.tokens=t",
+            "--set",
+            &format!("ingest.listen={listen}"),
+        ],
     ] {
         let (code, stderr) = run_to_exit(&role, &wrong);
         assert_eq!(code, 1, "tally {role:?}: {stderr}");
-        assert!(stderr.contains("refused the connection") && stderr.contains("certificate verify failed"), "tally {role:?}: {stderr}");
+        assert!(
+            stderr.contains("refused the connection")
+                && stderr.contains("certificate verify failed"),
+            "tally {role:?}: {stderr}"
+        );
     }
     // A SASL password the broker refuses: the same, with librdkafka's reason.
     let mut wrong = world.env.clone();
     wrong.retain(|(var, _)| var != "TALLY_KAFKA__SASL_PASSWORD_FILE");
-    wrong.push(("TALLY_KAFKA__SASL_PASSWORD".into(), "not-the-sasl-password-0815".into()));
-    let (code, stderr) = run_to_exit(&["worker", "--brokers", &world.brokers, "--metrics-addr", "127.0.0.1:0"], &wrong);
+    wrong.push((
+        "TALLY_KAFKA__SASL_PASSWORD".into(),
+        "not-the-sasl-password-0815".into(),
+    ));
+    let (code, stderr) = run_to_exit(
+        &[
+            "worker",
+            "--brokers",
+            &world.brokers,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &wrong,
+    );
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("SASL authentication error") && !stderr.contains("not-the-sasl-password-0815"), "{stderr}");
+    assert!(
+        stderr.contains("SASL authentication error")
+            && !stderr.contains("not-the-sasl-password-0815"),
+        "{stderr}"
+    );
     // A misspelt property holding the password: librdkafka refuses it, and
     // the error names the property but not the value (rdkafka's own does).
     let mut misspelt = world.env.clone();
-    misspelt.push(("TALLY_WORKER_KAFKA__SASL_PASWORD".into(), sasl_password.clone()));
-    let (code, stderr) = run_to_exit(&["worker", "--brokers", &world.brokers, "--metrics-addr", "127.0.0.1:0"], &misspelt);
+    misspelt.push((
+        "TALLY_WORKER_KAFKA__SASL_PASWORD".into(),
+        sasl_password.clone(),
+    ));
+    let (code, stderr) = run_to_exit(
+        &[
+            "worker",
+            "--brokers",
+            &world.brokers,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &misspelt,
+    );
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("sasl.pasword") && !stderr.contains(&sasl_password), "{stderr}");
+    assert!(
+        stderr.contains("sasl.pasword") && !stderr.contains(&sasl_password),
+        "{stderr}"
+    );
     // A database password the server refuses: PostgreSQL says so; the
     // password it was given is not repeated.
     let url_file = world.dir.join("wrong-password-url");
-    std::fs::write(&url_file, world.database_url.replace(&password, "not-the-password-4711")).unwrap();
+    std::fs::write(
+        &url_file,
+        world
+            .database_url
+            .replace(&password, "not-the-password-4711"),
+    )
+    .unwrap();
     let mut wrong = world.env.clone();
     wrong.retain(|(var, _)| var != "TALLY_DATABASE_URL_FILE");
-    wrong.push(("TALLY_DATABASE_URL_FILE".into(), url_file.display().to_string()));
-    let (code, stderr) = run_to_exit(&["aggregator", "--brokers", &world.brokers, "--metrics-addr", "127.0.0.1:0"], &wrong);
+    wrong.push((
+        "TALLY_DATABASE_URL_FILE".into(),
+        url_file.display().to_string(),
+    ));
+    let (code, stderr) = run_to_exit(
+        &[
+            "aggregator",
+            "--brokers",
+            &world.brokers,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &wrong,
+    );
     assert_ne!(code, 0);
-    assert!(stderr.contains("password authentication failed") && !stderr.contains("not-the-password-4711"), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed")
+            && !stderr.contains("not-the-password-4711"),
+        "{stderr}"
+    );
 
     // No secret in --help, even when the environment holds it.
     let leaky = [
         ("TALLY_DATABASE_URL".to_owned(), world.database_url.clone()),
-        ("TALLY_KAFKA__SASL_PASSWORD".to_owned(), sasl_password.clone()),
+        (
+            "TALLY_KAFKA__SASL_PASSWORD".to_owned(),
+            sasl_password.clone(),
+        ),
     ];
-    for help in [vec!["query", "--help"], vec!["worker", "--help"], vec!["jobs", "list", "--help"]] {
-        let output = Command::new(env!("CARGO_BIN_EXE_tally")).args(&help).envs(leaky.iter().cloned()).output().unwrap();
+    for help in [
+        vec!["query", "--help"],
+        vec!["worker", "--help"],
+        vec!["jobs", "list", "--help"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(&help)
+            .envs(leaky.iter().cloned())
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success() && !text.contains(&password) && !text.contains(&sasl_password), "tally {help:?} shows a password:\n{text}");
+        assert!(
+            output.status.success() && !text.contains(&password) && !text.contains(&sasl_password),
+            "tally {help:?} shows a password:\n{text}"
+        );
         // The variable is read there, and only its name is shown.
-        assert!(help[0] != "query" || text.contains("[env: TALLY_DATABASE_URL]"), "{text}");
+        assert!(
+            help[0] != "query" || text.contains("[env: TALLY_DATABASE_URL]"),
+            "{text}"
+        );
     }
     // None in the logs or on /metrics either.
     let addr_for_metrics = addr.clone();
-    let (status, ingest_metrics) = tokio::task::spawn_blocking(move || https(&addr_for_metrics, "GET", "/metrics", &[], b"")).await.unwrap();
+    let (status, ingest_metrics) =
+        tokio::task::spawn_blocking(move || https(&addr_for_metrics, "GET", "/metrics", &[], b""))
+            .await
+            .unwrap();
     assert_eq!(status, 200);
     let mut pages = vec![String::from_utf8(ingest_metrics).unwrap()];
     for service in ["worker", "aggregator"] {
-        let (status, page) = common::http(&world.metrics[service], "GET", "/metrics", &[], b"").await.unwrap();
+        let (status, page) = common::http(&world.metrics[service], "GET", "/metrics", &[], b"")
+            .await
+            .unwrap();
         assert_eq!(status, 200);
         pages.push(String::from_utf8(page).unwrap());
     }
@@ -220,7 +407,13 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     }
     assert!(pages.len() >= 6, "three /metrics pages and three logs");
     for page in &pages {
-        assert!(!page.contains(&password), "a log or /metrics page shows the database password");
-        assert!(!page.contains(&sasl_password), "a log or /metrics page shows the SASL password");
+        assert!(
+            !page.contains(&password),
+            "a log or /metrics page shows the database password"
+        );
+        assert!(
+            !page.contains(&sasl_password),
+            "a log or /metrics page shows the SASL password"
+        );
     }
 }

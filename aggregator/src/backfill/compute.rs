@@ -12,7 +12,8 @@ use std::io::{BufRead, Read};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, LargeStringArray, RecordBatch, StringArray, StringViewArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+    TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
@@ -119,8 +120,15 @@ impl Tally {
                 index
             }
         };
-        let currency: [u8; 3] = event.currency.as_bytes().try_into().expect("validated: three letters");
-        self.sums.entry((merchant, currency, event.day.0)).or_default().add_event(event.kind, event.amount);
+        let currency: [u8; 3] = event
+            .currency
+            .as_bytes()
+            .try_into()
+            .expect("validated: three letters");
+        self.sums
+            .entry((merchant, currency, event.day.0))
+            .or_default()
+            .add_event(event.kind, event.amount);
     }
 
     fn finish(self) -> TaskResult {
@@ -156,12 +164,25 @@ impl Tally {
 /// shard reads it.) Fails (so the tasks are retried) when a file cannot be
 /// read, or holds a column whose type cannot carry the event exactly (such
 /// as a float amount).
-pub async fn compute(files: &[String], format: Format, scope: &Scope, shards: &[i32], of: i32) -> Result<Vec<TaskResult>, String> {
+pub async fn compute(
+    files: &[String],
+    format: Format,
+    scope: &Scope,
+    shards: &[i32],
+    of: i32,
+) -> Result<Vec<TaskResult>, String> {
     compute_with(files, format, scope, shards, of, EXAMPLES).await
 }
 
 /// [`compute`], keeping up to `max_examples` rejected rows per shard.
-pub async fn compute_with(files: &[String], format: Format, scope: &Scope, shards: &[i32], of: i32, max_examples: usize) -> Result<Vec<TaskResult>, String> {
+pub async fn compute_with(
+    files: &[String],
+    format: Format,
+    scope: &Scope,
+    shards: &[i32],
+    of: i32,
+    max_examples: usize,
+) -> Result<Vec<TaskResult>, String> {
     let scope = Arc::new(scope.clone());
     // Dropping the set (on an error, or when the caller gives up) stops every tally.
     let mut tallies = JoinSet::new();
@@ -191,7 +212,11 @@ pub async fn compute_with(files: &[String], format: Format, scope: &Scope, shard
             while let Some(batch) = batches.next().await {
                 let batch = batch.map_err(|e| format!("{file}: {e}"))?;
                 for sender in &senders {
-                    if sender.send((Arc::clone(&name), batch.clone(), row)).await.is_err() {
+                    if sender
+                        .send((Arc::clone(&name), batch.clone(), row))
+                        .await
+                        .is_err()
+                    {
                         break 'files; // That tally failed; its error is collected below.
                     }
                 }
@@ -205,7 +230,10 @@ pub async fn compute_with(files: &[String], format: Format, scope: &Scope, shard
         let (shard, result) = joined.map_err(|e| format!("a shard's tally stopped: {e}"))??;
         results.insert(shard, result);
     }
-    Ok(shards.iter().map(|shard| results.remove(shard).expect("one result per shard")).collect())
+    Ok(shards
+        .iter()
+        .map(|shard| results.remove(shard).expect("one result per shard"))
+        .collect())
 }
 
 async fn ndjson(file: &str, tally: &mut Tally) -> Result<(), String> {
@@ -232,7 +260,9 @@ async fn ndjson(file: &str, tally: &mut Tally) -> Result<(), String> {
             let mut reader = std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?;
             let mut block = vec![0; 1 << 20];
             loop {
-                let read = reader.read(&mut block).map_err(|e| format!("{file}: {e}"))?;
+                let read = reader
+                    .read(&mut block)
+                    .map_err(|e| format!("{file}: {e}"))?;
                 if read == 0 {
                     break;
                 }
@@ -339,8 +369,11 @@ impl When {
     fn of(file: &str, array: &ArrayRef) -> Result<When, String> {
         match array.data_type() {
             DataType::Timestamp(_, zone) => {
-                let micros = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, zone.clone()))
-                    .map_err(|e| format!("{file}: column `occurred_at`: {e}"))?;
+                let micros = cast(
+                    array,
+                    &DataType::Timestamp(TimeUnit::Microsecond, zone.clone()),
+                )
+                .map_err(|e| format!("{file}: column `occurred_at`: {e}"))?;
                 Ok(When::Micros(micros.as_primitive().clone()))
             }
             _ => Text::of(file, "occurred_at", array).map(When::Text),
@@ -355,13 +388,24 @@ impl When {
     }
 }
 
-const TEXT_COLUMNS: [&str; 6] = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency"];
+const TEXT_COLUMNS: [&str; 6] = [
+    "event_id",
+    "order_id",
+    "merchant_id",
+    "kind",
+    "amount",
+    "currency",
+];
 
 /// A Parquet or CSV file's rows, decoded by DataFusion in file order.
 async fn batches(file: &str, format: Format) -> Result<SendableRecordBatchStream, String> {
     // One partition keeps the file's row order, so that the first of two
     // rows sharing an `event_id` is the one counted, on every run.
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(64 * 1024));
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_target_partitions(1)
+            .with_batch_size(64 * 1024),
+    );
     let remote = Remote::parse(file)?;
     if let Some(remote) = &remote {
         ctx.register_object_store(&remote.bucket, Arc::clone(&remote.store));
@@ -370,11 +414,21 @@ async fn batches(file: &str, format: Format) -> Result<SendableRecordBatchStream
         Format::Parquet => ctx.read_parquet(file, ParquetReadOptions::default()).await,
         _ => {
             let schema = csv_schema(file, &header(file, remote.as_ref()).await?)?;
-            ctx.read_csv(file, CsvReadOptions::new().has_header(true).schema(&schema).file_extension("")).await
+            ctx.read_csv(
+                file,
+                CsvReadOptions::new()
+                    .has_header(true)
+                    .schema(&schema)
+                    .file_extension(""),
+            )
+            .await
         }
     }
     .map_err(|e| format!("{file}: {e}"))?;
-    frame.execute_stream().await.map_err(|e| format!("{file}: {e}"))
+    frame
+        .execute_stream()
+        .await
+        .map_err(|e| format!("{file}: {e}"))
 }
 
 /// A CSV file's first line.
@@ -392,11 +446,15 @@ async fn header(file: &str, remote: Option<&Remote>) -> Result<String, String> {
         }
         None => {
             let opened = std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?;
-            std::io::BufReader::new(opened).take(HEADER_LIMIT as u64).read_until(b'\n', &mut line).map_err(|e| format!("{file}: {e}"))?;
+            std::io::BufReader::new(opened)
+                .take(HEADER_LIMIT as u64)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("{file}: {e}"))?;
         }
     }
     let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
-    String::from_utf8(line[..end].to_vec()).map_err(|_| format!("{file}: the header row is not UTF-8"))
+    String::from_utf8(line[..end].to_vec())
+        .map_err(|_| format!("{file}: the header row is not UTF-8"))
 }
 
 /// The longest CSV header row read.
@@ -406,18 +464,33 @@ const HEADER_LIMIT: usize = 1 << 20;
 fn csv_schema(file: &str, header: &str) -> Result<Schema, String> {
     let header = header.trim_end_matches(['\r', '\n']);
     if header.is_empty() {
-        return Err(format!("{file}: the file is empty; a CSV needs a header row"));
+        return Err(format!(
+            "{file}: the file is empty; a CSV needs a header row"
+        ));
     }
-    Ok(Schema::new(header.split(',').map(|name| Field::new(name.trim_matches('"'), DataType::Utf8, true)).collect::<Vec<_>>()))
+    Ok(Schema::new(
+        header
+            .split(',')
+            .map(|name| Field::new(name.trim_matches('"'), DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 fn rows(file: &str, batch: &RecordBatch, first_row: u64, tally: &mut Tally) -> Result<(), String> {
-    let column = |name: &str| batch.schema().index_of(name).ok().map(|i| Arc::clone(batch.column(i)));
+    let column = |name: &str| {
+        batch
+            .schema()
+            .index_of(name)
+            .ok()
+            .map(|i| Arc::clone(batch.column(i)))
+    };
     let mut text: Vec<Option<Text>> = Vec::with_capacity(TEXT_COLUMNS.len());
     for name in TEXT_COLUMNS {
         text.push(column(name).map(|a| Text::of(file, name, &a)).transpose()?);
     }
-    let when = column("occurred_at").map(|a| When::of(file, &a)).transpose()?;
+    let when = column("occurred_at")
+        .map(|a| When::of(file, &a))
+        .transpose()?;
     let get = |c: usize, i: usize| text[c].as_ref().and_then(|t| t.get(i));
     let mut valid = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
@@ -442,7 +515,10 @@ fn rows(file: &str, batch: &RecordBatch, first_row: u64, tally: &mut Tally) -> R
         }
     }
     // The whole batch's ids at once, so the set can overlap its cache misses.
-    let digests: Vec<u128> = valid.iter().map(|e| xxh3_128(e.event_id.as_bytes())).collect();
+    let digests: Vec<u128> = valid
+        .iter()
+        .map(|e| xxh3_128(e.event_id.as_bytes()))
+        .collect();
     let mut fresh = Vec::new();
     tally.seen.insert_all(&digests, &mut fresh);
     for (event, fresh) in valid.iter().zip(fresh) {
@@ -461,7 +537,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tally-compute-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let event = |id: &str, merchant: &str, amount: &str, day: &str| {
-            format!(r#"{{"event_id":"{id}","order_id":"o","merchant_id":"{merchant}","kind":"sale","amount":{amount},"currency":"EUR","occurred_at":"{day}T10:00:00Z"}}"#)
+            format!(
+                r#"{{"event_id":"{id}","order_id":"o","merchant_id":"{merchant}","kind":"sale","amount":{amount},"currency":"EUR","occurred_at":"{day}T10:00:00Z"}}"#
+            )
         };
         let lines = [
             event("a", "m-1", "\"1.10\"", "2026-11-20"),
@@ -473,13 +551,30 @@ mod tests {
         ];
         let file = dir.join("x.ndjson");
         std::fs::write(&file, lines.join("\n")).unwrap();
-        let scope = Scope { from: Day::parse("2026-11-20").unwrap(), to: Day::parse("2026-11-21").unwrap(), merchants: vec![] };
+        let scope = Scope {
+            from: Day::parse("2026-11-20").unwrap(),
+            to: Day::parse("2026-11-21").unwrap(),
+            merchants: vec![],
+        };
         let files = [file.to_string_lossy().into_owned()];
-        let result = compute(&files, Format::Ndjson, &scope, &[0], 1).await.unwrap().remove(0);
-        assert_eq!((result.rows_read, result.rows_rejected, result.rows_duplicate), (6, 2, 1));
+        let result = compute(&files, Format::Ndjson, &scope, &[0], 1)
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (
+                result.rows_read,
+                result.rows_rejected,
+                result.rows_duplicate
+            ),
+            (6, 2, 1)
+        );
         assert_eq!(result.totals.len(), 1);
         let sums = result.totals.values().next().unwrap();
-        assert_eq!((sums.sales_amount.to_string(), sums.sales_count), ("3.3000".to_owned(), 2));
+        assert_eq!(
+            (sums.sales_amount.to_string(), sums.sales_count),
+            ("3.3000".to_owned(), 2)
+        );
         assert_eq!(result.rejections["by_field"]["amount"], 1);
         assert_eq!(result.rejections["examples"][0]["row"], 4);
         std::fs::remove_dir_all(dir).unwrap();
@@ -490,11 +585,23 @@ mod tests {
         use datafusion::parquet::arrow::ArrowWriter;
         let dir = std::env::temp_dir().join(format!("tally-compute-group-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let names = ["event_id", "order_id", "merchant_id", "kind", "amount", "currency", "occurred_at"];
-        let schema = Arc::new(Schema::new(names.map(|n| Field::new(n, DataType::Utf8, true)).to_vec()));
+        let names = [
+            "event_id",
+            "order_id",
+            "merchant_id",
+            "kind",
+            "amount",
+            "currency",
+            "occurred_at",
+        ];
+        let schema = Arc::new(Schema::new(
+            names.map(|n| Field::new(n, DataType::Utf8, true)).to_vec(),
+        ));
         // Ids repeat (every 7th row is a repeat), and every 50th amount is invalid.
         let rows = 150_000;
-        let column = |f: &dyn Fn(usize) -> String| Arc::new((0..rows).map(|i| Some(f(i))).collect::<StringArray>()) as ArrayRef;
+        let column = |f: &dyn Fn(usize) -> String| {
+            Arc::new((0..rows).map(|i| Some(f(i))).collect::<StringArray>()) as ArrayRef
+        };
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
@@ -502,23 +609,46 @@ mod tests {
                 column(&|i| format!("o-{i}")),
                 column(&|i| format!("m-{}", i % 97)),
                 column(&|_| "sale".into()),
-                column(&|i| if i % 50 == 0 { "-1".into() } else { format!("{}.{:02}", i % 1000, i % 100) }),
+                column(&|i| {
+                    if i % 50 == 0 {
+                        "-1".into()
+                    } else {
+                        format!("{}.{:02}", i % 1000, i % 100)
+                    }
+                }),
                 column(&|_| "EUR".into()),
                 column(&|i| format!("2026-11-{:02}T10:00:00Z", 1 + i % 20)),
             ],
         )
         .unwrap();
         let file = dir.join("x.parquet");
-        let mut writer = ArrowWriter::try_new(std::fs::File::create(&file).unwrap(), schema, None).unwrap();
+        let mut writer =
+            ArrowWriter::try_new(std::fs::File::create(&file).unwrap(), schema, None).unwrap();
         writer.write(&batch).unwrap();
         writer.close().unwrap();
         let files = [file.to_string_lossy().into_owned()];
-        let scope = Scope { from: Day::parse("2026-11-01").unwrap(), to: Day::parse("2026-11-15").unwrap(), merchants: vec![] };
-        let together = compute(&files, Format::Parquet, &scope, &[0, 1, 2], 3).await.unwrap();
+        let scope = Scope {
+            from: Day::parse("2026-11-01").unwrap(),
+            to: Day::parse("2026-11-15").unwrap(),
+            merchants: vec![],
+        };
+        let together = compute(&files, Format::Parquet, &scope, &[0, 1, 2], 3)
+            .await
+            .unwrap();
         for (shard, shared) in together.iter().enumerate() {
-            let alone = compute(&files, Format::Parquet, &scope, &[shard as i32], 3).await.unwrap().remove(0);
+            let alone = compute(&files, Format::Parquet, &scope, &[shard as i32], 3)
+                .await
+                .unwrap()
+                .remove(0);
             assert_eq!(shared.totals, alone.totals, "shard {shard}");
-            assert_eq!((shared.rows_read, shared.rows_rejected, shared.rows_duplicate), (alone.rows_read, alone.rows_rejected, alone.rows_duplicate));
+            assert_eq!(
+                (
+                    shared.rows_read,
+                    shared.rows_rejected,
+                    shared.rows_duplicate
+                ),
+                (alone.rows_read, alone.rows_rejected, alone.rows_duplicate)
+            );
             assert!(!shared.totals.is_empty());
         }
         let read: i64 = together.iter().map(|r| r.rows_read).sum();
@@ -530,11 +660,20 @@ mod tests {
     fn lines_cut_by_blocks_are_joined() {
         let mut lines = Lines::default();
         let mut seen = Vec::new();
-        let mut each = |n: u64, line: &[u8]| seen.push((n, String::from_utf8(line.to_vec()).unwrap()));
+        let mut each =
+            |n: u64, line: &[u8]| seen.push((n, String::from_utf8(line.to_vec()).unwrap()));
         for block in ["ab\nc", "d", "e\n\nf"] {
             lines.feed(block.as_bytes(), &mut each);
         }
         lines.finish(&mut each);
-        assert_eq!(seen, [(1, "ab".into()), (2, "cde".into()), (3, "".into()), (4, "f".into())]);
+        assert_eq!(
+            seen,
+            [
+                (1, "ab".into()),
+                (2, "cde".into()),
+                (3, "".into()),
+                (4, "f".into())
+            ]
+        );
     }
 }

@@ -20,7 +20,11 @@ const AHEAD: usize = 16;
 
 impl Default for IdSet {
     fn default() -> IdSet {
-        IdSet { slots: vec![0; 1 << 10], len: 0, has_zero: false }
+        IdSet {
+            slots: vec![0; 1 << 10],
+            len: 0,
+            has_zero: false,
+        }
     }
 }
 
@@ -114,7 +118,13 @@ mod tests {
             rng
         };
         // Digests of a small range of ids, so many repeat, within and across batches; 0 included.
-        let digest = |k: u64| if k == 0 { 0 } else { xxhash_rust::xxh3::xxh3_128(&k.to_le_bytes()) };
+        let digest = |k: u64| {
+            if k == 0 {
+                0
+            } else {
+                xxhash_rust::xxh3::xxh3_128(&k.to_le_bytes())
+            }
+        };
         let digests: Vec<u128> = (0..200_000).map(|_| digest(next() % 150_000)).collect();
         let (mut set, mut reference) = (IdSet::default(), HashSet::new());
         let mut fresh = Vec::new();

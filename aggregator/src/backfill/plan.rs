@@ -19,7 +19,9 @@ pub const BY_EXTENSION: &str = "auto";
 /// The format of an import job's file `location`: the job's, or the one its name implies.
 pub fn import_format(job_format: &str, location: &str) -> Result<Format, String> {
     if job_format == BY_EXTENSION {
-        Format::of_path(location).ok_or_else(|| format!("cannot tell the format of {location:?} from its name; pass --format"))
+        Format::of_path(location).ok_or_else(|| {
+            format!("cannot tell the format of {location:?} from its name; pass --format")
+        })
     } else {
         Format::parse("format", job_format)
     }
@@ -28,12 +30,23 @@ pub fn import_format(job_format: &str, location: &str) -> Result<Format, String>
 /// Builds an import job of `files` (one task each) read from `source`.
 /// Without `format`, each file's format comes from its extension, and a
 /// file whose name implies none is returned apart, with the reason.
-pub fn plan_import_files(source: &str, files: Vec<FileVersion>, format: Option<Format>, after: Vec<i64>) -> (NewJob, Vec<(String, String)>) {
+pub fn plan_import_files(
+    source: &str,
+    files: Vec<FileVersion>,
+    format: Option<Format>,
+    after: Vec<i64>,
+) -> (NewJob, Vec<(String, String)>) {
     let job_format = format.map_or(BY_EXTENSION, Format::as_str);
     let (mut tasks, mut unreadable) = (Vec::new(), Vec::new());
     for file in files {
         match import_format(job_format, &file.location) {
-            Ok(_) => tasks.push(NewTask { shard: 0, shards: 1, files: vec![file.location], size: file.size, version: Some(file.version) }),
+            Ok(_) => tasks.push(NewTask {
+                shard: 0,
+                shards: 1,
+                files: vec![file.location],
+                size: file.size,
+                version: Some(file.version),
+            }),
             Err(reason) => unreadable.push((file.location, reason)),
         }
     }
@@ -41,7 +54,11 @@ pub fn plan_import_files(source: &str, files: Vec<FileVersion>, format: Option<F
         kind: Kind::Import,
         source: source.to_owned(),
         format: job_format.to_owned(),
-        scope: Scope { from: schemas::day::MIN_DAY, to: schemas::day::MAX_DAY, merchants: Vec::new() },
+        scope: Scope {
+            from: schemas::day::MIN_DAY,
+            to: schemas::day::MAX_DAY,
+            merchants: Vec::new(),
+        },
         schedule: None,
         tasks,
         after,
@@ -51,7 +68,11 @@ pub fn plan_import_files(source: &str, files: Vec<FileVersion>, format: Option<F
 
 /// Lists `source` and builds its import job; fails, naming the file, when
 /// one's format cannot be told from its name.
-pub async fn plan_import(source: &str, format: Option<Format>, after: Vec<i64>) -> Result<NewJob, String> {
+pub async fn plan_import(
+    source: &str,
+    format: Option<Format>,
+    after: Vec<i64>,
+) -> Result<NewJob, String> {
     let files = list_versions(source).await?;
     let (job, unreadable) = plan_import_files(source, files, format, after);
     match unreadable.into_iter().next() {
@@ -75,25 +96,55 @@ pub const MIN_SHARDS: u64 = 2;
 /// files' extension, and `shards` tasks (by default one per 2 GiB of input,
 /// rounded up to an even number). Every task reads every file, so more
 /// shards than runners cost reading time without adding speed.
-pub async fn plan(source: &str, format: Option<Format>, scope: Scope, shards: Option<i32>, schedule: Option<String>, after: Vec<i64>) -> Result<NewJob, String> {
+pub async fn plan(
+    source: &str,
+    format: Option<Format>,
+    scope: Scope,
+    shards: Option<i32>,
+    schedule: Option<String>,
+    after: Vec<i64>,
+) -> Result<NewJob, String> {
     if scope.from >= scope.to {
-        return Err(format!("the range [{}, {}) is empty: --to must be after --from", scope.from, scope.to));
+        return Err(format!(
+            "the range [{}, {}) is empty: --to must be after --from",
+            scope.from, scope.to
+        ));
     }
     let files = list_files(source).await?;
     let format = match format {
         Some(format) => format,
         None => {
             let first = &files[0].0;
-            Format::of_path(first).ok_or_else(|| format!("cannot tell the format of {first:?} from its name; pass --format"))?
+            Format::of_path(first).ok_or_else(|| {
+                format!("cannot tell the format of {first:?} from its name; pass --format")
+            })?
         }
     };
     let bytes: u64 = files.iter().map(|(_, size)| size).sum();
-    let shards = shards.unwrap_or_else(|| (bytes.div_ceil(SHARD_BYTES).div_ceil(MIN_SHARDS) * MIN_SHARDS).clamp(MIN_SHARDS, 64) as i32);
+    let shards = shards.unwrap_or_else(|| {
+        (bytes.div_ceil(SHARD_BYTES).div_ceil(MIN_SHARDS) * MIN_SHARDS).clamp(MIN_SHARDS, 64) as i32
+    });
     if !(1..=1024).contains(&shards) {
         return Err(format!("--shards = {shards}: must be between 1 and 1024"));
     }
     let names: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
     let size = bytes as i64;
-    let tasks = (0..shards).map(|shard| NewTask { shard, shards, files: names.clone(), size, version: None }).collect();
-    Ok(NewJob { kind: Kind::Backfill, source: source.to_owned(), format: format.as_str().to_owned(), scope, schedule, tasks, after })
+    let tasks = (0..shards)
+        .map(|shard| NewTask {
+            shard,
+            shards,
+            files: names.clone(),
+            size,
+            version: None,
+        })
+        .collect();
+    Ok(NewJob {
+        kind: Kind::Backfill,
+        source: source.to_owned(),
+        format: format.as_str().to_owned(),
+        scope,
+        schedule,
+        tasks,
+        after,
+    })
 }

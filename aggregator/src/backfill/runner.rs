@@ -42,7 +42,9 @@ pub struct RunnerConfig {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Longest wait between a task's attempts, before jitter.
@@ -67,11 +69,16 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
         match store.complete_jobs(now_ms()).await {
             Ok(done) => {
                 for id in done {
-                    tracing::info!(job = id, "Backfill job succeeded: its rows replaced the range in merchant_sales.");
+                    tracing::info!(
+                        job = id,
+                        "Backfill job succeeded: its rows replaced the range in merchant_sales."
+                    );
                     BACKFILL_JOBS.with_label_values(&["succeeded"]).inc();
                 }
             }
-            Err(error) => tracing::warn!(%error, "Cannot complete finished backfill jobs; will retry."),
+            Err(error) => {
+                tracing::warn!(%error, "Cannot complete finished backfill jobs; will retry.")
+            }
         }
         match store.cancel_orphans(now_ms()).await {
             Ok(cancelled) => {
@@ -80,14 +87,24 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
                     BACKFILL_JOBS.with_label_values(&["cancelled"]).inc();
                 }
             }
-            Err(error) => tracing::warn!(%error, "Cannot cancel jobs whose dependencies failed; will retry."),
+            Err(error) => {
+                tracing::warn!(%error, "Cannot cancel jobs whose dependencies failed; will retry.")
+            }
         }
         let mut claimed: Vec<Task> = Vec::new();
         while sizes.values().sum::<usize>() + claimed.len() < config.parallelism {
             let now = now_ms();
-            match store.claim_task(&config.owner, now, now + config.lease_ms as i64).await {
+            match store
+                .claim_task(&config.owner, now, now + config.lease_ms as i64)
+                .await
+            {
                 Ok(Some(task)) => {
-                    tracing::info!(job = task.job_id, task = task.task_no, attempt = task.attempts, "Backfill task started.");
+                    tracing::info!(
+                        job = task.job_id,
+                        task = task.task_no,
+                        attempt = task.attempts,
+                        "Backfill task started."
+                    );
                     claimed.push(task);
                 }
                 Ok(None) => break,
@@ -98,8 +115,14 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
             }
         }
         // Claims come in job order, so a job's tasks claimed now sit together.
-        for group in claimed.chunk_by(|a, b| a.job_id == b.job_id && a.input.files == b.input.files) {
-            sizes.insert(running.spawn(run_group(store.clone(), config.clone(), group.to_vec())).id(), group.len());
+        for group in claimed.chunk_by(|a, b| a.job_id == b.job_id && a.input.files == b.input.files)
+        {
+            sizes.insert(
+                running
+                    .spawn(run_group(store.clone(), config.clone(), group.to_vec()))
+                    .id(),
+                group.len(),
+            );
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -125,17 +148,37 @@ async fn fail(store: &Store, config: &RunnerConfig, task: &Task, error: &str) {
     let import = task.input.version.is_some();
     let (job_id, task_no, attempt) = (task.job_id, task.task_no, task.attempts);
     let now = now_ms();
-    let retry_at = (attempt < config.max_attempts)
-        .then(|| now + backoff(config.retry_base_ms, attempt, (job_id as u64) << 32 ^ task_no as u64 ^ now as u64) as i64);
-    let outcome = if retry_at.is_some() { "retried" } else { "failed" };
-    tracing::warn!(job = job_id, task = task_no, attempt, outcome, "Backfill task attempt failed: {error}");
+    let retry_at = (attempt < config.max_attempts).then(|| {
+        now + backoff(
+            config.retry_base_ms,
+            attempt,
+            (job_id as u64) << 32 ^ task_no as u64 ^ now as u64,
+        ) as i64
+    });
+    let outcome = if retry_at.is_some() {
+        "retried"
+    } else {
+        "failed"
+    };
+    tracing::warn!(
+        job = job_id,
+        task = task_no,
+        attempt,
+        outcome,
+        "Backfill task attempt failed: {error}"
+    );
     BACKFILL_ATTEMPTS.with_label_values(&[outcome]).inc();
-    match store.fail_task(job_id, task_no, &config.owner, error, now, retry_at).await {
+    match store
+        .fail_task(job_id, task_no, &config.owner, error, now, retry_at)
+        .await
+    {
         // A failed import is counted by file (tally_import_files_total), a failed backfill by job.
         Ok(()) if retry_at.is_none() && import => IMPORT_FILES.with_label_values(&["failed"]).inc(),
         Ok(()) if retry_at.is_none() => BACKFILL_JOBS.with_label_values(&["failed"]).inc(),
         Ok(()) => {}
-        Err(e) => tracing::warn!(error = %e, "Cannot record the failed attempt; its lease will lapse."),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot record the failed attempt; its lease will lapse.")
+        }
     }
 }
 
@@ -146,7 +189,15 @@ async fn hold_leases(store: &Store, config: &RunnerConfig, tasks: &[Task]) -> i3
         // Often enough that a cancelled job stops its tasks within a second or two.
         tokio::time::sleep(Duration::from_millis((config.lease_ms / 3).min(1_000))).await;
         for task in tasks {
-            match store.renew_task(task.job_id, task.task_no, &config.owner, now_ms() + config.lease_ms as i64).await {
+            match store
+                .renew_task(
+                    task.job_id,
+                    task.task_no,
+                    &config.owner,
+                    now_ms() + config.lease_ms as i64,
+                )
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => return task.task_no,
                 Err(error) => tracing::warn!(%error, "Cannot renew a task's lease; will retry."),
@@ -161,14 +212,26 @@ async fn hold_leases(store: &Store, config: &RunnerConfig, tasks: &[Task]) -> i3
 /// changes while it is read is read again on the next attempt.
 async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task) {
     let location = &task.input.files[0];
-    let planned = FileVersion { location: location.clone(), size: task.input.size, version: task.input.version.clone().unwrap_or_default() };
+    let planned = FileVersion {
+        location: location.clone(),
+        size: task.input.size,
+        version: task.input.version.clone().unwrap_or_default(),
+    };
     let format = match import_format(&job.format, location) {
         Ok(format) => format,
         Err(error) => return fail(store, config, task, &error).await,
     };
     let before = match stat(location).await {
         Ok(version) => version,
-        Err(error) => return fail(store, config, task, &format!("cannot read the file: {error}")).await,
+        Err(error) => {
+            return fail(
+                store,
+                config,
+                task,
+                &format!("cannot read the file: {error}"),
+            )
+            .await
+        }
     };
     let result = if before == planned {
         let files = [location.clone()];
@@ -188,25 +251,62 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
         };
         match stat(location).await {
             Ok(after) if after == before => {}
-            Ok(_) => return fail(store, config, task, &format!("{location} changed while it was read; reading it again")).await,
-            Err(error) => return fail(store, config, task, &format!("cannot read the file: {error}")).await,
+            Ok(_) => {
+                return fail(
+                    store,
+                    config,
+                    task,
+                    &format!("{location} changed while it was read; reading it again"),
+                )
+                .await
+            }
+            Err(error) => {
+                return fail(
+                    store,
+                    config,
+                    task,
+                    &format!("cannot read the file: {error}"),
+                )
+                .await
+            }
         }
         result.rejections["file"] = serde_json::json!(location);
         // Hashed off the runtime's threads: it reads the whole file again (from the page cache).
         let path = location.clone();
         let digest = match tokio::task::spawn_blocking(move || content_digest(&path)).await {
             Ok(Ok(digest)) => digest,
-            Ok(Err(error)) => return fail(store, config, task, &format!("cannot read the file: {error}")).await,
-            Err(error) => return fail(store, config, task, &format!("the digest stopped: {error}")).await,
+            Ok(Err(error)) => {
+                return fail(
+                    store,
+                    config,
+                    task,
+                    &format!("cannot read the file: {error}"),
+                )
+                .await
+            }
+            Err(error) => {
+                return fail(store, config, task, &format!("the digest stopped: {error}")).await
+            }
         };
         Some((result, digest))
     } else {
         None
     };
     let read = result.as_ref().map(|(r, d)| (r, d.as_deref()));
-    let outcome = match store.finish_import(task, &config.owner, &before, read, now_ms()).await {
+    let outcome = match store
+        .finish_import(task, &config.owner, &before, read, now_ms())
+        .await
+    {
         Ok(outcome) => outcome,
-        Err(error) => return fail(store, config, task, &format!("cannot record the import: {error}")).await,
+        Err(error) => {
+            return fail(
+                store,
+                config,
+                task,
+                &format!("cannot record the import: {error}"),
+            )
+            .await
+        }
     };
     let (job_id, file) = (task.job_id, location.as_str());
     match &outcome {
@@ -215,25 +315,51 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
             BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
             IMPORT_FILES.with_label_values(&["imported"]).inc();
             let counted = result.rows_read - result.rows_rejected - result.rows_duplicate;
-            IMPORT_ROWS.with_label_values(&["counted"]).inc_by(counted as u64);
-            IMPORT_ROWS.with_label_values(&["duplicate"]).inc_by(result.rows_duplicate as u64);
-            IMPORT_ROWS.with_label_values(&["invalid"]).inc_by(result.rows_rejected as u64);
-            tracing::info!(job = job_id, file, rows = result.rows_read, invalid = result.rows_rejected, duplicate = result.rows_duplicate, keys, "File imported.");
+            IMPORT_ROWS
+                .with_label_values(&["counted"])
+                .inc_by(counted as u64);
+            IMPORT_ROWS
+                .with_label_values(&["duplicate"])
+                .inc_by(result.rows_duplicate as u64);
+            IMPORT_ROWS
+                .with_label_values(&["invalid"])
+                .inc_by(result.rows_rejected as u64);
+            tracing::info!(
+                job = job_id,
+                file,
+                rows = result.rows_read,
+                invalid = result.rows_rejected,
+                duplicate = result.rows_duplicate,
+                keys,
+                "File imported."
+            );
         }
         ImportOutcome::AlreadyImported { job_id: by } => {
             BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
             IMPORT_FILES.with_label_values(&["already_imported"]).inc();
-            tracing::info!(job = job_id, file, "File already imported by job {by}: nothing added.");
+            tracing::info!(
+                job = job_id,
+                file,
+                "File already imported by job {by}: nothing added."
+            );
         }
         ImportOutcome::Unchanged { job_id: by } => {
             BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
             IMPORT_FILES.with_label_values(&["unchanged"]).inc();
-            tracing::info!(job = job_id, file, "File copied or touched again with the content job {by} imported: nothing added.");
+            tracing::info!(
+                job = job_id,
+                file,
+                "File copied or touched again with the content job {by} imported: nothing added."
+            );
         }
         ImportOutcome::Superseded => {
             BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
             IMPORT_FILES.with_label_values(&["superseded"]).inc();
-            tracing::info!(job = job_id, file, "File changed before it was read: this version is superseded, nothing added.");
+            tracing::info!(
+                job = job_id,
+                file,
+                "File changed before it was read: this version is superseded, nothing added."
+            );
         }
         ImportOutcome::Conflict { message } => {
             BACKFILL_ATTEMPTS.with_label_values(&["failed"]).inc();
@@ -250,7 +376,13 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
     for task in tasks {
         if task.attempts > config.max_attempts {
             // Taken over after its runners died this many times.
-            fail(&store, &config, &task, "its runners stopped before finishing, too many times").await;
+            fail(
+                &store,
+                &config,
+                &task,
+                "its runners stopped before finishing, too many times",
+            )
+            .await;
         } else {
             group.push(task);
         }
@@ -281,7 +413,13 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
         Err(error) => return fail_all(error).await,
     };
     let shards: Vec<i32> = group.iter().map(|task| task.input.shard).collect();
-    let work = compute(&first.input.files, format, &job.scope, &shards, first.input.shards);
+    let work = compute(
+        &first.input.files,
+        format,
+        &job.scope,
+        &shards,
+        first.input.shards,
+    );
     let results = tokio::select! {
         results = work => results,
         task_no = hold_leases(&store, &config, &group) => {
@@ -302,16 +440,39 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
         Err(error) => return fail_all(error).await,
     };
     for (task, result) in group.iter().zip(results) {
-        match store.finish_task(job_id, task.task_no, &config.owner, &result, now_ms()).await {
+        match store
+            .finish_task(job_id, task.task_no, &config.owner, &result, now_ms())
+            .await
+        {
             Ok(true) => {
                 BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
-                BACKFILL_ROWS.with_label_values(&["read"]).inc_by(result.rows_read as u64);
-                BACKFILL_ROWS.with_label_values(&["rejected"]).inc_by(result.rows_rejected as u64);
-                BACKFILL_ROWS.with_label_values(&["duplicate"]).inc_by(result.rows_duplicate as u64);
-                tracing::info!(job = job_id, task = task.task_no, rows = result.rows_read, rejected = result.rows_rejected, "Backfill task succeeded.");
+                BACKFILL_ROWS
+                    .with_label_values(&["read"])
+                    .inc_by(result.rows_read as u64);
+                BACKFILL_ROWS
+                    .with_label_values(&["rejected"])
+                    .inc_by(result.rows_rejected as u64);
+                BACKFILL_ROWS
+                    .with_label_values(&["duplicate"])
+                    .inc_by(result.rows_duplicate as u64);
+                tracing::info!(
+                    job = job_id,
+                    task = task.task_no,
+                    rows = result.rows_read,
+                    rejected = result.rows_rejected,
+                    "Backfill task succeeded."
+                );
             }
             Ok(false) => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
-            Err(error) => fail(&store, &config, task, &format!("cannot record the result: {error}")).await,
+            Err(error) => {
+                fail(
+                    &store,
+                    &config,
+                    task,
+                    &format!("cannot record the result: {error}"),
+                )
+                .await
+            }
         }
     }
 }

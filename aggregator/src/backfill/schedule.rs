@@ -29,7 +29,9 @@ fn field(text: &str, name: &str, min: u32, max: u32) -> Result<u64, String> {
     for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((range, step)) => {
-                let step: u32 = step.parse().map_err(|_| format!("{name} step {step:?} is not a number"))?;
+                let step: u32 = step
+                    .parse()
+                    .map_err(|_| format!("{name} step {step:?} is not a number"))?;
                 if step == 0 {
                     return Err(format!("{name} step must be at least 1"));
                 }
@@ -38,7 +40,9 @@ fn field(text: &str, name: &str, min: u32, max: u32) -> Result<u64, String> {
             None => (part, 1),
         };
         let number = |t: &str| -> Result<u32, String> {
-            let n: u32 = t.parse().map_err(|_| format!("{name} {t:?} is not a number"))?;
+            let n: u32 = t
+                .parse()
+                .map_err(|_| format!("{name} {t:?} is not a number"))?;
             if n < min || n > max {
                 return Err(format!("{name} {n} is outside {min}-{max}"));
             }
@@ -74,7 +78,10 @@ impl Cron {
         };
         let parts: Vec<&str> = text.split_whitespace().collect();
         let [minute, hour, day, month, weekday] = parts[..] else {
-            return Err(format!("{text:?} has {} fields; cron needs 5: minute hour day-of-month month day-of-week", parts.len()));
+            return Err(format!(
+                "{text:?} has {} fields; cron needs 5: minute hour day-of-month month day-of-week",
+                parts.len()
+            ));
         };
         let mut weekdays = field(weekday, "day of week", 0, 7)?;
         if weekdays & (1 << 7) != 0 {
@@ -157,7 +164,9 @@ impl Range {
                 .and_then(|n| n.parse().ok())
                 .filter(|n| (1..=3660).contains(n))
                 .map(Range::LastDays)
-                .ok_or_else(|| format!("{text:?} is not a range: use yesterday, today or last-N-days")),
+                .ok_or_else(|| {
+                    format!("{text:?} is not a range: use yesterday, today or last-N-days")
+                }),
         }
     }
 
@@ -184,26 +193,57 @@ mod tests {
     fn latest_tick_is_caught_up_once() {
         let daily = Cron::parse("30 2 * * *").unwrap();
         // Three missed nights give one tick: the latest.
-        assert_eq!(daily.latest(at("2026-11-18T00:00:00Z"), at("2026-11-21T10:00:00Z")), Some(at("2026-11-21T02:30:00Z")));
-        assert_eq!(daily.latest(at("2026-11-21T02:30:00Z"), at("2026-11-21T10:00:00Z")), None);
+        assert_eq!(
+            daily.latest(at("2026-11-18T00:00:00Z"), at("2026-11-21T10:00:00Z")),
+            Some(at("2026-11-21T02:30:00Z"))
+        );
+        assert_eq!(
+            daily.latest(at("2026-11-21T02:30:00Z"), at("2026-11-21T10:00:00Z")),
+            None
+        );
         let every_15 = Cron::parse("*/15 * * * *").unwrap();
-        assert_eq!(every_15.latest(0, at("2026-11-21T10:14:59Z")), Some(at("2026-11-21T10:00:00Z")));
+        assert_eq!(
+            every_15.latest(0, at("2026-11-21T10:14:59Z")),
+            Some(at("2026-11-21T10:00:00Z"))
+        );
         // Mondays (2026-11-23 is a Monday), or the 1st.
         let either = Cron::parse("0 0 1 * 1").unwrap();
-        assert_eq!(either.latest(0, at("2026-11-25T00:00:00Z")), Some(at("2026-11-23T00:00:00Z")));
-        assert_eq!(either.latest(0, at("2026-12-01T05:00:00Z")), Some(at("2026-12-01T00:00:00Z")));
-        assert_eq!(Cron::parse("@weekly").unwrap().latest(0, at("2026-11-25T00:00:00Z")), Some(at("2026-11-22T00:00:00Z")));
+        assert_eq!(
+            either.latest(0, at("2026-11-25T00:00:00Z")),
+            Some(at("2026-11-23T00:00:00Z"))
+        );
+        assert_eq!(
+            either.latest(0, at("2026-12-01T05:00:00Z")),
+            Some(at("2026-12-01T00:00:00Z"))
+        );
+        assert_eq!(
+            Cron::parse("@weekly")
+                .unwrap()
+                .latest(0, at("2026-11-25T00:00:00Z")),
+            Some(at("2026-11-22T00:00:00Z"))
+        );
     }
 
     #[test]
     fn bad_expressions_and_ranges_say_why() {
         assert!(Cron::parse("* * *").unwrap_err().contains("5"));
         assert!(Cron::parse("61 * * * *").unwrap_err().contains("minute"));
-        assert!(Cron::parse("* * * * 1-x").unwrap_err().contains("day of week"));
+        assert!(Cron::parse("* * * * 1-x")
+            .unwrap_err()
+            .contains("day of week"));
         assert_eq!(Range::parse("last-7-days"), Ok(Range::LastDays(7)));
         assert!(Range::parse("last-week").is_err());
         let due = at("2026-11-21T02:30:00Z");
-        assert_eq!(Range::Yesterday.days(due), (Day::parse("2026-11-20").unwrap(), Day::parse("2026-11-21").unwrap()));
-        assert_eq!(Range::LastDays(7).days(due).0, Day::parse("2026-11-14").unwrap());
+        assert_eq!(
+            Range::Yesterday.days(due),
+            (
+                Day::parse("2026-11-20").unwrap(),
+                Day::parse("2026-11-21").unwrap()
+            )
+        );
+        assert_eq!(
+            Range::LastDays(7).days(due).0,
+            Day::parse("2026-11-14").unwrap()
+        );
     }
 }

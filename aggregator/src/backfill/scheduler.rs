@@ -25,7 +25,12 @@ const OVERDUE_AFTER_MS: i64 = 5 * 60_000;
 
 /// Checks schedules every `poll`, and runs the import watch when there is
 /// one, while this process leads, until `shutdown`.
-pub async fn run(store: Arc<Store>, poll: Duration, watch: Option<WatchConfig>, shutdown: CancellationToken) {
+pub async fn run(
+    store: Arc<Store>,
+    poll: Duration,
+    watch: Option<WatchConfig>,
+    shutdown: CancellationToken,
+) {
     let mut watch = watch.map(Watch::new);
     let mut leadership: Option<Leadership> = None;
     let mut failed_at: HashMap<String, i64> = HashMap::new();
@@ -44,7 +49,9 @@ pub async fn run(store: Arc<Store>, poll: Duration, watch: Option<WatchConfig>, 
                     leadership = Some(lead);
                 }
                 Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "Cannot try for the scheduler lock; will retry."),
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot try for the scheduler lock; will retry.")
+                }
             }
         }
         SCHEDULER_LEADER.set(i64::from(leadership.is_some()));
@@ -80,18 +87,29 @@ pub async fn run(store: Arc<Store>, poll: Duration, watch: Option<WatchConfig>, 
 /// has no job yet.
 fn overdue_at(schedule: &Schedule, now: i64) -> bool {
     match Cron::parse(&schedule.cron) {
-        Ok(cron) => cron.latest(schedule.last_due, now - OVERDUE_AFTER_MS).is_some(),
+        Ok(cron) => cron
+            .latest(schedule.last_due, now - OVERDUE_AFTER_MS)
+            .is_some(),
         Err(_) => true,
     }
 }
 
 /// Creates the job of the schedule's latest due tick, if any. False when a
 /// tick is due and no job was created for it.
-async fn fire_if_due(store: &Store, schedule: &Schedule, now: i64, failed_at: &mut HashMap<String, i64>) -> bool {
-    if failed_at.get(&schedule.name).is_some_and(|&at| now - at < RETRY_AFTER_MS) {
+async fn fire_if_due(
+    store: &Store,
+    schedule: &Schedule,
+    now: i64,
+    failed_at: &mut HashMap<String, i64>,
+) -> bool {
+    if failed_at
+        .get(&schedule.name)
+        .is_some_and(|&at| now - at < RETRY_AFTER_MS)
+    {
         return false;
     }
-    let parsed = Cron::parse(&schedule.cron).and_then(|cron| Ok((cron, Range::parse(&schedule.day_range)?)));
+    let parsed =
+        Cron::parse(&schedule.cron).and_then(|cron| Ok((cron, Range::parse(&schedule.day_range)?)));
     let (cron, range) = match parsed {
         Ok(parsed) => parsed,
         Err(error) => {
@@ -105,18 +123,37 @@ async fn fire_if_due(store: &Store, schedule: &Schedule, now: i64, failed_at: &m
         return true;
     };
     let (from, to) = range.days(due);
-    let scope = Scope { from, to, merchants: schedule.merchants.clone() };
+    let scope = Scope {
+        from,
+        to,
+        merchants: schedule.merchants.clone(),
+    };
     let format = Format::parse("format", &schedule.format).ok();
-    let job = match plan(&schedule.source, format, scope, None, Some(schedule.name.clone()), Vec::new()).await {
+    let job = match plan(
+        &schedule.source,
+        format,
+        scope,
+        None,
+        Some(schedule.name.clone()),
+        Vec::new(),
+    )
+    .await
+    {
         Ok(job) => job,
         Err(error) => {
-            tracing::error!(schedule = schedule.name, "Schedule is due but cannot create its job: {error}");
+            tracing::error!(
+                schedule = schedule.name,
+                "Schedule is due but cannot create its job: {error}"
+            );
             SCHEDULE_RUNS.with_label_values(&["error"]).inc();
             failed_at.insert(schedule.name.clone(), now);
             return false;
         }
     };
-    match store.fire_schedule(&schedule.name, schedule.last_due, due, &job, now).await {
+    match store
+        .fire_schedule(&schedule.name, schedule.last_due, due, &job, now)
+        .await
+    {
         Ok(Some(id)) => {
             failed_at.remove(&schedule.name);
             SCHEDULE_RUNS.with_label_values(&["created"]).inc();

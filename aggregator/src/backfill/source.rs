@@ -33,7 +33,9 @@ impl Format {
             "parquet" => Ok(Format::Parquet),
             "csv" => Ok(Format::Csv),
             "ndjson" | "jsonl" => Ok(Format::Ndjson),
-            other => Err(format!("`{field}` = {other:?}: must be parquet, csv or ndjson")),
+            other => Err(format!(
+                "`{field}` = {other:?}: must be parquet, csv or ndjson"
+            )),
         }
     }
 
@@ -70,7 +72,11 @@ impl fmt::Display for Format {
 ///
 /// Fails, naming the source, when it matches nothing or cannot be listed.
 pub async fn list_files(source: &str) -> Result<Vec<(String, u64)>, String> {
-    Ok(list_versions(source).await?.into_iter().map(|f| (f.location, f.size as u64)).collect())
+    Ok(list_versions(source)
+        .await?
+        .into_iter()
+        .map(|f| (f.location, f.size as u64))
+        .collect())
 }
 
 /// Like [`list_files`], with each file's version: an object's ETag, or a
@@ -100,10 +106,16 @@ pub async fn list_present(source: &str) -> Result<Vec<FileVersion>, String> {
 pub async fn stat(location: &str) -> Result<FileVersion, String> {
     match Remote::parse(location)? {
         Some(remote) => {
-            let meta = remote.store.head(&ObjectPath::from(remote.key.as_str())).await.map_err(|e| format!("{location}: {}", describe(e)))?;
+            let meta = remote
+                .store
+                .head(&ObjectPath::from(remote.key.as_str()))
+                .await
+                .map_err(|e| format!("{location}: {}", describe(e)))?;
             Ok(object_version(remote.url(&meta.location), &meta))
         }
-        None => local_version(Path::new(location.strip_prefix("file://").unwrap_or(location))),
+        None => local_version(Path::new(
+            location.strip_prefix("file://").unwrap_or(location),
+        )),
     }
 }
 
@@ -133,8 +145,16 @@ pub fn content_digest(location: &str) -> Result<Option<String>, String> {
 
 fn local_version(path: &Path) -> Result<FileVersion, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    Ok(FileVersion { location: path.to_string_lossy().into_owned(), size: meta.len() as i64, version: mtime.to_string() })
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(FileVersion {
+        location: path.to_string_lossy().into_owned(),
+        size: meta.len() as i64,
+        version: mtime.to_string(),
+    })
 }
 
 /// An object's version is its ETag without the quotes (the form S3 event
@@ -142,9 +162,17 @@ fn local_version(path: &Path) -> Result<FileVersion, String> {
 fn object_version(location: String, meta: &object_store::ObjectMeta) -> FileVersion {
     let version = match &meta.e_tag {
         Some(tag) => tag.trim_matches('"').to_owned(),
-        None => meta.last_modified.timestamp_nanos_opt().unwrap_or_default().to_string(),
+        None => meta
+            .last_modified
+            .timestamp_nanos_opt()
+            .unwrap_or_default()
+            .to_string(),
     };
-    FileVersion { location, size: meta.size as i64, version }
+    FileVersion {
+        location,
+        size: meta.size as i64,
+        version,
+    }
 }
 
 fn list_local(source: &str) -> Result<Vec<FileVersion>, String> {
@@ -152,9 +180,16 @@ fn list_local(source: &str) -> Result<Vec<FileVersion>, String> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let mut files = Vec::new();
     if name.contains(['*', '?']) {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         for entry in read_dir(dir, source)? {
-            if entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| matches(name.as_bytes(), n.as_bytes())) {
+            if entry
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| matches(name.as_bytes(), n.as_bytes()))
+            {
                 files.push(entry);
             }
         }
@@ -171,11 +206,16 @@ fn list_local(source: &str) -> Result<Vec<FileVersion>, String> {
 /// The data files directly inside `dir`: regular files not hidden by a
 /// leading `.` or `_` (such as `_SUCCESS` markers).
 fn read_dir(dir: &Path, source: &str) -> Result<Vec<PathBuf>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("source {source:?}: cannot list {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("source {source:?}: cannot list {}: {e}", dir.display()))?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| format!("source {source:?}: {e}"))?;
-        if !hidden(&entry.file_name().to_string_lossy()) && entry.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+        if !hidden(&entry.file_name().to_string_lossy())
+            && entry
+                .file_type()
+                .is_ok_and(|t| t.is_file() || t.is_symlink())
+        {
             files.push(entry.path());
         }
     }
@@ -204,7 +244,9 @@ impl Remote {
     /// `None` for a local path (plain or `file://`); an error naming the
     /// source for a URL this build cannot read.
     pub fn parse(source: &str) -> Result<Option<Remote>, String> {
-        let Some((scheme, rest)) = source.split_once("://") else { return Ok(None) };
+        let Some((scheme, rest)) = source.split_once("://") else {
+            return Ok(None);
+        };
         if scheme == "file" {
             return Ok(None);
         }
@@ -213,11 +255,19 @@ impl Remote {
         }
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(format!("source {source:?}: names no bucket; write s3://bucket/key"));
+            return Err(format!(
+                "source {source:?}: names no bucket; write s3://bucket/key"
+            ));
         }
-        let store = client(bucket).map_err(|e| format!("source {source:?}: cannot set up the S3 client: {e}"))?;
-        let bucket = Url::parse(&format!("s3://{bucket}")).map_err(|e| format!("source {source:?}: bucket {bucket:?}: {e}"))?;
-        Ok(Some(Remote { store, bucket, key: key.to_owned() }))
+        let store = client(bucket)
+            .map_err(|e| format!("source {source:?}: cannot set up the S3 client: {e}"))?;
+        let bucket = Url::parse(&format!("s3://{bucket}"))
+            .map_err(|e| format!("source {source:?}: bucket {bucket:?}: {e}"))?;
+        Ok(Some(Remote {
+            store,
+            bucket,
+            key: key.to_owned(),
+        }))
     }
 
     /// The object itself when the key names one; otherwise the data
@@ -238,8 +288,14 @@ impl Remote {
             (self.key.trim_end_matches('/'), None)
         };
         let prefix = (!folder.is_empty()).then(|| ObjectPath::from(folder));
-        let listing = self.store.list_with_delimiter(prefix.as_ref()).await.map_err(|e| format!("source {source:?}: cannot list: {}", describe(e)))?;
-        let wanted = |name: &str| !hidden(name) && pattern.is_none_or(|p| matches(p.as_bytes(), name.as_bytes()));
+        let listing = self
+            .store
+            .list_with_delimiter(prefix.as_ref())
+            .await
+            .map_err(|e| format!("source {source:?}: cannot list: {}", describe(e)))?;
+        let wanted = |name: &str| {
+            !hidden(name) && pattern.is_none_or(|p| matches(p.as_bytes(), name.as_bytes()))
+        };
         Ok(listing
             .objects
             .into_iter()
@@ -254,8 +310,15 @@ impl Remote {
 
     /// The object at this key, in the blocks the connection delivers.
     pub async fn blocks(&self) -> Result<BoxStream<'static, Result<Vec<u8>, String>>, String> {
-        let object = self.store.get(&ObjectPath::from(self.key.as_str())).await.map_err(describe)?;
-        Ok(object.into_stream().map(|block| block.map(Vec::from).map_err(describe)).boxed())
+        let object = self
+            .store
+            .get(&ObjectPath::from(self.key.as_str()))
+            .await
+            .map_err(describe)?;
+        Ok(object
+            .into_stream()
+            .map(|block| block.map(Vec::from).map_err(describe))
+            .boxed())
     }
 }
 
@@ -263,8 +326,12 @@ impl Remote {
 /// were given: without them the client asks the instance's metadata
 /// service, whose refusal alone would puzzle anyone off AWS.
 fn describe(error: object_store::Error) -> String {
-    const GIVEN: [&str; 4] =
-        ["AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"];
+    const GIVEN: [&str; 4] = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ];
     if GIVEN.iter().any(|name| std::env::var_os(name).is_some()) {
         return error.to_string();
     }
@@ -275,14 +342,26 @@ fn describe(error: object_store::Error) -> String {
 /// its connections.
 fn client(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     static CLIENTS: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
-    let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    let mut clients = CLIENTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     if let Some(client) = clients.get(bucket) {
         return Ok(Arc::clone(client));
     }
     // A backfill task has its own retries, so the client's are short: a
     // missing object or a dead endpoint surfaces in seconds, not minutes.
-    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(30), ..RetryConfig::default() };
-    let client: Arc<dyn ObjectStore> = Arc::new(AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).build()?);
+    let retry = RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(30),
+        ..RetryConfig::default()
+    };
+    let client: Arc<dyn ObjectStore> = Arc::new(
+        AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry)
+            .build()?,
+    );
     clients.insert(bucket.to_owned(), Arc::clone(&client));
     Ok(client)
 }
@@ -291,7 +370,9 @@ fn client(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
 fn matches(pattern: &[u8], name: &[u8]) -> bool {
     match (pattern.first(), name.first()) {
         (None, None) => true,
-        (Some(b'*'), _) => matches(&pattern[1..], name) || (!name.is_empty() && matches(pattern, &name[1..])),
+        (Some(b'*'), _) => {
+            matches(&pattern[1..], name) || (!name.is_empty() && matches(pattern, &name[1..]))
+        }
         (Some(b'?'), Some(_)) => matches(&pattern[1..], &name[1..]),
         (Some(p), Some(n)) if p == n => matches(&pattern[1..], &name[1..]),
         _ => false,
@@ -317,14 +398,40 @@ mod tests {
         for name in ["b.csv", "a.csv", "c.parquet", ".hidden.csv", "_SUCCESS"] {
             std::fs::write(dir.join(name), "x").unwrap();
         }
-        let names = |files: Vec<(String, u64)>| files.into_iter().map(|(f, _)| f.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
-        assert_eq!(names(list_files(&format!("{}/*.csv", dir.display())).await.unwrap()), ["a.csv", "b.csv"]);
-        assert_eq!(names(list_files(dir.to_str().unwrap()).await.unwrap()), ["a.csv", "b.csv", "c.parquet"]);
-        assert!(list_files(&format!("{}/*.ndjson", dir.display())).await.unwrap_err().contains("matches no files"));
-        assert!(list_files("gs://bucket/x").await.unwrap_err().contains("gs:// is not supported"));
-        assert!(list_files("s3:///x").await.unwrap_err().contains("names no bucket"));
+        let names = |files: Vec<(String, u64)>| {
+            files
+                .into_iter()
+                .map(|(f, _)| f.rsplit('/').next().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(
+                list_files(&format!("{}/*.csv", dir.display()))
+                    .await
+                    .unwrap()
+            ),
+            ["a.csv", "b.csv"]
+        );
+        assert_eq!(
+            names(list_files(dir.to_str().unwrap()).await.unwrap()),
+            ["a.csv", "b.csv", "c.parquet"]
+        );
+        assert!(list_files(&format!("{}/*.ndjson", dir.display()))
+            .await
+            .unwrap_err()
+            .contains("matches no files"));
+        assert!(list_files("gs://bucket/x")
+            .await
+            .unwrap_err()
+            .contains("gs:// is not supported"));
+        assert!(list_files("s3:///x")
+            .await
+            .unwrap_err()
+            .contains("names no bucket"));
         assert_eq!(Format::of_path("x/y.PARQUET"), Some(Format::Parquet));
-        assert!(Format::parse("--format", "xml").unwrap_err().contains("`--format`"));
+        assert!(Format::parse("--format", "xml")
+            .unwrap_err()
+            .contains("`--format`"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -52,7 +52,13 @@ pub struct Watch {
 impl Watch {
     /// A watch that polls at once.
     pub fn new(config: WatchConfig) -> Watch {
-        Watch { config, pending: HashMap::new(), known: HashSet::new(), warned: HashSet::new(), next_poll: Instant::now() }
+        Watch {
+            config,
+            pending: HashMap::new(),
+            known: HashSet::new(),
+            warned: HashSet::new(),
+            next_poll: Instant::now(),
+        }
     }
 
     /// Whether the next listing is due.
@@ -73,18 +79,28 @@ impl Watch {
             Ok(listed) => listed,
             Err(error) => {
                 IMPORT_WATCH_POLLS.with_label_values(&["error"]).inc();
-                tracing::warn!(source = self.config.source, "Cannot list the watched import source; will retry: {error}");
+                tracing::warn!(
+                    source = self.config.source,
+                    "Cannot list the watched import source; will retry: {error}"
+                );
                 return;
             }
         };
         let now = Instant::now();
         let present: HashSet<&str> = listed.iter().map(|f| f.location.as_str()).collect();
-        self.pending.retain(|location, _| present.contains(location.as_str()));
+        self.pending
+            .retain(|location, _| present.contains(location.as_str()));
         // Versions seen for the first time: the database says whether an
         // import queued them before (this process may have just started).
         let first_sight: Vec<FileVersion> = listed
             .iter()
-            .filter(|f| !self.known.contains(*f) && self.pending.get(&f.location).is_none_or(|(seen, _)| seen != *f))
+            .filter(|f| {
+                !self.known.contains(*f)
+                    && self
+                        .pending
+                        .get(&f.location)
+                        .is_none_or(|(seen, _)| seen != *f)
+            })
             .cloned()
             .collect();
         if !first_sight.is_empty() {
@@ -121,10 +137,18 @@ impl Watch {
 
     /// Queues one import job for `file`.
     async fn queue(&mut self, store: &Store, file: FileVersion) {
-        let (job, unreadable) = plan_import_files(&self.config.source, vec![file.clone()], self.config.format, Vec::new());
+        let (job, unreadable) = plan_import_files(
+            &self.config.source,
+            vec![file.clone()],
+            self.config.format,
+            Vec::new(),
+        );
         if let Some((location, reason)) = unreadable.into_iter().next() {
             if self.warned.insert(location.clone()) {
-                tracing::warn!(file = location, "Watched file not imported: {reason} (set aggregator.import_format).");
+                tracing::warn!(
+                    file = location,
+                    "Watched file not imported: {reason} (set aggregator.import_format)."
+                );
             }
             return;
         }
@@ -134,7 +158,12 @@ impl Watch {
                 match queued.job_id {
                     Some(id) => {
                         IMPORT_WATCH_QUEUED.inc();
-                        tracing::info!(job = id, file = file.location, bytes = file.size, "New file in the watched source: import queued.");
+                        tracing::info!(
+                            job = id,
+                            file = file.location,
+                            bytes = file.size,
+                            "New file in the watched source: import queued."
+                        );
                     }
                     None => {
                         let reason = queued.files[0].reason.clone().unwrap_or_default();
@@ -143,7 +172,9 @@ impl Watch {
                 }
                 self.known.insert(file);
             }
-            Err(error) => tracing::warn!(%error, file = file.location, "Cannot queue the watched file; will retry."),
+            Err(error) => {
+                tracing::warn!(%error, file = file.location, "Cannot queue the watched file; will retry.")
+            }
         }
     }
 }
@@ -155,14 +186,27 @@ impl Watch {
 ///
 /// Fails when the object cannot be reached, its format cannot be told, or
 /// the database refuses.
-pub async fn queue_object(store: &Store, location: &str, size: Option<i64>, etag: Option<&str>, format: Option<Format>) -> Result<store::jobs::Queued, String> {
+pub async fn queue_object(
+    store: &Store,
+    location: &str,
+    size: Option<i64>,
+    etag: Option<&str>,
+    format: Option<Format>,
+) -> Result<store::jobs::Queued, String> {
     let file = match (size, etag) {
-        (Some(size), Some(etag)) => FileVersion { location: location.to_owned(), size, version: etag.trim_matches('"').to_owned() },
+        (Some(size), Some(etag)) => FileVersion {
+            location: location.to_owned(),
+            size,
+            version: etag.trim_matches('"').to_owned(),
+        },
         _ => super::source::stat(location).await?,
     };
     let (job, unreadable) = plan_import_files(location, vec![file], format, Vec::new());
     if let Some((_, reason)) = unreadable.into_iter().next() {
         return Err(reason);
     }
-    store.queue_import(&job, Requeue::Never, now_ms()).await.map_err(|e| e.to_string())
+    store
+        .queue_import(&job, Requeue::Never, now_ms())
+        .await
+        .map_err(|e| e.to_string())
 }

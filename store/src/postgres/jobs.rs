@@ -5,8 +5,9 @@ use tokio_postgres::{GenericClient, Row};
 use super::{Columns, PgStore};
 use crate::error::{pg, Result};
 use crate::jobs::{
-    check_after, judge_import, row_state, skip_reason, json_list, parse_day, parse_kind, parse_list, parse_state, Dependency, FileVersion, ImportOutcome, Job,
-    NewJob, Queued, QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
+    check_after, json_list, judge_import, parse_day, parse_kind, parse_list, parse_state,
+    row_state, skip_reason, Dependency, FileVersion, ImportOutcome, Job, NewJob, Queued,
+    QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
 };
 use crate::StoreError;
 
@@ -14,13 +15,20 @@ const TASK_COLUMNS: &str = "job_id, task_no, shard, shards, files, state, attemp
     finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error, size, version, outcome";
 const JOB_COLUMNS: &str =
     "id, state, source, format, day_from, day_to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error, kind";
-const SCHEDULE_COLUMNS: &str = "name, cron, source, format, day_range, merchants, created_at, last_due";
+const SCHEDULE_COLUMNS: &str =
+    "name, cron, source, format, day_range, merchants, created_at, last_due";
 
 fn task(r: &Row) -> Result<Task> {
     Ok(Task {
         job_id: r.get(0),
         task_no: r.get(1),
-        input: crate::jobs::NewTask { shard: r.get(2), shards: r.get(3), files: parse_list("files", r.get(4))?, size: r.get(16), version: r.get(17) },
+        input: crate::jobs::NewTask {
+            shard: r.get(2),
+            shards: r.get(3),
+            files: parse_list("files", r.get(4))?,
+            size: r.get(16),
+            version: r.get(17),
+        },
         state: parse_state(r.get(5))?,
         attempts: r.get(6),
         not_before: r.get(7),
@@ -43,7 +51,11 @@ fn job(r: &Row, tasks: Vec<Task>, after: Vec<Dependency>, before: Vec<i64>) -> R
         state: parse_state(r.get(1))?,
         source: r.get(2),
         format: r.get(3),
-        scope: Scope { from: parse_day("day_from", r.get(4))?, to: parse_day("day_to", r.get(5))?, merchants: parse_list("merchants", r.get(6))? },
+        scope: Scope {
+            from: parse_day("day_from", r.get(4))?,
+            to: parse_day("day_to", r.get(5))?,
+            merchants: parse_list("merchants", r.get(6))?,
+        },
         schedule: r.get(7),
         created_at: r.get(8),
         started_at: r.get(9),
@@ -73,7 +85,13 @@ async fn insert_job(tx: &impl GenericClient, new: &NewJob, now: i64) -> Result<i
     let mut after = Vec::with_capacity(new.after.len());
     for &id in &new.after {
         // FOR SHARE: the dependency cannot end between this check and the commit unseen.
-        let state = tx.query_opt("SELECT state FROM tally_jobs WHERE id = $1 FOR SHARE", &[&id]).await.map_err(pg("dependency read"))?;
+        let state = tx
+            .query_opt(
+                "SELECT state FROM tally_jobs WHERE id = $1 FOR SHARE",
+                &[&id],
+            )
+            .await
+            .map_err(pg("dependency read"))?;
         after.push((id, state.map(|r| parse_state(r.get(0))).transpose()?));
     }
     check_after(&after).map_err(StoreError::Refused)?;
@@ -107,7 +125,12 @@ async fn insert_job(tx: &impl GenericClient, new: &NewJob, now: i64) -> Result<i
     after.sort_unstable();
     after.dedup();
     for after_id in after {
-        tx.execute("INSERT INTO tally_job_deps (job_id, after_id) VALUES ($1, $2)", &[&id, &after_id]).await.map_err(pg("dependency insert"))?;
+        tx.execute(
+            "INSERT INTO tally_job_deps (job_id, after_id) VALUES ($1, $2)",
+            &[&id, &after_id],
+        )
+        .await
+        .map_err(pg("dependency insert"))?;
     }
     Ok(id)
 }
@@ -130,14 +153,24 @@ async fn stop_tasks(tx: &impl GenericClient, job_id: i64, now: i64) -> Result<()
     )
     .await
     .map_err(pg("task stop"))?;
-    tx.execute("DELETE FROM tally_backfill_rows WHERE job_id = $1", &[&job_id]).await.map_err(pg("job rows delete"))?;
+    tx.execute(
+        "DELETE FROM tally_backfill_rows WHERE job_id = $1",
+        &[&job_id],
+    )
+    .await
+    .map_err(pg("job rows delete"))?;
     Ok(())
 }
 
 impl PgStore {
     pub(crate) async fn create_job(&self, new: &NewJob, now: i64) -> Result<i64> {
         let mut guard = self.client().await?;
-        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let tx = guard
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(pg("begin"))?;
         let id = insert_job(&tx, new, now).await?;
         tx.commit().await.map_err(pg("commit"))?;
         Ok(id)
@@ -147,14 +180,22 @@ impl PgStore {
         let guard = self.client().await?;
         let client = guard.as_ref().expect("connected");
         let Some(row) = client
-            .query_opt(&format!("SELECT {JOB_COLUMNS} FROM tally_jobs WHERE id = $1"), &[&id])
+            .query_opt(
+                &format!("SELECT {JOB_COLUMNS} FROM tally_jobs WHERE id = $1"),
+                &[&id],
+            )
             .await
             .map_err(pg("job read"))?
         else {
             return Ok(None);
         };
         let tasks = client
-            .query(&format!("SELECT {TASK_COLUMNS} FROM tally_tasks WHERE job_id = $1 ORDER BY task_no"), &[&id])
+            .query(
+                &format!(
+                    "SELECT {TASK_COLUMNS} FROM tally_tasks WHERE job_id = $1 ORDER BY task_no"
+                ),
+                &[&id],
+            )
             .await
             .map_err(pg("task read"))?;
         let after = client
@@ -165,13 +206,21 @@ impl PgStore {
             .map(|r| Ok(Dependency { job_id: r.get(0), state: parse_state(r.get(1))? }))
             .collect::<Result<_>>()?;
         let before = client
-            .query("SELECT job_id FROM tally_job_deps WHERE after_id = $1 ORDER BY job_id", &[&id])
+            .query(
+                "SELECT job_id FROM tally_job_deps WHERE after_id = $1 ORDER BY job_id",
+                &[&id],
+            )
             .await
             .map_err(pg("dependency read"))?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        Ok(Some(job(&row, tasks.iter().map(task).collect::<Result<_>>()?, after, before)?))
+        Ok(Some(job(
+            &row,
+            tasks.iter().map(task).collect::<Result<_>>()?,
+            after,
+            before,
+        )?))
     }
 
     pub(crate) async fn jobs(&self, limit: i64) -> Result<Vec<Job>> {
@@ -180,7 +229,10 @@ impl PgStore {
             let rows = guard
                 .as_ref()
                 .expect("connected")
-                .query("SELECT id FROM tally_jobs ORDER BY id DESC LIMIT $1", &[&limit])
+                .query(
+                    "SELECT id FROM tally_jobs ORDER BY id DESC LIMIT $1",
+                    &[&limit],
+                )
                 .await
                 .map_err(pg("job list"))?;
             rows.iter().map(|r| r.get(0)).collect()
@@ -194,7 +246,12 @@ impl PgStore {
 
     pub(crate) async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<(State, bool)>> {
         let mut guard = self.client().await?;
-        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let tx = guard
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(pg("begin"))?;
         let cancelled = tx
             .execute(
                 "UPDATE tally_jobs SET state = 'cancelled', finished_at = $2, last_error = 'cancelled by an operator'
@@ -206,14 +263,29 @@ impl PgStore {
         if cancelled == 1 {
             stop_tasks(&tx, id, now).await?;
         }
-        let state = tx.query_opt("SELECT state FROM tally_jobs WHERE id = $1", &[&id]).await.map_err(pg("job read"))?;
+        let state = tx
+            .query_opt("SELECT state FROM tally_jobs WHERE id = $1", &[&id])
+            .await
+            .map_err(pg("job read"))?;
         tx.commit().await.map_err(pg("commit"))?;
-        state.map(|r| Ok((parse_state(r.get(0))?, cancelled == 1))).transpose()
+        state
+            .map(|r| Ok((parse_state(r.get(0))?, cancelled == 1)))
+            .transpose()
     }
 
-    pub(crate) async fn claim_task(&self, owner: &str, now: i64, lease_until: i64) -> Result<Option<Task>> {
+    pub(crate) async fn claim_task(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Task>> {
         let mut guard = self.client().await?;
-        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let tx = guard
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(pg("begin"))?;
         let row = tx
             .query_opt(
                 &format!(
@@ -250,7 +322,13 @@ impl PgStore {
         Ok(Some(task))
     }
 
-    pub(crate) async fn renew_task(&self, job_id: i64, task_no: i32, owner: &str, lease_until: i64) -> Result<bool> {
+    pub(crate) async fn renew_task(
+        &self,
+        job_id: i64,
+        task_no: i32,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<bool> {
         let guard = self.client().await?;
         let n = guard
             .as_ref()
@@ -264,9 +342,21 @@ impl PgStore {
         Ok(n == 1)
     }
 
-    pub(crate) async fn finish_task(&self, job_id: i64, task_no: i32, owner: &str, result: &TaskResult, now: i64) -> Result<bool> {
+    pub(crate) async fn finish_task(
+        &self,
+        job_id: i64,
+        task_no: i32,
+        owner: &str,
+        result: &TaskResult,
+        now: i64,
+    ) -> Result<bool> {
         let mut guard = self.client().await?;
-        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let tx = guard
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(pg("begin"))?;
         let mine = tx
             .execute(
                 "UPDATE tally_tasks SET state = 'succeeded', finished_at = $4, rows_read = $5, rows_rejected = $6,
@@ -292,10 +382,27 @@ impl PgStore {
         Ok(true)
     }
 
-    pub(crate) async fn fail_task(&self, job_id: i64, task_no: i32, owner: &str, error: &str, now: i64, retry_at: Option<i64>) -> Result<()> {
+    pub(crate) async fn fail_task(
+        &self,
+        job_id: i64,
+        task_no: i32,
+        owner: &str,
+        error: &str,
+        now: i64,
+        retry_at: Option<i64>,
+    ) -> Result<()> {
         let mut guard = self.client().await?;
-        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
-        let state = if retry_at.is_some() { "pending" } else { "failed" };
+        let tx = guard
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(pg("begin"))?;
+        let state = if retry_at.is_some() {
+            "pending"
+        } else {
+            "failed"
+        };
         let mine = tx
             .execute(
                 "UPDATE tally_tasks SET state = $4, finished_at = $5, not_before = $6, last_error = $7
@@ -305,7 +412,13 @@ impl PgStore {
             .await
             .map_err(pg("task fail"))?;
         if mine == 1 && retry_at.is_none() {
-            fail_job(&tx, job_id, &format!("task {task_no} ran out of attempts: {error}"), now).await?;
+            fail_job(
+                &tx,
+                job_id,
+                &format!("task {task_no} ran out of attempts: {error}"),
+                now,
+            )
+            .await?;
         }
         tx.commit().await.map_err(pg("commit"))
     }
@@ -382,10 +495,15 @@ impl PgStore {
                 )
                 .await
                 .map_err(pg("range insert"))?;
-            tx.execute("UPDATE tally_jobs SET keys_written = $2 WHERE id = $1", &[&id, &(written as i64)])
+            tx.execute(
+                "UPDATE tally_jobs SET keys_written = $2 WHERE id = $1",
+                &[&id, &(written as i64)],
+            )
+            .await
+            .map_err(pg("job complete"))?;
+            tx.execute("DELETE FROM tally_backfill_rows WHERE job_id = $1", &[&id])
                 .await
-                .map_err(pg("job complete"))?;
-            tx.execute("DELETE FROM tally_backfill_rows WHERE job_id = $1", &[&id]).await.map_err(pg("job rows delete"))?;
+                .map_err(pg("job rows delete"))?;
             tx.commit().await.map_err(pg("commit"))?;
             done.push(id);
         }
@@ -411,7 +529,10 @@ impl PgStore {
         let rows = guard
             .as_ref()
             .expect("connected")
-            .query(&format!("SELECT {SCHEDULE_COLUMNS} FROM tally_schedules ORDER BY name"), &[])
+            .query(
+                &format!("SELECT {SCHEDULE_COLUMNS} FROM tally_schedules ORDER BY name"),
+                &[],
+            )
             .await
             .map_err(pg("schedule read"))?;
         rows.iter().map(schedule).collect()
@@ -428,11 +549,26 @@ impl PgStore {
         Ok(n == 1)
     }
 
-    pub(crate) async fn fire_schedule(&self, name: &str, previous: i64, due: i64, new: &NewJob, now: i64) -> Result<Option<i64>> {
+    pub(crate) async fn fire_schedule(
+        &self,
+        name: &str,
+        previous: i64,
+        due: i64,
+        new: &NewJob,
+        now: i64,
+    ) -> Result<Option<i64>> {
         let mut guard = self.client().await?;
-        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let tx = guard
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(pg("begin"))?;
         let moved = tx
-            .execute("UPDATE tally_schedules SET last_due = $3 WHERE name = $1 AND last_due = $2", &[&name, &previous, &due])
+            .execute(
+                "UPDATE tally_schedules SET last_due = $3 WHERE name = $1 AND last_due = $2",
+                &[&name, &previous, &due],
+            )
             .await
             .map_err(pg("schedule fire"))?;
         if moved != 1 {
@@ -443,9 +579,19 @@ impl PgStore {
         Ok(Some(id))
     }
 
-    pub(crate) async fn queue_import(&self, new: &NewJob, requeue: Requeue, now: i64) -> Result<Queued> {
+    pub(crate) async fn queue_import(
+        &self,
+        new: &NewJob,
+        requeue: Requeue,
+        now: i64,
+    ) -> Result<Queued> {
         let mut guard = self.client().await?;
-        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let tx = guard
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(pg("begin"))?;
         let mut files = Vec::with_capacity(new.tasks.len());
         let mut tasks = Vec::new();
         for t in &new.tasks {
@@ -463,15 +609,25 @@ impl PgStore {
                 None => None,
                 Some(r) => skip_reason(r.get(0), r.get(1), parse_state(r.get(2))?, requeue),
             };
-            files.push(QueuedFile { location: location.clone(), queued: reason.is_none(), reason });
+            files.push(QueuedFile {
+                location: location.clone(),
+                queued: reason.is_none(),
+                reason,
+            });
             if files.last().expect("pushed").queued {
                 tasks.push(t.clone());
             }
         }
         if tasks.is_empty() {
-            return Ok(Queued { job_id: None, files });
+            return Ok(Queued {
+                job_id: None,
+                files,
+            });
         }
-        let job = NewJob { tasks, ..new.clone() };
+        let job = NewJob {
+            tasks,
+            ..new.clone()
+        };
         let id = insert_job(&tx, &job, now).await?;
         for (no, t) in job.tasks.iter().enumerate() {
             tx.execute(
@@ -484,13 +640,28 @@ impl PgStore {
             .map_err(pg("import queue"))?;
         }
         tx.commit().await.map_err(pg("commit"))?;
-        Ok(Queued { job_id: Some(id), files })
+        Ok(Queued {
+            job_id: Some(id),
+            files,
+        })
     }
 
-    pub(crate) async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, read: Option<(&TaskResult, Option<&str>)>, now: i64) -> Result<ImportOutcome> {
+    pub(crate) async fn finish_import(
+        &self,
+        task: &Task,
+        owner: &str,
+        file: &FileVersion,
+        read: Option<(&TaskResult, Option<&str>)>,
+        now: i64,
+    ) -> Result<ImportOutcome> {
         let (result, digest) = (read.map(|r| r.0), read.and_then(|r| r.1));
         let mut guard = self.client().await?;
-        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let tx = guard
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(pg("begin"))?;
         let (job_id, task_no) = (task.job_id, task.task_no);
         let mine = tx
             .query_opt(
@@ -539,7 +710,9 @@ impl PgStore {
             .map_err(pg("import record"))?;
         }
         let empty = TaskResult::default();
-        let counts = result.filter(|_| matches!(outcome, ImportOutcome::Imported { .. })).unwrap_or(&empty);
+        let counts = result
+            .filter(|_| matches!(outcome, ImportOutcome::Imported { .. }))
+            .unwrap_or(&empty);
         if let ImportOutcome::Conflict { message } = &outcome {
             tx.execute(
                 "UPDATE tally_tasks SET state = 'failed', finished_at = $3, outcome = 'conflict', last_error = $4 WHERE job_id = $1 AND task_no = $2",
@@ -586,7 +759,12 @@ impl PgStore {
 
     pub(crate) async fn cancel_orphans(&self, now: i64) -> Result<Vec<(i64, String)>> {
         let mut guard = self.client().await?;
-        let tx = guard.as_mut().expect("connected").transaction().await.map_err(pg("begin"))?;
+        let tx = guard
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(pg("begin"))?;
         let mut cancelled = Vec::new();
         loop {
             let orphans = tx
@@ -623,6 +801,11 @@ impl PgStore {
 /// versions of a file can never both be imported (the partial unique index
 /// `tally_imports_once` is the backstop).
 async fn lock_location(tx: &impl GenericClient, location: &str) -> Result<()> {
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&location]).await.map_err(pg("import lock"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&location],
+    )
+    .await
+    .map_err(pg("import lock"))?;
     Ok(())
 }

@@ -23,12 +23,18 @@ use std::sync::Arc;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::Config;
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
-use tokio_rustls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use tokio_rustls::rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider,
+};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::rustls::{self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_rustls::rustls::{
+    self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use crate::error::{Result, StoreError};
 
@@ -60,7 +66,10 @@ pub(crate) struct TlsSettings {
 /// it may hold a password.
 pub(crate) fn split(url: &str) -> Result<(String, TlsSettings)> {
     let invalid = |reason: String| StoreError::InvalidUrl { reason };
-    let mut settings = TlsSettings { mode: Mode::Prefer, root_cert: None };
+    let mut settings = TlsSettings {
+        mode: Mode::Prefer,
+        root_cert: None,
+    };
     // The query starts after the user information, where a password may
     // hold a `?` of its own; that ends at the first `@`, as tokio-postgres
     // reads it.
@@ -94,7 +103,11 @@ pub(crate) fn split(url: &str) -> Result<(String, TlsSettings)> {
             _ => kept.push(segment),
         }
     }
-    let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
     Ok((url, settings))
 }
 
@@ -116,23 +129,33 @@ impl TlsSettings {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| StoreError::Tls { reason: e.to_string() })?;
+            .map_err(|e| StoreError::Tls {
+                reason: e.to_string(),
+            })?;
         let check_chain = match self.mode {
             Mode::VerifyCa | Mode::VerifyFull => true,
             Mode::Require => self.root_cert.is_some(),
             Mode::Disable | Mode::Prefer => false,
         };
         let config = if !check_chain {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(provider))).with_no_client_auth()
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+                .with_no_client_auth()
         } else {
             let roots = Arc::new(self.roots()?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
-                .map_err(|e| StoreError::Tls { reason: format!("cannot use the CA certificates: {e}") })?;
+                .map_err(|e| StoreError::Tls {
+                    reason: format!("cannot use the CA certificates: {e}"),
+                })?;
             if self.mode == Mode::VerifyFull {
                 builder.with_webpki_verifier(webpki).with_no_client_auth()
             } else {
-                builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(webpki))).with_no_client_auth()
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                    .with_no_client_auth()
             }
         };
         Ok(MakeRustlsConnect::new(config))
@@ -141,7 +164,9 @@ impl TlsSettings {
     fn roots(&self) -> Result<RootCertStore> {
         let system = std::env::var("SSL_CERT_FILE").unwrap_or_else(|_| SYSTEM_ROOTS.to_owned());
         let path = self.root_cert.as_deref().unwrap_or(&system);
-        let unreadable = |e: &dyn std::fmt::Display| StoreError::Tls { reason: format!("sslrootcert {path:?}: {e}") };
+        let unreadable = |e: &dyn std::fmt::Display| StoreError::Tls {
+            reason: format!("sslrootcert {path:?}: {e}"),
+        };
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
             .map_err(|e| unreadable(&e))?;
@@ -167,11 +192,14 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
-                Ok(ServerCertVerified::assertion())
-            }
+            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                ..
+            })) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -223,7 +251,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -232,7 +265,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -249,27 +287,48 @@ mod tests {
         let (url, tls) =
             split("postgres://u:p@db:5432/x?sslmode=verify-full&application_name=tally&sslrootcert=%2Fetc%2Fca.pem").unwrap();
         assert_eq!(url, "postgres://u:p@db:5432/x?application_name=tally");
-        let (url, _) = split("postgres://db/x?options=-c%20statement_timeout%3D90s&sslmode=require").unwrap();
+        let (url, _) =
+            split("postgres://db/x?options=-c%20statement_timeout%3D90s&sslmode=require").unwrap();
         assert_eq!(url, "postgres://db/x?options=-c%20statement_timeout%3D90s");
-        assert_eq!(tls, TlsSettings { mode: Mode::VerifyFull, root_cert: Some("/etc/ca.pem".into()) });
+        assert_eq!(
+            tls,
+            TlsSettings {
+                mode: Mode::VerifyFull,
+                root_cert: Some("/etc/ca.pem".into())
+            }
+        );
         // A `?` in the password is not the query; a `+` in a path is not a space.
         let (url, tls) = split("postgres://u:p?ss@db/x?sslrootcert=/etc/ca+1.pem").unwrap();
-        assert_eq!((url.as_str(), tls.root_cert.as_deref()), ("postgres://u:p?ss@db/x", Some("/etc/ca+1.pem")));
+        assert_eq!(
+            (url.as_str(), tls.root_cert.as_deref()),
+            ("postgres://u:p?ss@db/x", Some("/etc/ca+1.pem"))
+        );
         let (url, tls) = split("postgres://db/x").unwrap();
         assert_eq!((url.as_str(), tls.mode), ("postgres://db/x", Mode::Prefer));
         let (url, tls) = split("postgresql://db/x?sslmode=disable").unwrap();
-        assert_eq!((url.as_str(), tls.mode), ("postgresql://db/x", Mode::Disable));
+        assert_eq!(
+            (url.as_str(), tls.mode),
+            ("postgresql://db/x", Mode::Disable)
+        );
     }
 
     #[test]
     fn an_unknown_sslmode_is_named_and_the_password_is_not() {
-        let error = split("postgres://u:hunter2@db/x?sslmode=verify").unwrap_err().to_string();
-        assert!(error.contains("sslmode=\"verify\"") && !error.contains("hunter2"), "{error}");
+        let error = split("postgres://u:hunter2@db/x?sslmode=verify")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("sslmode=\"verify\"") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 
     #[test]
     fn a_missing_ca_file_is_named() {
-        let tls = TlsSettings { mode: Mode::VerifyFull, root_cert: Some("/nonexistent/ca.pem".into()) };
+        let tls = TlsSettings {
+            mode: Mode::VerifyFull,
+            root_cert: Some("/nonexistent/ca.pem".into()),
+        };
         let error = tls.connector().err().unwrap().to_string();
         assert!(error.contains("/nonexistent/ca.pem"), "{error}");
     }

@@ -6,41 +6,100 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 use super::{upsert, SqliteStore};
 use crate::error::{lite, Result};
 use crate::jobs::{
-    check_after, json_list, judge_import, row_state, parse_day, parse_kind, parse_list, parse_state, skip_reason, Dependency, FileVersion,
-    ImportOutcome, Job, Kind, NewJob, NewTask, Queued, QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
+    check_after, json_list, judge_import, parse_day, parse_kind, parse_list, parse_state,
+    row_state, skip_reason, Dependency, FileVersion, ImportOutcome, Job, Kind, NewJob, NewTask,
+    Queued, QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
 };
-use crate::StoreError;
 use crate::parse_row;
+use crate::StoreError;
 
 const TASK_COLUMNS: &str = "job_id, task_no, shard, shards, files, state, attempts, not_before, owner, started_at,
     finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error, size, version, outcome";
 const JOB_COLUMNS: &str =
     "id, state, source, format, day_from, day_to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error, kind";
-const SCHEDULE_COLUMNS: &str = "name, cron, source, format, day_range, merchants, created_at, last_due";
+const SCHEDULE_COLUMNS: &str =
+    "name, cron, source, format, day_range, merchants, created_at, last_due";
 
 /// A row's raw columns; parsed outside rusqlite's closure so that our own
 /// errors can be returned.
 type RawTask = (
-    (i64, i32, i32, i32, String, String, i32, i64, Option<String>, Option<i64>, Option<i64>, i64, i64, i64, String, Option<String>),
+    (
+        i64,
+        i32,
+        i32,
+        i32,
+        String,
+        String,
+        i32,
+        i64,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        i64,
+        i64,
+        i64,
+        String,
+        Option<String>,
+    ),
     (i64, Option<String>, Option<String>),
 );
 
 fn raw_task(r: &Row<'_>) -> rusqlite::Result<RawTask> {
     Ok((
         (
-            r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?,
-            r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?, r.get(15)?,
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+            r.get(13)?,
+            r.get(14)?,
+            r.get(15)?,
         ),
         (r.get(16)?, r.get(17)?, r.get(18)?),
     ))
 }
 
 fn task(raw: RawTask) -> Result<Task> {
-    let ((job_id, task_no, shard, shards, files, state, attempts, not_before, owner, started_at, finished_at, rows_read, rows_rejected, rows_duplicate, rejections, last_error), (size, version, outcome)) = raw;
+    let (
+        (
+            job_id,
+            task_no,
+            shard,
+            shards,
+            files,
+            state,
+            attempts,
+            not_before,
+            owner,
+            started_at,
+            finished_at,
+            rows_read,
+            rows_rejected,
+            rows_duplicate,
+            rejections,
+            last_error,
+        ),
+        (size, version, outcome),
+    ) = raw;
     Ok(Task {
         job_id,
         task_no,
-        input: NewTask { shard, shards, files: parse_list("files", &files)?, size, version },
+        input: NewTask {
+            shard,
+            shards,
+            files: parse_list("files", &files)?,
+            size,
+            version,
+        },
         state: parse_state(&state)?,
         attempts,
         not_before,
@@ -56,25 +115,74 @@ fn task(raw: RawTask) -> Result<Task> {
     })
 }
 
-type RawJob = (i64, String, String, String, String, String, String, Option<String>, i64, Option<i64>, Option<i64>, Option<i64>, Option<String>, String);
+type RawJob = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    String,
+);
 
 fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
     Ok((
-        r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?,
-        r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?,
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
     ))
 }
 
 fn read_job(conn: &Connection, id: i64) -> Result<Option<Job>> {
     let raw = conn
-        .query_row(&format!("SELECT {JOB_COLUMNS} FROM tally_jobs WHERE id = ?1"), [id], raw_job)
+        .query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM tally_jobs WHERE id = ?1"),
+            [id],
+            raw_job,
+        )
         .optional()
         .map_err(lite("job read"))?;
-    let Some((id, state, source, format, from, to, merchants, schedule, created_at, started_at, finished_at, keys_written, last_error, kind)) = raw else {
+    let Some((
+        id,
+        state,
+        source,
+        format,
+        from,
+        to,
+        merchants,
+        schedule,
+        created_at,
+        started_at,
+        finished_at,
+        keys_written,
+        last_error,
+        kind,
+    )) = raw
+    else {
         return Ok(None);
     };
     let mut stmt = conn
-        .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tally_tasks WHERE job_id = ?1 ORDER BY task_no"))
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tally_tasks WHERE job_id = ?1 ORDER BY task_no"
+        ))
         .map_err(lite("task read"))?;
     let tasks = stmt
         .query_map([id], raw_task)
@@ -92,12 +200,24 @@ fn read_job(conn: &Connection, id: i64) -> Result<Option<Job>> {
     Ok(Some(Job {
         id,
         kind: parse_kind(&kind)?,
-        after: after.into_iter().map(|(job_id, state)| Ok(Dependency { job_id, state: parse_state(&state)? })).collect::<Result<_>>()?,
+        after: after
+            .into_iter()
+            .map(|(job_id, state)| {
+                Ok(Dependency {
+                    job_id,
+                    state: parse_state(&state)?,
+                })
+            })
+            .collect::<Result<_>>()?,
         before,
         state: parse_state(&state)?,
         source,
         format,
-        scope: Scope { from: parse_day("day_from", &from)?, to: parse_day("day_to", &to)?, merchants: parse_list("merchants", &merchants)? },
+        scope: Scope {
+            from: parse_day("day_from", &from)?,
+            to: parse_day("day_to", &to)?,
+            merchants: parse_list("merchants", &merchants)?,
+        },
         schedule,
         created_at,
         started_at,
@@ -111,8 +231,12 @@ fn read_job(conn: &Connection, id: i64) -> Result<Option<Job>> {
 fn insert_job(tx: &Transaction<'_>, new: &NewJob, now: i64) -> Result<i64> {
     let mut after = Vec::with_capacity(new.after.len());
     for &id in &new.after {
-        let state: Option<String> =
-            tx.query_row("SELECT state FROM tally_jobs WHERE id = ?1", [id], |r| r.get(0)).optional().map_err(lite("dependency read"))?;
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM tally_jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(lite("dependency read"))?;
         after.push((id, state.map(|s| parse_state(&s)).transpose()?));
     }
     check_after(&after).map_err(StoreError::Refused)?;
@@ -134,7 +258,11 @@ fn insert_job(tx: &Transaction<'_>, new: &NewJob, now: i64) -> Result<i64> {
     after.sort_unstable();
     after.dedup();
     for after_id in after {
-        tx.execute("INSERT INTO tally_job_deps (job_id, after_id) VALUES (?1, ?2)", params![id, after_id]).map_err(lite("dependency insert"))?;
+        tx.execute(
+            "INSERT INTO tally_job_deps (job_id, after_id) VALUES (?1, ?2)",
+            params![id, after_id],
+        )
+        .map_err(lite("dependency insert"))?;
     }
     Ok(id)
 }
@@ -158,7 +286,11 @@ fn stop_tasks(tx: &Transaction<'_>, job_id: i64, now: i64) -> Result<()> {
         params![job_id, now],
     )
     .map_err(lite("task stop"))?;
-    tx.execute("DELETE FROM tally_backfill_rows WHERE job_id = ?1", [job_id]).map_err(lite("job rows delete"))?;
+    tx.execute(
+        "DELETE FROM tally_backfill_rows WHERE job_id = ?1",
+        [job_id],
+    )
+    .map_err(lite("job rows delete"))?;
     Ok(())
 }
 
@@ -179,7 +311,8 @@ fn next_task(conn: &Connection, now: i64) -> Result<Option<(i64, i32)>> {
 }
 
 fn immediate(conn: &mut Connection) -> Result<Transaction<'_>> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(lite("begin"))
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(lite("begin"))
 }
 
 impl SqliteStore {
@@ -234,7 +367,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn claim_task(&self, owner: &str, now: i64, lease_until: i64) -> Result<Option<Task>> {
+    pub(crate) async fn claim_task(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Task>> {
         let owner = owner.to_owned();
         self.with(move |conn| {
             // Look first without the write lock: runners poll often, and an
@@ -269,7 +407,13 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn renew_task(&self, job_id: i64, task_no: i32, owner: &str, lease_until: i64) -> Result<bool> {
+    pub(crate) async fn renew_task(
+        &self,
+        job_id: i64,
+        task_no: i32,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<bool> {
         let owner = owner.to_owned();
         self.with(move |conn| {
             let n = conn
@@ -283,7 +427,14 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn finish_task(&self, job_id: i64, task_no: i32, owner: &str, result: &TaskResult, now: i64) -> Result<bool> {
+    pub(crate) async fn finish_task(
+        &self,
+        job_id: i64,
+        task_no: i32,
+        owner: &str,
+        result: &TaskResult,
+        now: i64,
+    ) -> Result<bool> {
         let (owner, result) = (owner.to_owned(), result.clone());
         self.with(move |conn| {
             let tx = immediate(conn)?;
@@ -326,7 +477,15 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn fail_task(&self, job_id: i64, task_no: i32, owner: &str, error: &str, now: i64, retry_at: Option<i64>) -> Result<()> {
+    pub(crate) async fn fail_task(
+        &self,
+        job_id: i64,
+        task_no: i32,
+        owner: &str,
+        error: &str,
+        now: i64,
+        retry_at: Option<i64>,
+    ) -> Result<()> {
         let (owner, error) = (owner.to_owned(), error.to_owned());
         self.with(move |conn| {
             let tx = immediate(conn)?;
@@ -437,16 +596,40 @@ impl SqliteStore {
         type Row = (String, String, String, String, String, String, i64, i64);
         self.with(|conn| {
             let raw: Vec<Row> = conn
-                .prepare(&format!("SELECT {SCHEDULE_COLUMNS} FROM tally_schedules ORDER BY name"))
+                .prepare(&format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM tally_schedules ORDER BY name"
+                ))
                 .and_then(|mut s| {
-                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))?
-                        .collect()
+                    s.query_map([], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                        ))
+                    })?
+                    .collect()
                 })
                 .map_err(lite("schedule read"))?;
             raw.into_iter()
-                .map(|(name, cron, source, format, day_range, merchants, created_at, last_due)| {
-                    Ok(Schedule { name, cron, source, format, day_range, merchants: parse_list("merchants", &merchants)?, created_at, last_due })
-                })
+                .map(
+                    |(name, cron, source, format, day_range, merchants, created_at, last_due)| {
+                        Ok(Schedule {
+                            name,
+                            cron,
+                            source,
+                            format,
+                            day_range,
+                            merchants: parse_list("merchants", &merchants)?,
+                            created_at,
+                            last_due,
+                        })
+                    },
+                )
                 .collect()
         })
         .await
@@ -454,16 +637,31 @@ impl SqliteStore {
 
     pub(crate) async fn remove_schedule(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
-        self.with(move |conn| Ok(conn.execute("DELETE FROM tally_schedules WHERE name = ?1", [name]).map_err(lite("schedule delete"))? == 1))
-            .await
+        self.with(move |conn| {
+            Ok(conn
+                .execute("DELETE FROM tally_schedules WHERE name = ?1", [name])
+                .map_err(lite("schedule delete"))?
+                == 1)
+        })
+        .await
     }
 
-    pub(crate) async fn fire_schedule(&self, name: &str, previous: i64, due: i64, new: &NewJob, now: i64) -> Result<Option<i64>> {
+    pub(crate) async fn fire_schedule(
+        &self,
+        name: &str,
+        previous: i64,
+        due: i64,
+        new: &NewJob,
+        now: i64,
+    ) -> Result<Option<i64>> {
         let (name, new) = (name.to_owned(), new.clone());
         self.with(move |conn| {
             let tx = immediate(conn)?;
             let moved = tx
-                .execute("UPDATE tally_schedules SET last_due = ?3 WHERE name = ?1 AND last_due = ?2", params![name, previous, due])
+                .execute(
+                    "UPDATE tally_schedules SET last_due = ?3 WHERE name = ?1 AND last_due = ?2",
+                    params![name, previous, due],
+                )
                 .map_err(lite("schedule fire"))?;
             if moved != 1 {
                 return Ok(None);
@@ -475,7 +673,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn queue_import(&self, new: &NewJob, requeue: Requeue, now: i64) -> Result<Queued> {
+    pub(crate) async fn queue_import(
+        &self,
+        new: &NewJob,
+        requeue: Requeue,
+        now: i64,
+    ) -> Result<Queued> {
         let new = new.clone();
         self.with(move |conn| {
             let tx = immediate(conn)?;
@@ -521,9 +724,19 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn finish_import(&self, task: &Task, owner: &str, file: &FileVersion, read: Option<(&TaskResult, Option<&str>)>, now: i64) -> Result<ImportOutcome> {
+    pub(crate) async fn finish_import(
+        &self,
+        task: &Task,
+        owner: &str,
+        file: &FileVersion,
+        read: Option<(&TaskResult, Option<&str>)>,
+        now: i64,
+    ) -> Result<ImportOutcome> {
         let (task, owner, file) = (task.clone(), owner.to_owned(), file.clone());
-        let (result, digest) = (read.map(|r| r.0.clone()), read.and_then(|r| r.1.map(str::to_owned)));
+        let (result, digest) = (
+            read.map(|r| r.0.clone()),
+            read.and_then(|r| r.1.map(str::to_owned)),
+        );
         self.with(move |conn| {
             // IMMEDIATE: the whole judgement runs under the write lock, so two
             // versions of one file can never both be imported.

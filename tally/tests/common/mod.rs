@@ -69,8 +69,15 @@ pub struct World {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}-{}-{}-{nanos:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 impl World {
@@ -104,7 +111,11 @@ impl World {
             children: Vec::new(),
         };
         if partials {
-            create_topics(&world.brokers, &[&world.orders, &world.partials, &world.dlq]).await;
+            create_topics(
+                &world.brokers,
+                &[&world.orders, &world.partials, &world.dlq],
+            )
+            .await;
         } else {
             create_topics(&world.brokers, &[&world.orders, &world.dlq]).await;
         }
@@ -137,34 +148,62 @@ impl World {
             dir,
             metrics: HashMap::new(),
             env: vec![
-                ("TALLY_DATABASE_URL_FILE".into(), url_file.display().to_string()),
+                (
+                    "TALLY_DATABASE_URL_FILE".into(),
+                    url_file.display().to_string(),
+                ),
                 ("TALLY_KAFKA__SECURITY_PROTOCOL".into(), "SASL_SSL".into()),
-                ("TALLY_KAFKA__SSL_CA_LOCATION".into(), required("TALLY_TEST_TLS_CA")),
-                ("TALLY_KAFKA__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM".into(), "https".into()),
+                (
+                    "TALLY_KAFKA__SSL_CA_LOCATION".into(),
+                    required("TALLY_TEST_TLS_CA"),
+                ),
+                (
+                    "TALLY_KAFKA__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM".into(),
+                    "https".into(),
+                ),
                 ("TALLY_KAFKA__SASL_MECHANISM".into(), "SCRAM-SHA-512".into()),
                 ("TALLY_KAFKA__SASL_USERNAME".into(), "tally".into()),
-                ("TALLY_KAFKA__SASL_PASSWORD_FILE".into(), sasl_file.display().to_string()),
+                (
+                    "TALLY_KAFKA__SASL_PASSWORD_FILE".into(),
+                    sasl_file.display().to_string(),
+                ),
                 // Ingest logs in as the other user, with the other mechanism.
-                ("TALLY_INGEST_KAFKA__SASL_MECHANISM".into(), "SCRAM-SHA-256".into()),
-                ("TALLY_INGEST_KAFKA__SASL_USERNAME".into(), "tally256".into()),
+                (
+                    "TALLY_INGEST_KAFKA__SASL_MECHANISM".into(),
+                    "SCRAM-SHA-256".into(),
+                ),
+                (
+                    "TALLY_INGEST_KAFKA__SASL_USERNAME".into(),
+                    "tally256".into(),
+                ),
             ],
             children: Vec::new(),
         };
-        create_topics(&world.brokers, &[&world.orders, &world.partials, &world.dlq]).await;
+        create_topics(
+            &world.brokers,
+            &[&world.orders, &world.partials, &world.dlq],
+        )
+        .await;
         world
     }
 
     /// The value of the series of `name` whose labels include every `labels`
     /// pair, summed, from service `service`'s `/metrics`; `None` when absent.
     pub async fn metric(&self, service: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let (status, body) = http(&self.metrics[service], "GET", "/metrics", &[], b"").await.ok()?;
+        let (status, body) = http(&self.metrics[service], "GET", "/metrics", &[], b"")
+            .await
+            .ok()?;
         assert_eq!(status, 200, "{service} serves /metrics");
         let text = String::from_utf8(body).unwrap();
         let mut found = None;
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ')?;
             let (metric, label_text) = series.split_once('{').map_or((series, ""), |(m, l)| (m, l));
-            if metric != name || !labels.iter().all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))) {
+            if metric != name
+                || !labels
+                    .iter()
+                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
+            {
                 continue;
             }
             *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
@@ -182,20 +221,31 @@ impl World {
     }
 
     /// Polls `condition` every 200 ms; panics after `timeout` naming `what`.
-    pub async fn wait_for<F: std::future::Future<Output = bool>>(&self, what: &str, timeout: Duration, mut condition: impl FnMut() -> F) {
+    pub async fn wait_for<F: std::future::Future<Output = bool>>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut() -> F,
+    ) {
         let deadline = Instant::now() + timeout;
         while !condition().await {
             for service in &self.children {
                 service.assert_alive();
             }
-            assert!(Instant::now() < deadline, "{what}: not within {timeout:?}; logs in {}", self.dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; logs in {}",
+                self.dir.display()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// The database, opened by the test itself (never through a tally process).
     pub async fn store(&self) -> Store {
-        Store::connect(&self.database_url).await.expect("test database reachable")
+        Store::connect(&self.database_url)
+            .await
+            .expect("test database reachable")
     }
 
     /// Flags every service takes; picks and records `name`'s metrics address.
@@ -207,8 +257,17 @@ impl World {
     /// URL goes on the command line unless the environment names its file.
     fn base_args_at(&mut self, name: &str, metrics: String) -> Vec<String> {
         self.metrics.insert(name.to_owned(), metrics.clone());
-        let mut args = vec!["--brokers".into(), self.brokers.clone(), "--metrics-addr".into(), metrics];
-        if !self.env.iter().any(|(var, _)| var == "TALLY_DATABASE_URL_FILE") {
+        let mut args = vec![
+            "--brokers".into(),
+            self.brokers.clone(),
+            "--metrics-addr".into(),
+            metrics,
+        ];
+        if !self
+            .env
+            .iter()
+            .any(|(var, _)| var == "TALLY_DATABASE_URL_FILE")
+        {
             args.extend(["--database-url".into(), self.database_url.clone()]);
         }
         args
@@ -229,7 +288,9 @@ impl World {
             ("worker.session_timeout_ms", "30000"),
             ("worker.kafka", "max.poll.interval.ms=60000"),
         ];
-        let debug = std::env::var("TALLY_TEST_KAFKA_DEBUG").ok().map(|d| format!("debug={d}"));
+        let debug = std::env::var("TALLY_TEST_KAFKA_DEBUG")
+            .ok()
+            .map(|d| format!("debug={d}"));
         let debug_set = debug.as_deref().map(|d| ("worker.kafka", d));
         for (key, value) in sets.iter().chain(extra).chain(debug_set.iter()) {
             args.push("--set".into());
@@ -278,11 +339,24 @@ impl World {
 
     /// Starts `tally ingest` accepting `token`; returns the service index and
     /// its `host:port` once `/readyz` says the broker is reachable.
-    pub async fn start_ingest(&mut self, name: &str, token: &str, extra: &[(&str, &str)]) -> (usize, String) {
+    pub async fn start_ingest(
+        &mut self,
+        name: &str,
+        token: &str,
+        extra: &[(&str, &str)],
+    ) -> (usize, String) {
         let addr = free_addr();
         self.metrics.insert(name.to_owned(), addr.clone());
-        let mut args = vec!["ingest".to_string(), "--brokers".into(), self.brokers.clone()];
-        let sets = [("ingest.orders_topic", self.orders.as_str()), ("ingest.listen", &addr), ("ingest.tokens", token)];
+        let mut args = vec![
+            "ingest".to_string(),
+            "--brokers".into(),
+            self.brokers.clone(),
+        ];
+        let sets = [
+            ("ingest.orders_topic", self.orders.as_str()),
+            ("ingest.listen", &addr),
+            ("ingest.tokens", token),
+        ];
         for (key, value) in sets.iter().chain(extra) {
             args.push("--set".into());
             args.push(format!("{key}={value}"));
@@ -293,33 +367,48 @@ impl World {
             let tls = extra.iter().any(|(key, _)| *key == "ingest.tls_cert");
             let status = if tls {
                 let addr = addr.clone();
-                tokio::task::spawn_blocking(move || https(&addr, "GET", "/readyz", &[], b"").0).await.unwrap()
+                tokio::task::spawn_blocking(move || https(&addr, "GET", "/readyz", &[], b"").0)
+                    .await
+                    .unwrap()
             } else {
-                http(&addr, "GET", "/readyz", &[], b"").await.map_or(0, |(status, _)| status)
+                http(&addr, "GET", "/readyz", &[], b"")
+                    .await
+                    .map_or(0, |(status, _)| status)
             };
             if status == 200 {
                 return (index, addr);
             }
             self.children[index].assert_alive();
-            assert!(Instant::now() < deadline, "ingest on {addr} not ready within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "ingest on {addr} not ready within 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     fn spawn(&mut self, name: &str, args: Vec<String>) -> usize {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.{}.log", self.children.len()))).unwrap();
+        let log =
+            std::fs::File::create(self.dir.join(format!("{name}.{}.log", self.children.len())))
+                .unwrap();
         // `setpriv --pdeathsig` (util-linux) kills the service if this test
         // process dies without running `Drop`, so no stray worker outlives it.
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", env!("CARGO_BIN_EXE_tally")])
             .args(&args)
-            .env("TALLY_LOG", std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "TALLY_LOG",
+                std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("tally binary starts");
-        self.children.push(Service { name: name.to_owned(), child: Some(child) });
+        self.children.push(Service {
+            name: name.to_owned(),
+            child: Some(child),
+        });
         self.children.len() - 1
     }
 
@@ -340,13 +429,20 @@ impl World {
     pub fn terminate(&mut self, index: usize) -> i32 {
         let service = &mut self.children[index];
         let mut child = service.child.take().expect("service running");
-        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "{} did not exit within 60 s of SIGTERM", service.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within 60 s of SIGTERM",
+                service.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -364,7 +460,11 @@ impl World {
             for service in &self.children {
                 service.assert_alive();
             }
-            assert!(Instant::now() < deadline, "only {done} of {messages} messages committed after {timeout:?}; logs in {}", self.dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {messages} messages committed after {timeout:?}; logs in {}",
+                self.dir.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -372,7 +472,11 @@ impl World {
     /// Source messages behind committed fences.
     pub async fn committed(&self, store: &Store) -> u64 {
         let progress = store.progress().await.expect("progress readable");
-        progress.iter().filter(|p| p.topic == self.orders).map(|p| p.fence.next_offset as u64).sum()
+        progress
+            .iter()
+            .filter(|p| p.topic == self.orders)
+            .map(|p| p.fence.next_offset as u64)
+            .sum()
     }
 
     /// Reads every record of the dead-letter topic: (source partition, source offset) → payload.
@@ -384,7 +488,8 @@ impl World {
             .unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&self.dlq, p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(&self.dlq, p, Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
         let mut out = HashMap::new();
@@ -393,12 +498,18 @@ impl World {
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
                 let header = |name: &str| -> String {
                     let headers = message.headers().expect("dead letters carry headers");
-                    let h = headers.iter().find(|h| h.key == name).unwrap_or_else(|| panic!("header {name} missing"));
+                    let h = headers
+                        .iter()
+                        .find(|h| h.key == name)
+                        .unwrap_or_else(|| panic!("header {name} missing"));
                     String::from_utf8(h.value.unwrap().to_vec()).unwrap()
                 };
                 assert!(!header("tally.reason").is_empty());
                 assert!(!header("tally.field").is_empty());
-                let source = (header("tally.source.partition").parse().unwrap(), header("tally.source.offset").parse().unwrap());
+                let source = (
+                    header("tally.source.partition").parse().unwrap(),
+                    header("tally.source.offset").parse().unwrap(),
+                );
                 out.insert(source, message.payload().unwrap_or_default().to_vec());
             }
         }
@@ -429,10 +540,15 @@ impl Service {
         if let Some(child) = &self.child {
             let pid = child.id();
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists() && !stat.contains(") Z ");
+            let alive =
+                std::path::Path::new(&format!("/proc/{pid}")).exists() && !stat.contains(") Z ");
             // A zombie's last stat field is its wait status (signal in the low bits).
             let status = stat.split_whitespace().last().unwrap_or("?");
-            assert!(alive, "{} (pid {pid}) exited unexpectedly (wait status {status})", self.name);
+            assert!(
+                alive,
+                "{} (pid {pid}) exited unexpectedly (wait status {status})",
+                self.name
+            );
         }
     }
 }
@@ -441,26 +557,57 @@ impl Service {
 /// URL tally gets logs in as `tally` with its password over verified TLS.
 pub async fn fresh_tls_postgres(id: &str) -> String {
     let (client, connection) =
-        tokio_postgres::connect(&required("TALLY_TEST_PG_TLS_ADMIN"), tokio_postgres::NoTls).await.expect("PostgreSQL (TLS) reachable");
+        tokio_postgres::connect(&required("TALLY_TEST_PG_TLS_ADMIN"), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL (TLS) reachable");
     tokio::spawn(connection);
     let name = id.replace('-', "_").to_lowercase();
-    client.batch_execute(&format!("CREATE DATABASE {name} OWNER tally")).await.unwrap();
-    let base = required("TALLY_TEST_PG_TLS_URL").replace("postgres@", &format!("tally:{}@", required("TALLY_TEST_PG_TLS_PASSWORD")));
+    client
+        .batch_execute(&format!("CREATE DATABASE {name} OWNER tally"))
+        .await
+        .unwrap();
+    let base = required("TALLY_TEST_PG_TLS_URL").replace(
+        "postgres@",
+        &format!("tally:{}@", required("TALLY_TEST_PG_TLS_PASSWORD")),
+    );
     let (base, _) = base.rsplit_once('/').unwrap();
-    format!("{base}/{name}?sslmode=verify-full&sslrootcert={}", required("TALLY_TEST_TLS_CA"))
+    format!(
+        "{base}/{name}?sslmode=verify-full&sslrootcert={}",
+        required("TALLY_TEST_TLS_CA")
+    )
 }
 
 /// An HTTPS request through curl, trusting only the test CA: the status and body.
-pub fn https(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+pub fn https(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let mut command = Command::new("curl");
-    command.args(["-sS", "--max-time", "60", "--cacert", &required("TALLY_TEST_TLS_CA"), "-X", method, "-w", "\n%{http_code}"]);
+    command.args([
+        "-sS",
+        "--max-time",
+        "60",
+        "--cacert",
+        &required("TALLY_TEST_TLS_CA"),
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
     for (name, value) in headers {
         command.args(["-H", &format!("{name}: {value}")]);
     }
     if !body.is_empty() {
         command.args(["--data-binary", "@-"]);
     }
-    command.arg(format!("https://{addr}{path}")).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .arg(format!("https://{addr}{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = command.spawn().expect("curl runs");
     {
         use std::io::Write;
@@ -470,7 +617,10 @@ pub fn https(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], bod
     let output = child.wait_with_output().unwrap();
     let text = output.stdout;
     let split = text.iter().rposition(|&b| b == b'\n').unwrap_or(0);
-    let status = String::from_utf8_lossy(&text[split..]).trim().parse().unwrap_or(0);
+    let status = String::from_utf8_lossy(&text[split..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
     if status == 0 {
         return (0, output.stderr);
     }
@@ -479,10 +629,15 @@ pub fn https(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], bod
 
 async fn fresh_postgres(id: &str) -> String {
     let admin_url = required("TALLY_TEST_PG_URL");
-    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.expect("PostgreSQL reachable");
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL reachable");
     tokio::spawn(connection);
     let name = id.replace('-', "_").to_lowercase();
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
     let (base, _) = admin_url.rsplit_once('/').unwrap();
     format!("{base}/{name}")
 }
@@ -505,8 +660,15 @@ pub fn kafka_client(brokers: &str) -> ClientConfig {
 
 pub async fn create_topics(brokers: &str, topics: &[&str]) {
     let admin: AdminClient<DefaultClientContext> = kafka_client(brokers).create().unwrap();
-    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1))).collect();
-    for result in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
         result.expect("topic created");
     }
 }
@@ -532,9 +694,16 @@ pub fn traffic(seed: u64, events: u64) -> Traffic {
     };
     let messages: Vec<Generated> = Generator::new(config).collect();
     let expected = expected_totals(&messages);
-    let invalid_payloads =
-        messages.iter().filter(|m| matches!(m.truth, Truth::Invalid(_))).map(|m| m.payload.clone()).collect();
-    Traffic { messages, expected, invalid_payloads }
+    let invalid_payloads = messages
+        .iter()
+        .filter(|m| matches!(m.truth, Truth::Invalid(_)))
+        .map(|m| m.payload.clone())
+        .collect();
+    Traffic {
+        messages,
+        expected,
+        invalid_payloads,
+    }
 }
 
 /// The test's own arithmetic: plain i128 sums of the counted events.
@@ -542,18 +711,35 @@ pub fn expected_totals(messages: &[Generated]) -> Totals {
     let mut sums: BTreeMap<(String, String, i32), [i128; 4]> = BTreeMap::new();
     for message in messages {
         if let Truth::Counted { key, kind, amount } = &message.truth {
-            let entry = sums.entry((key.merchant_id.clone(), key.currency.clone(), key.day.0)).or_default();
+            let entry = sums
+                .entry((key.merchant_id.clone(), key.currency.clone(), key.day.0))
+                .or_default();
             match kind {
-                Kind::Sale => { entry[0] += amount.0; entry[1] += 1; }
-                Kind::Refund => { entry[2] += amount.0; entry[3] += 1; }
+                Kind::Sale => {
+                    entry[0] += amount.0;
+                    entry[1] += 1;
+                }
+                Kind::Refund => {
+                    entry[2] += amount.0;
+                    entry[3] += 1;
+                }
             }
         }
     }
     sums.into_iter()
         .map(|((merchant_id, currency, day), s)| {
             (
-                TotalsKey { merchant_id, currency, day: Day(day) },
-                Sums { sales_amount: Amount(s[0]), sales_count: s[1] as i64, refund_amount: Amount(s[2]), refund_count: s[3] as i64 },
+                TotalsKey {
+                    merchant_id,
+                    currency,
+                    day: Day(day),
+                },
+                Sums {
+                    sales_amount: Amount(s[0]),
+                    sales_count: s[1] as i64,
+                    refund_amount: Amount(s[2]),
+                    refund_count: s[3] as i64,
+                },
             )
         })
         .collect()
@@ -562,7 +748,9 @@ pub fn expected_totals(messages: &[Generated]) -> Totals {
 /// Produces `messages` to `topic` and waits for every acknowledgement.
 pub async fn produce(brokers: &str, topic: &str, messages: &[Generated]) {
     let producer = ingest::produce::bulk_producer(brokers, &Default::default()).unwrap();
-    ingest::produce::produce_all(&producer, topic, messages.iter().cloned(), |_| {}).await.expect("broker accepts the traffic");
+    ingest::produce::produce_all(&producer, topic, messages.iter().cloned(), |_| {})
+        .await
+        .expect("broker accepts the traffic");
 }
 
 /// Compares the table with the expected totals row by row; panics listing differences.
@@ -571,7 +759,16 @@ pub fn assert_totals_equal(expected: &Totals, actual: &Totals) {
     let mut differences: Vec<String> = keys
         .into_iter()
         .filter(|k| expected.get(*k) != actual.get(*k))
-        .map(|k| format!("{} {} {}: expected {:?}, got {:?}", k.merchant_id, k.currency, k.day, expected.get(k), actual.get(k)))
+        .map(|k| {
+            format!(
+                "{} {} {}: expected {:?}, got {:?}",
+                k.merchant_id,
+                k.currency,
+                k.day,
+                expected.get(k),
+                actual.get(k)
+            )
+        })
         .collect();
     differences.sort();
     assert!(
@@ -579,13 +776,29 @@ pub fn assert_totals_equal(expected: &Totals, actual: &Totals) {
         "{} of {} keys differ, e.g.:\n{}",
         differences.len(),
         expected.len(),
-        differences.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+        differences
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
-    assert!(!expected.is_empty(), "the scenario produced no countable events");
+    assert!(
+        !expected.is_empty(),
+        "the scenario produced no countable events"
+    );
 }
 
 /// A hand-made partial of one row (`merchant`, EUR, 2026-11-20) for fence tests.
-pub fn partial(topic: &str, partition: i32, epoch: i64, first: i64, last: i64, merchant: &str, units: i128) -> schemas::Partial {
+pub fn partial(
+    topic: &str,
+    partition: i32,
+    epoch: i64,
+    first: i64,
+    last: i64,
+    merchant: &str,
+    units: i128,
+) -> schemas::Partial {
     schemas::Partial {
         topic: topic.to_owned(),
         partition,
@@ -594,24 +807,45 @@ pub fn partial(topic: &str, partition: i32, epoch: i64, first: i64, last: i64, m
         last_offset: last,
         dedupe_from_offset: first,
         dedupe_clock_ms: None,
-        events: schemas::partial::EventCounts { counted: 1, ..Default::default() },
+        events: schemas::partial::EventCounts {
+            counted: 1,
+            ..Default::default()
+        },
         max_append_ms: None,
         rows: vec![schemas::PartialRow {
-            key: TotalsKey { merchant_id: merchant.into(), currency: "EUR".into(), day: Day(20_777) },
-            sums: Sums { sales_amount: Amount(units), sales_count: 1, ..Default::default() },
+            key: TotalsKey {
+                merchant_id: merchant.into(),
+                currency: "EUR".into(),
+                day: Day(20_777),
+            },
+            sums: Sums {
+                sales_amount: Amount(units),
+                sales_count: 1,
+                ..Default::default()
+            },
         }],
     }
 }
 
 /// A minimal HTTP/1.1 request (`Connection: close`): returns status and body.
-pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let reply = ingest::client::request(addr, method, path, headers, body).await?;
     Ok((reply.status, reply.body))
 }
 
 /// A loopback `host:port` that nothing listened on a moment ago.
 pub fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     format!("127.0.0.1:{port}")
 }
 
@@ -620,7 +854,9 @@ pub fn topic_messages(brokers: &str, topic: &str) -> i64 {
     let consumer: BaseConsumer = kafka_client(brokers).create().unwrap();
     (0..PARTITIONS)
         .map(|p| {
-            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
             high - low
         })
         .sum()
@@ -630,15 +866,25 @@ pub fn topic_messages(brokers: &str, topic: &str) -> i64 {
 /// its children (`TALLY_TEST_PG_DATA` names its data directory).
 pub fn postgres_pids() -> Vec<u32> {
     let data = required("TALLY_TEST_PG_DATA");
-    let pid_file = std::fs::read_to_string(format!("{data}/postmaster.pid")).expect("postmaster.pid readable");
+    let pid_file =
+        std::fs::read_to_string(format!("{data}/postmaster.pid")).expect("postmaster.pid readable");
     let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
     let mut pids = vec![postmaster];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // The fields after the command name, which is in parentheses.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(postmaster) {
+        if rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(postmaster)
+        {
             pids.push(pid);
         }
     }
@@ -652,7 +898,10 @@ pub fn signal_postgres(signal: &str) {
         pids.reverse();
     }
     for pid in pids {
-        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{signal} {pid}");
     }
 }
@@ -660,24 +909,40 @@ pub fn signal_postgres(signal: &str) {
 /// Produces `(key, payload, timestamp_ms)` records to `topic` (the broker's
 /// partitioner places them by key) and waits for every acknowledgement.
 pub async fn produce_raw(brokers: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>, Option<i64>)]) {
-    let producer: rdkafka::producer::FutureProducer =
-        kafka_client(brokers).set("enable.idempotence", "true").create().unwrap();
+    let producer: rdkafka::producer::FutureProducer = kafka_client(brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
     let mut deliveries = Vec::new();
     for (key, payload, timestamp) in records {
-        let mut record = rdkafka::producer::FutureRecord::to(topic).key(key.as_slice()).payload(payload.as_slice());
+        let mut record = rdkafka::producer::FutureRecord::to(topic)
+            .key(key.as_slice())
+            .payload(payload.as_slice());
         if let Some(ms) = timestamp {
             record = record.timestamp(*ms);
         }
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueued"));
+        deliveries.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueued"),
+        );
     }
     for delivery in deliveries {
-        delivery.await.unwrap().map_err(|(e, _)| e).expect("broker acknowledges");
+        delivery
+            .await
+            .unwrap()
+            .map_err(|(e, _)| e)
+            .expect("broker acknowledges");
     }
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// One record of a topic: partition, key and payload.
@@ -698,15 +963,22 @@ pub fn topic_records(brokers: &str, topic: &str) -> Vec<Record> {
     let mut tpl = TopicPartitionList::new();
     let mut remaining = 0;
     for p in 0..PARTITIONS {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
         remaining += high - low;
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while (out.len() as i64) < remaining {
-        assert!(Instant::now() < deadline, "read {} of {remaining} records of {topic} in 60 s", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {remaining} records of {topic} in 60 s",
+            out.len()
+        );
         if let Some(message) = consumer.poll(Duration::from_millis(200)) {
             let message = message.unwrap();
             out.push(Record {
