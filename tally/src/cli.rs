@@ -55,7 +55,7 @@ pub enum Command {
 /// Flags shared by the long-running services.
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
-    /// TOML configuration file with `[worker]` and `[aggregator]` tables.
+    /// TOML configuration file with `[worker]`, `[aggregator]` and `[ingest]` tables.
     #[arg(long, env = "TALLY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Kafka bootstrap servers (overrides file and environment).
