@@ -4,15 +4,28 @@
 //! - [`produce`]: publishing generated traffic straight to Kafka.
 //! - [`expected`]: the expected-totals CSV file and the key-by-key comparison.
 //!
-//! - [`service`]: `tally ingest`, the HTTP front door (`POST /v1/orders`).
+//! - [`run()`]: `tally ingest`'s entry point: serves until shutdown, then
+//!   drains and flushes ([`bind`] binds its address first).
+//! - [`config`]: `[ingest]` settings, defaults and validation.
+//! - [`service`]: the HTTP front door's routes (`POST /v1/orders`).
+//! - [`metrics`]: its Prometheus metrics.
+//! - [`error`]: why it could not start or stop cleanly.
 //! - [`serve`]: its server: HTTPS, connection bounds and deadlines.
 //! - [`imports`]: `POST /v1/imports`, S3 event notifications that start imports.
 //! - [`client`]: a small HTTP/1.1 client for it (the generator's `--url`).
 
 pub mod client;
+pub mod config;
+pub mod error;
 pub mod expected;
 pub mod generate;
 pub mod imports;
+pub mod metrics;
 pub mod produce;
+mod run;
 pub mod serve;
 pub mod service;
+
+pub use config::IngestConfig;
+pub use error::IngestError;
+pub use run::{bind, run};

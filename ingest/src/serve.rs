@@ -20,7 +20,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::IngestConfig;
+use crate::config::IngestConfig;
 
 /// The server's limits, from `[ingest]`.
 #[derive(Debug, Clone)]

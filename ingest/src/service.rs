@@ -30,7 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -41,183 +41,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::LengthLimitError;
-use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    Histogram, IntCounter, IntCounterVec, IntGauge,
-};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use schemas::config::{self as check, ConfigError};
 use schemas::event::decode;
 use schemas::scan::body_items;
 use serde::{Deserialize, Serialize};
 
+use crate::config::IngestConfig;
 use crate::imports::{ImportQueue, Started};
-
-/// `[ingest]` settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
-    /// Topic valid events go to.
-    pub orders_topic: String,
-    /// Address the API listens on.
-    pub listen: String,
-    /// Accepted bearer tokens, comma-separated. Prefer `TALLY_INGEST_TOKENS`
-    /// over a file. Empty refuses every request.
-    pub tokens: String,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    /// Messages the producer may hold unacknowledged before requests get 503.
-    pub queue_max_messages: u32,
-    /// How long a request waits for the broker's acknowledgements.
-    pub ack_timeout_ms: u64,
-    /// Database where `POST /v1/imports` queues import jobs (`postgres://…`
-    /// or `sqlite://PATH`, the aggregators' database). Empty: that route
-    /// answers 503.
-    pub database_url: String,
-    /// Extra librdkafka properties.
-    pub kafka: BTreeMap<String, String>,
-    /// PEM certificate chain: with `tls_key`, the API is served over HTTPS.
-    pub tls_cert: String,
-    /// PEM private key of `tls_cert`.
-    pub tls_key: String,
-    /// How long a connection may take to send a request's headers (and its
-    /// TLS handshake) before it is closed.
-    pub header_timeout_ms: u64,
-    /// How long a request may take to send its body before it gets 408.
-    pub body_timeout_ms: u64,
-    /// Requests handled at once; more get 503 with `Retry-After`.
-    pub max_concurrent_requests: usize,
-    /// Open connections; more wait in the listen backlog.
-    pub max_connections: usize,
-}
-
-impl Default for IngestConfig {
-    fn default() -> IngestConfig {
-        IngestConfig {
-            brokers: "127.0.0.1:9092".into(),
-            orders_topic: "orders".into(),
-            listen: "127.0.0.1:8080".into(),
-            tokens: String::new(),
-            max_body_bytes: 5 * 1024 * 1024,
-            queue_max_messages: 100_000,
-            ack_timeout_ms: 10_000,
-            database_url: String::new(),
-            kafka: BTreeMap::new(),
-            tls_cert: String::new(),
-            tls_key: String::new(),
-            header_timeout_ms: 10_000,
-            body_timeout_ms: 30_000,
-            max_concurrent_requests: 256,
-            max_connections: 4_096,
-        }
-    }
-}
-
-impl IngestConfig {
-    /// Checks every field; the error names the first bad one as `ingest.<field>`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        check::brokers("ingest.brokers", &self.brokers)?;
-        check::kafka_name("ingest.orders_topic", &self.orders_topic)?;
-        if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::new(
-                "ingest.listen",
-                &self.listen,
-                "must be host:port, e.g. 0.0.0.0:8080",
-            ));
-        }
-        if self.token_list().is_empty() {
-            return Err(ConfigError::new(
-                "ingest.tokens",
-                "",
-                "needs at least one bearer token (TALLY_INGEST_TOKENS)",
-            ));
-        }
-        check::in_range(
-            "ingest.max_body_bytes",
-            self.max_body_bytes,
-            1_024,
-            256 * 1024 * 1024,
-        )?;
-        check::in_range(
-            "ingest.queue_max_messages",
-            self.queue_max_messages,
-            100,
-            10_000_000,
-        )?;
-        check::in_range("ingest.ack_timeout_ms", self.ack_timeout_ms, 100, 600_000)?;
-        if !self.database_url.is_empty() {
-            check::database_url("ingest.database_url", &self.database_url)?;
-        }
-        check::in_range(
-            "ingest.header_timeout_ms",
-            self.header_timeout_ms,
-            100,
-            600_000,
-        )?;
-        check::in_range(
-            "ingest.body_timeout_ms",
-            self.body_timeout_ms,
-            100,
-            3_600_000,
-        )?;
-        check::in_range(
-            "ingest.max_concurrent_requests",
-            self.max_concurrent_requests,
-            1,
-            100_000,
-        )?;
-        check::in_range("ingest.max_connections", self.max_connections, 1, 1_000_000)?;
-        match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
-            (true, false) => {
-                return Err(ConfigError::new(
-                    "ingest.tls_cert",
-                    "",
-                    "must be set with ingest.tls_key",
-                ))
-            }
-            (false, true) => {
-                return Err(ConfigError::new(
-                    "ingest.tls_key",
-                    "",
-                    "must be set with ingest.tls_cert",
-                ))
-            }
-            _ => {}
-        }
-        let max_message = self.max_message_bytes();
-        check::in_range(
-            "ingest.kafka.message.max.bytes",
-            max_message,
-            1_000,
-            1_000_000_000,
-        )?;
-        Ok(())
-    }
-
-    /// The producer's `message.max.bytes`: `ingest.kafka` or librdkafka's default.
-    /// An unparsable value counts as 0, which `validate` refuses.
-    fn max_message_bytes(&self) -> usize {
-        self.kafka
-            .get("message.max.bytes")
-            .map_or(DEFAULT_MESSAGE_MAX_BYTES, |v| v.trim().parse().unwrap_or(0))
-    }
-
-    fn token_list(&self) -> Vec<String> {
-        self.tokens
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-/// librdkafka's default `message.max.bytes`.
-const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+use crate::metrics::{DURATION, EVENTS, IN_PROGRESS, PRODUCE_ERRORS, REQUESTS};
 
 /// Rejections an answer lists one by one; the rest are only counted.
 pub const LISTED_REJECTIONS: usize = 100;
@@ -225,70 +58,6 @@ pub const LISTED_REJECTIONS: usize = 100;
 /// Distinct `field rule` keys counted in an answer's `reasons`; others count
 /// under `other`.
 const COUNTED_REASONS: usize = 100;
-
-static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tally_ingest_requests_total",
-        "HTTP requests by route and status.",
-        &["route", "status"]
-    )
-    .expect("metric registers once")
-});
-static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tally_ingest_events_total",
-        "Events by outcome: accepted or rejected.",
-        &["outcome"]
-    )
-    .expect("metric registers once")
-});
-static DURATION: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
-        "tally_ingest_request_duration_seconds",
-        "Time to answer POST /v1/orders."
-    )
-    .expect("metric registers once")
-});
-static IN_PROGRESS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "tally_ingest_requests_in_progress",
-        "Requests holding one of ingest.max_concurrent_requests slots."
-    )
-    .expect("metric registers once")
-});
-static PRODUCE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "tally_ingest_produce_errors_total",
-        "Events the broker did not take (request answered 503)."
-    )
-    .expect("metric registers once")
-});
-
-/// Registers every ingest metric, with zero series for the answers an
-/// operator watches, so dashboards and alerts see them before the first request.
-pub fn init_metrics() {
-    for status in ["200", "207", "400", "401", "408", "413", "422", "503"] {
-        REQUESTS.with_label_values(&["/v1/orders", status]);
-    }
-    for status in ["200", "207", "400", "401", "408", "413", "503"] {
-        REQUESTS.with_label_values(&["/v1/imports", status]);
-    }
-    for outcome in ["accepted", "rejected"] {
-        EVENTS.with_label_values(&[outcome]);
-    }
-    let _ = metric_collectors();
-}
-
-/// Every ingest metric (dereferencing registers it).
-pub fn metric_collectors() -> Vec<&'static dyn prometheus::core::Collector> {
-    vec![
-        &*REQUESTS,
-        &*EVENTS,
-        &*DURATION,
-        &*IN_PROGRESS,
-        &*PRODUCE_ERRORS,
-    ]
-}
 
 /// Shared state of the service.
 pub struct Ingest {
@@ -321,7 +90,7 @@ impl Ingest {
         config: &IngestConfig,
         imports: Option<Arc<dyn ImportQueue>>,
     ) -> Result<Arc<Ingest>, KafkaError> {
-        init_metrics();
+        crate::metrics::init();
         let mut client = rdkafka::ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)
@@ -899,17 +668,5 @@ mod tests {
             assert!(!refuses_the_event(&production(code)), "{code:?}");
         }
         assert!(!refuses_the_event(&KafkaError::Canceled));
-    }
-
-    #[test]
-    fn config_errors_name_the_field() {
-        let config = IngestConfig::default();
-        assert_eq!(config.validate().unwrap_err().field, "ingest.tokens");
-        let config = IngestConfig {
-            tokens: "a".into(),
-            listen: "nowhere".into(),
-            ..IngestConfig::default()
-        };
-        assert_eq!(config.validate().unwrap_err().field, "ingest.listen");
     }
 }

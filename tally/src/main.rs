@@ -135,70 +135,24 @@ async fn dispatch(command: Command) -> ExitCode {
     }
 }
 
-/// Serves the ingest API (with `/metrics`) until SIGTERM, then stops
-/// accepting, lets in-flight requests finish, and flushes the producer.
-async fn ingest_service(config: ingest::service::IngestConfig) -> ExitCode {
+/// Runs `tally ingest` until SIGTERM: exit 2 for a configuration it cannot
+/// use (an address, a certificate), 1 when it fails at run time.
+async fn ingest_service(config: ingest::IngestConfig) -> ExitCode {
     let imports = (!config.database_url.is_empty()).then(|| {
         std::sync::Arc::new(imports::DatabaseQueue::new(config.database_url.clone()))
             as std::sync::Arc<dyn ingest::imports::ImportQueue>
     });
-    let state = match ingest::service::Ingest::new(&config, imports) {
-        Ok(state) => state,
-        Err(error) => {
-            eprintln!(
-                "error: cannot create the Kafka producer for {}: {error}",
-                config.brokers
-            );
-            return ExitCode::FAILURE;
+    let started = match ingest::bind(&config).await {
+        Ok(listener) => {
+            ingest::run(config, listener, imports, signals::shutdown_on_signals()).await
         }
+        Err(error) => Err(error),
     };
-    let tls = match ingest::serve::tls_acceptor(&config) {
-        Ok(tls) => tls,
+    match started {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            return config_error(SettingsError::Invalid(schemas::config::ConfigError::new(
-                format!("ingest.{}", error.field),
-                &error.path,
-                error.reason,
-            )))
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("error: cannot listen on {}: {error}", config.listen);
-            return ExitCode::FAILURE;
-        }
-    };
-    tokio::spawn(
-        state
-            .clone()
-            .watch_broker(std::time::Duration::from_secs(2)),
-    );
-    let shutdown = signals::shutdown_on_signals();
-    let app =
-        ingest::service::router(state.clone()).route("/metrics", axum::routing::get(http::metrics));
-    let bound = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%bound, scheme, topic = config.orders_topic, "Ingest listening.");
-    ingest::serve::serve(
-        listener,
-        app,
-        tls,
-        ingest::serve::Limits::of(&config),
-        shutdown,
-    )
-    .await;
-    match state.flush(std::time::Duration::from_secs(30)) {
-        Ok(()) => {
-            tracing::info!("Ingest stopped; every accepted event is acknowledged.");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: events still unacknowledged at shutdown: {error}");
-            ExitCode::FAILURE
+            eprintln!("error: {error}");
+            ExitCode::from(if error.is_config() { 2 } else { 1 })
         }
     }
 }

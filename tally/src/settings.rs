@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use aggregator::AggregatorConfig;
-use ingest::service::IngestConfig;
+use ingest::IngestConfig;
 use serde::{Deserialize, Serialize};
 use shard_worker::WorkerConfig;
 use toml::{Table, Value};
@@ -26,7 +26,7 @@ pub struct Settings {
     pub worker: WorkerConfig,
     /// `[aggregator]`: see `aggregator::AggregatorConfig`.
     pub aggregator: AggregatorConfig,
-    /// `[ingest]`: see `ingest::service::IngestConfig`.
+    /// `[ingest]`: see `ingest::IngestConfig`.
     pub ingest: IngestConfig,
 }
 

@@ -218,13 +218,13 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 fn exported_names() -> BTreeSet<String> {
     shard_worker::metrics::init();
     aggregator::metrics::init();
-    ingest::service::init_metrics();
+    ingest::metrics::init();
     let mut names = BTreeSet::from(["up".to_owned(), "ALERTS".to_owned()]);
     // Descriptors name the labelled metrics that have no series yet.
     let collectors = shard_worker::metrics::collectors()
         .into_iter()
         .chain(aggregator::metrics::collectors())
-        .chain(ingest::service::metric_collectors());
+        .chain(ingest::metrics::collectors());
     names.extend(collectors.flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone())));
     for family in prometheus::gather() {
         let name = family.name().to_owned();

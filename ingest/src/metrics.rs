@@ -1,0 +1,78 @@
+//! Ingest's Prometheus metrics, defined once and registered in the default
+//! registry.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge,
+};
+
+/// HTTP requests by route and status.
+pub(crate) static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_ingest_requests_total",
+        "HTTP requests by route and status.",
+        &["route", "status"]
+    )
+    .expect("metric registers once")
+});
+/// Events by outcome: `accepted` or `rejected`.
+pub(crate) static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_ingest_events_total",
+        "Events by outcome: accepted or rejected.",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+/// Time to answer `POST /v1/orders`.
+pub(crate) static DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "tally_ingest_request_duration_seconds",
+        "Time to answer POST /v1/orders."
+    )
+    .expect("metric registers once")
+});
+/// Requests holding a slot of `max_concurrent_requests`.
+pub(crate) static IN_PROGRESS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_ingest_requests_in_progress",
+        "Requests holding one of ingest.max_concurrent_requests slots."
+    )
+    .expect("metric registers once")
+});
+/// Events the broker did not take.
+pub(crate) static PRODUCE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_ingest_produce_errors_total",
+        "Events the broker did not take (request answered 503)."
+    )
+    .expect("metric registers once")
+});
+
+/// Registers every ingest metric, with zero series for the answers an
+/// operator watches, so dashboards and alerts see them before the first request.
+pub fn init() {
+    for status in ["200", "207", "400", "401", "408", "413", "422", "503"] {
+        REQUESTS.with_label_values(&["/v1/orders", status]);
+    }
+    for status in ["200", "207", "400", "401", "408", "413", "503"] {
+        REQUESTS.with_label_values(&["/v1/imports", status]);
+    }
+    for outcome in ["accepted", "rejected"] {
+        EVENTS.with_label_values(&[outcome]);
+    }
+    let _ = collectors();
+}
+
+/// Every ingest metric (dereferencing registers it).
+pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
+    vec![
+        &*REQUESTS,
+        &*EVENTS,
+        &*DURATION,
+        &*IN_PROGRESS,
+        &*PRODUCE_ERRORS,
+    ]
+}

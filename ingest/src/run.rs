@@ -1,0 +1,87 @@
+//! The service's life: bind, serve, and on shutdown drain and flush.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Encoder, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::IngestConfig;
+use crate::error::IngestError;
+use crate::imports::ImportQueue;
+use crate::serve::{serve, tls_acceptor, Limits};
+use crate::service::{router, Ingest};
+
+/// How often `/readyz` asks the broker for metadata.
+const BROKER_CHECK: Duration = Duration::from_secs(2);
+
+/// How long a stop waits for the broker to acknowledge what was produced.
+const FLUSH: Duration = Duration::from_secs(30);
+
+/// Binds `ingest.listen`, after checking the whole configuration.
+pub async fn bind(config: &IngestConfig) -> Result<TcpListener, IngestError> {
+    config.validate()?;
+    TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| IngestError::Listen {
+            addr: config.listen.clone(),
+            source,
+        })
+}
+
+/// Serves the ingest API (with `/metrics`) on `listener` until `shutdown`;
+/// then stops accepting, lets requests in flight finish, and flushes the
+/// producer, so that every event a 200 or 207 accepted is acknowledged.
+/// `imports` queues the jobs of `POST /v1/imports` (none: that route is 503).
+///
+/// Fails on an invalid configuration or TLS certificate, a producer
+/// librdkafka refuses, or events still unacknowledged at the end.
+pub async fn run(
+    config: IngestConfig,
+    listener: TcpListener,
+    imports: Option<Arc<dyn ImportQueue>>,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
+    config.validate()?;
+    let tls = tls_acceptor(&config)?;
+    let kafka = |op| {
+        let brokers = config.brokers.clone();
+        move |source| IngestError::Kafka {
+            op,
+            brokers,
+            source,
+        }
+    };
+    let state = Ingest::new(&config, imports).map_err(kafka("producer"))?;
+    tokio::spawn(state.clone().watch_broker(BROKER_CHECK));
+    let app = router(state.clone()).route("/metrics", axum::routing::get(metrics));
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%bound, scheme, topic = config.orders_topic, "Ingest listening.");
+    serve(listener, app, tls, Limits::of(&config), shutdown).await;
+    state.flush(FLUSH).map_err(kafka("flush at shutdown"))?;
+    tracing::info!("Ingest stopped; every accepted event is acknowledged.");
+    Ok(())
+}
+
+/// `GET /metrics`: every metric of the process, in Prometheus' text format.
+async fn metrics() -> (
+    axum::http::StatusCode,
+    [(&'static str, &'static str); 1],
+    Vec<u8>,
+) {
+    let mut body = Vec::new();
+    let content_type = [("content-type", "text/plain; version=0.0.4")];
+    match TextEncoder::new().encode(&prometheus::gather(), &mut body) {
+        Ok(()) => (axum::http::StatusCode::OK, content_type, body),
+        Err(error) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            content_type,
+            error.to_string().into_bytes(),
+        ),
+    }
+}
