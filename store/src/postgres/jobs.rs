@@ -484,6 +484,9 @@ impl PgStore {
                      SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count,
                             sales_amount - refund_amount, now()
                      FROM tally_backfill_rows WHERE job_id = $1
+                       -- Only the scope just deleted: a row outside it would add to live totals.
+                       AND day >= $2::text::date AND day < $3::text::date
+                       AND (cardinality($4::text[]) = 0 OR merchant_id = ANY($4::text[]))
                      ON CONFLICT (merchant_id, currency, day) DO UPDATE SET
                          sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
                          sales_count   = s.sales_count   + EXCLUDED.sales_count,
@@ -491,7 +494,7 @@ impl PgStore {
                          refund_count  = s.refund_count  + EXCLUDED.refund_count,
                          net_amount    = s.net_amount    + EXCLUDED.net_amount,
                          updated_at    = EXCLUDED.updated_at",
-                    &[&id],
+                    &[&id, &from, &to, &merchants],
                 )
                 .await
                 .map_err(pg("range insert"))?;

@@ -552,11 +552,14 @@ impl SqliteStore {
                     let mut stmt = tx
                         .prepare(
                             "SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count
-                             FROM tally_backfill_rows WHERE job_id = ?1",
+                             FROM tally_backfill_rows WHERE job_id = ?1
+                               -- Only the scope just deleted: a row outside it would add to live totals.
+                               AND day >= ?2 AND day < ?3
+                               AND (json_array_length(?4) = 0 OR merchant_id IN (SELECT value FROM json_each(?4)))",
                         )
                         .map_err(lite("job rows read"))?;
                     let raw = stmt
-                        .query_map([id], |r| {
+                        .query_map(params![id, from, to, merchants], |r| {
                             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?, r.get::<_, String>(5)?, r.get::<_, i64>(6)?))
                         })
                         .map_err(lite("job rows read"))?

@@ -1,0 +1,385 @@
+//! The store's contract, the same for both databases: every test runs on a
+//! fresh PostgreSQL database (`TALLY_TEST_PG_URL`, which `scripts/test`
+//! provides) and on a fresh SQLite file.
+//!
+//! - fences: a zombie's partial, a replay and a gap change nothing; one
+//!   partial given twice in a flush is applied once;
+//! - claims: each claim raises the epoch and hands over the fence;
+//! - jobs: a task is leased to one runner; an expired lease is taken over,
+//!   and the old runner can then neither renew nor finish it; attempts are
+//!   counted; a retry waits for its time; a final failure fails the job;
+//! - the completion swap replaces exactly the job's scope of the totals.
+
+use schemas::partial::EventCounts;
+use schemas::{Amount, Day, Partial, PartialRow, Sums, Totals, TotalsKey};
+use store::jobs::{Kind, NewJob, NewTask, Scope, State, TaskResult};
+use store::Store;
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A fresh, migrated database of `backend`, named after the test.
+async fn fresh(backend: Backend, test: &str) -> Store {
+    let id = format!("contract_{test}_{}_{}", std::process::id(), nanos());
+    let url = match backend {
+        Backend::Sqlite => {
+            let path = std::env::temp_dir().join(format!("tally-{id}.db"));
+            format!("sqlite://{}", path.display())
+        }
+        Backend::Postgres => {
+            let admin = std::env::var("TALLY_TEST_PG_URL").expect(
+                "TALLY_TEST_PG_URL names a PostgreSQL to test against (scripts/test sets it)",
+            );
+            let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                .await
+                .expect("PostgreSQL reachable");
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE DATABASE {id}"))
+                .await
+                .unwrap();
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            format!("{base}/{id}")
+        }
+    };
+    Store::connect(&url).await.unwrap()
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+const DAY: Day = Day(20_777); // 2026-11-20
+
+fn key(merchant: &str, day: Day) -> TotalsKey {
+    TotalsKey {
+        merchant_id: merchant.into(),
+        currency: "EUR".into(),
+        day,
+    }
+}
+
+fn sale(units: i128, count: i64) -> Sums {
+    Sums {
+        sales_amount: Amount(units),
+        sales_count: count,
+        ..Sums::default()
+    }
+}
+
+/// A partial of offsets `[first, last]` of partition 0: one sale of `units`.
+fn partial(topic: &str, epoch: i64, first: i64, last: i64, merchant: &str, units: i128) -> Partial {
+    Partial {
+        topic: topic.to_owned(),
+        partition: 0,
+        epoch,
+        first_offset: first,
+        last_offset: last,
+        dedupe_from_offset: first,
+        dedupe_clock_ms: None,
+        events: EventCounts {
+            counted: 1,
+            ..EventCounts::default()
+        },
+        max_append_ms: None,
+        rows: vec![PartialRow {
+            key: key(merchant, DAY),
+            sums: sale(units, 1),
+        }],
+    }
+}
+
+/// Runs `$test` once per backend.
+macro_rules! on_both {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$test(super::Backend::Postgres).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$test(super::Backend::Sqlite).await
+            }
+        }
+    };
+}
+
+on_both!(fences_keep_zombies_replays_and_gaps_out);
+async fn fences_keep_zombies_replays_and_gaps_out(backend: Backend) {
+    let store = fresh(backend, "fences").await;
+    let first = store.claim("orders", 0, "worker-a").await.unwrap();
+    let plan = store
+        .apply(&[partial("orders", first.epoch, 0, 9, "m-1", 10_000)])
+        .await
+        .unwrap();
+    assert_eq!(plan.applied, 1);
+
+    // worker-b takes the partition; worker-a is a zombie from now on.
+    let second = store.claim("orders", 0, "worker-b").await.unwrap();
+    assert_eq!((second.epoch, second.next_offset), (first.epoch + 1, 10));
+    let zombie = partial("orders", first.epoch, 10, 19, "m-1", 1_000_000);
+    let replay = partial("orders", second.epoch, 0, 9, "m-1", 1_000_000);
+    let gap = partial("orders", second.epoch, 15, 19, "m-1", 1_000_000);
+    let plan = store.apply(&[zombie, replay, gap]).await.unwrap();
+    assert_eq!(
+        (
+            plan.applied,
+            plan.older_epoch,
+            plan.already_applied,
+            plan.violations.len()
+        ),
+        (0, 1, 1, 1)
+    );
+
+    // The same partial twice in one flush (a re-delivery) counts once.
+    let next = partial("orders", second.epoch, 10, 19, "m-1", 5_000);
+    assert_eq!(store.apply(&[next.clone(), next]).await.unwrap().applied, 1);
+
+    let totals = store.totals(None).await.unwrap();
+    assert_eq!(totals, Totals::from([(key("m-1", DAY), sale(15_000, 2))]));
+    let progress = store.progress().await.unwrap();
+    assert_eq!(progress.len(), 1);
+    assert_eq!(progress[0].fence.next_offset, 20);
+}
+
+on_both!(claims_raise_the_epoch_and_hand_over_the_fence);
+async fn claims_raise_the_epoch_and_hand_over_the_fence(backend: Backend) {
+    let store = fresh(backend, "claims").await;
+    assert_eq!(store.epoch("orders", 3).await.unwrap(), None);
+    let first = store.claim("orders", 3, "worker-a").await.unwrap();
+    assert_eq!((first.epoch, first.next_offset), (1, 0));
+    let mut p = partial("orders", first.epoch, 0, 41, "m-1", 1);
+    p.partition = 3;
+    store.apply(&[p]).await.unwrap();
+
+    let second = store.claim("orders", 3, "worker-b").await.unwrap();
+    assert_eq!((second.epoch, second.next_offset), (2, 42));
+    // A claim by the same owner again (a restart) is a new epoch too.
+    let third = store.claim("orders", 3, "worker-b").await.unwrap();
+    assert_eq!((third.epoch, third.next_offset), (3, 42));
+    assert_eq!(store.epoch("orders", 3).await.unwrap(), Some(3));
+    // Other partitions and topics are their own.
+    assert_eq!(store.claim("orders", 4, "worker-a").await.unwrap().epoch, 1);
+    assert_eq!(store.claim("other", 3, "worker-a").await.unwrap().epoch, 1);
+    let progress = store.progress().await.unwrap();
+    let three = progress
+        .iter()
+        .find(|p| p.topic == "orders" && p.partition == 3)
+        .unwrap();
+    assert_eq!(three.claimed_by.as_deref(), Some("worker-b"));
+}
+
+fn backfill(scope: Scope, tasks: usize) -> NewJob {
+    NewJob {
+        kind: Kind::Backfill,
+        source: "file:///data/orders/".into(),
+        format: "ndjson".into(),
+        scope,
+        schedule: None,
+        tasks: (0..tasks)
+            .map(|shard| NewTask {
+                shard: shard as i32,
+                shards: tasks as i32,
+                files: vec![format!("part-{shard}.ndjson")],
+                size: 100,
+                version: None,
+            })
+            .collect(),
+        after: Vec::new(),
+    }
+}
+
+fn one_day(merchants: &[&str]) -> Scope {
+    Scope {
+        from: DAY,
+        to: Day(DAY.0 + 1),
+        merchants: merchants.iter().map(|m| (*m).to_owned()).collect(),
+    }
+}
+
+fn result(totals: Totals) -> TaskResult {
+    TaskResult {
+        totals,
+        rows_read: 1,
+        rows_rejected: 0,
+        rows_duplicate: 0,
+        rejections: serde_json::json!([]),
+    }
+}
+
+on_both!(a_task_is_leased_to_one_runner_and_taken_over_when_the_lease_ends);
+async fn a_task_is_leased_to_one_runner_and_taken_over_when_the_lease_ends(backend: Backend) {
+    let store = fresh(backend, "leases").await;
+    let id = store
+        .create_job(&backfill(one_day(&[]), 2), 0)
+        .await
+        .unwrap();
+    let a = store
+        .claim_task("runner-a", 0, 100)
+        .await
+        .unwrap()
+        .expect("a task for a");
+    let b = store
+        .claim_task("runner-b", 10, 110)
+        .await
+        .unwrap()
+        .expect("the other task for b");
+    assert_eq!((a.job_id, b.job_id), (id, id));
+    assert_ne!(a.task_no, b.task_no);
+    assert_eq!((a.attempts, b.attempts), (1, 1));
+    // Both leased: nothing for a third runner.
+    assert!(store
+        .claim_task("runner-c", 50, 150)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.job(id).await.unwrap().unwrap().state, State::Running);
+    // a renews in time; b does not, and c takes b's task over after its lease.
+    assert!(store
+        .renew_task(id, a.task_no, "runner-a", 300)
+        .await
+        .unwrap());
+    let c = store
+        .claim_task("runner-c", 120, 400)
+        .await
+        .unwrap()
+        .expect("b's lease ran out");
+    assert_eq!((c.task_no, c.attempts), (b.task_no, 2));
+    // The old runner can neither renew nor finish what is no longer its own.
+    assert!(!store
+        .renew_task(id, b.task_no, "runner-b", 500)
+        .await
+        .unwrap());
+    let totals = Totals::from([(key("m-1", DAY), sale(7, 1))]);
+    assert!(!store
+        .finish_task(id, b.task_no, "runner-b", &result(totals.clone()), 130)
+        .await
+        .unwrap());
+    assert!(store
+        .finish_task(id, c.task_no, "runner-c", &result(totals.clone()), 130)
+        .await
+        .unwrap());
+    assert!(store
+        .finish_task(id, a.task_no, "runner-a", &result(Totals::new()), 140)
+        .await
+        .unwrap());
+    assert_eq!(store.complete_jobs(150).await.unwrap(), vec![id]);
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!(job.state, State::Succeeded);
+    // b's result was refused, so the sale is counted once.
+    assert_eq!(store.totals(None).await.unwrap(), totals);
+}
+
+on_both!(a_retry_waits_for_its_time_and_a_final_failure_fails_the_job);
+async fn a_retry_waits_for_its_time_and_a_final_failure_fails_the_job(backend: Backend) {
+    let store = fresh(backend, "retries").await;
+    let id = store
+        .create_job(&backfill(one_day(&[]), 2), 0)
+        .await
+        .unwrap();
+    let first = store.claim_task("runner-a", 0, 100).await.unwrap().unwrap();
+    store
+        .fail_task(
+            id,
+            first.task_no,
+            "runner-a",
+            "the bucket is away",
+            10,
+            Some(500),
+        )
+        .await
+        .unwrap();
+    // Only the other task is runnable before the retry time.
+    let other = store
+        .claim_task("runner-a", 20, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(other.task_no, first.task_no);
+    assert!(store
+        .claim_task("runner-b", 400, 1_000)
+        .await
+        .unwrap()
+        .is_none());
+    let again = store
+        .claim_task("runner-b", 500, 1_000)
+        .await
+        .unwrap()
+        .expect("due at 500");
+    assert_eq!((again.task_no, again.attempts), (first.task_no, 2));
+    assert_eq!(again.last_error.as_deref(), Some("the bucket is away"));
+    // A failure without a retry fails the job and cancels its other task.
+    store
+        .fail_task(id, again.task_no, "runner-b", "unreadable file", 600, None)
+        .await
+        .unwrap();
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!(job.state, State::Failed);
+    let states: Vec<State> = job.tasks.iter().map(|t| t.state).collect();
+    assert!(
+        states.contains(&State::Failed) && states.contains(&State::Cancelled),
+        "{states:?}"
+    );
+    assert!(store
+        .claim_task("runner-c", 700, 1_000)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.complete_jobs(800).await.unwrap().is_empty());
+}
+
+on_both!(the_completion_swap_replaces_exactly_the_job_scope);
+async fn the_completion_swap_replaces_exactly_the_job_scope(backend: Backend) {
+    let store = fresh(backend, "swap").await;
+    // The live table: m-1 and m-2 on DAY, m-1 the day after.
+    let claim = store.claim("orders", 0, "worker-a").await.unwrap();
+    let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
+    live.rows.push(PartialRow {
+        key: key("m-2", DAY),
+        sums: sale(200, 1),
+    });
+    live.rows.push(PartialRow {
+        key: key("m-1", Day(DAY.0 + 1)),
+        sums: sale(300, 1),
+    });
+    store.apply(&[live]).await.unwrap();
+
+    // A backfill of DAY for m-1 only, whose files say m-1 sold 1,000 in two
+    // sales and also name m-2 (outside the scope: must not be written).
+    let id = store
+        .create_job(&backfill(one_day(&["m-1"]), 1), 0)
+        .await
+        .unwrap();
+    let task = store.claim_task("runner", 0, 100).await.unwrap().unwrap();
+    let recomputed = Totals::from([
+        (key("m-1", DAY), sale(1_000, 2)),
+        (key("m-2", DAY), sale(9_999, 9)),
+    ]);
+    assert!(store
+        .finish_task(id, task.task_no, "runner", &result(recomputed), 10)
+        .await
+        .unwrap());
+    assert_eq!(store.complete_jobs(20).await.unwrap(), vec![id]);
+    assert_eq!(
+        store.job(id).await.unwrap().unwrap().state,
+        State::Succeeded
+    );
+
+    let want = Totals::from([
+        (key("m-1", DAY), sale(1_000, 2)),
+        (key("m-2", DAY), sale(200, 1)),
+        (key("m-1", Day(DAY.0 + 1)), sale(300, 1)),
+    ]);
+    assert_eq!(store.totals(None).await.unwrap(), want);
+    // Completing again changes nothing.
+    assert!(store.complete_jobs(30).await.unwrap().is_empty());
+    assert_eq!(store.totals(None).await.unwrap(), want);
+}
