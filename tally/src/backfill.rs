@@ -1,7 +1,6 @@
 //! `tally backfill`, `tally import`, `tally jobs` and `tally verify`: jobs
 //! from the command line, and reconciliation of files against the table.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use aggregator::backfill::compute::compute;
@@ -17,6 +16,7 @@ use crate::cli::{
     BackfillArgs, ImportArgs, JobsArgs, JobsCommand, ReconcileArgs, ScheduleArgs, ScheduleCommand,
     SourceArgs,
 };
+use crate::error::{CliError, CliResult};
 use crate::query::open_store;
 
 /// The scope and format the flags ask for; errors name the flag.
@@ -53,31 +53,22 @@ fn scope(args: &SourceArgs) -> Result<(Scope, Option<Format>), String> {
 async fn checked<T>(
     arguments: Result<T, String>,
     database: &crate::cli::DatabaseArgs,
-) -> Result<(T, Store), ExitCode> {
-    let arguments = arguments.map_err(|error| {
-        eprintln!("error: {error}");
-        ExitCode::from(2)
-    })?;
+) -> Result<(T, Store), CliError> {
+    let arguments = arguments.map_err(CliError::config)?;
     Ok((arguments, open_store(database).await?))
 }
 
-/// A job the database created, or the exit code: 2 when it refused the
-/// request (a bad `--after`), 1 when it failed.
-fn created<T>(result: Result<T, store::StoreError>) -> Result<T, ExitCode> {
+/// A job the database created; a configuration error when it refused the
+/// request (a bad `--after`), a run-time one when it failed.
+fn created<T>(result: Result<T, store::StoreError>) -> Result<T, CliError> {
     result.map_err(|error| match error {
-        store::StoreError::Refused(reason) => {
-            eprintln!("error: {reason}");
-            ExitCode::from(2)
-        }
-        error => {
-            eprintln!("error: cannot create the job: {error}");
-            ExitCode::FAILURE
-        }
+        store::StoreError::Refused(reason) => CliError::config(reason),
+        error => CliError::run(format!("cannot create the job: {error}")),
     })
 }
 
 /// Creates a job; with `--wait`, follows it to the end.
-pub async fn backfill(args: BackfillArgs) -> ExitCode {
+pub async fn backfill(args: BackfillArgs) -> CliResult {
     let job = match scope(&args.source) {
         Ok((scope, format)) => {
             plan(
@@ -92,14 +83,8 @@ pub async fn backfill(args: BackfillArgs) -> ExitCode {
         }
         Err(error) => Err(error),
     };
-    let (job, store) = match checked(job, &args.database).await {
-        Ok(ready) => ready,
-        Err(code) => return code,
-    };
-    let id = match created(store.create_job(&job, now_ms()).await) {
-        Ok(id) => id,
-        Err(code) => return code,
-    };
+    let (job, store) = checked(job, &args.database).await?;
+    let id = created(store.create_job(&job, now_ms()).await)?;
     println!("{id}");
     eprintln!(
         "Job {id}: {} {} file(s), days [{}, {}), {} task(s).",
@@ -110,14 +95,14 @@ pub async fn backfill(args: BackfillArgs) -> ExitCode {
         job.tasks.len()
     );
     if !args.job.wait {
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     follow(&store, id).await
 }
 
 /// Queues an import job of the files that need importing; with `--wait`,
 /// follows it to the end. Files imported before are skipped and named.
-pub async fn import(args: ImportArgs) -> ExitCode {
+pub async fn import(args: ImportArgs) -> CliResult {
     let format = args
         .format
         .as_deref()
@@ -127,18 +112,12 @@ pub async fn import(args: ImportArgs) -> ExitCode {
         Ok(format) => plan_import(&args.source, format, args.job.after.clone()).await,
         Err(error) => Err(error),
     };
-    let (job, store) = match checked(job, &args.database).await {
-        Ok(ready) => ready,
-        Err(code) => return code,
-    };
-    let queued = match created(
+    let (job, store) = checked(job, &args.database).await?;
+    let queued = created(
         store
             .queue_import(&job, Requeue::AfterFailure, now_ms())
             .await,
-    ) {
-        Ok(queued) => queued,
-        Err(code) => return code,
-    };
+    )?;
     for file in queued.files.iter().filter(|f| !f.queued) {
         eprintln!(
             "  skipped {}: {}",
@@ -148,7 +127,7 @@ pub async fn import(args: ImportArgs) -> ExitCode {
     }
     let Some(id) = queued.job_id else {
         eprintln!("Nothing to import: every file was imported or queued before.");
-        return ExitCode::SUCCESS;
+        return Ok(());
     };
     println!("{id}");
     let files = queued.files.iter().filter(|f| f.queued).count();
@@ -158,7 +137,7 @@ pub async fn import(args: ImportArgs) -> ExitCode {
         after_text(&job.after)
     );
     if !args.job.wait {
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     follow(&store, id).await
 }
@@ -200,16 +179,13 @@ fn import_progress(job: &Job) -> String {
 }
 
 /// Shows progress until the job ends; exit 0 when it succeeded.
-async fn follow(store: &Store, id: i64) -> ExitCode {
+async fn follow(store: &Store, id: i64) -> CliResult {
     let started = Instant::now();
     let mut hinted = false;
     loop {
         let job = match store.job(id).await {
             Ok(Some(job)) => job,
-            Ok(None) => {
-                eprintln!("error: job {id} disappeared");
-                return ExitCode::FAILURE;
-            }
+            Ok(None) => return Err(CliError::run(format!("job {id} disappeared"))),
             Err(error) => {
                 eprintln!("\nwarning: cannot read job {id}: {error}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -242,9 +218,9 @@ async fn follow(store: &Store, id: i64) -> ExitCode {
             eprintln!();
             print_job(&job);
             return if job.state == State::Succeeded {
-                ExitCode::SUCCESS
+                Ok(())
             } else {
-                ExitCode::FAILURE
+                Err(CliError::Reported)
             };
         }
         if job.state == State::Pending
@@ -260,11 +236,8 @@ async fn follow(store: &Store, id: i64) -> ExitCode {
 }
 
 /// `tally jobs list | show | cancel`.
-pub async fn jobs(args: JobsArgs) -> ExitCode {
-    let store = match open_store(&args.database).await {
-        Ok(store) => store,
-        Err(code) => return code,
-    };
+pub async fn jobs(args: JobsArgs) -> CliResult {
+    let store = open_store(&args.database).await?;
     match args.command {
         JobsCommand::List { limit, json } => match store.jobs(limit).await {
             Ok(jobs) if json => print_json(&jobs),
@@ -306,7 +279,7 @@ pub async fn jobs(args: JobsArgs) -> ExitCode {
                         seconds(job.started_at, job.finished_at),
                     );
                 }
-                ExitCode::SUCCESS
+                Ok(())
             }
             Err(error) => fail(error),
         },
@@ -314,43 +287,35 @@ pub async fn jobs(args: JobsArgs) -> ExitCode {
             Ok(Some(job)) if json => print_json(&job),
             Ok(Some(job)) => {
                 print_job(&job);
-                ExitCode::SUCCESS
+                Ok(())
             }
-            Ok(None) => {
-                eprintln!("error: no job {id}");
-                ExitCode::FAILURE
-            }
+            Ok(None) => Err(CliError::run(format!("no job {id}"))),
             Err(error) => fail(error),
         },
         JobsCommand::Cancel { id } => match store.cancel_job(id, now_ms()).await {
             Ok(Some((_, true))) => {
                 println!("Job {id} cancelled; merchant_sales is unchanged.");
-                ExitCode::SUCCESS
+                Ok(())
             }
-            Ok(Some((state, false))) => {
-                eprintln!("error: job {id} already ended ({state}); nothing to cancel");
-                ExitCode::FAILURE
-            }
-            Ok(None) => {
-                eprintln!("error: no job {id}");
-                ExitCode::FAILURE
-            }
+            Ok(Some((state, false))) => Err(CliError::run(format!(
+                "job {id} already ended ({state}); nothing to cancel"
+            ))),
+            Ok(None) => Err(CliError::run(format!("no job {id}"))),
             Err(error) => fail(error),
         },
     }
 }
 
-fn fail(error: store::StoreError) -> ExitCode {
-    eprintln!("error: {error}");
-    ExitCode::FAILURE
+fn fail(error: store::StoreError) -> CliResult {
+    Err(CliError::run(error))
 }
 
-fn print_json(value: &impl serde::Serialize) -> ExitCode {
+fn print_json(value: &impl serde::Serialize) -> CliResult {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("jobs serialise")
     );
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 fn seconds(started: Option<i64>, finished: Option<i64>) -> String {
@@ -495,7 +460,7 @@ fn print_import_files(job: &Job) {
 }
 
 /// Recomputes the scope from files in this process and diffs it with the table.
-pub async fn verify(args: ReconcileArgs) -> ExitCode {
+pub async fn verify(args: ReconcileArgs) -> CliResult {
     // The same listing and format rules as a backfill, as one shard.
     let planned = match scope(&args.source) {
         Ok((scope, format)) => {
@@ -511,18 +476,12 @@ pub async fn verify(args: ReconcileArgs) -> ExitCode {
         }
         Err(error) => Err(error),
     };
-    let (job, store) = match checked(planned, &args.database).await {
-        Ok(ready) => ready,
-        Err(code) => return code,
-    };
+    let (job, store) = checked(planned, &args.database).await?;
     let (scope, files) = (job.scope, &job.tasks[0].files);
     let format = Format::parse("format", &job.format).expect("plan names a format");
     let computed = match compute(files, format, &scope, &[0], 1).await {
         Ok(mut computed) => computed.remove(0),
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return Err(CliError::run(error)),
     };
     eprintln!(
         "Read {} rows from {} file(s): {} rejected, {} duplicate.",
@@ -537,15 +496,16 @@ pub async fn verify(args: ReconcileArgs) -> ExitCode {
             .filter(|(key, _)| scope.contains(&key.merchant_id, key.day))
             .collect(),
         Err(error) => {
-            eprintln!("error: cannot read merchant_sales: {error}");
-            return ExitCode::FAILURE;
+            return Err(CliError::run(format!(
+                "cannot read merchant_sales: {error}"
+            )))
         }
     };
     crate::generate::report(&computed.totals, &have)
 }
 
 /// `tally schedule add | list | remove`.
-pub async fn schedule(args: ScheduleArgs) -> ExitCode {
+pub async fn schedule(args: ScheduleArgs) -> CliResult {
     let new = match &args.command {
         ScheduleCommand::Add {
             name,
@@ -596,18 +556,12 @@ pub async fn schedule(args: ScheduleArgs) -> ExitCode {
                     }
                     Some(schedule)
                 }
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::from(2);
-                }
+                Err(error) => return Err(CliError::config(error)),
             }
         }
         _ => None,
     };
-    let store = match open_store(&args.database).await {
-        Ok(store) => store,
-        Err(code) => return code,
-    };
+    let store = open_store(&args.database).await?;
     match args.command {
         ScheduleCommand::Add { .. } => {
             let schedule = new.expect("checked above");
@@ -617,15 +571,12 @@ pub async fn schedule(args: ScheduleArgs) -> ExitCode {
                         "Schedule {:?} added: {} (UTC), range {}, source {}.",
                         schedule.name, schedule.cron, schedule.day_range, schedule.source
                     );
-                    ExitCode::SUCCESS
+                    Ok(())
                 }
-                Err(error) => {
-                    eprintln!(
-                        "error: cannot add schedule {:?} (is the name taken?): {error}",
-                        schedule.name
-                    );
-                    ExitCode::FAILURE
-                }
+                Err(error) => Err(CliError::run(format!(
+                    "cannot add schedule {:?} (is the name taken?): {error}",
+                    schedule.name
+                ))),
             }
         }
         ScheduleCommand::List { json } => match store.schedules().await {
@@ -642,19 +593,16 @@ pub async fn schedule(args: ScheduleArgs) -> ExitCode {
                         s.name, s.cron, s.day_range, last, s.source
                     );
                 }
-                ExitCode::SUCCESS
+                Ok(())
             }
             Err(error) => fail(error),
         },
         ScheduleCommand::Remove { name } => match store.remove_schedule(&name).await {
             Ok(true) => {
                 println!("Schedule {name:?} removed.");
-                ExitCode::SUCCESS
+                Ok(())
             }
-            Ok(false) => {
-                eprintln!("error: no schedule {name:?}");
-                ExitCode::FAILURE
-            }
+            Ok(false) => Err(CliError::run(format!("no schedule {name:?}"))),
             Err(error) => fail(error),
         },
     }

@@ -4,7 +4,6 @@
 //! for the database; two workers and an aggregator run as tasks; the built-in
 //! generator publishes the traffic and knows the exact totals it implies.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use aggregator::AggregatorConfig;
@@ -17,6 +16,7 @@ use store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
+use crate::error::{CliError, CliResult};
 
 const ORDERS: &str = "orders";
 const PARTIALS: &str = "tally.partials";
@@ -25,14 +25,12 @@ const DLQ: &str = "orders.dlq";
 const MAX_AHEAD: u64 = 50_000;
 
 /// Runs the demo; exits 0 only when the database equals the generator's totals.
-pub async fn run(args: DemoArgs) -> ExitCode {
+pub async fn run(args: DemoArgs) -> CliResult {
     match demo(args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
+        Ok(true) => Ok(()),
+        // The differences are printed already.
+        Ok(false) => Err(CliError::Reported),
+        Err(error) => Err(CliError::run(error)),
     }
 }
 

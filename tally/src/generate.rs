@@ -2,7 +2,6 @@
 //! totals) and `tally verify-totals` (those totals against the database).
 
 use std::io::{BufReader, BufWriter};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use schemas::config::{self as check, ConfigError};
 use schemas::Day;
 
 use crate::cli::{GenerateArgs, VerifyArgs};
+use crate::error::{CliError, CliResult};
 use crate::query::open_store;
 use crate::settings::Settings;
 
@@ -76,36 +76,28 @@ fn generator_config(args: &GenerateArgs) -> Result<GeneratorConfig, ConfigError>
     })
 }
 
-fn sink(args: &GenerateArgs) -> Result<Sink, ExitCode> {
+fn sink(args: &GenerateArgs) -> Result<Sink, CliError> {
     let Some(url) = &args.url else {
         // The same Kafka properties as ingest, the other producer: `[ingest.kafka]`
         // of TALLY_CONFIG, TALLY_KAFKA__* and TALLY_INGEST_KAFKA__* (TLS, SASL).
         let file = std::env::var_os("TALLY_CONFIG").map(std::path::PathBuf::from);
-        let properties = match Settings::load(file.as_deref(), std::env::vars(), &[]) {
-            Ok(settings) => settings.ingest.kafka,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return Err(ExitCode::from(2));
-            }
-        };
+        let properties = Settings::load(file.as_deref(), std::env::vars(), &[])?
+            .ingest
+            .kafka;
         if let Some((key, reason)) = retry::kafka_property_refused(&properties) {
-            eprintln!("error: invalid configuration: `ingest.kafka` property `{key}`: {reason}");
-            return Err(ExitCode::from(2));
+            return Err(CliError::config(format!(
+                "invalid configuration: `ingest.kafka` property `{key}`: {reason}"
+            )));
         }
-        return bulk_producer(&args.brokers, &properties)
-            .map(Sink::Kafka)
-            .map_err(|error| {
-                eprintln!(
-                    "error: cannot create a Kafka producer for {}: {error}",
-                    args.brokers
-                );
-                ExitCode::FAILURE
-            });
+        let producer = bulk_producer(&args.brokers, &properties).map_err(|error| {
+            CliError::run(format!(
+                "cannot create a Kafka producer for {}: {error}",
+                args.brokers
+            ))
+        })?;
+        return Ok(Sink::Kafka(producer));
     };
-    let endpoint = Endpoint::parse("--url", url).map_err(|error| {
-        eprintln!("error: {error}");
-        ExitCode::from(2)
-    })?;
+    let endpoint = Endpoint::parse("--url", url)?;
     let token = match &args.token {
         Some(token) => Some(token.clone()),
         // The container convention, as for the roles' variables.
@@ -113,36 +105,27 @@ fn sink(args: &GenerateArgs) -> Result<Sink, ExitCode> {
             Some(path) => match std::fs::read_to_string(&path) {
                 Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
                 Err(error) => {
-                    eprintln!(
-                        "error: cannot read TALLY_TOKEN_FILE {}: {error}",
+                    return Err(CliError::config(format!(
+                        "cannot read TALLY_TOKEN_FILE {}: {error}",
                         path.to_string_lossy()
-                    );
-                    return Err(ExitCode::from(2));
+                    )))
                 }
             },
             None => None,
         },
     };
     let Some(token) = token.filter(|t| !t.is_empty()) else {
-        eprintln!("error: --url needs a bearer token: pass --token, or set TALLY_TOKEN or TALLY_TOKEN_FILE");
-        return Err(ExitCode::from(2));
+        return Err(CliError::config(
+            "--url needs a bearer token: pass --token, or set TALLY_TOKEN or TALLY_TOKEN_FILE",
+        ));
     };
     Ok(Sink::Http { endpoint, token })
 }
 
 /// Publishes the generated messages, then writes the expected totals.
-pub async fn run(args: GenerateArgs) -> ExitCode {
-    let config = match generator_config(&args) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let sink = match sink(&args) {
-        Ok(sink) => sink,
-        Err(code) => return code,
-    };
+pub async fn run(args: GenerateArgs) -> CliResult {
+    let config = generator_config(&args)?;
+    let sink = sink(&args)?;
     let mut generator = Generator::new(config);
     let started = Instant::now();
     let sent = match &sink {
@@ -152,19 +135,12 @@ pub async fn run(args: GenerateArgs) -> ExitCode {
         }
     };
     eprintln!();
-    let (published, target) = match sent {
-        Ok(sent) => sent,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let written = std::fs::File::create(&args.expected)
-        .and_then(|file| expected::write(generator.totals(), BufWriter::new(file)));
-    if let Err(error) = written {
-        eprintln!("error: cannot write {}: {error}", args.expected.display());
-        return ExitCode::FAILURE;
-    }
+    let (published, target) = sent.map_err(CliError::run)?;
+    std::fs::File::create(&args.expected)
+        .and_then(|file| expected::write(generator.totals(), BufWriter::new(file)))
+        .map_err(|error| {
+            CliError::run(format!("cannot write {}: {error}", args.expected.display()))
+        })?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "Published {published} messages to {target} in {seconds:.1} s ({:.0} events/s); {} counted events over {} keys expected, written to {}.",
@@ -173,7 +149,7 @@ pub async fn run(args: GenerateArgs) -> ExitCode {
         generator.totals().len(),
         args.expected.display()
     );
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 fn progress(started: Instant, done: u64, of: u64) {
@@ -318,38 +294,23 @@ async fn to_ingest(
 
 /// Compares the file's rows with `merchant_sales`: exit 0 when every key
 /// matches, 1 when any differs (each one printed), 2 for a bad file or URL.
-pub async fn verify(args: VerifyArgs) -> ExitCode {
-    let want = match std::fs::File::open(&args.file) {
-        Ok(file) => expected::read(BufReader::new(file)),
-        Err(error) => {
-            eprintln!("error: cannot open {}: {error}", args.file.display());
-            return ExitCode::from(2);
-        }
-    };
-    let want = match want {
-        Ok(totals) => totals,
-        Err(error) => {
-            eprintln!("error: {}: {error}", args.file.display());
-            return ExitCode::from(2);
-        }
-    };
-    let store = match open_store(&args.database).await {
-        Ok(store) => store,
-        Err(code) => return code,
-    };
-    let have = match store.totals(None).await {
-        Ok(totals) => totals,
-        Err(error) => {
-            eprintln!("error: cannot read merchant_sales: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+pub async fn verify(args: VerifyArgs) -> CliResult {
+    let file = std::fs::File::open(&args.file).map_err(|error| {
+        CliError::config(format!("cannot open {}: {error}", args.file.display()))
+    })?;
+    let want = expected::read(BufReader::new(file))
+        .map_err(|error| CliError::config(format!("{}: {error}", args.file.display())))?;
+    let store = open_store(&args.database).await?;
+    let have = store
+        .totals(None)
+        .await
+        .map_err(|error| CliError::run(format!("cannot read merchant_sales: {error}")))?;
     report(&want, &have)
 }
 
 /// Prints one `DIFF` line per key where `have` (the database) differs from
-/// `want`, with both values; exit 0 when none differs, 1 otherwise.
-pub fn report(want: &schemas::Totals, have: &schemas::Totals) -> ExitCode {
+/// `want`, with both values; fails (exit 1, already reported) when any differs.
+pub fn report(want: &schemas::Totals, have: &schemas::Totals) -> CliResult {
     let differences = expected::differences(want, have);
     let show = |sums: &Option<schemas::Sums>| match sums {
         Some(s) => format!(
@@ -370,13 +331,13 @@ pub fn report(want: &schemas::Totals, have: &schemas::Totals) -> ExitCode {
     }
     if differences.is_empty() {
         println!("OK: all {} keys match.", want.len());
-        ExitCode::SUCCESS
+        Ok(())
     } else {
         println!(
             "{} of {} keys differ.",
             differences.len(),
             want.len().max(have.len())
         );
-        ExitCode::FAILURE
+        Err(CliError::Reported)
     }
 }

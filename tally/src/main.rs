@@ -5,6 +5,7 @@
 mod backfill;
 mod cli;
 mod demo;
+mod error;
 mod generate;
 mod http;
 mod imports;
@@ -17,7 +18,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cli::{Cli, Command, ServiceArgs};
-use settings::{Settings, SettingsError};
+use error::{CliError, CliResult};
+use settings::Settings;
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -49,10 +51,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(dispatch(cli.command))
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => error.report(),
+    }
 }
 
-async fn dispatch(command: Command) -> ExitCode {
+async fn dispatch(command: Command) -> CliResult {
     match command {
         Command::Demo(args) => demo::run(args).await,
         Command::Query(args) => query::run(args).await,
@@ -64,112 +69,86 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Verify(args) => backfill::verify(args).await,
         Command::Schedule(args) => backfill::schedule(args).await,
         Command::Worker(args) => {
-            let settings = match load(&args) {
-                Ok(settings) => settings,
-                Err(code) => return code,
-            };
-            if let Err(error) = settings.worker.validate() {
-                return config_error(error.into());
-            }
-            if let Err(code) =
-                kafka_accepts("worker", &settings.worker.brokers, &settings.worker.kafka).await
-            {
-                return code;
-            }
+            let settings = load(&args)?;
+            settings.worker.validate()?;
+            kafka_accepts("worker", &settings.worker.brokers, &settings.worker.kafka).await?;
             let shutdown = signals::shutdown_on_signals();
             let addr = args
                 .metrics_addr
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9101)));
-            if let Err(error) =
-                http::serve(addr, shard_worker::health::readiness, shutdown.clone()).await
-            {
-                eprintln!("error: cannot serve metrics on {addr}: {error}");
-                return ExitCode::FAILURE;
-            }
-            outcome(shard_worker::run(settings.worker, shutdown).await)
+            http::serve(addr, shard_worker::health::readiness, shutdown.clone())
+                .await
+                .map_err(|error| {
+                    CliError::run(format!("cannot serve metrics on {addr}: {error}"))
+                })?;
+            shard_worker::run(settings.worker, shutdown)
+                .await
+                .map_err(CliError::run)
         }
         Command::Ingest(args) => {
-            let settings = match load(&args) {
-                Ok(settings) => settings,
-                Err(code) => return code,
-            };
-            if let Err(error) = settings.ingest.validate() {
-                return config_error(error.into());
-            }
-            if let Err(code) =
-                kafka_accepts("ingest", &settings.ingest.brokers, &settings.ingest.kafka).await
-            {
-                return code;
-            }
+            let settings = load(&args)?;
+            settings.ingest.validate()?;
+            kafka_accepts("ingest", &settings.ingest.brokers, &settings.ingest.kafka).await?;
             ingest_service(settings.ingest).await
         }
         Command::Aggregator(args) => {
-            let settings = match load(&args) {
-                Ok(settings) => settings,
-                Err(code) => return code,
-            };
-            if let Err(error) = settings.aggregator.validate() {
-                return config_error(error.into());
-            }
-            if let Err(code) = kafka_accepts(
-                "aggregator",
-                &settings.aggregator.brokers,
-                &settings.aggregator.kafka,
-            )
-            .await
-            {
-                return code;
-            }
+            let settings = load(&args)?;
+            settings.aggregator.validate()?;
+            let aggregator = &settings.aggregator;
+            kafka_accepts("aggregator", &aggregator.brokers, &aggregator.kafka).await?;
             let shutdown = signals::shutdown_on_signals();
             let addr = args
                 .metrics_addr
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9102)));
-            if let Err(error) =
-                http::serve(addr, aggregator::health::readiness, shutdown.clone()).await
-            {
-                eprintln!("error: cannot serve metrics on {addr}: {error}");
-                return ExitCode::FAILURE;
-            }
-            outcome(aggregator::run(settings.aggregator, shutdown).await)
+            http::serve(addr, aggregator::health::readiness, shutdown.clone())
+                .await
+                .map_err(|error| {
+                    CliError::run(format!("cannot serve metrics on {addr}: {error}"))
+                })?;
+            aggregator::run(settings.aggregator, shutdown)
+                .await
+                .map_err(CliError::run)
         }
     }
 }
 
 /// Runs `tally ingest` until SIGTERM: exit 2 for a configuration it cannot
 /// use (an address, a certificate), 1 when it fails at run time.
-async fn ingest_service(config: ingest::IngestConfig) -> ExitCode {
+async fn ingest_service(config: ingest::IngestConfig) -> CliResult {
     let imports = (!config.database_url.is_empty()).then(|| {
         std::sync::Arc::new(imports::DatabaseQueue::new(config.database_url.clone()))
             as std::sync::Arc<dyn ingest::imports::ImportQueue>
     });
-    let started = match ingest::bind(&config).await {
+    let listener = ingest::bind(&config).await;
+    let result = match listener {
         Ok(listener) => {
             ingest::run(config, listener, imports, signals::shutdown_on_signals()).await
         }
         Err(error) => Err(error),
     };
-    match started {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::from(if error.is_config() { 2 } else { 1 })
+    result.map_err(|error| {
+        if error.is_config() {
+            CliError::config(error)
+        } else {
+            CliError::run(error)
         }
-    }
+    })
 }
 
 /// Fails with exit 2 when librdkafka refuses one of the role's properties
 /// (named without its value, which may be a secret), and with exit 1 (and
-/// librdkafka's reason) when the brokers refuse the connection itself: a certificate the configured CAs do not trust, or SASL
-/// credentials they reject. A broker that is merely away is left to the
-/// role's retries.
+/// librdkafka's reason) when the brokers refuse the connection itself: a
+/// certificate the configured CAs do not trust, or SASL credentials they
+/// reject. A broker that is merely away is left to the role's retries.
 async fn kafka_accepts(
     role: &str,
     brokers: &str,
     kafka: &std::collections::BTreeMap<String, String>,
-) -> Result<(), ExitCode> {
+) -> CliResult {
     if let Some((key, reason)) = retry::kafka_property_refused(kafka) {
-        eprintln!("error: invalid configuration: `{role}.kafka` property `{key}`: {reason}");
-        return Err(ExitCode::from(2));
+        return Err(CliError::config(format!(
+            "invalid configuration: `{role}.kafka` property `{key}`: {reason}"
+        )));
     }
     let mut config = rdkafka::ClientConfig::new();
     config.set("bootstrap.servers", brokers);
@@ -183,30 +162,18 @@ async fn kafka_accepts(
     .unwrap_or(None);
     match refused {
         None => Ok(()),
-        Some(reason) => {
-            eprintln!("error: the Kafka brokers {brokers} refused the connection: {reason}");
-            eprintln!("hint: check the kafka security settings (security.protocol, ssl.ca.location, sasl.mechanism, sasl.username, sasl.password)");
-            Err(ExitCode::FAILURE)
-        }
+        Some(reason) => Err(CliError::run(format!(
+            "the Kafka brokers {brokers} refused the connection: {reason}\n\
+             hint: check the kafka security settings (security.protocol, ssl.ca.location, \
+             sasl.mechanism, sasl.username, sasl.password)"
+        ))),
     }
 }
 
-fn load(args: &ServiceArgs) -> Result<Settings, ExitCode> {
-    Settings::load(args.config.as_deref(), std::env::vars(), &args.overrides())
-        .map_err(config_error)
-}
-
-fn config_error(error: SettingsError) -> ExitCode {
-    eprintln!("error: {error}");
-    ExitCode::from(2)
-}
-
-fn outcome<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+fn load(args: &ServiceArgs) -> Result<Settings, CliError> {
+    Ok(Settings::load(
+        args.config.as_deref(),
+        std::env::vars(),
+        &args.overrides(),
+    )?)
 }

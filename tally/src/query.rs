@@ -1,52 +1,37 @@
 //! `tally query`: a merchant's totals, one line per currency and day.
 
-use std::process::ExitCode;
-
 use store::Store;
 
 use crate::cli::{DatabaseArgs, QueryArgs};
+use crate::error::{CliError, CliResult};
 use crate::settings::Settings;
 
 /// Opens the database named by `--database-url`, or else by the
-/// configuration's aggregator. Prints the error and returns the exit code
-/// (2 for a bad URL or file, 1 when unreachable) on failure.
-pub async fn open_store(database: &DatabaseArgs) -> Result<Store, ExitCode> {
+/// configuration's aggregator. Fails with a configuration error for a bad
+/// URL or file, and a run-time one when the database is unreachable.
+pub async fn open_store(database: &DatabaseArgs) -> Result<Store, CliError> {
     let url = match &database.database_url {
         Some(url) => url.clone(),
-        None => match Settings::load(database.config.as_deref(), std::env::vars(), &[]) {
-            Ok(settings) => settings.aggregator.database_url,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return Err(ExitCode::from(2));
-            }
-        },
+        None => {
+            Settings::load(database.config.as_deref(), std::env::vars(), &[])?
+                .aggregator
+                .database_url
+        }
     };
-    if let Err(error) = schemas::config::database_url("--database-url", &url) {
-        eprintln!("error: {error}");
-        return Err(ExitCode::from(2));
-    }
-    Store::connect(&url).await.map_err(|error| {
-        eprintln!("error: {error}");
-        ExitCode::FAILURE
-    })
+    schemas::config::database_url("--database-url", &url)?;
+    Store::connect(&url).await.map_err(CliError::run)
 }
 
 /// Prints the rows of `merchant_sales` for `args.merchant`.
-pub async fn run(args: QueryArgs) -> ExitCode {
-    let store = match open_store(&args.database).await {
-        Ok(store) => store,
-        Err(code) => return code,
-    };
-    let totals = match store.totals(Some(&args.merchant)).await {
-        Ok(totals) => totals,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+pub async fn run(args: QueryArgs) -> CliResult {
+    let store = open_store(&args.database).await?;
+    let totals = store
+        .totals(Some(&args.merchant))
+        .await
+        .map_err(CliError::run)?;
     if totals.is_empty() {
         eprintln!("No totals for merchant {:?}.", args.merchant);
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     println!(
         "{:<12} {:<8} {:<10} {:>20} {:>8} {:>20} {:>8} {:>20}",
@@ -65,5 +50,5 @@ pub async fn run(args: QueryArgs) -> ExitCode {
             sums.net_amount().to_string()
         );
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
