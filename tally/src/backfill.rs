@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use aggregator::backfill::compute::compute;
 use aggregator::backfill::plan::{plan, plan_import};
 use aggregator::backfill::runner::now_ms;
-use aggregator::backfill::schedule::{Cron, Range};
+use aggregator::backfill::schedule::ScheduleRequest;
 use aggregator::backfill::source::{list_files, Format};
 use schemas::Day;
-use store::jobs::{Job, Kind, Requeue, Schedule, Scope, State};
+use store::jobs::{Job, Kind, Requeue, Scope, State};
 use store::Store;
 
 use crate::cli::{
@@ -516,37 +516,16 @@ pub async fn schedule(args: ScheduleArgs) -> CliResult {
             merchants,
             since,
         } => {
-            let checked = (|| -> Result<Schedule, String> {
-                if name.is_empty() || name.len() > 128 {
-                    return Err(format!("schedule name {name:?} must be 1 to 128 bytes"));
-                }
-                Cron::parse(cron).map_err(|e| format!("`--cron` = {cron:?}: {e}"))?;
-                Range::parse(range).map_err(|e| format!("`--range`: {e}"))?;
-                if let Some(format) = format {
-                    Format::parse("--format", format)?;
-                }
-                let since = match since {
-                    Some(text) => {
-                        schemas::day::parse_rfc3339(text)
-                            .map_err(|e| format!("`--since` = {text:?}: {e}"))?
-                            / 1000
-                    }
-                    None => now_ms(),
-                };
-                let mut merchants = merchants.clone();
-                merchants.sort();
-                merchants.dedup();
-                Ok(Schedule {
-                    name: name.clone(),
-                    cron: cron.clone(),
-                    source: source.clone(),
-                    format: format.clone().unwrap_or_default(),
-                    day_range: range.clone(),
-                    merchants,
-                    created_at: now_ms(),
-                    last_due: since,
-                })
-            })();
+            let request = ScheduleRequest {
+                name: name.clone(),
+                cron: cron.clone(),
+                source: source.clone(),
+                range: range.clone(),
+                format: format.clone(),
+                merchants: merchants.clone(),
+                since: since.clone(),
+            };
+            let checked = request.check(now_ms());
             match checked {
                 Ok(schedule) => {
                     // A typo is better seen now than at 2 a.m.; files that
