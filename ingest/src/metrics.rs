@@ -76,3 +76,23 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*PRODUCE_ERRORS,
     ]
 }
+
+/// `GET /metrics`: every metric of the process (the default registry), in
+/// Prometheus' text format. Every service's `/metrics` route uses it.
+pub async fn export() -> (
+    axum::http::StatusCode,
+    [(&'static str, &'static str); 1],
+    Vec<u8>,
+) {
+    use prometheus::{Encoder, TextEncoder};
+    let mut body = Vec::new();
+    let content_type = [("content-type", "text/plain; version=0.0.4")];
+    match TextEncoder::new().encode(&prometheus::gather(), &mut body) {
+        Ok(()) => (axum::http::StatusCode::OK, content_type, body),
+        Err(error) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            content_type,
+            error.to_string().into_bytes(),
+        ),
+    }
+}

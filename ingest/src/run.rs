@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +54,7 @@ pub async fn run(
     };
     let state = Ingest::new(&config, imports).map_err(kafka("producer"))?;
     tokio::spawn(state.clone().watch_broker(BROKER_CHECK));
-    let app = router(state.clone()).route("/metrics", axum::routing::get(metrics));
+    let app = router(state.clone()).route("/metrics", axum::routing::get(crate::metrics::export));
     let bound = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -66,22 +65,4 @@ pub async fn run(
     state.flush(FLUSH).map_err(kafka("flush at shutdown"))?;
     tracing::info!("Ingest stopped; every accepted event is acknowledged.");
     Ok(())
-}
-
-/// `GET /metrics`: every metric of the process, in Prometheus' text format.
-async fn metrics() -> (
-    axum::http::StatusCode,
-    [(&'static str, &'static str); 1],
-    Vec<u8>,
-) {
-    let mut body = Vec::new();
-    let content_type = [("content-type", "text/plain; version=0.0.4")];
-    match TextEncoder::new().encode(&prometheus::gather(), &mut body) {
-        Ok(()) => (axum::http::StatusCode::OK, content_type, body),
-        Err(error) => (
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            content_type,
-            error.to_string().into_bytes(),
-        ),
-    }
 }

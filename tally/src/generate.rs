@@ -17,7 +17,7 @@ use schemas::Day;
 use crate::cli::{GenerateArgs, VerifyArgs};
 use crate::error::{CliError, CliResult};
 use crate::query::open_store;
-use crate::settings::Settings;
+use crate::settings::{self, Settings};
 
 /// Where `tally generate` sends its messages.
 enum Sink {
@@ -84,11 +84,7 @@ fn sink(args: &GenerateArgs) -> Result<Sink, CliError> {
         let properties = Settings::load(file.as_deref(), std::env::vars(), &[])?
             .ingest
             .kafka;
-        if let Some((key, reason)) = retry::kafka_property_refused(&properties) {
-            return Err(CliError::config(format!(
-                "invalid configuration: `ingest.kafka` property `{key}`: {reason}"
-            )));
-        }
+        settings::check_kafka("ingest", &properties)?;
         let producer = bulk_producer(&args.brokers, &properties).map_err(|error| {
             CliError::run(format!(
                 "cannot create a Kafka producer for {}: {error}",
@@ -98,21 +94,10 @@ fn sink(args: &GenerateArgs) -> Result<Sink, CliError> {
         return Ok(Sink::Kafka(producer));
     };
     let endpoint = Endpoint::parse("--url", url)?;
+    // The container convention, as for the roles' variables.
     let token = match &args.token {
         Some(token) => Some(token.clone()),
-        // The container convention, as for the roles' variables.
-        None => match std::env::var_os("TALLY_TOKEN_FILE") {
-            Some(path) => match std::fs::read_to_string(&path) {
-                Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
-                Err(error) => {
-                    return Err(CliError::config(format!(
-                        "cannot read TALLY_TOKEN_FILE {}: {error}",
-                        path.to_string_lossy()
-                    )))
-                }
-            },
-            None => None,
-        },
+        None => settings::from_file("TALLY_TOKEN")?,
     };
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(CliError::config(

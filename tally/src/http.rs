@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
 /// Serves the default Prometheus registry on `addr` until `shutdown`.
@@ -21,7 +20,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(ingest::metrics::export))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -45,18 +44,4 @@ pub async fn serve(
     });
     tracing::info!(%bound, "Serving /metrics, /healthz and /readyz.");
     Ok(bound)
-}
-
-/// `GET /metrics`: the default registry in Prometheus text format.
-pub async fn metrics() -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8>) {
-    let mut body = Vec::new();
-    let content_type = [("content-type", "text/plain; version=0.0.4")];
-    match TextEncoder::new().encode(&prometheus::gather(), &mut body) {
-        Ok(()) => (StatusCode::OK, content_type, body),
-        Err(error) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            content_type,
-            error.to_string().into_bytes(),
-        ),
-    }
 }

@@ -145,11 +145,7 @@ async fn kafka_accepts(
     brokers: &str,
     kafka: &std::collections::BTreeMap<String, String>,
 ) -> CliResult {
-    if let Some((key, reason)) = retry::kafka_property_refused(kafka) {
-        return Err(CliError::config(format!(
-            "invalid configuration: `{role}.kafka` property `{key}`: {reason}"
-        )));
-    }
+    settings::check_kafka(role, kafka)?;
     let mut config = rdkafka::ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     for (key, value) in kafka {

@@ -10,6 +10,7 @@
 //! as containers pass secrets. Errors never repeat a value read from the
 //! environment or a file: it may be a secret.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use aggregator::AggregatorConfig;
@@ -195,16 +196,43 @@ fn resolve_files(
                 message: format!("{base} is set too: set one of {base} and {name}"),
             });
         }
-        let text = std::fs::read_to_string(value).map_err(|source| SettingsError::Read {
-            path: format!("{value} (from {name})"),
-            source,
-        })?;
-        resolved.push((
-            base.to_owned(),
-            text.trim_end_matches(['\n', '\r']).to_owned(),
-        ));
+        resolved.push((base.to_owned(), read_secret(name, value)?));
     }
     Ok(resolved)
+}
+
+/// The value a `…_FILE` variable `name` points to: the file at `path`, less
+/// a trailing newline.
+fn read_secret(name: &str, path: &str) -> Result<String, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        path: format!("{path} (from {name})"),
+        source,
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// A variable read outside the role settings (`TALLY_TOKEN`, say) from the
+/// file its `_FILE` spelling names, as for the roles' variables; `None`
+/// when that is not set.
+pub fn from_file(variable: &str) -> Result<Option<String>, SettingsError> {
+    let name = format!("{variable}_FILE");
+    std::env::var(&name)
+        .ok()
+        .map(|path| read_secret(&name, &path))
+        .transpose()
+}
+
+/// Fails when librdkafka refuses one of `role`'s `kafka` properties, naming
+/// it but not its value, which may be a secret.
+pub fn check_kafka(role: &str, properties: &BTreeMap<String, String>) -> Result<(), SettingsError> {
+    match retry::kafka_property_refused(properties) {
+        Some((key, reason)) => Err(SettingsError::Invalid(schemas::config::ConfigError::new(
+            format!("{role}.kafka.{key}"),
+            "<not shown>",
+            reason,
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn set_kafka(table: &mut Table, section: &str, property: &str, value: &str) {
