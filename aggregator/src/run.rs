@@ -38,12 +38,6 @@ pub async fn run(
     crate::health::watch(store.clone());
     tokio::spawn(crate::health::probe(store.clone(), shutdown.clone()));
     if config.backfill_parallelism > 0 {
-        // Backfills and schedules get their own connection, so a long replace never holds
-        // up the flushes of the live stream.
-        let runner_store = tokio::select! {
-            store = connect(&config.database_url) => Arc::new(store?),
-            () = shutdown.cancelled() => return Ok(()),
-        };
         let runner = RunnerConfig {
             owner: format!("{}-{}", hostname(), std::process::id()),
             parallelism: config.backfill_parallelism,
@@ -64,13 +58,15 @@ pub async fn run(
         });
         let poll = Duration::from_millis(config.backfill_poll_ms);
         tokio::spawn(backfill::scheduler::run(
-            runner_store.clone(),
+            store.clone(),
             poll,
             watch,
             shutdown.clone(),
         ));
+        // Backfills and schedules take their own pooled connections, so a long
+        // replace never holds up the flushes of the live stream.
         tokio::spawn(backfill::runner::run(
-            runner_store,
+            store.clone(),
             runner,
             shutdown.clone(),
         ));

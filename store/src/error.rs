@@ -52,6 +52,9 @@ pub enum StoreError {
         /// Why it could not be parsed.
         reason: String,
     },
+    /// No connection could be had from the PostgreSQL pool.
+    #[error("PostgreSQL connection pool: {0}")]
+    Pool(String),
     /// A blocking SQLite task panicked or was cancelled.
     #[error("SQLite worker thread failed: {0}")]
     Join(String),
@@ -95,7 +98,9 @@ impl Classify for StoreError {
                 ) => Class::Transient,
                 _ => Class::Permanent,
             },
-            StoreError::Join(_) | StoreError::Timeout { .. } => Class::Transient,
+            StoreError::Join(_) | StoreError::Pool(_) | StoreError::Timeout { .. } => {
+                Class::Transient
+            }
             StoreError::UnsupportedUrl { .. }
             | StoreError::InvalidUrl { .. }
             | StoreError::Tls { .. }

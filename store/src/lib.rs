@@ -3,7 +3,9 @@
 //! - [`fence`]: the claim and fence rules as pure functions.
 //! - [`postgres`]: PostgreSQL, with one multi-row `UNNEST` upsert per flush.
 //! - [`sqlite`]: the embedded SQLite sink, exact decimal text.
-//! - [`jobs`]: backfill jobs, tasks and schedules, and the atomic replace.
+//! - [`jobs`]: backfill and import jobs, tasks and schedules, and the
+//!   atomic replace: their rules written once, for both databases, over
+//!   `sql`'s one small trait per database.
 //! - [`health`]: whether the database is answering, for `/readyz`.
 //! - [`error`]: errors that say what failed and whether to retry.
 //!
@@ -22,6 +24,7 @@ pub mod fence;
 pub mod health;
 pub mod jobs;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 pub use error::{Class, Classify, Result, StoreError};
@@ -120,7 +123,10 @@ impl Store {
     ) -> Result<T> {
         let limit = self.call_timeout();
         let started = self.health().begin();
-        let result = match tokio::time::timeout(limit, call).await {
+        // Bound first, so that a call that ran out of time has returned its
+        // connection to the pool before `reset` drops the idle ones.
+        let outcome = tokio::time::timeout(limit, call).await;
+        let result = match outcome {
             Ok(result) => result,
             Err(_) => {
                 if let Store::Postgres(s) = self {
@@ -135,6 +141,21 @@ impl Store {
         let down = matches!(&result, Err(e) if e.is_retryable());
         self.health().end(started, down);
         result
+    }
+
+    /// Runs `work` in one transaction of `mode`, under [`Store::timed`].
+    async fn transact<R, F>(&self, op: &'static str, mode: sql::Mode, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn sql::Tx) -> sql::BoxFuture<'t, Result<R>> + Send + 'static,
+    {
+        self.timed(op, async {
+            match self {
+                Store::Postgres(s) => s.transact(mode, work).await,
+                Store::Sqlite(s) => s.transact(mode, work).await,
+            }
+        })
+        .await
     }
 
     /// Claims a partition for `owner`: raises its epoch and returns where to

@@ -2,21 +2,22 @@
 
 use std::collections::BTreeMap;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use schemas::{Partial, Totals};
-use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{pg, Result, StoreError};
 use crate::fence::{self, Fence, Plan};
 use crate::health::Health;
+use crate::jobs::{Lead, Leadership};
+use crate::sql::{BoxFuture, Mode, Tx};
 use crate::{parse_row, sources, Claim, PartitionProgress};
 
-mod jobs;
 mod tls;
+mod tx;
 
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
@@ -85,16 +86,22 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A PostgreSQL database, reconnected on demand after a lost connection.
+/// Connections one process keeps open at most: the flushes of the live
+/// stream, the backfill runner's tasks, the scheduler and the health probe
+/// each take one while they work, so none waits behind another.
+pub const POOL_SIZE: usize = 8;
+
+/// Arbitrary constant naming the scheduler's PostgreSQL advisory lock.
+const SCHEDULER_LOCK: i64 = 0x7a11_5c4e;
+
+/// A PostgreSQL database: a pool of connections, each opened when first
+/// needed and dropped when it breaks.
 pub struct PgStore {
     config: Config,
     /// TLS as the URL's `sslmode` and `sslrootcert` ask.
     tls: MakeRustlsConnect,
     call_timeout: Duration,
-    client: Mutex<Option<Client>>,
-    /// Set when a call timed out: its connection may be stuck, so the next
-    /// call opens a fresh one.
-    poisoned: AtomicBool,
+    pool: Pool,
     pub(crate) health: Health,
 }
 
@@ -150,17 +157,29 @@ impl PgStore {
     /// unreachable, or a migration fails.
     pub async fn connect(url: &str) -> Result<PgStore> {
         let (config, statement, tls) = settings(url)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig {
+                // A connection's state is checked by `Store::timed`: one whose
+                // call ran out of time is dropped, never handed out again.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
         let store = PgStore {
             config,
             tls,
             call_timeout: statement + Duration::from_secs(5),
-            client: Mutex::new(None),
-            poisoned: AtomicBool::new(false),
+            pool,
             health: Health::default(),
         };
         let call = async {
-            let mut client = store.client().await?;
-            migrate(client.as_mut().expect("connected")).await
+            let mut client = store.conn().await?;
+            migrate(&mut client).await
         };
         match tokio::time::timeout(store.call_timeout, call).await {
             Ok(migrated) => migrated?,
@@ -194,28 +213,63 @@ impl PgStore {
         self.call_timeout
     }
 
-    /// Drops the connection at the next call (after a timeout).
+    /// Drops every idle connection (after a call ran out of time, its
+    /// connection among them): the next calls open fresh ones. Dropping a
+    /// stuck client ends its connection task once the server answers again
+    /// (or keepalive gives up), rolling back its transaction.
     pub(crate) fn reset(&self) {
-        self.poisoned.store(true, Ordering::Relaxed);
+        self.pool.retain(|_, _| false);
     }
 
-    async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>> {
-        let mut guard = self.client.lock().await;
-        let poisoned = self.poisoned.swap(false, Ordering::Relaxed);
-        if poisoned || guard.as_ref().is_none_or(Client::is_closed) {
-            // Dropping a stuck client ends its connection task once the server
-            // answers again (or keepalive gives up), rolling back its transaction.
-            *guard = None;
-            *guard = Some(self.open("store").await?);
-        }
-        Ok(guard)
+    /// A connection from the pool, opened if none is idle.
+    async fn conn(&self) -> Result<Object> {
+        self.pool.get().await.map_err(|error| match error {
+            PoolError::Backend(source) => StoreError::Postgres {
+                op: "connect",
+                source,
+            },
+            other => StoreError::Pool(other.to_string()),
+        })
+    }
+
+    /// Runs `work` in one transaction on a pooled connection. (`mode` is
+    /// for SQLite: PostgreSQL's row locks are taken by the statements.)
+    pub(crate) async fn transact<R, F>(&self, _mode: Mode, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R>> + Send + 'static,
+    {
+        let mut client = self.conn().await?;
+        let mut tx = tx::PgTx(client.transaction().await.map_err(pg("begin"))?);
+        // On an error the transaction is dropped, which rolls it back.
+        let out = work(&mut tx).await?;
+        tx.0.commit().await.map_err(pg("commit"))?;
+        Ok(out)
+    }
+
+    /// Tries to take the scheduler's advisory lock, on a connection of its own.
+    pub(crate) async fn try_lead(&self) -> Result<Option<Leadership>> {
+        let lead = async {
+            let client = self.open("scheduler lock").await?;
+            let row = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&SCHEDULER_LOCK])
+                .await
+                .map_err(pg("scheduler lock"))?;
+            Ok(row
+                .get::<_, bool>(0)
+                .then_some(Leadership(Lead::Postgres(client))))
+        };
+        tokio::time::timeout(self.call_timeout, lead)
+            .await
+            .unwrap_or(Err(StoreError::Timeout {
+                op: "scheduler lock",
+                after_ms: self.call_timeout.as_millis() as u64,
+            }))
     }
 
     pub(crate) async fn claim(&self, topic: &str, partition: i32, owner: &str) -> Result<Claim> {
-        let guard = self.client().await?;
-        let row = guard
-            .as_ref()
-            .expect("connected")
+        let client = self.conn().await?;
+        let row = client
             .query_one(
                 "INSERT INTO tally_partitions AS t (topic, partition, epoch, next_offset,
                      dedupe_from_offset, claimed_by, claimed_at, updated_at)
@@ -236,10 +290,8 @@ impl PgStore {
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
-        let guard = self.client().await?;
-        guard
-            .as_ref()
-            .expect("connected")
+        self.conn()
+            .await?
             .simple_query("SELECT 1")
             .await
             .map_err(pg("ping"))?;
@@ -247,10 +299,8 @@ impl PgStore {
     }
 
     pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        let guard = self.client().await?;
-        let row = guard
-            .as_ref()
-            .expect("connected")
+        let client = self.conn().await?;
+        let row = client
             .query_opt(
                 "SELECT epoch FROM tally_partitions WHERE topic = $1 AND partition = $2",
                 &[&topic, &partition],
@@ -261,8 +311,7 @@ impl PgStore {
     }
 
     pub(crate) async fn apply(&self, partials: &[Partial]) -> Result<Plan> {
-        let mut guard = self.client().await?;
-        let client = guard.as_mut().expect("connected");
+        let mut client = self.conn().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
         let (topics, parts): (Vec<String>, Vec<i32>) = sources(partials).into_iter().unzip();
         // Locks are taken in (topic, partition) order so that concurrent
@@ -303,10 +352,8 @@ impl PgStore {
     }
 
     pub(crate) async fn totals(&self, merchant: Option<&str>) -> Result<Totals> {
-        let guard = self.client().await?;
-        let rows = guard
-            .as_ref()
-            .expect("connected")
+        let client = self.conn().await?;
+        let rows = client
             .query(
                 "SELECT merchant_id, currency::text, day::text, sales_amount::text, sales_count,
                         refund_amount::text, refund_count
@@ -329,10 +376,8 @@ impl PgStore {
     }
 
     pub(crate) async fn progress(&self) -> Result<Vec<PartitionProgress>> {
-        let guard = self.client().await?;
-        let rows = guard
-            .as_ref()
-            .expect("connected")
+        let client = self.conn().await?;
+        let rows = client
             .query(
                 "SELECT topic, partition, epoch, next_offset, dedupe_from_offset, counted_events,
                         duplicate_events, invalid_events, claimed_by, dedupe_clock_ms

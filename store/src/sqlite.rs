@@ -9,9 +9,10 @@ use schemas::{Partial, Sums, Totals};
 
 use crate::error::{lite, Result, StoreError};
 use crate::fence::{self, Fence, Plan};
+use crate::sql::{BoxFuture, Mode, Tx};
 use crate::{parse_row, sources, Claim, PartitionProgress};
 
-mod jobs;
+mod tx;
 
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
@@ -80,6 +81,33 @@ impl SqliteStore {
         blocking(move || {
             let mut guard = conn.lock().map_err(|e| StoreError::Join(e.to_string()))?;
             f(&mut guard)
+        })
+        .await
+    }
+
+    /// Runs `work` in one transaction on the blocking thread that holds the
+    /// connection: a writing one takes the write lock first (`BEGIN
+    /// IMMEDIATE`), so two writers never deadlock.
+    pub(crate) async fn transact<R, F>(&self, mode: Mode, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R>> + Send + 'static,
+    {
+        // The work's statements are synchronous; its future completes in one poll.
+        let runtime = tokio::runtime::Handle::current();
+        self.with(move |conn| {
+            let begin = match mode {
+                Mode::Read => "BEGIN DEFERRED",
+                Mode::Write => "BEGIN IMMEDIATE",
+            };
+            conn.execute_batch(begin).map_err(lite("begin"))?;
+            let out = runtime.block_on(work(&mut tx::LiteTx(conn)));
+            let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            if let Err(error) = conn.execute_batch(end) {
+                let _ = conn.execute_batch("ROLLBACK");
+                return out.and(Err(lite("commit")(error)));
+            }
+            out
         })
         .await
     }
@@ -222,7 +250,7 @@ impl SqliteStore {
     }
 }
 
-fn upsert(tx: &rusqlite::Transaction<'_>, deltas: &Totals) -> Result<()> {
+fn upsert(tx: &Connection, deltas: &Totals) -> Result<()> {
     let mut read = tx
         .prepare_cached(
             "SELECT sales_amount, sales_count, refund_amount, refund_count FROM merchant_sales
@@ -272,7 +300,7 @@ fn upsert(tx: &rusqlite::Transaction<'_>, deltas: &Totals) -> Result<()> {
     Ok(())
 }
 
-fn advance(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<()> {
+fn advance(tx: &Connection, plan: &Plan) -> Result<()> {
     let mut stmt = tx
         .prepare_cached(&format!(
             "UPDATE tally_partitions SET next_offset = ?3, dedupe_from_offset = ?4, dedupe_clock_ms = ?8,

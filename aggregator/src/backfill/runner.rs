@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::jobs::{FileVersion, ImportOutcome, Job, Kind, Scope, Task};
+use store::jobs::{rules, FileVersion, ImportOutcome, Job, Kind, Scope, Task};
 use store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -45,15 +45,6 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Longest wait between a task's attempts, before jitter.
-const RETRY_CAP_MS: u64 = 10 * 60 * 1000;
-
-/// The wait before attempt `attempt + 1`: tally's one retry policy
-/// ([`retry::delay_ms`]), with the attempt count kept in the database.
-pub fn backoff(base_ms: u64, attempt: i32, seed: u64) -> u64 {
-    retry::delay_ms(base_ms, RETRY_CAP_MS, attempt.max(1) as u32, seed)
 }
 
 /// Runs tasks until `shutdown`; then abandons running tasks (their leases
@@ -148,13 +139,14 @@ async fn fail(store: &Store, config: &RunnerConfig, task: &Task, error: &str) {
     let import = task.input.version.is_some();
     let (job_id, task_no, attempt) = (task.job_id, task.task_no, task.attempts);
     let now = now_ms();
-    let retry_at = (attempt < config.max_attempts).then(|| {
-        now + backoff(
-            config.retry_base_ms,
-            attempt,
-            (job_id as u64) << 32 ^ task_no as u64 ^ now as u64,
-        ) as i64
-    });
+    let seed = (job_id as u64) << 32 ^ task_no as u64 ^ now as u64;
+    let retry_at = rules::retry_at(
+        attempt,
+        config.max_attempts,
+        config.retry_base_ms,
+        now,
+        seed,
+    );
     let outcome = if retry_at.is_some() {
         "retried"
     } else {
@@ -374,7 +366,7 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
 async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
     let mut group = Vec::with_capacity(tasks.len());
     for task in tasks {
-        if task.attempts > config.max_attempts {
+        if rules::exhausted(task.attempts, config.max_attempts) {
             // Taken over after its runners died this many times.
             fail(
                 &store,

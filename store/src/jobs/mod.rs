@@ -22,7 +22,13 @@ use schemas::{Day, Totals};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::sql::{Mode, Tx};
 use crate::Store;
+
+mod ops;
+pub mod rules;
+
+pub use rules::check_after;
 
 /// The state of a job or a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,60 +373,6 @@ impl ImportOutcome {
     }
 }
 
-/// What an import of `file` (content `digest`, for local files) comes to,
-/// given the version of its location imported before, if any: `(job,
-/// size, version, digest)`. `None` when it is the first: import it.
-pub fn judge_import(
-    file: &FileVersion,
-    digest: Option<&str>,
-    imported: Option<(i64, i64, String, Option<String>)>,
-) -> Option<ImportOutcome> {
-    let (job_id, size, version, old_digest) = imported?;
-    Some(if size == file.size && version == file.version {
-        ImportOutcome::AlreadyImported { job_id }
-    } else if size == file.size && digest.is_some() && old_digest.as_deref() == digest {
-        ImportOutcome::Unchanged { job_id }
-    } else {
-        ImportOutcome::Conflict {
-            message: conflict_message(file, size, &version, job_id),
-        }
-    })
-}
-
-/// The conflict report for `new`, a version of a location that was already
-/// imported as `old` by job `job_id`: what happened and what to do.
-pub fn conflict_message(
-    new: &FileVersion,
-    old_size: i64,
-    old_version: &str,
-    job_id: i64,
-) -> String {
-    format!(
-        "conflict: {} changed after job {job_id} imported it (size {old_size}, version {old_version}; now size {}, version {}). \
-         Its new content was not counted. If it holds new orders, publish it under a new name; if it corrects \
-         the old file, run `tally backfill` over the days it covers from the corrected files",
-        new.location, new.size, new.version
-    )
-}
-
-/// Checks a new job's dependencies: `after` pairs each id with the state of
-/// that job, `None` when there is no such job. Refuses an unknown job (a
-/// job can only wait on one that exists, which is why dependencies never
-/// form a cycle) and one that failed or was cancelled (the new job would
-/// never run).
-pub fn check_after(after: &[(i64, Option<State>)]) -> std::result::Result<(), String> {
-    for &(id, state) in after {
-        match state {
-            None => return Err(format!("--after {id}: there is no job {id}; a job can only wait on one that exists (so no cycle can form)")),
-            Some(state @ (State::Failed | State::Cancelled)) => {
-                return Err(format!("--after {id}: job {id} {state}, so a job after it would never run"))
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
-}
-
 /// A stored schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Schedule {
@@ -442,40 +394,36 @@ pub struct Schedule {
     pub last_due: i64,
 }
 
+/// Runs `$body` (which uses `tx`) in one transaction of `$mode`, named `$op`.
+macro_rules! transact {
+    ($store:expr, $op:literal, $mode:ident, |$tx:ident| $body:expr) => {
+        $store
+            .transact($op, Mode::$mode, move |$tx: &mut dyn Tx| {
+                Box::pin(async move { $body.await })
+            })
+            .await
+    };
+}
+
 impl Store {
     /// Creates a pending job with its pending tasks and its dependencies;
     /// returns its id. Fails with [`crate::StoreError::Refused`] when a
     /// dependency is unknown or has failed ([`check_after`]).
     pub async fn create_job(&self, job: &NewJob, now: i64) -> Result<i64> {
-        self.timed("create_job", async {
-            match self {
-                Store::Postgres(s) => s.create_job(job, now).await,
-                Store::Sqlite(s) => s.create_job(job, now).await,
-            }
-        })
-        .await
+        let job = job.clone();
+        transact!(self, "create_job", Write, |tx| ops::create_job(
+            tx, &job, now
+        ))
     }
 
     /// The job and its tasks, if it exists.
     pub async fn job(&self, id: i64) -> Result<Option<Job>> {
-        self.timed("job", async {
-            match self {
-                Store::Postgres(s) => s.job(id).await,
-                Store::Sqlite(s) => s.job(id).await,
-            }
-        })
-        .await
+        transact!(self, "job", Read, |tx| ops::job_by_id(tx, id))
     }
 
     /// The newest `limit` jobs, newest first, with their tasks.
     pub async fn jobs(&self, limit: i64) -> Result<Vec<Job>> {
-        self.timed("jobs", async {
-            match self {
-                Store::Postgres(s) => s.jobs(limit).await,
-                Store::Sqlite(s) => s.jobs(limit).await,
-            }
-        })
-        .await
+        transact!(self, "jobs", Read, |tx| ops::jobs(tx, limit))
     }
 
     /// Creates an import job with one task per file of `new` that needs
@@ -486,13 +434,10 @@ impl Store {
     /// without importing it, unless `requeue` allows. No job is created when
     /// every file is skipped.
     pub async fn queue_import(&self, new: &NewJob, requeue: Requeue, now: i64) -> Result<Queued> {
-        self.timed("queue_import", async {
-            match self {
-                Store::Postgres(s) => s.queue_import(new, requeue, now).await,
-                Store::Sqlite(s) => s.queue_import(new, requeue, now).await,
-            }
-        })
-        .await
+        let new = new.clone();
+        transact!(self, "queue_import", Write, |tx| ops::queue_import(
+            tx, &new, requeue, now
+        ))
     }
 
     /// Finishes an import task in one transaction. With `result`, adds the
@@ -510,69 +455,65 @@ impl Store {
         read: Option<(&TaskResult, Option<&str>)>,
         now: i64,
     ) -> Result<ImportOutcome> {
-        self.timed("finish_import", async {
-            match self {
-                Store::Postgres(s) => s.finish_import(task, owner, file, read, now).await,
-                Store::Sqlite(s) => s.finish_import(task, owner, file, read, now).await,
-            }
+        let (task, owner, file) = (task.clone(), owner.to_owned(), file.clone());
+        let read = read.map(|(result, digest)| (result.clone(), digest.map(str::to_owned)));
+        transact!(self, "finish_import", Write, |tx| async {
+            let read = read
+                .as_ref()
+                .map(|(result, digest)| (result, digest.as_deref()));
+            ops::finish_import(tx, &task, &owner, &file, read, now).await
         })
-        .await
     }
 
     /// Whether each version was ever queued (by any job, whatever became of it).
     pub async fn known_versions(&self, files: &[FileVersion]) -> Result<Vec<bool>> {
-        self.timed("known_versions", async {
-            match self {
-                Store::Postgres(s) => s.known_versions(files).await,
-                Store::Sqlite(s) => s.known_versions(files).await,
-            }
-        })
-        .await
+        let files = files.to_vec();
+        transact!(self, "known_versions", Read, |tx| tx.known_versions(&files))
     }
 
     /// Cancels every pending job that waits on a job that failed or was
     /// cancelled (and so on down the graph). Returns each cancelled job
     /// with the reason recorded.
     pub async fn cancel_orphans(&self, now: i64) -> Result<Vec<(i64, String)>> {
-        self.timed("cancel_orphans", async {
-            match self {
-                Store::Postgres(s) => s.cancel_orphans(now).await,
-                Store::Sqlite(s) => s.cancel_orphans(now).await,
-            }
-        })
-        .await
+        // Look first without a writer's locks: runners poll often.
+        if transact!(self, "cancel_orphans", Read, |tx| ops::orphans(tx))?.is_empty() {
+            return Ok(Vec::new());
+        }
+        transact!(self, "cancel_orphans", Write, |tx| ops::cancel_orphans(
+            tx, now
+        ))
     }
 
     /// Cancels a job that has not ended, and its unfinished tasks. Returns
     /// the job's state afterwards and whether this call cancelled it (`None`
     /// when there is no such job); a job that had already ended keeps its state.
     pub async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<(State, bool)>> {
-        self.timed("cancel_job", async {
-            match self {
-                Store::Postgres(s) => s.cancel_job(id, now).await,
-                Store::Sqlite(s) => s.cancel_job(id, now).await,
-            }
-        })
-        .await
+        transact!(self, "cancel_job", Write, |tx| ops::cancel_job(tx, id, now))
     }
 
     /// Takes the next runnable task for `owner`: a pending task whose retry
     /// time has come, or a running one whose lease ran out (its runner
-    /// died), of a job that has not ended. Marks the job running, counts an
-    /// attempt, and leases the task until `lease_until`.
+    /// died), of a job that has not ended and whose dependencies have all
+    /// succeeded. Marks the job running, counts an attempt, and leases the
+    /// task until `lease_until`.
     pub async fn claim_task(
         &self,
         owner: &str,
         now: i64,
         lease_until: i64,
     ) -> Result<Option<Task>> {
-        self.timed("claim_task", async {
-            match self {
-                Store::Postgres(s) => s.claim_task(owner, now, lease_until).await,
-                Store::Sqlite(s) => s.claim_task(owner, now, lease_until).await,
-            }
-        })
-        .await
+        // Look first without a writer's locks: an idle poll must not queue
+        // behind (or hold up) claims and flushes.
+        if !transact!(self, "claim_task", Read, |tx| ops::runnable(tx, now))? {
+            return Ok(None);
+        }
+        let owner = owner.to_owned();
+        transact!(self, "claim_task", Write, |tx| ops::claim_task(
+            tx,
+            &owner,
+            now,
+            lease_until
+        ))
     }
 
     /// Extends the lease of a task `owner` is running; false when the task
@@ -584,13 +525,13 @@ impl Store {
         owner: &str,
         lease_until: i64,
     ) -> Result<bool> {
-        self.timed("renew_task", async {
-            match self {
-                Store::Postgres(s) => s.renew_task(job_id, task_no, owner, lease_until).await,
-                Store::Sqlite(s) => s.renew_task(job_id, task_no, owner, lease_until).await,
-            }
-        })
-        .await
+        let owner = owner.to_owned();
+        transact!(self, "renew_task", Write, |tx| ops::renew_task(
+            tx,
+            (job_id, task_no),
+            &owner,
+            lease_until
+        ))
     }
 
     /// Records a successful attempt and its rows, in one transaction; false
@@ -603,18 +544,19 @@ impl Store {
         result: &TaskResult,
         now: i64,
     ) -> Result<bool> {
-        self.timed("finish_task", async {
-            match self {
-                Store::Postgres(s) => s.finish_task(job_id, task_no, owner, result, now).await,
-                Store::Sqlite(s) => s.finish_task(job_id, task_no, owner, result, now).await,
-            }
-        })
-        .await
+        let (owner, result) = (owner.to_owned(), result.clone());
+        transact!(self, "finish_task", Write, |tx| ops::finish_task(
+            tx,
+            (job_id, task_no),
+            &owner,
+            &result,
+            now
+        ))
     }
 
-    /// Records a failed attempt. With `retry_at` the task waits for that
-    /// time; without, it fails, and so does its job (its other tasks are
-    /// cancelled and its computed rows dropped).
+    /// Records a failed attempt. With `retry_at` ([`rules::retry_at`]) the
+    /// task waits for that time; without, it fails, and so does its job
+    /// (its other tasks are cancelled and its computed rows dropped).
     pub async fn fail_task(
         &self,
         job_id: i64,
@@ -624,65 +566,46 @@ impl Store {
         now: i64,
         retry_at: Option<i64>,
     ) -> Result<()> {
-        self.timed("fail_task", async {
-            match self {
-                Store::Postgres(s) => {
-                    s.fail_task(job_id, task_no, owner, error, now, retry_at)
-                        .await
-                }
-                Store::Sqlite(s) => {
-                    s.fail_task(job_id, task_no, owner, error, now, retry_at)
-                        .await
-                }
-            }
+        let (owner, error) = (owner.to_owned(), error.to_owned());
+        transact!(self, "fail_task", Write, |tx| {
+            ops::fail_task(tx, (job_id, task_no), &owner, &error, now, retry_at)
         })
-        .await
     }
 
     /// For every running job whose tasks have all succeeded: in one
-    /// transaction, replaces its scope of `merchant_sales` with its rows
-    /// and marks it succeeded. Returns the ids of the jobs it finished.
+    /// transaction each, replaces its scope of `merchant_sales` with its
+    /// rows and marks it succeeded. Returns the ids of the jobs it finished.
     pub async fn complete_jobs(&self, now: i64) -> Result<Vec<i64>> {
-        self.timed("complete_jobs", async {
-            match self {
-                Store::Postgres(s) => s.complete_jobs(now).await,
-                Store::Sqlite(s) => s.complete_jobs(now).await,
+        let mut done = Vec::new();
+        for id in transact!(self, "complete_jobs", Read, |tx| ops::complete(tx))? {
+            if transact!(self, "complete_jobs", Write, |tx| ops::complete_job(
+                tx, id, now
+            ))? {
+                done.push(id);
             }
-        })
-        .await
+        }
+        Ok(done)
     }
 
     /// Adds a schedule; fails when the name is taken.
     pub async fn add_schedule(&self, schedule: &Schedule) -> Result<()> {
-        self.timed("add_schedule", async {
-            match self {
-                Store::Postgres(s) => s.add_schedule(schedule).await,
-                Store::Sqlite(s) => s.add_schedule(schedule).await,
-            }
-        })
-        .await
+        let schedule = schedule.clone();
+        transact!(self, "add_schedule", Write, |tx| ops::add_schedule(
+            tx, &schedule
+        ))
     }
 
     /// Every schedule, by name.
     pub async fn schedules(&self) -> Result<Vec<Schedule>> {
-        self.timed("schedules", async {
-            match self {
-                Store::Postgres(s) => s.schedules().await,
-                Store::Sqlite(s) => s.schedules().await,
-            }
-        })
-        .await
+        transact!(self, "schedules", Read, |tx| ops::schedules(tx))
     }
 
     /// Removes a schedule; false when there was none of that name.
     pub async fn remove_schedule(&self, name: &str) -> Result<bool> {
-        self.timed("remove_schedule", async {
-            match self {
-                Store::Postgres(s) => s.remove_schedule(name).await,
-                Store::Sqlite(s) => s.remove_schedule(name).await,
-            }
-        })
-        .await
+        let name = name.to_owned();
+        transact!(self, "remove_schedule", Write, |tx| ops::remove_schedule(
+            tx, &name
+        ))
     }
 
     /// Creates `job` for schedule `name` and moves its `last_due` from
@@ -696,25 +619,26 @@ impl Store {
         job: &NewJob,
         now: i64,
     ) -> Result<Option<i64>> {
-        self.timed("fire_schedule", async {
-            match self {
-                Store::Postgres(s) => s.fire_schedule(name, previous, due, job, now).await,
-                Store::Sqlite(s) => s.fire_schedule(name, previous, due, job, now).await,
-            }
-        })
-        .await
+        let (name, job) = (name.to_owned(), job.clone());
+        transact!(self, "fire_schedule", Write, |tx| ops::fire_schedule(
+            tx,
+            &name,
+            (previous, due),
+            &job,
+            now
+        ))
     }
 }
-
-/// Arbitrary constant naming the scheduler's PostgreSQL advisory lock.
-const SCHEDULER_LOCK: i64 = 0x7a11_5c4e;
 
 /// The right to run schedules. On PostgreSQL it is a session advisory lock,
 /// held on a connection of its own: it lasts while that connection does, so
 /// a leader that dies (or loses the database) lets another take over. On
 /// SQLite, which serves one machine, every scheduler may lead; a job per tick
 /// is still guaranteed by [`Store::fire_schedule`].
-pub enum Leadership {
+pub struct Leadership(pub(crate) Lead);
+
+/// What holds the lead.
+pub(crate) enum Lead {
     /// The connection that holds the lock.
     Postgres(tokio_postgres::Client),
     /// SQLite: no election.
@@ -724,9 +648,9 @@ pub enum Leadership {
 impl Leadership {
     /// Whether the lock is still held.
     pub fn is_held(&self) -> bool {
-        match self {
-            Leadership::Postgres(client) => !client.is_closed(),
-            Leadership::Local => true,
+        match &self.0 {
+            Lead::Postgres(client) => !client.is_closed(),
+            Lead::Local => true,
         }
     }
 }
@@ -735,160 +659,15 @@ impl Store {
     /// Tries to become the scheduler; `None` while another process is.
     pub async fn try_lead(&self) -> Result<Option<Leadership>> {
         match self {
-            Store::Postgres(s) => {
-                let lead = async {
-                    let client = s.open("scheduler lock").await?;
-                    let row = client
-                        .query_one("SELECT pg_try_advisory_lock($1)", &[&SCHEDULER_LOCK])
-                        .await
-                        .map_err(crate::error::pg("scheduler lock"))?;
-                    Ok(row
-                        .get::<_, bool>(0)
-                        .then_some(Leadership::Postgres(client)))
-                };
-                let limit = s.call_timeout();
-                tokio::time::timeout(limit, lead)
-                    .await
-                    .unwrap_or(Err(crate::StoreError::Timeout {
-                        op: "scheduler lock",
-                        after_ms: limit.as_millis() as u64,
-                    }))
-            }
-            Store::Sqlite(_) => Ok(Some(Leadership::Local)),
+            Store::Postgres(s) => s.try_lead().await,
+            Store::Sqlite(_) => Ok(Some(Leadership(Lead::Local))),
         }
     }
-}
-
-/// JSON text of a list of strings.
-pub(crate) fn json_list(items: &[String]) -> String {
-    serde_json::to_string(items).expect("strings serialise")
-}
-
-/// Reads a stored JSON list of strings.
-pub(crate) fn parse_list(column: &'static str, text: &str) -> Result<Vec<String>> {
-    serde_json::from_str(text).map_err(|e| crate::StoreError::Corrupt {
-        column,
-        value: text.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-/// Why a version seen before is not queued again: `state` is its
-/// `tally_imports` state, `job_state` that of the job that queued it.
-pub(crate) fn skip_reason(
-    state: &str,
-    job_id: i64,
-    job_state: State,
-    requeue: Requeue,
-) -> Option<String> {
-    match state {
-        "imported" => Some(format!("already imported by job {job_id}")),
-        "unchanged" => Some(format!("unchanged: the content job {job_id} imported")),
-        "superseded" => Some(format!(
-            "superseded: it changed before job {job_id} read it"
-        )),
-        "conflict" => Some(format!("conflict reported by job {job_id}")),
-        _ if !job_state.is_final() => Some(format!("already queued in job {job_id}")),
-        _ if requeue == Requeue::Never => Some(format!(
-            "job {job_id} {job_state} before importing it; `tally import` queues it again"
-        )),
-        _ => None,
-    }
-}
-
-/// The `tally_imports` state a version queued for a task gets when the task
-/// ends without importing it.
-pub(crate) fn row_state(outcome: &ImportOutcome) -> Option<&'static str> {
-    match outcome {
-        ImportOutcome::Superseded => Some("superseded"),
-        ImportOutcome::Unchanged { .. } => Some("unchanged"),
-        ImportOutcome::Conflict { .. } => Some("conflict"),
-        _ => None,
-    }
-}
-
-pub(crate) fn parse_kind(text: &str) -> Result<Kind> {
-    Kind::parse(text).ok_or_else(|| crate::StoreError::Corrupt {
-        column: "kind",
-        value: text.to_owned(),
-        reason: "unknown job kind".into(),
-    })
-}
-
-pub(crate) fn parse_state(text: &str) -> Result<State> {
-    State::parse(text).ok_or_else(|| crate::StoreError::Corrupt {
-        column: "state",
-        value: text.to_owned(),
-        reason: "unknown state".into(),
-    })
-}
-
-pub(crate) fn parse_day(column: &'static str, text: &str) -> Result<Day> {
-    Day::parse(text).map_err(|e| crate::StoreError::Corrupt {
-        column,
-        value: text.to_owned(),
-        reason: e.to_string(),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_location_is_imported_once_and_only_a_new_content_conflicts() {
-        let file = FileVersion {
-            location: "/in/a.csv".into(),
-            size: 10,
-            version: "t2".into(),
-        };
-        assert_eq!(judge_import(&file, Some("d1"), None), None);
-        let same = Some((4, 10, "t2".to_owned(), Some("d1".to_owned())));
-        assert_eq!(
-            judge_import(&file, Some("d1"), same),
-            Some(ImportOutcome::AlreadyImported { job_id: 4 })
-        );
-        let touched = Some((4, 10, "t1".to_owned(), Some("d1".to_owned())));
-        assert_eq!(
-            judge_import(&file, Some("d1"), touched.clone()),
-            Some(ImportOutcome::Unchanged { job_id: 4 })
-        );
-        let rewritten = Some((4, 10, "t1".to_owned(), Some("d0".to_owned())));
-        assert!(
-            matches!(judge_import(&file, Some("d1"), rewritten), Some(ImportOutcome::Conflict { message }) if message.contains("job 4"))
-        );
-        // Without a digest (an object), another version is a conflict.
-        assert!(matches!(
-            judge_import(&file, None, touched),
-            Some(ImportOutcome::Conflict { .. })
-        ));
-    }
-
-    #[test]
-    fn dependencies_must_exist_and_be_able_to_succeed() {
-        assert_eq!(
-            check_after(&[
-                (1, Some(State::Succeeded)),
-                (2, Some(State::Pending)),
-                (3, Some(State::Running))
-            ]),
-            Ok(())
-        );
-        assert!(check_after(&[(1, Some(State::Pending)), (9, None)])
-            .unwrap_err()
-            .contains("no job 9"));
-        assert!(check_after(&[(4, Some(State::Failed))])
-            .unwrap_err()
-            .contains("job 4 failed"));
-        assert!(check_after(&[(5, Some(State::Cancelled))])
-            .unwrap_err()
-            .contains("never run"));
-        assert_eq!(Kind::parse(Kind::Import.as_str()), Some(Kind::Import));
-        let all = Scope::everything();
-        assert!(
-            all.contains("m", schemas::day::MIN_DAY) && all.contains("m", schemas::day::MAX_DAY)
-        );
-    }
 
     #[test]
     fn states_round_trip_and_scopes_filter() {

@@ -1,0 +1,213 @@
+//! [`Tx`] on PostgreSQL: prepared (and cached) statements on a pooled
+//! connection, and the statements only PostgreSQL says this way.
+
+use std::error::Error;
+
+use bytes::BytesMut;
+use schemas::Totals;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+use super::{upsert, Columns};
+use crate::error::{pg, Result};
+use crate::jobs::{FileVersion, Scope};
+use crate::sql::{BoxFuture, Cell, Row, Tx, Value};
+
+/// A transaction on a pooled connection.
+pub(crate) struct PgTx<'c>(pub(crate) deadpool_postgres::Transaction<'c>);
+
+/// An integer takes the width of its column, as PostgreSQL inferred it.
+impl ToSql for Value<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match *self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Text(text) => text.to_sql(ty, out),
+            Value::Int(v) if *ty == Type::INT2 => i16::try_from(v)?.to_sql(ty, out),
+            Value::Int(v) if *ty == Type::INT4 => i32::try_from(v)?.to_sql(ty, out),
+            Value::Int(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// A row as cells: integers (of any width) and text; anything else is read as text.
+fn cells(row: &tokio_postgres::Row) -> std::result::Result<Row, tokio_postgres::Error> {
+    let mut cells = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let int = |v: Option<i64>| v.map_or(Cell::Null, Cell::Int);
+        cells.push(match *column.type_() {
+            Type::INT2 => int(row.try_get::<_, Option<i16>>(i)?.map(i64::from)),
+            Type::INT4 => int(row.try_get::<_, Option<i32>>(i)?.map(i64::from)),
+            Type::INT8 => int(row.try_get::<_, Option<i64>>(i)?),
+            Type::BOOL => int(row.try_get::<_, Option<bool>>(i)?.map(i64::from)),
+            _ => row
+                .try_get::<_, Option<String>>(i)?
+                .map_or(Cell::Null, Cell::Text),
+        });
+    }
+    Ok(Row(cells))
+}
+
+impl PgTx<'_> {
+    async fn rows(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[Value<'_>],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let statement = self.0.prepare_cached(sql).await.map_err(pg(op))?;
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
+        self.0.query(&statement, &params).await.map_err(pg(op))
+    }
+}
+
+impl Tx for PgTx<'_> {
+    fn query<'a>(
+        &'a mut self,
+        op: &'static str,
+        sql: &'a str,
+        params: &'a [Value<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Row>>> {
+        Box::pin(async move {
+            let rows = self.rows(op, sql, params).await?;
+            rows.iter().map(|r| cells(r).map_err(pg(op))).collect()
+        })
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        op: &'static str,
+        sql: &'a str,
+        params: &'a [Value<'a>],
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let statement = self.0.prepare_cached(sql).await.map_err(pg(op))?;
+            let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
+            self.0.execute(&statement, &params).await.map_err(pg(op))
+        })
+    }
+
+    fn skip_locked(&self, alias: &str) -> String {
+        format!(" FOR UPDATE OF {alias} SKIP LOCKED")
+    }
+
+    fn for_update(&self) -> &'static str {
+        " FOR UPDATE"
+    }
+
+    fn lock_location<'a>(&'a mut self, location: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            // Held to commit; the partial unique index `tally_imports_once` is the backstop.
+            self.0
+                .execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    &[&location],
+                )
+                .await
+                .map_err(pg("import lock"))?;
+            Ok(())
+        })
+    }
+
+    fn add_totals<'a>(&'a mut self, totals: &'a Totals) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move { Ok(upsert(&self.0, totals).await? as i64) })
+    }
+
+    fn stage_rows<'a>(
+        &'a mut self,
+        job_id: i64,
+        task_no: i32,
+        totals: &'a Totals,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let c = Columns::of(totals);
+            self.0
+                .execute(
+                    "INSERT INTO tally_backfill_rows (job_id, task_no, merchant_id, currency, day, sales_amount,
+                         sales_count, refund_amount, refund_count)
+                     SELECT $1, $2, u.m, u.c, u.d::date, u.sa::numeric, u.sc, u.ra::numeric, u.rc
+                     FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::int8[])
+                          AS u(m, c, d, sa, sc, ra, rc)",
+                    &[&job_id, &task_no, &c.m, &c.c, &c.d, &c.sa, &c.sc, &c.ra, &c.rc],
+                )
+                .await
+                .map_err(pg("task rows insert"))?;
+            Ok(())
+        })
+    }
+
+    fn replace_scope<'a>(
+        &'a mut self,
+        job_id: i64,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move {
+            let (from, to) = (scope.from.to_string(), scope.to.to_string());
+            self.0
+                .execute(
+                    "DELETE FROM merchant_sales WHERE day >= $1::text::date AND day < $2::text::date
+                       AND (cardinality($3::text[]) = 0 OR merchant_id = ANY($3::text[]))",
+                    &[&from, &to, &scope.merchants],
+                )
+                .await
+                .map_err(pg("range delete"))?;
+            // A streamed event committed after the delete adds to the file's totals.
+            let written = self
+                .0
+                .execute(
+                    "INSERT INTO merchant_sales AS s (merchant_id, currency, day, sales_amount, sales_count,
+                         refund_amount, refund_count, net_amount, updated_at)
+                     SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count,
+                            sales_amount - refund_amount, now()
+                     FROM tally_backfill_rows WHERE job_id = $1
+                       -- Only the scope just deleted: a row outside it would add to live totals.
+                       AND day >= $2::text::date AND day < $3::text::date
+                       AND (cardinality($4::text[]) = 0 OR merchant_id = ANY($4::text[]))
+                     ON CONFLICT (merchant_id, currency, day) DO UPDATE SET
+                         sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
+                         sales_count   = s.sales_count   + EXCLUDED.sales_count,
+                         refund_amount = s.refund_amount + EXCLUDED.refund_amount,
+                         refund_count  = s.refund_count  + EXCLUDED.refund_count,
+                         net_amount    = s.net_amount    + EXCLUDED.net_amount,
+                         updated_at    = EXCLUDED.updated_at",
+                    &[&job_id, &from, &to, &scope.merchants],
+                )
+                .await
+                .map_err(pg("range insert"))?;
+            Ok(written as i64)
+        })
+    }
+
+    fn known_versions<'a>(
+        &'a mut self,
+        files: &'a [FileVersion],
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move {
+            let l: Vec<&str> = files.iter().map(|f| f.location.as_str()).collect();
+            let s: Vec<i64> = files.iter().map(|f| f.size).collect();
+            let v: Vec<&str> = files.iter().map(|f| f.version.as_str()).collect();
+            let rows = self
+                .0
+                .query(
+                    "SELECT u.n FROM UNNEST($1::text[], $2::int8[], $3::text[]) WITH ORDINALITY AS u(l, s, v, n)
+                     WHERE EXISTS (SELECT 1 FROM tally_imports i WHERE i.location = u.l AND i.size = u.s AND i.version = u.v)",
+                    &[&l, &s, &v],
+                )
+                .await
+                .map_err(pg("import read"))?;
+            let mut known = vec![false; files.len()];
+            for r in rows {
+                known[r.get::<_, i64>(0) as usize - 1] = true;
+            }
+            Ok(known)
+        })
+    }
+}
