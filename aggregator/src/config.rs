@@ -172,13 +172,12 @@ impl AggregatorConfig {
             86_400_000,
         )?;
         if !self.import_format.is_empty() {
-            crate::backfill::source::Format::parse("aggregator.import_format", &self.import_format)
-                .map_err(|reason| {
-                    ConfigError::new("aggregator.import_format", &self.import_format, &reason)
-                })?;
+            backfill::Format::parse("aggregator.import_format", &self.import_format).map_err(
+                |reason| ConfigError::new("aggregator.import_format", &self.import_format, &reason),
+            )?;
         }
         if !self.import_watch.is_empty() {
-            crate::backfill::source::Remote::parse(&self.import_watch).map_err(|reason| {
+            backfill::Remote::parse(&self.import_watch).map_err(|reason| {
                 ConfigError::new("aggregator.import_watch", &self.import_watch, &reason)
             })?;
             if self.backfill_parallelism == 0 {

@@ -2,7 +2,6 @@
 //! while the last flush ran (at most one flush per interval) in one fenced
 //! transaction.
 //!
-//! - [`backfill`]: backfill jobs from files, their runner, and the atomic replace.
 //! - [`config`]: settings, defaults and validation.
 //! - [`run()`]: the consume–merge–commit loop.
 //! - `flush`: the buffer and the fenced flush: retried when transient,
@@ -11,10 +10,12 @@
 //! - [`metrics`]: the aggregator's Prometheus metrics.
 //! - [`error`]: what can stop an aggregator.
 //!
+//! It also runs backfill and import tasks and fires schedules, through the
+//! `backfill` crate, on the same pool of database connections.
+//!
 //! The merge and fence rules themselves live in `store::fence`, shared by the
 //! PostgreSQL and SQLite sinks.
 
-pub mod backfill;
 pub mod config;
 pub mod error;
 mod flush;

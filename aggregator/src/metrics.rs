@@ -91,112 +91,6 @@ pub static READY: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Backfill jobs that ended in this process, by state.
-pub static BACKFILL_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tally_backfill_jobs_total",
-        "Backfill jobs ended by this process, by final state.",
-        &["state"]
-    )
-    .expect("metric registers once")
-});
-
-/// Backfill task attempts, by outcome: `succeeded`, `retried`, `failed`, `abandoned`.
-pub static BACKFILL_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tally_backfill_task_attempts_total",
-        "Backfill task attempts, by outcome.",
-        &["outcome"]
-    )
-    .expect("metric registers once")
-});
-
-/// Backfill rows read, by outcome: `read`, `rejected`, `duplicate`.
-pub static BACKFILL_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tally_backfill_rows_total",
-        "Rows read by successful backfill task attempts, by outcome.",
-        &["outcome"]
-    )
-    .expect("metric registers once")
-});
-
-/// Import files by outcome.
-pub static IMPORT_FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tally_import_files_total",
-        "Imported files by outcome: imported, already_imported, unchanged, superseded, conflict, failed.",
-        &["outcome"]
-    )
-    .expect("metric registers once")
-});
-
-/// Rows of imported files by outcome.
-pub static IMPORT_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tally_import_rows_total",
-        "Rows of imported files, by outcome: counted, duplicate, invalid.",
-        &["outcome"]
-    )
-    .expect("metric registers once")
-});
-
-/// Watch polls.
-pub static IMPORT_WATCH_POLLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tally_import_watch_polls_total",
-        "Listings of the watched import source, by outcome: ok, error.",
-        &["outcome"]
-    )
-    .expect("metric registers once")
-});
-
-/// Files the watch has seen but not queued yet because they are still changing.
-pub static IMPORT_WATCH_UNSETTLED: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "tally_import_watch_unsettled_files",
-        "New files in the watched source that have not stayed unchanged for import_settle_ms yet."
-    )
-    .expect("metric registers once")
-});
-
-/// Files the watch queued.
-pub static IMPORT_WATCH_QUEUED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "tally_import_watch_queued_files_total",
-        "Files the watch queued for import."
-    )
-    .expect("metric registers once")
-});
-
-/// 1 while this process leads the scheduler.
-pub static SCHEDULER_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "tally_scheduler_leader",
-        "1 while this aggregator runs due schedules (holds the scheduler lock)."
-    )
-    .expect("metric registers once")
-});
-
-/// Due schedule ticks, by outcome: `created` (a job) or `error` (no job; retried in a minute).
-pub static SCHEDULE_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tally_schedule_runs_total",
-        "Due schedule ticks handled by this process, by outcome.",
-        &["outcome"]
-    )
-    .expect("metric registers once")
-});
-
-/// Schedules whose latest due tick has gone unrun past a grace period.
-pub static SCHEDULES_OVERDUE: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "tally_schedules_overdue",
-        "Schedules (seen by the scheduling aggregator) whose latest due tick has no job after 5 minutes, or that cannot run."
-    )
-    .expect("metric registers once")
-});
-
 /// Source partitions this aggregator parked.
 pub static PARKED_PARTITIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -269,45 +163,27 @@ pub async fn refresh_freshness(shutdown: CancellationToken) {
 /// Registers every aggregator metric, with a zero series for each known
 /// label value, so dashboards and alerts see them before the first event.
 pub fn init() {
-    let labelled: [(&IntCounterVec, &[&str]); 10] = [
+    let labelled: [(&IntCounterVec, &[&str]); 3] = [
         (&RETRIES, &["flush", "database_connect", "topic_setup"]),
         (
             &PARTIALS,
             &["applied", "older_epoch", "already_applied", "violation"],
         ),
         (&EVENTS, &["counted", "duplicate", "invalid"]),
-        (&BACKFILL_JOBS, &["succeeded", "failed", "cancelled"]),
-        (
-            &IMPORT_FILES,
-            &[
-                "imported",
-                "already_imported",
-                "unchanged",
-                "superseded",
-                "conflict",
-                "failed",
-            ],
-        ),
-        (&IMPORT_ROWS, &["counted", "duplicate", "invalid"]),
-        (&IMPORT_WATCH_POLLS, &["ok", "error"]),
-        (
-            &BACKFILL_ATTEMPTS,
-            &["succeeded", "retried", "failed", "abandoned"],
-        ),
-        (&BACKFILL_ROWS, &["read", "rejected", "duplicate"]),
-        (&SCHEDULE_RUNS, &["created", "error"]),
     ];
     for (metric, values) in labelled {
         for value in values {
             metric.with_label_values(&[*value]);
         }
     }
+    backfill::metrics::init();
     let _ = collectors();
 }
 
-/// Every aggregator metric (dereferencing registers it).
+/// Every aggregator metric, the backfill runner's among them
+/// (dereferencing registers it).
 pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
-    vec![
+    let mut collectors: Vec<&'static dyn prometheus::core::Collector> = vec![
         &*PARTIALS,
         &*EVENTS,
         &*UPSERT_ROWS,
@@ -316,20 +192,11 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*END_TO_END,
         &*BUFFERED,
         &*READY,
-        &*BACKFILL_JOBS,
-        &*BACKFILL_ATTEMPTS,
-        &*BACKFILL_ROWS,
-        &*SCHEDULER_LEADER,
-        &*SCHEDULE_RUNS,
-        &*SCHEDULES_OVERDUE,
         &*FRESHNESS,
         &*PARKED_PARTITIONS,
         &*PARKED,
         &*RETRIES,
-        &*IMPORT_FILES,
-        &*IMPORT_ROWS,
-        &*IMPORT_WATCH_POLLS,
-        &*IMPORT_WATCH_UNSETTLED,
-        &*IMPORT_WATCH_QUEUED,
-    ]
+    ];
+    collectors.extend(backfill::metrics::collectors());
+    collectors
 }

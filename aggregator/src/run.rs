@@ -11,12 +11,12 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::backfill::{self, runner::RunnerConfig};
 use crate::config::AggregatorConfig;
 use crate::error::AggregatorError;
 use crate::flush::{flush, Buffer};
 use crate::health::PartialsContext;
 use crate::metrics;
+use backfill::RunnerConfig;
 
 /// Runs one aggregator until `shutdown` is cancelled, committing what it
 /// has buffered before returning.
@@ -46,18 +46,14 @@ pub async fn run(
             lease_ms: config.backfill_lease_ms,
             poll_ms: config.backfill_poll_ms,
         };
-        let watch = (!config.import_watch.is_empty()).then(|| backfill::watch::WatchConfig {
+        let watch = (!config.import_watch.is_empty()).then(|| backfill::WatchConfig {
             source: config.import_watch.clone(),
-            format: backfill::source::Format::parse(
-                "aggregator.import_format",
-                &config.import_format,
-            )
-            .ok(),
+            format: backfill::Format::parse("aggregator.import_format", &config.import_format).ok(),
             poll: Duration::from_millis(config.import_poll_ms),
             settle: Duration::from_millis(config.import_settle_ms),
         });
         let poll = Duration::from_millis(config.backfill_poll_ms);
-        tokio::spawn(backfill::scheduler::run(
+        tokio::spawn(backfill::run_scheduler(
             store.clone(),
             poll,
             watch,
@@ -65,11 +61,7 @@ pub async fn run(
         ));
         // Backfills and schedules take their own pooled connections, so a long
         // replace never holds up the flushes of the live stream.
-        tokio::spawn(backfill::runner::run(
-            store.clone(),
-            runner,
-            shutdown.clone(),
-        ));
+        tokio::spawn(backfill::run_tasks(store.clone(), runner, shutdown.clone()));
     }
     let brokers = config.brokers.clone();
     let kafka = |op: &'static str| {

@@ -19,11 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aggregator::backfill::plan::plan;
-use aggregator::backfill::runner::{self, now_ms, RunnerConfig};
-use aggregator::backfill::source::Format;
-use aggregator::backfill::watch::WatchConfig;
 use anyhow::{bail, Context, Result};
+use backfill::{now_ms, plan, Format, RunnerConfig, WatchConfig};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
@@ -143,7 +140,7 @@ async fn tally_once(dir: &Path, shards: Option<i32>) -> Result<(Duration, i64)> 
         lease_ms: 600_000,
         poll_ms: 20,
     };
-    let running = tokio::spawn(runner::run(store.clone(), config, shutdown.clone()));
+    let running = tokio::spawn(backfill::run_tasks(store.clone(), config, shutdown.clone()));
     let job = loop {
         let job = store.job(id).await?.context("the job exists")?;
         if job.state.is_final() {
@@ -220,7 +217,7 @@ async fn import_once(dir: &Path) -> Result<(Duration, i64, usize)> {
         poll: Duration::from_millis(20),
         settle: Duration::ZERO,
     };
-    let scheduler = tokio::spawn(aggregator::backfill::scheduler::run(
+    let scheduler = tokio::spawn(backfill::run_scheduler(
         store.clone(),
         Duration::from_millis(20),
         Some(watch),
@@ -234,7 +231,7 @@ async fn import_once(dir: &Path) -> Result<(Duration, i64, usize)> {
         lease_ms: 600_000,
         poll_ms: 20,
     };
-    let running = tokio::spawn(runner::run(store.clone(), config, shutdown.clone()));
+    let running = tokio::spawn(backfill::run_tasks(store.clone(), config, shutdown.clone()));
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.path())

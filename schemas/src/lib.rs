@@ -7,6 +7,8 @@
 //! - [`scan`]: the one-pass JSON object scanner under the decoder.
 //! - `fast`: the decoder's fast path for events laid out as producers write them.
 //! - [`batch`]: the Arrow schema of a decoded batch and its builder.
+//! - [`job`]: the vocabulary of backfill jobs: file formats, cron
+//!   expressions and relative day ranges.
 //! - [`config`]: validation helpers shared by every role's configuration.
 //! - [`partial`]: the partial-totals message a worker publishes per offset range.
 //! - [`totals`]: per-key sums with an exact, associative merge.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod day;
 pub mod event;
 mod fast;
+pub mod job;
 pub mod partial;
 pub mod scan;
 pub mod totals;

@@ -181,7 +181,7 @@ fn backfill(scope: Scope, tasks: usize) -> NewJob {
     NewJob {
         kind: Kind::Backfill,
         source: "file:///data/orders/".into(),
-        format: "ndjson".into(),
+        format: Some(schemas::job::Format::Ndjson),
         scope,
         schedule: None,
         tasks: (0..tasks)

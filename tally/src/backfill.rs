@@ -3,11 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use aggregator::backfill::compute::compute;
-use aggregator::backfill::plan::{plan, plan_import};
-use aggregator::backfill::runner::now_ms;
-use aggregator::backfill::schedule::ScheduleRequest;
-use aggregator::backfill::source::{list_files, Format};
+use backfill::{compute, list_files, now_ms, plan, plan_import, Format, ScheduleRequest};
 use schemas::Day;
 use store::jobs::{Job, Kind, Requeue, Scope, State};
 use store::Store;
@@ -88,7 +84,7 @@ pub async fn backfill(args: BackfillArgs) -> CliResult {
     println!("{id}");
     eprintln!(
         "Job {id}: {} {} file(s), days [{}, {}), {} task(s).",
-        job.format,
+        Format::stored(job.format),
         job.tasks[0].files.len(),
         job.scope.from,
         job.scope.to,
@@ -266,7 +262,7 @@ pub async fn jobs(args: JobsArgs) -> CliResult {
                         "{:>6}  {:<10} {:<10} {:<23} {:>7} {:>8} {:>12} {:>9} {:>9}",
                         job.id,
                         job.state.as_str(),
-                        job.format,
+                        Format::stored(job.format),
                         if job.kind == Kind::Import {
                             "import (adds)".to_owned()
                         } else {
@@ -329,7 +325,11 @@ fn seconds(started: Option<i64>, finished: Option<i64>) -> String {
 fn print_job(job: &Job) {
     let (read, rejected, duplicate) = job.rows();
     println!("Job {}: {} {}", job.id, job.kind.as_str(), job.state);
-    println!("  source    {} ({})", job.source, job.format);
+    println!(
+        "  source    {} ({})",
+        job.source,
+        Format::stored(job.format)
+    );
     if job.kind == Kind::Backfill {
         println!("  days      [{}, {})", job.scope.from, job.scope.to);
     }
@@ -478,7 +478,7 @@ pub async fn verify(args: ReconcileArgs) -> CliResult {
     };
     let (job, store) = checked(planned, &args.database).await?;
     let (scope, files) = (job.scope, &job.tasks[0].files);
-    let format = Format::parse("format", &job.format).expect("plan names a format");
+    let format = job.format.expect("plan names a format");
     let computed = match compute(files, format, &scope, &[0], 1).await {
         Ok(mut computed) => computed.remove(0),
         Err(error) => return Err(CliError::run(error)),

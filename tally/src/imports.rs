@@ -45,7 +45,7 @@ impl ImportQueue for DatabaseQueue {
                 Ok(store) => store,
                 Err(e) => return error(format!("cannot reach the database: {e}")),
             };
-            match aggregator::backfill::watch::queue_object(
+            match backfill::queue_object(
                 store,
                 &object.url,
                 object.size,

@@ -18,6 +18,7 @@
 
 use std::fmt;
 
+use schemas::job::{Cron, Format, Range};
 use schemas::{Day, Totals};
 use serde::{Deserialize, Serialize};
 
@@ -152,8 +153,8 @@ pub struct NewJob {
     pub kind: Kind,
     /// The source as given (path, glob or URL).
     pub source: String,
-    /// `parquet`, `csv` or `ndjson`.
-    pub format: String,
+    /// The files' format; none: told from each file's name.
+    pub format: Option<Format>,
     /// Days and merchants (merchants sorted).
     pub scope: Scope,
     /// The schedule that created it, if any.
@@ -238,8 +239,9 @@ pub struct Job {
     pub state: State,
     /// The source as given.
     pub source: String,
-    /// The file format.
-    pub format: String,
+    /// The files' format; none: told from each file's name.
+    #[serde(serialize_with = "stored_format")]
+    pub format: Option<Format>,
     /// Days and merchants.
     pub scope: Scope,
     /// The schedule that created it.
@@ -379,19 +381,36 @@ pub struct Schedule {
     /// Unique name.
     pub name: String,
     /// Cron expression (five fields, UTC).
-    pub cron: String,
+    pub cron: Cron,
     /// Source of the jobs it creates.
     pub source: String,
-    /// Format of that source.
-    pub format: String,
+    /// Format of that source; none: told from each file's name.
+    #[serde(serialize_with = "schedule_format")]
+    pub format: Option<Format>,
     /// Relative day range, e.g. `yesterday`.
-    pub day_range: String,
+    pub day_range: Range,
     /// Merchants (empty: all).
     pub merchants: Vec<String>,
     /// When it was added.
     pub created_at: i64,
     /// The last tick a job was created for.
     pub last_due: i64,
+}
+
+/// A job's format as stored (`auto` for none), for its JSON.
+fn stored_format<S: serde::Serializer>(
+    format: &Option<Format>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(Format::stored(*format))
+}
+
+/// A schedule's format as stored (empty for none), for its JSON.
+fn schedule_format<S: serde::Serializer>(
+    format: &Option<Format>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(format.map_or("", Format::as_str))
 }
 
 /// Runs `$body` (which uses `tx`) in one transaction of `$mode`, named `$op`.

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::error::{Result, StoreError};
 use crate::sql::{params, Row, Tx};
+use schemas::job::{Cron, Format, Range};
 use schemas::Day;
 
 const TASK_COLUMNS: &str = "job_id, task_no, shard, shards, files, state, attempts, not_before, \
@@ -71,7 +72,7 @@ fn job(r: &Row, tasks: Vec<Task>, after: Vec<Dependency>, before: Vec<i64>) -> R
         kind: parse_kind(r.text(13)?)?,
         state: parse_state(r.text(1)?)?,
         source: r.text(2)?.to_owned(),
-        format: r.text(3)?.to_owned(),
+        format: parse_format(r.text(3)?)?,
         scope: scope(r, 4)?,
         schedule: r.opt_text(7)?.map(str::to_owned),
         created_at: r.int(8)?,
@@ -97,10 +98,11 @@ fn scope(r: &Row, at: usize) -> Result<Scope> {
 fn schedule(r: &Row) -> Result<Schedule> {
     Ok(Schedule {
         name: r.text(0)?.to_owned(),
-        cron: r.text(1)?.to_owned(),
+        cron: Cron::parse(r.text(1)?).map_err(|e| corrupt("cron", r.text(1).unwrap_or(""), e))?,
         source: r.text(2)?.to_owned(),
-        format: r.text(3)?.to_owned(),
-        day_range: r.text(4)?.to_owned(),
+        format: parse_format(r.text(3)?)?,
+        day_range: Range::parse(r.text(4)?)
+            .map_err(|e| corrupt("day_range", r.text(4).unwrap_or(""), e))?,
         merchants: parse_list("merchants", r.text(5)?)?,
         created_at: r.int(6)?,
         last_due: r.int(7)?,
@@ -129,7 +131,7 @@ pub(crate) async fn create_job(tx: &mut dyn Tx, new: &NewJob, now: i64) -> Resul
             "job insert",
             "INSERT INTO tally_jobs (state, source, format, day_from, day_to, merchants, schedule, created_at, kind)
              VALUES ('pending', $1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            params![&new.source, &new.format, &from, &to, &merchants, new.schedule.as_deref(), now, new.kind.as_str()],
+            params![&new.source, Format::stored(new.format), &from, &to, &merchants, new.schedule.as_deref(), now, new.kind.as_str()],
         )
         .await?;
     let id = first(&rows, "job insert")?.int(0)?;
@@ -517,16 +519,17 @@ pub(crate) async fn add_schedule(tx: &mut dyn Tx, s: &Schedule) -> Result<()> {
     let insert = format!(
         "INSERT INTO tally_schedules ({SCHEDULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     );
-    let merchants = json_list(&s.merchants);
+    let (merchants, day_range) = (json_list(&s.merchants), s.day_range.to_string());
+    let format = s.format.map_or("", Format::as_str);
     tx.execute(
         "schedule insert",
         &insert,
         params![
             &s.name,
-            &s.cron,
+            s.cron.as_str(),
             &s.source,
-            &s.format,
-            &s.day_range,
+            format,
+            &day_range,
             &merchants,
             s.created_at,
             s.last_due
@@ -760,6 +763,10 @@ pub(crate) fn json_list(items: &[String]) -> String {
 /// Reads a stored JSON list of strings.
 pub(crate) fn parse_list(column: &'static str, text: &str) -> Result<Vec<String>> {
     serde_json::from_str(text).map_err(|e| corrupt(column, text, e.to_string()))
+}
+
+fn parse_format(text: &str) -> Result<Option<Format>> {
+    Format::parse_stored(text).map_err(|e| corrupt("format", text, e))
 }
 
 fn parse_kind(text: &str) -> Result<Kind> {

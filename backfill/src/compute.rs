@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
-use super::ids::IdSet;
-use super::source::{Format, Remote};
+use crate::ids::IdSet;
+use crate::source::{Format, Remote};
 
 /// Rejected rows kept as examples per backfill task.
 const EXAMPLES: usize = 20;

@@ -11,21 +11,7 @@
 
 use store::jobs::{FileVersion, Kind, NewJob, NewTask, Scope};
 
-use super::source::{list_files, list_versions, Format};
-
-/// The format an import job records when each file's comes from its name.
-pub const BY_EXTENSION: &str = "auto";
-
-/// The format of an import job's file `location`: the job's, or the one its name implies.
-pub fn import_format(job_format: &str, location: &str) -> Result<Format, String> {
-    if job_format == BY_EXTENSION {
-        Format::of_path(location).ok_or_else(|| {
-            format!("cannot tell the format of {location:?} from its name; pass --format")
-        })
-    } else {
-        Format::parse("format", job_format)
-    }
-}
+use crate::source::{list_files, list_versions, Format};
 
 /// Builds an import job of `files` (one task each) read from `source`.
 /// Without `format`, each file's format comes from its extension, and a
@@ -36,10 +22,9 @@ pub fn plan_import_files(
     format: Option<Format>,
     after: Vec<i64>,
 ) -> (NewJob, Vec<(String, String)>) {
-    let job_format = format.map_or(BY_EXTENSION, Format::as_str);
     let (mut tasks, mut unreadable) = (Vec::new(), Vec::new());
     for file in files {
-        match import_format(job_format, &file.location) {
+        match Format::of_file(format, &file.location) {
             Ok(_) => tasks.push(NewTask {
                 shard: 0,
                 shards: 1,
@@ -53,7 +38,7 @@ pub fn plan_import_files(
     let job = NewJob {
         kind: Kind::Import,
         source: source.to_owned(),
-        format: job_format.to_owned(),
+        format,
         scope: Scope {
             from: schemas::day::MIN_DAY,
             to: schemas::day::MAX_DAY,
@@ -141,7 +126,7 @@ pub async fn plan(
     Ok(NewJob {
         kind: Kind::Backfill,
         source: source.to_owned(),
-        format: format.as_str().to_owned(),
+        format: Some(format),
         scope,
         schedule,
         tasks,

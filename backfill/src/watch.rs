@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use store::jobs::{FileVersion, Requeue};
 use store::Store;
 
-use super::plan::plan_import_files;
-use super::runner::now_ms;
-use super::source::{list_present, Format};
 use crate::metrics::{IMPORT_WATCH_POLLS, IMPORT_WATCH_QUEUED, IMPORT_WATCH_UNSETTLED};
+use crate::plan::plan_import_files;
+use crate::runner::now_ms;
+use crate::source::{list_present, Format};
 
 /// What to watch and how.
 #[derive(Debug, Clone)]

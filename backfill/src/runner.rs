@@ -18,10 +18,9 @@ use store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::compute::{compute, compute_with, IMPORT_EXAMPLES};
-use super::plan::import_format;
-use super::source::{content_digest, stat, Format};
+use crate::compute::{compute, compute_with, IMPORT_EXAMPLES};
 use crate::metrics::{BACKFILL_ATTEMPTS, BACKFILL_JOBS, BACKFILL_ROWS, IMPORT_FILES, IMPORT_ROWS};
+use crate::source::{content_digest, stat, Format};
 
 /// How a runner works.
 #[derive(Debug, Clone)]
@@ -209,7 +208,7 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
         size: task.input.size,
         version: task.input.version.clone().unwrap_or_default(),
     };
-    let format = match import_format(&job.format, location) {
+    let format = match Format::of_file(job.format, location) {
         Ok(format) => format,
         Err(error) => return fail(store, config, task, &error).await,
     };
@@ -400,9 +399,8 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
         }
         return;
     }
-    let format = match Format::parse("format", &job.format) {
-        Ok(format) => format,
-        Err(error) => return fail_all(error).await,
+    let Some(format) = job.format else {
+        return fail_all("a backfill job names no format".to_owned()).await;
     };
     let shards: Vec<i32> = group.iter().map(|task| task.input.shard).collect();
     let work = compute(

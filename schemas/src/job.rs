@@ -1,4 +1,7 @@
-//! Schedules: five-field cron expressions (UTC) and relative day ranges.
+//! The vocabulary of backfill and import jobs, parsed once at the edge
+//! (flags, config, the database) and passed on as types: the formats files
+//! come in, five-field cron expressions (UTC), and day ranges relative to
+//! the day a schedule fires.
 //!
 //! Cron fields are minute, hour, day of month, month and day of week
 //! (0–7, Sunday is 0 or 7); each is `*`, a number, a range `a-b`, a step
@@ -6,15 +9,104 @@
 //! day fields are restricted a day matches either. `@hourly`, `@daily`,
 //! `@weekly` and `@monthly` are accepted.
 
-use schemas::day::civil_from_days;
-use schemas::Day;
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use crate::day::{civil_from_days, Day};
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
 
+/// The formats a backfill reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Apache Parquet, read by DataFusion.
+    Parquet,
+    /// CSV with a header row, read by DataFusion with every column as text.
+    Csv,
+    /// One event object per line, read by the workers' own decoder.
+    Ndjson,
+}
+
+impl Format {
+    /// Reads `parquet`, `csv` or `ndjson`; `field` names the flag in the error.
+    pub fn parse(field: &str, text: &str) -> Result<Format, String> {
+        match text {
+            "parquet" => Ok(Format::Parquet),
+            "csv" => Ok(Format::Csv),
+            "ndjson" | "jsonl" => Ok(Format::Ndjson),
+            other => Err(format!(
+                "`{field}` = {other:?}: must be parquet, csv or ndjson"
+            )),
+        }
+    }
+
+    /// The format a file name's extension implies.
+    pub fn of_path(path: &str) -> Option<Format> {
+        let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        match name.rsplit_once('.')?.1 {
+            "parquet" | "pq" => Some(Format::Parquet),
+            "csv" => Some(Format::Csv),
+            "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
+            _ => None,
+        }
+    }
+
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+            Format::Ndjson => "ndjson",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a job stores for its format when each file's comes from its name.
+pub const BY_EXTENSION: &str = "auto";
+
+impl Format {
+    /// The format of a job's file `location`: the job's, or (`None`) the
+    /// one its name implies.
+    pub fn of_file(job: Option<Format>, location: &str) -> Result<Format, String> {
+        job.or_else(|| Format::of_path(location)).ok_or_else(|| {
+            format!("cannot tell the format of {location:?} from its name; pass --format")
+        })
+    }
+
+    /// The stored spelling of a job's format: [`BY_EXTENSION`] for none.
+    pub fn stored(format: Option<Format>) -> &'static str {
+        format.map_or(BY_EXTENSION, Format::as_str)
+    }
+
+    /// Reads a stored job format: [`BY_EXTENSION`] or empty is none.
+    pub fn parse_stored(text: &str) -> Result<Option<Format>, String> {
+        match text {
+            BY_EXTENSION | "" => Ok(None),
+            text => Format::parse("format", text).map(Some),
+        }
+    }
+}
+
+impl Serialize for Format {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// A parsed cron expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cron {
+    /// The expression as given.
+    text: String,
     minutes: u64,
     hours: u32,
     days: u32,
@@ -68,8 +160,8 @@ fn field(text: &str, name: &str, min: u32, max: u32) -> Result<u64, String> {
 
 impl Cron {
     /// Parses an expression; the error says which field is wrong and why.
-    pub fn parse(text: &str) -> Result<Cron, String> {
-        let text = match text.trim() {
+    pub fn parse(given: &str) -> Result<Cron, String> {
+        let text = match given.trim() {
             "@hourly" => "0 * * * *",
             "@daily" | "@midnight" => "0 0 * * *",
             "@weekly" => "0 0 * * 0",
@@ -88,6 +180,7 @@ impl Cron {
             weekdays |= 1; // 7 is Sunday too
         }
         Ok(Cron {
+            text: given.to_owned(),
             minutes: field(minute, "minute", 0, 59)?,
             hours: field(hour, "hour", 0, 23)? as u32,
             days: field(day, "day of month", 1, 31)? as u32,
@@ -96,6 +189,11 @@ impl Cron {
             any_day: day == "*",
             any_weekday: weekday == "*",
         })
+    }
+
+    /// The expression as given.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     fn day_matches(&self, days_since_epoch: i64) -> bool {
@@ -141,6 +239,18 @@ impl Cron {
     }
 }
 
+impl fmt::Display for Cron {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Cron {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
 /// A day range relative to the day a schedule fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Range {
@@ -181,61 +291,19 @@ impl Range {
     }
 }
 
-/// What an operator asks for when adding a schedule, as given.
-#[derive(Debug, Clone, Default)]
-pub struct ScheduleRequest {
-    /// 1 to 128 bytes.
-    pub name: String,
-    /// Five-field cron expression (UTC).
-    pub cron: String,
-    /// Where the files are.
-    pub source: String,
-    /// `yesterday`, `today` or `last-N-days`.
-    pub range: String,
-    /// The files' format; none: told from each name.
-    pub format: Option<String>,
-    /// Merchants to recompute; empty: every one.
-    pub merchants: Vec<String>,
-    /// RFC 3339 time of the last tick taken as done; none: now.
-    pub since: Option<String>,
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Range::Yesterday => f.write_str("yesterday"),
+            Range::Today => f.write_str("today"),
+            Range::LastDays(n) => write!(f, "last-{n}-days"),
+        }
+    }
 }
 
-impl ScheduleRequest {
-    /// The schedule to store, checked: fails naming the flag and the rule
-    /// when the name, cron expression, range, format or `since` is invalid.
-    /// Merchants are sorted and deduplicated.
-    pub fn check(&self, now_ms: i64) -> Result<store::jobs::Schedule, String> {
-        let name = &self.name;
-        if name.is_empty() || name.len() > 128 {
-            return Err(format!("schedule name {name:?} must be 1 to 128 bytes"));
-        }
-        let cron = &self.cron;
-        Cron::parse(cron).map_err(|e| format!("`--cron` = {cron:?}: {e}"))?;
-        Range::parse(&self.range).map_err(|e| format!("`--range`: {e}"))?;
-        if let Some(format) = &self.format {
-            super::source::Format::parse("--format", format)?;
-        }
-        let last_due = match &self.since {
-            Some(text) => {
-                schemas::day::parse_rfc3339(text)
-                    .map_err(|e| format!("`--since` = {text:?}: {e}"))?
-                    / 1000
-            }
-            None => now_ms,
-        };
-        let mut merchants = self.merchants.clone();
-        merchants.sort();
-        merchants.dedup();
-        Ok(store::jobs::Schedule {
-            name: name.clone(),
-            cron: cron.clone(),
-            source: self.source.clone(),
-            format: self.format.clone().unwrap_or_default(),
-            day_range: self.range.clone(),
-            merchants,
-            created_at: now_ms,
-            last_due,
-        })
+impl Serialize for Range {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -243,73 +311,8 @@ impl ScheduleRequest {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_schedule_request_is_checked_field_by_field() {
-        let good = ScheduleRequest {
-            name: "nightly".into(),
-            cron: "30 2 * * *".into(),
-            source: "file:///data/".into(),
-            range: "yesterday".into(),
-            merchants: vec!["m-2".into(), "m-1".into(), "m-2".into()],
-            ..ScheduleRequest::default()
-        };
-        let schedule = good.check(5_000).unwrap();
-        assert_eq!(
-            (schedule.merchants.as_slice(), schedule.last_due),
-            (&["m-1".to_owned(), "m-2".to_owned()][..], 5_000)
-        );
-        let since = ScheduleRequest {
-            since: Some("2026-11-20T00:00:00Z".into()),
-            ..good.clone()
-        };
-        assert_eq!(
-            since.check(5_000).unwrap().last_due,
-            at("2026-11-20T00:00:00Z")
-        );
-        for (bad, names) in [
-            (
-                ScheduleRequest {
-                    name: String::new(),
-                    ..good.clone()
-                },
-                "schedule name",
-            ),
-            (
-                ScheduleRequest {
-                    cron: "bad cron".into(),
-                    ..good.clone()
-                },
-                "`--cron`",
-            ),
-            (
-                ScheduleRequest {
-                    range: "last-week".into(),
-                    ..good.clone()
-                },
-                "`--range`",
-            ),
-            (
-                ScheduleRequest {
-                    format: Some("xml".into()),
-                    ..good.clone()
-                },
-                "--format",
-            ),
-            (
-                ScheduleRequest {
-                    since: Some("2026-11-20".into()),
-                    ..good.clone()
-                },
-                "`--since`",
-            ),
-        ] {
-            let error = bad.check(0).unwrap_err();
-            assert!(error.contains(names), "{error}");
-        }
-    }
-
     fn at(text: &str) -> i64 {
-        schemas::day::parse_rfc3339(text).unwrap() / 1000
+        crate::day::parse_rfc3339(text).unwrap() / 1000
     }
 
     #[test]
@@ -368,5 +371,24 @@ mod tests {
             Range::LastDays(7).days(due).0,
             Day::parse("2026-11-14").unwrap()
         );
+    }
+
+    #[test]
+    fn formats_and_ranges_round_trip_their_stored_spelling() {
+        for format in [Format::Parquet, Format::Csv, Format::Ndjson] {
+            assert_eq!(
+                Format::parse_stored(Format::stored(Some(format))),
+                Ok(Some(format))
+            );
+        }
+        assert_eq!(Format::parse_stored(Format::stored(None)), Ok(None));
+        assert_eq!(Format::of_file(None, "/in/a.CSV.gz"), Ok(Format::Csv));
+        assert!(Format::of_file(None, "/in/a.xml")
+            .unwrap_err()
+            .contains("--format"));
+        for range in [Range::Yesterday, Range::Today, Range::LastDays(7)] {
+            assert_eq!(Range::parse(&range.to_string()), Ok(range));
+        }
+        assert_eq!(Cron::parse("@daily").unwrap().to_string(), "@daily");
     }
 }

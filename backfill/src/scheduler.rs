@@ -10,12 +10,10 @@ use store::jobs::{Leadership, Schedule, Scope};
 use store::Store;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::plan;
-use super::runner::now_ms;
-use super::schedule::{Cron, Range};
-use super::source::Format;
-use super::watch::{Watch, WatchConfig};
 use crate::metrics::{SCHEDULER_LEADER, SCHEDULES_OVERDUE, SCHEDULE_RUNS};
+use crate::plan::plan;
+use crate::runner::now_ms;
+use crate::watch::{Watch, WatchConfig};
 
 /// After a schedule fails to create its job, wait this long before trying again.
 const RETRY_AFTER_MS: i64 = 60_000;
@@ -86,12 +84,10 @@ pub async fn run(
 /// True when the schedule cannot run, or a tick older than the grace period
 /// has no job yet.
 fn overdue_at(schedule: &Schedule, now: i64) -> bool {
-    match Cron::parse(&schedule.cron) {
-        Ok(cron) => cron
-            .latest(schedule.last_due, now - OVERDUE_AFTER_MS)
-            .is_some(),
-        Err(_) => true,
-    }
+    schedule
+        .cron
+        .latest(schedule.last_due, now - OVERDUE_AFTER_MS)
+        .is_some()
 }
 
 /// Creates the job of the schedule's latest due tick, if any. False when a
@@ -108,30 +104,19 @@ async fn fire_if_due(
     {
         return false;
     }
-    let parsed =
-        Cron::parse(&schedule.cron).and_then(|cron| Ok((cron, Range::parse(&schedule.day_range)?)));
-    let (cron, range) = match parsed {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            tracing::error!(schedule = schedule.name, "Schedule is invalid: {error}");
-            failed_at.insert(schedule.name.clone(), now);
-            return false;
-        }
-    };
     // Only the latest tick: a scheduler that was down for three nights runs once.
-    let Some(due) = cron.latest(schedule.last_due, now) else {
+    let Some(due) = schedule.cron.latest(schedule.last_due, now) else {
         return true;
     };
-    let (from, to) = range.days(due);
+    let (from, to) = schedule.day_range.days(due);
     let scope = Scope {
         from,
         to,
         merchants: schedule.merchants.clone(),
     };
-    let format = Format::parse("format", &schedule.format).ok();
     let job = match plan(
         &schedule.source,
-        format,
+        schedule.format,
         scope,
         None,
         Some(schedule.name.clone()),

@@ -3,7 +3,6 @@
 //! on local disk or in S3.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -12,60 +11,9 @@ use futures::stream::{BoxStream, StreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
+pub use schemas::job::Format;
 pub use store::jobs::FileVersion;
 use url::Url;
-
-/// The formats a backfill reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Apache Parquet, read by DataFusion.
-    Parquet,
-    /// CSV with a header row, read by DataFusion with every column as text.
-    Csv,
-    /// One event object per line, read by the workers' own decoder.
-    Ndjson,
-}
-
-impl Format {
-    /// Reads `parquet`, `csv` or `ndjson`; `field` names the flag in the error.
-    pub fn parse(field: &str, text: &str) -> Result<Format, String> {
-        match text {
-            "parquet" => Ok(Format::Parquet),
-            "csv" => Ok(Format::Csv),
-            "ndjson" | "jsonl" => Ok(Format::Ndjson),
-            other => Err(format!(
-                "`{field}` = {other:?}: must be parquet, csv or ndjson"
-            )),
-        }
-    }
-
-    /// The format a file name's extension implies.
-    pub fn of_path(path: &str) -> Option<Format> {
-        let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
-        let name = name.strip_suffix(".gz").unwrap_or(&name);
-        match name.rsplit_once('.')?.1 {
-            "parquet" | "pq" => Some(Format::Parquet),
-            "csv" => Some(Format::Csv),
-            "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
-            _ => None,
-        }
-    }
-
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Parquet => "parquet",
-            Format::Csv => "csv",
-            Format::Ndjson => "ndjson",
-        }
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The files `source` names, sorted, with their sizes in bytes: local
 /// paths as given, objects as `s3://bucket/key` URLs.

@@ -30,13 +30,9 @@ impl Default for IdSet {
 
 impl IdSet {
     /// Digests held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.len + usize::from(self.has_zero)
-    }
-
-    /// Whether the set holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The slot where a probe for `digest` starts. xxh3's low bits are as
