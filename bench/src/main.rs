@@ -4,6 +4,8 @@
 //! - `hotpath`: raw JSON message bytes → Arrow batch → DataFusion partial
 //!   totals, on one thread (a current-thread runtime), reported as the median
 //!   events per second over several runs.
+//! - `parsers`: the hand-written amount, RFC 3339 and event parsers against
+//!   rust_decimal, chrono and serde_json, ns per item.
 //! - `dedupe-memory`: heap bytes held by the dedupe window per million ids
 //!   (with the content digests of the conflict check), counted by a wrapping
 //!   global allocator.
@@ -26,6 +28,7 @@
 mod backfill;
 mod e2e;
 mod http_load;
+mod parsers;
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -329,6 +332,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("hotpath") => hotpath(&args),
         Some("dedupe-memory") => dedupe_memory(&args),
+        Some("parsers") => parsers::run(&args),
         Some("partials") => partials(&args),
         Some("ingest") => ingest(&args),
         Some("backfill") => {
@@ -360,7 +364,7 @@ fn main() -> Result<()> {
             backfill::import(arg(&args, "--events", 10_000_000)?, arg(&args, "--runs", 3)?, &root)
         }
         _ => bail!(
-            "usage: bench hotpath [--events N] [--batch N] [--runs N] | bench dedupe-memory [--ids N] | \
+            "usage: bench hotpath [--events N] [--batch N] [--runs N] | bench parsers [--events N] [--runs N] | bench dedupe-memory [--ids N] | \
              bench partials [--merchants N] | \
              bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N] | \
              bench backfill [--events N] [--runs N] [--shards N] [--dir D] | bench import [--events N] [--runs N] [--dir D] | \
