@@ -171,11 +171,7 @@ pub fn init() {
         ),
         (&EVENTS, &["counted", "duplicate", "invalid"]),
     ];
-    for (metric, values) in labelled {
-        for value in values {
-            metric.with_label_values(&[*value]);
-        }
-    }
+    backfill::metrics::zero_series(&labelled);
     backfill::metrics::init();
     let _ = collectors();
 }

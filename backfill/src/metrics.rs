@@ -139,12 +139,17 @@ pub fn init() {
         (&BACKFILL_ROWS, &["read", "rejected", "duplicate"]),
         (&SCHEDULE_RUNS, &["created", "error"]),
     ];
+    zero_series(&labelled);
+    let _ = collectors();
+}
+
+/// Creates the zero series of each metric's known label values.
+pub fn zero_series(labelled: &[(&IntCounterVec, &[&str])]) {
     for (metric, values) in labelled {
-        for value in values {
+        for value in *values {
             metric.with_label_values(&[*value]);
         }
     }
-    let _ = collectors();
 }
 
 /// Every backfill metric (dereferencing registers it).

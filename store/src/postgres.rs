@@ -50,20 +50,32 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 /// Arbitrary constant that serialises concurrent migrations.
 const MIGRATION_LOCK: i64 = 0x7a11_7a11;
 
-const UPSERT: &str = "
+/// What inserting into `merchant_sales AS s` does to a key it already
+/// holds: adds to it. Shared by every statement that adds totals.
+macro_rules! add_to_existing {
+    () => {
+        "ON CONFLICT (merchant_id, currency, day) DO UPDATE SET
+    sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
+    sales_count   = s.sales_count   + EXCLUDED.sales_count,
+    refund_amount = s.refund_amount + EXCLUDED.refund_amount,
+    refund_count  = s.refund_count  + EXCLUDED.refund_count,
+    net_amount    = s.net_amount    + EXCLUDED.net_amount,
+    updated_at    = EXCLUDED.updated_at"
+    };
+}
+use add_to_existing;
+
+const UPSERT: &str = concat!(
+    "
 INSERT INTO merchant_sales AS s (merchant_id, currency, day, sales_amount, sales_count,
                                  refund_amount, refund_count, net_amount, updated_at)
 SELECT u.m, u.c, u.d::date, u.sa::numeric, u.sc, u.ra::numeric, u.rc,
        u.sa::numeric - u.ra::numeric, now()
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::int8[])
      AS u(m, c, d, sa, sc, ra, rc)
-ON CONFLICT (merchant_id, currency, day) DO UPDATE SET
-    sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
-    sales_count   = s.sales_count   + EXCLUDED.sales_count,
-    refund_amount = s.refund_amount + EXCLUDED.refund_amount,
-    refund_count  = s.refund_count  + EXCLUDED.refund_count,
-    net_amount    = s.net_amount    + EXCLUDED.net_amount,
-    updated_at    = EXCLUDED.updated_at";
+",
+    add_to_existing!()
+);
 
 const ADVANCE: &str = "
 UPDATE tally_partitions AS t SET

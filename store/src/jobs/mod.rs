@@ -15,6 +15,12 @@
 //! already exist, so dependencies never form a cycle ([`check_after`]).
 //! Times are milliseconds since the Unix epoch, passed in by the caller so
 //! that tests control the clock.
+//!
+//! - [`rules`]: the decisions, as pure functions: dependencies, retries and
+//!   the last attempt, lease takeover, orphans, what a file's import comes to.
+//! - `ops`: each operation once, for both databases: SQL both accept, run
+//!   through the one small trait each database implements (`crate::sql::Tx`).
+//! - here: the types, and [`Store`]'s methods, each one transaction.
 
 use std::fmt;
 

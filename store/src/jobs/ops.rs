@@ -415,6 +415,11 @@ async fn stop_tasks(tx: &mut dyn Tx, job_id: i64, now: i64) -> Result<()> {
         params![job_id, now],
     )
     .await?;
+    drop_rows(tx, job_id).await
+}
+
+/// Drops the rows a backfill job's tasks staged.
+async fn drop_rows(tx: &mut dyn Tx, job_id: i64) -> Result<()> {
     tx.execute(
         "job rows delete",
         "DELETE FROM tally_backfill_rows WHERE job_id = $1",
@@ -472,12 +477,7 @@ pub(crate) async fn complete_job(tx: &mut dyn Tx, id: i64, now: i64) -> Result<b
         params![id, written],
     )
     .await?;
-    tx.execute(
-        "job rows delete",
-        "DELETE FROM tally_backfill_rows WHERE job_id = $1",
-        params![id],
-    )
-    .await?;
+    drop_rows(tx, id).await?;
     Ok(true)
 }
 

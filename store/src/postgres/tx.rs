@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use schemas::Totals;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-use super::{upsert, Columns};
+use super::{add_to_existing, upsert, Columns};
 use crate::error::{pg, Result};
 use crate::jobs::{FileVersion, Scope};
 use crate::sql::{BoxFuture, Cell, Row, Tx, Value};
@@ -163,21 +163,18 @@ impl Tx for PgTx<'_> {
             let written = self
                 .0
                 .execute(
-                    "INSERT INTO merchant_sales AS s (merchant_id, currency, day, sales_amount, sales_count,
-                         refund_amount, refund_count, net_amount, updated_at)
-                     SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count,
-                            sales_amount - refund_amount, now()
-                     FROM tally_backfill_rows WHERE job_id = $1
-                       -- Only the scope just deleted: a row outside it would add to live totals.
-                       AND day >= $2::text::date AND day < $3::text::date
-                       AND (cardinality($4::text[]) = 0 OR merchant_id = ANY($4::text[]))
-                     ON CONFLICT (merchant_id, currency, day) DO UPDATE SET
-                         sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
-                         sales_count   = s.sales_count   + EXCLUDED.sales_count,
-                         refund_amount = s.refund_amount + EXCLUDED.refund_amount,
-                         refund_count  = s.refund_count  + EXCLUDED.refund_count,
-                         net_amount    = s.net_amount    + EXCLUDED.net_amount,
-                         updated_at    = EXCLUDED.updated_at",
+                    concat!(
+                        "INSERT INTO merchant_sales AS s (merchant_id, currency, day, sales_amount, sales_count,
+                             refund_amount, refund_count, net_amount, updated_at)
+                         SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count,
+                                sales_amount - refund_amount, now()
+                         FROM tally_backfill_rows WHERE job_id = $1
+                           -- Only the scope just deleted: a row outside it would add to live totals.
+                           AND day >= $2::text::date AND day < $3::text::date
+                           AND (cardinality($4::text[]) = 0 OR merchant_id = ANY($4::text[]))
+                         ",
+                        add_to_existing!()
+                    ),
                     &[&job_id, &from, &to, &scope.merchants],
                 )
                 .await

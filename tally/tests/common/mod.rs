@@ -839,14 +839,28 @@ pub async fn http(
     Ok((reply.status, reply.body))
 }
 
-/// A loopback `host:port` that nothing listened on a moment ago.
+/// A loopback `host:port` that nothing listened on a moment ago, below the
+/// kernel's ephemeral range: a port the kernel hands out (`bind(:0)`) can be
+/// taken, before the service binds it, by any outgoing connection (a
+/// PostgreSQL pool opening one, say), and one below the range cannot.
 pub fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let low = 10_000u32.min(ephemeral_low / 2);
+    let span = ephemeral_low - low;
+    // Start where this process's id points, so parallel test binaries spread out.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    loop {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(offset < span, "no free loopback port below {ephemeral_low}");
+        let port = low + (start + offset * 7_919) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
 }
 
 /// Messages in `topic` (all partitions), from the broker's watermarks.
