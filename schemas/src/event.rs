@@ -187,6 +187,11 @@ fn id<'a>(raw: Option<Token<'a>>, field: &'static str) -> Result<Cow<'a, str>, I
     Ok(value)
 }
 
+/// Checks a merchant id given anywhere (a flag, a file) by the event's rules.
+pub fn check_merchant_id(value: &str) -> Result<(), Invalid> {
+    check_id(value, "merchant_id")
+}
+
 fn check_id(value: &str, field: &'static str) -> Result<(), Invalid> {
     check_length(value, field)?;
     check_controls(value, field)

@@ -11,6 +11,7 @@
 //!   expressions and relative day ranges.
 //! - [`config`]: validation helpers shared by every role's configuration.
 //! - [`partial`]: the partial-totals message a worker publishes per offset range.
+//! - [`zone`]: merchants' IANA time zones and the local day of an instant.
 //! - [`totals`]: per-key sums with an exact, associative merge.
 //!
 //! The JSON Schema of the event lives beside this crate in
@@ -27,6 +28,7 @@ pub mod job;
 pub mod partial;
 pub mod scan;
 pub mod totals;
+pub mod zone;
 
 pub use amount::Amount;
 pub use day::Day;

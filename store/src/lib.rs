@@ -6,6 +6,7 @@
 //! - [`jobs`]: backfill and import jobs, tasks and schedules, and the
 //!   atomic replace: their rules written once, for both databases, over
 //!   `sql`'s one small trait per database.
+//! - [`merchants`]: merchants' IANA time zones (`tally_merchants`).
 //! - [`health`]: whether the database is answering, for `/readyz`.
 //! - [`error`]: errors that say what failed and whether to retry.
 //!
@@ -23,6 +24,7 @@ pub mod error;
 pub mod fence;
 pub mod health;
 pub mod jobs;
+pub mod merchants;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

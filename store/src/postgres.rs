@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "hot_updates",
         include_str!("../migrations/postgres/0005_hot_updates.sql"),
     ),
+    (
+        6,
+        "merchants",
+        include_str!("../migrations/postgres/0006_merchants.sql"),
+    ),
 ];
 
 /// Arbitrary constant that serialises concurrent migrations.

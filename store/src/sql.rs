@@ -77,6 +77,20 @@ macro_rules! params {
 }
 pub(crate) use params;
 
+/// Runs `$body` (which uses `tx`) in one transaction of `$mode`, named `$op`.
+macro_rules! transact {
+    ($store:expr, $op:literal, $mode:ident, |$tx:ident| $body:expr) => {
+        $store
+            .transact(
+                $op,
+                $crate::sql::Mode::$mode,
+                move |$tx: &mut dyn $crate::sql::Tx| Box::pin(async move { $body.await }),
+            )
+            .await
+    };
+}
+pub(crate) use transact;
+
 /// One value read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Cell {

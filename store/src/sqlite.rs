@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "imports",
         include_str!("../migrations/sqlite/0004_imports.sql"),
     ),
+    (
+        5,
+        "merchants",
+        include_str!("../migrations/sqlite/0005_merchants.sql"),
+    ),
 ];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 /// How long a writer waits for another process's write lock.

@@ -50,6 +50,8 @@ pub enum Command {
     Verify(ReconcileArgs),
     /// Add, list and remove backfill schedules (run by the aggregators).
     Schedule(ScheduleArgs),
+    /// Set and list merchants' IANA time zones.
+    Merchants(MerchantsArgs),
 }
 
 /// Flags shared by the long-running services.
@@ -260,6 +262,39 @@ pub struct JobsArgs {
     pub command: JobsCommand,
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// Flags of `tally merchants`.
+#[derive(Debug, Args)]
+pub struct MerchantsArgs {
+    #[command(subcommand)]
+    pub command: MerchantsCommand,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// `tally merchants …`.
+#[derive(Debug, Subcommand)]
+pub enum MerchantsCommand {
+    /// Set one merchant's time zone (an IANA name such as Europe/Berlin).
+    SetZone {
+        /// The merchant id.
+        merchant: String,
+        /// The IANA time zone name.
+        zone: String,
+    },
+    /// Set many merchants' time zones from a CSV file with the header
+    /// `merchant_id,time_zone`: all of them, or none when a line is invalid.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// Every merchant with a time zone.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `tally jobs …`.

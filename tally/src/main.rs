@@ -9,6 +9,7 @@ mod error;
 mod generate;
 mod http;
 mod imports;
+mod merchants;
 mod query;
 mod settings;
 mod signals;
@@ -68,6 +69,7 @@ async fn dispatch(command: Command) -> CliResult {
         Command::Jobs(args) => backfill::jobs(args).await,
         Command::Verify(args) => backfill::verify(args).await,
         Command::Schedule(args) => backfill::schedule(args).await,
+        Command::Merchants(args) => merchants::run(args).await,
         Command::Worker(args) => {
             let settings = load(&args)?;
             settings.worker.validate()?;

@@ -29,7 +29,7 @@ use schemas::{Day, Totals};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::sql::{Mode, Tx};
+use crate::sql::transact;
 use crate::Store;
 
 mod ops;
@@ -417,17 +417,6 @@ fn schedule_format<S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(format.map_or("", Format::as_str))
-}
-
-/// Runs `$body` (which uses `tx`) in one transaction of `$mode`, named `$op`.
-macro_rules! transact {
-    ($store:expr, $op:literal, $mode:ident, |$tx:ident| $body:expr) => {
-        $store
-            .transact($op, Mode::$mode, move |$tx: &mut dyn Tx| {
-                Box::pin(async move { $body.await })
-            })
-            .await
-    };
 }
 
 impl Store {

@@ -1,0 +1,78 @@
+//! Merchants' time zones (`tally_merchants`), written once for both
+//! databases. A merchant without a row is in the default zone.
+
+use schemas::zone::Zone;
+use serde::Serialize;
+
+use crate::error::{Result, StoreError};
+use crate::sql::{params, transact, Tx};
+use crate::Store;
+
+/// A merchant's time zone as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MerchantZone {
+    /// The merchant.
+    pub merchant_id: String,
+    /// Its IANA time zone.
+    #[serde(serialize_with = "zone_name")]
+    pub time_zone: Zone,
+    /// When it was set, in ms since the Unix epoch.
+    pub updated_at: i64,
+}
+
+fn zone_name<S: serde::Serializer>(zone: &Zone, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(zone.name())
+}
+
+async fn set_zones(tx: &mut dyn Tx, zones: &[(String, Zone)], now: i64) -> Result<u64> {
+    let mut changed = 0;
+    for (merchant, zone) in zones {
+        changed += tx
+            .execute(
+                "merchant zone write",
+                "INSERT INTO tally_merchants (merchant_id, time_zone, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (merchant_id) DO UPDATE SET time_zone = $2, updated_at = $3
+                 WHERE tally_merchants.time_zone <> $2",
+                params![merchant, zone.name(), now],
+            )
+            .await?;
+    }
+    Ok(changed)
+}
+
+async fn zones(tx: &mut dyn Tx) -> Result<Vec<MerchantZone>> {
+    tx.query(
+        "merchant zone read",
+        "SELECT merchant_id, time_zone, updated_at FROM tally_merchants ORDER BY merchant_id",
+        params![],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let name = r.text(1)?;
+        Ok(MerchantZone {
+            merchant_id: r.text(0)?.to_owned(),
+            time_zone: Zone::parse(name).map_err(|reason| StoreError::Corrupt {
+                column: "time_zone",
+                value: name.to_owned(),
+                reason,
+            })?,
+            updated_at: r.int(2)?,
+        })
+    })
+    .collect()
+}
+
+impl Store {
+    /// Sets each merchant's time zone, in one transaction; returns how many
+    /// changed (a zone set again to what it was changes nothing).
+    pub async fn set_zones(&self, zones: &[(String, Zone)], now: i64) -> Result<u64> {
+        let zones = zones.to_vec();
+        transact!(self, "set_zones", Write, |tx| set_zones(tx, &zones, now))
+    }
+
+    /// Every merchant with a time zone, by id.
+    pub async fn zones(&self) -> Result<Vec<MerchantZone>> {
+        transact!(self, "zones", Read, |tx| zones(tx))
+    }
+}
