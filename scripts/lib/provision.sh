@@ -277,7 +277,15 @@ start_tansu_tls() {
 }
 
 stop_services() {
-    local pid
+    local status=$? pid log
+    if [ "$status" -ne 0 ] && [ -n "$RUN_DIR" ]; then
+        # A failed run shows the brokers' last words before their directory goes.
+        for log in "$RUN_DIR"/tansu/broker.log "$RUN_DIR"/tansu-tls/broker.log; do
+            [ -s "$log" ] || continue
+            echo "--- last lines of ${log#"$RUN_DIR"/}" >&2
+            tail -n 20 "$log" >&2
+        done
+    fi
     for pid in "${STUNNEL_PID:-}" "${TANSU_TLS_PID:-}"; do
         if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
     done
@@ -290,6 +298,39 @@ stop_services() {
         as_pg_user "$PG_BIN/pg_ctl" -D "$PG_DATA/data" -m immediate stop >/dev/null 2>&1 || true
     fi
     if [ -n "$RUN_DIR" ] && [ -z "${TALLY_KEEP_RUN_DIR:-}" ]; then rm -rf "$RUN_DIR"; fi
+}
+
+# Test executables carry line tables over DataFusion (about 0.5 GB each), and
+# cargo never deletes the ones an older tree built, so a build directory that
+# CI reuses run after run grows without end. Keep what this tree builds (and
+# its hard links) and delete every other executable in deps/.
+prune_stale_executables() { # cargo test arguments
+    local deps="$CARGO_TARGET_DIR/release/deps" keep file freed=0
+    [ -d "$deps" ] || return 0
+    keep=$(cargo test --release --workspace --locked --no-run --message-format=json "$@" 2>/dev/null \
+        | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' \
+        | while read -r file; do stat -c %i "$file"; done | sort -u)
+    [ -n "$keep" ] || return 0
+    for file in "$deps"/*; do
+        # Executables only: no extension (rlibs, rmeta and .d files stay).
+        [ -f "$file" ] && [ -x "$file" ] && [[ "${file##*/}" != *.* ]] || continue
+        if ! grep -qx "$(stat -c %i "$file")" <<<"$keep"; then
+            freed=$((freed + $(stat -c %s "$file")))
+            rm -f "$file"
+        fi
+    done
+    [ "$freed" -eq 0 ] || log "Deleted stale test executables: $((freed / 1048576)) MiB freed."
+}
+
+# The brokers and databases write to disk as the tests run; with the disk full
+# they fail in ways that look like tally's bugs, so say it plainly first.
+check_free_space() { # directories
+    local dir free
+    for dir in "$@"; do
+        free=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+        [ "$free" -ge $((3 * 1048576)) ] \
+            || die "only $((free / 1024)) MiB free on the disk holding $dir; the tests need 3 GiB"
+    done
 }
 
 make_run_dir() {

@@ -525,7 +525,35 @@ impl Drop for World {
                 let _ = child.wait();
             }
         }
+        if std::thread::panicking() {
+            // The failure report carries the services' and the broker's
+            // last words, so a CI log says why without the machine.
+            let broker = std::env::var_os("TALLY_TEST_TANSU_DIR")
+                .map(|dir| PathBuf::from(dir).join("broker.log"));
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|e| e == "log"))
+                .collect();
+            logs.sort();
+            for log in logs.iter().chain(&broker) {
+                eprintln!("--- last lines of {}", log.display());
+                eprintln!("{}", tail(log, 20));
+            }
+        } else {
+            // Test worlds hold databases and logs; a passing one leaves nothing.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+/// The last `lines` lines of a log.
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: Vec<&str> = text.lines().rev().take(lines).collect();
+    kept.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 struct Service {
