@@ -116,8 +116,8 @@ impl Store {
     }
 
     /// Runs one call under [`Store::call_timeout`], recording its outcome in
-    /// [`Store::health`]. A call that runs out of time drops its PostgreSQL
-    /// connection, so the next call reconnects instead of queueing behind it.
+    /// [`Store::health`]. A call that runs out of time closes its PostgreSQL
+    /// connection, so no later call queues behind it.
     async fn timed<T>(
         &self,
         op: &'static str,
@@ -125,21 +125,14 @@ impl Store {
     ) -> Result<T> {
         let limit = self.call_timeout();
         let started = self.health().begin();
-        // Bound first, so that a call that ran out of time has returned its
-        // connection to the pool before `reset` drops the idle ones.
-        let outcome = tokio::time::timeout(limit, call).await;
-        let result = match outcome {
-            Ok(result) => result,
-            Err(_) => {
-                if let Store::Postgres(s) = self {
-                    s.reset();
-                }
-                Err(StoreError::Timeout {
-                    op,
-                    after_ms: limit.as_millis() as u64,
-                })
-            }
-        };
+        // A PostgreSQL call cancelled here closes its connection rather than
+        // returning it to the pool (see `postgres::Conn`).
+        let result = tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout {
+                op,
+                after_ms: limit.as_millis() as u64,
+            }));
         let down = matches!(&result, Err(e) if e.is_retryable());
         self.health().end(started, down);
         result

@@ -230,23 +230,16 @@ impl PgStore {
         self.call_timeout
     }
 
-    /// Drops every idle connection (after a call ran out of time, its
-    /// connection among them): the next calls open fresh ones. Dropping a
-    /// stuck client ends its connection task once the server answers again
-    /// (or keepalive gives up), rolling back its transaction.
-    pub(crate) fn reset(&self) {
-        self.pool.retain(|_, _| false);
-    }
-
     /// A connection from the pool, opened if none is idle.
-    async fn conn(&self) -> Result<Object> {
-        self.pool.get().await.map_err(|error| match error {
+    async fn conn(&self) -> Result<Conn> {
+        let object = self.pool.get().await.map_err(|error| match error {
             PoolError::Backend(source) => StoreError::Postgres {
                 op: "connect",
                 source,
             },
             other => StoreError::Pool(other.to_string()),
-        })
+        })?;
+        Ok(Conn(Some(object)))
     }
 
     /// Runs `work` in one transaction on a pooled connection. (`mode` is
@@ -257,10 +250,14 @@ impl PgStore {
         F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R>> + Send + 'static,
     {
         let mut client = self.conn().await?;
-        let mut tx = tx::PgTx(client.transaction().await.map_err(pg("begin"))?);
-        // On an error the transaction is dropped, which rolls it back.
-        let out = work(&mut tx).await?;
-        tx.0.commit().await.map_err(pg("commit"))?;
+        let out = {
+            let mut tx = tx::PgTx(client.transaction().await.map_err(pg("begin"))?);
+            // On an error the transaction is dropped, which rolls it back.
+            let out = work(&mut tx).await?;
+            tx.0.commit().await.map_err(pg("commit"))?;
+            out
+        };
+        client.release();
         Ok(out)
     }
 
@@ -298,6 +295,7 @@ impl PgStore {
             )
             .await
             .map_err(pg("claim"))?;
+        client.release();
         Ok(Claim {
             epoch: row.get(0),
             next_offset: row.get(1),
@@ -307,11 +305,9 @@ impl PgStore {
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
-        self.conn()
-            .await?
-            .simple_query("SELECT 1")
-            .await
-            .map_err(pg("ping"))?;
+        let client = self.conn().await?;
+        client.simple_query("SELECT 1").await.map_err(pg("ping"))?;
+        client.release();
         Ok(())
     }
 
@@ -324,6 +320,7 @@ impl PgStore {
             )
             .await
             .map_err(pg("epoch read"))?;
+        client.release();
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -365,6 +362,7 @@ impl PgStore {
             advance(&tx, &plan).await?;
         }
         tx.commit().await.map_err(pg("commit"))?;
+        client.release();
         Ok(plan)
     }
 
@@ -379,6 +377,7 @@ impl PgStore {
             )
             .await
             .map_err(pg("totals read"))?;
+        client.release();
         rows.iter()
             .map(|r| {
                 parse_row(
@@ -403,6 +402,7 @@ impl PgStore {
             )
             .await
             .map_err(pg("progress read"))?;
+        client.release();
         Ok(rows
             .iter()
             .map(|r| PartitionProgress {
@@ -546,5 +546,41 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(statement_timeout_in("-c statement_timeout=0"), None);
+    }
+}
+
+/// A pooled connection that goes back to the pool only from a call that
+/// finished ([`Conn::release`]). One whose call failed, panicked or ran out
+/// of time may be mid-statement or mid-transaction, so it is taken out of the
+/// pool and closed instead: no waiting call is ever handed a stuck one.
+/// Closing ends the connection task once the server answers (or keepalive
+/// gives up), which rolls its transaction back.
+struct Conn(Option<Object>);
+
+impl Conn {
+    /// Returns the connection to the pool.
+    fn release(mut self) {
+        self.0.take();
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Object;
+    fn deref(&self) -> &Object {
+        self.0.as_ref().expect("held until released or dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Object {
+        self.0.as_mut().expect("held until released or dropped")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(Object::take(object));
+        }
     }
 }

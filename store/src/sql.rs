@@ -180,6 +180,10 @@ pub(crate) trait Tx: Send {
     /// What ends a `SELECT` so that its rows stay locked until commit.
     fn for_update(&self) -> &'static str;
 
+    /// What ends a `SELECT` so that its rows cannot change until commit,
+    /// while other readers may hold the same lock.
+    fn for_share(&self) -> &'static str;
+
     /// Holds, until commit, a lock on one file's location, so that two
     /// transactions never judge the same location at once.
     fn lock_location<'a>(&'a mut self, location: &'a str) -> BoxFuture<'a, Result<()>>;

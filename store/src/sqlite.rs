@@ -84,7 +84,16 @@ impl SqliteStore {
     ) -> Result<T> {
         let conn = self.conn.clone();
         blocking(move || {
-            let mut guard = conn.lock().map_err(|e| StoreError::Join(e.to_string()))?;
+            // A call that panicked poisoned the lock and may have left its
+            // transaction open: roll that back, and the connection is sound.
+            let mut guard = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !guard.is_autocommit() {
+                guard
+                    .execute_batch("ROLLBACK")
+                    .map_err(lite("rollback after a panic"))?;
+            }
             f(&mut guard)
         })
         .await
@@ -370,4 +379,39 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Join(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::params;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_call_leaves_nothing_written_and_the_store_usable() {
+        let path = std::env::temp_dir().join(format!("tally-panic-{}.db", std::process::id()));
+        let store = crate::Store::Sqlite(SqliteStore::open(path.to_str().unwrap()).await.unwrap());
+        let panicked: Result<()> = store
+            .transact("panic", Mode::Write, |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "write",
+                        "INSERT INTO tally_merchants (merchant_id, time_zone, updated_at) VALUES ($1, $2, 0)",
+                        params!["m-1", "Asia/Tokyo"],
+                    )
+                    .await?;
+                    panic!("a bug in the work")
+                })
+            })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Join(_))), "{panicked:?}");
+        let zones = store.zones().await.expect("the store still answers");
+        assert!(
+            zones.is_empty(),
+            "the panicked call's insert was rolled back"
+        );
+        drop(store);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 }

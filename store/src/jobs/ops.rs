@@ -112,13 +112,16 @@ fn schedule(r: &Row) -> Result<Schedule> {
 /// Creates a pending job with its pending tasks and its dependencies;
 /// refuses dependencies that [`check_after`] refuses.
 pub(crate) async fn create_job(tx: &mut dyn Tx, new: &NewJob, now: i64) -> Result<i64> {
-    let mut after = Vec::with_capacity(new.after.len());
-    // Locked: a dependency cannot end between this check and the commit unseen.
+    // Locked: a dependency cannot end between this check and the commit
+    // unseen. Shared, so that two jobs after the same one both go ahead, and
+    // in id order, so that two creations never wait on each other.
+    let ids: std::collections::BTreeSet<i64> = new.after.iter().copied().collect();
+    let mut after = Vec::with_capacity(ids.len());
     let read = format!(
         "SELECT state FROM tally_jobs WHERE id = $1{}",
-        tx.for_update()
+        tx.for_share()
     );
-    for &id in &new.after {
+    for &id in &ids {
         let rows = tx.query("dependency read", &read, params![id]).await?;
         let state = rows.first().map(|r| parse_state(r.text(0)?)).transpose()?;
         after.push((id, state));
@@ -153,10 +156,7 @@ pub(crate) async fn create_job(tx: &mut dyn Tx, new: &NewJob, now: i64) -> Resul
         )
         .await?;
     }
-    let mut after = new.after.clone();
-    after.sort_unstable();
-    after.dedup();
-    for after_id in after {
+    for &after_id in &ids {
         tx.execute(
             "dependency insert",
             "INSERT INTO tally_job_deps (job_id, after_id) VALUES ($1, $2)",

@@ -103,6 +103,10 @@ impl Tx for PgTx<'_> {
         " FOR UPDATE"
     }
 
+    fn for_share(&self) -> &'static str {
+        " FOR SHARE"
+    }
+
     fn lock_location<'a>(&'a mut self, location: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             // Held to commit; the partial unique index `tally_imports_once` is the backstop.

@@ -172,6 +172,11 @@ impl Tx for LiteTx<'_> {
     }
 
     /// Nothing: the transaction took the write lock of the whole file.
+    fn for_share(&self) -> &'static str {
+        ""
+    }
+
+    /// Nothing: the transaction took the write lock of the whole file.
     fn lock_location<'a>(&'a mut self, _location: &'a str) -> BoxFuture<'a, Result<()>> {
         ready(Ok(()))
     }
