@@ -192,6 +192,7 @@ async fn stream_totals(store: &Store, events: u64) -> Result<usize> {
             ..Default::default()
         },
         max_append_ms: None,
+        local_rows: Vec::new(),
         rows,
     };
     store.apply(&[partial]).await?;

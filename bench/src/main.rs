@@ -110,7 +110,52 @@ fn hotpath(args: &[String]) -> Result<()> {
         bytes / input.len()
     );
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let ctx = session();
+    let (utc_only, local) = (session(false), session(true));
+    // Local days on: the generator's merchants spread over five zones, DST
+    // and half-hour offsets included.
+    let names = [
+        "UTC",
+        "Asia/Tokyo",
+        "America/St_Johns",
+        "Europe/Berlin",
+        "Australia/Lord_Howe",
+    ];
+    let merchants: std::collections::BTreeSet<String> = input
+        .iter()
+        .filter_map(|m| schemas::event::decode(&m.payload, None).ok())
+        .map(|e| e.merchant_id.into_owned())
+        .collect();
+    let zones = std::sync::Arc::new(schemas::zone::Zones::new(
+        merchants
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                (
+                    m,
+                    schemas::zone::Zone::parse(names[i % names.len()]).expect("IANA"),
+                )
+            })
+            .collect(),
+        schemas::zone::Zone::UTC,
+    ));
+    let pass = |zones: Option<std::sync::Arc<schemas::zone::Zones>>| -> Result<(Duration, Duration, usize)> {
+        let ctx = if zones.is_some() { &local } else { &utc_only };
+        let mut window = DedupeWindow::new(900_000, 2_000_000);
+        let (mut keys, mut decoding) = (0usize, Duration::ZERO);
+        let started = Instant::now();
+        for chunk in input.chunks(batch) {
+            let decode_started = Instant::now();
+            let decoded = decode_messages(chunk, &mut window, 0, 0, zones.clone())?;
+            decoding += decode_started.elapsed();
+            let zones = decoded.zones.clone();
+            keys += runtime
+                .block_on(partial_rows(ctx, decoded.batch, zones.as_deref()))?
+                .len();
+        }
+        Ok((started.elapsed(), decoding, keys))
+    };
+    let mut local_rates = Vec::new();
+    let mut costs = Vec::new();
     let ids: Vec<String> = input
         .iter()
         .filter_map(|m| {
@@ -123,20 +168,19 @@ fn hotpath(args: &[String]) -> Result<()> {
     let mut rates = Vec::new();
     let mut stages: [Vec<f64>; 4] = Default::default();
     for run in 0..runs {
-        let mut window = DedupeWindow::new(900_000, 2_000_000);
-        let mut keys = 0usize;
-        let mut decoding = Duration::ZERO;
-        let started = Instant::now();
-        for chunk in input.chunks(batch) {
-            let decode_started = Instant::now();
-            let decoded = decode_messages(chunk, &mut window, 0, 0)?;
-            decoding += decode_started.elapsed();
-            keys += runtime.block_on(partial_rows(&ctx, decoded.batch))?.len();
-        }
-        let elapsed = started.elapsed();
+        let (elapsed, decoding, keys) = pass(None)?;
         let rate = events as f64 / elapsed.as_secs_f64();
-        println!("  run {run}: {rate:>12.0} events/s ({keys} partial rows)");
+        let (local_elapsed, _, local_keys) = pass(Some(zones.clone()))?;
+        let local_rate = events as f64 / local_elapsed.as_secs_f64();
+        let cost = local_elapsed.as_secs_f64() / elapsed.as_secs_f64() - 1.0;
+        println!(
+            "  run {run}: {rate:>12.0} events/s ({keys} partial rows); local days on: \
+             {local_rate:>12.0} events/s ({local_keys} rows), {:+.1} %",
+            cost * 100.0
+        );
         rates.push(rate);
+        local_rates.push(local_rate);
+        costs.push(cost);
         // The same work again, one stage at a time, in ns per event.
         let per_event = |took: Duration| took.as_secs_f64() * 1e9 / events as f64;
         let started = Instant::now();
@@ -172,6 +216,11 @@ fn hotpath(args: &[String]) -> Result<()> {
         values[values.len() / 2]
     };
     println!("median: {:.0} events/s per core", median(&mut rates));
+    println!(
+        "median with local days on: {:.0} events/s per core; their cost, median of the runs' ratios: {:+.1} %",
+        median(&mut local_rates),
+        median(&mut costs) * 100.0
+    );
     let [parsing, deduping, building, aggregating] = &mut stages;
     println!("  where an event's time goes (medians, ns):");
     println!(
@@ -235,7 +284,7 @@ fn partials(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     let mut window = DedupeWindow::new(900_000, 2_000_000);
-    let decoded = decode_messages(&batch, &mut window, 0, 0)?;
+    let decoded = decode_messages(&batch, &mut window, 0, 0, None)?;
     let head = Head {
         topic: "orders",
         partition: 0,
@@ -246,7 +295,7 @@ fn partials(args: &[String]) -> Result<()> {
         end: batch.len(),
     };
     let pieces = runtime.block_on(cut(
-        &session(),
+        &session(false),
         &head,
         &batch,
         &decoded,

@@ -12,6 +12,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use crate::amount::{PRECISION, SCALE};
 use crate::event::{Kind, ValidEvent};
+use crate::zone::{HourCache, Zones};
 
 /// Column names, in schema order.
 pub mod col {
@@ -25,17 +26,33 @@ pub mod col {
     pub const CURRENCY: &str = "currency";
     /// `day`, Date32: the UTC day of `occurred_at`.
     pub const DAY: &str = "day";
+    /// `local_day`, Date32: the day of `occurred_at` in the merchant's zone
+    /// (only in batches built [`with_local_days`](super::EventBatchBuilder::with_local_days)).
+    pub const LOCAL_DAY: &str = "local_day";
 }
 
 /// The schema of a batch of valid, decoded events.
 pub fn event_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    Arc::new(Schema::new(fields(false)))
+}
+
+/// The schema of a batch that also carries each event's local day.
+pub fn local_event_schema() -> SchemaRef {
+    Arc::new(Schema::new(fields(true)))
+}
+
+fn fields(local: bool) -> Vec<Field> {
+    let mut fields = vec![
         Field::new(col::MERCHANT_ID, DataType::Utf8, false),
         Field::new(col::REFUND, DataType::Boolean, false),
         Field::new(col::AMOUNT, DataType::Decimal128(PRECISION, SCALE), false),
         Field::new(col::CURRENCY, DataType::Utf8, false),
         Field::new(col::DAY, DataType::Date32, false),
-    ]))
+    ];
+    if local {
+        fields.push(Field::new(col::LOCAL_DAY, DataType::Date32, false));
+    }
+    fields
 }
 
 /// Accumulates valid events column by column.
@@ -46,6 +63,8 @@ pub struct EventBatchBuilder {
     amount: Decimal128Builder,
     currency: StringBuilder,
     day: Date32Builder,
+    /// Local days under these zones, when the batch keeps them.
+    local: Option<(Arc<Zones>, HourCache, Date32Builder)>,
     rows: usize,
 }
 
@@ -59,8 +78,28 @@ impl EventBatchBuilder {
             amount: Decimal128Builder::with_capacity(capacity),
             currency: StringBuilder::with_capacity(capacity, capacity * 3),
             day: Date32Builder::with_capacity(capacity),
+            local: None,
             rows: 0,
         }
+    }
+
+    /// A builder that also records each event's day in its merchant's zone
+    /// under `zones`.
+    pub fn with_local_days(capacity: usize, zones: Arc<Zones>) -> EventBatchBuilder {
+        EventBatchBuilder {
+            schema: local_event_schema(),
+            local: Some((
+                zones,
+                HourCache::default(),
+                Date32Builder::with_capacity(capacity),
+            )),
+            ..EventBatchBuilder::with_capacity(capacity)
+        }
+    }
+
+    /// The zones local days are taken in, when the batch keeps them.
+    pub fn zones(&self) -> Option<&Arc<Zones>> {
+        self.local.as_ref().map(|(zones, _, _)| zones)
     }
 
     /// Appends one event.
@@ -70,6 +109,10 @@ impl EventBatchBuilder {
         self.amount.append_value(event.amount.0);
         self.currency.append_value(&event.currency);
         self.day.append_value(event.day.0);
+        if let Some((zones, cache, local)) = &mut self.local {
+            let day = zones.local_day_cached(cache, &event.merchant_id, event.occurred_at);
+            local.append_value(day.0);
+        }
         self.rows += 1;
     }
 
@@ -87,7 +130,7 @@ impl EventBatchBuilder {
     ///
     /// Fails only if the columns disagree with the schema, which would be a bug.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.merchant_id.finish()),
             Arc::new(self.refund.finish()),
             Arc::new(
@@ -98,6 +141,9 @@ impl EventBatchBuilder {
             Arc::new(self.currency.finish()),
             Arc::new(self.day.finish()),
         ];
+        if let Some((_, _, local)) = &mut self.local {
+            columns.push(Arc::new(local.finish()));
+        }
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), columns)
     }

@@ -33,5 +33,5 @@ pub mod zone;
 pub use amount::Amount;
 pub use day::Day;
 pub use event::{Invalid, Kind, OrderEvent, ValidEvent};
-pub use partial::{Partial, PartialRow};
-pub use totals::{Sums, Totals, TotalsKey};
+pub use partial::{LocalRow, Partial, PartialRow};
+pub use totals::{LocalSums, LocalTotals, Sums, Totals, TotalsKey};

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::totals::{Sums, TotalsKey};
+use crate::day::Day;
+use crate::totals::{LocalSums, Sums, TotalsKey};
 
 /// One message on `tally.partials`, keyed by `"<topic>/<partition>"` and sent
 /// to the partials partition equal to the source partition.
@@ -35,6 +36,10 @@ pub struct Partial {
     pub max_append_ms: Option<i64>,
     /// Sums of the counted events, one row per key.
     pub rows: Vec<PartialRow>,
+    /// The same events' sums by each merchant's local day
+    /// (`merchant_sales_local`). Empty when the worker keeps no local days.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_rows: Vec<LocalRow>,
 }
 
 /// How the messages of a range were handled.
@@ -59,6 +64,32 @@ pub struct PartialRow {
     pub sums: Sums,
 }
 
+/// The sums of one `merchant_sales_local` key inside a partial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalRow {
+    /// Merchant id.
+    pub merchant_id: String,
+    /// Currency code.
+    pub currency: String,
+    /// The calendar day in the merchant's zone.
+    pub local_day: Day,
+    /// The zone and the sums.
+    #[serde(flatten)]
+    pub local: LocalSums,
+}
+
+impl LocalRow {
+    /// The row as a [`LocalTotals`](crate::totals::LocalTotals) entry.
+    pub fn entry(&self) -> (TotalsKey, LocalSums) {
+        let key = TotalsKey {
+            merchant_id: self.merchant_id.clone(),
+            currency: self.currency.clone(),
+            day: self.local_day,
+        };
+        (key, self.local.clone())
+    }
+}
+
 impl Partial {
     /// The message key used on the partials topic.
     pub fn message_key(&self) -> String {
@@ -69,7 +100,7 @@ impl Partial {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Amount, Day};
+    use crate::Amount;
 
     #[test]
     fn json_round_trip_keeps_amounts_exact() {
@@ -98,6 +129,15 @@ mod tests {
                     sales_count: 2,
                     refund_amount: Amount(1),
                     refund_count: 1,
+                },
+            }],
+            local_rows: vec![LocalRow {
+                merchant_id: "m".into(),
+                currency: "EUR".into(),
+                local_day: Day(2),
+                local: LocalSums {
+                    time_zone: "Asia/Tokyo".into(),
+                    sums: Sums::default(),
                 },
             }],
         };

@@ -71,6 +71,37 @@ pub fn merge_into(into: &mut Totals, from: impl IntoIterator<Item = (TotalsKey, 
     }
 }
 
+/// The sums of one `merchant_sales_local` row, with the zone its day is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalSums {
+    /// The IANA zone whose calendar the row's day is.
+    pub time_zone: String,
+    /// The sums.
+    #[serde(flatten)]
+    pub sums: Sums,
+}
+
+/// Sums by merchant, currency and *local* day (the key's `day`), each with
+/// its zone: the rows of `merchant_sales_local`.
+pub type LocalTotals = BTreeMap<TotalsKey, LocalSums>;
+
+/// Merges `from` into `into`. A row keeps the zone it was first counted in.
+pub fn merge_local_into(
+    into: &mut LocalTotals,
+    from: impl IntoIterator<Item = (TotalsKey, LocalSums)>,
+) {
+    for (key, local) in from {
+        match into.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut row) => {
+                row.get_mut().sums.merge(&local.sums)
+            }
+            std::collections::btree_map::Entry::Vacant(row) => {
+                row.insert(local);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

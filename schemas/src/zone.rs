@@ -5,9 +5,11 @@
 //! A new IANA release reaches tally with a chrono-tz update: raise the
 //! `chrono-tz` version in the workspace's `Cargo.toml` and rebuild.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike};
+use chrono::{DateTime, Datelike, Offset, TimeZone};
 use chrono_tz::Tz;
 
 use crate::day::Day;
@@ -47,6 +49,59 @@ impl Zone {
         let date = utc.with_timezone(&self.0).date_naive();
         Day(date.num_days_from_ce() - UNIX_EPOCH_FROM_CE)
     }
+
+    /// The offset from UTC in force at the instant `micros`, in seconds.
+    fn offset_secs(self, micros: i64) -> i64 {
+        let utc = DateTime::from_timestamp_micros(micros).expect("within chrono's range");
+        let offset = self.0.offset_from_utc_datetime(&utc.naive_utc());
+        i64::from(offset.fix().local_minus_utc())
+    }
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+const MICROS_PER_HOUR: i64 = 3_600_000_000;
+
+/// Offsets of (zone, UTC hour) pairs, direct-mapped. An hour is kept only
+/// when its zone has the same offset at its first and its last microsecond,
+/// so no transition falls inside it (the IANA database never puts two
+/// transitions of one zone within an hour of each other). An hour with a
+/// transition inside, such as St. John's 05:30 UTC change, is looked up
+/// event by event.
+pub struct HourCache {
+    slots: Box<[Option<(&'static str, i64, Option<i64>)>; 256]>,
+}
+
+impl Default for HourCache {
+    fn default() -> HourCache {
+        HourCache {
+            slots: Box::new([None; 256]),
+        }
+    }
+}
+
+impl HourCache {
+    fn offset_micros(&mut self, zone: Zone, micros: i64) -> i64 {
+        let hour = micros.div_euclid(MICROS_PER_HOUR);
+        let name = zone.name();
+        // The zone's name is a static string: its address identifies it.
+        let slot = (name.as_ptr() as usize >> 3)
+            .wrapping_add(hour as usize)
+            .wrapping_mul(0x9e37)
+            >> 4
+            & 255;
+        let whole = match self.slots[slot] {
+            Some((cached, at, whole)) if at == hour && std::ptr::eq(cached, name) => whole,
+            _ => {
+                let start = hour * MICROS_PER_HOUR;
+                let first = zone.offset_secs(start);
+                let last = zone.offset_secs(start + MICROS_PER_HOUR - 1);
+                let whole = (first == last).then_some(first * 1_000_000);
+                self.slots[slot] = Some((name, hour, whole));
+                whole
+            }
+        };
+        whole.unwrap_or_else(|| zone.offset_secs(micros) * 1_000_000)
+    }
 }
 
 /// Days from 0001-01-01 (day 1 in chrono's count) to 1970-01-01.
@@ -55,6 +110,95 @@ const UNIX_EPOCH_FROM_CE: i32 = 719_163;
 impl std::fmt::Display for Zone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Every merchant's zone at one moment, and the zone of all others: what a
+/// worker buckets a batch's local days by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zones {
+    by_merchant: HashMap<String, Zone, BuildHasherDefault<Fnv>>,
+    default: Zone,
+}
+
+/// FNV-1a: the merchant lookup runs once per event on the hot path, and ids
+/// are short, where it is several times faster than the default SipHash.
+/// (Zones are set by the operator, so no outsider chooses the keys.)
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+impl Default for Zones {
+    fn default() -> Zones {
+        Zones::new(HashMap::new(), Zone::UTC)
+    }
+}
+
+impl Zones {
+    /// Merchants' zones, and `default` for merchants not among them.
+    pub fn new(by_merchant: HashMap<String, Zone>, default: Zone) -> Zones {
+        Zones {
+            by_merchant: by_merchant.into_iter().collect(),
+            default,
+        }
+    }
+
+    /// The zone of `merchant`.
+    pub fn of(&self, merchant: &str) -> Zone {
+        self.by_merchant
+            .get(merchant)
+            .copied()
+            .unwrap_or(self.default)
+    }
+
+    /// Merchants with a zone of their own.
+    pub fn len(&self) -> usize {
+        self.by_merchant.len()
+    }
+
+    /// True when every merchant is in the default zone.
+    pub fn is_empty(&self) -> bool {
+        self.by_merchant.is_empty()
+    }
+
+    /// The local day of `merchant`'s instant `micros`: the same as
+    /// [`Zone::local_day`], in integer arithmetic on the offset in force.
+    pub fn local_day(&self, merchant: &str, micros: i64) -> Day {
+        self.local_day_cached(&mut HourCache::default(), merchant, micros)
+    }
+
+    /// [`Zones::local_day`], with the offsets of whole UTC hours kept in
+    /// `cache`: the hot path asks for the same few zones and hours again
+    /// and again.
+    pub fn local_day_cached(&self, cache: &mut HourCache, merchant: &str, micros: i64) -> Day {
+        let zone = if self.by_merchant.is_empty() {
+            self.default
+        } else {
+            self.of(merchant)
+        };
+        let offset = if zone == Zone::UTC {
+            0
+        } else {
+            cache.offset_micros(zone, micros)
+        };
+        Day((micros + offset).div_euclid(MICROS_PER_DAY) as i32)
     }
 }
 
@@ -147,6 +291,40 @@ mod tests {
         assert_eq!(
             day_at("Australia/Lord_Howe", "2026-04-06T13:30:00Z"),
             "2026-04-07"
+        );
+    }
+
+    #[test]
+    fn a_merchants_local_day_is_its_zones_and_others_get_the_default() {
+        let tokyo = Zone::parse("Asia/Tokyo").unwrap();
+        let berlin = Zone::parse("Europe/Berlin").unwrap();
+        let zones = Zones::new(HashMap::from([("m-tokyo".to_string(), tokyo)]), berlin);
+        assert_eq!(zones.of("m-tokyo"), tokyo);
+        assert_eq!(zones.of("m-other"), berlin);
+        // Every quarter hour across both of Berlin's 2026 changes, and Lord
+        // Howe's half-hour one, agrees with the calendar conversion.
+        let lord_howe = Zone::parse("Australia/Lord_Howe").unwrap();
+        let st_johns = Zone::parse("America/St_Johns").unwrap();
+        for (zone, around) in [
+            (berlin, "2026-03-29T01:00:00Z"),
+            (berlin, "2026-10-25T01:00:00Z"),
+            (lord_howe, "2026-04-04T15:00:00Z"),
+            (st_johns, "2026-03-08T05:30:00Z"),
+        ] {
+            let zones = Zones::new(HashMap::new(), zone);
+            let at = parse_rfc3339(around).unwrap();
+            for step in -200..200i64 {
+                let micros = at + step * 450_000_000 + 1;
+                assert_eq!(
+                    zones.local_day("m", micros),
+                    zone.local_day(micros),
+                    "{zone} {micros}"
+                );
+            }
+        }
+        assert_eq!(
+            Zones::default().local_day("m", parse_rfc3339("2026-03-29T23:59:59Z").unwrap()),
+            Day::parse("2026-03-29").unwrap()
         );
     }
 

@@ -1,5 +1,6 @@
 //! The hot path's second half: DataFusion turns a batch of events into the
-//! partial totals of its (merchant, currency, day) keys.
+//! partial totals of its (merchant, currency, day) keys, and, when the batch
+//! carries local days, of its (merchant, currency, local day) keys.
 //!
 //! The query is planned once per session. Planning it again for every batch
 //! cost about 2 ms, as much as aggregating 10,000 events: each batch now only
@@ -18,8 +19,10 @@ use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::logical_expr::{col, lit, Expr, ExprFunctionExt};
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use schemas::batch::{col as c, event_schema};
-use schemas::{Amount, Day, PartialRow, Sums, TotalsKey};
+use schemas::batch::{col as c, event_schema, local_event_schema};
+use schemas::totals::{merge_into, merge_local_into};
+use schemas::zone::Zones;
+use schemas::{Amount, Day, LocalRow, LocalSums, LocalTotals, PartialRow, Sums, Totals, TotalsKey};
 
 /// A DataFusion session for the partial aggregation, with its plan once made.
 /// Clones share both.
@@ -27,10 +30,13 @@ use schemas::{Amount, Day, PartialRow, Sums, TotalsKey};
 pub struct Session {
     ctx: SessionContext,
     plan: Arc<OnceLock<Arc<dyn ExecutionPlan>>>,
+    /// Batches carry `local_day`, and it is a grouping key.
+    local: bool,
 }
 
-/// A DataFusion session tuned for many small single-threaded aggregations.
-pub fn session() -> Session {
+/// A DataFusion session tuned for many small single-threaded aggregations,
+/// of batches with local days when `local` is set.
+pub fn session(local: bool) -> Session {
     // One partition: a worker batch is small and already runs on its own
     // blocking thread, so repartitioning would only add overhead.
     let config = SessionConfig::new()
@@ -39,6 +45,7 @@ pub fn session() -> Session {
     Session {
         ctx: SessionContext::new_with_config(config),
         plan: Arc::default(),
+        local,
     }
 }
 
@@ -53,10 +60,20 @@ fn filtered(aggregate: Expr, refund: bool, name: &str) -> Result<Expr> {
 
 /// The physical plan of the query below, over an empty batch whose scan each
 /// call replaces.
-async fn plan(ctx: &SessionContext) -> Result<Arc<dyn ExecutionPlan>> {
-    ctx.read_batch(RecordBatch::new_empty(event_schema()))?
+async fn plan(ctx: &SessionContext, local: bool) -> Result<Arc<dyn ExecutionPlan>> {
+    let (schema, mut keys) = (
+        event_schema(),
+        vec![col(c::MERCHANT_ID), col(c::CURRENCY), col(c::DAY)],
+    );
+    let schema = if local {
+        keys.push(col(c::LOCAL_DAY));
+        local_event_schema()
+    } else {
+        schema
+    };
+    ctx.read_batch(RecordBatch::new_empty(schema))?
         .aggregate(
-            vec![col(c::MERCHANT_ID), col(c::CURRENCY), col(c::DAY)],
+            keys,
             vec![
                 filtered(sum(col(c::AMOUNT)), false, "sales_amount")?,
                 filtered(count(lit(1)), false, "sales_count")?,
@@ -68,26 +85,55 @@ async fn plan(ctx: &SessionContext) -> Result<Arc<dyn ExecutionPlan>> {
         .await
 }
 
+/// The sums of a batch: by UTC day, and by local day when the batch has them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rows {
+    /// One row per (merchant, currency, UTC day).
+    pub utc: Vec<PartialRow>,
+    /// One row per (merchant, currency, local day); empty without local days.
+    pub local: Vec<LocalRow>,
+}
+
+impl Rows {
+    /// Rows of both kinds.
+    pub fn len(&self) -> usize {
+        self.utc.len() + self.local.len()
+    }
+
+    /// True when the batch counted nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The partial totals of `batch`, one row per key.
 ///
 /// ```sql
-/// SELECT merchant_id, currency, day,
+/// SELECT merchant_id, currency, day, local_day,
 ///        SUM(amount) FILTER (WHERE NOT refund) AS sales_amount,
 ///        COUNT(*)    FILTER (WHERE NOT refund) AS sales_count,
 ///        SUM(amount) FILTER (WHERE refund)     AS refund_amount,
 ///        COUNT(*)    FILTER (WHERE refund)     AS refund_count
-/// FROM batch GROUP BY merchant_id, currency, day
+/// FROM batch GROUP BY merchant_id, currency, day, local_day
 /// ```
 ///
+/// (without `local_day` when the session keeps none). The few rows out are
+/// then summed by UTC day and by local day; `zones` (the ones the batch's
+/// local days were taken in) names each local row's zone.
+///
 /// Fails only on a DataFusion planning or execution error.
-pub async fn partial_rows(session: &Session, batch: RecordBatch) -> Result<Vec<PartialRow>> {
+pub async fn partial_rows(
+    session: &Session,
+    batch: RecordBatch,
+    zones: Option<&Zones>,
+) -> Result<Rows> {
     if batch.num_rows() == 0 {
-        return Ok(Vec::new());
+        return Ok(Rows::default());
     }
     let template = match session.plan.get() {
         Some(plan) => plan.clone(),
         None => {
-            let made = plan(&session.ctx).await?;
+            let made = plan(&session.ctx, session.local).await?;
             session.plan.get_or_init(|| made).clone()
         }
     };
@@ -112,40 +158,79 @@ pub async fn partial_rows(session: &Session, batch: RecordBatch) -> Result<Vec<P
         )));
     }
     let results = collect(plan, session.ctx.task_ctx()).await?;
-    let mut rows = Vec::new();
-    for batch in &results {
-        rows_of(batch, &mut rows)?;
+    if !session.local {
+        let mut rows = Rows::default();
+        for batch in &results {
+            rows_of(batch, 0, |key, _, sums| {
+                rows.utc.push(PartialRow { key, sums });
+            })?;
+        }
+        return Ok(rows);
     }
-    Ok(rows)
+    let default_zones = Zones::default();
+    let zones = zones.unwrap_or(&default_zones);
+    let (mut utc, mut local) = (Totals::new(), LocalTotals::new());
+    for batch in &results {
+        rows_of(batch, 1, |key, local_day, sums| {
+            let local_key = TotalsKey {
+                day: local_day.expect("a local session's rows have local days"),
+                ..key.clone()
+            };
+            let time_zone = zones.of(&key.merchant_id).name().to_owned();
+            merge_local_into(&mut local, [(local_key, LocalSums { time_zone, sums })]);
+            merge_into(&mut utc, [(key, sums)]);
+        })?;
+    }
+    Ok(Rows {
+        utc: utc
+            .into_iter()
+            .map(|(key, sums)| PartialRow { key, sums })
+            .collect(),
+        local: local
+            .into_iter()
+            .map(|(key, local)| LocalRow {
+                merchant_id: key.merchant_id,
+                currency: key.currency,
+                local_day: key.day,
+                local,
+            })
+            .collect(),
+    })
 }
 
-fn rows_of(batch: &RecordBatch, out: &mut Vec<PartialRow>) -> Result<()> {
+/// Reads the aggregate's rows: the key, the local day when `extra` is 1
+/// (the column after `day`), and the sums.
+fn rows_of(
+    batch: &RecordBatch,
+    extra: usize,
+    mut out: impl FnMut(TotalsKey, Option<Day>, Sums),
+) -> Result<()> {
     let merchant = cast(batch.column(0), &DataType::Utf8)?;
     let currency = cast(batch.column(1), &DataType::Utf8)?;
     let (merchant, currency) = (merchant.as_string::<i32>(), currency.as_string::<i32>());
     let day = batch.column(2).as_primitive::<Date32Type>();
-    let sales_amount = batch.column(3).as_primitive::<Decimal128Type>();
-    let sales_count = batch.column(4).as_primitive::<Int64Type>();
-    let refund_amount = batch.column(5).as_primitive::<Decimal128Type>();
-    let refund_count = batch.column(6).as_primitive::<Int64Type>();
+    let local_day = (extra == 1).then(|| batch.column(3).as_primitive::<Date32Type>());
+    let sales_amount = batch.column(3 + extra).as_primitive::<Decimal128Type>();
+    let sales_count = batch.column(4 + extra).as_primitive::<Int64Type>();
+    let refund_amount = batch.column(5 + extra).as_primitive::<Decimal128Type>();
+    let refund_count = batch.column(6 + extra).as_primitive::<Int64Type>();
     // SUM over no matching rows is NULL; it means zero here.
     let amount = |a: &datafusion::arrow::array::Decimal128Array, i| {
         Amount(if a.is_null(i) { 0 } else { a.value(i) })
     };
     for i in 0..batch.num_rows() {
-        out.push(PartialRow {
-            key: TotalsKey {
-                merchant_id: merchant.value(i).to_owned(),
-                currency: currency.value(i).to_owned(),
-                day: Day(day.value(i)),
-            },
-            sums: Sums {
-                sales_amount: amount(sales_amount, i),
-                sales_count: sales_count.value(i),
-                refund_amount: amount(refund_amount, i),
-                refund_count: refund_count.value(i),
-            },
-        });
+        let key = TotalsKey {
+            merchant_id: merchant.value(i).to_owned(),
+            currency: currency.value(i).to_owned(),
+            day: Day(day.value(i)),
+        };
+        let sums = Sums {
+            sales_amount: amount(sales_amount, i),
+            sales_count: sales_count.value(i),
+            refund_amount: amount(refund_amount, i),
+            refund_count: refund_count.value(i),
+        };
+        out(key, local_day.map(|d| Day(d.value(i))), sums);
     }
     Ok(())
 }
@@ -155,7 +240,7 @@ mod tests {
     use super::*;
     use schemas::batch::EventBatchBuilder;
     use schemas::event::decode;
-    use schemas::totals::{merge_into, Totals};
+    use schemas::zone::Zone;
 
     fn batch_of(events: &[(&str, &str, &str, &str)]) -> (RecordBatch, Totals) {
         let mut builder = EventBatchBuilder::with_capacity(8);
@@ -192,7 +277,7 @@ mod tests {
             ("m3", "sale", "0.25", "EUR"),
             ("m1", "refund", "1", "EUR"),
         ]);
-        let session = session();
+        let session = session(false);
         for (batch, expected) in [
             (&first, &first_totals),
             (&second, &second_totals),
@@ -201,9 +286,10 @@ mod tests {
             let mut got = Totals::new();
             merge_into(
                 &mut got,
-                partial_rows(&session, batch.clone())
+                partial_rows(&session, batch.clone(), None)
                     .await
                     .unwrap()
+                    .utc
                     .into_iter()
                     .map(|r| (r.key, r.sums)),
             );
@@ -212,8 +298,8 @@ mod tests {
         // Clones share the plan, and a clone running at the same time gets its own rows.
         let clone = session.clone();
         let (a, b) = tokio::join!(
-            partial_rows(&clone, first.clone()),
-            partial_rows(&session, second.clone())
+            partial_rows(&clone, first.clone(), None),
+            partial_rows(&session, second.clone(), None)
         );
         assert_eq!((a.unwrap().len(), b.unwrap().len()), (2, 2));
     }
@@ -227,9 +313,10 @@ mod tests {
             ("m1", "sale", "1", "USD"),
             ("m2", "refund", "2.25", "EUR"),
         ]);
-        let rows = partial_rows(&session(), batch).await.unwrap();
+        let rows = partial_rows(&session(false), batch, None).await.unwrap();
+        assert!(rows.local.is_empty());
         let mut got = Totals::new();
-        merge_into(&mut got, rows.into_iter().map(|r| (r.key, r.sums)));
+        merge_into(&mut got, rows.utc.into_iter().map(|r| (r.key, r.sums)));
         assert_eq!(got, expected);
         let m1 = &got[&TotalsKey {
             merchant_id: "m1".into(),
@@ -237,5 +324,71 @@ mod tests {
             day: Day::parse("2026-11-20").unwrap(),
         }];
         assert_eq!(m1.net_amount().to_string(), "7.5001");
+    }
+
+    #[tokio::test]
+    async fn local_rows_sum_the_same_events_by_each_merchants_own_day() {
+        // 2026-11-20T16:00Z is the 21st in Tokyo and the 20th in UTC.
+        let zones = Arc::new(Zones::new(
+            [("tokyo".to_string(), Zone::parse("Asia/Tokyo").unwrap())].into(),
+            Zone::UTC,
+        ));
+        let mut builder = EventBatchBuilder::with_local_days(4, zones.clone());
+        for (i, (merchant, at)) in [
+            ("tokyo", "2026-11-20T14:59:59Z"),
+            ("tokyo", "2026-11-20T16:00:00Z"),
+            ("utc", "2026-11-20T16:00:00Z"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let json = format!(
+                r#"{{"event_id":"e{i}","order_id":"o","merchant_id":"{merchant}","kind":"sale","amount":"1.25","currency":"JPY","occurred_at":"{at}"}}"#
+            );
+            builder.push(&decode(json.as_bytes(), None).unwrap());
+        }
+        let rows = partial_rows(&session(true), builder.finish().unwrap(), Some(&zones))
+            .await
+            .unwrap();
+        let utc: Vec<_> = rows
+            .utc
+            .iter()
+            .map(|r| {
+                (
+                    r.key.merchant_id.as_str(),
+                    r.key.day.to_string(),
+                    r.sums.sales_count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            utc,
+            [
+                ("tokyo", "2026-11-20".into(), 2),
+                ("utc", "2026-11-20".into(), 1)
+            ]
+        );
+        let local: Vec<_> = rows
+            .local
+            .iter()
+            .map(|r| {
+                let zone = r.local.time_zone.as_str();
+                (
+                    r.merchant_id.as_str(),
+                    r.local_day.to_string(),
+                    zone,
+                    r.local.sums.sales_count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            local,
+            [
+                ("tokyo", "2026-11-20".into(), "Asia/Tokyo", 1),
+                ("tokyo", "2026-11-21".into(), "Asia/Tokyo", 1),
+                ("utc", "2026-11-20".into(), "UTC", 1),
+            ]
+        );
+        assert_eq!(rows.local[1].local.sums.sales_amount.to_string(), "1.25");
     }
 }

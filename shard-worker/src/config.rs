@@ -59,6 +59,11 @@ pub struct WorkerConfig {
     /// with the same id takes its partitions back without a rebalance. Empty
     /// means dynamic membership, where a clean shutdown leaves the group at once.
     pub group_instance_id: String,
+    /// Keep `merchant_sales_local`: sum each event also by the calendar day
+    /// in its merchant's time zone (`tally merchants set-zone`).
+    pub local_days: bool,
+    /// The IANA time zone of merchants that have none of their own.
+    pub default_time_zone: String,
     /// Extra librdkafka properties for every client (e.g. security settings).
     pub kafka: BTreeMap<String, String>,
 }
@@ -84,6 +89,8 @@ impl Default for WorkerConfig {
             drain_timeout_ms: 15_000,
             instance_id: String::new(),
             group_instance_id: String::new(),
+            local_days: true,
+            default_time_zone: "UTC".into(),
             kafka: BTreeMap::new(),
         }
     }
@@ -145,6 +152,7 @@ impl WorkerConfig {
         if !self.group_instance_id.is_empty() {
             check::kafka_name("worker.group_instance_id", &self.group_instance_id)?;
         }
+        self.default_zone()?;
         if self.orders_topic == self.partials_topic || self.orders_topic == self.dlq_topic {
             return Err(ConfigError::new(
                 "worker.orders_topic",
@@ -153,6 +161,15 @@ impl WorkerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The zone of merchants that have none of their own.
+    ///
+    /// Fails when `default_time_zone` is not an IANA name.
+    pub fn default_zone(&self) -> Result<schemas::zone::Zone, ConfigError> {
+        schemas::zone::Zone::parse(&self.default_time_zone).map_err(|reason| {
+            ConfigError::new("worker.default_time_zone", &self.default_time_zone, reason)
+        })
     }
 
     /// The producer's `message.max.bytes`: `worker.kafka` or librdkafka's default.

@@ -8,13 +8,13 @@
 //! ended, so the fence applies them one after another; each carries the
 //! dedupe window's state at its own last message, so a crash between two of
 //! them loses and doubles nothing. A single message always fits: its partial
-//! has at most one row.
+//! has at most one row of each kind (UTC day, local day).
 
 use datafusion::arrow::record_batch::RecordBatch;
 use schemas::partial::EventCounts;
-use schemas::{Partial, PartialRow};
+use schemas::Partial;
 
-use crate::aggregate::{partial_rows, Session};
+use crate::aggregate::{partial_rows, Rows, Session};
 use crate::decode::{Decoded, Message, Outcome};
 
 /// A run of messages of one batch, by index: `start..end`.
@@ -29,7 +29,7 @@ pub struct Span {
 /// How large one partial may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Rows (keys).
+    /// Rows (keys), UTC and local together.
     pub max_rows: usize,
     /// Bytes of JSON.
     pub max_bytes: usize,
@@ -72,7 +72,7 @@ pub async fn cut(
     decoded: &Decoded,
     first_offset: i64,
     whole: Span,
-    whole_rows: Option<Vec<PartialRow>>,
+    whole_rows: Option<Rows>,
     limits: Limits,
 ) -> Vec<Piece> {
     let mut pending = vec![(whole, whole_rows)];
@@ -85,7 +85,8 @@ pub async fn cut(
         };
         let partial = partial_of(head, batch, decoded, next_first, span, rows);
         let payload = serde_json::to_vec(&partial).expect("partials always serialise");
-        let fits = partial.rows.len() <= limits.max_rows && payload.len() <= limits.max_bytes;
+        let keys = partial.rows.len() + partial.local_rows.len();
+        let fits = keys <= limits.max_rows && payload.len() <= limits.max_bytes;
         if !fits && span.end - span.start > 1 {
             let middle = span.start + (span.end - span.start) / 2;
             pending.push((
@@ -115,7 +116,7 @@ pub async fn cut(
 }
 
 /// The partial totals of the counted events of `span`, computed off the reactor.
-async fn aggregate(session: &Session, decoded: &Decoded, span: Span) -> Vec<PartialRow> {
+async fn aggregate(session: &Session, decoded: &Decoded, span: Span) -> Rows {
     let from = decoded
         .row_message
         .partition_point(|&m| (m as usize) < span.start);
@@ -124,10 +125,13 @@ async fn aggregate(session: &Session, decoded: &Decoded, span: Span) -> Vec<Part
         .partition_point(|&m| (m as usize) < span.end);
     let slice: RecordBatch = decoded.batch.slice(from, to - from);
     let (session, handle) = (session.clone(), tokio::runtime::Handle::current());
-    tokio::task::spawn_blocking(move || handle.block_on(partial_rows(&session, slice)))
-        .await
-        .expect("aggregation task does not panic")
-        .expect("aggregation of a valid batch succeeds")
+    let zones = decoded.zones.clone();
+    tokio::task::spawn_blocking(move || {
+        handle.block_on(partial_rows(&session, slice, zones.as_deref()))
+    })
+    .await
+    .expect("aggregation task does not panic")
+    .expect("aggregation of a valid batch succeeds")
 }
 
 /// The partial of `span`, starting at `first_offset` so that ranges stay
@@ -138,7 +142,7 @@ fn partial_of(
     decoded: &Decoded,
     first_offset: i64,
     span: Span,
-    rows: Vec<PartialRow>,
+    rows: Rows,
 ) -> Partial {
     let last = span.end - 1;
     let mut events = EventCounts::default();
@@ -166,7 +170,8 @@ fn partial_of(
         dedupe_clock_ms: checkpoint.dedupe_clock_ms,
         events,
         max_append_ms: max_append_ms.or(decoded.max_append_ms),
-        rows,
+        rows: rows.utc,
+        local_rows: rows.local,
     }
 }
 
@@ -194,8 +199,8 @@ mod tests {
     async fn pieces_fit_cover_the_range_contiguously_and_add_up() {
         let batch = messages(5_000);
         let mut window = DedupeWindow::new(60_000, 100_000);
-        let decoded = decode_messages(&batch, &mut window, 0, 0).unwrap();
-        let session = crate::aggregate::session();
+        let decoded = decode_messages(&batch, &mut window, 0, 0, None).unwrap();
+        let session = crate::aggregate::session(false);
         let head = Head {
             topic: "orders",
             partition: 3,

@@ -9,7 +9,9 @@ use schemas::event::decode;
 use schemas::partial::EventCounts;
 use schemas::Invalid;
 
+use schemas::zone::Zones;
 use schemas::ValidEvent;
+use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::dedupe::{DedupeWindow, IdHash, Sighting};
@@ -69,6 +71,8 @@ pub struct Decoded {
     pub counts: EventCounts,
     /// Latest timestamp among counted messages.
     pub max_append_ms: Option<i64>,
+    /// The zones `batch`'s local days were taken in, when it has them.
+    pub zones: Option<Arc<Zones>>,
 }
 
 /// A digest of everything an event says besides its id: a retry repeats it,
@@ -101,7 +105,8 @@ type Parsed<'a> = Result<(ValidEvent<'a>, IdHash, u64), Invalid>;
 /// order, touching the window's table a few ids ahead so that its cache
 /// misses overlap instead of coming one per event.
 ///
-/// `now_ms` stands in for a missing message timestamp.
+/// `now_ms` stands in for a missing message timestamp. With `zones`, the
+/// batch also records each event's day in its merchant's zone.
 ///
 /// Fails only if the batch's columns disagree with its schema, which would be a bug.
 pub fn decode_messages(
@@ -109,8 +114,12 @@ pub fn decode_messages(
     window: &mut DedupeWindow,
     count_from: i64,
     now_ms: i64,
+    zones: Option<Arc<Zones>>,
 ) -> Result<Decoded, ArrowError> {
-    let mut builder = EventBatchBuilder::with_capacity(messages.len());
+    let mut builder = match &zones {
+        Some(zones) => EventBatchBuilder::with_local_days(messages.len(), zones.clone()),
+        None => EventBatchBuilder::with_capacity(messages.len()),
+    };
     let mut row_message = Vec::with_capacity(messages.len());
     let mut invalid = Vec::new();
     let mut outcomes = Vec::with_capacity(messages.len());
@@ -188,6 +197,7 @@ pub fn decode_messages(
         checkpoints,
         counts,
         max_append_ms,
+        zones,
     })
 }
 
@@ -218,7 +228,7 @@ mod tests {
             message(4, "d", "4"),
         ];
         let mut window = DedupeWindow::new(60_000, 1_000);
-        let decoded = decode_messages(&messages, &mut window, 2, 0).unwrap();
+        let decoded = decode_messages(&messages, &mut window, 2, 0, None).unwrap();
         assert_eq!(
             decoded.counts,
             EventCounts {
@@ -266,7 +276,7 @@ mod tests {
             });
         }
         let mut window = DedupeWindow::new(60_000, 10_000);
-        let decoded = decode_messages(&messages, &mut window, 100, 0).unwrap();
+        let decoded = decode_messages(&messages, &mut window, 100, 0, None).unwrap();
         assert_eq!(decoded.outcomes, expected);
         let counted: Vec<u32> = (0..700)
             .filter(|&i| expected[i as usize] == Outcome::Counted)
@@ -291,7 +301,7 @@ mod tests {
             message(2, "a", "1"),
         ];
         let mut window = DedupeWindow::new(60_000, 1_000);
-        let decoded = decode_messages(&messages, &mut window, 0, 0).unwrap();
+        let decoded = decode_messages(&messages, &mut window, 0, 0, None).unwrap();
         assert_eq!(
             decoded.counts,
             EventCounts {

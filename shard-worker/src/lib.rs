@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod partition;
 pub mod publish;
 mod run;
+pub mod zones;
 
 pub use config::WorkerConfig;
 pub use error::WorkerError;

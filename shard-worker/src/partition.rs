@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::producer::FutureProducer;
-use schemas::PartialRow;
 use store::{Claim, Store};
 use tokio::sync::mpsc;
 
-use crate::aggregate::{partial_rows, Session};
+use crate::aggregate::{partial_rows, Rows, Session};
 use crate::cut::{cut, Head, Limits, Span};
 use crate::decode::{decode_messages, Decoded, Message, Outcome as Handled};
 use crate::dedupe::DedupeWindow;
@@ -28,6 +27,8 @@ pub struct Shared {
     pub producer: FutureProducer,
     /// DataFusion session for the partial aggregation.
     pub session: Session,
+    /// Merchants' zones, for local days (none when the worker keeps none).
+    pub zones: crate::zones::Watched,
     /// Source topic.
     pub orders_topic: String,
     /// Partials topic.
@@ -231,16 +232,16 @@ impl PartitionTask {
         self.note_gap(batch[0].offset, last_offset);
         let mut window = std::mem::replace(&mut self.window, DedupeWindow::new(0, 1));
         let session = self.shared.session.clone();
+        let zones = self.shared.zones.current();
         let handle = tokio::runtime::Handle::current();
         // Decoding and DataFusion are CPU-bound: keep them off the reactor.
         let now = now_ms();
         let (window, batch, decoded, rows) = tokio::task::spawn_blocking(move || {
             window.set_ceiling(now);
-            let decoded = decode_messages(&batch, &mut window, count_from, now);
-            let rows = decoded
-                .as_ref()
-                .ok()
-                .map(|d| handle.block_on(partial_rows(&session, d.batch.clone())));
+            let decoded = decode_messages(&batch, &mut window, count_from, now, zones);
+            let rows = decoded.as_ref().ok().map(|d| {
+                handle.block_on(partial_rows(&session, d.batch.clone(), d.zones.as_deref()))
+            });
             (window, batch, decoded, rows)
         })
         .await
@@ -302,7 +303,7 @@ impl PartitionTask {
         batch: &[Message],
         decoded: &Decoded,
         whole: Span,
-        whole_rows: Vec<PartialRow>,
+        whole_rows: Rows,
     ) -> Outcome {
         let shared = self.shared.clone();
         let limits = Limits {

@@ -116,13 +116,35 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             source,
         }
     };
+    let default_zone = config.default_zone()?;
+    // Local days need the zones before the first batch is decoded.
+    let zones = if config.local_days {
+        tokio::select! {
+            zones = retry("time_zones_read", || crate::zones::load(&store, default_zone)) => {
+                crate::zones::Watched::new(zones?)
+            }
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    } else {
+        crate::zones::Watched::off()
+    };
+    if config.local_days {
+        tokio::spawn(crate::zones::refresh(
+            zones.clone(),
+            store.clone(),
+            default_zone,
+            crate::zones::REFRESH_EVERY,
+            shutdown.clone(),
+        ));
+    }
     let producer =
         idempotent_producer(&config.brokers, &config.kafka).map_err(kafka("producer"))?;
     warm_up(&producer, &config.partials_topic).await;
     let shared = Arc::new(Shared {
         store,
         producer: producer.clone(),
-        session: crate::aggregate::session(),
+        session: crate::aggregate::session(config.local_days),
+        zones,
         orders_topic: config.orders_topic.clone(),
         partials_topic: config.partials_topic.clone(),
         dlq_topic: config.dlq_topic.clone(),

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use schemas::partial::EventCounts;
-use schemas::totals::merge_into;
-use schemas::{Partial, Totals};
+use schemas::totals::{merge_into, merge_local_into};
+use schemas::{LocalTotals, Partial, Totals};
 
 /// A source partition: `(topic, partition)`.
 pub type SourcePartition = (String, i32);
@@ -90,6 +90,8 @@ pub struct Violation {
 pub struct Plan {
     /// Merged sums of every applied partial.
     pub deltas: Totals,
+    /// The same partials' merged sums by local day.
+    pub local_deltas: LocalTotals,
     /// New fences of the partitions that advanced.
     pub advanced: BTreeMap<SourcePartition, Fence>,
     /// Event counts of the applied partials, per partition.
@@ -131,6 +133,10 @@ pub fn plan(fences: &BTreeMap<SourcePartition, Fence>, partials: &[Partial]) -> 
                     &mut out.deltas,
                     partial.rows.iter().map(|r| (r.key.clone(), r.sums)),
                 );
+                merge_local_into(
+                    &mut out.local_deltas,
+                    partial.local_rows.iter().map(|r| r.entry()),
+                );
                 out.applied += 1;
                 out.applied_append_ms
                     .extend(partial.max_append_ms.map(|ms| (partial.partition, ms)));
@@ -167,6 +173,7 @@ mod tests {
                 ..Default::default()
             },
             max_append_ms: None,
+            local_rows: Vec::new(),
             rows: vec![PartialRow {
                 key: TotalsKey {
                     merchant_id: "m".into(),

@@ -2,11 +2,12 @@
 //! databases. A merchant without a row is in the default zone.
 
 use schemas::zone::Zone;
+use schemas::{LocalSums, LocalTotals};
 use serde::Serialize;
 
 use crate::error::{Result, StoreError};
 use crate::sql::{params, transact, Tx};
-use crate::Store;
+use crate::{parse_row, Store};
 
 /// A merchant's time zone as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,6 +64,32 @@ async fn zones(tx: &mut dyn Tx) -> Result<Vec<MerchantZone>> {
     .collect()
 }
 
+async fn local_totals(tx: &mut dyn Tx, merchant: Option<&str>) -> Result<LocalTotals> {
+    let rows = tx
+        .query(
+            "local totals read",
+            "SELECT merchant_id, CAST(currency AS TEXT), CAST(local_day AS TEXT), time_zone,
+                    CAST(sales_amount AS TEXT), sales_count, CAST(refund_amount AS TEXT), refund_count
+             FROM merchant_sales_local
+             WHERE CAST($1 AS TEXT) IS NULL OR merchant_id = CAST($1 AS TEXT)",
+            params![merchant],
+        )
+        .await?;
+    let mut totals = LocalTotals::new();
+    for r in &rows {
+        let (key, sums) = parse_row(
+            r.text(0)?.to_owned(),
+            r.text(1)?.to_owned(),
+            r.text(2)?,
+            [r.text(4)?, r.text(6)?],
+            [r.int(5)?, r.int(7)?],
+        )?;
+        let time_zone = r.text(3)?.to_owned();
+        totals.insert(key, LocalSums { time_zone, sums });
+    }
+    Ok(totals)
+}
+
 impl Store {
     /// Sets each merchant's time zone, in one transaction; returns how many
     /// changed (a zone set again to what it was changes nothing).
@@ -74,5 +101,15 @@ impl Store {
     /// Every merchant with a time zone, by id.
     pub async fn zones(&self) -> Result<Vec<MerchantZone>> {
         transact!(self, "zones", Read, |tx| zones(tx))
+    }
+
+    /// The rows of `merchant_sales_local` (of one merchant, if given), keyed
+    /// by merchant, currency and local day.
+    pub async fn local_totals(&self, merchant: Option<&str>) -> Result<LocalTotals> {
+        let merchant = merchant.map(str::to_owned);
+        transact!(self, "local_totals", Read, |tx| local_totals(
+            tx,
+            merchant.as_deref()
+        ))
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
-use schemas::{Partial, Totals};
+use schemas::{LocalTotals, Partial, Sums, Totals, TotalsKey};
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "merchants",
         include_str!("../migrations/postgres/0006_merchants.sql"),
     ),
+    (
+        7,
+        "local_sales",
+        include_str!("../migrations/postgres/0007_local_sales.sql"),
+    ),
 ];
 
 /// Arbitrary constant that serialises concurrent migrations.
@@ -81,6 +86,23 @@ FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text
 ",
     add_to_existing!()
 );
+
+const UPSERT_LOCAL: &str = "
+INSERT INTO merchant_sales_local AS s (merchant_id, currency, local_day, time_zone, sales_amount,
+                                       sales_count, refund_amount, refund_count, net_amount,
+                                       updated_at)
+SELECT u.m, u.c, u.d::date, u.z, u.sa::numeric, u.sc, u.ra::numeric, u.rc,
+       u.sa::numeric - u.ra::numeric, now()
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[],
+            $8::int8[])
+     AS u(m, c, d, z, sa, sc, ra, rc)
+ON CONFLICT (merchant_id, currency, local_day) DO UPDATE SET
+    sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
+    sales_count   = s.sales_count   + EXCLUDED.sales_count,
+    refund_amount = s.refund_amount + EXCLUDED.refund_amount,
+    refund_count  = s.refund_count  + EXCLUDED.refund_count,
+    net_amount    = s.net_amount    + EXCLUDED.net_amount,
+    updated_at    = EXCLUDED.updated_at";
 
 const ADVANCE: &str = "
 UPDATE tally_partitions AS t SET
@@ -358,6 +380,9 @@ impl PgStore {
         if !plan.deltas.is_empty() {
             upsert(&tx, &plan.deltas).await?;
         }
+        if !plan.local_deltas.is_empty() {
+            upsert_local(&tx, &plan.local_deltas).await?;
+        }
         if !plan.advanced.is_empty() {
             advance(&tx, &plan).await?;
         }
@@ -437,7 +462,10 @@ pub(crate) struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     pub(crate) fn of(totals: &'a Totals) -> Columns<'a> {
-        let n = totals.len();
+        Columns::of_rows(totals.len(), totals.iter())
+    }
+
+    fn of_rows(n: usize, rows: impl Iterator<Item = (&'a TotalsKey, &'a Sums)>) -> Columns<'a> {
         let mut cols = Columns {
             m: Vec::with_capacity(n),
             c: Vec::with_capacity(n),
@@ -447,7 +475,7 @@ impl<'a> Columns<'a> {
             ra: Vec::with_capacity(n),
             rc: Vec::with_capacity(n),
         };
-        for (key, sums) in totals {
+        for (key, sums) in rows {
             cols.m.push(key.merchant_id.as_str());
             cols.c.push(key.currency.as_str());
             cols.d.push(key.day.to_string());
@@ -465,6 +493,21 @@ async fn upsert(tx: &tokio_postgres::Transaction<'_>, deltas: &Totals) -> Result
     tx.execute(UPSERT, &[&c.m, &c.c, &c.d, &c.sa, &c.sc, &c.ra, &c.rc])
         .await
         .map_err(pg("upsert"))
+}
+
+/// Adds local-day sums to `merchant_sales_local`; a row keeps its zone.
+pub(crate) async fn upsert_local(
+    tx: &tokio_postgres::Transaction<'_>,
+    deltas: &LocalTotals,
+) -> Result<u64> {
+    let c = Columns::of_rows(deltas.len(), deltas.iter().map(|(k, l)| (k, &l.sums)));
+    let zones: Vec<&str> = deltas.values().map(|l| l.time_zone.as_str()).collect();
+    tx.execute(
+        UPSERT_LOCAL,
+        &[&c.m, &c.c, &c.d, &zones, &c.sa, &c.sc, &c.ra, &c.rc],
+    )
+    .await
+    .map_err(pg("local upsert"))
 }
 
 async fn advance(tx: &tokio_postgres::Transaction<'_>, plan: &Plan) -> Result<u64> {

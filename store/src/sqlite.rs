@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use schemas::{Partial, Sums, Totals};
+use schemas::{LocalTotals, Partial, Sums, Totals};
 
 use crate::error::{lite, Result, StoreError};
 use crate::fence::{self, Fence, Plan};
@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         5,
         "merchants",
         include_str!("../migrations/sqlite/0005_merchants.sql"),
+    ),
+    (
+        6,
+        "local_sales",
+        include_str!("../migrations/sqlite/0006_local_sales.sql"),
     ),
 ];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -195,6 +200,7 @@ impl SqliteStore {
             }
             let plan = fence::plan(&fences, &partials);
             upsert(&tx, &plan.deltas)?;
+            upsert_local(&tx, &plan.local_deltas)?;
             advance(&tx, &plan)?;
             tx.commit().map_err(lite("commit"))?;
             Ok(plan)
@@ -262,6 +268,58 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Adds local-day sums to `merchant_sales_local`; a row keeps its zone.
+fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> {
+    let mut read = tx
+        .prepare_cached(
+            "SELECT sales_amount, sales_count, refund_amount, refund_count, time_zone
+             FROM merchant_sales_local WHERE merchant_id = ?1 AND currency = ?2 AND local_day = ?3",
+        )
+        .map_err(lite("local upsert read"))?;
+    let mut write = tx
+        .prepare_cached(&format!(
+            "INSERT OR REPLACE INTO merchant_sales_local (merchant_id, currency, local_day, time_zone,
+                 sales_amount, sales_count, refund_amount, refund_count, net_amount, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, {NOW})"
+        ))
+        .map_err(lite("local upsert write"))?;
+    for (key, delta) in deltas {
+        let day = key.day.to_string();
+        let existing = read
+            .query_row(params![key.merchant_id, key.currency, day], |r| {
+                Ok((
+                    [r.get::<_, String>(0)?, r.get::<_, String>(2)?],
+                    [r.get::<_, i64>(1)?, r.get::<_, i64>(3)?],
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .optional()
+            .map_err(lite("local upsert read"))?;
+        let (mut sums, zone) = match existing {
+            Some(([sa, ra], counts, zone)) => {
+                let (_, sums) = parse_row(String::new(), String::new(), &day, [&sa, &ra], counts)?;
+                (sums, zone)
+            }
+            None => (Sums::default(), delta.time_zone.clone()),
+        };
+        sums.merge(&delta.sums);
+        write
+            .execute(params![
+                key.merchant_id,
+                key.currency,
+                day,
+                zone,
+                sums.sales_amount.to_string(),
+                sums.sales_count,
+                sums.refund_amount.to_string(),
+                sums.refund_count,
+                sums.net_amount().to_string(),
+            ])
+            .map_err(lite("local upsert write"))?;
+    }
+    Ok(())
 }
 
 fn upsert(tx: &Connection, deltas: &Totals) -> Result<()> {

@@ -88,6 +88,7 @@ fn partial(topic: &str, epoch: i64, first: i64, last: i64, merchant: &str, units
             ..EventCounts::default()
         },
         max_append_ms: None,
+        local_rows: Vec::new(),
         rows: vec![PartialRow {
             key: key(merchant, DAY),
             sums: sale(units, 1),

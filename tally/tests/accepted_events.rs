@@ -133,7 +133,7 @@ fn candidate(rng: &mut Rng, n: u64) -> (Vec<u8>, Option<Vec<u8>>) {
 /// built by the worker's own Arrow and DataFusion path, and the test's own sums.
 async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> (Vec<Partial>, Totals, u64) {
     let mut rng = Rng(seed);
-    let session = shard_worker::aggregate::session();
+    let session = shard_worker::aggregate::session(false);
     let (mut partials, mut expected) = (Vec::new(), BTreeMap::<TotalsKey, Sums>::new());
     let mut builder = EventBatchBuilder::with_capacity(64);
     let mut accepted = 0;
@@ -177,9 +177,10 @@ async fn flush(
         counted: batch.num_rows() as u64,
         ..Default::default()
     };
-    let rows = shard_worker::aggregate::partial_rows(session, batch)
+    let rows = shard_worker::aggregate::partial_rows(session, batch, None)
         .await
-        .unwrap();
+        .unwrap()
+        .utc;
     let first_offset = partials.last().map_or(0, |p: &Partial| p.last_offset + 1);
     let partial = Partial {
         topic: topic.to_owned(),
@@ -191,6 +192,7 @@ async fn flush(
         dedupe_clock_ms: Some(1),
         events,
         max_append_ms: None,
+        local_rows: Vec::new(),
         rows,
     };
     let json = serde_json::to_vec(&partial).unwrap();

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_totals_equal, produce, traffic, Backend, World};
+use std::collections::HashMap;
+
+use common::{assert_totals_equal, local, produce, traffic, Backend, Traffic, World};
 use ingest::generate::Truth;
 use schemas::Partial;
 
@@ -26,19 +28,46 @@ const PATIENCE: Duration = Duration::from_secs(600);
 /// assigned to it for good when its session expires mid-rebalance.)
 const STATIC_A: &[(&str, &str)] = &[("worker.group_instance_id", "worker-a")];
 
+/// Gives the traffic's merchants zones (`tally_merchants`, before any
+/// worker starts), and adds events around each of those zones' 2026 changes
+/// to the traffic, spread through it.
+async fn with_zones(store: &store::Store, traffic: &mut Traffic) -> HashMap<String, &'static str> {
+    let zones = local::assign(&traffic.messages);
+    let rows: Vec<_> = zones
+        .iter()
+        .map(|(m, z)| (m.clone(), schemas::zone::Zone::parse(z).unwrap()))
+        .collect();
+    store.set_zones(&rows, 0).await.unwrap();
+    let extra = local::around_changes(&zones);
+    let every = traffic.messages.len() / extra.len().max(1);
+    for (i, message) in extra.into_iter().enumerate().rev() {
+        traffic
+            .messages
+            .insert((i * every).min(traffic.messages.len()), message);
+    }
+    traffic.expected = common::expected_totals(&traffic.messages);
+    zones
+}
+
 /// 1 (and 5): exact totals through duplicates, refunds, late and invalid events;
 /// every invalid event is in the dead-letter topic.
 async fn exact_totals(backend: Backend) {
     let mut world = World::new("exact", backend).await;
     let store = world.store().await;
-    let traffic = traffic(11, events());
+    let mut traffic = traffic(11, events());
+    let zones = with_zones(&store, &mut traffic).await;
     world.start_aggregator("aggregator");
     world.start_worker("worker-a", &[]);
     world.start_worker("worker-b", &[]);
     produce(&world.brokers, &world.orders, &traffic.messages).await;
-    world.wait_committed(&store, events(), PATIENCE).await;
+    let produced = traffic.messages.len() as u64;
+    world.wait_committed(&store, produced, PATIENCE).await;
 
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+    local::assert_equal(
+        &local::expected(&traffic.messages, &zones),
+        &store.local_totals(None).await.unwrap(),
+    );
     let count =
         |f: fn(&Truth) -> bool| traffic.messages.iter().filter(|m| f(&m.truth)).count() as i64;
     let progress = store.progress().await.unwrap();
@@ -78,7 +107,8 @@ async fn exact_totals(backend: Backend) {
 async fn crash_safety(backend: Backend) {
     let mut world = World::new("crash", backend).await;
     let store = world.store().await;
-    let traffic = traffic(22, events());
+    let mut traffic = traffic(22, events());
+    let zones = with_zones(&store, &mut traffic).await;
     let mut aggregator = world.start_aggregator("aggregator");
     // Restarted as a supervisor would, with the same static member id.
     let mut victim = world.start_worker("worker-a", STATIC_A);
@@ -89,9 +119,10 @@ async fn crash_safety(backend: Backend) {
         store.progress().await.unwrap().len() == common::PARTITIONS as usize
     })
     .await;
+    let produced = traffic.messages.len() as u64;
     let chunks: Vec<_> = traffic
         .messages
-        .chunks((events() / 20).max(1) as usize)
+        .chunks((produced / 20).max(1) as usize)
         .collect();
     for (i, chunk) in chunks.iter().enumerate() {
         produce(&world.brokers, &world.orders, chunk).await;
@@ -110,8 +141,12 @@ async fn crash_safety(backend: Backend) {
             _ => {}
         }
     }
-    world.wait_committed(&store, events(), PATIENCE).await;
+    world.wait_committed(&store, produced, PATIENCE).await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+    local::assert_equal(
+        &local::expected(&traffic.messages, &zones),
+        &store.local_totals(None).await.unwrap(),
+    );
     let claimed = claims(&store).await;
     assert!(
         claimed >= common::PARTITIONS as i64 + 3,

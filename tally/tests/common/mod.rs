@@ -19,6 +19,8 @@ macro_rules! on_both_databases {
     };
 }
 
+pub mod local;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -840,6 +842,7 @@ pub fn partial(
             ..Default::default()
         },
         max_append_ms: None,
+        local_rows: Vec::new(),
         rows: vec![schemas::PartialRow {
             key: TotalsKey {
                 merchant_id: merchant.into(),

@@ -1,0 +1,17 @@
+-- Totals by each merchant's own business day: the same sums as merchant_sales,
+-- keyed by the calendar day in the merchant's IANA time zone. Written in the
+-- same fenced transaction as merchant_sales, from the same partials. A row
+-- keeps the zone its day was first counted in (see the README on zone changes).
+CREATE TABLE IF NOT EXISTS merchant_sales_local (
+    merchant_id   TEXT          NOT NULL,
+    currency      CHAR(3)       NOT NULL,
+    local_day     DATE          NOT NULL,
+    time_zone     TEXT          NOT NULL,
+    sales_amount  NUMERIC(38,4) NOT NULL,
+    sales_count   BIGINT        NOT NULL,
+    refund_amount NUMERIC(38,4) NOT NULL,
+    refund_count  BIGINT        NOT NULL,
+    net_amount    NUMERIC(38,4) NOT NULL,
+    updated_at    TIMESTAMPTZ   NOT NULL,
+    PRIMARY KEY (merchant_id, currency, local_day)
+) WITH (fillfactor = 70);
