@@ -6,11 +6,14 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Date32Builder, Decimal128Builder, StringBuilder};
+use arrow_array::builder::{
+    BooleanBuilder, Date32Builder, Decimal128Builder, Int32Builder, StringBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use crate::amount::{PRECISION, SCALE};
+use crate::day::Day;
 use crate::event::{Kind, ValidEvent};
 use crate::zone::{HourCache, Zones};
 
@@ -26,9 +29,24 @@ pub mod col {
     pub const CURRENCY: &str = "currency";
     /// `day`, Date32: the UTC day of `occurred_at`.
     pub const DAY: &str = "day";
-    /// `local_day`, Date32: the day of `occurred_at` in the merchant's zone
-    /// (only in batches built [`with_local_days`](super::EventBatchBuilder::with_local_days)).
-    pub const LOCAL_DAY: &str = "local_day";
+    /// `days`, Int32: the UTC day and the day in the merchant's zone in one
+    /// number ([`days`](super::days)), in place of `day` in batches built
+    /// [`with_local_days`](super::EventBatchBuilder::with_local_days). One
+    /// grouping key instead of two keeps the aggregation nearly as cheap.
+    pub const DAYS: &str = "days";
+}
+
+/// The UTC day and the local day as one number: `utc × 3 + (local − utc + 1)`.
+/// A zone's offset is under a day, so the local day is the UTC day or one
+/// either side.
+pub fn days(utc: Day, local: Day) -> i32 {
+    utc.0 * 3 + (local.0 - utc.0 + 1)
+}
+
+/// The UTC day and the local day of a [`days`] number.
+pub fn split_days(days: i32) -> (Day, Day) {
+    let utc = days.div_euclid(3);
+    (Day(utc), Day(utc + days.rem_euclid(3) - 1))
 }
 
 /// The schema of a batch of valid, decoded events.
@@ -42,17 +60,17 @@ pub fn local_event_schema() -> SchemaRef {
 }
 
 fn fields(local: bool) -> Vec<Field> {
-    let mut fields = vec![
+    vec![
         Field::new(col::MERCHANT_ID, DataType::Utf8, false),
         Field::new(col::REFUND, DataType::Boolean, false),
         Field::new(col::AMOUNT, DataType::Decimal128(PRECISION, SCALE), false),
         Field::new(col::CURRENCY, DataType::Utf8, false),
-        Field::new(col::DAY, DataType::Date32, false),
-    ];
-    if local {
-        fields.push(Field::new(col::LOCAL_DAY, DataType::Date32, false));
-    }
-    fields
+        if local {
+            Field::new(col::DAYS, DataType::Int32, false)
+        } else {
+            Field::new(col::DAY, DataType::Date32, false)
+        },
+    ]
 }
 
 /// Accumulates valid events column by column.
@@ -64,7 +82,7 @@ pub struct EventBatchBuilder {
     currency: StringBuilder,
     day: Date32Builder,
     /// Local days under these zones, when the batch keeps them.
-    local: Option<(Arc<Zones>, HourCache, Date32Builder)>,
+    local: Option<(Arc<Zones>, HourCache, Int32Builder)>,
     rows: usize,
 }
 
@@ -91,7 +109,7 @@ impl EventBatchBuilder {
             local: Some((
                 zones,
                 HourCache::default(),
-                Date32Builder::with_capacity(capacity),
+                Int32Builder::with_capacity(capacity),
             )),
             ..EventBatchBuilder::with_capacity(capacity)
         }
@@ -108,10 +126,12 @@ impl EventBatchBuilder {
         self.refund.append_value(event.kind == Kind::Refund);
         self.amount.append_value(event.amount.0);
         self.currency.append_value(&event.currency);
-        self.day.append_value(event.day.0);
-        if let Some((zones, cache, local)) = &mut self.local {
-            let day = zones.local_day_cached(cache, &event.merchant_id, event.occurred_at);
-            local.append_value(day.0);
+        match &mut self.local {
+            Some((zones, cache, both)) => {
+                let local = zones.local_day_cached(cache, &event.merchant_id, event.occurred_at);
+                both.append_value(days(event.day, local));
+            }
+            None => self.day.append_value(event.day.0),
         }
         self.rows += 1;
     }
@@ -130,7 +150,7 @@ impl EventBatchBuilder {
     ///
     /// Fails only if the columns disagree with the schema, which would be a bug.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let mut columns: Vec<ArrayRef> = vec![
+        let columns: Vec<ArrayRef> = vec![
             Arc::new(self.merchant_id.finish()),
             Arc::new(self.refund.finish()),
             Arc::new(
@@ -139,11 +159,11 @@ impl EventBatchBuilder {
                     .with_precision_and_scale(PRECISION, SCALE)?,
             ),
             Arc::new(self.currency.finish()),
-            Arc::new(self.day.finish()),
+            match &mut self.local {
+                Some((_, _, both)) => Arc::new(both.finish()),
+                None => Arc::new(self.day.finish()),
+            },
         ];
-        if let Some((_, _, local)) = &mut self.local {
-            columns.push(Arc::new(local.finish()));
-        }
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), columns)
     }
@@ -153,6 +173,16 @@ impl EventBatchBuilder {
 mod tests {
     use super::*;
     use crate::event::decode;
+
+    #[test]
+    fn both_days_survive_the_one_number() {
+        for utc in [-800_000, -1, 0, 1, 20_777, 800_000] {
+            for shift in [-1, 0, 1] {
+                let local = Day(utc + shift);
+                assert_eq!(split_days(days(Day(utc), local)), (Day(utc), local));
+            }
+        }
+    }
 
     #[test]
     fn builds_a_batch_matching_the_schema() {

@@ -74,8 +74,9 @@ pub fn merge_into(into: &mut Totals, from: impl IntoIterator<Item = (TotalsKey, 
 /// The sums of one `merchant_sales_local` row, with the zone its day is in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalSums {
-    /// The IANA zone whose calendar the row's day is.
-    pub time_zone: String,
+    /// The IANA zone whose calendar the row's day is (borrowed from the
+    /// compiled-in database when tally names it: no allocation per row).
+    pub time_zone: std::borrow::Cow<'static, str>,
     /// The sums.
     #[serde(flatten)]
     pub sums: Sums,

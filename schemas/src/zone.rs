@@ -6,13 +6,13 @@
 //! `chrono-tz` version in the workspace's `Cargo.toml` and rebuild.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, Offset, TimeZone};
 use chrono_tz::Tz;
 
 use crate::day::Day;
+use crate::fx::FxMap;
 
 /// The IANA time zone database release compiled in.
 pub const TZDB_VERSION: &str = chrono_tz::IANA_TZDB_VERSION;
@@ -117,32 +117,9 @@ impl std::fmt::Display for Zone {
 /// worker buckets a batch's local days by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Zones {
-    by_merchant: HashMap<String, Zone, BuildHasherDefault<Fnv>>,
+    /// Fx-hashed: the lookup runs once per event on the hot path.
+    by_merchant: FxMap<String, Zone>,
     default: Zone,
-}
-
-/// FNV-1a: the merchant lookup runs once per event on the hot path, and ids
-/// are short, where it is several times faster than the default SipHash.
-/// (Zones are set by the operator, so no outsider chooses the keys.)
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
 }
 
 impl Default for Zones {

@@ -8,9 +8,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int32Type, Int64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
@@ -19,10 +19,10 @@ use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::logical_expr::{col, lit, Expr, ExprFunctionExt};
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use schemas::batch::{col as c, event_schema, local_event_schema};
-use schemas::totals::{merge_into, merge_local_into};
+use schemas::batch::{col as c, event_schema, local_event_schema, split_days};
+use schemas::fx::FxMap;
 use schemas::zone::Zones;
-use schemas::{Amount, Day, LocalRow, LocalSums, LocalTotals, PartialRow, Sums, Totals, TotalsKey};
+use schemas::{Amount, Day, LocalRow, LocalSums, PartialRow, Sums, TotalsKey};
 
 /// A DataFusion session for the partial aggregation, with its plan once made.
 /// Clones share both.
@@ -61,16 +61,11 @@ fn filtered(aggregate: Expr, refund: bool, name: &str) -> Result<Expr> {
 /// The physical plan of the query below, over an empty batch whose scan each
 /// call replaces.
 async fn plan(ctx: &SessionContext, local: bool) -> Result<Arc<dyn ExecutionPlan>> {
-    let (schema, mut keys) = (
-        event_schema(),
-        vec![col(c::MERCHANT_ID), col(c::CURRENCY), col(c::DAY)],
-    );
-    let schema = if local {
-        keys.push(col(c::LOCAL_DAY));
-        local_event_schema()
-    } else {
-        schema
+    let (schema, days) = match local {
+        true => (local_event_schema(), c::DAYS),
+        false => (event_schema(), c::DAY),
     };
+    let keys = vec![col(c::MERCHANT_ID), col(c::CURRENCY), col(days)];
     ctx.read_batch(RecordBatch::new_empty(schema))?
         .aggregate(
             keys,
@@ -109,15 +104,16 @@ impl Rows {
 /// The partial totals of `batch`, one row per key.
 ///
 /// ```sql
-/// SELECT merchant_id, currency, day, local_day,
+/// SELECT merchant_id, currency, days,
 ///        SUM(amount) FILTER (WHERE NOT refund) AS sales_amount,
 ///        COUNT(*)    FILTER (WHERE NOT refund) AS sales_count,
 ///        SUM(amount) FILTER (WHERE refund)     AS refund_amount,
 ///        COUNT(*)    FILTER (WHERE refund)     AS refund_count
-/// FROM batch GROUP BY merchant_id, currency, day, local_day
+/// FROM batch GROUP BY merchant_id, currency, days
 /// ```
 ///
-/// (without `local_day` when the session keeps none). The few rows out are
+/// where `days` holds both the UTC and the local day (`day` alone when the
+/// session keeps no local days). The few rows out are
 /// then summed by UTC day and by local day; `zones` (the ones the batch's
 /// local days were taken in) names each local row's zone.
 ///
@@ -158,81 +154,131 @@ pub async fn partial_rows(
         )));
     }
     let results = collect(plan, session.ctx.task_ctx()).await?;
+    let read = results
+        .iter()
+        .map(|batch| Aggregated::read(batch, session.local))
+        .collect::<Result<Vec<_>>>()?;
+    let rows = read
+        .iter()
+        .flat_map(|a| (0..a.len()).map(move |i| a.row(i)));
     if !session.local {
-        let mut rows = Rows::default();
-        for batch in &results {
-            rows_of(batch, 0, |key, _, sums| {
-                rows.utc.push(PartialRow { key, sums });
-            })?;
-        }
-        return Ok(rows);
+        let utc = rows
+            .map(|(merchant, currency, day, _, sums)| PartialRow {
+                key: key(merchant, currency, day),
+                sums,
+            })
+            .collect();
+        return Ok(Rows {
+            utc,
+            local: Vec::new(),
+        });
+    }
+    // Summed again by UTC day and by local day, on keys borrowed from the
+    // aggregate's columns: a row is allocated once per key out, not per row in.
+    type Sum<'a> = FxMap<(&'a str, &'a str, i32), Sums>;
+    let rows_in = read.iter().map(Aggregated::len).sum();
+    let (mut utc, mut local) = (
+        Sum::with_capacity_and_hasher(rows_in, Default::default()),
+        Sum::with_capacity_and_hasher(rows_in, Default::default()),
+    );
+    for (merchant, currency, day, local_day, sums) in rows {
+        let local_day = local_day.expect("a local session's rows have local days");
+        utc.entry((merchant, currency, day.0))
+            .or_default()
+            .merge(&sums);
+        local
+            .entry((merchant, currency, local_day.0))
+            .or_default()
+            .merge(&sums);
     }
     let default_zones = Zones::default();
     let zones = zones.unwrap_or(&default_zones);
-    let (mut utc, mut local) = (Totals::new(), LocalTotals::new());
-    for batch in &results {
-        rows_of(batch, 1, |key, local_day, sums| {
-            let local_key = TotalsKey {
-                day: local_day.expect("a local session's rows have local days"),
-                ..key.clone()
-            };
-            let time_zone = zones.of(&key.merchant_id).name().to_owned();
-            merge_local_into(&mut local, [(local_key, LocalSums { time_zone, sums })]);
-            merge_into(&mut utc, [(key, sums)]);
-        })?;
-    }
     Ok(Rows {
         utc: utc
             .into_iter()
-            .map(|(key, sums)| PartialRow { key, sums })
+            .map(|((merchant, currency, day), sums)| PartialRow {
+                key: key(merchant, currency, Day(day)),
+                sums,
+            })
             .collect(),
         local: local
             .into_iter()
-            .map(|(key, local)| LocalRow {
-                merchant_id: key.merchant_id,
-                currency: key.currency,
-                local_day: key.day,
-                local,
+            .map(|((merchant, currency, day), sums)| LocalRow {
+                merchant_id: merchant.to_owned(),
+                currency: currency.to_owned(),
+                local_day: Day(day),
+                local: LocalSums {
+                    time_zone: zones.of(merchant).name().into(),
+                    sums,
+                },
             })
             .collect(),
     })
 }
 
-/// Reads the aggregate's rows: the key, the local day when `extra` is 1
-/// (the column after `day`), and the sums.
-fn rows_of(
-    batch: &RecordBatch,
-    extra: usize,
-    mut out: impl FnMut(TotalsKey, Option<Day>, Sums),
-) -> Result<()> {
-    let merchant = cast(batch.column(0), &DataType::Utf8)?;
-    let currency = cast(batch.column(1), &DataType::Utf8)?;
-    let (merchant, currency) = (merchant.as_string::<i32>(), currency.as_string::<i32>());
-    let day = batch.column(2).as_primitive::<Date32Type>();
-    let local_day = (extra == 1).then(|| batch.column(3).as_primitive::<Date32Type>());
-    let sales_amount = batch.column(3 + extra).as_primitive::<Decimal128Type>();
-    let sales_count = batch.column(4 + extra).as_primitive::<Int64Type>();
-    let refund_amount = batch.column(5 + extra).as_primitive::<Decimal128Type>();
-    let refund_count = batch.column(6 + extra).as_primitive::<Int64Type>();
-    // SUM over no matching rows is NULL; it means zero here.
-    let amount = |a: &datafusion::arrow::array::Decimal128Array, i| {
-        Amount(if a.is_null(i) { 0 } else { a.value(i) })
-    };
-    for i in 0..batch.num_rows() {
-        let key = TotalsKey {
-            merchant_id: merchant.value(i).to_owned(),
-            currency: currency.value(i).to_owned(),
-            day: Day(day.value(i)),
+fn key(merchant: &str, currency: &str, day: Day) -> TotalsKey {
+    TotalsKey {
+        merchant_id: merchant.to_owned(),
+        currency: currency.to_owned(),
+        day,
+    }
+}
+
+/// One batch of the aggregate's output, its text keys cast to plain strings.
+struct Aggregated<'b> {
+    batch: &'b RecordBatch,
+    merchant: ArrayRef,
+    currency: ArrayRef,
+    /// The third column is `days` (both days), not `day`.
+    local: bool,
+}
+
+impl<'b> Aggregated<'b> {
+    fn read(batch: &'b RecordBatch, local: bool) -> Result<Aggregated<'b>> {
+        Ok(Aggregated {
+            batch,
+            merchant: cast(batch.column(0), &DataType::Utf8)?,
+            currency: cast(batch.column(1), &DataType::Utf8)?,
+            local,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// Row `i`: merchant, currency, UTC day, local day (if kept) and sums.
+    fn row(&self, i: usize) -> (&str, &str, Day, Option<Day>, Sums) {
+        let batch = self.batch;
+        let (day, local_day) = if self.local {
+            let (utc, local) = split_days(batch.column(2).as_primitive::<Int32Type>().value(i));
+            (utc, Some(local))
+        } else {
+            (
+                Day(batch.column(2).as_primitive::<Date32Type>().value(i)),
+                None,
+            )
+        };
+        let count = |c: usize| batch.column(c).as_primitive::<Int64Type>().value(i);
+        // SUM over no matching rows is NULL; it means zero here.
+        let amount = |c: usize| {
+            let a = batch.column(c).as_primitive::<Decimal128Type>();
+            Amount(if a.is_null(i) { 0 } else { a.value(i) })
         };
         let sums = Sums {
-            sales_amount: amount(sales_amount, i),
-            sales_count: sales_count.value(i),
-            refund_amount: amount(refund_amount, i),
-            refund_count: refund_count.value(i),
+            sales_amount: amount(3),
+            sales_count: count(4),
+            refund_amount: amount(5),
+            refund_count: count(6),
         };
-        out(key, local_day.map(|d| Day(d.value(i))), sums);
+        (
+            self.merchant.as_string::<i32>().value(i),
+            self.currency.as_string::<i32>().value(i),
+            day,
+            local_day,
+            sums,
+        )
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -240,6 +286,7 @@ mod tests {
     use super::*;
     use schemas::batch::EventBatchBuilder;
     use schemas::event::decode;
+    use schemas::totals::{merge_into, Totals};
     use schemas::zone::Zone;
 
     fn batch_of(events: &[(&str, &str, &str, &str)]) -> (RecordBatch, Totals) {
@@ -350,6 +397,10 @@ mod tests {
         let rows = partial_rows(&session(true), builder.finish().unwrap(), Some(&zones))
             .await
             .unwrap();
+        let mut rows = rows;
+        rows.utc.sort_by(|a, b| a.key.cmp(&b.key));
+        rows.local
+            .sort_by(|a, b| (&a.merchant_id, a.local_day).cmp(&(&b.merchant_id, b.local_day)));
         let utc: Vec<_> = rows
             .utc
             .iter()
@@ -372,7 +423,7 @@ mod tests {
             .local
             .iter()
             .map(|r| {
-                let zone = r.local.time_zone.as_str();
+                let zone = r.local.time_zone.as_ref();
                 (
                     r.merchant_id.as_str(),
                     r.local_day.to_string(),
@@ -389,6 +440,6 @@ mod tests {
                 ("utc", "2026-11-20".into(), "UTC", 1),
             ]
         );
-        assert_eq!(rows.local[1].local.sums.sales_amount.to_string(), "1.25");
+        assert_eq!(rows.local[1].local.sums.sales_amount.to_string(), "1.2500");
     }
 }

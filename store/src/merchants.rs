@@ -84,7 +84,7 @@ async fn local_totals(tx: &mut dyn Tx, merchant: Option<&str>) -> Result<LocalTo
             [r.text(4)?, r.text(6)?],
             [r.int(5)?, r.int(7)?],
         )?;
-        let time_zone = r.text(3)?.to_owned();
+        let time_zone = r.text(3)?.to_owned().into();
         totals.insert(key, LocalSums { time_zone, sums });
     }
     Ok(totals)

@@ -501,7 +501,7 @@ pub(crate) async fn upsert_local(
     deltas: &LocalTotals,
 ) -> Result<u64> {
     let c = Columns::of_rows(deltas.len(), deltas.iter().map(|(k, l)| (k, &l.sums)));
-    let zones: Vec<&str> = deltas.values().map(|l| l.time_zone.as_str()).collect();
+    let zones: Vec<&str> = deltas.values().map(|l| l.time_zone.as_ref()).collect();
     tx.execute(
         UPSERT_LOCAL,
         &[&c.m, &c.c, &c.d, &zones, &c.sa, &c.sc, &c.ra, &c.rc],

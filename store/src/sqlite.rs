@@ -302,7 +302,7 @@ fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> {
                 let (_, sums) = parse_row(String::new(), String::new(), &day, [&sa, &ra], counts)?;
                 (sums, zone)
             }
-            None => (Sums::default(), delta.time_zone.clone()),
+            None => (Sums::default(), delta.time_zone.to_string()),
         };
         sums.merge(&delta.sums);
         write

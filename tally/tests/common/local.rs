@@ -164,7 +164,7 @@ pub fn expected(messages: &[Generated], zones: &HashMap<String, &'static str>) -
             (
                 key,
                 LocalSums {
-                    time_zone: zone.to_owned(),
+                    time_zone: zone.into(),
                     sums,
                 },
             )
