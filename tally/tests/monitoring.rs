@@ -308,7 +308,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
         "Ingest requests by status",
         "Imported files by outcome",
         "Imported rows by outcome",
-        "Top merchants today (UTC)",
+        "Top merchants today ($basis day)",
     ] {
         assert!(
             titles.contains(&wanted),
@@ -322,8 +322,8 @@ fn dashboard_and_rules_name_only_exported_metrics() {
         .find_map(|p| p["targets"][0]["rawSql"].as_str())
         .unwrap();
     assert!(
-        sql.contains("FROM merchant_sales"),
-        "the top-merchants panel reads merchant_sales: {sql}"
+        sql.contains("FROM merchant_sales") && sql.contains("FROM merchant_sales_local"),
+        "the top-merchants panel reads both tables: {sql}"
     );
     let rules = rules_text();
     for alert in [
@@ -653,4 +653,55 @@ async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
             },
         )
         .await;
+}
+
+/// The top-merchants panel's SQL, run by a real PostgreSQL on each basis:
+/// UTC reads today's UTC day; local reads each merchant's own today, in its
+/// zone, even where that is another date than UTC's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_top_merchants_panel_answers_on_both_bases() {
+    let world = World::new("panel", Backend::Postgres).await;
+    world.store().await; // migrated
+    let (client, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // Today in UTC and in Kiritimati (+14:00) and Niue (−11:00) differ by a day.
+    client
+        .batch_execute(
+            "INSERT INTO merchant_sales VALUES
+               ('m-utc', 'EUR', (now() AT TIME ZONE 'UTC')::date, 10, 1, 0, 0, 10, now()),
+               ('m-old', 'EUR', (now() AT TIME ZONE 'UTC')::date - 1, 99, 1, 0, 0, 99, now());
+             INSERT INTO merchant_sales_local VALUES
+               ('m-east', 'EUR', (now() AT TIME ZONE 'Pacific/Kiritimati')::date, 'Pacific/Kiritimati', 7, 1, 0, 0, 7, now()),
+               ('m-west', 'EUR', (now() AT TIME ZONE 'Pacific/Niue')::date, 'Pacific/Niue', 5, 1, 0, 0, 5, now()),
+               ('m-stale', 'EUR', (now() AT TIME ZONE 'Pacific/Niue')::date - 1, 'Pacific/Niue', 50, 1, 0, 0, 50, now());",
+        )
+        .await
+        .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/dashboards/tally.json")).unwrap(),
+    )
+    .unwrap();
+    let sql = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p["targets"][0]["rawSql"].as_str())
+        .unwrap();
+    let options: Vec<&str> = dashboard["templating"]["list"][0]["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(options, ["utc", "local"]);
+    for (basis, want) in [("utc", vec!["m-utc"]), ("local", vec!["m-east", "m-west"])] {
+        let rows = client
+            .query(&sql.replace("$basis", basis), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{basis}: {e}"));
+        let merchants: Vec<String> = rows.iter().map(|r| r.get("merchant_id")).collect();
+        assert_eq!(merchants, want, "basis {basis}");
+    }
 }
