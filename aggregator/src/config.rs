@@ -58,6 +58,11 @@ pub struct AggregatorConfig {
     pub import_settle_ms: u64,
     /// Format of watched files: parquet, csv or ndjson. Empty: from each file's extension.
     pub import_format: String,
+    /// Backfills and imports also recompute `merchant_sales_local`; set as
+    /// the workers' `local_days`.
+    pub local_days: bool,
+    /// The IANA zone of merchants without one; the workers' setting.
+    pub default_time_zone: String,
     /// Extra librdkafka properties (e.g. security settings).
     pub kafka: BTreeMap<String, String>,
 }
@@ -84,6 +89,8 @@ impl Default for AggregatorConfig {
             import_poll_ms: 2_000,
             import_settle_ms: 10_000,
             import_format: String::new(),
+            local_days: true,
+            default_time_zone: "UTC".into(),
             kafka: BTreeMap::new(),
         }
     }
@@ -99,6 +106,7 @@ impl AggregatorConfig {
             check::kafka_name("aggregator.group_instance_id", &self.group_instance_id)?;
         }
         check::kafka_name("aggregator.group_id", &self.group_id)?;
+        check::time_zone("aggregator.default_time_zone", &self.default_time_zone)?;
         check::in_range(
             "aggregator.partials_partitions",
             self.partials_partitions,

@@ -45,6 +45,15 @@ pub async fn run(
             retry_base_ms: config.backfill_retry_base_ms,
             lease_ms: config.backfill_lease_ms,
             poll_ms: config.backfill_poll_ms,
+            local_days: config
+                .local_days
+                .then(|| {
+                    schemas::config::time_zone(
+                        "aggregator.default_time_zone",
+                        &config.default_time_zone,
+                    )
+                })
+                .transpose()?,
         };
         let watch = (!config.import_watch.is_empty()).then(|| backfill::WatchConfig {
             source: config.import_watch.clone(),

@@ -21,7 +21,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use schemas::event::{decode, from_columns, Columns, Invalid, Occurred, ValidEvent};
-use schemas::{Sums, Totals, TotalsKey};
+use schemas::zone::Zones;
+use schemas::{LocalSums, LocalTotals, Sums, Totals, TotalsKey};
 use serde_json::json;
 use store::jobs::{Scope, TaskResult};
 use tokio::sync::mpsc;
@@ -52,6 +53,9 @@ struct Tally {
     merchants: HashMap<String, u32>,
     names: Vec<String>,
     sums: HashMap<(u32, [u8; 3], i32), Sums>,
+    /// Local days under these zones, when kept, and their sums.
+    zones: Option<Arc<Zones>>,
+    local: HashMap<(u32, [u8; 3], i32), Sums>,
     rows_read: i64,
     rows_rejected: i64,
     rows_duplicate: i64,
@@ -61,7 +65,13 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(scope: Arc<Scope>, shard: i32, shards: i32, max_examples: usize) -> Tally {
+    fn new(
+        scope: Arc<Scope>,
+        zones: Option<Arc<Zones>>,
+        shard: i32,
+        shards: i32,
+        max_examples: usize,
+    ) -> Tally {
         Tally {
             scope,
             shard,
@@ -70,6 +80,8 @@ impl Tally {
             merchants: HashMap::default(),
             names: Vec::new(),
             sums: HashMap::default(),
+            zones,
+            local: HashMap::default(),
             rows_read: 0,
             rows_rejected: 0,
             rows_duplicate: 0,
@@ -108,7 +120,14 @@ impl Tally {
             self.rows_duplicate += 1;
             return;
         }
-        if !self.scope.contains(&event.merchant_id, event.day) {
+        // A local day is in scope by its own date: an event near midnight
+        // may count in one table's scope and not the other's.
+        let utc = self.scope.contains(&event.merchant_id, event.day);
+        let local = self.zones.as_ref().and_then(|zones| {
+            let day = zones.local_day(&event.merchant_id, event.occurred_at);
+            self.scope.contains(&event.merchant_id, day).then_some(day)
+        });
+        if !utc && local.is_none() {
             return;
         }
         let merchant = match self.merchants.get(event.merchant_id.as_ref()) {
@@ -125,28 +144,46 @@ impl Tally {
             .as_bytes()
             .try_into()
             .expect("validated: three letters");
-        self.sums
-            .entry((merchant, currency, event.day.0))
-            .or_default()
-            .add_event(event.kind, event.amount);
+        if utc {
+            self.sums
+                .entry((merchant, currency, event.day.0))
+                .or_default()
+                .add_event(event.kind, event.amount);
+        }
+        if let Some(day) = local {
+            self.local
+                .entry((merchant, currency, day.0))
+                .or_default()
+                .add_event(event.kind, event.amount);
+        }
     }
 
     fn finish(self) -> TaskResult {
         let names = self.names;
+        let key = |(merchant, currency, day): (u32, [u8; 3], i32)| TotalsKey {
+            merchant_id: names[merchant as usize].clone(),
+            currency: String::from_utf8_lossy(&currency).into_owned(),
+            day: schemas::Day(day),
+        };
         let totals: Totals = self
             .sums
             .into_iter()
-            .map(|((merchant, currency, day), sums)| {
-                let key = TotalsKey {
-                    merchant_id: names[merchant as usize].clone(),
-                    currency: String::from_utf8_lossy(&currency).into_owned(),
-                    day: schemas::Day(day),
-                };
-                (key, sums)
-            })
+            .map(|(k, sums)| (key(k), sums))
             .collect();
+        let local: LocalTotals = match &self.zones {
+            Some(zones) => self
+                .local
+                .into_iter()
+                .map(|(k, sums)| {
+                    let time_zone = zones.of(&names[k.0 as usize]).name().into();
+                    (key(k), LocalSums { time_zone, sums })
+                })
+                .collect(),
+            None => LocalTotals::new(),
+        };
         TaskResult {
             totals,
+            local,
             rows_read: self.rows_read,
             rows_rejected: self.rows_rejected,
             rows_duplicate: self.rows_duplicate,
@@ -168,17 +205,21 @@ pub async fn compute(
     files: &[String],
     format: Format,
     scope: &Scope,
+    zones: Option<Arc<Zones>>,
     shards: &[i32],
     of: i32,
 ) -> Result<Vec<TaskResult>, String> {
-    compute_with(files, format, scope, shards, of, EXAMPLES).await
+    compute_with(files, format, scope, zones, shards, of, EXAMPLES).await
 }
 
-/// [`compute`], keeping up to `max_examples` rejected rows per shard.
+/// [`compute`], keeping up to `max_examples` rejected rows per shard. With
+/// `zones`, each result also sums its events by local day
+/// ([`TaskResult::local`]), a local day in scope by its own date.
 pub async fn compute_with(
     files: &[String],
     format: Format,
     scope: &Scope,
+    zones: Option<Arc<Zones>>,
     shards: &[i32],
     of: i32,
     max_examples: usize,
@@ -190,9 +231,9 @@ pub async fn compute_with(
     for &shard in shards {
         let (sender, mut batches) = mpsc::channel::<(Arc<str>, RecordBatch, u64)>(4);
         senders.push(sender);
-        let (scope, files) = (Arc::clone(&scope), files.to_vec());
+        let (scope, files, zones) = (Arc::clone(&scope), files.to_vec(), zones.clone());
         tallies.spawn(async move {
-            let mut tally = Tally::new(scope, shard, of, max_examples);
+            let mut tally = Tally::new(scope, zones, shard, of, max_examples);
             if format == Format::Ndjson {
                 for file in &files {
                     ndjson(file, &mut tally).await?;
@@ -557,7 +598,7 @@ mod tests {
             merchants: vec![],
         };
         let files = [file.to_string_lossy().into_owned()];
-        let result = compute(&files, Format::Ndjson, &scope, &[0], 1)
+        let result = compute(&files, Format::Ndjson, &scope, None, &[0], 1)
             .await
             .unwrap()
             .remove(0);
@@ -632,11 +673,11 @@ mod tests {
             to: Day::parse("2026-11-15").unwrap(),
             merchants: vec![],
         };
-        let together = compute(&files, Format::Parquet, &scope, &[0, 1, 2], 3)
+        let together = compute(&files, Format::Parquet, &scope, None, &[0, 1, 2], 3)
             .await
             .unwrap();
         for (shard, shared) in together.iter().enumerate() {
-            let alone = compute(&files, Format::Parquet, &scope, &[shard as i32], 3)
+            let alone = compute(&files, Format::Parquet, &scope, None, &[shard as i32], 3)
                 .await
                 .unwrap()
                 .remove(0);

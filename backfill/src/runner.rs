@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use schemas::zone::{Zone, Zones};
 use store::jobs::{rules, FileVersion, ImportOutcome, Job, Kind, Scope, Task};
 use store::Store;
 use tokio::task::JoinSet;
@@ -37,6 +38,20 @@ pub struct RunnerConfig {
     pub lease_ms: u64,
     /// How often to look for work.
     pub poll_ms: u64,
+    /// Keep `merchant_sales_local` too, with this zone for merchants
+    /// without one; `None` keeps no local days.
+    pub local_days: Option<Zone>,
+}
+
+/// The merchants' zones a task's local days are taken in, read when it runs.
+async fn zones(store: &Store, config: &RunnerConfig) -> Result<Option<Arc<Zones>>, String> {
+    match config.local_days {
+        Some(default) => match store.zone_map(default).await {
+            Ok(zones) => Ok(Some(Arc::new(zones))),
+            Err(error) => Err(format!("cannot read the merchants' time zones: {error}")),
+        },
+        None => Ok(None),
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -224,10 +239,14 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
             .await
         }
     };
+    let zones = match zones(store, config).await {
+        Ok(zones) => zones,
+        Err(error) => return fail(store, config, task, &error).await,
+    };
     let result = if before == planned {
         let files = [location.clone()];
         let scope = Scope::everything();
-        let work = compute_with(&files, format, &scope, &[0], 1, IMPORT_EXAMPLES);
+        let work = compute_with(&files, format, &scope, zones, &[0], 1, IMPORT_EXAMPLES);
         let result = tokio::select! {
             result = work => result,
             _ = hold_leases(store, config, std::slice::from_ref(task)) => {
@@ -402,11 +421,16 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
     let Some(format) = job.format else {
         return fail_all("a backfill job names no format".to_owned()).await;
     };
+    let zones = match zones(&store, &config).await {
+        Ok(zones) => zones,
+        Err(error) => return fail_all(error).await,
+    };
     let shards: Vec<i32> = group.iter().map(|task| task.input.shard).collect();
     let work = compute(
         &first.input.files,
         format,
         &job.scope,
+        zones,
         &shards,
         first.input.shards,
     );

@@ -139,6 +139,7 @@ async fn tally_once(dir: &Path, shards: Option<i32>) -> Result<(Duration, i64)> 
         retry_base_ms: 1000,
         lease_ms: 600_000,
         poll_ms: 20,
+        local_days: Some(schemas::zone::Zone::UTC),
     };
     let running = tokio::spawn(backfill::run_tasks(store.clone(), config, shutdown.clone()));
     let job = loop {
@@ -231,6 +232,7 @@ async fn import_once(dir: &Path) -> Result<(Duration, i64, usize)> {
         retry_base_ms: 1000,
         lease_ms: 600_000,
         poll_ms: 20,
+        local_days: Some(schemas::zone::Zone::UTC),
     };
     let running = tokio::spawn(backfill::run_tasks(store.clone(), config, shutdown.clone()));
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?

@@ -56,6 +56,11 @@ pub fn in_range<T: PartialOrd + fmt::Display>(
     Ok(())
 }
 
+/// An IANA time zone name, as [`crate::zone::Zone::parse`] reads it.
+pub fn time_zone(field: &str, value: &str) -> Result<crate::zone::Zone, ConfigError> {
+    crate::zone::Zone::parse(value).map_err(|reason| ConfigError::new(field, value, reason))
+}
+
 /// Checks a Kafka topic or group name: 1 to 249 of `[A-Za-z0-9._-]`.
 pub fn kafka_name(field: &str, value: &str) -> Result<(), ConfigError> {
     let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');

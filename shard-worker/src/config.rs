@@ -167,9 +167,7 @@ impl WorkerConfig {
     ///
     /// Fails when `default_time_zone` is not an IANA name.
     pub fn default_zone(&self) -> Result<schemas::zone::Zone, ConfigError> {
-        schemas::zone::Zone::parse(&self.default_time_zone).map_err(|reason| {
-            ConfigError::new("worker.default_time_zone", &self.default_time_zone, reason)
-        })
+        check::time_zone("worker.default_time_zone", &self.default_time_zone)
     }
 
     /// The producer's `message.max.bytes`: `worker.kafka` or librdkafka's default.

@@ -50,13 +50,7 @@ impl Watched {
 ///
 /// Fails when the database cannot be read.
 pub async fn load(store: &Store, default: Zone) -> store::Result<Zones> {
-    let by_merchant = store
-        .zones()
-        .await?
-        .into_iter()
-        .map(|m| (m.merchant_id, m.time_zone))
-        .collect();
-    Ok(Zones::new(by_merchant, default))
+    store.zone_map(default).await
 }
 
 /// Reads the zones again every `every` until `shutdown`; a failed read keeps

@@ -1,7 +1,7 @@
 //! Merchants' time zones (`tally_merchants`), written once for both
 //! databases. A merchant without a row is in the default zone.
 
-use schemas::zone::Zone;
+use schemas::zone::{Zone, Zones};
 use schemas::{LocalSums, LocalTotals};
 use serde::Serialize;
 
@@ -101,6 +101,18 @@ impl Store {
     /// Every merchant with a time zone, by id.
     pub async fn zones(&self) -> Result<Vec<MerchantZone>> {
         transact!(self, "zones", Read, |tx| zones(tx))
+    }
+
+    /// Every merchant's zone, with `default` for merchants without one: what
+    /// local days are taken in.
+    pub async fn zone_map(&self, default: Zone) -> Result<Zones> {
+        let by_merchant = self
+            .zones()
+            .await?
+            .into_iter()
+            .map(|m| (m.merchant_id, m.time_zone))
+            .collect();
+        Ok(Zones::new(by_merchant, default))
     }
 
     /// The rows of `merchant_sales_local` (of one merchant, if given), keyed

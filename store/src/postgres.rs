@@ -63,14 +63,18 @@ const MIGRATION_LOCK: i64 = 0x7a11_7a11;
 /// What inserting into `merchant_sales AS s` does to a key it already
 /// holds: adds to it. Shared by every statement that adds totals.
 macro_rules! add_to_existing {
-    () => {
-        "ON CONFLICT (merchant_id, currency, day) DO UPDATE SET
+    ($day:literal) => {
+        concat!(
+            "ON CONFLICT (merchant_id, currency, ",
+            $day,
+            ") DO UPDATE SET
     sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
     sales_count   = s.sales_count   + EXCLUDED.sales_count,
     refund_amount = s.refund_amount + EXCLUDED.refund_amount,
     refund_count  = s.refund_count  + EXCLUDED.refund_count,
     net_amount    = s.net_amount    + EXCLUDED.net_amount,
     updated_at    = EXCLUDED.updated_at"
+        )
     };
 }
 use add_to_existing;
@@ -84,10 +88,11 @@ SELECT u.m, u.c, u.d::date, u.sa::numeric, u.sc, u.ra::numeric, u.rc,
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::int8[])
      AS u(m, c, d, sa, sc, ra, rc)
 ",
-    add_to_existing!()
+    add_to_existing!("day")
 );
 
-const UPSERT_LOCAL: &str = "
+const UPSERT_LOCAL: &str = concat!(
+    "
 INSERT INTO merchant_sales_local AS s (merchant_id, currency, local_day, time_zone, sales_amount,
                                        sales_count, refund_amount, refund_count, net_amount,
                                        updated_at)
@@ -96,13 +101,9 @@ SELECT u.m, u.c, u.d::date, u.z, u.sa::numeric, u.sc, u.ra::numeric, u.rc,
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[],
             $8::int8[])
      AS u(m, c, d, z, sa, sc, ra, rc)
-ON CONFLICT (merchant_id, currency, local_day) DO UPDATE SET
-    sales_amount  = s.sales_amount  + EXCLUDED.sales_amount,
-    sales_count   = s.sales_count   + EXCLUDED.sales_count,
-    refund_amount = s.refund_amount + EXCLUDED.refund_amount,
-    refund_count  = s.refund_count  + EXCLUDED.refund_count,
-    net_amount    = s.net_amount    + EXCLUDED.net_amount,
-    updated_at    = EXCLUDED.updated_at";
+",
+    add_to_existing!("local_day")
+);
 
 const ADVANCE: &str = "
 UPDATE tally_partitions AS t SET
@@ -465,7 +466,10 @@ impl<'a> Columns<'a> {
         Columns::of_rows(totals.len(), totals.iter())
     }
 
-    fn of_rows(n: usize, rows: impl Iterator<Item = (&'a TotalsKey, &'a Sums)>) -> Columns<'a> {
+    pub(crate) fn of_rows(
+        n: usize,
+        rows: impl Iterator<Item = (&'a TotalsKey, &'a Sums)>,
+    ) -> Columns<'a> {
         let mut cols = Columns {
             m: Vec::with_capacity(n),
             c: Vec::with_capacity(n),

@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use schemas::Totals;
+use schemas::{LocalTotals, Totals};
 
 use crate::error::{Result, StoreError};
 use crate::jobs::{FileVersion, Scope};
@@ -188,19 +188,27 @@ pub(crate) trait Tx: Send {
     /// transactions never judge the same location at once.
     fn lock_location<'a>(&'a mut self, location: &'a str) -> BoxFuture<'a, Result<()>>;
 
-    /// Adds `totals` to `merchant_sales`; returns the rows written.
-    fn add_totals<'a>(&'a mut self, totals: &'a Totals) -> BoxFuture<'a, Result<i64>>;
+    /// Adds `totals` to `merchant_sales` and `local` to
+    /// `merchant_sales_local`; returns the rows written to the first.
+    fn add_totals<'a>(
+        &'a mut self,
+        totals: &'a Totals,
+        local: &'a LocalTotals,
+    ) -> BoxFuture<'a, Result<i64>>;
 
-    /// Stages a backfill task's rows in `tally_backfill_rows`.
+    /// Stages a backfill task's rows in `tally_backfill_rows` and its
+    /// local-day rows in `tally_backfill_local_rows`.
     fn stage_rows<'a>(
         &'a mut self,
         job_id: i64,
         task_no: i32,
         totals: &'a Totals,
+        local: &'a LocalTotals,
     ) -> BoxFuture<'a, Result<()>>;
 
-    /// Deletes `scope` of `merchant_sales` and adds the job's staged rows
-    /// that fall within it; returns the rows written.
+    /// Deletes `scope` of `merchant_sales` (by day) and of
+    /// `merchant_sales_local` (by local day) and adds the job's staged rows
+    /// that fall within it; returns the rows written to the first.
     fn replace_scope<'a>(&'a mut self, job_id: i64, scope: &'a Scope)
         -> BoxFuture<'a, Result<i64>>;
 

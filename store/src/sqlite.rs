@@ -271,7 +271,7 @@ impl SqliteStore {
 }
 
 /// Adds local-day sums to `merchant_sales_local`; a row keeps its zone.
-fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> {
+pub(super) fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> {
     let mut read = tx
         .prepare_cached(
             "SELECT sales_amount, sales_count, refund_amount, refund_count, time_zone
@@ -322,7 +322,7 @@ fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> {
     Ok(())
 }
 
-fn upsert(tx: &Connection, deltas: &Totals) -> Result<()> {
+pub(super) fn upsert(tx: &Connection, deltas: &Totals) -> Result<()> {
     let mut read = tx
         .prepare_cached(
             "SELECT sales_amount, sales_count, refund_amount, refund_count FROM merchant_sales

@@ -11,7 +11,9 @@
 //! - the completion swap replaces exactly the job's scope of the totals.
 
 use schemas::partial::EventCounts;
-use schemas::{Amount, Day, Partial, PartialRow, Sums, Totals, TotalsKey};
+use schemas::{
+    Amount, Day, LocalRow, LocalSums, LocalTotals, Partial, PartialRow, Sums, Totals, TotalsKey,
+};
 use store::jobs::{Kind, NewJob, NewTask, Scope, State, TaskResult};
 use store::Store;
 
@@ -206,8 +208,23 @@ fn one_day(merchants: &[&str]) -> Scope {
     }
 }
 
+/// The same sums as local-day rows in `zone` (the keys' days as local days).
+fn local(totals: &Totals, zone: &'static str) -> LocalTotals {
+    totals
+        .iter()
+        .map(|(key, sums)| {
+            let row = LocalSums {
+                time_zone: zone.into(),
+                sums: *sums,
+            };
+            (key.clone(), row)
+        })
+        .collect()
+}
+
 fn result(totals: Totals) -> TaskResult {
     TaskResult {
+        local: local(&totals, "Asia/Tokyo"),
         totals,
         rows_read: 1,
         rows_rejected: 0,
@@ -351,7 +368,22 @@ async fn the_completion_swap_replaces_exactly_the_job_scope(backend: Backend) {
         key: key("m-1", Day(DAY.0 + 1)),
         sums: sale(300, 1),
     });
+    // The same events by local day, in a zone a stream counted them in.
+    let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
+    live.local_rows = local(&streamed, "Europe/Berlin")
+        .into_iter()
+        .map(|(key, local)| LocalRow {
+            merchant_id: key.merchant_id,
+            currency: key.currency,
+            local_day: key.day,
+            local,
+        })
+        .collect();
     store.apply(&[live]).await.unwrap();
+    assert_eq!(
+        store.local_totals(None).await.unwrap(),
+        local(&streamed, "Europe/Berlin")
+    );
 
     // A backfill of DAY for m-1 only, whose files say m-1 sold 1,000 in two
     // sales and also name m-2 (outside the scope: must not be written).
@@ -380,7 +412,19 @@ async fn the_completion_swap_replaces_exactly_the_job_scope(backend: Backend) {
         (key("m-1", Day(DAY.0 + 1)), sale(300, 1)),
     ]);
     assert_eq!(store.totals(None).await.unwrap(), want);
+    // The local table's scope is swapped the same way, by local day: m-1's
+    // day now in the zone the backfill read it in; the rest as streamed.
+    let mut want_local = local(&want, "Europe/Berlin");
+    want_local.insert(
+        key("m-1", DAY),
+        LocalSums {
+            time_zone: "Asia/Tokyo".into(),
+            sums: sale(1_000, 2),
+        },
+    );
+    assert_eq!(store.local_totals(None).await.unwrap(), want_local);
     // Completing again changes nothing.
     assert!(store.complete_jobs(30).await.unwrap().is_empty());
     assert_eq!(store.totals(None).await.unwrap(), want);
+    assert_eq!(store.local_totals(None).await.unwrap(), want_local);
 }

@@ -479,7 +479,7 @@ pub async fn verify(args: ReconcileArgs) -> CliResult {
     let (job, store) = checked(planned, &args.database).await?;
     let (scope, files) = (job.scope, &job.tasks[0].files);
     let format = job.format.expect("plan names a format");
-    let computed = match compute(files, format, &scope, &[0], 1).await {
+    let computed = match compute(files, format, &scope, None, &[0], 1).await {
         Ok(mut computed) => computed.remove(0),
         Err(error) => return Err(CliError::run(error)),
     };

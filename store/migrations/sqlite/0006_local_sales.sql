@@ -15,3 +15,19 @@ CREATE TABLE IF NOT EXISTS merchant_sales_local (
     updated_at    TEXT    NOT NULL,
     PRIMARY KEY (merchant_id, currency, local_day)
 );
+
+-- A backfill task's local-day rows, staged like tally_backfill_rows until its
+-- job swaps them in.
+CREATE TABLE IF NOT EXISTS tally_backfill_local_rows (
+    job_id        BIGINT        NOT NULL,
+    task_no       INTEGER       NOT NULL,
+    merchant_id   TEXT          NOT NULL,
+    currency      TEXT          NOT NULL,
+    local_day     TEXT          NOT NULL,
+    time_zone     TEXT          NOT NULL,
+    sales_amount  TEXT NOT NULL,
+    sales_count   BIGINT        NOT NULL,
+    refund_amount TEXT NOT NULL,
+    refund_count  BIGINT        NOT NULL,
+    PRIMARY KEY (job_id, merchant_id, currency, local_day)
+);

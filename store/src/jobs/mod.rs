@@ -25,7 +25,7 @@
 use std::fmt;
 
 use schemas::job::{Cron, Format, Range};
-use schemas::{Day, Totals};
+use schemas::{Day, LocalTotals, Totals};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -284,6 +284,9 @@ impl Job {
 pub struct TaskResult {
     /// Totals of the task's shard within the job's scope.
     pub totals: Totals,
+    /// The same events' totals by each merchant's local day, within the
+    /// scope's days as local days (empty when local days are off).
+    pub local: LocalTotals,
     /// Rows read.
     pub rows_read: i64,
     /// Rows rejected.

@@ -353,7 +353,8 @@ pub(crate) async fn finish_task(
     if mine != 1 {
         return Ok(false);
     }
-    tx.stage_rows(job_id, task_no, &result.totals).await?;
+    tx.stage_rows(job_id, task_no, &result.totals, &result.local)
+        .await?;
     Ok(true)
 }
 
@@ -420,12 +421,14 @@ async fn stop_tasks(tx: &mut dyn Tx, job_id: i64, now: i64) -> Result<()> {
 
 /// Drops the rows a backfill job's tasks staged.
 async fn drop_rows(tx: &mut dyn Tx, job_id: i64) -> Result<()> {
-    tx.execute(
-        "job rows delete",
-        "DELETE FROM tally_backfill_rows WHERE job_id = $1",
-        params![job_id],
-    )
-    .await?;
+    for table in ["tally_backfill_rows", "tally_backfill_local_rows"] {
+        tx.execute(
+            "job rows delete",
+            &format!("DELETE FROM {table} WHERE job_id = $1"),
+            params![job_id],
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -691,7 +694,7 @@ pub(crate) async fn finish_import(
         (Some(judged), _) => judged,
         (None, None) => ImportOutcome::Superseded,
         (None, Some(result)) => {
-            let keys = tx.add_totals(&result.totals).await?;
+            let keys = tx.add_totals(&result.totals, &result.local).await?;
             // An upsert, so the file's record commits with its totals even
             // if its queued row were missing.
             tx.execute(

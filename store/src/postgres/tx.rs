@@ -4,10 +4,10 @@
 use std::error::Error;
 
 use bytes::BytesMut;
-use schemas::Totals;
+use schemas::{LocalTotals, Totals};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-use super::{add_to_existing, upsert, Columns};
+use super::{add_to_existing, upsert, upsert_local, Columns};
 use crate::error::{pg, Result};
 use crate::jobs::{FileVersion, Scope};
 use crate::sql::{BoxFuture, Cell, Row, Tx, Value};
@@ -121,8 +121,18 @@ impl Tx for PgTx<'_> {
         })
     }
 
-    fn add_totals<'a>(&'a mut self, totals: &'a Totals) -> BoxFuture<'a, Result<i64>> {
-        Box::pin(async move { Ok(upsert(&self.0, totals).await? as i64) })
+    fn add_totals<'a>(
+        &'a mut self,
+        totals: &'a Totals,
+        local: &'a LocalTotals,
+    ) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move {
+            let written = upsert(&self.0, totals).await? as i64;
+            if !local.is_empty() {
+                upsert_local(&self.0, local).await?;
+            }
+            Ok(written)
+        })
     }
 
     fn stage_rows<'a>(
@@ -130,6 +140,7 @@ impl Tx for PgTx<'_> {
         job_id: i64,
         task_no: i32,
         totals: &'a Totals,
+        local: &'a LocalTotals,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let c = Columns::of(totals);
@@ -144,6 +155,23 @@ impl Tx for PgTx<'_> {
                 )
                 .await
                 .map_err(pg("task rows insert"))?;
+            if local.is_empty() {
+                return Ok(());
+            }
+            let c = Columns::of_rows(local.len(), local.iter().map(|(k, l)| (k, &l.sums)));
+            let zones: Vec<&str> = local.values().map(|l| l.time_zone.as_ref()).collect();
+            self.0
+                .execute(
+                    "INSERT INTO tally_backfill_local_rows (job_id, task_no, merchant_id, currency, local_day,
+                         time_zone, sales_amount, sales_count, refund_amount, refund_count)
+                     SELECT $1, $2, u.m, u.c, u.d::date, u.z, u.sa::numeric, u.sc, u.ra::numeric, u.rc
+                     FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[],
+                                 $9::text[], $10::int8[])
+                          AS u(m, c, d, z, sa, sc, ra, rc)",
+                    &[&job_id, &task_no, &c.m, &c.c, &c.d, &zones, &c.sa, &c.sc, &c.ra, &c.rc],
+                )
+                .await
+                .map_err(pg("task local rows insert"))?;
             Ok(())
         })
     }
@@ -177,12 +205,38 @@ impl Tx for PgTx<'_> {
                            AND day >= $2::text::date AND day < $3::text::date
                            AND (cardinality($4::text[]) = 0 OR merchant_id = ANY($4::text[]))
                          ",
-                        add_to_existing!()
+                        add_to_existing!("day")
                     ),
                     &[&job_id, &from, &to, &scope.merchants],
                 )
                 .await
                 .map_err(pg("range insert"))?;
+            // The same scope of the local table, by local day.
+            self.0
+                .execute(
+                    "DELETE FROM merchant_sales_local WHERE local_day >= $1::text::date AND local_day < $2::text::date
+                       AND (cardinality($3::text[]) = 0 OR merchant_id = ANY($3::text[]))",
+                    &[&from, &to, &scope.merchants],
+                )
+                .await
+                .map_err(pg("local range delete"))?;
+            self.0
+                .execute(
+                    concat!(
+                        "INSERT INTO merchant_sales_local AS s (merchant_id, currency, local_day, time_zone,
+                             sales_amount, sales_count, refund_amount, refund_count, net_amount, updated_at)
+                         SELECT merchant_id, currency, local_day, time_zone, sales_amount, sales_count,
+                                refund_amount, refund_count, sales_amount - refund_amount, now()
+                         FROM tally_backfill_local_rows WHERE job_id = $1
+                           AND local_day >= $2::text::date AND local_day < $3::text::date
+                           AND (cardinality($4::text[]) = 0 OR merchant_id = ANY($4::text[]))
+                         ",
+                        add_to_existing!("local_day")
+                    ),
+                    &[&job_id, &from, &to, &scope.merchants],
+                )
+                .await
+                .map_err(pg("local range insert"))?;
             Ok(written as i64)
         })
     }

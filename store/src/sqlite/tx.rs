@@ -3,9 +3,9 @@
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, ToSql};
-use schemas::Totals;
+use schemas::{LocalSums, LocalTotals, Totals};
 
-use super::upsert;
+use super::{upsert, upsert_local};
 use crate::error::{lite, Result};
 use crate::jobs::{FileVersion, Scope};
 use crate::parse_row;
@@ -60,7 +60,13 @@ fn execute(conn: &Connection, op: &'static str, sql: &str, params: &[Value<'_>])
         .map_err(lite(op))? as u64)
 }
 
-fn stage_rows(conn: &Connection, job_id: i64, task_no: i32, totals: &Totals) -> Result<()> {
+fn stage_rows(
+    conn: &Connection,
+    job_id: i64,
+    task_no: i32,
+    totals: &Totals,
+    local: &LocalTotals,
+) -> Result<()> {
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO tally_backfill_rows (job_id, task_no, merchant_id, currency, day, sales_amount, sales_count,
@@ -81,6 +87,29 @@ fn stage_rows(conn: &Connection, job_id: i64, task_no: i32, totals: &Totals) -> 
                 sums.refund_count
             ])
             .map_err(lite("task rows insert"))?;
+    }
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO tally_backfill_local_rows (job_id, task_no, merchant_id, currency, local_day, time_zone,
+                 sales_amount, sales_count, refund_amount, refund_count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(lite("task local rows insert"))?;
+    for (key, row) in local {
+        insert
+            .execute(params![
+                job_id,
+                task_no,
+                key.merchant_id,
+                key.currency,
+                key.day.to_string(),
+                row.time_zone.as_ref(),
+                row.sums.sales_amount.to_string(),
+                row.sums.sales_count,
+                row.sums.refund_amount.to_string(),
+                row.sums.refund_count
+            ])
+            .map_err(lite("task local rows insert"))?;
     }
     Ok(())
 }
@@ -123,6 +152,51 @@ fn replace_scope(conn: &Connection, job_id: i64, scope: &Scope) -> Result<i64> {
         .map(|(m, c, d, [sa, ra], counts)| parse_row(m, c, &d, [&sa, &ra], counts))
         .collect::<Result<Totals>>()?;
     upsert(conn, &rows)?;
+    // The same scope of the local table, by local day.
+    conn.execute(
+        "DELETE FROM merchant_sales_local WHERE local_day >= ?1 AND local_day < ?2
+           AND (json_array_length(?3) = 0 OR merchant_id IN (SELECT value FROM json_each(?3)))",
+        params![from, to, merchants],
+    )
+    .map_err(lite("local range delete"))?;
+    let mut read = conn
+        .prepare(
+            "SELECT merchant_id, currency, local_day, sales_amount, sales_count, refund_amount, refund_count,
+                    time_zone
+             FROM tally_backfill_local_rows WHERE job_id = ?1
+               AND local_day >= ?2 AND local_day < ?3
+               AND (json_array_length(?4) = 0 OR merchant_id IN (SELECT value FROM json_each(?4)))",
+        )
+        .map_err(lite("job local rows read"))?;
+    let local = read
+        .query_map(params![job_id, from, to, merchants], |r| {
+            Ok((
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    [r.get::<_, String>(3)?, r.get::<_, String>(5)?],
+                    [r.get::<_, i64>(4)?, r.get::<_, i64>(6)?],
+                ),
+                r.get::<_, String>(7)?,
+            ))
+        })
+        .map_err(lite("job local rows read"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(lite("job local rows read"))?
+        .into_iter()
+        .map(|((m, c, d, [sa, ra], counts), zone)| {
+            let (key, sums) = parse_row(m, c, &d, [&sa, &ra], counts)?;
+            Ok((
+                key,
+                LocalSums {
+                    time_zone: zone.into(),
+                    sums,
+                },
+            ))
+        })
+        .collect::<Result<LocalTotals>>()?;
+    upsert_local(conn, &local)?;
     Ok(rows.len() as i64)
 }
 
@@ -181,8 +255,13 @@ impl Tx for LiteTx<'_> {
         ready(Ok(()))
     }
 
-    fn add_totals<'a>(&'a mut self, totals: &'a Totals) -> BoxFuture<'a, Result<i64>> {
-        ready(upsert(self.0, totals).map(|()| totals.len() as i64))
+    fn add_totals<'a>(
+        &'a mut self,
+        totals: &'a Totals,
+        local: &'a LocalTotals,
+    ) -> BoxFuture<'a, Result<i64>> {
+        let added = upsert(self.0, totals).and_then(|()| upsert_local(self.0, local));
+        ready(added.map(|()| totals.len() as i64))
     }
 
     fn stage_rows<'a>(
@@ -190,8 +269,9 @@ impl Tx for LiteTx<'_> {
         job_id: i64,
         task_no: i32,
         totals: &'a Totals,
+        local: &'a LocalTotals,
     ) -> BoxFuture<'a, Result<()>> {
-        ready(stage_rows(self.0, job_id, task_no, totals))
+        ready(stage_rows(self.0, job_id, task_no, totals, local))
     }
 
     fn replace_scope<'a>(
