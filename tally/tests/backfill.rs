@@ -716,3 +716,120 @@ async fn schedule_fires_once_on_sqlite() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(scheduled_jobs(&store, "daily").await.len(), 1);
 }
+
+/// A merchant's zone changes mid-stream: the local days counted before the
+/// change keep the old zone (a row keeps the zone it was first counted in),
+/// the events after it are bucketed by the new one, as the README says; then
+/// a backfill over the year recomputes both tables from the files, the local
+/// one wholly in the new zones. Every figure is the test's own: days from
+/// GNU `date`, sums in i128.
+async fn zone_change_then_backfill(backend: Backend) {
+    use common::local;
+    use schemas::totals::merge_local_into;
+
+    let mut world = World::new("zones", backend).await;
+    let store = world.store().await;
+    world.start_aggregator_with("aggregator", &[("aggregator.backfill_parallelism", "2")]);
+    let mut messages = events(81, 40_000);
+    let before = local::assign(&messages);
+    let set = |zones: &std::collections::HashMap<String, &'static str>| {
+        zones
+            .iter()
+            .map(|(m, z)| (m.clone(), schemas::zone::Zone::parse(z).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    store.set_zones(&set(&before), 0).await.unwrap();
+    // Events around each 2026 change, in the first half.
+    for (i, extra) in local::around_changes(&before).into_iter().enumerate() {
+        messages.insert(i * 97, extra);
+    }
+    let worker = world.start_worker("worker-a", &[]);
+    let half = messages.len() / 2;
+    let (first, second) = messages.split_at(half);
+    common::produce(&world.brokers, &world.orders, first).await;
+    world
+        .wait_committed(&store, first.len() as u64, Duration::from_secs(300))
+        .await;
+
+    // Every merchant with a zone moves to the next one of the list.
+    let after: std::collections::HashMap<String, &'static str> = before
+        .iter()
+        .map(|(m, z)| {
+            let at = local::ZONES.iter().position(|x| x == z).unwrap();
+            (m.clone(), local::ZONES[(at + 1) % local::ZONES.len()])
+        })
+        .collect();
+    store.set_zones(&set(&after), 1).await.unwrap();
+    world
+        .wait_for(
+            "the worker's zone refresh",
+            Duration::from_secs(60),
+            || async { log_says(&world, "worker-a", worker, "time zones changed") },
+        )
+        .await;
+    common::produce(&world.brokers, &world.orders, second).await;
+    world
+        .wait_committed(&store, messages.len() as u64, Duration::from_secs(300))
+        .await;
+
+    assert_totals_equal(
+        &expected_totals(&messages),
+        &store.totals(None).await.unwrap(),
+    );
+    let mut streamed = local::expected(first, &before);
+    merge_local_into(&mut streamed, local::expected(second, &after));
+    local::assert_equal(&streamed, &store.local_totals(None).await.unwrap());
+    let kept = streamed
+        .iter()
+        .filter(|(key, row)| {
+            after
+                .get(&key.merchant_id)
+                .is_some_and(|z| *z != row.time_zone)
+        })
+        .count();
+    assert!(
+        kept > 100,
+        "rows counted before the change keep the old zone: {kept}"
+    );
+
+    // The backfill: the same events from files, over the whole year.
+    let source = write_files(&world.dir.join("ndjson"), "ndjson", &messages);
+    let out = tally_with(
+        &[
+            "backfill",
+            "--source",
+            &source,
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2027-01-01",
+            "--wait",
+            "--database-url",
+            &world.database_url,
+        ],
+        &world.env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_totals_equal(
+        &expected_totals(&messages),
+        &store.totals(None).await.unwrap(),
+    );
+    local::assert_equal(
+        &local::expected(&messages, &after),
+        &store.local_totals(None).await.unwrap(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_change_then_backfill_postgres() {
+    zone_change_then_backfill(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_change_then_backfill_sqlite() {
+    zone_change_then_backfill(Backend::Sqlite).await;
+}
