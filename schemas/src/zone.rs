@@ -68,8 +68,12 @@ const MICROS_PER_HOUR: i64 = 3_600_000_000;
 /// transition inside, such as St. John's 05:30 UTC change, is looked up
 /// event by event.
 pub struct HourCache {
-    slots: Box<[Option<(&'static str, i64, Option<i64>)>; 256]>,
+    slots: Box<[Option<Hour>; 256]>,
 }
+
+/// A zone (its static name), a UTC hour, and the offset (µs) that holds for
+/// all of it, if one does.
+type Hour = (&'static str, i64, Option<i64>);
 
 impl Default for HourCache {
     fn default() -> HourCache {

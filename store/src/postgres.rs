@@ -573,29 +573,6 @@ async fn migrate(client: &mut Client) -> Result<()> {
     tx.commit().await.map_err(pg("commit migration"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tally_sets_timeouts_unless_the_url_does() {
-        let (config, statement, _) = settings("postgres://u@h/db").unwrap();
-        assert_eq!(statement, STATEMENT_TIMEOUT);
-        assert_eq!(config.get_options(), Some("-c statement_timeout=30000"));
-        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
-        let (config, statement, _) =
-            settings("postgres://u@h/db?connect_timeout=2&options=-c%20statement_timeout%3D90s")
-                .unwrap();
-        assert_eq!(statement, Duration::from_secs(90));
-        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(2)));
-        assert_eq!(
-            statement_timeout_in("-c statement_timeout=250"),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(statement_timeout_in("-c statement_timeout=0"), None);
-    }
-}
-
 /// A pooled connection that goes back to the pool only from a call that
 /// finished ([`Conn::release`]). One whose call failed, panicked or ran out
 /// of time may be mid-statement or mid-transaction, so it is taken out of the
@@ -629,5 +606,28 @@ impl Drop for Conn {
         if let Some(object) = self.0.take() {
             drop(Object::take(object));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_sets_timeouts_unless_the_url_does() {
+        let (config, statement, _) = settings("postgres://u@h/db").unwrap();
+        assert_eq!(statement, STATEMENT_TIMEOUT);
+        assert_eq!(config.get_options(), Some("-c statement_timeout=30000"));
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let (config, statement, _) =
+            settings("postgres://u@h/db?connect_timeout=2&options=-c%20statement_timeout%3D90s")
+                .unwrap();
+        assert_eq!(statement, Duration::from_secs(90));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert_eq!(
+            statement_timeout_in("-c statement_timeout=250"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(statement_timeout_in("-c statement_timeout=0"), None);
     }
 }
