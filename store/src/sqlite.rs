@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use schemas::{LocalTotals, Partial, Sums, Totals};
+use schemas::{LocalTotals, Partial, Sums, Totals, TotalsKey};
 
 use crate::error::{lite, Result, StoreError};
 use crate::fence::{self, Fence, Plan};
@@ -270,22 +270,70 @@ impl SqliteStore {
     }
 }
 
-/// Adds local-day sums to `merchant_sales_local`; a row keeps its zone.
-pub(super) fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> {
+/// A totals table: its day column, whether its rows keep a zone, and where a
+/// backfill stages its rows.
+pub(super) struct Table {
+    pub(super) name: &'static str,
+    pub(super) day: &'static str,
+    pub(super) zoned: bool,
+    pub(super) staged: &'static str,
+}
+
+/// `merchant_sales`, by UTC day.
+pub(super) const SALES: Table = Table {
+    name: "merchant_sales",
+    day: "day",
+    zoned: false,
+    staged: "tally_backfill_rows",
+};
+
+/// `merchant_sales_local`, by local day, each row with its zone.
+pub(super) const LOCAL_SALES: Table = Table {
+    name: "merchant_sales_local",
+    day: "local_day",
+    zoned: true,
+    staged: "tally_backfill_local_rows",
+};
+
+impl Table {
+    /// The zone column to read: the real one, or an empty stand-in.
+    pub(super) fn zone_column(&self) -> &'static str {
+        if self.zoned {
+            "time_zone"
+        } else {
+            "''"
+        }
+    }
+}
+
+/// Adds each row's sums (with its zone, for a zoned table) to the stored
+/// row of its key, summed by tally in exact units: SQLite holds amounts as
+/// text. A new row takes the given zone; an existing one keeps its own.
+pub(super) fn add_rows<'a>(
+    tx: &Connection,
+    table: &Table,
+    rows: impl IntoIterator<Item = (&'a TotalsKey, &'a Sums, &'a str)>,
+) -> Result<()> {
+    let (name, day_column, zone_column) = (table.name, table.day, table.zone_column());
     let mut read = tx
-        .prepare_cached(
-            "SELECT sales_amount, sales_count, refund_amount, refund_count, time_zone
-             FROM merchant_sales_local WHERE merchant_id = ?1 AND currency = ?2 AND local_day = ?3",
-        )
-        .map_err(lite("local upsert read"))?;
+        .prepare_cached(&format!(
+            "SELECT sales_amount, sales_count, refund_amount, refund_count, {zone_column}
+             FROM {name} WHERE merchant_id = ?1 AND currency = ?2 AND {day_column} = ?3"
+        ))
+        .map_err(lite("upsert read"))?;
+    let (zone_insert, zone_value) = if table.zoned {
+        (", time_zone", ", ?9")
+    } else {
+        ("", "")
+    };
     let mut write = tx
         .prepare_cached(&format!(
-            "INSERT OR REPLACE INTO merchant_sales_local (merchant_id, currency, local_day, time_zone,
-                 sales_amount, sales_count, refund_amount, refund_count, net_amount, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, {NOW})"
+            "INSERT OR REPLACE INTO {name} (merchant_id, currency, {day_column}, sales_amount,
+                 sales_count, refund_amount, refund_count, net_amount, updated_at{zone_insert})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {NOW}{zone_value})"
         ))
-        .map_err(lite("local upsert write"))?;
-    for (key, delta) in deltas {
+        .map_err(lite("upsert write"))?;
+    for (key, delta, zone) in rows {
         let day = key.day.to_string();
         let existing = read
             .query_row(params![key.merchant_id, key.currency, day], |r| {
@@ -296,80 +344,46 @@ pub(super) fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> 
                 ))
             })
             .optional()
-            .map_err(lite("local upsert read"))?;
+            .map_err(lite("upsert read"))?;
         let (mut sums, zone) = match existing {
-            Some(([sa, ra], counts, zone)) => {
+            Some(([sa, ra], counts, kept)) => {
                 let (_, sums) = parse_row(String::new(), String::new(), &day, [&sa, &ra], counts)?;
-                (sums, zone)
+                (sums, kept)
             }
-            None => (Sums::default(), delta.time_zone.to_string()),
+            None => (Sums::default(), zone.to_owned()),
         };
-        sums.merge(&delta.sums);
+        sums.merge(delta);
+        let mut values: Vec<rusqlite::types::Value> = vec![
+            key.merchant_id.clone().into(),
+            key.currency.clone().into(),
+            day.into(),
+            sums.sales_amount.to_string().into(),
+            sums.sales_count.into(),
+            sums.refund_amount.to_string().into(),
+            sums.refund_count.into(),
+            sums.net_amount().to_string().into(),
+        ];
+        if table.zoned {
+            values.push(zone.into());
+        }
         write
-            .execute(params![
-                key.merchant_id,
-                key.currency,
-                day,
-                zone,
-                sums.sales_amount.to_string(),
-                sums.sales_count,
-                sums.refund_amount.to_string(),
-                sums.refund_count,
-                sums.net_amount().to_string(),
-            ])
-            .map_err(lite("local upsert write"))?;
+            .execute(rusqlite::params_from_iter(values))
+            .map_err(lite("upsert write"))?;
     }
     Ok(())
 }
 
+/// Adds UTC-day sums to `merchant_sales`.
 pub(super) fn upsert(tx: &Connection, deltas: &Totals) -> Result<()> {
-    let mut read = tx
-        .prepare_cached(
-            "SELECT sales_amount, sales_count, refund_amount, refund_count FROM merchant_sales
-             WHERE merchant_id = ?1 AND currency = ?2 AND day = ?3",
-        )
-        .map_err(lite("upsert read"))?;
-    let mut write = tx
-        .prepare_cached(&format!(
-            "INSERT OR REPLACE INTO merchant_sales (merchant_id, currency, day, sales_amount,
-                 sales_count, refund_amount, refund_count, net_amount, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {NOW})"
-        ))
-        .map_err(lite("upsert write"))?;
-    for (key, delta) in deltas {
-        let day = key.day.to_string();
-        let existing = read
-            .query_row(params![key.merchant_id, key.currency, day], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .optional()
-            .map_err(lite("upsert read"))?;
-        let mut sums = match existing {
-            Some((sa, sc, ra, rc)) => {
-                parse_row(String::new(), String::new(), &day, [&sa, &ra], [sc, rc])?.1
-            }
-            None => Sums::default(),
-        };
-        sums.merge(delta);
-        write
-            .execute(params![
-                key.merchant_id,
-                key.currency,
-                day,
-                sums.sales_amount.to_string(),
-                sums.sales_count,
-                sums.refund_amount.to_string(),
-                sums.refund_count,
-                sums.net_amount().to_string(),
-            ])
-            .map_err(lite("upsert write"))?;
-    }
-    Ok(())
+    add_rows(tx, &SALES, deltas.iter().map(|(k, s)| (k, s, "")))
+}
+
+/// Adds local-day sums to `merchant_sales_local`; a row keeps its zone.
+pub(super) fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> {
+    let rows = deltas
+        .iter()
+        .map(|(k, l)| (k, &l.sums, l.time_zone.as_ref()));
+    add_rows(tx, &LOCAL_SALES, rows)
 }
 
 fn advance(tx: &Connection, plan: &Plan) -> Result<()> {

@@ -77,12 +77,26 @@ fn dashboard_exprs() -> Vec<String> {
             _ => {}
         }
     }
+    let mut out = Vec::new();
+    walk(&dashboard(), &mut out);
+    out
+}
+
+/// The Grafana dashboard, as JSON.
+fn dashboard() -> serde_json::Value {
     let text =
         std::fs::read_to_string(repo().join("deploy/grafana/dashboards/tally.json")).unwrap();
-    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
-    let mut out = Vec::new();
-    walk(&dashboard, &mut out);
-    out
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+/// The SQL of the dashboard's one PostgreSQL panel (the top merchants).
+fn panel_sql(dashboard: &serde_json::Value) -> &str {
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p["targets"][0]["rawSql"].as_str())
+        .unwrap()
 }
 
 /// Every rule's `expr` from the rules file: inline, or a `|` block of deeper-indented lines.
@@ -284,10 +298,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
     );
 
     // The panels and alerts an operator was promised.
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("deploy/grafana/dashboards/tally.json")).unwrap(),
-    )
-    .unwrap();
+    let dashboard = dashboard();
     assert_eq!(dashboard["title"], "tally — merchant sales pipeline");
     let titles: Vec<&str> = dashboard["panels"]
         .as_array()
@@ -315,12 +326,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
             "panel {wanted:?} missing from {titles:?}"
         );
     }
-    let sql = dashboard["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|p| p["targets"][0]["rawSql"].as_str())
-        .unwrap();
+    let sql = panel_sql(&dashboard);
     assert!(
         sql.contains("FROM merchant_sales") && sql.contains("FROM merchant_sales_local"),
         "the top-merchants panel reads both tables: {sql}"
@@ -679,16 +685,8 @@ async fn the_top_merchants_panel_answers_on_both_bases() {
         )
         .await
         .unwrap();
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("deploy/grafana/dashboards/tally.json")).unwrap(),
-    )
-    .unwrap();
-    let sql = dashboard["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|p| p["targets"][0]["rawSql"].as_str())
-        .unwrap();
+    let dashboard = dashboard();
+    let sql = panel_sql(&dashboard);
     let options: Vec<&str> = dashboard["templating"]["list"][0]["options"]
         .as_array()
         .unwrap()

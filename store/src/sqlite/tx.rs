@@ -3,9 +3,9 @@
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, ToSql};
-use schemas::{LocalSums, LocalTotals, Totals};
+use schemas::{LocalTotals, Sums, Totals, TotalsKey};
 
-use super::{upsert, upsert_local};
+use super::{add_rows, upsert, upsert_local, Table, LOCAL_SALES, SALES};
 use crate::error::{lite, Result};
 use crate::jobs::{FileVersion, Scope};
 use crate::parse_row;
@@ -67,137 +67,124 @@ fn stage_rows(
     totals: &Totals,
     local: &LocalTotals,
 ) -> Result<()> {
+    stage(
+        conn,
+        &SALES,
+        job_id,
+        task_no,
+        totals.iter().map(|(k, s)| (k, s, "")),
+    )?;
+    let local_rows = local
+        .iter()
+        .map(|(k, l)| (k, &l.sums, l.time_zone.as_ref()));
+    stage(conn, &LOCAL_SALES, job_id, task_no, local_rows)
+}
+
+/// Stages rows of `table` (with their zones, for a zoned one) for a task.
+fn stage<'a>(
+    conn: &Connection,
+    table: &Table,
+    job_id: i64,
+    task_no: i32,
+    rows: impl IntoIterator<Item = (&'a TotalsKey, &'a Sums, &'a str)>,
+) -> Result<()> {
+    let (zone_insert, zone_value) = if table.zoned {
+        (", time_zone", ", ?10")
+    } else {
+        ("", "")
+    };
     let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO tally_backfill_rows (job_id, task_no, merchant_id, currency, day, sales_amount, sales_count,
-                 refund_amount, refund_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
+        .prepare_cached(&format!(
+            "INSERT INTO {} (job_id, task_no, merchant_id, currency, {}, sales_amount, sales_count,
+                 refund_amount, refund_count{zone_insert})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9{zone_value})",
+            table.staged, table.day
+        ))
         .map_err(lite("task rows insert"))?;
-    for (key, sums) in totals {
+    for (key, sums, zone) in rows {
+        let mut values: Vec<rusqlite::types::Value> = vec![
+            job_id.into(),
+            task_no.into(),
+            key.merchant_id.clone().into(),
+            key.currency.clone().into(),
+            key.day.to_string().into(),
+            sums.sales_amount.to_string().into(),
+            sums.sales_count.into(),
+            sums.refund_amount.to_string().into(),
+            sums.refund_count.into(),
+        ];
+        if table.zoned {
+            values.push(zone.to_owned().into());
+        }
         insert
-            .execute(params![
-                job_id,
-                task_no,
-                key.merchant_id,
-                key.currency,
-                key.day.to_string(),
-                sums.sales_amount.to_string(),
-                sums.sales_count,
-                sums.refund_amount.to_string(),
-                sums.refund_count
-            ])
+            .execute(params_from_iter(values))
             .map_err(lite("task rows insert"))?;
-    }
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO tally_backfill_local_rows (job_id, task_no, merchant_id, currency, local_day, time_zone,
-                 sales_amount, sales_count, refund_amount, refund_count)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .map_err(lite("task local rows insert"))?;
-    for (key, row) in local {
-        insert
-            .execute(params![
-                job_id,
-                task_no,
-                key.merchant_id,
-                key.currency,
-                key.day.to_string(),
-                row.time_zone.as_ref(),
-                row.sums.sales_amount.to_string(),
-                row.sums.sales_count,
-                row.sums.refund_amount.to_string(),
-                row.sums.refund_count
-            ])
-            .map_err(lite("task local rows insert"))?;
     }
     Ok(())
 }
 
-/// Deletes the scope, then adds the staged rows within it, summed by tally
-/// (SQLite holds amounts as text).
+/// Deletes the scope of both tables (by UTC day, and by local day), then
+/// adds the staged rows within it, summed by tally (SQLite holds amounts as
+/// text); returns the rows written to `merchant_sales`.
 fn replace_scope(conn: &Connection, job_id: i64, scope: &Scope) -> Result<i64> {
     let (from, to) = (scope.from.to_string(), scope.to.to_string());
     let merchants = serde_json::to_string(&scope.merchants).expect("strings serialise");
-    conn.execute(
-        "DELETE FROM merchant_sales WHERE day >= ?1 AND day < ?2
-           AND (json_array_length(?3) = 0 OR merchant_id IN (SELECT value FROM json_each(?3)))",
-        params![from, to, merchants],
-    )
-    .map_err(lite("range delete"))?;
-    let mut read = conn
-        .prepare(
-            "SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count
-             FROM tally_backfill_rows WHERE job_id = ?1
-               -- Only the scope just deleted: a row outside it would add to live totals.
-               AND day >= ?2 AND day < ?3
-               AND (json_array_length(?4) = 0 OR merchant_id IN (SELECT value FROM json_each(?4)))",
+    let in_scope = |day: &str, first: usize| {
+        format!(
+            "{day} >= ?{first} AND {day} < ?{} AND (json_array_length(?{}) = 0
+               OR merchant_id IN (SELECT value FROM json_each(?{})))",
+            first + 1,
+            first + 2,
+            first + 2
         )
-        .map_err(lite("job rows read"))?;
-    let rows = read
-        .query_map(params![job_id, from, to, merchants], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                [r.get::<_, String>(3)?, r.get::<_, String>(5)?],
-                [r.get::<_, i64>(4)?, r.get::<_, i64>(6)?],
+    };
+    let mut written = 0;
+    for table in [&SALES, &LOCAL_SALES] {
+        let (name, day) = (table.name, table.day);
+        conn.execute(
+            &format!("DELETE FROM {name} WHERE {}", in_scope(day, 1)),
+            params![from, to, merchants],
+        )
+        .map_err(lite("range delete"))?;
+        // Only the scope just deleted: a row outside it would add to live totals.
+        let mut read = conn
+            .prepare(&format!(
+                "SELECT merchant_id, currency, {day}, sales_amount, sales_count, refund_amount,
+                        refund_count, {}
+                 FROM {} WHERE job_id = ?1 AND {}",
+                table.zone_column(),
+                table.staged,
+                in_scope(day, 2)
             ))
-        })
-        .map_err(lite("job rows read"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(lite("job rows read"))?;
-    let rows = rows
-        .into_iter()
-        .map(|(m, c, d, [sa, ra], counts)| parse_row(m, c, &d, [&sa, &ra], counts))
-        .collect::<Result<Totals>>()?;
-    upsert(conn, &rows)?;
-    // The same scope of the local table, by local day.
-    conn.execute(
-        "DELETE FROM merchant_sales_local WHERE local_day >= ?1 AND local_day < ?2
-           AND (json_array_length(?3) = 0 OR merchant_id IN (SELECT value FROM json_each(?3)))",
-        params![from, to, merchants],
-    )
-    .map_err(lite("local range delete"))?;
-    let mut read = conn
-        .prepare(
-            "SELECT merchant_id, currency, local_day, sales_amount, sales_count, refund_amount, refund_count,
-                    time_zone
-             FROM tally_backfill_local_rows WHERE job_id = ?1
-               AND local_day >= ?2 AND local_day < ?3
-               AND (json_array_length(?4) = 0 OR merchant_id IN (SELECT value FROM json_each(?4)))",
-        )
-        .map_err(lite("job local rows read"))?;
-    let local = read
-        .query_map(params![job_id, from, to, merchants], |r| {
-            Ok((
-                (
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
+            .map_err(lite("job rows read"))?;
+        let rows = read
+            .query_map(params![job_id, from, to, merchants], |r| {
+                Ok((
+                    [
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ],
                     [r.get::<_, String>(3)?, r.get::<_, String>(5)?],
                     [r.get::<_, i64>(4)?, r.get::<_, i64>(6)?],
-                ),
-                r.get::<_, String>(7)?,
-            ))
-        })
-        .map_err(lite("job local rows read"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(lite("job local rows read"))?
-        .into_iter()
-        .map(|((m, c, d, [sa, ra], counts), zone)| {
-            let (key, sums) = parse_row(m, c, &d, [&sa, &ra], counts)?;
-            Ok((
-                key,
-                LocalSums {
-                    time_zone: zone.into(),
-                    sums,
-                },
-            ))
-        })
-        .collect::<Result<LocalTotals>>()?;
-    upsert_local(conn, &local)?;
-    Ok(rows.len() as i64)
+                    r.get::<_, String>(7)?,
+                ))
+            })
+            .map_err(lite("job rows read"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(lite("job rows read"))?
+            .into_iter()
+            .map(|([m, c, d], [sa, ra], counts, zone)| {
+                let (key, sums) = parse_row(m, c, &d, [&sa, &ra], counts)?;
+                Ok((key, sums, zone))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        add_rows(conn, table, rows.iter().map(|(k, s, z)| (k, s, z.as_str())))?;
+        if !table.zoned {
+            written = rows.len() as i64;
+        }
+    }
+    Ok(written)
 }
 
 fn known_versions(conn: &Connection, files: &[FileVersion]) -> Result<Vec<bool>> {

@@ -227,29 +227,5 @@ fn date_in(zone: &str, lines: &str) -> Vec<String> {
 /// Compares `merchant_sales_local` with the expected rows, zone included;
 /// panics listing differences.
 pub fn assert_equal(expected: &LocalTotals, actual: &LocalTotals) {
-    let mut keys: Vec<&TotalsKey> = expected.keys().chain(actual.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    let differences: Vec<String> = keys
-        .into_iter()
-        .filter(|k| expected.get(*k) != actual.get(*k))
-        .map(|k| {
-            format!(
-                "{} {} local {}: expected {:?}, got {:?}",
-                k.merchant_id,
-                k.currency,
-                k.day,
-                expected.get(k),
-                actual.get(k)
-            )
-        })
-        .collect();
-    assert!(
-        differences.is_empty(),
-        "{} of {} local rows differ, e.g.:\n{}",
-        differences.len(),
-        expected.len(),
-        differences[..differences.len().min(10)].join("\n")
-    );
-    assert!(!expected.is_empty(), "the scenario counted nothing");
+    super::assert_rows_equal("local rows", expected, actual);
 }

@@ -785,6 +785,16 @@ pub async fn produce(brokers: &str, topic: &str, messages: &[Generated]) {
 
 /// Compares the table with the expected totals row by row; panics listing differences.
 pub fn assert_totals_equal(expected: &Totals, actual: &Totals) {
+    assert_rows_equal("keys", expected, actual);
+}
+
+/// Compares two tables' rows by key; panics listing the differences (of
+/// `what`, up to ten) or when nothing was expected at all.
+pub fn assert_rows_equal<V: PartialEq + std::fmt::Debug>(
+    what: &str,
+    expected: &BTreeMap<TotalsKey, V>,
+    actual: &BTreeMap<TotalsKey, V>,
+) {
     let keys: HashSet<&TotalsKey> = expected.keys().chain(actual.keys()).collect();
     let mut differences: Vec<String> = keys
         .into_iter()
@@ -803,15 +813,10 @@ pub fn assert_totals_equal(expected: &Totals, actual: &Totals) {
     differences.sort();
     assert!(
         differences.is_empty(),
-        "{} of {} keys differ, e.g.:\n{}",
+        "{} of {} {what} differ, e.g.:\n{}",
         differences.len(),
         expected.len(),
-        differences
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        differences[..differences.len().min(10)].join("\n")
     );
     assert!(
         !expected.is_empty(),
