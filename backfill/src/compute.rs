@@ -21,7 +21,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use schemas::event::{decode, from_columns, Columns, Invalid, Occurred, ValidEvent};
-use schemas::zone::Zones;
+use schemas::zone::{HourCache, Zones};
 use schemas::{LocalSums, LocalTotals, Sums, Totals, TotalsKey};
 use serde_json::json;
 use store::jobs::{Scope, TaskResult};
@@ -55,6 +55,7 @@ struct Tally {
     sums: HashMap<(u32, [u8; 3], i32), Sums>,
     /// Local days under these zones, when kept, and their sums.
     zones: Option<Arc<Zones>>,
+    hours: HourCache,
     local: HashMap<(u32, [u8; 3], i32), Sums>,
     rows_read: i64,
     rows_rejected: i64,
@@ -81,6 +82,7 @@ impl Tally {
             names: Vec::new(),
             sums: HashMap::default(),
             zones,
+            hours: HourCache::default(),
             local: HashMap::default(),
             rows_read: 0,
             rows_rejected: 0,
@@ -124,7 +126,8 @@ impl Tally {
         // may count in one table's scope and not the other's.
         let utc = self.scope.contains(&event.merchant_id, event.day);
         let local = self.zones.as_ref().and_then(|zones| {
-            let day = zones.local_day(&event.merchant_id, event.occurred_at);
+            let day =
+                zones.local_day_cached(&mut self.hours, &event.merchant_id, event.occurred_at);
             self.scope.contains(&event.merchant_id, day).then_some(day)
         });
         if !utc && local.is_none() {

@@ -162,13 +162,25 @@ impl Zones {
     /// The local day of `merchant`'s instant `micros`: the same as
     /// [`Zone::local_day`], in integer arithmetic on the offset in force.
     pub fn local_day(&self, merchant: &str, micros: i64) -> Day {
-        self.local_day_cached(&mut HourCache::default(), merchant, micros)
+        self.local_day_with(merchant, micros, |zone| {
+            zone.offset_secs(micros) * 1_000_000
+        })
     }
 
     /// [`Zones::local_day`], with the offsets of whole UTC hours kept in
     /// `cache`: the hot path asks for the same few zones and hours again
     /// and again.
     pub fn local_day_cached(&self, cache: &mut HourCache, merchant: &str, micros: i64) -> Day {
+        self.local_day_with(merchant, micros, |zone| cache.offset_micros(zone, micros))
+    }
+
+    /// The local day, with `offset_micros` giving a zone's offset at `micros`.
+    fn local_day_with(
+        &self,
+        merchant: &str,
+        micros: i64,
+        offset_micros: impl FnOnce(Zone) -> i64,
+    ) -> Day {
         let zone = if self.by_merchant.is_empty() {
             self.default
         } else {
@@ -177,7 +189,7 @@ impl Zones {
         let offset = if zone == Zone::UTC {
             0
         } else {
-            cache.offset_micros(zone, micros)
+            offset_micros(zone)
         };
         Day((micros + offset).div_euclid(MICROS_PER_DAY) as i32)
     }
@@ -293,13 +305,15 @@ mod tests {
             (st_johns, "2026-03-08T05:30:00Z"),
         ] {
             let zones = Zones::new(HashMap::new(), zone);
-            let at = parse_rfc3339(around).unwrap();
+            let (at, mut cache) = (parse_rfc3339(around).unwrap(), HourCache::default());
             for step in -200..200i64 {
                 let micros = at + step * 450_000_000 + 1;
+                let calendar = zone.local_day(micros);
+                assert_eq!(zones.local_day("m", micros), calendar, "{zone} {micros}");
                 assert_eq!(
-                    zones.local_day("m", micros),
-                    zone.local_day(micros),
-                    "{zone} {micros}"
+                    zones.local_day_cached(&mut cache, "m", micros),
+                    calendar,
+                    "{zone} {micros}, cached"
                 );
             }
         }

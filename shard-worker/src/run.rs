@@ -119,24 +119,22 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let default_zone = config.default_zone()?;
     // Local days need the zones before the first batch is decoded.
     let zones = if config.local_days {
-        tokio::select! {
-            zones = retry("time_zones_read", || crate::zones::load(&store, default_zone)) => {
-                crate::zones::Watched::new(zones?)
-            }
+        let zones = tokio::select! {
+            zones = retry("time_zones_read", || store.zone_map(default_zone)) => zones?,
             () = shutdown.cancelled() => return Ok(()),
-        }
-    } else {
-        crate::zones::Watched::off()
-    };
-    if config.local_days {
+        };
+        let watched = crate::zones::Watched::new(zones);
         tokio::spawn(crate::zones::refresh(
-            zones.clone(),
+            watched.clone(),
             store.clone(),
             default_zone,
             crate::zones::REFRESH_EVERY,
             shutdown.clone(),
         ));
-    }
+        watched
+    } else {
+        crate::zones::Watched::off()
+    };
     let producer =
         idempotent_producer(&config.brokers, &config.kafka).map_err(kafka("producer"))?;
     warm_up(&producer, &config.partials_topic).await;

@@ -46,13 +46,6 @@ impl Watched {
     }
 }
 
-/// The merchants' zones as stored, with `default` for the rest.
-///
-/// Fails when the database cannot be read.
-pub async fn load(store: &Store, default: Zone) -> store::Result<Zones> {
-    store.zone_map(default).await
-}
-
 /// Reads the zones again every `every` until `shutdown`; a failed read keeps
 /// the zones held and is logged.
 pub async fn refresh(
@@ -67,7 +60,7 @@ pub async fn refresh(
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
-        match load(&store, default).await {
+        match store.zone_map(default).await {
             Ok(zones) => {
                 if watched.current().as_deref() != Some(&zones) {
                     tracing::info!(
