@@ -7,6 +7,7 @@
 //!   atomic replace: their rules written once, for both databases, over
 //!   `sql`'s one small trait per database.
 //! - [`merchants`]: merchants' IANA time zones (`tally_merchants`).
+//! - [`reads`]: the totals API's reads of both totals tables.
 //! - [`health`]: whether the database is answering, for `/readyz`.
 //! - [`error`]: errors that say what failed and whether to retry.
 //!
@@ -26,6 +27,7 @@ pub mod health;
 pub mod jobs;
 pub mod merchants;
 pub mod postgres;
+pub mod reads;
 mod sql;
 pub mod sqlite;
 

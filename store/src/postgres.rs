@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "local_sales",
         include_str!("../migrations/postgres/0007_local_sales.sql"),
     ),
+    (
+        8,
+        "day_indexes",
+        include_str!("../migrations/postgres/0008_day_indexes.sql"),
+    ),
 ];
 
 /// Arbitrary constant that serialises concurrent migrations.

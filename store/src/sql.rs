@@ -184,6 +184,17 @@ pub(crate) trait Tx: Send {
     /// while other readers may hold the same lock.
     fn for_share(&self) -> &'static str;
 
+    /// A `$n` parameter holding a day's `YYYY-MM-DD` text, as the day
+    /// columns compare.
+    fn day_param(&self, n: usize) -> String;
+
+    /// `column`, a row's change time, as RFC 3339 text in UTC.
+    fn timestamp_text(&self, column: &str) -> String;
+
+    /// The order of a day's top merchants: `net_amount`, highest first and
+    /// exact; ties by `merchant_id`, bytewise.
+    fn top_order(&self) -> &'static str;
+
     /// Holds, until commit, a lock on one file's location, so that two
     /// transactions never judge the same location at once.
     fn lock_location<'a>(&'a mut self, location: &'a str) -> BoxFuture<'a, Result<()>>;

@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "local_sales",
         include_str!("../migrations/sqlite/0006_local_sales.sql"),
     ),
+    (
+        7,
+        "day_indexes",
+        include_str!("../migrations/sqlite/0007_day_indexes.sql"),
+    ),
 ];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 /// How long a writer waits for another process's write lock.

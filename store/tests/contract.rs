@@ -428,3 +428,136 @@ async fn the_completion_swap_replaces_exactly_the_job_scope(backend: Backend) {
     assert_eq!(store.totals(None).await.unwrap(), want);
     assert_eq!(store.local_totals(None).await.unwrap(), want_local);
 }
+
+on_both!(reads_rank_exactly_and_keep_to_the_range);
+async fn reads_rank_exactly_and_keep_to_the_range(backend: Backend) {
+    use store::reads::Basis;
+    let store = fresh(backend, "reads").await;
+    let claim = store.claim("orders", 0, "worker-a").await.unwrap();
+    // Nets that text order gets wrong: negative ones, different lengths,
+    // the same length, a tie (broken by merchant id, bytewise), and amounts
+    // beyond a float's 15 exact digits that differ only in the last one.
+    let nets: [(&str, &str, i128, i128); 9] = [
+        ("m-a", "EUR", 5_0000, 0),
+        ("m-b", "EUR", 10_0000, 0),
+        ("m-c", "EUR", 9_0000, 0),
+        ("m-d", "EUR", 1_0000, 6_0000),  // -5
+        ("m-e", "EUR", 1_0000, 11_0000), // -10
+        ("M-f", "EUR", 9_0000, 0),       // ties m-c; 'M' < 'm' bytewise
+        ("m-g", "EUR", 1_234_567_890_123_456_7891, 0),
+        ("m-h", "EUR", 1_234_567_890_123_456_7892, 0),
+        ("m-a", "USD", 7_0000, 0),
+    ];
+    let mut live = partial("orders", claim.epoch, 0, 9, "m-a", 1);
+    live.rows.clear();
+    for (merchant, currency, sales, refunds) in nets {
+        let sums = Sums {
+            sales_amount: Amount(sales),
+            sales_count: 1,
+            refund_amount: Amount(refunds),
+            refund_count: i64::from(refunds > 0),
+        };
+        let key = TotalsKey {
+            merchant_id: merchant.into(),
+            currency: currency.into(),
+            day: DAY,
+        };
+        live.rows.push(PartialRow { key, sums });
+    }
+    // m-a also sold on the days either side, and in Tokyo's calendar.
+    for day in [Day(DAY.0 - 1), Day(DAY.0 + 1)] {
+        live.rows.push(PartialRow {
+            key: key("m-a", day),
+            sums: sale(1_0000, 1),
+        });
+    }
+    let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
+    live.local_rows = local(&streamed, "Asia/Tokyo")
+        .into_iter()
+        .map(|(key, local)| LocalRow {
+            merchant_id: key.merchant_id,
+            currency: key.currency,
+            local_day: key.day,
+            local,
+        })
+        .collect();
+    store.apply(&[live]).await.unwrap();
+
+    // The ranking, computed here: net descending, exact; ties by id bytes.
+    let mut euro: Vec<(Amount, &str)> = streamed
+        .iter()
+        .filter(|(k, _)| k.day == DAY && k.currency == "EUR")
+        .map(|(k, s)| (s.net_amount(), k.merchant_id.as_str()))
+        .collect();
+    euro.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.as_bytes().cmp(b.1.as_bytes())));
+    for basis in [Basis::Utc, Basis::Local] {
+        let top = store
+            .top_merchants(DAY, Some("EUR"), basis, 100)
+            .await
+            .unwrap();
+        let got: Vec<(Amount, &str)> = top
+            .iter()
+            .map(|r| (r.sums.net_amount(), r.merchant_id.as_str()))
+            .collect();
+        assert_eq!(got, euro, "{basis:?}");
+        let zone = if basis == Basis::Utc {
+            "UTC"
+        } else {
+            "Asia/Tokyo"
+        };
+        assert!(top.iter().all(|r| r.time_zone == zone && r.day == DAY));
+        // Without a currency: the top 3 of each currency, by currency.
+        let top = store.top_merchants(DAY, None, basis, 3).await.unwrap();
+        let got: Vec<(&str, &str)> = top
+            .iter()
+            .map(|r| (r.currency.as_str(), r.merchant_id.as_str()))
+            .collect();
+        let mut want: Vec<(&str, &str)> = euro[..3].iter().map(|(_, m)| ("EUR", *m)).collect();
+        want.push(("USD", "m-a"));
+        assert_eq!(got, want, "{basis:?}");
+
+        // A range includes both ends and nothing outside them.
+        let days = |from: i32, to: i32, currency: Option<&'static str>| {
+            let store = &store;
+            async move {
+                store
+                    .merchant_days("m-a", [Day(DAY.0 + from), Day(DAY.0 + to)], currency, basis)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| (r.day.0 - DAY.0, r.currency, r.sums))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let row =
+            |day: i32, currency: &str, units: i128| (day, currency.to_owned(), sale(units, 1));
+        assert_eq!(
+            days(-1, 1, None).await,
+            vec![
+                row(-1, "EUR", 1_0000),
+                row(0, "EUR", 5_0000),
+                row(0, "USD", 7_0000),
+                row(1, "EUR", 1_0000)
+            ]
+        );
+        assert_eq!(days(0, 0, Some("USD")).await, vec![row(0, "USD", 7_0000)]);
+        assert_eq!(days(2, 30, None).await, vec![]);
+        assert!(store
+            .merchant_days("nobody", [DAY, DAY], None, basis)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    // Each row says when it changed, as RFC 3339 in UTC.
+    let row = &store
+        .merchant_days("m-a", [DAY, DAY], Some("EUR"), Basis::Utc)
+        .await
+        .unwrap()[0];
+    assert!(
+        row.updated_at.len() >= 24
+            && row.updated_at.ends_with('Z')
+            && &row.updated_at[10..11] == "T",
+        "{}",
+        row.updated_at
+    );
+}

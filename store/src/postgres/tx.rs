@@ -107,6 +107,18 @@ impl Tx for PgTx<'_> {
         " FOR SHARE"
     }
 
+    fn day_param(&self, n: usize) -> String {
+        format!("${n}::text::date")
+    }
+
+    fn timestamp_text(&self, column: &str) -> String {
+        format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    }
+
+    fn top_order(&self) -> &'static str {
+        "net_amount DESC, merchant_id COLLATE \"C\""
+    }
+
     fn lock_location<'a>(&'a mut self, location: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             // Held to commit; the partial unique index `tally_imports_once` is the backstop.

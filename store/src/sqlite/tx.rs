@@ -237,6 +237,27 @@ impl Tx for LiteTx<'_> {
         ""
     }
 
+    fn day_param(&self, n: usize) -> String {
+        format!("${n}")
+    }
+
+    /// The stored text already is (`strftime('%Y-%m-%dT%H:%M:%fZ')`).
+    fn timestamp_text(&self, column: &str) -> String {
+        column.to_owned()
+    }
+
+    /// Amounts are decimal text with exactly four fractional digits and no
+    /// leading zeros, so text order within one sign and length is numeric
+    /// order: non-negative before negative, then longer (larger) first among
+    /// the non-negative and shorter (larger) first among the negative.
+    fn top_order(&self) -> &'static str {
+        "net_amount LIKE '-%',
+         CASE WHEN net_amount LIKE '-%' THEN -length(net_amount) ELSE length(net_amount) END DESC,
+         CASE WHEN net_amount LIKE '-%' THEN net_amount END,
+         CASE WHEN net_amount LIKE '-%' THEN NULL ELSE net_amount END DESC,
+         merchant_id"
+    }
+
     /// Nothing: the transaction took the write lock of the whole file.
     fn lock_location<'a>(&'a mut self, _location: &'a str) -> BoxFuture<'a, Result<()>> {
         ready(Ok(()))
