@@ -18,15 +18,19 @@ pub struct IngestConfig {
     /// Accepted bearer tokens, comma-separated. Prefer `TALLY_INGEST_TOKENS`
     /// over a file. Empty refuses every request.
     pub tokens: String,
+    /// Bearer tokens of the totals API, comma-separated: they may read
+    /// totals and nothing else; write tokens may not read. Prefer
+    /// `TALLY_INGEST_READ_TOKENS` over a file. Needs `database_url`.
+    pub read_tokens: String,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Messages the producer may hold unacknowledged before requests get 503.
     pub queue_max_messages: u32,
     /// How long a request waits for the broker's acknowledgements.
     pub ack_timeout_ms: u64,
-    /// Database where `POST /v1/imports` queues import jobs (`postgres://…`
-    /// or `sqlite://PATH`, the aggregators' database). Empty: that route
-    /// answers 503.
+    /// The aggregators' database (`postgres://…` or `sqlite://PATH`), where
+    /// `POST /v1/imports` queues import jobs and which the totals API reads.
+    /// Empty: those routes answer 503.
     pub database_url: String,
     /// Extra librdkafka properties.
     pub kafka: BTreeMap<String, String>,
@@ -52,6 +56,7 @@ impl Default for IngestConfig {
             orders_topic: "orders".into(),
             listen: "127.0.0.1:8080".into(),
             tokens: String::new(),
+            read_tokens: String::new(),
             max_body_bytes: 5 * 1024 * 1024,
             queue_max_messages: 100_000,
             ack_timeout_ms: 10_000,
@@ -79,11 +84,26 @@ impl IngestConfig {
                 "must be host:port, e.g. 0.0.0.0:8080",
             ));
         }
-        if self.token_list().is_empty() {
+        let (write, read) = (Self::list(&self.tokens), Self::list(&self.read_tokens));
+        if write.is_empty() {
             return Err(ConfigError::new(
                 "ingest.tokens",
                 "",
                 "needs at least one bearer token (TALLY_INGEST_TOKENS)",
+            ));
+        }
+        if read.iter().any(|token| write.contains(token)) {
+            return Err(ConfigError::new(
+                "ingest.read_tokens",
+                "<not shown>",
+                "holds a token that is also in ingest.tokens; a token either writes or reads",
+            ));
+        }
+        if !read.is_empty() && self.database_url.is_empty() {
+            return Err(ConfigError::new(
+                "ingest.read_tokens",
+                "<not shown>",
+                "needs ingest.database_url (TALLY_DATABASE_URL): the totals API reads the aggregators' database",
             ));
         }
         check::in_range(
@@ -156,8 +176,9 @@ impl IngestConfig {
             .map_or(DEFAULT_MESSAGE_MAX_BYTES, |v| v.trim().parse().unwrap_or(0))
     }
 
-    pub(crate) fn token_list(&self) -> Vec<String> {
-        self.tokens
+    /// The tokens of a comma-separated list.
+    pub(crate) fn list(tokens: &str) -> Vec<String> {
+        tokens
             .split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
@@ -183,5 +204,24 @@ mod tests {
             ..IngestConfig::default()
         };
         assert_eq!(config.validate().unwrap_err().field, "ingest.listen");
+        let config = IngestConfig {
+            tokens: "a, b".into(),
+            read_tokens: "c,b".into(),
+            database_url: "sqlite://tally.db".into(),
+            ..IngestConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.field, "ingest.read_tokens");
+        assert!(!error.to_string().contains("c,b"), "{error}");
+        let config = IngestConfig {
+            read_tokens: "c".into(),
+            database_url: String::new(),
+            ..config
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ingest.database_url"));
     }
 }

@@ -12,6 +12,7 @@
 //! - [`error`]: why it could not start or stop cleanly.
 //! - [`serve`]: its server: HTTPS, connection bounds and deadlines.
 //! - [`imports`]: `POST /v1/imports`, S3 event notifications that start imports.
+//! - [`totals`]: the totals API, `GET /v1/merchants/…`, with read tokens.
 //! - [`client`]: a small HTTP/1.1 client for it (the generator's `--url`).
 
 pub mod client;
@@ -25,6 +26,7 @@ pub mod produce;
 mod run;
 pub mod serve;
 pub mod service;
+pub mod totals;
 
 pub use config::IngestConfig;
 pub use error::IngestError;

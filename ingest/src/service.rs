@@ -12,6 +12,7 @@
 //! | 422 | every event rejected: nothing was produced |
 //! | 400 | the body is empty, not UTF-8, or not a JSON array / NDJSON |
 //! | 401 | no bearer token, or an unknown one |
+//! | 403 | a read token (`ingest.read_tokens`): writing takes a write token |
 //! | 413 | the body is larger than `max_body_bytes` |
 //! | 408 | the body did not arrive within `body_timeout_ms` |
 //! | 503 | the broker is unreachable, the producer queue is full, or more than `max_concurrent_requests` requests are in progress (`Retry-After`) |
@@ -51,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::IngestConfig;
 use crate::imports::{ImportQueue, Started};
 use crate::metrics::{DURATION, EVENTS, IN_PROGRESS, PRODUCE_ERRORS, REQUESTS};
+use crate::totals::Database;
 
 /// Rejections an answer lists one by one; the rest are only counted.
 pub const LISTED_REJECTIONS: usize = 100;
@@ -67,7 +69,10 @@ pub struct Ingest {
     /// A delivery failed: start a new producer session once the broker answers.
     stale: AtomicBool,
     topic: String,
+    /// Write tokens (`ingest.tokens`): orders and imports.
     tokens: Vec<Vec<u8>>,
+    /// Read tokens (`ingest.read_tokens`): the totals API.
+    read_tokens: Vec<Vec<u8>>,
     max_body_bytes: usize,
     max_message_bytes: usize,
     body_timeout: Duration,
@@ -77,6 +82,19 @@ pub struct Ingest {
     max_concurrent_requests: usize,
     broker_up: AtomicBool,
     imports: Option<Arc<dyn ImportQueue>>,
+    /// The aggregators' database, which the totals API reads.
+    database: Option<Database>,
+}
+
+/// What a request's bearer token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// No token, or an unknown one.
+    Denied,
+    /// A write token: orders and imports.
+    Write,
+    /// A read token: the totals API.
+    Read,
 }
 
 impl Ingest {
@@ -85,7 +103,7 @@ impl Ingest {
     /// Fails when librdkafka rejects the producer configuration.
     ///
     /// `imports` queues the imports `POST /v1/imports` asks for; without
-    /// it that route answers 503.
+    /// it that route answers 503. The totals API reads `ingest.database_url`.
     pub fn new(
         config: &IngestConfig,
         imports: Option<Arc<dyn ImportQueue>>,
@@ -114,8 +132,11 @@ impl Ingest {
             client,
             stale: AtomicBool::new(false),
             topic: config.orders_topic.clone(),
-            tokens: config
-                .token_list()
+            tokens: IngestConfig::list(&config.tokens)
+                .into_iter()
+                .map(String::into_bytes)
+                .collect(),
+            read_tokens: IngestConfig::list(&config.read_tokens)
                 .into_iter()
                 .map(String::into_bytes)
                 .collect(),
@@ -127,6 +148,8 @@ impl Ingest {
             max_concurrent_requests: config.max_concurrent_requests,
             broker_up: AtomicBool::new(false),
             imports,
+            database: (!config.database_url.is_empty())
+                .then(|| Database::new(config.database_url.clone())),
         }))
     }
 
@@ -180,20 +203,48 @@ impl Ingest {
         self.producer().flush(timeout)
     }
 
-    /// Constant-time check of the `Authorization: Bearer …` header against
-    /// every configured token (no early exit, no length shortcut).
-    fn authorised(&self, headers: &HeaderMap) -> bool {
+    /// The database the totals API reads, if `ingest.database_url` is set.
+    pub(crate) fn database(&self) -> Option<&Database> {
+        self.database.as_ref()
+    }
+
+    /// What the `Authorization: Bearer …` header may do: checked in
+    /// constant time against every configured token, write and read (no
+    /// early exit, no length shortcut).
+    pub(crate) fn access(&self, headers: &HeaderMap) -> Access {
         let Some(given) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         else {
-            return false;
+            return Access::Denied;
         };
-        let mut any = 0u8;
-        for token in &self.tokens {
-            any |= u8::from(constant_time_eq(given, token));
+        let any = |tokens: &[Vec<u8>]| {
+            tokens.iter().fold(0u8, |any, token| {
+                any | u8::from(constant_time_eq(given, token))
+            })
+        };
+        let (write, read) = (any(&self.tokens), any(&self.read_tokens));
+        match (write, read) {
+            (1, _) => Access::Write,
+            (_, 1) => Access::Read,
+            _ => Access::Denied,
         }
-        any == 1
+    }
+
+    /// The refusal of a request to write (orders, imports) by its token:
+    /// 401 without a valid one, 403 for a read token.
+    fn may_write(&self, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+        match self.access(headers) {
+            Access::Write => Ok(()),
+            Access::Read => Err((
+                StatusCode::FORBIDDEN,
+                "this is a read token (ingest.read_tokens); writing takes a write token (ingest.tokens)",
+            )),
+            Access::Denied => Err((
+                StatusCode::UNAUTHORIZED,
+                "a valid `Authorization: Bearer <token>` header is required",
+            )),
+        }
     }
 }
 
@@ -207,12 +258,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     difference == 0
 }
 
-/// The API routes: `POST /v1/orders`, `GET /healthz`, `GET /readyz` and
-/// `GET /openapi.json`. The caller adds `/metrics`.
+/// The API routes: `POST /v1/orders`, `POST /v1/imports`, the totals API
+/// (`GET /v1/merchants/{merchant_id}/totals`, `GET /v1/merchants`),
+/// `GET /healthz`, `GET /readyz` and `GET /openapi.json`. The caller adds
+/// `/metrics`.
 pub fn router(state: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/orders", post(orders))
         .route("/v1/imports", post(imports))
+        .route(
+            "/v1/merchants/{merchant_id}/totals",
+            get(crate::totals::merchant_totals),
+        )
+        .route("/v1/merchants", get(crate::totals::top_merchants))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -318,7 +376,9 @@ async fn orders(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Body
 }
 
 /// One of `max_concurrent_requests` slots, held while a request is handled.
-struct Slot(#[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit);
+pub(crate) struct Slot(
+    #[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit,
+);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -328,7 +388,7 @@ impl Drop for Slot {
 
 impl Ingest {
     /// A slot for one request, or the 503 message that sheds it.
-    fn admit(&self) -> Result<Slot, String> {
+    pub(crate) fn admit(&self) -> Result<Slot, String> {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 IN_PROGRESS.inc();
@@ -401,11 +461,8 @@ fn refuses_the_event(error: &KafkaError) -> bool {
 }
 
 async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
-    if !state.authorised(headers) {
-        return whole(
-            StatusCode::UNAUTHORIZED,
-            "a valid `Authorization: Bearer <token>` header is required",
-        );
+    if let Err((status, message)) = state.may_write(headers) {
+        return whole(status, message);
     }
     let _slot = match state.admit() {
         Ok(slot) => slot,
@@ -583,11 +640,8 @@ async fn imports(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
             },
         )
     };
-    if !state.authorised(&headers) {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "a valid `Authorization: Bearer <token>` header is required".into(),
-        );
+    if let Err((status, message)) = state.may_write(&headers) {
+        return refuse(status, message.into());
     }
     let Some(queue) = state.imports.clone() else {
         return refuse(

@@ -266,7 +266,8 @@ fn currency<'a>(raw: Option<Token<'a>>) -> Result<Cow<'a, str>, Invalid> {
     Ok(value)
 }
 
-pub(crate) fn check_currency(value: &str) -> Result<(), Invalid> {
+/// Checks a currency code given anywhere (a query parameter) by the event's rule.
+pub fn check_currency(value: &str) -> Result<(), Invalid> {
     if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Invalid::new(
             "currency",
