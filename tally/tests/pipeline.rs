@@ -28,34 +28,13 @@ const PATIENCE: Duration = Duration::from_secs(600);
 /// assigned to it for good when its session expires mid-rebalance.)
 const STATIC_A: &[(&str, &str)] = &[("worker.group_instance_id", "worker-a")];
 
-/// Gives the traffic's merchants zones (`tally_merchants`, before any
-/// worker starts), and adds events around each of those zones' 2026 changes
-/// to the traffic, spread through it.
-async fn with_zones(store: &store::Store, traffic: &mut Traffic) -> HashMap<String, &'static str> {
-    let zones = local::assign(&traffic.messages);
-    let rows: Vec<_> = zones
-        .iter()
-        .map(|(m, z)| (m.clone(), schemas::zone::Zone::parse(z).unwrap()))
-        .collect();
-    store.set_zones(&rows, 0).await.unwrap();
-    let extra = local::around_changes(&zones);
-    let every = traffic.messages.len() / extra.len().max(1);
-    for (i, message) in extra.into_iter().enumerate().rev() {
-        traffic
-            .messages
-            .insert((i * every).min(traffic.messages.len()), message);
-    }
-    traffic.expected = common::expected_totals(&traffic.messages);
-    zones
-}
-
 /// 1 (and 5): exact totals through duplicates, refunds, late and invalid events;
 /// every invalid event is in the dead-letter topic.
 async fn exact_totals(backend: Backend) {
     let mut world = World::new("exact", backend).await;
     let store = world.store().await;
     let mut traffic = traffic(11, events());
-    let zones = with_zones(&store, &mut traffic).await;
+    let zones = local::with_zones(&store, &mut traffic).await;
     world.start_aggregator("aggregator");
     world.start_worker("worker-a", &[]);
     world.start_worker("worker-b", &[]);
@@ -108,7 +87,7 @@ async fn crash_safety(backend: Backend) {
     let mut world = World::new("crash", backend).await;
     let store = world.store().await;
     let mut traffic = traffic(22, events());
-    let zones = with_zones(&store, &mut traffic).await;
+    let zones = local::with_zones(&store, &mut traffic).await;
     let mut aggregator = world.start_aggregator("aggregator");
     // Restarted as a supervisor would, with the same static member id.
     let mut victim = world.start_worker("worker-a", STATIC_A);

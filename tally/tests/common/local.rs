@@ -50,6 +50,30 @@ pub fn assign(messages: &[Generated]) -> HashMap<String, &'static str> {
         .collect()
 }
 
+/// Gives the traffic's merchants zones (`tally_merchants`, before any
+/// worker starts), and adds events around each of those zones' 2026 changes
+/// to the traffic, spread through it.
+pub async fn with_zones(
+    store: &store::Store,
+    traffic: &mut super::Traffic,
+) -> HashMap<String, &'static str> {
+    let zones = assign(&traffic.messages);
+    let rows: Vec<_> = zones
+        .iter()
+        .map(|(m, z)| (m.clone(), schemas::zone::Zone::parse(z).unwrap()))
+        .collect();
+    store.set_zones(&rows, 0).await.unwrap();
+    let extra = around_changes(&zones);
+    let every = traffic.messages.len() / extra.len().max(1);
+    for (i, message) in extra.into_iter().enumerate().rev() {
+        traffic
+            .messages
+            .insert((i * every).min(traffic.messages.len()), message);
+    }
+    traffic.expected = super::expected_totals(&traffic.messages);
+    zones
+}
+
 /// Events of `merchants` (one per zone) in the hours and at the local
 /// midnights around each of the zones' 2026 changes: the instant itself, a
 /// microsecond either side, the repeated or skipped hour, and more.
