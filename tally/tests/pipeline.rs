@@ -7,9 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use std::collections::HashMap;
-
-use common::{assert_totals_equal, local, produce, traffic, Backend, Traffic, World};
+use common::{assert_totals_equal, local, produce, traffic, Backend, World};
 use ingest::generate::Truth;
 use schemas::Partial;
 
