@@ -99,6 +99,9 @@ fn arg(args: &[String], name: &str, default: u64) -> Result<u64> {
     }
 }
 
+/// Passes of each mode per `hotpath` run; a run keeps each mode's fastest.
+const PASSES: usize = 3;
+
 fn hotpath(args: &[String]) -> Result<()> {
     let events = arg(args, "--events", 1_000_000)?;
     let batch = arg(args, "--batch", 20_000)? as usize;
@@ -168,9 +171,19 @@ fn hotpath(args: &[String]) -> Result<()> {
     let mut rates = Vec::new();
     let mut stages: [Vec<f64>; 4] = Default::default();
     for run in 0..runs {
-        let (elapsed, decoding, keys) = pass(None)?;
+        // Each mode's fastest of three passes, taken in turn: the machine's
+        // noise only ever adds time, and it comes and goes within seconds.
+        let (mut utc_passes, mut local_passes) = (Vec::new(), Vec::new());
+        for _ in 0..PASSES {
+            utc_passes.push(pass(None)?);
+            local_passes.push(pass(Some(zones.clone()))?);
+        }
+        let fastest = |passes: Vec<(Duration, Duration, usize)>| {
+            passes.into_iter().min_by_key(|p| p.0).expect("passes ran")
+        };
+        let (elapsed, decoding, keys) = fastest(utc_passes);
         let rate = events as f64 / elapsed.as_secs_f64();
-        let (local_elapsed, _, local_keys) = pass(Some(zones.clone()))?;
+        let (local_elapsed, _, local_keys) = fastest(local_passes);
         let local_rate = events as f64 / local_elapsed.as_secs_f64();
         let cost = local_elapsed.as_secs_f64() / elapsed.as_secs_f64() - 1.0;
         println!(

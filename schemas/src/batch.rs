@@ -104,15 +104,14 @@ impl EventBatchBuilder {
     /// A builder that also records each event's day in its merchant's zone
     /// under `zones`.
     pub fn with_local_days(capacity: usize, zones: Arc<Zones>) -> EventBatchBuilder {
-        EventBatchBuilder {
-            schema: local_event_schema(),
-            local: Some((
-                zones,
-                HourCache::default(),
-                Int32Builder::with_capacity(capacity),
-            )),
-            ..EventBatchBuilder::with_capacity(capacity)
-        }
+        let mut builder = EventBatchBuilder::with_capacity(capacity);
+        builder.schema = local_event_schema();
+        builder.local = Some((
+            zones,
+            HourCache::take(),
+            Int32Builder::with_capacity(capacity),
+        ));
+        builder
     }
 
     /// The zones local days are taken in, when the batch keeps them.
@@ -166,6 +165,15 @@ impl EventBatchBuilder {
         ];
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
+impl Drop for EventBatchBuilder {
+    /// Leaves the hour cache, warm, to the thread's next batch.
+    fn drop(&mut self) {
+        if let Some((_, cache, _)) = &mut self.local {
+            std::mem::take(cache).keep();
+        }
     }
 }
 

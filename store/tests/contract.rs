@@ -373,8 +373,8 @@ async fn the_completion_swap_replaces_exactly_the_job_scope(backend: Backend) {
     live.local_rows = local(&streamed, "Europe/Berlin")
         .into_iter()
         .map(|(key, local)| LocalRow {
-            merchant_id: key.merchant_id,
-            currency: key.currency,
+            merchant_id: key.merchant_id.into(),
+            currency: key.currency.into(),
             local_day: key.day,
             local,
         })
@@ -475,8 +475,8 @@ async fn reads_rank_exactly_and_keep_to_the_range(backend: Backend) {
     live.local_rows = local(&streamed, "Asia/Tokyo")
         .into_iter()
         .map(|(key, local)| LocalRow {
-            merchant_id: key.merchant_id,
-            currency: key.currency,
+            merchant_id: key.merchant_id.into(),
+            currency: key.currency.into(),
             local_day: key.day,
             local,
         })
