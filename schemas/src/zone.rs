@@ -306,20 +306,29 @@ impl ShortIds {
     }
 }
 
-/// The id's bytes as two little-endian words, zero-padded; `None` when it is
-/// longer than [`SHORT`].
+/// Two words that, with the length, identify an id of up to [`SHORT`]
+/// bytes; `None` for a longer one. The words are read straight from the
+/// id, overlapping where it is short (as wyhash does): copying it into a
+/// zero-padded buffer first stalled every lookup on reading the copy back.
 fn words(id: &str) -> Option<[u64; 2]> {
-    let bytes = id.as_bytes();
-    if bytes.len() > SHORT {
-        return None;
-    }
-    let mut padded = [0u8; SHORT];
-    padded[..bytes.len()].copy_from_slice(bytes);
-    let (low, high) = padded.split_at(8);
-    Some([
-        u64::from_le_bytes(low.try_into().expect("eight bytes")),
-        u64::from_le_bytes(high.try_into().expect("eight bytes")),
-    ])
+    let b = id.as_bytes();
+    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"));
+    let half = |at: usize| {
+        u64::from(u32::from_le_bytes(
+            b[at..at + 4].try_into().expect("four bytes"),
+        ))
+    };
+    Some(match b.len() {
+        0 => [0, 0],
+        // Every byte is read for lengths 1 to 3: first, middle, last.
+        len @ 1..=3 => [
+            u64::from(b[0]) | u64::from(b[len / 2]) << 8 | u64::from(b[len - 1]) << 16,
+            0,
+        ],
+        len @ 4..=7 => [half(0) | half(len - 4) << 32, 0],
+        len @ 8..=SHORT => [word(0), word(len - 8)],
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -346,6 +355,16 @@ mod tests {
             .skip(1)
             .map(|(i, id)| ((*id).to_owned(), Zone::parse(zones[i % 3]).unwrap()))
             .chain((0..5_000).map(|i| (format!("x-{i:05}"), Zone::parse(zones[i % 3]).unwrap())))
+            // Ids of every short length that differ from "aaa…" in one byte:
+            // each byte position must count.
+            .chain((1..=SHORT + 1).flat_map(|len| {
+                (0..len).map(move |at| {
+                    let mut id = vec![b'a'; len];
+                    id[at] = b'b';
+                    let zone = Zone::parse(zones[(len + at) % 3]).unwrap();
+                    (String::from_utf8(id).unwrap(), zone)
+                })
+            }))
             .collect();
         let table = Zones::new(by_merchant.clone(), Zone::UTC);
         for (id, zone) in &by_merchant {
@@ -361,6 +380,9 @@ mod tests {
             "a-much-longer-merchant-id-0002",
         ] {
             assert_eq!(table.of(id), Zone::UTC, "{id:?}");
+        }
+        for len in 1..=SHORT + 1 {
+            assert_eq!(table.of(&"a".repeat(len)), Zone::UTC, "{len}");
         }
     }
 
