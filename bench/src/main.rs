@@ -100,7 +100,7 @@ fn arg(args: &[String], name: &str, default: u64) -> Result<u64> {
 }
 
 /// Passes of each mode per `hotpath` run; a run keeps each mode's fastest.
-const PASSES: usize = 3;
+const PASSES: usize = 5;
 
 fn hotpath(args: &[String]) -> Result<()> {
     let events = arg(args, "--events", 1_000_000)?;
@@ -171,7 +171,7 @@ fn hotpath(args: &[String]) -> Result<()> {
     let mut rates = Vec::new();
     let mut stages: [Vec<f64>; 4] = Default::default();
     for run in 0..runs {
-        // Each mode's fastest of three passes, taken in turn: the machine's
+        // Each mode's fastest of five passes, taken in turn: the machine's
         // noise only ever adds time, and it comes and goes within seconds.
         let (mut utc_passes, mut local_passes) = (Vec::new(), Vec::new());
         for _ in 0..PASSES {

@@ -72,6 +72,35 @@ impl Hasher for Fx {
     }
 }
 
+/// Longest text [`short_words`] reads: two words.
+pub const SHORT: usize = 16;
+
+/// Two words that, with the length, identify a text of up to [`SHORT`]
+/// bytes (an id), so that tables can compare ids as numbers; `None` for a
+/// longer one. The words are read straight from the
+/// id, overlapping where it is short (as wyhash does): copying it into a
+/// zero-padded buffer first stalled every lookup on reading the copy back.
+pub fn short_words(id: &str) -> Option<[u64; 2]> {
+    let b = id.as_bytes();
+    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"));
+    let half = |at: usize| {
+        u64::from(u32::from_le_bytes(
+            b[at..at + 4].try_into().expect("four bytes"),
+        ))
+    };
+    Some(match b.len() {
+        0 => [0, 0],
+        // Every byte is read for lengths 1 to 3: first, middle, last.
+        len @ 1..=3 => [
+            u64::from(b[0]) | u64::from(b[len / 2]) << 8 | u64::from(b[len - 1]) << 16,
+            0,
+        ],
+        len @ 4..=7 => [half(0) | half(len - 4) << 32, 0],
+        len @ 8..=SHORT => [word(0), word(len - 8)],
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

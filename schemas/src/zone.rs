@@ -12,7 +12,7 @@ use chrono::{DateTime, Datelike, Offset, TimeZone};
 use chrono_tz::Tz;
 
 use crate::day::Day;
-use crate::fx::FxMap;
+use crate::fx::{short_words as words, FxMap, SHORT};
 
 /// The IANA time zone database release compiled in.
 pub const TZDB_VERSION: &str = chrono_tz::IANA_TZDB_VERSION;
@@ -231,9 +231,6 @@ impl Zones {
     }
 }
 
-/// Longest merchant id [`ShortIds`] holds: two words.
-const SHORT: usize = 16;
-
 /// The zones of merchants whose ids have at most [`SHORT`] bytes, in an
 /// open-addressing table whose ids are stored inline as two words: a lookup
 /// is a multiply, and a comparison of two words and a length, with no
@@ -304,31 +301,6 @@ impl ShortIds {
         let slot = &self.slots[self.find(words, merchant.len() as u8)];
         Some((slot.len != EMPTY).then_some(slot.zone))
     }
-}
-
-/// Two words that, with the length, identify an id of up to [`SHORT`]
-/// bytes; `None` for a longer one. The words are read straight from the
-/// id, overlapping where it is short (as wyhash does): copying it into a
-/// zero-padded buffer first stalled every lookup on reading the copy back.
-fn words(id: &str) -> Option<[u64; 2]> {
-    let b = id.as_bytes();
-    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"));
-    let half = |at: usize| {
-        u64::from(u32::from_le_bytes(
-            b[at..at + 4].try_into().expect("four bytes"),
-        ))
-    };
-    Some(match b.len() {
-        0 => [0, 0],
-        // Every byte is read for lengths 1 to 3: first, middle, last.
-        len @ 1..=3 => [
-            u64::from(b[0]) | u64::from(b[len / 2]) << 8 | u64::from(b[len - 1]) << 16,
-            0,
-        ],
-        len @ 4..=7 => [half(0) | half(len - 4) << 32, 0],
-        len @ 8..=SHORT => [word(0), word(len - 8)],
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

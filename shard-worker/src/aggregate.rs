@@ -22,7 +22,7 @@ use datafusion::logical_expr::{col, lit, Expr, ExprFunctionExt};
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use schemas::batch::{col as c, event_schema, local_event_schema, split_days};
-use schemas::fx::FxMap;
+use schemas::fx::{short_words, FxMap};
 use schemas::zone::Zones;
 use schemas::{Amount, Day, LocalRow, LocalSums, PartialRow, Sums, TotalsKey};
 
@@ -176,29 +176,25 @@ pub async fn partial_rows(
         });
     }
     // Summed again by UTC day and by local day. Each (merchant, currency)
-    // pair's text is hashed once per row, to its number. Sorting the rows by
-    // (pair, UTC day, local day) then brings each pair's rows together, and
-    // within a pair each UTC day's: those sum in one pass. A pair's few
-    // local days sum by a scan. Strings are allocated once per UTC row out and
-    // once per pair for its local rows, and a pair's zone is looked up once.
+    // pair gets a number, from its text read as words (ids longer than two
+    // words are hashed as text). Grouping the rows by pair number, then
+    // sorting each pair's few rows by (UTC day, local day), puts each UTC
+    // day's rows together: those sum in one pass, and a pair's local days
+    // by a scan. Strings are allocated once per UTC row out and once per
+    // pair for its local rows, and a pair's zone is looked up once.
     let rows_in = read.iter().map(Aggregated::len).sum();
-    let mut pairs: FxMap<(&str, &str), u32> =
-        FxMap::with_capacity_and_hasher(rows_in, Default::default());
-    let mut names: Vec<(&str, &str)> = Vec::with_capacity(rows_in);
+    let mut pairs = Pairs::with_capacity(rows_in);
     let mut sums: Vec<Sums> = Vec::with_capacity(rows_in);
     // (pair, UTC day, local day, index in `sums`).
     let mut order: Vec<(u32, i32, i32, u32)> = Vec::with_capacity(rows_in);
     for (merchant, currency, day, local_day, row) in rows {
         let local_day = local_day.expect("a local session's rows have local days");
-        let next = names.len() as u32;
-        let pair = *pairs.entry((merchant, currency)).or_insert_with(|| {
-            names.push((merchant, currency));
-            next
-        });
+        let pair = pairs.number(merchant, currency);
         order.push((pair, day.0, local_day.0, sums.len() as u32));
         sums.push(row);
     }
-    order.sort_unstable();
+    let order = pairs.group(order);
+    let names = pairs.names;
     let default_zones = Zones::default();
     let zones = zones.unwrap_or(&default_zones);
     let mut out = Rows {
@@ -239,6 +235,69 @@ pub async fn partial_rows(
             }));
     }
     Ok(out)
+}
+
+/// Numbers for a batch's (merchant, currency) pairs, in order of first
+/// sight: a pair of short texts is keyed by its words (no string hashing
+/// or comparison), any other by its text.
+struct Pairs<'a> {
+    short: FxMap<[u64; 3], u32>,
+    long: FxMap<(&'a str, &'a str), u32>,
+    /// Each number's pair.
+    names: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Pairs<'a> {
+    fn with_capacity(rows: usize) -> Pairs<'a> {
+        Pairs {
+            short: FxMap::with_capacity_and_hasher(rows, Default::default()),
+            long: FxMap::default(),
+            names: Vec::with_capacity(rows),
+        }
+    }
+
+    /// The pair's number, given on first sight.
+    fn number(&mut self, merchant: &'a str, currency: &'a str) -> u32 {
+        let next = self.names.len() as u32;
+        let short = match (short_words(merchant), short_words(currency)) {
+            (Some([m0, m1]), Some([c0, c1])) if c1 == 0 && c0 >> 40 == 0 => Some([
+                m0,
+                m1,
+                c0 << 16 | (currency.len() as u64) << 8 | merchant.len() as u64,
+            ]),
+            _ => None,
+        };
+        let number = match short {
+            Some(key) => self.short.entry(key).or_insert(next),
+            None => self.long.entry((merchant, currency)).or_insert(next),
+        };
+        if *number == next {
+            self.names.push((merchant, currency));
+        }
+        *number
+    }
+
+    /// `rows` grouped by pair, in pair order (a counting sort), each pair's
+    /// rows sorted.
+    fn group(&self, rows: Vec<(u32, i32, i32, u32)>) -> Vec<(u32, i32, i32, u32)> {
+        let mut next = vec![0usize; self.names.len() + 1];
+        for row in &rows {
+            next[row.0 as usize + 1] += 1;
+        }
+        for i in 1..next.len() {
+            next[i] += next[i - 1];
+        }
+        let mut grouped = vec![(0, 0, 0, 0); rows.len()];
+        for row in rows {
+            let at = &mut next[row.0 as usize];
+            grouped[*at] = row;
+            *at += 1;
+        }
+        for run in grouped.chunk_by_mut(|a, b| a.0 == b.0) {
+            run.sort_unstable();
+        }
+        grouped
+    }
 }
 
 fn key(merchant: &str, currency: &str, day: Day) -> TotalsKey {
@@ -410,6 +469,83 @@ mod tests {
             day: Day::parse("2026-11-20").unwrap(),
         }];
         assert_eq!(m1.net_amount().to_string(), "7.5001");
+    }
+
+    #[tokio::test]
+    async fn short_and_long_ids_roll_up_to_what_each_event_says() {
+        let zone = |name| Zone::parse(name).unwrap();
+        let long = "a-merchant-id-longer-than-16";
+        let zones = Arc::new(Zones::new(
+            [
+                ("m-1".to_string(), zone("Asia/Tokyo")),
+                ("m-2".to_string(), zone("Australia/Lord_Howe")),
+                (format!("{long}-1"), zone("America/St_Johns")),
+            ]
+            .into(),
+            Zone::UTC,
+        ));
+        let merchants = [
+            "m-1",
+            "m-2",
+            "m-3",
+            &format!("{long}-1"),
+            &format!("{long}-2"),
+        ]
+        .map(str::to_owned);
+        let mut builder = EventBatchBuilder::with_local_days(600, zones.clone());
+        let mut utc: std::collections::BTreeMap<(String, String, Day), Sums> = Default::default();
+        let mut local: std::collections::BTreeMap<(String, String, Day), (&str, Sums)> =
+            Default::default();
+        for i in 0..600u64 {
+            let merchant = &merchants[(i * 7 % 5) as usize];
+            let currency = ["EUR", "USD"][(i % 3 == 0) as usize];
+            // Spread over three days, 7 minutes and 13 seconds apart.
+            let micros = 1_763_596_800_000_000 + i as i64 * 433_000_000;
+            let at = schemas::day::format_rfc3339_millis(micros);
+            let json = format!(
+                r#"{{"event_id":"e{i}","order_id":"o","merchant_id":"{merchant}","kind":"sale","amount":"1.{i:04}","currency":"{currency}","occurred_at":"{at}"}}"#
+            );
+            let event = decode(json.as_bytes(), None).unwrap();
+            let mut sums = Sums::default();
+            sums.add_event(event.kind, event.amount);
+            let key = |day| (merchant.clone(), currency.to_owned(), day);
+            utc.entry(key(event.day)).or_default().merge(&sums);
+            let local_day = zones.of(merchant).local_day(micros);
+            local
+                .entry(key(local_day))
+                .or_insert((zones.of(merchant).name(), Sums::default()))
+                .1
+                .merge(&sums);
+            builder.push(&event);
+        }
+        let rows = partial_rows(&session(true), builder.finish().unwrap(), Some(&zones))
+            .await
+            .unwrap();
+        let got_utc: std::collections::BTreeMap<_, _> = rows
+            .utc
+            .iter()
+            .map(|r| {
+                (
+                    (r.key.merchant_id.clone(), r.key.currency.clone(), r.key.day),
+                    r.sums,
+                )
+            })
+            .collect();
+        let got_local: std::collections::BTreeMap<_, _> = rows
+            .local
+            .iter()
+            .map(|r| {
+                let key = (
+                    r.merchant_id.to_string(),
+                    r.currency.to_string(),
+                    r.local_day,
+                );
+                (key, (r.local.time_zone.as_ref(), r.local.sums))
+            })
+            .collect();
+        assert_eq!((rows.utc.len(), rows.local.len()), (utc.len(), local.len()));
+        assert_eq!(got_utc, utc);
+        assert_eq!(got_local, local);
     }
 
     #[tokio::test]
