@@ -6,8 +6,9 @@ use schemas::{LocalSums, LocalTotals};
 use serde::Serialize;
 
 use crate::error::{Result, StoreError};
+use crate::reads::zoned_row;
 use crate::sql::{params, transact, Tx};
-use crate::{parse_row, Store};
+use crate::Store;
 
 /// A merchant's time zone as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -77,14 +78,8 @@ async fn local_totals(tx: &mut dyn Tx, merchant: Option<&str>) -> Result<LocalTo
         .await?;
     let mut totals = LocalTotals::new();
     for r in &rows {
-        let (key, sums) = parse_row(
-            r.text(0)?.to_owned(),
-            r.text(1)?.to_owned(),
-            r.text(2)?,
-            [r.text(4)?, r.text(6)?],
-            [r.int(5)?, r.int(7)?],
-        )?;
-        let time_zone = r.text(3)?.to_owned().into();
+        let (key, time_zone, sums) = zoned_row(r)?;
+        let time_zone = time_zone.into();
         totals.insert(key, LocalSums { time_zone, sums });
     }
     Ok(totals)

@@ -2,7 +2,7 @@
 //! days over a range, and one day's top merchants, on either basis (UTC days
 //! from `merchant_sales`, merchants' own days from `merchant_sales_local`).
 
-use schemas::{Day, Sums};
+use schemas::{Day, Sums, TotalsKey};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -66,7 +66,9 @@ fn columns(tx: &dyn Tx, basis: Basis) -> String {
     )
 }
 
-fn day_totals(r: &Row) -> Result<DayTotals> {
+/// A row selected as merchant, currency, day, zone, sales amount and
+/// count, refund amount and count: its key, zone and sums.
+pub(crate) fn zoned_row(r: &Row) -> Result<(TotalsKey, String, Sums)> {
     let (key, sums) = parse_row(
         r.text(0)?.to_owned(),
         r.text(1)?.to_owned(),
@@ -74,11 +76,16 @@ fn day_totals(r: &Row) -> Result<DayTotals> {
         [r.text(4)?, r.text(6)?],
         [r.int(5)?, r.int(7)?],
     )?;
+    Ok((key, r.text(3)?.to_owned(), sums))
+}
+
+fn day_totals(r: &Row) -> Result<DayTotals> {
+    let (key, time_zone, sums) = zoned_row(r)?;
     Ok(DayTotals {
         merchant_id: key.merchant_id,
         currency: key.currency,
         day: key.day,
-        time_zone: r.text(3)?.to_owned(),
+        time_zone,
         sums,
         updated_at: r.text(8)?.to_owned(),
     })

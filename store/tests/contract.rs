@@ -222,6 +222,19 @@ fn local(totals: &Totals, zone: &'static str) -> LocalTotals {
         .collect()
 }
 
+/// The same, as a partial's local rows.
+fn local_rows(totals: &Totals, zone: &'static str) -> Vec<LocalRow> {
+    local(totals, zone)
+        .into_iter()
+        .map(|(key, local)| LocalRow {
+            merchant_id: key.merchant_id.into(),
+            currency: key.currency.into(),
+            local_day: key.day,
+            local,
+        })
+        .collect()
+}
+
 fn result(totals: Totals) -> TaskResult {
     TaskResult {
         local: local(&totals, "Asia/Tokyo"),
@@ -370,15 +383,7 @@ async fn the_completion_swap_replaces_exactly_the_job_scope(backend: Backend) {
     });
     // The same events by local day, in a zone a stream counted them in.
     let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
-    live.local_rows = local(&streamed, "Europe/Berlin")
-        .into_iter()
-        .map(|(key, local)| LocalRow {
-            merchant_id: key.merchant_id.into(),
-            currency: key.currency.into(),
-            local_day: key.day,
-            local,
-        })
-        .collect();
+    live.local_rows = local_rows(&streamed, "Europe/Berlin");
     store.apply(&[live]).await.unwrap();
     assert_eq!(
         store.local_totals(None).await.unwrap(),
@@ -472,15 +477,7 @@ async fn reads_rank_exactly_and_keep_to_the_range(backend: Backend) {
         });
     }
     let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
-    live.local_rows = local(&streamed, "Asia/Tokyo")
-        .into_iter()
-        .map(|(key, local)| LocalRow {
-            merchant_id: key.merchant_id.into(),
-            currency: key.currency.into(),
-            local_day: key.day,
-            local,
-        })
-        .collect();
+    live.local_rows = local_rows(&streamed, "Asia/Tokyo");
     store.apply(&[live]).await.unwrap();
 
     // The ranking, computed here: net descending, exact; ties by id bytes.
