@@ -71,9 +71,15 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 fn messages(events: u64) -> Vec<Message> {
+    messages_of(events, GeneratorConfig::default().merchants)
+}
+
+/// `events` generated messages of `merchants` merchants.
+fn messages_of(events: u64, merchants: u32) -> Vec<Message> {
     let config = GeneratorConfig {
         seed: 7,
         events,
+        merchants,
         ..GeneratorConfig::default()
     };
     Generator::new(config)
@@ -106,10 +112,16 @@ fn hotpath(args: &[String]) -> Result<()> {
     let events = arg(args, "--events", 1_000_000)?;
     let batch = arg(args, "--batch", 20_000)? as usize;
     let runs = arg(args, "--runs", 5)?;
-    let input = messages(events);
+    // Every merchant gets a zone: the table of zones is as large as this.
+    let merchants = arg(
+        args,
+        "--merchants",
+        u64::from(GeneratorConfig::default().merchants),
+    )?;
+    let input = messages_of(events, u32::try_from(merchants)?);
     let bytes: usize = input.iter().map(|m| m.payload.len()).sum();
     println!(
-        "hotpath: {events} events, mean {} bytes, batches of {batch}, {runs} runs, 1 thread",
+        "hotpath: {events} events of {merchants} merchants, mean {} bytes, batches of {batch}, {runs} runs, 1 thread",
         bytes / input.len()
     );
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
@@ -426,7 +438,7 @@ fn main() -> Result<()> {
             backfill::import(arg(&args, "--events", 10_000_000)?, arg(&args, "--runs", 3)?, &root)
         }
         _ => bail!(
-            "usage: bench hotpath [--events N] [--batch N] [--runs N] | bench parsers [--events N] [--runs N] | bench dedupe-memory [--ids N] | \
+            "usage: bench hotpath [--events N] [--batch N] [--runs N] [--merchants N] | bench parsers [--events N] [--runs N] | bench dedupe-memory [--ids N] | \
              bench partials [--merchants N] | \
              bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N] | \
              bench backfill [--events N] [--runs N] [--shards N] [--dir D] | bench import [--events N] [--runs N] [--dir D] | \
