@@ -41,9 +41,10 @@ pub struct Started {
 
 /// Queues imports; implemented over the database by the binary.
 pub trait ImportQueue: Send + Sync {
-    /// Queues one import for `object`.
+    /// Queues one import for `object` in `store`, the aggregators' database.
     fn queue<'a>(
         &'a self,
+        store: &'a store::Store,
         object: &'a Announced,
     ) -> Pin<Box<dyn Future<Output = Started> + Send + 'a>>;
 }

@@ -7,6 +7,7 @@
 //! - [`run()`]: `tally ingest`'s entry point: serves until shutdown, then
 //!   drains and flushes ([`bind`] binds its address first).
 //! - [`config`]: `[ingest]` settings, defaults and validation.
+//! - [`database`]: the aggregators' database, which imports and the totals API use.
 //! - [`service`]: the HTTP front door's routes (`POST /v1/orders`).
 //! - [`metrics`]: its Prometheus metrics.
 //! - [`error`]: why it could not start or stop cleanly.
@@ -17,6 +18,7 @@
 
 pub mod client;
 pub mod config;
+pub mod database;
 pub mod error;
 pub mod expected;
 pub mod generate;

@@ -50,9 +50,9 @@ use schemas::scan::body_items;
 use serde::{Deserialize, Serialize};
 
 use crate::config::IngestConfig;
+use crate::database::Database;
 use crate::imports::{ImportQueue, Started};
 use crate::metrics::{DURATION, EVENTS, IN_PROGRESS, PRODUCE_ERRORS, REQUESTS};
-use crate::totals::Database;
 
 /// Rejections an answer lists one by one; the rest are only counted.
 pub const LISTED_REJECTIONS: usize = 100;
@@ -643,7 +643,7 @@ async fn imports(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
     if let Err((status, message)) = state.may_write(&headers) {
         return refuse(status, message.into());
     }
-    let Some(queue) = state.imports.clone() else {
+    let (Some(queue), Some(database)) = (state.imports.clone(), state.database()) else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "imports are not configured: set ingest.database_url to the aggregators' database"
@@ -665,7 +665,15 @@ async fn imports(State(state): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
     let mut outcome = ImportsOutcome::default();
     for record in records {
         let started = match record {
-            Ok(object) => queue.queue(&object).await,
+            Ok(object) => match database.store().await {
+                Ok(store) => queue.queue(store, &object).await,
+                Err(reason) => Started {
+                    object: object.url.clone(),
+                    job: None,
+                    outcome: "error".into(),
+                    reason: Some(reason),
+                },
+            },
             Err(reason) => Started {
                 object: String::new(),
                 job: None,

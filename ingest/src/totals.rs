@@ -33,8 +33,8 @@ use schemas::{Amount, Day};
 use serde::{Deserialize, Serialize};
 use store::reads::{Basis, DayTotals};
 use store::Store;
-use tokio::sync::OnceCell;
 
+use crate::database::Database;
 use crate::metrics::REQUESTS;
 use crate::service::{Access, Ingest};
 
@@ -48,30 +48,6 @@ pub const DEFAULT_TOP: i64 = 10;
 
 const TOTALS_ROUTE: &str = "/v1/merchants/{merchant_id}/totals";
 const TOP_ROUTE: &str = "/v1/merchants";
-
-/// The aggregators' database, connected on first use, so that ingest takes
-/// orders while the database is still away.
-pub struct Database {
-    url: String,
-    store: OnceCell<Store>,
-}
-
-impl Database {
-    /// The database at `url` (`postgres://…` or `sqlite://PATH`).
-    pub fn new(url: String) -> Database {
-        Database {
-            url,
-            store: OnceCell::new(),
-        }
-    }
-
-    async fn store(&self) -> Result<&Store, String> {
-        self.store
-            .get_or_try_init(|| Store::connect(&self.url))
-            .await
-            .map_err(|e| format!("cannot reach the database: {e}"))
-    }
-}
 
 /// One row of a totals table, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

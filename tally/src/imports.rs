@@ -6,28 +6,14 @@ use std::pin::Pin;
 
 use ingest::imports::{Announced, ImportQueue, Started};
 use store::Store;
-use tokio::sync::OnceCell;
 
-/// Queues imports in the database at `url`, connecting on first use (so
-/// that ingest serves orders while the database is still away).
-pub struct DatabaseQueue {
-    url: String,
-    store: OnceCell<Store>,
-}
-
-impl DatabaseQueue {
-    /// A queue over the database at `url`.
-    pub fn new(url: String) -> DatabaseQueue {
-        DatabaseQueue {
-            url,
-            store: OnceCell::new(),
-        }
-    }
-}
+/// Queues imports in the aggregators' database.
+pub struct DatabaseQueue;
 
 impl ImportQueue for DatabaseQueue {
     fn queue<'a>(
         &'a self,
+        store: &'a Store,
         object: &'a Announced,
     ) -> Pin<Box<dyn Future<Output = Started> + Send + 'a>> {
         Box::pin(async move {
@@ -36,14 +22,6 @@ impl ImportQueue for DatabaseQueue {
                 job: None,
                 outcome: "error".into(),
                 reason: Some(reason),
-            };
-            let store = match self
-                .store
-                .get_or_try_init(|| Store::connect(&self.url))
-                .await
-            {
-                Ok(store) => store,
-                Err(e) => return error(format!("cannot reach the database: {e}")),
             };
             match backfill::queue_object(
                 store,

@@ -120,7 +120,7 @@ async fn dispatch(command: Command) -> CliResult {
 /// use (an address, a certificate), 1 when it fails at run time.
 async fn ingest_service(config: ingest::IngestConfig) -> CliResult {
     let imports = (!config.database_url.is_empty()).then(|| {
-        std::sync::Arc::new(imports::DatabaseQueue::new(config.database_url.clone()))
+        std::sync::Arc::new(imports::DatabaseQueue)
             as std::sync::Arc<dyn ingest::imports::ImportQueue>
     });
     let listener = ingest::bind(&config).await;
