@@ -210,6 +210,7 @@ async fn isolate(store: &Store, read: &[Read], stop: &CancellationToken) -> bool
 }
 
 fn record(plan: &Plan) {
+    health::note_without_local_days(&plan.without_local_days);
     metrics::PARTIALS
         .with_label_values(&["applied"])
         .inc_by(plan.applied);

@@ -51,6 +51,46 @@ pub struct Parked {
 }
 
 static PARKED: Mutex<BTreeMap<SourcePartition, Parked>> = Mutex::new(BTreeMap::new());
+
+/// Whether this aggregator keeps `merchant_sales_local`, and the partials it
+/// applied without local days since it started.
+#[derive(Clone)]
+struct LocalDays {
+    kept: bool,
+    short: u64,
+    /// The last partial applied without them: its source and offsets.
+    last: Option<(SourcePartition, i64, i64)>,
+}
+
+static LOCAL_DAYS: Mutex<LocalDays> = Mutex::new(LocalDays {
+    kept: false,
+    short: 0,
+    last: None,
+});
+
+/// Says whether the aggregator keeps local days (`aggregator.local_days`):
+/// only then is a partial without them a shortfall.
+pub fn keep_local_days(on: bool) {
+    LOCAL_DAYS.lock().expect("local days lock").kept = on;
+}
+
+/// Notes applied partials whose events reached `merchant_sales` but not
+/// `merchant_sales_local`: counted, logged, and reported by `/readyz` until
+/// the aggregator restarts (after a backfill has recomputed the days).
+pub fn note_without_local_days(partials: &[(SourcePartition, i64, i64)]) {
+    let mut state = LOCAL_DAYS.lock().expect("local days lock");
+    if !state.kept || partials.is_empty() {
+        return;
+    }
+    for ((topic, partition), first, last) in partials {
+        tracing::error!(topic, partition, first_offset = first, last_offset = last,
+            "A partial without local days was applied: merchant_sales_local lacks its events. \
+             A worker runs with worker.local_days = false; turn it on, then recompute the days with a backfill.");
+    }
+    metrics::WITHOUT_LOCAL_DAYS.inc_by(partials.len() as u64);
+    state.short += partials.len() as u64;
+    state.last = partials.last().cloned();
+}
 static STORES: Mutex<Vec<Arc<Store>>> = Mutex::new(Vec::new());
 
 /// Parks `source`: logs it with its range and reason, sets its metric, and
@@ -176,10 +216,19 @@ pub fn readiness() -> Result<(), String> {
             )
         })
         .collect::<Vec<_>>();
+    let mut problems = parked;
+    let local = LOCAL_DAYS.lock().expect("local days lock").clone();
+    if let (count @ 1.., Some(((topic, partition), first, last))) = (local.short, local.last) {
+        problems.push(format!(
+            "merchant_sales_local is short: {count} partial(s) applied without local days, the latest \
+             {topic}/{partition} offsets {first}..={last}; a worker runs with worker.local_days = false: \
+             turn it on, recompute the affected days with a backfill, then restart this aggregator"
+        ));
+    }
     store::health::readiness(
         "aggregator",
         metrics::READY.get() >= 1,
         stores.iter().map(|s| s.health()),
-        parked,
+        problems,
     )
 }

@@ -21,6 +21,16 @@ pub static PARTIALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Applied partials that counted events without their local days.
+pub static WITHOUT_LOCAL_DAYS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_aggregator_partials_without_local_days_total",
+        "Applied partials whose events reached merchant_sales but not merchant_sales_local \
+         (a worker with worker.local_days = false), while the aggregator keeps local days."
+    )
+    .expect("metric registers once")
+});
+
 /// Events committed to the database, by outcome.
 pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -181,6 +191,7 @@ pub fn init() {
 pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
     let mut collectors: Vec<&'static dyn prometheus::core::Collector> = vec![
         &*PARTIALS,
+        &*WITHOUT_LOCAL_DAYS,
         &*EVENTS,
         &*UPSERT_ROWS,
         &*FLUSH_SECONDS,

@@ -36,6 +36,7 @@ pub async fn run(
         () = shutdown.cancelled() => return Ok(()),
     };
     crate::health::watch(store.clone());
+    crate::health::keep_local_days(config.local_days);
     tokio::spawn(crate::health::probe(store.clone(), shutdown.clone()));
     if config.backfill_parallelism > 0 {
         let runner = RunnerConfig {

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
+use crate::error::TaskError;
 use crate::ids::IdSet;
 use crate::source::{Format, Remote};
 
@@ -107,6 +108,15 @@ impl Tally {
             self.examples.push(json!({
                 "file": file, "row": row, "field": invalid.field, "value": invalid.value, "reason": invalid.reason,
             }));
+        }
+    }
+
+    /// Refuses an event whose local day lies outside the era (only one on
+    /// its first or last day can), when local days are kept.
+    fn check(&self, event: &ValidEvent<'_>) -> Result<(), Invalid> {
+        match &self.zones {
+            Some(zones) => zones.check_local_era(&event.merchant_id, event.occurred_at, event.day),
+            None => Ok(()),
         }
     }
 
@@ -211,7 +221,7 @@ pub async fn compute(
     zones: Option<Arc<Zones>>,
     shards: &[i32],
     of: i32,
-) -> Result<Vec<TaskResult>, String> {
+) -> Result<Vec<TaskResult>, TaskError> {
     compute_with(files, format, scope, zones, shards, of, EXAMPLES).await
 }
 
@@ -226,7 +236,7 @@ pub async fn compute_with(
     shards: &[i32],
     of: i32,
     max_examples: usize,
-) -> Result<Vec<TaskResult>, String> {
+) -> Result<Vec<TaskResult>, TaskError> {
     let scope = Arc::new(scope.clone());
     // Dropping the set (on an error, or when the caller gives up) stops every tally.
     let mut tallies = JoinSet::new();
@@ -245,7 +255,7 @@ pub async fn compute_with(
             while let Some((file, batch, row)) = batches.recv().await {
                 rows(&file, &batch, row, &mut tally)?;
             }
-            Ok::<_, String>((shard, tally.finish()))
+            Ok::<_, TaskError>((shard, tally.finish()))
         });
     }
     if format != Format::Ndjson {
@@ -254,7 +264,7 @@ pub async fn compute_with(
             let mut batches = batches(file, format).await?;
             let mut row = 0u64;
             while let Some(batch) = batches.next().await {
-                let batch = batch.map_err(|e| format!("{file}: {e}"))?;
+                let batch = batch.map_err(|e| TaskError::datafusion(file, e))?;
                 for sender in &senders {
                     if sender
                         .send((Arc::clone(&name), batch.clone(), row))
@@ -271,7 +281,10 @@ pub async fn compute_with(
     drop(senders);
     let mut results = HashMap::new();
     while let Some(joined) = tallies.join_next().await {
-        let (shard, result) = joined.map_err(|e| format!("a shard's tally stopped: {e}"))??;
+        let (shard, result) = joined.map_err(|e| TaskError::Stopped {
+            reason: format!("a shard's tally stopped: {e}"),
+            permanent: false,
+        })??;
         results.insert(shard, result);
     }
     Ok(shards
@@ -280,33 +293,39 @@ pub async fn compute_with(
         .collect())
 }
 
-async fn ndjson(file: &str, tally: &mut Tally) -> Result<(), String> {
+async fn ndjson(file: &str, tally: &mut Tally) -> Result<(), TaskError> {
     let mut lines = Lines::default();
     let mut each = |number: u64, line: &[u8]| {
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
         match decode(line, None) {
-            Ok(event) if tally.mine(Some(&event.merchant_id)) => tally.add(&event),
+            Ok(event) if tally.mine(Some(&event.merchant_id)) => match tally.check(&event) {
+                Ok(()) => tally.add(&event),
+                Err(invalid) => tally.reject(file, number, invalid),
+            },
             Ok(_) => {}
             Err(invalid) if tally.mine(None) => tally.reject(file, number, invalid),
             Err(_) => {}
         }
     };
-    match Remote::parse(file)? {
+    match Remote::parse(file).map_err(TaskError::Job)? {
         Some(remote) => {
-            let mut blocks = remote.blocks().await.map_err(|e| format!("{file}: {e}"))?;
+            let mut blocks = remote
+                .blocks()
+                .await
+                .map_err(|e| TaskError::remote(file, e))?;
             while let Some(block) = blocks.next().await {
-                lines.feed(&block.map_err(|e| format!("{file}: {e}"))?, &mut each);
+                lines.feed(&block.map_err(|e| TaskError::remote(file, e))?, &mut each);
             }
         }
         None => {
-            let mut reader = std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?;
+            let mut reader = std::fs::File::open(file).map_err(|e| TaskError::io(file, &e))?;
             let mut block = vec![0; 1 << 20];
             loop {
                 let read = reader
                     .read(&mut block)
-                    .map_err(|e| format!("{file}: {e}"))?;
+                    .map_err(|e| TaskError::io(file, &e))?;
                 if read == 0 {
                     break;
                 }
@@ -361,7 +380,7 @@ enum Text {
 }
 
 impl Text {
-    fn of(file: &str, name: &str, array: &ArrayRef) -> Result<Text, String> {
+    fn of(name: &str, array: &ArrayRef) -> Result<Text, String> {
         let as_text = |array: &ArrayRef| -> Result<Text, String> {
             Ok(match array.data_type() {
                 DataType::Utf8 => Text::Utf8(array.as_string::<i32>().clone()),
@@ -373,12 +392,12 @@ impl Text {
         match array.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => as_text(array),
             DataType::Float16 | DataType::Float32 | DataType::Float64 => {
-                Err(format!("{file}: column `{name}` is {}: floats cannot hold money exactly; store it as text or decimal", array.data_type()))
+                Err(format!("column `{name}` is {}: floats cannot hold money exactly; store it as text or decimal", array.data_type()))
             }
             DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..) => {
                 // A decimal's text carries its full scale ("19.990000"); the
                 // value is what counts, so trailing fractional zeros go.
-                let text = cast(array, &DataType::Utf8).map_err(|e| format!("{file}: column `{name}`: {e}"))?;
+                let text = cast(array, &DataType::Utf8).map_err(|e| format!("column `{name}`: {e}"))?;
                 let trimmed: StringArray = text
                     .as_string::<i32>()
                     .iter()
@@ -387,9 +406,9 @@ impl Text {
                 Ok(Text::Utf8(trimmed))
             }
             DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-                as_text(&cast(array, &DataType::Utf8).map_err(|e| format!("{file}: column `{name}`: {e}"))?)
+                as_text(&cast(array, &DataType::Utf8).map_err(|e| format!("column `{name}`: {e}"))?)
             }
-            other => Err(format!("{file}: column `{name}` is {other}; it must hold text")),
+            other => Err(format!("column `{name}` is {other}; it must hold text")),
         }
     }
 
@@ -410,17 +429,17 @@ enum When {
 }
 
 impl When {
-    fn of(file: &str, array: &ArrayRef) -> Result<When, String> {
+    fn of(array: &ArrayRef) -> Result<When, String> {
         match array.data_type() {
             DataType::Timestamp(_, zone) => {
                 let micros = cast(
                     array,
                     &DataType::Timestamp(TimeUnit::Microsecond, zone.clone()),
                 )
-                .map_err(|e| format!("{file}: column `occurred_at`: {e}"))?;
+                .map_err(|e| format!("column `occurred_at`: {e}"))?;
                 Ok(When::Micros(micros.as_primitive().clone()))
             }
-            _ => Text::of(file, "occurred_at", array).map(When::Text),
+            _ => Text::of("occurred_at", array).map(When::Text),
         }
     }
 
@@ -442,7 +461,7 @@ const TEXT_COLUMNS: [&str; 6] = [
 ];
 
 /// A Parquet or CSV file's rows, decoded by DataFusion in file order.
-async fn batches(file: &str, format: Format) -> Result<SendableRecordBatchStream, String> {
+async fn batches(file: &str, format: Format) -> Result<SendableRecordBatchStream, TaskError> {
     // One partition keeps the file's row order, so that the first of two
     // rows sharing an `event_id` is the one counted, on every run.
     let ctx = SessionContext::new_with_config(
@@ -450,7 +469,7 @@ async fn batches(file: &str, format: Format) -> Result<SendableRecordBatchStream
             .with_target_partitions(1)
             .with_batch_size(64 * 1024),
     );
-    let remote = Remote::parse(file)?;
+    let remote = Remote::parse(file).map_err(TaskError::Job)?;
     if let Some(remote) = &remote {
         ctx.register_object_store(&remote.bucket, Arc::clone(&remote.store));
     }
@@ -468,48 +487,52 @@ async fn batches(file: &str, format: Format) -> Result<SendableRecordBatchStream
             .await
         }
     }
-    .map_err(|e| format!("{file}: {e}"))?;
+    .map_err(|e| TaskError::datafusion(file, e))?;
     frame
         .execute_stream()
         .await
-        .map_err(|e| format!("{file}: {e}"))
+        .map_err(|e| TaskError::datafusion(file, e))
 }
 
 /// A CSV file's first line.
-async fn header(file: &str, remote: Option<&Remote>) -> Result<String, String> {
+async fn header(file: &str, remote: Option<&Remote>) -> Result<String, TaskError> {
     let mut line = Vec::new();
     match remote {
         Some(remote) => {
-            let mut blocks = remote.blocks().await.map_err(|e| format!("{file}: {e}"))?;
+            let mut blocks = remote
+                .blocks()
+                .await
+                .map_err(|e| TaskError::remote(file, e))?;
             while !line.contains(&b'\n') && line.len() < HEADER_LIMIT {
                 match blocks.next().await {
-                    Some(block) => line.extend(block.map_err(|e| format!("{file}: {e}"))?),
+                    Some(block) => line.extend(block.map_err(|e| TaskError::remote(file, e))?),
                     None => break,
                 }
             }
         }
         None => {
-            let opened = std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?;
+            let opened = std::fs::File::open(file).map_err(|e| TaskError::io(file, &e))?;
             std::io::BufReader::new(opened)
                 .take(HEADER_LIMIT as u64)
                 .read_until(b'\n', &mut line)
-                .map_err(|e| format!("{file}: {e}"))?;
+                .map_err(|e| TaskError::io(file, &e))?;
         }
     }
     let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
     String::from_utf8(line[..end].to_vec())
-        .map_err(|_| format!("{file}: the header row is not UTF-8"))
+        .map_err(|_| TaskError::content(file, "the header row is not UTF-8"))
 }
 
 /// The longest CSV header row read.
 const HEADER_LIMIT: usize = 1 << 20;
 
 /// Every column of the CSV's header row, as nullable text.
-fn csv_schema(file: &str, header: &str) -> Result<Schema, String> {
+fn csv_schema(file: &str, header: &str) -> Result<Schema, TaskError> {
     let header = header.trim_end_matches(['\r', '\n']);
     if header.is_empty() {
-        return Err(format!(
-            "{file}: the file is empty; a CSV needs a header row"
+        return Err(TaskError::content(
+            file,
+            "the file is empty; a CSV needs a header row",
         ));
     }
     Ok(Schema::new(
@@ -520,7 +543,12 @@ fn csv_schema(file: &str, header: &str) -> Result<Schema, String> {
     ))
 }
 
-fn rows(file: &str, batch: &RecordBatch, first_row: u64, tally: &mut Tally) -> Result<(), String> {
+fn rows(
+    file: &str,
+    batch: &RecordBatch,
+    first_row: u64,
+    tally: &mut Tally,
+) -> Result<(), TaskError> {
     let column = |name: &str| {
         batch
             .schema()
@@ -530,11 +558,17 @@ fn rows(file: &str, batch: &RecordBatch, first_row: u64, tally: &mut Tally) -> R
     };
     let mut text: Vec<Option<Text>> = Vec::with_capacity(TEXT_COLUMNS.len());
     for name in TEXT_COLUMNS {
-        text.push(column(name).map(|a| Text::of(file, name, &a)).transpose()?);
+        text.push(
+            column(name)
+                .map(|a| Text::of(name, &a))
+                .transpose()
+                .map_err(|e| TaskError::content(file, e))?,
+        );
     }
     let when = column("occurred_at")
-        .map(|a| When::of(file, &a))
-        .transpose()?;
+        .map(|a| When::of(&a))
+        .transpose()
+        .map_err(|e| TaskError::content(file, e))?;
     let get = |c: usize, i: usize| text[c].as_ref().and_then(|t| t.get(i));
     let mut valid = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
@@ -552,7 +586,7 @@ fn rows(file: &str, batch: &RecordBatch, first_row: u64, tally: &mut Tally) -> R
             currency: get(5, i),
             occurred_at: when.as_ref().and_then(|w| w.get(i)),
         };
-        match from_columns(columns) {
+        match from_columns(columns).and_then(|event| tally.check(&event).map(|()| event)) {
             Ok(event) => valid.push(event),
             // Row numbers count data rows from 1, after any header.
             Err(invalid) => tally.reject(file, first_row + i as u64 + 1, invalid),

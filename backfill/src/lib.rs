@@ -5,6 +5,7 @@
 //!
 //! - `source`: formats and the files a source names, local or `s3://`.
 //! - `compute`: one task's read, validation, dedupe and sums (DataFusion).
+//! - `error`: why an attempt failed, and whether another can help.
 //! - `ids`: the task's set of counted `event_id` digests.
 //! - `plan`: splits a new job into tasks.
 //! - `runner`: claims tasks from the database, retries, completes jobs.
@@ -19,6 +20,7 @@
 //! swap) is the database's: `store::jobs`.
 
 mod compute;
+mod error;
 mod ids;
 pub mod metrics;
 mod plan;
@@ -29,7 +31,8 @@ mod source;
 mod watch;
 
 pub use compute::compute;
-pub use plan::{plan, plan_import};
+pub use error::TaskError;
+pub use plan::{check_days_over, plan, plan_import};
 pub use runner::{now_ms, run as run_tasks, RunnerConfig};
 pub use schedule::ScheduleRequest;
 pub use scheduler::run as run_scheduler;

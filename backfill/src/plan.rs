@@ -77,6 +77,27 @@ pub const SHARD_BYTES: u64 = 2 << 30;
 /// extra pass).
 pub const MIN_SHARDS: u64 = 2;
 
+/// Refuses a backfill whose days are not all over at `now_ms`: its files
+/// cannot hold every event of a day still going on, and the replace would
+/// erase the events streamed since they were written. The local days a
+/// backfill replaces lie inside its UTC days, so they are over too.
+pub fn check_days_over(scope: &Scope, now_ms: i64) -> Result<(), String> {
+    let ends_ms = i64::from(scope.to.0) * 86_400_000;
+    if ends_ms <= now_ms {
+        return Ok(());
+    }
+    Err(format!(
+        "days [{}, {}) are not all over: UTC day {} ends at {}T00:00:00Z, and a backfill replaces \
+         what was streamed with what its files hold, so the events of a day still going on that \
+         reached tally after the files were written would be erased; wait until it is over, or \
+         pass --include-open-days to replace it anyway",
+        scope.from,
+        scope.to,
+        schemas::Day(scope.to.0 - 1),
+        scope.to
+    ))
+}
+
 /// Lists the source and builds the job: the format from `format` or the
 /// files' extension, and `shards` tasks (by default one per 2 GiB of input,
 /// rounded up to an even number). Every task reads every file, so more
@@ -132,4 +153,47 @@ pub async fn plan(
         tasks,
         after,
     })
+}
+
+#[cfg(test)]
+mod days_over {
+    use super::*;
+    use schemas::Day;
+
+    fn scope(from: &str, to: &str) -> Scope {
+        Scope {
+            from: Day::parse(from).unwrap(),
+            to: Day::parse(to).unwrap(),
+            merchants: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_backfill_may_replace_only_days_that_are_over() {
+        let now = schemas::day::parse_rfc3339("2026-12-06T22:15:00Z").unwrap() / 1000;
+        assert_eq!(
+            check_days_over(&scope("2026-12-05", "2026-12-06"), now),
+            Ok(())
+        );
+        assert_eq!(
+            check_days_over(&scope("2026-11-01", "2026-12-06"), now),
+            Ok(())
+        );
+        for (from, to) in [("2026-12-06", "2026-12-07"), ("2026-12-01", "2026-12-31")] {
+            let error = check_days_over(&scope(from, to), now).unwrap_err();
+            assert!(error.contains("--include-open-days"), "{error}");
+            assert!(error.contains("not all over"), "{error}");
+        }
+        // The first instant of the next day: the day just ended is over.
+        let midnight = schemas::day::parse_rfc3339("2026-12-06T00:00:00Z").unwrap() / 1000;
+        assert_eq!(
+            check_days_over(&scope("2026-12-05", "2026-12-06"), midnight),
+            Ok(())
+        );
+        let error = check_days_over(&scope("2026-12-05", "2026-12-06"), midnight - 1).unwrap_err();
+        assert!(
+            error.contains("UTC day 2026-12-05 ends at 2026-12-06T00:00:00Z"),
+            "{error}"
+        );
+    }
 }

@@ -20,8 +20,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::compute::{compute, compute_with, IMPORT_EXAMPLES};
+use crate::error::TaskError;
 use crate::metrics::{BACKFILL_ATTEMPTS, BACKFILL_JOBS, BACKFILL_ROWS, IMPORT_FILES, IMPORT_ROWS};
 use crate::source::{content_digest, stat, Format};
+use retry::Classify;
 
 /// How a runner works.
 #[derive(Debug, Clone)]
@@ -44,11 +46,14 @@ pub struct RunnerConfig {
 }
 
 /// The merchants' zones a task's local days are taken in, read when it runs.
-async fn zones(store: &Store, config: &RunnerConfig) -> Result<Option<Arc<Zones>>, String> {
+async fn zones(store: &Store, config: &RunnerConfig) -> Result<Option<Arc<Zones>>, TaskError> {
     match config.local_days {
         Some(default) => match store.zone_map(default).await {
             Ok(zones) => Ok(Some(Arc::new(zones))),
-            Err(error) => Err(format!("cannot read the merchants' time zones: {error}")),
+            Err(source) => Err(TaskError::Store {
+                op: "cannot read the merchants' time zones",
+                source,
+            }),
         },
         None => Ok(None),
     }
@@ -147,24 +152,35 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
     running.abort_all();
 }
 
-/// Records a failed attempt: the task is retried after a backoff, or fails
-/// its job when out of attempts.
-async fn fail(store: &Store, config: &RunnerConfig, task: &Task, error: &str) {
+/// Records a failed attempt: a transient failure is retried after a
+/// backoff while attempts are left; a permanent one, or the last attempt's,
+/// fails its job, with the reason.
+async fn fail(store: &Store, config: &RunnerConfig, task: &Task, error: &TaskError) {
     let import = task.input.version.is_some();
     let (job_id, task_no, attempt) = (task.job_id, task.task_no, task.attempts);
     let now = now_ms();
     let seed = (job_id as u64) << 32 ^ task_no as u64 ^ now as u64;
-    let retry_at = rules::retry_at(
-        attempt,
-        config.max_attempts,
-        config.retry_base_ms,
-        now,
-        seed,
-    );
+    let retry_at = error
+        .is_retryable()
+        .then(|| {
+            rules::retry_at(
+                attempt,
+                config.max_attempts,
+                config.retry_base_ms,
+                now,
+                seed,
+            )
+        })
+        .flatten();
     let outcome = if retry_at.is_some() {
         "retried"
     } else {
         "failed"
+    };
+    let error = if error.is_retryable() {
+        error.to_string()
+    } else {
+        format!("{error} (not retried: another attempt would fail the same way)")
     };
     tracing::warn!(
         job = job_id,
@@ -175,7 +191,7 @@ async fn fail(store: &Store, config: &RunnerConfig, task: &Task, error: &str) {
     );
     BACKFILL_ATTEMPTS.with_label_values(&[outcome]).inc();
     match store
-        .fail_task(job_id, task_no, &config.owner, error, now, retry_at)
+        .fail_task(job_id, task_no, &config.owner, &error, now, retry_at)
         .await
     {
         // A failed import is counted by file (tally_import_files_total), a failed backfill by job.
@@ -225,18 +241,13 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
     };
     let format = match Format::of_file(job.format, location) {
         Ok(format) => format,
-        Err(error) => return fail(store, config, task, &error).await,
+        Err(error) => return fail(store, config, task, &TaskError::Job(error)).await,
     };
     let before = match stat(location).await {
         Ok(version) => version,
         Err(error) => {
-            return fail(
-                store,
-                config,
-                task,
-                &format!("cannot read the file: {error}"),
-            )
-            .await
+            let error = TaskError::remote(location, format!("cannot read the file: {error}"));
+            return fail(store, config, task, &error).await;
         }
     };
     let zones = match zones(store, config).await {
@@ -262,22 +273,14 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
         match stat(location).await {
             Ok(after) if after == before => {}
             Ok(_) => {
-                return fail(
-                    store,
-                    config,
-                    task,
-                    &format!("{location} changed while it was read; reading it again"),
-                )
-                .await
+                let error = TaskError::Changed {
+                    file: location.clone(),
+                };
+                return fail(store, config, task, &error).await;
             }
             Err(error) => {
-                return fail(
-                    store,
-                    config,
-                    task,
-                    &format!("cannot read the file: {error}"),
-                )
-                .await
+                let error = TaskError::remote(location, format!("cannot read the file: {error}"));
+                return fail(store, config, task, &error).await;
             }
         }
         result.rejections["file"] = serde_json::json!(location);
@@ -286,16 +289,15 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
         let digest = match tokio::task::spawn_blocking(move || content_digest(&path)).await {
             Ok(Ok(digest)) => digest,
             Ok(Err(error)) => {
-                return fail(
-                    store,
-                    config,
-                    task,
-                    &format!("cannot read the file: {error}"),
-                )
-                .await
+                let error = TaskError::remote(location, format!("cannot read the file: {error}"));
+                return fail(store, config, task, &error).await;
             }
             Err(error) => {
-                return fail(store, config, task, &format!("the digest stopped: {error}")).await
+                let error = TaskError::Stopped {
+                    reason: format!("the digest stopped: {error}"),
+                    permanent: false,
+                };
+                return fail(store, config, task, &error).await;
             }
         };
         Some((result, digest))
@@ -308,14 +310,12 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
         .await
     {
         Ok(outcome) => outcome,
-        Err(error) => {
-            return fail(
-                store,
-                config,
-                task,
-                &format!("cannot record the import: {error}"),
-            )
-            .await
+        Err(source) => {
+            let error = TaskError::Store {
+                op: "cannot record the import",
+                source,
+            };
+            return fail(store, config, task, &error).await;
         }
     };
     let (job_id, file) = (task.job_id, location.as_str());
@@ -386,20 +386,18 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
     for task in tasks {
         if rules::exhausted(task.attempts, config.max_attempts) {
             // Taken over after its runners died this many times.
-            fail(
-                &store,
-                &config,
-                &task,
-                "its runners stopped before finishing, too many times",
-            )
-            .await;
+            let error = TaskError::Stopped {
+                reason: "its runners stopped before finishing, too many times".into(),
+                permanent: true,
+            };
+            fail(&store, &config, &task, &error).await;
         } else {
             group.push(task);
         }
     }
     let Some(first) = group.first() else { return };
     let job_id = first.job_id;
-    let fail_all = |error: String| {
+    let fail_all = |error: TaskError| {
         let (store, config, group) = (&store, &config, &group);
         async move {
             for task in group {
@@ -410,7 +408,10 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
     let job = match store.job(job_id).await {
         Ok(Some(job)) => job,
         Ok(None) => return,
-        Err(error) => return fail_all(format!("cannot read the job: {error}")).await,
+        Err(source) => {
+            let op = "cannot read the job";
+            return fail_all(TaskError::Store { op, source }).await;
+        }
     };
     if job.kind == Kind::Import {
         for task in &group {
@@ -419,7 +420,7 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
         return;
     }
     let Some(format) = job.format else {
-        return fail_all("a backfill job names no format".to_owned()).await;
+        return fail_all(TaskError::Job("a backfill job names no format".to_owned())).await;
     };
     let zones = match zones(&store, &config).await {
         Ok(zones) => zones,
@@ -478,14 +479,9 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
                 );
             }
             Ok(false) => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
-            Err(error) => {
-                fail(
-                    &store,
-                    &config,
-                    task,
-                    &format!("cannot record the result: {error}"),
-                )
-                .await
+            Err(source) => {
+                let op = "cannot record the result";
+                fail(&store, &config, task, &TaskError::Store { op, source }).await
             }
         }
     }

@@ -20,6 +20,8 @@ pub struct ScheduleRequest {
     pub merchants: Vec<String>,
     /// RFC 3339 time of the last tick taken as done; none: now.
     pub since: Option<String>,
+    /// Whether `today` may be asked for: its jobs replace a day still going on.
+    pub include_open_days: bool,
 }
 
 impl ScheduleRequest {
@@ -34,6 +36,12 @@ impl ScheduleRequest {
         let cron = &self.cron;
         let cron = Cron::parse(cron).map_err(|e| format!("`--cron` = {cron:?}: {e}"))?;
         let day_range = Range::parse(&self.range).map_err(|e| format!("`--range`: {e}"))?;
+        if day_range == Range::Today && !self.include_open_days {
+            return Err("`--range` = \"today\": each job would replace a day still going on, erasing \
+                 the events streamed after its files were written; use yesterday or last-N-days, or \
+                 pass --include-open-days to replace today anyway"
+                .to_owned());
+        }
         let format = match &self.format {
             Some(format) => Some(Format::parse("--format", format)?),
             None => None,
@@ -125,10 +133,29 @@ mod tests {
                 },
                 "`--since`",
             ),
+            (
+                ScheduleRequest {
+                    range: "today".into(),
+                    ..good.clone()
+                },
+                "--include-open-days",
+            ),
         ] {
             let error = bad.check(0).unwrap_err();
             assert!(error.contains(names), "{error}");
         }
+    }
+
+    #[test]
+    fn today_is_a_range_only_when_asked_for_by_name() {
+        let today = ScheduleRequest {
+            name: "intraday".into(),
+            cron: "0 * * * *".into(),
+            range: "today".into(),
+            include_open_days: true,
+            ..ScheduleRequest::default()
+        };
+        assert_eq!(today.check(0).unwrap().day_range, Range::Today);
     }
 
     fn at(text: &str) -> i64 {

@@ -5,7 +5,9 @@ use store::Store;
 use tokio::sync::OnceCell;
 
 /// The aggregators' database, connected on first use, so that ingest takes
-/// orders while the database is still away.
+/// orders while the database is still away. Ingest never migrates it: its
+/// role needs only SELECT for the totals API (and INSERT on the job tables
+/// for imports); the aggregators own the schema.
 pub struct Database {
     url: String,
     store: OnceCell<Store>,
@@ -26,7 +28,7 @@ impl Database {
     /// Fails, saying why, while the database cannot be reached.
     pub async fn store(&self) -> Result<&Store, String> {
         self.store
-            .get_or_try_init(|| Store::connect(&self.url))
+            .get_or_try_init(|| Store::connect_existing(&self.url))
             .await
             .map_err(|e| format!("cannot reach the database: {e}"))
     }

@@ -11,7 +11,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Datelike, Offset, TimeZone};
 use chrono_tz::Tz;
 
-use crate::day::Day;
+use crate::day::{format_rfc3339_millis, Day, MAX_DAY, MIN_DAY};
+use crate::event::Invalid;
 use crate::fx::{short_words as words, FxMap, SHORT};
 
 /// The IANA time zone database release compiled in.
@@ -48,6 +49,34 @@ impl Zone {
         let utc = DateTime::from_timestamp_micros(micros).expect("within chrono's range");
         let date = utc.with_timezone(&self.0).date_naive();
         Day(date.num_days_from_ce() - UNIX_EPOCH_FROM_CE)
+    }
+
+    /// The local days `[first, end)` whose every instant lies inside the UTC
+    /// days `[from, to)`: the local days a recomputation of those UTC days
+    /// sees whole. Empty (`first >= end`) when none does.
+    ///
+    /// West of UTC the last local day runs past `to` (Pacific/Honolulu's day
+    /// D ends at 10:00 UTC on D+1) and is left out; east of UTC the first
+    /// one began before `from` and is left out. Local days are read at
+    /// every quarter hour within 30 hours of each edge, so a day that a
+    /// transition at midnight repeats counts as reaching past the edge.
+    pub fn whole_local_days(self, from: Day, to: Day) -> (Day, Day) {
+        const STEP: i64 = 15 * 60 * 1_000_000;
+        const STEPS: i64 = 30 * MICROS_PER_HOUR / STEP;
+        let (start, end) = (
+            i64::from(from.0) * MICROS_PER_DAY,
+            i64::from(to.0) * MICROS_PER_DAY,
+        );
+        // The latest local day seen before `from`, the earliest from `to` on.
+        let before = (0..=STEPS)
+            .map(|k| self.local_day(start - 1 - k * STEP).0)
+            .max()
+            .expect("at least one step");
+        let after = (0..=STEPS)
+            .map(|k| self.local_day(end + k * STEP).0)
+            .min()
+            .expect("at least one step");
+        (Day(before + 1), Day(after))
     }
 
     /// The offset from UTC in force at the instant `micros`, in seconds.
@@ -201,6 +230,30 @@ impl Zones {
         self.local_day_with(merchant, micros, |zone| {
             zone.offset_secs(micros) * 1_000_000
         })
+    }
+
+    /// Refuses an event whose day in its merchant's zone falls outside
+    /// 0001-01-01..=9999-12-31, the days both tables store: only one on the
+    /// era's first or last UTC day can (`9999-12-31T20:00:00Z` is
+    /// 10000-01-01 in Tokyo). The reason names the zone and the local day.
+    /// One comparison for every other event.
+    pub fn check_local_era(&self, merchant: &str, micros: i64, day: Day) -> Result<(), Invalid> {
+        if day != MIN_DAY && day != MAX_DAY {
+            return Ok(());
+        }
+        let local = self.local_day(merchant, micros);
+        if local.checked().is_ok() {
+            return Ok(());
+        }
+        Err(Invalid::new(
+            "occurred_at",
+            &format_rfc3339_millis(micros),
+            format!(
+                "falls on local day {local} in {}, the merchant's time zone: outside \
+                 {MIN_DAY}..{MAX_DAY}, the days tally can store",
+                self.of(merchant)
+            ),
+        ))
     }
 
     /// [`Zones::local_day`], with the offsets of whole UTC hours kept in
@@ -495,5 +548,150 @@ mod tests {
             let error = Zone::parse(bad).unwrap_err();
             assert!(error.contains("not an IANA time zone name"), "{error}");
         }
+    }
+}
+
+#[cfg(test)]
+mod whole_local_days {
+    use super::*;
+
+    fn whole(zone: &str, from: &str, to: &str) -> (String, String) {
+        let zone = Zone::parse(zone).unwrap();
+        let (first, end) =
+            zone.whole_local_days(Day::parse(from).unwrap(), Day::parse(to).unwrap());
+        (first.to_string(), end.to_string())
+    }
+
+    fn pair(first: &str, end: &str) -> (String, String) {
+        (first.to_owned(), end.to_owned())
+    }
+
+    #[test]
+    fn west_of_utc_the_last_local_day_runs_past_the_range() {
+        // Honolulu (−10:00): local 2026-03-10 is 10:00 UTC on the 10th to 10:00 on the 11th.
+        assert_eq!(
+            whole("Pacific/Honolulu", "2026-03-10", "2026-03-11"),
+            pair("2026-03-10", "2026-03-10"),
+            "one UTC day holds no whole Honolulu day"
+        );
+        assert_eq!(
+            whole("Pacific/Honolulu", "2026-03-10", "2026-03-13"),
+            pair("2026-03-10", "2026-03-12")
+        );
+    }
+
+    #[test]
+    fn east_of_utc_the_first_local_day_began_before_the_range() {
+        // Tokyo (+09:00) and Kiritimati (+14:00): local day D began on D−1 in UTC.
+        for zone in ["Asia/Tokyo", "Pacific/Kiritimati"] {
+            assert_eq!(
+                whole(zone, "2026-03-10", "2026-03-13"),
+                pair("2026-03-11", "2026-03-13"),
+                "{zone}"
+            );
+        }
+    }
+
+    #[test]
+    fn utc_days_are_whole_in_utc() {
+        assert_eq!(
+            whole("UTC", "2026-03-10", "2026-03-11"),
+            pair("2026-03-10", "2026-03-11")
+        );
+    }
+
+    #[test]
+    fn daylight_saving_time_moves_the_edges_with_the_offset() {
+        // New York: −05:00 until 2026-03-08 07:00 UTC, then −04:00. Local
+        // 03-07 and 03-08 lie inside [03-07, 03-10); 03-09 ends at 04:00 UTC on 03-10.
+        assert_eq!(
+            whole("America/New_York", "2026-03-07", "2026-03-10"),
+            pair("2026-03-07", "2026-03-09")
+        );
+    }
+
+    #[test]
+    fn every_instant_of_a_whole_day_lies_in_the_range_and_no_other_day_does() {
+        // Checked instant by instant, at every quarter hour of three days around.
+        for zone in [
+            "Pacific/Honolulu",
+            "Pacific/Kiritimati",
+            "Asia/Kathmandu",
+            "America/St_Johns",
+        ] {
+            let zone = Zone::parse(zone).unwrap();
+            let (from, to) = (
+                Day::parse("2026-10-24").unwrap(),
+                Day::parse("2026-10-27").unwrap(),
+            );
+            let (first, end) = zone.whole_local_days(from, to);
+            let inside = |m: i64| {
+                m >= i64::from(from.0) * MICROS_PER_DAY && m < i64::from(to.0) * MICROS_PER_DAY
+            };
+            let start = i64::from(from.0 - 2) * MICROS_PER_DAY;
+            let mut seen_outside = std::collections::BTreeSet::new();
+            for k in 0..(7 * 96) {
+                let micros = start + k * 15 * 60 * 1_000_000;
+                if !inside(micros) {
+                    seen_outside.insert(zone.local_day(micros).0);
+                }
+            }
+            for day in first.0..end.0 {
+                assert!(
+                    !seen_outside.contains(&day),
+                    "{zone}: {} is not whole",
+                    Day(day)
+                );
+            }
+            for day in [first.0 - 1, end.0] {
+                assert!(
+                    seen_outside.contains(&day),
+                    "{zone}: {} is whole but left out",
+                    Day(day)
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod era {
+    use super::*;
+    use crate::day::parse_rfc3339;
+
+    fn check(zone: &str, at: &str) -> Result<(), Invalid> {
+        let zones = Zones::new(
+            HashMap::from([("m".to_owned(), Zone::parse(zone).unwrap())]),
+            Zone::UTC,
+        );
+        let micros = parse_rfc3339(at).unwrap();
+        zones.check_local_era("m", micros, Day::of_micros(micros))
+    }
+
+    #[test]
+    fn a_local_day_outside_the_era_is_refused_naming_the_zone() {
+        let late = check("Asia/Tokyo", "9999-12-31T20:00:00Z").unwrap_err();
+        assert_eq!(late.field, "occurred_at");
+        assert!(
+            late.reason.contains("10000-01-01 in Asia/Tokyo"),
+            "{}",
+            late.reason
+        );
+        let early = check("America/New_York", "0001-01-01T01:00:00Z").unwrap_err();
+        assert!(
+            early.reason.contains("0000-12-31 in America/New_York"),
+            "{}",
+            early.reason
+        );
+        // The same instants where the local day stays inside the era.
+        assert_eq!(check("America/New_York", "9999-12-31T20:00:00Z"), Ok(()));
+        assert_eq!(check("Asia/Tokyo", "0001-01-01T01:00:00Z"), Ok(()));
+        assert_eq!(
+            check("Pacific/Kiritimati", "9999-12-31T09:59:59.999Z"),
+            Ok(())
+        );
+        assert!(check("Pacific/Kiritimati", "9999-12-31T10:00:00Z").is_err());
+        assert!(check("Etc/GMT+12", "0001-01-01T11:59:59Z").is_err());
+        assert_eq!(check("Etc/GMT+12", "0001-01-01T12:00:00Z"), Ok(()));
     }
 }

@@ -136,6 +136,9 @@ pub fn decode_messages(
         parsed.clear();
         parsed.extend(chunk.iter().map(|message| {
             let event = decode(&message.payload, message.key.as_deref())?;
+            if let Some(zones) = &zones {
+                zones.check_local_era(&event.merchant_id, event.occurred_at, event.day)?;
+            }
             let (id, digest) = (IdHash::of(&event.event_id), content_digest(&event));
             Ok((event, id, digest))
         }));

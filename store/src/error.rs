@@ -62,6 +62,19 @@ pub enum StoreError {
     /// on a job that does not exist).
     #[error("{0}")]
     Refused(String),
+    /// The database's schema lacks migrations this build needs, and this
+    /// connection does not migrate.
+    #[error(
+        "the database's tally schema is at version {}, and this build needs version {needed}: \
+         run `tally migrate` (or start an aggregator) with a role that may create tables",
+        found.map_or_else(|| "none".to_owned(), |v| v.to_string())
+    )]
+    Schema {
+        /// The newest migration applied; none when none is.
+        found: Option<i64>,
+        /// The newest migration this build knows.
+        needed: i64,
+    },
     /// The database did not answer in time; the connection was dropped.
     #[error("database {op} did not answer within {after_ms} ms (connection reset)")]
     Timeout {
@@ -98,9 +111,11 @@ impl Classify for StoreError {
                 ) => Class::Transient,
                 _ => Class::Permanent,
             },
-            StoreError::Join(_) | StoreError::Pool(_) | StoreError::Timeout { .. } => {
-                Class::Transient
-            }
+            // An aggregator starting beside a reader may be migrating now.
+            StoreError::Join(_)
+            | StoreError::Pool(_)
+            | StoreError::Timeout { .. }
+            | StoreError::Schema { .. } => Class::Transient,
             StoreError::UnsupportedUrl { .. }
             | StoreError::InvalidUrl { .. }
             | StoreError::Tls { .. }

@@ -107,6 +107,11 @@ pub struct Plan {
     pub already_applied: u64,
     /// Partials refused as invariant violations.
     pub violations: Vec<Violation>,
+    /// Applied partials that counted events but carried no local-day rows
+    /// (a worker with `local_days = false`, or one from before local days):
+    /// their events are in `merchant_sales` and not in
+    /// `merchant_sales_local`. The source and offset range of each.
+    pub without_local_days: Vec<(SourcePartition, i64, i64)>,
 }
 
 /// Judges `partials` in order against `fences`, advancing each fence as its
@@ -137,6 +142,13 @@ pub fn plan(fences: &BTreeMap<SourcePartition, Fence>, partials: &[Partial]) -> 
                     &mut out.local_deltas,
                     partial.local_rows.iter().map(|r| r.entry()),
                 );
+                if partial.local_rows.is_empty() && !partial.rows.is_empty() {
+                    out.without_local_days.push((
+                        (partial.topic.clone(), partial.partition),
+                        partial.first_offset,
+                        partial.last_offset,
+                    ));
+                }
                 out.applied += 1;
                 out.applied_append_ms
                     .extend(partial.max_append_ms.map(|ms| (partial.partition, ms)));

@@ -83,8 +83,25 @@ impl Store {
     /// Fails when the URL is unsupported, the database is unreachable, or a
     /// migration fails.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::open(url, true).await
+    }
+
+    /// Connects without migrating PostgreSQL, for the roles that only read
+    /// the tables or write rows (ingest, `query`, `verify`, `jobs`): their
+    /// database role needs no right to create tables. Fails with
+    /// [`StoreError::Schema`] while a migration this build needs is missing.
+    /// (A SQLite file is migrated as by [`Store::connect`]: it has no roles.)
+    pub async fn connect_existing(url: &str) -> Result<Store> {
+        Store::open(url, false).await
+    }
+
+    async fn open(url: &str, migrating: bool) -> Result<Store> {
         let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Store::Postgres(Box::new(postgres::PgStore::connect(url).await?))
+            Store::Postgres(Box::new(if migrating {
+                postgres::PgStore::connect(url).await?
+            } else {
+                postgres::PgStore::connect_existing(url).await?
+            }))
         } else if let Some(path) = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))

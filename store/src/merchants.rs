@@ -66,15 +66,15 @@ async fn zones(tx: &mut dyn Tx) -> Result<Vec<MerchantZone>> {
 }
 
 async fn local_totals(tx: &mut dyn Tx, merchant: Option<&str>) -> Result<LocalTotals> {
+    let sql = format!(
+        "SELECT merchant_id, CAST(currency AS TEXT), {}, time_zone,
+                CAST(sales_amount AS TEXT), sales_count, CAST(refund_amount AS TEXT), refund_count
+         FROM merchant_sales_local
+         WHERE CAST($1 AS TEXT) IS NULL OR merchant_id = CAST($1 AS TEXT)",
+        tx.day_text("local_day")
+    );
     let rows = tx
-        .query(
-            "local totals read",
-            "SELECT merchant_id, CAST(currency AS TEXT), CAST(local_day AS TEXT), time_zone,
-                    CAST(sales_amount AS TEXT), sales_count, CAST(refund_amount AS TEXT), refund_count
-             FROM merchant_sales_local
-             WHERE CAST($1 AS TEXT) IS NULL OR merchant_id = CAST($1 AS TEXT)",
-            params![merchant],
-        )
+        .query("local totals read", &sql, params![merchant])
         .await?;
     let mut totals = LocalTotals::new();
     for r in &rows {

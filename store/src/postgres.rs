@@ -201,6 +201,18 @@ impl PgStore {
     /// Connects and migrates. Fails when the URL is malformed, the server is
     /// unreachable, or a migration fails.
     pub async fn connect(url: &str) -> Result<PgStore> {
+        Self::connect_as(url, true).await
+    }
+
+    /// Connects without migrating: a role with no right to create tables
+    /// (only SELECT, or SELECT and what its writes need) reads and writes
+    /// through this. Fails when the schema lacks a migration this build
+    /// needs, saying who applies them.
+    pub async fn connect_existing(url: &str) -> Result<PgStore> {
+        Self::connect_as(url, false).await
+    }
+
+    async fn connect_as(url: &str, migrating: bool) -> Result<PgStore> {
         let (config, statement, tls) = settings(url)?;
         let manager = Manager::from_config(
             config.clone(),
@@ -224,7 +236,11 @@ impl PgStore {
         };
         let call = async {
             let mut client = store.conn().await?;
-            migrate(&mut client).await
+            if migrating {
+                migrate(&mut client).await
+            } else {
+                check_schema(&client).await
+            }
         };
         match tokio::time::timeout(store.call_timeout, call).await {
             Ok(migrated) => migrated?,
@@ -401,7 +417,7 @@ impl PgStore {
         let client = self.conn().await?;
         let rows = client
             .query(
-                "SELECT merchant_id, currency::text, day::text, sales_amount::text, sales_count,
+                "SELECT merchant_id, currency::text, to_char(day, 'YYYY-MM-DD'), sales_amount::text, sales_count,
                         refund_amount::text, refund_count
                  FROM merchant_sales WHERE $1::text IS NULL OR merchant_id = $1",
                 &[&merchant],
@@ -543,6 +559,30 @@ async fn advance(tx: &tokio_postgres::Transaction<'_>, plan: &Plan) -> Result<u6
     )
     .await
     .map_err(pg("fence advance"))
+}
+
+/// Checks that every migration this build knows has been applied, with a
+/// read of `tally_migrations` only.
+async fn check_schema(client: &Client) -> Result<()> {
+    let needed = MIGRATIONS.last().map_or(0, |m| m.0);
+    let found = match client
+        .query_one("SELECT max(version) FROM tally_migrations", &[])
+        .await
+    {
+        Ok(row) => row.get::<_, Option<i32>>(0),
+        // No tally_migrations: nothing was ever migrated.
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            None
+        }
+        Err(error) => return Err(pg("schema version read")(error)),
+    };
+    match found {
+        Some(found) if found >= needed => Ok(()),
+        found => Err(StoreError::Schema {
+            found: found.map(i64::from),
+            needed: i64::from(needed),
+        }),
+    }
 }
 
 async fn migrate(client: &mut Client) -> Result<()> {

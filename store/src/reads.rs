@@ -60,8 +60,9 @@ pub struct DayTotals {
 fn columns(tx: &dyn Tx, basis: Basis) -> String {
     let (_, day, zone) = basis.table();
     format!(
-        "CAST({day} AS TEXT), {zone}, CAST(sales_amount AS TEXT), sales_count,
+        "{}, {zone}, CAST(sales_amount AS TEXT), sales_count,
          CAST(refund_amount AS TEXT), refund_count, {}",
+        tx.day_text(day),
         tx.timestamp_text("updated_at")
     )
 }

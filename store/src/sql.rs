@@ -12,7 +12,7 @@ use std::pin::Pin;
 use schemas::{LocalTotals, Totals};
 
 use crate::error::{Result, StoreError};
-use crate::jobs::{FileVersion, Scope};
+use crate::jobs::{FileVersion, LocalDays, Scope};
 
 /// A boxed, sendable future: what [`Tx`]'s methods return, so that the
 /// rules can hold a `&mut dyn Tx`.
@@ -191,6 +191,9 @@ pub(crate) trait Tx: Send {
     /// `column`, a row's change time, as RFC 3339 text in UTC.
     fn timestamp_text(&self, column: &str) -> String;
 
+    /// `column`, a day, as `YYYY-MM-DD` whatever the session's DateStyle.
+    fn day_text(&self, column: &str) -> String;
+
     /// The order of a day's top merchants: `net_amount`, highest first and
     /// exact; ties by `merchant_id`, bytewise.
     fn top_order(&self) -> &'static str;
@@ -217,11 +220,17 @@ pub(crate) trait Tx: Send {
         local: &'a LocalTotals,
     ) -> BoxFuture<'a, Result<()>>;
 
-    /// Deletes `scope` of `merchant_sales` (by day) and of
-    /// `merchant_sales_local` (by local day) and adds the job's staged rows
-    /// that fall within it; returns the rows written to the first.
-    fn replace_scope<'a>(&'a mut self, job_id: i64, scope: &'a Scope)
-        -> BoxFuture<'a, Result<i64>>;
+    /// Deletes `scope` of `merchant_sales` (by day) and the local days of
+    /// `local` of `merchant_sales_local` (each zone's rows by local day),
+    /// and adds the job's staged rows that fall within them; returns the
+    /// rows written to the first. Two replaces never overlap: the second
+    /// waits for the first to commit, then sees its rows.
+    fn replace_scope<'a>(
+        &'a mut self,
+        job_id: i64,
+        scope: &'a Scope,
+        local: &'a [LocalDays],
+    ) -> BoxFuture<'a, Result<i64>>;
 
     /// Whether each version has a `tally_imports` row.
     fn known_versions<'a>(

@@ -25,6 +25,13 @@ enum Backend {
 
 /// A fresh, migrated database of `backend`, named after the test.
 async fn fresh(backend: Backend, test: &str) -> Store {
+    Store::connect(&fresh_url(backend, test).await)
+        .await
+        .unwrap()
+}
+
+/// The URL of a fresh, empty database of `backend`, named after the test.
+async fn fresh_url(backend: Backend, test: &str) -> String {
     let id = format!("contract_{test}_{}_{}", std::process::id(), nanos());
     let url = match backend {
         Backend::Sqlite => {
@@ -47,7 +54,7 @@ async fn fresh(backend: Backend, test: &str) -> Store {
             format!("{base}/{id}")
         }
     };
-    Store::connect(&url).await.unwrap()
+    url
 }
 
 fn nanos() -> u128 {
@@ -417,16 +424,10 @@ async fn the_completion_swap_replaces_exactly_the_job_scope(backend: Backend) {
         (key("m-1", Day(DAY.0 + 1)), sale(300, 1)),
     ]);
     assert_eq!(store.totals(None).await.unwrap(), want);
-    // The local table's scope is swapped the same way, by local day: m-1's
-    // day now in the zone the backfill read it in; the rest as streamed.
-    let mut want_local = local(&want, "Europe/Berlin");
-    want_local.insert(
-        key("m-1", DAY),
-        LocalSums {
-            time_zone: "Asia/Tokyo".into(),
-            sums: sale(1_000, 2),
-        },
-    );
+    // The local table keeps every streamed row: neither Berlin's day nor
+    // Tokyo's lies wholly inside one UTC day, so the files cannot hold all
+    // of either, and a replace would erase streamed events.
+    let want_local = local(&streamed, "Europe/Berlin");
     assert_eq!(store.local_totals(None).await.unwrap(), want_local);
     // Completing again changes nothing.
     assert!(store.complete_jobs(30).await.unwrap().is_empty());
@@ -557,4 +558,116 @@ async fn reads_rank_exactly_and_keep_to_the_range(backend: Backend) {
         "{}",
         row.updated_at
     );
+}
+
+/// Two aggregators complete two overlapping backfills at the same moment on
+/// PostgreSQL: the first replace is held open (the test holds a lock its
+/// local-day delete must wait for) while the second starts. The table ends
+/// as either job alone makes it, never with the overlap counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_replaces_completing_together_count_the_overlap_once() {
+    let url = fresh_url(Backend::Postgres, "overlap").await;
+    let (a, b) = (
+        Store::connect(&url).await.unwrap(),
+        Store::connect(&url).await.unwrap(),
+    );
+    let claim = a.claim("orders", 0, "worker-a").await.unwrap();
+    let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
+    live.rows.push(PartialRow {
+        key: key("m-2", DAY),
+        sums: sale(200, 1),
+    });
+    a.apply(&[live]).await.unwrap();
+    // Both jobs recompute DAY for every merchant, from the same files.
+    let recomputed = Totals::from([
+        (key("m-1", DAY), sale(1_000, 2)),
+        (key("m-2", DAY), sale(50, 1)),
+    ]);
+    let first = a.create_job(&backfill(one_day(&[]), 1), 0).await.unwrap();
+    let second = a.create_job(&backfill(one_day(&[]), 1), 0).await.unwrap();
+    // The second job's task first: it is complete alone.
+    let task_of_first = a.claim_task("runner", 0, 100).await.unwrap().unwrap();
+    finish(&a, second, &recomputed).await;
+
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute("BEGIN; LOCK TABLE merchant_sales_local IN SHARE MODE")
+        .await
+        .unwrap();
+    // Another session watches: one inside a transaction sees a frozen pg_stat_activity.
+    let (watch, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // Aggregator A completes the second job and stops inside its replace,
+    // with its new merchant_sales rows written and not committed.
+    let completing = tokio::spawn(async move { a.complete_jobs(20).await.map(|done| (a, done)) });
+    wait_for_lock_waits(&watch, 1).await;
+    // Meanwhile the first job's task finishes, and aggregator B completes it.
+    assert!(b
+        .finish_task(
+            first,
+            task_of_first.task_no,
+            "runner",
+            &result(recomputed.clone()),
+            10
+        )
+        .await
+        .unwrap());
+    let b = std::sync::Arc::new(b);
+    let also = {
+        let b = b.clone();
+        tokio::spawn(async move { b.complete_jobs(30).await })
+    };
+    wait_for_lock_waits(&watch, 2).await;
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    let (a, done_a) = completing.await.unwrap().unwrap();
+    let done_b = also.await.unwrap().unwrap();
+    let mut done = [done_a, done_b].concat();
+    done.sort_unstable();
+    assert_eq!(done, vec![first, second]);
+    assert_eq!(a.totals(None).await.unwrap(), recomputed);
+
+    // The same job again gives the same table.
+    let again = a.create_job(&backfill(one_day(&[]), 1), 0).await.unwrap();
+    finish(&a, again, &recomputed).await;
+    assert_eq!(a.complete_jobs(40).await.unwrap(), vec![again]);
+    assert_eq!(b.totals(None).await.unwrap(), recomputed);
+}
+
+/// Claims the next task, which must be `job`'s, and finishes it with `totals`.
+async fn finish(store: &Store, job: i64, totals: &Totals) {
+    let task = store.claim_task("runner", 0, 100).await.unwrap().unwrap();
+    assert_eq!(task.job_id, job);
+    assert!(store
+        .finish_task(job, task.task_no, "runner", &result(totals.clone()), 10)
+        .await
+        .unwrap());
+}
+
+/// Waits until `n` sessions of the test's database wait for a lock.
+async fn wait_for_lock_waits(watch: &tokio_postgres::Client, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} of {n} completions waiting for a lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use backfill::{compute, list_files, now_ms, plan, plan_import, Format, ScheduleRequest};
+use backfill::{
+    check_days_over, compute, list_files, now_ms, plan, plan_import, Format, ScheduleRequest,
+};
 use schemas::Day;
 use store::jobs::{Job, Kind, Requeue, Scope, State};
 use store::Store;
@@ -65,7 +67,13 @@ fn created<T>(result: Result<T, store::StoreError>) -> Result<T, CliError> {
 
 /// Creates a job; with `--wait`, follows it to the end.
 pub async fn backfill(args: BackfillArgs) -> CliResult {
-    let job = match scope(&args.source) {
+    let scope = scope(&args.source).and_then(|(scope, format)| {
+        if !args.include_open_days {
+            check_days_over(&scope, now_ms())?;
+        }
+        Ok((scope, format))
+    });
+    let job = match scope {
         Ok((scope, format)) => {
             plan(
                 &args.source.source,
@@ -515,6 +523,7 @@ pub async fn schedule(args: ScheduleArgs) -> CliResult {
             format,
             merchants,
             since,
+            include_open_days,
         } => {
             let request = ScheduleRequest {
                 name: name.clone(),
@@ -524,6 +533,7 @@ pub async fn schedule(args: ScheduleArgs) -> CliResult {
                 format: format.clone(),
                 merchants: merchants.clone(),
                 since: since.clone(),
+                include_open_days: *include_open_days,
             };
             let checked = request.check(now_ms());
             match checked {

@@ -52,6 +52,9 @@ pub enum Command {
     Schedule(ScheduleArgs),
     /// Set and list merchants' IANA time zones.
     Merchants(MerchantsArgs),
+    /// Apply the database migrations this build knows (the aggregators also
+    /// do, at start); every other command only checks for them.
+    Migrate(DatabaseArgs),
 }
 
 /// Flags shared by the long-running services.
@@ -220,6 +223,10 @@ pub struct BackfillArgs {
     /// Merchant-hash shards, one task each (default: one per 2 GiB of input, rounded up to an even number).
     #[arg(long)]
     pub shards: Option<i32>,
+    /// Replace days that are not over yet (today, or later): events streamed
+    /// after the files were written are then erased. Refused without it.
+    #[arg(long)]
+    pub include_open_days: bool,
     #[command(flatten)]
     pub job: JobFlags,
     #[command(flatten)]
@@ -359,6 +366,10 @@ pub enum ScheduleCommand {
         /// time makes the latest tick since then due at once.
         #[arg(long)]
         since: Option<String>,
+        /// Allow `--range today`, whose jobs replace a day still going on
+        /// (erasing events streamed after the files were written).
+        #[arg(long)]
+        include_open_days: bool,
     },
     /// Every schedule with its last tick.
     List {

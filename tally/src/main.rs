@@ -72,6 +72,7 @@ async fn dispatch(command: Command) -> CliResult {
         Command::Verify(args) => backfill::verify(args).await,
         Command::Schedule(args) => backfill::schedule(args).await,
         Command::Merchants(args) => merchants::run(args).await,
+        Command::Migrate(args) => query::migrate(args).await,
         Command::Worker(args) => {
             let settings = load(&args)?;
             settings.worker.validate()?;

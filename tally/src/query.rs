@@ -9,7 +9,24 @@ use crate::settings::Settings;
 /// Opens the database named by `--database-url`, or else by the
 /// configuration's aggregator. Fails with a configuration error for a bad
 /// URL or file, and a run-time one when the database is unreachable.
+///
+/// PostgreSQL is not migrated: a role that may only read (or write rows)
+/// can run every command but `tally migrate`.
 pub async fn open_store(database: &DatabaseArgs) -> Result<Store, CliError> {
+    let url = database_url(database)?;
+    Store::connect_existing(&url).await.map_err(CliError::run)
+}
+
+/// `tally migrate`: applies the migrations this build knows.
+pub async fn migrate(database: DatabaseArgs) -> CliResult {
+    let url = database_url(&database)?;
+    Store::connect(&url).await.map_err(CliError::run)?;
+    eprintln!("The database's tally schema is up to date.");
+    Ok(())
+}
+
+/// The database URL the flags, or else the configuration, give; checked.
+fn database_url(database: &DatabaseArgs) -> Result<String, CliError> {
     let url = match &database.database_url {
         Some(url) => url.clone(),
         None => {
@@ -19,7 +36,7 @@ pub async fn open_store(database: &DatabaseArgs) -> Result<Store, CliError> {
         }
     };
     schemas::config::database_url("--database-url", &url)?;
-    Store::connect(&url).await.map_err(CliError::run)
+    Ok(url)
 }
 
 /// Prints the rows of `merchant_sales` for `args.merchant`.

@@ -802,7 +802,7 @@ async fn zone_change_then_backfill(backend: Backend) {
             "--from",
             "2026-01-01",
             "--to",
-            "2027-01-01",
+            "2026-12-01",
             "--wait",
             "--database-url",
             &world.database_url,
@@ -832,4 +832,190 @@ async fn zone_change_then_backfill_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_change_then_backfill_sqlite() {
     zone_change_then_backfill(Backend::Sqlite).await;
+}
+
+const ZONED_MERCHANTS: [&str; 4] = ["m-hnl", "m-cxi", "m-tyo", "m-utc"];
+
+/// Events of merchants in Honolulu (−10:00), Kiritimati (+14:00), Tokyo
+/// (+09:00) and UTC every 47 minutes over five UTC days around `day`, and a
+/// second either side of 10:00 and 15:00 UTC each day (the local midnights
+/// of the first three zones): every local day's edges have events on both
+/// sides.
+fn around_local_midnights(day: Day) -> Vec<Generated> {
+    let start = i64::from(day.0 - 2) * 86_400;
+    let mut instants: Vec<i64> = (0..(5 * 86_400 / (47 * 60)))
+        .map(|k| start + k * 47 * 60)
+        .collect();
+    for d in 0..5 {
+        for hour in [10, 15] {
+            let edge = start + d * 86_400 + hour * 3_600;
+            instants.extend([edge - 1, edge]);
+        }
+    }
+    let mut out = Vec::new();
+    for (m, merchant) in ZONED_MERCHANTS.iter().enumerate() {
+        for (i, &secs) in instants.iter().enumerate() {
+            out.push(euro_sale(
+                merchant,
+                &format!("s-{m}-{i}"),
+                secs,
+                1_000 + (m * 1_000 + i) as i128,
+            ));
+        }
+    }
+    out
+}
+
+/// One sale of `units` whole euros by `merchant` at `secs` (Unix seconds).
+fn euro_sale(merchant: &str, id: &str, secs: i64, units: i128) -> Generated {
+    let payload = format!(
+        r#"{{"event_id":"{id}","order_id":"o-{id}","merchant_id":"{merchant}","kind":"sale","amount":"{units}","currency":"EUR","occurred_at":"{}"}}"#,
+        schemas::day::format_rfc3339_millis(secs * 1_000_000)
+    );
+    Generated {
+        key: Some(merchant.to_owned()),
+        payload: payload.into_bytes(),
+        truth: Truth::Counted {
+            key: schemas::TotalsKey {
+                merchant_id: merchant.to_owned(),
+                currency: "EUR".into(),
+                day: Day(secs.div_euclid(86_400) as i32),
+            },
+            kind: schemas::Kind::Sale,
+            amount: schemas::Amount(units * 10_000),
+        },
+    }
+}
+
+/// A nightly backfill of one UTC day replaces that day in merchant_sales
+/// and no local day of a merchant in Honolulu, Kiritimati or Tokyo (none
+/// lies wholly inside one UTC day), so merchant_sales_local keeps every
+/// streamed event; a backfill of three days replaces the local days wholly
+/// inside them, with an event the stream missed; a scope reaching today is
+/// refused. Every figure is the test's own: days from GNU `date`, sums in i128.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nightly_backfill_keeps_local_days_it_does_not_cover_postgres() {
+    use common::local;
+
+    let mut world = World::new("nightly-zones", Backend::Postgres).await;
+    let store = world.store().await;
+    let zones: std::collections::HashMap<String, &'static str> = [
+        ("m-hnl", "Pacific/Honolulu"),
+        ("m-cxi", "Pacific/Kiritimati"),
+        ("m-tyo", "Asia/Tokyo"),
+    ]
+    .into_iter()
+    .map(|(m, z)| (m.to_owned(), z))
+    .collect();
+    let rows: Vec<_> = zones
+        .iter()
+        .map(|(m, z)| (m.clone(), schemas::zone::Zone::parse(z).unwrap()))
+        .collect();
+    store.set_zones(&rows, 0).await.unwrap();
+    let day = Day::parse("2026-11-10").unwrap();
+    let streamed = around_local_midnights(day);
+    world.start_aggregator_with("aggregator", &[("aggregator.backfill_parallelism", "2")]);
+    world.start_worker("worker-a", &[]);
+    common::produce(&world.brokers, &world.orders, &streamed).await;
+    world
+        .wait_committed(&store, streamed.len() as u64, Duration::from_secs(300))
+        .await;
+    let check = |messages: Vec<Generated>| {
+        let (store, zones) = (&store, &zones);
+        async move {
+            assert_totals_equal(
+                &expected_totals(&messages),
+                &store.totals(None).await.unwrap(),
+            );
+            local::assert_equal(
+                &local::expected(&messages, zones),
+                &store.local_totals(None).await.unwrap(),
+            );
+        }
+    };
+    check(streamed.clone()).await;
+
+    // Last night's export: the events of UTC day `day`, as streamed.
+    let of_days = |from: i32, to: i32| -> Vec<Generated> {
+        streamed
+            .iter()
+            .filter(|m| match &m.truth {
+                Truth::Counted { key, .. } => key.day.0 >= from && key.day.0 < to,
+                _ => false,
+            })
+            .cloned()
+            .collect()
+    };
+    let backfill = |name: &str, files: &[Generated], from: Day, to: Day| {
+        let file = world.dir.join(name);
+        write_ndjson(&file, files);
+        let out = tally_with(
+            &[
+                "backfill",
+                "--source",
+                file.to_str().unwrap(),
+                "--from",
+                &from.to_string(),
+                "--to",
+                &to.to_string(),
+                "--wait",
+                "--database-url",
+                &world.database_url,
+            ],
+            &world.env,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    backfill(
+        "night.ndjson",
+        &of_days(day.0, day.0 + 1),
+        day,
+        Day(day.0 + 1),
+    );
+    check(streamed.clone()).await;
+
+    // Three days, from files that also hold an event the stream missed, at
+    // noon UTC of `day`: inside a whole local day of every zone.
+    let noon = i64::from(day.0) * 86_400 + 12 * 3_600;
+    let missed: Vec<Generated> = ZONED_MERCHANTS
+        .iter()
+        .map(|m| euro_sale(m, &format!("missed-{m}"), noon, 777))
+        .collect();
+    let mut files = of_days(day.0 - 1, day.0 + 2);
+    files.extend(missed.iter().cloned());
+    backfill("three.ndjson", &files, Day(day.0 - 1), Day(day.0 + 2));
+    let mut all = streamed.clone();
+    all.extend(missed);
+    check(all).await;
+
+    // Today is not over: refused, naming why and the flag that allows it.
+    let now_days = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400) as i32;
+    let out = tally_with(
+        &[
+            "backfill",
+            "--source",
+            world.dir.join("night.ndjson").to_str().unwrap(),
+            "--from",
+            &Day(now_days).to_string(),
+            "--to",
+            &Day(now_days + 1).to_string(),
+            "--database-url",
+            &world.database_url,
+        ],
+        &world.env,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not all over") && stderr.contains("--include-open-days"),
+        "{stderr}"
+    );
 }

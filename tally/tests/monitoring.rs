@@ -344,6 +344,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
         "TallyPartitionParked",
         "TallyDedupeWindowFull",
         "TallyImportFailed",
+        "TallyLocalDaysShort",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}")),

@@ -297,3 +297,70 @@ on_both_databases!(
     rebalance_and_zombies,
     dedupe_across_restart
 );
+
+/// A worker with `worker.local_days = false` beside one with it on: every
+/// event still reaches merchant_sales exactly, and the partials of the first
+/// (whose events merchant_sales_local lacks) are counted by the aggregator's
+/// metric and named by its `/readyz`, never applied short in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_local_days_is_reported() {
+    let mut world = World::new("no-local", Backend::Postgres).await;
+    let store = world.store().await;
+    let traffic = traffic(17, 20_000);
+    world.start_aggregator("aggregator");
+    world.start_worker("worker-a", &[]);
+    world.start_worker("worker-b", &[("worker.local_days", "false")]);
+    world
+        .wait_for("worker-b to own a partition", PATIENCE, || async {
+            world
+                .metric("worker-b", "tally_worker_assigned_partitions", &[])
+                .await
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await;
+    produce(&world.brokers, &world.orders, &traffic.messages).await;
+    world
+        .wait_committed(&store, traffic.messages.len() as u64, PATIENCE)
+        .await;
+    assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+
+    // How many events the local table lacks, from the two tables' counts.
+    let counted = |rows: Vec<schemas::Sums>| {
+        rows.iter()
+            .map(|s| s.sales_count + s.refund_count)
+            .sum::<i64>()
+    };
+    let utc = counted(store.totals(None).await.unwrap().into_values().collect());
+    let local = counted(
+        store
+            .local_totals(None)
+            .await
+            .unwrap()
+            .into_values()
+            .map(|l| l.sums)
+            .collect(),
+    );
+    assert!(
+        local < utc,
+        "worker-b's events are not in merchant_sales_local"
+    );
+    {
+        let short = world
+            .metric(
+                "aggregator",
+                "tally_aggregator_partials_without_local_days_total",
+                &[],
+            )
+            .await
+            .unwrap_or(0.0);
+        assert!(
+            short >= 1.0,
+            "{} events short, and the metric says {short}",
+            utc - local
+        );
+        let (status, body) = world.readyz("aggregator").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("merchant_sales_local is short"), "{body}");
+        assert!(body.contains("worker.local_days = false"), "{body}");
+    }
+}

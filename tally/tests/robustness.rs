@@ -218,7 +218,91 @@ async fn aggregator_first(backend: Backend) {
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
 }
 
-on_both_databases!(odd_events, wide_backlog, aggregator_first);
+/// Events at the four corners of the era, for a merchant east of UTC
+/// (Asia/Tokyo) and one west of it (America/New_York): where the local day
+/// leaves 0001-01-01..9999-12-31 the event is dead-lettered naming the zone,
+/// where it stays inside it is counted in both tables; the ordinary events
+/// after them are all counted, so no partition stalls. Local days are the
+/// test's own, from GNU `date`.
+async fn era_corners(backend: Backend) {
+    use common::local;
+
+    let mut world = World::new("era", backend).await;
+    let store = world.store().await;
+    let zones: std::collections::HashMap<String, &'static str> =
+        [("m-east", "Asia/Tokyo"), ("m-west", "America/New_York")]
+            .into_iter()
+            .map(|(m, z)| (m.to_owned(), z))
+            .collect();
+    let rows: Vec<_> = zones
+        .iter()
+        .map(|(m, z)| (m.clone(), schemas::zone::Zone::parse(z).unwrap()))
+        .collect();
+    store.set_zones(&rows, 0).await.unwrap();
+    let before = traffic(63, 500);
+    let after = traffic(64, 500);
+    world.start_aggregator("aggregator");
+    world.start_worker("worker-a", &[]);
+
+    let corner = |id: &str, merchant: &str, at: &str| Generated {
+        key: Some(merchant.to_owned()),
+        payload: event(id, merchant, "3.00", at),
+        truth: Truth::Counted {
+            key: TotalsKey {
+                merchant_id: merchant.into(),
+                currency: "EUR".into(),
+                day: Day::of_micros(schemas::day::parse_rfc3339(at).unwrap()),
+            },
+            kind: Kind::Sale,
+            amount: Amount(30_000),
+        },
+    };
+    let counted = [
+        corner("west-last", "m-west", "9999-12-31T20:00:00Z"),
+        corner("east-first", "m-east", "0001-01-01T01:00:00Z"),
+    ];
+    let refused = [
+        corner("east-last", "m-east", "9999-12-31T20:00:00Z"),
+        corner("west-first", "m-west", "0001-01-01T01:00:00Z"),
+    ];
+    let mut messages = before.messages.clone();
+    messages.extend(counted.iter().cloned());
+    messages.extend(refused.iter().cloned());
+    messages.extend(after.messages.iter().cloned());
+    let records: Vec<_> = messages.iter().map(raw).collect();
+    produce_raw(&world.brokers, &world.orders, &records).await;
+    world
+        .wait_committed(&store, records.len() as u64, PATIENCE)
+        .await;
+
+    let mut valid = before.messages.clone();
+    valid.extend(counted.iter().cloned());
+    valid.extend(after.messages.iter().cloned());
+    assert_totals_equal(
+        &common::expected_totals(&valid),
+        &store.totals(None).await.unwrap(),
+    );
+    local::assert_equal(
+        &local::expected(&valid, &zones),
+        &store.local_totals(None).await.unwrap(),
+    );
+    let invalid = before.invalid_payloads.len() + after.invalid_payloads.len();
+    let dead = world.dead_letters(invalid + refused.len(), Duration::from_secs(60));
+    for message in &refused {
+        assert!(
+            dead.values().any(|p| *p == message.payload),
+            "{} is dead-lettered",
+            String::from_utf8_lossy(&message.payload)
+        );
+    }
+    assert_eq!(
+        dead.len(),
+        invalid + refused.len(),
+        "every bad event once, nothing else"
+    );
+}
+
+on_both_databases!(odd_events, wide_backlog, aggregator_first, era_corners);
 
 /// A PostgreSQL frozen (SIGSTOP) for 30 s mid-stream: both services report
 /// not ready while it is, and once it answers again (SIGCONT) the totals are

@@ -8,10 +8,14 @@
 //! - `If-None-Match` gets 304 until a new event changes the merchant's total;
 //! - a missing or unknown token gets 401, a write token 403 (and a read
 //!   token 403 on `POST /v1/orders`); bad parameters get 400 naming them;
-//! - the served OpenAPI document is the checked-in one, and describes both routes.
+//! - the served OpenAPI document is the checked-in one, and describes both routes;
+//! - a PostgreSQL role with only SELECT, whose DateStyle is `SQL, DMY`, runs
+//!   the API, `tally query` and `tally verify`: nothing it reads migrates,
+//!   and every day reads back as `YYYY-MM-DD`.
 
 #[macro_use]
 mod common;
+mod files;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -427,4 +431,124 @@ async fn refusals(addr: &str, merchant: &str) {
     // The longest range allowed is served.
     let path = format!("{base}?from=2025-01-01&to=2026-01-01");
     assert_eq!(get(addr, &path, Some(READ), None).await.status, 200);
+}
+
+/// A least-privilege reader: a PostgreSQL role with USAGE on the schema and
+/// SELECT on its tables, and DateStyle `SQL, DMY` (days print as
+/// `10/11/2026` by default). Ingest's totals API, `tally query` and `tally
+/// verify` all work through it, and serve the tables' days and sums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_only_role_with_sql_dates_reads_everything() {
+    let mut world = World::new("reader", Backend::Postgres).await;
+    let store = world.store().await;
+    let traffic = traffic(29, 3_000);
+    world.start_aggregator("aggregator");
+    world.start_worker("worker-a", &[]);
+    produce(&world.brokers, &world.orders, &traffic.messages).await;
+    world
+        .wait_committed(&store, traffic.messages.len() as u64, PATIENCE)
+        .await;
+    assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+
+    let role = format!("reader_{}", std::process::id());
+    let (admin, connection) = tokio_postgres::connect(&world.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role};
+             CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA public TO {role};
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};
+             ALTER ROLE {role} SET DateStyle = 'SQL, DMY';"
+        ))
+        .await
+        .unwrap();
+    let (scheme, rest) = world.database_url.split_once("://").unwrap();
+    let (_, host_and_db) = rest.split_once('@').unwrap();
+    let reader_url = format!("{scheme}://{role}@{host_and_db}");
+    // The role really cannot write, and really prints days the SQL way.
+    let (reader, connection) = tokio_postgres::connect(&reader_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    assert!(reader
+        .batch_execute("CREATE TABLE IF NOT EXISTS tally_migrations (version INTEGER)")
+        .await
+        .is_err());
+    let shown: String = reader
+        .query_one("SELECT DATE '2026-11-10'::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "10/11/2026");
+
+    // The totals API, through the reader.
+    let (_, addr) = world
+        .start_ingest(
+            "ingest",
+            WRITE,
+            &[
+                ("ingest.read_tokens", READ),
+                ("ingest.database_url", &reader_url),
+            ],
+        )
+        .await;
+    let merchant = traffic.expected.keys().next().unwrap().merchant_id.clone();
+    let [utc, local] = table_rows(&store, &merchant).await;
+    check_merchant(&addr, &merchant, "utc", &utc).await;
+    check_merchant(&addr, &merchant, "local", &local).await;
+    let day = utc.keys().next().unwrap().day;
+    let top: TopMerchants = ok(
+        &get(&addr, &format!("/v1/merchants?day={day}"), Some(READ), None).await,
+        "top merchants",
+    );
+    assert!(!top.merchants.is_empty());
+
+    // `tally query`: every day of the merchant, as YYYY-MM-DD.
+    let out = files::tally(&[
+        "query",
+        "--merchant",
+        &merchant,
+        "--database-url",
+        &reader_url,
+    ]);
+    let printed = files::stdout(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for key in utc.keys() {
+        assert!(
+            printed.contains(&key.day.to_string()),
+            "{} in {printed}",
+            key.day
+        );
+    }
+
+    // `tally verify`: the files hold the stream's events, so nothing differs.
+    let source = files::write_files(&world.dir.join("verify"), "ndjson", &traffic.messages);
+    let out = files::tally(&[
+        "verify",
+        "--source",
+        &source,
+        "--from",
+        "2026-10-01",
+        "--to",
+        "2026-11-21",
+        "--database-url",
+        &reader_url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        files::stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await
+        .unwrap();
 }

@@ -152,6 +152,19 @@ impl Scope {
     }
 }
 
+/// The local days of one time zone that a backfill replaces in
+/// `merchant_sales_local`: `[from, to)`, the local days of `zone` that lie
+/// wholly inside the job's UTC days ([`rules::local_scopes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalDays {
+    /// The IANA name, as rows store it.
+    pub zone: String,
+    /// First local day, inclusive.
+    pub from: Day,
+    /// Last local day, exclusive.
+    pub to: Day,
+}
+
 /// A job to create.
 #[derive(Debug, Clone)]
 pub struct NewJob {

@@ -9,12 +9,13 @@
 
 use super::rules::{self, check_after, judge_import, row_state, skip_reason};
 use super::{
-    Dependency, FileVersion, ImportOutcome, Job, Kind, NewJob, NewTask, Queued, QueuedFile,
-    Requeue, Schedule, Scope, State, Task, TaskResult,
+    Dependency, FileVersion, ImportOutcome, Job, Kind, LocalDays, NewJob, NewTask, Queued,
+    QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
 };
 use crate::error::{Result, StoreError};
 use crate::sql::{params, Row, Tx};
 use schemas::job::{Cron, Format, Range};
+use schemas::zone::Zone;
 use schemas::Day;
 
 const TASK_COLUMNS: &str = "job_id, task_no, shard, shards, files, state, attempts, not_before, \
@@ -473,7 +474,9 @@ pub(crate) async fn complete_job(tx: &mut dyn Tx, id: i64, now: i64) -> Result<b
         .await?;
         return Ok(true);
     }
-    let written = tx.replace_scope(id, &scope(&row, 0)?).await?;
+    let scope = scope(&row, 0)?;
+    let local = local_scopes(tx, id, &scope).await?;
+    let written = tx.replace_scope(id, &scope, &local).await?;
     tx.execute(
         "job complete",
         "UPDATE tally_jobs SET keys_written = $2 WHERE id = $1",
@@ -482,6 +485,35 @@ pub(crate) async fn complete_job(tx: &mut dyn Tx, id: i64, now: i64) -> Result<b
     .await?;
     drop_rows(tx, id).await?;
     Ok(true)
+}
+
+/// The local days a backfill job replaces, for every zone of a local row
+/// it may delete (one within a day of its scope) or add (one it staged).
+async fn local_scopes(tx: &mut dyn Tx, job_id: i64, scope: &Scope) -> Result<Vec<LocalDays>> {
+    let (from, to) = (
+        Day(scope.from.0 - 1).to_string(),
+        Day(scope.to.0 + 1).to_string(),
+    );
+    let sql = format!(
+        "SELECT time_zone FROM merchant_sales_local WHERE local_day >= {} AND local_day < {}
+         UNION SELECT time_zone FROM tally_backfill_local_rows WHERE job_id = $3",
+        tx.day_param(1),
+        tx.day_param(2)
+    );
+    let zones = tx
+        .query(
+            "local zones read",
+            &sql,
+            params![from.as_str(), to.as_str(), job_id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let name = r.text(0)?;
+            Zone::parse(name).map_err(|reason| corrupt("time_zone", name, reason))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(rules::local_scopes(&zones, scope))
 }
 
 /// Pending jobs waiting on a failed or cancelled job, each with its reason.

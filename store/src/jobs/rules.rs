@@ -6,7 +6,8 @@
 //! The rules that select rows (which task runs next, which job is
 //! complete) are SQL in [`super::ops`], written once for both databases.
 
-use super::{FileVersion, ImportOutcome, Requeue, State};
+use super::{FileVersion, ImportOutcome, LocalDays, Requeue, Scope, State};
+use schemas::zone::Zone;
 
 /// Longest wait between a task's attempts, before jitter.
 pub const RETRY_CAP_MS: u64 = 10 * 60 * 1000;
@@ -14,6 +15,25 @@ pub const RETRY_CAP_MS: u64 = 10 * 60 * 1000;
 /// What a task taken over from a runner whose lease ran out records as its
 /// last error.
 pub const LEASE_EXPIRED: &str = "its runner stopped (lease expired)";
+
+/// The local days a backfill of `scope` replaces, zone by zone: in each
+/// zone only the local days whose every instant lies inside the scope's UTC
+/// days. A local day that reaches past either edge keeps its streamed rows,
+/// which the job's files (cut by UTC day) cannot hold whole. Zones with no
+/// whole day are left out.
+pub fn local_scopes(zones: &[Zone], scope: &Scope) -> Vec<LocalDays> {
+    zones
+        .iter()
+        .filter_map(|zone| {
+            let (from, to) = zone.whole_local_days(scope.from, scope.to);
+            (from < to).then(|| LocalDays {
+                zone: zone.name().to_owned(),
+                from,
+                to,
+            })
+        })
+        .collect()
+}
 
 /// Checks a new job's dependencies: `after` pairs each id with the state of
 /// that job, `None` when there is no such job. Refuses an unknown job (a

@@ -9,7 +9,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::{add_to_existing, upsert, upsert_local, Columns};
 use crate::error::{pg, Result};
-use crate::jobs::{FileVersion, Scope};
+use crate::jobs::{FileVersion, LocalDays, Scope};
 use crate::sql::{BoxFuture, Cell, Row, Tx, Value};
 
 /// A transaction on a pooled connection.
@@ -115,6 +115,12 @@ impl Tx for PgTx<'_> {
         format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
     }
 
+    /// `to_char`, not `::text`: the cast follows DateStyle (`SQL, DMY`
+    /// gives `10/03/2026`).
+    fn day_text(&self, column: &str) -> String {
+        format!("to_char({column}, 'YYYY-MM-DD')")
+    }
+
     fn top_order(&self) -> &'static str {
         "net_amount DESC, merchant_id COLLATE \"C\""
     }
@@ -192,8 +198,22 @@ impl Tx for PgTx<'_> {
         &'a mut self,
         job_id: i64,
         scope: &'a Scope,
+        local: &'a [LocalDays],
     ) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
+            // One replace at a time, held to commit. Under READ COMMITTED a
+            // second replace's DELETE would not see the rows a first one
+            // inserted and has not committed, and its INSERT would then add
+            // to them: the overlap of two jobs counted twice. Each statement
+            // after the lock takes a new snapshot, so it sees the first
+            // replace whole.
+            self.0
+                .execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('tally.replace_scope', 0))",
+                    &[],
+                )
+                .await
+                .map_err(pg("replace lock"))?;
             let (from, to) = (scope.from.to_string(), scope.to.to_string());
             self.0
                 .execute(
@@ -223,12 +243,17 @@ impl Tx for PgTx<'_> {
                 )
                 .await
                 .map_err(pg("range insert"))?;
-            // The same scope of the local table, by local day.
+            // The local table: each zone's whole local days only.
+            let zones: Vec<&str> = local.iter().map(|l| l.zone.as_str()).collect();
+            let froms: Vec<String> = local.iter().map(|l| l.from.to_string()).collect();
+            let tos: Vec<String> = local.iter().map(|l| l.to.to_string()).collect();
             self.0
                 .execute(
-                    "DELETE FROM merchant_sales_local WHERE local_day >= $1::text::date AND local_day < $2::text::date
-                       AND (cardinality($3::text[]) = 0 OR merchant_id = ANY($3::text[]))",
-                    &[&from, &to, &scope.merchants],
+                    "DELETE FROM merchant_sales_local s
+                     USING UNNEST($1::text[], $2::text[], $3::text[]) AS w(z, f, t)
+                     WHERE s.time_zone = w.z AND s.local_day >= w.f::date AND s.local_day < w.t::date
+                       AND (cardinality($4::text[]) = 0 OR s.merchant_id = ANY($4::text[]))",
+                    &[&zones, &froms, &tos, &scope.merchants],
                 )
                 .await
                 .map_err(pg("local range delete"))?;
@@ -237,15 +262,17 @@ impl Tx for PgTx<'_> {
                     concat!(
                         "INSERT INTO merchant_sales_local AS s (merchant_id, currency, local_day, time_zone,
                              sales_amount, sales_count, refund_amount, refund_count, net_amount, updated_at)
-                         SELECT merchant_id, currency, local_day, time_zone, sales_amount, sales_count,
-                                refund_amount, refund_count, sales_amount - refund_amount, now()
-                         FROM tally_backfill_local_rows WHERE job_id = $1
-                           AND local_day >= $2::text::date AND local_day < $3::text::date
-                           AND (cardinality($4::text[]) = 0 OR merchant_id = ANY($4::text[]))
+                         SELECT r.merchant_id, r.currency, r.local_day, r.time_zone, r.sales_amount, r.sales_count,
+                                r.refund_amount, r.refund_count, r.sales_amount - r.refund_amount, now()
+                         FROM tally_backfill_local_rows r
+                         JOIN UNNEST($2::text[], $3::text[], $4::text[]) AS w(z, f, t)
+                           ON r.time_zone = w.z AND r.local_day >= w.f::date AND r.local_day < w.t::date
+                         WHERE r.job_id = $1
+                           AND (cardinality($5::text[]) = 0 OR r.merchant_id = ANY($5::text[]))
                          ",
                         add_to_existing!("local_day")
                     ),
-                    &[&job_id, &from, &to, &scope.merchants],
+                    &[&job_id, &zones, &froms, &tos, &scope.merchants],
                 )
                 .await
                 .map_err(pg("local range insert"))?;

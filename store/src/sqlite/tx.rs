@@ -7,7 +7,7 @@ use schemas::{LocalTotals, Sums, Totals, TotalsKey};
 
 use super::{add_rows, upsert, upsert_local, Table, LOCAL_SALES, SALES};
 use crate::error::{lite, Result};
-use crate::jobs::{FileVersion, Scope};
+use crate::jobs::{FileVersion, LocalDays, Scope};
 use crate::parse_row;
 use crate::sql::{ready, BoxFuture, Cell, Row, Tx, Value};
 
@@ -123,42 +123,62 @@ fn stage<'a>(
     Ok(())
 }
 
-/// Deletes the scope of both tables (by UTC day, and by local day), then
-/// adds the staged rows within it, summed by tally (SQLite holds amounts as
-/// text); returns the rows written to `merchant_sales`.
-fn replace_scope(conn: &Connection, job_id: i64, scope: &Scope) -> Result<i64> {
-    let (from, to) = (scope.from.to_string(), scope.to.to_string());
+/// Deletes the scope of both tables (`merchant_sales` by UTC day, and each
+/// zone's whole local days of `merchant_sales_local`), then adds the staged
+/// rows within it, summed by tally (SQLite holds amounts as text); returns
+/// the rows written to `merchant_sales`. The transaction began IMMEDIATE,
+/// so no other replace runs at the same time.
+fn replace_scope(
+    conn: &Connection,
+    job_id: i64,
+    scope: &Scope,
+    local: &[LocalDays],
+) -> Result<i64> {
     let merchants = serde_json::to_string(&scope.merchants).expect("strings serialise");
-    let in_scope = |day: &str, first: usize| {
-        format!(
-            "{day} >= ?{first} AND {day} < ?{} AND (json_array_length(?{}) = 0
-               OR merchant_id IN (SELECT value FROM json_each(?{})))",
-            first + 1,
-            first + 2,
-            first + 2
-        )
-    };
+    let utc = std::iter::once((&SALES, None, scope.from, scope.to));
+    let zoned = local
+        .iter()
+        .map(|l| (&LOCAL_SALES, Some(l.zone.as_str()), l.from, l.to));
     let mut written = 0;
-    for table in [&SALES, &LOCAL_SALES] {
+    for (table, zone, from, to) in utc.chain(zoned) {
         let (name, day) = (table.name, table.day);
+        // ?1 from, ?2 to, ?3 merchants, ?4 the zone (of a zoned table), then the job.
+        let in_scope = format!(
+            "{day} >= ?1 AND {day} < ?2 AND (json_array_length(?3) = 0
+               OR merchant_id IN (SELECT value FROM json_each(?3))){}",
+            if zone.is_some() {
+                " AND time_zone = ?4"
+            } else {
+                ""
+            }
+        );
+        let mut values: Vec<rusqlite::types::Value> = vec![
+            from.to_string().into(),
+            to.to_string().into(),
+            merchants.clone().into(),
+        ];
+        if let Some(zone) = zone {
+            values.push(zone.to_owned().into());
+        }
         conn.execute(
-            &format!("DELETE FROM {name} WHERE {}", in_scope(day, 1)),
-            params![from, to, merchants],
+            &format!("DELETE FROM {name} WHERE {in_scope}"),
+            params_from_iter(values.iter()),
         )
         .map_err(lite("range delete"))?;
+        values.push(job_id.into());
+        let job = values.len();
         // Only the scope just deleted: a row outside it would add to live totals.
         let mut read = conn
             .prepare(&format!(
                 "SELECT merchant_id, currency, {day}, sales_amount, sales_count, refund_amount,
                         refund_count, {}
-                 FROM {} WHERE job_id = ?1 AND {}",
+                 FROM {} WHERE job_id = ?{job} AND {in_scope}",
                 table.zone_column(),
                 table.staged,
-                in_scope(day, 2)
             ))
             .map_err(lite("job rows read"))?;
         let rows = read
-            .query_map(params![job_id, from, to, merchants], |r| {
+            .query_map(params_from_iter(values.iter()), |r| {
                 Ok((
                     [
                         r.get::<_, String>(0)?,
@@ -246,6 +266,11 @@ impl Tx for LiteTx<'_> {
         column.to_owned()
     }
 
+    /// Days are stored as `YYYY-MM-DD` text.
+    fn day_text(&self, column: &str) -> String {
+        column.to_owned()
+    }
+
     /// Amounts are decimal text with exactly four fractional digits and no
     /// leading zeros, so text order within one sign and length is numeric
     /// order: non-negative before negative, then longer (larger) first among
@@ -286,8 +311,9 @@ impl Tx for LiteTx<'_> {
         &'a mut self,
         job_id: i64,
         scope: &'a Scope,
+        local: &'a [LocalDays],
     ) -> BoxFuture<'a, Result<i64>> {
-        ready(replace_scope(self.0, job_id, scope))
+        ready(replace_scope(self.0, job_id, scope, local))
     }
 
     fn known_versions<'a>(
