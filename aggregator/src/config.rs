@@ -45,6 +45,10 @@ pub struct AggregatorConfig {
     pub backfill_lease_ms: u64,
     /// How often to look for backfill work.
     pub backfill_poll_ms: u64,
+    /// How long each statement of a job's large writes may take: staging a
+    /// task's rows, the completion swap, an import's totals (the live
+    /// flushes keep the connection's `statement_timeout`).
+    pub backfill_statement_timeout_ms: u64,
     /// A folder, `*` pattern or `s3://bucket/prefix/` whose new files are
     /// imported (added to the live totals, once per file). Empty: no watch.
     /// Only the elected scheduler watches.
@@ -85,6 +89,7 @@ impl Default for AggregatorConfig {
             backfill_retry_base_ms: 1_000,
             backfill_lease_ms: 30_000,
             backfill_poll_ms: 500,
+            backfill_statement_timeout_ms: store::DEFAULT_JOB_TIMEOUT_MS,
             import_watch: String::new(),
             import_poll_ms: 2_000,
             import_settle_ms: 10_000,
@@ -166,6 +171,12 @@ impl AggregatorConfig {
             self.backfill_poll_ms,
             10,
             600_000,
+        )?;
+        check::in_range(
+            "aggregator.backfill_statement_timeout_ms",
+            self.backfill_statement_timeout_ms,
+            1_000,
+            86_400_000,
         )?;
         check::in_range(
             "aggregator.import_poll_ms",

@@ -37,6 +37,7 @@ pub async fn run(
     };
     crate::health::watch(store.clone());
     crate::health::keep_local_days(config.local_days);
+    store.set_job_timeout(Duration::from_millis(config.backfill_statement_timeout_ms));
     tokio::spawn(crate::health::probe(store.clone(), shutdown.clone()));
     if config.backfill_parallelism > 0 {
         let runner = RunnerConfig {

@@ -75,21 +75,9 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
     let mut running = JoinSet::new();
     // Tasks each running group holds, by its id in `running`.
     let mut sizes = HashMap::new();
+    let mut completions = Completions::default();
     loop {
-        match store.complete_jobs(now_ms()).await {
-            Ok(done) => {
-                for id in done {
-                    tracing::info!(
-                        job = id,
-                        "Backfill job succeeded: its rows replaced the range in merchant_sales."
-                    );
-                    BACKFILL_JOBS.with_label_values(&["succeeded"]).inc();
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "Cannot complete finished backfill jobs; will retry.")
-            }
-        }
+        completions.run(&store, &config).await;
         match store.cancel_orphans(now_ms()).await {
             Ok(cancelled) => {
                 for (id, reason) in cancelled {
@@ -150,6 +138,81 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
         }
     }
     running.abort_all();
+}
+
+/// The completion swaps of jobs whose tasks have all succeeded, retried
+/// with backoff while they fail transiently; a job whose swap fails
+/// permanently, or `max_attempts` times, fails with the reason (its staged
+/// rows are dropped and the totals are left as they were), so no swap is
+/// retried forever while it holds locks that live flushes wait for.
+#[derive(Default)]
+struct Completions {
+    /// Failed swaps of each job so far.
+    failures: HashMap<i64, i32>,
+    /// No swap is tried before this time (ms) after a failure.
+    not_before: i64,
+}
+
+impl Completions {
+    async fn run(&mut self, store: &Store, config: &RunnerConfig) {
+        let now = now_ms();
+        if now < self.not_before {
+            return;
+        }
+        let outcomes = match store.complete_each(now).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot look for finished backfill jobs; will retry.");
+                return;
+            }
+        };
+        let mut worst = 0;
+        for (id, outcome) in outcomes {
+            let error = match outcome {
+                Ok(done) => {
+                    self.failures.remove(&id);
+                    if done {
+                        tracing::info!(
+                            job = id,
+                            "Backfill job succeeded: its rows replaced the range in merchant_sales."
+                        );
+                        BACKFILL_JOBS.with_label_values(&["succeeded"]).inc();
+                    }
+                    continue;
+                }
+                Err(error) => error,
+            };
+            let failures = self.failures.entry(id).or_default();
+            *failures += 1;
+            worst = worst.max(*failures);
+            if error.is_retryable() && *failures < config.max_attempts {
+                tracing::warn!(job = id, attempt = *failures, %error, "Cannot complete a finished backfill job; will retry.");
+                continue;
+            }
+            let reason = format!(
+                "its completion swap failed {failures} time(s), last: {error}; the totals are unchanged \
+                 (for a big job, raise aggregator.backfill_statement_timeout_ms)"
+            );
+            match store.fail_job(id, &reason, now).await {
+                Ok(true) => {
+                    self.failures.remove(&id);
+                    tracing::error!(job = id, "Backfill job failed: {reason}");
+                    BACKFILL_JOBS.with_label_values(&["failed"]).inc();
+                }
+                Ok(false) => {
+                    self.failures.remove(&id);
+                }
+                Err(e) => {
+                    tracing::warn!(job = id, error = %e, "Cannot fail a job whose completion keeps failing; will retry.")
+                }
+            }
+        }
+        self.not_before = if worst == 0 {
+            0
+        } else {
+            now + rules::backoff(config.retry_base_ms, worst, now as u64) as i64
+        };
+    }
 }
 
 /// Records a failed attempt: a transient failure is retried after a

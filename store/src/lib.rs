@@ -36,6 +36,13 @@ pub use fence::{Fence, Plan, SourcePartition};
 pub use health::Health;
 use schemas::{Partial, Sums, Totals, TotalsKey};
 
+/// A job statement's time limit unless [`Store::set_job_timeout`] says
+/// otherwise: one hour.
+pub const DEFAULT_JOB_TIMEOUT_MS: u64 = 3_600_000;
+
+/// How many job statement time limits one job transaction may take.
+pub const JOB_STATEMENTS: u32 = 10;
+
 /// What a claim returns: where the new owner starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
@@ -142,7 +149,16 @@ impl Store {
         op: &'static str,
         call: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        let limit = self.call_timeout();
+        self.timed_within(op, self.call_timeout(), call).await
+    }
+
+    /// [`Store::timed`] with the time limit `limit`.
+    async fn timed_within<T>(
+        &self,
+        op: &'static str,
+        limit: std::time::Duration,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         let started = self.health().begin();
         // A PostgreSQL call cancelled here closes its connection rather than
         // returning it to the pool (see `postgres::Conn`).
@@ -155,6 +171,53 @@ impl Store {
         let down = matches!(&result, Err(e) if e.is_retryable());
         self.health().end(started, down);
         result
+    }
+
+    /// Sets how long each statement of a job's transaction may take (the
+    /// staging of a task's rows, the completion swap, an import's totals),
+    /// apart from [`Store::call_timeout`]: a month of 100,000 merchants
+    /// writes millions of rows. One hour unless set.
+    pub fn set_job_timeout(&self, limit: std::time::Duration) {
+        let ms = limit.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.job_timeout_ms()
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The time limit of a job's statements ([`Store::set_job_timeout`]).
+    pub fn job_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.job_timeout_ms()
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    fn job_timeout_ms(&self) -> &std::sync::atomic::AtomicU64 {
+        match self {
+            Store::Postgres(s) => &s.job_timeout_ms,
+            Store::Sqlite(s) => &s.job_timeout_ms,
+        }
+    }
+
+    /// Runs `work` in one transaction of `mode` whose statements may each
+    /// take [`Store::job_timeout`] (on PostgreSQL, `SET LOCAL
+    /// statement_timeout`), and the whole call [`JOB_STATEMENTS`] times that:
+    /// a job's transaction runs its writes in bounded statements (a day, a
+    /// task's rows, 50,000 staged rows), so a big job takes more of them,
+    /// each as long as any.
+    async fn transact_job<R, F>(&self, op: &'static str, mode: sql::Mode, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn sql::Tx) -> sql::BoxFuture<'t, Result<R>> + Send + 'static,
+    {
+        let statement = self.job_timeout();
+        let limit = (statement * JOB_STATEMENTS).max(self.call_timeout());
+        self.timed_within(op, limit, async {
+            match self {
+                Store::Postgres(s) => s.transact_with(mode, Some(statement), work).await,
+                Store::Sqlite(s) => s.transact(mode, work).await,
+            }
+        })
+        .await
     }
 
     /// Runs `work` in one transaction of `mode`, under [`Store::timed`].

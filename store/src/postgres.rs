@@ -146,6 +146,8 @@ pub struct PgStore {
     /// TLS as the URL's `sslmode` and `sslrootcert` ask.
     tls: MakeRustlsConnect,
     call_timeout: Duration,
+    /// The job time limit, in ms ([`crate::Store::set_job_timeout`]).
+    pub(crate) job_timeout_ms: std::sync::atomic::AtomicU64,
     pool: Pool,
     pub(crate) health: Health,
 }
@@ -231,6 +233,7 @@ impl PgStore {
             config,
             tls,
             call_timeout: statement + Duration::from_secs(5),
+            job_timeout_ms: crate::DEFAULT_JOB_TIMEOUT_MS.into(),
             pool,
             health: Health::default(),
         };
@@ -288,7 +291,23 @@ impl PgStore {
 
     /// Runs `work` in one transaction on a pooled connection. (`mode` is
     /// for SQLite: PostgreSQL's row locks are taken by the statements.)
-    pub(crate) async fn transact<R, F>(&self, _mode: Mode, work: F) -> Result<R>
+    pub(crate) async fn transact<R, F>(&self, mode: Mode, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R>> + Send + 'static,
+    {
+        self.transact_with(mode, None, work).await
+    }
+
+    /// [`PgStore::transact`], with each statement's time limit set to
+    /// `statement_timeout` for this transaction only, when given: a
+    /// backfill's staging and swap may take longer than a flush.
+    pub(crate) async fn transact_with<R, F>(
+        &self,
+        _mode: Mode,
+        statement_timeout: Option<Duration>,
+        work: F,
+    ) -> Result<R>
     where
         R: Send + 'static,
         F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R>> + Send + 'static,
@@ -296,6 +315,12 @@ impl PgStore {
         let mut client = self.conn().await?;
         let out = {
             let mut tx = tx::PgTx(client.transaction().await.map_err(pg("begin"))?);
+            if let Some(limit) = statement_timeout {
+                let ms = limit.as_millis();
+                tx.0.batch_execute(&format!("SET LOCAL statement_timeout = {ms}"))
+                    .await
+                    .map_err(pg("job time limit"))?;
+            }
             // On an error the transaction is dropped, which rolls it back.
             let out = work(&mut tx).await?;
             tx.0.commit().await.map_err(pg("commit"))?;

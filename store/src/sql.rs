@@ -91,6 +91,21 @@ macro_rules! transact {
 }
 pub(crate) use transact;
 
+/// [`transact!`] for a job's large writes, under the job time limit
+/// ([`crate::Store::set_job_timeout`]).
+macro_rules! transact_job {
+    ($store:expr, $op:literal, $mode:ident, |$tx:ident| $body:expr) => {
+        $store
+            .transact_job(
+                $op,
+                $crate::sql::Mode::$mode,
+                move |$tx: &mut dyn $crate::sql::Tx| Box::pin(async move { $body.await }),
+            )
+            .await
+    };
+}
+pub(crate) use transact_job;
+
 /// One value read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Cell {

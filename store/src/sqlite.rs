@@ -61,6 +61,8 @@ pub(crate) const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     pub(crate) health: crate::health::Health,
+    /// The job time limit, in ms ([`crate::Store::set_job_timeout`]).
+    pub(crate) job_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl SqliteStore {
@@ -85,6 +87,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             health: Default::default(),
+            job_timeout_ms: crate::DEFAULT_JOB_TIMEOUT_MS.into(),
         })
     }
 

@@ -29,7 +29,7 @@ use schemas::{Day, LocalTotals, Totals};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::sql::transact;
+use crate::sql::{transact, transact_job};
 use crate::Store;
 
 mod ops;
@@ -487,7 +487,7 @@ impl Store {
     ) -> Result<ImportOutcome> {
         let (task, owner, file) = (task.clone(), owner.to_owned(), file.clone());
         let read = read.map(|(result, digest)| (result.clone(), digest.map(str::to_owned)));
-        transact!(self, "finish_import", Write, |tx| async {
+        transact_job!(self, "finish_import", Write, |tx| async {
             let read = read
                 .as_ref()
                 .map(|(result, digest)| (result, digest.as_deref()));
@@ -509,7 +509,7 @@ impl Store {
         if transact!(self, "cancel_orphans", Read, |tx| ops::orphans(tx))?.is_empty() {
             return Ok(Vec::new());
         }
-        transact!(self, "cancel_orphans", Write, |tx| ops::cancel_orphans(
+        transact_job!(self, "cancel_orphans", Write, |tx| ops::cancel_orphans(
             tx, now
         ))
     }
@@ -518,7 +518,7 @@ impl Store {
     /// the job's state afterwards and whether this call cancelled it (`None`
     /// when there is no such job); a job that had already ended keeps its state.
     pub async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<(State, bool)>> {
-        transact!(self, "cancel_job", Write, |tx| ops::cancel_job(tx, id, now))
+        transact_job!(self, "cancel_job", Write, |tx| ops::cancel_job(tx, id, now))
     }
 
     /// Takes the next runnable task for `owner`: a pending task whose retry
@@ -575,7 +575,7 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         let (owner, result) = (owner.to_owned(), result.clone());
-        transact!(self, "finish_task", Write, |tx| ops::finish_task(
+        transact_job!(self, "finish_task", Write, |tx| ops::finish_task(
             tx,
             (job_id, task_no),
             &owner,
@@ -597,7 +597,7 @@ impl Store {
         retry_at: Option<i64>,
     ) -> Result<()> {
         let (owner, error) = (owner.to_owned(), error.to_owned());
-        transact!(self, "fail_task", Write, |tx| {
+        transact_job!(self, "fail_task", Write, |tx| {
             ops::fail_task(tx, (job_id, task_no), &owner, &error, now, retry_at)
         })
     }
@@ -605,16 +605,41 @@ impl Store {
     /// For every running job whose tasks have all succeeded: in one
     /// transaction each, replaces its scope of `merchant_sales` with its
     /// rows and marks it succeeded. Returns the ids of the jobs it finished.
+    ///
+    /// Fails with the first job's error; [`Store::complete_each`] tells
+    /// each job's outcome apart.
     pub async fn complete_jobs(&self, now: i64) -> Result<Vec<i64>> {
         let mut done = Vec::new();
-        for id in transact!(self, "complete_jobs", Read, |tx| ops::complete(tx))? {
-            if transact!(self, "complete_jobs", Write, |tx| ops::complete_job(
-                tx, id, now
-            ))? {
+        for (id, outcome) in self.complete_each(now).await? {
+            if outcome? {
                 done.push(id);
             }
         }
         Ok(done)
+    }
+
+    /// [`Store::complete_jobs`], job by job: each complete job's id with
+    /// whether this call finished it (false: another runner did) or why
+    /// its swap failed. Each swap runs under the job time limit.
+    pub async fn complete_each(&self, now: i64) -> Result<Vec<(i64, Result<bool>)>> {
+        let mut outcomes = Vec::new();
+        for id in transact!(self, "complete_jobs", Read, |tx| ops::complete(tx))? {
+            let outcome = transact_job!(self, "complete_jobs", Write, |tx| ops::complete_job(
+                tx, id, now
+            ));
+            outcomes.push((id, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    /// Fails a job that has not ended, with `reason`: its tasks stop and its
+    /// staged rows are dropped, and the totals tables are left as they are.
+    /// False when it had already ended.
+    pub async fn fail_job(&self, id: i64, reason: &str, now: i64) -> Result<bool> {
+        let reason = reason.to_owned();
+        transact_job!(self, "fail_job", Write, |tx| ops::fail_job(
+            tx, id, &reason, now
+        ))
     }
 
     /// Adds a schedule; fails when the name is taken.

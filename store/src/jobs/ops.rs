@@ -397,16 +397,22 @@ pub(crate) async fn fail_task(
     Ok(())
 }
 
-/// Fails the job and stops its other tasks, dropping its computed rows.
-async fn fail_job(tx: &mut dyn Tx, job_id: i64, error: &str, now: i64) -> Result<()> {
-    tx.execute(
-        "job fail",
-        "UPDATE tally_jobs SET state = 'failed', finished_at = $2, last_error = $3
-         WHERE id = $1 AND state IN ('pending', 'running')",
-        params![job_id, now, error],
-    )
-    .await?;
-    stop_tasks(tx, job_id, now).await
+/// Fails the job, if it has not ended, and stops its other tasks, dropping
+/// its computed rows; false when it had ended.
+pub(crate) async fn fail_job(tx: &mut dyn Tx, job_id: i64, error: &str, now: i64) -> Result<bool> {
+    let failed = tx
+        .execute(
+            "job fail",
+            "UPDATE tally_jobs SET state = 'failed', finished_at = $2, last_error = $3
+             WHERE id = $1 AND state IN ('pending', 'running')",
+            params![job_id, now, error],
+        )
+        .await?;
+    if failed == 0 {
+        return Ok(false);
+    }
+    stop_tasks(tx, job_id, now).await?;
+    Ok(true)
 }
 
 async fn stop_tasks(tx: &mut dyn Tx, job_id: i64, now: i64) -> Result<()> {

@@ -4,13 +4,16 @@
 use std::error::Error;
 
 use bytes::BytesMut;
-use schemas::{LocalTotals, Totals};
+use schemas::{Day, LocalTotals, Totals};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::{add_to_existing, upsert, upsert_local, Columns};
-use crate::error::{pg, Result};
+use crate::error::{pg, Result, StoreError};
 use crate::jobs::{FileVersion, LocalDays, Scope};
 use crate::sql::{BoxFuture, Cell, Row, Tx, Value};
+
+/// Rows a staging statement writes at most.
+const STAGE_CHUNK: usize = 50_000;
 
 /// A transaction on a pooled connection.
 pub(crate) struct PgTx<'c>(pub(crate) deadpool_postgres::Transaction<'c>);
@@ -57,6 +60,28 @@ fn cells(row: &tokio_postgres::Row) -> std::result::Result<Row, tokio_postgres::
 }
 
 impl PgTx<'_> {
+    /// The days of `[from, to)` that `table` holds rows of, as `YYYY-MM-DD`.
+    async fn days_held(
+        &self,
+        table: &str,
+        column: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT DISTINCT to_char({column}, 'YYYY-MM-DD') FROM {table}
+             WHERE {column} >= $1::text::date AND {column} < $2::text::date"
+        );
+        Ok(self
+            .0
+            .query(&sql, &[&from, &to])
+            .await
+            .map_err(pg("days read"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     async fn rows(
         &self,
         op: &'static str,
@@ -161,35 +186,41 @@ impl Tx for PgTx<'_> {
         local: &'a LocalTotals,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let c = Columns::of(totals);
-            self.0
-                .execute(
-                    "INSERT INTO tally_backfill_rows (job_id, task_no, merchant_id, currency, day, sales_amount,
-                         sales_count, refund_amount, refund_count)
-                     SELECT $1, $2, u.m, u.c, u.d::date, u.sa::numeric, u.sc, u.ra::numeric, u.rc
-                     FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::int8[])
-                          AS u(m, c, d, sa, sc, ra, rc)",
-                    &[&job_id, &task_no, &c.m, &c.c, &c.d, &c.sa, &c.sc, &c.ra, &c.rc],
-                )
-                .await
-                .map_err(pg("task rows insert"))?;
-            if local.is_empty() {
-                return Ok(());
+            // In statements of at most STAGE_CHUNK rows: a shard of a big
+            // month holds millions, and one statement's arrays would hold
+            // them all in memory at once, twice.
+            let rows: Vec<_> = totals.iter().collect();
+            for chunk in rows.chunks(STAGE_CHUNK) {
+                let c = Columns::of_rows(chunk.len(), chunk.iter().copied());
+                self.0
+                    .execute(
+                        "INSERT INTO tally_backfill_rows (job_id, task_no, merchant_id, currency, day, sales_amount,
+                             sales_count, refund_amount, refund_count)
+                         SELECT $1, $2, u.m, u.c, u.d::date, u.sa::numeric, u.sc, u.ra::numeric, u.rc
+                         FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::int8[])
+                              AS u(m, c, d, sa, sc, ra, rc)",
+                        &[&job_id, &task_no, &c.m, &c.c, &c.d, &c.sa, &c.sc, &c.ra, &c.rc],
+                    )
+                    .await
+                    .map_err(pg("task rows insert"))?;
             }
-            let c = Columns::of_rows(local.len(), local.iter().map(|(k, l)| (k, &l.sums)));
-            let zones: Vec<&str> = local.values().map(|l| l.time_zone.as_ref()).collect();
-            self.0
-                .execute(
-                    "INSERT INTO tally_backfill_local_rows (job_id, task_no, merchant_id, currency, local_day,
-                         time_zone, sales_amount, sales_count, refund_amount, refund_count)
-                     SELECT $1, $2, u.m, u.c, u.d::date, u.z, u.sa::numeric, u.sc, u.ra::numeric, u.rc
-                     FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[],
-                                 $9::text[], $10::int8[])
-                          AS u(m, c, d, z, sa, sc, ra, rc)",
-                    &[&job_id, &task_no, &c.m, &c.c, &c.d, &zones, &c.sa, &c.sc, &c.ra, &c.rc],
-                )
-                .await
-                .map_err(pg("task local rows insert"))?;
+            let rows: Vec<_> = local.iter().collect();
+            for chunk in rows.chunks(STAGE_CHUNK) {
+                let c = Columns::of_rows(chunk.len(), chunk.iter().map(|(k, l)| (*k, &l.sums)));
+                let zones: Vec<&str> = chunk.iter().map(|(_, l)| l.time_zone.as_ref()).collect();
+                self.0
+                    .execute(
+                        "INSERT INTO tally_backfill_local_rows (job_id, task_no, merchant_id, currency, local_day,
+                             time_zone, sales_amount, sales_count, refund_amount, refund_count)
+                         SELECT $1, $2, u.m, u.c, u.d::date, u.z, u.sa::numeric, u.sc, u.ra::numeric, u.rc
+                         FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[],
+                                     $9::text[], $10::int8[])
+                              AS u(m, c, d, z, sa, sc, ra, rc)",
+                        &[&job_id, &task_no, &c.m, &c.c, &c.d, &zones, &c.sa, &c.sc, &c.ra, &c.rc],
+                    )
+                    .await
+                    .map_err(pg("task local rows insert"))?;
+            }
             Ok(())
         })
     }
@@ -214,68 +245,106 @@ impl Tx for PgTx<'_> {
                 )
                 .await
                 .map_err(pg("replace lock"))?;
-            let (from, to) = (scope.from.to_string(), scope.to.to_string());
-            self.0
-                .execute(
-                    "DELETE FROM merchant_sales WHERE day >= $1::text::date AND day < $2::text::date
-                       AND (cardinality($3::text[]) = 0 OR merchant_id = ANY($3::text[]))",
-                    &[&from, &to, &scope.merchants],
-                )
-                .await
-                .map_err(pg("range delete"))?;
-            // A streamed event committed after the delete adds to the file's totals.
-            let written = self
+            // In statements of one day (deletes) or one task's rows
+            // (inserts), each under the job's statement time limit: a month
+            // of 100,000 merchants is millions of rows.
+            let tasks: Vec<i32> = self
                 .0
-                .execute(
-                    concat!(
-                        "INSERT INTO merchant_sales AS s (merchant_id, currency, day, sales_amount, sales_count,
-                             refund_amount, refund_count, net_amount, updated_at)
-                         SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count,
-                                sales_amount - refund_amount, now()
-                         FROM tally_backfill_rows WHERE job_id = $1
-                           -- Only the scope just deleted: a row outside it would add to live totals.
-                           AND day >= $2::text::date AND day < $3::text::date
-                           AND (cardinality($4::text[]) = 0 OR merchant_id = ANY($4::text[]))
-                         ",
-                        add_to_existing!("day")
-                    ),
-                    &[&job_id, &from, &to, &scope.merchants],
+                .query(
+                    "SELECT task_no FROM tally_tasks WHERE job_id = $1 ORDER BY task_no",
+                    &[&job_id],
                 )
                 .await
-                .map_err(pg("range insert"))?;
-            // The local table: each zone's whole local days only.
+                .map_err(pg("job tasks read"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let (from, to) = (scope.from.to_string(), scope.to.to_string());
+            for day in self.days_held("merchant_sales", "day", &from, &to).await? {
+                self.0
+                    .execute(
+                        "DELETE FROM merchant_sales WHERE day = $1::text::date
+                           AND (cardinality($2::text[]) = 0 OR merchant_id = ANY($2::text[]))",
+                        &[&day, &scope.merchants],
+                    )
+                    .await
+                    .map_err(pg("range delete"))?;
+            }
+            let mut written = 0;
+            for task_no in &tasks {
+                // A streamed event committed after the delete adds to the file's totals.
+                written += self
+                    .0
+                    .execute(
+                        concat!(
+                            "INSERT INTO merchant_sales AS s (merchant_id, currency, day, sales_amount, sales_count,
+                                 refund_amount, refund_count, net_amount, updated_at)
+                             SELECT merchant_id, currency, day, sales_amount, sales_count, refund_amount, refund_count,
+                                    sales_amount - refund_amount, now()
+                             FROM tally_backfill_rows WHERE job_id = $1 AND task_no = $5
+                               -- Only the scope just deleted: a row outside it would add to live totals.
+                               AND day >= $2::text::date AND day < $3::text::date
+                               AND (cardinality($4::text[]) = 0 OR merchant_id = ANY($4::text[]))
+                             ",
+                            add_to_existing!("day")
+                        ),
+                        &[&job_id, &from, &to, &scope.merchants, task_no],
+                    )
+                    .await
+                    .map_err(pg("range insert"))?;
+            }
+            // The local table: each zone's whole local days only, a day at a time.
+            let first = local.iter().map(|l| l.from).min().unwrap_or(scope.from);
+            let end = local.iter().map(|l| l.to).max().unwrap_or(scope.from);
+            let (first, end) = (first.to_string(), end.to_string());
+            for day in self
+                .days_held("merchant_sales_local", "local_day", &first, &end)
+                .await?
+            {
+                let at = Day::parse(&day).map_err(|e| StoreError::Corrupt {
+                    column: "local_day",
+                    value: day.clone(),
+                    reason: e.to_string(),
+                })?;
+                let zones: Vec<&str> = local
+                    .iter()
+                    .filter(|l| l.from <= at && at < l.to)
+                    .map(|l| l.zone.as_str())
+                    .collect();
+                self.0
+                    .execute(
+                        "DELETE FROM merchant_sales_local WHERE local_day = $1::text::date
+                           AND time_zone = ANY($2::text[])
+                           AND (cardinality($3::text[]) = 0 OR merchant_id = ANY($3::text[]))",
+                        &[&day, &zones, &scope.merchants],
+                    )
+                    .await
+                    .map_err(pg("local range delete"))?;
+            }
             let zones: Vec<&str> = local.iter().map(|l| l.zone.as_str()).collect();
             let froms: Vec<String> = local.iter().map(|l| l.from.to_string()).collect();
             let tos: Vec<String> = local.iter().map(|l| l.to.to_string()).collect();
-            self.0
-                .execute(
-                    "DELETE FROM merchant_sales_local s
-                     USING UNNEST($1::text[], $2::text[], $3::text[]) AS w(z, f, t)
-                     WHERE s.time_zone = w.z AND s.local_day >= w.f::date AND s.local_day < w.t::date
-                       AND (cardinality($4::text[]) = 0 OR s.merchant_id = ANY($4::text[]))",
-                    &[&zones, &froms, &tos, &scope.merchants],
-                )
-                .await
-                .map_err(pg("local range delete"))?;
-            self.0
-                .execute(
-                    concat!(
-                        "INSERT INTO merchant_sales_local AS s (merchant_id, currency, local_day, time_zone,
-                             sales_amount, sales_count, refund_amount, refund_count, net_amount, updated_at)
-                         SELECT r.merchant_id, r.currency, r.local_day, r.time_zone, r.sales_amount, r.sales_count,
-                                r.refund_amount, r.refund_count, r.sales_amount - r.refund_amount, now()
-                         FROM tally_backfill_local_rows r
-                         JOIN UNNEST($2::text[], $3::text[], $4::text[]) AS w(z, f, t)
-                           ON r.time_zone = w.z AND r.local_day >= w.f::date AND r.local_day < w.t::date
-                         WHERE r.job_id = $1
-                           AND (cardinality($5::text[]) = 0 OR r.merchant_id = ANY($5::text[]))
-                         ",
-                        add_to_existing!("local_day")
-                    ),
-                    &[&job_id, &zones, &froms, &tos, &scope.merchants],
-                )
-                .await
-                .map_err(pg("local range insert"))?;
+            for task_no in &tasks {
+                self.0
+                    .execute(
+                        concat!(
+                            "INSERT INTO merchant_sales_local AS s (merchant_id, currency, local_day, time_zone,
+                                 sales_amount, sales_count, refund_amount, refund_count, net_amount, updated_at)
+                             SELECT r.merchant_id, r.currency, r.local_day, r.time_zone, r.sales_amount, r.sales_count,
+                                    r.refund_amount, r.refund_count, r.sales_amount - r.refund_amount, now()
+                             FROM tally_backfill_local_rows r
+                             JOIN UNNEST($2::text[], $3::text[], $4::text[]) AS w(z, f, t)
+                               ON r.time_zone = w.z AND r.local_day >= w.f::date AND r.local_day < w.t::date
+                             WHERE r.job_id = $1 AND r.task_no = $6
+                               AND (cardinality($5::text[]) = 0 OR r.merchant_id = ANY($5::text[]))
+                             ",
+                            add_to_existing!("local_day")
+                        ),
+                        &[&job_id, &zones, &froms, &tos, &scope.merchants, task_no],
+                    )
+                    .await
+                    .map_err(pg("local range insert"))?;
+            }
             Ok(written as i64)
         })
     }
