@@ -1,9 +1,10 @@
 //! Why a backfill or import attempt failed, and whether another attempt can
 //! help: tally's one retry policy ([`retry::Classify`]) reads the class. A
-//! transient failure (the network, a file that changed while it was read,
-//! the database away) is retried with backoff until the attempts run out; a
-//! permanent one (a float amount, a corrupt Parquet file, a file that is
-//! gone) fails its job at once, with its reason.
+//! transient failure (the network, a file that changed while it was read
+//! or does not decode yet, the database away) is retried with backoff until
+//! the attempts run out; a permanent one (a float amount, a column that
+//! cannot hold text, a CSV without a header, a file that is gone or
+//! forbidden) fails its job at once, with its reason.
 
 use datafusion::error::DataFusionError;
 use retry::{Class, Classify};
@@ -77,17 +78,24 @@ impl TaskError {
         }
     }
 
-    /// DataFusion's error reading a Parquet or CSV file: a read error as
-    /// [`TaskError::io`] (or transient, for an object store other than a
-    /// missing object), anything else malformed content.
+    /// DataFusion's error reading a Parquet or CSV file: an I/O error as
+    /// [`TaskError::io`]; an object store's as transient, but for a missing
+    /// object; a file that does not decode (a Parquet footer that is not
+    /// there yet, a CSV cut mid-row) as transient too, since a file still
+    /// being written looks just like that; anything else (a plan or schema
+    /// that cannot hold) as malformed content.
     pub fn datafusion(file: &str, error: DataFusionError) -> TaskError {
+        let read = |permanent: bool| TaskError::Read {
+            file: file.to_owned(),
+            reason: error.to_string(),
+            permanent,
+        };
         match error.find_root() {
             DataFusionError::IoError(io) => TaskError::io(file, io),
-            DataFusionError::ObjectStore(store) => TaskError::Read {
-                file: file.to_owned(),
-                reason: store.to_string(),
-                permanent: matches!(**store, object_store::Error::NotFound { .. }),
-            },
+            DataFusionError::ObjectStore(store) => {
+                read(matches!(**store, object_store::Error::NotFound { .. }))
+            }
+            DataFusionError::ParquetError(_) | DataFusionError::ArrowError(..) => read(false),
             _ => TaskError::Content {
                 file: file.to_owned(),
                 reason: error.to_string(),
@@ -147,10 +155,13 @@ mod tests {
         }
         .is_retryable());
         assert!(TaskError::remote("s3://b/k", "connection reset").is_retryable());
+        // A footer not written yet: the file may still be being copied in.
         let parquet = DataFusionError::ParquetError(Box::new(
-            datafusion::parquet::errors::ParquetError::General("corrupt footer".into()),
+            datafusion::parquet::errors::ParquetError::General("no footer".into()),
         ));
-        assert!(!TaskError::datafusion("a.parquet", parquet).is_retryable());
+        assert!(TaskError::datafusion("a.parquet", parquet).is_retryable());
+        let plan = DataFusionError::Plan("no column amount".into());
+        assert!(!TaskError::datafusion("a.parquet", plan).is_retryable());
         let missing = DataFusionError::ObjectStore(Box::new(object_store::Error::NotFound {
             path: "k".into(),
             source: "404".into(),

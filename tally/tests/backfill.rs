@@ -294,6 +294,24 @@ async fn retries_and_cancellation(backend: Backend) {
         stdout(&show)
     );
 
+    // A float amount can never be read exactly: the job fails at its first
+    // attempt, saying it was not retried, and the table is unchanged.
+    let floats = world.dir.join("floats.parquet");
+    write_float_amounts(&floats, &messages[..100]);
+    let id = start_backfill(&world, floats.to_str().unwrap(), &["--shards", "1"]);
+    let job = wait_for_job(&store, id, |j| j.state.is_final()).await;
+    assert_eq!(
+        (job.state, job.tasks[0].attempts),
+        (store::jobs::State::Failed, 1),
+        "{job:#?}"
+    );
+    let error = job.tasks[0].last_error.as_deref().unwrap_or("");
+    assert!(
+        error.contains("floats cannot hold money exactly") && error.contains("not retried"),
+        "{job:#?}"
+    );
+    assert_eq!(table_bytes(&world).await, table);
+
     // Cancelled while running: eight shards, two at a time as one group that
     // reads the file once; cancel after the first group.
     let id = start_backfill(&world, good.to_str().unwrap(), &["--shards", "8"]);
@@ -1086,4 +1104,61 @@ async fn a_million_row_backfill_completes_in_bounded_statements_postgres() {
             .all(|(key, row)| row.time_zone == "UTC" && expected.get(key) == Some(&row.sums)),
         "every local row is its UTC day's, in UTC"
     );
+}
+
+/// `messages` as Parquet whose `amount` column is a float.
+fn write_float_amounts(path: &std::path::Path, messages: &[Generated]) {
+    use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let names = [
+        "event_id",
+        "order_id",
+        "merchant_id",
+        "kind",
+        "amount",
+        "currency",
+        "occurred_at",
+    ];
+    let rows: Vec<[Option<String>; 7]> = messages
+        .iter()
+        .map(|m| files::columns(&m.payload))
+        .collect();
+    let fields: Vec<Field> = names
+        .iter()
+        .map(|&n| {
+            Field::new(
+                n,
+                if n == "amount" {
+                    DataType::Float64
+                } else {
+                    DataType::Utf8
+                },
+                true,
+            )
+        })
+        .collect();
+    let arrays: Vec<ArrayRef> = (0..names.len())
+        .map(|c| {
+            if names[c] == "amount" {
+                let floats: Float64Array = rows
+                    .iter()
+                    .map(|r| r[c].as_deref().and_then(|v| v.parse().ok()))
+                    .collect();
+                Arc::new(floats) as ArrayRef
+            } else {
+                Arc::new(rows.iter().map(|r| r[c].clone()).collect::<StringArray>()) as ArrayRef
+            }
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
 }
