@@ -23,6 +23,11 @@ pub struct AggregatorConfig {
     pub partials_partitions: i32,
     /// Replication factor of the partials topic when the aggregator creates it.
     pub replication_factor: i32,
+    /// Its `min.insync.replicas`; 0: the replication factor less one, at least 1.
+    pub min_insync_replicas: i32,
+    /// Its `retention.ms`: a partial must outlive any park or outage an
+    /// operator notices.
+    pub partials_retention_ms: u64,
     /// At most one flush transaction starts per this interval; under load
     /// each starts as soon as the one before commits.
     pub flush_interval_ms: u64,
@@ -80,6 +85,8 @@ impl Default for AggregatorConfig {
             group_id: "tally-aggregators".into(),
             partials_partitions: 8,
             replication_factor: 1,
+            min_insync_replicas: 0,
+            partials_retention_ms: shard_worker::config::PARTIALS_RETENTION_MS,
             flush_interval_ms: 200,
             flush_max_partials: 5_000,
             session_timeout_ms: 10_000,
@@ -123,6 +130,18 @@ impl AggregatorConfig {
             self.replication_factor,
             1,
             32,
+        )?;
+        check::in_range(
+            "aggregator.min_insync_replicas",
+            self.min_insync_replicas,
+            0,
+            self.replication_factor,
+        )?;
+        check::in_range(
+            "aggregator.partials_retention_ms",
+            self.partials_retention_ms,
+            3_600_000,
+            i64::MAX as u64,
         )?;
         check::in_range(
             "aggregator.flush_interval_ms",

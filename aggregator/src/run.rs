@@ -87,14 +87,13 @@ pub async fn run(
     // create it, so that start order does not matter.
     let topics = [config.partials_topic.as_str()];
     let setup = || async {
-        shard_worker::kafka::ensure_topics(
-            &config.brokers,
-            &config.kafka,
-            &topics,
-            config.partials_partitions,
-            config.replication_factor,
-        )
-        .await
+        let spec = shard_worker::kafka::TopicSpec {
+            partitions: config.partials_partitions,
+            replication: config.replication_factor,
+            min_insync_replicas: config.min_insync_replicas,
+            partials: Some((&config.partials_topic, config.partials_retention_ms)),
+        };
+        shard_worker::kafka::ensure_topics(&config.brokers, &config.kafka, &topics, spec).await
     };
     tokio::select! {
         made = retry::retry("topic_setup", setup, |_| metrics::RETRIES.with_label_values(&["topic_setup"]).inc()) => {

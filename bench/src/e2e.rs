@@ -189,12 +189,17 @@ async fn once(setup: &Setup, n: u64) -> Result<Run> {
         format!("e2e-partials-{id}"),
         format!("e2e-dlq-{id}"),
     );
+    let spec = shard_worker::kafka::TopicSpec {
+        partitions: setup.partitions,
+        replication: 1,
+        min_insync_replicas: 0,
+        partials: Some((&partials, shard_worker::config::PARTIALS_RETENTION_MS)),
+    };
     shard_worker::kafka::ensure_topics(
         &setup.brokers,
         &Default::default(),
         &[&orders, &partials, &dlq],
-        setup.partitions,
-        1,
+        spec,
     )
     .await?;
     let database_url =

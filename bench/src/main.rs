@@ -365,7 +365,13 @@ fn ingest(args: &[String]) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let topic = format!("bench-orders-{}", std::process::id());
-        shard_worker::kafka::ensure_topics(&brokers, &Default::default(), &[&topic], 8, 1).await?;
+        let spec = shard_worker::kafka::TopicSpec {
+            partitions: 8,
+            replication: 1,
+            min_insync_replicas: 0,
+            partials: None,
+        };
+        shard_worker::kafka::ensure_topics(&brokers, &Default::default(), &[&topic], spec).await?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

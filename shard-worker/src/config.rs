@@ -10,6 +10,11 @@ pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// What a partial's record adds to its JSON: key, headers, record framing.
 pub const PARTIAL_ENVELOPE_BYTES: usize = 1_024;
 
+/// `retention.ms` of a partials topic tally creates: 14 days, longer than
+/// any park or outage an operator can be expected to notice (a parked
+/// partition pages within a minute), whatever the broker's default.
+pub const PARTIALS_RETENTION_MS: u64 = 14 * 24 * 3_600_000;
+
 /// Settings of one shard worker. Every field has a default; see the README's
 /// configuration reference for the file, environment and flag spellings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,8 +34,14 @@ pub struct WorkerConfig {
     pub group_id: String,
     /// Partitions given to each of the three topics when the worker creates them.
     pub topic_partitions: i32,
-    /// Replication factor of created topics.
+    /// Replication factor of created topics (3 in production).
     pub replication_factor: i32,
+    /// `min.insync.replicas` of created topics; 0: the replication factor
+    /// less one, at least 1 (so 2 of 3).
+    pub min_insync_replicas: i32,
+    /// `retention.ms` of the partials topic when the worker creates it: a
+    /// partial must outlive any park or outage an operator notices.
+    pub partials_retention_ms: u64,
     /// A batch (and so a partial) closes at this many messages…
     pub batch_max_events: usize,
     /// …or this long after its first message, whichever comes first. A
@@ -79,6 +90,8 @@ impl Default for WorkerConfig {
             group_id: "tally-workers".into(),
             topic_partitions: 8,
             replication_factor: 1,
+            min_insync_replicas: 0,
+            partials_retention_ms: PARTIALS_RETENTION_MS,
             batch_max_events: 20_000,
             batch_max_ms: 250,
             dedupe_window_secs: 900,
@@ -107,6 +120,18 @@ impl WorkerConfig {
         check::kafka_name("worker.group_id", &self.group_id)?;
         check::in_range("worker.topic_partitions", self.topic_partitions, 1, 10_000)?;
         check::in_range("worker.replication_factor", self.replication_factor, 1, 32)?;
+        check::in_range(
+            "worker.min_insync_replicas",
+            self.min_insync_replicas,
+            0,
+            self.replication_factor,
+        )?;
+        check::in_range(
+            "worker.partials_retention_ms",
+            self.partials_retention_ms,
+            3_600_000,
+            i64::MAX as u64,
+        )?;
         check::in_range(
             "worker.batch_max_events",
             self.batch_max_events,
@@ -183,6 +208,16 @@ impl WorkerConfig {
                     "must be a whole number of bytes",
                 )
             }),
+        }
+    }
+
+    /// How the worker creates the topics it needs.
+    pub fn topic_spec(&self) -> crate::kafka::TopicSpec<'_> {
+        crate::kafka::TopicSpec {
+            partitions: self.topic_partitions,
+            replication: self.replication_factor,
+            min_insync_replicas: self.min_insync_replicas,
+            partials: Some((&self.partials_topic, self.partials_retention_ms)),
         }
     }
 

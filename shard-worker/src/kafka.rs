@@ -83,17 +83,49 @@ pub fn idempotent_producer(
     config.create()
 }
 
-/// Creates each topic in `topics` that the cluster does not have yet, with
-/// `partitions` partitions. Topics that exist are left as they are.
+/// How tally creates the topics it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec<'a> {
+    /// Partitions of each created topic.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication: i32,
+    /// `min.insync.replicas`: how many replicas must have a write before
+    /// `acks=all` acknowledges it. 0 means the replication factor less one,
+    /// at least 1 (2 of 3).
+    pub min_insync_replicas: i32,
+    /// The partials topic, whose partials must outlive any park or outage
+    /// an operator can be expected to notice, and its `retention.ms`.
+    pub partials: Option<(&'a str, u64)>,
+}
+
+impl TopicSpec<'_> {
+    /// The `min.insync.replicas` created topics get.
+    pub fn min_insync(&self) -> i32 {
+        match self.min_insync_replicas {
+            0 => (self.replication - 1).max(1),
+            n => n,
+        }
+    }
+}
+
+/// Creates each topic in `topics` that the cluster does not have yet, as
+/// `spec` says. Topics that exist are left as they are.
 ///
 /// Fails when the cluster is unreachable or refuses a creation.
 pub async fn ensure_topics(
     brokers: &str,
     extra: &BTreeMap<String, String>,
     topics: &[&str],
-    partitions: i32,
-    replication: i32,
+    spec: TopicSpec<'_>,
 ) -> Result<(), WorkerError> {
+    let TopicSpec {
+        partitions,
+        replication,
+        ..
+    } = spec;
+    let min_insync = spec.min_insync().to_string();
+    let retention = spec.partials.map(|(_, ms)| ms.to_string());
     let kafka = |op| {
         move |source| WorkerError::Kafka {
             op,
@@ -117,11 +149,14 @@ pub async fn ensure_topics(
             .iter()
             .any(|m| m.name() == *topic && m.error().is_none() && !m.partitions().is_empty());
         if !exists {
-            missing.push(NewTopic::new(
-                topic,
-                partitions,
-                TopicReplication::Fixed(replication),
-            ));
+            let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
+                .set("min.insync.replicas", &min_insync);
+            if let (Some((partials, _)), Some(retention)) = (spec.partials, &retention) {
+                if partials == *topic {
+                    new = new.set("retention.ms", retention);
+                }
+            }
+            missing.push(new);
         }
     }
     if missing.is_empty() {
@@ -134,7 +169,9 @@ pub async fn ensure_topics(
         .map_err(kafka("create topics"))?;
     for result in results {
         match result {
-            Ok(topic) => tracing::info!(topic, partitions, "Created topic."),
+            Ok(topic) => {
+                tracing::info!(topic, partitions, replication, min_insync, "Created topic.")
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 return Err(WorkerError::Topic {

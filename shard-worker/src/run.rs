@@ -103,7 +103,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         &config.dlq_topic,
     ];
     tokio::select! {
-        ready = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_partitions, config.replication_factor)) => ready?,
+        ready = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_spec())) => ready?,
         () = shutdown.cancelled() => return Ok(()),
     }
     check_partials_partitions(&config)?;
