@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use schemas::zone::{Zone, Zones};
-use store::jobs::{rules, FileVersion, ImportOutcome, Job, Kind, Scope, Task};
+use store::jobs::{rules, FileVersion, ImportOutcome, Job, Kind, Scope, Task, TaskResult};
 use store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -318,52 +318,21 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
         Err(error) => return fail(store, config, task, &error).await,
     };
     let result = if before == planned {
-        let files = [location.clone()];
-        let scope = Scope::everything();
-        let work = compute_with(&files, format, &scope, zones, &[0], 1, IMPORT_EXAMPLES);
-        let result = tokio::select! {
-            result = work => result,
+        // Read, checked and hashed while the lease is renewed: a big file's
+        // digest reads it all again.
+        let work = read_import(location, format, zones, &before);
+        let read = tokio::select! {
+            read = work => read,
             _ = hold_leases(store, config, std::slice::from_ref(task)) => {
                 tracing::info!(job = task.job_id, task = task.task_no, file = %location, "Import stopped: its job was cancelled or it was taken over.");
                 BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc();
                 return;
             }
         };
-        let mut result = match result {
-            Ok(mut results) => results.remove(0),
+        match read {
+            Ok(read) => Some(read),
             Err(error) => return fail(store, config, task, &error).await,
-        };
-        match stat(location).await {
-            Ok(after) if after == before => {}
-            Ok(_) => {
-                let error = TaskError::Changed {
-                    file: location.clone(),
-                };
-                return fail(store, config, task, &error).await;
-            }
-            Err(error) => {
-                let error = TaskError::remote(location, format!("cannot read the file: {error}"));
-                return fail(store, config, task, &error).await;
-            }
         }
-        result.rejections["file"] = serde_json::json!(location);
-        // Hashed off the runtime's threads: it reads the whole file again (from the page cache).
-        let path = location.clone();
-        let digest = match tokio::task::spawn_blocking(move || content_digest(&path)).await {
-            Ok(Ok(digest)) => digest,
-            Ok(Err(error)) => {
-                let error = TaskError::remote(location, format!("cannot read the file: {error}"));
-                return fail(store, config, task, &error).await;
-            }
-            Err(error) => {
-                let error = TaskError::Stopped {
-                    reason: format!("the digest stopped: {error}"),
-                    permanent: false,
-                };
-                return fail(store, config, task, &error).await;
-            }
-        };
-        Some((result, digest))
     } else {
         None
     };
@@ -440,6 +409,56 @@ async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task
             tracing::error!(job = job_id, file, "Import failed: {message}.");
         }
         ImportOutcome::NotMine => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
+    }
+}
+
+/// Reads and sums the file at `location`, checks that it is still the
+/// version `before` (unchanged while it was read), and hashes its content.
+async fn read_import(
+    location: &str,
+    format: Format,
+    zones: Option<Arc<Zones>>,
+    before: &FileVersion,
+) -> Result<(TaskResult, Option<String>), TaskError> {
+    let files = [location.to_owned()];
+    let mut result = compute_with(
+        &files,
+        format,
+        &Scope::everything(),
+        zones,
+        &[0],
+        1,
+        IMPORT_EXAMPLES,
+    )
+    .await?
+    .remove(0);
+    match stat(location).await {
+        Ok(after) if after == *before => {}
+        Ok(_) => {
+            return Err(TaskError::Changed {
+                file: location.to_owned(),
+            })
+        }
+        Err(error) => {
+            return Err(TaskError::remote(
+                location,
+                format!("cannot read the file: {error}"),
+            ))
+        }
+    }
+    result.rejections["file"] = serde_json::json!(location);
+    // Hashed off the runtime's threads: it reads the whole file again (from the page cache).
+    let path = location.to_owned();
+    match tokio::task::spawn_blocking(move || content_digest(&path)).await {
+        Ok(Ok(digest)) => Ok((result, digest)),
+        Ok(Err(error)) => Err(TaskError::remote(
+            location,
+            format!("cannot read the file: {error}"),
+        )),
+        Err(error) => Err(TaskError::Stopped {
+            reason: format!("the digest stopped: {error}"),
+            permanent: false,
+        }),
     }
 }
 
