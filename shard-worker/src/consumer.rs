@@ -587,7 +587,7 @@ pub fn poll_loop(
                 set_paused(&consumer, topic, partition, true);
             }
         }
-        hand_over_due(&mut lanes, &settings, &consumer, topic, false);
+        hand_over_due(&mut lanes, &settings, &consumer, topic);
         // A fenced lane leaves without a control, hence the count check.
         if !controls_empty || lanes.len() != held {
             held = lanes.len();
@@ -598,10 +598,22 @@ pub fn poll_loop(
     }
     metrics::READY.set(0);
     tracing::info!(partitions = lanes.len(), "Draining in-flight batches.");
-    hand_over_due(&mut lanes, &settings, &consumer, topic, true);
     let deadline = tokio::time::Instant::now() + settings.drain;
     handle.block_on(async {
-        for (partition, lane) in lanes.drain() {
+        for (partition, mut lane) in lanes.drain() {
+            // The last batch read, handed over while the deadline allows: a
+            // task stuck with a full channel must not hold the exit.
+            let batch = std::mem::take(&mut lane.pending);
+            if !batch.is_empty() && lane.suspect.is_none() {
+                let sent = tokio::time::timeout_at(deadline, lane.batches.send(batch)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::warn!(
+                        partition,
+                        "Drain timed out; the next owner will redo this partition's last batch."
+                    );
+                    continue;
+                }
+            }
             drop(lane.batches);
             if tokio::time::timeout_at(deadline, lane.task).await.is_err() {
                 tracing::warn!(
@@ -639,7 +651,6 @@ fn hand_over_due(
     settings: &LoopSettings,
     consumer: &BaseConsumer<ClaimContext>,
     topic: &str,
-    everything: bool,
 ) {
     let mut stopped = Vec::new();
     for (&partition, lane) in lanes.iter_mut() {
@@ -648,17 +659,10 @@ fn hand_over_due(
             || lane
                 .opened
                 .is_some_and(|t| t.elapsed() >= settings.batch_max);
-        if lane.pending.is_empty() || !(due || everything) || lane.suspect.is_some() {
+        if lane.pending.is_empty() || !due || lane.suspect.is_some() {
             continue;
         }
         let batch = std::mem::take(&mut lane.pending);
-        if everything {
-            // Shutdown: the loop no longer polls, so waiting here is harmless.
-            if lane.batches.blocking_send(batch).is_err() {
-                stopped.push(partition);
-            }
-            continue;
-        }
         // Never block the poll loop: a blocked loop misses rebalances. A
         // busy partition keeps its full batch, and its queue is not read
         // until the task takes it.
