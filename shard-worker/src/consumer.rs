@@ -368,7 +368,51 @@ struct Lane {
 /// (statistics come every 2 s) before the park stands.
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
+/// What every lane's task sends back to the loop: acknowledged offsets
+/// (the commit hints) and partitions to claim again for a gap.
+type LaneChannels = (
+    std::sync::mpsc::Sender<(i32, i64)>,
+    std::sync::mpsc::Sender<i32>,
+);
+
 impl Lane {
+    /// A lane for a partition just claimed, and its task, started at the
+    /// claim's `dedupe_from_offset` (or where `resume` left off).
+    fn start(
+        (partition, claim): (i32, Claim),
+        queue: Option<PartitionQueue<ClaimContext>>,
+        suspect: Option<Parked>,
+        resume: Option<Box<Resume>>,
+        (shared, handle): (&Arc<Shared>, &Handle),
+        (acks, gaps): &LaneChannels,
+    ) -> Lane {
+        let (tx, rx) = mpsc::channel(2);
+        let fence = claim.next_offset;
+        let (start, task) = match resume {
+            Some(resume) => (
+                resume.read_from,
+                PartitionTask::resume(partition, claim, *resume, shared.clone()),
+            ),
+            None => (
+                claim.dedupe_from_offset,
+                PartitionTask::new(partition, claim, shared.clone()),
+            ),
+        };
+        let stop = CancellationToken::new();
+        let task = handle.spawn(task.run(rx, acks.clone(), gaps.clone(), stop.clone()));
+        Lane {
+            expected: start,
+            queue,
+            batches: tx,
+            pending: Vec::new(),
+            opened: None,
+            at_end: false,
+            task,
+            stop,
+            suspect: suspect.map(|parked| (parked, fence, Instant::now())),
+        }
+    }
+
     /// Settles a suspect lane from the high watermark of fetch responses:
     /// `Some(park)` when the log is confirmed behind the fence.
     fn settle(&mut self, partition: i32, offsets: &Offsets) -> Option<Parked> {
@@ -476,6 +520,8 @@ pub fn poll_loop(
     let (shared, handle) = (ctx.shared.clone(), ctx.handle.clone());
     let topic = shared.orders_topic.as_str();
     let (acks_tx, acks) = std::sync::mpsc::channel();
+    let (gaps_tx, gaps) = std::sync::mpsc::channel();
+    let lane_channels = (acks_tx, gaps_tx);
     let mut lanes: HashMap<i32, Lane> = HashMap::new();
     let mut held = 0;
     let mut busy = false;
@@ -489,32 +535,14 @@ pub fn poll_loop(
         for control in controls {
             match control {
                 Control::Assigned(partition, claim, queue, suspect, resume) => {
-                    let (tx, rx) = mpsc::channel(2);
-                    let fence = claim.next_offset;
-                    let (start, task) = match resume {
-                        Some(resume) => (
-                            resume.read_from,
-                            PartitionTask::resume(partition, claim, *resume, shared.clone()),
-                        ),
-                        None => (
-                            claim.dedupe_from_offset,
-                            PartitionTask::new(partition, claim, shared.clone()),
-                        ),
-                    };
-                    let stop = CancellationToken::new();
-                    let task = handle.spawn(task.run(rx, acks_tx.clone(), stop.clone()));
-                    let suspect = suspect.map(|parked| (parked, fence, Instant::now()));
-                    let lane = Lane {
-                        expected: start,
+                    let lane = Lane::start(
+                        (partition, claim),
                         queue,
-                        batches: tx,
-                        pending: Vec::new(),
-                        opened: None,
-                        at_end: false,
-                        task,
-                        stop,
                         suspect,
-                    };
+                        resume,
+                        (&shared, &handle),
+                        &lane_channels,
+                    );
                     if let Some(old) = lanes.insert(partition, lane) {
                         old.task.abort();
                     }
@@ -538,6 +566,9 @@ pub fn poll_loop(
                     }
                 }
             }
+        }
+        while let Ok(partition) = gaps.try_recv() {
+            reclaim(&consumer, ctx, &mut lanes, partition, &lane_channels);
         }
         let mut backwards = Vec::new();
         match polled {
@@ -644,6 +675,69 @@ fn went_backwards(partition: i32, expected: i64, offset: i64) -> Parked {
         last_offset: None,
         detail,
     }
+}
+
+/// Claims `partition` again after its task saw a gap at its epoch (a lost
+/// partial), seeks it back to the new claim's `dedupe_from_offset`, and
+/// starts a new lane there: the new epoch publishes again from the fence,
+/// and the old epoch's partials still on their way are dropped as stale.
+fn reclaim(
+    consumer: &BaseConsumer<ClaimContext>,
+    ctx: &ClaimContext,
+    lanes: &mut HashMap<i32, Lane>,
+    partition: i32,
+    channels: &LaneChannels,
+) {
+    let Some(old) = lanes.remove(&partition) else {
+        return;
+    };
+    old.task.abort();
+    let topic = ctx.shared.orders_topic.clone();
+    let claim = match ctx.claim(partition) {
+        None => return,
+        Some(Ok(claim)) => claim,
+        Some(Err(error)) => {
+            let detail = format!("the database refused the claim: {error}");
+            let parked = Parked {
+                reason: ParkReason::ClaimRefused,
+                first_offset: -1,
+                last_offset: None,
+                detail,
+            };
+            health::park(&topic, partition, parked);
+            set_paused(consumer, &topic, partition, true);
+            return;
+        }
+    };
+    metrics::CLAIMS.inc();
+    let start = claim.dedupe_from_offset;
+    if let Err(error) = consumer.seek(
+        &topic,
+        partition,
+        Offset::Offset(start),
+        Duration::from_secs(10),
+    ) {
+        let detail = format!("cannot seek back to offset {start} after a gap: {error}");
+        let parked = Parked {
+            reason: ParkReason::ClaimRefused,
+            first_offset: claim.next_offset,
+            last_offset: None,
+            detail,
+        };
+        health::park(&topic, partition, parked);
+        set_paused(consumer, &topic, partition, true);
+        return;
+    }
+    tracing::info!(
+        partition,
+        epoch = claim.epoch,
+        next_offset = claim.next_offset,
+        reading_from = start,
+        "Partition claimed again after a gap; publishing again from the fence."
+    );
+    let shared = (&ctx.shared, &ctx.handle);
+    let lane = Lane::start((partition, claim), old.queue, None, None, shared, channels);
+    lanes.insert(partition, lane);
 }
 
 fn hand_over_due(

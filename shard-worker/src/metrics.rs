@@ -65,6 +65,16 @@ pub static FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Partitions claimed again because a partial of their epoch was lost.
+pub static GAP_RECLAIMS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_worker_gap_reclaims_total",
+        "Partitions claimed again and rebuilt from the fence because the aggregator refused a partial of \
+         their epoch for a gap (one before it was lost)."
+    )
+    .expect("metric registers once")
+});
+
 /// Successful partition claims.
 pub static CLAIMS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -214,6 +224,7 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*PARTIALS,
         &*DLQ_WRITES,
         &*FENCED,
+        &*GAP_RECLAIMS,
         &*CLAIMS,
         &*RETRIES,
         &*ASSIGNED,

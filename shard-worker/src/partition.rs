@@ -80,6 +80,9 @@ pub enum Ended {
     Fenced,
     /// It cannot advance without an operator (see [`health`]).
     Parked,
+    /// The aggregator saw a gap at its epoch: a partial of it was lost. The
+    /// consumer loop claims the partition again and rebuilds from the fence.
+    Gap,
 }
 
 /// What handling one batch did.
@@ -92,6 +95,8 @@ enum Outcome {
     Fenced,
     /// The broker refused this partition's output for good.
     Parked,
+    /// A partial of this epoch was lost: nothing was published.
+    Gap,
 }
 
 fn now_ms() -> i64 {
@@ -142,10 +147,14 @@ impl PartitionTask {
     /// partition is fenced, or it is parked. After each batch's partials are
     /// acknowledged, sends the next offset on `acks` (the Kafka commit hint).
     /// A task stopped by `stop` between batches returns its [`Resume`].
+    ///
+    /// When the aggregator has seen a gap at this task's epoch, the task
+    /// sends its partition on `gaps` and ends ([`Ended::Gap`]).
     pub async fn run(
         mut self,
         mut batches: mpsc::Receiver<Vec<Message>>,
         acks: std::sync::mpsc::Sender<(i32, i64)>,
+        gaps: std::sync::mpsc::Sender<i32>,
         stop: tokio_util::sync::CancellationToken,
     ) -> (Ended, Option<Resume>) {
         let label = self.partition.to_string();
@@ -177,6 +186,17 @@ impl PartitionTask {
                     break Ended::Fenced;
                 }
                 Outcome::Parked => break Ended::Parked,
+                Outcome::Gap => {
+                    metrics::GAP_RECLAIMS.inc();
+                    tracing::warn!(
+                        partition = self.partition,
+                        epoch = self.epoch,
+                        "The aggregator refused a partial of this epoch for a gap: one before it was lost. \
+                         Claiming the partition again to publish again from the fence."
+                    );
+                    let _ = gaps.send(self.partition);
+                    break Ended::Gap;
+                }
             }
             metrics::DEDUPE_IDS
                 .with_label_values(&[&label])
@@ -193,19 +213,25 @@ impl PartitionTask {
         (ended, resume)
     }
 
-    async fn fenced_now(&self) -> bool {
+    /// Whether this task may publish: `Fenced` when another claim holds a
+    /// newer epoch, `Gap` when the aggregator refused a partial of this
+    /// epoch for a gap.
+    async fn standing(&self) -> Option<Outcome> {
         let (store, topic, partition) = (
             &self.shared.store,
             &self.shared.orders_topic,
             self.partition,
         );
         match publish::retry("epoch_read", || store.epoch(topic, partition)).await {
-            Ok(epoch) => epoch != Some(self.epoch),
+            Ok(Some(standing)) if standing.epoch == self.epoch => {
+                standing.gap().then_some(Outcome::Gap)
+            }
+            Ok(_) => Some(Outcome::Fenced),
             Err(error) => {
                 // A permanent database error on a one-row read: stop this
                 // partition and let a new claim try again.
                 tracing::error!(partition, %error, "Cannot read the partition's epoch; stopping it.");
-                true
+                Some(Outcome::Fenced)
             }
         }
     }
@@ -275,8 +301,8 @@ impl PartitionTask {
                 format!("the broker refused a dead-letter record: {error}"),
             );
         }
-        if self.fenced_now().await {
-            return Outcome::Fenced;
+        if let Some(stop) = self.standing().await {
+            return stop;
         }
         let start = decoded
             .outcomes

@@ -72,6 +72,15 @@ pub fn judge(fence: Option<&Fence>, partial: &Partial) -> Verdict {
     ))
 }
 
+/// A partial of the fence's own epoch that starts past `next_offset`: the
+/// partials between were lost (the partials topic's retention, an offset
+/// reset), and the worker will not publish them again on its own.
+pub fn is_gap(fence: &Fence, partial: &Partial) -> bool {
+    partial.epoch == fence.epoch
+        && partial.first_offset > fence.next_offset
+        && partial.last_offset >= partial.first_offset
+}
+
 /// One violation, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -107,6 +116,11 @@ pub struct Plan {
     pub already_applied: u64,
     /// Partials refused as invariant violations.
     pub violations: Vec<Violation>,
+    /// Partitions with a gap at their current epoch: a partial of that
+    /// epoch started past the fence, so one before it was lost. The epoch
+    /// is recorded (`gap_epoch`) for the worker holding it to claim the
+    /// partition again and rebuild from the fence.
+    pub gaps: Vec<(SourcePartition, i64)>,
     /// Applied partials that counted events but carried no local-day rows
     /// (a worker with `local_days = false`, or one from before local days):
     /// their events are in `merchant_sales` and not in
@@ -155,12 +169,19 @@ pub fn plan(fences: &BTreeMap<SourcePartition, Fence>, partials: &[Partial]) -> 
             }
             Verdict::OlderEpoch => out.older_epoch += 1,
             Verdict::AlreadyApplied => out.already_applied += 1,
-            Verdict::Violation(reason) => out.violations.push(Violation {
-                source,
-                epoch: partial.epoch,
-                first_offset: partial.first_offset,
-                reason,
-            }),
+            Verdict::Violation(reason) => {
+                if current.get(&source).is_some_and(|f| is_gap(f, partial))
+                    && !out.gaps.iter().any(|(s, _)| *s == source)
+                {
+                    out.gaps.push((source.clone(), partial.epoch));
+                }
+                out.violations.push(Violation {
+                    source,
+                    epoch: partial.epoch,
+                    first_offset: partial.first_offset,
+                    reason,
+                })
+            }
         }
     }
     out

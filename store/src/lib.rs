@@ -43,6 +43,23 @@ pub const DEFAULT_JOB_TIMEOUT_MS: u64 = 3_600_000;
 /// How many job statement time limits one job transaction may take.
 pub const JOB_STATEMENTS: u32 = 10;
 
+/// A partition's epoch as the database holds it, and whether a gap was
+/// seen at it ([`fence::is_gap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// The current claim epoch.
+    pub epoch: i64,
+    /// The epoch at which the aggregator last refused a partial for a gap.
+    pub gap_epoch: Option<i64>,
+}
+
+impl Standing {
+    /// Whether a partial of the current epoch was lost.
+    pub fn gap(&self) -> bool {
+        self.gap_epoch == Some(self.epoch)
+    }
+}
+
 /// What a claim returns: where the new owner starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
@@ -247,8 +264,9 @@ impl Store {
         .await
     }
 
-    /// The partition's current epoch, if it was ever claimed.
-    pub async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+    /// The partition's current epoch and whether the aggregator saw a gap
+    /// at it, if it was ever claimed.
+    pub async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<Standing>> {
         self.timed("epoch", async {
             match self {
                 Store::Postgres(s) => s.epoch(topic, partition).await,

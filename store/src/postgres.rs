@@ -14,7 +14,7 @@ use crate::fence::{self, Fence, Plan};
 use crate::health::Health;
 use crate::jobs::{Lead, Leadership};
 use crate::sql::{BoxFuture, Mode, Tx};
-use crate::{parse_row, sources, Claim, PartitionProgress};
+use crate::{parse_row, sources, Claim, PartitionProgress, Standing};
 
 mod tls;
 mod tx;
@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         8,
         "day_indexes",
         include_str!("../migrations/postgres/0008_day_indexes.sql"),
+    ),
+    (
+        9,
+        "gap_epoch",
+        include_str!("../migrations/postgres/0009_gap_epoch.sql"),
     ),
 ];
 
@@ -380,17 +385,20 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+    pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<Standing>> {
         let client = self.conn().await?;
         let row = client
             .query_opt(
-                "SELECT epoch FROM tally_partitions WHERE topic = $1 AND partition = $2",
+                "SELECT epoch, gap_epoch FROM tally_partitions WHERE topic = $1 AND partition = $2",
                 &[&topic, &partition],
             )
             .await
             .map_err(pg("epoch read"))?;
         client.release();
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| Standing {
+            epoch: r.get(0),
+            gap_epoch: r.get(1),
+        }))
     }
 
     pub(crate) async fn apply(&self, partials: &[Partial]) -> Result<Plan> {
@@ -432,6 +440,14 @@ impl PgStore {
         }
         if !plan.advanced.is_empty() {
             advance(&tx, &plan).await?;
+        }
+        for ((topic, partition), epoch) in &plan.gaps {
+            tx.execute(
+                "UPDATE tally_partitions SET gap_epoch = $3 WHERE topic = $1 AND partition = $2 AND epoch = $3",
+                &[topic, partition, epoch],
+            )
+            .await
+            .map_err(pg("gap mark"))?;
         }
         tx.commit().await.map_err(pg("commit"))?;
         client.release();

@@ -10,7 +10,7 @@ use schemas::{LocalTotals, Partial, Sums, Totals, TotalsKey};
 use crate::error::{lite, Result, StoreError};
 use crate::fence::{self, Fence, Plan};
 use crate::sql::{BoxFuture, Mode, Tx};
-use crate::{parse_row, sources, Claim, PartitionProgress};
+use crate::{parse_row, sources, Claim, PartitionProgress, Standing};
 
 mod tx;
 
@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         7,
         "day_indexes",
         include_str!("../migrations/sqlite/0007_day_indexes.sql"),
+    ),
+    (
+        8,
+        "gap_epoch",
+        include_str!("../migrations/sqlite/0008_gap_epoch.sql"),
     ),
 ];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -171,13 +176,18 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+    pub(crate) async fn epoch(&self, topic: &str, partition: i32) -> Result<Option<Standing>> {
         let topic = topic.to_owned();
         self.with(move |conn| {
             conn.query_row(
-                "SELECT epoch FROM tally_partitions WHERE topic = ?1 AND partition = ?2",
+                "SELECT epoch, gap_epoch FROM tally_partitions WHERE topic = ?1 AND partition = ?2",
                 params![topic, partition],
-                |r| r.get(0),
+                |r| {
+                    Ok(Standing {
+                        epoch: r.get(0)?,
+                        gap_epoch: r.get(1)?,
+                    })
+                },
             )
             .optional()
             .map_err(lite("epoch read"))
@@ -210,6 +220,13 @@ impl SqliteStore {
             upsert(&tx, &plan.deltas)?;
             upsert_local(&tx, &plan.local_deltas)?;
             advance(&tx, &plan)?;
+            for ((topic, partition), epoch) in &plan.gaps {
+                tx.execute(
+                    "UPDATE tally_partitions SET gap_epoch = ?3 WHERE topic = ?1 AND partition = ?2 AND epoch = ?3",
+                    params![topic, partition, epoch],
+                )
+                .map_err(lite("gap mark"))?;
+            }
             tx.commit().map_err(lite("commit"))?;
             Ok(plan)
         })

@@ -148,6 +148,10 @@ async fn fences_keep_zombies_replays_and_gaps_out(backend: Backend) {
         ),
         (0, 1, 1, 1)
     );
+    // The gap is at the current epoch: marked, for its worker to claim again.
+    let standing = store.epoch("orders", 0).await.unwrap().unwrap();
+    assert!(standing.gap(), "{standing:?}");
+    assert_eq!(plan.gaps, vec![(("orders".to_owned(), 0), second.epoch)]);
 
     // The same partial twice in one flush (a re-delivery) counts once.
     let next = partial("orders", second.epoch, 10, 19, "m-1", 5_000);
@@ -158,12 +162,20 @@ async fn fences_keep_zombies_replays_and_gaps_out(backend: Backend) {
     let progress = store.progress().await.unwrap();
     assert_eq!(progress.len(), 1);
     assert_eq!(progress[0].fence.next_offset, 20);
+    // A new claim leaves the gap behind with its epoch.
+    let third = store.claim("orders", 0, "worker-b").await.unwrap();
+    let standing = store.epoch("orders", 0).await.unwrap().unwrap();
+    assert_eq!(standing.epoch, third.epoch);
+    assert!(!standing.gap());
 }
 
 on_both!(claims_raise_the_epoch_and_hand_over_the_fence);
 async fn claims_raise_the_epoch_and_hand_over_the_fence(backend: Backend) {
     let store = fresh(backend, "claims").await;
-    assert_eq!(store.epoch("orders", 3).await.unwrap(), None);
+    assert_eq!(
+        store.epoch("orders", 3).await.unwrap().map(|s| s.epoch),
+        None
+    );
     let first = store.claim("orders", 3, "worker-a").await.unwrap();
     assert_eq!((first.epoch, first.next_offset), (1, 0));
     let mut p = partial("orders", first.epoch, 0, 41, "m-1", 1);
@@ -175,7 +187,10 @@ async fn claims_raise_the_epoch_and_hand_over_the_fence(backend: Backend) {
     // A claim by the same owner again (a restart) is a new epoch too.
     let third = store.claim("orders", 3, "worker-b").await.unwrap();
     assert_eq!((third.epoch, third.next_offset), (3, 42));
-    assert_eq!(store.epoch("orders", 3).await.unwrap(), Some(3));
+    assert_eq!(
+        store.epoch("orders", 3).await.unwrap().map(|s| s.epoch),
+        Some(3)
+    );
     // Other partitions and topics are their own.
     assert_eq!(store.claim("orders", 4, "worker-a").await.unwrap().epoch, 1);
     assert_eq!(store.claim("other", 3, "worker-a").await.unwrap().epoch, 1);

@@ -364,3 +364,63 @@ async fn a_worker_without_local_days_is_reported() {
         assert!(body.contains("worker.local_days = false"), "{body}");
     }
 }
+
+/// A partial lost at the current epoch (here: one of that epoch arrives
+/// starting past the fence, as after the partials topic's retention took
+/// one): the aggregator refuses it as a gap and marks the epoch, the worker
+/// sees the mark before its next partial, claims the partition again and
+/// publishes again from the fence. No restart; the totals end exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_at_the_current_epoch_heals_without_a_restart() {
+    let mut world = World::new("gap", Backend::Postgres).await;
+    let store = world.store().await;
+    let traffic = traffic(19, 20_000);
+    let (first, second) = traffic.messages.split_at(10_000);
+    world.start_aggregator("aggregator");
+    world.start_worker("worker-a", &[]);
+    produce(&world.brokers, &world.orders, first).await;
+    world
+        .wait_committed(&store, first.len() as u64, PATIENCE)
+        .await;
+
+    let progress = store.progress().await.unwrap();
+    let (partition, fence) = (progress[0].partition, progress[0].fence);
+    let beyond = common::partial(
+        &world.orders,
+        partition,
+        fence.epoch,
+        fence.next_offset + 1_000,
+        fence.next_offset + 1_005,
+        "gap",
+        1_000_000_000,
+    );
+    publish_partials(&world, &[beyond]).await;
+    wait_until(PATIENCE, || async {
+        store
+            .epoch(&world.orders, partition)
+            .await
+            .unwrap()
+            .is_some_and(|s| s.gap())
+    })
+    .await;
+
+    produce(&world.brokers, &world.orders, second).await;
+    world
+        .wait_committed(&store, traffic.messages.len() as u64, PATIENCE)
+        .await;
+    assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+    let standing = store
+        .epoch(&world.orders, partition)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        standing.epoch > fence.epoch && !standing.gap(),
+        "{standing:?}"
+    );
+    let reclaims = world
+        .metric("worker-a", "tally_worker_gap_reclaims_total", &[])
+        .await
+        .unwrap_or(0.0);
+    assert!(reclaims >= 1.0, "reclaims: {reclaims}");
+}
