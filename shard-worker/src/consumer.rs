@@ -369,10 +369,12 @@ struct Lane {
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
 /// What every lane's task sends back to the loop: acknowledged offsets
-/// (the commit hints) and partitions to claim again for a gap.
+/// (the commit hints), partitions to claim again for a gap, and partitions
+/// to read again from an offset.
 type LaneChannels = (
     std::sync::mpsc::Sender<(i32, i64)>,
     std::sync::mpsc::Sender<i32>,
+    std::sync::mpsc::Sender<(i32, i64)>,
 );
 
 impl Lane {
@@ -384,7 +386,7 @@ impl Lane {
         suspect: Option<Parked>,
         resume: Option<Box<Resume>>,
         (shared, handle): (&Arc<Shared>, &Handle),
-        (acks, gaps): &LaneChannels,
+        (acks, gaps, rereads): &LaneChannels,
     ) -> Lane {
         let (tx, rx) = mpsc::channel(2);
         let fence = claim.next_offset;
@@ -399,7 +401,8 @@ impl Lane {
             ),
         };
         let stop = CancellationToken::new();
-        let task = handle.spawn(task.run(rx, acks.clone(), gaps.clone(), stop.clone()));
+        let back = (gaps.clone(), rereads.clone());
+        let task = handle.spawn(task.run(rx, acks.clone(), back, stop.clone()));
         Lane {
             expected: start,
             queue,
@@ -521,7 +524,8 @@ pub fn poll_loop(
     let topic = shared.orders_topic.as_str();
     let (acks_tx, acks) = std::sync::mpsc::channel();
     let (gaps_tx, gaps) = std::sync::mpsc::channel();
-    let lane_channels = (acks_tx, gaps_tx);
+    let (rereads_tx, rereads) = std::sync::mpsc::channel();
+    let lane_channels = (acks_tx, gaps_tx, rereads_tx);
     let mut lanes: HashMap<i32, Lane> = HashMap::new();
     let mut held = 0;
     let mut busy = false;
@@ -569,6 +573,11 @@ pub fn poll_loop(
         }
         while let Ok(partition) = gaps.try_recv() {
             reclaim(&consumer, ctx, &mut lanes, partition, &lane_channels);
+        }
+        while let Ok((partition, offset)) = rereads.try_recv() {
+            if let Some(lane) = lanes.get_mut(&partition) {
+                read_again(&consumer, topic, partition, offset, lane);
+            }
         }
         let mut backwards = Vec::new();
         match polled {
@@ -738,6 +747,40 @@ fn reclaim(
     let shared = (&ctx.shared, &ctx.handle);
     let lane = Lane::start((partition, claim), old.queue, None, None, shared, channels);
     lanes.insert(partition, lane);
+}
+
+/// Seeks `partition` back to `offset` for its task, which found a read
+/// that started past it ([`crate::partition::gap_verdict`]): what was read
+/// and not handed over is dropped, and the task drops what it was handed
+/// before the seek. A seek the client refuses parks the partition.
+fn read_again(
+    consumer: &BaseConsumer<ClaimContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    lane: &mut Lane,
+) {
+    lane.pending.clear();
+    lane.opened = None;
+    lane.at_end = false;
+    lane.expected = offset;
+    if let Err(error) = consumer.seek(
+        topic,
+        partition,
+        Offset::Offset(offset),
+        Duration::from_secs(10),
+    ) {
+        let detail = format!("cannot seek back to offset {offset} to read a gap again: {error}");
+        let parked = Parked {
+            reason: ParkReason::BrokerRefused,
+            first_offset: offset,
+            last_offset: None,
+            detail,
+        };
+        health::park(topic, partition, parked);
+        lane.task.abort();
+        set_paused(consumer, topic, partition, true);
+    }
 }
 
 fn hand_over_due(

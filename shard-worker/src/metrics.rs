@@ -142,6 +142,16 @@ pub static SKIPPED_OFFSETS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Reads that started past the offset asked for, read again from it.
+pub static REREADS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_worker_rereads_total",
+        "Reads that started past the offset asked for with the log start before it (so not retention), \
+         read again from that offset before anything of them was counted."
+    )
+    .expect("metric registers once")
+});
+
 /// Partitions parked by this process (see `health`).
 pub static PARKED_PARTITIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -225,6 +235,7 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*DLQ_WRITES,
         &*FENCED,
         &*GAP_RECLAIMS,
+        &*REREADS,
         &*CLAIMS,
         &*RETRIES,
         &*ASSIGNED,

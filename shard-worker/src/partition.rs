@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 use store::{Claim, Store};
 use tokio::sync::mpsc;
 
@@ -18,6 +18,45 @@ use crate::decode::{decode_messages, Decoded, Message, Outcome as Handled};
 use crate::dedupe::DedupeWindow;
 use crate::health::{self, ParkReason, Parked};
 use crate::{metrics, publish};
+
+/// What a read that starts at `first`, where `next_read` was asked for,
+/// means. A read may start later when the log has no records there:
+/// retention deleted them (the log now starts past `next_read`), or
+/// compaction, transaction markers or aborted transactions left no record
+/// at those offsets. A broker can also answer a seek from the wrong record
+/// batch. So a start past `next_read` with the log starting at or before it is read
+/// again once from `next_read` (`ReadAgain`, then `reread` holds `first`);
+/// batches read before that seek start after `first` and are dropped
+/// (`Stale`); the read again either has the offsets (`Healed`) or starts at
+/// `first` again, a gap the log itself holds (`Explained`). Nothing is ever
+/// counted past in silence.
+pub fn gap_verdict(next_read: i64, first: i64, reread: Option<i64>, log_start: Option<i64>) -> Gap {
+    match reread {
+        Some(gap_first) if first > gap_first => Gap::Stale,
+        Some(_) if first <= next_read => Gap::Healed,
+        Some(_) => Gap::Explained("the log has no records there (compaction, transaction markers or aborted transactions): a read again started at the same offset"),
+        None if first <= next_read => Gap::None,
+        None if log_start.is_some_and(|low| low > next_read) => {
+            Gap::Explained("retention deleted them before tally read them (the log starts past them)")
+        }
+        None => Gap::ReadAgain,
+    }
+}
+
+/// See [`gap_verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// The read starts where asked.
+    None,
+    /// Read before the seek back: drop it.
+    Stale,
+    /// The read again has the offsets.
+    Healed,
+    /// The log holds no records there, for this reason.
+    Explained(&'static str),
+    /// Read again from `next_read`.
+    ReadAgain,
+}
 
 /// What every partition task of a worker shares.
 pub struct Shared {
@@ -52,6 +91,9 @@ pub struct PartitionTask {
     next_offset: i64,
     /// The offset the next message should have if the log has no gap.
     next_read: i64,
+    /// While a read that started past `next_read` is read again: its first
+    /// offset. Batches that start after it were read before the seek.
+    reread: Option<i64>,
     window: DedupeWindow,
     shared: Arc<Shared>,
 }
@@ -118,6 +160,7 @@ impl PartitionTask {
             epoch: claim.epoch,
             next_offset: claim.next_offset,
             next_read: claim.dedupe_from_offset,
+            reread: None,
             window,
             shared,
         }
@@ -138,6 +181,7 @@ impl PartitionTask {
             epoch: claim.epoch,
             next_offset: claim.next_offset,
             next_read: resume.read_from,
+            reread: None,
             window: resume.window,
             shared,
         }
@@ -154,7 +198,10 @@ impl PartitionTask {
         mut self,
         mut batches: mpsc::Receiver<Vec<Message>>,
         acks: std::sync::mpsc::Sender<(i32, i64)>,
-        gaps: std::sync::mpsc::Sender<i32>,
+        (gaps, rereads): (
+            std::sync::mpsc::Sender<i32>,
+            std::sync::mpsc::Sender<(i32, i64)>,
+        ),
         stop: tokio_util::sync::CancellationToken,
     ) -> (Ended, Option<Resume>) {
         let label = self.partition.to_string();
@@ -171,7 +218,7 @@ impl PartitionTask {
             let Some(batch) = batch else {
                 break Ended::Closed;
             };
-            match self.handle(batch).await {
+            match self.handle(batch, &rereads).await {
                 Outcome::Published(next) => {
                     let _ = acks.send((self.partition, next));
                 }
@@ -236,26 +283,94 @@ impl PartitionTask {
         }
     }
 
-    /// Gaps are legitimate after compaction or transaction markers, but a gap
-    /// at the start usually means retention deleted records before tally read
-    /// them: say so loudly, since those events can no longer be counted.
-    fn note_gap(&mut self, first: i64, last: i64) {
-        if first > self.next_read {
-            let missing = (first - self.next_read) as u64;
-            metrics::SKIPPED_OFFSETS.inc_by(missing);
-            tracing::warn!(partition = self.partition, from = self.next_read, to = first - 1, missing,
-                "Offsets missing from the log (retention, compaction or transaction markers); events there were never seen.");
+    /// Whether a read that starts at `first` may be counted from, as
+    /// [`gap_verdict`] judges it with the log start (read from the broker
+    /// only when the read starts past `next_read`, so never on the hot
+    /// path). A read to do again is asked of the consumer loop on
+    /// `rereads`, and the batch is dropped.
+    async fn check_start(
+        &mut self,
+        first: i64,
+        rereads: &std::sync::mpsc::Sender<(i32, i64)>,
+    ) -> bool {
+        if first <= self.next_read && self.reread.is_none() {
+            return true;
         }
-        self.next_read = last + 1;
+        let log_start = if first > self.next_read && self.reread.is_none() {
+            self.log_start().await
+        } else {
+            None
+        };
+        match gap_verdict(self.next_read, first, self.reread, log_start) {
+            Gap::None => true,
+            Gap::Stale => false,
+            Gap::Healed => {
+                self.reread = None;
+                tracing::info!(
+                    partition = self.partition,
+                    from = self.next_read,
+                    "Read again from the offset asked for: the offsets are there."
+                );
+                true
+            }
+            Gap::Explained(why) => {
+                self.reread = None;
+                let missing = (first - self.next_read) as u64;
+                metrics::SKIPPED_OFFSETS.inc_by(missing);
+                tracing::warn!(
+                    partition = self.partition,
+                    from = self.next_read,
+                    to = first - 1,
+                    missing,
+                    why,
+                    "Offsets missing from the log; events there, if any, were never seen."
+                );
+                true
+            }
+            Gap::ReadAgain => {
+                self.reread = Some(first);
+                metrics::REREADS.inc();
+                tracing::warn!(partition = self.partition, asked = self.next_read, got = first,
+                    "A read started past the offset asked for, and the log starts before it; reading it again.");
+                let _ = rereads.send((self.partition, self.next_read));
+                false
+            }
+        }
     }
 
-    async fn handle(&mut self, batch: Vec<Message>) -> Outcome {
+    /// The partition's log start offset, when the broker says.
+    async fn log_start(&self) -> Option<i64> {
+        let (producer, topic, partition) = (
+            self.shared.producer.clone(),
+            self.shared.orders_topic.clone(),
+            self.partition,
+        );
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_watermarks(&topic, partition, std::time::Duration::from_secs(10))
+                .ok()
+                .map(|(low, _)| low)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn handle(
+        &mut self,
+        batch: Vec<Message>,
+        rereads: &std::sync::mpsc::Sender<(i32, i64)>,
+    ) -> Outcome {
         let Some(last_offset) = batch.last().map(|m| m.offset) else {
             return Outcome::Rebuilt;
         };
+        if !self.check_start(batch[0].offset, rereads).await {
+            return Outcome::Rebuilt;
+        }
         let started = Instant::now();
         let count_from = self.next_offset;
-        self.note_gap(batch[0].offset, last_offset);
+        self.next_read = last_offset + 1;
         let mut window = std::mem::replace(&mut self.window, DedupeWindow::new(0, 1));
         let session = self.shared.session.clone();
         let zones = self.shared.zones.current();
@@ -421,5 +536,37 @@ impl PartitionTask {
         };
         health::park(&self.shared.orders_topic, self.partition, parked);
         Outcome::Parked
+    }
+}
+
+#[cfg(test)]
+mod gaps {
+    use super::{gap_verdict, Gap};
+
+    #[test]
+    fn a_read_past_the_offset_asked_for_is_explained_or_read_again() {
+        // Where asked: nothing to say.
+        assert_eq!(gap_verdict(100, 100, None, None), Gap::None);
+        // Retention: the log starts past the offset asked for.
+        assert!(
+            matches!(gap_verdict(100, 150, None, Some(150)), Gap::Explained(why) if why.contains("retention"))
+        );
+        // The log starts before it (or the broker cannot say): read again.
+        assert_eq!(gap_verdict(100, 150, None, Some(0)), Gap::ReadAgain);
+        assert_eq!(gap_verdict(100, 150, None, None), Gap::ReadAgain);
+        // Batches read before the seek back start after the gap's first offset.
+        assert_eq!(gap_verdict(100, 151, Some(150), None), Gap::Stale);
+        assert_eq!(gap_verdict(100, 400, Some(150), None), Gap::Stale);
+        // The read again has the offsets: healed.
+        assert_eq!(gap_verdict(100, 100, Some(150), None), Gap::Healed);
+        // It starts at the same offset again: the log holds the gap.
+        assert!(
+            matches!(gap_verdict(100, 150, Some(150), None), Gap::Explained(why) if why.contains("compaction"))
+        );
+        // Part of it was there after all: still no silent skip.
+        assert!(matches!(
+            gap_verdict(100, 120, Some(150), None),
+            Gap::Explained(_)
+        ));
     }
 }
