@@ -98,16 +98,57 @@ impl Store {
         transact!(self, "zones", Read, |tx| zones(tx))
     }
 
-    /// Every merchant's zone, with `default` for merchants without one: what
-    /// local days are taken in.
-    pub async fn zone_map(&self, default: Zone) -> Result<Zones> {
+    /// Every merchant's zone, and for merchants without one the database's
+    /// default zone ([`Store::set_default_zone`]), or else `configured`:
+    /// what local days are taken in.
+    pub async fn zone_map(&self, configured: Zone) -> Result<Zones> {
         let by_merchant = self
             .zones()
             .await?
             .into_iter()
             .map(|m| (m.merchant_id, m.time_zone))
             .collect();
+        let default = self.default_zone().await?.unwrap_or(configured);
         Ok(Zones::new(by_merchant, default))
+    }
+
+    /// Sets the zone of merchants without one, for every worker and
+    /// aggregator at once: it overrides their `default_time_zone` settings,
+    /// so two roles can never bucket the same merchant's days differently.
+    pub async fn set_default_zone(&self, zone: Zone, now: i64) -> Result<()> {
+        transact!(self, "set_default_zone", Write, |tx| async {
+            tx.execute(
+                "default zone write",
+                "INSERT INTO tally_settings (key, value, updated_at) VALUES ('default_time_zone', $1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = $1, updated_at = $2",
+                params![zone.name(), now],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    /// The zone of merchants without one, if the database holds it.
+    pub async fn default_zone(&self) -> Result<Option<Zone>> {
+        transact!(self, "default_zone", Read, |tx| async {
+            let rows = tx
+                .query(
+                    "default zone read",
+                    "SELECT value FROM tally_settings WHERE key = 'default_time_zone'",
+                    params![],
+                )
+                .await?;
+            rows.first()
+                .map(|r| {
+                    let name = r.text(0)?;
+                    Zone::parse(name).map_err(|reason| StoreError::Corrupt {
+                        column: "tally_settings.value",
+                        value: name.to_owned(),
+                        reason,
+                    })
+                })
+                .transpose()
+        })
     }
 
     /// The rows of `merchant_sales_local` (of one merchant, if given), keyed

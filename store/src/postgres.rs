@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "gap_epoch",
         include_str!("../migrations/postgres/0009_gap_epoch.sql"),
     ),
+    (
+        10,
+        "settings",
+        include_str!("../migrations/postgres/0010_settings.sql"),
+    ),
 ];
 
 /// Arbitrary constant that serialises concurrent migrations.

@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "gap_epoch",
         include_str!("../migrations/sqlite/0008_gap_epoch.sql"),
     ),
+    (
+        9,
+        "settings",
+        include_str!("../migrations/sqlite/0009_settings.sql"),
+    ),
 ];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 /// How long a writer waits for another process's write lock.

@@ -686,3 +686,32 @@ async fn wait_for_lock_waits(watch: &tokio_postgres::Client, n: i64) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+on_both!(the_default_zone_lives_in_the_database);
+/// Once the database holds a default zone, every role's zone map uses it,
+/// whatever default the role was configured with.
+async fn the_default_zone_lives_in_the_database(backend: Backend) {
+    use schemas::zone::Zone;
+    let store = fresh(backend, "default_zone").await;
+    let (tokyo, berlin) = (
+        Zone::parse("Asia/Tokyo").unwrap(),
+        Zone::parse("Europe/Berlin").unwrap(),
+    );
+    store
+        .set_zones(&[("m-1".to_owned(), berlin)], 0)
+        .await
+        .unwrap();
+    assert_eq!(store.default_zone().await.unwrap(), None);
+    assert_eq!(
+        store.zone_map(tokyo).await.unwrap().of("m-2"),
+        tokyo,
+        "configured default"
+    );
+    store.set_default_zone(Zone::UTC, 1).await.unwrap();
+    store.set_default_zone(berlin, 2).await.unwrap();
+    assert_eq!(store.default_zone().await.unwrap(), Some(berlin));
+    for configured in [tokyo, Zone::UTC] {
+        let zones = store.zone_map(configured).await.unwrap();
+        assert_eq!((zones.of("m-1"), zones.of("m-2")), (berlin, berlin));
+    }
+}

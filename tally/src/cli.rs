@@ -296,7 +296,13 @@ pub enum MerchantsCommand {
         /// The CSV file.
         file: PathBuf,
     },
-    /// Every merchant with a time zone.
+    /// Set the zone of merchants without one, for every worker and
+    /// aggregator (it overrides their `default_time_zone` settings).
+    SetDefaultZone {
+        /// The IANA time zone name.
+        zone: String,
+    },
+    /// Every merchant with a time zone, and the default zone.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -22,6 +22,21 @@ pub async fn run(args: MerchantsArgs) -> CliResult {
         }
         MerchantsCommand::Import { file } => read_file(file)?,
         MerchantsCommand::List { json } => return list(&args, *json).await,
+        MerchantsCommand::SetDefaultZone { zone } => {
+            let zone = Zone::parse(zone)
+                .map_err(|reason| CliError::config(format!("time_zone: {reason}")))?;
+            let store = open_store(&args.database).await?;
+            store
+                .set_default_zone(zone, now_ms())
+                .await
+                .map_err(CliError::run)?;
+            println!(
+                "Merchants without a zone are in {zone}, for every worker and aggregator from their next \
+                 zone refresh (tz database {}).",
+                schemas::zone::TZDB_VERSION
+            );
+            return Ok(());
+        }
     };
     let store = open_store(&args.database).await?;
     let changed = store
@@ -124,10 +139,18 @@ async fn list(args: &MerchantsArgs, json: bool) -> CliResult {
     for zone in &zones {
         println!("{:<40} {}", zone.merchant_id, zone.time_zone);
     }
-    println!(
-        "{} merchant(s) with a zone; every other is in UTC.",
-        zones.len()
-    );
+    let default = store.default_zone().await.map_err(CliError::run)?;
+    match default {
+        Some(zone) => println!(
+            "{} merchant(s) with a zone; every other is in {zone} (the database's default).",
+            zones.len()
+        ),
+        None => println!(
+            "{} merchant(s) with a zone; every other is in each role's default_time_zone (UTC unless set; \
+             `tally merchants set-default-zone` sets one for all).",
+            zones.len()
+        ),
+    }
     Ok(())
 }
 
