@@ -424,3 +424,33 @@ async fn a_gap_at_the_current_epoch_heals_without_a_restart() {
         .unwrap_or(0.0);
     assert!(reclaims >= 1.0, "reclaims: {reclaims}");
 }
+
+/// A backlog of 1,000,000 events waiting before any worker starts, drained
+/// by one worker, then two (the second joins once a tenth is committed:
+/// partitions move mid-read, and each new owner seeks back into the window),
+/// then one again (the second leaves with SIGTERM at half). Every read that
+/// starts past the offset asked for is explained or read again, never
+/// counted past: the totals equal the test's own sums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_event_backlog_through_rebalances_is_exact() {
+    let mut world = World::new("backlog", Backend::Postgres).await;
+    let store = world.store().await;
+    let traffic = traffic(37, 1_000_000);
+    let total = traffic.messages.len() as u64;
+    produce(&world.brokers, &world.orders, &traffic.messages).await;
+    world.start_aggregator("aggregator");
+    world.start_worker("worker-a", &[]);
+    wait_until(PATIENCE, || async {
+        world.committed(&store).await >= total / 10
+    })
+    .await;
+    let second = world.start_worker("worker-b", &[]);
+    wait_until(PATIENCE, || async { held_by(&store, "worker-b").await > 0 }).await;
+    wait_until(PATIENCE, || async {
+        world.committed(&store).await >= total / 2
+    })
+    .await;
+    assert_eq!(world.terminate(second), 0, "SIGTERM drains and exits 0");
+    world.wait_committed(&store, total, PATIENCE).await;
+    assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+}
