@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
@@ -195,5 +195,90 @@ pub fn forward_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, mess
         L::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
         L::Notice | L::Info => tracing::info!(target: "librdkafka", facility, "{message}"),
         L::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+/// The partials topic's partitions, as the broker lists them (the lookup also
+/// refreshes the client's view); `None` when it cannot say.
+fn partition_count(
+    client: &rdkafka::client::Client<impl rdkafka::ClientContext>,
+    topic: &str,
+) -> Option<usize> {
+    client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .ok()?
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+}
+
+/// Makes sure the partials topic has partition `partition` (partials go to
+/// the partition equal to their source partition): when the orders topic
+/// grew, the partials topic grows to `partition + 1` partitions (or more, if
+/// another worker grew it first). The lookup goes through `producer`, whose
+/// view of the topic it also refreshes.
+///
+/// Fails naming both counts when the broker refuses the growth (no right to
+/// alter the topic, or a broker without CreatePartitions).
+pub async fn ensure_partials_partition(
+    brokers: &str,
+    extra: &BTreeMap<String, String>,
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+) -> Result<(), String> {
+    use rdkafka::producer::Producer;
+    let needed = partition as usize + 1;
+    let count = {
+        let (producer, topic) = (producer.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || partition_count(producer.client(), &topic))
+            .await
+            .ok()
+            .flatten()
+    };
+    match count {
+        Some(have) if have >= needed => return Ok(()),
+        // The broker cannot say now: publishing retries as usual.
+        None => return Ok(()),
+        Some(have) => tracing::warn!(
+            topic,
+            have,
+            needed,
+            "The partials topic has fewer partitions than the orders topic now has; growing it."
+        ),
+    }
+    let refused = |reason: String| {
+        format!(
+            "the partials topic {topic} has {} partition(s) but orders partition {partition} needs {needed}: {reason}; \
+             grow it (kafka-topics --alter --topic {topic} --partitions {needed}) or give the worker the right to",
+            count.unwrap_or(0)
+        )
+    };
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, extra)
+        .create()
+        .map_err(|e| refused(format!("no admin client: {e}")))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let grow = NewPartitions::new(topic, needed);
+    let results = admin
+        .create_partitions(&[grow], &options)
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    for result in results {
+        match result {
+            Ok(_) => tracing::info!(topic, partitions = needed, "Partials topic grown."),
+            // Another worker grew it first.
+            Err((_, RDKafkaErrorCode::InvalidPartitions)) => {}
+            Err((_, code)) => return Err(refused(code.to_string())),
+        }
+    }
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    let now = tokio::task::spawn_blocking(move || partition_count(producer.client(), &topic))
+        .await
+        .ok()
+        .flatten();
+    match now {
+        Some(have) if have < needed => Err(refused(format!("it still has {have} after growing"))),
+        _ => Ok(()),
     }
 }

@@ -82,6 +82,9 @@ pub struct Shared {
     pub partial_max_rows: usize,
     /// Most bytes of JSON in one partial.
     pub partial_max_bytes: usize,
+    /// The brokers and client settings, to grow the partials topic when the
+    /// orders topic grew.
+    pub admin: (String, std::collections::BTreeMap<String, String>),
 }
 
 /// The state of one claimed partition.
@@ -91,6 +94,8 @@ pub struct PartitionTask {
     next_offset: i64,
     /// The offset the next message should have if the log has no gap.
     next_read: i64,
+    /// Whether the partials topic was seen to hold this partition.
+    output_checked: bool,
     /// While a read that started past `next_read` is read again: its first
     /// offset. Batches that start after it were read before the seek.
     reread: Option<i64>,
@@ -160,6 +165,7 @@ impl PartitionTask {
             epoch: claim.epoch,
             next_offset: claim.next_offset,
             next_read: claim.dedupe_from_offset,
+            output_checked: false,
             reread: None,
             window,
             shared,
@@ -181,6 +187,7 @@ impl PartitionTask {
             epoch: claim.epoch,
             next_offset: claim.next_offset,
             next_read: resume.read_from,
+            output_checked: false,
             reread: None,
             window: resume.window,
             shared,
@@ -418,6 +425,24 @@ impl PartitionTask {
         }
         if let Some(stop) = self.standing().await {
             return stop;
+        }
+        if !self.output_checked {
+            // Once per claim: the orders topic may have grown past the
+            // partials topic since the worker started.
+            let shared = self.shared.clone();
+            let (brokers, extra) = &shared.admin;
+            let ensured = crate::kafka::ensure_partials_partition(
+                brokers,
+                extra,
+                &shared.producer,
+                &shared.partials_topic,
+                self.partition,
+            )
+            .await;
+            if let Err(detail) = ensured {
+                return self.park(last_offset, detail);
+            }
+            self.output_checked = true;
         }
         let start = decoded
             .outcomes

@@ -18,46 +18,49 @@ use crate::partition::Shared;
 use crate::publish::retry;
 
 /// Partials go to the partials partition equal to their source partition, so
-/// the partials topic needs at least as many partitions as the orders topic;
-/// with fewer, the extra partitions' partials could never be published.
+/// the partials topic needs at least as many partitions as the orders topic:
+/// it is grown to match when it has fewer (see
+/// [`crate::kafka::ensure_partials_partition`]).
 ///
-/// Fails with both counts when it has fewer. A broker that cannot say is
-/// not an error here (publishing then retries).
-fn check_partials_partitions(config: &WorkerConfig) -> Result<(), WorkerError> {
-    let admin: rdkafka::consumer::BaseConsumer =
-        crate::kafka::client_config(&config.brokers, &config.kafka)
-            .create()
-            .map_err(|source| WorkerError::Kafka {
-                op: "metadata client",
-                brokers: config.brokers.clone(),
-                source,
-            })?;
-    let count = |topic: &str| {
-        admin
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .ok()
-            .and_then(|m| {
-                m.topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map(|t| t.partitions().len())
-            })
+/// Fails with both counts when the broker refuses the growth. A broker that
+/// cannot say is not an error here (publishing then retries).
+async fn check_partials_partitions(
+    config: &WorkerConfig,
+    producer: &FutureProducer,
+) -> Result<(), WorkerError> {
+    let orders = {
+        let (producer, topic) = (producer.clone(), config.orders_topic.clone());
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .ok()
+                .and_then(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .map(|t| t.partitions().len())
+                })
+        })
+        .await
+        .ok()
+        .flatten()
     };
-    if let (Some(orders), Some(partials)) =
-        (count(&config.orders_topic), count(&config.partials_topic))
-    {
-        if partials < orders {
-            return Err(WorkerError::Topic {
-                topic: config.partials_topic.clone(),
-                reason: format!(
-                    "has {partials} partitions but {} has {orders}: partials go to the partition equal to their \
-                     source partition, so add partitions to {} (kafka-topics --alter --partitions {orders})",
-                    config.orders_topic, config.partials_topic
-                ),
-            });
-        }
-    }
-    Ok(())
+    let Some(orders) = orders.filter(|n| *n > 0) else {
+        return Ok(());
+    };
+    crate::kafka::ensure_partials_partition(
+        &config.brokers,
+        &config.kafka,
+        producer,
+        &config.partials_topic,
+        orders as i32 - 1,
+    )
+    .await
+    .map_err(|reason| WorkerError::Topic {
+        topic: config.partials_topic.clone(),
+        reason,
+    })
 }
 
 /// How long [`warm_up`] waits for the broker.
@@ -106,7 +109,6 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         ready = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_spec())) => ready?,
         () = shutdown.cancelled() => return Ok(()),
     }
-    check_partials_partitions(&config)?;
     let brokers = config.brokers.clone();
     let kafka = |op: &'static str| {
         let brokers = brokers.clone();
@@ -137,6 +139,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     };
     let producer =
         idempotent_producer(&config.brokers, &config.kafka).map_err(kafka("producer"))?;
+    check_partials_partitions(&config, &producer).await?;
     warm_up(&producer, &config.partials_topic).await;
     let shared = Arc::new(Shared {
         store,
@@ -150,6 +153,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         dedupe_max_ids: config.dedupe_max_ids,
         partial_max_rows: config.partial_max_rows,
         partial_max_bytes: config.partial_max_bytes,
+        admin: (config.brokers.clone(), config.kafka.clone()),
     });
     let offsets = Arc::new(Offsets::default());
     tokio::spawn(lag::report(
