@@ -715,3 +715,59 @@ async fn the_default_zone_lives_in_the_database(backend: Backend) {
         assert_eq!((zones.of("m-1"), zones.of("m-2")), (berlin, berlin));
     }
 }
+
+on_both!(a_swap_replaces_the_local_days_wholly_inside_its_scope);
+/// A backfill of three UTC days swaps in, for each zone, only the local days
+/// wholly inside them: Berlin's and Tokyo's first local day of the range
+/// began the UTC day before, so it keeps its streamed row.
+async fn a_swap_replaces_the_local_days_wholly_inside_its_scope(backend: Backend) {
+    let store = fresh(backend, "local_swap").await;
+    let claim = store.claim("orders", 0, "worker-a").await.unwrap();
+    let days = [Day(DAY.0 - 1), DAY, Day(DAY.0 + 1)];
+    let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
+    live.rows = days
+        .iter()
+        .map(|&d| PartialRow {
+            key: key("m-1", d),
+            sums: sale(100, 1),
+        })
+        .collect();
+    let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
+    live.local_rows = local_rows(&streamed, "Europe/Berlin");
+    store.apply(&[live]).await.unwrap();
+
+    let scope = Scope {
+        from: days[0],
+        to: Day(DAY.0 + 2),
+        merchants: Vec::new(),
+    };
+    let id = store.create_job(&backfill(scope, 1), 0).await.unwrap();
+    let recomputed: Totals = days
+        .iter()
+        .map(|&d| (key("m-1", d), sale(7_000, 7)))
+        .collect();
+    finish(&store, id, &recomputed).await;
+    assert_eq!(store.complete_jobs(20).await.unwrap(), vec![id]);
+
+    assert_eq!(store.totals(None).await.unwrap(), recomputed);
+    let tokyo = |d: Day| {
+        (
+            key("m-1", d),
+            LocalSums {
+                time_zone: "Asia/Tokyo".into(),
+                sums: sale(7_000, 7),
+            },
+        )
+    };
+    let berlin = (
+        key("m-1", days[0]),
+        LocalSums {
+            time_zone: "Europe/Berlin".into(),
+            sums: sale(100, 1),
+        },
+    );
+    let want: LocalTotals = [berlin, tokyo(days[1]), tokyo(days[2])]
+        .into_iter()
+        .collect();
+    assert_eq!(store.local_totals(None).await.unwrap(), want);
+}

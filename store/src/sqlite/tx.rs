@@ -3,7 +3,7 @@
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, ToSql};
-use schemas::{LocalTotals, Sums, Totals, TotalsKey};
+use schemas::{Day, LocalTotals, Sums, Totals, TotalsKey};
 
 use super::{add_rows, upsert, upsert_local, Table, LOCAL_SALES, SALES};
 use crate::error::{lite, Result};
@@ -139,11 +139,11 @@ fn replace_scope(
     let zoned = local
         .iter()
         .map(|l| (&LOCAL_SALES, Some(l.zone.as_str()), l.from, l.to));
-    let mut written = 0;
-    for (table, zone, from, to) in utc.chain(zoned) {
-        let (name, day) = (table.name, table.day);
-        // ?1 from, ?2 to, ?3 merchants, ?4 the zone (of a zoned table), then the job.
-        let in_scope = format!(
+    let passes: Vec<_> = utc.chain(zoned).collect();
+    // ?1 from, ?2 to, ?3 merchants, ?4 the zone (of a zoned table), then the job.
+    let scoped = |table: &Table, zone: Option<&str>, from: Day, to: Day| {
+        let day = table.day;
+        let sql = format!(
             "{day} >= ?1 AND {day} < ?2 AND (json_array_length(?3) = 0
                OR merchant_id IN (SELECT value FROM json_each(?3))){}",
             if zone.is_some() {
@@ -160,19 +160,30 @@ fn replace_scope(
         if let Some(zone) = zone {
             values.push(zone.to_owned().into());
         }
+        (sql, values)
+    };
+    // Every delete first: a zone's insert must not add to a row another
+    // zone's delete is about to take away.
+    for &(table, zone, from, to) in &passes {
+        let (in_scope, values) = scoped(table, zone, from, to);
         conn.execute(
-            &format!("DELETE FROM {name} WHERE {in_scope}"),
+            &format!("DELETE FROM {} WHERE {in_scope}", table.name),
             params_from_iter(values.iter()),
         )
         .map_err(lite("range delete"))?;
+    }
+    let mut written = 0;
+    for &(table, zone, from, to) in &passes {
+        let (in_scope, mut values) = scoped(table, zone, from, to);
         values.push(job_id.into());
         let job = values.len();
         // Only the scope just deleted: a row outside it would add to live totals.
         let mut read = conn
             .prepare(&format!(
-                "SELECT merchant_id, currency, {day}, sales_amount, sales_count, refund_amount,
+                "SELECT merchant_id, currency, {}, sales_amount, sales_count, refund_amount,
                         refund_count, {}
                  FROM {} WHERE job_id = ?{job} AND {in_scope}",
+                table.day,
                 table.zone_column(),
                 table.staged,
             ))
