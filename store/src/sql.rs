@@ -77,11 +77,19 @@ macro_rules! params {
 }
 pub(crate) use params;
 
-/// Runs `$body` (which uses `tx`) in one transaction of `$mode`, named `$op`.
+/// Runs `$body` (which uses `tx`) in one transaction of `$mode`, named `$op`;
+/// with `job` first, under the job time limit ([`crate::Store::set_job_timeout`]),
+/// for a job's large writes.
 macro_rules! transact {
     ($store:expr, $op:literal, $mode:ident, |$tx:ident| $body:expr) => {
+        $crate::sql::transact!(@via transact, $store, $op, $mode, |$tx| $body)
+    };
+    (job $store:expr, $op:literal, $mode:ident, |$tx:ident| $body:expr) => {
+        $crate::sql::transact!(@via transact_job, $store, $op, $mode, |$tx| $body)
+    };
+    (@via $method:ident, $store:expr, $op:literal, $mode:ident, |$tx:ident| $body:expr) => {
         $store
-            .transact(
+            .$method(
                 $op,
                 $crate::sql::Mode::$mode,
                 move |$tx: &mut dyn $crate::sql::Tx| Box::pin(async move { $body.await }),
@@ -90,21 +98,6 @@ macro_rules! transact {
     };
 }
 pub(crate) use transact;
-
-/// [`transact!`] for a job's large writes, under the job time limit
-/// ([`crate::Store::set_job_timeout`]).
-macro_rules! transact_job {
-    ($store:expr, $op:literal, $mode:ident, |$tx:ident| $body:expr) => {
-        $store
-            .transact_job(
-                $op,
-                $crate::sql::Mode::$mode,
-                move |$tx: &mut dyn $crate::sql::Tx| Box::pin(async move { $body.await }),
-            )
-            .await
-    };
-}
-pub(crate) use transact_job;
 
 /// One value read back.
 #[derive(Debug, Clone, PartialEq, Eq)]

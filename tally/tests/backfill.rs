@@ -812,26 +812,11 @@ async fn zone_change_then_backfill(backend: Backend) {
 
     // The backfill: the same events from files, over the whole year.
     let source = write_files(&world.dir.join("ndjson"), "ndjson", &messages);
-    let out = tally_with(
-        &[
-            "backfill",
-            "--source",
-            &source,
-            "--from",
-            "2026-01-01",
-            "--to",
-            "2026-12-01",
-            "--wait",
-            "--database-url",
-            &world.database_url,
-        ],
-        &world.env,
+    let year = (
+        Day::parse("2026-01-01").unwrap(),
+        Day::parse("2026-12-01").unwrap(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backfill_and_wait(&world, &source, year);
     assert_totals_equal(
         &expected_totals(&messages),
         &store.totals(None).await.unwrap(),
@@ -850,6 +835,32 @@ async fn zone_change_then_backfill_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_change_then_backfill_sqlite() {
     zone_change_then_backfill(Backend::Sqlite).await;
+}
+
+/// Runs `tally backfill --wait` of `source` over `[from, to)`; panics with
+/// its error output unless it succeeded.
+fn backfill_and_wait(world: &World, source: &str, (from, to): (Day, Day)) {
+    let out = tally_with(
+        &[
+            "backfill",
+            "--source",
+            source,
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+            "--wait",
+            "--database-url",
+            &world.database_url,
+        ],
+        &world.env,
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 const ZONED_MERCHANTS: [&str; 4] = ["m-hnl", "m-cxi", "m-tyo", "m-utc"];
@@ -917,19 +928,15 @@ async fn nightly_backfill_keeps_local_days_it_does_not_cover_postgres() {
 
     let mut world = World::new("nightly-zones", Backend::Postgres).await;
     let store = world.store().await;
-    let zones: std::collections::HashMap<String, &'static str> = [
-        ("m-hnl", "Pacific/Honolulu"),
-        ("m-cxi", "Pacific/Kiritimati"),
-        ("m-tyo", "Asia/Tokyo"),
-    ]
-    .into_iter()
-    .map(|(m, z)| (m.to_owned(), z))
-    .collect();
-    let rows: Vec<_> = zones
-        .iter()
-        .map(|(m, z)| (m.clone(), schemas::zone::Zone::parse(z).unwrap()))
-        .collect();
-    store.set_zones(&rows, 0).await.unwrap();
+    let zones = local::set(
+        &store,
+        &[
+            ("m-hnl", "Pacific/Honolulu"),
+            ("m-cxi", "Pacific/Kiritimati"),
+            ("m-tyo", "Asia/Tokyo"),
+        ],
+    )
+    .await;
     let day = Day::parse("2026-11-10").unwrap();
     let streamed = around_local_midnights(day);
     world.start_aggregator_with("aggregator", &[("aggregator.backfill_parallelism", "2")]);
@@ -967,26 +974,7 @@ async fn nightly_backfill_keeps_local_days_it_does_not_cover_postgres() {
     let backfill = |name: &str, files: &[Generated], from: Day, to: Day| {
         let file = world.dir.join(name);
         write_ndjson(&file, files);
-        let out = tally_with(
-            &[
-                "backfill",
-                "--source",
-                file.to_str().unwrap(),
-                "--from",
-                &from.to_string(),
-                "--to",
-                &to.to_string(),
-                "--wait",
-                "--database-url",
-                &world.database_url,
-            ],
-            &world.env,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        backfill_and_wait(&world, file.to_str().unwrap(), (from, to));
     };
     backfill(
         "night.ndjson",
@@ -1072,27 +1060,7 @@ async fn a_million_row_backfill_completes_in_bounded_statements_postgres() {
         &[("aggregator.backfill_statement_timeout_ms", "30000")],
     );
     world.database_url = database_url;
-    let out = tally_with(
-        &[
-            "backfill",
-            "--source",
-            file.to_str().unwrap(),
-            "--from",
-            &first.to_string(),
-            "--to",
-            &Day(first.0 + 50).to_string(),
-            "--wait",
-            "--database-url",
-            &world.database_url,
-        ],
-        &world.env,
-    );
-    assert!(
-        out.status.success(),
-        "{}{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backfill_and_wait(&world, file.to_str().unwrap(), (first, Day(first.0 + 50)));
     let expected = expected_totals(&messages);
     assert_eq!(expected.len(), 1_000_000);
     assert_totals_equal(&expected, &store.totals(None).await.unwrap());
@@ -1111,15 +1079,7 @@ fn write_float_amounts(path: &std::path::Path, messages: &[Generated]) {
     use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
-    let names = [
-        "event_id",
-        "order_id",
-        "merchant_id",
-        "kind",
-        "amount",
-        "currency",
-        "occurred_at",
-    ];
+    let names = files::FIELDS;
     let rows: Vec<[Option<String>; 7]> = messages
         .iter()
         .map(|m| files::columns(&m.payload))

@@ -229,16 +229,11 @@ async fn era_corners(backend: Backend) {
 
     let mut world = World::new("era", backend).await;
     let store = world.store().await;
-    let zones: std::collections::HashMap<String, &'static str> =
-        [("m-east", "Asia/Tokyo"), ("m-west", "America/New_York")]
-            .into_iter()
-            .map(|(m, z)| (m.to_owned(), z))
-            .collect();
-    let rows: Vec<_> = zones
-        .iter()
-        .map(|(m, z)| (m.clone(), schemas::zone::Zone::parse(z).unwrap()))
-        .collect();
-    store.set_zones(&rows, 0).await.unwrap();
+    let zones = local::set(
+        &store,
+        &[("m-east", "Asia/Tokyo"), ("m-west", "America/New_York")],
+    )
+    .await;
     let before = traffic(63, 500);
     let after = traffic(64, 500);
     world.start_aggregator("aggregator");

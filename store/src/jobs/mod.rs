@@ -29,7 +29,7 @@ use schemas::{Day, LocalTotals, Totals};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::sql::{transact, transact_job};
+use crate::sql::transact;
 use crate::Store;
 
 mod ops;
@@ -487,7 +487,7 @@ impl Store {
     ) -> Result<ImportOutcome> {
         let (task, owner, file) = (task.clone(), owner.to_owned(), file.clone());
         let read = read.map(|(result, digest)| (result.clone(), digest.map(str::to_owned)));
-        transact_job!(self, "finish_import", Write, |tx| async {
+        transact!(job self, "finish_import", Write, |tx| async {
             let read = read
                 .as_ref()
                 .map(|(result, digest)| (result, digest.as_deref()));
@@ -509,7 +509,7 @@ impl Store {
         if transact!(self, "cancel_orphans", Read, |tx| ops::orphans(tx))?.is_empty() {
             return Ok(Vec::new());
         }
-        transact_job!(self, "cancel_orphans", Write, |tx| ops::cancel_orphans(
+        transact!(job self, "cancel_orphans", Write, |tx| ops::cancel_orphans(
             tx, now
         ))
     }
@@ -518,7 +518,7 @@ impl Store {
     /// the job's state afterwards and whether this call cancelled it (`None`
     /// when there is no such job); a job that had already ended keeps its state.
     pub async fn cancel_job(&self, id: i64, now: i64) -> Result<Option<(State, bool)>> {
-        transact_job!(self, "cancel_job", Write, |tx| ops::cancel_job(tx, id, now))
+        transact!(job self, "cancel_job", Write, |tx| ops::cancel_job(tx, id, now))
     }
 
     /// Takes the next runnable task for `owner`: a pending task whose retry
@@ -575,7 +575,7 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         let (owner, result) = (owner.to_owned(), result.clone());
-        transact_job!(self, "finish_task", Write, |tx| ops::finish_task(
+        transact!(job self, "finish_task", Write, |tx| ops::finish_task(
             tx,
             (job_id, task_no),
             &owner,
@@ -597,7 +597,7 @@ impl Store {
         retry_at: Option<i64>,
     ) -> Result<()> {
         let (owner, error) = (owner.to_owned(), error.to_owned());
-        transact_job!(self, "fail_task", Write, |tx| {
+        transact!(job self, "fail_task", Write, |tx| {
             ops::fail_task(tx, (job_id, task_no), &owner, &error, now, retry_at)
         })
     }
@@ -624,7 +624,7 @@ impl Store {
     pub async fn complete_each(&self, now: i64) -> Result<Vec<(i64, Result<bool>)>> {
         let mut outcomes = Vec::new();
         for id in transact!(self, "complete_jobs", Read, |tx| ops::complete(tx))? {
-            let outcome = transact_job!(self, "complete_jobs", Write, |tx| ops::complete_job(
+            let outcome = transact!(job self, "complete_jobs", Write, |tx| ops::complete_job(
                 tx, id, now
             ));
             outcomes.push((id, outcome));
@@ -637,7 +637,7 @@ impl Store {
     /// False when it had already ended.
     pub async fn fail_job(&self, id: i64, reason: &str, now: i64) -> Result<bool> {
         let reason = reason.to_owned();
-        transact_job!(self, "fail_job", Write, |tx| ops::fail_job(
+        transact!(job self, "fail_job", Write, |tx| ops::fail_job(
             tx, id, &reason, now
         ))
     }

@@ -50,6 +50,19 @@ pub fn assign(messages: &[Generated]) -> HashMap<String, &'static str> {
         .collect()
 }
 
+/// Sets each merchant's zone (`tally_merchants`); returns them by merchant.
+pub async fn set(
+    store: &store::Store,
+    zones: &[(&str, &'static str)],
+) -> HashMap<String, &'static str> {
+    let rows: Vec<_> = zones
+        .iter()
+        .map(|(m, z)| ((*m).to_owned(), schemas::zone::Zone::parse(z).unwrap()))
+        .collect();
+    store.set_zones(&rows, 0).await.unwrap();
+    zones.iter().map(|(m, z)| ((*m).to_owned(), *z)).collect()
+}
+
 /// Gives the traffic's merchants zones (`tally_merchants`, before any
 /// worker starts), and adds events around each of those zones' 2026 changes
 /// to the traffic, spread through it.
