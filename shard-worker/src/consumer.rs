@@ -707,14 +707,13 @@ fn reclaim(
         Some(Ok(claim)) => claim,
         Some(Err(error)) => {
             let detail = format!("the database refused the claim: {error}");
-            let parked = Parked {
-                reason: ParkReason::ClaimRefused,
-                first_offset: -1,
-                last_offset: None,
+            park_paused(
+                consumer,
+                &topic,
+                partition,
+                (ParkReason::ClaimRefused, -1),
                 detail,
-            };
-            health::park(&topic, partition, parked);
-            set_paused(consumer, &topic, partition, true);
+            );
             return;
         }
     };
@@ -727,14 +726,8 @@ fn reclaim(
         Duration::from_secs(10),
     ) {
         let detail = format!("cannot seek back to offset {start} after a gap: {error}");
-        let parked = Parked {
-            reason: ParkReason::ClaimRefused,
-            first_offset: claim.next_offset,
-            last_offset: None,
-            detail,
-        };
-        health::park(&topic, partition, parked);
-        set_paused(consumer, &topic, partition, true);
+        let at = (ParkReason::ClaimRefused, claim.next_offset);
+        park_paused(consumer, &topic, partition, at, detail);
         return;
     }
     tracing::info!(
@@ -771,16 +764,33 @@ fn read_again(
         Duration::from_secs(10),
     ) {
         let detail = format!("cannot seek back to offset {offset} to read a gap again: {error}");
-        let parked = Parked {
-            reason: ParkReason::BrokerRefused,
-            first_offset: offset,
-            last_offset: None,
+        park_paused(
+            consumer,
+            topic,
+            partition,
+            (ParkReason::BrokerRefused, offset),
             detail,
-        };
-        health::park(topic, partition, parked);
+        );
         lane.task.abort();
-        set_paused(consumer, topic, partition, true);
     }
+}
+
+/// Parks `partition` for `reason` from `first_offset` on, and stops fetching it.
+fn park_paused(
+    consumer: &BaseConsumer<ClaimContext>,
+    topic: &str,
+    partition: i32,
+    (reason, first_offset): (ParkReason, i64),
+    detail: String,
+) {
+    let parked = Parked {
+        reason,
+        first_offset,
+        last_offset: None,
+        detail,
+    };
+    health::park(topic, partition, parked);
+    set_paused(consumer, topic, partition, true);
 }
 
 fn hand_over_due(

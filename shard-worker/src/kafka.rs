@@ -198,19 +198,25 @@ pub fn forward_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, mess
     }
 }
 
-/// The partials topic's partitions, as the broker lists them (the lookup also
-/// refreshes the client's view); `None` when it cannot say.
-fn partition_count(
-    client: &rdkafka::client::Client<impl rdkafka::ClientContext>,
-    topic: &str,
-) -> Option<usize> {
-    client
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .ok()?
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
+/// How many partitions `topic` has, as the broker lists them to `producer`
+/// (the lookup also refreshes the producer's view of it); `None` when it
+/// cannot say.
+pub async fn topic_partitions(producer: &FutureProducer, topic: &str) -> Option<usize> {
+    use rdkafka::producer::Producer;
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .ok()?
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Makes sure the partials topic has partition `partition` (partials go to
@@ -228,15 +234,8 @@ pub async fn ensure_partials_partition(
     topic: &str,
     partition: i32,
 ) -> Result<(), String> {
-    use rdkafka::producer::Producer;
     let needed = partition as usize + 1;
-    let count = {
-        let (producer, topic) = (producer.clone(), topic.to_owned());
-        tokio::task::spawn_blocking(move || partition_count(producer.client(), &topic))
-            .await
-            .ok()
-            .flatten()
-    };
+    let count = topic_partitions(producer, topic).await;
     match count {
         Some(have) if have >= needed => return Ok(()),
         // The broker cannot say now: publishing retries as usual.
@@ -272,12 +271,7 @@ pub async fn ensure_partials_partition(
             Err((_, code)) => return Err(refused(code.to_string())),
         }
     }
-    let (producer, topic) = (producer.clone(), topic.to_owned());
-    let now = tokio::task::spawn_blocking(move || partition_count(producer.client(), &topic))
-        .await
-        .ok()
-        .flatten();
-    match now {
+    match topic_partitions(producer, topic).await {
         Some(have) if have < needed => Err(refused(format!("it still has {have} after growing"))),
         _ => Ok(()),
     }

@@ -28,24 +28,7 @@ async fn check_partials_partitions(
     config: &WorkerConfig,
     producer: &FutureProducer,
 ) -> Result<(), WorkerError> {
-    let orders = {
-        let (producer, topic) = (producer.clone(), config.orders_topic.clone());
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .ok()
-                .and_then(|m| {
-                    m.topics()
-                        .iter()
-                        .find(|t| t.name() == topic && t.error().is_none())
-                        .map(|t| t.partitions().len())
-                })
-        })
-        .await
-        .ok()
-        .flatten()
-    };
+    let orders = crate::kafka::topic_partitions(producer, &config.orders_topic).await;
     let Some(orders) = orders.filter(|n| *n > 0) else {
         return Ok(());
     };

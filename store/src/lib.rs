@@ -121,11 +121,9 @@ impl Store {
 
     async fn open(url: &str, migrating: bool) -> Result<Store> {
         let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Store::Postgres(Box::new(if migrating {
-                postgres::PgStore::connect(url).await?
-            } else {
-                postgres::PgStore::connect_existing(url).await?
-            }))
+            Store::Postgres(Box::new(
+                postgres::PgStore::connect_as(url, migrating).await?,
+            ))
         } else if let Some(path) = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))

@@ -216,15 +216,11 @@ impl PgStore {
         Self::connect_as(url, true).await
     }
 
-    /// Connects without migrating: a role with no right to create tables
-    /// (only SELECT, or SELECT and what its writes need) reads and writes
-    /// through this. Fails when the schema lacks a migration this build
-    /// needs, saying who applies them.
-    pub async fn connect_existing(url: &str) -> Result<PgStore> {
-        Self::connect_as(url, false).await
-    }
-
-    async fn connect_as(url: &str, migrating: bool) -> Result<PgStore> {
+    /// Connects, and migrates when `migrating`; otherwise only checks that
+    /// the schema has every migration this build needs (a role with no right
+    /// to create tables reads and writes through this), failing with
+    /// [`StoreError::Schema`] when it lacks one.
+    pub(crate) async fn connect_as(url: &str, migrating: bool) -> Result<PgStore> {
         let (config, statement, tls) = settings(url)?;
         let manager = Manager::from_config(
             config.clone(),
