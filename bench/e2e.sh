@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole pipeline against the broker's own speed: starts tansu (memory
-# store: this load never re-seeks) and PostgreSQL (fsync off) on loopback,
+# The whole pipeline against the broker's own speed: starts Apache Kafka
+# (a single-node KRaft broker) and PostgreSQL (fsync off) on loopback,
 # then runs `bench e2e` (fresh topics and database per run, 2 workers and
 # 1 aggregator with default settings, bare consumers in the same run).
 #   bench/e2e.sh [events, default 1000000] [runs, default 3] [bench e2e flags…]
@@ -9,11 +9,11 @@ cd "$(dirname "$0")/.."
 source scripts/lib/provision.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TALLY_CACHE/target}
 ensure_postgres
-ensure_tansu
+ensure_kafka
 make_run_dir
 trap stop_services EXIT
 start_postgres
-start_tansu "memory://tansu/"
+start_kafka
 cargo build --release --locked --workspace --bins
 events=${1:-1000000}
 runs=${2:-3}

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Measures `tally ingest` over HTTP into a real tansu broker (in-memory store:
-# this load never re-seeks), for batches of 100 and 1,000 events, three runs each.
+# Measures `tally ingest` over HTTP into a real Apache Kafka broker (single
+# KRaft node), for batches of 100 and 1,000 events, three runs each.
 #   bench/ingest.sh [events per run, default 200000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/provision.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TALLY_CACHE/target}
-ensure_tansu
+ensure_kafka
 make_run_dir
 trap stop_services EXIT
-start_tansu "memory://tansu/"
+start_kafka
 cargo build --release --locked --workspace --bins
 for batch in 100 1000; do
     for run in 1 2 3; do

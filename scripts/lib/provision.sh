@@ -2,13 +2,15 @@
 # Sourced, not executed. Everything it starts is stopped by `stop_services`.
 #
 # Caches (outside the clone, reused across runs):
-#   $TALLY_CACHE/tansu-0.6.0/bin/tansu   the broker, built once
+#   $TALLY_CACHE/kafka-4.4.0/libs        Apache Kafka's runtime jars, from Maven Central
+#   $TALLY_CACHE/m2                      Maven's local repository for them
 #   $TALLY_CACHE/moto-5.2.5              an S3-compatible server (a Python virtualenv)
 #   $TALLY_CACHE/target                  cargo's build directory
 
 TALLY_CACHE=${TALLY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tally}
-TANSU_VERSION=0.6.0
-TANSU_BIN="$TALLY_CACHE/tansu-$TANSU_VERSION/bin/tansu"
+# The same version as docker-compose.yml's apache/kafka image.
+KAFKA_VERSION=4.4.0
+KAFKA_HOME="$TALLY_CACHE/kafka-$KAFKA_VERSION"
 MOTO_VERSION=5.2.5
 MOTO_VENV="$TALLY_CACHE/moto-$MOTO_VERSION"
 RUN_DIR=""
@@ -75,29 +77,139 @@ ensure_monitoring_tools() {
         || die "installing ${missing[*]} failed"
 }
 
-# tansu 0.6.0's SQLite schema has no index on header (topition, offset_id),
-# yet it looks up the headers of every record it fetches by those columns: a
-# full scan of all headers per record. The dead-letter topic carries headers,
-# so fetches slow down quadratically as a run goes on, until group requests
-# time out. One index makes each lookup a seek; tansu's own queries are unchanged.
-index_tansu_headers() { # sqlite database file
-    for _ in $(seq 1 100); do
-        if sqlite3 -cmd ".timeout 10000" "$1" \
-            "CREATE INDEX IF NOT EXISTS tally_header_by_record ON header (topition, offset_id);" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    die "could not index tansu's header table in $1"
+# Apache Kafka's broker, from Maven Central: the jars of the pinned version
+# and their dependencies (checksums checked, -C), resolved by Maven with the
+# checked-in POM and copied into the cache once. `.complete` marks a finished
+# copy, so an interrupted one is redone. Java 17 or newer runs it.
+ensure_kafka() {
+    [ -f "$KAFKA_HOME/.complete" ] && return 0
+    local missing=()
+    command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+    command -v mvn >/dev/null || missing+=(maven)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "Installing Debian's ${missing[*]} package(s) for the Kafka broker."
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || die "installing ${missing[*]} failed"
+    fi
+    log "Fetching Apache Kafka $KAFKA_VERSION's jars from Maven Central into $KAFKA_HOME (once)."
+    rm -rf "$KAFKA_HOME"
+    mvn -B -q -C -f scripts/kafka/pom.xml -Dkafka.version="$KAFKA_VERSION" \
+        -Dmaven.repo.local="$TALLY_CACHE/m2" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs" >"$TALLY_CACHE/kafka-fetch.log" 2>&1 \
+        || { tail -n 40 "$TALLY_CACHE/kafka-fetch.log" >&2; die "resolving Apache Kafka $KAFKA_VERSION from Maven Central failed"; }
+    ls "$KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null || die "kafka_2.13-$KAFKA_VERSION.jar missing after the copy"
+    touch "$KAFKA_HOME/.complete"
 }
 
-ensure_tansu() {
-    if [ -x "$TANSU_BIN" ]; then return 0; fi
-    log "Building tansu $TANSU_VERSION into $TALLY_CACHE (once; about 10 minutes)."
-    mkdir -p "$TALLY_CACHE"
-    cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features \
-        --features dynostore,libsql --root "$TALLY_CACHE/tansu-$TANSU_VERSION" \
-        || die "building tansu failed"
+# Runs one of Kafka's command-line classes (kafka.tools.StorageTool, …).
+kafka_java() { java -cp "$KAFKA_HOME/libs/*" -Dlog4j2.configurationFile="$KAFKA_LOG4J" "$@"; }
+
+# Writes a single-node KRaft broker's directory (`$1`): its properties, a
+# log4j2 configuration that keeps its logs there, and its storage formatted
+# with the SCRAM users. Listeners, each on a free loopback port and
+# advertising 127.0.0.1:
+#   PLAINTEXT  (TALLY_TEST_BROKERS)       most tests
+#   SSL        (TALLY_TEST_SSL_BROKERS)   the test CA's server certificate
+#   MTLS       (TALLY_TEST_MTLS_BROKERS)  SSL that requires a client certificate
+#   SASL_SSL   (TALLY_TEST_TLS_BROKERS)   SCRAM-SHA-512 user `tally` and
+#                                         SCRAM-SHA-256 user `tally256`
+# The TLS listeners open when the third argument is `tls` (after
+# make_test_certs); otherwise (the benchmarks, a test's private broker) only
+# PLAINTEXT does.
+write_kafka_config() { # dir, plaintext port, [tls]
+    local dir=$1 plain=$2 controller listeners advertised map tls="" password cluster
+    controller=$(free_port)
+    mkdir -p "$dir/data"
+    listeners="PLAINTEXT://127.0.0.1:$plain,CONTROLLER://127.0.0.1:$controller"
+    advertised="PLAINTEXT://127.0.0.1:$plain"
+    map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if [ "${3:-}" = tls ]; then
+        local ssl mtls sasl
+        ssl=$(free_port) mtls=$(free_port) sasl=$(free_port)
+        listeners+=",SSL://127.0.0.1:$ssl,MTLS://127.0.0.1:$mtls,SASL_SSL://127.0.0.1:$sasl"
+        advertised+=",SSL://127.0.0.1:$ssl,MTLS://127.0.0.1:$mtls,SASL_SSL://127.0.0.1:$sasl"
+        map+=",SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL"
+        cat "$TALLY_TEST_TLS_KEY" "$TALLY_TEST_TLS_CERT" >"$dir/server-keystore.pem"
+        tls=$(printf '%s\n' \
+            "ssl.keystore.type=PEM" "ssl.keystore.location=$dir/server-keystore.pem" \
+            "ssl.truststore.type=PEM" "ssl.truststore.location=$TALLY_TEST_TLS_CA" \
+            "listener.name.mtls.ssl.client.auth=required" \
+            "sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256" \
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;" \
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;")
+        password="kafka-secret-$RANDOM$RANDOM"
+        KAFKA_SCRAM=(--add-scram "SCRAM-SHA-512=[name=tally,password=$password]"
+            --add-scram "SCRAM-SHA-256=[name=tally256,password=$password]")
+        export TALLY_TEST_SSL_BROKERS="127.0.0.1:$ssl" TALLY_TEST_MTLS_BROKERS="127.0.0.1:$mtls"
+        export TALLY_TEST_TLS_BROKERS="127.0.0.1:$sasl" TALLY_TEST_KAFKA_SASL_PASSWORD="$password"
+    else
+        KAFKA_SCRAM=()
+    fi
+    # Production-like where it matters to tally: topics are never created by
+    # a client's request, only by tally or the test; one replica, so the
+    # internal topics ask for one.
+    cat >"$dir/server.properties" <<PROPERTIES
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$map
+log.dirs=$dir/data
+auto.create.topics.enable=false
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+$tls
+PROPERTIES
+    cat >"$dir/log4j2.properties" <<LOG4J
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $dir/broker.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+LOG4J
+    KAFKA_LOG4J="$dir/log4j2.properties"
+    cluster=$(kafka_java kafka.tools.StorageTool random-uuid 2>"$dir/format.log") \
+        && kafka_java kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" \
+            "${KAFKA_SCRAM[@]}" >>"$dir/format.log" 2>&1 \
+        || { cat "$dir/format.log" >&2; die "formatting the Kafka broker's storage failed"; }
+}
+
+# Runs the broker of `$1` (written by write_kafka_config) in the foreground.
+exec_kafka() { # dir
+    exec java -Xms256m -Xmx1g -XX:+UseG1GC -cp "$KAFKA_HOME/libs/*" \
+        -Dlog4j2.configurationFile="$1/log4j2.properties" kafka.Kafka "$1/server.properties" \
+        >"$1/stdout.log" 2>&1
+}
+
+start_kafka() {
+    local port dir="$RUN_DIR/kafka"
+    port=$(free_port)
+    write_kafka_config "$dir" "$port" tls
+    (exec_kafka "$dir") &
+    KAFKA_PID=$!
+    wait_for_port "$port" "Apache Kafka" "$dir/broker.log"
+    export TALLY_TEST_BROKERS="127.0.0.1:$port" TALLY_TEST_KAFKA_DIR="$dir"
+    # For tests that start a private broker (to stop it without disturbing others).
+    export TALLY_TEST_KAFKA_BROKER_SCRIPT="$PWD/scripts/kafka/broker" TALLY_CACHE
+    log "Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (pid $KAFKA_PID, $dir)${TALLY_TEST_TLS_BROKERS:+; SSL ${TALLY_TEST_SSL_BROKERS}, mTLS ${TALLY_TEST_MTLS_BROKERS}, SASL_SSL ${TALLY_TEST_TLS_BROKERS}}."
 }
 
 # An S3-compatible server for backfills from s3:// sources: moto in server
@@ -157,32 +269,10 @@ start_postgres() {
     log "PostgreSQL on 127.0.0.1:$port ($PG_DATA)."
 }
 
-start_tansu() { # storage engine URL (relative paths resolve in the broker's directory)
-    local port dir engine=${1:-sqlite://tansu.db}
-    port=$(free_port)
-    dir="$RUN_DIR/tansu"
-    mkdir -p "$dir"
-    (cd "$dir" && exec "$TANSU_BIN" broker \
-        --kafka-cluster-id tally-test \
-        --kafka-listener-url "tcp://127.0.0.1:$port" \
-        --kafka-advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "$engine" >"$dir/broker.log" 2>&1) &
-    TANSU_PID=$!
-    wait_for_port "$port" tansu "$dir/broker.log"
-    case "$engine" in
-        sqlite://*) index_tansu_headers "$dir/${engine#sqlite://}" ;;
-    esac
-    export TALLY_TEST_BROKERS="127.0.0.1:$port"
-    export TALLY_TEST_TANSU_BIN="$TANSU_BIN" TALLY_TEST_TANSU_DIR="$dir"
-    log "tansu on 127.0.0.1:$port (pid $TANSU_PID, $dir)."
-}
-
-# openssl (test certificates), stunnel (TLS in front of tansu, which serves
-# plain TCP only) and curl (an HTTPS client), from Debian's packages.
+# openssl (test certificates) and curl (an HTTPS client), from Debian's packages.
 ensure_tls_tools() {
     local missing=()
     command -v openssl >/dev/null || missing+=(openssl)
-    command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
     command -v curl >/dev/null || missing+=(curl)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "Installing Debian's ${missing[*]} package(s)."
@@ -191,8 +281,9 @@ ensure_tls_tools() {
         || die "installing ${missing[*]} failed"
 }
 
-# A test CA, a server certificate it signed for 127.0.0.1 and localhost, and
-# a second CA that signed nothing of ours (for the wrong-CA tests).
+# A test CA, a server certificate it signed for 127.0.0.1 and localhost, a
+# client certificate it signed (for the broker's mTLS listener), and a second
+# CA that signed nothing of ours (for the wrong-CA tests).
 make_test_certs() {
     local dir="$RUN_DIR/tls" ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
     mkdir -p "$dir"
@@ -203,11 +294,17 @@ make_test_certs() {
         && printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
             "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$dir/server.ext" \
         && openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
-            -days 2 -extfile "$dir/server.ext" -out "$dir/server.pem"
+            -days 2 -extfile "$dir/server.ext" -out "$dir/server.pem" \
+        && openssl req "${ec[@]}" -subj "/CN=tally-client" -keyout "$dir/client.key" -out "$dir/client.csr" \
+        && printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=digitalSignature" \
+            "extendedKeyUsage=clientAuth" >"$dir/client.ext" \
+        && openssl x509 -req -in "$dir/client.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+            -days 2 -extfile "$dir/client.ext" -out "$dir/client.pem"
     } >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; die "generating the test certificates failed"; }
     chmod 644 "$dir"/*.pem "$dir"/*.key
     export TALLY_TEST_TLS_CA="$dir/ca.pem" TALLY_TEST_TLS_WRONG_CA="$dir/wrong-ca.pem"
     export TALLY_TEST_TLS_CERT="$dir/server.pem" TALLY_TEST_TLS_KEY="$dir/server.key"
+    export TALLY_TEST_TLS_CLIENT_CERT="$dir/client.pem" TALLY_TEST_TLS_CLIENT_KEY="$dir/client.key"
 }
 
 # A second PostgreSQL that takes only TLS connections (hostssl), with the
@@ -238,62 +335,21 @@ start_postgres_tls() {
     log "PostgreSQL with TLS only on 127.0.0.1:$port ($dir)."
 }
 
-# A second tansu that clients reach only through stunnel's TLS listener, with
-# SASL (SCRAM-SHA-512 user `tally`, SCRAM-SHA-256 user `tally256`, one random
-# password): the broker advertises the TLS address, so every connection goes
-# through it. tansu 0.6.0 serves its user API only to authenticated clients,
-# so the users are created before authentication is turned on.
-start_tansu_tls() {
-    local plain tls dir="$RUN_DIR/tansu-tls" stunnel password
-    plain=$(free_port)
-    tls=$(free_port)
-    password="kafka-secret-$RANDOM$RANDOM"
-    mkdir -p "$dir"
-    run_tansu_tls() {
-        (cd "$dir" && exec "$TANSU_BIN" broker \
-            --kafka-cluster-id tally-test-tls \
-            --kafka-listener-url "tcp://127.0.0.1:$plain" \
-            --kafka-advertised-listener-url "tcp://127.0.0.1:$tls" \
-            --storage-engine "sqlite://tansu.db" "$@" >>"$dir/broker.log" 2>&1) &
-        TANSU_TLS_PID=$!
-        wait_for_port "$plain" "tansu (TLS)" "$dir/broker.log"
-    }
-    run_tansu_tls
-    "$TANSU_BIN" user create --broker "tcp://127.0.0.1:$plain" --mechanism scram512 tally "$password" >>"$dir/users.log" 2>&1 \
-        && "$TANSU_BIN" user create --broker "tcp://127.0.0.1:$plain" --mechanism scram256 tally256 "$password" >>"$dir/users.log" 2>&1 \
-        || { cat "$dir/users.log" >&2; die "creating the SASL users in tansu failed"; }
-    kill "$TANSU_TLS_PID"
-    wait "$TANSU_TLS_PID" 2>/dev/null || true
-    run_tansu_tls --authentication
-    index_tansu_headers "$dir/tansu.db"
-    stunnel=$(command -v stunnel4 || command -v stunnel)
-    printf '%s\n' "foreground = yes" "pid =" "[kafka]" "accept = 127.0.0.1:$tls" "connect = 127.0.0.1:$plain" \
-        "cert = $TALLY_TEST_TLS_CERT" "key = $TALLY_TEST_TLS_KEY" >"$dir/stunnel.conf"
-    "$stunnel" "$dir/stunnel.conf" >"$dir/stunnel.log" 2>&1 &
-    STUNNEL_PID=$!
-    wait_for_port "$tls" stunnel "$dir/stunnel.log"
-    export TALLY_TEST_TLS_BROKERS="127.0.0.1:$tls" TALLY_TEST_KAFKA_SASL_PASSWORD="$password"
-    log "tansu with SASL behind stunnel: TLS on 127.0.0.1:$tls, plain on $plain (pids $TANSU_TLS_PID, $STUNNEL_PID)."
-}
-
 stop_services() {
     local status=$? pid log
     if [ "$status" -ne 0 ] && [ -n "$RUN_DIR" ]; then
-        # A failed run shows the brokers' last words before their directory goes.
-        for log in "$RUN_DIR"/tansu/broker.log "$RUN_DIR"/tansu-tls/broker.log; do
+        # A failed run shows the broker's last words before its directory goes.
+        for log in "$RUN_DIR"/kafka/broker.log "$RUN_DIR"/kafka/stdout.log; do
             [ -s "$log" ] || continue
             echo "--- last lines of ${log#"$RUN_DIR"/}" >&2
             tail -n 20 "$log" >&2
         done
     fi
-    for pid in "${STUNNEL_PID:-}" "${TANSU_TLS_PID:-}"; do
-        if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    done
     if [ -n "${PG_TLS_DATA:-}" ] && [ -d "$PG_TLS_DATA" ]; then
         as_pg_user "$PG_BIN/pg_ctl" -D "$PG_TLS_DATA" -m immediate stop >/dev/null 2>&1 || true
     fi
     if [ -n "${S3_PID:-}" ]; then kill "$S3_PID" 2>/dev/null || true; wait "$S3_PID" 2>/dev/null || true; fi
-    if [ -n "${TANSU_PID:-}" ]; then kill "$TANSU_PID" 2>/dev/null || true; wait "$TANSU_PID" 2>/dev/null || true; fi
+    if [ -n "${KAFKA_PID:-}" ]; then kill "$KAFKA_PID" 2>/dev/null || true; wait "$KAFKA_PID" 2>/dev/null || true; fi
     if [ -n "$PG_DATA" ] && [ -d "$PG_DATA/data" ]; then
         as_pg_user "$PG_BIN/pg_ctl" -D "$PG_DATA/data" -m immediate stop >/dev/null 2>&1 || true
     fi

@@ -233,42 +233,31 @@ async fn bad_input_and_bad_tokens() {
     );
 }
 
-/// A private tansu for this test, so stopping it disturbs no other test.
+/// A private Apache Kafka broker for this test, so stopping it disturbs no
+/// other test; started again on the same directory it keeps its data.
 fn start_broker(dir: &Path, port: u16) -> Child {
-    let bin =
-        std::env::var("TALLY_TEST_TANSU_BIN").expect("TALLY_TEST_TANSU_BIN is set by scripts/test");
-    let url = format!("tcp://127.0.0.1:{port}");
+    let script = std::env::var("TALLY_TEST_KAFKA_BROKER_SCRIPT")
+        .expect("TALLY_TEST_KAFKA_BROKER_SCRIPT is set by scripts/test");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("broker.log"))
+        .open(dir.join("script.log"))
         .unwrap();
     let child = Command::new("setpriv")
-        .args([
-            "--pdeathsig",
-            "KILL",
-            "--",
-            &bin,
-            "broker",
-            "--kafka-cluster-id",
-            "tally-outage",
-        ])
-        .args([
-            "--kafka-listener-url",
-            &url,
-            "--kafka-advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "sqlite://tansu.db",
-        ])
-        .current_dir(dir)
+        .args(["--pdeathsig", "KILL", "--", &script])
+        .arg(dir)
+        .arg(port.to_string())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("tansu starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
+        .expect("the broker starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "the private broker did not listen on {port}: {}",
+            std::fs::read_to_string(dir.join("script.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     child

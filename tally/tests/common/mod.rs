@@ -124,7 +124,7 @@ impl World {
         world
     }
 
-    /// A world on the TLS-only servers: tansu with SASL behind stunnel, and
+    /// A world on the TLS-only servers: the broker's SASL_SSL listener, and
     /// the PostgreSQL that takes only TLS and a password. Services get every
     /// secret from the environment or files, never from flags: the Kafka
     /// security settings as `TALLY_KAFKA__*` (the SASL password from
@@ -530,7 +530,7 @@ impl Drop for World {
         if std::thread::panicking() {
             // The failure report carries the services' and the broker's
             // last words, so a CI log says why without the machine.
-            let broker = std::env::var_os("TALLY_TEST_TANSU_DIR")
+            let broker = std::env::var_os("TALLY_TEST_KAFKA_DIR")
                 .map(|dir| PathBuf::from(dir).join("broker.log"));
             let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
                 .into_iter()
@@ -672,8 +672,8 @@ async fn fresh_postgres(id: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// A Kafka client for `brokers`; for the TLS broker (`TALLY_TEST_TLS_BROKERS`,
-/// tansu with SASL behind stunnel) with the test CA and SCRAM credentials.
+/// A Kafka client for `brokers`; for the broker's SASL_SSL listener
+/// (`TALLY_TEST_TLS_BROKERS`) with the test CA and SCRAM credentials.
 pub fn kafka_client(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
