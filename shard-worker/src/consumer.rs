@@ -10,7 +10,15 @@
 //!
 //! Claims happen inside the rebalance callback, before `assign`, so the
 //! consumer starts every partition exactly at the database's
-//! `dedupe_from_offset` and never at Kafka's committed offset.
+//! `dedupe_from_offset` and never at Kafka's committed offset. The callback
+//! runs on the poll thread, so it never waits on the database for long: the
+//! claims of one rebalance share [`CLAIM_WAIT`]. A partition whose claim does
+//! not finish in time is left unread and parked (`claim_timed_out`), and the
+//! worker leaves and rejoins the group [`REJOIN_AFTER`] later, so that a new
+//! rebalance claims it again. A lane fenced by a newer claim while its
+//! partition is still assigned here rejoins the same way: a claim abandoned
+//! at its deadline may still commit once the database answers, and a
+//! partition must not stay unread behind it.
 //!
 //! Each claimed partition gets its own librdkafka queue, split off before
 //! `assign`. The loop reads a partition's queue only while its task has
@@ -75,6 +83,30 @@ pub struct ClaimContext {
     /// Tasks of revoked partitions, stopping; a new claim of the same
     /// partition in this process takes over their window ([`Resume`]).
     leaving: Mutex<HashMap<i32, Leaving>>,
+    /// When the loop should leave and rejoin the group, to claim again
+    /// partitions whose claim timed out.
+    rejoin: Mutex<Option<Instant>>,
+}
+
+/// The most the claims of one rebalance (or one re-claim after a gap) wait
+/// on the database, in all. The poll thread runs them, and librdkafka drops
+/// a member that does not poll within `max.poll.interval.ms` (300 s by
+/// default); the other partitions wait too.
+pub const CLAIM_WAIT: Duration = Duration::from_secs(15);
+
+/// How long after a claim timed out (or a lane was fenced) the worker leaves
+/// and rejoins the group to claim again.
+pub const REJOIN_AFTER: Duration = Duration::from_secs(10);
+
+/// How a claim ended.
+enum Claimed {
+    Held(Claim),
+    /// The database refused it for good.
+    Refused(store::StoreError),
+    /// It did not finish by its deadline (the database is down or slow).
+    TimedOut,
+    /// The worker is shutting down.
+    Shutdown,
 }
 
 type Leaving = JoinHandle<(Ended, Option<Resume>)>;
@@ -102,6 +134,7 @@ impl ClaimContext {
             shutdown,
             consumer: OnceLock::new(),
             leaving: Mutex::new(HashMap::new()),
+            rejoin: Mutex::new(None),
         }
     }
 
@@ -172,16 +205,41 @@ impl ClaimContext {
         self.controls.lock().expect("controls lock").push(control);
     }
 
-    /// `None` on shutdown; an error when the database refuses the claim for good.
-    fn claim(&self, partition: i32) -> Option<Result<Claim, store::StoreError>> {
+    /// Claims `partition`, retrying transient errors until `deadline`.
+    fn claim(&self, partition: i32, deadline: tokio::time::Instant) -> Claimed {
         let (store, topic, owner) = (&self.shared.store, &self.shared.orders_topic, &self.owner);
         let shutdown = self.shutdown.clone();
         self.handle.block_on(async {
+            let claim = publish::retry("claim", || store.claim(topic, partition, owner));
             tokio::select! {
-                claim = publish::retry("claim", || store.claim(topic, partition, owner)) => Some(claim),
-                () = shutdown.cancelled() => None,
+                claim = tokio::time::timeout_at(deadline, claim) => match claim {
+                    Ok(Ok(claim)) => Claimed::Held(claim),
+                    Ok(Err(error)) => Claimed::Refused(error),
+                    Err(_) => Claimed::TimedOut,
+                },
+                () = shutdown.cancelled() => Claimed::Shutdown,
             }
         })
+    }
+
+    /// Asks the loop to leave and rejoin the group [`REJOIN_AFTER`] from now
+    /// (unless it is already due sooner).
+    fn rejoin_later(&self) {
+        let at = Instant::now() + REJOIN_AFTER;
+        let mut rejoin = self.rejoin.lock().expect("rejoin lock");
+        if rejoin.is_none_or(|due| due > at) {
+            *rejoin = Some(at);
+        }
+    }
+
+    /// Takes the rejoin, if it is due.
+    fn rejoin_due(&self) -> bool {
+        let mut rejoin = self.rejoin.lock().expect("rejoin lock");
+        let due = rejoin.is_some_and(|at| at <= Instant::now());
+        if due {
+            *rejoin = None;
+        }
+        due
     }
 }
 
@@ -225,25 +283,35 @@ impl ConsumerContext for ClaimContext {
                     .map(|e| e.partition())
                     .collect();
                 let mut accepted = TopicPartitionList::new();
-                let deadline = tokio::time::Instant::now() + RESUME_WAIT;
+                let now = tokio::time::Instant::now();
+                let (deadline, claims_due) = (now + RESUME_WAIT, now + CLAIM_WAIT);
                 for partition in partitions {
                     health::unpark(&topic, partition);
                     let resume = self.resume_of(partition, deadline);
-                    let claim = match self.claim(partition) {
-                        None => return,
-                        Some(Ok(claim)) => claim,
-                        Some(Err(error)) => {
+                    let claim = match self.claim(partition, claims_due) {
+                        Claimed::Shutdown => return,
+                        Claimed::Held(claim) => claim,
+                        Claimed::Refused(error) => {
                             let detail = format!("the database refused the claim: {error}");
-                            health::park(
-                                &topic,
+                            health::park(&topic, partition, unclaimed(ParkReason::ClaimRefused, detail));
+                            continue;
+                        }
+                        Claimed::TimedOut => {
+                            metrics::CLAIM_TIMEOUTS.inc();
+                            tracing::warn!(
                                 partition,
-                                Parked {
-                                    reason: ParkReason::ClaimRefused,
-                                    first_offset: -1,
-                                    last_offset: None,
-                                    detail,
-                                },
+                                wait_s = CLAIM_WAIT.as_secs(),
+                                rejoin_in_s = REJOIN_AFTER.as_secs(),
+                                "The database did not answer the claim in time; leaving the partition unread \
+                                 and rejoining the group to claim it again."
                             );
+                            let detail = format!(
+                                "the database did not answer the claim within {} s; the worker rejoins the group \
+                                 to claim it again",
+                                CLAIM_WAIT.as_secs()
+                            );
+                            health::park(&topic, partition, unclaimed(ParkReason::ClaimTimedOut, detail));
+                            self.rejoin_later();
                             continue;
                         }
                     };
@@ -305,6 +373,16 @@ impl ConsumerContext for ClaimContext {
                 let _ = consumer.unassign();
             }
         }
+    }
+}
+
+/// The park of a partition that has no claim.
+fn unclaimed(reason: ParkReason, detail: String) -> Parked {
+    Parked {
+        reason,
+        first_offset: -1,
+        last_offset: None,
+        detail,
     }
 }
 
@@ -635,6 +713,9 @@ pub fn poll_loop(
             ctx.offsets.set_assigned(lanes.keys().copied());
         }
         commit_hints(&consumer, topic, &acks, CommitMode::Async);
+        if ctx.rejoin_due() {
+            rejoin(&consumer, topic);
+        }
     }
     metrics::READY.set(0);
     tracing::info!(partitions = lanes.len(), "Draining in-flight batches.");
@@ -667,6 +748,19 @@ pub fn poll_loop(
     consumer.unsubscribe();
     // Queues split off in a last rebalance hold the consumer: let it go.
     ctx.controls.lock().expect("controls lock").clear();
+}
+
+/// Leaves the group and joins it again: the rebalance that follows revokes
+/// every partition here and claims each one assigned afresh.
+fn rejoin(consumer: &BaseConsumer<ClaimContext>, topic: &str) {
+    metrics::REJOINS.inc();
+    tracing::info!("Rejoining the consumer group to claim its partitions again.");
+    health::unpark_all(topic, ParkReason::ClaimTimedOut);
+    consumer.unsubscribe();
+    if let Err(error) = consumer.subscribe(&[topic]) {
+        tracing::error!(%error, "Subscribing again failed; trying again shortly.");
+        consumer.context().rejoin_later();
+    }
 }
 
 /// The park of a partition whose log handed out `offset` after `expected`:
@@ -702,10 +796,10 @@ fn reclaim(
     };
     old.task.abort();
     let topic = ctx.shared.orders_topic.clone();
-    let claim = match ctx.claim(partition) {
-        None => return,
-        Some(Ok(claim)) => claim,
-        Some(Err(error)) => {
+    let claim = match ctx.claim(partition, tokio::time::Instant::now() + CLAIM_WAIT) {
+        Claimed::Shutdown => return,
+        Claimed::Held(claim) => claim,
+        Claimed::Refused(error) => {
             let detail = format!("the database refused the claim: {error}");
             park_paused(
                 consumer,
@@ -714,6 +808,17 @@ fn reclaim(
                 (ParkReason::ClaimRefused, -1),
                 detail,
             );
+            return;
+        }
+        Claimed::TimedOut => {
+            metrics::CLAIM_TIMEOUTS.inc();
+            let detail = format!(
+                "the database did not answer the claim after a gap within {} s; the worker rejoins the group \
+                 to claim it again",
+                CLAIM_WAIT.as_secs()
+            );
+            park_paused(consumer, &topic, partition, (ParkReason::ClaimTimedOut, -1), detail);
+            ctx.rejoin_later();
             return;
         }
     };
@@ -823,6 +928,11 @@ fn hand_over_due(
         // Fenced or parked: stop fetching what nobody will read.
         lanes.remove(&partition);
         set_paused(consumer, topic, partition, true);
+        if !health::is_parked(topic, partition) {
+            // Fenced while still assigned here: rejoin, so that a new
+            // rebalance claims it again (see the module's notes).
+            consumer.context().rejoin_later();
+        }
     }
 }
 

@@ -23,6 +23,17 @@
 //! the oldest id leaves early and `evicted_by_cap` counts it: a retry of that
 //! event would then be counted again, so the cap is sized well above a busy
 //! partition's ids per window (see the README).
+//!
+//! A rebuild cannot tell which of the ids it reads the old owner held: a
+//! retry at or after `dedupe_from_offset` of an id first seen before it was
+//! a repeat to the old owner (nothing inserted) but is new to the rebuild.
+//! Had such ids counted against the cap, each would push out an id the old
+//! owner still held, and a later retry of that id would count twice. So the
+//! ids a rebuild inserts sit beside the cap (`rebuilt`): the cap binds the
+//! ids the new owner inserts itself, exactly as it bound the old owner's,
+//! and the rebuilt ids leave from the front as they would have. Once the
+//! last of them has left, the window is held to `max_ids` again. For that
+//! while a window may hold up to `max_ids` plus the ids the rebuild read.
 
 use std::collections::VecDeque;
 
@@ -85,6 +96,8 @@ pub struct DedupeWindow {
     rebuild_until: i64,
     /// …and the clock may not pass that owner's clock at the fence while reading them.
     rebuild_ceiling_ms: i64,
+    /// Ids the rebuild inserted, while any of them is held: room beside the cap.
+    rebuilt: usize,
     evicted_by_cap: u64,
 }
 
@@ -102,14 +115,16 @@ impl DedupeWindow {
             ceiling_ms: i64::MAX,
             rebuild_until: i64::MIN,
             rebuild_ceiling_ms: i64::MAX,
+            rebuilt: 0,
             evicted_by_cap: 0,
         }
     }
 
     /// While reading offsets below `next_offset` (the rebuild after a
     /// claim), holds the clock at or below `clock_ms`, the clock the previous
-    /// owner had at the fence: the rebuilt window then holds at least every
-    /// id that owner still held.
+    /// owner had at the fence (`i64::MAX` when it stored none), and keeps the
+    /// ids it inserts beside the cap: the rebuilt window then holds at least
+    /// every id that owner still held.
     pub fn rebuild_until(&mut self, next_offset: i64, clock_ms: i64) {
         self.rebuild_until = next_offset;
         self.rebuild_ceiling_ms = clock_ms;
@@ -176,7 +191,10 @@ impl DedupeWindow {
             offset,
             time_ms: time_ms.min(self.clock_ms),
         });
-        if self.order.len() > self.max_ids {
+        if offset < self.rebuild_until {
+            self.rebuilt += 1;
+        }
+        while self.order.len() > (self.max_ids + self.rebuilt).min(IdTable::MAX_IDS) {
             self.pop_front();
             self.evicted_by_cap += 1;
         }
@@ -199,6 +217,15 @@ impl DedupeWindow {
             self.table
                 .remove(tag_of(front.id[0]), self.front_seq as u32);
             self.front_seq += 1;
+        }
+        // The rebuilt ids are the front of the queue: once the front is an
+        // id of the new owner's own, the room beside the cap is gone.
+        if self
+            .order
+            .front()
+            .is_none_or(|front| front.offset >= self.rebuild_until)
+        {
+            self.rebuilt = 0;
         }
     }
 
@@ -331,6 +358,70 @@ mod tests {
         }
         assert_eq!(window.sight("e", SAME + 1, 20, 0), Sighting::Conflict);
         assert!(first(&mut window, "a", 21, 0), "a was evicted by the cap");
+    }
+
+    /// The trace of a rebuild under a binding cap: the old owner held
+    /// {b, c, d} at the fence, its `dedupe_from_offset` at b; the rebuild
+    /// from there also reads the retry of a (first seen before b), which
+    /// must not push b out.
+    #[test]
+    fn a_rebuild_under_the_cap_keeps_every_id_the_old_owner_held() {
+        let old_owner = |window: &mut DedupeWindow| {
+            assert!(first(window, "a", 0, 0));
+            assert!(first(window, "b", 1, 0));
+            assert!(first(window, "c", 2, 0));
+            assert!(!first(window, "a", 3, 0), "the retry of a is a repeat");
+            assert!(first(window, "d", 4, 0), "a leaves by the cap");
+        };
+        let mut old = DedupeWindow::new(i64::MAX / 4, 3);
+        old_owner(&mut old);
+        let from = old.dedupe_from_offset(5);
+        assert_eq!((from, old.len()), (1, 3));
+
+        let mut rebuilt = DedupeWindow::new(i64::MAX / 4, 3);
+        rebuilt.rebuild_until(5, i64::MAX);
+        for (offset, id) in ["b", "c", "a", "d"].iter().enumerate() {
+            rebuilt.sight(id, SAME, from + offset as i64, 0);
+        }
+        assert_eq!(rebuilt.take_evicted_by_cap(), 0);
+        for (offset, id) in ["b", "c", "d"].iter().enumerate() {
+            assert_eq!(
+                rebuilt.sight(id, SAME, 5 + offset as i64, 0),
+                Sighting::Repeat,
+                "the old owner held {id}, so its retry is not counted again"
+            );
+            assert_eq!(old.sight(id, SAME, 5 + offset as i64, 0), Sighting::Repeat);
+        }
+
+        // New ids: the cap binds the new owner's own ids as it bound the old
+        // owner's, the rebuilt ids leave from the front, and once they are
+        // gone the window is back at the cap.
+        for (offset, id) in ["e", "f", "g"].iter().enumerate() {
+            assert!(first(&mut rebuilt, id, 8 + offset as i64, 0));
+            assert!(first(&mut old, id, 8 + offset as i64, 0));
+        }
+        assert_eq!((rebuilt.len(), old.len()), (7, 3));
+        for (offset, id) in ["h", "i", "j", "k"].iter().enumerate() {
+            assert!(first(&mut rebuilt, id, 11 + offset as i64, 0));
+        }
+        assert_eq!(rebuilt.len(), 3, "every rebuilt id has left");
+        assert!(!first(&mut rebuilt, "k", 15, 0));
+        assert!(first(&mut rebuilt, "h", 16, 0), "h left by the cap");
+    }
+
+    /// Without a cap that binds, a rebuild holds exactly what the old owner held.
+    #[test]
+    fn a_rebuild_with_room_holds_what_the_old_owner_held() {
+        let mut rebuilt = DedupeWindow::new(i64::MAX / 4, 100);
+        rebuilt.rebuild_until(3, i64::MAX);
+        for (offset, id) in ["a", "b", "a"].iter().enumerate() {
+            rebuilt.sight(id, SAME, offset as i64, 0);
+        }
+        assert_eq!(rebuilt.len(), 2);
+        for offset in 3..200 {
+            assert!(first(&mut rebuilt, &format!("n{offset}"), offset, 0));
+        }
+        assert_eq!(rebuilt.len(), 100);
     }
 
     #[test]

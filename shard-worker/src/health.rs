@@ -26,6 +26,9 @@ pub enum ParkReason {
     BrokerRefused,
     /// The database refused the claim permanently.
     ClaimRefused,
+    /// The database did not answer the claim in time; the worker rejoins
+    /// the group to claim it again.
+    ClaimTimedOut,
 }
 
 impl ParkReason {
@@ -36,6 +39,7 @@ impl ParkReason {
             ParkReason::LogWentBackwards => "log_went_backwards",
             ParkReason::BrokerRefused => "broker_refused",
             ParkReason::ClaimRefused => "claim_refused",
+            ParkReason::ClaimTimedOut => "claim_timed_out",
         }
     }
 }
@@ -82,6 +86,21 @@ pub fn unpark(topic: &str, partition: i32) {
             metrics::PARKED.remove_label_values(&[&partition.to_string(), parked.reason.label()]);
     }
     metrics::PARKED_PARTITIONS.set(PARKED.lock().expect("parked lock").len() as i64);
+}
+
+/// Forgets every park of `topic` for `reason` (the worker rejoins its group,
+/// and each partition's next owner reports it again if the cause is still there).
+pub fn unpark_all(topic: &str, reason: ParkReason) {
+    let partitions: Vec<i32> = PARKED
+        .lock()
+        .expect("parked lock")
+        .iter()
+        .filter(|((t, _), parked)| t == topic && parked.reason == reason)
+        .map(|((_, partition), _)| *partition)
+        .collect();
+    for partition in partitions {
+        unpark(topic, partition);
+    }
 }
 
 /// Whether `partition` of `topic` is parked.

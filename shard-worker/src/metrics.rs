@@ -75,6 +75,26 @@ pub static GAP_RECLAIMS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Claims the database did not answer within `CLAIM_WAIT`.
+pub static CLAIM_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_worker_claim_timeouts_total",
+        "Partition claims the database did not answer in time; the partition was left unread and the worker \
+         rejoined the group to claim it again."
+    )
+    .expect("metric registers once")
+});
+
+/// Times the worker left and rejoined its group to claim partitions again.
+pub static REJOINS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_worker_rejoins_total",
+        "Times the worker left and rejoined its consumer group to claim again partitions whose claim timed \
+         out or that a newer claim fenced while still assigned here."
+    )
+    .expect("metric registers once")
+});
+
 /// Successful partition claims.
 pub static CLAIMS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -235,6 +255,8 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*DLQ_WRITES,
         &*FENCED,
         &*GAP_RECLAIMS,
+        &*CLAIM_TIMEOUTS,
+        &*REJOINS,
         &*REREADS,
         &*CLAIMS,
         &*RETRIES,

@@ -156,10 +156,9 @@ impl PartitionTask {
     /// A task for a partition just claimed with `claim`.
     pub fn new(partition: i32, claim: Claim, shared: Arc<Shared>) -> PartitionTask {
         let mut window = DedupeWindow::new(shared.dedupe_window_ms, shared.dedupe_max_ids);
-        // The rebuild may not run the clock past where the last owner's was.
-        if let Some(clock) = claim.dedupe_clock_ms {
-            window.rebuild_until(claim.next_offset, clock);
-        }
+        // The rebuild may not run the clock past where the last owner's was,
+        // and the ids it reads sit beside the cap.
+        window.rebuild_until(claim.next_offset, claim.dedupe_clock_ms.unwrap_or(i64::MAX));
         PartitionTask {
             partition,
             epoch: claim.epoch,

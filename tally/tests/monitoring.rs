@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 use common::{produce, traffic, Backend, World};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    common::repo()
 }
 
 /// Runs a provisioned tool from the repository root; panics with its output unless it succeeds.

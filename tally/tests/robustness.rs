@@ -353,6 +353,73 @@ async fn frozen_postgres_loses_and_doubles_nothing() {
     }
 }
 
+/// A rebalance while PostgreSQL is frozen: the claims in the rebalance
+/// callback give up after their bound instead of holding the poll thread
+/// (the loop goes on: it counts the timeouts and rejoins the group), the
+/// partitions wait parked, and once the database answers every partition is
+/// claimed again and the totals are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_while_postgres_is_frozen_never_holds_the_poll_thread() {
+    let mut world = World::new("frozen-claims", Backend::Postgres).await;
+    let store = world.store().await;
+    let traffic = traffic(68, 20_000);
+    let (first, second) = traffic.messages.split_at(10_000);
+    world.start_aggregator("aggregator");
+    world.start_worker("worker-a", &[]);
+    produce(&world.brokers, &world.orders, first).await;
+    world.wait_committed(&store, 10_000, PATIENCE).await;
+
+    let second_worker = world.start_worker("worker-b", &[]);
+    world
+        .wait_for("worker-b holds partitions", PATIENCE, || async {
+            store
+                .progress()
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.claimed_by.as_deref() == Some("worker-b"))
+        })
+        .await;
+
+    // worker-b leaves while the database is frozen: worker-a's rebalance
+    // callback must claim every partition and cannot.
+    let frozen = Frozen::postgres();
+    world.terminate(second_worker);
+    for metric in [
+        "tally_worker_claim_timeouts_total",
+        "tally_worker_rejoins_total",
+    ] {
+        world
+            .wait_for(
+                &format!("{metric} counted by worker-a"),
+                Duration::from_secs(120),
+                || async { world.metric("worker-a", metric, &[]).await.unwrap_or(0.0) >= 1.0 },
+            )
+            .await;
+    }
+    drop(frozen);
+
+    produce(&world.brokers, &world.orders, second).await;
+    world.wait_committed(&store, 20_000, PATIENCE).await;
+    assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+}
+
+/// PostgreSQL frozen (SIGSTOP) until dropped, even when the test fails.
+struct Frozen;
+
+impl Frozen {
+    fn postgres() -> Frozen {
+        common::signal_postgres("STOP");
+        Frozen
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        common::signal_postgres("CONT");
+    }
+}
+
 /// A partition whose rows the database refuses (a constraint stands in for
 /// any permanent data error) is parked: the other partitions keep
 /// committing, the metric and `/readyz` name it, and once the constraint is

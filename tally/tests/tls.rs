@@ -417,3 +417,72 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
         );
     }
 }
+
+/// The pipeline over the broker's SSL listener (its certificate checked
+/// against the test CA, host name included) and over its mTLS listener (a
+/// client certificate the test CA signed): the totals are exact on each.
+/// Without a client certificate the mTLS listener refuses the worker, which
+/// stops at startup with librdkafka's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_over_kafka_ssl_and_mtls() {
+    let ssl = [
+        ("TALLY_KAFKA__SECURITY_PROTOCOL", "SSL".to_owned()),
+        ("TALLY_KAFKA__SSL_CA_LOCATION", required("TALLY_TEST_TLS_CA")),
+        (
+            "TALLY_KAFKA__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+            "https".to_owned(),
+        ),
+    ];
+    let client_certificate = [
+        (
+            "TALLY_KAFKA__SSL_CERTIFICATE_LOCATION",
+            required("TALLY_TEST_TLS_CLIENT_CERT"),
+        ),
+        (
+            "TALLY_KAFKA__SSL_KEY_LOCATION",
+            required("TALLY_TEST_TLS_CLIENT_KEY"),
+        ),
+    ];
+    let plain = required("TALLY_TEST_BROKERS");
+    for (listener, env) in [
+        ("TALLY_TEST_SSL_BROKERS", ssl.to_vec()),
+        (
+            "TALLY_TEST_MTLS_BROKERS",
+            [ssl.as_slice(), client_certificate.as_slice()].concat(),
+        ),
+    ] {
+        let mut world = World::new("kafka-ssl", common::Backend::Postgres).await;
+        let store = world.store().await;
+        world.brokers = required(listener);
+        world.env = env
+            .iter()
+            .map(|(var, value)| ((*var).to_owned(), value.clone()))
+            .collect();
+        world.start_aggregator("aggregator");
+        world.start_worker("worker", &[]);
+        let traffic = common::traffic(81, 5_000);
+        common::produce(&plain, &world.orders, &traffic.messages).await;
+        world
+            .wait_committed(&store, traffic.messages.len() as u64, Duration::from_secs(300))
+            .await;
+        assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
+    }
+
+    let no_certificate: Vec<(String, String)> = ssl
+        .iter()
+        .map(|(var, value)| ((*var).to_owned(), value.clone()))
+        .collect();
+    let mtls = required("TALLY_TEST_MTLS_BROKERS");
+    let (code, stderr) = run_to_exit(
+        &[
+            "worker",
+            "--brokers",
+            &mtls,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &no_certificate,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("refused the connection"), "{stderr}");
+}

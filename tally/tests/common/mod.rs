@@ -45,6 +45,18 @@ pub enum Backend {
     Sqlite,
 }
 
+/// The workspace root. From `CARGO_MANIFEST_DIR` as cargo sets it when it
+/// runs a test, not as `env!` baked it in: a build directory shared by
+/// clones at other paths can reuse a test executable built elsewhere.
+pub fn repo() -> PathBuf {
+    let manifest =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    PathBuf::from(manifest)
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
 pub fn required(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run the integration tests through scripts/test, which starts the broker, PostgreSQL and the S3 server")
