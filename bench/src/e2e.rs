@@ -5,9 +5,8 @@
 //!
 //! 1. starts 2 `tally worker` and 1 `tally aggregator` processes with
 //!    default settings and waits until the workers hold every partition
-//!    between them (the group has settled: a rebalance re-seeks, and
-//!    tansu's memory store answers a seek into a record batch with the next
-//!    batch, which would lose events);
+//!    between them (the group has settled, so the timing starts with the
+//!    pipeline's steady state; `--backlog` measures the rebalance too);
 //! 2. publishes the generator's mix (duplicates, late and invalid events)
 //!    as fast as one producer can, and times from the first publish until
 //!    the fences cover every message, then checks `merchant_sales` against
@@ -21,10 +20,8 @@
 //!    reads the append-to-commit latency of those from the aggregator's
 //!    histogram.
 //!
-//! `bench/e2e.sh` starts tansu (memory store: a settled group never
-//! re-seeks; `--backlog` with more than one worker rebalances while reading,
-//! which that store gets wrong inside a record batch) and PostgreSQL (fsync
-//! off) and runs it.
+//! `bench/e2e.sh` starts Apache Kafka (one KRaft node, as `scripts/test`
+//! runs it) and PostgreSQL (fsync off) and runs it.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

@@ -156,25 +156,26 @@ impl ClaimContext {
                 abort.abort();
                 return None;
             };
-            loop {
-                let fence = store
-                    .progress()
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .find(|p| p.topic == *topic && p.partition == partition)?
-                    .fence;
-                if fence.epoch != resume.epoch || fence.next_offset > resume.next_offset {
-                    return None;
+            // Bounded as a whole: the database may not answer at all.
+            let settled = tokio::time::timeout_at(deadline, async {
+                loop {
+                    let fence = store
+                        .progress()
+                        .await
+                        .ok()?
+                        .into_iter()
+                        .find(|p| p.topic == *topic && p.partition == partition)?
+                        .fence;
+                    if fence.epoch != resume.epoch || fence.next_offset > resume.next_offset {
+                        return None;
+                    }
+                    if fence.next_offset == resume.next_offset {
+                        return Some(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                if fence.next_offset == resume.next_offset {
-                    return Some(resume);
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            });
+            settled.await.ok().flatten().map(|()| resume)
         })
     }
 
@@ -293,7 +294,11 @@ impl ConsumerContext for ClaimContext {
                         Claimed::Held(claim) => claim,
                         Claimed::Refused(error) => {
                             let detail = format!("the database refused the claim: {error}");
-                            health::park(&topic, partition, unclaimed(ParkReason::ClaimRefused, detail));
+                            health::park(
+                                &topic,
+                                partition,
+                                unclaimed(ParkReason::ClaimRefused, detail),
+                            );
                             continue;
                         }
                         Claimed::TimedOut => {
@@ -310,7 +315,11 @@ impl ConsumerContext for ClaimContext {
                                  to claim it again",
                                 CLAIM_WAIT.as_secs()
                             );
-                            health::park(&topic, partition, unclaimed(ParkReason::ClaimTimedOut, detail));
+                            health::park(
+                                &topic,
+                                partition,
+                                unclaimed(ParkReason::ClaimTimedOut, detail),
+                            );
                             self.rejoin_later();
                             continue;
                         }
@@ -817,7 +826,13 @@ fn reclaim(
                  to claim it again",
                 CLAIM_WAIT.as_secs()
             );
-            park_paused(consumer, &topic, partition, (ParkReason::ClaimTimedOut, -1), detail);
+            park_paused(
+                consumer,
+                &topic,
+                partition,
+                (ParkReason::ClaimTimedOut, -1),
+                detail,
+            );
             ctx.rejoin_later();
             return;
         }

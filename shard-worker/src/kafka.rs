@@ -29,13 +29,14 @@ pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientC
     config
 }
 
-/// Consumer fetch settings that suit Kafka and tansu alike, each applied
-/// only when the operator's `extra` does not set it.
+/// Consumer fetch settings, each applied only when the operator's `extra`
+/// does not set it.
 ///
 /// - `fetch.wait.max.ms=10`: a broker answers a fetch as soon as it has
 ///   data anyway (`fetch.min.bytes=1`), so the wait only bounds how long an
-///   idle fetch is held. tansu holds every fetch for the whole wait, which
-///   at librdkafka's 500 ms capped a consumer at a seventh of its speed.
+///   idle fetch is held. Some brokers hold every fetch for the whole wait
+///   (tansu 0.6.0 did, which at librdkafka's 500 ms capped a consumer at a
+///   seventh of its speed).
 /// - `queued.max.messages.kbytes=16384`: each partition has its own queue
 ///   (see [`crate::consumer`]), so this bounds the prefetch per partition
 ///   at 16 MiB instead of librdkafka's 64 MiB.

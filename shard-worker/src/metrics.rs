@@ -153,6 +153,16 @@ pub static READY: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Offsets of a window's rebuild that the log no longer held.
+pub static WINDOW_NOT_REBUILT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_worker_window_offsets_not_rebuilt_total",
+        "Offsets of a dedupe window's rebuild (below the fence: counted before) that the log no longer held, \
+         so a retry of an event there is not caught."
+    )
+    .expect("metric registers once")
+});
+
 /// Offsets the log skipped between consecutive messages read.
 pub static SKIPPED_OFFSETS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -265,6 +275,7 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*COMMITTED,
         &*READY,
         &*SKIPPED_OFFSETS,
+        &*WINDOW_NOT_REBUILT,
         &*PARKED_PARTITIONS,
         &*PARKED,
         &*DEDUPE_IDS,

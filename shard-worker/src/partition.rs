@@ -322,14 +322,24 @@ impl PartitionTask {
             Gap::Explained(why) => {
                 self.reread = None;
                 let missing = (first - self.next_read) as u64;
+                // Below the fence the offsets were counted once already and
+                // are only the dedupe window's rebuild; from the fence on,
+                // they were never counted.
+                let window_missing = (first.min(self.next_offset) - self.next_read).max(0) as u64;
+                let never_counted = missing - window_missing;
                 metrics::SKIPPED_OFFSETS.inc_by(missing);
+                metrics::WINDOW_NOT_REBUILT.inc_by(window_missing);
                 tracing::warn!(
                     partition = self.partition,
                     from = self.next_read,
                     to = first - 1,
                     missing,
+                    window_missing,
+                    never_counted,
                     why,
-                    "Offsets missing from the log; events there, if any, were never seen."
+                    "Offsets missing from the log; events there, if any, were never seen. Of them, \
+                     `window_missing` lay in the dedupe window's rebuild (counted before; a retry of \
+                     one of those events is not caught), and `never_counted` lay past the fence."
                 );
                 true
             }

@@ -225,8 +225,7 @@ async fn bad_input_and_bad_tokens() {
     assert_eq!(status, 200);
     assert_eq!(
         spec,
-        std::fs::read(common::repo().join("ingest/openapi.json"))
-        .unwrap()
+        std::fs::read(common::repo().join("ingest/openapi.json")).unwrap()
     );
 }
 

@@ -1,7 +1,7 @@
 //! tally over TLS against real servers on loopback (`scripts/test` starts
 //! them with a CA it generates): a PostgreSQL that takes only TLS and a
-//! password, and tansu with SASL (SCRAM) behind stunnel, which advertises
-//! only the TLS address.
+//! password, and the Apache Kafka broker's TLS listeners (SASL_SSL with
+//! SCRAM users, SSL, and SSL that requires a client certificate).
 //!
 //! - PostgreSQL: `verify-full` connects; a wrong CA, a wrong host name and
 //!   `sslmode=disable` are refused with errors that say why, once (no
@@ -427,7 +427,10 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
 async fn the_pipeline_runs_over_kafka_ssl_and_mtls() {
     let ssl = [
         ("TALLY_KAFKA__SECURITY_PROTOCOL", "SSL".to_owned()),
-        ("TALLY_KAFKA__SSL_CA_LOCATION", required("TALLY_TEST_TLS_CA")),
+        (
+            "TALLY_KAFKA__SSL_CA_LOCATION",
+            required("TALLY_TEST_TLS_CA"),
+        ),
         (
             "TALLY_KAFKA__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
             "https".to_owned(),
@@ -463,7 +466,11 @@ async fn the_pipeline_runs_over_kafka_ssl_and_mtls() {
         let traffic = common::traffic(81, 5_000);
         common::produce(&plain, &world.orders, &traffic.messages).await;
         world
-            .wait_committed(&store, traffic.messages.len() as u64, Duration::from_secs(300))
+            .wait_committed(
+                &store,
+                traffic.messages.len() as u64,
+                Duration::from_secs(300),
+            )
             .await;
         assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
     }

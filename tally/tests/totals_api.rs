@@ -315,8 +315,7 @@ async fn served_totals_are_the_tables(backend: Backend) {
     refusals(&addr, merchant).await;
 
     let spec = get(&addr, "/openapi.json", None, None).await;
-    let checked_in = std::fs::read(common::repo().join("ingest/openapi.json"))
-    .unwrap();
+    let checked_in = std::fs::read(common::repo().join("ingest/openapi.json")).unwrap();
     assert_eq!(
         spec.body, checked_in,
         "the served OpenAPI document is the checked-in one"

@@ -49,8 +49,8 @@ pub enum Backend {
 /// runs a test, not as `env!` baked it in: a build directory shared by
 /// clones at other paths can reuse a test executable built elsewhere.
 pub fn repo() -> PathBuf {
-    let manifest =
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
     PathBuf::from(manifest)
         .parent()
         .expect("workspace root")
@@ -909,6 +909,15 @@ pub fn free_addr() -> String {
             return format!("127.0.0.1:{port}");
         }
     }
+}
+
+/// The high watermark of one partition of `topic`.
+pub fn high_watermark(brokers: &str, topic: &str, partition: i32) -> i64 {
+    let consumer: BaseConsumer = kafka_client(brokers).create().unwrap();
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .unwrap()
+        .1
 }
 
 /// Messages in `topic` (all partitions), from the broker's watermarks.
