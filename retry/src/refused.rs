@@ -31,11 +31,17 @@ impl Watch {
 }
 
 /// What librdkafka logs when a broker refuses the TLS handshake or the SASL
-/// credentials.
-const REFUSALS: [&str; 3] = [
+/// credentials. With TLS 1.3 a broker that requires a client certificate
+/// (mTLS) refuses it only after the handshake, with a TLS alert that
+/// librdkafka logs as a failed receive (`ssl/tls alert bad certificate`,
+/// or `tlsv13 alert certificate required` from other OpenSSL versions).
+const REFUSALS: [&str; 6] = [
     "SSL handshake failed",
     "SASL authentication error",
     "Authentication failed",
+    "ssl/tls alert",
+    "tlsv13 alert",
+    "sslv3 alert",
 ];
 
 impl ClientContext for Watch {

@@ -62,8 +62,18 @@ static STORES: Mutex<Vec<Arc<Store>>> = Mutex::new(Vec::new());
 
 /// Parks `partition` of `topic`: logs it, sets its gauge, and holds `/readyz`.
 pub fn park(topic: &str, partition: i32, parked: Parked) {
-    tracing::error!(topic, partition, reason = parked.reason.label(), first_offset = parked.first_offset,
-        last_offset = parked.last_offset, detail = parked.detail, "Partition parked: nothing past its fence is counted until this is fixed and the worker restarted.");
+    if parked.reason == ParkReason::ClaimTimedOut {
+        tracing::warn!(
+            topic,
+            partition,
+            reason = parked.reason.label(),
+            detail = parked.detail,
+            "Partition parked until the worker has rejoined its group and claimed it."
+        );
+    } else {
+        tracing::error!(topic, partition, reason = parked.reason.label(), first_offset = parked.first_offset,
+            last_offset = parked.last_offset, detail = parked.detail, "Partition parked: nothing past its fence is counted until this is fixed and the worker restarted.");
+    }
     let label = partition.to_string();
     metrics::PARKED
         .with_label_values(&[&label, parked.reason.label()])

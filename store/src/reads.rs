@@ -122,6 +122,12 @@ async fn merchant_days(
     .collect()
 }
 
+/// Each currency's `top` rows by its own `ORDER BY … LIMIT`: the database
+/// keeps only the best `top` while it reads the day (a top-N heap sort),
+/// instead of ranking every row of the day with a window function. The
+/// rows come through the day's index (`merchant_sales_by_day`). No index
+/// orders them by amount: every flush changes `net_amount`, and an index on
+/// it would turn every flush's updates from HOT updates into full ones.
 async fn top_merchants(
     tx: &mut dyn Tx,
     day: Day,
@@ -130,26 +136,41 @@ async fn top_merchants(
     top: i64,
 ) -> Result<Vec<DayTotals>> {
     let (table, day_column, _) = basis.table();
+    let day = day.to_string();
+    let currencies: Vec<String> = match currency {
+        Some(currency) => vec![currency.to_owned()],
+        None => {
+            let sql = format!(
+                "SELECT DISTINCT CAST(currency AS TEXT) FROM {table} WHERE {day_column} = {day} ORDER BY 1",
+                day = tx.day_param(1),
+            );
+            tx.query("currencies of a day read", &sql, params![&day])
+                .await?
+                .iter()
+                .map(|r| r.text(0).map(str::to_owned))
+                .collect::<Result<_>>()?
+        }
+    };
     let sql = format!(
-        "SELECT * FROM (
-             SELECT merchant_id, CAST(currency AS TEXT), {columns},
-                    row_number() OVER (PARTITION BY currency ORDER BY {order}) AS top_rank
-             FROM {table}
-             WHERE {day_column} = {day}
-               AND (CAST($2 AS TEXT) IS NULL OR currency = CAST($2 AS TEXT))
-         ) AS ranked
-         WHERE top_rank <= $3
-         ORDER BY 2, top_rank",
+        "SELECT merchant_id, CAST(currency AS TEXT), {columns}
+         FROM {table}
+         WHERE {day_column} = {day} AND currency = CAST($2 AS TEXT)
+         ORDER BY {order}
+         LIMIT $3",
         columns = columns(tx, basis),
         order = tx.top_order(),
         day = tx.day_param(1),
     );
-    let day = day.to_string();
-    tx.query("top merchants read", &sql, params![&day, currency, top])
-        .await?
-        .iter()
-        .map(day_totals)
-        .collect()
+    let mut rows = Vec::new();
+    for currency in &currencies {
+        for row in tx
+            .query("top merchants read", &sql, params![&day, currency, top])
+            .await?
+        {
+            rows.push(day_totals(&row)?);
+        }
+    }
+    Ok(rows)
 }
 
 impl Store {

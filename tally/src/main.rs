@@ -166,7 +166,8 @@ async fn kafka_accepts(
         Some(reason) => Err(CliError::run(format!(
             "the Kafka brokers {brokers} refused the connection: {reason}\n\
              hint: check the kafka security settings (security.protocol, ssl.ca.location, \
-             sasl.mechanism, sasl.username, sasl.password)"
+             ssl.certificate.location and ssl.key.location where the broker asks for a client \
+             certificate, sasl.mechanism, sasl.username, sasl.password)"
         ))),
     }
 }

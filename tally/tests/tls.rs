@@ -491,5 +491,10 @@ async fn the_pipeline_runs_over_kafka_ssl_and_mtls() {
         &no_certificate,
     );
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("refused the connection"), "{stderr}");
+    assert!(
+        stderr.contains("refused the connection")
+            && stderr.contains("alert")
+            && stderr.contains("ssl.certificate.location"),
+        "{stderr}"
+    );
 }
