@@ -1,16 +1,23 @@
-//! Property: validation is the one gate. Any event the decoder accepts gives
-//! a partial that round-trips through its JSON form, and whose rows both
-//! PostgreSQL and SQLite store and give back exactly.
+//! Property: validation is the one gate. Any event the decoder accepts, and
+//! whose day in its merchant's zone is one tally can store, gives a partial
+//! that round-trips through its JSON form, and whose rows (by UTC day and by
+//! local day) both PostgreSQL and SQLite store and give back exactly.
 //!
 //! Candidates are drawn from a seeded generator that aims at the edges:
 //! control characters (escaped and raw), non-ASCII text, quotes and
 //! backslashes, lengths around 128 bytes, amounts around 18 integer and 4
 //! fractional digits, dates around 0001-01-01 and 9999-12-31 with extreme
-//! offsets. The expected sums are the test's own i128 arithmetic.
+//! offsets. Each merchant's zone is drawn too, among zones at both ends of
+//! the offsets (+14 h, +12 h, −12 h), a half-hour one, one with daylight
+//! saving time, and UTC. An event whose local day falls outside the era is
+//! one the worker dead-letters (the test checks that the worker's check and
+//! chrono's calendar agree on it). The expected sums are the test's own
+//! i128 arithmetic, by UTC day and by chrono's local day.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use common::{Backend, World};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -18,6 +25,8 @@ use ingest::generate::Rng;
 use schemas::batch::EventBatchBuilder;
 use schemas::event::decode;
 use schemas::partial::EventCounts;
+use schemas::totals::{LocalSums, LocalTotals};
+use schemas::zone::{Zone, Zones};
 use schemas::{Amount, Partial, Sums, Totals, TotalsKey};
 use shard_worker::aggregate::Session;
 
@@ -129,44 +138,123 @@ fn candidate(rng: &mut Rng, n: u64) -> (Vec<u8>, Option<Vec<u8>>) {
     (event.into_bytes(), key)
 }
 
+/// The zones merchants are drawn from.
+const ZONES: [&str; 7] = [
+    "UTC",
+    "Pacific/Kiritimati",
+    "Etc/GMT-12",
+    "Etc/GMT+12",
+    "Asia/Kolkata",
+    "America/New_York",
+    "Asia/Tokyo",
+];
+
+/// What the candidates of one seed give.
+struct Accepted {
+    partials: Vec<Partial>,
+    expected: Totals,
+    expected_local: LocalTotals,
+    /// Events the decoder accepts.
+    accepted: u64,
+    /// Of them, those whose local day lies outside the era.
+    outside_era: u64,
+}
+
 /// The accepted candidates as partials of 50 events each (offsets 0, 1, …),
-/// built by the worker's own Arrow and DataFusion path, and the test's own sums.
-async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> (Vec<Partial>, Totals, u64) {
+/// built by the worker's own Arrow and DataFusion path with local days, and
+/// the test's own sums.
+async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> Accepted {
     let mut rng = Rng(seed);
-    let session = shard_worker::aggregate::session(false);
-    let (mut partials, mut expected) = (Vec::new(), BTreeMap::<TotalsKey, Sums>::new());
-    let mut builder = EventBatchBuilder::with_capacity(64);
-    let mut accepted = 0;
-    for n in 0..candidates {
-        let (payload, key) = candidate(&mut rng, n);
-        let Ok(event) = decode(&payload, key.as_deref()) else {
+    let drawn: Vec<_> = (0..candidates).map(|n| candidate(&mut rng, n)).collect();
+    let mut by_merchant: HashMap<String, Zone> = HashMap::new();
+    for (payload, key) in &drawn {
+        if let Ok(event) = decode(payload, key.as_deref()) {
+            by_merchant
+                .entry(event.merchant_id.to_string())
+                .or_insert_with(|| Zone::parse(rng.pick(&ZONES)).unwrap());
+        }
+    }
+    let zones = Arc::new(Zones::new(by_merchant.clone(), Zone::UTC));
+    let session = shard_worker::aggregate::session(true);
+    let mut out = Accepted {
+        partials: Vec::new(),
+        expected: BTreeMap::<TotalsKey, Sums>::new(),
+        expected_local: LocalTotals::new(),
+        accepted: 0,
+        outside_era: 0,
+    };
+    let mut builder = EventBatchBuilder::with_local_days(64, zones.clone());
+    for (payload, key) in &drawn {
+        let Ok(event) = decode(payload, key.as_deref()) else {
             continue;
         };
-        accepted += 1;
+        out.accepted += 1;
+        let zone = by_merchant[&*event.merchant_id];
+        let local_day = zone.local_day(event.occurred_at);
+        let refused = zones.check_local_era(&event.merchant_id, event.occurred_at, event.day);
+        assert_eq!(
+            refused.is_err(),
+            local_day.checked().is_err(),
+            "seed {seed}: the worker's era check and chrono disagree on {} in {}",
+            event.occurred_at,
+            zone.name()
+        );
+        if refused.is_err() {
+            out.outside_era += 1;
+            continue;
+        }
         let key = TotalsKey {
             merchant_id: event.merchant_id.to_string(),
             currency: event.currency.to_string(),
             day: event.day,
         };
-        expected
-            .entry(key)
+        out.expected
+            .entry(key.clone())
             .or_default()
+            .add_event(event.kind, event.amount);
+        out.expected_local
+            .entry(TotalsKey {
+                day: local_day,
+                ..key
+            })
+            .or_insert_with(|| LocalSums {
+                time_zone: zone.name().into(),
+                sums: Sums::default(),
+            })
+            .sums
             .add_event(event.kind, event.amount);
         builder.push(&event);
         if builder.len() == 50 {
-            flush(&session, &mut builder, &mut partials, topic, seed).await;
+            flush(
+                &session,
+                &zones,
+                &mut builder,
+                &mut out.partials,
+                topic,
+                seed,
+            )
+            .await;
         }
     }
     if !builder.is_empty() {
-        flush(&session, &mut builder, &mut partials, topic, seed).await;
+        flush(
+            &session,
+            &zones,
+            &mut builder,
+            &mut out.partials,
+            topic,
+            seed,
+        )
+        .await;
     }
-    (partials, expected, accepted)
+    out
 }
 
 /// The builder's events as the next partial, after checking that it
 /// round-trips through JSON.
 async fn flush(
     session: &Session,
+    zones: &Zones,
     builder: &mut EventBatchBuilder,
     partials: &mut Vec<Partial>,
     topic: &str,
@@ -177,10 +265,10 @@ async fn flush(
         counted: batch.num_rows() as u64,
         ..Default::default()
     };
-    let rows = shard_worker::aggregate::partial_rows(session, batch, None)
+    let rows = shard_worker::aggregate::partial_rows(session, batch, Some(zones))
         .await
-        .unwrap()
-        .utc;
+        .unwrap();
+    assert!(!rows.local.is_empty());
     let first_offset = partials.last().map_or(0, |p: &Partial| p.last_offset + 1);
     let partial = Partial {
         topic: topic.to_owned(),
@@ -192,8 +280,8 @@ async fn flush(
         dedupe_clock_ms: Some(1),
         events,
         max_append_ms: None,
-        local_rows: Vec::new(),
-        rows,
+        local_rows: rows.local,
+        rows: rows.utc,
     };
     let json = serde_json::to_vec(&partial).unwrap();
     let back: Partial = serde_json::from_slice(&json)
@@ -209,15 +297,18 @@ async fn both_databases_store_every_accepted_event(backend: Backend) {
     let world = World::new("accepted", backend).await;
     let store = world.store().await;
     // Seeds share the table (and may share keys), so the comparison is cumulative.
-    let mut all = Totals::new();
+    let (mut all, mut all_local) = (Totals::new(), LocalTotals::new());
+    let mut outside_era = 0;
     for seed in [1u64, 2, 3] {
         let topic = format!("{}-{seed}", world.orders);
-        let (partials, expected, accepted) = accepted_partials(seed, 6_000, &topic).await;
+        let drawn = accepted_partials(seed, 6_000, &topic).await;
+        let accepted = drawn.accepted;
         assert!(accepted > 900 && accepted < 5_000, "seed {seed}: the generator reaches valid and invalid events ({accepted} of 6000 valid)");
+        outside_era += drawn.outside_era;
         let claim = store.claim(&topic, 0, "property").await.unwrap();
         assert_eq!(claim.epoch, 1);
         let plan = store
-            .apply(&partials)
+            .apply(&drawn.partials)
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: the database refused accepted events: {e}"));
         assert!(
@@ -225,8 +316,11 @@ async fn both_databases_store_every_accepted_event(backend: Backend) {
             "seed {seed}: {:?}",
             plan.violations
         );
-        assert_eq!(plan.applied, partials.len() as u64);
-        schemas::totals::merge_into(&mut all, expected);
+        assert_eq!(plan.applied, drawn.partials.len() as u64);
+        schemas::totals::merge_into(&mut all, drawn.expected);
+        // A merchant drawn again by a later seed may get another zone; its
+        // rows keep the zone they were first counted in, as the tables do.
+        schemas::totals::merge_local_into(&mut all_local, drawn.expected_local);
         let stored = store.totals(None).await.unwrap();
         assert_eq!(
             stored.len(),
@@ -240,9 +334,26 @@ async fn both_databases_store_every_accepted_event(backend: Backend) {
                 "seed {seed}: {key:?} reads back exactly"
             );
         }
+        let stored_local = store.local_totals(None).await.unwrap();
+        assert_eq!(
+            stored_local.len(),
+            all_local.len(),
+            "seed {seed}: every accepted local key is stored, and nothing else"
+        );
+        for (key, local) in &all_local {
+            assert_eq!(
+                stored_local.get(key),
+                Some(local),
+                "seed {seed}: local {key:?} reads back exactly"
+            );
+        }
     }
+    assert!(
+        outside_era > 0,
+        "the generator reaches local days outside the era"
+    );
     // Kinds and amounts are exercised: refunds pass and amounts reach 18 digits.
-    let (_, expected, _) = accepted_partials(1, 6_000, "x").await;
+    let expected = accepted_partials(1, 6_000, "x").await.expected;
     assert!(expected.values().any(|s| s.refund_count > 0));
     assert!(expected
         .values()
