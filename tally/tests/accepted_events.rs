@@ -171,7 +171,9 @@ async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> Accepted 
         if let Ok(event) = decode(payload, key.as_deref()) {
             by_merchant
                 .entry(event.merchant_id.to_string())
-                .or_insert_with(|| Zone::parse(rng.pick(&ZONES)).unwrap());
+                .or_insert_with(|| {
+                    Zone::parse(ZONES[rng.below(ZONES.len() as u64) as usize]).unwrap()
+                });
         }
     }
     let zones = Arc::new(Zones::new(by_merchant.clone(), Zone::UTC));
