@@ -185,9 +185,9 @@ async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> Accepted 
         accepted: 0,
         outside_era: 0,
     };
-    let mut builder = EventBatchBuilder::with_local_days(64, zones.clone());
-    for (payload, key) in &drawn {
-        let Ok(event) = decode(payload, key.as_deref()) else {
+    let mut kept = Vec::new();
+    for (payload, message_key) in &drawn {
+        let Ok(event) = decode(payload, message_key.as_deref()) else {
             continue;
         };
         out.accepted += 1;
@@ -225,20 +225,13 @@ async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> Accepted 
             })
             .sums
             .add_event(event.kind, event.amount);
-        builder.push(&event);
-        if builder.len() == 50 {
-            flush(
-                &session,
-                &zones,
-                &mut builder,
-                &mut out.partials,
-                topic,
-                seed,
-            )
-            .await;
-        }
+        kept.push((payload, message_key));
     }
-    if !builder.is_empty() {
+    let mut builder = EventBatchBuilder::with_local_days(64, zones.clone());
+    for chunk in kept.chunks(50) {
+        for (payload, key) in chunk {
+            builder.push(&decode(payload, key.as_deref()).unwrap());
+        }
         flush(
             &session,
             &zones,

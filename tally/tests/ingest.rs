@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{assert_totals_equal, expected_totals, http, topic_messages, Backend, World};
@@ -229,36 +228,6 @@ async fn bad_input_and_bad_tokens() {
     );
 }
 
-/// A private Apache Kafka broker for this test, so stopping it disturbs no
-/// other test; started again on the same directory it keeps its data.
-fn start_broker(dir: &Path, port: u16) -> Child {
-    let script = std::env::var("TALLY_TEST_KAFKA_BROKER_SCRIPT")
-        .expect("TALLY_TEST_KAFKA_BROKER_SCRIPT is set by scripts/test");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("script.log"))
-        .unwrap();
-    let child = Command::new("setpriv")
-        .args(["--pdeathsig", "KILL", "--", &script])
-        .arg(dir)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the broker starts");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the private broker did not listen on {port}: {}",
-            std::fs::read_to_string(dir.join("script.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child
-}
-
 async fn wait_for(addr: &str, path: &str, status: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while http(addr, "GET", path, &[], b"").await.map(|r| r.0).ok() != Some(status) {
@@ -280,7 +249,7 @@ async fn broker_outage_gives_503_then_recovers() {
         .local_addr()
         .unwrap()
         .port();
-    let mut broker = start_broker(&broker_dir, port);
+    let mut broker = common::start_private_broker(&broker_dir, port);
     world.brokers = format!("127.0.0.1:{port}");
     common::create_topics(&world.brokers, &[&world.orders]).await;
     let (ingest, addr) = world
@@ -319,7 +288,7 @@ async fn broker_outage_gives_503_then_recovers() {
         .is_some_and(|e| e.contains("broker")));
     world.assert_running(ingest);
 
-    let mut broker = start_broker(&broker_dir, port);
+    let mut broker = common::start_private_broker(&broker_dir, port);
     wait_for(&addr, "/readyz", 200).await;
     // The producer reconnects on its own; the first requests may still see 503.
     let deadline = Instant::now() + Duration::from_secs(60);

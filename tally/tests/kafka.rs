@@ -7,11 +7,9 @@
 #[macro_use]
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_totals_equal, produce, required, traffic, Backend, World};
+use common::{assert_totals_equal, produce, traffic, Backend, World};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const PATIENCE: Duration = Duration::from_secs(600);
@@ -24,18 +22,6 @@ async fn epochs(store: &store::Store) -> Vec<(i32, i64)> {
         .unwrap()
         .iter()
         .map(|p| (p.partition, p.fence.epoch))
-        .collect()
-}
-
-/// Partitions whose latest claim was made by `worker`.
-async fn held_by(store: &store::Store, worker: &str) -> Vec<i32> {
-    store
-        .progress()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|p| p.claimed_by.as_deref() == Some(worker))
-        .map(|p| p.partition)
         .collect()
 }
 
@@ -53,8 +39,8 @@ async fn a_killed_member_loses_its_partitions_at_session_expiry() {
     world.start_worker("worker-b", &[("worker.session_timeout_ms", "10000")]);
     world
         .wait_for("both workers hold partitions", PATIENCE, || async {
-            !held_by(&store, "worker-a").await.is_empty()
-                && !held_by(&store, "worker-b").await.is_empty()
+            !common::held_by(&store, "worker-a").await.is_empty()
+                && !common::held_by(&store, "worker-b").await.is_empty()
         })
         .await;
     produce(&world.brokers, &world.orders, first).await;
@@ -65,7 +51,7 @@ async fn a_killed_member_loses_its_partitions_at_session_expiry() {
         .await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
     assert_eq!(
-        held_by(&store, "worker-b").await.len(),
+        common::held_by(&store, "worker-b").await.len(),
         common::PARTITIONS as usize,
         "the survivor holds every partition"
     );
@@ -166,33 +152,6 @@ async fn aborted_transactions_are_not_counted() {
     assert_totals_equal(&expected, &store.totals(None).await.unwrap());
 }
 
-/// A private broker for one test, on `dir` (kept across restarts).
-fn start_broker(dir: &Path, port: u16) -> Child {
-    let script = required("TALLY_TEST_KAFKA_BROKER_SCRIPT");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("script.log"))
-        .unwrap();
-    let child = Command::new("setpriv")
-        .args(["--pdeathsig", "KILL", "--", &script])
-        .arg(dir)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the broker starts");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the private broker did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child
-}
-
 /// The broker killed with SIGKILL mid-stream and started again on the same
 /// storage: workers and aggregator ride it out, and the totals are exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +164,7 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_nothing() {
         .local_addr()
         .unwrap()
         .port();
-    let mut broker = start_broker(&broker_dir, port);
+    let mut broker = common::start_private_broker(&broker_dir, port);
     world.brokers = format!("127.0.0.1:{port}");
     common::create_topics(
         &world.brokers,
@@ -223,7 +182,7 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_nothing() {
 
     broker.kill().unwrap();
     broker.wait().unwrap();
-    let mut broker = start_broker(&broker_dir, port);
+    let mut broker = common::start_private_broker(&broker_dir, port);
     produce(&world.brokers, &world.orders, thirds[2]).await;
     world.wait_committed(&store, 30_000, PATIENCE).await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
@@ -248,21 +207,22 @@ async fn a_static_member_restarted_in_time_causes_no_rebalance() {
     world.start_worker("worker-b", &static_b);
     world
         .wait_for("worker-b holds every partition", PATIENCE, || async {
-            held_by(&store, "worker-b").await.len() == common::PARTITIONS as usize
+            common::held_by(&store, "worker-b").await.len() == common::PARTITIONS as usize
         })
         .await;
     let victim = world.start_worker("worker-a", &static_a);
     world
         .wait_for("both workers hold partitions", PATIENCE, || async {
-            held_by(&store, "worker-a").await.len() + held_by(&store, "worker-b").await.len()
+            common::held_by(&store, "worker-a").await.len()
+                + common::held_by(&store, "worker-b").await.len()
                 == common::PARTITIONS as usize
-                && !held_by(&store, "worker-a").await.is_empty()
-                && !held_by(&store, "worker-b").await.is_empty()
+                && !common::held_by(&store, "worker-a").await.is_empty()
+                && !common::held_by(&store, "worker-b").await.is_empty()
         })
         .await;
     produce(&world.brokers, &world.orders, first).await;
     world.wait_committed(&store, 10_000, PATIENCE).await;
-    let held_b = held_by(&store, "worker-b").await;
+    let held_b = common::held_by(&store, "worker-b").await;
     let before = epochs(&store).await;
 
     world.kill(victim);
@@ -286,7 +246,7 @@ async fn a_static_member_restarted_in_time_causes_no_rebalance() {
             );
         }
     }
-    assert_eq!(held_by(&store, "worker-b").await, held_b);
+    assert_eq!(common::held_by(&store, "worker-b").await, held_b);
 }
 
 /// The log start moves past a partition's fence while its worker is down

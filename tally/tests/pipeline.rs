@@ -146,12 +146,15 @@ async fn rebalance_and_zombies(backend: Backend) {
     let second = world.start_worker("worker-b", &[]);
     // The join has happened only once worker-b holds a claim; without this
     // wait a slow start can leave worker-a with everything and nothing moves.
-    wait_until(PATIENCE, || async { held_by(&store, "worker-b").await > 0 }).await;
+    wait_until(PATIENCE, || async {
+        !common::held_by(&store, "worker-b").await.is_empty()
+    })
+    .await;
     produce(&world.brokers, &world.orders, thirds[1]).await;
     world.wait_committed(&store, 60_000, PATIENCE).await;
     assert_eq!(world.terminate(second), 0, "SIGTERM drains and exits 0");
     wait_until(PATIENCE, || async {
-        held_by(&store, "worker-a").await == common::PARTITIONS as usize
+        common::held_by(&store, "worker-a").await.len() == common::PARTITIONS as usize
     })
     .await;
     produce(&world.brokers, &world.orders, thirds[2]).await;
@@ -192,17 +195,6 @@ async fn rebalance_and_zombies(backend: Backend) {
     let mut expected = traffic.expected.clone();
     schemas::totals::merge_into(&mut expected, more.expected.clone());
     assert_totals_equal(&expected, &store.totals(None).await.unwrap());
-}
-
-/// Partitions whose latest claim was made by `worker`.
-async fn held_by(store: &store::Store, worker: &str) -> usize {
-    store
-        .progress()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|p| p.claimed_by.as_deref() == Some(worker))
-        .count()
 }
 
 /// Claims made so far: every claim raises its partition's epoch by one.
@@ -446,7 +438,10 @@ async fn a_million_event_backlog_through_rebalances_is_exact() {
     })
     .await;
     let second = world.start_worker("worker-b", &[]);
-    wait_until(PATIENCE, || async { held_by(&store, "worker-b").await > 0 }).await;
+    wait_until(PATIENCE, || async {
+        !common::held_by(&store, "worker-b").await.is_empty()
+    })
+    .await;
     wait_until(PATIENCE, || async {
         world.committed(&store).await >= total / 2
     })
@@ -524,7 +519,10 @@ async fn orders_growing_from_4_to_6_partitions_is_counted_exactly() {
 
     // A worker started after the growth starts and takes a share.
     world.start_worker("worker-b", &[]);
-    wait_until(PATIENCE, || async { held_by(&store, "worker-b").await > 0 }).await;
+    wait_until(PATIENCE, || async {
+        !common::held_by(&store, "worker-b").await.is_empty()
+    })
+    .await;
     let more = traffic(73, 5_000);
     produce(&world.brokers, &world.orders, &more.messages).await;
     world

@@ -911,6 +911,48 @@ pub fn free_addr() -> String {
     }
 }
 
+/// A private Apache Kafka broker for one test (`scripts/kafka/broker`), so
+/// that stopping it disturbs no other test; started again on the same `dir`
+/// it keeps its data. Plaintext on 127.0.0.1:`port`.
+pub fn start_private_broker(dir: &std::path::Path, port: u16) -> Child {
+    let script = required("TALLY_TEST_KAFKA_BROKER_SCRIPT");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("script.log"))
+        .unwrap();
+    let child = Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", &script])
+        .arg(dir)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("the broker starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the private broker did not listen on {port}: {}",
+            std::fs::read_to_string(dir.join("script.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+/// Partitions whose latest claim was made by `worker`.
+pub async fn held_by(store: &Store, worker: &str) -> Vec<i32> {
+    store
+        .progress()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|p| p.claimed_by.as_deref() == Some(worker))
+        .map(|p| p.partition)
+        .collect()
+}
+
 /// The high watermark of one partition of `topic`.
 pub fn high_watermark(brokers: &str, topic: &str, partition: i32) -> i64 {
     let consumer: BaseConsumer = kafka_client(brokers).create().unwrap();
