@@ -24,11 +24,14 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root to run: $*"; fi
 }
 
-# A TCP port on 127.0.0.1 that nothing listens on (bash only: no python needed).
+# A TCP port on 127.0.0.1 that nothing listens on (bash only: no python
+# needed), below the kernel's ephemeral range, so that no outgoing
+# connection can take it between this check and the server's bind.
 free_port() {
-    local port
+    local port low=10000 high
+    high=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     for _ in $(seq 1 200); do
-        port=$(( 20000 + RANDOM % 40000 ))
+        port=$(( low + RANDOM % (high - low) ))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return 0
@@ -192,6 +195,17 @@ LOG4J
         || { cat "$dir/format.log" >&2; die "formatting the Kafka broker's storage failed"; }
 }
 
+# Waits up to 60 s for the broker (KAFKA_PID) to listen on `$1`; fails at
+# once if it exits first.
+wait_for_kafka() { # plaintext port
+    for _ in $(seq 1 300); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        kill -0 "$KAFKA_PID" 2>/dev/null || return 1
+        sleep 0.2
+    done
+    return 1
+}
+
 # Runs the broker of `$1` (written by write_kafka_config) in the foreground.
 exec_kafka() { # dir
     exec java -Xms256m -Xmx1g -XX:+UseG1GC -cp "$KAFKA_HOME/libs/*" \
@@ -199,13 +213,25 @@ exec_kafka() { # dir
         >"$1/stdout.log" 2>&1
 }
 
+# Starts the run's broker. A broker that exits while starting (a port taken
+# after free_port looked, say) is started again on other ports, twice at most.
 start_kafka() {
-    local port dir="$RUN_DIR/kafka"
-    port=$(free_port)
-    write_kafka_config "$dir" "$port" tls
-    (exec_kafka "$dir") &
-    KAFKA_PID=$!
-    wait_for_port "$port" "Apache Kafka" "$dir/broker.log"
+    local port dir="$RUN_DIR/kafka" attempt
+    for attempt in 1 2 3; do
+        port=$(free_port)
+        rm -rf "$dir"
+        # TLS listeners when make_test_certs ran (scripts/test); plaintext
+        # only for the benchmarks.
+        write_kafka_config "$dir" "$port" ${TALLY_TEST_TLS_CERT:+tls}
+        (exec_kafka "$dir") &
+        KAFKA_PID=$!
+        if wait_for_kafka "$port"; then break; fi
+        kill "$KAFKA_PID" 2>/dev/null || true
+        wait "$KAFKA_PID" 2>/dev/null || true
+        log "Apache Kafka did not start (attempt $attempt of 3); its last words:"
+        tail -n 15 "$dir/broker.log" "$dir/stdout.log" >&2 2>/dev/null || true
+        [ "$attempt" -lt 3 ] || die "Apache Kafka did not start three times; see the lines above"
+    done
     export TALLY_TEST_BROKERS="127.0.0.1:$port" TALLY_TEST_KAFKA_DIR="$dir"
     # For tests that start a private broker (to stop it without disturbing others).
     export TALLY_TEST_KAFKA_BROKER_SCRIPT="$PWD/scripts/kafka/broker" TALLY_CACHE
