@@ -242,15 +242,7 @@ async fn wait_for(addr: &str, path: &str, status: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_gives_503_then_recovers() {
     let mut world = World::new("ingest-outage", Backend::Postgres).await;
-    let broker_dir = world.dir.join("broker");
-    std::fs::create_dir_all(&broker_dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut broker = common::start_private_broker(&broker_dir, port);
-    world.brokers = format!("127.0.0.1:{port}");
+    let mut broker = common::PrivateBroker::start(&mut world);
     common::create_topics(&world.brokers, &[&world.orders]).await;
     let (ingest, addr) = world
         .start_ingest("ingest", TOKEN, &[("ingest.ack_timeout_ms", "3000")])
@@ -272,8 +264,7 @@ async fn broker_outage_gives_503_then_recovers() {
         200
     );
 
-    broker.kill().unwrap();
-    broker.wait().unwrap();
+    broker.kill();
     wait_for(&addr, "/readyz", 503).await;
     let (status, outcome) = post(
         &addr,
@@ -288,7 +279,7 @@ async fn broker_outage_gives_503_then_recovers() {
         .is_some_and(|e| e.contains("broker")));
     world.assert_running(ingest);
 
-    let mut broker = common::start_private_broker(&broker_dir, port);
+    broker.start_again();
     wait_for(&addr, "/readyz", 200).await;
     // The producer reconnects on its own; the first requests may still see 503.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -311,6 +302,4 @@ async fn broker_outage_gives_503_then_recovers() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     world.assert_running(ingest);
-    broker.kill().unwrap();
-    broker.wait().unwrap();
 }

@@ -157,15 +157,7 @@ async fn aborted_transactions_are_not_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_restarted_mid_stream_loses_nothing() {
     let mut world = World::new("broker-restart", Backend::Postgres).await;
-    let broker_dir = world.dir.join("broker");
-    std::fs::create_dir_all(&broker_dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut broker = common::start_private_broker(&broker_dir, port);
-    world.brokers = format!("127.0.0.1:{port}");
+    let mut broker = common::PrivateBroker::start(&mut world);
     common::create_topics(
         &world.brokers,
         &[&world.orders, &world.partials, &world.dlq],
@@ -180,14 +172,11 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_nothing() {
     world.wait_committed(&store, 10_000, PATIENCE).await;
     produce(&world.brokers, &world.orders, thirds[1]).await;
 
-    broker.kill().unwrap();
-    broker.wait().unwrap();
-    let mut broker = common::start_private_broker(&broker_dir, port);
+    broker.kill();
+    broker.start_again();
     produce(&world.brokers, &world.orders, thirds[2]).await;
     world.wait_committed(&store, 30_000, PATIENCE).await;
     assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
-    broker.kill().unwrap();
-    broker.wait().unwrap();
 }
 
 /// Static membership (`worker.group_instance_id`): a worker restarted

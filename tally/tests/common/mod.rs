@@ -912,33 +912,74 @@ pub fn free_addr() -> String {
 }
 
 /// A private Apache Kafka broker for one test (`scripts/kafka/broker`), so
-/// that stopping it disturbs no other test; started again on the same `dir`
-/// it keeps its data. Plaintext on 127.0.0.1:`port`.
-pub fn start_private_broker(dir: &std::path::Path, port: u16) -> Child {
-    let script = required("TALLY_TEST_KAFKA_BROKER_SCRIPT");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("script.log"))
-        .unwrap();
-    let child = Command::new("setpriv")
-        .args(["--pdeathsig", "KILL", "--", &script])
-        .arg(dir)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the broker starts");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the private broker did not listen on {port}: {}",
-            std::fs::read_to_string(dir.join("script.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+/// that stopping it disturbs no other test. It keeps its storage in the
+/// test's directory across [`PrivateBroker::kill`] and
+/// [`PrivateBroker::start_again`]; dropped, it is killed.
+pub struct PrivateBroker {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    /// Starts one (plaintext, on a free port below the ephemeral range) and
+    /// points `world` at it.
+    pub fn start(world: &mut World) -> PrivateBroker {
+        let dir = world.dir.join("broker");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_addr().rsplit_once(':').unwrap().1.parse().unwrap();
+        let mut broker = PrivateBroker {
+            dir,
+            port,
+            child: None,
+        };
+        broker.start_again();
+        world.brokers = format!("127.0.0.1:{port}");
+        broker
     }
-    child
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on its storage and waits until it listens.
+    pub fn start_again(&mut self) {
+        let script = required("TALLY_TEST_KAFKA_BROKER_SCRIPT");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("script.log"))
+            .unwrap();
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", &script])
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the broker starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the private broker did not listen on {}: {}",
+                self.port,
+                std::fs::read_to_string(self.dir.join("script.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Partitions whose latest claim was made by `worker`.
