@@ -233,6 +233,26 @@ impl ClaimContext {
         }
     }
 
+    /// After a claim of `partition` timed out: counts and logs it, asks for
+    /// the rejoin that will claim it again, and gives the park to show.
+    fn claim_timed_out(&self, partition: i32) -> Parked {
+        metrics::CLAIM_TIMEOUTS.inc();
+        tracing::warn!(
+            partition,
+            wait_s = CLAIM_WAIT.as_secs(),
+            rejoin_in_s = REJOIN_AFTER.as_secs(),
+            "The database did not answer the claim in time; leaving the partition unread \
+             and rejoining the group to claim it again."
+        );
+        self.rejoin_later();
+        let detail = format!(
+            "the database did not answer the claim within {} s; the worker rejoins the group \
+             to claim it again",
+            CLAIM_WAIT.as_secs()
+        );
+        unclaimed(ParkReason::ClaimTimedOut, detail)
+    }
+
     /// Takes the rejoin, if it is due.
     fn rejoin_due(&self) -> bool {
         let mut rejoin = self.rejoin.lock().expect("rejoin lock");
@@ -302,25 +322,7 @@ impl ConsumerContext for ClaimContext {
                             continue;
                         }
                         Claimed::TimedOut => {
-                            metrics::CLAIM_TIMEOUTS.inc();
-                            tracing::warn!(
-                                partition,
-                                wait_s = CLAIM_WAIT.as_secs(),
-                                rejoin_in_s = REJOIN_AFTER.as_secs(),
-                                "The database did not answer the claim in time; leaving the partition unread \
-                                 and rejoining the group to claim it again."
-                            );
-                            let detail = format!(
-                                "the database did not answer the claim within {} s; the worker rejoins the group \
-                                 to claim it again",
-                                CLAIM_WAIT.as_secs()
-                            );
-                            health::park(
-                                &topic,
-                                partition,
-                                unclaimed(ParkReason::ClaimTimedOut, detail),
-                            );
-                            self.rejoin_later();
+                            health::park(&topic, partition, self.claim_timed_out(partition));
                             continue;
                         }
                     };
@@ -820,20 +822,9 @@ fn reclaim(
             return;
         }
         Claimed::TimedOut => {
-            metrics::CLAIM_TIMEOUTS.inc();
-            let detail = format!(
-                "the database did not answer the claim after a gap within {} s; the worker rejoins the group \
-                 to claim it again",
-                CLAIM_WAIT.as_secs()
-            );
-            park_paused(
-                consumer,
-                &topic,
-                partition,
-                (ParkReason::ClaimTimedOut, -1),
-                detail,
-            );
-            ctx.rejoin_later();
+            let parked = ctx.claim_timed_out(partition);
+            let at = (parked.reason, parked.first_offset);
+            park_paused(consumer, &topic, partition, at, parked.detail);
             return;
         }
     };

@@ -220,10 +220,11 @@ impl DedupeWindow {
         }
         // The rebuilt ids are the front of the queue: once the front is an
         // id of the new owner's own, the room beside the cap is gone.
-        if self
-            .order
-            .front()
-            .is_none_or(|front| front.offset >= self.rebuild_until)
+        if self.rebuilt > 0
+            && self
+                .order
+                .front()
+                .is_none_or(|front| front.offset >= self.rebuild_until)
         {
             self.rebuilt = 0;
         }
