@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ingest::generate::{Generator, GeneratorConfig};
+use ingest::generate::{self, Generator, GeneratorConfig};
 use mimalloc::MiMalloc;
 use shard_worker::aggregate::{partial_rows, session};
 use shard_worker::decode::{decode_messages, Message};
@@ -71,15 +71,20 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 fn messages(events: u64) -> Vec<Message> {
-    messages_of(events, GeneratorConfig::default().merchants)
+    messages_of(
+        events,
+        GeneratorConfig::default().merchants,
+        generate::Layout::Producer,
+    )
 }
 
 /// `events` generated messages of `merchants` merchants.
-fn messages_of(events: u64, merchants: u32) -> Vec<Message> {
+fn messages_of(events: u64, merchants: u32, layout: generate::Layout) -> Vec<Message> {
     let config = GeneratorConfig {
         seed: 7,
         events,
         merchants,
+        layout,
         ..GeneratorConfig::default()
     };
     Generator::new(config)
@@ -118,10 +123,11 @@ fn hotpath(args: &[String]) -> Result<()> {
         "--merchants",
         u64::from(GeneratorConfig::default().merchants),
     )?;
-    let input = messages_of(events, u32::try_from(merchants)?);
+    let layout = layout_arg(args, "producer")?;
+    let input = messages_of(events, u32::try_from(merchants)?, layout);
     let bytes: usize = input.iter().map(|m| m.payload.len()).sum();
     println!(
-        "hotpath: {events} events of {merchants} merchants, mean {} bytes, batches of {batch}, {runs} runs, 1 thread",
+        "hotpath: {events} events of {merchants} merchants in the {layout:?} layout, mean {} bytes, batches of {batch}, {runs} runs, 1 thread",
         bytes / input.len()
     );
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
@@ -343,6 +349,17 @@ fn partials(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The generator's `--layout` (`producer` or `varied`), `default` when absent.
+fn layout_arg(args: &[String], default: &str) -> Result<generate::Layout> {
+    let name = args
+        .iter()
+        .position(|a| a == "--layout")
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, String::as_str);
+    generate::Layout::parse(name)
+        .with_context(|| format!("--layout {name:?}: must be `producer` or `varied`"))
+}
+
 fn text_arg(args: &[String], name: &str) -> Result<String> {
     let i = args
         .iter()
@@ -435,6 +452,7 @@ fn main() -> Result<()> {
                 partitions: arg(&args, "--partitions", 8)? as i32,
                 workers: arg(&args, "--workers", 2)? as usize,
                 backlog: args.iter().any(|a| a == "--backlog"),
+                layout: layout_arg(&args, "varied")?,
                 sets,
             };
             e2e::run(&setup, arg(&args, "--runs", 3)?)
@@ -444,11 +462,11 @@ fn main() -> Result<()> {
             backfill::import(arg(&args, "--events", 10_000_000)?, arg(&args, "--runs", 3)?, &root)
         }
         _ => bail!(
-            "usage: bench hotpath [--events N] [--batch N] [--runs N] [--merchants N] | bench parsers [--events N] [--runs N] | bench dedupe-memory [--ids N] | \
+            "usage: bench hotpath [--events N] [--batch N] [--runs N] [--merchants N] [--layout producer|varied] | bench parsers [--events N] [--runs N] | bench dedupe-memory [--ids N] | \
              bench partials [--merchants N] | \
              bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N] | \
              bench backfill [--events N] [--runs N] [--shards N] [--dir D] | bench import [--events N] [--runs N] [--dir D] | \
-             bench e2e --brokers B --pg-url URL --tally-bin PATH [--events N] [--merchants N] [--partitions N] [--runs N] [--set S]…"
+             bench e2e --brokers B --pg-url URL --tally-bin PATH [--events N] [--merchants N] [--partitions N] [--runs N] [--backlog] [--workers N] [--layout varied|producer] [--set S]…"
         ),
     }
 }

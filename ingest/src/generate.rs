@@ -33,6 +33,36 @@ pub struct GeneratorConfig {
     /// The messages travel without a Kafka key (over HTTP, where ingest keys
     /// them), so no invalid message relies on a wrong key.
     pub keyless: bool,
+    /// How the valid events are written.
+    pub layout: Layout,
+}
+
+/// How valid events are written. Invalid ones are always compact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Every event in the producer layout: the schema's seven keys first and
+    /// in order, compact, printable ASCII, then `"channel":"web"`.
+    Producer,
+    /// What a platform's producers really send: each merchant's events come
+    /// from one of four services, a quarter of the merchants each: one
+    /// writes the producer layout; one is Python's `json.dumps` (`", "` and
+    /// `": "` separators, its own key order, non-ASCII text `\u`-escaped,
+    /// astral characters as surrogate pairs, a nested customer and a list of
+    /// items); one is JavaScript's `JSON.stringify` (compact, another key
+    /// order, the amount a number, raw UTF-8 text in unknown fields); one is
+    /// Jackson writing keys in alphabetical order with a metadata object.
+    Varied,
+}
+
+impl Layout {
+    /// The layout named `name` (`producer` or `varied`).
+    pub fn parse(name: &str) -> Option<Layout> {
+        match name {
+            "producer" => Some(Layout::Producer),
+            "varied" => Some(Layout::Varied),
+            _ => None,
+        }
+    }
 }
 
 impl Default for GeneratorConfig {
@@ -50,6 +80,7 @@ impl Default for GeneratorConfig {
             late_share: 0.03,
             day: Day(20_777), // 2026-11-20
             keyless: false,
+            layout: Layout::Producer,
         }
     }
 }
@@ -207,15 +238,25 @@ impl Generator {
         };
         let day = Day(self.config.day.0 - days_back);
         let micros = i64::from(day.0) * 86_400_000_000 + self.rng.below(86_400_000_000) as i64;
-        let amount_json = if self.rng.below(10) == 0 {
-            trim(amount)
-        } else {
-            format!("\"{}\"", trim(amount))
+        let event = Fields {
+            event_id: format!("e-{:x}-{index}", self.config.seed),
+            order_id: format!("o-{index}"),
+            merchant: &merchant,
+            kind: kind.as_str(),
+            amount: trim(amount),
+            quoted: self.rng.below(10) != 0,
+            currency: &currency,
+            occurred_at: format_rfc3339_millis(micros),
         };
-        let payload = format!(
-            r#"{{"event_id":"e-{:x}-{index}","order_id":"o-{index}","merchant_id":"{merchant}","kind":"{}","amount":{amount_json},"currency":"{currency}","occurred_at":"{}","channel":"web"}}"#,
-            self.config.seed, kind.as_str(), format_rfc3339_millis(micros)
-        )
+        let payload = match self.config.layout {
+            Layout::Producer => event.producer(),
+            Layout::Varied => match rank % 4 {
+                0 => event.producer(),
+                1 => event.python(&mut self.rng),
+                2 => event.javascript(&mut self.rng),
+                _ => event.jackson(&mut self.rng),
+            },
+        }
         .into_bytes();
         let key = TotalsKey {
             merchant_id: merchant.clone(),
@@ -279,6 +320,126 @@ impl Generator {
     }
 }
 
+/// Names, products and notes as shops write them: accents, other scripts,
+/// an emoji (outside the Basic Multilingual Plane).
+const TEXTS: [&str; 8] = [
+    "Zoë Müller",
+    "Łukasz Żółć",
+    "José Núñez",
+    "李小龍",
+    "Ørjan Ås",
+    "Café crème, 2×",
+    "Gift 🎁 wrap",
+    "Straße 5, Köln",
+];
+
+/// The fields of one valid event, to be written in some producer's layout.
+struct Fields<'a> {
+    event_id: String,
+    order_id: String,
+    merchant: &'a str,
+    kind: &'static str,
+    amount: String,
+    /// The amount as a JSON string (`"12.5"`) rather than a number.
+    quoted: bool,
+    currency: &'a str,
+    occurred_at: String,
+}
+
+impl Fields<'_> {
+    fn amount_json(&self) -> String {
+        match self.quoted {
+            true => format!("\"{}\"", self.amount),
+            false => self.amount.clone(),
+        }
+    }
+
+    /// The producer layout: the schema's order, compact, ASCII.
+    fn producer(&self) -> String {
+        format!(
+            r#"{{"event_id":"{}","order_id":"{}","merchant_id":"{}","kind":"{}","amount":{},"currency":"{}","occurred_at":"{}","channel":"web"}}"#,
+            self.event_id,
+            self.order_id,
+            self.merchant,
+            self.kind,
+            self.amount_json(),
+            self.currency,
+            self.occurred_at
+        )
+    }
+
+    /// Python's `json.dumps` of a dict: spaces after `,` and `:`, non-ASCII
+    /// escaped, the amount a string (a `Decimal` written with `str`).
+    fn python(&self, rng: &mut Rng) -> String {
+        let name = python_escaped(*rng.pick(&TEXTS));
+        let item = python_escaped(*rng.pick(&TEXTS));
+        format!(
+            r#"{{"order_id": "{}", "event_id": "{}", "merchant_id": "{}", "occurred_at": "{}", "kind": "{}", "amount": "{}", "currency": "{}", "customer": {{"name": "{name}", "vip": false}}, "items": [{{"title": "{item}", "qty": {}}}], "note": null}}"#,
+            self.order_id,
+            self.event_id,
+            self.merchant,
+            self.occurred_at,
+            self.kind,
+            self.amount,
+            self.currency,
+            1 + rng.below(3),
+        )
+    }
+
+    /// JavaScript's `JSON.stringify`: compact, UTF-8 as it is, the amount a
+    /// number.
+    fn javascript(&self, rng: &mut Rng) -> String {
+        format!(
+            r#"{{"type":"order.paid","merchant_id":"{}","amount":{},"currency":"{}","kind":"{}","event_id":"{}","order_id":"{}","occurred_at":"{}","shipping":{{"city":"{}","lines":[1,2]}}}}"#,
+            self.merchant,
+            self.amount,
+            self.currency,
+            self.kind,
+            self.event_id,
+            self.order_id,
+            self.occurred_at,
+            rng.pick(&TEXTS),
+        )
+    }
+
+    /// Jackson with sorted keys: alphabetical, compact, a metadata object.
+    fn jackson(&self, rng: &mut Rng) -> String {
+        format!(
+            r#"{{"amount":{},"channel":"pos","currency":"{}","event_id":"{}","kind":"{}","merchant_id":"{}","metadata":{{"store":"{}","till":{}}},"occurred_at":"{}","order_id":"{}"}}"#,
+            self.amount_json(),
+            self.currency,
+            self.event_id,
+            self.kind,
+            self.merchant,
+            rng.pick(&TEXTS),
+            rng.below(40),
+            self.occurred_at,
+            self.order_id,
+        )
+    }
+}
+
+/// `text` as the inside of a JSON string written by Python's `json.dumps`
+/// (`ensure_ascii`): every non-ASCII character as `\uXXXX`, those beyond
+/// the Basic Multilingual Plane as a surrogate pair.
+fn python_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// `19.9900` → `19.99`, `7.0000` → `7`: the shortest exact text.
 fn trim(amount: Amount) -> String {
     let text = amount.to_string();
@@ -339,7 +500,13 @@ mod tests {
 
     #[test]
     fn truth_matches_the_validator() {
-        let mut generator = Generator::new(small(3));
+        for layout in [Layout::Producer, Layout::Varied] {
+            truth_matches_the_validator_in(layout);
+        }
+    }
+
+    fn truth_matches_the_validator_in(layout: Layout) {
+        let mut generator = Generator::new(GeneratorConfig { layout, ..small(3) });
         let mut seen = std::collections::HashSet::new();
         let mut totals = Totals::new();
         for message in generator.by_ref() {
@@ -362,6 +529,33 @@ mod tests {
             }
         }
         assert_eq!(&totals, generator.totals());
+    }
+
+    #[test]
+    fn python_escapes_as_json_dumps_does() {
+        // Python 3.11: json.dumps('Gift 🎁 Zoë "q" \\')
+        assert_eq!(
+            python_escaped("Gift 🎁 Zoë \"q\" \\"),
+            r#"Gift \ud83c\udf81 Zo\u00eb \"q\" \\"#
+        );
+    }
+
+    #[test]
+    fn the_varied_layout_takes_every_shape() {
+        let messages: Vec<Generated> = Generator::new(GeneratorConfig {
+            layout: Layout::Varied,
+            ..small(5)
+        })
+        .collect();
+        let has = |needle: &str| {
+            messages
+                .iter()
+                .any(|m| String::from_utf8_lossy(&m.payload).contains(needle))
+        };
+        assert!(has(r#"{"event_id":"#), "the producer layout");
+        assert!(has(r#"{"order_id": "#) && has(r#"\u"#), "json.dumps");
+        assert!(has(r#"{"type":"order.paid""#), "JSON.stringify");
+        assert!(has(r#"{"amount":"#), "Jackson's sorted keys");
     }
 
     #[test]

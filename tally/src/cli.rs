@@ -176,6 +176,12 @@ pub struct GenerateArgs {
     /// The UTC day the traffic is about (YYYY-MM-DD).
     #[arg(long, default_value = "2026-11-20")]
     pub day: String,
+    /// How valid events are written: `producer` (the schema's key order,
+    /// compact, ASCII) or `varied` (a quarter of the merchants each from
+    /// Python's json.dumps with `\u` escapes, JavaScript, Jackson's sorted
+    /// keys and the producer layout, with unknown fields).
+    #[arg(long, default_value = "producer")]
+    pub layout: String,
     /// Target messages per second; 0 publishes as fast as the broker takes them.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,

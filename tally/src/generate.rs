@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ingest::client::Endpoint;
 use ingest::expected;
-use ingest::generate::{Generator, GeneratorConfig, Truth};
+use ingest::generate::{Generator, GeneratorConfig, Layout, Truth};
 use ingest::produce::{bulk_producer, produce_all};
 use rdkafka::producer::FutureProducer;
 use schemas::config::{self as check, ConfigError};
@@ -60,6 +60,9 @@ fn generator_config(args: &GenerateArgs) -> Result<GeneratorConfig, ConfigError>
             "needs at least one currency",
         ));
     }
+    let layout = Layout::parse(&args.layout).ok_or_else(|| {
+        ConfigError::new("--layout", &args.layout, "must be `producer` or `varied`")
+    })?;
     let day =
         Day::parse(&args.day).map_err(|e| ConfigError::new("--day", &args.day, e.to_string()))?;
     Ok(GeneratorConfig {
@@ -73,6 +76,7 @@ fn generator_config(args: &GenerateArgs) -> Result<GeneratorConfig, ConfigError>
         late_share: args.late_share,
         day,
         keyless: args.url.is_some(),
+        layout,
     })
 }
 
