@@ -454,6 +454,7 @@ fn main() -> Result<()> {
                 backlog: args.iter().any(|a| a == "--backlog"),
                 layout: layout_arg(&args, "varied")?,
                 sets,
+                python: args.iter().position(|a| a == "--python-peer").and_then(|i| args.get(i + 1)).cloned(),
             };
             e2e::run(&setup, arg(&args, "--runs", 3)?)
         }
@@ -466,7 +467,7 @@ fn main() -> Result<()> {
              bench partials [--merchants N] | \
              bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N] | \
              bench backfill [--events N] [--runs N] [--shards N] [--dir D] | bench import [--events N] [--runs N] [--dir D] | \
-             bench e2e --brokers B --pg-url URL --tally-bin PATH [--events N] [--merchants N] [--partitions N] [--runs N] [--backlog] [--workers N] [--layout varied|producer] [--set S]…"
+             bench e2e --brokers B --pg-url URL --tally-bin PATH [--events N] [--merchants N] [--partitions N] [--runs N] [--backlog] [--workers N] [--layout varied|producer] [--set S]… [--python-peer PYTHON]"
         ),
     }
 }

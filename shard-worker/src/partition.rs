@@ -415,24 +415,25 @@ impl PartitionTask {
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
 
         // Dead letters first: once a partial is applied, its range is never
-        // read again, so its invalid events must already be durable.
+        // read again, so its invalid events must already be durable. The
+        // epoch is read meanwhile: a read, so the order does not matter.
         let shared = self.shared.clone();
-        let written = publish::dead_letters(
+        let dead_letters = publish::dead_letters(
             &shared.producer,
             &shared.dlq_topic,
             &shared.orders_topic,
             self.partition,
             &batch,
             &decoded.invalid,
-        )
-        .await;
+        );
+        let (written, standing) = tokio::join!(dead_letters, self.standing());
         if let Err(error) = written {
             return self.park(
                 last_offset,
                 format!("the broker refused a dead-letter record: {error}"),
             );
         }
-        if let Some(stop) = self.standing().await {
+        if let Some(stop) = standing {
             return stop;
         }
         if !self.output_checked {
