@@ -86,7 +86,7 @@ impl Default for AggregatorConfig {
             partials_partitions: 8,
             replication_factor: 1,
             min_insync_replicas: 0,
-            partials_retention_ms: shard_worker::config::PARTIALS_RETENTION_MS,
+            partials_retention_ms: kafka::topics::PARTIALS_RETENTION_MS,
             flush_interval_ms: 200,
             flush_max_partials: 5_000,
             session_timeout_ms: 10_000,

@@ -1,6 +1,5 @@
 //! Aggregator errors.
 
-use rdkafka::error::KafkaError;
 use schemas::config::ConfigError;
 
 /// Why an aggregator could not start.
@@ -10,16 +9,8 @@ pub enum AggregatorError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A Kafka client could not be created or subscribed.
-    #[error("Kafka {op} failed (brokers {brokers}): {source}")]
-    Kafka {
-        /// What the aggregator was doing.
-        op: &'static str,
-        /// The configured bootstrap servers.
-        brokers: String,
-        /// librdkafka's error.
-        #[source]
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Kafka(#[from] kafka::Error),
     /// The database refused to connect or migrate, for a reason a retry cannot fix.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -33,7 +24,7 @@ pub enum AggregatorError {
 impl retry::Classify for AggregatorError {
     fn class(&self) -> retry::Class {
         match self {
-            AggregatorError::Kafka { source, .. } => source.class(),
+            AggregatorError::Kafka(e) => e.class(),
             AggregatorError::Store(e) => e.class(),
             AggregatorError::Config(_) | AggregatorError::Topic(_) => retry::Class::Permanent,
         }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use store::Store;
 use tokio::task::JoinHandle;
@@ -74,26 +73,21 @@ pub async fn run(
         // replace never holds up the flushes of the live stream.
         tokio::spawn(backfill::run_tasks(store.clone(), runner, shutdown.clone()));
     }
-    let brokers = config.brokers.clone();
-    let kafka = |op: &'static str| {
-        let brokers = brokers.clone();
-        move |source| AggregatorError::Kafka {
-            op,
-            brokers,
-            source,
-        }
+    let failed = |op| {
+        let wrap = kafka::Error::client(op, &config.brokers);
+        move |source| AggregatorError::Kafka(wrap(source))
     };
     // The partials topic may not exist yet when the aggregator starts first:
     // create it, so that start order does not matter.
     let topics = [config.partials_topic.as_str()];
     let setup = || async {
-        let spec = shard_worker::kafka::TopicSpec {
+        let spec = kafka::topics::TopicSpec {
             partitions: config.partials_partitions,
             replication: config.replication_factor,
             min_insync_replicas: config.min_insync_replicas,
             partials: Some((&config.partials_topic, config.partials_retention_ms)),
         };
-        shard_worker::kafka::ensure_topics(&config.brokers, &config.kafka, &topics, spec).await
+        kafka::topics::ensure_topics(&config.brokers, &config.kafka, &topics, spec).await
     };
     tokio::select! {
         made = retry::retry("topic_setup", setup, |_| metrics::RETRIES.with_label_values(&["topic_setup"]).inc()) => {
@@ -101,9 +95,8 @@ pub async fn run(
         }
         () = shutdown.cancelled() => return Ok(()),
     }
-    let mut client = ClientConfig::new();
+    let mut client = kafka::client(&config.brokers);
     client
-        .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
         // A partials topic created or recreated later is seen within seconds.
         .set("topic.metadata.refresh.interval.ms", "5000")
@@ -117,18 +110,16 @@ pub async fn run(
     if !config.group_instance_id.is_empty() {
         client.set("group.instance.id", &config.group_instance_id);
     }
-    shard_worker::kafka::fetch_defaults(&mut client, &config.kafka);
-    for (key, value) in &config.kafka {
-        client.set(key, value);
-    }
+    kafka::client::fetch_defaults(&mut client, &config.kafka);
+    kafka::client::apply(&mut client, &config.kafka);
     let consumer: Arc<StreamConsumer<PartialsContext>> = Arc::new(
         client
             .create_with_context(PartialsContext)
-            .map_err(kafka("consumer"))?,
+            .map_err(failed("consumer"))?,
     );
     consumer
         .subscribe(&[&config.partials_topic])
-        .map_err(kafka("subscribe"))?;
+        .map_err(failed("subscribe"))?;
     tracing::info!(
         topic = config.partials_topic,
         group = config.group_id,

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ingest::generate::{Generated, Generator, GeneratorConfig, Layout};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use store::Store;
 
 /// What one run measured.
@@ -224,13 +224,13 @@ async fn once(setup: &Setup, n: u64, timed: bool) -> Result<Run> {
         format!("e2e-partials-{id}"),
         format!("e2e-dlq-{id}"),
     );
-    let spec = shard_worker::kafka::TopicSpec {
+    let spec = kafka::topics::TopicSpec {
         partitions: setup.partitions,
         replication: 1,
         min_insync_replicas: 0,
         partials: Some((&partials, shard_worker::config::PARTIALS_RETENTION_MS)),
     };
-    shard_worker::kafka::ensure_topics(
+    kafka::topics::ensure_topics(
         &setup.brokers,
         &Default::default(),
         &[&orders, &partials, &dlq],
@@ -251,7 +251,7 @@ async fn once(setup: &Setup, n: u64, timed: bool) -> Result<Run> {
     let mut generator = Generator::new(config.clone());
     let messages: Vec<Generated> = generator.by_ref().collect();
     let expected = generator.totals().clone();
-    let producer = ingest::produce::bulk_producer(&setup.brokers, &Default::default())?;
+    let producer = kafka::producer::bulk(&setup.brokers, &Default::default())?;
 
     let topics = [
         format!("worker.orders_topic={orders}"),
@@ -519,9 +519,8 @@ async fn drain(
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     tokio::task::spawn_blocking(move || {
-        let mut config = ClientConfig::new();
+        let mut config = kafka::client(&brokers);
         config
-            .set("bootstrap.servers", &brokers)
             .set("group.id", format!("e2e-bare-{}", std::process::id()))
             .set("enable.auto.commit", "false");
         for (key, value) in &settings {

@@ -382,13 +382,13 @@ fn ingest(args: &[String]) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let topic = format!("bench-orders-{}", std::process::id());
-        let spec = shard_worker::kafka::TopicSpec {
+        let spec = kafka::topics::TopicSpec {
             partitions: 8,
             replication: 1,
             min_insync_replicas: 0,
             partials: None,
         };
-        shard_worker::kafka::ensure_topics(&brokers, &Default::default(), &[&topic], spec).await?;
+        kafka::topics::ensure_topics(&brokers, &Default::default(), &[&topic], spec).await?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

@@ -1,6 +1,5 @@
 //! Why ingest could not start, or did not stop cleanly.
 
-use rdkafka::error::KafkaError;
 use schemas::config::ConfigError;
 
 use crate::serve::TlsError;
@@ -24,16 +23,8 @@ pub enum IngestError {
         source: std::io::Error,
     },
     /// A Kafka client operation failed.
-    #[error("Kafka {op} failed (brokers {brokers}): {source}")]
-    Kafka {
-        /// What ingest was doing.
-        op: &'static str,
-        /// The configured bootstrap servers.
-        brokers: String,
-        /// librdkafka's error.
-        #[source]
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Kafka(#[from] kafka::Error),
 }
 
 impl IngestError {

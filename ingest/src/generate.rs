@@ -371,8 +371,8 @@ impl Fields<'_> {
     /// Python's `json.dumps` of a dict: spaces after `,` and `:`, non-ASCII
     /// escaped, the amount a string (a `Decimal` written with `str`).
     fn python(&self, rng: &mut Rng) -> String {
-        let name = python_escaped(*rng.pick(&TEXTS));
-        let item = python_escaped(*rng.pick(&TEXTS));
+        let name = python_escaped(TEXTS[rng.below(TEXTS.len() as u64) as usize]);
+        let item = python_escaped(TEXTS[rng.below(TEXTS.len() as u64) as usize]);
         format!(
             r#"{{"order_id": "{}", "event_id": "{}", "merchant_id": "{}", "occurred_at": "{}", "kind": "{}", "amount": "{}", "currency": "{}", "customer": {{"name": "{name}", "vip": false}}, "items": [{{"title": "{item}", "qty": {}}}], "note": null}}"#,
             self.order_id,

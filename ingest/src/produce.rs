@@ -1,6 +1,5 @@
 //! Publishing generated traffic straight to the `orders` topic.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -32,10 +31,7 @@ pub async fn produce_all(
         let delivery = loop {
             match producer.send_result(record) {
                 Ok(delivery) => break delivery,
-                Err((
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    back,
-                )) => {
+                Err((error, back)) if kafka::error::is_queue_full(&error) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -63,30 +59,4 @@ async fn settle(in_flight: &mut Vec<rdkafka::producer::DeliveryFuture>) -> Resul
         }
     }
     Ok(n)
-}
-
-/// A producer suited to bulk loads: idempotent, `acks=all`, batched; with
-/// `properties` (TLS, SASL, …) set over those.
-///
-/// Fails when librdkafka rejects the configuration.
-pub fn bulk_producer(
-    brokers: &str,
-    properties: &BTreeMap<String, String>,
-) -> Result<FutureProducer, KafkaError> {
-    let mut config = rdkafka::ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        // Java's default partitioner, as ingest uses: a merchant's events
-        // land in one partition whichever client produced them.
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "200000")
-        .set("message.timeout.ms", "120000");
-    for (key, value) in properties {
-        config.set(key, value);
-    }
-    config.create()
 }

@@ -44,15 +44,11 @@ pub async fn run(
 ) -> Result<(), IngestError> {
     config.validate()?;
     let tls = tls_acceptor(&config)?;
-    let kafka = |op| {
-        let brokers = config.brokers.clone();
-        move |source| IngestError::Kafka {
-            op,
-            brokers,
-            source,
-        }
+    let failed = |op| {
+        let wrap = kafka::Error::client(op, &config.brokers);
+        move |source| IngestError::Kafka(wrap(source))
     };
-    let state = Ingest::new(&config, imports).map_err(kafka("producer"))?;
+    let state = Ingest::new(&config, imports).map_err(failed("producer"))?;
     tokio::spawn(state.clone().watch_broker(BROKER_CHECK));
     let app = router(state.clone()).route("/metrics", axum::routing::get(crate::metrics::export));
     let bound = listener
@@ -62,7 +58,7 @@ pub async fn run(
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%bound, scheme, topic = config.orders_topic, "Ingest listening.");
     serve(listener, app, tls, Limits::of(&config), shutdown).await;
-    state.flush(FLUSH).map_err(kafka("flush at shutdown"))?;
+    state.flush(FLUSH).map_err(failed("flush at shutdown"))?;
     tracing::info!("Ingest stopped; every accepted event is acknowledged.");
     Ok(())
 }

@@ -42,9 +42,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::LengthLimitError;
+use kafka::error::{is_queue_full, refuses_the_record};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use schemas::event::decode;
 use schemas::scan::body_items;
 use serde::{Deserialize, Serialize};
@@ -109,24 +109,12 @@ impl Ingest {
         imports: Option<Arc<dyn ImportQueue>>,
     ) -> Result<Arc<Ingest>, KafkaError> {
         crate::metrics::init();
-        let mut client = rdkafka::ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            // Java's default partitioner: murmur2 of the key.
-            .set("partitioner", "murmur2_random")
-            // A topic created after ingest started is found within seconds.
-            .set("topic.metadata.refresh.interval.ms", "5000")
-            .set(
-                "queue.buffering.max.messages",
-                config.queue_max_messages.to_string(),
-            )
-            .set("message.timeout.ms", config.ack_timeout_ms.to_string());
-        for (key, value) in &config.kafka {
-            client.set(key, value);
-        }
+        let client = kafka::producer::ingest_config(
+            &config.brokers,
+            config.queue_max_messages,
+            config.ack_timeout_ms,
+            &config.kafka,
+        );
         Ok(Arc::new(Ingest {
             producer: RwLock::new(client.create()?),
             client,
@@ -444,22 +432,6 @@ impl Ingest {
     }
 }
 
-/// Whether Kafka refused this event for what it is (its size or form): the
-/// sender's fault, which no retry would change, so the event is rejected by
-/// position. Any other failure (a refused login or ACL, an unknown topic, a
-/// timeout) is the pipeline's: the request gets 503 and is sent again.
-fn refuses_the_event(error: &KafkaError) -> bool {
-    use RDKafkaErrorCode::{
-        InvalidMessageSize, InvalidRecord, MessageBatchTooLarge, MessageSizeTooLarge,
-    };
-    matches!(
-        error,
-        KafkaError::MessageProduction(
-            MessageSizeTooLarge | InvalidMessageSize | MessageBatchTooLarge | InvalidRecord
-        )
-    )
-}
-
 async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
     if let Err((status, message)) = state.may_write(headers) {
         return whole(status, message);
@@ -521,7 +493,7 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
                     .payload(item.as_bytes());
                 match producer.send_result(record) {
                     Ok(delivery) => deliveries.push((at, delivery)),
-                    Err((error, _)) if refuses_the_event(&error) => {
+                    Err((error, _)) if refuses_the_record(&error) => {
                         outcome.reject(
                             at,
                             "payload",
@@ -530,10 +502,7 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
                         );
                     }
                     Err((error, _)) => {
-                        let busy = matches!(
-                            error,
-                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                        );
+                        let busy = is_queue_full(&error);
                         PRODUCE_ERRORS.inc();
                         if !busy {
                             state.stale.store(true, Ordering::Relaxed);
@@ -556,7 +525,7 @@ async fn handle(state: &Ingest, headers: &HeaderMap, body: Body) -> Response {
         for (at, delivery) in deliveries.iter_mut() {
             match delivery.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((error, _))) if refuses_the_event(&error) => refused.push((*at, error)),
+                Ok(Err((error, _))) if refuses_the_record(&error) => refused.push((*at, error)),
                 Ok(Err((error, _))) => return Err(error.to_string()),
                 Err(_) => return Err("the producer was shut down".to_owned()),
             }
@@ -707,28 +676,5 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret-longer"));
         assert!(!constant_time_eq(b"", b"x"));
-    }
-
-    #[test]
-    fn only_the_event_s_own_faults_reject_it() {
-        let production = KafkaError::MessageProduction;
-        assert!(refuses_the_event(&production(
-            RDKafkaErrorCode::MessageSizeTooLarge
-        )));
-        assert!(refuses_the_event(&production(
-            RDKafkaErrorCode::InvalidRecord
-        )));
-        // The pipeline's faults: retried as a whole (503), never blamed on an event.
-        for code in [
-            RDKafkaErrorCode::TopicAuthorizationFailed,
-            RDKafkaErrorCode::SaslAuthenticationFailed,
-            RDKafkaErrorCode::UnsupportedVersion,
-            RDKafkaErrorCode::UnknownTopicOrPartition,
-            RDKafkaErrorCode::MessageTimedOut,
-            RDKafkaErrorCode::QueueFull,
-        ] {
-            assert!(!refuses_the_event(&production(code)), "{code:?}");
-        }
-        assert!(!refuses_the_event(&KafkaError::Canceled));
     }
 }

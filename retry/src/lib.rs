@@ -1,5 +1,7 @@
 //! tally's one retry policy, read by every retry loop in the worker, the
-//! aggregator, ingest and the backfill runner.
+//! aggregator, the store and the backfill runner. It knows no client
+//! library: each error type says its own class (the Kafka errors' in the
+//! `kafka` crate, the database's in `store`).
 //!
 //! An error says which [`Class`] it is in ([`Classify`]). A transient one (a
 //! lost connection, a serialization failure, a deadlock, a timeout, a broker
@@ -12,12 +14,6 @@ use std::fmt::Display;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
-
-mod refused;
-pub use refused::{kafka_property_refused, kafka_refuses};
 
 /// Whether retrying the same operation can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,46 +163,6 @@ where
     }
 }
 
-/// Broker errors: a message or request the broker refuses for its content or
-/// size, or a name it refuses, is permanent; everything else (transport,
-/// timeouts, leaders moving, throttling, a full local queue) is transient.
-impl Classify for KafkaError {
-    fn class(&self) -> Class {
-        let code = match self {
-            KafkaError::MessageProduction(code) | KafkaError::AdminOp(code) => *code,
-            KafkaError::ClientCreation(_)
-            | KafkaError::ClientConfig(..)
-            | KafkaError::Subscription(_) => return Class::Permanent,
-            other => {
-                return other
-                    .rdkafka_error_code()
-                    .map_or(Class::Transient, code_class)
-            }
-        };
-        code_class(code)
-    }
-}
-
-fn code_class(code: RDKafkaErrorCode) -> Class {
-    use RDKafkaErrorCode as C;
-    match code {
-        C::MessageSizeTooLarge
-        | C::InvalidMessageSize
-        | C::InvalidMessage
-        | C::InvalidRecord
-        | C::MessageBatchTooLarge
-        | C::InvalidTopic
-        | C::InvalidConfig
-        | C::InvalidArgument
-        | C::TopicAuthorizationFailed
-        | C::ClusterAuthorizationFailed
-        | C::GroupAuthorizationFailed
-        | C::UnsupportedCompressionType
-        | C::UnsupportedVersion => Class::Permanent,
-        _ => Class::Transient,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,31 +182,6 @@ mod tests {
         let spread: std::collections::BTreeSet<u64> =
             (0..50).map(|s| delay_ms(1_000, 10_000, 1, s)).collect();
         assert!(spread.len() > 10, "jitter spreads retries: {spread:?}");
-    }
-
-    #[test]
-    fn broker_errors_by_class() {
-        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
-        assert_eq!(too_large.class(), Class::Permanent);
-        assert!(!too_large.is_retryable());
-        for transient in [
-            RDKafkaErrorCode::BrokerTransportFailure,
-            RDKafkaErrorCode::MessageTimedOut,
-            RDKafkaErrorCode::QueueFull,
-            RDKafkaErrorCode::NotLeaderForPartition,
-            RDKafkaErrorCode::AllBrokersDown,
-            RDKafkaErrorCode::RequestTimedOut,
-        ] {
-            assert_eq!(
-                KafkaError::MessageProduction(transient).class(),
-                Class::Transient,
-                "{transient:?}"
-            );
-        }
-        assert_eq!(
-            KafkaError::ClientCreation("bad".into()).class(),
-            Class::Permanent
-        );
     }
 
     #[derive(Debug)]

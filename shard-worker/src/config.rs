@@ -10,10 +10,7 @@ pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// What a partial's record adds to its JSON: key, headers, record framing.
 pub const PARTIAL_ENVELOPE_BYTES: usize = 1_024;
 
-/// `retention.ms` of a partials topic tally creates: 14 days, longer than
-/// any park or outage an operator can be expected to notice (a parked
-/// partition pages within a minute), whatever the broker's default.
-pub const PARTIALS_RETENTION_MS: u64 = 14 * 24 * 3_600_000;
+pub use kafka::topics::PARTIALS_RETENTION_MS;
 
 /// Settings of one shard worker. Every field has a default; see the README's
 /// configuration reference for the file, environment and flag spellings.
@@ -212,8 +209,8 @@ impl WorkerConfig {
     }
 
     /// How the worker creates the topics it needs.
-    pub fn topic_spec(&self) -> crate::kafka::TopicSpec<'_> {
-        crate::kafka::TopicSpec {
+    pub fn topic_spec(&self) -> kafka::topics::TopicSpec<'_> {
+        kafka::topics::TopicSpec {
             partitions: self.topic_partitions,
             replication: self.replication_factor,
             min_insync_replicas: self.min_insync_replicas,

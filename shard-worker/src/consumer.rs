@@ -266,7 +266,7 @@ impl ClaimContext {
 
 impl ClientContext for ClaimContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        crate::kafka::forward_log(level, facility, message);
+        kafka::client::forward_log(level, facility, message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {

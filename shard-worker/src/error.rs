@@ -1,6 +1,5 @@
 //! Worker errors, with the broker, topic or partition they concern.
 
-use rdkafka::error::KafkaError;
 use schemas::config::ConfigError;
 use store::StoreError;
 
@@ -10,25 +9,9 @@ pub enum WorkerError {
     /// A configuration value is invalid (found before connecting).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A Kafka client operation failed.
-    #[error("Kafka {op} failed (brokers {brokers}): {source}")]
-    Kafka {
-        /// What the worker was doing.
-        op: &'static str,
-        /// The configured bootstrap servers.
-        brokers: String,
-        /// librdkafka's error.
-        #[source]
-        source: KafkaError,
-    },
-    /// A topic could not be created.
-    #[error("could not create topic {topic:?}: {reason}")]
-    Topic {
-        /// The topic.
-        topic: String,
-        /// The broker's answer.
-        reason: String,
-    },
+    /// A Kafka operation failed, or a topic could not be created or grown.
+    #[error(transparent)]
+    Kafka(#[from] kafka::Error),
     /// The database failed in a way a retry cannot fix.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -43,10 +26,8 @@ impl retry::Classify for WorkerError {
     fn class(&self) -> retry::Class {
         match self {
             WorkerError::Store(e) => e.class(),
-            WorkerError::Kafka { source, .. } => source.class(),
-            WorkerError::Config(_) | WorkerError::Topic { .. } | WorkerError::Thread(_) => {
-                retry::Class::Permanent
-            }
+            WorkerError::Kafka(e) => e.class(),
+            WorkerError::Config(_) | WorkerError::Thread(_) => retry::Class::Permanent,
         }
     }
 }

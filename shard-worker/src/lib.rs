@@ -11,7 +11,6 @@
 //! - [`dedupe`]: the per-partition window of seen event ids, indexed by `id_table`.
 //! - [`publish`]: dead letters and partials, retried until acknowledged.
 //! - [`health`]: parked partitions and what `/readyz` says.
-//! - [`kafka`]: client settings and topic creation.
 //! - [`metrics`]: the worker's Prometheus metrics.
 //! - [`error`]: what can stop a worker.
 
@@ -24,7 +23,6 @@ pub mod dedupe;
 pub mod error;
 pub mod health;
 mod id_table;
-pub mod kafka;
 pub mod lag;
 pub mod metrics;
 pub mod partition;

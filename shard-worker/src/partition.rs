@@ -441,7 +441,7 @@ impl PartitionTask {
             // partials topic since the worker started.
             let shared = self.shared.clone();
             let (brokers, extra) = &shared.admin;
-            let ensured = crate::kafka::ensure_partials_partition(
+            let ensured = kafka::topics::ensure_partials_partition(
                 brokers,
                 extra,
                 &shared.producer,
@@ -515,7 +515,8 @@ impl PartitionTask {
             {
                 Ok(()) => {}
                 Err(error)
-                    if publish::is_too_large(&error) && piece.span.end - piece.span.start > 1 =>
+                    if kafka::error::is_too_large(&error)
+                        && piece.span.end - piece.span.start > 1 =>
                 {
                     tracing::warn!(
                         partition = self.partition,

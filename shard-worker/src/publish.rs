@@ -3,12 +3,11 @@
 //! for good.
 
 use std::future::Future;
-use std::time::Duration;
 
+use kafka::error::is_too_large;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use schemas::{Invalid, Partial};
 
 use crate::decode::Message;
@@ -40,10 +39,12 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    retry::retry(operation, op, |_| {
-        metrics::RETRIES.with_label_values(&[operation]).inc()
-    })
-    .await
+    retry::retry(operation, op, counted(operation)).await
+}
+
+/// Counts a retry of `operation` in `tally_worker_retries_total`.
+pub fn counted<E>(operation: &'static str) -> impl FnMut(&E) {
+    move |_| metrics::RETRIES.with_label_values(&[operation]).inc()
 }
 
 /// Largest payload kept whole in a dead-letter copy; a bigger one that the
@@ -92,32 +93,22 @@ pub async fn dead_letters(
         if landed {
             continue;
         }
-        let send = |cut: bool| async move {
-            let sent = producer
-                .send(
-                    record(*index, reason, cut),
-                    Timeout::After(Duration::from_secs(30)),
-                )
-                .await;
-            sent.map(drop).map_err(|(e, _)| e)
+        let send = |cut: bool| {
+            kafka::producer::send_retried(
+                producer,
+                "dlq_write",
+                move || record(*index, reason, cut),
+                counted("dlq_write"),
+            )
         };
-        match retry("dlq_write", || send(false)).await {
+        match send(false).await {
             Ok(()) => {}
-            Err(error) if is_too_large(&error) => retry("dlq_write", || send(true)).await?,
+            Err(error) if is_too_large(&error) => send(true).await?,
             Err(error) => return Err(error),
         }
     }
     metrics::DLQ_WRITES.inc_by(invalid.len() as u64);
     Ok(())
-}
-
-/// The broker or the producer refused a record for its size.
-pub fn is_too_large(error: &KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize)
-    )
 }
 
 /// The dead-letter copy of `message`: original key, payload and headers, plus
@@ -194,17 +185,18 @@ pub async fn publish_payload(
     payload: &[u8],
 ) -> Result<(), KafkaError> {
     let key = partial.message_key();
-    retry("partial_publish", || async {
-        let record = FutureRecord::to(partials_topic)
+    let record = || {
+        FutureRecord::to(partials_topic)
             .partition(partial.partition)
             .key(&key)
-            .payload(payload);
-        producer
-            .send(record, Timeout::After(Duration::from_secs(30)))
-            .await
-            .map(drop)
-            .map_err(|(e, _)| e)
-    })
+            .payload(payload)
+    };
+    kafka::producer::send_retried(
+        producer,
+        "partial_publish",
+        record,
+        counted("partial_publish"),
+    )
     .await?;
     metrics::PARTIALS.inc();
     Ok(())

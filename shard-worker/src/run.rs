@@ -12,15 +12,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WorkerConfig;
 use crate::consumer::{poll_loop, ClaimContext, LoopSettings};
 use crate::error::WorkerError;
-use crate::kafka::{client_config, ensure_topics, idempotent_producer};
 use crate::lag::{self, Offsets};
 use crate::partition::Shared;
 use crate::publish::retry;
+use kafka::client::{client_with, fetch_defaults};
+use kafka::topics::{ensure_partials_partition, ensure_topics, topic_partitions};
 
 /// Partials go to the partials partition equal to their source partition, so
 /// the partials topic needs at least as many partitions as the orders topic:
 /// it is grown to match when it has fewer (see
-/// [`crate::kafka::ensure_partials_partition`]).
+/// [`kafka::topics::ensure_partials_partition`]).
 ///
 /// Fails with both counts when the broker refuses the growth. A broker that
 /// cannot say is not an error here (publishing then retries).
@@ -28,11 +29,11 @@ async fn check_partials_partitions(
     config: &WorkerConfig,
     producer: &FutureProducer,
 ) -> Result<(), WorkerError> {
-    let orders = crate::kafka::topic_partitions(producer, &config.orders_topic).await;
+    let orders = topic_partitions(producer, &config.orders_topic).await;
     let Some(orders) = orders.filter(|n| *n > 0) else {
         return Ok(());
     };
-    crate::kafka::ensure_partials_partition(
+    ensure_partials_partition(
         &config.brokers,
         &config.kafka,
         producer,
@@ -40,9 +41,11 @@ async fn check_partials_partitions(
         orders as i32 - 1,
     )
     .await
-    .map_err(|reason| WorkerError::Topic {
-        topic: config.partials_topic.clone(),
-        reason,
+    .map_err(|reason| {
+        WorkerError::Kafka(kafka::Error::Topic {
+            topic: config.partials_topic.clone(),
+            reason,
+        })
     })
 }
 
@@ -92,14 +95,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         ready = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_spec())) => ready?,
         () = shutdown.cancelled() => return Ok(()),
     }
-    let brokers = config.brokers.clone();
-    let kafka = |op: &'static str| {
-        let brokers = brokers.clone();
-        move |source| WorkerError::Kafka {
-            op,
-            brokers,
-            source,
-        }
+    let failed = |op| {
+        let wrap = kafka::Error::client(op, &config.brokers);
+        move |source| WorkerError::Kafka(wrap(source))
     };
     let default_zone = config.default_zone()?;
     // Local days need the zones before the first batch is decoded.
@@ -121,7 +119,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         crate::zones::Watched::off()
     };
     let producer =
-        idempotent_producer(&config.brokers, &config.kafka).map_err(kafka("producer"))?;
+        kafka::producer::idempotent(&config.brokers, &config.kafka).map_err(failed("producer"))?;
     check_partials_partitions(&config, &producer).await?;
     warm_up(&producer, &config.partials_topic).await;
     let shared = Arc::new(Shared {
@@ -153,7 +151,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         offsets,
         shutdown.clone(),
     );
-    let mut consumer_config = client_config(&config.brokers, &config.kafka);
+    let mut consumer_config = client_with(&config.brokers, &config.kafka);
     consumer_config
         .set("group.id", &config.group_id)
         .set("client.id", &owner)
@@ -183,16 +181,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     if !config.group_instance_id.is_empty() {
         consumer_config.set("group.instance.id", &config.group_instance_id);
     }
-    crate::kafka::fetch_defaults(&mut consumer_config, &config.kafka);
+    fetch_defaults(&mut consumer_config, &config.kafka);
     let consumer: Arc<BaseConsumer<ClaimContext>> = Arc::new(
         consumer_config
             .create_with_context(context)
-            .map_err(kafka("consumer"))?,
+            .map_err(failed("consumer"))?,
     );
     ClaimContext::attach(&consumer);
     consumer
         .subscribe(&[&config.orders_topic])
-        .map_err(kafka("subscribe"))?;
+        .map_err(failed("subscribe"))?;
     tracing::info!(
         owner,
         topic = config.orders_topic,
@@ -210,7 +208,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         .map_err(|e| WorkerError::Thread(e.to_string()))?;
     producer
         .flush(Timeout::After(Duration::from_secs(10)))
-        .map_err(kafka("producer flush"))?;
+        .map_err(failed("producer flush"))?;
     tracing::info!(owner, "Worker stopped.");
     Ok(())
 }

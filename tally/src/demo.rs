@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aggregator::AggregatorConfig;
 use ingest::generate::{Generator, GeneratorConfig};
-use ingest::produce::{bulk_producer, produce_all};
+use ingest::produce::produce_all;
 use rdkafka::mocking::MockCluster;
 use schemas::{Amount, Totals};
 use shard_worker::WorkerConfig;
@@ -95,7 +95,8 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         ..GeneratorConfig::default()
     };
     let mut generator = Generator::new(generator_config);
-    let producer = bulk_producer(&brokers, &Default::default()).map_err(|e| e.to_string())?;
+    let producer =
+        kafka::producer::bulk(&brokers, &Default::default()).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let total = args.events;
     // librdkafka's mock cluster keeps only about 5 MB per partition and drops

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ingest::client::Endpoint;
 use ingest::expected;
 use ingest::generate::{Generator, GeneratorConfig, Layout, Truth};
-use ingest::produce::{bulk_producer, produce_all};
+use ingest::produce::produce_all;
 use rdkafka::producer::FutureProducer;
 use schemas::config::{self as check, ConfigError};
 use schemas::Day;
@@ -89,7 +89,7 @@ fn sink(args: &GenerateArgs) -> Result<Sink, CliError> {
             .ingest
             .kafka;
         settings::check_kafka("ingest", &properties)?;
-        let producer = bulk_producer(&args.brokers, &properties).map_err(|error| {
+        let producer = kafka::producer::bulk(&args.brokers, &properties).map_err(|error| {
             CliError::run(format!(
                 "cannot create a Kafka producer for {}: {error}",
                 args.brokers

@@ -148,16 +148,13 @@ async fn ingest_service(config: ingest::IngestConfig) -> CliResult {
 async fn kafka_accepts(
     role: &str,
     brokers: &str,
-    kafka: &std::collections::BTreeMap<String, String>,
+    properties: &std::collections::BTreeMap<String, String>,
 ) -> CliResult {
-    settings::check_kafka(role, kafka)?;
-    let mut config = rdkafka::ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    for (key, value) in kafka {
-        config.set(key, value);
-    }
+    settings::check_kafka(role, properties)?;
+    let mut config = kafka::client(brokers);
+    kafka::client::apply(&mut config, properties);
     let refused = tokio::task::spawn_blocking(move || {
-        retry::kafka_refuses(&config, std::time::Duration::from_secs(10))
+        kafka::probe::refuses(&config, std::time::Duration::from_secs(10))
     })
     .await
     .unwrap_or(None);

@@ -225,7 +225,7 @@ pub fn from_file(variable: &str) -> Result<Option<String>, SettingsError> {
 /// Fails when librdkafka refuses one of `role`'s `kafka` properties, naming
 /// it but not its value, which may be a secret.
 pub fn check_kafka(role: &str, properties: &BTreeMap<String, String>) -> Result<(), SettingsError> {
-    match retry::kafka_property_refused(properties) {
+    match kafka::probe::property_refused(properties) {
         Some((key, reason)) => Err(SettingsError::Invalid(schemas::config::ConfigError::new(
             format!("{role}.kafka.{key}"),
             "<not shown>",

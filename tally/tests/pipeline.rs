@@ -224,8 +224,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
 }
 
 async fn publish_partials(world: &World, partials: &[Partial]) {
-    let producer =
-        shard_worker::kafka::idempotent_producer(&world.brokers, &Default::default()).unwrap();
+    let producer = kafka::producer::idempotent(&world.brokers, &Default::default()).unwrap();
     for partial in partials {
         shard_worker::publish::partial(&producer, &world.partials, partial)
             .await

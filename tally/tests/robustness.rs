@@ -158,8 +158,7 @@ async fn wide_backlog(backend: Backend) {
         add(&mut expected, &merchant, "2026-11-20", units);
     }
     // One partition for all of them, as a single busy merchant group would.
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &world.brokers)
+    let producer: rdkafka::producer::FutureProducer = kafka::client(&world.brokers)
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
@@ -465,10 +464,7 @@ async fn poisoned_partition_is_parked_and_resumes() {
         "{body}"
     );
     // Every other partition commits all it has.
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &world.brokers)
-        .create()
-        .unwrap();
+    let consumer: rdkafka::consumer::BaseConsumer = kafka::client(&world.brokers).create().unwrap();
     let highs: Vec<i64> = (0..common::PARTITIONS)
         .map(|p| {
             rdkafka::consumer::Consumer::fetch_watermarks(
@@ -564,10 +560,7 @@ async fn recreated_topic_is_reported_not_skipped() {
     // The services keep running through the deletion, as they would when
     // an operator deletes a topic by mistake.
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &world.brokers)
-            .create()
-            .unwrap();
+        kafka::client(&world.brokers).create().unwrap();
     let options = rdkafka::admin::AdminOptions::new();
     for result in admin
         .delete_topics(&[&world.orders], &options)

@@ -687,8 +687,7 @@ async fn fresh_postgres(id: &str) -> String {
 /// A Kafka client for `brokers`; for the broker's SASL_SSL listener
 /// (`TALLY_TEST_TLS_BROKERS`) with the test CA and SCRAM credentials.
 pub fn kafka_client(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
+    let mut config = kafka::client(brokers);
     if std::env::var("TALLY_TEST_TLS_BROKERS").is_ok_and(|tls| tls == brokers) {
         config
             .set("security.protocol", "SASL_SSL")
@@ -789,7 +788,7 @@ pub fn expected_totals(messages: &[Generated]) -> Totals {
 
 /// Produces `messages` to `topic` and waits for every acknowledgement.
 pub async fn produce(brokers: &str, topic: &str, messages: &[Generated]) {
-    let producer = ingest::produce::bulk_producer(brokers, &Default::default()).unwrap();
+    let producer = kafka::producer::bulk(brokers, &Default::default()).unwrap();
     ingest::produce::produce_all(&producer, topic, messages.iter().cloned(), |_| {})
         .await
         .expect("broker accepts the traffic");

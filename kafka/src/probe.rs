@@ -70,9 +70,9 @@ impl ConsumerContext for Watch {}
 /// rdkafka's own error for a refused property repeats the value, and the
 /// value may be a password (`sasl.pasword=…`, misspelt), so roles check
 /// their properties here before they create any client.
-pub fn kafka_property_refused(properties: &BTreeMap<String, String>) -> Option<(String, String)> {
+pub fn property_refused(properties: &BTreeMap<String, String>) -> Option<(String, String)> {
     properties.iter().find_map(|(key, value)| {
-        let mut one = ClientConfig::new();
+        let mut one = crate::client::empty();
         one.set(key, value);
         match one.create_native_config() {
             Err(KafkaError::ClientConfig(_, reason, _, _)) if value.is_empty() => {
@@ -93,7 +93,7 @@ pub fn kafka_property_refused(properties: &BTreeMap<String, String>) -> Option<(
 /// is away is the caller's retry loop's business).
 ///
 /// Blocks: call it from a blocking thread.
-pub fn kafka_refuses(config: &ClientConfig, wait: Duration) -> Option<String> {
+pub fn refuses(config: &ClientConfig, wait: Duration) -> Option<String> {
     let mut config = config.clone();
     config.set_log_level(RDKafkaLogLevel::Error);
     let client: BaseConsumer<Watch> = match config.create_with_context(Watch::default()) {
@@ -128,17 +128,16 @@ mod tests {
         let properties =
             |key: &str, value: &str| BTreeMap::from([(key.to_owned(), value.to_owned())]);
         let (key, reason) =
-            kafka_property_refused(&properties("sasl.pasword", "hunter2-secret")).unwrap();
+            property_refused(&properties("sasl.pasword", "hunter2-secret")).unwrap();
         assert_eq!(key, "sasl.pasword");
         assert!(
             reason.contains("No such configuration property") && !reason.contains("hunter2"),
             "{reason}"
         );
-        let (_, reason) =
-            kafka_property_refused(&properties("security.protocol", "TLS-please")).unwrap();
+        let (_, reason) = property_refused(&properties("security.protocol", "TLS-please")).unwrap();
         assert!(!reason.contains("TLS-please"), "{reason}");
         assert_eq!(
-            kafka_property_refused(&properties("sasl.password", "hunter2-secret")),
+            property_refused(&properties("sasl.password", "hunter2-secret")),
             None
         );
     }
