@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -235,9 +235,7 @@ fn record(plan: &Plan) {
             .with_label_values(&["invalid"])
             .inc_by(counts.invalid);
     }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = schemas::day::now_ms();
     for &(partition, append_ms) in &plan.applied_append_ms {
         metrics::END_TO_END.observe((now_ms - append_ms).max(0) as f64 / 1000.0);
         metrics::note_committed(partition, append_ms);

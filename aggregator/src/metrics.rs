@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus::{
     register_gauge_vec, register_histogram, register_int_counter, register_int_counter_vec,
@@ -159,9 +159,7 @@ pub async fn refresh_freshness(shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = schemas::day::now_ms();
         for (partition, append_ms) in NEWEST_COMMITTED_MS.lock().expect("freshness lock").iter() {
             FRESHNESS
                 .with_label_values(&[&partition.to_string()])

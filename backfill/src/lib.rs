@@ -4,7 +4,8 @@
 //! runner and the scheduler; the CLI plans jobs and verifies totals.
 //!
 //! - `source`: formats and the files a source names, local or `s3://`.
-//! - `compute`: one task's read, validation, dedupe and sums (DataFusion).
+//! - `compute`: one task's read (Parquet and CSV through DataFusion, JSON
+//!   lines through the workers' decoder), validation, dedupe and sums.
 //! - `error`: why an attempt failed, and whether another can help.
 //! - `ids`: the task's set of counted `event_id` digests.
 //! - `plan`: splits a new job into tasks.
@@ -33,9 +34,10 @@ mod watch;
 pub use compute::compute;
 pub use error::TaskError;
 pub use plan::{check_days_over, plan, plan_import};
-pub use runner::{now_ms, run as run_tasks, RunnerConfig};
+pub use runner::{run as run_tasks, RunnerConfig};
 pub use schedule::ScheduleRequest;
 pub use scheduler::run as run_scheduler;
+pub use schemas::day::now_ms;
 pub use schemas::job::{Cron, Format, Range};
 pub use source::{list_files, Remote};
 pub use watch::{queue_object, WatchConfig};

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use schemas::day::now_ms;
 use schemas::zone::{Zone, Zones};
 use store::jobs::{rules, FileVersion, ImportOutcome, Job, Kind, Scope, Task, TaskResult};
 use store::Store;
@@ -57,13 +58,6 @@ async fn zones(store: &Store, config: &RunnerConfig) -> Result<Option<Arc<Zones>
         },
         None => Ok(None),
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs tasks until `shutdown`; then abandons running tasks (their leases

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{SCHEDULER_LEADER, SCHEDULES_OVERDUE, SCHEDULE_RUNS};
 use crate::plan::plan;
-use crate::runner::now_ms;
 use crate::watch::{Watch, WatchConfig};
+use schemas::day::now_ms;
 
 /// After a schedule fails to create its job, wait this long before trying again.
 const RETRY_AFTER_MS: i64 = 60_000;

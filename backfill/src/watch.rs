@@ -21,8 +21,8 @@ use store::Store;
 
 use crate::metrics::{IMPORT_WATCH_POLLS, IMPORT_WATCH_QUEUED, IMPORT_WATCH_UNSETTLED};
 use crate::plan::plan_import_files;
-use crate::runner::now_ms;
 use crate::source::{list_present, Format};
+use schemas::day::now_ms;
 
 /// What to watch and how.
 #[derive(Debug, Clone)]

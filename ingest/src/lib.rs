@@ -1,4 +1,5 @@
-//! tally's producer side.
+//! `tally ingest` (orders over HTTP, the totals API, import notifications)
+//! and the load generator.
 //!
 //! - [`generate`]: the deterministic load generator and its exact expected totals.
 //! - [`produce`]: publishing generated traffic straight to Kafka.
@@ -15,6 +16,7 @@
 //! - [`imports`]: `POST /v1/imports`, S3 event notifications that start imports.
 //! - [`totals`]: the totals API, `GET /v1/merchants/…`, with read tokens.
 //! - [`client`]: a small HTTP/1.1 client for it (the generator's `--url`).
+//! - `respond`: the one shape of every JSON answer (401 and 503 headers).
 
 pub mod client;
 pub mod config;
@@ -25,6 +27,7 @@ pub mod generate;
 pub mod imports;
 pub mod metrics;
 pub mod produce;
+mod respond;
 mod run;
 pub mod serve;
 pub mod service;

@@ -38,7 +38,7 @@ use tokio::sync::Semaphore;
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::LengthLimitError;
@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::IngestConfig;
 use crate::database::Database;
 use crate::imports::{ImportQueue, Started};
-use crate::metrics::{DURATION, EVENTS, IN_PROGRESS, PRODUCE_ERRORS, REQUESTS};
+use crate::metrics::{DURATION, EVENTS, IN_PROGRESS, PRODUCE_ERRORS};
 
 /// Rejections an answer lists one by one; the rest are only counted.
 pub const LISTED_REJECTIONS: usize = 100;
@@ -333,17 +333,8 @@ impl Outcome {
 }
 
 fn answer(status: StatusCode, outcome: &Outcome) -> Response {
-    REQUESTS
-        .with_label_values(&["/v1/orders", status.as_str()])
-        .inc();
     let body = serde_json::to_vec(outcome).expect("outcomes serialise");
-    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
-    response
+    crate::respond::json("/v1/orders", status, body, "1")
 }
 
 fn whole(status: StatusCode, message: impl Into<String>) -> Response {
@@ -581,17 +572,8 @@ pub struct ImportsOutcome {
 }
 
 fn imports_answer(status: StatusCode, outcome: &ImportsOutcome) -> Response {
-    REQUESTS
-        .with_label_values(&["/v1/imports", status.as_str()])
-        .inc();
     let body = serde_json::to_vec(outcome).expect("outcomes serialise");
-    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-    }
-    response
+    crate::respond::json("/v1/imports", status, body, "5")
 }
 
 /// `POST /v1/imports`: an S3 event notification; one import per created

@@ -194,28 +194,16 @@ impl Refusal {
 
     fn answer(self, route: &str) -> Response {
         let Refusal(status, body) = self;
-        let mut response = json(
+        json(
             route,
             status,
             serde_json::to_vec(&body).expect("serialises"),
-        );
-        let headers = response.headers_mut();
-        match status {
-            StatusCode::UNAUTHORIZED => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            }
-            _ => {}
-        }
-        response
+        )
     }
 }
 
 fn json(route: &str, status: StatusCode, body: Vec<u8>) -> Response {
-    REQUESTS.with_label_values(&[route, status.as_str()]).inc();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    crate::respond::json(route, status, body, "5")
 }
 
 /// A request's query parameters, each given at most once and each one of

@@ -11,6 +11,14 @@ use rdkafka::util::Timeout;
 use crate::client::{apply, client};
 use crate::error::Classified;
 
+/// What every producer of tally is: idempotent with `acks=all`, so that a
+/// retried send never duplicates or reorders within a partition.
+fn idempotent_base(brokers: &str) -> ClientConfig {
+    let mut config = client(brokers);
+    config.set("enable.idempotence", "true").set("acks", "all");
+    config
+}
+
 /// The worker's producer of partials and dead letters: idempotent with
 /// `acks=all`, so a retried send never duplicates or reorders within a
 /// partition. Partials are compressed with LZ4 (a partial of many merchants
@@ -21,10 +29,8 @@ pub fn idempotent(
     brokers: &str,
     extra: &BTreeMap<String, String>,
 ) -> Result<FutureProducer, KafkaError> {
-    let mut config = client(brokers);
+    let mut config = idempotent_base(brokers);
     config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("topic.metadata.refresh.interval.ms", "5000")
@@ -42,10 +48,8 @@ pub fn bulk(
     brokers: &str,
     properties: &BTreeMap<String, String>,
 ) -> Result<FutureProducer, KafkaError> {
-    let mut config = client(brokers);
+    let mut config = idempotent_base(brokers);
     config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
         .set("partitioner", MURMUR2)
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
@@ -69,10 +73,8 @@ pub fn ingest_config(
     timeout_ms: u64,
     extra: &BTreeMap<String, String>,
 ) -> ClientConfig {
-    let mut config = client(brokers);
+    let mut config = idempotent_base(brokers);
     config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
         .set("linger.ms", "2")
         .set("partitioner", MURMUR2)
         .set("topic.metadata.refresh.interval.ms", "5000")

@@ -226,6 +226,15 @@ impl<'de> Deserialize<'de> for Day {
     }
 }
 
+/// Milliseconds since the Unix epoch now, by the system clock (0 if the
+/// clock is set before 1970): the one clock of fences, leases, jobs and
+/// latencies.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Formats UTC microseconds as RFC 3339 with millisecond precision and `Z`.
 pub fn format_rfc3339_millis(micros: EpochMicros) -> String {
     let secs = micros.div_euclid(1_000_000);

@@ -942,13 +942,9 @@ fn hand_over_due(
     }
 }
 
-/// Pauses or resumes fetching one partition; true when it worked.
-fn set_paused(
-    consumer: &BaseConsumer<ClaimContext>,
-    topic: &str,
-    partition: i32,
-    pause: bool,
-) -> bool {
+/// Pauses or resumes fetching one partition; a failure is logged (a
+/// partition left fetching only fills its queue, which nobody reads).
+fn set_paused(consumer: &BaseConsumer<ClaimContext>, topic: &str, partition: i32, pause: bool) {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
     let result = if pause {
@@ -959,7 +955,6 @@ fn set_paused(
     if let Err(error) = &result {
         tracing::warn!(partition, pause, %error, "Could not pause or resume a partition.");
     }
-    result.is_ok()
 }
 
 fn commit_hints(

@@ -11,8 +11,12 @@
 //! - [`dedupe`]: the per-partition window of seen event ids, indexed by `id_table`.
 //! - [`publish`]: dead letters and partials, retried until acknowledged.
 //! - [`health`]: parked partitions and what `/readyz` says.
+//! - [`lag`]: consumer lag against the database's fences.
+//! - [`zones`]: merchants' time zones for local days, refreshed.
 //! - [`metrics`]: the worker's Prometheus metrics.
 //! - [`error`]: what can stop a worker.
+//!
+//! Its Kafka clients and topic set-up come from the `kafka` crate.
 
 pub mod aggregate;
 pub mod config;

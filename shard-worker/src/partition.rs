@@ -6,7 +6,9 @@
 //! ([`crate::cut`]).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use schemas::day::now_ms;
 
 use rdkafka::producer::{FutureProducer, Producer};
 use store::{Claim, Store};
@@ -144,12 +146,6 @@ enum Outcome {
     Parked,
     /// A partial of this epoch was lost: nothing was published.
     Gap,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl PartitionTask {

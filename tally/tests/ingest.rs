@@ -214,6 +214,20 @@ async fn bad_input_and_bad_tokens() {
         401
     );
     assert_eq!(post(&addr, Some(""), json, body.as_bytes()).await.0, 401);
+    // The totals API's 401 shape: it names the scheme it takes.
+    let reply = ingest::client::request(
+        &addr,
+        "POST",
+        "/v1/orders",
+        &[("Content-Type", json)],
+        body.as_bytes(),
+    )
+    .await
+    .expect("ingest answers");
+    assert_eq!(
+        (reply.status, reply.header("www-authenticate")),
+        (401, Some("Bearer"))
+    );
     assert_eq!(
         topic_messages(&world.brokers, &world.orders),
         accepted,
