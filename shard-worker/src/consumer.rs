@@ -270,6 +270,13 @@ impl ClientContext for ClaimContext {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // librdkafka also reports the end of a partition's log here (as a
+        // global error, on the consumer's own queue): news, not a fault. The
+        // lanes learn of it from their own queues.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(target: "librdkafka", reason, "End of a partition's log.");
+            return;
+        }
         tracing::warn!(target: "librdkafka", %error, reason, "Kafka client error.");
     }
 
