@@ -73,10 +73,8 @@ pub async fn run(
         // replace never holds up the flushes of the live stream.
         tokio::spawn(backfill::run_tasks(store.clone(), runner, shutdown.clone()));
     }
-    let failed = |op| {
-        let wrap = kafka::Error::client(op, &config.brokers);
-        move |source| AggregatorError::Kafka(wrap(source))
-    };
+    // `?` wraps it in this role's error.
+    let failed = |op| kafka::Error::client(op, &config.brokers);
     // The partials topic may not exist yet when the aggregator starts first:
     // create it, so that start order does not matter.
     let topics = [config.partials_topic.as_str()];

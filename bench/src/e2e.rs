@@ -364,19 +364,7 @@ async fn once(setup: &Setup, n: u64, timed: bool) -> Result<Run> {
                 }
                 // A full queue (the broker busy with the pipeline) waits
                 // for room rather than failing the run.
-                loop {
-                    match producer.send_result(record) {
-                        Ok(delivery) => {
-                            deliveries.push(delivery);
-                            break;
-                        }
-                        Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
-                            record = back;
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err((error, _)) => return Err(error.into()),
-                    }
-                }
+                deliveries.push(kafka::producer::enqueue(&producer, record).await?);
             }
         }
         let paced_rate = paced.len() as f64 / start.elapsed().as_secs_f64();

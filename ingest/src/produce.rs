@@ -1,7 +1,5 @@
 //! Publishing generated traffic straight to the `orders` topic.
 
-use std::time::Duration;
-
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -28,17 +26,7 @@ pub async fn produce_all(
         if let Some(key) = &message.key {
             record = record.key(key.as_str());
         }
-        let delivery = loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((error, back)) if kafka::error::is_queue_full(&error) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((error, _)) => return Err(error),
-            }
-        };
-        in_flight.push(delivery);
+        in_flight.push(kafka::producer::enqueue(producer, record).await?);
         if in_flight.len() >= WINDOW {
             acknowledged += settle(&mut in_flight).await?;
             progress(acknowledged);

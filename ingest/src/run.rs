@@ -44,10 +44,8 @@ pub async fn run(
 ) -> Result<(), IngestError> {
     config.validate()?;
     let tls = tls_acceptor(&config)?;
-    let failed = |op| {
-        let wrap = kafka::Error::client(op, &config.brokers);
-        move |source| IngestError::Kafka(wrap(source))
-    };
+    // `?` wraps it in this role's error.
+    let failed = |op| kafka::Error::client(op, &config.brokers);
     let state = Ingest::new(&config, imports).map_err(failed("producer"))?;
     tokio::spawn(state.clone().watch_broker(BROKER_CHECK));
     let app = router(state.clone()).route("/metrics", axum::routing::get(crate::metrics::export));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::client::{apply, client};
@@ -82,6 +82,29 @@ pub fn ingest_config(
         .set("message.timeout.ms", timeout_ms.to_string());
     apply(&mut config, extra);
     config
+}
+
+/// Enqueues `record` on `producer`, waiting for room while its local queue
+/// is full (the broker slower than the sender for a while), and returns its
+/// delivery. Fails at once with any other refusal.
+pub async fn enqueue<'a, K, P>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'a, K, P>,
+) -> Result<DeliveryFuture, KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized + 'a,
+    P: rdkafka::message::ToBytes + ?Sized + 'a,
+{
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((error, back)) if crate::error::is_queue_full(&error) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
 }
 
 /// Sends the record `record` makes until the broker acknowledges it,

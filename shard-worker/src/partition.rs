@@ -8,9 +8,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use schemas::day::now_ms;
-
 use rdkafka::producer::{FutureProducer, Producer};
+use schemas::day::now_ms;
 use store::{Claim, Store};
 use tokio::sync::mpsc;
 

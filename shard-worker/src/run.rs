@@ -95,10 +95,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         ready = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_spec())) => ready?,
         () = shutdown.cancelled() => return Ok(()),
     }
-    let failed = |op| {
-        let wrap = kafka::Error::client(op, &config.brokers);
-        move |source| WorkerError::Kafka(wrap(source))
-    };
+    // `?` wraps it in this role's error.
+    let failed = |op| kafka::Error::client(op, &config.brokers);
     let default_zone = config.default_zone()?;
     // Local days need the zones before the first batch is decoded.
     let zones = if config.local_days {
