@@ -8,9 +8,9 @@
 //! keeps committing. Once the cause is fixed, a restart re-reads the parked
 //! partial and goes on exactly.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use store::health::Registry;
 use store::{SourcePartition, Store};
 
 use crate::metrics;
@@ -50,7 +50,8 @@ pub struct Parked {
     pub detail: String,
 }
 
-static PARKED: Mutex<BTreeMap<SourcePartition, Parked>> = Mutex::new(BTreeMap::new());
+/// This process's parked partitions and watched databases.
+static REGISTRY: Registry<Parked> = Registry::new();
 
 /// Whether this aggregator keeps `merchant_sales_local`, and the partials it
 /// applied without local days since it started.
@@ -91,12 +92,11 @@ pub fn note_without_local_days(partials: &[(SourcePartition, i64, i64)]) {
     state.short += partials.len() as u64;
     state.last = partials.last().cloned();
 }
-static STORES: Mutex<Vec<Arc<Store>>> = Mutex::new(Vec::new());
 
 /// Parks `source`: logs it with its range and reason, sets its metric, and
 /// holds `/readyz`. A partition already parked keeps its first park.
 pub fn park(source: &SourcePartition, parked: Parked) {
-    let mut all = PARKED.lock().expect("parked lock");
+    let mut all = REGISTRY.parked();
     if all.contains_key(source) {
         return;
     }
@@ -119,7 +119,7 @@ pub fn park(source: &SourcePartition, parked: Parked) {
 /// committed offset, never past the parked partial, and reports it if the
 /// cause is still there).
 pub fn unpark_partials_partition(partials_partition: i32) {
-    let mut all = PARKED.lock().expect("parked lock");
+    let mut all = REGISTRY.parked();
     all.retain(|(topic, partition), parked| {
         let keep = parked.partials_partition != partials_partition;
         if !keep {
@@ -162,14 +162,15 @@ impl rdkafka::consumer::ConsumerContext for PartialsContext {
 
 /// The park of `source`, if it is parked.
 pub fn parked(source: &SourcePartition) -> Option<Parked> {
-    PARKED.lock().expect("parked lock").get(source).cloned()
+    REGISTRY.parked().get(source).cloned()
 }
 
 /// The lowest parked partials offset on `partials_partition`, if any: the
 /// consumer offset committed there must not pass it.
 pub fn commit_limit(partials_partition: i32) -> Option<i64> {
-    let all = PARKED.lock().expect("parked lock");
-    all.values()
+    REGISTRY
+        .parked()
+        .values()
         .filter(|p| p.partials_partition == partials_partition)
         .map(|p| p.partials_offset)
         .min()
@@ -192,43 +193,32 @@ pub async fn probe(store: Arc<Store>, shutdown: tokio_util::sync::CancellationTo
 
 /// Adds a database to those `/readyz` checks.
 pub fn watch(store: Arc<Store>) {
-    STORES.lock().expect("stores lock").push(store);
+    REGISTRY.watch(store);
 }
 
 /// `Ok` while the aggregator consumes, its database answers and nothing is
 /// parked; otherwise each reason, one per line.
 pub fn readiness() -> Result<(), String> {
-    let stores = STORES.lock().expect("stores lock").clone();
-    let parked = PARKED
-        .lock()
-        .expect("parked lock")
-        .iter()
-        .map(|((topic, partition), parked)| {
-            let range = parked
-                .range
-                .map_or("an unknown range".to_owned(), |(f, l)| {
-                    format!("offsets {f}..={l}")
-                });
-            format!(
-                "partition {topic}/{partition} parked at {range} ({}): {}",
-                parked.reason.label(),
-                parked.detail
-            )
-        })
-        .collect::<Vec<_>>();
-    let mut problems = parked;
+    let describe = |(topic, partition): &SourcePartition, parked: &Parked| {
+        let range = parked
+            .range
+            .map_or("an unknown range".to_owned(), |(f, l)| {
+                format!("offsets {f}..={l}")
+            });
+        format!(
+            "partition {topic}/{partition} parked at {range} ({}): {}",
+            parked.reason.label(),
+            parked.detail
+        )
+    };
     let local = LOCAL_DAYS.lock().expect("local days lock").clone();
-    if let (count @ 1.., Some(((topic, partition), first, last))) = (local.short, local.last) {
-        problems.push(format!(
+    let short = match (local.short, local.last) {
+        (count @ 1.., Some(((topic, partition), first, last))) => Some(format!(
             "merchant_sales_local is short: {count} partial(s) applied without local days, the latest \
              {topic}/{partition} offsets {first}..={last}; a worker runs with worker.local_days = false: \
              turn it on, recompute the affected days with a backfill, then restart this aggregator"
-        ));
-    }
-    store::health::readiness(
-        "aggregator",
-        metrics::READY.get() >= 1,
-        stores.iter().map(|s| s.health()),
-        problems,
-    )
+        )),
+        _ => None,
+    };
+    REGISTRY.readiness("aggregator", metrics::READY.get() >= 1, describe, short)
 }

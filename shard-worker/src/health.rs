@@ -8,9 +8,9 @@
 //! park is reported in `tally_worker_partition_parked`, the logs and
 //! `/readyz`; a restart after the cause is fixed tries it again.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use store::health::Registry;
 use store::Store;
 
 use crate::metrics;
@@ -57,8 +57,8 @@ pub struct Parked {
     pub detail: String,
 }
 
-static PARKED: Mutex<BTreeMap<(String, i32), Parked>> = Mutex::new(BTreeMap::new());
-static STORES: Mutex<Vec<Arc<Store>>> = Mutex::new(Vec::new());
+/// This process's parked partitions and watched databases.
+static REGISTRY: Registry<Parked> = Registry::new();
 
 /// Parks `partition` of `topic`: logs it, sets its gauge, and holds `/readyz`.
 pub fn park(topic: &str, partition: i32, parked: Parked) {
@@ -78,32 +78,26 @@ pub fn park(topic: &str, partition: i32, parked: Parked) {
     metrics::PARKED
         .with_label_values(&[&label, parked.reason.label()])
         .set(1);
-    PARKED
-        .lock()
-        .expect("parked lock")
-        .insert((topic.to_owned(), partition), parked);
-    metrics::PARKED_PARTITIONS.set(PARKED.lock().expect("parked lock").len() as i64);
+    let mut all = REGISTRY.parked();
+    all.insert((topic.to_owned(), partition), parked);
+    metrics::PARKED_PARTITIONS.set(all.len() as i64);
 }
 
 /// Forgets a park (the partition was claimed afresh, or moved to another worker).
 pub fn unpark(topic: &str, partition: i32) {
-    if let Some(parked) = PARKED
-        .lock()
-        .expect("parked lock")
-        .remove(&(topic.to_owned(), partition))
-    {
+    let mut all = REGISTRY.parked();
+    if let Some(parked) = all.remove(&(topic.to_owned(), partition)) {
         let _ =
             metrics::PARKED.remove_label_values(&[&partition.to_string(), parked.reason.label()]);
     }
-    metrics::PARKED_PARTITIONS.set(PARKED.lock().expect("parked lock").len() as i64);
+    metrics::PARKED_PARTITIONS.set(all.len() as i64);
 }
 
 /// Forgets every park of `topic` for `reason` (the worker rejoins its group,
 /// and each partition's next owner reports it again if the cause is still there).
 pub fn unpark_all(topic: &str, reason: ParkReason) {
-    let partitions: Vec<i32> = PARKED
-        .lock()
-        .expect("parked lock")
+    let partitions: Vec<i32> = REGISTRY
+        .parked()
         .iter()
         .filter(|((t, _), parked)| t == topic && parked.reason == reason)
         .map(|((_, partition), _)| *partition)
@@ -115,41 +109,29 @@ pub fn unpark_all(topic: &str, reason: ParkReason) {
 
 /// Whether `partition` of `topic` is parked.
 pub fn is_parked(topic: &str, partition: i32) -> bool {
-    PARKED
-        .lock()
-        .expect("parked lock")
+    REGISTRY
+        .parked()
         .contains_key(&(topic.to_owned(), partition))
 }
 
 /// Adds a database to those `/readyz` checks.
 pub fn watch(store: Arc<Store>) {
-    STORES.lock().expect("stores lock").push(store);
+    REGISTRY.watch(store);
 }
 
 /// `Ok` when every worker in this process is consuming, its database is
 /// answering and no partition is parked; otherwise each reason, one per line.
 pub fn readiness() -> Result<(), String> {
-    let stores = STORES.lock().expect("stores lock").clone();
-    let parked = PARKED
-        .lock()
-        .expect("parked lock")
-        .iter()
-        .map(|((topic, partition), parked)| {
-            let last = parked
-                .last_offset
-                .map_or(String::new(), |l| format!("..={l}"));
-            format!(
-                "partition {topic}/{partition} parked at offsets {}{last} ({}): {}",
-                parked.first_offset,
-                parked.reason.label(),
-                parked.detail
-            )
-        })
-        .collect::<Vec<_>>();
-    store::health::readiness(
-        "worker",
-        metrics::READY.get() >= 1,
-        stores.iter().map(|s| s.health()),
-        parked,
-    )
+    let describe = |(topic, partition): &store::SourcePartition, parked: &Parked| {
+        let last = parked
+            .last_offset
+            .map_or(String::new(), |l| format!("..={l}"));
+        format!(
+            "partition {topic}/{partition} parked at offsets {}{last} ({}): {}",
+            parked.first_offset,
+            parked.reason.label(),
+            parked.detail
+        )
+    };
+    REGISTRY.readiness("worker", metrics::READY.get() >= 1, describe, [])
 }

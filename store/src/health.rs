@@ -7,8 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crate::{SourcePartition, Store};
 
 /// A call waiting longer than this makes the database count as not answering.
 pub const STALL: Duration = Duration::from_secs(5);
@@ -69,27 +71,66 @@ impl Health {
     }
 }
 
-/// What `/readyz` answers for a service: `Ok`, or each problem on its own
-/// line: `role` not consuming, a database in `databases` not answering, and
-/// every line of `parked`.
-pub fn readiness<'a>(
-    role: &str,
-    consuming: bool,
-    databases: impl IntoIterator<Item = &'a Health>,
-    parked: impl IntoIterator<Item = String>,
-) -> Result<(), String> {
-    let mut problems = Vec::new();
-    if !consuming {
-        problems.push(format!(
-            "the {role} is not consuming yet (connecting, or shutting down)"
-        ));
+/// What one role's `/readyz` looks at: the databases its services use and
+/// the source partitions it parked, each with the role's own account `P` of
+/// why. The worker and the aggregator each keep one in a static; a process
+/// running several services of a role shares it.
+pub struct Registry<P> {
+    parked: Mutex<BTreeMap<SourcePartition, P>>,
+    stores: Mutex<Vec<Arc<Store>>>,
+}
+
+impl<P> Default for Registry<P> {
+    fn default() -> Self {
+        Self::new()
     }
-    problems.extend(databases.into_iter().filter_map(|h| h.status().err()));
-    problems.extend(parked);
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
+}
+
+impl<P> Registry<P> {
+    /// An empty registry (usable in a `static`).
+    pub const fn new() -> Self {
+        Self {
+            parked: Mutex::new(BTreeMap::new()),
+            stores: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The parked partitions, locked: park, unpark and look them up through
+    /// the map. A lock is held only for the length of a map operation.
+    pub fn parked(&self) -> MutexGuard<'_, BTreeMap<SourcePartition, P>> {
+        self.parked.lock().expect("parked partitions lock")
+    }
+
+    /// Adds a database to those `/readyz` checks.
+    pub fn watch(&self, store: Arc<Store>) {
+        self.stores.lock().expect("stores lock").push(store);
+    }
+
+    /// What `/readyz` answers for `role`: `Ok`, or each problem on its own
+    /// line: the role not consuming, a watched database not answering, each
+    /// parked partition as `describe` tells it, then each of `more`.
+    pub fn readiness(
+        &self,
+        role: &str,
+        consuming: bool,
+        describe: impl Fn(&SourcePartition, &P) -> String,
+        more: impl IntoIterator<Item = String>,
+    ) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if !consuming {
+            problems.push(format!(
+                "the {role} is not consuming yet (connecting, or shutting down)"
+            ));
+        }
+        let stores = self.stores.lock().expect("stores lock").clone();
+        problems.extend(stores.iter().filter_map(|s| s.health().status().err()));
+        problems.extend(self.parked().iter().map(|(source, p)| describe(source, p)));
+        problems.extend(more);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
     }
 }
 
