@@ -26,7 +26,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
-use ingest::generate::{Generator, GeneratorConfig};
+use ingest::load::generate::{Generator, GeneratorConfig};
 use schemas::scan::object_fields;
 use schemas::Day;
 use store::jobs::{Kind, Scope, State};
@@ -170,7 +170,7 @@ async fn stream_totals(store: &Store, events: u64) -> Result<usize> {
         ..GeneratorConfig::default()
     };
     for message in Generator::new(config) {
-        if let ingest::generate::Truth::Counted { key, kind, amount } = message.truth {
+        if let ingest::load::generate::Truth::Counted { key, kind, amount } = message.truth {
             sums.entry(key).or_default().add_event(kind, amount);
         }
     }

@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ingest::generate::{Generated, Generator, GeneratorConfig, Layout};
+use ingest::load::generate::{Generated, Generator, GeneratorConfig, Layout};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use store::Store;
@@ -269,7 +269,7 @@ async fn once(setup: &Setup, n: u64, timed: bool) -> Result<Run> {
     let mut publish_seconds = 0.0;
     if setup.backlog {
         let started = Instant::now();
-        ingest::produce::produce_all(&producer, &orders, messages.clone(), |_| {}).await?;
+        ingest::load::produce::produce_all(&producer, &orders, messages.clone(), |_| {}).await?;
         publish_seconds = started.elapsed().as_secs_f64();
     }
     let launched = Instant::now();
@@ -316,7 +316,7 @@ async fn once(setup: &Setup, n: u64, timed: bool) -> Result<Run> {
             settled(&processes, setup.partitions, Duration::from_secs(120)).await?;
             let settle_seconds = launched.elapsed().as_secs_f64();
             let started = Instant::now();
-            ingest::produce::produce_all(&producer, &orders, messages, |_| {}).await?;
+            ingest::load::produce::produce_all(&producer, &orders, messages, |_| {}).await?;
             publish_seconds = started.elapsed().as_secs_f64();
             (started, settle_seconds)
         };
@@ -325,7 +325,7 @@ async fn once(setup: &Setup, n: u64, timed: bool) -> Result<Run> {
         let cpu_seconds: f64 = processes.iter().map(|p| p.cpu_seconds()).sum();
         for process in &processes {
             // Each process's metrics at exact totals, beside its log.
-            let reply = ingest::client::request(&process.metrics, "GET", "/metrics", &[], b"").await?;
+            let reply = ingest::load::client::request(&process.metrics, "GET", "/metrics", &[], b"").await?;
             std::fs::write(logs.join(format!("{}.metrics", process.name)), &reply.body)?;
         }
         let aggregator = processes.iter().find(|p| p.name == "aggregator").expect("started").metrics.clone();
@@ -442,7 +442,7 @@ async fn python_peer(
         bail!("{script} not found: run the bench from the repository's root (bench/e2e.sh does)");
     }
     let csv = logs.join("expected-totals.csv");
-    ingest::expected::write(
+    ingest::load::expected::write(
         expected,
         std::io::BufWriter::new(std::fs::File::create(&csv)?),
     )?;
@@ -544,7 +544,7 @@ async fn settled(processes: &[Process], partitions: i32, limit: Duration) -> Res
         let mut held = Vec::new();
         for process in processes.iter().filter(|p| p.name.starts_with("worker")) {
             let reply =
-                ingest::client::request(&process.metrics, "GET", "/metrics", &[], b"").await;
+                ingest::load::client::request(&process.metrics, "GET", "/metrics", &[], b"").await;
             let text = reply
                 .map(|r| String::from_utf8_lossy(&r.body).into_owned())
                 .unwrap_or_default();
@@ -597,7 +597,7 @@ async fn wait_committed(
 
 /// The value of one unlabelled metric on a `/metrics` page.
 async fn metric(addr: &str, name: &str) -> Result<f64> {
-    let reply = ingest::client::request(addr, "GET", "/metrics", &[], b"").await?;
+    let reply = ingest::load::client::request(addr, "GET", "/metrics", &[], b"").await?;
     let text = String::from_utf8_lossy(&reply.body);
     let value = text.lines().find_map(|line| {
         line.strip_prefix(name)?
@@ -611,7 +611,7 @@ async fn metric(addr: &str, name: &str) -> Result<f64> {
 
 /// The aggregator's end-to-end latency histogram: cumulative count per upper bound.
 async fn histogram(addr: &str) -> Result<Vec<(f64, f64)>> {
-    let reply = ingest::client::request(addr, "GET", "/metrics", &[], b"").await?;
+    let reply = ingest::load::client::request(addr, "GET", "/metrics", &[], b"").await?;
     let text = String::from_utf8_lossy(&reply.body);
     let mut buckets: Vec<(f64, f64)> = text
         .lines()

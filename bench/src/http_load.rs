@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ingest::client::request;
-use ingest::generate::{Generator, GeneratorConfig, Truth};
+use ingest::load::client::request;
+use ingest::load::generate::{Generator, GeneratorConfig, Truth};
 
 /// One POST over a fresh connection; returns the status code.
 async fn post(addr: &str, token: &str, body: &[u8]) -> Result<u16> {

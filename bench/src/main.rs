@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ingest::generate::{self, Generator, GeneratorConfig};
+use ingest::load::generate::{self, Generator, GeneratorConfig};
 use mimalloc::MiMalloc;
 use shard_worker::aggregate::{partial_rows, session};
 use shard_worker::decode::{decode_messages, Message};

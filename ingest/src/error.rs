@@ -2,7 +2,7 @@
 
 use schemas::config::ConfigError;
 
-use crate::serve::TlsError;
+use crate::http::serve::TlsError;
 
 /// Why ingest could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]

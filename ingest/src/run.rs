@@ -1,16 +1,19 @@
-//! The service's life: bind, serve, and on shutdown drain and flush.
+//! The service's life: bind, serve, and on shutdown drain (requests in
+//! flight, the broker watch) and flush.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::IngestConfig;
 use crate::error::IngestError;
+use crate::http::serve::{serve, tls_acceptor, Limits};
+use crate::http::Ingest;
 use crate::imports::ImportQueue;
-use crate::serve::{serve, tls_acceptor, Limits};
-use crate::service::{router, Ingest};
+use crate::routes::router;
 
 /// How often `/readyz` asks the broker for metadata.
 const BROKER_CHECK: Duration = Duration::from_secs(2);
@@ -47,7 +50,8 @@ pub async fn run(
     // `?` wraps it in this role's error.
     let failed = |op| kafka::Error::client(op, &config.brokers);
     let state = Ingest::new(&config, imports).map_err(failed("producer"))?;
-    tokio::spawn(state.clone().watch_broker(BROKER_CHECK));
+    let (tasks, stop) = (TaskTracker::new(), shutdown.child_token());
+    tasks.spawn(state.clone().watch_broker(BROKER_CHECK, stop.clone()));
     let app = router(state.clone()).route("/metrics", axum::routing::get(crate::metrics::export));
     let bound = listener
         .local_addr()
@@ -56,6 +60,9 @@ pub async fn run(
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%bound, scheme, topic = config.orders_topic, "Ingest listening.");
     serve(listener, app, tls, Limits::of(&config), shutdown).await;
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
     state.flush(FLUSH).map_err(failed("flush at shutdown"))?;
     tracing::info!("Ingest stopped; every accepted event is acknowledged.");
     Ok(())

@@ -35,8 +35,9 @@ use store::reads::{Basis, DayTotals};
 use store::Store;
 
 use crate::database::Database;
+use crate::http::respond::Refusal;
+use crate::http::{Access, Ingest};
 use crate::metrics::REQUESTS;
-use crate::service::{Access, Ingest};
 
 /// The longest range one totals request may ask for, in days (both ends
 /// included): a year, leap or not.
@@ -158,52 +159,9 @@ pub struct TopMerchants {
     pub merchants: Vec<Ranked>,
 }
 
-/// The body of every error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiError {
-    /// What is wrong, naming the value.
-    pub error: String,
-    /// The query or path parameter at fault, on a 400.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parameter: Option<String>,
-}
-
-/// Why a request was refused: its status and body.
-struct Refusal(StatusCode, ApiError);
-
-impl Refusal {
-    fn new(status: StatusCode, error: impl Into<String>) -> Refusal {
-        Refusal(
-            status,
-            ApiError {
-                error: error.into(),
-                parameter: None,
-            },
-        )
-    }
-
-    fn parameter(parameter: &str, error: impl Into<String>) -> Refusal {
-        Refusal(
-            StatusCode::BAD_REQUEST,
-            ApiError {
-                error: format!("{parameter}: {}", error.into()),
-                parameter: Some(parameter.to_owned()),
-            },
-        )
-    }
-
-    fn answer(self, route: &str) -> Response {
-        let Refusal(status, body) = self;
-        json(
-            route,
-            status,
-            serde_json::to_vec(&body).expect("serialises"),
-        )
-    }
-}
-
+/// A JSON answer of a totals route (503s ask to retry after 5 s).
 fn json(route: &str, status: StatusCode, body: Vec<u8>) -> Response {
-    crate::respond::json(route, status, body, "5")
+    crate::http::respond::json(route, status, body, "5")
 }
 
 /// A request's query parameters, each given at most once and each one of
@@ -283,7 +241,7 @@ fn basis_name(basis: Basis) -> String {
 fn admit<'a>(
     state: &'a Ingest,
     headers: &HeaderMap,
-) -> Result<(&'a Database, crate::service::Slot), Refusal> {
+) -> Result<(&'a Database, crate::http::Slot), Refusal> {
     match state.access(headers) {
         Access::Read => {}
         Access::Write => {
@@ -305,9 +263,7 @@ fn admit<'a>(
             "the totals API is off: set ingest.database_url to the aggregators' database",
         ));
     };
-    let slot = state
-        .admit()
-        .map_err(|message| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, message))?;
+    let slot = state.admit()?;
     Ok((database, slot))
 }
 
@@ -378,7 +334,7 @@ pub(crate) async fn merchant_totals(
 ) -> Response {
     match merchant_totals_answer(&state, &merchant, query.as_deref(), &headers).await {
         Ok(response) => response,
-        Err(refusal) => refusal.answer(TOTALS_ROUTE),
+        Err(refusal) => refusal.answer(TOTALS_ROUTE, "5"),
     }
 }
 
@@ -467,7 +423,7 @@ pub(crate) async fn top_merchants(
 ) -> Response {
     match top_merchants_answer(&state, query.as_deref(), &headers).await {
         Ok(response) => response,
-        Err(refusal) => refusal.answer(TOP_ROUTE),
+        Err(refusal) => refusal.answer(TOP_ROUTE, "5"),
     }
 }
 

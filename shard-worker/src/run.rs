@@ -1,4 +1,5 @@
-//! `run`: connect, create topics, subscribe, and consume until shutdown.
+//! `run`: connect (database, topics, zones, subscription), consume until
+//! shutdown, and drain; in that order, one method each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use store::Store;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::WorkerConfig;
 use crate::consumer::{poll_loop, ClaimContext, LoopSettings};
@@ -71,6 +73,9 @@ async fn warm_up(producer: &FutureProducer, partials_topic: &str) {
 /// How often the lag gauges are refreshed from the database's fences.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
+/// How long the background tasks (lag, zones) may take to stop.
+const TASKS_STOP: Duration = Duration::from_secs(10);
+
 /// Runs one shard worker until `shutdown` is cancelled, then drains and
 /// returns.
 ///
@@ -80,79 +85,178 @@ const LAG_EVERY: Duration = Duration::from_secs(1);
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     config.validate()?;
     crate::metrics::init();
-    let owner = config.instance();
-    let store = tokio::select! {
-        store = retry("database_connect", || Store::connect(&config.database_url)) => Arc::new(store?),
-        () = shutdown.cancelled() => return Ok(()),
+    // The background tasks stop with the worker, also when it fails.
+    let (tasks, stop) = (TaskTracker::new(), shutdown.child_token());
+    let outcome = match Worker::connect(config, &tasks, &stop).await {
+        Ok(Some(worker)) => worker.run(stop.clone()).await,
+        Ok(None) => Ok(()),
+        Err(error) => Err(error),
     };
-    crate::health::watch(store.clone());
-    let topics = [
-        config.orders_topic.as_str(),
-        &config.partials_topic,
-        &config.dlq_topic,
-    ];
-    tokio::select! {
-        ready = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_spec())) => ready?,
-        () = shutdown.cancelled() => return Ok(()),
+    stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(TASKS_STOP, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = tasks.len(),
+            "Background tasks still running at shutdown are abandoned."
+        );
     }
-    // `?` wraps it in this role's error.
-    let failed = |op| kafka::Error::client(op, &config.brokers);
-    let default_zone = config.default_zone()?;
-    // Local days need the zones before the first batch is decoded.
-    let zones = if config.local_days {
-        let zones = tokio::select! {
-            zones = retry("time_zones_read", || store.zone_map(default_zone)) => zones?,
-            () = shutdown.cancelled() => return Ok(()),
+    outcome
+}
+
+/// A connected worker: its consumer subscribed to the orders topic (its
+/// context holds the database and the producer), and the producer to flush
+/// at the end.
+struct Worker {
+    owner: String,
+    consumer: Arc<BaseConsumer<ClaimContext>>,
+    producer: FutureProducer,
+    brokers: String,
+    settings: LoopSettings,
+}
+
+impl Worker {
+    /// Connects to the database and the broker (retrying while they are
+    /// unreachable), creates the topics, reads the merchants' zones, starts
+    /// the background tasks in `tasks` and subscribes. `None` when `stop`
+    /// came first.
+    async fn connect(
+        config: WorkerConfig,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<Option<Self>, WorkerError> {
+        let owner = config.instance();
+        let store = tokio::select! {
+            store = retry("database_connect", || Store::connect(&config.database_url)) => Arc::new(store?),
+            () = stop.cancelled() => return Ok(None),
         };
-        let watched = crate::zones::Watched::new(zones);
-        tokio::spawn(crate::zones::refresh(
-            watched.clone(),
-            store.clone(),
-            default_zone,
-            crate::zones::REFRESH_EVERY,
-            shutdown.clone(),
+        crate::health::watch(store.clone());
+        let topics = [
+            config.orders_topic.as_str(),
+            &config.partials_topic,
+            &config.dlq_topic,
+        ];
+        tokio::select! {
+            ready = retry("topic_setup", || ensure_topics(&config.brokers, &config.kafka, &topics, config.topic_spec())) => ready?,
+            () = stop.cancelled() => return Ok(None),
+        }
+        let Some(zones) = zones(&config, &store, tasks, stop).await? else {
+            return Ok(None);
+        };
+        let producer = kafka::producer::idempotent(&config.brokers, &config.kafka)
+            .map_err(kafka::Error::client("producer", &config.brokers))?;
+        check_partials_partitions(&config, &producer).await?;
+        warm_up(&producer, &config.partials_topic).await;
+        let shared = Arc::new(Shared {
+            store,
+            producer: producer.clone(),
+            session: crate::aggregate::session(config.local_days),
+            zones,
+            orders_topic: config.orders_topic.clone(),
+            partials_topic: config.partials_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+            dedupe_window_ms: config.dedupe_window_secs as i64 * 1000,
+            dedupe_max_ids: config.dedupe_max_ids,
+            partial_max_rows: config.partial_max_rows,
+            partial_max_bytes: config.partial_max_bytes,
+            admin: (config.brokers.clone(), config.kafka.clone()),
+        });
+        let offsets = Arc::new(Offsets::default());
+        tasks.spawn(lag::report(
+            offsets.clone(),
+            shared.store.clone(),
+            config.orders_topic.clone(),
+            LAG_EVERY,
+            stop.clone(),
         ));
-        watched
-    } else {
-        crate::zones::Watched::off()
+        let context = ClaimContext::new(
+            shared,
+            tokio::runtime::Handle::current(),
+            owner.clone(),
+            offsets,
+            stop.clone(),
+        );
+        let consumer = Arc::new(orders_consumer(&config, &owner, context)?);
+        ClaimContext::attach(&consumer);
+        consumer
+            .subscribe(&[&config.orders_topic])
+            .map_err(kafka::Error::client("subscribe", &config.brokers))?;
+        tracing::info!(
+            owner,
+            topic = config.orders_topic,
+            group = config.group_id,
+            "Worker consuming."
+        );
+        let settings = LoopSettings {
+            batch_max_events: config.batch_max_events,
+            batch_max: Duration::from_millis(config.batch_max_ms),
+            drain: Duration::from_millis(config.drain_timeout_ms),
+        };
+        Ok(Some(Self {
+            owner,
+            consumer,
+            producer,
+            brokers: config.brokers,
+            settings,
+        }))
+    }
+
+    /// Polls on a thread of its own until `stop` (the loop drains the
+    /// partitions' tasks itself), then flushes the producer.
+    async fn run(self, stop: CancellationToken) -> Result<(), WorkerError> {
+        let (consumer, settings) = (self.consumer, self.settings);
+        tokio::task::spawn_blocking(move || poll_loop(consumer, settings, stop))
+            .await
+            .map_err(|e| WorkerError::Thread(e.to_string()))?;
+        self.producer
+            .flush(Timeout::After(Duration::from_secs(10)))
+            .map_err(kafka::Error::client("producer flush", &self.brokers))?;
+        tracing::info!(owner = self.owner, "Worker stopped.");
+        Ok(())
+    }
+}
+
+/// The merchants' zones, read before the first batch is decoded and kept
+/// current by a task in `tasks`, when the worker keeps local days; `None`
+/// when `stop` came first.
+async fn zones(
+    config: &WorkerConfig,
+    store: &Arc<Store>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<Option<crate::zones::Watched>, WorkerError> {
+    if !config.local_days {
+        return Ok(Some(crate::zones::Watched::off()));
+    }
+    let default_zone = config.default_zone()?;
+    let zones = tokio::select! {
+        zones = retry("time_zones_read", || store.zone_map(default_zone)) => zones?,
+        () = stop.cancelled() => return Ok(None),
     };
-    let producer =
-        kafka::producer::idempotent(&config.brokers, &config.kafka).map_err(failed("producer"))?;
-    check_partials_partitions(&config, &producer).await?;
-    warm_up(&producer, &config.partials_topic).await;
-    let shared = Arc::new(Shared {
-        store,
-        producer: producer.clone(),
-        session: crate::aggregate::session(config.local_days),
-        zones,
-        orders_topic: config.orders_topic.clone(),
-        partials_topic: config.partials_topic.clone(),
-        dlq_topic: config.dlq_topic.clone(),
-        dedupe_window_ms: config.dedupe_window_secs as i64 * 1000,
-        dedupe_max_ids: config.dedupe_max_ids,
-        partial_max_rows: config.partial_max_rows,
-        partial_max_bytes: config.partial_max_bytes,
-        admin: (config.brokers.clone(), config.kafka.clone()),
-    });
-    let offsets = Arc::new(Offsets::default());
-    tokio::spawn(lag::report(
-        offsets.clone(),
-        shared.store.clone(),
-        config.orders_topic.clone(),
-        LAG_EVERY,
-        shutdown.clone(),
+    let watched = crate::zones::Watched::new(zones);
+    tasks.spawn(crate::zones::refresh(
+        watched.clone(),
+        store.clone(),
+        default_zone,
+        crate::zones::REFRESH_EVERY,
+        stop.clone(),
     ));
-    let context = ClaimContext::new(
-        shared,
-        tokio::runtime::Handle::current(),
-        owner.clone(),
-        offsets,
-        shutdown.clone(),
-    );
+    Ok(Some(watched))
+}
+
+/// The orders consumer: one eager protocol with the claim in the assign
+/// callback, offsets stored by the worker, never by librdkafka.
+fn orders_consumer(
+    config: &WorkerConfig,
+    owner: &str,
+    context: ClaimContext,
+) -> Result<BaseConsumer<ClaimContext>, WorkerError> {
     let mut consumer_config = client_with(&config.brokers, &config.kafka);
     consumer_config
         .set("group.id", &config.group_id)
-        .set("client.id", &owner)
+        .set("client.id", owner)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -180,33 +284,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         consumer_config.set("group.instance.id", &config.group_instance_id);
     }
     fetch_defaults(&mut consumer_config, &config.kafka);
-    let consumer: Arc<BaseConsumer<ClaimContext>> = Arc::new(
-        consumer_config
-            .create_with_context(context)
-            .map_err(failed("consumer"))?,
-    );
-    ClaimContext::attach(&consumer);
-    consumer
-        .subscribe(&[&config.orders_topic])
-        .map_err(failed("subscribe"))?;
-    tracing::info!(
-        owner,
-        topic = config.orders_topic,
-        group = config.group_id,
-        "Worker consuming."
-    );
-    let settings = LoopSettings {
-        batch_max_events: config.batch_max_events,
-        batch_max: Duration::from_millis(config.batch_max_ms),
-        drain: Duration::from_millis(config.drain_timeout_ms),
-    };
-    let loop_shutdown = shutdown.clone();
-    tokio::task::spawn_blocking(move || poll_loop(consumer, settings, loop_shutdown))
-        .await
-        .map_err(|e| WorkerError::Thread(e.to_string()))?;
-    producer
-        .flush(Timeout::After(Duration::from_secs(10)))
-        .map_err(failed("producer flush"))?;
-    tracing::info!(owner, "Worker stopped.");
-    Ok(())
+    Ok(consumer_config
+        .create_with_context(context)
+        .map_err(kafka::Error::client("consumer", &config.brokers))?)
 }

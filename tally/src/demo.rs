@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use aggregator::AggregatorConfig;
-use ingest::generate::{Generator, GeneratorConfig};
-use ingest::produce::produce_all;
+use ingest::load::generate::{Generator, GeneratorConfig};
+use ingest::load::produce::produce_all;
 use rdkafka::mocking::MockCluster;
 use schemas::{Amount, Totals};
 use shard_worker::WorkerConfig;

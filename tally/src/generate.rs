@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ingest::client::Endpoint;
-use ingest::expected;
-use ingest::generate::{Generator, GeneratorConfig, Layout, Truth};
-use ingest::produce::produce_all;
+use ingest::load::client::Endpoint;
+use ingest::load::expected;
+use ingest::load::generate::{Generator, GeneratorConfig, Layout, Truth};
+use ingest::load::produce::produce_all;
 use rdkafka::producer::FutureProducer;
 use schemas::config::{self as check, ConfigError};
 use schemas::Day;
@@ -221,7 +221,8 @@ async fn to_ingest(
                     return Ok::<_, String>((accepted, rejected));
                 };
                 let outcome =
-                    ingest::client::post_orders(&endpoint, &token, &body, GIVE_UP_AFTER).await?;
+                    ingest::load::client::post_orders(&endpoint, &token, &body, GIVE_UP_AFTER)
+                        .await?;
                 accepted += outcome.accepted as u64;
                 rejected += outcome.rejected as u64;
                 answered.fetch_add(

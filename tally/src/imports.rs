@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use ingest::imports::{Announced, ImportQueue, Started};
+use ingest::imports::{Announced, ImportQueue, RecordOutcome, Started};
 use store::Store;
 
 /// Queues imports in the aggregators' database.
@@ -17,12 +17,6 @@ impl ImportQueue for DatabaseQueue {
         object: &'a Announced,
     ) -> Pin<Box<dyn Future<Output = Started> + Send + 'a>> {
         Box::pin(async move {
-            let error = |reason: String| Started {
-                object: object.url.clone(),
-                job: None,
-                outcome: "error".into(),
-                reason: Some(reason),
-            };
             match backfill::queue_object(
                 store,
                 &object.url,
@@ -35,9 +29,9 @@ impl ImportQueue for DatabaseQueue {
                 Ok(queued) => {
                     let reason = queued.files.first().and_then(|f| f.reason.clone());
                     let outcome = if queued.job_id.is_some() {
-                        "queued"
+                        RecordOutcome::Queued
                     } else {
-                        "skipped"
+                        RecordOutcome::Skipped
                     };
                     if let Some(job) = queued.job_id {
                         tracing::info!(
@@ -49,11 +43,11 @@ impl ImportQueue for DatabaseQueue {
                     Started {
                         object: object.url.clone(),
                         job: queued.job_id,
-                        outcome: outcome.into(),
+                        outcome,
                         reason,
                     }
                 }
-                Err(reason) => error(reason),
+                Err(reason) => Started::failed(object, reason),
             }
         })
     }

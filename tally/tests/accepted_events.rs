@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use common::{Backend, World};
 use datafusion::arrow::record_batch::RecordBatch;
-use ingest::generate::Rng;
+use ingest::load::generate::Rng;
 use schemas::batch::EventBatchBuilder;
 use schemas::event::decode;
 use schemas::partial::EventCounts;

@@ -15,7 +15,7 @@ use files::{
     events, execute, s3_env, stdout, table_bytes, tally, tally_with, upload, wait_for_job,
     write_files, write_ndjson, write_parquet,
 };
-use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
+use ingest::load::generate::{Generated, Generator, GeneratorConfig, Truth};
 use schemas::{Day, Totals};
 
 const FROM: &str = "2026-11-01";

@@ -4,7 +4,7 @@
 //! generator's own totals, on the same generated events in each layout
 //! (duplicates, late and invalid events among them).
 
-use ingest::generate::{Generator, GeneratorConfig, Layout};
+use ingest::load::generate::{Generator, GeneratorConfig, Layout};
 use schemas::Totals;
 use shard_worker::aggregate::{partial_rows, session};
 use shard_worker::decode::{decode_messages, Message};

@@ -19,7 +19,7 @@ use files::{
     events, s3_env, stdout, table_bytes, tally, tally_with, wait_for_job, write_format,
     write_ndjson, write_parquet,
 };
-use ingest::generate::{Generated, Truth};
+use ingest::load::generate::{Generated, Truth};
 use store::jobs::{Job, Kind, State};
 use store::Store;
 

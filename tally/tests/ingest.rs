@@ -10,9 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{assert_totals_equal, expected_totals, http, topic_messages, Backend, World};
-use ingest::expected;
-use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
-use ingest::service::Outcome;
+use ingest::load::expected;
+use ingest::load::generate::{Generated, Generator, GeneratorConfig, Truth};
+use ingest::orders::Outcome;
 
 const TOKEN: &str = "test-token-1";
 
@@ -215,7 +215,7 @@ async fn bad_input_and_bad_tokens() {
     );
     assert_eq!(post(&addr, Some(""), json, body.as_bytes()).await.0, 401);
     // The totals API's 401 shape: it names the scheme it takes.
-    let reply = ingest::client::request(
+    let reply = ingest::load::client::request(
         &addr,
         "POST",
         "/v1/orders",

@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{topic_records, Backend, World, PARTITIONS};
-use ingest::client::request;
-use ingest::service::{Outcome, LISTED_REJECTIONS};
+use ingest::load::client::request;
+use ingest::orders::{Outcome, LISTED_REJECTIONS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -100,7 +100,7 @@ async fn aborted_transactions_are_not_counted() {
         .unwrap();
     let timeout = Duration::from_secs(30);
     producer.init_transactions(timeout).unwrap();
-    let send = |messages: &[ingest::generate::Generated]| {
+    let send = |messages: &[ingest::load::generate::Generated]| {
         for message in messages {
             let mut record =
                 BaseRecord::<[u8], [u8]>::to(&world.orders).payload(&message.payload[..]);
@@ -263,7 +263,7 @@ async fn a_log_start_past_the_fence_is_counted_from_and_reported() {
     let later: Vec<_> = traffic(99, 6_000)
         .messages
         .into_iter()
-        .filter(|m| matches!(m.truth, ingest::generate::Truth::Counted { .. }))
+        .filter(|m| matches!(m.truth, ingest::load::generate::Truth::Counted { .. }))
         .collect();
     produce(&world.brokers, &world.orders, &later).await;
     let fences: Vec<(i32, i64)> = store
@@ -295,9 +295,9 @@ async fn a_log_start_past_the_fence_is_counted_from_and_reported() {
     }
 
     // What the log still holds past the fences, summed by the test.
-    let by_payload: std::collections::HashMap<&[u8], &ingest::generate::Generated> =
+    let by_payload: std::collections::HashMap<&[u8], &ingest::load::generate::Generated> =
         later.iter().map(|m| (m.payload.as_slice(), m)).collect();
-    let kept: Vec<ingest::generate::Generated> =
+    let kept: Vec<ingest::load::generate::Generated> =
         common::topic_records(&world.brokers, &world.orders)
             .iter()
             .filter_map(|r| by_payload.get(r.payload.as_slice()).map(|m| (*m).clone()))

@@ -530,7 +530,7 @@ async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
     let valid: Vec<&[u8]> = posted
         .messages
         .iter()
-        .filter(|m| !matches!(m.truth, ingest::generate::Truth::Invalid(_)))
+        .filter(|m| !matches!(m.truth, ingest::load::generate::Truth::Invalid(_)))
         .map(|m| m.payload.as_slice())
         .collect();
     let body = valid.join(&b'\n');

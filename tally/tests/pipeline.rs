@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{assert_totals_equal, local, produce, traffic, Backend, World};
-use ingest::generate::Truth;
+use ingest::load::generate::Truth;
 use schemas::Partial;
 
 /// Messages per scenario: `TALLY_TEST_EVENTS`, default 200,000.

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_totals_equal, now_ms, produce, produce_raw, traffic, Backend, World};
-use ingest::generate::{Generated, Truth};
+use ingest::load::generate::{Generated, Truth};
 use schemas::{Amount, Day, Kind, Totals, TotalsKey};
 
 const PATIENCE: Duration = Duration::from_secs(300);

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use common::{
     assert_totals_equal, expected_totals, fresh_tls_postgres, https, required, unique, World,
 };
-use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
-use ingest::service::Outcome;
+use ingest::load::generate::{Generated, Generator, GeneratorConfig, Truth};
+use ingest::orders::Outcome;
 use store::Store;
 
 const TOKEN: &str = "tls-token";

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{assert_totals_equal, local, produce, produce_raw, traffic, Backend, World};
-use ingest::client::Reply;
+use ingest::load::client::Reply;
 use ingest::totals::{MerchantTotals, TopMerchants, MAX_RANGE_DAYS};
 use schemas::{Amount, Day, Sums, TotalsKey};
 
@@ -40,7 +40,7 @@ async fn get(addr: &str, path: &str, token: Option<&str>, if_none_match: Option<
     if let Some(tag) = if_none_match {
         headers.push(("If-None-Match", tag));
     }
-    ingest::client::request(addr, "GET", path, &headers, b"")
+    ingest::load::client::request(addr, "GET", path, &headers, b"")
         .await
         .expect("ingest answers")
 }
@@ -359,7 +359,7 @@ async fn refusals(addr: &str, merchant: &str) {
     }
     let event = br#"[{"event_id":"read-token-write","order_id":"o","merchant_id":"m-1","kind":"sale","amount":"1","currency":"EUR","occurred_at":"2026-03-01T00:00:00Z"}]"#;
     let bearer = format!("Bearer {READ}");
-    let reply = ingest::client::request(
+    let reply = ingest::load::client::request(
         addr,
         "POST",
         "/v1/orders",
@@ -414,7 +414,7 @@ async fn refusals(addr: &str, merchant: &str) {
     ];
     for (path, parameter) in cases {
         let reply = get(addr, &path, Some(READ), None).await;
-        let error: ingest::totals::ApiError =
+        let error: ingest::http::ApiError =
             serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(
             (reply.status, error.parameter.as_deref()),
@@ -530,7 +530,7 @@ async fn a_select_only_role_with_sql_dates_reads_everything() {
     let counted: Vec<_> = traffic
         .messages
         .iter()
-        .filter(|m| matches!(m.truth, ingest::generate::Truth::Counted { .. }))
+        .filter(|m| matches!(m.truth, ingest::load::generate::Truth::Counted { .. }))
         .cloned()
         .collect();
     let source = files::write_files(&world.dir.join("verify"), "ndjson", &counted);

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use ingest::generate::{Generated, Truth};
+use ingest::load::generate::{Generated, Truth};
 use schemas::{Amount, Day, Kind, LocalSums, LocalTotals, Sums, TotalsKey};
 
 /// The zones the scenarios spread their merchants over: whole, half and

@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ingest::generate::{Generated, Generator, GeneratorConfig, Truth};
+use ingest::load::generate::{Generated, Generator, GeneratorConfig, Truth};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -789,7 +789,7 @@ pub fn expected_totals(messages: &[Generated]) -> Totals {
 /// Produces `messages` to `topic` and waits for every acknowledgement.
 pub async fn produce(brokers: &str, topic: &str, messages: &[Generated]) {
     let producer = kafka::producer::bulk(brokers, &Default::default()).unwrap();
-    ingest::produce::produce_all(&producer, topic, messages.iter().cloned(), |_| {})
+    ingest::load::produce::produce_all(&producer, topic, messages.iter().cloned(), |_| {})
         .await
         .expect("broker accepts the traffic");
 }
@@ -882,7 +882,7 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    let reply = ingest::client::request(addr, method, path, headers, body).await?;
+    let reply = ingest::load::client::request(addr, method, path, headers, body).await?;
     Ok((reply.status, reply.body))
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
-use ingest::generate::{Generated, Generator, GeneratorConfig};
+use ingest::load::generate::{Generated, Generator, GeneratorConfig};
 
 use crate::common::{self, World};
 

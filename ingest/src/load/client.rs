@@ -1,13 +1,16 @@
-//! A small HTTP/1.1 client for `tally ingest`: one request per connection,
-//! enough for the load generator, the benchmark and the tests, without a
-//! second HTTP stack in the tree.
+//! Sending to `tally ingest` over HTTP: [`post_orders`], the load
+//! generator's client (on reqwest), and [`request`], a wire-level HTTP/1.1
+//! exchange for the benchmark and the tests: one request per connection,
+//! the body written while the answer is read, so that an answer sent before
+//! the body was read (a 413) is seen even when the server then resets.
 
 use std::time::Duration;
 
 use schemas::config::ConfigError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::service::Outcome;
+use crate::http::ApiError;
+use crate::orders::Outcome;
 
 /// Where to send requests: `host:port` and the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,47 +132,66 @@ pub async fn request(
 }
 
 /// Posts one NDJSON batch of events to `endpoint` and returns the service's
-/// outcome (200, 207 or 422). A 503 or a failed connection is retried after
-/// `Retry-After` (one second when absent) until `give_up_after` has passed;
-/// retrying is safe, since workers count a repeated `event_id` once. Any
-/// other status is an error that carries the service's message.
+/// outcome (200, 207 or 422), over reqwest's pooled keep-alive connections.
+/// A 503 or a failed connection is retried after `Retry-After` (one second
+/// when absent) until `give_up_after` has passed; retrying is safe, since
+/// workers count a repeated `event_id` once. Any other status is an error
+/// that carries the service's message.
 pub async fn post_orders(
     endpoint: &Endpoint,
     token: &str,
     ndjson: &[u8],
     give_up_after: Duration,
 ) -> Result<Outcome, String> {
-    let bearer = format!("Bearer {token}");
-    let headers = [
-        ("Content-Type", "application/x-ndjson"),
-        ("Authorization", bearer.as_str()),
-    ];
+    static CLIENT: std::sync::LazyLock<reqwest::Client> =
+        std::sync::LazyLock::new(reqwest::Client::new);
+    let url = format!("http://{}{}", endpoint.addr, endpoint.path);
     let deadline = tokio::time::Instant::now() + give_up_after;
     loop {
-        let (wait, why) =
-            match request(&endpoint.addr, "POST", &endpoint.path, &headers, ndjson).await {
-                Ok(reply) if matches!(reply.status, 200 | 207 | 422) => {
-                    return serde_json::from_slice(&reply.body).map_err(|e| {
-                        format!(
-                            "{} answered {} with a body that is not an outcome: {e}",
-                            endpoint.addr, reply.status
-                        )
-                    });
+        let sent = CLIENT
+            .post(&url)
+            .header("Content-Type", "application/x-ndjson")
+            .bearer_auth(token)
+            .body(ndjson.to_vec())
+            .send()
+            .await;
+        let answered = match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+                    .map(Duration::from_secs);
+                match response.bytes().await {
+                    Ok(body) => Ok((status, retry_after, body)),
+                    Err(error) => Err(error),
                 }
-                Ok(reply) if reply.status == 503 => (
-                    reply.retry_after().unwrap_or(Duration::from_secs(1)),
-                    format!("503: {}", message(&reply.body)),
-                ),
-                Ok(reply) => {
-                    return Err(format!(
-                        "{} answered {}: {}",
-                        endpoint.addr,
-                        reply.status,
-                        message(&reply.body)
-                    ))
-                }
-                Err(error) => (Duration::from_secs(1), error.to_string()),
-            };
+            }
+            Err(error) => Err(error),
+        };
+        let (wait, why) = match answered {
+            Ok((200 | 207 | 422, _, body)) => {
+                return serde_json::from_slice(&body).map_err(|e| {
+                    format!(
+                        "{} answered with a body that is not an outcome: {e}",
+                        endpoint.addr
+                    )
+                });
+            }
+            Ok((503, retry_after, body)) => (
+                retry_after.unwrap_or(Duration::from_secs(1)),
+                format!("503: {}", message(&body)),
+            ),
+            Ok((status, _, body)) => {
+                return Err(format!(
+                    "{} answered {status}: {}",
+                    endpoint.addr,
+                    message(&body)
+                ))
+            }
+            Err(error) => (Duration::from_secs(1), error.to_string()),
+        };
         if tokio::time::Instant::now() + wait > deadline {
             return Err(format!(
                 "{} still refused after {give_up_after:?}: {why}",
@@ -181,13 +203,11 @@ pub async fn post_orders(
     }
 }
 
-/// The `error` of an outcome body, or the body itself.
+/// The `error` of a refusal's body, or the body itself.
 fn message(body: &[u8]) -> String {
-    match serde_json::from_slice::<Outcome>(body) {
-        Ok(Outcome {
-            error: Some(error), ..
-        }) => error,
-        _ => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(refusal) => refusal.error,
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
     }
 }
 

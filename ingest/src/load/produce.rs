@@ -3,7 +3,7 @@
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::generate::Generated;
+use super::generate::Generated;
 
 /// Messages in flight before waiting for acknowledgements.
 const WINDOW: usize = 20_000;
