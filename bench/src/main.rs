@@ -25,6 +25,10 @@
 //!   that already holds streamed totals, from arrival in a watched folder
 //!   to the last commit.
 
+// Each dependency is used: the test command's clippy fails otherwise (tests
+// and benchmarks see dev-dependencies too, so the check is off for them).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 mod backfill;
 mod e2e;
 mod http_load;

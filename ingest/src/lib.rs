@@ -22,6 +22,10 @@
 //!
 //! Every arrow points down: `run` → `routes` → the routes → `http`.
 
+// Each dependency is used: the test command's clippy fails otherwise (tests
+// and benchmarks see dev-dependencies too, so the check is off for them).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod config;
 pub mod database;
 pub mod error;

@@ -14,6 +14,10 @@
 //! - [`probe`]: the start-up check that tells a broker that refuses tally
 //!   (TLS, SASL, a misspelt property) from one that is away.
 
+// Each dependency is used: the test command's clippy fails otherwise (tests
+// and benchmarks see dev-dependencies too, so the check is off for them).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod client;
 pub mod error;
 pub mod probe;

@@ -10,6 +10,10 @@
 //! partial, a message too large) is handed back at once: retrying it would
 //! only repeat it, so the caller isolates the work at fault and reports it.
 
+// Each dependency is used: the test command's clippy fails otherwise (tests
+// and benchmarks see dev-dependencies too, so the check is off for them).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

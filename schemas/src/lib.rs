@@ -18,6 +18,10 @@
 //! The JSON Schema of the event lives beside this crate in
 //! `schemas/order-event.schema.json`.
 
+// Each dependency is used: the test command's clippy fails otherwise (tests
+// and benchmarks see dev-dependencies too, so the check is off for them).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod amount;
 #[cfg(feature = "arrow")]
 pub mod batch;

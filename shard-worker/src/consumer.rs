@@ -55,18 +55,24 @@ use crate::{metrics, publish};
 /// A change of assignment, recorded by the rebalance callback and acted on by
 /// the consumer loop right after the poll that triggered it.
 enum Control {
-    /// The queue is `None` only when it could not be split off; the
-    /// partition's messages then arrive on the consumer's own queue. The
-    /// park is `Some` when the broker's log end looked behind the fence; the
-    /// resume when the claim follows this process's own last one.
-    Assigned(
-        i32,
-        Claim,
-        Option<PartitionQueue<ClaimContext>>,
-        Option<Parked>,
-        Option<Box<Resume>>,
-    ),
+    /// A partition claimed.
+    Assigned(Assigned),
+    /// Partitions that went to other members.
     Revoked(Vec<i32>),
+}
+
+/// A partition claimed in the rebalance callback, for the loop to start a
+/// lane for.
+struct Assigned {
+    partition: i32,
+    claim: Claim,
+    /// `None` only when it could not be split off; the partition's messages
+    /// then arrive on the consumer's own queue.
+    queue: Option<PartitionQueue<ClaimContext>>,
+    /// `Some` when the broker's log end looked behind the fence.
+    suspect: Option<Parked>,
+    /// `Some` when the claim follows this process's own last one.
+    resume: Option<Box<Resume>>,
 }
 
 /// Consumer context that claims each assigned partition in the database.
@@ -358,13 +364,13 @@ impl ConsumerContext for ClaimContext {
                         tracing::error!(partition, %error, "Could not set the start offset.");
                     }
                     let queue = self.split(&topic, partition);
-                    self.push(Control::Assigned(
+                    self.push(Control::Assigned(Assigned {
                         partition,
                         claim,
                         queue,
                         suspect,
-                        resume.map(Box::new),
-                    ));
+                        resume: resume.map(Box::new),
+                    }));
                 }
                 // Revoked tasks of partitions that went elsewhere finish on their own.
                 self.leaving.lock().expect("leaving lock").clear();
@@ -477,13 +483,17 @@ impl Lane {
     /// A lane for a partition just claimed, and its task, started at the
     /// claim's `dedupe_from_offset` (or where `resume` left off).
     fn start(
-        (partition, claim): (i32, Claim),
-        queue: Option<PartitionQueue<ClaimContext>>,
-        suspect: Option<Parked>,
-        resume: Option<Box<Resume>>,
+        assigned: Assigned,
         (shared, handle): (&Arc<Shared>, &Handle),
         (acks, gaps, rereads): &LaneChannels,
     ) -> Lane {
+        let Assigned {
+            partition,
+            claim,
+            queue,
+            suspect,
+            resume,
+        } = assigned;
         let (tx, rx) = mpsc::channel(2);
         let fence = claim.next_offset;
         let (start, task) = match resume {
@@ -615,50 +625,133 @@ pub fn poll_loop(
     settings: LoopSettings,
     shutdown: CancellationToken,
 ) {
-    let ctx = consumer.context();
-    let (shared, handle) = (ctx.shared.clone(), ctx.handle.clone());
-    let topic = shared.orders_topic.as_str();
-    let (acks_tx, acks) = std::sync::mpsc::channel();
-    let (gaps_tx, gaps) = std::sync::mpsc::channel();
-    let (rereads_tx, rereads) = std::sync::mpsc::channel();
-    let lane_channels = (acks_tx, gaps_tx, rereads_tx);
-    let mut lanes: HashMap<i32, Lane> = HashMap::new();
-    let mut held = 0;
-    let mut busy = false;
+    let mut poller = Poller::new(&consumer, settings);
     metrics::READY.set(1);
+    let mut busy = false;
     while !shutdown.is_cancelled() {
+        busy = poller.turn(busy);
+    }
+    metrics::READY.set(0);
+    poller.drain();
+}
+
+/// The consumer loop's state: a lane per claimed partition, and the
+/// channels on which the partitions' tasks report back.
+struct Poller<'a> {
+    consumer: &'a BaseConsumer<ClaimContext>,
+    ctx: &'a ClaimContext,
+    topic: &'a str,
+    settings: LoopSettings,
+    lanes: HashMap<i32, Lane>,
+    /// The senders each new lane's task gets.
+    channels: LaneChannels,
+    /// Offsets durable in the database, to commit as hints.
+    acks: std::sync::mpsc::Receiver<(i32, i64)>,
+    /// Partitions whose task saw a gap at its epoch: claim them again.
+    gaps: std::sync::mpsc::Receiver<i32>,
+    /// Partitions (and offsets) whose task wants them read again.
+    rereads: std::sync::mpsc::Receiver<(i32, i64)>,
+    /// Lanes held at the last report.
+    held: usize,
+}
+
+impl<'a> Poller<'a> {
+    fn new(consumer: &'a BaseConsumer<ClaimContext>, settings: LoopSettings) -> Self {
+        let ctx = consumer.context();
+        let (acks_tx, acks) = std::sync::mpsc::channel();
+        let (gaps_tx, gaps) = std::sync::mpsc::channel();
+        let (rereads_tx, rereads) = std::sync::mpsc::channel();
+        Poller {
+            consumer,
+            ctx,
+            topic: ctx.shared.orders_topic.as_str(),
+            settings,
+            lanes: HashMap::new(),
+            channels: (acks_tx, gaps_tx, rereads_tx),
+            acks,
+            gaps,
+            rereads,
+            held: 0,
+        }
+    }
+
+    /// One turn: poll the consumer's own queue (without waiting while the
+    /// last turn read something), act on assignment changes and the tasks'
+    /// requests, read every lane, park what cannot go on, hand over due
+    /// batches, report, and commit hints. Whether anything was read.
+    fn turn(&mut self, busy: bool) -> bool {
         // The consumer's own queue serves rebalances, statistics and errors
         // (and the messages of a partition whose queue could not be split).
-        let polled = consumer.poll(if busy { Duration::ZERO } else { IDLE_POLL });
-        let controls = std::mem::take(&mut *ctx.controls.lock().expect("controls lock"));
-        let controls_empty = controls.is_empty();
+        let polled = self
+            .consumer
+            .poll(if busy { Duration::ZERO } else { IDLE_POLL });
+        let changed = self.apply_controls();
+        while let Ok(partition) = self.gaps.try_recv() {
+            reclaim(
+                self.consumer,
+                self.ctx,
+                &mut self.lanes,
+                partition,
+                &self.channels,
+            );
+        }
+        while let Ok((partition, offset)) = self.rereads.try_recv() {
+            if let Some(lane) = self.lanes.get_mut(&partition) {
+                read_again(self.consumer, self.topic, partition, offset, lane);
+            }
+        }
+        let mut backwards = Vec::new();
+        self.take_polled(polled, &mut backwards);
+        let mut busy = false;
+        for (&partition, lane) in self.lanes.iter_mut() {
+            match lane.read(self.settings.batch_max_events, READ_PER_TURN) {
+                Ok(read) => busy |= read > 0,
+                Err(offset) => backwards.push((partition, offset)),
+            }
+        }
+        self.park_stuck(backwards);
+        hand_over_due(&mut self.lanes, &self.settings, self.consumer, self.topic);
+        // A fenced lane leaves without a control, hence the count check.
+        if changed || self.lanes.len() != self.held {
+            self.held = self.lanes.len();
+            metrics::ASSIGNED.set(self.held as i64);
+            self.ctx.offsets.set_assigned(self.lanes.keys().copied());
+        }
+        commit_hints(self.consumer, self.topic, &self.acks, CommitMode::Async);
+        if self.ctx.rejoin_due() {
+            rejoin(self.consumer, self.topic);
+        }
+        busy
+    }
+
+    /// Starts a lane for each partition claimed since the last turn and
+    /// lets each revoked one go. Whether there was any change.
+    fn apply_controls(&mut self) -> bool {
+        let controls = std::mem::take(&mut *self.ctx.controls.lock().expect("controls lock"));
+        let changed = !controls.is_empty();
         for control in controls {
             match control {
-                Control::Assigned(partition, claim, queue, suspect, resume) => {
-                    let lane = Lane::start(
-                        (partition, claim),
-                        queue,
-                        suspect,
-                        resume,
-                        (&shared, &handle),
-                        &lane_channels,
-                    );
-                    if let Some(old) = lanes.insert(partition, lane) {
+                Control::Assigned(assigned) => {
+                    let partition = assigned.partition;
+                    let shared = (&self.ctx.shared, &self.ctx.handle);
+                    let lane = Lane::start(assigned, shared, &self.channels);
+                    if let Some(old) = self.lanes.insert(partition, lane) {
                         old.task.abort();
                     }
                     // librdkafka keeps a pause across assignments (a parked
                     // partition is paused); a new lane starts fetching.
-                    set_paused(&consumer, topic, partition, false);
+                    set_paused(self.consumer, self.topic, partition, false);
                 }
                 Control::Revoked(partitions) => {
                     tracing::debug!(?partitions, "Partitions revoked.");
                     for partition in partitions {
-                        if let Some(lane) = lanes.remove(&partition) {
+                        if let Some(lane) = self.lanes.remove(&partition) {
                             // The next owner re-reads whatever this lane had
                             // not published. The task stops after its batch in
                             // hand, so that a new claim here can keep its window.
                             lane.stop.cancel();
-                            ctx.leaving
+                            self.ctx
+                                .leaving
                                 .lock()
                                 .expect("leaving lock")
                                 .insert(partition, lane.task);
@@ -667,17 +760,19 @@ pub fn poll_loop(
                 }
             }
         }
-        while let Ok(partition) = gaps.try_recv() {
-            reclaim(&consumer, ctx, &mut lanes, partition, &lane_channels);
-        }
-        while let Ok((partition, offset)) = rereads.try_recv() {
-            if let Some(lane) = lanes.get_mut(&partition) {
-                read_again(&consumer, topic, partition, offset, lane);
-            }
-        }
-        let mut backwards = Vec::new();
+        changed
+    }
+
+    /// Takes what the consumer's own queue gave: a message for its lane (one
+    /// before the lane's next offset goes to `backwards`), the end of a
+    /// partition's log, or an error to log.
+    fn take_polled(
+        &mut self,
+        polled: Option<Result<BorrowedMessage<'_>, KafkaError>>,
+        backwards: &mut Vec<(i32, i64)>,
+    ) {
         match polled {
-            Some(Ok(message)) => match lanes.get_mut(&message.partition()) {
+            Some(Ok(message)) => match self.lanes.get_mut(&message.partition()) {
                 Some(lane) => {
                     if !lane.accept(&message) {
                         backwards.push((message.partition(), message.offset()));
@@ -690,82 +785,73 @@ pub fn poll_loop(
                 ),
             },
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                if let Some(lane) = lanes.get_mut(&partition) {
+                if let Some(lane) = self.lanes.get_mut(&partition) {
                     lane.at_end = true;
                 }
             }
             Some(Err(error)) => tracing::warn!(%error, "Consumer error."),
             None => {}
         }
-        busy = false;
-        for (&partition, lane) in lanes.iter_mut() {
-            match lane.read(settings.batch_max_events, READ_PER_TURN) {
-                Ok(read) => busy |= read > 0,
-                Err(offset) => backwards.push((partition, offset)),
-            }
-        }
+    }
+
+    /// Parks the partitions whose log went backwards and the suspect ones
+    /// confirmed behind their fence: their lanes end and they are paused.
+    fn park_stuck(&mut self, backwards: Vec<(i32, i64)>) {
         let mut parks: Vec<(i32, Parked)> = Vec::new();
         for (partition, offset) in backwards {
-            if let Some(lane) = lanes.get(&partition) {
+            if let Some(lane) = self.lanes.get(&partition) {
                 parks.push((partition, went_backwards(partition, lane.expected, offset)));
             }
         }
-        for (&partition, lane) in lanes.iter_mut() {
-            if let Some(parked) = lane.settle(partition, &ctx.offsets) {
+        for (&partition, lane) in self.lanes.iter_mut() {
+            if let Some(parked) = lane.settle(partition, &self.ctx.offsets) {
                 parks.push((partition, parked));
             }
         }
         for (partition, parked) in parks {
-            if let Some(lane) = lanes.remove(&partition) {
+            if let Some(lane) = self.lanes.remove(&partition) {
                 // Nothing past the fence was handed over, so nothing of it is counted.
-                health::park(topic, partition, parked);
+                health::park(self.topic, partition, parked);
                 lane.task.abort();
-                set_paused(&consumer, topic, partition, true);
+                set_paused(self.consumer, self.topic, partition, true);
             }
-        }
-        hand_over_due(&mut lanes, &settings, &consumer, topic);
-        // A fenced lane leaves without a control, hence the count check.
-        if !controls_empty || lanes.len() != held {
-            held = lanes.len();
-            metrics::ASSIGNED.set(held as i64);
-            ctx.offsets.set_assigned(lanes.keys().copied());
-        }
-        commit_hints(&consumer, topic, &acks, CommitMode::Async);
-        if ctx.rejoin_due() {
-            rejoin(&consumer, topic);
         }
     }
-    metrics::READY.set(0);
-    tracing::info!(partitions = lanes.len(), "Draining in-flight batches.");
-    let deadline = tokio::time::Instant::now() + settings.drain;
-    handle.block_on(async {
-        for (partition, mut lane) in lanes.drain() {
-            // The last batch read, handed over while the deadline allows: a
-            // task stuck with a full channel must not hold the exit.
-            let batch = std::mem::take(&mut lane.pending);
-            if !batch.is_empty() && lane.suspect.is_none() {
-                let sent = tokio::time::timeout_at(deadline, lane.batches.send(batch)).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    tracing::warn!(
-                        partition,
-                        "Drain timed out; the next owner will redo this partition's last batch."
-                    );
-                    continue;
-                }
+
+    /// Hands each lane's last batch over and waits for its task, both within
+    /// `settings.drain`; commits the last hints and leaves the group.
+    fn drain(mut self) {
+        tracing::info!(partitions = self.lanes.len(), "Draining in-flight batches.");
+        let deadline = tokio::time::Instant::now() + self.settings.drain;
+        let lanes = std::mem::take(&mut self.lanes);
+        self.ctx.handle.block_on(async {
+            for (partition, lane) in lanes {
+                drain_lane(partition, lane, deadline).await;
             }
-            drop(lane.batches);
-            if tokio::time::timeout_at(deadline, lane.task).await.is_err() {
-                tracing::warn!(
-                    partition,
-                    "Drain timed out; the next owner will redo this partition's last batch."
-                );
-            }
+        });
+        commit_hints(self.consumer, self.topic, &self.acks, CommitMode::Sync);
+        self.consumer.unsubscribe();
+        // Queues split off in a last rebalance hold the consumer: let it go.
+        self.ctx.controls.lock().expect("controls lock").clear();
+    }
+}
+
+/// The last batch read, handed over while the deadline allows (a task stuck
+/// with a full channel must not hold the exit), then the task awaited.
+async fn drain_lane(partition: i32, mut lane: Lane, deadline: tokio::time::Instant) {
+    const LATE: &str = "Drain timed out; the next owner will redo this partition's last batch.";
+    let batch = std::mem::take(&mut lane.pending);
+    if !batch.is_empty() && lane.suspect.is_none() {
+        let sent = tokio::time::timeout_at(deadline, lane.batches.send(batch)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::warn!(partition, "{LATE}");
+            return;
         }
-    });
-    commit_hints(&consumer, topic, &acks, CommitMode::Sync);
-    consumer.unsubscribe();
-    // Queues split off in a last rebalance hold the consumer: let it go.
-    ctx.controls.lock().expect("controls lock").clear();
+    }
+    drop(lane.batches);
+    if tokio::time::timeout_at(deadline, lane.task).await.is_err() {
+        tracing::warn!(partition, "{LATE}");
+    }
 }
 
 /// Leaves the group and joins it again: the rebalance that follows revokes
@@ -856,7 +942,14 @@ fn reclaim(
         "Partition claimed again after a gap; publishing again from the fence."
     );
     let shared = (&ctx.shared, &ctx.handle);
-    let lane = Lane::start((partition, claim), old.queue, None, None, shared, channels);
+    let assigned = Assigned {
+        partition,
+        claim,
+        queue: old.queue,
+        suspect: None,
+        resume: None,
+    };
+    let lane = Lane::start(assigned, shared, channels);
     lanes.insert(partition, lane);
 }
 

@@ -18,6 +18,10 @@
 //!
 //! Its Kafka clients and topic set-up come from the `kafka` crate.
 
+// Each dependency is used: the test command's clippy fails otherwise (tests
+// and benchmarks see dev-dependencies too, so the check is off for them).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod aggregate;
 pub mod config;
 pub mod consumer;

@@ -21,6 +21,10 @@
 //! This crate is shared by the worker (claims) and the aggregator (fenced
 //! upserts), which is why it is not inside `aggregator/`.
 
+// Each dependency is used: the test command's clippy fails otherwise (tests
+// and benchmarks see dev-dependencies too, so the check is off for them).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod error;
 pub mod fence;
 pub mod health;

@@ -222,33 +222,13 @@ async fn stream_and_files_counted(
     (jobs, everything)
 }
 
-/// Scenario 1, 4 and 6: a watched folder beside the live stream.
-async fn watched_folder(backend: Backend) {
-    let mut world = World::new("import-watch", backend).await;
-    let store = world.store().await;
-    let inbox = world.dir.join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    world.start_worker("worker", &[]);
-    // Two aggregators watch: one leads (on PostgreSQL; on SQLite both list,
-    // and queueing is still once per file).
-    let settings = aggregator_settings(Some(inbox.to_str().unwrap()), "3000");
-    start_aggregator(&mut world, "aggregator-a", &settings);
-    start_aggregator(&mut world, "aggregator-b", &settings);
-    let leaders = leaders(&world, backend).await;
-
-    // Streamed events and six files copied in while the pipeline runs.
-    let stream = common::traffic(91, 30_000);
-    let staged = world.dir.join("staged");
-    let files = six_files(&staged, 100);
-    let produce = common::produce(&world.brokers, &world.orders, &stream.messages);
-    for (name, _) in &files {
-        std::fs::copy(staged.join(name), inbox.join(name)).unwrap();
-    }
-    produce.await;
-    let (jobs, mut everything) =
-        stream_and_files_counted(&world, &store, &stream.messages, &files).await;
-
-    // `jobs show` lists every invalid row of a file with its row number and reason.
+/// `jobs show` lists every invalid row of a file with its row number and
+/// reason, and both aggregators' metrics count the files and rows.
+async fn invalid_rows_listed_and_counted(
+    world: &World,
+    jobs: &[Job],
+    files: &[(String, Vec<Generated>)],
+) {
     let csv = jobs
         .iter()
         .find(|j| j.tasks[0].input.files[0].ends_with("orders-2.csv"))
@@ -275,7 +255,7 @@ async fn watched_folder(backend: Backend) {
     assert!(listed.iter().all(|l| l.contains("field `")), "{listed:?}");
     assert_eq!(
         both(
-            &world,
+            world,
             "tally_import_files_total",
             &[("outcome", "imported")]
         )
@@ -284,12 +264,19 @@ async fn watched_folder(backend: Backend) {
     );
     let invalid: i64 = files.iter().map(|(_, m)| rows(m).1).sum();
     assert_eq!(
-        both(&world, "tally_import_rows_total", &[("outcome", "invalid")]).await,
+        both(world, "tally_import_rows_total", &[("outcome", "invalid")]).await,
         invalid as f64
     );
+}
 
-    // A file copied in again with the same bytes (a new modification time) adds nothing and is no conflict.
-    let before = store.totals(None).await.unwrap();
+/// A file copied in again with the same bytes (a new modification time)
+/// is judged unchanged: no conflict, nothing added.
+async fn a_copy_with_the_same_bytes_adds_nothing(
+    world: &World,
+    store: &Store,
+    staged: &Path,
+    inbox: &Path,
+) {
     std::fs::copy(
         staged.join("orders-0.parquet"),
         inbox.join("orders-0.parquet"),
@@ -297,7 +284,7 @@ async fn watched_folder(backend: Backend) {
     .unwrap();
     world
         .wait_for("the copy judged", Duration::from_secs(120), || async {
-            imports_of(&store, "orders-0.parquet")
+            imports_of(store, "orders-0.parquet")
                 .await
                 .iter()
                 .filter(|j| j.state == State::Succeeded)
@@ -305,7 +292,7 @@ async fn watched_folder(backend: Backend) {
                 == 2
         })
         .await;
-    let copy = imports_of(&store, "orders-0.parquet").await.pop().unwrap();
+    let copy = imports_of(store, "orders-0.parquet").await.pop().unwrap();
     assert!(
         copy.tasks[0]
             .outcome
@@ -314,18 +301,20 @@ async fn watched_folder(backend: Backend) {
             .starts_with("unchanged"),
         "{copy:#?}"
     );
-    assert_eq!(store.totals(None).await.unwrap(), before);
     assert_eq!(
         both(
-            &world,
+            world,
             "tally_import_files_total",
             &[("outcome", "unchanged")]
         )
         .await,
         1.0
     );
+}
 
-    // Scenario 4: a file rewritten under the same name is a conflict, reported once, and counts nothing.
+/// A file rewritten under the same name is a conflict, reported once with
+/// what to do instead.
+async fn a_rewritten_file_is_a_conflict(world: &World, store: &Store, staged: &Path, inbox: &Path) {
     write_format(&staged.join("changed.csv"), "csv", &events(190, 20_000));
     std::fs::copy(staged.join("changed.csv"), inbox.join("orders-2.csv")).unwrap();
     world
@@ -333,14 +322,14 @@ async fn watched_folder(backend: Backend) {
             "the conflicting version reported",
             Duration::from_secs(120),
             || async {
-                imports_of(&store, "orders-2.csv")
+                imports_of(store, "orders-2.csv")
                     .await
                     .iter()
                     .any(|j| j.state == State::Failed)
             },
         )
         .await;
-    let failed: Vec<Job> = imports_of(&store, "orders-2.csv")
+    let failed: Vec<Job> = imports_of(store, "orders-2.csv")
         .await
         .into_iter()
         .filter(|j| j.state == State::Failed)
@@ -353,25 +342,33 @@ async fn watched_folder(backend: Backend) {
         "{error}"
     );
     assert_eq!(failed[0].tasks[0].outcome.as_deref(), Some("conflict"));
-    assert_eq!(store.totals(None).await.unwrap(), before);
     assert_eq!(
         both(
-            &world,
+            world,
             "tally_import_files_total",
             &[("outcome", "conflict")]
         )
         .await,
         1.0
     );
+}
 
-    // Scenario 6: a file still being written waits until it is complete.
+/// A file still being written is not queued while it grows; once complete
+/// it is imported whole, once. Returns its events.
+async fn a_half_written_file_waits(
+    world: &World,
+    store: &Store,
+    staged: &Path,
+    inbox: &Path,
+    leaders: &[&str],
+) -> Vec<Generated> {
     let late = events(195, 40_000);
     write_ndjson(&staged.join("late.ndjson"), &late);
     let bytes = std::fs::read(staged.join("late.ndjson")).unwrap();
     let (head, tail) = bytes.split_at(bytes.len() / 2 + 7); // mid-line
     std::fs::write(inbox.join("late.ndjson"), head).unwrap();
     let unsettled =
-        || async { both(&world, "tally_import_watch_unsettled_files", &[]).await >= 1.0 };
+        || async { both(world, "tally_import_watch_unsettled_files", &[]).await >= 1.0 };
     world
         .wait_for(
             "the watch sees the half-written file",
@@ -379,9 +376,9 @@ async fn watched_folder(backend: Backend) {
             unsettled,
         )
         .await;
-    three_more_listings(&world, &leaders).await;
+    three_more_listings(world, leaders).await;
     assert!(
-        imports_of(&store, "late.ndjson").await.is_empty(),
+        imports_of(store, "late.ndjson").await.is_empty(),
         "a half-written file was queued"
     );
     let mut writer = std::fs::OpenOptions::new()
@@ -395,16 +392,55 @@ async fn watched_folder(backend: Backend) {
             "the completed file imported",
             Duration::from_secs(120),
             || async {
-                imports_of(&store, "late.ndjson")
+                imports_of(store, "late.ndjson")
                     .await
                     .iter()
                     .any(|j| j.state == State::Succeeded)
             },
         )
         .await;
-    let late_jobs = imports_of(&store, "late.ndjson").await;
+    let late_jobs = imports_of(store, "late.ndjson").await;
     assert_eq!(late_jobs.len(), 1, "{late_jobs:#?}");
     assert_eq!(late_jobs[0].rows(), rows(&late), "read whole, once");
+    late
+}
+
+/// A watched folder beside the live stream: six files copied in are each
+/// imported once, their invalid rows listed and counted; a copy with the
+/// same bytes adds nothing; a file rewritten under its name is a conflict
+/// that counts nothing; a half-written file waits until it is complete.
+async fn watched_folder(backend: Backend) {
+    let mut world = World::new("import-watch", backend).await;
+    let store = world.store().await;
+    let inbox = world.dir.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    world.start_worker("worker", &[]);
+    // Two aggregators watch: one leads (on PostgreSQL; on SQLite both list,
+    // and queueing is still once per file).
+    let settings = aggregator_settings(Some(inbox.to_str().unwrap()), "3000");
+    start_aggregator(&mut world, "aggregator-a", &settings);
+    start_aggregator(&mut world, "aggregator-b", &settings);
+    let leaders = leaders(&world, backend).await;
+
+    // Streamed events and six files copied in while the pipeline runs.
+    let stream = common::traffic(91, 30_000);
+    let staged = world.dir.join("staged");
+    let files = six_files(&staged, 100);
+    let produce = common::produce(&world.brokers, &world.orders, &stream.messages);
+    for (name, _) in &files {
+        std::fs::copy(staged.join(name), inbox.join(name)).unwrap();
+    }
+    produce.await;
+    let (jobs, mut everything) =
+        stream_and_files_counted(&world, &store, &stream.messages, &files).await;
+
+    invalid_rows_listed_and_counted(&world, &jobs, &files).await;
+    let before = store.totals(None).await.unwrap();
+    a_copy_with_the_same_bytes_adds_nothing(&world, &store, &staged, &inbox).await;
+    assert_eq!(store.totals(None).await.unwrap(), before);
+    a_rewritten_file_is_a_conflict(&world, &store, &staged, &inbox).await;
+    assert_eq!(store.totals(None).await.unwrap(), before);
+    let late = a_half_written_file_waits(&world, &store, &staged, &inbox, &leaders).await;
     everything.extend(late.iter().cloned());
     assert_totals_equal(
         &expected_totals(&everything),
@@ -436,7 +472,7 @@ fn notification(bucket: &str, objects: &[(String, usize, String)]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "Records": records })).unwrap()
 }
 
-/// Scenario 2: files in S3, found by watching a prefix and pushed by
+/// Files in S3, found by watching a prefix and pushed by
 /// notifications posted to ingest, twice.
 async fn s3_prefix_and_notifications(backend: Backend) {
     use object_store::ObjectStoreExt;
@@ -533,7 +569,7 @@ async fn s3_prefix_and_notifications(backend: Backend) {
     assert_eq!(store.totals(None).await.unwrap(), expected);
 }
 
-/// Scenario 3: an aggregator killed in the middle of an import, and a file
+/// An aggregator killed in the middle of an import, and a file
 /// that arrives while none runs.
 async fn killed_mid_import(backend: Backend) {
     let mut world = World::new("import-kill", backend).await;
@@ -612,9 +648,9 @@ fn job_id(out: &std::process::Output) -> i64 {
         .expect("the job id on the first line")
 }
 
-/// Scenario 5: `--after`: a job runs only after its dependency succeeded,
-/// and is cancelled (down the chain) when it fails.
-async fn dependencies(backend: Backend) {
+/// `--after`: a job runs only after the one it waits on succeeded; a file
+/// imported already is not queued again.
+async fn a_job_waits_for_the_one_it_is_after(backend: Backend) {
     let mut world = World::new("import-after", backend).await;
     let store = world.store().await;
     let mut settings = aggregator_settings(None, "0");
@@ -648,7 +684,7 @@ async fn dependencies(backend: Backend) {
         &url,
     ]));
     // Both exist before any runner does, so the order is the runner's choice.
-    let runner = start_aggregator(&mut world, "aggregator", &settings);
+    start_aggregator(&mut world, "aggregator", &settings);
     let done = wait_for_job(&store, import, |j| j.state.is_final()).await;
     let first = store.job(backfill).await.unwrap().unwrap();
     assert_eq!(
@@ -677,10 +713,36 @@ async fn dependencies(backend: Backend) {
         stdout(&show)
     );
 
-    // A dependency that fails cancels its dependants, and theirs; the table
-    // is unchanged. The jobs are created while no runner runs, so none has
-    // ended before its dependants exist.
-    assert_eq!(world.terminate(runner), 0);
+    let env = world.env.clone();
+    let again = tally_with(
+        &[
+            "import",
+            "--source",
+            world.dir.join("drop.csv").to_str().unwrap(),
+            "--database-url",
+            &url,
+        ],
+        &env,
+    );
+    assert!(
+        again.status.success() && stdout(&again).is_empty(),
+        "importing a file again queues nothing"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already imported by job"));
+}
+
+/// A dependency that fails cancels its dependants, and theirs, leaving the
+/// table unchanged; a job after one that does not exist, or one that failed
+/// already, is refused when created.
+async fn a_failed_dependency_cancels_its_chain(backend: Backend) {
+    let mut world = World::new("import-after-failed", backend).await;
+    let store = world.store().await;
+    let mut settings = aggregator_settings(None, "0");
+    settings.push(("aggregator.backfill_max_attempts".into(), "1".into()));
+    let url = world.database_url.clone();
+    write_parquet(&world.dir.join("range.parquet"), &events(130, 100_000));
+    // The jobs are created while no runner runs, so none has ended before
+    // its dependants exist.
     let table = table_bytes(&world).await;
     let broken = world.dir.join("broken.parquet");
     std::fs::write(&broken, b"not parquet at all").unwrap();
@@ -781,27 +843,12 @@ async fn dependencies(backend: Backend) {
     ]);
     assert_eq!(after_failed.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&after_failed.stderr).contains("would never run"));
-    let env = world.env.clone();
-    let again = tally_with(
-        &[
-            "import",
-            "--source",
-            world.dir.join("drop.csv").to_str().unwrap(),
-            "--database-url",
-            &url,
-        ],
-        &env,
-    );
-    assert!(
-        again.status.success() && stdout(&again).is_empty(),
-        "importing a file again queues nothing"
-    );
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already imported by job"));
 }
 
 on_both_databases!(
     watched_folder,
     s3_prefix_and_notifications,
     killed_mid_import,
-    dependencies
+    a_job_waits_for_the_one_it_is_after,
+    a_failed_dependency_cancels_its_chain
 );

@@ -15,7 +15,9 @@
 //!   `/metrics` page, error or `--help`.
 //! - A Kafka CA that does not sign the broker's certificate, or a SASL
 //!   password the broker refuses, stops each role at startup with
-//!   librdkafka's reason.
+//!   librdkafka's reason; a misspelt password property is named, its value
+//!   not; a refused database password is not repeated; `--help` shows no
+//!   secret held in the environment. One test each.
 
 mod common;
 
@@ -111,6 +113,98 @@ fn run_to_exit(args: &[&str], env: &[(String, String)]) -> (i32, String) {
     )
 }
 
+/// Posts `messages` to ingest over HTTPS in NDJSON batches of 500: the
+/// events accepted.
+async fn post_over_https(addr: &str, messages: &[Generated]) -> usize {
+    let mut accepted = 0;
+    for chunk in messages.chunks(500) {
+        let mut body = Vec::new();
+        for message in chunk {
+            body.extend_from_slice(&message.payload);
+            body.push(b'\n');
+        }
+        let addr = addr.to_owned();
+        let (status, answer) = tokio::task::spawn_blocking(move || {
+            let auth = format!("Bearer {TOKEN}");
+            https(
+                &addr,
+                "POST",
+                "/v1/orders",
+                &[
+                    ("Content-Type", "application/x-ndjson"),
+                    ("Authorization", &auth),
+                ],
+                &body,
+            )
+        })
+        .await
+        .unwrap();
+        let outcome: Outcome = serde_json::from_slice(&answer)
+            .unwrap_or_else(|e| panic!("{status} {e}: {}", String::from_utf8_lossy(&answer)));
+        assert!(status == 200 || status == 207, "{status}: {outcome:?}");
+        accepted += outcome.accepted;
+    }
+    accepted
+}
+
+/// Runs `tally generate` straight to the world's TLS listener with ingest's
+/// properties: the events it published, as the generator makes them.
+fn generate_to_kafka(world: &World, events: u64, seed: u64) -> Vec<Generated> {
+    let generated = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .envs(world.env.iter().cloned())
+        .args([
+            "generate",
+            "--brokers",
+            &world.brokers,
+            "--topic",
+            &world.orders,
+            "--merchants",
+            "120",
+        ])
+        .args(["--events", &events.to_string(), "--seed", &seed.to_string()])
+        .arg("--expected")
+        .arg(world.dir.join("expected.csv"))
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    Generator::new(GeneratorConfig {
+        seed,
+        events,
+        merchants: 120,
+        ..GeneratorConfig::default()
+    })
+    .collect()
+}
+
+/// Ingest's `/metrics` over HTTPS, the worker's and the aggregator's, and
+/// every log of the world.
+async fn pages_and_logs(world: &World, ingest: &str) -> Vec<String> {
+    let addr = ingest.to_owned();
+    let (status, ingest_metrics) =
+        tokio::task::spawn_blocking(move || https(&addr, "GET", "/metrics", &[], b""))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    let mut pages = vec![String::from_utf8(ingest_metrics).unwrap()];
+    for service in ["worker", "aggregator"] {
+        let (status, page) = common::http(&world.metrics[service], "GET", "/metrics", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        pages.push(String::from_utf8(page).unwrap());
+    }
+    for entry in std::fs::read_dir(&world.dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            pages.push(std::fs::read_to_string(entry.path()).unwrap());
+        }
+    }
+    pages
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     let mut world = World::secure("tls-pipeline").await;
@@ -145,34 +239,7 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
         .iter()
         .filter(|m| matches!(m.truth, Truth::Invalid(_)))
         .count();
-    let mut accepted = 0;
-    for chunk in messages.chunks(500) {
-        let mut body = Vec::new();
-        for message in chunk {
-            body.extend_from_slice(&message.payload);
-            body.push(b'\n');
-        }
-        let addr = addr.clone();
-        let (status, answer) = tokio::task::spawn_blocking(move || {
-            let auth = format!("Bearer {TOKEN}");
-            https(
-                &addr,
-                "POST",
-                "/v1/orders",
-                &[
-                    ("Content-Type", "application/x-ndjson"),
-                    ("Authorization", &auth),
-                ],
-                &body,
-            )
-        })
-        .await
-        .unwrap();
-        let outcome: Outcome = serde_json::from_slice(&answer)
-            .unwrap_or_else(|e| panic!("{status} {e}: {}", String::from_utf8_lossy(&answer)));
-        assert!(status == 200 || status == 207, "{status}: {outcome:?}");
-        accepted += outcome.accepted;
-    }
+    let accepted = post_over_https(&addr, &messages).await;
     assert_eq!(accepted, messages.len() - invalid);
     world
         .wait_committed(&store, accepted as u64, Duration::from_secs(300))
@@ -185,33 +252,7 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
     // `tally generate` publishes straight to the TLS listener with ingest's
     // properties (SASL as the SCRAM-SHA-256 user); the worker counts those too.
     let (events, seed) = (3_000_u64, 11);
-    let generated = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .envs(world.env.iter().cloned())
-        .args([
-            "generate",
-            "--brokers",
-            &world.brokers,
-            "--topic",
-            &world.orders,
-            "--merchants",
-            "120",
-        ])
-        .args(["--events", &events.to_string(), "--seed", &seed.to_string()])
-        .arg("--expected")
-        .arg(world.dir.join("expected.csv"))
-        .output()
-        .unwrap();
-    assert!(
-        generated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
-    let direct = Generator::new(GeneratorConfig {
-        seed,
-        events,
-        merchants: 120,
-        ..GeneratorConfig::default()
-    });
+    let direct = generate_to_kafka(&world, events, seed);
     let messages: Vec<Generated> = messages.into_iter().chain(direct).collect();
     world
         .wait_committed(&store, accepted as u64 + events, Duration::from_secs(300))
@@ -234,14 +275,40 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
         )
         .await;
 
-    // A Kafka CA that did not sign the broker's certificate: each role stops
-    // at startup and says why.
-    let mut wrong = world.env.clone();
-    wrong.retain(|(var, _)| var != "TALLY_KAFKA__SSL_CA_LOCATION");
-    wrong.push((
-        "TALLY_KAFKA__SSL_CA_LOCATION".into(),
-        required("TALLY_TEST_TLS_WRONG_CA"),
-    ));
+    // No password in the logs or on /metrics.
+    let pages = pages_and_logs(&world, &addr).await;
+    assert!(pages.len() >= 6, "three /metrics pages and three logs");
+    for page in &pages {
+        assert!(
+            !page.contains(&password),
+            "a log or /metrics page shows the database password"
+        );
+        assert!(
+            !page.contains(&sasl_password),
+            "a log or /metrics page shows the SASL password"
+        );
+    }
+}
+
+/// The world's environment with `drop` removed and `add` set.
+fn environment_with(world: &World, drop: &str, add: (&str, String)) -> Vec<(String, String)> {
+    let mut env = world.env.clone();
+    env.retain(|(var, _)| var != drop);
+    env.push((add.0.to_owned(), add.1));
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_ca_that_did_not_sign_the_broker_stops_each_role_with_the_reason() {
+    let world = World::secure("tls-wrong-ca").await;
+    let wrong = environment_with(
+        &world,
+        "TALLY_KAFKA__SSL_CA_LOCATION",
+        (
+            "TALLY_KAFKA__SSL_CA_LOCATION",
+            required("TALLY_TEST_TLS_WRONG_CA"),
+        ),
+    );
     let listen = common::free_addr();
     for role in [
         vec![
@@ -278,13 +345,19 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
             "tally {role:?}: {stderr}"
         );
     }
-    // A SASL password the broker refuses: the same, with librdkafka's reason.
-    let mut wrong = world.env.clone();
-    wrong.retain(|(var, _)| var != "TALLY_KAFKA__SASL_PASSWORD_FILE");
-    wrong.push((
-        "TALLY_KAFKA__SASL_PASSWORD".into(),
-        "not-the-sasl-password-0815".into(),
-    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sasl_password_the_broker_refuses_stops_the_worker_without_showing_it() {
+    let world = World::secure("tls-wrong-sasl").await;
+    let wrong = environment_with(
+        &world,
+        "TALLY_KAFKA__SASL_PASSWORD_FILE",
+        (
+            "TALLY_KAFKA__SASL_PASSWORD",
+            "not-the-sasl-password-0815".into(),
+        ),
+    );
     let (code, stderr) = run_to_exit(
         &[
             "worker",
@@ -301,8 +374,14 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
             && !stderr.contains("not-the-sasl-password-0815"),
         "{stderr}"
     );
-    // A misspelt property holding the password: librdkafka refuses it, and
-    // the error names the property but not the value (rdkafka's own does).
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_password_property_is_named_but_its_value_is_not() {
+    // librdkafka refuses the property; the error names it but not the value
+    // (rdkafka's own does).
+    let world = World::secure("tls-misspelt").await;
+    let sasl_password = required("TALLY_TEST_KAFKA_SASL_PASSWORD");
     let mut misspelt = world.env.clone();
     misspelt.push((
         "TALLY_WORKER_KAFKA__SASL_PASWORD".into(),
@@ -323,8 +402,12 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
         stderr.contains("sasl.pasword") && !stderr.contains(&sasl_password),
         "{stderr}"
     );
-    // A database password the server refuses: PostgreSQL says so; the
-    // password it was given is not repeated.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_password_the_server_refuses_is_not_repeated() {
+    let world = World::secure("tls-wrong-pg").await;
+    let password = required("TALLY_TEST_PG_TLS_PASSWORD");
     let url_file = world.dir.join("wrong-password-url");
     std::fs::write(
         &url_file,
@@ -333,12 +416,11 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
             .replace(&password, "not-the-password-4711"),
     )
     .unwrap();
-    let mut wrong = world.env.clone();
-    wrong.retain(|(var, _)| var != "TALLY_DATABASE_URL_FILE");
-    wrong.push((
-        "TALLY_DATABASE_URL_FILE".into(),
-        url_file.display().to_string(),
-    ));
+    let wrong = environment_with(
+        &world,
+        "TALLY_DATABASE_URL_FILE",
+        ("TALLY_DATABASE_URL_FILE", url_file.display().to_string()),
+    );
     let (code, stderr) = run_to_exit(
         &[
             "aggregator",
@@ -355,8 +437,13 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
             && !stderr.contains("not-the-password-4711"),
         "{stderr}"
     );
+}
 
-    // No secret in --help, even when the environment holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_shows_no_secret_even_when_the_environment_holds_it() {
+    let world = World::secure("tls-help").await;
+    let password = required("TALLY_TEST_PG_TLS_PASSWORD");
+    let sasl_password = required("TALLY_TEST_KAFKA_SASL_PASSWORD");
     let leaky = [
         ("TALLY_DATABASE_URL".to_owned(), world.database_url.clone()),
         (
@@ -385,116 +472,4 @@ async fn the_pipeline_runs_over_tls_with_secrets_kept() {
             "{text}"
         );
     }
-    // None in the logs or on /metrics either.
-    let addr_for_metrics = addr.clone();
-    let (status, ingest_metrics) =
-        tokio::task::spawn_blocking(move || https(&addr_for_metrics, "GET", "/metrics", &[], b""))
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
-    let mut pages = vec![String::from_utf8(ingest_metrics).unwrap()];
-    for service in ["worker", "aggregator"] {
-        let (status, page) = common::http(&world.metrics[service], "GET", "/metrics", &[], b"")
-            .await
-            .unwrap();
-        assert_eq!(status, 200);
-        pages.push(String::from_utf8(page).unwrap());
-    }
-    for entry in std::fs::read_dir(&world.dir).unwrap().flatten() {
-        if entry.path().extension().is_some_and(|e| e == "log") {
-            pages.push(std::fs::read_to_string(entry.path()).unwrap());
-        }
-    }
-    assert!(pages.len() >= 6, "three /metrics pages and three logs");
-    for page in &pages {
-        assert!(
-            !page.contains(&password),
-            "a log or /metrics page shows the database password"
-        );
-        assert!(
-            !page.contains(&sasl_password),
-            "a log or /metrics page shows the SASL password"
-        );
-    }
-}
-
-/// The pipeline over the broker's SSL listener (its certificate checked
-/// against the test CA, host name included) and over its mTLS listener (a
-/// client certificate the test CA signed): the totals are exact on each.
-/// Without a client certificate the mTLS listener refuses the worker, which
-/// stops at startup with librdkafka's reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pipeline_runs_over_kafka_ssl_and_mtls() {
-    let ssl = [
-        ("TALLY_KAFKA__SECURITY_PROTOCOL", "SSL".to_owned()),
-        (
-            "TALLY_KAFKA__SSL_CA_LOCATION",
-            required("TALLY_TEST_TLS_CA"),
-        ),
-        (
-            "TALLY_KAFKA__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
-            "https".to_owned(),
-        ),
-    ];
-    let client_certificate = [
-        (
-            "TALLY_KAFKA__SSL_CERTIFICATE_LOCATION",
-            required("TALLY_TEST_TLS_CLIENT_CERT"),
-        ),
-        (
-            "TALLY_KAFKA__SSL_KEY_LOCATION",
-            required("TALLY_TEST_TLS_CLIENT_KEY"),
-        ),
-    ];
-    let plain = required("TALLY_TEST_BROKERS");
-    for (listener, env) in [
-        ("TALLY_TEST_SSL_BROKERS", ssl.to_vec()),
-        (
-            "TALLY_TEST_MTLS_BROKERS",
-            [ssl.as_slice(), client_certificate.as_slice()].concat(),
-        ),
-    ] {
-        let mut world = World::new("kafka-ssl", common::Backend::Postgres).await;
-        let store = world.store().await;
-        world.brokers = required(listener);
-        world.env = env
-            .iter()
-            .map(|(var, value)| ((*var).to_owned(), value.clone()))
-            .collect();
-        world.start_aggregator("aggregator");
-        world.start_worker("worker", &[]);
-        let traffic = common::traffic(81, 5_000);
-        common::produce(&plain, &world.orders, &traffic.messages).await;
-        world
-            .wait_committed(
-                &store,
-                traffic.messages.len() as u64,
-                Duration::from_secs(300),
-            )
-            .await;
-        assert_totals_equal(&traffic.expected, &store.totals(None).await.unwrap());
-    }
-
-    let no_certificate: Vec<(String, String)> = ssl
-        .iter()
-        .map(|(var, value)| ((*var).to_owned(), value.clone()))
-        .collect();
-    let mtls = required("TALLY_TEST_MTLS_BROKERS");
-    let (code, stderr) = run_to_exit(
-        &[
-            "worker",
-            "--brokers",
-            &mtls,
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ],
-        &no_certificate,
-    );
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("refused the connection")
-            && stderr.contains("alert")
-            && stderr.contains("ssl.certificate.location"),
-        "{stderr}"
-    );
 }

@@ -1,7 +1,7 @@
-//! `tally generate` (deterministic traffic to Kafka or to `tally ingest`, plus its expected
-//! totals) and `tally verify-totals` (those totals against the database).
+//! `tally generate`: deterministic traffic to Kafka or to `tally ingest`,
+//! with its exact expected totals.
 
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +14,8 @@ use rdkafka::producer::FutureProducer;
 use schemas::config::{self as check, ConfigError};
 use schemas::Day;
 
-use crate::cli::{GenerateArgs, VerifyArgs};
+use crate::cli::GenerateArgs;
 use crate::error::{CliError, CliResult};
-use crate::query::open_store;
 use crate::settings::{self, Settings};
 
 /// Where `tally generate` sends its messages.
@@ -280,54 +279,4 @@ async fn to_ingest(
             endpoint.addr, endpoint.path
         ),
     ))
-}
-
-/// Compares the file's rows with `merchant_sales`: exit 0 when every key
-/// matches, 1 when any differs (each one printed), 2 for a bad file or URL.
-pub async fn verify(args: VerifyArgs) -> CliResult {
-    let file = std::fs::File::open(&args.file).map_err(|error| {
-        CliError::config(format!("cannot open {}: {error}", args.file.display()))
-    })?;
-    let want = expected::read(BufReader::new(file))
-        .map_err(|error| CliError::config(format!("{}: {error}", args.file.display())))?;
-    let store = open_store(&args.database).await?;
-    let have = store
-        .totals(None)
-        .await
-        .map_err(|error| CliError::run(format!("cannot read merchant_sales: {error}")))?;
-    report(&want, &have)
-}
-
-/// Prints one `DIFF` line per key where `have` (the database) differs from
-/// `want`, with both values; fails (exit 1, already reported) when any differs.
-pub fn report(want: &schemas::Totals, have: &schemas::Totals) -> CliResult {
-    let differences = expected::differences(want, have);
-    let show = |sums: &Option<schemas::Sums>| match sums {
-        Some(s) => format!(
-            "sales {} ({}), refunds {} ({})",
-            s.sales_amount, s.sales_count, s.refund_amount, s.refund_count
-        ),
-        None => "no row".to_owned(),
-    };
-    for d in &differences {
-        println!(
-            "DIFF {} {} {}: expected {}; database {}",
-            d.key.merchant_id,
-            d.key.currency,
-            d.key.day,
-            show(&d.expected),
-            show(&d.actual)
-        );
-    }
-    if differences.is_empty() {
-        println!("OK: all {} keys match.", want.len());
-        Ok(())
-    } else {
-        println!(
-            "{} of {} keys differ.",
-            differences.len(),
-            want.len().max(have.len())
-        );
-        Err(CliError::Reported)
-    }
 }

@@ -7,9 +7,9 @@ use backfill::now_ms;
 use schemas::event::check_merchant_id;
 use schemas::zone::Zone;
 
+use super::open_store;
 use crate::cli::{MerchantsArgs, MerchantsCommand};
 use crate::error::{CliError, CliResult};
-use crate::query::open_store;
 
 /// The header a zones file starts with.
 const HEADER: &str = "merchant_id,time_zone";

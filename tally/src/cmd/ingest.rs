@@ -1,11 +1,50 @@
-//! The database side of `POST /v1/imports`: each announced object becomes
-//! one import job in the aggregators' database.
+//! `tally ingest`: the HTTP front door, until SIGTERM; and the database
+//! side of its `POST /v1/imports`: each announced object becomes one import
+//! job in the aggregators' database.
 
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use ingest::imports::{Announced, ImportQueue, RecordOutcome, Started};
 use store::Store;
+
+use crate::cli::ServiceArgs;
+use crate::error::{CliError, CliResult};
+
+use super::service::{kafka_accepts, load};
+
+/// Runs `tally ingest` until SIGTERM: exit 2 for a configuration it cannot
+/// use (an address, a certificate), 1 when it fails at run time.
+pub(crate) async fn run(args: ServiceArgs) -> CliResult {
+    let settings = load(&args)?;
+    let config = settings.ingest;
+    config.validate()?;
+    kafka_accepts("ingest", &config.brokers, &config.kafka).await?;
+    let imports =
+        (!config.database_url.is_empty()).then(|| Arc::new(DatabaseQueue) as Arc<dyn ImportQueue>);
+    let listener = ingest::bind(&config).await;
+    let result = match listener {
+        Ok(listener) => {
+            ingest::run(
+                config,
+                listener,
+                imports,
+                crate::signals::shutdown_on_signals(),
+            )
+            .await
+        }
+        Err(error) => Err(error),
+    };
+    result.map_err(|error| {
+        if error.is_config() {
+            CliError::config(error)
+        } else {
+            CliError::run(error)
+        }
+    })
+}
 
 /// Queues imports in the aggregators' database.
 pub struct DatabaseQueue;

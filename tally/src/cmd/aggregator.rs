@@ -1,0 +1,29 @@
+//! `tally aggregator`: an aggregator (with its backfill runner and
+//! scheduler), until SIGTERM.
+
+use std::net::SocketAddr;
+
+use crate::cli::ServiceArgs;
+use crate::error::{CliError, CliResult};
+
+use super::service::{kafka_accepts, load, serve_metrics};
+
+/// Runs an aggregator with `/metrics` on 127.0.0.1:9102 by default.
+pub(crate) async fn run(args: ServiceArgs) -> CliResult {
+    let settings = load(&args)?;
+    let config = settings.aggregator;
+    config.validate()?;
+    kafka_accepts("aggregator", &config.brokers, &config.kafka).await?;
+    let shutdown = crate::signals::shutdown_on_signals();
+    let default = SocketAddr::from(([127, 0, 0, 1], 9102));
+    serve_metrics(
+        &args,
+        default,
+        aggregator::health::readiness,
+        shutdown.clone(),
+    )
+    .await?;
+    aggregator::run(config, shutdown)
+        .await
+        .map_err(CliError::run)
+}

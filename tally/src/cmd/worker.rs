@@ -1,0 +1,27 @@
+//! `tally worker`: a shard worker, until SIGTERM.
+
+use std::net::SocketAddr;
+
+use crate::cli::ServiceArgs;
+use crate::error::{CliError, CliResult};
+
+use super::service::{kafka_accepts, load, serve_metrics};
+
+/// Runs a shard worker with `/metrics` on 127.0.0.1:9101 by default.
+pub(crate) async fn run(args: ServiceArgs) -> CliResult {
+    let settings = load(&args)?;
+    settings.worker.validate()?;
+    kafka_accepts("worker", &settings.worker.brokers, &settings.worker.kafka).await?;
+    let shutdown = crate::signals::shutdown_on_signals();
+    let default = SocketAddr::from(([127, 0, 0, 1], 9101));
+    serve_metrics(
+        &args,
+        default,
+        shard_worker::health::readiness,
+        shutdown.clone(),
+    )
+    .await?;
+    shard_worker::run(settings.worker, shutdown)
+        .await
+        .map_err(CliError::run)
+}
