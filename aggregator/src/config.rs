@@ -110,6 +110,10 @@ impl Default for AggregatorConfig {
 
 impl AggregatorConfig {
     /// Checks every field; the error names the first bad one as `aggregator.<field>`.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one check per setting, in the order of the settings table"
+    )]
     pub fn validate(&self) -> Result<(), ConfigError> {
         check::brokers("aggregator.brokers", &self.brokers)?;
         check::database_url("aggregator.database_url", &self.database_url)?;

@@ -290,64 +290,72 @@ async fn hold_leases(store: &Store, config: &RunnerConfig, tasks: &[Task]) -> i3
 /// was read is superseded (its new version has a job of its own); one that
 /// changes while it is read is read again on the next attempt.
 async fn run_import(store: &Store, config: &RunnerConfig, job: &Job, task: &Task) {
+    match import_file(store, config, job, task).await {
+        Ok(Some((outcome, read))) => report_import(task, &outcome, read.as_ref().map(|(r, _)| r)),
+        Ok(None) => {
+            tracing::info!(job = task.job_id, task = task.task_no, file = %task.input.files[0], "Import stopped: its job was cancelled or it was taken over.");
+            BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc();
+        }
+        Err(error) => fail(store, config, task, &error).await,
+    }
+}
+
+/// What a file read for an import came to: its sums and content digest.
+type ImportRead = (TaskResult, Option<String>);
+
+/// The import of one file, up to its commit: the outcome recorded, with
+/// what was read when the file was still the version queued (none when its
+/// lease was lost first).
+async fn import_file(
+    store: &Store,
+    config: &RunnerConfig,
+    job: &Job,
+    task: &Task,
+) -> Result<Option<(ImportOutcome, Option<ImportRead>)>, TaskError> {
     let location = &task.input.files[0];
     let planned = FileVersion {
         location: location.clone(),
         size: task.input.size,
         version: task.input.version.clone().unwrap_or_default(),
     };
-    let format = match Format::of_file(job.format, location) {
-        Ok(format) => format,
-        Err(error) => return fail(store, config, task, &TaskError::Job(error)).await,
-    };
-    let before = match stat(location).await {
-        Ok(version) => version,
-        Err(error) => {
-            let error = TaskError::remote(location, format!("cannot read the file: {error}"));
-            return fail(store, config, task, &error).await;
-        }
-    };
-    let zones = match zones(store, config).await {
-        Ok(zones) => zones,
-        Err(error) => return fail(store, config, task, &error).await,
-    };
-    let result = if before == planned {
+    let format = Format::of_file(job.format, location).map_err(TaskError::Job)?;
+    let before = stat(location)
+        .await
+        .map_err(|error| TaskError::remote(location, format!("cannot read the file: {error}")))?;
+    let zones = zones(store, config).await?;
+    let read = if before == planned {
         // Read, checked and hashed while the lease is renewed: a big file's
         // digest reads it all again.
         let work = read_import(location, format, zones, &before);
-        let read = tokio::select! {
-            read = work => read,
-            _ = hold_leases(store, config, std::slice::from_ref(task)) => {
-                tracing::info!(job = task.job_id, task = task.task_no, file = %location, "Import stopped: its job was cancelled or it was taken over.");
-                BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc();
-                return;
-            }
-        };
-        match read {
-            Ok(read) => Some(read),
-            Err(error) => return fail(store, config, task, &error).await,
+        tokio::select! {
+            read = work => Some(read?),
+            _ = hold_leases(store, config, std::slice::from_ref(task)) => return Ok(None),
         }
     } else {
         None
     };
-    let read = result.as_ref().map(|(r, d)| (r, d.as_deref()));
-    let outcome = match store
-        .finish_import(task, &config.owner, &before, read, now_ms())
+    let outcome = store
+        .finish_import(
+            task,
+            &config.owner,
+            &before,
+            read.as_ref().map(|(r, d)| (r, d.as_deref())),
+            now_ms(),
+        )
         .await
-    {
-        Ok(outcome) => outcome,
-        Err(source) => {
-            let error = TaskError::Store {
-                op: "cannot record the import",
-                source,
-            };
-            return fail(store, config, task, &error).await;
-        }
-    };
-    let (job_id, file) = (task.job_id, location.as_str());
-    match &outcome {
+        .map_err(|source| TaskError::Store {
+            op: "cannot record the import",
+            source,
+        })?;
+    Ok(Some((outcome, read)))
+}
+
+/// Counts and logs what an import came to.
+fn report_import(task: &Task, outcome: &ImportOutcome, read: Option<&TaskResult>) {
+    let (job_id, file) = (task.job_id, task.input.files[0].as_str());
+    match outcome {
         ImportOutcome::Imported { keys } => {
-            let (result, _) = result.as_ref().expect("imported files were read");
+            let result = read.expect("imported files were read");
             BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
             IMPORT_FILES.with_label_values(&["imported"]).inc();
             let counted = result.rows_read - result.rows_rejected - result.rows_duplicate;
@@ -531,34 +539,40 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
         Err(error) => return fail_all(error).await,
     };
     for (task, result) in group.iter().zip(results) {
-        match store
-            .finish_task(job_id, task.task_no, &config.owner, &result, now_ms())
-            .await
-        {
-            Ok(true) => {
-                BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
-                BACKFILL_ROWS
-                    .with_label_values(&["read"])
-                    .inc_by(result.rows_read as u64);
-                BACKFILL_ROWS
-                    .with_label_values(&["rejected"])
-                    .inc_by(result.rows_rejected as u64);
-                BACKFILL_ROWS
-                    .with_label_values(&["duplicate"])
-                    .inc_by(result.rows_duplicate as u64);
-                tracing::info!(
-                    job = job_id,
-                    task = task.task_no,
-                    rows = result.rows_read,
-                    rejected = result.rows_rejected,
-                    "Backfill task succeeded."
-                );
-            }
-            Ok(false) => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
-            Err(source) => {
-                let op = "cannot record the result";
-                fail(&store, &config, task, &TaskError::Store { op, source }).await
-            }
+        finish(&store, &config, task, &result).await;
+    }
+}
+
+/// Records a backfill task's result, and counts and logs it.
+async fn finish(store: &Store, config: &RunnerConfig, task: &Task, result: &TaskResult) {
+    let job_id = task.job_id;
+    match store
+        .finish_task(job_id, task.task_no, &config.owner, result, now_ms())
+        .await
+    {
+        Ok(true) => {
+            BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
+            BACKFILL_ROWS
+                .with_label_values(&["read"])
+                .inc_by(result.rows_read as u64);
+            BACKFILL_ROWS
+                .with_label_values(&["rejected"])
+                .inc_by(result.rows_rejected as u64);
+            BACKFILL_ROWS
+                .with_label_values(&["duplicate"])
+                .inc_by(result.rows_duplicate as u64);
+            tracing::info!(
+                job = job_id,
+                task = task.task_no,
+                rows = result.rows_read,
+                rejected = result.rows_rejected,
+                "Backfill task succeeded."
+            );
+        }
+        Ok(false) => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
+        Err(source) => {
+            let op = "cannot record the result";
+            fail(store, config, task, &TaskError::Store { op, source }).await
         }
     }
 }

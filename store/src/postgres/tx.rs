@@ -225,6 +225,10 @@ impl Tx for PgTx<'_> {
         })
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the replace's statements in the order they run, each with why"
+    )]
     fn replace_scope<'a>(
         &'a mut self,
         job_id: i64,

@@ -58,36 +58,7 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         args.events, args.merchants, args.partitions
     );
 
-    let mut services = Vec::new();
-    for name in ["worker-1", "worker-2"] {
-        let config = WorkerConfig {
-            brokers: brokers.clone(),
-            database_url: database_url.clone(),
-            instance_id: name.into(),
-            topic_partitions: args.partitions,
-            batch_max_ms: 100,
-            ..WorkerConfig::default()
-        };
-        let token = shutdown.clone();
-        services.push(tokio::spawn(async move {
-            shard_worker::run(config, token)
-                .await
-                .map_err(|e| e.to_string())
-        }));
-    }
-    let config = AggregatorConfig {
-        brokers: brokers.clone(),
-        database_url,
-        flush_interval_ms: 200,
-        ..AggregatorConfig::default()
-    };
-    let token = shutdown.clone();
-    services.push(tokio::spawn(async move {
-        aggregator::run(config, token)
-            .await
-            .map_err(|e| e.to_string())
-    }));
-
+    let services = start_services(&args, &brokers, &database_url, &shutdown);
     let generator_config = GeneratorConfig {
         seed: args.seed,
         events: args.events,
@@ -99,26 +70,7 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         kafka::producer::bulk(&brokers, &Default::default()).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let total = args.events;
-    // librdkafka's mock cluster keeps only about 5 MB per partition and drops
-    // older records, like a short retention. The demo therefore stays at most
-    // MAX_AHEAD messages ahead of what the database has committed.
-    let mut produced = 0u64;
-    loop {
-        let chunk: Vec<_> = generator.by_ref().take(10_000).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        produced += produce_all(&producer, ORDERS, chunk, |_| {})
-            .await
-            .map_err(|e| format!("producing to the mock cluster: {e}"))?;
-        while produced > committed(&store).await? + MAX_AHEAD {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        eprint!(
-            "\r  produced {produced:>10}/{total}  ({:.0} events/s)   ",
-            produced as f64 / started.elapsed().as_secs_f64()
-        );
-    }
+    produce_paced(&producer, &mut generator, &store, total, started).await?;
     eprintln!();
     let produced_at = started.elapsed();
     let committed = wait_for_commit(&store, total, &started).await?;
@@ -127,45 +79,9 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     for service in services {
         service.await.map_err(|e| e.to_string())??;
     }
-    let actual = store.totals(None).await.map_err(|e| e.to_string())?;
-    let progress = store.progress().await.map_err(|e| e.to_string())?;
-    let counted: i64 = progress.iter().map(|p| p.counted_events).sum();
-    let duplicates: i64 = progress.iter().map(|p| p.duplicate_events).sum();
-    let invalid: i64 = progress.iter().map(|p| p.invalid_events).sum();
-    println!();
-    println!(
-        "Produced {total} messages in {:.1}s; all committed after {:.1}s.",
-        produced_at.as_secs_f64(),
-        elapsed.as_secs_f64()
-    );
-    println!(
-        "Throughput: {:.0} events/s end to end (produce → decode → aggregate → SQLite).",
-        committed as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "  This rate is the mock cluster's: it keeps only about 5 MB per partition, so the demo stays at most {MAX_AHEAD} \
-         messages ahead of the database. On Apache Kafka (`bench/e2e.sh`, 2 cores), tally drains a backlog of \
-         5,000,000 events into PostgreSQL at about 470,000 events/s (0.3 of a bare consumer that decodes nothing)."
-    );
-    println!("Events: {counted} counted, {duplicates} duplicates dropped, {invalid} invalid (sent to {DLQ}).");
-    print_top_merchants(&actual);
-    let expected = generator.totals();
-    let matches = report_differences(expected, &actual);
-    let counts_match = counted as u64 == generator.counted();
-    if matches && counts_match {
-        println!(
-            "\nTotals match the generator's exact totals: {} keys, {} counted events. OK",
-            expected.len(),
-            counted
-        );
-    } else {
-        println!(
-            "\nTotals DO NOT match the generator's exact totals (counted {counted}, expected {}).",
-            generator.counted()
-        );
-    }
+    let matches = summarise(&store, &generator, total, produced_at, elapsed, committed).await?;
     drop(cluster);
-    Ok(matches && counts_match)
+    Ok(matches)
 }
 
 /// Source messages behind committed fences.
@@ -230,4 +146,126 @@ fn report_differences(expected: &Totals, actual: &Totals) -> bool {
         }
     }
     differences == 0
+}
+
+/// The two workers and the aggregator, each in a task of its own, until
+/// `shutdown`.
+fn start_services(
+    args: &DemoArgs,
+    brokers: &str,
+    database_url: &str,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<Result<(), String>>> {
+    let mut services = Vec::new();
+    for name in ["worker-1", "worker-2"] {
+        let config = WorkerConfig {
+            brokers: brokers.to_owned(),
+            database_url: database_url.to_owned(),
+            instance_id: name.into(),
+            topic_partitions: args.partitions,
+            batch_max_ms: 100,
+            ..WorkerConfig::default()
+        };
+        let token = shutdown.clone();
+        services.push(tokio::spawn(async move {
+            shard_worker::run(config, token)
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+    let config = AggregatorConfig {
+        brokers: brokers.to_owned(),
+        database_url: database_url.to_owned(),
+        flush_interval_ms: 200,
+        ..AggregatorConfig::default()
+    };
+    let token = shutdown.clone();
+    services.push(tokio::spawn(async move {
+        aggregator::run(config, token)
+            .await
+            .map_err(|e| e.to_string())
+    }));
+
+    services
+}
+
+/// Produces every generated event to the mock cluster in chunks, staying at
+/// most [`MAX_AHEAD`] messages ahead of what the database has committed:
+/// librdkafka's mock cluster keeps only about 5 MB per partition and drops
+/// older records, like a short retention.
+async fn produce_paced(
+    producer: &rdkafka::producer::FutureProducer,
+    generator: &mut Generator,
+    store: &Store,
+    total: u64,
+    started: Instant,
+) -> Result<(), String> {
+    let mut produced = 0u64;
+    loop {
+        let chunk: Vec<_> = generator.by_ref().take(10_000).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        produced += produce_all(producer, ORDERS, chunk, |_| {})
+            .await
+            .map_err(|e| format!("producing to the mock cluster: {e}"))?;
+        while produced > committed(store).await? + MAX_AHEAD {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprint!(
+            "\r  produced {produced:>10}/{total}  ({:.0} events/s)   ",
+            produced as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Prints what the run counted, its rate and the top merchants, and
+/// whether the totals match the generator's exact ones.
+async fn summarise(
+    store: &Store,
+    generator: &Generator,
+    total: u64,
+    produced_at: Duration,
+    elapsed: Duration,
+    committed: u64,
+) -> Result<bool, String> {
+    let actual = store.totals(None).await.map_err(|e| e.to_string())?;
+    let progress = store.progress().await.map_err(|e| e.to_string())?;
+    let counted: i64 = progress.iter().map(|p| p.counted_events).sum();
+    let duplicates: i64 = progress.iter().map(|p| p.duplicate_events).sum();
+    let invalid: i64 = progress.iter().map(|p| p.invalid_events).sum();
+    println!();
+    println!(
+        "Produced {total} messages in {:.1}s; all committed after {:.1}s.",
+        produced_at.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "Throughput: {:.0} events/s end to end (produce → decode → aggregate → SQLite).",
+        committed as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  This rate is the mock cluster's: it keeps only about 5 MB per partition, so the demo stays at most {MAX_AHEAD} \
+         messages ahead of the database. On Apache Kafka (`bench/e2e.sh`, 2 cores), tally drains a backlog of \
+         5,000,000 events into PostgreSQL at about 470,000 events/s (0.3 of a bare consumer that decodes nothing)."
+    );
+    println!("Events: {counted} counted, {duplicates} duplicates dropped, {invalid} invalid (sent to {DLQ}).");
+    print_top_merchants(&actual);
+    let expected = generator.totals();
+    let matches = report_differences(expected, &actual);
+    let counts_match = counted as u64 == generator.counted();
+    if matches && counts_match {
+        println!(
+            "\nTotals match the generator's exact totals: {} keys, {} counted events. OK",
+            expected.len(),
+            counted
+        );
+    } else {
+        println!(
+            "\nTotals DO NOT match the generator's exact totals (counted {counted}, expected {}).",
+            generator.counted()
+        );
+    }
+    Ok(matches && counts_match)
 }
