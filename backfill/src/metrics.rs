@@ -114,10 +114,23 @@ pub static SCHEDULES_OVERDUE: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Passes of the task runner's and the scheduler's loops, by `loop`:
+/// `runner` each time it looked for tasks, `scheduler` each time the leader
+/// went through the schedules. A test or an operator waits on these to know
+/// that a loop has run since a moment, instead of waiting and hoping.
+pub static POLLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_backfill_polls_total",
+        "Passes of the backfill task runner (looking for tasks) and of the leading scheduler (through the schedules).",
+        &["loop"]
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric, with a zero series for each known label value,
 /// so dashboards and alerts see them before the first job.
 pub fn init() {
-    let labelled: [(&IntCounterVec, &[&str]); 7] = [
+    let labelled: [(&IntCounterVec, &[&str]); 8] = [
         (&BACKFILL_JOBS, &["succeeded", "failed", "cancelled"]),
         (
             &IMPORT_FILES,
@@ -138,6 +151,7 @@ pub fn init() {
         ),
         (&BACKFILL_ROWS, &["read", "rejected", "duplicate"]),
         (&SCHEDULE_RUNS, &["created", "error"]),
+        (&POLLS, &["runner", "scheduler"]),
     ];
     zero_series(&labelled);
     let _ = collectors();
@@ -166,5 +180,6 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*SCHEDULER_LEADER,
         &*SCHEDULE_RUNS,
         &*SCHEDULES_OVERDUE,
+        &*POLLS,
     ]
 }

@@ -106,6 +106,7 @@ pub async fn run(store: Arc<Store>, config: RunnerConfig, shutdown: Cancellation
                 }
             }
         }
+        crate::metrics::POLLS.with_label_values(&["runner"]).inc();
         // Claims come in job order, so a job's tasks claimed now sit together.
         for group in claimed.chunk_by(|a, b| a.job_id == b.job_id && a.input.files == b.input.files)
         {

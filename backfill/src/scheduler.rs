@@ -10,7 +10,7 @@ use store::jobs::{Leadership, Schedule, Scope};
 use store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{SCHEDULER_LEADER, SCHEDULES_OVERDUE, SCHEDULE_RUNS};
+use crate::metrics::{POLLS, SCHEDULER_LEADER, SCHEDULES_OVERDUE, SCHEDULE_RUNS};
 use crate::plan::plan;
 use crate::watch::{Watch, WatchConfig};
 use schemas::day::now_ms;
@@ -71,6 +71,7 @@ pub async fn run(
             if let Some(watch) = watch.as_mut().filter(|w| w.due()) {
                 watch.poll(&store).await;
             }
+            POLLS.with_label_values(&["scheduler"]).inc();
         }
         tokio::select! {
             () = shutdown.cancelled() => break,

@@ -88,6 +88,10 @@ pub struct Setup {
 }
 
 /// Runs `runs` times and prints medians.
+#[expect(
+    clippy::too_many_lines,
+    reason = "a benchmark reads top to bottom: set-up, runs, report"
+)]
 pub fn run(setup: &Setup, runs: u64) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -217,6 +221,10 @@ pub fn run(setup: &Setup, runs: u64) -> Result<()> {
     Ok(())
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one run top to bottom: topics, processes, load, the exact check, figures"
+)]
 async fn once(setup: &Setup, n: u64, timed: bool) -> Result<Run> {
     let id = format!("{}-{n}", std::process::id());
     let (orders, partials, dlq) = (

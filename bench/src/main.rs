@@ -117,6 +117,10 @@ fn arg(args: &[String], name: &str, default: u64) -> Result<u64> {
 /// Passes of each mode per `hotpath` run; a run keeps each mode's fastest.
 const PASSES: usize = 5;
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "a benchmark reads top to bottom: arguments, set-up, timed passes, report"
+)]
 fn hotpath(args: &[String]) -> Result<()> {
     let events = arg(args, "--events", 1_000_000)?;
     let batch = arg(args, "--batch", 20_000)? as usize;

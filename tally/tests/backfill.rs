@@ -205,6 +205,10 @@ async fn exact_backfills_and_verify_sqlite() {
     exact_backfills_and_verify(Backend::Sqlite).await;
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario on one running pipeline, its steps in order"
+)]
 async fn retries_and_cancellation(backend: Backend) {
     let mut world = World::new("backfill-retry", backend).await;
     let store = world.store().await;
@@ -342,8 +346,8 @@ async fn retries_and_cancellation(backend: Backend) {
             .any(|t| t.state == store::jobs::State::Cancelled),
         "{job:#?}"
     );
-    // The runner is idle again (it checks for work every 500 ms): nothing changed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The runner has looked for work three more times: nothing changed.
+    world.wait_for_passes("aggregator", "runner", 3.0).await;
     assert_eq!(
         store.job(id).await.unwrap().unwrap().state,
         store::jobs::State::Cancelled
@@ -579,20 +583,20 @@ async fn scheduled_jobs(store: &store::Store, schedule: &str) -> Vec<store::jobs
 /// `--since` is due at once and creates exactly one job for its latest
 /// tick (three missed nights, one run); killing the leader hands over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(clippy::too_many_lines, reason = "one scenario on one running pipeline, its steps in order")]
 async fn schedules_fire_once_under_one_leader() {
     let mut world = World::new("schedule", Backend::Postgres).await;
     let store = world.store().await;
     let a = world.start_aggregator_with("agg-a", &[("aggregator.backfill_poll_ms", "200")]);
     let b = world.start_aggregator_with("agg-b", &[("aggregator.backfill_poll_ms", "200")]);
     let lead = "Leading the scheduler";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !log_says(&world, "agg-a", a, lead) && !log_says(&world, "agg-b", b, lead) {
-        assert!(
-            Instant::now() < deadline,
-            "no aggregator took the scheduler lock"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world
+        .wait_for(
+            "an aggregator takes the scheduler lock",
+            Duration::from_secs(60),
+            || async { log_says(&world, "agg-a", a, lead) || log_says(&world, "agg-b", b, lead) },
+        )
+        .await;
     let (leader, follower, follower_name) = if log_says(&world, "agg-a", a, lead) {
         (a, b, "agg-b")
     } else {
@@ -650,8 +654,13 @@ async fn schedules_fire_once_under_one_leader() {
         &expected_totals(&messages),
         &store.totals(None).await.unwrap(),
     );
-    // Several more polls pass: still one job, and the schedule points at the tick.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Three more passes of the leader: still one job, and the schedule points at the tick.
+    let leader_name = if follower_name == "agg-a" {
+        "agg-b"
+    } else {
+        "agg-a"
+    };
+    world.wait_for_passes(leader_name, "scheduler", 3.0).await;
     assert_eq!(scheduled_jobs(&store, "nightly").await.len(), 1);
     let schedules = store.schedules().await.unwrap();
     assert_eq!(schedules[0].last_due, tick_day * day_ms + tick_ms);
@@ -662,24 +671,26 @@ async fn schedules_fire_once_under_one_leader() {
 
     // The leader dies; the other takes the lock and runs the next schedule.
     world.kill(leader);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !log_says(&world, follower_name, follower, lead) {
-        assert!(Instant::now() < deadline, "the follower did not take over");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world
+        .wait_for(
+            "the follower takes over",
+            Duration::from_secs(60),
+            || async { log_says(&world, follower_name, follower, lead) },
+        )
+        .await;
     assert!(add("nightly-2").status.success());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !scheduled_jobs(&store, "nightly-2")
-        .await
-        .iter()
-        .any(|j| j.state == store::jobs::State::Succeeded)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the new leader did not run the schedule"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world
+        .wait_for(
+            "the new leader runs the schedule",
+            Duration::from_secs(120),
+            || async {
+                scheduled_jobs(&store, "nightly-2")
+                    .await
+                    .iter()
+                    .any(|j| j.state == store::jobs::State::Succeeded)
+            },
+        )
+        .await;
     let list = tally(&["schedule", "list", "--database-url", &world.database_url]);
     assert!(stdout(&list).contains("nightly-2"), "{}", stdout(&list));
 }
@@ -731,7 +742,8 @@ async fn schedule_fires_once_on_sqlite() {
         &expected_totals(&messages),
         &store.totals(None).await.unwrap(),
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Three more passes of the scheduler: still one job.
+    world.wait_for_passes("aggregator", "scheduler", 3.0).await;
     assert_eq!(scheduled_jobs(&store, "daily").await.len(), 1);
 }
 

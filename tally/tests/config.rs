@@ -1,4 +1,4 @@
-//! 7: bad configuration fails before connecting, with a message naming the
+//! Bad configuration fails before connecting, with a message naming the
 //! field. The brokers and database given here do not exist: a tally that
 //! tried to connect would retry instead of exiting with status 2.
 

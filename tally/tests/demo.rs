@@ -1,4 +1,4 @@
-//! 6: `tally demo` runs the embedded pipeline and exits 0 only when the
+//! `tally demo` runs the embedded pipeline and exits 0 only when the
 //! database equals the generator's exact totals.
 
 use std::process::Command;

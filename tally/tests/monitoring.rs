@@ -486,11 +486,15 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// 2 and 4: Prometheus scrapes a worker pair, the aggregator and ingest while
+/// Prometheus scrapes a worker pair, the aggregator and ingest while
 /// they process events; every metric of the dashboard and rules has series;
 /// lag goes up during the stream and back to 0 after it; with the aggregator
 /// stopped and events still arriving, the lag alert fires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario on one running pipeline, its steps in order"
+)]
 async fn prometheus_scrapes_a_running_pipeline_and_the_lag_alert_fires() {
     let mut world = World::new("monitoring", Backend::Postgres).await;
     let store = world.store().await;

@@ -27,7 +27,7 @@ const PATIENCE: Duration = Duration::from_secs(600);
 /// expiry, is `kafka.rs`'s own scenario.)
 const STATIC_A: &[(&str, &str)] = &[("worker.group_instance_id", "worker-a")];
 
-/// 1 (and 5): exact totals through duplicates, refunds, late and invalid events;
+/// Exact totals through duplicates, refunds, late and invalid events;
 /// every invalid event is in the dead-letter topic.
 async fn exact_totals(backend: Backend) {
     let mut world = World::new("exact", backend).await;
@@ -80,7 +80,7 @@ async fn exact_totals(backend: Backend) {
     );
 }
 
-/// 2 (and 5): SIGKILL a worker three times mid-stream (restarting it as a
+/// SIGKILL a worker three times mid-stream (restarting it as a
 /// supervisor would) and the aggregator once; totals stay exact.
 async fn crash_safety(backend: Backend) {
     let mut world = World::new("crash", backend).await;
@@ -132,7 +132,7 @@ async fn crash_safety(backend: Backend) {
     );
 }
 
-/// 3: rebalancing 1 → 2 → 1 workers keeps totals exact; a zombie partial
+/// Rebalancing 1 → 2 → 1 workers keeps totals exact; a zombie partial
 /// from an older epoch and a replayed partial change nothing.
 async fn rebalance_and_zombies(backend: Backend) {
     let mut world = World::new("rebalance", backend).await;
@@ -232,7 +232,7 @@ async fn publish_partials(world: &World, partials: &[Partial]) {
     }
 }
 
-/// 4: an event id repeated after a worker restart, inside the window, is counted once.
+/// An event id repeated after a worker restart, inside the window, is counted once.
 async fn dedupe_across_restart(backend: Backend) {
     let mut world = World::new("dedupe", backend).await;
     let store = world.store().await;

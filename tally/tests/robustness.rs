@@ -425,6 +425,10 @@ impl Drop for Frozen {
 /// dropped a restarted aggregator resumes it exactly. An unreadable partial
 /// on the partials topic parks its partition too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario on one running pipeline, its steps in order"
+)]
 async fn poisoned_partition_is_parked_and_resumes() {
     let mut world = World::new("poison", Backend::Postgres).await;
     let store = world.store().await;

@@ -161,6 +161,10 @@ fn strings(reply: &Reply) -> Vec<String> {
         .collect()
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "every route and basis compared with the tables read directly, on one pipeline"
+)]
 async fn served_totals_are_the_tables(backend: Backend) {
     let mut world = World::new("totals-api", backend).await;
     let store = world.store().await;
@@ -434,6 +438,10 @@ async fn refusals(addr: &str, merchant: &str) {
 /// `10/11/2026` by default). Ingest's totals API, `tally query` and `tally
 /// verify` all work through it, and serve the tables' days and sums.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "each reader (API, query, verify) through the same role, in order"
+)]
 async fn a_select_only_role_with_sql_dates_reads_everything() {
     let mut world = World::new("reader", Backend::Postgres).await;
     let store = world.store().await;

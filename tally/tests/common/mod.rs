@@ -255,6 +255,23 @@ impl World {
         }
     }
 
+    /// Waits until `service`'s backfill loop `which` (`runner` or
+    /// `scheduler`) has made `passes` more passes: the positive signal that
+    /// it has looked again, where nothing is expected to change.
+    pub async fn wait_for_passes(&self, service: &str, which: &str, passes: f64) {
+        let count = || async {
+            self.metric(service, "tally_backfill_polls_total", &[("loop", which)])
+                .await
+                .unwrap_or(0.0)
+        };
+        let start = count().await;
+        let what = format!("{passes} more passes of {service}'s {which}");
+        self.wait_for(&what, Duration::from_secs(60), || async {
+            count().await >= start + passes
+        })
+        .await;
+    }
+
     /// The database, opened by the test itself (never through a tally process).
     pub async fn store(&self) -> Store {
         Store::connect(&self.database_url)
