@@ -3,10 +3,13 @@
 //! transaction.
 //!
 //! - [`config`]: settings, defaults and validation.
-//! - [`run()`]: the consume–merge–commit loop.
+//! - [`run()`]: connect (database, partials topic, subscription, the
+//!   background tasks), the consume–merge–commit loop, and the drain that
+//!   awaits the last flushes and every background task.
 //! - `flush`: the buffer and the fenced flush: retried when transient,
 //!   isolated to the partial at fault when permanent.
-//! - [`health`]: parked partitions and what `/readyz` says.
+//! - [`health`]: parked partitions (in `store::health::Registry`) and what
+//!   `/readyz` says.
 //! - [`metrics`]: the aggregator's Prometheus metrics.
 //! - [`error`]: what can stop an aggregator.
 //!

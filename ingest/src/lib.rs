@@ -7,7 +7,8 @@
 //!   drains and flushes ([`bind`] binds its address first).
 //! - [`routes`]: the router, gathering every route.
 //! - [`orders`]: `POST /v1/orders`, events validated and produced to Kafka.
-//! - [`imports`]: `POST /v1/imports`, S3 event notifications that start imports.
+//! - [`imports`]: `POST /v1/imports`, S3 event notifications that start imports
+//!   ([`notifications`]: what they announce, and the queue that imports it).
 //! - [`totals`]: the totals API, `GET /v1/merchants/…`, with read tokens.
 //! - [`http`]: what the routes share: the state (producer, tokens, admission,
 //!   body limits), the one shape of a JSON answer and a refusal, and the
@@ -20,7 +21,8 @@
 //! Beside it, [`load`]: the deterministic load generator, its exact expected
 //! totals, and its two ways of sending (to Kafka, or over HTTP to the service).
 //!
-//! Every arrow points down: `run` → `routes` → the routes → `http`.
+//! Every arrow points down: `run` → `routes` → the routes → `http` →
+//! `notifications`.
 
 // Each dependency is used: the test command's clippy fails otherwise (tests
 // and benchmarks see dev-dependencies too, so the check is off for them).
@@ -33,6 +35,7 @@ pub mod http;
 pub mod imports;
 pub mod load;
 pub mod metrics;
+pub mod notifications;
 pub mod orders;
 pub mod routes;
 mod run;

@@ -12,7 +12,7 @@ use crate::config::IngestConfig;
 use crate::error::IngestError;
 use crate::http::serve::{serve, tls_acceptor, Limits};
 use crate::http::Ingest;
-use crate::imports::ImportQueue;
+use crate::notifications::ImportQueue;
 use crate::routes::router;
 
 /// How often `/readyz` asks the broker for metadata.

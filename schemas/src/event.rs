@@ -10,6 +10,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The decoder's fast path for events laid out as producers write them.
+mod fast;
+
 use crate::amount::Amount;
 use crate::day::{parse_rfc3339, Day, EpochMicros};
 use crate::scan::{object_fields, same, Shape, Token};
@@ -366,7 +369,7 @@ pub fn from_columns(row: Columns<'_>) -> Result<ValidEvent<'_>, Invalid> {
 /// object, or a field rule from the event schema.
 pub fn decode<'a>(payload: &'a [u8], key: Option<&[u8]>) -> Result<ValidEvent<'a>, Invalid> {
     let text = utf8(payload)?;
-    match crate::fast::decode(text, key) {
+    match fast::decode(text, key) {
         Some(event) => Ok(event),
         None => general(text, key),
     }

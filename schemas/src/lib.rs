@@ -5,7 +5,6 @@
 //! - [`day`]: RFC 3339 timestamps and the UTC calendar days they fall on.
 //! - [`event`]: the order event, its validation rules and the borrowed decoder.
 //! - [`scan`]: the one-pass JSON object scanner under the decoder.
-//! - `fast`: the decoder's fast path for events laid out as producers write them.
 //! - [`fx`]: fast hashing for the hot path's small maps.
 //! - [`batch`]: the Arrow schema of a decoded batch and its builder.
 //! - [`job`]: the vocabulary of backfill jobs: file formats, cron
@@ -28,7 +27,6 @@ pub mod batch;
 pub mod config;
 pub mod day;
 pub mod event;
-mod fast;
 pub mod fx;
 pub mod job;
 pub mod partial;

@@ -2,15 +2,19 @@
 //! database, and publishes one partial per offset range to `tally.partials`.
 //!
 //! - [`config`]: settings, defaults and validation.
-//! - [`run()`]: the entry point; connects, subscribes, drains on shutdown.
-//! - [`consumer`]: the consumer thread, claims in the rebalance callback, batching.
+//! - [`run()`]: the entry point: connect (database, topics, zones,
+//!   subscription), run the consumer loop, drain; background tasks tracked
+//!   and awaited.
+//! - [`consumer`]: claims in the rebalance callback, and the consumer loop
+//!   (`Poller`: one method per step of a turn), batching.
 //! - [`partition`]: one claimed partition: decode, dedupe, aggregate, publish.
 //! - [`decode`]: raw messages to an Arrow batch (the hot path's first half).
 //! - [`cut`]: one batch into partials that fit any broker.
 //! - [`aggregate`]: DataFusion partial totals (the hot path's second half).
 //! - [`dedupe`]: the per-partition window of seen event ids, indexed by `id_table`.
 //! - [`publish`]: dead letters and partials, retried until acknowledged.
-//! - [`health`]: parked partitions and what `/readyz` says.
+//! - [`health`]: parked partitions (in `store::health::Registry`) and what
+//!   `/readyz` says.
 //! - [`lag`]: consumer lag against the database's fences.
 //! - [`zones`]: merchants' time zones for local days, refreshed.
 //! - [`metrics`]: the worker's Prometheus metrics.

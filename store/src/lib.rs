@@ -6,9 +6,12 @@
 //! - [`jobs`]: backfill and import jobs, tasks and schedules, and the
 //!   atomic replace: their rules written once, for both databases, over
 //!   `sql`'s one small trait per database.
+//! - [`scope`]: what a job covers (days, merchants, local days, file
+//!   versions): values below both `jobs` and `sql`.
 //! - [`merchants`]: merchants' IANA time zones (`tally_merchants`).
 //! - [`reads`]: the totals API's reads of both totals tables.
-//! - [`health`]: whether the database is answering, for `/readyz`.
+//! - [`health`]: whether the database is answering, and the one registry
+//!   of parked partitions and watched databases each role's `/readyz` reads.
 //! - [`error`]: errors that say what failed and whether to retry.
 //!
 //! Every call has a time limit ([`Store::call_timeout`]): a database that
@@ -32,6 +35,7 @@ pub mod jobs;
 pub mod merchants;
 pub mod postgres;
 pub mod reads;
+pub mod scope;
 mod sql;
 pub mod sqlite;
 

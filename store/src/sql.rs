@@ -12,7 +12,7 @@ use std::pin::Pin;
 use schemas::{LocalTotals, Totals};
 
 use crate::error::{Result, StoreError};
-use crate::jobs::{FileVersion, LocalDays, Scope};
+use crate::scope::{FileVersion, LocalDays, Scope};
 
 /// A boxed, sendable future: what [`Tx`]'s methods return, so that the
 /// rules can hold a `&mut dyn Tx`.

@@ -583,7 +583,10 @@ async fn scheduled_jobs(store: &store::Store, schedule: &str) -> Vec<store::jobs
 /// `--since` is due at once and creates exactly one job for its latest
 /// tick (three missed nights, one run); killing the leader hands over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[expect(clippy::too_many_lines, reason = "one scenario on one running pipeline, its steps in order")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario on one running pipeline, its steps in order"
+)]
 async fn schedules_fire_once_under_one_leader() {
     let mut world = World::new("schedule", Backend::Postgres).await;
     let store = world.store().await;

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::IngestConfig;
 use crate::database::Database;
-use crate::imports::ImportQueue;
 use crate::metrics::IN_PROGRESS;
+use crate::notifications::ImportQueue;
 
 /// Shared state of the service.
 pub struct Ingest {

@@ -25,10 +25,11 @@
 use std::fmt;
 
 use schemas::job::{Cron, Format, Range};
-use schemas::{Day, LocalTotals, Totals};
+use schemas::{LocalTotals, Totals};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+pub use crate::scope::{FileVersion, LocalDays, Scope};
 use crate::sql::transact;
 use crate::Store;
 
@@ -115,54 +116,6 @@ impl Kind {
             .into_iter()
             .find(|k| k.as_str() == text)
     }
-}
-
-/// What a job recomputes: days `[from, to)`, of these merchants (all when empty).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Scope {
-    /// First day, inclusive.
-    pub from: Day,
-    /// Last day, exclusive.
-    pub to: Day,
-    /// Merchants to recompute; empty means every merchant.
-    pub merchants: Vec<String>,
-}
-
-impl Scope {
-    /// Every day an event can fall on, every merchant: what an import
-    /// reads. (Its `to`, the day after 9999-12-31, is never stored: an
-    /// import job records `[MIN_DAY, MAX_DAY]` for display.)
-    pub fn everything() -> Scope {
-        Scope {
-            from: schemas::day::MIN_DAY,
-            to: Day(schemas::day::MAX_DAY.0 + 1),
-            merchants: Vec::new(),
-        }
-    }
-
-    /// Whether an event of `merchant` on `day` belongs to the scope.
-    pub fn contains(&self, merchant: &str, day: Day) -> bool {
-        day >= self.from
-            && day < self.to
-            && (self.merchants.is_empty()
-                || self
-                    .merchants
-                    .binary_search_by(|m| m.as_str().cmp(merchant))
-                    .is_ok())
-    }
-}
-
-/// The local days of one time zone that a backfill replaces in
-/// `merchant_sales_local`: `[from, to)`, the local days of `zone` that lie
-/// wholly inside the job's UTC days ([`rules::local_scopes`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalDays {
-    /// The IANA name, as rows store it.
-    pub zone: String,
-    /// First local day, inclusive.
-    pub from: Day,
-    /// Last local day, exclusive.
-    pub to: Day,
 }
 
 /// A job to create.
@@ -308,17 +261,6 @@ pub struct TaskResult {
     pub rows_duplicate: i64,
     /// Rejection summary (JSON).
     pub rejections: serde_json::Value,
-}
-
-/// One version of a file: its location and identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct FileVersion {
-    /// A local path, or `s3://bucket/key`.
-    pub location: String,
-    /// Bytes.
-    pub size: i64,
-    /// The object's ETag, or the local file's modification time in nanoseconds.
-    pub version: String,
 }
 
 /// Whether queueing a file that an ended job failed to import queues it again.
@@ -723,6 +665,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::Day;
 
     #[test]
     fn states_round_trip_and_scopes_filter() {

@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use std::sync::Arc;
 
-use ingest::imports::{Announced, ImportQueue, RecordOutcome, Started};
+use ingest::notifications::{Announced, ImportQueue, RecordOutcome, Started};
 use store::Store;
 
 use crate::cli::ServiceArgs;

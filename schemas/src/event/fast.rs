@@ -10,9 +10,9 @@
 //! an event is invalid, so it cannot give a different verdict; the tests
 //! check that where it answers, its answer is the general path's.
 
+use super::{check_currency, Kind, ValidEvent, FIELDS, MAX_ID_BYTES};
 use crate::amount::Amount;
 use crate::day::parse_rfc3339;
-use crate::event::{check_currency, Kind, ValidEvent, FIELDS, MAX_ID_BYTES};
 use crate::scan::{members_after, plain_run, same};
 
 /// Where the fast pass has got to in the message.
