@@ -23,8 +23,7 @@ use futures::StreamExt;
 use schemas::event::{decode, from_columns, Columns, Invalid, Occurred, ValidEvent};
 use schemas::zone::{HourCache, Zones};
 use schemas::{LocalSums, LocalTotals, Sums, Totals, TotalsKey};
-use serde_json::json;
-use store::jobs::{Scope, TaskResult};
+use store::jobs::{RejectedRow, Rejections, Scope, TaskResult};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
@@ -62,7 +61,7 @@ struct Tally {
     rows_rejected: i64,
     rows_duplicate: i64,
     by_field: BTreeMap<&'static str, i64>,
-    examples: Vec<serde_json::Value>,
+    examples: Vec<RejectedRow>,
     max_examples: usize,
 }
 
@@ -105,9 +104,13 @@ impl Tally {
         self.rows_rejected += 1;
         *self.by_field.entry(invalid.field).or_default() += 1;
         if self.examples.len() < self.max_examples {
-            self.examples.push(json!({
-                "file": file, "row": row, "field": invalid.field, "value": invalid.value, "reason": invalid.reason,
-            }));
+            self.examples.push(RejectedRow {
+                file: file.to_owned(),
+                row,
+                field: invalid.field.to_owned(),
+                value: invalid.value,
+                reason: invalid.reason,
+            });
         }
     }
 
@@ -200,7 +203,13 @@ impl Tally {
             rows_read: self.rows_read,
             rows_rejected: self.rows_rejected,
             rows_duplicate: self.rows_duplicate,
-            rejections: json!({ "by_field": self.by_field, "examples": self.examples }),
+            rejections: Rejections {
+                by_field: (self.by_field.into_iter())
+                    .map(|(field, n)| (field.to_owned(), n))
+                    .collect(),
+                examples: self.examples,
+                file: None,
+            },
         }
     }
 }
@@ -653,8 +662,8 @@ mod tests {
             (sums.sales_amount.to_string(), sums.sales_count),
             ("3.3000".to_owned(), 2)
         );
-        assert_eq!(result.rejections["by_field"]["amount"], 1);
-        assert_eq!(result.rejections["examples"][0]["row"], 4);
+        assert_eq!(result.rejections.by_field["amount"], 1);
+        assert_eq!(result.rejections.examples[0].row, 4);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

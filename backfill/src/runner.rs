@@ -449,7 +449,7 @@ async fn read_import(
             ))
         }
     }
-    result.rejections["file"] = serde_json::json!(location);
+    result.rejections.file = Some(location.to_owned());
     // Hashed off the runtime's threads: it reads the whole file again (from the page cache).
     let path = location.to_owned();
     match tokio::task::spawn_blocking(move || content_digest(&path)).await {

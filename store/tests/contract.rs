@@ -16,52 +16,16 @@ use schemas::{
 };
 use store::jobs::{Kind, NewJob, NewTask, Scope, State, TaskResult};
 use store::Store;
+use testkit::Backend;
 
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-/// A fresh, migrated database of `backend`, named after the test.
 async fn fresh(backend: Backend, test: &str) -> Store {
     Store::connect(&fresh_url(backend, test).await)
         .await
         .unwrap()
 }
 
-/// The URL of a fresh, empty database of `backend`, named after the test.
 async fn fresh_url(backend: Backend, test: &str) -> String {
-    let id = format!("contract_{test}_{}_{}", std::process::id(), nanos());
-    let url = match backend {
-        Backend::Sqlite => {
-            let path = std::env::temp_dir().join(format!("tally-{id}.db"));
-            format!("sqlite://{}", path.display())
-        }
-        Backend::Postgres => {
-            let admin = std::env::var("TALLY_TEST_PG_URL").expect(
-                "TALLY_TEST_PG_URL names a PostgreSQL to test against (scripts/test sets it)",
-            );
-            let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                .await
-                .expect("PostgreSQL reachable");
-            tokio::spawn(connection);
-            client
-                .batch_execute(&format!("CREATE DATABASE {id}"))
-                .await
-                .unwrap();
-            let (base, _) = admin.rsplit_once('/').unwrap();
-            format!("{base}/{id}")
-        }
-    };
-    url
-}
-
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
+    testkit::fresh_database(backend, &testkit::unique(&format!("contract_{test}"))).await
 }
 
 const DAY: Day = Day(20_777); // 2026-11-20
@@ -264,7 +228,7 @@ fn result(totals: Totals) -> TaskResult {
         rows_read: 1,
         rows_rejected: 0,
         rows_duplicate: 0,
-        rejections: serde_json::json!([]),
+        rejections: Default::default(),
     }
 }
 

@@ -116,12 +116,10 @@ pub(crate) fn print_job(job: &Job) {
             t.last_error.as_deref().unwrap_or("")
         );
     }
-    let mut by_field = std::collections::BTreeMap::<String, i64>::new();
+    let mut by_field = std::collections::BTreeMap::<&str, i64>::new();
     for t in &job.tasks {
-        if let Some(fields) = t.rejections.get("by_field").and_then(|f| f.as_object()) {
-            for (field, n) in fields {
-                *by_field.entry(field.clone()).or_default() += n.as_i64().unwrap_or(0);
-            }
+        for (field, n) in &t.rejections.by_field {
+            *by_field.entry(field).or_default() += n;
         }
     }
     if !by_field.is_empty() {
@@ -130,17 +128,16 @@ pub(crate) fn print_job(job: &Job) {
         for example in job
             .tasks
             .iter()
-            .filter_map(|t| t.rejections.get("examples")?.as_array())
-            .flatten()
+            .flat_map(|t| &t.rejections.examples)
             .take(5)
         {
             println!(
                 "    {}:{}: field `{}` = {}: {}",
-                example["file"].as_str().unwrap_or("?"),
-                example["row"],
-                example["field"].as_str().unwrap_or("?"),
-                example["value"],
-                example["reason"].as_str().unwrap_or("?")
+                example.file,
+                example.row,
+                example.field,
+                quoted(&example.value),
+                example.reason
             );
         }
     }
@@ -172,11 +169,7 @@ pub(crate) fn print_import_files(job: &Job) {
         }
     }
     for t in job.tasks.iter().filter(|t| t.rows_rejected > 0) {
-        let listed = t
-            .rejections
-            .get("examples")
-            .and_then(|e| e.as_array())
-            .map_or(&[][..], Vec::as_slice);
+        let listed = &t.rejections.examples;
         println!(
             "  invalid rows of {} ({} of {} listed):",
             t.input.files[0],
@@ -186,10 +179,10 @@ pub(crate) fn print_import_files(job: &Job) {
         for example in listed {
             println!(
                 "    row {}: field `{}` = {}: {}",
-                example["row"],
-                example["field"].as_str().unwrap_or("?"),
-                example["value"],
-                example["reason"].as_str().unwrap_or("?")
+                example.row,
+                example.field,
+                quoted(&example.value),
+                example.reason
             );
         }
     }
@@ -227,4 +220,9 @@ pub fn report(want: &schemas::Totals, have: &schemas::Totals) -> CliResult {
         );
         Err(CliError::Reported)
     }
+}
+
+/// A rejected value as JSON writes a string: quoted, with its escapes.
+fn quoted(value: &str) -> String {
+    serde_json::to_string(value).expect("strings serialise")
 }

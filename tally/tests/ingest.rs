@@ -243,14 +243,11 @@ async fn bad_input_and_bad_tokens() {
 }
 
 async fn wait_for(addr: &str, path: &str, status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http(addr, "GET", path, &[], b"").await.map(|r| r.0).ok() != Some(status) {
-        assert!(
-            Instant::now() < deadline,
-            "{path} did not answer {status} within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("{path} answers {status}");
+    common::eventually(&what, Duration::from_secs(60), || async {
+        http(addr, "GET", path, &[], b"").await.map(|r| r.0).ok() == Some(status)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

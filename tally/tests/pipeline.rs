@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_totals_equal, local, produce, traffic, Backend, World};
+use common::{assert_totals_equal, eventually, local, produce, traffic, Backend, World};
 use ingest::load::generate::Truth;
 use schemas::Partial;
 
@@ -93,7 +93,7 @@ async fn crash_safety(backend: Backend) {
     world.start_worker("worker-b", &[("worker.group_instance_id", "worker-b")]);
     // Every partition is claimed before the stream starts, so the first kill
     // hits a worker that is in the group.
-    wait_until(PATIENCE, || async {
+    eventually("every partition claimed", PATIENCE, || async {
         store.progress().await.unwrap().len() == common::PARTITIONS as usize
     })
     .await;
@@ -110,7 +110,10 @@ async fn crash_safety(backend: Backend) {
                 world.kill(victim);
                 victim = world.start_worker("worker-a", STATIC_A);
                 // The next kill must hit a worker that has claimed and is working.
-                wait_until(PATIENCE, || async { claims(&store).await > before }).await;
+                eventually("the restarted worker claims again", PATIENCE, || async {
+                    claims(&store).await > before
+                })
+                .await;
             }
             8 => {
                 world.kill(aggregator);
@@ -146,14 +149,14 @@ async fn rebalance_and_zombies(backend: Backend) {
     let second = world.start_worker("worker-b", &[]);
     // The join has happened only once worker-b holds a claim; without this
     // wait a slow start can leave worker-a with everything and nothing moves.
-    wait_until(PATIENCE, || async {
+    eventually("worker-b holds a partition", PATIENCE, || async {
         !common::held_by(&store, "worker-b").await.is_empty()
     })
     .await;
     produce(&world.brokers, &world.orders, thirds[1]).await;
     world.wait_committed(&store, 60_000, PATIENCE).await;
     assert_eq!(world.terminate(second), 0, "SIGTERM drains and exits 0");
-    wait_until(PATIENCE, || async {
+    eventually("worker-a holds every partition", PATIENCE, || async {
         common::held_by(&store, "worker-a").await.len() == common::PARTITIONS as usize
     })
     .await;
@@ -206,21 +209,6 @@ async fn claims(store: &store::Store) -> i64 {
         .iter()
         .map(|p| p.fence.epoch)
         .sum()
-}
-
-/// Polls `condition` every 100 ms; panics after `timeout`.
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    timeout: Duration,
-    mut condition: impl FnMut() -> F,
-) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !condition().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn publish_partials(world: &World, partials: &[Partial]) {
@@ -387,7 +375,7 @@ async fn a_gap_at_the_current_epoch_heals_without_a_restart() {
         1_000_000_000,
     );
     publish_partials(&world, &[beyond]).await;
-    wait_until(PATIENCE, || async {
+    eventually("the partition's epoch moves on", PATIENCE, || async {
         store
             .epoch(&world.orders, partition)
             .await
@@ -432,16 +420,16 @@ async fn a_million_event_backlog_through_rebalances_is_exact() {
     produce(&world.brokers, &world.orders, &traffic.messages).await;
     world.start_aggregator("aggregator");
     world.start_worker("worker-a", &[]);
-    wait_until(PATIENCE, || async {
+    eventually("a tenth committed", PATIENCE, || async {
         world.committed(&store).await >= total / 10
     })
     .await;
     let second = world.start_worker("worker-b", &[]);
-    wait_until(PATIENCE, || async {
+    eventually("worker-b holds a partition", PATIENCE, || async {
         !common::held_by(&store, "worker-b").await.is_empty()
     })
     .await;
-    wait_until(PATIENCE, || async {
+    eventually("half committed", PATIENCE, || async {
         world.committed(&store).await >= total / 2
     })
     .await;
@@ -484,7 +472,7 @@ async fn orders_growing_from_4_to_6_partitions_is_counted_exactly() {
     {
         result.expect("orders grew");
     }
-    wait_until(PATIENCE, || async {
+    eventually("the orders topic has 6 partitions", PATIENCE, || async {
         partition_count(&world.brokers, &world.orders) == 6
     })
     .await;
@@ -518,7 +506,7 @@ async fn orders_growing_from_4_to_6_partitions_is_counted_exactly() {
 
     // A worker started after the growth starts and takes a share.
     world.start_worker("worker-b", &[]);
-    wait_until(PATIENCE, || async {
+    eventually("worker-b holds a partition", PATIENCE, || async {
         !common::held_by(&store, "worker-b").await.is_empty()
     })
     .await;

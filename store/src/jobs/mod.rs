@@ -22,6 +22,7 @@
 //!   through the one small trait each database implements (`crate::sql::Tx`).
 //! - here: the types, and [`Store`]'s methods, each one transaction.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use schemas::job::{Cron, Format, Range};
@@ -183,8 +184,8 @@ pub struct Task {
     pub rows_rejected: i64,
     /// Rows whose `event_id` was already counted.
     pub rows_duplicate: i64,
-    /// JSON: rejection counts by field and reason, with examples.
-    pub rejections: serde_json::Value,
+    /// Rejection counts by field, with examples.
+    pub rejections: Rejections,
     /// The last attempt's error.
     pub last_error: Option<String>,
     /// Import: what became of the file (imported, already imported, superseded, conflict).
@@ -245,6 +246,36 @@ impl Job {
     }
 }
 
+/// Why a task's rows were rejected: counts by the field that broke a rule,
+/// and the first rows as examples. Written by the backfill's compute, kept
+/// with the task (as JSON), printed by `tally jobs show`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rejections {
+    /// Rejected rows by field.
+    pub by_field: BTreeMap<String, i64>,
+    /// The first rejected rows.
+    pub examples: Vec<RejectedRow>,
+    /// The file an import read (imports only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// One rejected row: where it is, and the rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedRow {
+    /// The file it was read from.
+    pub file: String,
+    /// Its row number in the file, from 1.
+    pub row: u64,
+    /// The field that broke a rule, or `payload`.
+    pub field: String,
+    /// The offending value as it appeared, cut to 64 characters.
+    pub value: String,
+    /// The rule.
+    pub reason: String,
+}
+
 /// What a successful task attempt computed.
 #[derive(Debug, Clone, Default)]
 pub struct TaskResult {
@@ -259,8 +290,8 @@ pub struct TaskResult {
     pub rows_rejected: i64,
     /// Duplicate rows dropped.
     pub rows_duplicate: i64,
-    /// Rejection summary (JSON).
-    pub rejections: serde_json::Value,
+    /// Rejection counts by field, with examples.
+    pub rejections: Rejections,
 }
 
 /// Whether queueing a file that an ended job failed to import queues it again.

@@ -341,7 +341,7 @@ pub(crate) async fn finish_task(
     result: &TaskResult,
     now: i64,
 ) -> Result<bool> {
-    let rejections = result.rejections.to_string();
+    let rejections = serde_json::to_string(&result.rejections).expect("rejections serialise");
     let mine = tx
         .execute(
             "task finish",
@@ -774,7 +774,8 @@ pub(crate) async fn finish_import(
         let counts = result
             .filter(|_| matches!(outcome, ImportOutcome::Imported { .. }))
             .unwrap_or(&empty);
-        let (rejections, described) = (counts.rejections.to_string(), outcome.describe());
+        let rejections = serde_json::to_string(&counts.rejections).expect("rejections serialise");
+        let described = outcome.describe();
         tx.execute(
             "task finish",
             "UPDATE tally_tasks SET state = 'succeeded', finished_at = $3, rows_read = $4, rows_rejected = $5,

@@ -7,16 +7,7 @@
 /// Runs each async scenario `fn(Backend)` as one test on PostgreSQL and one
 /// on SQLite (needs `Backend` in scope at the call site).
 macro_rules! on_both_databases {
-    ($($scenario:ident),*) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Backend::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Backend::Sqlite).await })*
-        }
-    };
+    ($($scenario:ident),*) => { testkit::on_both_databases!($($scenario),*); };
 }
 
 pub mod local;
@@ -24,7 +15,6 @@ pub mod local;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ingest::load::generate::{Generated, Generator, GeneratorConfig, Truth};
@@ -38,12 +28,7 @@ use store::Store;
 
 pub const PARTITIONS: i32 = 4;
 
-/// Which database a scenario runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
+pub use testkit::{eventually, required, unique, Backend};
 
 /// The workspace root. From `CARGO_MANIFEST_DIR` as cargo sets it when it
 /// runs a test, not as `env!` baked it in: a build directory shared by
@@ -55,12 +40,6 @@ pub fn repo() -> PathBuf {
         .parent()
         .expect("workspace root")
         .to_path_buf()
-}
-
-pub fn required(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the integration tests through scripts/test, which starts the broker, PostgreSQL and the S3 server")
-    })
 }
 
 /// One test's isolated world: topics, groups, database, scratch directory.
@@ -80,20 +59,6 @@ pub struct World {
     children: Vec<Service>,
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
 impl World {
     /// Creates topics and a fresh database for one test.
     pub async fn new(name: &str, backend: Backend) -> World {
@@ -108,7 +73,7 @@ impl World {
         let dir = std::env::temp_dir().join(format!("tally-it-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
         let database_url = match backend {
-            Backend::Postgres => fresh_postgres(&id).await,
+            Backend::Postgres => testkit::fresh_database(backend, &id).await,
             Backend::Sqlite => format!("sqlite://{}", dir.join("tally.sqlite").display()),
         };
         let world = World {
@@ -241,18 +206,14 @@ impl World {
         timeout: Duration,
         mut condition: impl FnMut() -> F,
     ) {
-        let deadline = Instant::now() + timeout;
-        while !condition().await {
+        let what = format!("{what} (logs in {})", self.dir.display());
+        eventually(&what, timeout, || {
             for service in &self.children {
                 service.assert_alive();
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {timeout:?}; logs in {}",
-                self.dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            condition()
+        })
+        .await;
     }
 
     /// Waits until `service`'s backfill loop `which` (`runner` or
@@ -684,21 +645,6 @@ pub fn https(
         return (0, output.stderr);
     }
     (status, text[..split].to_vec())
-}
-
-async fn fresh_postgres(id: &str) -> String {
-    let admin_url = required("TALLY_TEST_PG_URL");
-    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL reachable");
-    tokio::spawn(connection);
-    let name = id.replace('-', "_").to_lowercase();
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
 }
 
 /// A Kafka client for `brokers`; for the broker's SASL_SSL listener
