@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use schemas::config::{self as check, ConfigError};
+use schemas::config::{self as check, ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
 /// Settings of one aggregator.
@@ -114,7 +114,7 @@ impl AggregatorConfig {
         clippy::too_many_lines,
         reason = "one check per setting, in the order of the settings table"
     )]
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self) -> Result<(), ConfigError> {
         check::brokers("aggregator.brokers", &self.brokers)?;
         check::database_url("aggregator.database_url", &self.database_url)?;
         check::kafka_name("aggregator.partials_topic", &self.partials_topic)?;
@@ -231,6 +231,12 @@ impl AggregatorConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl Validate for AggregatorConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
     }
 }
 

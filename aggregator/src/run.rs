@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use schemas::config::Checked;
 use store::Store;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -28,14 +29,15 @@ const TASKS_STOP: Duration = Duration::from_secs(10);
 /// Runs one aggregator until `shutdown` is cancelled, committing what it
 /// has buffered before returning.
 ///
-/// Fails before connecting when the configuration is invalid, and when the
-/// Kafka consumer cannot be created. Database outages are retried with capped
-/// backoff while the buffered partials are kept.
+/// Fails when the Kafka consumer cannot be created; database outages are
+/// retried with capped backoff while the buffered partials are kept. The
+/// settings were checked by
+/// [`Validate::checked`](schemas::config::Validate::checked).
 pub async fn run(
-    config: AggregatorConfig,
+    config: Checked<AggregatorConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), AggregatorError> {
-    config.validate()?;
+    let config = config.into_inner();
     metrics::init();
     // The background tasks stop with the service, also when it fails.
     let (tasks, stop) = (TaskTracker::new(), shutdown.child_token());

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use schemas::config::{self as check, ConfigError};
+use schemas::config::{self as check, ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
 /// `[ingest]` settings.
@@ -74,7 +74,7 @@ impl Default for IngestConfig {
 
 impl IngestConfig {
     /// Checks every field; the error names the first bad one as `ingest.<field>`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self) -> Result<(), ConfigError> {
         check::brokers("ingest.brokers", &self.brokers)?;
         check::kafka_name("ingest.orders_topic", &self.orders_topic)?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -189,6 +189,12 @@ impl IngestConfig {
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+impl Validate for IngestConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use schemas::config::Checked;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,9 +22,8 @@ const BROKER_CHECK: Duration = Duration::from_secs(2);
 /// How long a stop waits for the broker to acknowledge what was produced.
 const FLUSH: Duration = Duration::from_secs(30);
 
-/// Binds `ingest.listen`, after checking the whole configuration.
-pub async fn bind(config: &IngestConfig) -> Result<TcpListener, IngestError> {
-    config.validate()?;
+/// Binds `ingest.listen`.
+pub async fn bind(config: &Checked<IngestConfig>) -> Result<TcpListener, IngestError> {
     TcpListener::bind(&config.listen)
         .await
         .map_err(|source| IngestError::Listen {
@@ -37,15 +37,16 @@ pub async fn bind(config: &IngestConfig) -> Result<TcpListener, IngestError> {
 /// producer, so that every event a 200 or 207 accepted is acknowledged.
 /// `imports` queues the jobs of `POST /v1/imports` (none: that route is 503).
 ///
-/// Fails on an invalid configuration or TLS certificate, a producer
-/// librdkafka refuses, or events still unacknowledged at the end.
+/// Fails on a TLS certificate it cannot use, a producer librdkafka
+/// refuses, or events still unacknowledged at the end. The settings were
+/// checked by [`Validate::checked`](schemas::config::Validate::checked).
 pub async fn run(
-    config: IngestConfig,
+    config: Checked<IngestConfig>,
     listener: TcpListener,
     imports: Option<Arc<dyn ImportQueue>>,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    config.validate()?;
+    let config = config.into_inner();
     let tls = tls_acceptor(&config)?;
     // `?` wraps it in this role's error.
     let failed = |op| kafka::Error::client(op, &config.brokers);

@@ -24,6 +24,40 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A role's settings that can check themselves: every field against its
+/// rule, the first bad one named.
+pub trait Validate: Sized {
+    /// Checks every field; the error names the first bad one.
+    fn validate(&self) -> Result<(), ConfigError>;
+
+    /// The settings, checked once: what a service takes.
+    fn checked(self) -> Result<Checked<Self>, ConfigError> {
+        self.validate()?;
+        Ok(Checked(self))
+    }
+}
+
+/// Settings that passed [`Validate::validate`]. A service takes only these,
+/// so its settings are checked once, at the edge (where a bad one exits 2),
+/// and never again inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<T>(T);
+
+impl<T> std::ops::Deref for Checked<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> Checked<T> {
+    /// The checked settings themselves.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
 impl ConfigError {
     /// A new error for `field`.
     pub fn new(

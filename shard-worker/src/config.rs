@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use schemas::config::{self as check, ConfigError};
+use schemas::config::{self as check, ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
 /// librdkafka's default `message.max.bytes` (and Kafka's default broker limit is close: 1 MiB).
@@ -108,7 +108,7 @@ impl Default for WorkerConfig {
 
 impl WorkerConfig {
     /// Checks every field; the error names the first bad one as `worker.<field>`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self) -> Result<(), ConfigError> {
         check::brokers("worker.brokers", &self.brokers)?;
         check::database_url("worker.database_url", &self.database_url)?;
         check::kafka_name("worker.orders_topic", &self.orders_topic)?;
@@ -226,6 +226,12 @@ impl WorkerConfig {
         } else {
             self.instance_id.clone()
         }
+    }
+}
+
+impl Validate for WorkerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
     }
 }
 

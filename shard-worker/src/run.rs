@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
+use schemas::config::Checked;
 use store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -79,11 +80,14 @@ const TASKS_STOP: Duration = Duration::from_secs(10);
 /// Runs one shard worker until `shutdown` is cancelled, then drains and
 /// returns.
 ///
-/// Fails before connecting when the configuration is invalid, and when a
-/// Kafka client cannot be created. An unreachable database or broker is
-/// retried with capped backoff instead.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    config.validate()?;
+/// Fails when a Kafka client cannot be created; an unreachable database or
+/// broker is retried with capped backoff instead. The settings were checked
+/// by [`Validate::checked`](schemas::config::Validate::checked).
+pub async fn run(
+    config: Checked<WorkerConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let config = config.into_inner();
     crate::metrics::init();
     // The background tasks stop with the worker, also when it fails.
     let (tasks, stop) = (TaskTracker::new(), shutdown.child_token());

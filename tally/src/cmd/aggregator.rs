@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+use schemas::config::Validate;
+
 use crate::cli::ServiceArgs;
 use crate::error::{CliError, CliResult};
 
@@ -10,9 +12,7 @@ use super::service::{kafka_accepts, load, serve_metrics};
 
 /// Runs an aggregator with `/metrics` on 127.0.0.1:9102 by default.
 pub(crate) async fn run(args: ServiceArgs) -> CliResult {
-    let settings = load(&args)?;
-    let config = settings.aggregator;
-    config.validate()?;
+    let config = load(&args)?.aggregator.checked()?;
     kafka_accepts("aggregator", &config.brokers, &config.kafka).await?;
     let shutdown = crate::signals::shutdown_on_signals();
     let default = SocketAddr::from(([127, 0, 0, 1], 9102));

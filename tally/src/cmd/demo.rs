@@ -10,6 +10,7 @@ use aggregator::AggregatorConfig;
 use ingest::load::generate::{Generator, GeneratorConfig};
 use ingest::load::produce::produce_all;
 use rdkafka::mocking::MockCluster;
+use schemas::config::Validate;
 use schemas::{Amount, Totals};
 use shard_worker::WorkerConfig;
 use store::Store;
@@ -168,6 +169,7 @@ fn start_services(
         };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
+            let config = config.checked().map_err(|e| e.to_string())?;
             shard_worker::run(config, token)
                 .await
                 .map_err(|e| e.to_string())
@@ -181,6 +183,7 @@ fn start_services(
     };
     let token = shutdown.clone();
     services.push(tokio::spawn(async move {
+        let config = config.checked().map_err(|e| e.to_string())?;
         aggregator::run(config, token)
             .await
             .map_err(|e| e.to_string())

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use ingest::notifications::{Announced, ImportQueue, RecordOutcome, Started};
 use store::Store;
 
+use schemas::config::Validate;
+
 use crate::cli::ServiceArgs;
 use crate::error::{CliError, CliResult};
 
@@ -18,9 +20,7 @@ use super::service::{kafka_accepts, load};
 /// Runs `tally ingest` until SIGTERM: exit 2 for a configuration it cannot
 /// use (an address, a certificate), 1 when it fails at run time.
 pub(crate) async fn run(args: ServiceArgs) -> CliResult {
-    let settings = load(&args)?;
-    let config = settings.ingest;
-    config.validate()?;
+    let config = load(&args)?.ingest.checked()?;
     kafka_accepts("ingest", &config.brokers, &config.kafka).await?;
     let imports =
         (!config.database_url.is_empty()).then(|| Arc::new(DatabaseQueue) as Arc<dyn ImportQueue>);

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use schemas::config::Validate;
+
 use crate::cli::ServiceArgs;
 use crate::error::{CliError, CliResult};
 
@@ -9,9 +11,8 @@ use super::service::{kafka_accepts, load, serve_metrics};
 
 /// Runs a shard worker with `/metrics` on 127.0.0.1:9101 by default.
 pub(crate) async fn run(args: ServiceArgs) -> CliResult {
-    let settings = load(&args)?;
-    settings.worker.validate()?;
-    kafka_accepts("worker", &settings.worker.brokers, &settings.worker.kafka).await?;
+    let config = load(&args)?.worker.checked()?;
+    kafka_accepts("worker", &config.brokers, &config.kafka).await?;
     let shutdown = crate::signals::shutdown_on_signals();
     let default = SocketAddr::from(([127, 0, 0, 1], 9101));
     serve_metrics(
@@ -21,7 +22,7 @@ pub(crate) async fn run(args: ServiceArgs) -> CliResult {
         shutdown.clone(),
     )
     .await?;
-    shard_worker::run(settings.worker, shutdown)
+    shard_worker::run(config, shutdown)
         .await
         .map_err(CliError::run)
 }
