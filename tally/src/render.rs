@@ -14,6 +14,16 @@ pub(crate) fn after_text(after: &[i64]) -> String {
     format!(", after job {}", ids.join(", "))
 }
 
+/// A job's tasks done and attempts made in all.
+pub(crate) fn done_and_attempts(job: &Job) -> (usize, i32) {
+    let done = job
+        .tasks
+        .iter()
+        .filter(|t| t.state == store::jobs::State::Succeeded)
+        .count();
+    (done, job.tasks.iter().map(|t| t.attempts).sum())
+}
+
 /// The progress line of an import: files and rows done and left. Rows left
 /// are estimated from the bytes left at the rate of the files done.
 pub(crate) fn import_progress(job: &Job) -> String {

@@ -29,12 +29,7 @@ pub async fn jobs(args: JobsArgs) -> CliResult {
                     "SECONDS"
                 );
                 for job in &jobs {
-                    let done = job
-                        .tasks
-                        .iter()
-                        .filter(|t| t.state == State::Succeeded)
-                        .count();
-                    let attempts: i32 = job.tasks.iter().map(|t| t.attempts).sum();
+                    let (done, attempts) = render::done_and_attempts(job);
                     let (read, rejected, _) = job.rows();
                     println!(
                         "{:>6}  {:<10} {:<10} {:<23} {:>7} {:>8} {:>12} {:>9} {:>9}",
@@ -94,12 +89,7 @@ pub(crate) async fn follow(store: &Store, id: i64) -> CliResult {
                 continue;
             }
         };
-        let done = job
-            .tasks
-            .iter()
-            .filter(|t| t.state == State::Succeeded)
-            .count();
-        let attempts: i32 = job.tasks.iter().map(|t| t.attempts).sum();
+        let (done, attempts) = render::done_and_attempts(&job);
         let (read, rejected, duplicate) = job.rows();
         if job.kind == Kind::Import {
             eprint!(
