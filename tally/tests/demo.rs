@@ -1,5 +1,6 @@
 //! `tally demo` runs the embedded pipeline and exits 0 only when the
-//! database equals the generator's exact totals.
+//! database equals the generator's exact totals; a first run is quiet:
+//! nothing at WARN or above.
 
 use std::process::Command;
 
@@ -29,5 +30,15 @@ fn demo_exits_zero_with_matching_totals() {
         "{stdout}"
     );
     assert!(stdout.contains("Top merchants"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let loud: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .collect();
+    assert!(
+        loud.is_empty(),
+        "the demo logged warnings or errors:\n{}",
+        loud.join("\n")
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
