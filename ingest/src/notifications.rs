@@ -4,10 +4,11 @@
 //! them is [`crate::imports`].
 //!
 //! This is the object-lands-in-S3-then-a-function-runs path of a
-//! serverless pipeline, without the function runtime: point the bucket's
-//! notification (through SNS or an HTTP webhook, or MinIO's webhook target)
-//! at ingest. Only `ObjectCreated:*` records start imports; others, and
-//! S3's `s3:TestEvent`, are answered and ignored.
+//! serverless pipeline, without the function runtime: point MinIO's webhook
+//! target at ingest, or relay AWS S3's event (the `{"Records": …}` body) to
+//! it with a bearer token. An SNS envelope is refused: SNS wraps the event
+//! and cannot send a bearer token. Only `ObjectCreated:*` records start
+//! imports; others, and S3's `s3:TestEvent`, are answered and ignored.
 
 use std::future::Future;
 use std::pin::Pin;
