@@ -108,13 +108,13 @@ impl Default for AggregatorConfig {
     }
 }
 
-impl AggregatorConfig {
+impl Validate for AggregatorConfig {
     /// Checks every field; the error names the first bad one as `aggregator.<field>`.
     #[expect(
         clippy::too_many_lines,
         reason = "one check per setting, in the order of the settings table"
     )]
-    fn check(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check::brokers("aggregator.brokers", &self.brokers)?;
         check::database_url("aggregator.database_url", &self.database_url)?;
         check::kafka_name("aggregator.partials_topic", &self.partials_topic)?;
@@ -231,12 +231,6 @@ impl AggregatorConfig {
             }
         }
         Ok(())
-    }
-}
-
-impl Validate for AggregatorConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.check()
     }
 }
 

@@ -73,8 +73,31 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
+    /// The producer's `message.max.bytes`: `ingest.kafka` or librdkafka's default.
+    /// An unparsable value counts as 0, which `validate` refuses.
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.kafka
+            .get("message.max.bytes")
+            .map_or(DEFAULT_MESSAGE_MAX_BYTES, |v| v.trim().parse().unwrap_or(0))
+    }
+
+    /// The tokens of a comma-separated list.
+    pub(crate) fn list(tokens: &str) -> Vec<String> {
+        tokens
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+impl Validate for IngestConfig {
     /// Checks every field; the error names the first bad one as `ingest.<field>`.
-    fn check(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check::brokers("ingest.brokers", &self.brokers)?;
         check::kafka_name("ingest.orders_topic", &self.orders_topic)?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -166,33 +189,6 @@ impl IngestConfig {
             1_000_000_000,
         )?;
         Ok(())
-    }
-
-    /// The producer's `message.max.bytes`: `ingest.kafka` or librdkafka's default.
-    /// An unparsable value counts as 0, which `validate` refuses.
-    pub(crate) fn max_message_bytes(&self) -> usize {
-        self.kafka
-            .get("message.max.bytes")
-            .map_or(DEFAULT_MESSAGE_MAX_BYTES, |v| v.trim().parse().unwrap_or(0))
-    }
-
-    /// The tokens of a comma-separated list.
-    pub(crate) fn list(tokens: &str) -> Vec<String> {
-        tokens
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-/// librdkafka's default `message.max.bytes`.
-const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
-
-impl Validate for IngestConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.check()
     }
 }
 

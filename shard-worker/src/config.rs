@@ -107,8 +107,53 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The zone of merchants that have none of their own.
+    ///
+    /// Fails when `default_time_zone` is not an IANA name.
+    pub fn default_zone(&self) -> Result<schemas::zone::Zone, ConfigError> {
+        check::time_zone("worker.default_time_zone", &self.default_time_zone)
+    }
+
+    /// The producer's `message.max.bytes`: `worker.kafka` or librdkafka's default.
+    ///
+    /// Fails when the configured value is not a number.
+    pub fn message_max_bytes(&self) -> Result<usize, ConfigError> {
+        match self.kafka.get("message.max.bytes") {
+            None => Ok(LIBRDKAFKA_MESSAGE_MAX_BYTES),
+            Some(text) => text.parse().map_err(|_| {
+                ConfigError::new(
+                    "worker.kafka.message.max.bytes",
+                    text,
+                    "must be a whole number of bytes",
+                )
+            }),
+        }
+    }
+
+    /// How the worker creates the topics it needs.
+    pub fn topic_spec(&self) -> kafka::topics::TopicSpec<'_> {
+        kafka::topics::TopicSpec {
+            partitions: self.topic_partitions,
+            replication: self.replication_factor,
+            min_insync_replicas: self.min_insync_replicas,
+            partials: Some((&self.partials_topic, self.partials_retention_ms)),
+        }
+    }
+
+    /// The instance id, or `host-pid` when none was configured.
+    pub fn instance(&self) -> String {
+        if self.instance_id.is_empty() {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        } else {
+            self.instance_id.clone()
+        }
+    }
+}
+
+impl Validate for WorkerConfig {
     /// Checks every field; the error names the first bad one as `worker.<field>`.
-    fn check(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check::brokers("worker.brokers", &self.brokers)?;
         check::database_url("worker.database_url", &self.database_url)?;
         check::kafka_name("worker.orders_topic", &self.orders_topic)?;
@@ -183,55 +228,6 @@ impl WorkerConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The zone of merchants that have none of their own.
-    ///
-    /// Fails when `default_time_zone` is not an IANA name.
-    pub fn default_zone(&self) -> Result<schemas::zone::Zone, ConfigError> {
-        check::time_zone("worker.default_time_zone", &self.default_time_zone)
-    }
-
-    /// The producer's `message.max.bytes`: `worker.kafka` or librdkafka's default.
-    ///
-    /// Fails when the configured value is not a number.
-    pub fn message_max_bytes(&self) -> Result<usize, ConfigError> {
-        match self.kafka.get("message.max.bytes") {
-            None => Ok(LIBRDKAFKA_MESSAGE_MAX_BYTES),
-            Some(text) => text.parse().map_err(|_| {
-                ConfigError::new(
-                    "worker.kafka.message.max.bytes",
-                    text,
-                    "must be a whole number of bytes",
-                )
-            }),
-        }
-    }
-
-    /// How the worker creates the topics it needs.
-    pub fn topic_spec(&self) -> kafka::topics::TopicSpec<'_> {
-        kafka::topics::TopicSpec {
-            partitions: self.topic_partitions,
-            replication: self.replication_factor,
-            min_insync_replicas: self.min_insync_replicas,
-            partials: Some((&self.partials_topic, self.partials_retention_ms)),
-        }
-    }
-
-    /// The instance id, or `host-pid` when none was configured.
-    pub fn instance(&self) -> String {
-        if self.instance_id.is_empty() {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-            format!("{host}-{}", std::process::id())
-        } else {
-            self.instance_id.clone()
-        }
-    }
-}
-
-impl Validate for WorkerConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.check()
     }
 }
 
