@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use schemas::config::{self as check, ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
-/// Settings of one aggregator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[aggregator]`: the settings of `tally aggregator`, and of its backfill
+/// runner, scheduler and import watch. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorConfig {
     /// Kafka bootstrap servers, `host:port[,host:port…]`.

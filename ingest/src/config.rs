@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use schemas::config::{self as check, ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
-/// `[ingest]` settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `[ingest]`: the settings of `tally ingest`, the HTTP front door. Every
+/// field has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Kafka bootstrap servers.

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    Histogram, IntCounter, IntCounterVec, IntGauge,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 /// HTTP requests by route and status.
@@ -26,11 +26,12 @@ pub(crate) static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
-/// Time to answer `POST /v1/orders`.
-pub(crate) static DURATION: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+/// Time to answer a request, by route (the path template).
+pub(crate) static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
         "tally_ingest_request_duration_seconds",
-        "Time to answer POST /v1/orders."
+        "Time to answer a request, by route (the path template, as in tally_ingest_requests_total).",
+        &["route"]
     )
     .expect("metric registers once")
 });

@@ -36,7 +36,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -51,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::respond::Refusal;
 use crate::http::Ingest;
-use crate::metrics::{DURATION, EVENTS, PRODUCE_ERRORS};
+use crate::metrics::{EVENTS, PRODUCE_ERRORS};
 
 /// Rejections an answer lists one by one; the rest are only counted.
 pub const LISTED_REJECTIONS: usize = 100;
@@ -128,13 +127,10 @@ pub(crate) async fn orders(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    let response = match handle(&state, &headers, body).await {
+    match handle(&state, &headers, body).await {
         Ok(response) => response,
         Err(refusal) => refusal.answer(ROUTE, RETRY_AFTER),
-    };
-    DURATION.observe(started.elapsed().as_secs_f64());
-    response
+    }
 }
 
 /// A request, in order: its token, a slot, the body, its events, each one

@@ -2,12 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::http::Ingest;
+use crate::metrics::DURATION;
 
 /// The API routes: `POST /v1/orders`, `POST /v1/imports`, the totals API
 /// (`GET /v1/merchants/{merchant_id}/totals`, `GET /v1/merchants`),
@@ -37,7 +42,18 @@ pub fn router(state: Arc<Ingest>) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route_layer(axum::middleware::from_fn(timed))
         .with_state(state)
+}
+
+/// Times each request, labelled by its route's path template.
+async fn timed(path: MatchedPath, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    DURATION
+        .with_label_values(&[path.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// The OpenAPI document, also checked in at `ingest/openapi.json`.

@@ -94,29 +94,58 @@ pub fn property_refused(properties: &BTreeMap<String, String>) -> Option<(String
 ///
 /// Blocks: call it from a blocking thread.
 pub fn refuses(config: &ClientConfig, wait: Duration) -> Option<String> {
+    match reach(config, wait) {
+        Reach::Refused(reason) => Some(reason),
+        Reach::Answered { .. } | Reach::Unreachable => None,
+    }
+}
+
+/// What the brokers of a configuration did when asked for metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// They answered: the cluster's broker and topic counts.
+    Answered {
+        /// Brokers in the cluster's metadata.
+        brokers: usize,
+        /// Topics the cluster has.
+        topics: usize,
+    },
+    /// They refused the connection (TLS or SASL): librdkafka's reason.
+    Refused(String),
+    /// Nothing answered in time, or the configuration cannot make a client.
+    Unreachable,
+}
+
+/// Asks the brokers of `config` for metadata for up to `wait`, and says
+/// whether they answered, refused or were not reached.
+///
+/// Blocks: call it from a blocking thread.
+pub fn reach(config: &ClientConfig, wait: Duration) -> Reach {
     let mut config = config.clone();
     config.set_log_level(RDKafkaLogLevel::Error);
     let client: BaseConsumer<Watch> = match config.create_with_context(Watch::default()) {
         Ok(client) => client,
         // A configuration librdkafka refuses is reported where the role creates its clients.
-        Err(_) => return None,
+        Err(_) => return Reach::Unreachable,
     };
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        if client
+        if let Ok(metadata) = client
             .client()
             .fetch_metadata(None, Duration::from_millis(500))
-            .is_ok()
         {
-            return None;
+            return Reach::Answered {
+                brokers: metadata.brokers().len(),
+                topics: metadata.topics().len(),
+            };
         }
         // rdkafka queues librdkafka's logs and errors: polling delivers them.
         let _ = client.poll(Duration::from_millis(100));
         if let Some(reason) = client.context().refused.lock().expect("watch lock").take() {
-            return Some(reason);
+            return Reach::Refused(reason);
         }
     }
-    None
+    Reach::Unreachable
 }
 
 #[cfg(test)]

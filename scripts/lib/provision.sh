@@ -5,6 +5,8 @@
 #   $TALLY_CACHE/kafka-4.4.0/libs        Apache Kafka's runtime jars, from Maven Central
 #   $TALLY_CACHE/m2                      Maven's local repository for them
 #   $TALLY_CACHE/moto-5.2.5              an S3-compatible server (a Python virtualenv)
+#   $TALLY_CACHE/python-tools-<hash>     scripts/python-tools.txt (a Python virtualenv)
+#   $TALLY_CACHE/mdbook-0.5.4            mdBook, which builds the documentation book
 #   $TALLY_CACHE/target                  cargo's build directory
 
 TALLY_CACHE=${TALLY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tally}
@@ -13,6 +15,8 @@ KAFKA_VERSION=4.4.0
 KAFKA_HOME="$TALLY_CACHE/kafka-$KAFKA_VERSION"
 MOTO_VERSION=5.2.5
 MOTO_VENV="$TALLY_CACHE/moto-$MOTO_VERSION"
+MDBOOK_VERSION=0.5.4
+MDBOOK_ROOT="$TALLY_CACHE/mdbook-$MDBOOK_VERSION"
 RUN_DIR=""
 PG_BIN=""
 PG_DATA=""
@@ -254,6 +258,43 @@ ensure_s3_server() {
     "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "moto[s3,server]==$MOTO_VERSION" \
         || die "installing moto $MOTO_VERSION failed"
     touch "$MOTO_VENV/.complete"
+}
+
+# The Python tools of scripts/python-tools.txt, in a virtualenv named by the
+# file's hash (a changed pin installs afresh); exported for the tests.
+ensure_python_tools() {
+    local hash venv
+    hash=$(sha256sum scripts/python-tools.txt | cut -c1-12)
+    venv="$TALLY_CACHE/python-tools-$hash"
+    if [ ! -f "$venv/.complete" ]; then
+        log "Installing the tests' Python tools (scripts/python-tools.txt) into $venv."
+        rm -rf "$venv"
+        python3 -m venv "$venv" || die "creating a Python virtualenv in $venv failed"
+        "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/python-tools.txt \
+            || die "installing scripts/python-tools.txt failed"
+        touch "$venv/.complete"
+    fi
+    export TALLY_TEST_PYTHON="$venv/bin/python"
+    export TALLY_TEST_SCHEMATHESIS="$venv/bin/schemathesis"
+    export TALLY_TEST_OPENAPI_VALIDATOR="$venv/bin/openapi-spec-validator"
+}
+
+# The Java producer example, built with Maven (its jars in the cache's
+# Maven repository); its class path exported for the tests.
+ensure_java_example() {
+    log "Building the Java producer example (examples/java)."
+    mvn -B -q -f examples/java/pom.xml -Dmaven.repo.local="$TALLY_CACHE/m2" package \
+        || die "building examples/java failed"
+    export TALLY_TEST_JAVA_EXAMPLE_CP="$PWD/examples/java/target/classes:$(cat examples/java/target/classpath.txt)"
+}
+
+# mdBook, from crates.io into the cache, once.
+ensure_mdbook() {
+    [ -x "$MDBOOK_ROOT/bin/mdbook" ] && return 0
+    log "Installing mdBook $MDBOOK_VERSION into $MDBOOK_ROOT (once)."
+    cargo install mdbook --version "$MDBOOK_VERSION" --locked --no-default-features \
+        --features search --root "$MDBOOK_ROOT" >/dev/null 2>&1 \
+        || die "installing mdBook $MDBOOK_VERSION failed"
 }
 
 start_s3_server() {

@@ -12,9 +12,9 @@ pub const PARTIAL_ENVELOPE_BYTES: usize = 1_024;
 
 pub use kafka::topics::PARTIALS_RETENTION_MS;
 
-/// Settings of one shard worker. Every field has a default; see the README's
-/// configuration reference for the file, environment and flag spellings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[worker]`: the settings of `tally worker`, a shard worker. Every field
+/// has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// Kafka bootstrap servers, `host:port[,host:port…]`.

@@ -3,18 +3,38 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// tally: exact per-merchant sales totals from order events.
 #[derive(Debug, Parser)]
-#[command(name = "tally", version, about)]
+#[command(name = "tally", version = crate::build::LONG_VERSION)]
 pub struct Cli {
     /// Log filter, e.g. `info` or `shard_worker=debug` (also RUST_LOG).
     #[arg(long, global = true, env = "TALLY_LOG")]
     pub log: Option<String>,
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// log collectors).
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`
+    /// and the event's fields.
+    Json,
 }
 
 /// The subcommands.
@@ -55,11 +75,100 @@ pub enum Command {
     /// Apply the database migrations this build knows (the aggregators also
     /// do, at start); every other command only checks for them.
     Migrate(DatabaseArgs),
+    /// Check the configuration of every role, or show it with secrets
+    /// redacted.
+    Config(ConfigArgs),
+    /// Write the generated reference pages (CLI, configuration, metrics,
+    /// alerts) of the documentation book.
+    #[command(hide = true)]
+    Reference(ReferenceArgs),
+}
+
+/// `tally config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// `tally config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the file, environment and flags for every role: exit 0 when
+    /// every role could start with them, 2 naming each bad field.
+    Check {
+        #[command(flatten)]
+        layers: Layers,
+        /// Also reach each role's brokers and database, and say what answered.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Print the effective configuration (defaults, file, environment and
+    /// flags), with tokens, passwords, `_FILE` contents and the user
+    /// information of URLs redacted.
+    Show {
+        #[command(flatten)]
+        layers: Layers,
+        /// Only this role's settings.
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A role's section of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// `[worker]`: `tally worker`.
+    Worker,
+    /// `[aggregator]`: `tally aggregator` (and the commands that open its database).
+    Aggregator,
+    /// `[ingest]`: `tally ingest`.
+    Ingest,
+}
+
+impl Role {
+    /// Every role, in the file's order.
+    pub const ALL: [Role; 3] = [Role::Worker, Role::Aggregator, Role::Ingest];
+
+    /// The role's table name in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Aggregator => "aggregator",
+            Role::Ingest => "ingest",
+        }
+    }
+}
+
+/// Flags of the hidden `tally reference`.
+#[derive(Debug, Args)]
+pub struct ReferenceArgs {
+    /// Directory the pages are written to.
+    #[arg(long, default_value = "docs/book/src/reference")]
+    pub out: PathBuf,
+    /// The Prometheus rule file the alerts page describes.
+    #[arg(long, default_value = "deploy/prometheus/rules/tally.yml")]
+    pub rules: PathBuf,
 }
 
 /// Flags shared by the long-running services.
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
+    #[command(flatten)]
+    pub layers: Layers,
+    /// Address for /metrics, /healthz and /readyz (port 0 picks a free
+    /// port). Not for `tally ingest`, which serves them on its API address.
+    #[arg(long, env = "TALLY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Where the configuration comes from, over the defaults: a file, the
+/// `TALLY_*` environment, then these flags.
+#[derive(Debug, Args)]
+pub struct Layers {
     /// TOML configuration file with `[worker]`, `[aggregator]` and `[ingest]` tables.
     #[arg(long, env = "TALLY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -72,9 +181,6 @@ pub struct ServiceArgs {
     /// Any field, as `section.field=value` (repeatable), e.g. `worker.batch_max_events=5000`.
     #[arg(long = "set", value_parser = parse_key_value)]
     pub set: Vec<(String, String)>,
-    /// Address for /metrics, /healthz and /readyz (port 0 picks a free port).
-    #[arg(long, env = "TALLY_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Flags of `tally demo`.
@@ -411,8 +517,8 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{raw:?} is not section.field=value"))
 }
 
-impl ServiceArgs {
-    /// The flag overrides as `section.field=value` pairs for both roles.
+impl Layers {
+    /// The flag overrides as `section.field=value` pairs for every role.
     pub fn overrides(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let Some(brokers) = &self.brokers {

@@ -7,15 +7,21 @@
 //! - `cmd`: one module per command (`cmd::worker`, `cmd::backfill`, …).
 //! - `render`: how commands print jobs, progress and differing totals.
 //! - `http`: `/metrics` and `/readyz` for the services; `signals`: SIGTERM.
+//! - `build`: version, revision and `tally_build_info`; `progress`: progress
+//!   bars on a terminal, plain lines otherwise; `reference`: the book's
+//!   generated reference pages.
 
 // Each dependency is used: the test command's clippy fails otherwise (tests
 // and benchmarks see dev-dependencies too, so the check is off for them).
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod build;
 mod cli;
 mod cmd;
 mod error;
 mod http;
+mod progress;
+mod reference;
 mod render;
 mod settings;
 mod signals;
@@ -23,7 +29,7 @@ mod signals;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -41,12 +47,18 @@ fn main() -> ExitCode {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default_level.into());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
         // Colour only for a person at a terminal, never into log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One object per line, the event's fields beside `message`.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
+    build::register();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

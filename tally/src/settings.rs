@@ -20,7 +20,7 @@ use shard_worker::WorkerConfig;
 use toml::{Table, Value};
 
 /// The whole configuration file: one table per role.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// `[worker]`: see `shard_worker::WorkerConfig`.
@@ -220,6 +220,133 @@ pub fn from_file(variable: &str) -> Result<Option<String>, SettingsError> {
         .ok()
         .map(|path| read_secret(&name, &path))
         .transpose()
+}
+
+/// The database every role uses when none is configured.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://tally.sqlite";
+
+/// What a log line may say of a database URL: its kind, host and port, and
+/// database name (PostgreSQL), or its file (SQLite); never the user, the
+/// password or the parameters.
+pub fn describe_database(url: &str) -> String {
+    if url.is_empty() {
+        return "none".to_owned();
+    }
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        return format!("sqlite file {path}");
+    }
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.scheme().starts_with("postgres") => {
+            let host = parsed.host_str().unwrap_or("(local socket)");
+            let port = parsed.port().unwrap_or(5432);
+            let name = parsed.path().trim_start_matches('/');
+            format!("postgres {host}:{port}/{name}")
+        }
+        _ => schemas::config::shown_database_url(url),
+    }
+}
+
+/// What replaces a secret in `tally config show`.
+pub const REDACTED: &str = "<redacted>";
+
+/// librdkafka properties whose values are secrets, by a part of their name.
+const SECRET_PROPERTIES: [&str; 4] = ["password", "secret", "key.pem", "token"];
+
+impl Settings {
+    /// These settings with every secret replaced by [`REDACTED`]: bearer
+    /// tokens, the user information and `password` parameter of database
+    /// URLs, Kafka properties that hold passwords, secrets or private keys,
+    /// and every value that came from a `…_FILE` variable in `env`.
+    pub fn redacted(&self, env: impl IntoIterator<Item = (String, String)>) -> Settings {
+        let mut out = self.clone();
+        let hide = |value: &mut String| {
+            if !value.is_empty() {
+                *value = REDACTED.to_owned();
+            }
+        };
+        hide(&mut out.ingest.tokens);
+        hide(&mut out.ingest.read_tokens);
+        for url in [
+            &mut out.worker.database_url,
+            &mut out.aggregator.database_url,
+            &mut out.ingest.database_url,
+        ] {
+            *url = redact_url(url);
+        }
+        for kafka in [
+            &mut out.worker.kafka,
+            &mut out.aggregator.kafka,
+            &mut out.ingest.kafka,
+        ] {
+            for (key, value) in kafka.iter_mut() {
+                if SECRET_PROPERTIES.iter().any(|part| key.contains(part)) {
+                    hide(value);
+                }
+            }
+        }
+        let mut table = Table::try_from(&out).expect("settings serialise");
+        for (name, _) in env {
+            let Some(base) = name.strip_suffix("_FILE") else {
+                continue;
+            };
+            for target in env_targets(base) {
+                let (section, field, property) = match &target {
+                    Target::Field(section, field) => (section, field.as_str(), None),
+                    Target::Kafka(section, property) => (section, "kafka", Some(property)),
+                };
+                let Some(section) = table.get_mut(section).and_then(Value::as_table_mut) else {
+                    continue;
+                };
+                let slot = match property {
+                    Some(property) => section
+                        .get_mut(field)
+                        .and_then(Value::as_table_mut)
+                        .and_then(|kafka| kafka.get_mut(property.as_str())),
+                    None => section.get_mut(field),
+                };
+                if let Some(slot @ Value::String(_)) = slot {
+                    *slot = Value::String(REDACTED.to_owned());
+                }
+            }
+        }
+        Settings::deserialize(Value::Table(table)).expect("redacted settings deserialise")
+    }
+}
+
+/// `url` with its user information and any `password` parameter replaced
+/// by [`REDACTED`]; a URL without a scheme is replaced whole unless empty
+/// or a SQLite path.
+fn redact_url(url: &str) -> String {
+    if url.is_empty() || url.starts_with("sqlite:") {
+        return url.to_owned();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return REDACTED.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    // The user name goes too: with the host it narrows a guess.
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{REDACTED}@{host}"),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.contains("password") => format!("{key}={REDACTED}"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// Fails when librdkafka refuses one of `role`'s `kafka` properties, naming

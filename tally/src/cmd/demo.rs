@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
 use crate::error::{CliError, CliResult};
+use crate::progress::Progress;
 
 const ORDERS: &str = "orders";
 const PARTIALS: &str = "tally.partials";
@@ -71,13 +72,12 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         kafka::producer::bulk(&brokers, &Default::default()).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let total = args.events;
-    produce_paced(&producer, &mut generator, &store, total, started).await?;
+    produce_paced(&producer, &mut generator, &store, total).await?;
     // Every event is delivered; the producer goes before the cluster does,
     // so it does not log the brokers' going as an error.
     drop(producer);
-    eprintln!();
     let produced_at = started.elapsed();
-    let committed = wait_for_commit(&store, total, &started).await?;
+    let committed = wait_for_commit(&store, total).await?;
     let elapsed = started.elapsed();
     shutdown.cancel();
     for service in services {
@@ -99,16 +99,14 @@ async fn committed(store: &Store) -> Result<u64, String> {
 }
 
 /// Waits until every produced message is behind a committed fence.
-async fn wait_for_commit(store: &Store, total: u64, started: &Instant) -> Result<u64, String> {
+async fn wait_for_commit(store: &Store, total: u64) -> Result<u64, String> {
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut progress = Progress::counting("committed", total);
     loop {
         let done = committed(store).await?;
-        eprint!(
-            "\r  committed {done:>10}/{total}  ({:.0} events/s)   ",
-            done as f64 / started.elapsed().as_secs_f64()
-        );
+        progress.set(done);
         if done >= total {
-            eprintln!();
+            progress.finish();
             return Ok(done);
         }
         if Instant::now() > deadline {
@@ -204,9 +202,9 @@ async fn produce_paced(
     generator: &mut Generator,
     store: &Store,
     total: u64,
-    started: Instant,
 ) -> Result<(), String> {
     let mut produced = 0u64;
+    let mut progress = Progress::counting("produced", total);
     loop {
         let chunk: Vec<_> = generator.by_ref().take(10_000).collect();
         if chunk.is_empty() {
@@ -218,11 +216,9 @@ async fn produce_paced(
         while produced > committed(store).await? + MAX_AHEAD {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        eprint!(
-            "\r  produced {produced:>10}/{total}  ({:.0} events/s)   ",
-            produced as f64 / started.elapsed().as_secs_f64()
-        );
+        progress.set(produced);
     }
+    progress.finish();
     Ok(())
 }
 

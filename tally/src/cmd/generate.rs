@@ -16,6 +16,7 @@ use schemas::Day;
 
 use crate::cli::GenerateArgs;
 use crate::error::{CliError, CliResult};
+use crate::progress::Progress;
 use crate::settings::{self, Settings};
 
 /// Where `tally generate` sends its messages.
@@ -116,13 +117,23 @@ pub async fn run(args: GenerateArgs) -> CliResult {
     let sink = sink(&args)?;
     let mut generator = Generator::new(config);
     let started = Instant::now();
+    let mut progress = Progress::counting("published", args.events);
     let sent = match &sink {
-        Sink::Kafka(producer) => to_kafka(&args, producer, &mut generator, started).await,
+        Sink::Kafka(producer) => {
+            to_kafka(&args, producer, &mut generator, started, &mut progress).await
+        }
         Sink::Http { endpoint, token } => {
-            to_ingest(&args, endpoint, token, &mut generator, started).await
+            to_ingest(
+                &args,
+                (endpoint, token),
+                &mut generator,
+                started,
+                &mut progress,
+            )
+            .await
         }
     };
-    eprintln!();
+    progress.finish();
     let (published, target) = sent.map_err(CliError::run)?;
     std::fs::File::create(&args.expected)
         .and_then(|file| expected::write(generator.totals(), BufWriter::new(file)))
@@ -140,11 +151,6 @@ pub async fn run(args: GenerateArgs) -> CliResult {
     Ok(())
 }
 
-fn progress(started: Instant, done: u64, of: u64) {
-    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    eprint!("\r  published {done:>12}/{of}  ({rate:.0} events/s)   ");
-}
-
 /// Waits until `published` messages are due at `--rate` (no wait at rate 0).
 async fn pace(args: &GenerateArgs, started: Instant, published: u64) {
     if args.rate > 0 {
@@ -159,6 +165,7 @@ async fn to_kafka(
     producer: &FutureProducer,
     generator: &mut Generator,
     started: Instant,
+    progress: &mut Progress,
 ) -> Result<(u64, String), String> {
     // With a target rate, publish in tenth-of-a-second slices and wait for
     // each slice's due time; otherwise everything goes in one stream.
@@ -178,7 +185,7 @@ async fn to_kafka(
         }
         let base = published;
         published += produce_all(producer, &args.topic, chunk, |done| {
-            progress(started, base + done, args.events)
+            progress.set(base + done)
         })
         .await
         .map_err(|error| {
@@ -197,10 +204,10 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 /// describe what was sent.
 async fn to_ingest(
     args: &GenerateArgs,
-    endpoint: &Endpoint,
-    token: &str,
+    (endpoint, token): (&Endpoint, &str),
     generator: &mut Generator,
     started: Instant,
+    progress: &mut Progress,
 ) -> Result<(u64, String), String> {
     let (batches, queue) = tokio::sync::mpsc::channel::<Vec<u8>>(args.clients * 2);
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
@@ -253,7 +260,7 @@ async fn to_ingest(
             break; // every client has stopped: the join below says why
         }
         if shown.elapsed() > Duration::from_millis(500) {
-            progress(started, answered.load(Ordering::Relaxed), args.events);
+            progress.set(answered.load(Ordering::Relaxed));
             shown = Instant::now();
         }
         pace(args, started, published).await;
@@ -265,7 +272,7 @@ async fn to_ingest(
         accepted += a;
         rejected += r;
     }
-    progress(started, accepted + rejected, args.events);
+    progress.set(accepted + rejected);
     if (accepted, rejected) != (published - invalid, invalid) {
         return Err(format!(
             "{} accepted {accepted} and rejected {rejected} of {published} events, but {invalid} were generated invalid; the expected totals would not hold",

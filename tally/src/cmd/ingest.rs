@@ -15,12 +15,21 @@ use schemas::config::Validate;
 use crate::cli::ServiceArgs;
 use crate::error::{CliError, CliResult};
 
-use super::service::{kafka_accepts, load};
+use super::service::{announce, kafka_accepts, load};
 
 /// Runs `tally ingest` until SIGTERM: exit 2 for a configuration it cannot
 /// use (an address, a certificate), 1 when it fails at run time.
 pub(crate) async fn run(args: ServiceArgs) -> CliResult {
-    let config = load(&args)?.ingest.checked()?;
+    let config = load(&args.layers)?.ingest.checked()?;
+    if let Some(addr) = args.metrics_addr {
+        return Err(CliError::config(format!(
+            "`--metrics-addr` = {addr:?}: tally ingest serves /metrics, /healthz and /readyz on \
+             its API address (`ingest.listen` = {:?}); scrape them there, and unset \
+             TALLY_METRICS_ADDR for this role",
+            config.listen
+        )));
+    }
+    announce("ingest", &config.brokers, &config.database_url);
     kafka_accepts("ingest", &config.brokers, &config.kafka).await?;
     let imports =
         (!config.database_url.is_empty()).then(|| Arc::new(DatabaseQueue) as Arc<dyn ImportQueue>);

@@ -3,6 +3,7 @@
 use super::open_store;
 use crate::cli::{JobsArgs, JobsCommand};
 use crate::error::{CliError, CliResult};
+use crate::progress::Progress;
 use crate::render;
 use backfill::{now_ms, Format};
 use std::time::{Duration, Instant};
@@ -79,12 +80,13 @@ pub async fn jobs(args: JobsArgs) -> CliResult {
 pub(crate) async fn follow(store: &Store, id: i64) -> CliResult {
     let started = Instant::now();
     let mut hinted = false;
+    let mut progress = Progress::status("job");
     loop {
         let job = match store.job(id).await {
             Ok(Some(job)) => job,
             Ok(None) => return Err(CliError::run(format!("job {id} disappeared"))),
             Err(error) => {
-                eprintln!("\nwarning: cannot read job {id}: {error}; retrying");
+                progress.note(&format!("warning: cannot read job {id}: {error}; retrying"));
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -92,22 +94,16 @@ pub(crate) async fn follow(store: &Store, id: i64) -> CliResult {
         let (done, attempts) = render::done_and_attempts(&job);
         let (read, rejected, duplicate) = job.rows();
         if job.kind == Kind::Import {
-            eprint!(
-                "\r  {}: {}, {:.0} s   ",
-                job.state,
-                render::import_progress(&job),
-                started.elapsed().as_secs_f64()
-            );
+            progress.say(format!("{}, {}", job.state, render::import_progress(&job)));
         } else {
-            eprint!(
-                "\r  {}: {done}/{} tasks done, {attempts} attempts, {read} rows read, {rejected} rejected, {duplicate} duplicate, {:.0} s   ",
+            progress.say(format!(
+                "{}: {done}/{} tasks done, {attempts} attempts, {read} rows read, {rejected} rejected, {duplicate} duplicate",
                 job.state,
                 job.tasks.len(),
-                started.elapsed().as_secs_f64()
-            );
+            ));
         }
         if job.state.is_final() {
-            eprintln!();
+            progress.finish();
             render::print_job(&job);
             return if job.state == State::Succeeded {
                 Ok(())
@@ -120,7 +116,7 @@ pub(crate) async fn follow(store: &Store, id: i64) -> CliResult {
             && started.elapsed() > Duration::from_secs(15)
             && job.after.iter().all(|d| d.state == State::Succeeded)
         {
-            eprintln!("\n  No runner has taken the job yet: jobs run inside `tally aggregator`; is one running on this database?");
+            progress.note("  No runner has taken the job yet: jobs run inside `tally aggregator`; is one running on this database?");
             hinted = true;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

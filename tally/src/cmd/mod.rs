@@ -6,10 +6,11 @@
 //! - the embedded pipeline: [`demo`];
 //! - reading: [`query`], [`verify_totals`], [`verify`];
 //! - jobs: [`backfill`], [`import`], [`jobs`], [`schedule`];
-//! - set-up: [`merchants`], [`migrate`], and traffic: [`generate`].
+//! - set-up: [`merchants`], [`migrate`], [`config`], and traffic: [`generate`].
 
 mod aggregator;
 mod backfill;
+mod config;
 mod demo;
 mod generate;
 mod import;
@@ -49,6 +50,8 @@ pub(crate) async fn dispatch(command: Command) -> CliResult {
         Command::Worker(args) => worker::run(args).await,
         Command::Ingest(args) => ingest::run(args).await,
         Command::Aggregator(args) => aggregator::run(args).await,
+        Command::Config(args) => config::run(args).await,
+        Command::Reference(args) => crate::reference::write(&args),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::cli::ServiceArgs;
+use crate::cli::{Layers, ServiceArgs};
 use crate::error::{CliError, CliResult};
 use crate::settings::{self, Settings};
 
@@ -36,12 +36,36 @@ pub(crate) async fn kafka_accepts(
     }
 }
 
-pub(crate) fn load(args: &ServiceArgs) -> Result<Settings, CliError> {
+pub(crate) fn load(layers: &Layers) -> Result<Settings, CliError> {
     Ok(Settings::load(
-        args.config.as_deref(),
+        layers.config.as_deref(),
         std::env::vars(),
-        &args.overrides(),
+        &layers.overrides(),
     )?)
+}
+
+/// Logs what a service is about to run as: its role, version, brokers and
+/// database (scheme, host and name; never a password), and warns when no
+/// database was configured and the default SQLite file is used.
+pub(crate) fn announce(role: &str, brokers: &str, database_url: &str) {
+    let database = settings::describe_database(database_url);
+    tracing::info!(
+        role,
+        version = crate::build::VERSION,
+        revision = crate::build::REVISION,
+        brokers,
+        database,
+        "Starting."
+    );
+    if database_url == settings::DEFAULT_DATABASE_URL {
+        tracing::warn!(
+            role,
+            database,
+            "No database configured: using the default SQLite file tally.sqlite in the working \
+             directory. Set TALLY_DATABASE_URL (or --database-url, or database_url in the \
+             file) to the database this role shares with the others."
+        );
+    }
 }
 
 /// Serves `/metrics` and `/readyz` (answered by `readiness`) on the
