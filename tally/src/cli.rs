@@ -204,6 +204,9 @@ pub struct DemoArgs {
     /// Address for /metrics while the demo runs.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub metrics_addr: SocketAddr,
+    /// Print the outcome as JSON (progress still goes to standard error).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The database a read-only command opens.
@@ -228,6 +231,9 @@ pub struct QueryArgs {
     /// The merchant to show.
     #[arg(long)]
     pub merchant: String,
+    /// Print JSON (an array of rows, amounts as exact decimal strings).
+    #[arg(long)]
+    pub json: bool,
     /// Which database to read.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -294,6 +300,9 @@ pub struct GenerateArgs {
     /// Where to write the expected totals (CSV).
     #[arg(long, default_value = "expected-totals.csv")]
     pub expected: PathBuf,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `tally verify-totals`.
@@ -301,6 +310,9 @@ pub struct GenerateArgs {
 pub struct VerifyArgs {
     /// An expected-totals file written by `tally generate`.
     pub file: PathBuf,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Which database to read.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -507,6 +519,9 @@ pub enum ScheduleCommand {
 pub struct ReconcileArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }

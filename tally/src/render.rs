@@ -198,6 +198,71 @@ pub(crate) fn print_import_files(job: &Job) {
     }
 }
 
+/// One row of totals as JSON, amounts as exact decimal strings.
+pub(crate) fn row_json(key: &schemas::TotalsKey, sums: &schemas::Sums) -> serde_json::Value {
+    let mut row = sums_json(sums);
+    row["merchant_id"] = key.merchant_id.clone().into();
+    row["currency"] = key.currency.clone().into();
+    row["day"] = key.day.to_string().into();
+    row
+}
+
+fn sums_json(sums: &schemas::Sums) -> serde_json::Value {
+    serde_json::json!({
+        "sales_amount": sums.sales_amount.to_string(),
+        "sales_count": sums.sales_count,
+        "refund_amount": sums.refund_amount.to_string(),
+        "refund_count": sums.refund_count,
+        "net_amount": sums.net_amount().to_string(),
+    })
+}
+
+/// The comparison of `want` with `have` (the database) as JSON: whether
+/// every key matches, how many keys, and each difference with both sides.
+pub(crate) fn report_json(want: &schemas::Totals, have: &schemas::Totals) -> serde_json::Value {
+    let differences: Vec<serde_json::Value> = expected::differences(want, have)
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "merchant_id": d.key.merchant_id,
+                "currency": d.key.currency,
+                "day": d.key.day.to_string(),
+                "expected": d.expected.as_ref().map(sums_json),
+                "database": d.actual.as_ref().map(sums_json),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "matches": differences.is_empty(),
+        "keys": want.len().max(have.len()),
+        "differences": differences,
+    })
+}
+
+/// Prints the comparison of `want` with `have`, as text or as JSON with
+/// `extra`'s fields beside it; fails (exit 1, already reported) when any
+/// key differs.
+pub fn report_as(
+    want: &schemas::Totals,
+    have: &schemas::Totals,
+    json: Option<serde_json::Value>,
+) -> CliResult {
+    let Some(mut outcome) = json else {
+        return report(want, have);
+    };
+    let comparison = report_json(want, have);
+    let matches = comparison["matches"] == true;
+    if let (Some(outcome), Some(comparison)) = (outcome.as_object_mut(), comparison.as_object()) {
+        outcome.extend(comparison.clone());
+    }
+    print_json(&outcome)?;
+    if matches {
+        Ok(())
+    } else {
+        Err(CliError::Reported)
+    }
+}
+
 /// Prints one `DIFF` line per key where `have` (the database) differs from
 /// `want`, with both values; fails (exit 1, already reported) when any differs.
 pub fn report(want: &schemas::Totals, have: &schemas::Totals) -> CliResult {

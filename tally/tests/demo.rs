@@ -42,3 +42,44 @@ fn demo_exits_zero_with_matching_totals() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `tally demo --json` prints one JSON object on standard output, whose
+/// counts agree with each other and with the generator's.
+#[test]
+fn demo_json_is_one_object_with_its_counts() {
+    let dir = std::env::temp_dir().join(format!("tally-demo-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let database = dir.join("demo.sqlite");
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "demo",
+            "--events",
+            "50000",
+            "--json",
+            "--database",
+            database.to_str().unwrap(),
+        ])
+        .output()
+        .expect("tally demo runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains('\r'),
+        "progress on a pipe is plain lines: {stderr}"
+    );
+    let outcome: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is one JSON object ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    assert_eq!(outcome["matches"], true);
+    assert_eq!(outcome["messages"], 50_000);
+    assert_eq!(outcome["counted"], outcome["expected_counted"]);
+    assert_eq!(outcome["differing_keys"], 0);
+    let [counted, duplicates, invalid] =
+        ["counted", "duplicates", "invalid"].map(|k| outcome[k].as_u64().unwrap());
+    assert_eq!(counted + duplicates + invalid, 50_000, "{outcome}");
+    assert_eq!(outcome["top_merchants"].as_array().unwrap().len(), 10);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -58,6 +58,12 @@ async fn expected_totals_are_reproducible_and_verified() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    // Progress on a pipe is plain lines: no carriage return in a log.
+    assert!(
+        !run.stderr.contains(&b'\r'),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     // The same seed, published to a topic no worker reads, writes the same file.
     let spare = format!("{}-spare", world.orders);
     common::create_topics(&world.brokers, &[&spare]).await;
@@ -120,6 +126,55 @@ async fn expected_totals_are_reproducible_and_verified() {
     let diffs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("DIFF ")).collect();
     assert_eq!(diffs.len(), 1, "{stdout}");
     assert!(diffs[0].starts_with(&format!("DIFF {key}:")), "{stdout}");
+
+    // The same outcome as JSON: one difference, the database's count one more.
+    let verify = tally(&[
+        "verify-totals",
+        first.to_str().unwrap(),
+        "--database-url",
+        &world.database_url,
+        "--json",
+    ]);
+    assert_eq!(verify.status.code(), Some(1));
+    let outcome: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(outcome["matches"], false);
+    let differences = outcome["differences"].as_array().unwrap();
+    assert_eq!(differences.len(), 1, "{outcome}");
+    let difference = &differences[0];
+    assert_eq!(
+        format!(
+            "{} {} {}",
+            difference["merchant_id"].as_str().unwrap(),
+            difference["currency"].as_str().unwrap(),
+            difference["day"].as_str().unwrap()
+        ),
+        key
+    );
+    assert_eq!(
+        difference["database"]["sales_count"].as_i64().unwrap(),
+        difference["expected"]["sales_count"].as_i64().unwrap() + 1
+    );
+
+    // `query --json` gives the merchant's rows as the table holds them.
+    let merchant = row.get::<_, String>(0);
+    let query = tally(&[
+        "query",
+        "--merchant",
+        &merchant,
+        "--database-url",
+        &world.database_url,
+        "--json",
+    ]);
+    assert!(query.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&query.stdout).unwrap();
+    let table = store.totals(Some(&merchant)).await.unwrap();
+    assert_eq!(rows.len(), table.len());
+    for (row, (key, sums)) in rows.iter().zip(&table) {
+        assert_eq!(row["day"], key.day.to_string());
+        assert_eq!(row["currency"], key.currency);
+        assert_eq!(row["sales_amount"], sums.sales_amount.to_string());
+        assert_eq!(row["refund_count"], sums.refund_count);
+    }
 }
 
 #[test]

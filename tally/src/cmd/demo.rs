@@ -55,10 +55,15 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     let bound = crate::http::serve(args.metrics_addr, || Ok(()), shutdown.clone())
         .await
         .map_err(|e| e.to_string())?;
-    println!(
+    let banner = format!(
         "tally demo: {} events, {} merchants, {} partitions; metrics on http://{bound}/metrics",
         args.events, args.merchants, args.partitions
     );
+    if args.json {
+        eprintln!("{banner}");
+    } else {
+        println!("{banner}");
+    }
 
     let services = start_services(&args, &brokers, &database_url, &shutdown);
     let generator_config = GeneratorConfig {
@@ -83,7 +88,13 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     for service in services {
         service.await.map_err(|e| e.to_string())??;
     }
-    let matches = summarise(&store, &generator, total, produced_at, elapsed, committed).await?;
+    let timing = Timing {
+        total,
+        produced_at,
+        elapsed,
+        committed,
+    };
+    let matches = summarise(&store, &generator, &timing, args.json).await?;
     drop(cluster);
     Ok(matches)
 }
@@ -118,36 +129,18 @@ async fn wait_for_commit(store: &Store, total: u64) -> Result<u64, String> {
     }
 }
 
-fn print_top_merchants(totals: &Totals) {
-    let mut merged: std::collections::BTreeMap<(&str, &str), Amount> = Default::default();
+/// The ten merchants with the largest net sales over all days, by currency.
+fn top_merchants(totals: &Totals) -> Vec<((String, String), Amount)> {
+    let mut merged: std::collections::BTreeMap<(String, String), Amount> = Default::default();
     for (key, sums) in totals {
         *merged
-            .entry((key.merchant_id.as_str(), key.currency.as_str()))
+            .entry((key.merchant_id.clone(), key.currency.clone()))
             .or_default() += sums.net_amount();
     }
-    let mut by_key: Vec<((&str, &str), Amount)> = merged.into_iter().collect();
+    let mut by_key: Vec<((String, String), Amount)> = merged.into_iter().collect();
     by_key.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-    println!("\nTop merchants by net sales (all days):");
-    for ((merchant, currency), net) in by_key.iter().take(10) {
-        println!("  {merchant:<10} {currency} {:>18}", net.to_string());
-    }
-}
-
-fn report_differences(expected: &Totals, actual: &Totals) -> bool {
-    let mut differences = 0;
-    for key in expected.keys().chain(actual.keys()) {
-        let (e, a) = (expected.get(key), actual.get(key));
-        if e != a {
-            differences += 1;
-            if differences <= 10 {
-                println!(
-                    "  MISMATCH {} {} {}: expected {e:?}, got {a:?}",
-                    key.merchant_id, key.currency, key.day
-                );
-            }
-        }
-    }
-    differences == 0
+    by_key.truncate(10);
+    by_key
 }
 
 /// The two workers and the aggregator, each in a task of its own, until
@@ -222,30 +215,68 @@ async fn produce_paced(
     Ok(())
 }
 
-/// Prints what the run counted, its rate and the top merchants, and
-/// whether the totals match the generator's exact ones.
-async fn summarise(
-    store: &Store,
-    generator: &Generator,
+/// How long the run took to produce and to commit its messages.
+struct Timing {
     total: u64,
     produced_at: Duration,
     elapsed: Duration,
     committed: u64,
+}
+
+/// Prints what the run counted, its rate and the top merchants, and
+/// whether the totals match the generator's exact ones: as text, or as one
+/// JSON object.
+async fn summarise(
+    store: &Store,
+    generator: &Generator,
+    timing: &Timing,
+    json: bool,
 ) -> Result<bool, String> {
     let actual = store.totals(None).await.map_err(|e| e.to_string())?;
     let progress = store.progress().await.map_err(|e| e.to_string())?;
     let counted: i64 = progress.iter().map(|p| p.counted_events).sum();
     let duplicates: i64 = progress.iter().map(|p| p.duplicate_events).sum();
     let invalid: i64 = progress.iter().map(|p| p.invalid_events).sum();
+    let expected = generator.totals();
+    let differences = ingest::load::expected::differences(expected, &actual);
+    let matches = differences.is_empty() && counted as u64 == generator.counted();
+    if json {
+        let top: Vec<serde_json::Value> = top_merchants(&actual)
+            .into_iter()
+            .map(|((merchant, currency), net)| {
+                serde_json::json!({"merchant_id": merchant, "currency": currency, "net_amount": net.to_string()})
+            })
+            .collect();
+        let outcome = serde_json::json!({
+            "messages": timing.total,
+            "produced_seconds": timing.produced_at.as_secs_f64(),
+            "committed_seconds": timing.elapsed.as_secs_f64(),
+            "events_per_second": timing.committed as f64 / timing.elapsed.as_secs_f64(),
+            "counted": counted,
+            "duplicates": duplicates,
+            "invalid": invalid,
+            "expected_counted": generator.counted(),
+            "keys": expected.len(),
+            "differing_keys": differences.len(),
+            "matches": matches,
+            "top_merchants": top,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome).expect("JSON values serialise")
+        );
+        return Ok(matches);
+    }
     println!();
     println!(
-        "Produced {total} messages in {:.1}s; all committed after {:.1}s.",
-        produced_at.as_secs_f64(),
-        elapsed.as_secs_f64()
+        "Produced {} messages in {:.1}s; all committed after {:.1}s.",
+        timing.total,
+        timing.produced_at.as_secs_f64(),
+        timing.elapsed.as_secs_f64()
     );
     println!(
         "Throughput: {:.0} events/s end to end (produce → decode → aggregate → SQLite).",
-        committed as f64 / elapsed.as_secs_f64()
+        timing.committed as f64 / timing.elapsed.as_secs_f64()
     );
     println!(
         "  This rate is the mock cluster's: it keeps only about 5 MB per partition, so the demo stays at most {MAX_AHEAD} \
@@ -253,11 +284,17 @@ async fn summarise(
          5,000,000 events into PostgreSQL at about 470,000 events/s (0.3 of a bare consumer that decodes nothing)."
     );
     println!("Events: {counted} counted, {duplicates} duplicates dropped, {invalid} invalid (sent to {DLQ}).");
-    print_top_merchants(&actual);
-    let expected = generator.totals();
-    let matches = report_differences(expected, &actual);
-    let counts_match = counted as u64 == generator.counted();
-    if matches && counts_match {
+    println!("\nTop merchants by net sales (all days):");
+    for ((merchant, currency), net) in top_merchants(&actual) {
+        println!("  {merchant:<10} {currency} {:>18}", net.to_string());
+    }
+    for d in differences.iter().take(10) {
+        println!(
+            "  MISMATCH {} {} {}: expected {:?}, got {:?}",
+            d.key.merchant_id, d.key.currency, d.key.day, d.expected, d.actual
+        );
+    }
+    if matches {
         println!(
             "\nTotals match the generator's exact totals: {} keys, {} counted events. OK",
             expected.len(),
@@ -269,5 +306,5 @@ async fn summarise(
             generator.counted()
         );
     }
-    Ok(matches && counts_match)
+    Ok(matches)
 }

@@ -141,6 +141,17 @@ pub async fn run(args: GenerateArgs) -> CliResult {
             CliError::run(format!("cannot write {}: {error}", args.expected.display()))
         })?;
     let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        return crate::render::print_json(&serde_json::json!({
+            "published": published,
+            "target": target,
+            "seconds": seconds,
+            "events_per_second": published as f64 / seconds,
+            "counted_events": generator.counted(),
+            "expected_keys": generator.totals().len(),
+            "expected_file": args.expected.display().to_string(),
+        }));
+    }
     println!(
         "Published {published} messages to {target} in {seconds:.1} s ({:.0} events/s); {} counted events over {} keys expected, written to {}.",
         published as f64 / seconds,

@@ -11,6 +11,13 @@ pub async fn run(args: QueryArgs) -> CliResult {
         .totals(Some(&args.merchant))
         .await
         .map_err(CliError::run)?;
+    if args.json {
+        let rows: Vec<serde_json::Value> = totals
+            .iter()
+            .map(|(key, sums)| crate::render::row_json(key, sums))
+            .collect();
+        return crate::render::print_json(&rows);
+    }
     if totals.is_empty() {
         eprintln!("No totals for merchant {:?}.", args.merchant);
         return Ok(());

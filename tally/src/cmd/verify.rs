@@ -30,13 +30,15 @@ pub async fn verify(args: ReconcileArgs) -> CliResult {
         Ok(mut computed) => computed.remove(0),
         Err(error) => return Err(CliError::run(error)),
     };
-    eprintln!(
-        "Read {} rows from {} file(s): {} rejected, {} duplicate.",
-        computed.rows_read,
-        files.len(),
-        computed.rows_rejected,
-        computed.rows_duplicate
-    );
+    if !args.json {
+        eprintln!(
+            "Read {} rows from {} file(s): {} rejected, {} duplicate.",
+            computed.rows_read,
+            files.len(),
+            computed.rows_rejected,
+            computed.rows_duplicate
+        );
+    }
     let have = match store.totals(None).await {
         Ok(totals) => totals
             .into_iter()
@@ -48,5 +50,13 @@ pub async fn verify(args: ReconcileArgs) -> CliResult {
             )))
         }
     };
-    render::report(&computed.totals, &have)
+    let json = args.json.then(|| {
+        serde_json::json!({
+            "files": files.len(),
+            "rows_read": computed.rows_read,
+            "rows_rejected": computed.rows_rejected,
+            "rows_duplicate": computed.rows_duplicate,
+        })
+    });
+    render::report_as(&computed.totals, &have, json)
 }

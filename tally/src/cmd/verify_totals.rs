@@ -23,5 +23,8 @@ pub async fn verify(args: VerifyArgs) -> CliResult {
         .totals(None)
         .await
         .map_err(|error| CliError::run(format!("cannot read merchant_sales: {error}")))?;
-    render::report(&want, &have)
+    let json = args
+        .json
+        .then(|| serde_json::json!({ "file": args.file.display().to_string() }));
+    render::report_as(&want, &have, json)
 }
