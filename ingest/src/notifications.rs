@@ -81,8 +81,9 @@ pub trait ImportQueue: Send + Sync {
 
 #[derive(Deserialize)]
 struct Notification {
+    /// Each record an object: serde would also read a struct from an array.
     #[serde(rename = "Records")]
-    records: Option<Vec<Record>>,
+    records: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
     #[serde(rename = "Event")]
     event: Option<String>,
 }
@@ -123,7 +124,14 @@ pub fn parse(body: &[u8]) -> Result<Vec<Result<Announced, String>>, String> {
     }
     let records = notification
         .records
-        .ok_or("the body has no `Records` array: it is not an S3 event notification")?;
+        .ok_or("the body has no `Records` array: it is not an S3 event notification")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, record)| {
+            serde_json::from_value::<Record>(serde_json::Value::Object(record))
+                .map_err(|e| format!("the body is not an S3 event notification: record {i}: {e}"))
+        })
+        .collect::<Result<Vec<Record>, String>>()?;
     Ok(records
         .into_iter()
         .enumerate()
@@ -218,6 +226,9 @@ mod tests {
         assert!(parse(br#"{"Message":"x"}"#)
             .unwrap_err()
             .contains("Records"));
+        // A record must be an object, not a list of its fields.
+        let error = parse(br#"{"Records":[[null,null]]}"#).unwrap_err();
+        assert!(error.contains("record 0"), "{error}");
         assert_eq!(decode_key("a%zz"), None);
     }
 }

@@ -127,10 +127,22 @@ async fn expected_totals_are_reproducible_and_verified() {
     assert_eq!(diffs.len(), 1, "{stdout}");
     assert!(diffs[0].starts_with(&format!("DIFF {key}:")), "{stdout}");
 
+    json_views_agree(&world, &store, &first, &key, &row.get::<_, String>(0)).await;
+}
+
+/// `verify-totals --json` gives the one difference `key` with both sides,
+/// and `query --json` the merchant's rows as the table holds them.
+async fn json_views_agree(
+    world: &World,
+    store: &store::Store,
+    file: &Path,
+    key: &str,
+    merchant: &str,
+) {
     // The same outcome as JSON: one difference, the database's count one more.
     let verify = tally(&[
         "verify-totals",
-        first.to_str().unwrap(),
+        file.to_str().unwrap(),
         "--database-url",
         &world.database_url,
         "--json",
@@ -156,18 +168,17 @@ async fn expected_totals_are_reproducible_and_verified() {
     );
 
     // `query --json` gives the merchant's rows as the table holds them.
-    let merchant = row.get::<_, String>(0);
     let query = tally(&[
         "query",
         "--merchant",
-        &merchant,
+        merchant,
         "--database-url",
         &world.database_url,
         "--json",
     ]);
     assert!(query.status.success());
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&query.stdout).unwrap();
-    let table = store.totals(Some(&merchant)).await.unwrap();
+    let table = store.totals(Some(merchant)).await.unwrap();
     assert_eq!(rows.len(), table.len());
     for (row, (key, sums)) in rows.iter().zip(&table) {
         assert_eq!(row["day"], key.day.to_string());
