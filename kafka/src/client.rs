@@ -71,11 +71,27 @@ pub fn fetch_defaults(config: &mut ClientConfig, extra: &BTreeMap<String, String
     }
 }
 
+/// librdkafka warnings that are expected in ordinary running, logged at
+/// INFO so that a WARN in tally's log always asks for a look:
+/// - a role's `kafka` table goes to each of its clients, so a consumer
+///   property is reported as ignored by its producer, and the reverse;
+/// - a broker that has just started (or moved a coordinator) answers
+///   "coordinator load in progress" for a moment, and librdkafka retries.
+const EXPECTED_WARNINGS: [&str; 3] = [
+    "is a consumer property and will be ignored by this producer instance",
+    "is a producer property and will be ignored by this consumer instance",
+    "Coordinator load in progress: retrying",
+];
+
 /// Sends a librdkafka log line to `tracing` (target `librdkafka`), so that
 /// broker problems show up in tally's own logs.
 pub fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
     use RDKafkaLogLevel as L;
+    let expected = EXPECTED_WARNINGS
+        .iter()
+        .any(|known| message.contains(known));
     match level {
+        L::Warning if expected => tracing::info!(target: "librdkafka", facility, "{message}"),
         L::Emerg | L::Alert | L::Critical | L::Error => {
             tracing::error!(target: "librdkafka", facility, "{message}")
         }
@@ -84,3 +100,18 @@ pub fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
         L::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
     }
 }
+
+/// The context of tally's producers: librdkafka's log lines go through
+/// [`forward_log`], as the worker's consumer's do, so that expected
+/// warnings are not logged as warnings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Logged;
+
+impl rdkafka::client::ClientContext for Logged {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        forward_log(level, facility, message);
+    }
+}
+
+/// tally's producer: rdkafka's, with [`Logged`] as its context.
+pub type FutureProducer = rdkafka::producer::FutureProducer<Logged>;

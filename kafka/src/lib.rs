@@ -24,5 +24,5 @@ pub mod probe;
 pub mod producer;
 pub mod topics;
 
-pub use client::{client, client_with};
+pub use client::{client, client_with, FutureProducer, Logged};
 pub use error::Error;

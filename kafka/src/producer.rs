@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::util::Timeout;
 
-use crate::client::{apply, client};
+use crate::client::{apply, client, FutureProducer, Logged};
 use crate::error::Classified;
 
 /// What every producer of tally is: idempotent with `acks=all`, so that a
@@ -36,7 +36,7 @@ pub fn idempotent(
         .set("topic.metadata.refresh.interval.ms", "5000")
         .set("message.timeout.ms", "60000");
     apply(&mut config, extra);
-    config.create()
+    config.create_with_context(Logged)
 }
 
 /// A producer suited to bulk loads (`tally generate`, the demo, the
@@ -56,7 +56,7 @@ pub fn bulk(
         .set("queue.buffering.max.messages", "200000")
         .set("message.timeout.ms", "120000");
     apply(&mut config, properties);
-    config.create()
+    config.create_with_context(Logged)
 }
 
 /// Java's default partitioner: a merchant's events land in one partition

@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rdkafka::producer::{FutureProducer, Producer};
+use kafka::FutureProducer;
+use rdkafka::producer::Producer;
 use schemas::day::now_ms;
 use store::{Claim, Store};
 use tokio::sync::mpsc;

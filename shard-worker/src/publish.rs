@@ -5,9 +5,10 @@
 use std::future::Future;
 
 use kafka::error::is_too_large;
+use kafka::FutureProducer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use schemas::{Invalid, Partial};
 
 use crate::decode::Message;

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafka::FutureProducer;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::util::Timeout;
 use schemas::config::Checked;
 use store::Store;

@@ -18,8 +18,9 @@ use std::time::Duration;
 use axum::body::{to_bytes, Body};
 use axum::http::{header, HeaderMap, StatusCode};
 use http_body_util::LengthLimitError;
+use kafka::FutureProducer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -83,7 +84,7 @@ impl Ingest {
             &config.kafka,
         );
         Ok(Arc::new(Ingest {
-            producer: RwLock::new(client.create()?),
+            producer: RwLock::new(client.create_with_context(kafka::Logged)?),
             client,
             stale: AtomicBool::new(false),
             topic: config.orders_topic.clone(),
@@ -135,7 +136,7 @@ impl Ingest {
             .await
             .unwrap_or(false);
             if up && self.stale.swap(false, Ordering::Relaxed) {
-                match self.client.create::<FutureProducer>() {
+                match self.client.create_with_context(kafka::Logged) {
                     Ok(fresh) => {
                         *self.producer.write().expect("producer lock") = fresh;
                         tracing::info!("Started a fresh producer session after failed deliveries.");

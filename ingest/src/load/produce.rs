@@ -1,7 +1,8 @@
 //! Publishing generated traffic straight to the `orders` topic.
 
+use kafka::FutureProducer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use super::generate::Generated;
 

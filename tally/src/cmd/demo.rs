@@ -191,7 +191,7 @@ fn start_services(
 /// librdkafka's mock cluster keeps only about 5 MB per partition and drops
 /// older records, like a short retention.
 async fn produce_paced(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &kafka::FutureProducer,
     generator: &mut Generator,
     store: &Store,
     total: u64,

@@ -10,7 +10,7 @@ use ingest::load::client::Endpoint;
 use ingest::load::expected;
 use ingest::load::generate::{Generator, GeneratorConfig, Layout, Truth};
 use ingest::load::produce::produce_all;
-use rdkafka::producer::FutureProducer;
+use kafka::FutureProducer;
 use schemas::config::{self as check, ConfigError};
 use schemas::Day;
 
