@@ -439,7 +439,7 @@ fn log_behind_fence(
         last_offset: None,
         detail: format!(
             "the database has counted up to offset {} but the log holds only offsets {low}..{high}: the topic was \
-             recreated or truncated; see the README (\"A log that went backwards\") before resetting the fence",
+             recreated or truncated; see the runbook (\"A log that went backwards\") before resetting the fence",
             claim.next_offset
         ),
     })
@@ -872,7 +872,7 @@ fn rejoin(consumer: &BaseConsumer<ClaimContext>, topic: &str) {
 fn went_backwards(partition: i32, expected: i64, offset: i64) -> Parked {
     let detail = format!(
         "the log handed out offset {offset} after offset {}: the topic was recreated or truncated under the \
-         worker; see the README (\"A log that went backwards\")",
+         worker; see the runbook (\"A log that went backwards\")",
         expected - 1
     );
     tracing::debug!(partition, expected, offset, "Log went backwards.");

@@ -22,7 +22,7 @@
 //! Each window holds at most `max_ids` ids. When a new id would exceed it,
 //! the oldest id leaves early and `evicted_by_cap` counts it: a retry of that
 //! event would then be counted again, so the cap is sized well above a busy
-//! partition's ids per window (see the README).
+//! partition's ids per window (see the book's configuration reference).
 //!
 //! A rebuild cannot tell which of the ids it reads the old owner held: a
 //! retry at or after `dedupe_from_offset` of an id first seen before it was

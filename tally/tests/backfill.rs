@@ -752,7 +752,7 @@ async fn schedule_fires_once_on_sqlite() {
 
 /// A merchant's zone changes mid-stream: the local days counted before the
 /// change keep the old zone (a row keeps the zone it was first counted in),
-/// the events after it are bucketed by the new one, as the README says; then
+/// the events after it are bucketed by the new one, as the book says (Time zones); then
 /// a backfill over the year recomputes both tables from the files, the local
 /// one wholly in the new zones. Every figure is the test's own: days from
 /// GNU `date`, sums in i128.

@@ -341,3 +341,81 @@ fn the_books_reference_pages_are_current() {
         stale.join(",")
     );
 }
+
+/// A service started without a database names the default SQLite file in a
+/// warning at once (before it reaches any broker), with its start-up line.
+#[test]
+fn a_service_without_a_database_warns_of_the_default_sqlite_file() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = std::env::temp_dir().join(format!("tally-default-db-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "worker",
+            "--brokers",
+            &common::free_addr(),
+            "--log-format",
+            "json",
+        ])
+        .env_remove("TALLY_CONFIG")
+        .env_remove("TALLY_DATABASE_URL")
+        .env_remove("TALLY_LOG")
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tally starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let warning = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!(
+                "the worker stopped without warning; it logged:\n{}",
+                seen.join("\n")
+            );
+        };
+        let value: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        seen.push(line);
+        if value["level"] == "WARN" {
+            break value;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let message = warning["message"].as_str().unwrap();
+    assert!(
+        message.contains("default SQLite file tally.sqlite")
+            && message.contains("TALLY_DATABASE_URL"),
+        "{warning}"
+    );
+    assert_eq!(warning["database"], "sqlite file tally.sqlite");
+    assert!(
+        seen.iter().any(|line| line.contains("\"Starting.\"")),
+        "{seen:?}"
+    );
+}
+
+/// `--metrics-addr` is refused where it does not apply: ingest serves
+/// `/metrics` on its API address.
+#[test]
+fn ingest_refuses_a_metrics_address() {
+    let output = tally(
+        &[
+            "ingest",
+            "--metrics-addr",
+            "127.0.0.1:9999",
+            "--brokers",
+            "127.0.0.1:1",
+        ],
+        &[],
+    );
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("--metrics-addr") && said.contains("ingest.listen"),
+        "{said}"
+    );
+}

@@ -443,7 +443,7 @@ async fn a_million_event_backlog_through_rebalances_is_exact() {
 /// the new partitions are counted exactly, and a worker started after the
 /// growth starts and takes its share. (Merchants move with the growth, so
 /// the second traffic is produced wholly after it: a retry whose first
-/// sighting lies in another partition is not caught, as the README says.)
+/// sighting lies in another partition is not caught, as the book says (Duplicates).)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_growing_from_4_to_6_partitions_is_counted_exactly() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
