@@ -13,6 +13,26 @@ use common::{http, required, Backend, World};
 const WRITE: &str = "contract-write-token";
 const READ: &str = "contract-read-token";
 
+/// A running ingest with write and read tokens and a migrated database (as
+/// an aggregator would leave it: ingest only checks the schema); its world
+/// and address.
+async fn serving(name: &str) -> (World, String) {
+    let mut world = World::new(name, Backend::Postgres).await;
+    let database = world.database_url.clone();
+    let _store = world.store().await;
+    let (_, addr) = world
+        .start_ingest(
+            "ingest",
+            WRITE,
+            &[
+                ("ingest.database_url", &database),
+                ("ingest.read_tokens", READ),
+            ],
+        )
+        .await;
+    (world, addr)
+}
+
 /// Every (method, path) the document names.
 fn operations() -> Vec<(String, String)> {
     let document: serde_json::Value =
@@ -47,20 +67,7 @@ fn the_document_is_valid_openapi() {
 /// document does not name for a path is refused with 405.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_serves_exactly_the_documented_operations() {
-    let mut world = World::new("contract-routes", Backend::Postgres).await;
-    let database = world.database_url.clone();
-    // Migrated, as an aggregator would: ingest only checks the schema.
-    let _store = world.store().await;
-    let (_, addr) = world
-        .start_ingest(
-            "ingest",
-            WRITE,
-            &[
-                ("ingest.database_url", &database),
-                ("ingest.read_tokens", READ),
-            ],
-        )
-        .await;
+    let (_world, addr) = serving("contract-routes").await;
     let operations = operations();
     assert!(operations.len() >= 8, "{operations:?}");
     for (method, path) in &operations {
@@ -94,20 +101,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_failure() {
     let schemathesis = required("TALLY_TEST_SCHEMATHESIS");
-    let mut world = World::new("contract", Backend::Postgres).await;
-    let database = world.database_url.clone();
-    // Migrated, as an aggregator would: ingest only checks the schema.
-    let _store = world.store().await;
-    let (_, addr) = world
-        .start_ingest(
-            "ingest",
-            WRITE,
-            &[
-                ("ingest.database_url", &database),
-                ("ingest.read_tokens", READ),
-            ],
-        )
-        .await;
+    let (_world, addr) = serving("contract").await;
     let url = format!("http://{addr}");
     for (method, token) in [("POST", WRITE), ("GET", READ)] {
         let settings = common::repo().join("tally/tests/files/schemathesis");

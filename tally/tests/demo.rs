@@ -2,23 +2,28 @@
 //! database equals the generator's exact totals; a first run is quiet:
 //! nothing at WARN or above.
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
-#[test]
-fn demo_exits_zero_with_matching_totals() {
-    let dir = std::env::temp_dir().join(format!("tally-demo-test-{}", std::process::id()));
+/// Runs `tally demo` with `args` on a database in a directory of its own;
+/// returns its output and that directory (for the caller to remove).
+fn demo(name: &str, args: &[&str]) -> (Output, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tally-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let database = dir.join("demo.sqlite");
     let output = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args([
-            "demo",
-            "--events",
-            "300000",
-            "--database",
-            database.to_str().unwrap(),
-        ])
+        .arg("demo")
+        .args(args)
+        .arg("--database")
+        .arg(&database)
         .output()
         .expect("tally demo runs");
+    (output, dir)
+}
+
+#[test]
+fn demo_exits_zero_with_matching_totals() {
+    let (output, dir) = demo("demo-test", &["--events", "300000"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -47,20 +52,7 @@ fn demo_exits_zero_with_matching_totals() {
 /// counts agree with each other and with the generator's.
 #[test]
 fn demo_json_is_one_object_with_its_counts() {
-    let dir = std::env::temp_dir().join(format!("tally-demo-json-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let database = dir.join("demo.sqlite");
-    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args([
-            "demo",
-            "--events",
-            "50000",
-            "--json",
-            "--database",
-            database.to_str().unwrap(),
-        ])
-        .output()
-        .expect("tally demo runs");
+    let (output, dir) = demo("demo-json", &["--events", "50000", "--json"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(

@@ -75,17 +75,21 @@ fn partitions_by_key(brokers: &str, topic: &str) -> BTreeMap<Vec<u8>, i32> {
     out
 }
 
-/// Runs a Kafka producer example over `seed`'s traffic through a worker
-/// and an aggregator; the totals are exact, and every merchant's records
-/// are in the partition tally's own producer puts them in.
-async fn through_kafka(name: &str, seed: u64, example: impl FnOnce(&str, &str, &Path) -> String) {
+/// Runs a Kafka producer example (`program` with `leading` arguments, then
+/// `--brokers`, `--topic` and the input file) over `seed`'s traffic through
+/// a worker and an aggregator; the totals are exact, and every merchant's
+/// records are in the partition tally's own producer puts them in.
+async fn through_kafka(name: &str, seed: u64, program: &str, leading: &[&str]) {
     let mut world = World::new(name, Backend::Postgres).await;
     let store = world.store().await;
     let traffic = traffic(seed, 5_000);
     let (input, sent) = ndjson(&world.dir, &traffic.messages);
     world.start_aggregator("aggregator");
     world.start_worker("worker", &[]);
-    let said = example(&world.brokers, &world.orders, &input);
+    let mut args = leading.to_vec();
+    args.extend(["--brokers", &world.brokers, "--topic", &world.orders]);
+    args.push(input.to_str().unwrap());
+    let said = run(program, &args);
     assert!(
         said.contains(&format!("published {} events", sent.len())),
         "{said}"
@@ -114,41 +118,20 @@ async fn through_kafka(name: &str, seed: u64, example: impl FnOnce(&str, &str, &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_producer_is_counted_exactly() {
     let python = required("TALLY_TEST_PYTHON");
-    through_kafka("example-python", 71, |brokers, topic, input| {
-        run(
-            &python,
-            &[
-                "examples/python/producer.py",
-                "--brokers",
-                brokers,
-                "--topic",
-                topic,
-                input.to_str().unwrap(),
-            ],
-        )
-    })
+    through_kafka(
+        "example-python",
+        71,
+        &python,
+        &["examples/python/producer.py"],
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_java_producer_is_counted_exactly() {
     let classpath = required("TALLY_TEST_JAVA_EXAMPLE_CP");
-    through_kafka("example-java", 72, |brokers, topic, input| {
-        run(
-            "java",
-            &[
-                "-cp",
-                &classpath,
-                "dev.tally.example.Producer",
-                "--brokers",
-                brokers,
-                "--topic",
-                topic,
-                input.to_str().unwrap(),
-            ],
-        )
-    })
-    .await;
+    let main = ["-cp", &classpath, "dev.tally.example.Producer"];
+    through_kafka("example-java", 72, "java", &main).await;
 }
 
 /// Two clients at once against an ingest that handles one request at a

@@ -410,7 +410,7 @@ fn ingest_refuses_a_metrics_address() {
             "--brokers",
             "127.0.0.1:1",
         ],
-        &[],
+        &[("TALLY_INGEST_TOKENS", "a-token".to_owned())],
     );
     let said = text(&output);
     assert_eq!(output.status.code(), Some(2), "{said}");
