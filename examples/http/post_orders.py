@@ -8,9 +8,10 @@ API documents it:
 - 200: every event of the batch was accepted (acknowledged by the broker);
 - 207: some were refused; the answer names each by line and reason, and
   the rest were accepted: this client prints the refusals and goes on;
-- 503 (and a connection that fails): nothing of the batch was accepted:
-  wait Retry-After seconds and send the *same* body again. Resending the
-  same events is safe: tally counts an event_id once;
+- 503 (and a connection that fails or times out, or a proxy's 502 or 504):
+  wait Retry-After seconds (1 without it) and send the *same* body again.
+  Resending the same events is safe: tally counts an event_id once, so
+  even a batch that was accepted before its answer was lost is counted once;
 - anything else (400, 401, 413, ...) is a mistake to fix: stop.
 
     python3 post_orders.py --url http://127.0.0.1:8080 --token "$TALLY_TOKEN" events.ndjson
@@ -24,6 +25,24 @@ import urllib.error
 import urllib.request
 
 GIVE_UP_AFTER = 300  # seconds of 503s or refused connections for one batch
+RETRIED = (502, 503, 504)  # nothing of the batch was accepted: send it again
+
+
+def retry_after(value):
+    """Seconds to wait: the Retry-After header's, or 1."""
+    try:
+        return max(float(value), 0.0)
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def answer_of(error):
+    """An error answer's JSON body, or its text when it is not JSON."""
+    body = error.read().decode("utf-8", "replace")
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
 
 
 def post(url, token, body):
@@ -42,10 +61,10 @@ def post(url, token, body):
             with urllib.request.urlopen(request, timeout=60) as answer:
                 return answer.status, json.load(answer), retries
         except urllib.error.HTTPError as error:
-            if error.code != 503:
-                return error.code, json.load(error), retries
-            wait = float(error.headers.get("Retry-After", "1"))
-        except (urllib.error.URLError, ConnectionError) as error:
+            if error.code not in RETRIED:
+                return error.code, answer_of(error), retries
+            wait = retry_after(error.headers.get("Retry-After"))
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
             wait = 1.0
             print(f"warning: {error}; retrying", file=sys.stderr)
         if time.monotonic() - started > GIVE_UP_AFTER:

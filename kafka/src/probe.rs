@@ -96,7 +96,7 @@ pub fn property_refused(properties: &BTreeMap<String, String>) -> Option<(String
 pub fn refuses(config: &ClientConfig, wait: Duration) -> Option<String> {
     match reach(config, wait) {
         Reach::Refused(reason) => Some(reason),
-        Reach::Answered { .. } | Reach::Unreachable => None,
+        Reach::Answered { .. } | Reach::Unusable(_) | Reach::Unreachable => None,
     }
 }
 
@@ -112,6 +112,9 @@ pub enum Reach {
     },
     /// They refused the connection (TLS or SASL): librdkafka's reason.
     Refused(String),
+    /// No client can be made of the configuration (a certificate file that
+    /// cannot be read, properties that conflict): librdkafka's reason.
+    Unusable(String),
     /// Nothing answered in time, or the configuration cannot make a client.
     Unreachable,
 }
@@ -125,8 +128,7 @@ pub fn reach(config: &ClientConfig, wait: Duration) -> Reach {
     config.set_log_level(RDKafkaLogLevel::Error);
     let client: BaseConsumer<Watch> = match config.create_with_context(Watch::default()) {
         Ok(client) => client,
-        // A configuration librdkafka refuses is reported where the role creates its clients.
-        Err(_) => return Reach::Unreachable,
+        Err(error) => return Reach::Unusable(error.to_string()),
     };
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {

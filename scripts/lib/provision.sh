@@ -267,6 +267,12 @@ ensure_python_tools() {
     hash=$(sha256sum scripts/python-tools.txt | cut -c1-12)
     venv="$TALLY_CACHE/python-tools-$hash"
     if [ ! -f "$venv/.complete" ]; then
+        if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+            log "python3 with venv not found; installing Debian's python3-venv package."
+            as_root apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null \
+                || die "installing python3-venv failed"
+        fi
         log "Installing the tests' Python tools (scripts/python-tools.txt) into $venv."
         rm -rf "$venv"
         python3 -m venv "$venv" || die "creating a Python virtualenv in $venv failed"
@@ -282,9 +288,19 @@ ensure_python_tools() {
 # The Java producer example, built with Maven (its jars in the cache's
 # Maven repository); its class path exported for the tests.
 ensure_java_example() {
+    local missing=()
+    command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
+    command -v mvn >/dev/null || missing+=(maven)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "Installing Debian's ${missing[*]} package(s) for the Java example."
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || die "installing ${missing[*]} failed"
+    fi
     log "Building the Java producer example (examples/java)."
     mvn -B -q -f examples/java/pom.xml -Dmaven.repo.local="$TALLY_CACHE/m2" package \
-        || die "building examples/java failed"
+        >"$TALLY_CACHE/java-example.log" 2>&1 \
+        || { tail -n 40 "$TALLY_CACHE/java-example.log" >&2; die "building examples/java failed"; }
     export TALLY_TEST_JAVA_EXAMPLE_CP="$PWD/examples/java/target/classes:$(cat examples/java/target/classpath.txt)"
 }
 
@@ -293,8 +309,8 @@ ensure_mdbook() {
     [ -x "$MDBOOK_ROOT/bin/mdbook" ] && return 0
     log "Installing mdBook $MDBOOK_VERSION into $MDBOOK_ROOT (once)."
     cargo install mdbook --version "$MDBOOK_VERSION" --locked --no-default-features \
-        --features search --root "$MDBOOK_ROOT" >/dev/null 2>&1 \
-        || die "installing mdBook $MDBOOK_VERSION failed"
+        --features search --root "$MDBOOK_ROOT" >"$TALLY_CACHE/mdbook-install.log" 2>&1 \
+        || { tail -n 40 "$TALLY_CACHE/mdbook-install.log" >&2; die "installing mdBook $MDBOOK_VERSION failed"; }
 }
 
 start_s3_server() {

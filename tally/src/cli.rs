@@ -37,6 +37,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether log lines are JSON, set once at start: what the binary itself
+/// writes to standard error (progress, the final error) follows it.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl LogFormat {
+    /// Records this as the process's log format.
+    pub fn install(self) {
+        JSON_LOGS.store(
+            self == LogFormat::Json,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Whether the process logs JSON.
+    pub fn is_json() -> bool {
+        JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes `message` to standard error as a line of this process's log
+    /// format: as it is, or as one JSON object with `level` and `target`.
+    pub fn line(level: &str, message: &str) {
+        if LogFormat::is_json() {
+            let line = serde_json::json!({"level": level, "target": "tally", "message": message});
+            eprintln!("{line}");
+        } else {
+            eprintln!("{message}");
+        }
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -102,6 +132,10 @@ pub enum ConfigCommand {
         /// Also reach each role's brokers and database, and say what answered.
         #[arg(long)]
         connect: bool,
+        /// Only this role (the one a container runs): the others' settings,
+        /// such as ingest's tokens, may be unset there.
+        #[arg(long, value_enum)]
+        role: Option<Role>,
     },
     /// Print the effective configuration (defaults, file, environment and
     /// flags), with tokens, passwords, `_FILE` contents and the user

@@ -44,7 +44,9 @@ impl CliError {
     /// Prints the error (unless already reported) and returns its exit code.
     pub fn report(self) -> ExitCode {
         match &self {
-            CliError::Config(message) | CliError::Run(message) => eprintln!("error: {message}"),
+            CliError::Config(message) | CliError::Run(message) => {
+                crate::cli::LogFormat::line("ERROR", &format!("error: {message}"))
+            }
             CliError::Reported => {}
         }
         self.exit_code()

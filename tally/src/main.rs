@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         // One object per line, the event's fields beside `message`.
         LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
     }
+    cli.log_format.install();
     build::register();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,11 +1,14 @@
 //! Progress of long commands on standard error: a bar that redraws itself
 //! for a person at a terminal, and plain lines every few seconds otherwise,
-//! so a log file never holds carriage returns or a line per redraw.
+//! so a log file never holds carriage returns or a line per redraw (JSON
+//! lines with `--log-format json`).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::LogFormat;
 
 /// How often a plain line is written when standard error is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
@@ -95,7 +98,7 @@ impl Progress {
     pub fn note(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            None => LogFormat::line("INFO", text),
         }
     }
 
@@ -103,7 +106,7 @@ impl Progress {
     fn plain(&mut self) {
         self.unwritten = true;
         if self.written.is_none_or(|at| at.elapsed() >= PLAIN_EVERY) {
-            eprintln!("{}", self.last);
+            LogFormat::line("INFO", &self.last);
             self.written = Some(Instant::now());
             self.unwritten = false;
         }
@@ -114,7 +117,7 @@ impl Progress {
     pub fn finish(self) {
         match &self.bar {
             Some(bar) => bar.finish(),
-            None if self.unwritten => eprintln!("{}", self.last),
+            None if self.unwritten => LogFormat::line("INFO", &self.last),
             None => {}
         }
     }

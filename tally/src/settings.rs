@@ -238,7 +238,13 @@ pub fn describe_database(url: &str) -> String {
     {
         return format!("sqlite file {path}");
     }
-    match url::Url::parse(url) {
+    // The user information ends at the first `@`, as tokio-postgres reads
+    // it (a password may hold `/`, `?` or `#`): it is dropped before parsing.
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return schemas::config::shown_database_url(url);
+    };
+    let rest = rest.split_once('@').map_or(rest, |(_, host)| host);
+    match url::Url::parse(&format!("{scheme}://{rest}")) {
         Ok(parsed) if parsed.scheme().starts_with("postgres") => {
             let host = parsed.host_str().unwrap_or("(local socket)");
             let port = parsed.port().unwrap_or(5432);
@@ -252,8 +258,21 @@ pub fn describe_database(url: &str) -> String {
 /// What replaces a secret in `tally config show`.
 pub const REDACTED: &str = "<redacted>";
 
-/// librdkafka properties whose values are secrets, by a part of their name.
-const SECRET_PROPERTIES: [&str; 4] = ["password", "secret", "key.pem", "token"];
+/// librdkafka properties whose values are secrets (or name who holds one),
+/// by a part of their name: those librdkafka itself hides, and the
+/// spellings other clients use (`sasl.jaas.config`).
+const SECRET_PROPERTIES: [&str; 10] = [
+    "password",
+    "passphrase",
+    "secret",
+    "key.pem",
+    "token",
+    "credential",
+    "jaas",
+    "oauthbearer.config",
+    "sasl.username",
+    "private",
+];
 
 impl Settings {
     /// These settings with every secret replaced by [`REDACTED`]: bearer
@@ -282,6 +301,7 @@ impl Settings {
             &mut out.ingest.kafka,
         ] {
             for (key, value) in kafka.iter_mut() {
+                let key = key.to_lowercase();
                 if SECRET_PROPERTIES.iter().any(|part| key.contains(part)) {
                     hide(value);
                 }
@@ -326,19 +346,30 @@ fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return REDACTED.to_owned();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    // The user name goes too: with the host it narrows a guess.
-    let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{REDACTED}@{host}"),
-        None => authority.to_owned(),
+    // The user information ends at the first `@`, as tokio-postgres reads
+    // it: a password may hold `/`, `?` or `#`. The user name goes too: with
+    // the host it narrows a guess.
+    let (authority, tail) = match rest.split_once('@') {
+        Some((_, after)) => {
+            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+            let (host, tail) = after.split_at(end);
+            (format!("{REDACTED}@{host}"), tail)
+        }
+        None => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (host, tail) = rest.split_at(end);
+            (host.to_owned(), tail)
+        }
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
             let query: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
-                    Some((key, _)) if key.contains("password") => format!("{key}={REDACTED}"),
+                    // Names are matched as the server reads them: decoded.
+                    Some((key, _)) if decoded(key).contains("password") => {
+                        format!("{key}={REDACTED}")
+                    }
                     _ => pair.to_owned(),
                 })
                 .collect();
@@ -347,6 +378,14 @@ fn redact_url(url: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}://{authority}{tail}")
+}
+
+/// A URL query's parameter name, percent-decoded and lower-cased.
+fn decoded(key: &str) -> String {
+    url::form_urlencoded::parse(format!("{key}=").as_bytes())
+        .next()
+        .map_or_else(|| key.to_owned(), |(key, _)| key.into_owned())
+        .to_lowercase()
 }
 
 /// Fails when librdkafka refuses one of `role`'s `kafka` properties, naming
@@ -435,6 +474,28 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_database_is_described_without_its_user_or_password() {
+        for (url, shown) in [
+            ("postgres://tally:1234/x@db:5432/t", "postgres db:5432/t"),
+            (
+                "postgres://tally:p?w#d@db/t?sslmode=require",
+                "postgres db:5432/t",
+            ),
+            (
+                "postgresql://db.internal:6432/totals",
+                "postgres db.internal:6432/totals",
+            ),
+            ("sqlite://tally.sqlite", "sqlite file tally.sqlite"),
+        ] {
+            assert_eq!(describe_database(url), shown, "{url}");
+        }
+        assert_eq!(
+            redact_url("postgres://tally:1234/x@db:5432/t?pass%77ord=y&application_name=a"),
+            "postgres://<redacted>@db:5432/t?pass%77ord=<redacted>&application_name=a"
+        );
     }
 
     #[test]

@@ -135,7 +135,7 @@ async fn the_java_producer_is_counted_exactly() {
 }
 
 /// Two clients at once against an ingest that handles one request at a
-/// time: some batches meet 503 and are sent again, and every event is
+/// time, so a batch may meet a 503 and be sent again; every event is
 /// counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_client_is_counted_exactly() {
@@ -178,12 +178,16 @@ async fn the_http_client_is_counted_exactly() {
                 ])
                 .arg(input)
                 .current_dir(common::repo())
-                .output()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("python runs")
         })
         .collect();
+    // Both run at once; each is then waited for.
     let (mut accepted, mut rejected) = (0, 0);
-    for output in clients {
-        let output = output.expect("python runs");
+    for client in clients {
+        let output = client.wait_with_output().expect("python runs");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),

@@ -84,7 +84,13 @@ async fn live_services_log_json_and_stay_quiet() {
     assert_eq!(world.terminate(worker), 0);
     assert_eq!(world.terminate(aggregator), 0);
 
-    let password = url_password(&world.database_url);
+    // The user information of the database URL (`user[:password]@`): never logged.
+    let (userinfo, place) = world
+        .database_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .expect("the test database URL names a user");
+    let userinfo = format!("{userinfo}@");
     for service in ["worker", "aggregator"] {
         let lines = json_lines(&world.dir, service);
         let loud: Vec<&serde_json::Value> = lines
@@ -102,27 +108,14 @@ async fn live_services_log_json_and_stay_quiet() {
         assert_eq!(start["role"], service);
         assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(start["brokers"], world.brokers.as_str());
-        let database = start["database"].as_str().unwrap();
-        assert!(database.starts_with("postgres 127.0.0.1:"), "{database}");
-        if let Some(password) = &password {
-            for line in &lines {
-                assert!(
-                    !line.to_string().contains(password.as_str()),
-                    "{service} logged the password: {line}"
-                );
-            }
+        assert_eq!(start["database"], format!("postgres {place}"));
+        for line in &lines {
+            assert!(
+                !line.to_string().contains(&userinfo),
+                "{service} logged the database's user information: {line}"
+            );
         }
     }
-}
-
-/// The password of a `postgres://user:password@…` URL, if it has one.
-fn url_password(url: &str) -> Option<String> {
-    let authority = url.split_once("://")?.1.split('/').next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    userinfo
-        .split_once(':')
-        .map(|(_, p)| p.to_owned())
-        .filter(|p| !p.is_empty())
 }
 
 fn tally(args: &[&str], env: &[(&str, String)]) -> Output {
@@ -243,6 +236,7 @@ fn config_show_never_prints_a_secret() {
         "oauth-secret-k5",
         "ssl-location-from-a-secret-file",
         "ingest-db-pw-9",
+        "oauth-config-s3",
     ];
     let env = [
         (
@@ -252,7 +246,8 @@ fn config_show_never_prints_a_secret() {
         ("TALLY_INGEST_READ_TOKENS", secrets[1].to_owned()),
         (
             "TALLY_DATABASE_URL",
-            format!("postgres://tally:{}@db.internal:5433/totals", secrets[2]),
+            // A password may hold `/`: the user information ends at the `@`.
+            format!("postgres://tally:ab/{}@db.internal:5433/totals", secrets[2]),
         ),
         ("TALLY_KAFKA__SASL_PASSWORD", secrets[3].to_owned()),
         (
@@ -266,9 +261,14 @@ fn config_show_never_prints_a_secret() {
         (
             "TALLY_INGEST_DATABASE_URL",
             format!(
-                "postgresql://db.internal/totals?user=tally&password={}",
+                // The parameter's name percent-encoded, as the server decodes it.
+                "postgresql://db.internal/totals?user=tally&pass%77ord={}",
                 secrets[6]
             ),
+        ),
+        (
+            "TALLY_INGEST_KAFKA__SASL_OAUTHBEARER_CONFIG",
+            format!("clientId=tally clientSecret={}", secrets[7]),
         ),
     ];
     for args in [
@@ -303,7 +303,7 @@ fn config_show_never_prints_a_secret() {
     );
     assert_eq!(
         shown["ingest"]["database_url"],
-        "postgresql://db.internal/totals?user=tally&password=<redacted>"
+        "postgresql://db.internal/totals?user=tally&pass%77ord=<redacted>"
     );
     let output = tally(&["config", "show", "--role", "worker"], &env);
     let toml = String::from_utf8_lossy(&output.stdout);
@@ -351,39 +351,61 @@ fn a_service_without_a_database_warns_of_the_default_sqlite_file() {
 
     let dir = std::env::temp_dir().join(format!("tally-default-db-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args([
-            "worker",
-            "--brokers",
-            &common::free_addr(),
-            "--log-format",
-            "json",
-        ])
-        .env_remove("TALLY_CONFIG")
-        .env_remove("TALLY_DATABASE_URL")
-        .env_remove("TALLY_LOG")
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tally starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    /// Kills the worker however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["worker", "--brokers", &common::free_addr()])
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log",
+                "info",
+                "--log-format",
+                "json",
+            ])
+            .env_remove("TALLY_CONFIG")
+            .env_remove("TALLY_DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tally starts"),
+    );
+    // Lines are read on a thread, so a worker that never warns fails the
+    // test after a minute instead of holding it.
+    let (lines, received) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let mut seen = Vec::new();
     let warning = loop {
-        let Some(Ok(line)) = lines.next() else {
+        let Ok(line) = received.recv_timeout(std::time::Duration::from_secs(60)) else {
             panic!(
-                "the worker stopped without warning; it logged:\n{}",
+                "no warning within a minute; the worker logged:\n{}",
                 seen.join("\n")
             );
         };
-        let value: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         seen.push(line);
         if value["level"] == "WARN" {
             break value;
         }
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let _ = std::fs::remove_dir_all(&dir);
     let message = warning["message"].as_str().unwrap();
     assert!(

@@ -20,18 +20,26 @@ const BROKER_WAIT: Duration = Duration::from_secs(10);
 /// Runs `tally config …`.
 pub(crate) async fn run(args: ConfigArgs) -> CliResult {
     match args.command {
-        ConfigCommand::Check { layers, connect } => check(&layers, connect).await,
+        ConfigCommand::Check {
+            layers,
+            connect,
+            role,
+        } => check(&layers, connect, role).await,
         ConfigCommand::Show { layers, role, json } => show(&layers, role, json),
     }
 }
 
-/// Checks every role's settings; with `connect`, reaches each role's
+/// Checks every role's settings (or `only` one's); with `connect`, reaches each role's
 /// brokers and database. Exit 2 naming every bad field, 1 when something
 /// could not be reached.
-async fn check(layers: &Layers, connect: bool) -> CliResult {
+async fn check(layers: &Layers, connect: bool, only: Option<Role>) -> CliResult {
     let settings = load(layers)?;
+    let roles: Vec<Role> = match only {
+        Some(role) => vec![role],
+        None => Role::ALL.to_vec(),
+    };
     let mut bad = Vec::new();
-    for role in Role::ALL {
+    for &role in &roles {
         match role_checks(&settings, role) {
             Ok(()) => {
                 println!("{}: ok", role.name());
@@ -55,7 +63,7 @@ async fn check(layers: &Layers, connect: bool) -> CliResult {
         )));
     }
     if connect {
-        reach_all(&settings).await
+        reach_all(&settings, &roles).await
     } else {
         Ok(())
     }
@@ -92,11 +100,11 @@ fn kafka_of(settings: &Settings, role: Role) -> (&str, &BTreeMap<String, String>
 
 /// Reaches each distinct cluster and database the roles name, once each,
 /// and says what answered. Fails (exit 1) when any did not.
-async fn reach_all(settings: &Settings) -> CliResult {
+async fn reach_all(settings: &Settings, roles_checked: &[Role]) -> CliResult {
     let mut failed = 0;
     let mut clusters: Vec<(&str, &BTreeMap<String, String>, Vec<&str>)> = Vec::new();
     let mut databases: Vec<(&str, Vec<&str>)> = Vec::new();
-    for role in Role::ALL {
+    for &role in roles_checked {
         let (brokers, properties) = kafka_of(settings, role);
         match clusters
             .iter_mut()
@@ -129,6 +137,10 @@ async fn reach_all(settings: &Settings) -> CliResult {
                 failed += 1;
                 println!("brokers {brokers} ({roles}): refused the connection: {reason}");
             }
+            Reach::Unusable(reason) => {
+                failed += 1;
+                println!("brokers {brokers} ({roles}): cannot make a Kafka client: {reason}");
+            }
             Reach::Unreachable => {
                 failed += 1;
                 println!(
@@ -139,22 +151,8 @@ async fn reach_all(settings: &Settings) -> CliResult {
         }
     }
     for (url, roles) in databases {
-        let shown = settings::describe_database(url);
-        let roles = roles.join(", ");
-        let file = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"));
-        if file.is_some_and(|path| !std::path::Path::new(path).exists()) {
-            // Opening it would create it: leave that to the services.
-            println!("database {shown} ({roles}): no such file yet; the first service creates it");
-            continue;
-        }
-        match Store::connect_existing(url).await {
-            Ok(_) => println!("database {shown} ({roles}): answered; its schema is current"),
-            Err(error) => {
-                failed += 1;
-                println!("database {shown} ({roles}): {error}");
-            }
+        if !reach_database(url, &roles.join(", ")).await {
+            failed += 1;
         }
     }
     if failed > 0 {
@@ -163,6 +161,43 @@ async fn reach_all(settings: &Settings) -> CliResult {
         )));
     }
     Ok(())
+}
+
+/// Reaches one database and says what answered; `false` when it cannot be
+/// used. A SQLite file is only looked at: opening it would migrate it.
+async fn reach_database(url: &str, roles: &str) -> bool {
+    let shown = settings::describe_database(url);
+    let file = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"));
+    if let Some(path) = file {
+        return match std::fs::File::open(path) {
+            Ok(_) => {
+                println!("database {shown} ({roles}): the file exists and can be read");
+                true
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                println!(
+                    "database {shown} ({roles}): no such file yet; the first service creates it"
+                );
+                true
+            }
+            Err(error) => {
+                println!("database {shown} ({roles}): cannot read it: {error}");
+                false
+            }
+        };
+    }
+    match Store::connect_existing(url).await {
+        Ok(_) => {
+            println!("database {shown} ({roles}): answered; its schema is current");
+            true
+        }
+        Err(error) => {
+            println!("database {shown} ({roles}): {error}");
+            false
+        }
+    }
 }
 
 /// Prints the effective configuration, secrets redacted: TOML, or JSON.
