@@ -98,7 +98,7 @@ fn write_command(page: &mut String, command: &mut clap::Command, depth: usize) {
             let _ = writeln!(
                 page,
                 "| {} | {} | {} | {} |",
-                argument_name(arg),
+                argument_name(arg).replace('|', "\\|"),
                 arg.get_env()
                     .map(|env| format!("`{}`", env.to_string_lossy()))
                     .unwrap_or_default(),
@@ -125,16 +125,25 @@ fn write_command(page: &mut String, command: &mut clap::Command, depth: usize) {
 }
 
 fn argument_name(arg: &clap::Arg) -> String {
-    let value = arg
-        .get_value_names()
-        .map(|names| {
-            names
-                .iter()
-                .map(|n| format!("<{n}>"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|| format!("<{}>", arg.get_id().as_str().to_uppercase()));
+    let choices: Vec<String> = arg
+        .get_possible_values()
+        .iter()
+        .filter(|value| !value.is_hide_set())
+        .map(|value| value.get_name().to_owned())
+        .collect();
+    let value = if choices.len() > 1 && !choices.iter().all(|c| c == "true" || c == "false") {
+        format!("<{}>", choices.join("|"))
+    } else {
+        arg.get_value_names()
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| format!("<{n}>"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|| format!("<{}>", arg.get_id().as_str().to_uppercase()))
+    };
     if arg.is_positional() {
         return format!("`{value}`");
     }
