@@ -88,17 +88,24 @@ ensure_monitoring_tools() {
 # and their dependencies (checksums checked, -C), resolved by Maven with the
 # checked-in POM and copied into the cache once. `.complete` marks a finished
 # copy, so an interrupted one is redone. Java 17 or newer runs it.
+# Installs Debian's packages given (the caller names the missing ones), for
+# `why`; nothing when none is given.
+install_packages() { # why, packages…
+    local why=$1
+    shift
+    [ $# -gt 0 ] || return 0
+    log "Installing Debian's $* package(s) for $why."
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+        || die "installing $* failed"
+}
+
 ensure_kafka() {
     [ -f "$KAFKA_HOME/.complete" ] && return 0
     local missing=()
     command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
     command -v mvn >/dev/null || missing+=(maven)
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "Installing Debian's ${missing[*]} package(s) for the Kafka broker."
-        as_root apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-            || die "installing ${missing[*]} failed"
-    fi
+    install_packages "the Kafka broker" "${missing[@]}"
     log "Fetching Apache Kafka $KAFKA_VERSION's jars from Maven Central into $KAFKA_HOME (once)."
     rm -rf "$KAFKA_HOME"
     mvn -B -q -C -f scripts/kafka/pom.xml -Dkafka.version="$KAFKA_VERSION" \
@@ -291,12 +298,7 @@ ensure_java_example() {
     local missing=()
     command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
     command -v mvn >/dev/null || missing+=(maven)
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "Installing Debian's ${missing[*]} package(s) for the Java example."
-        as_root apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-            || die "installing ${missing[*]} failed"
-    fi
+    install_packages "the Java example" "${missing[@]}"
     log "Building the Java producer example (examples/java)."
     mvn -B -q -f examples/java/pom.xml -Dmaven.repo.local="$TALLY_CACHE/m2" package \
         >"$TALLY_CACHE/java-example.log" 2>&1 \
