@@ -166,12 +166,6 @@ fn argument_name(arg: &clap::Arg) -> String {
 
 // ------------------------------------------------------- the configuration
 
-/// Environment variables that set one field of every role.
-const SHARED: [(&str, &str); 2] = [
-    ("brokers", "TALLY_BROKERS"),
-    ("database_url", "TALLY_DATABASE_URL"),
-];
-
 /// Every role's table with each field's type, default, variable and doc.
 fn configuration() -> String {
     let schema = schemars::schema_for!(Settings);
@@ -207,8 +201,12 @@ fn configuration() -> String {
                     role.to_uppercase()
                 );
             }
-            if let Some((_, shared)) = SHARED.iter().find(|(name, _)| name == field) {
-                let _ = write!(env, ", `{shared}`");
+            // The variables that set this field of every role (settings' own table).
+            if let Some((variable, _, _)) = crate::settings::SHARED_ENV
+                .iter()
+                .find(|(_, name, roles)| name == field && roles.contains(&role))
+            {
+                let _ = write!(env, ", `{variable}`");
             }
             let _ = writeln!(
                 page,

@@ -57,7 +57,7 @@ pub enum SettingsError {
 }
 
 /// Environment variables that set a field of several roles.
-const SHARED_ENV: [(&str, &str, &[&str]); 2] = [
+pub(crate) const SHARED_ENV: [(&str, &str, &[&str]); 2] = [
     (
         "TALLY_BROKERS",
         "brokers",
@@ -225,6 +225,23 @@ pub fn from_file(variable: &str) -> Result<Option<String>, SettingsError> {
 /// The database every role uses when none is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tally.sqlite";
 
+/// The file of a `sqlite://PATH` (or `sqlite:PATH`) URL.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+}
+
+/// A URL's scheme, its user information (if any) and the rest. The user
+/// information ends at the first `@`, as tokio-postgres reads it: a
+/// password may hold `/`, `?` or `#`.
+fn split_userinfo(url: &str) -> Option<(&str, Option<&str>, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    Some(match rest.split_once('@') {
+        Some((userinfo, after)) => (scheme, Some(userinfo), after),
+        None => (scheme, None, rest),
+    })
+}
+
 /// What a log line may say of a database URL: its kind, host and port, and
 /// database name (PostgreSQL), or its file (SQLite); never the user, the
 /// password or the parameters.
@@ -232,18 +249,12 @@ pub fn describe_database(url: &str) -> String {
     if url.is_empty() {
         return "none".to_owned();
     }
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
+    if let Some(path) = sqlite_path(url) {
         return format!("sqlite file {path}");
     }
-    // The user information ends at the first `@`, as tokio-postgres reads
-    // it (a password may hold `/`, `?` or `#`): it is dropped before parsing.
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, _, rest)) = split_userinfo(url) else {
         return schemas::config::shown_database_url(url);
     };
-    let rest = rest.split_once('@').map_or(rest, |(_, host)| host);
     match url::Url::parse(&format!("{scheme}://{rest}")) {
         Ok(parsed) if parsed.scheme().starts_with("postgres") => {
             let host = parsed.host_str().unwrap_or("(local socket)");
@@ -343,23 +354,15 @@ fn redact_url(url: &str) -> String {
     if url.is_empty() || url.starts_with("sqlite:") {
         return url.to_owned();
     }
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, userinfo, rest)) = split_userinfo(url) else {
         return REDACTED.to_owned();
     };
-    // The user information ends at the first `@`, as tokio-postgres reads
-    // it: a password may hold `/`, `?` or `#`. The user name goes too: with
-    // the host it narrows a guess.
-    let (authority, tail) = match rest.split_once('@') {
-        Some((_, after)) => {
-            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-            let (host, tail) = after.split_at(end);
-            (format!("{REDACTED}@{host}"), tail)
-        }
-        None => {
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let (host, tail) = rest.split_at(end);
-            (host.to_owned(), tail)
-        }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(end);
+    // The user name goes too: with the host it narrows a guess.
+    let authority = match userinfo {
+        Some(_) => format!("{REDACTED}@{host}"),
+        None => host.to_owned(),
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {

@@ -167,10 +167,7 @@ async fn reach_all(settings: &Settings, roles_checked: &[Role]) -> CliResult {
 /// used. A SQLite file is only looked at: opening it would migrate it.
 async fn reach_database(url: &str, roles: &str) -> bool {
     let shown = settings::describe_database(url);
-    let file = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"));
-    if let Some(path) = file {
+    if let Some(path) = settings::sqlite_path(url) {
         return match std::fs::File::open(path) {
             Ok(_) => {
                 println!("database {shown} ({roles}): the file exists and can be read");

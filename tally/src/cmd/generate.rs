@@ -251,7 +251,6 @@ async fn to_ingest(
     }
     drop(queue);
     let (mut published, mut invalid) = (0u64, 0u64);
-    let mut shown = Instant::now();
     loop {
         let batch: Vec<_> = generator.by_ref().take(args.batch).collect();
         if batch.is_empty() {
@@ -270,10 +269,8 @@ async fn to_ingest(
         if batches.send(body).await.is_err() {
             break; // every client has stopped: the join below says why
         }
-        if shown.elapsed() > Duration::from_millis(500) {
-            progress.set(answered.load(Ordering::Relaxed));
-            shown = Instant::now();
-        }
+        // `Progress` decides how often anything is drawn or written.
+        progress.set(answered.load(Ordering::Relaxed));
         pace(args, started, published).await;
     }
     drop(batches);
