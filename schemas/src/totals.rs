@@ -61,6 +61,23 @@ impl Sums {
     }
 }
 
+impl Sums {
+    /// What takes `before` to `self`: each amount and count less `before`'s.
+    pub fn less(&self, before: &Sums) -> Sums {
+        Sums {
+            sales_amount: self.sales_amount - before.sales_amount,
+            sales_count: self.sales_count - before.sales_count,
+            refund_amount: self.refund_amount - before.refund_amount,
+            refund_count: self.refund_count - before.refund_count,
+        }
+    }
+
+    /// Whether every amount and count is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == Sums::default()
+    }
+}
+
 /// Sums by key, ordered for stable output.
 pub type Totals = BTreeMap<TotalsKey, Sums>;
 

@@ -79,6 +79,40 @@ impl Zone {
         (Day(before + 1), Day(after))
     }
 
+    /// The instant (ms since the Unix epoch) at which local day `day` has
+    /// ended for good in this zone: the first instant from which every
+    /// later one falls on a later local day. Where a transition repeats the
+    /// day's last hour, that is the end of the repeat.
+    pub fn day_end_ms(self, day: Day) -> i64 {
+        const STEP: i64 = 15 * 60 * 1_000_000;
+        let midnight = (i64::from(day.0) + 1) * MICROS_PER_DAY;
+        // Every zone's offset lies within 26 hours of UTC.
+        let (first, last) = (
+            midnight - 26 * MICROS_PER_HOUR,
+            midnight + 26 * MICROS_PER_HOUR,
+        );
+        let mut still = first;
+        let mut t = first;
+        while t <= last {
+            if self.local_day(t) <= day {
+                still = t;
+            }
+            t += STEP;
+        }
+        // The day ends within the step after `still`; no zone changes its
+        // offset twice within 15 minutes, so the local day only rises there.
+        let (mut low, mut high) = (still, still + STEP);
+        while high - low > 1 {
+            let mid = low + (high - low) / 2;
+            if self.local_day(mid) <= day {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        high.div_euclid(1_000) + i64::from(high.rem_euclid(1_000) != 0)
+    }
+
     /// The offset from UTC in force at the instant `micros`, in seconds.
     fn offset_secs(self, micros: i64) -> i64 {
         let utc = DateTime::from_timestamp_micros(micros).expect("within chrono's range");
@@ -358,6 +392,25 @@ impl ShortIds {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_local_day_ends_at_its_zones_next_midnight() {
+        let day = Day::parse("2026-03-01").unwrap();
+        let utc_end = (i64::from(day.0) + 1) * 86_400_000;
+        let end = |zone: &str| Zone::parse(zone).unwrap().day_end_ms(day);
+        let hour = 3_600_000;
+        assert_eq!(end("UTC"), utc_end);
+        assert_eq!(end("Asia/Tokyo"), utc_end - 9 * hour);
+        assert_eq!(end("Pacific/Kiritimati"), utc_end - 14 * hour);
+        assert_eq!(end("America/St_Johns"), utc_end + 3 * hour + hour / 2);
+        // St. John's summer time: -02:30.
+        let summer = Day::parse("2026-07-01").unwrap();
+        let summer_end = (i64::from(summer.0) + 1) * 86_400_000;
+        assert_eq!(
+            Zone::parse("America/St_Johns").unwrap().day_end_ms(summer),
+            summer_end + 2 * hour + hour / 2
+        );
+    }
     #[test]
     fn each_merchant_gets_its_own_zone_whatever_its_id() {
         let ids = [

@@ -107,6 +107,11 @@ pub struct Plan {
     pub events: BTreeMap<SourcePartition, EventCounts>,
     /// Partials applied.
     pub applied: u64,
+    /// The index in the flush's partials of each applied one, in order.
+    pub applied_partials: Vec<usize>,
+    /// The applied rows that changed closed days, recorded in
+    /// `tally_adjustments` in the same transaction ([`crate::closes`]).
+    pub adjustments: Vec<crate::closes::Adjustment>,
     /// Source partition and latest append time (ms) of each applied partial,
     /// for end-to-end latency and freshness.
     pub applied_append_ms: Vec<(i32, i64)>,
@@ -133,7 +138,7 @@ pub struct Plan {
 pub fn plan(fences: &BTreeMap<SourcePartition, Fence>, partials: &[Partial]) -> Plan {
     let mut out = Plan::default();
     let mut current = fences.clone();
-    for partial in partials {
+    for (index, partial) in partials.iter().enumerate() {
         let source = (partial.topic.clone(), partial.partition);
         match judge(current.get(&source), partial) {
             Verdict::Apply => {
@@ -164,6 +169,7 @@ pub fn plan(fences: &BTreeMap<SourcePartition, Fence>, partials: &[Partial]) -> 
                     ));
                 }
                 out.applied += 1;
+                out.applied_partials.push(index);
                 out.applied_append_ms
                     .extend(partial.max_append_ms.map(|ms| (partial.partition, ms)));
             }

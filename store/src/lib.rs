@@ -12,6 +12,8 @@
 //! - [`reads`]: the totals API's reads of both totals tables.
 //! - [`health`]: whether the database is answering, and the one registry
 //!   of parked partitions and watched databases each role's `/readyz` reads.
+//! - [`closes`]: closed days, close runs and the adjustments to closed
+//!   days: written once, for both databases.
 //! - [`error`]: errors that say what failed and whether to retry.
 //!
 //! Every call has a time limit ([`Store::call_timeout`]): a database that
@@ -28,6 +30,7 @@
 // and benchmarks see dev-dependencies too, so the check is off for them).
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod closes;
 pub mod error;
 pub mod fence;
 pub mod health;

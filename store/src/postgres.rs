@@ -14,7 +14,8 @@ use crate::fence::{self, Fence, Plan};
 use crate::health::Health;
 use crate::jobs::{Lead, Leadership};
 use crate::sql::{BoxFuture, Mode, Tx};
-use crate::{parse_row, sources, Claim, PartitionProgress, Standing};
+use crate::{closes, parse_row, sources, Claim, PartitionProgress, Standing};
+use schemas::day::now_ms;
 
 mod tls;
 mod tx;
@@ -69,6 +70,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         10,
         "settings",
         include_str!("../migrations/postgres/0010_settings.sql"),
+    ),
+    (
+        11,
+        "closes",
+        include_str!("../migrations/postgres/0011_closes.sql"),
     ),
 ];
 
@@ -404,57 +410,17 @@ impl PgStore {
 
     pub(crate) async fn apply(&self, partials: &[Partial]) -> Result<Plan> {
         let mut client = self.conn().await?;
-        let tx = client.transaction().await.map_err(pg("begin"))?;
-        let (topics, parts): (Vec<String>, Vec<i32>) = sources(partials).into_iter().unzip();
-        // Locks are taken in (topic, partition) order so that concurrent
-        // aggregators cannot deadlock each other.
-        let rows = tx
-            .query(
-                "SELECT t.topic, t.partition, t.epoch, t.next_offset, t.dedupe_from_offset, t.dedupe_clock_ms
-                 FROM tally_partitions t
-                 JOIN UNNEST($1::text[], $2::int4[]) AS u(topic, partition)
-                   ON t.topic = u.topic AND t.partition = u.partition
-                 ORDER BY t.topic, t.partition
-                 FOR UPDATE OF t",
-                &[&topics, &parts],
-            )
-            .await
-            .map_err(pg("fence lock"))?;
-        let fences: BTreeMap<_, _> = rows
-            .iter()
-            .map(|r| {
-                let fence = Fence {
-                    epoch: r.get(2),
-                    next_offset: r.get(3),
-                    dedupe_from_offset: r.get(4),
-                    dedupe_clock_ms: r.get(5),
-                };
-                ((r.get::<_, String>(0), r.get::<_, i32>(1)), fence)
-            })
-            .collect();
-        let plan = fence::plan(&fences, partials);
-        if !plan.deltas.is_empty() {
-            upsert(&tx, &plan.deltas).await?;
-        }
-        if !plan.local_deltas.is_empty() {
-            upsert_local(&tx, &plan.local_deltas).await?;
-        }
-        if !plan.advanced.is_empty() {
-            advance(&tx, &plan).await?;
-        }
-        for ((topic, partition), epoch) in &plan.gaps {
-            tx.execute(
-                "UPDATE tally_partitions SET gap_epoch = $3 WHERE topic = $1 AND partition = $2 AND epoch = $3",
-                &[topic, partition, epoch],
-            )
-            .await
-            .map_err(pg("gap mark"))?;
-        }
-        tx.commit().await.map_err(pg("commit"))?;
+        let plan = apply_in(
+            tx::PgTx(client.transaction().await.map_err(pg("begin"))?),
+            partials,
+        )
+        .await?;
         client.release();
         Ok(plan)
     }
+}
 
+impl PgStore {
     pub(crate) async fn totals(&self, merchant: Option<&str>) -> Result<Totals> {
         let client = self.conn().await?;
         let rows = client
@@ -510,6 +476,68 @@ impl PgStore {
             })
             .collect())
     }
+}
+
+/// [`PgStore::apply`]'s work, in its transaction `tx`, committed.
+async fn apply_in(mut tx: tx::PgTx<'_>, partials: &[Partial]) -> Result<Plan> {
+    // Before any row lock: a close run waits for this flush, or this
+    // flush for it (see `closes`).
+    tx.lock_closes(false).await?;
+    let (topics, parts): (Vec<String>, Vec<i32>) = sources(partials).into_iter().unzip();
+    // Locks are taken in (topic, partition) order so that concurrent
+    // aggregators cannot deadlock each other.
+    let rows = tx
+        .0
+        .query(
+            "SELECT t.topic, t.partition, t.epoch, t.next_offset, t.dedupe_from_offset, t.dedupe_clock_ms
+             FROM tally_partitions t
+             JOIN UNNEST($1::text[], $2::int4[]) AS u(topic, partition)
+               ON t.topic = u.topic AND t.partition = u.partition
+             ORDER BY t.topic, t.partition
+             FOR UPDATE OF t",
+            &[&topics, &parts],
+        )
+        .await
+        .map_err(pg("fence lock"))?;
+    let fences: BTreeMap<_, _> = rows
+        .iter()
+        .map(|r| {
+            let fence = Fence {
+                epoch: r.get(2),
+                next_offset: r.get(3),
+                dedupe_from_offset: r.get(4),
+                dedupe_clock_ms: r.get(5),
+            };
+            ((r.get::<_, String>(0), r.get::<_, i32>(1)), fence)
+        })
+        .collect();
+    let mut plan = fence::plan(&fences, partials);
+    if plan.applied > 0 {
+        let through = closes::closed_through(&mut tx).await?;
+        plan.adjustments =
+            closes::from_partials(partials, &plan.applied_partials, through, now_ms());
+        closes::record(&mut tx, &plan.adjustments).await?;
+    }
+    let tx::PgTx(tx) = tx;
+    if !plan.deltas.is_empty() {
+        upsert(&tx, &plan.deltas).await?;
+    }
+    if !plan.local_deltas.is_empty() {
+        upsert_local(&tx, &plan.local_deltas).await?;
+    }
+    if !plan.advanced.is_empty() {
+        advance(&tx, &plan).await?;
+    }
+    for ((topic, partition), epoch) in &plan.gaps {
+        tx.execute(
+            "UPDATE tally_partitions SET gap_epoch = $3 WHERE topic = $1 AND partition = $2 AND epoch = $3",
+            &[topic, partition, epoch],
+        )
+        .await
+        .map_err(pg("gap mark"))?;
+    }
+    tx.commit().await.map_err(pg("commit"))?;
+    Ok(plan)
 }
 
 /// `merchant_sales` rows as the column arrays that `UNNEST` takes:

@@ -10,7 +10,7 @@ use crate::sql::{params, transact, Row, Tx};
 use crate::{parse_row, Store};
 
 /// Which calendar a day is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Basis {
     /// UTC days: `merchant_sales`.
@@ -92,7 +92,7 @@ fn day_totals(r: &Row) -> Result<DayTotals> {
     })
 }
 
-async fn merchant_days(
+pub(crate) async fn merchant_days(
     tx: &mut dyn Tx,
     merchant: &str,
     [from, to]: [Day; 2],

@@ -196,6 +196,16 @@ pub(crate) trait Tx: Send {
     /// columns compare.
     fn day_param(&self, n: usize) -> String;
 
+    /// A `$n` parameter holding an amount's exact decimal text, as the
+    /// amount columns store it.
+    fn amount_param(&self, n: usize) -> String;
+
+    /// Holds, until commit, the lock that orders closing days against
+    /// everything that changes totals: `exclusive` for a close run (and a
+    /// backfill's swap over closed days), shared for a flush or an import.
+    /// Taken first in its transaction, before any row lock.
+    fn lock_closes(&mut self, exclusive: bool) -> BoxFuture<'_, Result<()>>;
+
     /// `column`, a row's change time, as RFC 3339 text in UTC.
     fn timestamp_text(&self, column: &str) -> String;
 

@@ -10,7 +10,8 @@ use schemas::{LocalTotals, Partial, Sums, Totals, TotalsKey};
 use crate::error::{lite, Result, StoreError};
 use crate::fence::{self, Fence, Plan};
 use crate::sql::{BoxFuture, Mode, Tx};
-use crate::{parse_row, sources, Claim, PartitionProgress, Standing};
+use crate::{closes, parse_row, sources, Claim, PartitionProgress, Standing};
+use schemas::day::now_ms;
 
 mod tx;
 
@@ -59,6 +60,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         9,
         "settings",
         include_str!("../migrations/sqlite/0009_settings.sql"),
+    ),
+    (
+        10,
+        "closes",
+        include_str!("../migrations/sqlite/0010_closes.sql"),
     ),
 ];
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -202,38 +208,19 @@ impl SqliteStore {
 
     pub(crate) async fn apply(&self, partials: &[Partial]) -> Result<Plan> {
         let partials = partials.to_vec();
+        // The adjustments' statements are synchronous; their futures
+        // complete in one poll.
+        let runtime = tokio::runtime::Handle::current();
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+            conn.execute_batch("BEGIN IMMEDIATE")
                 .map_err(lite("begin"))?;
-            let mut fences = BTreeMap::new();
-            for (topic, partition) in sources(&partials) {
-                let fence = tx
-                    .query_row(
-                        "SELECT epoch, next_offset, dedupe_from_offset, dedupe_clock_ms FROM tally_partitions
-                         WHERE topic = ?1 AND partition = ?2",
-                        params![topic, partition],
-                        |r| Ok(Fence { epoch: r.get(0)?, next_offset: r.get(1)?, dedupe_from_offset: r.get(2)?, dedupe_clock_ms: r.get(3)? }),
-                    )
-                    .optional()
-                    .map_err(lite("fence read"))?;
-                if let Some(fence) = fence {
-                    fences.insert((topic, partition), fence);
-                }
+            let out = apply_in(conn, &partials, &runtime);
+            let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            if let Err(error) = conn.execute_batch(end) {
+                let _ = conn.execute_batch("ROLLBACK");
+                return out.and(Err(lite("commit")(error)));
             }
-            let plan = fence::plan(&fences, &partials);
-            upsert(&tx, &plan.deltas)?;
-            upsert_local(&tx, &plan.local_deltas)?;
-            advance(&tx, &plan)?;
-            for ((topic, partition), epoch) in &plan.gaps {
-                tx.execute(
-                    "UPDATE tally_partitions SET gap_epoch = ?3 WHERE topic = ?1 AND partition = ?2 AND epoch = ?3",
-                    params![topic, partition, epoch],
-                )
-                .map_err(lite("gap mark"))?;
-            }
-            tx.commit().map_err(lite("commit"))?;
-            Ok(plan)
+            out
         })
         .await
     }
@@ -414,6 +401,48 @@ pub(super) fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> 
         .iter()
         .map(|(k, l)| (k, &l.sums, l.time_zone.as_ref()));
     add_rows(tx, &LOCAL_SALES, rows)
+}
+
+/// [`SqliteStore::apply`]'s work, inside its transaction.
+fn apply_in(
+    conn: &mut Connection,
+    partials: &[Partial],
+    runtime: &tokio::runtime::Handle,
+) -> Result<Plan> {
+    let mut fences = BTreeMap::new();
+    for (topic, partition) in sources(partials) {
+        let fence = conn
+            .query_row(
+                "SELECT epoch, next_offset, dedupe_from_offset, dedupe_clock_ms FROM tally_partitions
+                 WHERE topic = ?1 AND partition = ?2",
+                params![topic, partition],
+                |r| Ok(Fence { epoch: r.get(0)?, next_offset: r.get(1)?, dedupe_from_offset: r.get(2)?, dedupe_clock_ms: r.get(3)? }),
+            )
+            .optional()
+            .map_err(lite("fence read"))?;
+        if let Some(fence) = fence {
+            fences.insert((topic, partition), fence);
+        }
+    }
+    let mut plan = fence::plan(&fences, partials);
+    if plan.applied > 0 {
+        let mut tx = tx::LiteTx(conn);
+        let through = runtime.block_on(closes::closed_through(&mut tx))?;
+        plan.adjustments =
+            closes::from_partials(partials, &plan.applied_partials, through, now_ms());
+        runtime.block_on(closes::record(&mut tx, &plan.adjustments))?;
+    }
+    upsert(conn, &plan.deltas)?;
+    upsert_local(conn, &plan.local_deltas)?;
+    advance(conn, &plan)?;
+    for ((topic, partition), epoch) in &plan.gaps {
+        conn.execute(
+            "UPDATE tally_partitions SET gap_epoch = ?3 WHERE topic = ?1 AND partition = ?2 AND epoch = ?3",
+            params![topic, partition, epoch],
+        )
+        .map_err(lite("gap mark"))?;
+    }
+    Ok(plan)
 }
 
 fn advance(tx: &Connection, plan: &Plan) -> Result<()> {

@@ -739,3 +739,121 @@ async fn a_swap_replaces_the_local_days_wholly_inside_its_scope(backend: Backend
         .collect();
     assert_eq!(store.local_totals(None).await.unwrap(), want);
 }
+
+on_both!(closed_days_keep_their_totals_and_every_change_after_is_an_adjustment);
+/// A close run copies the days that ended before completeness less grace,
+/// with the fences it read; a later partial, a backfill and an import that
+/// change a closed day each record the change, so closed + adjustments =
+/// current on both bases.
+async fn closed_days_keep_their_totals_and_every_change_after_is_an_adjustment(backend: Backend) {
+    use store::closes::Source;
+    use store::reads::Basis;
+    let store = fresh(backend, "closes").await;
+    let claim = store.claim("orders", 0, "worker-a").await.unwrap();
+    let next = Day(DAY.0 + 1);
+    let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
+    live.rows.push(PartialRow {
+        key: key("m-1", next),
+        sums: sale(300, 1),
+    });
+    let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
+    live.local_rows = local_rows(&streamed, "Asia/Tokyo");
+    store.apply(&[live]).await.unwrap();
+
+    // Completeness at the end of DAY plus an hour, grace one hour: DAY
+    // closes (UTC, and Tokyo's DAY, which ended nine hours earlier); the
+    // day after does not.
+    let day_end = (i64::from(DAY.0) + 1) * 86_400_000;
+    let hour = 3_600_000;
+    let run = store
+        .close_days(day_end + hour, hour, 7)
+        .await
+        .unwrap()
+        .expect("a day is due");
+    assert_eq!(run.closed_through_ms, day_end);
+    assert_eq!(run.frontier, [("orders/0".to_owned(), 10)].into());
+    assert_eq!(run.rows_closed, 2, "{run:?}");
+    // Nothing more is due at the same completeness.
+    assert_eq!(
+        store.close_days(day_end + hour, hour, 8).await.unwrap(),
+        None
+    );
+    let range = [Day(DAY.0 - 3), Day(DAY.0 + 3)];
+    for basis in [Basis::Utc, Basis::Local] {
+        let closes = store.closes(None, basis, range).await.unwrap();
+        assert_eq!(closes.len(), 1, "{basis:?}: {closes:?}");
+        assert_eq!(
+            (closes[0].key.clone(), closes[0].sums),
+            (key("m-1", DAY), sale(100, 1))
+        );
+    }
+
+    // A late sale for DAY: applied, and an adjustment with its offsets.
+    let late = partial("orders", claim.epoch, 10, 14, "m-1", 40);
+    let plan = store.apply(&[late]).await.unwrap();
+    assert_eq!(plan.adjustments.len(), 1, "{plan:?}");
+    let adjustments = store.adjustments(None, Basis::Utc, range).await.unwrap();
+    assert_eq!(adjustments.len(), 1);
+    assert_eq!(adjustments[0].sums, sale(40, 1));
+    assert_eq!(
+        adjustments[0].source,
+        Source::Stream {
+            topic: "orders".into(),
+            partition: 0,
+            first_offset: 10,
+            last_offset: 14
+        }
+    );
+
+    // A backfill of DAY whose files say 1,000 in two sales (and Tokyo's
+    // local rows the same): the swap records the difference with its job.
+    let id = store
+        .create_job(&backfill(one_day(&[]), 1), 0)
+        .await
+        .unwrap();
+    finish(
+        &store,
+        id,
+        &Totals::from([(key("m-1", DAY), sale(1_000, 2))]),
+    )
+    .await;
+    assert_eq!(store.complete_jobs(20).await.unwrap(), vec![id]);
+    let adjustments = store.adjustments(None, Basis::Utc, range).await.unwrap();
+    assert_eq!(adjustments.len(), 2, "{adjustments:?}");
+    assert_eq!(adjustments[1].source, Source::Job { job_id: id });
+    assert_eq!(adjustments[1].sums, sale(1_000 - 140, 0));
+
+    // The invariant, on both bases, read through the merchant's days.
+    for basis in [Basis::Utc, Basis::Local] {
+        let days = store
+            .merchant_days_closed("m-1", range, basis)
+            .await
+            .unwrap();
+        assert_eq!(days.closed_through_ms, Some(day_end));
+        for record in &days.days {
+            let closed = record.day == DAY;
+            if closed {
+                let mut sum = record.closed;
+                sum.merge(&record.adjusted);
+                assert_eq!(sum, record.current, "{basis:?}: {record:?}");
+            }
+            assert_eq!(
+                record.state,
+                if closed {
+                    store::closes::DayState::Closed
+                } else {
+                    store::closes::DayState::Open
+                },
+                "{record:?}"
+            );
+            if !closed {
+                assert!(record.adjustments.is_empty() && record.close_run.is_none());
+            }
+        }
+    }
+    let utc = store
+        .merchant_days_closed("m-1", range, Basis::Utc)
+        .await
+        .unwrap();
+    assert_eq!(utc.days[0].current, sale(1_000, 2));
+}

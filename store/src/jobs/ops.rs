@@ -12,6 +12,7 @@ use super::{
     Dependency, FileVersion, ImportOutcome, Job, Kind, LocalDays, NewJob, NewTask, Queued,
     QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
 };
+use crate::closes;
 use crate::error::{Result, StoreError};
 use crate::sql::{params, Row, Tx};
 use schemas::job::{Cron, Format, Range};
@@ -480,9 +481,15 @@ pub(crate) async fn complete_job(tx: &mut dyn Tx, id: i64, now: i64) -> Result<b
         .await?;
         return Ok(true);
     }
+    // The swap and its adjustments see no flush between them.
+    tx.lock_closes(true).await?;
     let scope = scope(&row, 0)?;
     let local = local_scopes(tx, id, &scope).await?;
+    let through = closes::closed_through(tx).await?;
+    let before = closes::closed_rows_in(tx, &scope, &local, through).await?;
     let written = tx.replace_scope(id, &scope, &local).await?;
+    let after = closes::closed_rows_in(tx, &scope, &local, through).await?;
+    closes::record(tx, &closes::differences(&before, &after, id, now)).await?;
     tx.execute(
         "job complete",
         "UPDATE tally_jobs SET keys_written = $2 WHERE id = $1",
@@ -698,6 +705,8 @@ pub(crate) async fn finish_import(
     read: Option<(&TaskResult, Option<&str>)>,
     now: i64,
 ) -> Result<ImportOutcome> {
+    // Before any row lock: a close run waits for this import, or it for the run.
+    tx.lock_closes(false).await?;
     let (result, digest) = (read.map(|r| r.0), read.and_then(|r| r.1));
     let (job_id, task_no) = (task.job_id, task.task_no);
     let mine = format!(
@@ -732,6 +741,10 @@ pub(crate) async fn finish_import(
         (Some(judged), _) => judged,
         (None, None) => ImportOutcome::Superseded,
         (None, Some(result)) => {
+            let through = closes::closed_through(tx).await?;
+            let adjustments =
+                closes::from_added(&result.totals, &result.local, through, job_id, now);
+            closes::record(tx, &adjustments).await?;
             let keys = tx.add_totals(&result.totals, &result.local).await?;
             // An upsert, so the file's record commits with its totals even
             // if its queued row were missing.

@@ -136,6 +136,25 @@ impl Tx for PgTx<'_> {
         format!("${n}::text::date")
     }
 
+    fn amount_param(&self, n: usize) -> String {
+        format!("${n}::text::numeric")
+    }
+
+    fn lock_closes(&mut self, exclusive: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let sql = if exclusive {
+                "SELECT pg_advisory_xact_lock($1)"
+            } else {
+                "SELECT pg_advisory_xact_lock_shared($1)"
+            };
+            self.0
+                .execute(sql, &[&crate::closes::CLOSES_LOCK])
+                .await
+                .map_err(pg("closes lock"))?;
+            Ok(())
+        })
+    }
+
     fn timestamp_text(&self, column: &str) -> String {
         format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
     }

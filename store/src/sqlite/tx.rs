@@ -272,6 +272,16 @@ impl Tx for LiteTx<'_> {
         format!("${n}")
     }
 
+    /// Amounts are stored as their exact decimal text.
+    fn amount_param(&self, n: usize) -> String {
+        format!("${n}")
+    }
+
+    /// Nothing: a writing transaction holds the whole file.
+    fn lock_closes(&mut self, _exclusive: bool) -> BoxFuture<'_, Result<()>> {
+        ready(Ok(()))
+    }
+
     /// The stored text already is (`strftime('%Y-%m-%dT%H:%M:%fZ')`).
     fn timestamp_text(&self, column: &str) -> String {
         column.to_owned()
