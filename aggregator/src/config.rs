@@ -73,6 +73,16 @@ pub struct AggregatorConfig {
     pub local_days: bool,
     /// The IANA zone of merchants without one; the workers' setting.
     pub default_time_zone: String,
+    /// Close days: once the pipeline's completeness time passes a day's end
+    /// (in its zone) plus the grace period, its totals are recorded as
+    /// closed and every later change to it as an adjustment. Only the
+    /// elected aggregator closes.
+    pub close_days: bool,
+    /// The grace period, in seconds: how long after a day ends, by the
+    /// completeness time, before it closes.
+    pub close_grace_secs: u64,
+    /// How often to measure completeness and close the days that are due.
+    pub close_poll_ms: u64,
     /// Extra librdkafka properties (e.g. security settings).
     pub kafka: BTreeMap<String, String>,
 }
@@ -104,6 +114,9 @@ impl Default for AggregatorConfig {
             import_format: String::new(),
             local_days: true,
             default_time_zone: "UTC".into(),
+            close_days: true,
+            close_grace_secs: 4 * 3_600,
+            close_poll_ms: 10_000,
             kafka: BTreeMap::new(),
         }
     }
@@ -188,6 +201,18 @@ impl Validate for AggregatorConfig {
             "aggregator.backfill_lease_ms",
             self.backfill_lease_ms,
             300,
+            3_600_000,
+        )?;
+        check::in_range(
+            "aggregator.close_grace_secs",
+            self.close_grace_secs,
+            0,
+            31 * 86_400,
+        )?;
+        check::in_range(
+            "aggregator.close_poll_ms",
+            self.close_poll_ms,
+            100,
             3_600_000,
         )?;
         check::in_range(

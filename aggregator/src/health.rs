@@ -197,8 +197,9 @@ pub fn watch(store: Arc<Store>) {
 }
 
 /// `Ok` while the aggregator consumes, its database answers and nothing is
-/// parked; otherwise each reason, one per line.
-pub fn readiness() -> Result<(), String> {
+/// parked; otherwise each reason, one per line. Either way with the
+/// completeness line, once measured ([`crate::closer`]).
+pub fn readiness() -> Result<String, String> {
     let describe = |(topic, partition): &SourcePartition, parked: &Parked| {
         let range = parked
             .range
@@ -220,5 +221,11 @@ pub fn readiness() -> Result<(), String> {
         )),
         _ => None,
     };
-    REGISTRY.readiness("aggregator", metrics::READY.get() >= 1, describe, short)
+    let problems = REGISTRY.readiness("aggregator", metrics::READY.get() >= 1, describe, short);
+    let detail = crate::closer::readiness_detail().unwrap_or_default();
+    match problems {
+        Ok(()) => Ok(detail),
+        Err(problems) if detail.is_empty() => Err(problems),
+        Err(problems) => Err(format!("{problems}\n{detail}")),
+    }
 }

@@ -8,6 +8,8 @@
 //!   awaits the last flushes and every background task.
 //! - `flush`: the buffer and the fenced flush: retried when transient,
 //!   isolated to the partial at fault when permanent.
+//! - [`closer`]: the pipeline's completeness time, and the close runs of
+//!   the elected aggregator (`aggregator.close_days`).
 //! - [`health`]: parked partitions (in `store::health::Registry`) and what
 //!   `/readyz` says.
 //! - [`metrics`]: the aggregator's Prometheus metrics.
@@ -23,6 +25,7 @@
 // and benchmarks see dev-dependencies too, so the check is off for them).
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod closer;
 pub mod config;
 pub mod error;
 mod flush;

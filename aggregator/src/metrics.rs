@@ -5,9 +5,9 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    register_gauge_vec, register_histogram, register_int_counter, register_int_counter_vec,
-    register_int_gauge, register_int_gauge_vec, GaugeVec, Histogram, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec,
+    register_counter_vec, register_gauge_vec, register_histogram, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, CounterVec, GaugeVec,
+    Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -168,6 +168,88 @@ pub async fn refresh_freshness(shutdown: CancellationToken) {
     }
 }
 
+/// The pipeline's completeness time, Unix seconds (0 while unknown).
+pub static COMPLETENESS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_completeness_timestamp_seconds",
+        "The pipeline's completeness time (Unix seconds): every source partition has been counted \
+         up to it (a partition at its log end counts as complete up to now). 0 while unknown."
+    )
+    .expect("metric registers once")
+});
+
+/// How far completeness is behind now.
+pub static COMPLETENESS_LAG: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_completeness_lag_seconds",
+        "Now less the completeness time, in seconds (how late the pipeline's counting is)."
+    )
+    .expect("metric registers once")
+});
+
+/// Each source partition's completeness time.
+pub static PARTITION_COMPLETENESS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "tally_partition_completeness_timestamp_seconds",
+        "Each source partition's completeness time (Unix seconds): now when its fence is at its \
+         log end, else the message time at its fence. The lowest is the pipeline's.",
+        &["topic", "partition"]
+    )
+    .expect("metric registers once")
+});
+
+/// Each source partition's completeness lag.
+pub static PARTITION_COMPLETENESS_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "tally_partition_completeness_lag_seconds",
+        "Now less each source partition's completeness time, in seconds.",
+        &["topic", "partition"]
+    )
+    .expect("metric registers once")
+});
+
+/// The latest close run's closed-through instant.
+pub static CLOSED_THROUGH: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tally_closed_through_timestamp_seconds",
+        "Days ending at or before this instant (Unix seconds) are closed; the oldest day still \
+         open ends after it. 0 before the first close."
+    )
+    .expect("metric registers once")
+});
+
+/// Rows closed, both bases.
+pub static DAYS_CLOSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_days_closed_total",
+        "(merchant, currency, day) rows closed by this aggregator's close runs, UTC and local \
+         days together."
+    )
+    .expect("metric registers once")
+});
+
+/// Adjustments to closed days, by currency and source.
+pub static ADJUSTMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_adjustments_total",
+        "Adjustments to closed days seen by the closing aggregator, by currency and source \
+         (stream: a late event; job: a backfill or import).",
+        &["currency", "source"]
+    )
+    .expect("metric registers once")
+});
+
+/// Money moved by adjustments, by currency.
+pub static ADJUSTMENT_AMOUNT: LazyLock<CounterVec> = LazyLock::new(|| {
+    register_counter_vec!(
+        "tally_adjustment_amount_total",
+        "Money moved by adjustments to closed days (|sales| + |refunds|, in currency units), \
+         by currency.",
+        &["currency"]
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every aggregator metric, with a zero series for each known
 /// label value, so dashboards and alerts see them before the first event.
 pub fn init() {
@@ -201,6 +283,14 @@ pub fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*PARKED_PARTITIONS,
         &*PARKED,
         &*RETRIES,
+        &*COMPLETENESS,
+        &*COMPLETENESS_LAG,
+        &*PARTITION_COMPLETENESS,
+        &*PARTITION_COMPLETENESS_LAG,
+        &*CLOSED_THROUGH,
+        &*DAYS_CLOSED,
+        &*ADJUSTMENTS,
+        &*ADJUSTMENT_AMOUNT,
     ];
     collectors.extend(backfill::metrics::collectors());
     collectors

@@ -92,6 +92,13 @@ impl Aggregator {
         store.set_job_timeout(Duration::from_millis(config.backfill_statement_timeout_ms));
         tasks.spawn(crate::health::probe(store.clone(), stop.clone()));
         start_backfills(&config, &store, tasks, stop)?;
+        if config.close_days {
+            tasks.spawn(crate::closer::run(
+                config.clone(),
+                store.clone(),
+                stop.clone(),
+            ));
+        }
         tokio::select! {
             made = ensure_partials_topic(&config) => made?,
             () = stop.cancelled() => return Ok(None),

@@ -15,7 +15,7 @@ use crate::http::Ingest;
 use crate::metrics::DURATION;
 
 /// The API routes: `POST /v1/orders`, `POST /v1/imports`, the totals API
-/// (`GET /v1/merchants/{merchant_id}/totals`, `GET /v1/merchants`),
+/// (`GET /v1/merchants/{merchant_id}/totals`, `…/days`, `GET /v1/merchants`),
 /// `GET /healthz`, `GET /readyz` and `GET /openapi.json`. The caller adds
 /// `/metrics`.
 pub fn router(state: Arc<Ingest>) -> Router {
@@ -25,6 +25,10 @@ pub fn router(state: Arc<Ingest>) -> Router {
         .route(
             "/v1/merchants/{merchant_id}/totals",
             get(crate::totals::merchant_totals),
+        )
+        .route(
+            "/v1/merchants/{merchant_id}/days",
+            get(crate::totals::merchant_days),
         )
         .route("/v1/merchants", get(crate::totals::top_merchants))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -5,6 +5,9 @@
 //!   one merchant's rows per day and currency, and their sum per currency.
 //! - `GET /v1/merchants?day=DAY[&top=N][&currency=EUR][&basis=utc|local]`:
 //!   the day's top merchants by net amount, per currency.
+//! - `GET /v1/merchants/{merchant_id}/days?from=DAY&to=DAY[&basis=utc|local]`:
+//!   each day's state (open or closed), its closed totals, the adjustments
+//!   since it closed and its current totals ([`store::closes`]).
 //!
 //! Amounts are the tables' exact decimal strings. `basis=utc` (the default)
 //! reads `merchant_sales`; `basis=local` reads `merchant_sales_local`, whose
@@ -48,6 +51,7 @@ pub const MAX_TOP: i64 = 1_000;
 pub const DEFAULT_TOP: i64 = 10;
 
 const TOTALS_ROUTE: &str = "/v1/merchants/{merchant_id}/totals";
+const DAYS_ROUTE: &str = "/v1/merchants/{merchant_id}/days";
 const TOP_ROUTE: &str = "/v1/merchants";
 
 /// One row of a totals table, as the API shows it.
@@ -204,6 +208,27 @@ impl Query {
         })
     }
 
+    /// `from` and `to`, in order and at most [`MAX_RANGE_DAYS`] apart.
+    fn range(&self) -> Result<[Day; 2], Refusal> {
+        let (from, to) = (self.day("from")?, self.day("to")?);
+        if to < from {
+            return Err(Refusal::parameter(
+                "to",
+                format!("{to} is before from ({from})"),
+            ));
+        }
+        let span = to.0 - from.0 + 1;
+        if span > MAX_RANGE_DAYS {
+            return Err(Refusal::parameter(
+                "to",
+                format!(
+                    "{from} to {to} is {span} days; one request covers at most {MAX_RANGE_DAYS}"
+                ),
+            ));
+        }
+        Ok([from, to])
+    }
+
     fn currency(&self) -> Result<Option<String>, Refusal> {
         let Some(text) = self.get("currency") else {
             return Ok(None);
@@ -348,20 +373,7 @@ async fn merchant_totals_answer(
     schemas::event::check_merchant_id(merchant)
         .map_err(|e| Refusal::parameter("merchant_id", format!("{:?} {}", e.value, e.reason)))?;
     let query = Query::parse(query, &["from", "to", "currency", "basis"])?;
-    let (from, to) = (query.day("from")?, query.day("to")?);
-    if to < from {
-        return Err(Refusal::parameter(
-            "to",
-            format!("{to} is before from ({from})"),
-        ));
-    }
-    let span = to.0 - from.0 + 1;
-    if span > MAX_RANGE_DAYS {
-        return Err(Refusal::parameter(
-            "to",
-            format!("{from} to {to} is {span} days; one request covers at most {MAX_RANGE_DAYS}"),
-        ));
-    }
+    let [from, to] = query.range()?;
     let (currency, basis) = (query.currency()?, query.basis()?);
     let rows = database
         .connected()
@@ -385,6 +397,40 @@ async fn merchant_totals_answer(
         sums,
     };
     Ok(tagged(TOTALS_ROUTE, headers, &answer))
+}
+
+/// `GET /v1/merchants/{merchant_id}/days`.
+pub(crate) async fn merchant_days(
+    State(state): State<Arc<Ingest>>,
+    Path(merchant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    match merchant_days_answer(&state, &merchant, query.as_deref(), &headers).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.answer(DAYS_ROUTE, "5"),
+    }
+}
+
+async fn merchant_days_answer(
+    state: &Ingest,
+    merchant: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, Refusal> {
+    let (database, _slot) = admit(state, headers)?;
+    schemas::event::check_merchant_id(merchant)
+        .map_err(|e| Refusal::parameter("merchant_id", format!("{:?} {}", e.value, e.reason)))?;
+    let query = Query::parse(query, &["from", "to", "basis"])?;
+    let (range, basis) = (query.range()?, query.basis()?);
+    let read = database
+        .connected()
+        .await?
+        .merchant_days_closed(merchant, range, basis)
+        .await
+        .map_err(|e| failed(&e))?;
+    let answer = store::closes::DaysAnswer::new(merchant, basis, range, read);
+    Ok(tagged(DAYS_ROUTE, headers, &answer))
 }
 
 /// Each currency's sum over `rows`; `None` if an amount overflows.

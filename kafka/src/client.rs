@@ -101,9 +101,10 @@ pub fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
     }
 }
 
-/// The context of tally's producers: librdkafka's log lines go through
-/// [`forward_log`], as the worker's consumer's do, so that expected
-/// warnings are not logged as warnings.
+/// The context of tally's producers (and of the aggregator's reader of log
+/// ends): librdkafka's log lines go through [`forward_log`], as the
+/// worker's consumer's do, so that expected warnings are not logged as
+/// warnings.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Logged;
 
@@ -112,6 +113,8 @@ impl rdkafka::client::ClientContext for Logged {
         forward_log(level, facility, message);
     }
 }
+
+impl rdkafka::consumer::ConsumerContext for Logged {}
 
 /// tally's producer: rdkafka's, with [`Logged`] as its context.
 pub type FutureProducer = rdkafka::producer::FutureProducer<Logged>;

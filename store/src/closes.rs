@@ -36,6 +36,9 @@ use crate::{parse_row, Store};
 /// and jobs.
 pub(crate) const CLOSES_LOCK: i64 = 0x7a11_c105;
 
+/// The advisory lock (PostgreSQL) whose holder runs the close runs.
+pub(crate) const CLOSER_LOCK: i64 = 0x7a11_c10e;
+
 const DAY_MS: i64 = 86_400_000;
 
 /// How far from the end of its UTC day any zone's day ends, at most.
@@ -108,12 +111,32 @@ pub struct Adjustment {
     /// The zone whose calendar `day` is.
     pub time_zone: String,
     /// The change: amounts and counts added (negative when taken away).
-    #[serde(flatten)]
+    #[serde(rename = "change", serialize_with = "money")]
     pub sums: Sums,
     /// What made it.
     pub source: Source,
     /// When it was applied, ms since the Unix epoch.
+    #[serde(serialize_with = "instant")]
     pub applied_at: i64,
+}
+
+/// Sums as the API shows them: amounts and counts, and the net amount.
+fn money<S: serde::Serializer>(sums: &Sums, out: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut money = out.serialize_struct("Money", 5)?;
+    money.serialize_field("sales_amount", &sums.sales_amount)?;
+    money.serialize_field("sales_count", &sums.sales_count)?;
+    money.serialize_field("refund_amount", &sums.refund_amount)?;
+    money.serialize_field("refund_count", &sums.refund_count)?;
+    money.serialize_field("net_amount", &sums.net_amount())?;
+    money.end()
+}
+
+/// An instant in ms as RFC 3339 text in UTC.
+fn instant<S: serde::Serializer>(ms: &i64, out: S) -> std::result::Result<S::Ok, S::Error> {
+    out.serialize_str(&schemas::day::format_rfc3339_millis(
+        ms.saturating_mul(1_000),
+    ))
 }
 
 /// One close run: when, at what completeness, and the fences it read.
@@ -720,6 +743,47 @@ async fn adjustments_in(
     .collect()
 }
 
+/// One adjustment as the metrics count it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Its id: they rise in the order of commit per database writer.
+    pub id: i64,
+    /// Currency code.
+    pub currency: String,
+    /// Whether a job (backfill or import) made it, rather than a flush.
+    pub by_job: bool,
+    /// `|sales_amount| + |refund_amount|`: the money it moved.
+    pub moved: schemas::Amount,
+}
+
+async fn applied_since(tx: &mut dyn Tx, after: i64, limit: i64) -> Result<Vec<Applied>> {
+    tx.query(
+        "adjustments read",
+        "SELECT id, currency, job_id, CAST(sales_amount AS TEXT), CAST(refund_amount AS TEXT)
+         FROM tally_adjustments WHERE id > $1 ORDER BY id LIMIT $2",
+        params![after, limit],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let amount = |i: usize| -> Result<schemas::Amount> {
+            let text = r.text(i)?;
+            schemas::Amount::parse_stored(text).map_err(|e| StoreError::Corrupt {
+                column: "tally_adjustments amount",
+                value: text.to_owned(),
+                reason: e.to_string(),
+            })
+        };
+        Ok(Applied {
+            id: r.int(0)?,
+            currency: r.text(1)?.to_owned(),
+            by_job: r.opt_int(2)?.is_some(),
+            moved: schemas::Amount(amount(3)?.0.abs() + amount(4)?.0.abs()),
+        })
+    })
+    .collect()
+}
+
 /// Close runs, newest first.
 async fn runs(tx: &mut dyn Tx, limit: i64) -> Result<Vec<CloseRun>> {
     tx.query(
@@ -774,13 +838,55 @@ pub struct DayRecord {
     /// The close run that closed it, when it had activity then.
     pub close_run: Option<i64>,
     /// The totals at the close (zero when it had no activity then, or is open).
+    #[serde(serialize_with = "money")]
     pub closed: Sums,
     /// The changes since the close, in the order they were applied.
     pub adjustments: Vec<Adjustment>,
     /// The sum of `adjustments`.
+    #[serde(serialize_with = "money")]
     pub adjusted: Sums,
     /// The totals now: `closed + adjusted` for a closed day.
+    #[serde(serialize_with = "money")]
     pub current: Sums,
+}
+
+/// A merchant's days as the totals API and `tally days` give them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaysAnswer {
+    /// The merchant.
+    pub merchant_id: String,
+    /// Which table's days.
+    pub basis: Basis,
+    /// First day of the range.
+    pub from: Day,
+    /// Last day of the range (included).
+    pub to: Day,
+    /// Days ending at or before this instant (RFC 3339, UTC) are closed;
+    /// `null` before the first close.
+    pub closed_through: Option<String>,
+    /// Each (day, currency) with totals, a close or an adjustment.
+    pub days: Vec<DayRecord>,
+}
+
+impl DaysAnswer {
+    /// The answer for `merchant` over `[from, to]` on `basis`.
+    pub fn new(
+        merchant: &str,
+        basis: Basis,
+        [from, to]: [Day; 2],
+        read: MerchantDays,
+    ) -> DaysAnswer {
+        DaysAnswer {
+            merchant_id: merchant.to_owned(),
+            basis,
+            from,
+            to,
+            closed_through: read
+                .closed_through_ms
+                .map(|ms| schemas::day::format_rfc3339_millis(ms.saturating_mul(1_000))),
+            days: read.days,
+        }
+    }
 }
 
 /// A merchant's days over a range, and the closed-through instant they were judged by.
@@ -861,6 +967,13 @@ impl Store {
     /// The closed-through instant of the latest close run, if any.
     pub async fn closed_through(&self) -> Result<Option<i64>> {
         transact!(self, "closed read", Read, |tx| closed_through(tx))
+    }
+
+    /// At most `limit` adjustments with ids above `after`, in id order.
+    pub async fn adjustments_applied_since(&self, after: i64, limit: i64) -> Result<Vec<Applied>> {
+        transact!(self, "adjustments read", Read, |tx| applied_since(
+            tx, after, limit
+        ))
     }
 
     /// The latest `limit` close runs, newest first.

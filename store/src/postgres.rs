@@ -344,10 +344,15 @@ impl PgStore {
 
     /// Tries to take the scheduler's advisory lock, on a connection of its own.
     pub(crate) async fn try_lead(&self) -> Result<Option<Leadership>> {
+        self.try_lead_with(SCHEDULER_LOCK).await
+    }
+
+    /// Tries to take the advisory lock `key`, on a connection of its own.
+    pub(crate) async fn try_lead_with(&self, key: i64) -> Result<Option<Leadership>> {
         let lead = async {
             let client = self.open("scheduler lock").await?;
             let row = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&SCHEDULER_LOCK])
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
                 .await
                 .map_err(pg("scheduler lock"))?;
             Ok(row

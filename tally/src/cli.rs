@@ -81,6 +81,9 @@ pub enum Command {
     Ingest(ServiceArgs),
     /// Print a merchant's totals from the database.
     Query(QueryArgs),
+    /// Print a merchant's days: each one open or closed, its closed totals,
+    /// the adjustments since it closed and its current totals.
+    Days(DaysArgs),
     /// Publish deterministic, realistic order traffic to Kafka and write the
     /// exact `merchant_sales` rows it must produce.
     Generate(GenerateArgs),
@@ -266,6 +269,31 @@ pub struct QueryArgs {
     #[arg(long)]
     pub merchant: String,
     /// Print JSON (an array of rows, amounts as exact decimal strings).
+    #[arg(long)]
+    pub json: bool,
+    /// Which database to read.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Flags of `tally days`.
+#[derive(Debug, Args)]
+pub struct DaysArgs {
+    /// The merchant to show.
+    #[arg(long)]
+    pub merchant: String,
+    /// First day, inclusive (YYYY-MM-DD).
+    #[arg(long)]
+    pub from: String,
+    /// Last day, inclusive (YYYY-MM-DD), at most 366 days after `--from`
+    /// counting both, as the totals API's `to`.
+    #[arg(long)]
+    pub to: String,
+    /// `utc`: UTC days (merchant_sales); `local`: the merchant's own days
+    /// (merchant_sales_local).
+    #[arg(long, default_value = "utc", value_parser = ["utc", "local"])]
+    pub basis: String,
+    /// Print JSON: the same document as `GET /v1/merchants/{id}/days`.
     #[arg(long)]
     pub json: bool,
     /// Which database to read.

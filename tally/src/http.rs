@@ -8,13 +8,14 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 /// Serves the default Prometheus registry on `addr` until `shutdown`.
-/// `ready` decides `/readyz`: 200, or 503 with each reason on its own line.
+/// `ready` decides `/readyz`: 200 with its detail lines, or 503 with each
+/// reason on its own line.
 /// Returns the bound address (useful with port 0).
 ///
 /// Fails when the address cannot be bound.
 pub async fn serve(
     addr: SocketAddr,
-    ready: fn() -> Result<(), String>,
+    ready: fn() -> Result<String, String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -26,7 +27,8 @@ pub async fn serve(
             "/readyz",
             get(move || async move {
                 match ready() {
-                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Ok(detail) if detail.is_empty() => (StatusCode::OK, "ready\n".to_owned()),
+                    Ok(detail) => (StatusCode::OK, format!("ready\n{detail}\n")),
                     Err(reasons) => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("not ready:\n{reasons}\n"),

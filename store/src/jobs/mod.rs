@@ -691,6 +691,16 @@ impl Store {
             Store::Sqlite(_) => Ok(Some(Leadership(Lead::Local))),
         }
     }
+
+    /// Tries to become the aggregator that closes days; `None` while
+    /// another process is. (A second closer would change nothing: a close
+    /// run finds the days closed. The election only spares the work.)
+    pub async fn try_lead_closer(&self) -> Result<Option<Leadership>> {
+        match self {
+            Store::Postgres(s) => s.try_lead_with(crate::closes::CLOSER_LOCK).await,
+            Store::Sqlite(_) => Ok(Some(Leadership(Lead::Local))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         .await
         .map_err(|e| e.to_string())?;
     let shutdown = CancellationToken::new();
-    let bound = crate::http::serve(args.metrics_addr, || Ok(()), shutdown.clone())
+    let bound = crate::http::serve(args.metrics_addr, || Ok(String::new()), shutdown.clone())
         .await
         .map_err(|e| e.to_string())?;
     let banner = format!(

@@ -11,6 +11,7 @@
 mod aggregator;
 mod backfill;
 mod config;
+mod days;
 mod demo;
 mod generate;
 mod import;
@@ -38,6 +39,7 @@ pub(crate) async fn dispatch(command: Command) -> CliResult {
     match command {
         Command::Demo(args) => demo::run(args).await,
         Command::Query(args) => query::run(args).await,
+        Command::Days(args) => days::run(args).await,
         Command::Generate(args) => generate::run(args).await,
         Command::VerifyTotals(args) => verify_totals::verify(args).await,
         Command::Backfill(args) => backfill::backfill(args).await,

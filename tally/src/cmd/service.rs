@@ -73,7 +73,7 @@ pub(crate) fn announce(role: &str, brokers: &str, database_url: &str) {
 pub(crate) async fn serve_metrics(
     args: &ServiceArgs,
     default: SocketAddr,
-    readiness: fn() -> Result<(), String>,
+    readiness: fn() -> Result<String, String>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> CliResult {
     let addr = args.metrics_addr.unwrap_or(default);

@@ -19,7 +19,7 @@ pub(crate) async fn run(args: ServiceArgs) -> CliResult {
     serve_metrics(
         &args,
         default,
-        shard_worker::health::readiness,
+        || shard_worker::health::readiness().map(|()| String::new()),
         shutdown.clone(),
     )
     .await?;
