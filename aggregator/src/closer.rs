@@ -141,11 +141,12 @@ pub async fn run(config: AggregatorConfig, store: Arc<Store>, stop: Cancellation
     let mut leadership: Option<Leadership> = None;
     let mut seen_adjustment = None;
     loop {
-        if let Some(lowest) = measure(&store, &consumer).await {
-            if lead(&store, &mut leadership).await {
+        let lowest = measure(&store, &consumer).await;
+        if lead(&store, &mut leadership).await {
+            if let Some(lowest) = lowest {
                 close_due(&store, lowest, grace_ms).await;
-                seen_adjustment = count_adjustments(&store, seen_adjustment).await;
             }
+            seen_adjustment = count_adjustments(&store, seen_adjustment).await;
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -201,6 +202,9 @@ async fn measure(store: &Store, consumer: &Arc<BaseConsumer<kafka::Logged>>) -> 
     };
     let now = now_ms();
     let (lowest, times) = completeness(&progress, &highs, now);
+    // An unknown time shows as the epoch: as far behind as can be, so
+    // that the stall alert names a partition that holds every day open
+    // without a time of its own.
     for t in &times {
         let labels = [t.topic.as_str(), &t.partition.to_string()];
         let at = t.time_ms.unwrap_or(0);
@@ -209,10 +213,11 @@ async fn measure(store: &Store, consumer: &Arc<BaseConsumer<kafka::Logged>>) -> 
             .set(at / 1_000);
         metrics::PARTITION_COMPLETENESS_LAG
             .with_label_values(&labels)
-            .set(t.time_ms.map_or(0, |at| (now - at) / 1_000));
+            .set((now - at) / 1_000);
     }
-    metrics::COMPLETENESS.set(lowest.unwrap_or(0) / 1_000);
-    metrics::COMPLETENESS_LAG.set(lowest.map_or(0, |at| (now - at) / 1_000));
+    let at = lowest.unwrap_or(0);
+    metrics::COMPLETENESS.set(at / 1_000);
+    metrics::COMPLETENESS_LAG.set((now - at) / 1_000);
     *SEEN.lock().expect("completeness lock") = Some(describe(lowest, &times, now));
     lowest
 }

@@ -182,7 +182,8 @@ pub static COMPLETENESS: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static COMPLETENESS_LAG: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "tally_completeness_lag_seconds",
-        "Now less the completeness time, in seconds (how late the pipeline's counting is)."
+        "Now less the completeness time, in seconds (how late the pipeline's counting is); \
+         since the epoch while unknown."
     )
     .expect("metric registers once")
 });
@@ -202,7 +203,8 @@ pub static PARTITION_COMPLETENESS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static PARTITION_COMPLETENESS_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "tally_partition_completeness_lag_seconds",
-        "Now less each source partition's completeness time, in seconds.",
+        "Now less each source partition's completeness time, in seconds; since the epoch \
+         while unknown (events wait to be counted and no message time is recorded yet).",
         &["topic", "partition"]
     )
     .expect("metric registers once")

@@ -17,9 +17,10 @@
 //!
 //! Ordering: a close run holds the closes lock exclusively
 //! ([`crate::sql::Tx::lock_closes`]); flushes and imports hold it shared, and
-//! a backfill's swap exclusively when its scope has closed days. So a close
-//! never sees half a flush, and no change to a day slips between the close
-//! and its adjustment.
+//! a backfill's swap exclusively (flushes wait while it swaps: its
+//! adjustments are the difference of the rows before and after, which no
+//! flush may change in between). So a close never sees half a flush, and no
+//! change to a day slips between the close and its adjustment.
 
 use std::collections::BTreeMap;
 
@@ -469,7 +470,7 @@ async fn close(
     now: i64,
 ) -> Result<Option<CloseRun>> {
     tx.lock_closes(true).await?;
-    let target = completeness_ms - grace_ms;
+    let target = due_through(completeness_ms, grace_ms);
     let from = match closed_through(tx).await? {
         Some(through) => through,
         None => match earliest_day(tx).await? {
@@ -526,6 +527,17 @@ async fn close(
         frontier,
         rows_closed: rows,
     }))
+}
+
+/// Every zone's days end on a quarter hour (UTC offsets are whole
+/// quarter hours), so a run's closed-through instant moves in them: at most
+/// 96 runs a day, each only when a day may have ended.
+const QUARTER_HOUR_MS: i64 = 15 * 60_000;
+
+/// The closed-through instant a close run at completeness `completeness_ms`
+/// reaches: less the grace period, down to a quarter hour.
+fn due_through(completeness_ms: i64, grace_ms: i64) -> i64 {
+    (completeness_ms - grace_ms).div_euclid(QUARTER_HOUR_MS) * QUARTER_HOUR_MS
 }
 
 /// The earliest day of either totals table.
@@ -592,10 +604,10 @@ async fn close_utc_days(tx: &mut dyn Tx, run_id: i64, from: i64, through: i64) -
 
 /// Closes each zone's local days ending in `(from, through]`.
 async fn close_local_days(tx: &mut dyn Tx, run_id: i64, from: i64, through: i64) -> Result<i64> {
-    let reach = ZONE_REACH_MS.div_euclid(DAY_MS) + 1;
+    // Local day D ends within ZONE_REACH_MS of (D + 1) days.
     let (low, high) = (
-        Day((from.div_euclid(DAY_MS) - reach) as i32).to_string(),
-        Day((through.div_euclid(DAY_MS) + reach) as i32).to_string(),
+        Day(((from - ZONE_REACH_MS).div_euclid(DAY_MS) - 1) as i32).to_string(),
+        Day(((through + ZONE_REACH_MS).div_euclid(DAY_MS) - 1) as i32).to_string(),
     );
     let sql = format!(
         "SELECT DISTINCT time_zone, {} FROM merchant_sales_local WHERE local_day >= {} AND local_day <= {}",
@@ -961,6 +973,11 @@ impl Store {
         grace_ms: i64,
         now: i64,
     ) -> Result<Option<CloseRun>> {
+        // Most polls find nothing due: they take no lock at all.
+        let target = due_through(completeness_ms, grace_ms);
+        if self.closed_through().await?.is_some_and(|t| t >= target) {
+            return Ok(None);
+        }
         transact!(job self, "close days", Write, |tx| close(tx, completeness_ms, grace_ms, now))
     }
 
