@@ -658,7 +658,7 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
         .map_or(f64::NAN, |b| b.0)
 }
 
-async fn fresh_database(admin_url: &str, name: &str) -> Result<String> {
+pub(crate) async fn fresh_database(admin_url: &str, name: &str) -> Result<String> {
     let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     client

@@ -21,6 +21,10 @@
 //!   process start to exact totals, against bare consumers draining the same
 //!   topic, with CPU, peak memory and latency (`bench/e2e.sh` starts the
 //!   broker and the database and runs it).
+//! - `closes`: what closing days costs the aggregator on PostgreSQL: the
+//!   close run of a day of 100,000 merchants, and a flush's time before any
+//!   close, after it, and with late rows that become adjustments
+//!   (`bench/closes.sh` starts the database and runs it).
 //! - `import`: the same files imported (added once per file) into a table
 //!   that already holds streamed totals, from arrival in a watched folder
 //!   to the last commit.
@@ -30,6 +34,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod backfill;
+mod closes;
 mod e2e;
 mod http_load;
 mod parsers;
@@ -466,6 +471,11 @@ fn main() -> Result<()> {
             };
             e2e::run(&setup, arg(&args, "--runs", 3)?)
         }
+        Some("closes") => closes::run(
+            &text_arg(&args, "--pg-url")?,
+            arg(&args, "--merchants", 100_000)? as u32,
+            arg(&args, "--runs", 5)? as usize,
+        ),
         Some("import") => {
             let root = args.iter().position(|a| a == "--dir").and_then(|i| args.get(i + 1)).map_or_else(std::env::temp_dir, Into::into);
             backfill::import(arg(&args, "--events", 10_000_000)?, arg(&args, "--runs", 3)?, &root)
@@ -474,7 +484,7 @@ fn main() -> Result<()> {
             "usage: bench hotpath [--events N] [--batch N] [--runs N] [--merchants N] [--layout producer|varied] | bench parsers [--events N] [--runs N] | bench dedupe-memory [--ids N] | \
              bench partials [--merchants N] | \
              bench ingest --brokers B --tally-bin PATH [--events N] [--batch N] [--clients N] | \
-             bench backfill [--events N] [--runs N] [--shards N] [--dir D] | bench import [--events N] [--runs N] [--dir D] | \
+             bench backfill [--events N] [--runs N] [--shards N] [--dir D] | bench closes --pg-url URL [--merchants N] [--runs N] | bench import [--events N] [--runs N] [--dir D] | \
              bench e2e --brokers B --pg-url URL --tally-bin PATH [--events N] [--merchants N] [--partitions N] [--runs N] [--backlog] [--workers N] [--layout varied|producer] [--set S]… [--python-peer PYTHON]"
         ),
     }

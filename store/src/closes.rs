@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::error::{Result, StoreError};
 use crate::reads::Basis;
-use crate::sql::{params, transact, Row, Tx};
+use crate::sql::{params, transact, Row, Tx, Value};
 use crate::{parse_row, Store};
 
 /// The advisory lock (PostgreSQL) that orders close runs against flushes
@@ -385,43 +385,62 @@ pub(crate) async fn closed_through(tx: &mut dyn Tx) -> Result<Option<i64>> {
 }
 
 /// Writes `adjustments` to `tally_adjustments`.
+/// Adjustments one statement writes at most (16 parameters each).
+const RECORD_CHUNK: usize = 200;
+
 pub(crate) async fn record(tx: &mut dyn Tx, adjustments: &[Adjustment]) -> Result<()> {
-    let sql = format!(
-        "INSERT INTO tally_adjustments (basis, merchant_id, currency, day, time_zone, sales_amount,
-             sales_count, refund_amount, refund_count, net_amount, topic, partition, first_offset,
-             last_offset, job_id, applied_at)
-         VALUES ($1, $2, $3, {day}, $5, {sa}, $7, {ra}, $9, {net}, $11, $12, $13, $14, $15, $16)",
-        day = tx.day_param(4),
-        sa = tx.amount_param(6),
-        ra = tx.amount_param(8),
-        net = tx.amount_param(10),
-    );
-    for a in adjustments {
-        let (day, sa, ra, net) = (
-            a.day.to_string(),
-            a.sums.sales_amount.to_string(),
-            a.sums.refund_amount.to_string(),
-            a.sums.net_amount().to_string(),
-        );
-        let (topic, partition, first, last, job) = match &a.source {
-            Source::Stream {
-                topic,
-                partition,
-                first_offset,
-                last_offset,
-            } => (
-                Some(topic.as_str()),
-                Some(*partition),
-                Some(*first_offset),
-                Some(*last_offset),
-                None,
-            ),
-            Source::Job { job_id } => (None, None, None, None, Some(*job_id)),
-        };
-        tx.execute(
-            "adjustment write",
-            &sql,
-            params![
+    for chunk in adjustments.chunks(RECORD_CHUNK) {
+        // Each row's texts, kept while the statement borrows them.
+        let texts: Vec<[String; 4]> = chunk
+            .iter()
+            .map(|a| {
+                [
+                    a.day.to_string(),
+                    a.sums.sales_amount.to_string(),
+                    a.sums.refund_amount.to_string(),
+                    a.sums.net_amount().to_string(),
+                ]
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut values: Vec<Value<'_>> = Vec::with_capacity(chunk.len() * 16);
+        for (i, (a, [day, sa, ra, net])) in chunk.iter().zip(&texts).enumerate() {
+            let n = |k: usize| i * 16 + k;
+            rows.push(format!(
+                "(${}, ${}, ${}, {}, ${}, {}, ${}, {}, ${}, {}, ${}, ${}, ${}, ${}, ${}, ${})",
+                n(1),
+                n(2),
+                n(3),
+                tx.day_param(n(4)),
+                n(5),
+                tx.amount_param(n(6)),
+                n(7),
+                tx.amount_param(n(8)),
+                n(9),
+                tx.amount_param(n(10)),
+                n(11),
+                n(12),
+                n(13),
+                n(14),
+                n(15),
+                n(16)
+            ));
+            let (topic, partition, first, last, job) = match &a.source {
+                Source::Stream {
+                    topic,
+                    partition,
+                    first_offset,
+                    last_offset,
+                } => (
+                    Some(topic.as_str()),
+                    Some(*partition),
+                    Some(*first_offset),
+                    Some(*last_offset),
+                    None,
+                ),
+                Source::Job { job_id } => (None, None, None, None, Some(*job_id)),
+            };
+            values.extend_from_slice(params![
                 basis_text(a.basis),
                 &a.merchant_id,
                 &a.currency,
@@ -438,9 +457,16 @@ pub(crate) async fn record(tx: &mut dyn Tx, adjustments: &[Adjustment]) -> Resul
                 last,
                 job,
                 a.applied_at
-            ],
-        )
-        .await?;
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO tally_adjustments (basis, merchant_id, currency, day, time_zone, sales_amount,
+                 sales_count, refund_amount, refund_count, net_amount, topic, partition, first_offset,
+                 last_offset, job_id, applied_at)
+             VALUES {}",
+            rows.join(", ")
+        );
+        tx.execute("adjustment write", &sql, &values).await?;
     }
     Ok(())
 }
