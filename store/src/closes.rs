@@ -182,6 +182,7 @@ pub fn from_partials(
     partials: &[Partial],
     applied: &[usize],
     closed_through: Option<i64>,
+    stored: &StoredZones,
     now: i64,
 ) -> Vec<Adjustment> {
     if closed_through.is_none() {
@@ -211,15 +212,13 @@ pub fn from_partials(
             }
         }
         for row in &p.local_rows {
-            if is_closed(&row.local.time_zone, row.local_day, closed_through) {
-                let (key, local) = row.entry();
-                let key = (
-                    Basis::Local,
-                    key,
-                    local.time_zone.into_owned(),
-                    p.topic.clone(),
-                    p.partition,
-                );
+            let (key, local) = row.entry();
+            let zone = stored
+                .get(&key)
+                .map_or(local.time_zone.as_ref(), String::as_str);
+            if is_closed(zone, row.local_day, closed_through) {
+                let zone = zone.to_owned();
+                let key = (Basis::Local, key, zone, p.topic.clone(), p.partition);
                 add(key, &row.local.sums, p);
             }
         }
@@ -248,10 +247,11 @@ pub fn from_partials(
 
 /// The adjustments of a job that adds `totals` and `local` (an import): the
 /// rows on closed days.
-pub(crate) fn from_added(
+fn from_added(
     totals: &Totals,
     local: &LocalTotals,
     closed_through: Option<i64>,
+    stored: &StoredZones,
     job_id: i64,
     now: i64,
 ) -> Vec<Adjustment> {
@@ -261,8 +261,15 @@ pub(crate) fn from_added(
         .map(|(k, s)| (Basis::Utc, k, "UTC", s));
     let local = local
         .iter()
-        .filter(|(k, l)| is_closed(&l.time_zone, k.day, closed_through))
-        .map(|(k, l)| (Basis::Local, k, l.time_zone.as_ref(), &l.sums));
+        .map(|(k, l)| {
+            (
+                k,
+                stored.get(k).map_or(l.time_zone.as_ref(), String::as_str),
+                l,
+            )
+        })
+        .filter(|(k, zone, _)| is_closed(zone, k.day, closed_through))
+        .map(|(k, zone, l)| (Basis::Local, k, zone, &l.sums));
     utc.chain(local)
         .map(|(basis, key, zone, sums)| Adjustment {
             basis,
@@ -275,6 +282,113 @@ pub(crate) fn from_added(
             applied_at: now,
         })
         .collect()
+}
+
+/// The zones of `merchant_sales_local` rows, by key: a row keeps the zone
+/// its day was first counted in, and its day closes by that zone, whatever
+/// zone a later partial or import names for it.
+pub type StoredZones = std::collections::HashMap<TotalsKey, String>;
+
+/// Merchants one zone read names at most.
+const ZONE_READ_CHUNK: usize = 500;
+
+/// The stored zones of those of `keys` (local days) that may be closed:
+/// only keys within a zone's reach of `closed_through` are read.
+async fn stored_zones<'k>(
+    tx: &mut dyn Tx,
+    keys: impl Iterator<Item = &'k TotalsKey>,
+    closed_through: i64,
+) -> Result<StoredZones> {
+    let near: Vec<&TotalsKey> = keys
+        .filter(|k| (i64::from(k.day.0) + 1) * DAY_MS - ZONE_REACH_MS <= closed_through)
+        .collect();
+    let mut zones = StoredZones::new();
+    let (Some(low), Some(high)) = (
+        near.iter().map(|k| k.day).min(),
+        near.iter().map(|k| k.day).max(),
+    ) else {
+        return Ok(zones);
+    };
+    let mut merchants: Vec<&str> = near.iter().map(|k| k.merchant_id.as_str()).collect();
+    merchants.sort_unstable();
+    merchants.dedup();
+    let (low, high) = (low.to_string(), high.to_string());
+    for chunk in merchants.chunks(ZONE_READ_CHUNK) {
+        let names: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "SELECT merchant_id, currency, {}, time_zone FROM merchant_sales_local
+             WHERE local_day >= {} AND local_day <= {} AND merchant_id IN ({})",
+            tx.day_text("local_day"),
+            tx.day_param(1),
+            tx.day_param(2),
+            names.join(", ")
+        );
+        let mut values: Vec<Value<'_>> = vec![low.as_str().into(), high.as_str().into()];
+        values.extend(chunk.iter().map(|m| Value::from(*m)));
+        for r in tx.query("local zones read", &sql, &values).await? {
+            let text = r.text(2)?;
+            let day = Day::parse(text).map_err(|e| StoreError::Corrupt {
+                column: "local_day",
+                value: text.to_owned(),
+                reason: e.to_string(),
+            })?;
+            let key = TotalsKey {
+                merchant_id: r.text(0)?.to_owned(),
+                currency: r.text(1)?.to_owned(),
+                day,
+            };
+            zones.insert(key, r.text(3)?.to_owned());
+        }
+    }
+    Ok(zones)
+}
+
+/// The adjustments of a flush, in its transaction: [`from_partials`], with
+/// local days judged by the zones their rows keep.
+pub(crate) async fn for_flush(
+    tx: &mut dyn Tx,
+    partials: &[Partial],
+    applied: &[usize],
+    now: i64,
+) -> Result<Vec<Adjustment>> {
+    let Some(through) = closed_through(tx).await? else {
+        return Ok(Vec::new());
+    };
+    let keys: Vec<TotalsKey> = applied
+        .iter()
+        .flat_map(|&i| partials[i].local_rows.iter().map(|r| r.entry().0))
+        .collect();
+    let stored = stored_zones(tx, keys.iter(), through).await?;
+    Ok(from_partials(
+        partials,
+        applied,
+        Some(through),
+        &stored,
+        now,
+    ))
+}
+
+/// The adjustments of an import that adds `totals` and `local`, in its
+/// transaction: the rows on closed days, with its job id.
+pub(crate) async fn for_import(
+    tx: &mut dyn Tx,
+    totals: &Totals,
+    local: &LocalTotals,
+    job_id: i64,
+    now: i64,
+) -> Result<Vec<Adjustment>> {
+    let Some(through) = closed_through(tx).await? else {
+        return Ok(Vec::new());
+    };
+    let stored = stored_zones(tx, local.keys(), through).await?;
+    Ok(from_added(
+        totals,
+        local,
+        Some(through),
+        &stored,
+        job_id,
+        now,
+    ))
 }
 
 /// A closed row's current sums, by basis, key and zone.
@@ -1131,7 +1245,7 @@ mod tests {
             partial(20, vec![row(day, 13)]),
         ];
         let through = Some((i64::from(day.0) + 1) * DAY_MS);
-        let adjustments = from_partials(&partials, &[0, 1, 2], through, 42);
+        let adjustments = from_partials(&partials, &[0, 1, 2], through, &StoredZones::new(), 42);
         assert_eq!(adjustments.len(), 1, "{adjustments:?}");
         let only = &adjustments[0];
         assert_eq!(
@@ -1147,6 +1261,6 @@ mod tests {
                 last_offset: 29
             }
         );
-        assert!(from_partials(&partials, &[0, 1, 2], None, 42).is_empty());
+        assert!(from_partials(&partials, &[0, 1, 2], None, &StoredZones::new(), 42).is_empty());
     }
 }

@@ -518,9 +518,8 @@ async fn apply_in(mut tx: tx::PgTx<'_>, partials: &[Partial]) -> Result<Plan> {
         .collect();
     let mut plan = fence::plan(&fences, partials);
     if plan.applied > 0 {
-        let through = closes::closed_through(&mut tx).await?;
         plan.adjustments =
-            closes::from_partials(partials, &plan.applied_partials, through, now_ms());
+            closes::for_flush(&mut tx, partials, &plan.applied_partials, now_ms()).await?;
         closes::record(&mut tx, &plan.adjustments).await?;
     }
     let tx::PgTx(tx) = tx;

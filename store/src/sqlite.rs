@@ -427,9 +427,12 @@ fn apply_in(
     let mut plan = fence::plan(&fences, partials);
     if plan.applied > 0 {
         let mut tx = tx::LiteTx(conn);
-        let through = runtime.block_on(closes::closed_through(&mut tx))?;
-        plan.adjustments =
-            closes::from_partials(partials, &plan.applied_partials, through, now_ms());
+        plan.adjustments = runtime.block_on(closes::for_flush(
+            &mut tx,
+            partials,
+            &plan.applied_partials,
+            now_ms(),
+        ))?;
         runtime.block_on(closes::record(&mut tx, &plan.adjustments))?;
     }
     upsert(conn, &plan.deltas)?;

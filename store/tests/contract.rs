@@ -745,6 +745,10 @@ on_both!(closed_days_keep_their_totals_and_every_change_after_is_an_adjustment);
 /// with the fences it read; a later partial, a backfill and an import that
 /// change a closed day each record the change, so closed + adjustments =
 /// current on both bases.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one story: close, then each kind of change to a closed day"
+)]
 async fn closed_days_keep_their_totals_and_every_change_after_is_an_adjustment(backend: Backend) {
     use store::closes::Source;
     use store::reads::Basis;
@@ -789,9 +793,21 @@ async fn closed_days_keep_their_totals_and_every_change_after_is_an_adjustment(b
     }
 
     // A late sale for DAY: applied, and an adjustment with its offsets.
-    let late = partial("orders", claim.epoch, 10, 14, "m-1", 40);
+    // Its local row names another zone, as after the merchant's zone
+    // changed: the stored row keeps Tokyo's day, closed, so it is an
+    // adjustment too (Los Angeles's day has not ended yet).
+    let mut late = partial("orders", claim.epoch, 10, 14, "m-1", 40);
+    late.local_rows = local_rows(
+        &Totals::from([(key("m-1", DAY), sale(40, 1))]),
+        "America/Los_Angeles",
+    );
     let plan = store.apply(&[late]).await.unwrap();
-    assert_eq!(plan.adjustments.len(), 1, "{plan:?}");
+    assert_eq!(plan.adjustments.len(), 2, "{plan:?}");
+    let local = store.adjustments(None, Basis::Local, range).await.unwrap();
+    assert_eq!(
+        (local.len(), local[0].time_zone.as_str()),
+        (1, "Asia/Tokyo")
+    );
     let adjustments = store.adjustments(None, Basis::Utc, range).await.unwrap();
     assert_eq!(adjustments.len(), 1);
     assert_eq!(adjustments[0].sums, sale(40, 1));

@@ -741,9 +741,8 @@ pub(crate) async fn finish_import(
         (Some(judged), _) => judged,
         (None, None) => ImportOutcome::Superseded,
         (None, Some(result)) => {
-            let through = closes::closed_through(tx).await?;
             let adjustments =
-                closes::from_added(&result.totals, &result.local, through, job_id, now);
+                closes::for_import(tx, &result.totals, &result.local, job_id, now).await?;
             closes::record(tx, &adjustments).await?;
             let keys = tx.add_totals(&result.totals, &result.local).await?;
             // An upsert, so the file's record commits with its totals even
