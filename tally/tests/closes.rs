@@ -17,7 +17,8 @@
 //! 4. an aggregator killed while it applies late partials leaves no
 //!    adjustment missing or doubled;
 //! 5. a backfill over a closed day records its change with its job id,
-//!    and so does an import;
+//!    and so does an import; `tally verify` names exactly the closed keys
+//!    whose closed totals differ from the files;
 //! 6. `GET /v1/merchants/{id}/days` and `tally days --json` give the same
 //!    days as the tables, digit for digit, and the ETag changes when an
 //!    adjustment lands.
@@ -691,6 +692,58 @@ async fn days_close_once_complete_and_every_later_change_is_an_adjustment(backen
             "{basis:?}: the job's adjustments"
         );
     }
+
+    // `tally verify` of the file: the current totals match it, and it names
+    // exactly the closed keys whose closed totals differ from the file (those
+    // adjusted since: late events, the backfill).
+    let out = tally_with(
+        &[
+            "verify",
+            "--source",
+            &source,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--json",
+            "--database-url",
+            &world.database_url,
+        ],
+        &world.env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = tables(&store, Basis::Utc).await;
+    let from_file = sums(&file, Basis::Utc);
+    let mut differ: Vec<String> = from_file
+        .iter()
+        .filter(|(k, (_, s))| t.closes.get(*k).map(|c| c.0) != Some(*s))
+        .map(|(k, _)| format!("{} {} {}", k.merchant_id, k.currency, k.day))
+        .collect();
+    let mut named: Vec<String> = report["closed"]["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} {}",
+                d["merchant_id"].as_str().unwrap(),
+                d["currency"].as_str().unwrap(),
+                d["day"].as_str().unwrap()
+            )
+        })
+        .collect();
+    differ.sort();
+    named.sort();
+    assert!(!differ.is_empty());
+    assert_eq!(
+        named, differ,
+        "verify names the closed keys the file differs from"
+    );
 
     // An import of a file with one more event for the first day: its
     // adjustment names its job too.
