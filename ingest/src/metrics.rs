@@ -61,7 +61,11 @@ pub fn init() {
     for status in ["200", "207", "400", "401", "408", "413", "503"] {
         REQUESTS.with_label_values(&["/v1/imports", status]);
     }
-    for route in ["/v1/merchants/{merchant_id}/totals", "/v1/merchants"] {
+    for route in [
+        "/v1/merchants/{merchant_id}/totals",
+        "/v1/merchants/{merchant_id}/days",
+        "/v1/merchants",
+    ] {
         for status in ["200", "304", "400", "401", "403", "503"] {
             REQUESTS.with_label_values(&[route, status]);
         }

@@ -325,7 +325,11 @@ async fn served_totals_are_the_tables(backend: Backend) {
         "the served OpenAPI document is the checked-in one"
     );
     let spec: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
-    for route in ["/v1/merchants/{merchant_id}/totals", "/v1/merchants"] {
+    for route in [
+        "/v1/merchants/{merchant_id}/totals",
+        "/v1/merchants/{merchant_id}/days",
+        "/v1/merchants",
+    ] {
         assert!(
             spec["paths"][route]["get"]["responses"]["304"].is_object(),
             "{route}"
