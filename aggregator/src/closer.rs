@@ -129,6 +129,9 @@ pub async fn run(config: AggregatorConfig, store: Arc<Store>, stop: Cancellation
             Ok(consumer) => Some(consumer),
             Err(error) => {
                 tracing::error!(%error, "Cannot make the Kafka client that reads log ends: days are not closed.");
+                *SEEN.lock().expect("completeness lock") = Some(format!(
+                    "completeness unknown: no Kafka client to read the log ends ({error}); days are not closed"
+                ));
                 None
             }
         }
@@ -141,10 +144,13 @@ pub async fn run(config: AggregatorConfig, store: Arc<Store>, stop: Cancellation
     let mut leadership: Option<Leadership> = None;
     let mut seen_adjustment = None;
     loop {
-        let lowest = measure(&store, &consumer).await;
+        let lowest = tokio::select! {
+            () = stop.cancelled() => return,
+            lowest = measure(&store, &consumer) => lowest,
+        };
         if lead(&store, &mut leadership).await {
             if let Some(lowest) = lowest {
-                close_due(&store, lowest, grace_ms).await;
+                close_due(&store, lowest, grace_ms, &stop).await;
             }
             seen_adjustment = count_adjustments(&store, seen_adjustment).await;
         }
@@ -189,6 +195,9 @@ async fn measure(store: &Store, consumer: &Arc<BaseConsumer<kafka::Logged>>) -> 
         t.dedup();
         t
     };
+    // Taken before the log ends are read: a partition at its end then is
+    // complete up to this instant, not a later one.
+    let now = now_ms();
     let reader = consumer.clone();
     let highs = tokio::task::spawn_blocking(move || log_ends(&reader, &topics))
         .await
@@ -200,7 +209,6 @@ async fn measure(store: &Store, consumer: &Arc<BaseConsumer<kafka::Logged>>) -> 
             return None;
         }
     };
-    let now = now_ms();
     let (lowest, times) = completeness(&progress, &highs, now);
     // An unknown time shows as the epoch: as far behind as can be, so
     // that the stall alert names a partition that holds every day open
@@ -242,8 +250,8 @@ fn log_ends(
 }
 
 /// Runs close runs until none is due at completeness `lowest`.
-async fn close_due(store: &Store, lowest: i64, grace_ms: i64) {
-    loop {
+async fn close_due(store: &Store, lowest: i64, grace_ms: i64, stop: &CancellationToken) {
+    while !stop.is_cancelled() {
         match store.close_days(lowest, grace_ms, now_ms()).await {
             Ok(Some(run)) => {
                 tracing::info!(
@@ -256,7 +264,7 @@ async fn close_due(store: &Store, lowest: i64, grace_ms: i64) {
                 metrics::CLOSED_THROUGH.set(run.closed_through_ms / 1_000);
                 let closed = u64::try_from(run.rows_closed).unwrap_or(0);
                 metrics::DAYS_CLOSED.inc_by(closed);
-                if run.closed_through_ms >= lowest - grace_ms {
+                if run.closed_through_ms >= store::closes::due_through(lowest, grace_ms) {
                     return;
                 }
             }
@@ -274,8 +282,9 @@ async fn close_due(store: &Store, lowest: i64, grace_ms: i64) {
     }
 }
 
-/// Counts the adjustments applied since `after` (all of them at the first
-/// poll) into the metrics; returns the last id seen.
+/// Counts the adjustments jobs made since `after` (all of them at the
+/// first poll) into the metrics; returns the last id seen. (A flush's are
+/// counted where it applies them.)
 async fn count_adjustments(store: &Store, after: Option<i64>) -> Option<i64> {
     let mut last = after.unwrap_or(0);
     loop {
@@ -285,13 +294,7 @@ async fn count_adjustments(store: &Store, after: Option<i64>) -> Option<i64> {
         {
             Ok(applied) => {
                 for a in &applied {
-                    let source = if a.by_job { "job" } else { "stream" };
-                    metrics::ADJUSTMENTS
-                        .with_label_values(&[&a.currency, source])
-                        .inc();
-                    metrics::ADJUSTMENT_AMOUNT
-                        .with_label_values(&[&a.currency])
-                        .inc_by(a.moved.0 as f64 / 10_000.0);
+                    metrics::count_adjustment(&a.currency, "job", a.moved);
                     last = a.id;
                 }
                 if (applied.len() as i64) < ADJUSTMENTS_PER_POLL {

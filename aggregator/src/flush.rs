@@ -224,6 +224,11 @@ fn record(plan: &Plan) {
         .with_label_values(&["violation"])
         .inc_by(plan.violations.len() as u64);
     metrics::UPSERT_ROWS.inc_by(plan.deltas.len() as u64);
+    for adjustment in &plan.adjustments {
+        let sums = &adjustment.sums;
+        let moved = schemas::Amount(sums.sales_amount.0.abs() + sums.refund_amount.0.abs());
+        metrics::count_adjustment(&adjustment.currency, "stream", moved);
+    }
     for counts in plan.events.values() {
         metrics::EVENTS
             .with_label_values(&["counted"])

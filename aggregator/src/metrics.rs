@@ -234,8 +234,9 @@ pub static DAYS_CLOSED: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static ADJUSTMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "tally_adjustments_total",
-        "Adjustments to closed days seen by the closing aggregator, by currency and source \
-         (stream: a late event; job: a backfill or import).",
+        "Adjustments to closed days, by currency and source: stream (late events, counted by \
+         the aggregator whose flush applied them) or job (a backfill or import, counted by \
+         the closing aggregator).",
         &["currency", "source"]
     )
     .expect("metric registers once")
@@ -264,8 +265,23 @@ pub fn init() {
         (&EVENTS, &["counted", "duplicate", "invalid"]),
     ];
     backfill::metrics::zero_series(&labelled);
+    // No currency yet: the series the alert and dashboards read exist from
+    // the start (Prometheus drops the empty label).
+    for source in ["stream", "job"] {
+        ADJUSTMENTS.with_label_values(&["", source]);
+    }
+    ADJUSTMENT_AMOUNT.with_label_values(&[""]);
     backfill::metrics::init();
     let _ = collectors();
+}
+
+/// Counts one adjustment to a closed day of `source` (`stream`, `job`)
+/// that moved `moved` (|sales| + |refunds|).
+pub fn count_adjustment(currency: &str, source: &str, moved: schemas::Amount) {
+    ADJUSTMENTS.with_label_values(&[currency, source]).inc();
+    ADJUSTMENT_AMOUNT
+        .with_label_values(&[currency])
+        .inc_by(moved.0 as f64 / 10_000.0);
 }
 
 /// Every aggregator metric, the backfill runner's among them

@@ -175,14 +175,42 @@ pub struct Closed {
     pub run_id: i64,
 }
 
+/// What the database holds of some local-day keys: the zone each stored
+/// row keeps (or, for a key whose row is gone, the zone it closed in), and
+/// which keys have closed. A key is judged by that zone, whatever zone a
+/// later partial or import names for it (a merchant whose zone changed),
+/// and a key that closed stays closed.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// The zone of each key's stored row (or close).
+    pub zones: std::collections::HashMap<TotalsKey, String>,
+    /// Keys with a close on the local basis.
+    pub closed: std::collections::HashSet<TotalsKey>,
+}
+
+impl Known {
+    /// The zone `key` closes by, when it is closed: its stored zone (else
+    /// `named`), closed when it has a close or its day has ended by then.
+    fn closed_zone<'a>(
+        &'a self,
+        key: &TotalsKey,
+        named: &'a str,
+        through: Option<i64>,
+    ) -> Option<&'a str> {
+        let zone = self.zones.get(key).map_or(named, String::as_str);
+        (self.closed.contains(key) || is_closed(zone, key.day, through)).then_some(zone)
+    }
+}
+
 /// The adjustments a flush makes: the applied partials' rows (`applied`
 /// indexes `partials`) that fall on closed days, summed per key and source
-/// partition, with the offsets of the partials they came from.
+/// partition, with the offsets of the partials they came from. Local rows
+/// are judged by what `known` says of their keys.
 pub fn from_partials(
     partials: &[Partial],
     applied: &[usize],
     closed_through: Option<i64>,
-    stored: &StoredZones,
+    known: &Known,
     now: i64,
 ) -> Vec<Adjustment> {
     if closed_through.is_none() {
@@ -213,13 +241,13 @@ pub fn from_partials(
         }
         for row in &p.local_rows {
             let (key, local) = row.entry();
-            let zone = stored
-                .get(&key)
-                .map_or(local.time_zone.as_ref(), String::as_str);
-            if is_closed(zone, row.local_day, closed_through) {
+            if let Some(zone) = known.closed_zone(&key, &local.time_zone, closed_through) {
                 let zone = zone.to_owned();
-                let key = (Basis::Local, key, zone, p.topic.clone(), p.partition);
-                add(key, &row.local.sums, p);
+                add(
+                    (Basis::Local, key, zone, p.topic.clone(), p.partition),
+                    &row.local.sums,
+                    p,
+                );
             }
         }
     }
@@ -251,7 +279,7 @@ fn from_added(
     totals: &Totals,
     local: &LocalTotals,
     closed_through: Option<i64>,
-    stored: &StoredZones,
+    known: &Known,
     job_id: i64,
     now: i64,
 ) -> Vec<Adjustment> {
@@ -259,17 +287,11 @@ fn from_added(
         .iter()
         .filter(|(k, _)| is_closed("UTC", k.day, closed_through))
         .map(|(k, s)| (Basis::Utc, k, "UTC", s));
-    let local = local
-        .iter()
-        .map(|(k, l)| {
-            (
-                k,
-                stored.get(k).map_or(l.time_zone.as_ref(), String::as_str),
-                l,
-            )
-        })
-        .filter(|(k, zone, _)| is_closed(zone, k.day, closed_through))
-        .map(|(k, zone, l)| (Basis::Local, k, zone, &l.sums));
+    let local = local.iter().filter_map(|(k, l)| {
+        known
+            .closed_zone(k, &l.time_zone, closed_through)
+            .map(|zone| (Basis::Local, k, zone, &l.sums))
+    });
     utc.chain(local)
         .map(|(basis, key, zone, sums)| Adjustment {
             basis,
@@ -284,88 +306,95 @@ fn from_added(
         .collect()
 }
 
-/// The zones of `merchant_sales_local` rows, by key: a row keeps the zone
-/// its day was first counted in, and its day closes by that zone, whatever
-/// zone a later partial or import names for it.
-pub type StoredZones = std::collections::HashMap<TotalsKey, String>;
+/// Merchants one read names at most.
+const MERCHANT_CHUNK: usize = 500;
 
-/// Merchants one zone read names at most.
-const ZONE_READ_CHUNK: usize = 500;
+/// Parses a day column read back.
+fn day_cell(r: &Row, i: usize, column: &'static str) -> Result<Day> {
+    let text = r.text(i)?;
+    Day::parse(text).map_err(|e| StoreError::Corrupt {
+        column,
+        value: text.to_owned(),
+        reason: e.to_string(),
+    })
+}
 
-/// The stored zones of those of `keys` (local days) that may be closed:
-/// only keys within a zone's reach of `closed_through` are read.
-async fn stored_zones<'k>(
+/// What the database holds of those of `keys` (local days) that may be
+/// closed: only keys within a zone's reach of `closed_through` are read.
+async fn known<'k>(
     tx: &mut dyn Tx,
     keys: impl Iterator<Item = &'k TotalsKey>,
     closed_through: i64,
-) -> Result<StoredZones> {
+) -> Result<Known> {
     let near: Vec<&TotalsKey> = keys
         .filter(|k| (i64::from(k.day.0) + 1) * DAY_MS - ZONE_REACH_MS <= closed_through)
         .collect();
-    let mut zones = StoredZones::new();
+    let mut known = Known::default();
     let (Some(low), Some(high)) = (
         near.iter().map(|k| k.day).min(),
         near.iter().map(|k| k.day).max(),
     ) else {
-        return Ok(zones);
+        return Ok(known);
     };
     let mut merchants: Vec<&str> = near.iter().map(|k| k.merchant_id.as_str()).collect();
     merchants.sort_unstable();
     merchants.dedup();
     let (low, high) = (low.to_string(), high.to_string());
-    for chunk in merchants.chunks(ZONE_READ_CHUNK) {
-        let names: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
-        let sql = format!(
-            "SELECT merchant_id, currency, {}, time_zone FROM merchant_sales_local
-             WHERE local_day >= {} AND local_day <= {} AND merchant_id IN ({})",
-            tx.day_text("local_day"),
-            tx.day_param(1),
-            tx.day_param(2),
-            names.join(", ")
-        );
-        let mut values: Vec<Value<'_>> = vec![low.as_str().into(), high.as_str().into()];
-        values.extend(chunk.iter().map(|m| Value::from(*m)));
-        for r in tx.query("local zones read", &sql, &values).await? {
-            let text = r.text(2)?;
-            let day = Day::parse(text).map_err(|e| StoreError::Corrupt {
-                column: "local_day",
-                value: text.to_owned(),
-                reason: e.to_string(),
-            })?;
-            let key = TotalsKey {
-                merchant_id: r.text(0)?.to_owned(),
-                currency: r.text(1)?.to_owned(),
-                day,
-            };
-            zones.insert(key, r.text(3)?.to_owned());
+    // Closes first: a stored row's zone, read after, wins.
+    let reads = [
+        ("tally_closes", "day", "basis = 'local' AND "),
+        ("merchant_sales_local", "local_day", ""),
+    ];
+    for (table, day, only) in reads {
+        for chunk in merchants.chunks(MERCHANT_CHUNK) {
+            let names: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT merchant_id, currency, {}, time_zone FROM {table}
+                 WHERE {only}{day} >= {} AND {day} <= {} AND merchant_id IN ({})",
+                tx.day_text(day),
+                tx.day_param(1),
+                tx.day_param(2),
+                names.join(", ")
+            );
+            let mut values: Vec<Value<'_>> = vec![low.as_str().into(), high.as_str().into()];
+            values.extend(chunk.iter().map(|m| Value::from(*m)));
+            for r in tx.query("local zones read", &sql, &values).await? {
+                let key = TotalsKey {
+                    merchant_id: r.text(0)?.to_owned(),
+                    currency: r.text(1)?.to_owned(),
+                    day: day_cell(&r, 2, day)?,
+                };
+                if table == "tally_closes" {
+                    known.closed.insert(key.clone());
+                }
+                known.zones.insert(key, r.text(3)?.to_owned());
+            }
         }
     }
-    Ok(zones)
+    Ok(known)
 }
 
 /// The adjustments of a flush, in its transaction: [`from_partials`], with
-/// local days judged by the zones their rows keep.
+/// local days judged by what the database holds of them, and a key new to
+/// the table by the zone the flush writes it with (the first partial's).
 pub(crate) async fn for_flush(
     tx: &mut dyn Tx,
     partials: &[Partial],
     applied: &[usize],
+    local_deltas: &LocalTotals,
     now: i64,
 ) -> Result<Vec<Adjustment>> {
     let Some(through) = closed_through(tx).await? else {
         return Ok(Vec::new());
     };
-    let keys: Vec<TotalsKey> = applied
-        .iter()
-        .flat_map(|&i| partials[i].local_rows.iter().map(|r| r.entry().0))
-        .collect();
-    let stored = stored_zones(tx, keys.iter(), through).await?;
-    Ok(from_partials(
-        partials,
-        applied,
-        Some(through),
-        &stored,
-        now,
-    ))
+    let mut known = known(tx, local_deltas.keys(), through).await?;
+    for (key, local) in local_deltas {
+        known
+            .zones
+            .entry(key.clone())
+            .or_insert_with(|| local.time_zone.to_string());
+    }
+    Ok(from_partials(partials, applied, Some(through), &known, now))
 }
 
 /// The adjustments of an import that adds `totals` and `local`, in its
@@ -380,22 +409,25 @@ pub(crate) async fn for_import(
     let Some(through) = closed_through(tx).await? else {
         return Ok(Vec::new());
     };
-    let stored = stored_zones(tx, local.keys(), through).await?;
+    let known = known(tx, local.keys(), through).await?;
     Ok(from_added(
         totals,
         local,
         Some(through),
-        &stored,
+        &known,
         job_id,
         now,
     ))
 }
 
-/// A closed row's current sums, by basis, key and zone.
-pub(crate) type ClosedRows = BTreeMap<(Basis, TotalsKey, String), Sums>;
+/// The rows of closed days a backfill's swap may change, by basis and key:
+/// each one's zone and current sums.
+pub(crate) type ClosedRows = BTreeMap<(Basis, TotalsKey), (String, Sums)>;
 
-/// The current rows of the closed days a backfill replaces: its UTC days,
-/// and the local days of each zone in `local`, of its merchants.
+/// The current rows of the closed days a backfill's swap may change, of its
+/// merchants: its UTC days, and every zone's rows over the local days it
+/// replaces in any zone (a row of another zone, kept from before a zone
+/// change, may take the swap's rows of its key).
 pub(crate) async fn closed_rows_in(
     tx: &mut dyn Tx,
     scope: &crate::scope::Scope,
@@ -403,18 +435,11 @@ pub(crate) async fn closed_rows_in(
     through: Option<i64>,
 ) -> Result<ClosedRows> {
     let mut rows = ClosedRows::new();
-    if through.is_none() {
+    let Some(through) = through else {
         return Ok(rows);
-    }
-    let mut read = |basis: Basis, found: Vec<Row>| -> Result<()> {
-        for r in &found {
-            let (key, zone, sums) = crate::reads::zoned_row(r)?;
-            if scope.contains(&key.merchant_id, scope.from) && is_closed(&zone, key.day, through) {
-                rows.insert((basis, key, zone), sums);
-            }
-        }
-        Ok(())
     };
+    // UTC day D is closed when (D + 1) days ≤ through.
+    let utc_to = scope.to.min(Day(through.div_euclid(DAY_MS) as i32));
     let utc = format!(
         "SELECT merchant_id, CAST(currency AS TEXT), {}, 'UTC', CAST(sales_amount AS TEXT), sales_count,
                 CAST(refund_amount AS TEXT), refund_count
@@ -423,33 +448,66 @@ pub(crate) async fn closed_rows_in(
         tx.day_param(1),
         tx.day_param(2)
     );
-    let (from, to) = (scope.from.to_string(), scope.to.to_string());
-    let found = tx
+    let (from, to) = (scope.from.to_string(), utc_to.to_string());
+    for r in tx
         .query(
             "closed rows read",
             &utc,
             params![from.as_str(), to.as_str()],
         )
-        .await?;
-    read(Basis::Utc, found)?;
+        .await?
+    {
+        let (key, zone, sums) = crate::reads::zoned_row(&r)?;
+        if scope.has_merchant(&key.merchant_id) {
+            rows.insert((Basis::Utc, key), (zone, sums));
+        }
+    }
+    let (Some(low), Some(high)) = (
+        local.iter().map(|l| l.from).min(),
+        local.iter().map(|l| l.to).max(),
+    ) else {
+        return Ok(rows);
+    };
+    // No local day ends before (D + 1) days less a zone's reach.
+    let high = high.min(Day((through + ZONE_REACH_MS).div_euclid(DAY_MS) as i32));
+    let (low, high) = (low.to_string(), high.to_string());
+    let range = [low.as_str(), high.as_str()];
+    let closes = format!(
+        "SELECT merchant_id, currency, {} FROM tally_closes
+         WHERE basis = 'local' AND day >= {} AND day < {}",
+        tx.day_text("day"),
+        tx.day_param(1),
+        tx.day_param(2)
+    );
+    let mut closed = std::collections::HashSet::new();
+    for r in tx
+        .query("closed rows read", &closes, params![range[0], range[1]])
+        .await?
+    {
+        closed.insert(TotalsKey {
+            merchant_id: r.text(0)?.to_owned(),
+            currency: r.text(1)?.to_owned(),
+            day: day_cell(&r, 2, "day")?,
+        });
+    }
     let zoned = format!(
         "SELECT merchant_id, currency, {}, time_zone, CAST(sales_amount AS TEXT), sales_count,
                 CAST(refund_amount AS TEXT), refund_count
-         FROM merchant_sales_local WHERE time_zone = $3 AND local_day >= {} AND local_day < {}",
+         FROM merchant_sales_local WHERE local_day >= {} AND local_day < {}",
         tx.day_text("local_day"),
         tx.day_param(1),
         tx.day_param(2)
     );
-    for days in local {
-        let (from, to) = (days.from.to_string(), days.to.to_string());
-        let found = tx
-            .query(
-                "closed rows read",
-                &zoned,
-                params![from.as_str(), to.as_str(), &days.zone],
-            )
-            .await?;
-        read(Basis::Local, found)?;
+    for r in tx
+        .query("closed rows read", &zoned, params![range[0], range[1]])
+        .await?
+    {
+        let (key, zone, sums) = crate::reads::zoned_row(&r)?;
+        if scope.has_merchant(&key.merchant_id)
+            && (closed.contains(&key) || is_closed(&zone, key.day, Some(through)))
+        {
+            rows.insert((Basis::Local, key), (zone, sums));
+        }
     }
     Ok(rows)
 }
@@ -462,21 +520,22 @@ pub(crate) fn differences(
     job_id: i64,
     now: i64,
 ) -> Vec<Adjustment> {
-    let zero = Sums::default();
     let keys: std::collections::BTreeSet<_> = before.keys().chain(after.keys()).collect();
     keys.into_iter()
         .filter_map(|key| {
-            let change = after
-                .get(key)
-                .unwrap_or(&zero)
-                .less(before.get(key).unwrap_or(&zero));
-            let (basis, totals_key, zone) = key;
+            let (was, now_is) = (before.get(key), after.get(key));
+            let zero = Sums::default();
+            let change = now_is
+                .map_or(zero, |r| r.1)
+                .less(&was.map_or(zero, |r| r.1));
+            let zone = now_is.or(was).map(|r| r.0.clone()).unwrap_or_default();
+            let (basis, key) = key;
             (!change.is_zero()).then(|| Adjustment {
                 basis: *basis,
-                merchant_id: totals_key.merchant_id.clone(),
-                currency: totals_key.currency.clone(),
-                day: totals_key.day,
-                time_zone: zone.clone(),
+                merchant_id: key.merchant_id.clone(),
+                currency: key.currency.clone(),
+                day: key.day,
+                time_zone: zone,
                 sums: change,
                 source: Source::Job { job_id },
                 applied_at: now,
@@ -498,10 +557,10 @@ pub(crate) async fn closed_through(tx: &mut dyn Tx) -> Result<Option<i64>> {
     .transpose()
 }
 
-/// Writes `adjustments` to `tally_adjustments`.
 /// Adjustments one statement writes at most (16 parameters each).
 const RECORD_CHUNK: usize = 200;
 
+/// Writes `adjustments` to `tally_adjustments`, [`RECORD_CHUNK`] to a statement.
 pub(crate) async fn record(tx: &mut dyn Tx, adjustments: &[Adjustment]) -> Result<()> {
     for chunk in adjustments.chunks(RECORD_CHUNK) {
         // Each row's texts, kept while the statement borrows them.
@@ -676,17 +735,17 @@ const QUARTER_HOUR_MS: i64 = 15 * 60_000;
 
 /// The closed-through instant a close run at completeness `completeness_ms`
 /// reaches: less the grace period, down to a quarter hour.
-fn due_through(completeness_ms: i64, grace_ms: i64) -> i64 {
+pub fn due_through(completeness_ms: i64, grace_ms: i64) -> i64 {
     (completeness_ms - grace_ms).div_euclid(QUARTER_HOUR_MS) * QUARTER_HOUR_MS
 }
 
 /// The earliest day of either totals table.
 async fn earliest_day(tx: &mut dyn Tx) -> Result<Option<Day>> {
     let sql = format!(
-        "SELECT MIN(d) FROM (SELECT MIN({}) AS d FROM merchant_sales
-                            UNION ALL SELECT MIN({}) FROM merchant_sales_local) AS firsts",
-        tx.day_text("day"),
-        tx.day_text("local_day")
+        "SELECT MIN(d) FROM (SELECT {} AS d FROM merchant_sales
+                            UNION ALL SELECT {} FROM merchant_sales_local) AS firsts",
+        tx.day_text("MIN(day)"),
+        tx.day_text("MIN(local_day)")
     );
     let rows = tx.query("earliest day read", &sql, params![]).await?;
     match rows.first().map(|r| r.opt_text(0)).transpose()?.flatten() {
@@ -786,7 +845,7 @@ async fn close_local_days(tx: &mut dyn Tx, run_id: i64, from: i64, through: i64)
 }
 
 /// A row selected as basis, merchant, currency, day, zone, sales amount and
-/// count, refund amount and count, then what `rest` reads.
+/// count, refund amount and count ([`keyed_columns`]), then any more.
 fn keyed(r: &Row) -> Result<(Basis, TotalsKey, String, Sums)> {
     let (key, sums) = parse_row(
         r.text(1)?.to_owned(),
@@ -895,15 +954,13 @@ async fn adjustments_in(
     .collect()
 }
 
-/// One adjustment as the metrics count it.
+/// One adjustment of a job as the metrics count it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// Its id: they rise in the order of commit per database writer.
+    /// Its id.
     pub id: i64,
     /// Currency code.
     pub currency: String,
-    /// Whether a job (backfill or import) made it, rather than a flush.
-    pub by_job: bool,
     /// `|sales_amount| + |refund_amount|`: the money it moved.
     pub moved: schemas::Amount,
 }
@@ -912,7 +969,7 @@ async fn applied_since(tx: &mut dyn Tx, after: i64, limit: i64) -> Result<Vec<Ap
     tx.query(
         "adjustments read",
         "SELECT id, currency, job_id, CAST(sales_amount AS TEXT), CAST(refund_amount AS TEXT)
-         FROM tally_adjustments WHERE id > $1 ORDER BY id LIMIT $2",
+         FROM tally_adjustments WHERE id > $1 AND job_id IS NOT NULL ORDER BY id LIMIT $2",
         params![after, limit],
     )
     .await?
@@ -929,7 +986,6 @@ async fn applied_since(tx: &mut dyn Tx, after: i64, limit: i64) -> Result<Vec<Ap
         Ok(Applied {
             id: r.int(0)?,
             currency: r.text(1)?.to_owned(),
-            by_job: r.opt_int(2)?.is_some(),
             moved: schemas::Amount(amount(3)?.0.abs() + amount(4)?.0.abs()),
         })
     })
@@ -1126,7 +1182,8 @@ impl Store {
         transact!(self, "closed read", Read, |tx| closed_through(tx))
     }
 
-    /// At most `limit` adjustments with ids above `after`, in id order.
+    /// At most `limit` adjustments made by jobs with ids above `after`, in
+    /// id order (a flush's are counted where it applies them).
     pub async fn adjustments_applied_since(&self, after: i64, limit: i64) -> Result<Vec<Applied>> {
         transact!(self, "adjustments read", Read, |tx| applied_since(
             tx, after, limit
@@ -1245,7 +1302,7 @@ mod tests {
             partial(20, vec![row(day, 13)]),
         ];
         let through = Some((i64::from(day.0) + 1) * DAY_MS);
-        let adjustments = from_partials(&partials, &[0, 1, 2], through, &StoredZones::new(), 42);
+        let adjustments = from_partials(&partials, &[0, 1, 2], through, &Known::default(), 42);
         assert_eq!(adjustments.len(), 1, "{adjustments:?}");
         let only = &adjustments[0];
         assert_eq!(
@@ -1261,6 +1318,6 @@ mod tests {
                 last_offset: 29
             }
         );
-        assert!(from_partials(&partials, &[0, 1, 2], None, &StoredZones::new(), 42).is_empty());
+        assert!(from_partials(&partials, &[0, 1, 2], None, &Known::default(), 42).is_empty());
     }
 }

@@ -344,17 +344,22 @@ impl PgStore {
 
     /// Tries to take the scheduler's advisory lock, on a connection of its own.
     pub(crate) async fn try_lead(&self) -> Result<Option<Leadership>> {
-        self.try_lead_with(SCHEDULER_LOCK).await
+        self.try_lead_with(SCHEDULER_LOCK, "scheduler lock").await
     }
 
-    /// Tries to take the advisory lock `key`, on a connection of its own.
-    pub(crate) async fn try_lead_with(&self, key: i64) -> Result<Option<Leadership>> {
+    /// Tries to take the advisory lock `key` (`op` names it in errors), on
+    /// a connection of its own.
+    pub(crate) async fn try_lead_with(
+        &self,
+        key: i64,
+        op: &'static str,
+    ) -> Result<Option<Leadership>> {
         let lead = async {
-            let client = self.open("scheduler lock").await?;
+            let client = self.open(op).await?;
             let row = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
                 .await
-                .map_err(pg("scheduler lock"))?;
+                .map_err(pg(op))?;
             Ok(row
                 .get::<_, bool>(0)
                 .then_some(Leadership(Lead::Postgres(client))))
@@ -362,7 +367,7 @@ impl PgStore {
         tokio::time::timeout(self.call_timeout, lead)
             .await
             .unwrap_or(Err(StoreError::Timeout {
-                op: "scheduler lock",
+                op: op,
                 after_ms: self.call_timeout.as_millis() as u64,
             }))
     }
@@ -518,8 +523,14 @@ async fn apply_in(mut tx: tx::PgTx<'_>, partials: &[Partial]) -> Result<Plan> {
         .collect();
     let mut plan = fence::plan(&fences, partials);
     if plan.applied > 0 {
-        plan.adjustments =
-            closes::for_flush(&mut tx, partials, &plan.applied_partials, now_ms()).await?;
+        plan.adjustments = closes::for_flush(
+            &mut tx,
+            partials,
+            &plan.applied_partials,
+            &plan.local_deltas,
+            now_ms(),
+        )
+        .await?;
         closes::record(&mut tx, &plan.adjustments).await?;
     }
     let tx::PgTx(tx) = tx;

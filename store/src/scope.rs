@@ -31,13 +31,16 @@ impl Scope {
 
     /// Whether an event of `merchant` on `day` belongs to the scope.
     pub fn contains(&self, merchant: &str, day: Day) -> bool {
-        day >= self.from
-            && day < self.to
-            && (self.merchants.is_empty()
-                || self
-                    .merchants
-                    .binary_search_by(|m| m.as_str().cmp(merchant))
-                    .is_ok())
+        day >= self.from && day < self.to && self.has_merchant(merchant)
+    }
+
+    /// Whether the scope covers `merchant` (every merchant when it names none).
+    pub fn has_merchant(&self, merchant: &str) -> bool {
+        self.merchants.is_empty()
+            || self
+                .merchants
+                .binary_search_by(|m| m.as_str().cmp(merchant))
+                .is_ok()
     }
 }
 

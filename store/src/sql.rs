@@ -202,8 +202,9 @@ pub(crate) trait Tx: Send {
 
     /// Holds, until commit, the lock that orders closing days against
     /// everything that changes totals: `exclusive` for a close run (and a
-    /// backfill's swap over closed days), shared for a flush or an import.
-    /// Taken first in its transaction, before any row lock.
+    /// backfill's swap), shared for a flush or an import. Taken before any
+    /// lock on fences, totals or an import's location (a swap holds only
+    /// its job's row before it), so no holder waits on one who waits for it.
     fn lock_closes(&mut self, exclusive: bool) -> BoxFuture<'_, Result<()>>;
 
     /// `column`, a row's change time, as RFC 3339 text in UTC.

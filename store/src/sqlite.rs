@@ -431,6 +431,7 @@ fn apply_in(
             &mut tx,
             partials,
             &plan.applied_partials,
+            &plan.local_deltas,
             now_ms(),
         ))?;
         runtime.block_on(closes::record(&mut tx, &plan.adjustments))?;

@@ -697,7 +697,10 @@ impl Store {
     /// run finds the days closed. The election only spares the work.)
     pub async fn try_lead_closer(&self) -> Result<Option<Leadership>> {
         match self {
-            Store::Postgres(s) => s.try_lead_with(crate::closes::CLOSER_LOCK).await,
+            Store::Postgres(s) => {
+                s.try_lead_with(crate::closes::CLOSER_LOCK, "closer lock")
+                    .await
+            }
             Store::Sqlite(_) => Ok(Some(Leadership(Lead::Local))),
         }
     }

@@ -2,6 +2,7 @@
 //! totals, the adjustments since and its current totals: what
 //! `GET /v1/merchants/{id}/days` answers, read from the database.
 
+use ingest::totals::MAX_RANGE_DAYS;
 use schemas::config::ConfigError;
 use schemas::Day;
 use store::closes::{DayState, DaysAnswer, Source};
@@ -10,9 +11,6 @@ use store::reads::Basis;
 use super::open_store;
 use crate::cli::DaysArgs;
 use crate::error::{CliError, CliResult};
-
-/// The longest range, in days, both ends included: the totals API's.
-const MAX_RANGE_DAYS: i32 = 366;
 
 /// Prints `args.merchant`'s days over `[--from, --to]`.
 pub async fn run(args: DaysArgs) -> CliResult {
