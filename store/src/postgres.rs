@@ -367,7 +367,7 @@ impl PgStore {
         tokio::time::timeout(self.call_timeout, lead)
             .await
             .unwrap_or(Err(StoreError::Timeout {
-                op: op,
+                op,
                 after_ms: self.call_timeout.as_millis() as u64,
             }))
     }
