@@ -262,6 +262,12 @@ fn basis_name(basis: Basis) -> String {
     .to_owned()
 }
 
+/// The path's merchant id, checked as an event's is.
+fn check_merchant(merchant: &str) -> Result<(), Refusal> {
+    schemas::event::check_merchant_id(merchant)
+        .map_err(|e| Refusal::parameter("merchant_id", format!("{:?} {}", e.value, e.reason)))
+}
+
 /// The database and a request slot, once the token may read.
 fn admit<'a>(
     state: &'a Ingest,
@@ -370,8 +376,7 @@ async fn merchant_totals_answer(
     headers: &HeaderMap,
 ) -> Result<Response, Refusal> {
     let (database, _slot) = admit(state, headers)?;
-    schemas::event::check_merchant_id(merchant)
-        .map_err(|e| Refusal::parameter("merchant_id", format!("{:?} {}", e.value, e.reason)))?;
+    check_merchant(merchant)?;
     let query = Query::parse(query, &["from", "to", "currency", "basis"])?;
     let [from, to] = query.range()?;
     let (currency, basis) = (query.currency()?, query.basis()?);
@@ -419,8 +424,7 @@ async fn merchant_days_answer(
     headers: &HeaderMap,
 ) -> Result<Response, Refusal> {
     let (database, _slot) = admit(state, headers)?;
-    schemas::event::check_merchant_id(merchant)
-        .map_err(|e| Refusal::parameter("merchant_id", format!("{:?} {}", e.value, e.reason)))?;
+    check_merchant(merchant)?;
     let query = Query::parse(query, &["from", "to", "basis"])?;
     let (range, basis) = (query.range()?, query.basis()?);
     let read = database

@@ -866,92 +866,94 @@ fn keyed_columns(tx: &dyn Tx) -> String {
     )
 }
 
-/// A merchant's closes of one basis over `[from, to]` (all merchants' when `None`).
-async fn closes_in(
+/// The rows of `table` (closes or adjustments) of one basis over `[from,
+/// to]`, of one merchant or all: [`keyed_columns`], then `more`.
+async fn keyed_rows(
     tx: &mut dyn Tx,
+    table: &str,
+    more: &str,
+    order: &str,
     merchant: Option<&str>,
     basis: Basis,
     [from, to]: [Day; 2],
-) -> Result<Vec<Closed>> {
+) -> Result<Vec<Row>> {
     let sql = format!(
-        "SELECT {}, run_id FROM tally_closes
+        "SELECT {}, {more} FROM {table}
          WHERE basis = $1 AND (CAST($2 AS TEXT) IS NULL OR merchant_id = CAST($2 AS TEXT))
            AND day >= {} AND day <= {}
-         ORDER BY merchant_id, day, currency",
+         ORDER BY {order}",
         keyed_columns(tx),
         tx.day_param(3),
         tx.day_param(4)
     );
     let (from, to) = (from.to_string(), to.to_string());
     tx.query(
-        "closes read",
+        "closed days read",
         &sql,
         params![basis_text(basis), merchant, from.as_str(), to.as_str()],
     )
-    .await?
-    .iter()
-    .map(|r| {
-        let (basis, key, time_zone, sums) = keyed(r)?;
-        Ok(Closed {
-            basis,
-            key,
-            time_zone,
-            sums,
-            run_id: r.int(9)?,
-        })
-    })
-    .collect()
+    .await
 }
 
-/// A merchant's adjustments of one basis over `[from, to]` (all merchants'
+/// A merchant's closes of one basis over `range` (all merchants' when `None`).
+async fn closes_in(
+    tx: &mut dyn Tx,
+    merchant: Option<&str>,
+    basis: Basis,
+    range: [Day; 2],
+) -> Result<Vec<Closed>> {
+    let order = "merchant_id, day, currency";
+    keyed_rows(tx, "tally_closes", "run_id", order, merchant, basis, range)
+        .await?
+        .iter()
+        .map(|r| {
+            let (basis, key, time_zone, sums) = keyed(r)?;
+            Ok(Closed {
+                basis,
+                key,
+                time_zone,
+                sums,
+                run_id: r.int(9)?,
+            })
+        })
+        .collect()
+}
+
+/// A merchant's adjustments of one basis over `range` (all merchants'
 /// when `None`), in the order they were applied.
 async fn adjustments_in(
     tx: &mut dyn Tx,
     merchant: Option<&str>,
     basis: Basis,
-    [from, to]: [Day; 2],
+    range: [Day; 2],
 ) -> Result<Vec<Adjustment>> {
-    let sql = format!(
-        "SELECT {}, topic, partition, first_offset, last_offset, job_id, applied_at
-         FROM tally_adjustments
-         WHERE basis = $1 AND (CAST($2 AS TEXT) IS NULL OR merchant_id = CAST($2 AS TEXT))
-           AND day >= {} AND day <= {}
-         ORDER BY id",
-        keyed_columns(tx),
-        tx.day_param(3),
-        tx.day_param(4)
-    );
-    let (from, to) = (from.to_string(), to.to_string());
-    tx.query(
-        "adjustments read",
-        &sql,
-        params![basis_text(basis), merchant, from.as_str(), to.as_str()],
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        let (basis, key, time_zone, sums) = keyed(r)?;
-        let source = match r.opt_int(13)? {
-            Some(job_id) => Source::Job { job_id },
-            None => Source::Stream {
-                topic: r.text(9)?.to_owned(),
-                partition: r.int32(10)?,
-                first_offset: r.int(11)?,
-                last_offset: r.int(12)?,
-            },
-        };
-        Ok(Adjustment {
-            basis,
-            merchant_id: key.merchant_id,
-            currency: key.currency,
-            day: key.day,
-            time_zone,
-            sums,
-            source,
-            applied_at: r.int(14)?,
+    let more = "topic, partition, first_offset, last_offset, job_id, applied_at";
+    keyed_rows(tx, "tally_adjustments", more, "id", merchant, basis, range)
+        .await?
+        .iter()
+        .map(|r| {
+            let (basis, key, time_zone, sums) = keyed(r)?;
+            let source = match r.opt_int(13)? {
+                Some(job_id) => Source::Job { job_id },
+                None => Source::Stream {
+                    topic: r.text(9)?.to_owned(),
+                    partition: r.int32(10)?,
+                    first_offset: r.int(11)?,
+                    last_offset: r.int(12)?,
+                },
+            };
+            Ok(Adjustment {
+                basis,
+                merchant_id: key.merchant_id,
+                currency: key.currency,
+                day: key.day,
+                time_zone,
+                sums,
+                source,
+                applied_at: r.int(14)?,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// One adjustment of a job as the metrics count it.

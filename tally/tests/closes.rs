@@ -647,28 +647,14 @@ async fn days_close_once_complete_and_every_later_change_is_an_adjustment(backen
     files::write_ndjson(&dir.join("day.ndjson"), &file);
     let source = format!("{}/", dir.display());
     let (from, to) = (first_day.to_string(), Day(first_day.0 + 1).to_string());
-    let out = tally_with(
+    let job = run_job(
+        &world,
+        &store,
         &[
-            "backfill",
-            "--source",
-            &source,
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--database-url",
-            &world.database_url,
+            "backfill", "--source", &source, "--from", &from, "--to", &to,
         ],
-        &world.env,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job: i64 = stdout(&out).lines().next().unwrap().trim().parse().unwrap();
-    let done = wait_for_job(&store, job, |j| j.state.is_final()).await;
-    assert_eq!(done.state, store::jobs::State::Succeeded, "{done:#?}");
+    )
+    .await;
     let mut truth = log.messages.clone();
     truth.remove(removed);
     truth.push(extra);
@@ -757,24 +743,12 @@ async fn days_close_once_complete_and_every_later_change_is_an_adjustment(backen
     );
     let file = world.dir.join("import.ndjson");
     files::write_ndjson(&file, std::slice::from_ref(&imported));
-    let out = tally_with(
-        &[
-            "import",
-            "--source",
-            file.to_str().unwrap(),
-            "--database-url",
-            &world.database_url,
-        ],
-        &world.env,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let import: i64 = stdout(&out).lines().next().unwrap().trim().parse().unwrap();
-    let done = wait_for_job(&store, import, |j| j.state.is_final()).await;
-    assert_eq!(done.state, store::jobs::State::Succeeded, "{done:#?}");
+    let import = run_job(
+        &world,
+        &store,
+        &["import", "--source", file.to_str().unwrap()],
+    )
+    .await;
     truth.push(imported);
     for basis in [Basis::Utc, Basis::Local] {
         let t = tables(&store, basis).await;
@@ -874,6 +848,23 @@ async fn days_close_once_complete_and_every_later_change_is_an_adjustment(backen
     assert_eq!(changed.status, 200, "an adjustment changes the answer");
     assert_ne!(etag(&changed), before);
     assert_eq!(get(&addr, &path, Some(&etag(&changed))).await.status, 304);
+}
+
+/// Runs `tally <args> --database-url …`, which queues a job, and waits for
+/// the aggregator to finish it; returns its id.
+async fn run_job(world: &World, store: &Store, args: &[&str]) -> i64 {
+    let mut args = args.to_vec();
+    args.extend(["--database-url", &world.database_url]);
+    let out = tally_with(&args, &world.env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: i64 = stdout(&out).lines().next().unwrap().trim().parse().unwrap();
+    let done = wait_for_job(store, job, |j| j.state.is_final()).await;
+    assert_eq!(done.state, store::jobs::State::Succeeded, "{done:#?}");
+    job
 }
 
 async fn get(addr: &str, path: &str, if_none_match: Option<&str>) -> ingest::load::client::Reply {
