@@ -397,6 +397,24 @@ pub(crate) async fn for_flush(
     Ok(from_partials(partials, applied, Some(through), &known, now))
 }
 
+/// Finds the adjustments of a flush that applied `applied` (indexes of
+/// `partials`; their local rows merged into `local_deltas`) with
+/// [`for_flush`], and writes them, in its transaction.
+pub(crate) async fn adjust_flush(
+    tx: &mut dyn Tx,
+    partials: &[Partial],
+    applied: &[usize],
+    local_deltas: &LocalTotals,
+) -> Result<Vec<Adjustment>> {
+    if applied.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = schemas::day::now_ms();
+    let adjustments = for_flush(tx, partials, applied, local_deltas, now).await?;
+    record(tx, &adjustments).await?;
+    Ok(adjustments)
+}
+
 /// The adjustments of an import that adds `totals` and `local`, in its
 /// transaction: the rows on closed days, with its job id.
 pub(crate) async fn for_import(

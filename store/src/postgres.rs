@@ -15,7 +15,6 @@ use crate::health::Health;
 use crate::jobs::{Lead, Leadership};
 use crate::sql::{BoxFuture, Mode, Tx};
 use crate::{closes, parse_row, sources, Claim, PartitionProgress, Standing};
-use schemas::day::now_ms;
 
 mod tls;
 mod tx;
@@ -428,9 +427,7 @@ impl PgStore {
         client.release();
         Ok(plan)
     }
-}
 
-impl PgStore {
     pub(crate) async fn totals(&self, merchant: Option<&str>) -> Result<Totals> {
         let client = self.conn().await?;
         let rows = client
@@ -522,17 +519,13 @@ async fn apply_in(mut tx: tx::PgTx<'_>, partials: &[Partial]) -> Result<Plan> {
         })
         .collect();
     let mut plan = fence::plan(&fences, partials);
-    if plan.applied > 0 {
-        plan.adjustments = closes::for_flush(
-            &mut tx,
-            partials,
-            &plan.applied_partials,
-            &plan.local_deltas,
-            now_ms(),
-        )
-        .await?;
-        closes::record(&mut tx, &plan.adjustments).await?;
-    }
+    plan.adjustments = closes::adjust_flush(
+        &mut tx,
+        partials,
+        &plan.applied_partials,
+        &plan.local_deltas,
+    )
+    .await?;
     let tx::PgTx(tx) = tx;
     if !plan.deltas.is_empty() {
         upsert(&tx, &plan.deltas).await?;

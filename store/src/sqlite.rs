@@ -11,7 +11,6 @@ use crate::error::{lite, Result, StoreError};
 use crate::fence::{self, Fence, Plan};
 use crate::sql::{BoxFuture, Mode, Tx};
 use crate::{closes, parse_row, sources, Claim, PartitionProgress, Standing};
-use schemas::day::now_ms;
 
 mod tx;
 
@@ -139,18 +138,9 @@ impl SqliteStore {
         // The work's statements are synchronous; its future completes in one poll.
         let runtime = tokio::runtime::Handle::current();
         self.with(move |conn| {
-            let begin = match mode {
-                Mode::Read => "BEGIN DEFERRED",
-                Mode::Write => "BEGIN IMMEDIATE",
-            };
-            conn.execute_batch(begin).map_err(lite("begin"))?;
-            let out = runtime.block_on(work(&mut tx::LiteTx(conn)));
-            let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            if let Err(error) = conn.execute_batch(end) {
-                let _ = conn.execute_batch("ROLLBACK");
-                return out.and(Err(lite("commit")(error)));
-            }
-            out
+            in_transaction(conn, mode, |conn| {
+                runtime.block_on(work(&mut tx::LiteTx(conn)))
+            })
         })
         .await
     }
@@ -208,19 +198,11 @@ impl SqliteStore {
 
     pub(crate) async fn apply(&self, partials: &[Partial]) -> Result<Plan> {
         let partials = partials.to_vec();
-        // The adjustments' statements are synchronous; their futures
-        // complete in one poll.
         let runtime = tokio::runtime::Handle::current();
         self.with(move |conn| {
-            conn.execute_batch("BEGIN IMMEDIATE")
-                .map_err(lite("begin"))?;
-            let out = apply_in(conn, &partials, &runtime);
-            let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            if let Err(error) = conn.execute_batch(end) {
-                let _ = conn.execute_batch("ROLLBACK");
-                return out.and(Err(lite("commit")(error)));
-            }
-            out
+            in_transaction(conn, Mode::Write, |conn| {
+                apply_in(conn, &partials, &runtime)
+            })
         })
         .await
     }
@@ -403,6 +385,28 @@ pub(super) fn upsert_local(tx: &Connection, deltas: &LocalTotals) -> Result<()> 
     add_rows(tx, &LOCAL_SALES, rows)
 }
 
+/// Runs `work` in one transaction of `mode`: a writing one takes the write
+/// lock first (`BEGIN IMMEDIATE`), so two writers never deadlock. Commits
+/// when `work` succeeds, rolls back otherwise.
+fn in_transaction<R>(
+    conn: &mut Connection,
+    mode: Mode,
+    work: impl FnOnce(&mut Connection) -> Result<R>,
+) -> Result<R> {
+    let begin = match mode {
+        Mode::Read => "BEGIN DEFERRED",
+        Mode::Write => "BEGIN IMMEDIATE",
+    };
+    conn.execute_batch(begin).map_err(lite("begin"))?;
+    let out = work(conn);
+    let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    if let Err(error) = conn.execute_batch(end) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return out.and(Err(lite("commit")(error)));
+    }
+    out
+}
+
 /// [`SqliteStore::apply`]'s work, inside its transaction.
 fn apply_in(
     conn: &mut Connection,
@@ -425,17 +429,14 @@ fn apply_in(
         }
     }
     let mut plan = fence::plan(&fences, partials);
-    if plan.applied > 0 {
-        let mut tx = tx::LiteTx(conn);
-        plan.adjustments = runtime.block_on(closes::for_flush(
-            &mut tx,
-            partials,
-            &plan.applied_partials,
-            &plan.local_deltas,
-            now_ms(),
-        ))?;
-        runtime.block_on(closes::record(&mut tx, &plan.adjustments))?;
-    }
+    // The adjustments' statements are synchronous; their futures complete
+    // in one poll.
+    plan.adjustments = runtime.block_on(closes::adjust_flush(
+        &mut tx::LiteTx(conn),
+        partials,
+        &plan.applied_partials,
+        &plan.local_deltas,
+    ))?;
     upsert(conn, &plan.deltas)?;
     upsert_local(conn, &plan.local_deltas)?;
     advance(conn, &plan)?;

@@ -315,6 +315,28 @@ fn assert_closed_plus_adjustments_is_current(
     }
 }
 
+/// On both bases: the current totals are the test's own sums of `truth`,
+/// and closed + adjustments = current; returns each basis's tables.
+async fn assert_exact(
+    store: &Store,
+    truth: &[Generated],
+    ends: &mut HashMap<(String, Day), i64>,
+    what: &str,
+) -> Vec<(Basis, Tables)> {
+    let mut out = Vec::new();
+    for basis in [Basis::Utc, Basis::Local] {
+        let t = tables(store, basis).await;
+        let want: BTreeMap<TotalsKey, Sums> = sums(truth, basis)
+            .into_iter()
+            .map(|(k, (_, s))| (k, s))
+            .collect();
+        assert_eq!(t.current, want, "{basis:?}: {what}");
+        assert_closed_plus_adjustments_is_current(&t, basis, ends);
+        out.push((basis, t));
+    }
+    out
+}
+
 /// Requirements 2 and 4: each late event lies in exactly one adjustment of
 /// its key and partition on each basis.
 fn assert_each_late_event_adjusted_once(log: &Log, late: &[usize], t: &Tables, basis: Basis) {
@@ -583,15 +605,15 @@ async fn days_close_once_complete_and_every_later_change_is_an_adjustment(backen
     world
         .wait_committed(&store, log.messages.len() as u64, PATIENCE)
         .await;
-    for basis in [Basis::Utc, Basis::Local] {
-        let t = tables(&store, basis).await;
-        let want: BTreeMap<TotalsKey, Sums> = sums(&log.messages, basis)
-            .into_iter()
-            .map(|(k, (_, s))| (k, s))
-            .collect();
-        assert_eq!(t.current, want, "{basis:?}: the current totals are exact");
-        assert_closed_plus_adjustments_is_current(&t, basis, &mut ends);
-        assert_each_late_event_adjusted_once(&log, &late_events, &t, basis);
+    let exact = assert_exact(
+        &store,
+        &log.messages,
+        &mut ends,
+        "the current totals are exact",
+    )
+    .await;
+    for (basis, t) in &exact {
+        assert_each_late_event_adjusted_once(&log, &late_events, t, *basis);
     }
 
     // 4: the aggregator killed while it applies late partials, three times.
@@ -605,15 +627,9 @@ async fn days_close_once_complete_and_every_later_change_is_an_adjustment(backen
             .wait_committed(&store, log.messages.len() as u64, PATIENCE)
             .await;
     }
-    for basis in [Basis::Utc, Basis::Local] {
-        let t = tables(&store, basis).await;
-        let want: BTreeMap<TotalsKey, Sums> = sums(&log.messages, basis)
-            .into_iter()
-            .map(|(k, (_, s))| (k, s))
-            .collect();
-        assert_eq!(t.current, want, "{basis:?}: exact after the crashes");
-        assert_closed_plus_adjustments_is_current(&t, basis, &mut ends);
-        assert_each_late_event_adjusted_once(&log, &late_events, &t, basis);
+    let exact = assert_exact(&store, &log.messages, &mut ends, "exact after the crashes").await;
+    for (basis, t) in &exact {
+        assert_each_late_event_adjusted_once(&log, &late_events, t, *basis);
     }
 
     // 5: a backfill of the first (closed) UTC day from a file that lacks
@@ -658,14 +674,7 @@ async fn days_close_once_complete_and_every_later_change_is_an_adjustment(backen
     let mut truth = log.messages.clone();
     truth.remove(removed);
     truth.push(extra);
-    for basis in [Basis::Utc, Basis::Local] {
-        let t = tables(&store, basis).await;
-        let want: BTreeMap<TotalsKey, Sums> = sums(&truth, basis)
-            .into_iter()
-            .map(|(k, (_, s))| (k, s))
-            .collect();
-        assert_eq!(t.current, want, "{basis:?}: the backfill's totals");
-        assert_closed_plus_adjustments_is_current(&t, basis, &mut ends);
+    for (basis, t) in assert_exact(&store, &truth, &mut ends, "the backfill's totals").await {
         let by_job: Vec<_> = t
             .adjustments
             .iter()
@@ -750,14 +759,7 @@ async fn days_close_once_complete_and_every_later_change_is_an_adjustment(backen
     )
     .await;
     truth.push(imported);
-    for basis in [Basis::Utc, Basis::Local] {
-        let t = tables(&store, basis).await;
-        let want: BTreeMap<TotalsKey, Sums> = sums(&truth, basis)
-            .into_iter()
-            .map(|(k, (_, s))| (k, s))
-            .collect();
-        assert_eq!(t.current, want, "{basis:?}: the import's totals");
-        assert_closed_plus_adjustments_is_current(&t, basis, &mut ends);
+    for (basis, t) in assert_exact(&store, &truth, &mut ends, "the import's totals").await {
         let by_import: Vec<&str> = t
             .adjustments
             .iter()
