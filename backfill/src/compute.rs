@@ -21,7 +21,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use schemas::event::{decode, from_columns, Columns, Invalid, Occurred, ValidEvent};
-use schemas::zone::{HourCache, Zones};
+use schemas::fx::FxMap;
+use schemas::zone::{HourCache, Zone, Zones};
 use schemas::{LocalSums, LocalTotals, Sums, Totals, TotalsKey};
 use store::jobs::{RejectedRow, Rejections, Scope, TaskResult};
 use tokio::sync::mpsc;
@@ -44,19 +45,50 @@ pub fn shard_of(merchant_id: &str, shards: i32) -> i32 {
     (xxh3_64(merchant_id.as_bytes()) % shards.max(1) as u64) as i32
 }
 
+/// A (merchant, currency, day) key, the merchant by its number in the task.
+type Key = (u32, [u8; 3], i32);
+
+/// What a task knows of a merchant id, looked up once per row.
+#[derive(Clone, Copy)]
+struct Merchant {
+    /// Its rows belong to this task's shard.
+    mine: bool,
+    /// The job's scope names it (or names no merchant).
+    scoped: bool,
+    /// Its zone, when local days are kept.
+    zone: Option<Zone>,
+}
+
+/// Slots of [`Tally::by_view`]: a power of two, several times the
+/// merchants a batch usually holds.
+const VIEW_SLOTS: usize = 4_096;
+
+/// Longest merchant id a task remembers; a longer one (never valid) is
+/// judged afresh on each row.
+const REMEMBERED: usize = 256;
+
 /// Sums one task's rows.
 struct Tally {
     scope: Arc<Scope>,
     shard: i32,
     shards: i32,
     seen: IdSet,
-    merchants: HashMap<String, u32>,
-    names: Vec<String>,
-    sums: HashMap<(u32, [u8; 3], i32), Sums>,
-    /// Local days under these zones, when kept, and their sums.
+    /// Every merchant id the task has read (of any shard), numbered.
+    merchants: FxMap<Box<str>, u32>,
+    known: Vec<Merchant>,
+    names: Vec<Box<str>>,
+    /// Merchant numbers by the 16-byte view of a text column (direct
+    /// mapped, valid for one batch): equal views hold equal text, inline
+    /// for a short id and pointing at the same bytes for a long one (a
+    /// Parquet reader gives every row of one dictionary value the same
+    /// view), so most rows find their merchant without hashing its id.
+    by_view: Vec<(u128, u32)>,
+    sums: FxMap<Key, Sums>,
+    /// Local days under these zones, when kept, and their sums. A merchant
+    /// in UTC has its local sums in `sums` (the same days).
     zones: Option<Arc<Zones>>,
     hours: HourCache,
-    local: HashMap<(u32, [u8; 3], i32), Sums>,
+    local: FxMap<Key, Sums>,
     rows_read: i64,
     rows_rejected: i64,
     rows_duplicate: i64,
@@ -78,12 +110,14 @@ impl Tally {
             shard,
             shards,
             seen: IdSet::default(),
-            merchants: HashMap::default(),
+            merchants: FxMap::default(),
+            known: Vec::new(),
             names: Vec::new(),
-            sums: HashMap::default(),
+            by_view: Vec::new(),
+            sums: FxMap::default(),
             zones,
             hours: HourCache::default(),
-            local: HashMap::default(),
+            local: FxMap::default(),
             rows_read: 0,
             rows_rejected: 0,
             rows_duplicate: 0,
@@ -93,10 +127,63 @@ impl Tally {
         }
     }
 
-    /// Whether a row whose raw `merchant_id` is `merchant` is this task's.
-    /// Rows without one belong to shard 0, so each is judged exactly once.
-    fn mine(&self, merchant: Option<&str>) -> bool {
-        self.shards <= 1 || merchant.map_or(0, |m| shard_of(m, self.shards)) == self.shard
+    /// The number of the raw `merchant_id` `merchant`, and what the task
+    /// knows of it; `None` for an id too long to remember.
+    fn merchant(&mut self, merchant: &str) -> Option<(u32, Merchant)> {
+        if let Some(&index) = self.merchants.get(merchant) {
+            return Some((index, self.known[index as usize]));
+        }
+        if merchant.len() > REMEMBERED {
+            return None;
+        }
+        let index = self.names.len() as u32;
+        let known = Merchant {
+            mine: self.shards <= 1 || shard_of(merchant, self.shards) == self.shard,
+            scoped: self.scope.has_merchant(merchant),
+            zone: self.zones.as_ref().map(|zones| zones.of(merchant)),
+        };
+        self.names.push(merchant.into());
+        self.merchants.insert(merchant.into(), index);
+        self.known.push(known);
+        Some((index, known))
+    }
+
+    /// Whether a row whose raw `merchant_id` is `merchant` is this task's,
+    /// with the merchant's number when it is remembered. Rows without one
+    /// belong to shard 0, so each is judged exactly once.
+    fn mine(&mut self, merchant: Option<&str>) -> (bool, Option<u32>) {
+        match merchant {
+            None => (self.shards <= 1 || self.shard == 0, None),
+            Some(m) => match self.merchant(m) {
+                Some((index, known)) => (known.mine, Some(index)),
+                None => (
+                    self.shards <= 1 || shard_of(m, self.shards) == self.shard,
+                    None,
+                ),
+            },
+        }
+    }
+
+    /// [`Tally::mine`] of a row whose `merchant_id` is `merchant`, with
+    /// `view` its view in the batch's text column.
+    fn mine_by_view(&mut self, view: u128, merchant: &str) -> (bool, Option<u32>) {
+        let mixed = (view as u64 ^ (view >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = (mixed >> 52) as usize & (VIEW_SLOTS - 1);
+        let (held, index) = self.by_view[slot];
+        if held == view && index != u32::MAX {
+            return (self.known[index as usize].mine, Some(index));
+        }
+        let found = self.mine(Some(merchant));
+        if let (_, Some(index)) = found {
+            self.by_view[slot] = (view, index);
+        }
+        found
+    }
+
+    /// Forgets the views of the last batch.
+    fn new_batch(&mut self) {
+        self.by_view.clear();
+        self.by_view.resize(VIEW_SLOTS, (0, u32::MAX));
     }
 
     fn reject(&mut self, file: &str, row: u64, invalid: Invalid) {
@@ -125,78 +212,75 @@ impl Tally {
 
     fn add(&mut self, event: &ValidEvent<'_>) {
         let fresh = self.seen.insert(xxh3_128(event.event_id.as_bytes()));
-        self.count(event, fresh);
+        let merchant = self
+            .merchant(&event.merchant_id)
+            .expect("a valid id is at most 128 bytes")
+            .0;
+        self.count(event, merchant, fresh);
     }
 
-    /// Sums a valid row; `fresh` is false when its `event_id` was seen before.
-    fn count(&mut self, event: &ValidEvent<'_>, fresh: bool) {
+    /// Sums a valid row of the merchant numbered `merchant`; `fresh` is
+    /// false when its `event_id` was seen before.
+    fn count(&mut self, event: &ValidEvent<'_>, merchant: u32, fresh: bool) {
         self.rows_read += 1;
         if !fresh {
             self.rows_duplicate += 1;
             return;
         }
-        // A local day is in scope by its own date: an event near midnight
-        // may count in one table's scope and not the other's.
-        let utc = self.scope.contains(&event.merchant_id, event.day);
-        let local = self.zones.as_ref().and_then(|zones| {
-            let day =
-                zones.local_day_cached(&mut self.hours, &event.merchant_id, event.occurred_at);
-            self.scope.contains(&event.merchant_id, day).then_some(day)
-        });
-        if !utc && local.is_none() {
+        let known = self.known[merchant as usize];
+        if !known.scoped {
             return;
         }
-        let merchant = match self.merchants.get(event.merchant_id.as_ref()) {
-            Some(&index) => index,
-            None => {
-                let index = self.names.len() as u32;
-                self.names.push(event.merchant_id.to_string());
-                self.merchants.insert(event.merchant_id.to_string(), index);
-                index
-            }
-        };
+        let in_days = |day: i32| day >= self.scope.from.0 && day < self.scope.to.0;
         let currency: [u8; 3] = event
             .currency
             .as_bytes()
             .try_into()
             .expect("validated: three letters");
-        if utc {
+        if in_days(event.day.0) {
             self.sums
                 .entry((merchant, currency, event.day.0))
                 .or_default()
                 .add_event(event.kind, event.amount);
         }
-        if let Some(day) = local {
-            self.local
-                .entry((merchant, currency, day.0))
-                .or_default()
-                .add_event(event.kind, event.amount);
+        // A local day is in scope by its own date: an event near midnight
+        // may count in one table's scope and not the other's. A merchant
+        // in UTC has its local sums in `sums`.
+        if let Some(zone) = known.zone.filter(|&zone| zone != Zone::UTC) {
+            let day = self.hours.local_day(zone, event.occurred_at).0;
+            if in_days(day) {
+                self.local
+                    .entry((merchant, currency, day))
+                    .or_default()
+                    .add_event(event.kind, event.amount);
+            }
         }
     }
 
     fn finish(self) -> TaskResult {
-        let names = self.names;
-        let key = |(merchant, currency, day): (u32, [u8; 3], i32)| TotalsKey {
-            merchant_id: names[merchant as usize].clone(),
+        let (names, known) = (self.names, self.known);
+        let key = |(merchant, currency, day): Key| TotalsKey {
+            merchant_id: names[merchant as usize].to_string(),
             currency: String::from_utf8_lossy(&currency).into_owned(),
             day: schemas::Day(day),
         };
+        let in_utc = |merchant: u32| known[merchant as usize].zone == Some(Zone::UTC);
+        let utc_local: Vec<(Key, Sums)> = (self.sums.iter())
+            .filter(|(k, _)| in_utc(k.0))
+            .map(|(&k, &sums)| (k, sums))
+            .collect();
+        let local: LocalTotals = (self.local.into_iter().chain(utc_local))
+            .map(|(k, sums)| {
+                let zone = known[k.0 as usize].zone.expect("local days kept");
+                let time_zone = zone.name().into();
+                (key(k), LocalSums { time_zone, sums })
+            })
+            .collect();
         let totals: Totals = self
             .sums
             .into_iter()
             .map(|(k, sums)| (key(k), sums))
             .collect();
-        let local: LocalTotals = match &self.zones {
-            Some(zones) => self
-                .local
-                .into_iter()
-                .map(|(k, sums)| {
-                    let time_zone = zones.of(&names[k.0 as usize]).name().into();
-                    (key(k), LocalSums { time_zone, sums })
-                })
-                .collect(),
-            None => LocalTotals::new(),
-        };
         TaskResult {
             totals,
             local,
@@ -309,12 +393,12 @@ async fn ndjson(file: &str, tally: &mut Tally) -> Result<(), TaskError> {
             return;
         }
         match decode(line, None) {
-            Ok(event) if tally.mine(Some(&event.merchant_id)) => match tally.check(&event) {
+            Ok(event) if tally.mine(Some(&event.merchant_id)).0 => match tally.check(&event) {
                 Ok(()) => tally.add(&event),
                 Err(invalid) => tally.reject(file, number, invalid),
             },
             Ok(_) => {}
-            Err(invalid) if tally.mine(None) => tally.reject(file, number, invalid),
+            Err(invalid) if tally.mine(None).0 => tally.reject(file, number, invalid),
             Err(_) => {}
         }
     };
@@ -579,11 +663,20 @@ fn rows(
         .transpose()
         .map_err(|e| TaskError::content(file, e))?;
     let get = |c: usize, i: usize| text[c].as_ref().and_then(|t| t.get(i));
+    let views = match &text[2] {
+        Some(Text::View(merchants)) => Some(merchants.views()),
+        _ => None,
+    };
+    tally.new_batch();
     let mut valid = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         // Another shard's rows are skipped before their other columns are read.
         let merchant_id = get(2, i);
-        if !tally.mine(merchant_id) {
+        let (mine, merchant) = match (views, merchant_id) {
+            (Some(views), Some(id)) => tally.mine_by_view(views[i], id),
+            _ => tally.mine(merchant_id),
+        };
+        if !mine {
             continue;
         }
         let columns = Columns {
@@ -596,7 +689,10 @@ fn rows(
             occurred_at: when.as_ref().and_then(|w| w.get(i)),
         };
         match from_columns(columns).and_then(|event| tally.check(&event).map(|()| event)) {
-            Ok(event) => valid.push(event),
+            Ok(event) => valid.push((
+                event,
+                merchant.expect("a valid id is at most 128 bytes, so remembered"),
+            )),
             // Row numbers count data rows from 1, after any header.
             Err(invalid) => tally.reject(file, first_row + i as u64 + 1, invalid),
         }
@@ -604,12 +700,12 @@ fn rows(
     // The whole batch's ids at once, so the set can overlap its cache misses.
     let digests: Vec<u128> = valid
         .iter()
-        .map(|e| xxh3_128(e.event_id.as_bytes()))
+        .map(|(e, _)| xxh3_128(e.event_id.as_bytes()))
         .collect();
     let mut fresh = Vec::new();
     tally.seen.insert_all(&digests, &mut fresh);
-    for (event, fresh) in valid.iter().zip(fresh) {
-        tally.count(event, fresh);
+    for ((event, merchant), fresh) in valid.iter().zip(fresh) {
+        tally.count(event, *merchant, fresh);
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! `bench backfill`: a backfill from Parquet files to a finished table,
-//! against DuckDB running the same GROUP BY on the same files; and the
+//! against DuckDB running two queries on the same files (`bare`, the same
+//! GROUP BY without validation or dedupe, and `rules`, tally's rules and
+//! dedupe written in SQL); and the
 //! import of the same files into a table that already holds streamed totals.
 //!
 //! The files are generated once per size into `--dir` (one file per 10
@@ -7,7 +9,8 @@
 //! the generator's duplicates and invalid rows). Each tally run creates a
 //! job in a fresh SQLite file and runs it with the aggregator's own runner
 //! (2 tasks at once) until the job has replaced its range; each DuckDB run
-//! (`bench/duckdb_backfill.py`) creates a table from the same GROUP BY.
+//! (`bench/duckdb_backfill.py`) creates a table from each query, tally and
+//! the two queries taking turns.
 //!
 //! Each import run starts from a fresh SQLite file holding the totals of
 //! a million streamed events (committed through the fence, as the
@@ -271,12 +274,14 @@ async fn import_once(dir: &Path) -> Result<(Duration, i64, usize)> {
     ))
 }
 
-/// One DuckDB run of the same GROUP BY into a table; its own timing.
-fn duckdb_once(python: &str, dir: &Path) -> Result<Option<Duration>> {
+/// One DuckDB run of `query` (`bare` or `rules`, see
+/// `bench/duckdb_backfill.py`) into a table; its own timing.
+fn duckdb_once(python: &str, dir: &Path, query: &str) -> Result<Option<Duration>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("duckdb_backfill.py");
     let out = match std::process::Command::new(python)
         .arg(script)
         .arg(dir)
+        .arg(query)
         .output()
     {
         Ok(out) => out,
@@ -344,7 +349,16 @@ pub fn run(events: u64, runs: u64, shards: Option<i32>, root: &Path, python: &st
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (mut tally, mut duck) = (Vec::new(), Vec::new());
+    if let Ok(out) = std::process::Command::new(python)
+        .args(["-c", "import duckdb; print(duckdb.__version__)"])
+        .output()
+    {
+        let version = String::from_utf8_lossy(&out.stdout);
+        println!("  DuckDB {} ({python})", version.trim());
+    }
+    // DuckDB's two queries: its best case, and tally's rules in SQL.
+    let queries = ["bare", "rules"];
+    let (mut tally, mut duck) = (Vec::new(), [Vec::new(), Vec::new()]);
     for run in 0..runs {
         let (elapsed, keys) = runtime.block_on(tally_once(&dir, shards))?;
         println!(
@@ -352,9 +366,11 @@ pub fn run(events: u64, runs: u64, shards: Option<i32>, root: &Path, python: &st
             elapsed.as_secs_f64()
         );
         tally.push(elapsed);
-        if let Some(d) = duckdb_once(python, &dir)? {
-            println!("  run {run}: DuckDB {:.2} s", d.as_secs_f64());
-            duck.push(d);
+        for (query, times) in queries.iter().zip(&mut duck) {
+            if let Some(d) = duckdb_once(python, &dir, query)? {
+                println!("  run {run}: DuckDB {query} {:.2} s", d.as_secs_f64());
+                times.push(d);
+            }
         }
     }
     let t = median(tally);
@@ -363,13 +379,15 @@ pub fn run(events: u64, runs: u64, shards: Option<i32>, root: &Path, python: &st
         t.as_secs_f64(),
         events as f64 / t.as_secs_f64() / 1e6
     );
-    if !duck.is_empty() {
-        let d = median(duck);
-        println!(
-            "  DuckDB median {:.2} s; tally / DuckDB = {:.2}",
-            d.as_secs_f64(),
-            t.as_secs_f64() / d.as_secs_f64()
-        );
+    for (query, times) in queries.iter().zip(duck) {
+        if !times.is_empty() {
+            let d = median(times);
+            println!(
+                "  DuckDB {query} median {:.2} s; tally / DuckDB {query} = {:.2}",
+                d.as_secs_f64(),
+                t.as_secs_f64() / d.as_secs_f64()
+            );
+        }
     }
     Ok(())
 }

@@ -168,6 +168,18 @@ impl HourCache {
         SPARE.with(|spare| spare.set(Some(self)));
     }
 
+    /// The local day of the instant `micros` in `zone`: [`Zone::local_day`],
+    /// with the offsets of whole UTC hours kept here, for a caller that
+    /// already knows the zone.
+    pub fn local_day(&mut self, zone: Zone, micros: i64) -> Day {
+        let offset = if zone == Zone::UTC {
+            0
+        } else {
+            self.offset_micros(zone, micros)
+        };
+        Day((micros + offset).div_euclid(MICROS_PER_DAY) as i32)
+    }
+
     fn offset_micros(&mut self, zone: Zone, micros: i64) -> i64 {
         if self.slots.is_empty() {
             self.slots = vec![None; SLOTS].into_boxed_slice();
@@ -258,12 +270,9 @@ impl Zones {
         self.by_merchant.is_empty()
     }
 
-    /// The local day of `merchant`'s instant `micros`: the same as
-    /// [`Zone::local_day`], in integer arithmetic on the offset in force.
+    /// The local day of `merchant`'s instant `micros` ([`Zone::local_day`]).
     pub fn local_day(&self, merchant: &str, micros: i64) -> Day {
-        self.local_day_with(merchant, micros, |zone| {
-            zone.offset_secs(micros) * 1_000_000
-        })
+        self.zone_of(merchant).local_day(micros)
     }
 
     /// Refuses an event whose day in its merchant's zone falls outside
@@ -294,27 +303,16 @@ impl Zones {
     /// `cache`: the hot path asks for the same few zones and hours again
     /// and again.
     pub fn local_day_cached(&self, cache: &mut HourCache, merchant: &str, micros: i64) -> Day {
-        self.local_day_with(merchant, micros, |zone| cache.offset_micros(zone, micros))
+        cache.local_day(self.zone_of(merchant), micros)
     }
 
-    /// The local day, with `offset_micros` giving a zone's offset at `micros`.
-    fn local_day_with(
-        &self,
-        merchant: &str,
-        micros: i64,
-        offset_micros: impl FnOnce(Zone) -> i64,
-    ) -> Day {
-        let zone = if self.by_merchant.is_empty() {
+    /// [`Zones::of`], without a lookup when every merchant keeps the default.
+    fn zone_of(&self, merchant: &str) -> Zone {
+        if self.by_merchant.is_empty() {
             self.default
         } else {
             self.of(merchant)
-        };
-        let offset = if zone == Zone::UTC {
-            0
-        } else {
-            offset_micros(zone)
-        };
-        Day((micros + offset).div_euclid(MICROS_PER_DAY) as i32)
+        }
     }
 }
 
