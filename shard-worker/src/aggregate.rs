@@ -6,13 +6,13 @@
 //! cost about 2 ms, as much as aggregating 10,000 events: each batch now only
 //! swaps its rows in under the physical plan.
 
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
-    Array, AsArray, Decimal128Array, Int32Array, Int64Array, StringArray,
+    Array, AsArray, Decimal128Array, Int32Array, Int64Array, UInt32Array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type, UInt32Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
@@ -21,9 +21,9 @@ use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::logical_expr::{col, lit, Expr, ExprFunctionExt};
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use schemas::batch::{col as c, event_schema, local_event_schema, split_days};
-use schemas::fx::{short_words, FxMap};
-use schemas::zone::Zones;
+use schemas::batch::{
+    col as c, event_schema, local_event_schema, split_days, BatchKeys, EventBatch,
+};
 use schemas::{Amount, Day, LocalRow, LocalSums, PartialRow, Sums, TotalsKey};
 
 /// A DataFusion session for the partial aggregation, with its plan once made.
@@ -67,7 +67,7 @@ async fn plan(ctx: &SessionContext, local: bool) -> Result<Arc<dyn ExecutionPlan
         true => (local_event_schema(), c::DAYS),
         false => (event_schema(), c::DAY),
     };
-    let keys = vec![col(c::MERCHANT_ID), col(c::CURRENCY), col(days)];
+    let keys = vec![col(c::PAIR), col(days)];
     ctx.read_batch(RecordBatch::new_empty(schema))?
         .aggregate(
             keys,
@@ -106,25 +106,22 @@ impl Rows {
 /// The partial totals of `batch`, one row per key.
 ///
 /// ```sql
-/// SELECT merchant_id, currency, days,
+/// SELECT pair, days,
 ///        SUM(amount) FILTER (WHERE NOT refund) AS sales_amount,
 ///        COUNT(*)    FILTER (WHERE NOT refund) AS sales_count,
 ///        SUM(amount) FILTER (WHERE refund)     AS refund_amount,
 ///        COUNT(*)    FILTER (WHERE refund)     AS refund_count
-/// FROM batch GROUP BY merchant_id, currency, days
+/// FROM batch GROUP BY pair, days
 /// ```
 ///
-/// where `days` holds both the UTC and the local day (`day` alone when the
-/// session keeps no local days). The few rows out are
-/// then summed by UTC day and by local day; `zones` (the ones the batch's
-/// local days were taken in) names each local row's zone.
+/// where `pair` numbers the event's (merchant, currency) in the batch's
+/// keys and `days` holds both the UTC and the local day (`day` alone when
+/// the session keeps no local days). The few rows out are then summed by
+/// UTC day and by local day, each local row in its pair's zone.
 ///
 /// Fails only on a DataFusion planning or execution error.
-pub async fn partial_rows(
-    session: &Session,
-    batch: RecordBatch,
-    zones: Option<&Zones>,
-) -> Result<Rows> {
+pub async fn partial_rows(session: &Session, batch: EventBatch) -> Result<Rows> {
+    let EventBatch { rows: batch, keys } = batch;
     if batch.num_rows() == 0 {
         return Ok(Rows::default());
     }
@@ -165,8 +162,8 @@ pub async fn partial_rows(
         .flat_map(|a| (0..a.len()).map(move |i| a.row(i)));
     if !session.local {
         let utc = rows
-            .map(|(merchant, currency, day, _, sums)| PartialRow {
-                key: key(merchant, currency, day),
+            .map(|(pair, day, _, sums)| PartialRow {
+                key: key(&keys, pair, day),
                 sums,
             })
             .collect();
@@ -175,27 +172,21 @@ pub async fn partial_rows(
             local: Vec::new(),
         });
     }
-    // Summed again by UTC day and by local day. Each (merchant, currency)
-    // pair gets a number, from its text read as words (ids longer than two
-    // words are hashed as text). Grouping the rows by pair number, then
-    // sorting each pair's few rows by (UTC day, local day), puts each UTC
-    // day's rows together: those sum in one pass, and a pair's local days
-    // by a scan. Strings are allocated once per UTC row out and once per
-    // pair for its local rows, and a pair's zone is looked up once.
+    // Summed again by UTC day and by local day. Grouping the rows by pair,
+    // then sorting each pair's few rows by (UTC day, local day), puts each
+    // UTC day's rows together: those sum in one pass, and a pair's local
+    // days by a scan. Strings are allocated once per UTC row out and once
+    // per pair for its local rows.
     let rows_in = read.iter().map(Aggregated::len).sum();
-    let mut pairs = Pairs::with_capacity(rows_in);
     let mut sums: Vec<Sums> = Vec::with_capacity(rows_in);
     // (pair, UTC day, local day, index in `sums`).
     let mut order: Vec<(u32, i32, i32, u32)> = Vec::with_capacity(rows_in);
-    for (merchant, currency, day, local_day, row) in rows {
+    for (pair, day, local_day, row) in rows {
         let local_day = local_day.expect("a local session's rows have local days");
-        let pair = pairs.number(merchant, currency);
         order.push((pair, day.0, local_day.0, sums.len() as u32));
         sums.push(row);
     }
-    let order = pairs.group(order);
-    let names = pairs.names;
-    let zones = zones.unwrap_or(&ALL_UTC);
+    let order = group(keys.len(), order);
     let mut out = Rows {
         utc: Vec::with_capacity(order.len()),
         local: Vec::with_capacity(order.len()),
@@ -203,7 +194,7 @@ pub async fn partial_rows(
     // One pair's local days and their sums.
     let mut local_days: Vec<(i32, Sums)> = Vec::new();
     for run in order.chunk_by(|a, b| a.0 == b.0) {
-        let (merchant, currency) = names[run[0].0 as usize];
+        let pair = run[0].0;
         local_days.clear();
         for day in run.chunk_by(|a, b| a.1 == b.1) {
             let mut total = Sums::default();
@@ -216,12 +207,13 @@ pub async fn partial_rows(
                 }
             }
             out.utc.push(PartialRow {
-                key: key(merchant, currency, Day(day[0].1)),
+                key: key(&keys, pair, Day(day[0].1)),
                 sums: total,
             });
         }
-        let zone = zones.of(merchant).name();
-        let (merchant, currency): (Arc<str>, Arc<str>) = (merchant.into(), currency.into());
+        let zone = keys.zone(pair).name();
+        let (merchant, currency): (Arc<str>, Arc<str>) =
+            (keys.merchant(pair).into(), keys.currency(pair).into());
         out.local
             .extend(local_days.iter().map(|&(local_day, sums)| LocalRow {
                 merchant_id: merchant.clone(),
@@ -236,85 +228,40 @@ pub async fn partial_rows(
     Ok(out)
 }
 
-/// The zones of a local session given none: every merchant in UTC.
-static ALL_UTC: LazyLock<Zones> = LazyLock::new(Zones::default);
-
-/// Numbers for a batch's (merchant, currency) pairs, in order of first
-/// sight: a pair of short texts is keyed by its words (no string hashing
-/// or comparison), any other by its text.
-struct Pairs<'a> {
-    short: FxMap<[u64; 3], u32>,
-    long: FxMap<(&'a str, &'a str), u32>,
-    /// Each number's pair.
-    names: Vec<(&'a str, &'a str)>,
+/// `rows` grouped by pair, in pair order (a counting sort over the batch's
+/// `pairs` numbers), each pair's rows sorted.
+fn group(pairs: usize, rows: Vec<(u32, i32, i32, u32)>) -> Vec<(u32, i32, i32, u32)> {
+    let mut next = vec![0usize; pairs + 1];
+    for row in &rows {
+        next[row.0 as usize + 1] += 1;
+    }
+    for i in 1..next.len() {
+        next[i] += next[i - 1];
+    }
+    let mut grouped = vec![(0, 0, 0, 0); rows.len()];
+    for row in rows {
+        let at = &mut next[row.0 as usize];
+        grouped[*at] = row;
+        *at += 1;
+    }
+    for run in grouped.chunk_by_mut(|a, b| a.0 == b.0) {
+        run.sort_unstable();
+    }
+    grouped
 }
 
-impl<'a> Pairs<'a> {
-    fn with_capacity(rows: usize) -> Pairs<'a> {
-        Pairs {
-            short: FxMap::with_capacity_and_hasher(rows, Default::default()),
-            long: FxMap::default(),
-            names: Vec::with_capacity(rows),
-        }
-    }
-
-    /// The pair's number, given on first sight.
-    fn number(&mut self, merchant: &'a str, currency: &'a str) -> u32 {
-        let next = self.names.len() as u32;
-        let short = match (short_words(merchant), short_words(currency)) {
-            (Some([m0, m1]), Some([c0, c1])) if c1 == 0 && c0 >> 40 == 0 => Some([
-                m0,
-                m1,
-                c0 << 16 | (currency.len() as u64) << 8 | merchant.len() as u64,
-            ]),
-            _ => None,
-        };
-        let number = match short {
-            Some(key) => self.short.entry(key).or_insert(next),
-            None => self.long.entry((merchant, currency)).or_insert(next),
-        };
-        if *number == next {
-            self.names.push((merchant, currency));
-        }
-        *number
-    }
-
-    /// `rows` grouped by pair, in pair order (a counting sort), each pair's
-    /// rows sorted.
-    fn group(&self, rows: Vec<(u32, i32, i32, u32)>) -> Vec<(u32, i32, i32, u32)> {
-        let mut next = vec![0usize; self.names.len() + 1];
-        for row in &rows {
-            next[row.0 as usize + 1] += 1;
-        }
-        for i in 1..next.len() {
-            next[i] += next[i - 1];
-        }
-        let mut grouped = vec![(0, 0, 0, 0); rows.len()];
-        for row in rows {
-            let at = &mut next[row.0 as usize];
-            grouped[*at] = row;
-            *at += 1;
-        }
-        for run in grouped.chunk_by_mut(|a, b| a.0 == b.0) {
-            run.sort_unstable();
-        }
-        grouped
-    }
-}
-
-fn key(merchant: &str, currency: &str, day: Day) -> TotalsKey {
+fn key(keys: &BatchKeys, pair: u32, day: Day) -> TotalsKey {
     TotalsKey {
-        merchant_id: merchant.to_owned(),
-        currency: currency.to_owned(),
+        merchant_id: keys.merchant(pair).to_owned(),
+        currency: keys.currency(pair).to_owned(),
         day,
     }
 }
 
-/// One batch of the aggregate's output: its text keys cast to plain
-/// strings, and every column typed once, not once per row.
+/// One batch of the aggregate's output, every column typed once, not once
+/// per row.
 struct Aggregated {
-    merchant: StringArray,
-    currency: StringArray,
+    pair: UInt32Array,
     /// `days` (both days) in a local session, else `day`.
     days: Int32Array,
     local: bool,
@@ -326,28 +273,22 @@ struct Aggregated {
 
 impl Aggregated {
     fn read(batch: &RecordBatch, local: bool) -> Result<Aggregated> {
-        let text = |c: usize| -> Result<StringArray> {
-            Ok(cast(batch.column(c), &DataType::Utf8)?
-                .as_string::<i32>()
-                .clone())
-        };
         let days = if local {
-            batch.column(2).as_primitive::<Int32Type>().clone()
+            batch.column(1).as_primitive::<Int32Type>().clone()
         } else {
             // A `Date32` is an `Int32` of days since the epoch.
-            cast(batch.column(2), &DataType::Int32)?
+            cast(batch.column(1), &DataType::Int32)?
                 .as_primitive::<Int32Type>()
                 .clone()
         };
         Ok(Aggregated {
-            merchant: text(0)?,
-            currency: text(1)?,
+            pair: batch.column(0).as_primitive::<UInt32Type>().clone(),
             days,
             local,
-            sales_amount: batch.column(3).as_primitive::<Decimal128Type>().clone(),
-            sales_count: batch.column(4).as_primitive::<Int64Type>().clone(),
-            refund_amount: batch.column(5).as_primitive::<Decimal128Type>().clone(),
-            refund_count: batch.column(6).as_primitive::<Int64Type>().clone(),
+            sales_amount: batch.column(2).as_primitive::<Decimal128Type>().clone(),
+            sales_count: batch.column(3).as_primitive::<Int64Type>().clone(),
+            refund_amount: batch.column(4).as_primitive::<Decimal128Type>().clone(),
+            refund_count: batch.column(5).as_primitive::<Int64Type>().clone(),
         })
     }
 
@@ -355,8 +296,8 @@ impl Aggregated {
         self.days.len()
     }
 
-    /// Row `i`: merchant, currency, UTC day, local day (if kept) and sums.
-    fn row(&self, i: usize) -> (&str, &str, Day, Option<Day>, Sums) {
+    /// Row `i`: pair, UTC day, local day (if kept) and sums.
+    fn row(&self, i: usize) -> (u32, Day, Option<Day>, Sums) {
         let (day, local_day) = if self.local {
             let (utc, local) = split_days(self.days.value(i));
             (utc, Some(local))
@@ -371,13 +312,7 @@ impl Aggregated {
             refund_amount: amount(&self.refund_amount),
             refund_count: self.refund_count.value(i),
         };
-        (
-            self.merchant.value(i),
-            self.currency.value(i),
-            day,
-            local_day,
-            sums,
-        )
+        (self.pair.value(i), day, local_day, sums)
     }
 }
 
@@ -387,9 +322,9 @@ mod tests {
     use schemas::batch::EventBatchBuilder;
     use schemas::event::decode;
     use schemas::totals::{merge_into, Totals};
-    use schemas::zone::Zone;
+    use schemas::zone::{Zone, Zones};
 
-    fn batch_of(events: &[(&str, &str, &str, &str)]) -> (RecordBatch, Totals) {
+    fn batch_of(events: &[(&str, &str, &str, &str)]) -> (EventBatch, Totals) {
         let mut builder = EventBatchBuilder::with_capacity(8);
         let mut expected = Totals::new();
         for (i, (m, kind, amount, cur)) in events.iter().enumerate() {
@@ -433,7 +368,7 @@ mod tests {
             let mut got = Totals::new();
             merge_into(
                 &mut got,
-                partial_rows(&session, batch.clone(), None)
+                partial_rows(&session, batch.clone())
                     .await
                     .unwrap()
                     .utc
@@ -445,8 +380,8 @@ mod tests {
         // Clones share the plan, and a clone running at the same time gets its own rows.
         let clone = session.clone();
         let (a, b) = tokio::join!(
-            partial_rows(&clone, first.clone(), None),
-            partial_rows(&session, second.clone(), None)
+            partial_rows(&clone, first.clone()),
+            partial_rows(&session, second.clone())
         );
         assert_eq!((a.unwrap().len(), b.unwrap().len()), (2, 2));
     }
@@ -460,7 +395,7 @@ mod tests {
             ("m1", "sale", "1", "USD"),
             ("m2", "refund", "2.25", "EUR"),
         ]);
-        let rows = partial_rows(&session(false), batch, None).await.unwrap();
+        let rows = partial_rows(&session(false), batch).await.unwrap();
         assert!(rows.local.is_empty());
         let mut got = Totals::new();
         merge_into(&mut got, rows.utc.into_iter().map(|r| (r.key, r.sums)));
@@ -520,7 +455,7 @@ mod tests {
                 .merge(&sums);
             builder.push(&event);
         }
-        let rows = partial_rows(&session(true), builder.finish().unwrap(), Some(&zones))
+        let rows = partial_rows(&session(true), builder.finish().unwrap())
             .await
             .unwrap();
         let got_utc: std::collections::BTreeMap<_, _> = rows
@@ -571,7 +506,7 @@ mod tests {
             );
             builder.push(&decode(json.as_bytes(), None).unwrap());
         }
-        let rows = partial_rows(&session(true), builder.finish().unwrap(), Some(&zones))
+        let rows = partial_rows(&session(true), builder.finish().unwrap())
             .await
             .unwrap();
         let mut rows = rows;

@@ -10,7 +10,6 @@
 //! them loses and doubles nothing. A single message always fits: its partial
 //! has at most one row of each kind (UTC day, local day).
 
-use datafusion::arrow::record_batch::RecordBatch;
 use schemas::partial::EventCounts;
 use schemas::Partial;
 
@@ -123,15 +122,12 @@ async fn aggregate(session: &Session, decoded: &Decoded, span: Span) -> Rows {
     let to = decoded
         .row_message
         .partition_point(|&m| (m as usize) < span.end);
-    let slice: RecordBatch = decoded.batch.slice(from, to - from);
+    let slice = decoded.batch.slice(from, to - from);
     let (session, handle) = (session.clone(), tokio::runtime::Handle::current());
-    let zones = decoded.zones.clone();
-    tokio::task::spawn_blocking(move || {
-        handle.block_on(partial_rows(&session, slice, zones.as_deref()))
-    })
-    .await
-    .expect("aggregation task does not panic")
-    .expect("aggregation of a valid batch succeeds")
+    tokio::task::spawn_blocking(move || handle.block_on(partial_rows(&session, slice)))
+        .await
+        .expect("aggregation task does not panic")
+        .expect("aggregation of a valid batch succeeds")
 }
 
 /// The partial of `span`, starting at `first_offset` so that ranges stay

@@ -3,8 +3,7 @@
 //! topic.
 
 use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::record_batch::RecordBatch;
-use schemas::batch::EventBatchBuilder;
+use schemas::batch::{EventBatch, EventBatchBuilder};
 use schemas::event::decode;
 use schemas::partial::EventCounts;
 use schemas::Invalid;
@@ -57,8 +56,9 @@ pub struct Checkpoint {
 /// The result of decoding one batch.
 pub struct Decoded {
     /// Valid events seen for the first time, at or after `count_from`, in
-    /// offset order.
-    pub batch: RecordBatch,
+    /// offset order (with their local days, and their pairs' zones, when
+    /// decoded with zones).
+    pub batch: EventBatch,
     /// The input index of each row of `batch`.
     pub row_message: Vec<u32>,
     /// Rejected messages at or after `count_from`: index into the input, reason.
@@ -71,8 +71,6 @@ pub struct Decoded {
     pub counts: EventCounts,
     /// Latest timestamp among counted messages.
     pub max_append_ms: Option<i64>,
-    /// The zones `batch`'s local days were taken in, when it has them.
-    pub zones: Option<Arc<Zones>>,
 }
 
 /// A digest of everything an event says besides its id: a retry repeats it,
@@ -200,7 +198,6 @@ pub fn decode_messages(
         checkpoints,
         counts,
         max_append_ms,
-        zones,
     })
 }
 

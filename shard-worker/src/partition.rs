@@ -392,9 +392,10 @@ impl PartitionTask {
         let (window, batch, decoded, rows) = tokio::task::spawn_blocking(move || {
             window.set_ceiling(now);
             let decoded = decode_messages(&batch, &mut window, count_from, now, zones);
-            let rows = decoded.as_ref().ok().map(|d| {
-                handle.block_on(partial_rows(&session, d.batch.clone(), d.zones.as_deref()))
-            });
+            let rows = decoded
+                .as_ref()
+                .ok()
+                .map(|d| handle.block_on(partial_rows(&session, d.batch.clone())));
             (window, batch, decoded, rows)
         })
         .await

@@ -20,7 +20,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use common::{Backend, World};
-use datafusion::arrow::record_batch::RecordBatch;
 use ingest::load::generate::Rng;
 use schemas::batch::EventBatchBuilder;
 use schemas::event::decode;
@@ -232,15 +231,7 @@ async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> Accepted 
         for (payload, key) in chunk {
             builder.push(&decode(payload, key.as_deref()).unwrap());
         }
-        flush(
-            &session,
-            &zones,
-            &mut builder,
-            &mut out.partials,
-            topic,
-            seed,
-        )
-        .await;
+        flush(&session, &mut builder, &mut out.partials, topic, seed).await;
     }
     out
 }
@@ -249,18 +240,17 @@ async fn accepted_partials(seed: u64, candidates: u64, topic: &str) -> Accepted 
 /// round-trips through JSON.
 async fn flush(
     session: &Session,
-    zones: &Zones,
     builder: &mut EventBatchBuilder,
     partials: &mut Vec<Partial>,
     topic: &str,
     seed: u64,
 ) {
-    let batch: RecordBatch = builder.finish().unwrap();
+    let batch = builder.finish().unwrap();
     let events = EventCounts {
         counted: batch.num_rows() as u64,
         ..Default::default()
     };
-    let rows = shard_worker::aggregate::partial_rows(session, batch, Some(zones))
+    let rows = shard_worker::aggregate::partial_rows(session, batch)
         .await
         .unwrap();
     assert!(!rows.local.is_empty());

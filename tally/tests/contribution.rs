@@ -29,7 +29,7 @@ async fn by_the_worker(payloads: &[Vec<u8>], batch: usize) -> Totals {
     let mut totals = Totals::new();
     for chunk in messages.chunks(batch) {
         let decoded = decode_messages(chunk, &mut window, 0, 0, None).expect("the batch decodes");
-        let rows = partial_rows(&context, decoded.batch, None)
+        let rows = partial_rows(&context, decoded.batch)
             .await
             .expect("the batch aggregates");
         for row in rows.utc {
