@@ -221,8 +221,10 @@ impl std::fmt::Display for Zone {
 #[derive(Debug, Clone)]
 pub struct Zones {
     by_merchant: FxMap<String, Zone>,
-    /// The same, for the lookup that runs once per event on the hot path.
-    short: ShortIds,
+    /// The same, for the lookups of the hot path: ids of up to 16 bytes,
+    /// and of 17 to 48.
+    short: InlineIds<2>,
+    long: InlineIds<6>,
     default: Zone,
 }
 
@@ -245,7 +247,8 @@ impl Zones {
     pub fn new(by_merchant: HashMap<String, Zone>, default: Zone) -> Zones {
         let by_merchant: FxMap<String, Zone> = by_merchant.into_iter().collect();
         Zones {
-            short: ShortIds::of(&by_merchant),
+            short: InlineIds::of(&by_merchant),
+            long: InlineIds::of(&by_merchant),
             by_merchant,
             default,
         }
@@ -253,11 +256,21 @@ impl Zones {
 
     /// The zone of `merchant`.
     pub fn of(&self, merchant: &str) -> Zone {
-        match self.short.get(merchant) {
-            Some(found) => found,
-            None => self.by_merchant.get(merchant).copied(),
+        (self.short.get(merchant))
+            .or_else(|| self.long.get(merchant))
+            .unwrap_or_else(|| self.by_merchant.get(merchant).copied())
+            .unwrap_or(self.default)
+    }
+
+    /// Loads the table slot where `merchant`'s zone would be found, so that
+    /// [`Zones::of`] a few events later finds it in the cache: with many
+    /// merchants the tables are larger than the cache, and touched ahead,
+    /// their misses overlap.
+    pub fn touch(&self, merchant: &str) {
+        if !self.by_merchant.is_empty() {
+            self.short.touch(merchant);
+            self.long.touch(merchant);
         }
-        .unwrap_or(self.default)
     }
 
     /// Merchants with a zone of their own.
@@ -316,43 +329,71 @@ impl Zones {
     }
 }
 
-/// The zones of merchants whose ids have at most [`SHORT`] bytes, in an
-/// open-addressing table whose ids are stored inline as two words: a lookup
-/// is a multiply, and a comparison of two words and a length, with no
-/// pointer to follow. (A `HashMap<String, _>` lookup took 21 ns per event,
-/// most of the cost of local days.)
+/// The zones of merchants whose ids fit in `W` words, in an open-addressing
+/// table whose ids are stored inline: a lookup is a multiply, and a
+/// comparison of `W` words and a length, with no pointer to follow. (A
+/// `HashMap<String, _>` lookup took 21 ns per event, most of the cost of
+/// local days.) Two tables: ids of up to [`SHORT`] bytes in slots of two
+/// words, and longer ones of up to [`LONG`] bytes (UUIDs, ULIDs, prefixed
+/// ids) in slots of six, a cache line each.
 #[derive(Debug, Clone)]
-struct ShortIds {
+struct InlineIds<const W: usize> {
     /// A power of two, at least twice the ids held.
-    slots: Box<[ShortSlot]>,
+    slots: Box<[Slot<W>]>,
 }
 
-/// An id's bytes (zero-padded), its length ([`EMPTY`] for a free slot), and
-/// its zone.
+/// An id's bytes (as [`inline_words`] reads them), its length ([`EMPTY`]
+/// for a free slot), and its zone.
 #[derive(Debug, Clone, Copy)]
-struct ShortSlot {
-    words: [u64; 2],
+struct Slot<const W: usize> {
+    words: [u64; W],
     len: u8,
     zone: Zone,
 }
 
 const EMPTY: u8 = u8::MAX;
 
-impl ShortIds {
-    fn of(by_merchant: &FxMap<String, Zone>) -> ShortIds {
-        let held = by_merchant.keys().filter(|m| m.len() <= SHORT).count();
-        let free = ShortSlot {
-            words: [0; 2],
+/// Longest id the second table holds inline.
+const LONG: usize = 48;
+
+/// The `W` words that, with its length, identify `id` in a table of `W`
+/// words: `None` when the id belongs to the other table (or neither). A
+/// long id's words are read straight from it, the last one overlapping
+/// the one before.
+fn inline_words<const W: usize>(id: &str) -> Option<[u64; W]> {
+    let b = id.as_bytes();
+    let mut out = [0; W];
+    if W == 2 {
+        out.copy_from_slice(&words(id)?);
+        return Some(out);
+    }
+    if b.len() <= SHORT || b.len() > W * 8 {
+        return None;
+    }
+    for (i, word) in out.iter_mut().enumerate().take(b.len().div_ceil(8)) {
+        let at = (i * 8).min(b.len() - 8);
+        *word = u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"));
+    }
+    Some(out)
+}
+
+impl<const W: usize> InlineIds<W> {
+    fn of(by_merchant: &FxMap<String, Zone>) -> InlineIds<W> {
+        let held = (by_merchant.keys())
+            .filter(|m| inline_words::<W>(m).is_some())
+            .count();
+        let free = Slot {
+            words: [0; W],
             len: EMPTY,
             zone: Zone::UTC,
         };
-        let mut table = ShortIds {
+        let mut table = InlineIds {
             slots: vec![free; (held * 2).next_power_of_two().max(16)].into_boxed_slice(),
         };
         for (merchant, zone) in by_merchant {
-            if let Some(words) = words(merchant) {
+            if let Some(words) = inline_words::<W>(merchant) {
                 let at = table.find(words, merchant.len() as u8);
-                table.slots[at] = ShortSlot {
+                table.slots[at] = Slot {
                     words,
                     len: merchant.len() as u8,
                     zone: *zone,
@@ -362,14 +403,30 @@ impl ShortIds {
         table
     }
 
-    /// The slot holding the id, or the free slot where it would go.
-    fn find(&self, words: [u64; 2], len: u8) -> usize {
-        let mask = self.slots.len() - 1;
+    /// The slot where a probe for the id starts.
+    fn home(&self, words: [u64; W], len: u8) -> usize {
         // One full-width multiply, its halves folded: every input bit
         // reaches the low bits that pick the slot.
-        let mixed = words[0] ^ u64::from(len).rotate_right(8) ^ words[1].rotate_left(29);
+        let mut mixed = u64::from(len).rotate_right(8);
+        for (i, word) in words.iter().enumerate() {
+            mixed ^= word.rotate_left(29 * i as u32);
+        }
         let product = u128::from(mixed) * u128::from(0x9e37_79b9_7f4a_7c15_u64);
-        let mut at = ((product as u64) ^ ((product >> 64) as u64)) as usize & mask;
+        ((product as u64) ^ ((product >> 64) as u64)) as usize & (self.slots.len() - 1)
+    }
+
+    /// Loads the slot where `merchant` would be found (if the id is this
+    /// table's length), so that its lookup soon after finds it in the cache.
+    fn touch(&self, merchant: &str) {
+        if let Some(words) = inline_words::<W>(merchant) {
+            std::hint::black_box(self.slots[self.home(words, merchant.len() as u8)].len);
+        }
+    }
+
+    /// The slot holding the id, or the free slot where it would go.
+    fn find(&self, words: [u64; W], len: u8) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut at = self.home(words, len);
         loop {
             let slot = &self.slots[at];
             if slot.len == EMPTY || (slot.len == len && slot.words == words) {
@@ -379,10 +436,10 @@ impl ShortIds {
         }
     }
 
-    /// The zone of `merchant`; `None` when the id is too long for the table
-    /// (ask the map).
+    /// The zone of `merchant`; `None` when the id is not this table's
+    /// length (ask the next).
     fn get(&self, merchant: &str) -> Option<Option<Zone>> {
-        let words = words(merchant)?;
+        let words = inline_words::<W>(merchant)?;
         let slot = &self.slots[self.find(words, merchant.len() as u8)];
         Some((slot.len != EMPTY).then_some(slot.zone))
     }
@@ -421,6 +478,10 @@ mod tests {
             "exactly-16-bytes",
             "seventeen-bytes!!",
             "a-much-longer-merchant-id-0001",
+            "3f2a9c4e-8b1d-4e7a-9c2f-5d6e7f8a9b0c",
+            "3f2a9c4e-8b1d-4e7a-9c2f-5d6e7f8a9b0d",
+            "an-id-of-exactly-forty-nine-bytes-000000000000001",
+            "an-id-of-exactly-forty-eight-bytes-0000000000001",
             "ünïcödé",
             "m-00001 ",
         ];
@@ -431,9 +492,9 @@ mod tests {
             .skip(1)
             .map(|(i, id)| ((*id).to_owned(), Zone::parse(zones[i % 3]).unwrap()))
             .chain((0..5_000).map(|i| (format!("x-{i:05}"), Zone::parse(zones[i % 3]).unwrap())))
-            // Ids of every short length that differ from "aaa…" in one byte:
-            // each byte position must count.
-            .chain((1..=SHORT + 1).flat_map(|len| {
+            // Ids of every length either table holds, and one more, that
+            // differ from "aaa…" in one byte: each byte position must count.
+            .chain((1..=LONG + 1).flat_map(|len| {
                 (0..len).map(move |at| {
                     let mut id = vec![b'a'; len];
                     id[at] = b'b';
@@ -457,7 +518,7 @@ mod tests {
         ] {
             assert_eq!(table.of(id), Zone::UTC, "{id:?}");
         }
-        for len in 1..=SHORT + 1 {
+        for len in 1..=LONG + 1 {
             assert_eq!(table.of(&"a".repeat(len)), Zone::UTC, "{len}");
         }
     }

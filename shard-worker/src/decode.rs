@@ -136,6 +136,8 @@ pub fn decode_messages(
             let event = decode(&message.payload, message.key.as_deref())?;
             if let Some(zones) = &zones {
                 zones.check_local_era(&event.merchant_id, event.occurred_at, event.day)?;
+                // The batch builder looks the zone up in the second pass.
+                zones.touch(&event.merchant_id);
             }
             let (id, digest) = (IdHash::of(&event.event_id), content_digest(&event));
             Ok((event, id, digest))
