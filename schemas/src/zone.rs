@@ -224,7 +224,7 @@ pub struct Zones {
     /// The same, for the lookups of the hot path: ids of up to 16 bytes,
     /// and of 17 to 48.
     short: InlineIds<2>,
-    long: InlineIds<6>,
+    long: InlineIds<{ LONG / 8 }>,
     default: Zone,
 }
 
