@@ -3,7 +3,9 @@
 //!
 //! - `hotpath`: raw JSON message bytes → Arrow batch → DataFusion partial
 //!   totals, on one thread (a current-thread runtime), reported as the median
-//!   events per second over several runs.
+//!   events per second over several runs, with local days off and on
+//!   (`--merchants N` merchants, each with a zone; `--long-ids` gives them
+//!   UUIDs for ids).
 //! - `parsers`: the hand-written amount, RFC 3339 and event parsers against
 //!   rust_decimal, chrono and serde_json, ns per item.
 //! - `dedupe-memory`: heap bytes held by the dedupe window per million ids
@@ -15,8 +17,9 @@
 //!   real broker, with p50/p99 request latency (`bench/ingest.sh` starts the
 //!   broker and runs it for batches of 100 and 1,000).
 //! - `backfill`: a backfill from Parquet to a finished table, against DuckDB
-//!   running the same GROUP BY on the same files (`DUCKDB_PYTHON` names a
-//!   Python with the duckdb package).
+//!   running its bare GROUP BY and tally's rules in SQL on the same files
+//!   (`DUCKDB_PYTHON` names a Python with the duckdb package;
+//!   `bench/backfill.sh` installs the pinned one and runs it).
 //! - `e2e`: the whole pipeline (2 workers, 1 aggregator, PostgreSQL) from
 //!   process start to exact totals, against bare consumers draining the same
 //!   topic, with CPU, peak memory and latency (`bench/e2e.sh` starts the

@@ -598,6 +598,50 @@ mod tests {
     use super::*;
     use crate::sql::params;
 
+    #[test]
+    fn rows_added_many_to_a_statement_sum_like_rows_added_one_by_one() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let key = |i: usize| TotalsKey {
+            merchant_id: format!("m-{}", i % 900),
+            currency: ["EUR", "USD"][i % 900 % 2].into(),
+            day: schemas::Day(20_000 + (i % 900 % 3) as i32),
+        };
+        let sums = |i: usize| {
+            let mut sums = Sums::default();
+            sums.add_event(schemas::Kind::Sale, schemas::Amount(i as i128 + 1));
+            sums
+        };
+        // 1,000 rows over 900 keys (100 given twice), in several chunks; then
+        // again, over the stored rows, whose zone must stay.
+        let (keys, deltas): (Vec<TotalsKey>, Vec<Sums>) = (0..1_000).map(|i| (key(i), sums(i))).unzip();
+        let zones = ["Asia/Tokyo", "UTC"];
+        for round in 0..2 {
+            let rows = keys.iter().zip(&deltas).map(|(k, s)| (k, s, zones[round]));
+            add_rows(&conn, &LOCAL_SALES, rows).unwrap();
+        }
+        let mut expected: BTreeMap<(String, String, String), (i128, i64)> = BTreeMap::new();
+        for (k, s) in keys.iter().zip(&deltas) {
+            let e = expected.entry((k.merchant_id.clone(), k.currency.clone(), k.day.to_string())).or_default();
+            e.0 += 2 * s.sales_amount.0;
+            e.1 += 2 * s.sales_count;
+        }
+        let mut read = conn
+            .prepare("SELECT merchant_id, currency, local_day, sales_amount, sales_count, time_zone FROM merchant_sales_local")
+            .unwrap();
+        let stored: Vec<(String, String, String, String, i64, String)> = read
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(stored.len(), 900);
+        for (m, c, d, amount, count, zone) in stored {
+            let (want_amount, want_count) = expected[&(m, c, d)];
+            assert_eq!(amount, schemas::Amount(want_amount).to_string());
+            assert_eq!((count, zone.as_str()), (want_count, "Asia/Tokyo"));
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_call_leaves_nothing_written_and_the_store_usable() {
         let path = std::env::temp_dir().join(format!("tally-panic-{}.db", std::process::id()));
