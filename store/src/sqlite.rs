@@ -423,29 +423,41 @@ fn stored_rows(
             ]
         })
         .collect();
-    let found = read
-        .query_map(rusqlite::params_from_iter(keys), |r| {
-            Ok((
-                [
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ],
-                [r.get::<_, String>(3)?, r.get::<_, String>(5)?],
-                [r.get::<_, i64>(4)?, r.get::<_, i64>(6)?],
-                r.get::<_, String>(7)?,
-            ))
-        })
-        .map_err(lite("upsert read"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(lite("upsert read"))?;
-    found
+    let found = key_rows(&mut read, rusqlite::params_from_iter(keys), "upsert read")?;
+    Ok(found
         .into_iter()
-        .map(|([m, c, d], [sa, ra], counts, zone)| {
-            let (key, sums) = parse_row(m, c, &d, [&sa, &ra], counts)?;
-            Ok((key, (sums, zone)))
-        })
-        .collect()
+        .map(|(key, sums, zone)| (key, (sums, zone)))
+        .collect())
+}
+
+/// The rows of a statement whose columns are a totals row's: merchant,
+/// currency, day, sales amount and count, refund amount and count, zone.
+pub(super) fn key_rows(
+    read: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    op: &'static str,
+) -> Result<Vec<(TotalsKey, Sums, String)>> {
+    read.query_map(params, |r| {
+        Ok((
+            [
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ],
+            [r.get::<_, String>(3)?, r.get::<_, String>(5)?],
+            [r.get::<_, i64>(4)?, r.get::<_, i64>(6)?],
+            r.get::<_, String>(7)?,
+        ))
+    })
+    .map_err(lite(op))?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .map_err(lite(op))?
+    .into_iter()
+    .map(|([m, c, d], [sa, ra], counts, zone)| {
+        let (key, sums) = parse_row(m, c, &d, [&sa, &ra], counts)?;
+        Ok((key, sums, zone))
+    })
+    .collect()
 }
 
 /// Adds UTC-day sums to `merchant_sales`.

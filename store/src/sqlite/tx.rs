@@ -5,10 +5,9 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, ToSql};
 use schemas::{Day, LocalTotals, Sums, Totals, TotalsKey};
 
-use super::{add_rows, insert_many, upsert, upsert_local, Table, LOCAL_SALES, SALES};
+use super::{add_rows, insert_many, key_rows, upsert, upsert_local, Table, LOCAL_SALES, SALES};
 use crate::error::{lite, Result};
 use crate::jobs::{FileVersion, LocalDays, Scope};
-use crate::parse_row;
 use crate::sql::{ready, BoxFuture, Cell, Row, Tx, Value};
 
 /// The connection, inside a transaction [`super::SqliteStore::transact`] began.
@@ -191,28 +190,7 @@ fn replace_scope(
                 table.staged,
             ))
             .map_err(lite("job rows read"))?;
-        let rows = read
-            .query_map(params_from_iter(values.iter()), |r| {
-                Ok((
-                    [
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ],
-                    [r.get::<_, String>(3)?, r.get::<_, String>(5)?],
-                    [r.get::<_, i64>(4)?, r.get::<_, i64>(6)?],
-                    r.get::<_, String>(7)?,
-                ))
-            })
-            .map_err(lite("job rows read"))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(lite("job rows read"))?
-            .into_iter()
-            .map(|([m, c, d], [sa, ra], counts, zone)| {
-                let (key, sums) = parse_row(m, c, &d, [&sa, &ra], counts)?;
-                Ok((key, sums, zone))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let rows = key_rows(&mut read, params_from_iter(values.iter()), "job rows read")?;
         add_rows(conn, table, rows.iter().map(|(k, s, z)| (k, s, z.as_str())))?;
         if !table.zoned {
             written = rows.len() as i64;
