@@ -45,6 +45,30 @@ pub fn shard_of(merchant_id: &str, shards: i32) -> i32 {
     (xxh3_64(merchant_id.as_bytes()) % shards.max(1) as u64) as i32
 }
 
+/// What summing a valid row takes from it: a batch's valid rows are kept
+/// in this form until their ids have been looked up all at once.
+struct Counted {
+    merchant: u32,
+    currency: [u8; 3],
+    kind: schemas::Kind,
+    amount: schemas::Amount,
+    day: schemas::Day,
+    occurred_at: i64,
+}
+
+impl Counted {
+    fn of(event: &ValidEvent<'_>, merchant: u32) -> Counted {
+        Counted {
+            merchant,
+            currency: (event.currency.as_bytes().try_into()).expect("validated: three letters"),
+            kind: event.kind,
+            amount: event.amount,
+            day: event.day,
+            occurred_at: event.occurred_at,
+        }
+    }
+}
+
 /// A (merchant, currency, day) key, the merchant by its number in the task.
 type Key = (u32, [u8; 3], i32);
 
@@ -216,12 +240,12 @@ impl Tally {
             .merchant(&event.merchant_id)
             .expect("a valid id is at most 128 bytes")
             .0;
-        self.count(event, merchant, fresh);
+        self.count(&Counted::of(event, merchant), fresh);
     }
 
-    /// Sums a valid row of the merchant numbered `merchant`; `fresh` is
-    /// false when its `event_id` was seen before.
-    fn count(&mut self, event: &ValidEvent<'_>, merchant: u32, fresh: bool) {
+    /// Sums a valid row; `fresh` is false when its `event_id` was seen before.
+    fn count(&mut self, event: &Counted, fresh: bool) {
+        let merchant = event.merchant;
         self.rows_read += 1;
         if !fresh {
             self.rows_duplicate += 1;
@@ -232,11 +256,7 @@ impl Tally {
             return;
         }
         let in_days = |day: i32| day >= self.scope.from.0 && day < self.scope.to.0;
-        let currency: [u8; 3] = event
-            .currency
-            .as_bytes()
-            .try_into()
-            .expect("validated: three letters");
+        let currency = event.currency;
         if in_days(event.day.0) {
             self.sums
                 .entry((merchant, currency, event.day.0))
@@ -669,6 +689,7 @@ fn rows(
     };
     tally.new_batch();
     let mut valid = Vec::with_capacity(batch.num_rows());
+    let mut digests = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         // Another shard's rows are skipped before their other columns are read.
         let merchant_id = get(2, i);
@@ -689,23 +710,20 @@ fn rows(
             occurred_at: when.as_ref().and_then(|w| w.get(i)),
         };
         match from_columns(columns).and_then(|event| tally.check(&event).map(|()| event)) {
-            Ok(event) => valid.push((
-                event,
-                merchant.expect("a valid id is at most 128 bytes, so remembered"),
-            )),
+            Ok(event) => {
+                let merchant = merchant.expect("a valid id is at most 128 bytes, so remembered");
+                digests.push(xxh3_128(event.event_id.as_bytes()));
+                valid.push(Counted::of(&event, merchant));
+            }
             // Row numbers count data rows from 1, after any header.
             Err(invalid) => tally.reject(file, first_row + i as u64 + 1, invalid),
         }
     }
     // The whole batch's ids at once, so the set can overlap its cache misses.
-    let digests: Vec<u128> = valid
-        .iter()
-        .map(|(e, _)| xxh3_128(e.event_id.as_bytes()))
-        .collect();
     let mut fresh = Vec::new();
     tally.seen.insert_all(&digests, &mut fresh);
-    for ((event, merchant), fresh) in valid.iter().zip(fresh) {
-        tally.count(event, *merchant, fresh);
+    for (event, fresh) in valid.iter().zip(fresh) {
+        tally.count(event, fresh);
     }
     Ok(())
 }
