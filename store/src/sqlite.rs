@@ -626,15 +626,17 @@ mod tests {
         };
         // 1,000 rows over 900 keys (100 given twice), in several chunks; then
         // again, over the stored rows, whose zone must stay.
-        let (keys, deltas): (Vec<TotalsKey>, Vec<Sums>) = (0..1_000).map(|i| (key(i), sums(i))).unzip();
-        let zones = ["Asia/Tokyo", "UTC"];
-        for round in 0..2 {
-            let rows = keys.iter().zip(&deltas).map(|(k, s)| (k, s, zones[round]));
+        let (keys, deltas): (Vec<TotalsKey>, Vec<Sums>) =
+            (0..1_000).map(|i| (key(i), sums(i))).unzip();
+        for zone in ["Asia/Tokyo", "UTC"] {
+            let rows = keys.iter().zip(&deltas).map(|(k, s)| (k, s, zone));
             add_rows(&conn, &LOCAL_SALES, rows).unwrap();
         }
         let mut expected: BTreeMap<(String, String, String), (i128, i64)> = BTreeMap::new();
         for (k, s) in keys.iter().zip(&deltas) {
-            let e = expected.entry((k.merchant_id.clone(), k.currency.clone(), k.day.to_string())).or_default();
+            let e = expected
+                .entry((k.merchant_id.clone(), k.currency.clone(), k.day.to_string()))
+                .or_default();
             e.0 += 2 * s.sales_amount.0;
             e.1 += 2 * s.sales_count;
         }
@@ -642,7 +644,16 @@ mod tests {
             .prepare("SELECT merchant_id, currency, local_day, sales_amount, sales_count, time_zone FROM merchant_sales_local")
             .unwrap();
         let stored: Vec<(String, String, String, String, i64, String)> = read
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
