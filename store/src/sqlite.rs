@@ -344,22 +344,13 @@ pub(super) fn add_rows<'a>(
         let zoned = table.zoned;
         let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 9);
         for &(key, delta, zone) in chunk {
-            let day = key.day.to_string();
             let (mut sums, zone) = match stored.get(key) {
                 Some((sums, kept)) => (*sums, kept.clone()),
                 None => (Sums::default(), zone.to_owned()),
             };
             sums.merge(&delta);
-            values.extend([
-                key.merchant_id.clone().into(),
-                key.currency.clone().into(),
-                day.into(),
-                sums.sales_amount.to_string().into(),
-                sums.sales_count.into(),
-                sums.refund_amount.to_string().into(),
-                sums.refund_count.into(),
-                sums.net_amount().to_string().into(),
-            ]);
+            values.extend(row_values(key, &sums));
+            values.push(sums.net_amount().to_string().into());
             if zoned {
                 values.push(zone.into());
             }
@@ -377,6 +368,20 @@ pub(super) fn add_rows<'a>(
         insert_many(tx, "upsert write", &head, &row, chunk.len(), values)?;
     }
     Ok(())
+}
+
+/// A totals row's key and sums as SQLite values: merchant, currency, day,
+/// sales amount and count, refund amount and count.
+pub(super) fn row_values(key: &TotalsKey, sums: &Sums) -> [rusqlite::types::Value; 7] {
+    [
+        key.merchant_id.clone().into(),
+        key.currency.clone().into(),
+        key.day.to_string().into(),
+        sums.sales_amount.to_string().into(),
+        sums.sales_count.into(),
+        sums.refund_amount.to_string().into(),
+        sums.refund_count.into(),
+    ]
 }
 
 /// Runs `head` (an `INSERT … (columns)`) with `rows` tuples of `row`

@@ -5,7 +5,9 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, ToSql};
 use schemas::{Day, LocalTotals, Sums, Totals, TotalsKey};
 
-use super::{add_rows, insert_many, key_rows, upsert, upsert_local, Table, LOCAL_SALES, SALES};
+use super::{
+    add_rows, insert_many, key_rows, row_values, upsert, upsert_local, Table, LOCAL_SALES, SALES,
+};
 use crate::error::{lite, Result};
 use crate::jobs::{FileVersion, LocalDays, Scope};
 use crate::sql::{ready, BoxFuture, Cell, Row, Tx, Value};
@@ -99,17 +101,8 @@ fn stage<'a>(
     for chunk in rows.chunks(STAGE_CHUNK) {
         let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * width);
         for &(key, sums, zone) in chunk {
-            values.extend([
-                job_id.into(),
-                task_no.into(),
-                key.merchant_id.clone().into(),
-                key.currency.clone().into(),
-                key.day.to_string().into(),
-                sums.sales_amount.to_string().into(),
-                sums.sales_count.into(),
-                sums.refund_amount.to_string().into(),
-                sums.refund_count.into(),
-            ]);
+            values.extend([job_id.into(), task_no.into()]);
+            values.extend(row_values(key, sums));
             if table.zoned {
                 values.push(zone.to_owned().into());
             }
