@@ -312,13 +312,6 @@ impl Zones {
         ))
     }
 
-    /// [`Zones::local_day`], with the offsets of whole UTC hours kept in
-    /// `cache`: the hot path asks for the same few zones and hours again
-    /// and again.
-    pub fn local_day_cached(&self, cache: &mut HourCache, merchant: &str, micros: i64) -> Day {
-        cache.local_day(self.zone_of(merchant), micros)
-    }
-
     /// [`Zones::of`], without a lookup when every merchant keeps the default.
     fn zone_of(&self, merchant: &str) -> Zone {
         if self.by_merchant.is_empty() {
@@ -637,7 +630,7 @@ mod tests {
                 let calendar = zone.local_day(micros);
                 assert_eq!(zones.local_day("m", micros), calendar, "{zone} {micros}");
                 assert_eq!(
-                    zones.local_day_cached(&mut cache, "m", micros),
+                    cache.local_day(zones.of("m"), micros),
                     calendar,
                     "{zone} {micros}, cached"
                 );
