@@ -66,7 +66,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/sqlite/0010_closes.sql"),
     ),
 ];
-const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+pub(super) const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Limit on one call: the busy timeout plus time for the work itself.
@@ -100,6 +100,7 @@ impl SqliteStore {
             // spilling its pages to the log midway doubled its time.
             conn.pragma_update(None, "cache_size", -65_536)
                 .map_err(lite("cache size"))?;
+            add_functions(&conn).map_err(lite("functions"))?;
             migrate(&mut conn)?;
             Ok(conn)
         })
@@ -274,6 +275,52 @@ impl SqliteStore {
     }
 }
 
+/// Exact arithmetic on amounts as SQLite holds them (their canonical
+/// text), so a statement can move totals without a round trip through
+/// tally: `tally_add(a, b)` is `a + b`, and `tally_net(sales, refunds)` is
+/// `sales - refunds`, each as canonical text. A value that is not an
+/// amount, or a result beyond the columns' 38 digits, fails the statement.
+fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("tally_add", 2, flags, |ctx| {
+        amounts(ctx, "tally_add", i128::checked_add)
+    })?;
+    conn.create_scalar_function("tally_net", 2, flags, |ctx| {
+        amounts(ctx, "tally_net", i128::checked_sub)
+    })
+}
+
+/// Units (ten-thousandths) an amount column holds at most: 38 digits.
+const MAX_UNITS: u128 = 10u128.pow(schemas::amount::PRECISION as u32) - 1;
+
+/// `op` of the two amounts of a call of `name`, as canonical text.
+fn amounts(
+    ctx: &rusqlite::functions::Context<'_>,
+    name: &str,
+    op: fn(i128, i128) -> Option<i128>,
+) -> rusqlite::Result<String> {
+    let fail = |reason: String| rusqlite::Error::UserFunctionError(reason.into());
+    let amount = |i: usize| {
+        let value = ctx.get_raw(i);
+        let text = value.as_str().map_err(|_| {
+            fail(format!(
+                "{name}: argument {} is {value:?}, not an amount's text",
+                i + 1
+            ))
+        })?;
+        schemas::Amount::parse_stored(text)
+            .map_err(|e| fail(format!("{name}: argument {} is {text:?}: {e}", i + 1)))
+    };
+    let (a, b) = (amount(0)?, amount(1)?);
+    match op(a.0, b.0) {
+        Some(units) if units.unsigned_abs() <= MAX_UNITS => Ok(schemas::Amount(units).to_string()),
+        _ => Err(fail(format!(
+            "{name}({a}, {b}) is beyond the 38 digits an amount holds"
+        ))),
+    }
+}
+
 /// A totals table: its day column, whether its rows keep a zone, and where a
 /// backfill stages its rows.
 pub(super) struct Table {
@@ -437,7 +484,7 @@ fn stored_rows(
 
 /// The rows of a statement whose columns are a totals row's: merchant,
 /// currency, day, sales amount and count, refund amount and count, zone.
-pub(super) fn key_rows(
+fn key_rows(
     read: &mut rusqlite::Statement<'_>,
     params: impl rusqlite::Params,
     op: &'static str,
@@ -614,6 +661,40 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 mod tests {
     use super::*;
     use crate::sql::params;
+
+    #[test]
+    fn amounts_add_and_net_exactly_in_sql_and_refuse_what_is_not_an_amount() {
+        let conn = Connection::open_in_memory().unwrap();
+        add_functions(&conn).unwrap();
+        let call = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, String>(0));
+        let cases = [
+            ("SELECT tally_add('0.1000', '0.2000')", "0.3000"),
+            ("SELECT tally_net('19.9900', '20.0000')", "-0.0100"),
+            ("SELECT tally_add('-5.0000', '5.0000')", "0.0000"),
+            (
+                "SELECT tally_add('99999999999999999999999999999999.9999', '0.0001')",
+                "100000000000000000000000000000000.0000",
+            ),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(call(sql).unwrap(), want, "{sql}");
+        }
+        // Each refusal names the function, the argument and the value.
+        for (sql, names) in [
+            (
+                "SELECT tally_add('12.5x', '1.0000')",
+                "argument 1 is \"12.5x\"",
+            ),
+            ("SELECT tally_net('1.0000', NULL)", "argument 2 is Null"),
+            (
+                "SELECT tally_add('9999999999999999999999999999999999.9999', '0.0001')",
+                "beyond the 38 digits",
+            ),
+        ] {
+            let error = call(sql).unwrap_err().to_string();
+            assert!(error.contains(names), "{sql}: {error}");
+        }
+    }
 
     #[test]
     fn rows_added_many_to_a_statement_sum_like_rows_added_one_by_one() {

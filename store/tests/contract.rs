@@ -740,6 +740,61 @@ async fn a_swap_replaces_the_local_days_wholly_inside_its_scope(backend: Backend
     assert_eq!(store.local_totals(None).await.unwrap(), want);
 }
 
+on_both!(a_local_row_another_zone_left_is_added_to_and_keeps_its_zone);
+/// A merchant that moved from New York to Tokyo: the swap deletes New
+/// York's whole local days inside the scope and adds Tokyo's, and where a
+/// New York day the scope does not hold wholly meets a Tokyo day it does,
+/// the row left standing takes the staged sums and keeps its zone.
+async fn a_local_row_another_zone_left_is_added_to_and_keeps_its_zone(backend: Backend) {
+    let store = fresh(backend, "zone_moved").await;
+    let claim = store.claim("orders", 0, "worker-a").await.unwrap();
+    let days = [DAY, Day(DAY.0 + 1), Day(DAY.0 + 2)];
+    let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
+    live.rows = days
+        .iter()
+        .map(|&d| PartialRow {
+            key: key("m-1", d),
+            sums: sale(100, 1),
+        })
+        .collect();
+    let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
+    live.local_rows = local_rows(&streamed, "America/New_York");
+    store.apply(&[live]).await.unwrap();
+
+    // UTC days DAY..DAY+2: New York's whole local days are DAY and DAY+1,
+    // Tokyo's DAY+1 and DAY+2 (the task's local rows are Tokyo's).
+    let scope = Scope {
+        from: DAY,
+        to: Day(DAY.0 + 3),
+        merchants: Vec::new(),
+    };
+    let id = store.create_job(&backfill(scope, 1), 0).await.unwrap();
+    let recomputed: Totals = days
+        .iter()
+        .map(|&d| (key("m-1", d), sale(7_000, 7)))
+        .collect();
+    finish(&store, id, &recomputed).await;
+    assert_eq!(store.complete_jobs(20).await.unwrap(), vec![id]);
+
+    assert_eq!(store.totals(None).await.unwrap(), recomputed);
+    let row = |d: Day, zone: &'static str, sums: Sums| {
+        let local = LocalSums {
+            time_zone: zone.into(),
+            sums,
+        };
+        (key("m-1", d), local)
+    };
+    let mut both = sale(100, 1);
+    both.merge(&sale(7_000, 7));
+    let want: LocalTotals = [
+        row(days[1], "Asia/Tokyo", sale(7_000, 7)),
+        row(days[2], "America/New_York", both),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(store.local_totals(None).await.unwrap(), want);
+}
+
 on_both!(closed_days_keep_their_totals_and_every_change_after_is_an_adjustment);
 /// A close run copies the days that ended before completeness less grace,
 /// with the fences it read; a later partial, a backfill and an import that

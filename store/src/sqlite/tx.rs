@@ -5,9 +5,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, ToSql};
 use schemas::{Day, LocalTotals, Sums, Totals, TotalsKey};
 
-use super::{
-    add_rows, insert_many, key_rows, row_values, upsert, upsert_local, Table, LOCAL_SALES, SALES,
-};
+use super::{insert_many, row_values, upsert, upsert_local, Table, LOCAL_SALES, NOW, SALES};
 use crate::error::{lite, Result};
 use crate::jobs::{FileVersion, LocalDays, Scope};
 use crate::sql::{ready, BoxFuture, Cell, Row, Tx, Value};
@@ -172,21 +170,33 @@ fn replace_scope(
         let (in_scope, mut values) = scoped(table, zone, from, to);
         values.push(job_id.into());
         let job = values.len();
-        // Only the scope just deleted: a row outside it would add to live totals.
-        let mut read = conn
+        let (name, day, staged) = (table.name, table.day, table.staged);
+        let zone_column = if table.zoned { ", time_zone" } else { "" };
+        // Only the scope just deleted: a row outside it would add to live
+        // totals. Staged keys are unique within a job, and the scope is now
+        // empty but for a local row another zone's pass left (its merchant
+        // changed zone): that one is added to, keeping its zone, as
+        // `add_rows` does.
+        let added = conn
             .prepare(&format!(
-                "SELECT merchant_id, currency, {}, sales_amount, sales_count, refund_amount,
-                        refund_count, {}
-                 FROM {} WHERE job_id = ?{job} AND {in_scope}",
-                table.day,
-                table.zone_column(),
-                table.staged,
+                "INSERT INTO {name} (merchant_id, currency, {day}, sales_amount, sales_count,
+                     refund_amount, refund_count, net_amount, updated_at{zone_column})
+                 SELECT merchant_id, currency, {day}, sales_amount, sales_count, refund_amount,
+                        refund_count, tally_net(sales_amount, refund_amount), {NOW}{zone_column}
+                 FROM {staged} WHERE job_id = ?{job} AND {in_scope}
+                 ON CONFLICT (merchant_id, currency, {day}) DO UPDATE SET
+                     sales_amount = tally_add(sales_amount, excluded.sales_amount),
+                     sales_count = sales_count + excluded.sales_count,
+                     refund_amount = tally_add(refund_amount, excluded.refund_amount),
+                     refund_count = refund_count + excluded.refund_count,
+                     net_amount = tally_net(tally_add(sales_amount, excluded.sales_amount),
+                                            tally_add(refund_amount, excluded.refund_amount)),
+                     updated_at = excluded.updated_at"
             ))
-            .map_err(lite("job rows read"))?;
-        let rows = key_rows(&mut read, params_from_iter(values.iter()), "job rows read")?;
-        add_rows(conn, table, rows.iter().map(|(k, s, z)| (k, s, z.as_str())))?;
+            .and_then(|mut insert| insert.execute(params_from_iter(values.iter())))
+            .map_err(lite("job rows swap"))?;
         if !table.zoned {
-            written = rows.len() as i64;
+            written = added as i64;
         }
     }
     Ok(written)
