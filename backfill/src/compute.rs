@@ -17,7 +17,8 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::{execute_stream, ExecutionPlan, StatisticsArgs, StatisticsContext};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use schemas::event::{decode, from_columns, Columns, Invalid, Occurred, ValidEvent};
@@ -351,6 +352,19 @@ pub async fn compute_with(
     max_examples: usize,
 ) -> Result<Vec<TaskResult>, TaskError> {
     let scope = Arc::new(scope.clone());
+    // Every file is planned first: Parquet footers give the rows to come,
+    // so each shard's id set is made large enough at once (growing it
+    // rehashes every id held, and a large set grew several times).
+    let mut planned = Vec::new();
+    if format != Format::Ndjson {
+        for file in files {
+            planned.push(plan_file(file, format).await?);
+        }
+    }
+    let held: usize = planned.iter().filter_map(Planned::rows).sum();
+    // A shard's share, and a little more: merchants' rows are not spread evenly.
+    let share = held / of.max(1) as usize;
+    let expected = share + share / 32;
     // Dropping the set (on an error, or when the caller gives up) stops every tally.
     let mut tallies = JoinSet::new();
     let mut senders = Vec::new();
@@ -360,6 +374,7 @@ pub async fn compute_with(
         let (scope, files, zones) = (Arc::clone(&scope), files.to_vec(), zones.clone());
         tallies.spawn(async move {
             let mut tally = Tally::new(scope, zones, shard, of, max_examples);
+            tally.seen.reserve(expected);
             if format == Format::Ndjson {
                 for file in &files {
                     ndjson(file, &mut tally).await?;
@@ -371,24 +386,22 @@ pub async fn compute_with(
             Ok::<_, TaskError>((shard, tally.finish()))
         });
     }
-    if format != Format::Ndjson {
-        'files: for file in files {
-            let name: Arc<str> = file.as_str().into();
-            let mut batches = batches(file, format).await?;
-            let mut row = 0u64;
-            while let Some(batch) = batches.next().await {
-                let batch = batch.map_err(|e| TaskError::datafusion(file, e))?;
-                for sender in &senders {
-                    if sender
-                        .send((Arc::clone(&name), batch.clone(), row))
-                        .await
-                        .is_err()
-                    {
-                        break 'files; // That tally failed; its error is collected below.
-                    }
+    'files: for planned in planned {
+        let name = Arc::clone(&planned.file);
+        let mut batches = planned.execute()?;
+        let mut row = 0u64;
+        while let Some(batch) = batches.next().await {
+            let batch = batch.map_err(|e| TaskError::datafusion(&name, e))?;
+            for sender in &senders {
+                if sender
+                    .send((Arc::clone(&name), batch.clone(), row))
+                    .await
+                    .is_err()
+                {
+                    break 'files; // That tally failed; its error is collected below.
                 }
-                row += batch.num_rows() as u64;
             }
+            row += batch.num_rows() as u64;
         }
     }
     drop(senders);
@@ -574,7 +587,29 @@ const TEXT_COLUMNS: [&str; 6] = [
 ];
 
 /// A Parquet or CSV file's rows, decoded by DataFusion in file order.
-async fn batches(file: &str, format: Format) -> Result<SendableRecordBatchStream, TaskError> {
+/// A file's reading, planned but not started.
+struct Planned {
+    file: Arc<str>,
+    plan: Arc<dyn ExecutionPlan>,
+    context: Arc<TaskContext>,
+}
+
+impl Planned {
+    /// The rows the file holds, when it says (a Parquet footer does).
+    fn rows(&self) -> Option<usize> {
+        let statistics = StatisticsContext::new()
+            .compute(self.plan.as_ref(), &StatisticsArgs::new())
+            .ok()?;
+        statistics.num_rows.get_value().copied()
+    }
+
+    fn execute(self) -> Result<SendableRecordBatchStream, TaskError> {
+        let file = self.file;
+        execute_stream(self.plan, self.context).map_err(|e| TaskError::datafusion(&file, e))
+    }
+}
+
+async fn plan_file(file: &str, format: Format) -> Result<Planned, TaskError> {
     // One partition keeps the file's row order, so that the first of two
     // rows sharing an `event_id` is the one counted, on every run.
     let ctx = SessionContext::new_with_config(
@@ -601,10 +636,16 @@ async fn batches(file: &str, format: Format) -> Result<SendableRecordBatchStream
         }
     }
     .map_err(|e| TaskError::datafusion(file, e))?;
-    frame
-        .execute_stream()
+    let context = Arc::new(frame.task_ctx());
+    let plan = frame
+        .create_physical_plan()
         .await
-        .map_err(|e| TaskError::datafusion(file, e))
+        .map_err(|e| TaskError::datafusion(file, e))?;
+    Ok(Planned {
+        file: file.into(),
+        plan,
+        context,
+    })
 }
 
 /// A CSV file's first line.

@@ -6,6 +6,7 @@
 //! - [`event`]: the order event, its validation rules and the borrowed decoder.
 //! - [`scan`]: the one-pass JSON object scanner under the decoder.
 //! - [`fx`]: fast hashing for the hot path's small maps.
+//! - [`cache`]: prefetching the slots of large tables.
 //! - [`batch`]: the Arrow schema of a decoded batch and its builder.
 //! - [`job`]: the vocabulary of backfill jobs: file formats, cron
 //!   expressions and relative day ranges.
@@ -24,6 +25,7 @@
 pub mod amount;
 #[cfg(feature = "arrow")]
 pub mod batch;
+pub mod cache;
 pub mod config;
 pub mod day;
 pub mod event;

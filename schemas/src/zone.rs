@@ -262,7 +262,7 @@ impl Zones {
             .unwrap_or(self.default)
     }
 
-    /// Loads the table slot where `merchant`'s zone would be found, so that
+    /// Prefetches the table slot where `merchant`'s zone would be found, so that
     /// [`Zones::of`] a few events later finds it in the cache: with many
     /// merchants the tables are larger than the cache, and touched ahead,
     /// their misses overlap.
@@ -408,11 +408,11 @@ impl<const W: usize> InlineIds<W> {
         ((product as u64) ^ ((product >> 64) as u64)) as usize & (self.slots.len() - 1)
     }
 
-    /// Loads the slot where `merchant` would be found (if the id is this
+    /// Prefetches the slot where `merchant` would be found (if the id is this
     /// table's length), so that its lookup soon after finds it in the cache.
     fn touch(&self, merchant: &str) {
         if let Some(words) = inline_words::<W>(merchant) {
-            std::hint::black_box(self.slots[self.home(words, merchant.len() as u8)].len);
+            crate::cache::prefetch(&self.slots[self.home(words, merchant.len() as u8)]);
         }
     }
 

@@ -148,7 +148,7 @@ impl DedupeWindow {
         self.sight_hashed(IdHash::of(event_id), digest, offset, time_ms)
     }
 
-    /// Loads the table slot where `id` would be found, so that its sighting
+    /// Prefetches the table slot where `id` would be found, so that its sighting
     /// a few events later finds it in the cache. The table is far larger
     /// than the cache, and a probe that waits on memory also stalls the
     /// branches after it; touched a few ids ahead, the misses overlap.

@@ -61,11 +61,11 @@ impl IdTable {
         }
     }
 
-    /// Reads the home slot of `tag`, for its cache line (see
+    /// Prefetches the home slot of `tag` (see
     /// [`crate::dedupe::DedupeWindow::touch`]).
     #[inline]
     pub(crate) fn touch(&self, tag: u32) {
-        std::hint::black_box(self.slots[tag as usize & self.mask()]);
+        schemas::cache::prefetch(&self.slots[tag as usize & self.mask()]);
     }
 
     /// Adds an id that is not in the table. Call [`IdTable::needs_room`]
