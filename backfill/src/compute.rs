@@ -70,8 +70,31 @@ impl Counted {
     }
 }
 
-/// A (merchant, currency, day) key, the merchant by its number in the task.
-type Key = (u32, [u8; 3], i32);
+/// A (merchant, currency, day) key, the merchant by its number in the
+/// task, packed into one number: hashed as two words, not as a tuple whose
+/// currency is hashed byte by byte.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key(u128);
+
+impl Key {
+    fn new(merchant: u32, [a, b, c]: [u8; 3], day: i32) -> Key {
+        let currency = u32::from_le_bytes([a, b, c, 0]);
+        Key(u128::from(merchant) << 64 | u128::from(currency) << 32 | u128::from(day as u32))
+    }
+
+    fn merchant(self) -> u32 {
+        (self.0 >> 64) as u32
+    }
+
+    fn currency(self) -> [u8; 3] {
+        let [a, b, c, _] = ((self.0 >> 32) as u32).to_le_bytes();
+        [a, b, c]
+    }
+
+    fn day(self) -> i32 {
+        self.0 as u32 as i32
+    }
+}
 
 /// What a task knows of a merchant id, looked up once per row.
 #[derive(Clone, Copy)]
@@ -260,7 +283,7 @@ impl Tally {
         let currency = event.currency;
         if in_days(event.day.0) {
             self.sums
-                .entry((merchant, currency, event.day.0))
+                .entry(Key::new(merchant, currency, event.day.0))
                 .or_default()
                 .add_event(event.kind, event.amount);
         }
@@ -271,7 +294,7 @@ impl Tally {
             let day = self.hours.local_day(zone, event.occurred_at).0;
             if in_days(day) {
                 self.local
-                    .entry((merchant, currency, day))
+                    .entry(Key::new(merchant, currency, day))
                     .or_default()
                     .add_event(event.kind, event.amount);
             }
@@ -280,19 +303,19 @@ impl Tally {
 
     fn finish(self) -> TaskResult {
         let (names, known) = (self.names, self.known);
-        let key = |(merchant, currency, day): Key| TotalsKey {
-            merchant_id: names[merchant as usize].to_string(),
-            currency: String::from_utf8_lossy(&currency).into_owned(),
-            day: schemas::Day(day),
+        let key = |k: Key| TotalsKey {
+            merchant_id: names[k.merchant() as usize].to_string(),
+            currency: String::from_utf8_lossy(&k.currency()).into_owned(),
+            day: schemas::Day(k.day()),
         };
         let in_utc = |merchant: u32| known[merchant as usize].zone == Some(Zone::UTC);
         let utc_local: Vec<(Key, Sums)> = (self.sums.iter())
-            .filter(|(k, _)| in_utc(k.0))
+            .filter(|(k, _)| in_utc(k.merchant()))
             .map(|(&k, &sums)| (k, sums))
             .collect();
         let local: LocalTotals = (self.local.into_iter().chain(utc_local))
             .map(|(k, sums)| {
-                let zone = known[k.0 as usize].zone.expect("local days kept");
+                let zone = known[k.merchant() as usize].zone.expect("local days kept");
                 let time_zone = zone.name().into();
                 (key(k), LocalSums { time_zone, sums })
             })
@@ -538,6 +561,7 @@ impl Text {
         }
     }
 
+    #[inline]
     fn get(&self, i: usize) -> Option<&str> {
         match self {
             Text::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
