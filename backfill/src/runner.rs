@@ -539,9 +539,75 @@ async fn run_group(store: Arc<Store>, config: RunnerConfig, tasks: Vec<Task>) {
         Ok(results) => results,
         Err(error) => return fail_all(error).await,
     };
+    // The group ran every task of its job: the tasks finish and the job
+    // swaps their rows in at once, without staging them first.
+    let results = if group.len() == first.input.shards as usize {
+        match finish_whole(&store, &config, &group, results).await {
+            Some(results) => results,
+            None => return,
+        }
+    } else {
+        results
+    };
     for (task, result) in group.iter().zip(results) {
         finish(&store, &config, task, &result).await;
     }
+}
+
+/// Finishes every task of a job (all in `group`) and completes the job,
+/// in one transaction; gives the results back when it could not, for each
+/// task to finish on its own.
+async fn finish_whole(
+    store: &Store,
+    config: &RunnerConfig,
+    group: &[Task],
+    results: Vec<TaskResult>,
+) -> Option<Vec<TaskResult>> {
+    let job_id = group[0].job_id;
+    let given: Arc<[(i32, TaskResult)]> =
+        (group.iter().map(|task| task.task_no).zip(results)).collect();
+    match store
+        .finish_job(job_id, &config.owner, Arc::clone(&given), now_ms())
+        .await
+    {
+        Ok(true) => {
+            for (task, (_, result)) in group.iter().zip(given.iter()) {
+                succeeded(task, result);
+            }
+            tracing::info!(
+                job = job_id,
+                "Backfill job succeeded: its rows replaced the range in merchant_sales."
+            );
+            BACKFILL_JOBS.with_label_values(&["succeeded"]).inc();
+            return None;
+        }
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(job = job_id, %error, "Cannot finish the job's tasks together; finishing each, and the job completes as usual.");
+        }
+    }
+    Some(given.iter().map(|(_, result)| result.clone()).collect())
+}
+
+/// Counts and logs a backfill task's success.
+fn succeeded(task: &Task, result: &TaskResult) {
+    BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
+    BACKFILL_ROWS
+        .with_label_values(&["read"])
+        .inc_by(result.rows_read as u64);
+    BACKFILL_ROWS
+        .with_label_values(&["rejected"])
+        .inc_by(result.rows_rejected as u64);
+    BACKFILL_ROWS
+        .with_label_values(&["duplicate"])
+        .inc_by(result.rows_duplicate as u64);
+    tracing::info!(
+        job = task.job_id,
+        task = task.task_no,
+        rows = result.rows_read,
+        rejected = result.rows_rejected,
+        "Backfill task succeeded."
+    );
 }
 
 /// Records a backfill task's result, and counts and logs it.
@@ -551,25 +617,7 @@ async fn finish(store: &Store, config: &RunnerConfig, task: &Task, result: &Task
         .finish_task(job_id, task.task_no, &config.owner, result, now_ms())
         .await
     {
-        Ok(true) => {
-            BACKFILL_ATTEMPTS.with_label_values(&["succeeded"]).inc();
-            BACKFILL_ROWS
-                .with_label_values(&["read"])
-                .inc_by(result.rows_read as u64);
-            BACKFILL_ROWS
-                .with_label_values(&["rejected"])
-                .inc_by(result.rows_rejected as u64);
-            BACKFILL_ROWS
-                .with_label_values(&["duplicate"])
-                .inc_by(result.rows_duplicate as u64);
-            tracing::info!(
-                job = job_id,
-                task = task.task_no,
-                rows = result.rows_read,
-                rejected = result.rows_rejected,
-                "Backfill task succeeded."
-            );
-        }
+        Ok(true) => succeeded(task, result),
         Ok(false) => BACKFILL_ATTEMPTS.with_label_values(&["abandoned"]).inc(),
         Err(source) => {
             let op = "cannot record the result";

@@ -3,7 +3,7 @@
 //! Plain values, below both the job rules (`jobs`) and the statements that
 //! carry them (`sql`).
 
-use schemas::Day;
+use schemas::{Day, LocalTotals, Totals};
 use serde::{Deserialize, Serialize};
 
 /// What a job recomputes: days `[from, to)`, of these merchants (all when empty).
@@ -66,4 +66,20 @@ pub struct FileVersion {
     pub size: i64,
     /// The object's ETag, or the local file's modification time in nanoseconds.
     pub version: String,
+}
+
+/// A completing backfill's rows: staged by its tasks as each finished, or
+/// given whole by the one runner that ran every task of the job.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum JobRows<'a> {
+    Staged,
+    Given(&'a [TaskRows<'a>]),
+}
+
+/// One task's rows, given at its job's completion.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TaskRows<'a> {
+    pub(crate) task_no: i32,
+    pub(crate) totals: &'a Totals,
+    pub(crate) local: &'a LocalTotals,
 }

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use schemas::{LocalTotals, Totals};
 
 use crate::error::{Result, StoreError};
-use crate::scope::{FileVersion, LocalDays, Scope};
+use crate::scope::{FileVersion, JobRows, LocalDays, Scope};
 
 /// A boxed, sendable future: what [`Tx`]'s methods return, so that the
 /// rules can hold a `&mut dyn Tx`.
@@ -241,14 +241,15 @@ pub(crate) trait Tx: Send {
 
     /// Deletes `scope` of `merchant_sales` (by day) and the local days of
     /// `local` of `merchant_sales_local` (each zone's rows by local day),
-    /// and adds the job's staged rows that fall within them; returns the
-    /// rows written to the first. Two replaces never overlap: the second
-    /// waits for the first to commit, then sees its rows.
+    /// and adds the job's `rows` that fall within them; returns the rows
+    /// written to the first. Two replaces never overlap: the second waits
+    /// for the first to commit, then sees its rows.
     fn replace_scope<'a>(
         &'a mut self,
         job_id: i64,
         scope: &'a Scope,
         local: &'a [LocalDays],
+        rows: JobRows<'a>,
     ) -> BoxFuture<'a, Result<i64>>;
 
     /// Whether each version has a `tally_imports` row.

@@ -1,7 +1,7 @@
 //! SQLite, the embedded sink. Amounts are stored as decimal text and summed
 //! in exact integer units by tally, never by SQLite's floating arithmetic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -66,7 +66,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/sqlite/0010_closes.sql"),
     ),
 ];
+/// The time of a write as stored (`updated_at` and the like), taken by
+/// SQLite. A statement that writes many rows binds [`now_text`] instead: SQLite
+/// works the expression out again for every row.
 pub(super) const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// The time now, as [`NOW`] gives it.
+pub(super) fn now_text() -> String {
+    schemas::day::format_rfc3339_millis(schemas::day::now_ms() * 1000)
+}
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Limit on one call: the busy timeout plus time for the work itself.
@@ -346,75 +354,67 @@ pub(super) const LOCAL_SALES: Table = Table {
     staged: "tally_backfill_local_rows",
 };
 
-impl Table {
-    /// The zone column to read: the real one, or an empty stand-in.
-    pub(super) fn zone_column(&self) -> &'static str {
-        if self.zoned {
-            "time_zone"
-        } else {
-            "''"
-        }
-    }
-}
-
-/// Keys read or written by one statement of [`add_rows`]: ten values a row
-/// keeps a statement well within SQLite's limit of bound values.
+/// Rows written by one statement of [`add_rows`]: ten values a row keeps a
+/// statement well within SQLite's limit of bound values.
 const ADD_CHUNK: usize = 200;
 
 /// Adds each row's sums (with its zone, for a zoned table) to the stored
-/// row of its key, summed by tally in exact units: SQLite holds amounts as
-/// text. A new row takes the given zone; an existing one keeps its own.
+/// row of its key, summed exactly by `tally_add` (SQLite holds amounts as
+/// text). A new row takes the given zone; an existing one keeps its own. A
+/// key given twice is added twice, the first one's zone kept: as if the
+/// rows were added one after another.
 ///
-/// Rows go `ADD_CHUNK` keys to a statement: one read of the stored rows,
-/// one write of the sums. (A read and a write per row made a backfill's
-/// swap of 100,000 rows take most of a second.)
+/// Rows go `ADD_CHUNK` to a statement, each an insert that adds to the
+/// stored row when there is one. (A read and a write per row made a
+/// backfill's swap of 100,000 rows take most of a second.)
 pub(super) fn add_rows<'a>(
     tx: &Connection,
     table: &Table,
     rows: impl IntoIterator<Item = (&'a TotalsKey, &'a Sums, &'a str)>,
 ) -> Result<()> {
-    // A key given twice is summed first, with the zone it came with first:
-    // as if the rows were added one after another.
-    let mut merged: Vec<(&TotalsKey, Sums, &str)> = Vec::new();
-    let mut at: HashMap<&TotalsKey, usize> = HashMap::new();
-    for (key, sums, zone) in rows {
-        match at.get(key) {
-            Some(&i) => merged[i].1.merge(sums),
-            None => {
-                at.insert(key, merged.len());
-                merged.push((key, *sums, zone));
-            }
-        }
-    }
-    for chunk in merged.chunks(ADD_CHUNK) {
-        let stored = stored_rows(tx, table, chunk)?;
-        let zoned = table.zoned;
-        let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 9);
-        for &(key, delta, zone) in chunk {
-            let (mut sums, zone) = match stored.get(key) {
-                Some((sums, kept)) => (*sums, kept.clone()),
-                None => (Sums::default(), zone.to_owned()),
-            };
-            sums.merge(&delta);
-            values.extend(row_values(key, &sums));
+    let rows: Vec<_> = rows.into_iter().collect();
+    let (name, day, zoned) = (table.name, table.day, table.zoned);
+    let (zone_insert, row) = if zoned {
+        (", time_zone", "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    } else {
+        ("", "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    };
+    let now = now_text();
+    let head = format!(
+        "INSERT INTO {name} (merchant_id, currency, {day}, sales_amount, sales_count,
+             refund_amount, refund_count, net_amount, updated_at{zone_insert})"
+    );
+    for chunk in rows.chunks(ADD_CHUNK) {
+        let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 10);
+        for &(key, sums, zone) in chunk {
+            values.extend(row_values(key, sums));
             values.push(sums.net_amount().to_string().into());
+            values.push(now.clone().into());
             if zoned {
-                values.push(zone.into());
+                values.push(zone.to_owned().into());
             }
         }
-        let (name, day_column) = (table.name, table.day);
-        let (zone_insert, row) = if zoned {
-            (", time_zone", format!("(?, ?, ?, ?, ?, ?, ?, ?, {NOW}, ?)"))
-        } else {
-            ("", format!("(?, ?, ?, ?, ?, ?, ?, ?, {NOW})"))
-        };
-        let head = format!(
-            "INSERT OR REPLACE INTO {name} (merchant_id, currency, {day_column}, sales_amount,
-                 sales_count, refund_amount, refund_count, net_amount, updated_at{zone_insert})"
-        );
-        insert_many(tx, "upsert write", &head, &row, chunk.len(), values)?;
+        let rows = vec![row; chunk.len()].join(", ");
+        tx.prepare_cached(&format!("{head} VALUES {rows} {}", add_to_stored(day)))
+            .and_then(|mut insert| insert.execute(rusqlite::params_from_iter(values)))
+            .map_err(lite("upsert write"))?;
     }
     Ok(())
+}
+
+/// The clause that adds an inserted row to the stored row of its key
+/// (keeping the stored zone), in exact units.
+pub(super) fn add_to_stored(day: &str) -> String {
+    format!(
+        "ON CONFLICT (merchant_id, currency, {day}) DO UPDATE SET
+             sales_amount = tally_add(sales_amount, excluded.sales_amount),
+             sales_count = sales_count + excluded.sales_count,
+             refund_amount = tally_add(refund_amount, excluded.refund_amount),
+             refund_count = refund_count + excluded.refund_count,
+             net_amount = tally_net(tally_add(sales_amount, excluded.sales_amount),
+                                    tally_add(refund_amount, excluded.refund_amount)),
+             updated_at = excluded.updated_at"
+    )
 }
 
 /// A totals row's key and sums as SQLite values: merchant, currency, day,
@@ -445,71 +445,6 @@ pub(super) fn insert_many(
         .and_then(|mut insert| insert.execute(rusqlite::params_from_iter(values)))
         .map_err(lite(op))?;
     Ok(())
-}
-
-/// The stored sums and zone of each of `chunk`'s keys that has a row, by
-/// (merchant, currency, day as text).
-fn stored_rows(
-    tx: &Connection,
-    table: &Table,
-    chunk: &[(&TotalsKey, Sums, &str)],
-) -> Result<HashMap<TotalsKey, (Sums, String)>> {
-    let (name, day_column, zone_column) = (table.name, table.day, table.zone_column());
-    let mut read = tx
-        .prepare_cached(&format!(
-            "SELECT t.merchant_id, t.currency, t.{day_column}, t.sales_amount, t.sales_count,
-                    t.refund_amount, t.refund_count, {zone_column}
-             FROM (VALUES {}) AS k
-             JOIN {name} t ON t.merchant_id = k.column1 AND t.currency = k.column2
-                          AND t.{day_column} = k.column3",
-            vec!["(?, ?, ?)"; chunk.len()].join(", ")
-        ))
-        .map_err(lite("upsert read"))?;
-    let keys: Vec<rusqlite::types::Value> = chunk
-        .iter()
-        .flat_map(|(key, _, _)| {
-            [
-                key.merchant_id.clone().into(),
-                key.currency.clone().into(),
-                key.day.to_string().into(),
-            ]
-        })
-        .collect();
-    let found = key_rows(&mut read, rusqlite::params_from_iter(keys), "upsert read")?;
-    Ok(found
-        .into_iter()
-        .map(|(key, sums, zone)| (key, (sums, zone)))
-        .collect())
-}
-
-/// The rows of a statement whose columns are a totals row's: merchant,
-/// currency, day, sales amount and count, refund amount and count, zone.
-fn key_rows(
-    read: &mut rusqlite::Statement<'_>,
-    params: impl rusqlite::Params,
-    op: &'static str,
-) -> Result<Vec<(TotalsKey, Sums, String)>> {
-    read.query_map(params, |r| {
-        Ok((
-            [
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ],
-            [r.get::<_, String>(3)?, r.get::<_, String>(5)?],
-            [r.get::<_, i64>(4)?, r.get::<_, i64>(6)?],
-            r.get::<_, String>(7)?,
-        ))
-    })
-    .map_err(lite(op))?
-    .collect::<rusqlite::Result<Vec<_>>>()
-    .map_err(lite(op))?
-    .into_iter()
-    .map(|([m, c, d], [sa, ra], counts, zone)| {
-        let (key, sums) = parse_row(m, c, &d, [&sa, &ra], counts)?;
-        Ok((key, sums, zone))
-    })
-    .collect()
 }
 
 /// Adds UTC-day sums to `merchant_sales`.
@@ -700,6 +635,7 @@ mod tests {
     fn rows_added_many_to_a_statement_sum_like_rows_added_one_by_one() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
+        add_functions(&conn).unwrap();
         let key = |i: usize| TotalsKey {
             merchant_id: format!("m-{}", i % 900),
             currency: ["EUR", "USD"][i % 900 % 2].into(),

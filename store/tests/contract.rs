@@ -795,6 +795,117 @@ async fn a_local_row_another_zone_left_is_added_to_and_keeps_its_zone(backend: B
     assert_eq!(store.local_totals(None).await.unwrap(), want);
 }
 
+on_both!(a_job_finished_whole_swaps_in_what_its_tasks_finished_one_by_one_would);
+/// The runner that ran every task of a job finishes them and completes the
+/// job at once, without staging the rows: the tables, the job and its
+/// tasks end as if each task had finished on its own and the job completed
+/// after. A job with a task another runner holds is left untouched.
+async fn a_job_finished_whole_swaps_in_what_its_tasks_finished_one_by_one_would(backend: Backend) {
+    let scope = Scope {
+        from: DAY,
+        to: Day(DAY.0 + 3),
+        merchants: vec!["m-1".into(), "m-2".into()],
+    };
+    let days = [Day(DAY.0 - 1), DAY, Day(DAY.0 + 1), Day(DAY.0 + 2)];
+    // Each shard's rows: m-1's and m-2's, on days in and out of the scope
+    // (compute keeps to the scope; the swap must too), and in the first,
+    // m-3's, whom the scope does not name.
+    let shard = |merchants: &[&str], units: i128| -> Totals {
+        (days.iter())
+            .flat_map(|&d| merchants.iter().map(move |m| (key(m, d), sale(units, 1))))
+            .collect()
+    };
+    let results = [
+        (0, result(shard(&["m-1", "m-3"], 7_000))),
+        (1, result(shard(&["m-2"], 3_000))),
+    ];
+    let mut ends = Vec::new();
+    for whole in [false, true] {
+        let store = fresh(backend, if whole { "whole" } else { "by_task" }).await;
+        // Streamed totals, with local days in New York.
+        let claim = store.claim("orders", 0, "worker-a").await.unwrap();
+        let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
+        live.rows = days
+            .iter()
+            .flat_map(|&d| {
+                ["m-1", "m-2", "m-3"].map(|m| PartialRow {
+                    key: key(m, d),
+                    sums: sale(100, 1),
+                })
+            })
+            .collect();
+        let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
+        live.local_rows = local_rows(&streamed, "America/New_York");
+        store.apply(&[live]).await.unwrap();
+        let id = store
+            .create_job(&backfill(scope.clone(), 2), 0)
+            .await
+            .unwrap();
+        let mut claimed = Vec::new();
+        for _ in 0..2 {
+            claimed.push(
+                store
+                    .claim_task("runner", 0, 100)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .task_no,
+            );
+        }
+        claimed.sort_unstable();
+        assert_eq!(claimed, [0, 1]);
+        if whole {
+            // Not every task: refused, and nothing written.
+            let one: std::sync::Arc<[(i32, TaskResult)]> = results[..1].to_vec().into();
+            assert!(!store.finish_job(id, "runner", one, 10).await.unwrap());
+            // Another runner's: refused too.
+            let all: std::sync::Arc<[(i32, TaskResult)]> = results.to_vec().into();
+            assert!(!store
+                .finish_job(id, "other", all.clone(), 10)
+                .await
+                .unwrap());
+            assert_eq!(store.job(id).await.unwrap().unwrap().state, State::Running);
+            assert_eq!(store.totals(None).await.unwrap(), streamed);
+            assert!(store.finish_job(id, "runner", all, 10).await.unwrap());
+            assert!(store.complete_jobs(20).await.unwrap().is_empty());
+        } else {
+            for (task_no, result) in &results {
+                assert!(store
+                    .finish_task(id, *task_no, "runner", result, 10)
+                    .await
+                    .unwrap());
+            }
+            assert_eq!(store.complete_jobs(20).await.unwrap(), vec![id]);
+        }
+        let job = store.job(id).await.unwrap().unwrap();
+        assert_eq!(job.state, State::Succeeded);
+        let tasks: Vec<(i32, State, i64)> = job
+            .tasks
+            .iter()
+            .map(|t| (t.task_no, t.state, t.rows_read))
+            .collect();
+        ends.push((
+            store.totals(None).await.unwrap(),
+            store.local_totals(None).await.unwrap(),
+            job.keys_written,
+            tasks,
+        ));
+    }
+    assert_eq!(ends[0], ends[1]);
+    // And what both wrote: the scope's UTC days replaced for m-1 and m-2.
+    let (totals, _, written, _) = &ends[0];
+    for (key, sums) in totals {
+        let replaced = scope.contains(&key.merchant_id, key.day);
+        let want = match (replaced, key.merchant_id.as_str()) {
+            (true, "m-1") => sale(7_000, 1),
+            (true, _) => sale(3_000, 1),
+            (false, _) => sale(100, 1),
+        };
+        assert_eq!(*sums, want, "{key:?}");
+    }
+    assert_eq!(*written, Some(6));
+}
+
 on_both!(closed_days_keep_their_totals_and_every_change_after_is_an_adjustment);
 /// A close run copies the days that ended before completeness less grace,
 /// with the fences it read; a later partial, a backfill and an import that

@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use schemas::job::{Cron, Format, Range};
 use schemas::{LocalTotals, Totals};
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 pub use crate::scope::{FileVersion, LocalDays, Scope};
+pub(crate) use crate::scope::{JobRows, TaskRows};
 use crate::sql::transact;
 use crate::Store;
 
@@ -554,6 +556,25 @@ impl Store {
             &owner,
             &result,
             now
+        ))
+    }
+
+    /// Records the successful attempts of every task of a backfill job and
+    /// completes the job with their rows, in one transaction, without
+    /// staging the rows: for the runner that ran all of a job's tasks
+    /// together. False (and nothing written) when the job is not running,
+    /// has a task `results` lacks, or a task is no longer `owner`'s; then
+    /// each task is finished on its own ([`Store::finish_task`]).
+    pub async fn finish_job(
+        &self,
+        job_id: i64,
+        owner: &str,
+        results: Arc<[(i32, TaskResult)]>,
+        now: i64,
+    ) -> Result<bool> {
+        let owner = owner.to_owned();
+        transact!(job self, "finish_job", Write, |tx| ops::finish_job(
+            tx, job_id, &owner, &results, now
         ))
     }
 

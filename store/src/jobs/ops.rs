@@ -9,8 +9,8 @@
 
 use super::rules::{self, check_after, judge_import, row_state, skip_reason};
 use super::{
-    Dependency, FileVersion, ImportOutcome, Job, Kind, LocalDays, NewJob, NewTask, Queued,
-    QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult,
+    Dependency, FileVersion, ImportOutcome, Job, JobRows, Kind, LocalDays, NewJob, NewTask, Queued,
+    QueuedFile, Requeue, Schedule, Scope, State, Task, TaskResult, TaskRows,
 };
 use crate::closes;
 use crate::error::{Result, StoreError};
@@ -342,6 +342,23 @@ pub(crate) async fn finish_task(
     result: &TaskResult,
     now: i64,
 ) -> Result<bool> {
+    if !succeed(tx, (job_id, task_no), owner, result, now).await? {
+        return Ok(false);
+    }
+    tx.stage_rows(job_id, task_no, &result.totals, &result.local)
+        .await?;
+    Ok(true)
+}
+
+/// Marks `owner`'s running task succeeded with `result`'s counts; false
+/// when it is no longer `owner`'s.
+async fn succeed(
+    tx: &mut dyn Tx,
+    (job_id, task_no): (i64, i32),
+    owner: &str,
+    result: &TaskResult,
+    now: i64,
+) -> Result<bool> {
     let rejections = serde_json::to_string(&result.rejections).expect("rejections serialise");
     let mine = tx
         .execute(
@@ -352,12 +369,65 @@ pub(crate) async fn finish_task(
             params![job_id, task_no, owner, now, result.rows_read, result.rows_rejected, result.rows_duplicate, &rejections],
         )
         .await?;
-    if mine != 1 {
+    Ok(mine == 1)
+}
+
+/// Finishes every task of running backfill `job_id` with `results` and
+/// completes the job with their rows, unstaged; false, having written
+/// nothing, unless every task of the job is in `results` and running as
+/// `owner`'s. The job's and tasks' rows are locked first, so nothing
+/// changes them between the check and the swap.
+pub(crate) async fn finish_job(
+    tx: &mut dyn Tx,
+    job_id: i64,
+    owner: &str,
+    results: &[(i32, TaskResult)],
+    now: i64,
+) -> Result<bool> {
+    let lock = tx.for_update();
+    let job = tx
+        .query(
+            "job read",
+            &format!("SELECT state, kind FROM tally_jobs WHERE id = $1 {lock}"),
+            params![job_id],
+        )
+        .await?;
+    match job.first() {
+        Some(row) if row.text(0)? == "running" && parse_kind(row.text(1)?)? == Kind::Backfill => {}
+        _ => return Ok(false),
+    }
+    let tasks = tx
+        .query(
+            "task scan",
+            &format!("SELECT task_no, state, owner FROM tally_tasks WHERE job_id = $1 {lock}"),
+            params![job_id],
+        )
+        .await?;
+    let mut all_mine = tasks.len() == results.len();
+    for task in &tasks {
+        let task_no = task.int32(0)?;
+        all_mine &= task.text(1)? == "running"
+            && task.opt_text(2)? == Some(owner)
+            && results.iter().any(|(n, _)| *n == task_no);
+    }
+    if !all_mine {
         return Ok(false);
     }
-    tx.stage_rows(job_id, task_no, &result.totals, &result.local)
-        .await?;
-    Ok(true)
+    for (task_no, result) in results {
+        if !succeed(tx, (job_id, *task_no), owner, result, now).await? {
+            return Err(StoreError::Refused(format!(
+                "task {task_no} of job {job_id} changed while its row was locked"
+            )));
+        }
+    }
+    let given: Vec<TaskRows<'_>> = (results.iter())
+        .map(|(task_no, result)| TaskRows {
+            task_no: *task_no,
+            totals: &result.totals,
+            local: &result.local,
+        })
+        .collect();
+    complete_job_with(tx, job_id, now, JobRows::Given(&given)).await
 }
 
 /// Records `owner`'s failed attempt: pending again from `retry_at`, or,
@@ -458,6 +528,11 @@ pub(crate) async fn complete(tx: &mut dyn Tx) -> Result<Vec<i64>> {
 /// Marks a complete job succeeded and, for a backfill, replaces its scope
 /// of `merchant_sales` with its rows; false when it is no longer running.
 pub(crate) async fn complete_job(tx: &mut dyn Tx, id: i64, now: i64) -> Result<bool> {
+    complete_job_with(tx, id, now, JobRows::Staged).await
+}
+
+/// [`complete_job`], with the job's rows from `rows`.
+async fn complete_job_with(tx: &mut dyn Tx, id: i64, now: i64, rows: JobRows<'_>) -> Result<bool> {
     let Some(row) = tx
         .query(
             "job complete",
@@ -484,10 +559,10 @@ pub(crate) async fn complete_job(tx: &mut dyn Tx, id: i64, now: i64) -> Result<b
     // The swap and its adjustments see no flush between them.
     tx.lock_closes(true).await?;
     let scope = scope(&row, 0)?;
-    let local = local_scopes(tx, id, &scope).await?;
+    let local = local_scopes(tx, id, &scope, rows).await?;
     let through = closes::closed_through(tx).await?;
     let before = closes::closed_rows_in(tx, &scope, &local, through).await?;
-    let written = tx.replace_scope(id, &scope, &local).await?;
+    let written = tx.replace_scope(id, &scope, &local, rows).await?;
     let after = closes::closed_rows_in(tx, &scope, &local, through).await?;
     closes::record(tx, &closes::differences(&before, &after, id, now)).await?;
     tx.execute(
@@ -501,30 +576,56 @@ pub(crate) async fn complete_job(tx: &mut dyn Tx, id: i64, now: i64) -> Result<b
 }
 
 /// The local days a backfill job replaces, for every zone of a local row
-/// it may delete (one within a day of its scope) or add (one it staged).
-async fn local_scopes(tx: &mut dyn Tx, job_id: i64, scope: &Scope) -> Result<Vec<LocalDays>> {
+/// it may delete (one within a day of its scope) or add (one of `rows`).
+async fn local_scopes(
+    tx: &mut dyn Tx,
+    job_id: i64,
+    scope: &Scope,
+    rows: JobRows<'_>,
+) -> Result<Vec<LocalDays>> {
     let (from, to) = (
         Day(scope.from.0 - 1).to_string(),
         Day(scope.to.0 + 1).to_string(),
     );
-    let sql = format!(
-        "SELECT time_zone FROM merchant_sales_local WHERE local_day >= {} AND local_day < {}
-         UNION SELECT time_zone FROM tally_backfill_local_rows WHERE job_id = $3",
+    let stored = format!(
+        "SELECT time_zone FROM merchant_sales_local WHERE local_day >= {} AND local_day < {}",
         tx.day_param(1),
         tx.day_param(2)
     );
-    let zones = tx
-        .query(
-            "local zones read",
-            &sql,
-            params![from.as_str(), to.as_str(), job_id],
-        )
-        .await?
+    let mut names: Vec<String> = match rows {
+        JobRows::Staged => tx
+            .query(
+                "local zones read",
+                &format!(
+                    "{stored} UNION SELECT time_zone FROM tally_backfill_local_rows WHERE job_id = $3"
+                ),
+                params![from.as_str(), to.as_str(), job_id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.text(0).map(str::to_owned))
+            .collect::<Result<_>>()?,
+        JobRows::Given(results) => {
+            let mut names: Vec<String> = tx
+                .query(
+                    "local zones read",
+                    &format!("SELECT DISTINCT time_zone FROM ({stored}) AS z"),
+                    params![from.as_str(), to.as_str()],
+                )
+                .await?
+                .iter()
+                .map(|r| r.text(0).map(str::to_owned))
+                .collect::<Result<_>>()?;
+            let given = results.iter().flat_map(|task| task.local.values());
+            names.extend(given.map(|l| l.time_zone.to_string()));
+            names
+        }
+    };
+    names.sort_unstable();
+    names.dedup();
+    let zones = names
         .iter()
-        .map(|r| {
-            let name = r.text(0)?;
-            Zone::parse(name).map_err(|reason| corrupt("time_zone", name, reason))
-        })
+        .map(|name| Zone::parse(name).map_err(|reason| corrupt("time_zone", name, reason)))
         .collect::<Result<Vec<_>>>()?;
     Ok(rules::local_scopes(&zones, scope))
 }

@@ -9,7 +9,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::{add_to_existing, upsert, upsert_local, Columns};
 use crate::error::{pg, Result, StoreError};
-use crate::jobs::{FileVersion, LocalDays, Scope};
+use crate::jobs::{FileVersion, JobRows, LocalDays, Scope};
 use crate::sql::{BoxFuture, Cell, Row, Tx, Value};
 
 /// Rows a staging statement writes at most.
@@ -253,8 +253,17 @@ impl Tx for PgTx<'_> {
         job_id: i64,
         scope: &'a Scope,
         local: &'a [LocalDays],
+        rows: JobRows<'a>,
     ) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
+            // Rows given whole are staged here, in the same transaction,
+            // and swapped in by the same statements as staged ones.
+            if let JobRows::Given(tasks) = rows {
+                for task in tasks {
+                    self.stage_rows(job_id, task.task_no, task.totals, task.local)
+                        .await?;
+                }
+            }
             // One replace at a time, held to commit. Under READ COMMITTED a
             // second replace's DELETE would not see the rows a first one
             // inserted and has not committed, and its INSERT would then add

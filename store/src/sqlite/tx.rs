@@ -5,9 +5,12 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, ToSql};
 use schemas::{Day, LocalTotals, Sums, Totals, TotalsKey};
 
-use super::{insert_many, row_values, upsert, upsert_local, Table, LOCAL_SALES, NOW, SALES};
+use super::{
+    add_rows, add_to_stored, insert_many, now_text, row_values, upsert, upsert_local, Table,
+    LOCAL_SALES, SALES,
+};
 use crate::error::{lite, Result};
-use crate::jobs::{FileVersion, LocalDays, Scope};
+use crate::jobs::{FileVersion, JobRows, LocalDays, Scope, TaskRows};
 use crate::sql::{ready, BoxFuture, Cell, Row, Tx, Value};
 
 /// The connection, inside a transaction [`super::SqliteStore::transact`] began.
@@ -117,7 +120,7 @@ fn stage<'a>(
 }
 
 /// Deletes the scope of both tables (`merchant_sales` by UTC day, and each
-/// zone's whole local days of `merchant_sales_local`), then adds the staged
+/// zone's whole local days of `merchant_sales_local`), then adds the job's
 /// rows within it, summed by tally (SQLite holds amounts as text); returns
 /// the rows written to `merchant_sales`. The transaction began IMMEDIATE,
 /// so no other replace runs at the same time.
@@ -126,6 +129,7 @@ fn replace_scope(
     job_id: i64,
     scope: &Scope,
     local: &[LocalDays],
+    rows: JobRows<'_>,
 ) -> Result<i64> {
     let merchants = serde_json::to_string(&scope.merchants).expect("strings serialise");
     let utc = std::iter::once((&SALES, None, scope.from, scope.to));
@@ -165,11 +169,17 @@ fn replace_scope(
         )
         .map_err(lite("range delete"))?;
     }
+    if let JobRows::Given(tasks) = rows {
+        return add_given(conn, scope, local, tasks);
+    }
+    let now = now_text();
     let mut written = 0;
     for &(table, zone, from, to) in &passes {
         let (in_scope, mut values) = scoped(table, zone, from, to);
         values.push(job_id.into());
         let job = values.len();
+        values.push(now.clone().into());
+        let now_param = values.len();
         let (name, day, staged) = (table.name, table.day, table.staged);
         let zone_column = if table.zoned { ", time_zone" } else { "" };
         // Only the scope just deleted: a row outside it would add to live
@@ -182,16 +192,9 @@ fn replace_scope(
                 "INSERT INTO {name} (merchant_id, currency, {day}, sales_amount, sales_count,
                      refund_amount, refund_count, net_amount, updated_at{zone_column})
                  SELECT merchant_id, currency, {day}, sales_amount, sales_count, refund_amount,
-                        refund_count, tally_net(sales_amount, refund_amount), {NOW}{zone_column}
-                 FROM {staged} WHERE job_id = ?{job} AND {in_scope}
-                 ON CONFLICT (merchant_id, currency, {day}) DO UPDATE SET
-                     sales_amount = tally_add(sales_amount, excluded.sales_amount),
-                     sales_count = sales_count + excluded.sales_count,
-                     refund_amount = tally_add(refund_amount, excluded.refund_amount),
-                     refund_count = refund_count + excluded.refund_count,
-                     net_amount = tally_net(tally_add(sales_amount, excluded.sales_amount),
-                                            tally_add(refund_amount, excluded.refund_amount)),
-                     updated_at = excluded.updated_at"
+                        refund_count, tally_net(sales_amount, refund_amount), ?{now_param}{zone_column}
+                 FROM {staged} WHERE job_id = ?{job} AND {in_scope} {}",
+                add_to_stored(day)
             ))
             .and_then(|mut insert| insert.execute(params_from_iter(values.iter())))
             .map_err(lite("job rows swap"))?;
@@ -199,6 +202,35 @@ fn replace_scope(
             written = added as i64;
         }
     }
+    Ok(written)
+}
+
+/// [`replace_scope`]'s adding of rows given whole (none staged): the same
+/// rows, those inside the scope just deleted, added as the statements add
+/// staged ones.
+fn add_given(
+    conn: &Connection,
+    scope: &Scope,
+    local: &[LocalDays],
+    tasks: &[TaskRows<'_>],
+) -> Result<i64> {
+    let utc: Vec<(&TotalsKey, &Sums, &str)> = (tasks.iter())
+        .flat_map(|task| task.totals.iter())
+        .filter(|(key, _)| scope.contains(&key.merchant_id, key.day))
+        .map(|(key, sums)| (key, sums, ""))
+        .collect();
+    let written = utc.len() as i64;
+    add_rows(conn, &SALES, utc)?;
+    let in_local_days = |key: &TotalsKey, zone: &str| {
+        (local.iter()).any(|days| days.zone == zone && days.from <= key.day && key.day < days.to)
+    };
+    let zoned = (tasks.iter())
+        .flat_map(|task| task.local.iter())
+        .filter(|(key, row)| {
+            scope.has_merchant(&key.merchant_id) && in_local_days(key, &row.time_zone)
+        })
+        .map(|(key, row)| (key, &row.sums, row.time_zone.as_ref()));
+    add_rows(conn, &LOCAL_SALES, zoned)?;
     Ok(written)
 }
 
@@ -317,8 +349,9 @@ impl Tx for LiteTx<'_> {
         job_id: i64,
         scope: &'a Scope,
         local: &'a [LocalDays],
+        rows: JobRows<'a>,
     ) -> BoxFuture<'a, Result<i64>> {
-        ready(replace_scope(self.0, job_id, scope, local))
+        ready(replace_scope(self.0, job_id, scope, local, rows))
     }
 
     fn known_versions<'a>(
