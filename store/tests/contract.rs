@@ -621,6 +621,25 @@ async fn overlapping_replaces_completing_together_count_the_overlap_once() {
     assert_eq!(b.totals(None).await.unwrap(), recomputed);
 }
 
+/// Streams a sale of 100 units for each of `merchants` on each of `days`,
+/// with its local rows in `zone`; returns the streamed totals.
+async fn stream(store: &Store, merchants: &[&str], days: &[Day], zone: &'static str) -> Totals {
+    let claim = store.claim("orders", 0, "worker-a").await.unwrap();
+    let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
+    live.rows = (days.iter())
+        .flat_map(|&d| {
+            merchants.iter().map(move |m| PartialRow {
+                key: key(m, d),
+                sums: sale(100, 1),
+            })
+        })
+        .collect();
+    let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
+    live.local_rows = local_rows(&streamed, zone);
+    store.apply(&[live]).await.unwrap();
+    streamed
+}
+
 /// Claims the next task, which must be `job`'s, and finishes it with `totals`.
 async fn finish(store: &Store, job: i64, totals: &Totals) {
     let task = store.claim_task("runner", 0, 100).await.unwrap().unwrap();
@@ -690,19 +709,8 @@ on_both!(a_swap_replaces_the_local_days_wholly_inside_its_scope);
 /// began the UTC day before, so it keeps its streamed row.
 async fn a_swap_replaces_the_local_days_wholly_inside_its_scope(backend: Backend) {
     let store = fresh(backend, "local_swap").await;
-    let claim = store.claim("orders", 0, "worker-a").await.unwrap();
     let days = [Day(DAY.0 - 1), DAY, Day(DAY.0 + 1)];
-    let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
-    live.rows = days
-        .iter()
-        .map(|&d| PartialRow {
-            key: key("m-1", d),
-            sums: sale(100, 1),
-        })
-        .collect();
-    let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
-    live.local_rows = local_rows(&streamed, "Europe/Berlin");
-    store.apply(&[live]).await.unwrap();
+    stream(&store, &["m-1"], &days, "Europe/Berlin").await;
 
     let scope = Scope {
         from: days[0],
@@ -747,19 +755,8 @@ on_both!(a_local_row_another_zone_left_is_added_to_and_keeps_its_zone);
 /// the row left standing takes the staged sums and keeps its zone.
 async fn a_local_row_another_zone_left_is_added_to_and_keeps_its_zone(backend: Backend) {
     let store = fresh(backend, "zone_moved").await;
-    let claim = store.claim("orders", 0, "worker-a").await.unwrap();
     let days = [DAY, Day(DAY.0 + 1), Day(DAY.0 + 2)];
-    let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
-    live.rows = days
-        .iter()
-        .map(|&d| PartialRow {
-            key: key("m-1", d),
-            sums: sale(100, 1),
-        })
-        .collect();
-    let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
-    live.local_rows = local_rows(&streamed, "America/New_York");
-    store.apply(&[live]).await.unwrap();
+    stream(&store, &["m-1"], &days, "America/New_York").await;
 
     // UTC days DAY..DAY+2: New York's whole local days are DAY and DAY+1,
     // Tokyo's DAY+1 and DAY+2 (the task's local rows are Tokyo's).
@@ -823,20 +820,7 @@ async fn a_job_finished_whole_swaps_in_what_its_tasks_finished_one_by_one_would(
     for whole in [false, true] {
         let store = fresh(backend, if whole { "whole" } else { "by_task" }).await;
         // Streamed totals, with local days in New York.
-        let claim = store.claim("orders", 0, "worker-a").await.unwrap();
-        let mut live = partial("orders", claim.epoch, 0, 9, "m-1", 100);
-        live.rows = days
-            .iter()
-            .flat_map(|&d| {
-                ["m-1", "m-2", "m-3"].map(|m| PartialRow {
-                    key: key(m, d),
-                    sums: sale(100, 1),
-                })
-            })
-            .collect();
-        let streamed: Totals = live.rows.iter().map(|r| (r.key.clone(), r.sums)).collect();
-        live.local_rows = local_rows(&streamed, "America/New_York");
-        store.apply(&[live]).await.unwrap();
+        let streamed = stream(&store, &["m-1", "m-2", "m-3"], &days, "America/New_York").await;
         let id = store
             .create_job(&backfill(scope.clone(), 2), 0)
             .await
