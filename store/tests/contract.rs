@@ -640,6 +640,24 @@ async fn stream(store: &Store, merchants: &[&str], days: &[Day], zone: &'static 
     streamed
 }
 
+/// Backfills UTC days `[from, to)` of every merchant with one task whose
+/// files hold 7,000 units in 7 sales for `m-1` on each of `days` (its local
+/// rows in Tokyo), and checks the UTC table then holds just those.
+async fn backfill_m1(store: &Store, (from, to): (Day, Day), days: &[Day]) {
+    let scope = Scope {
+        from,
+        to,
+        merchants: Vec::new(),
+    };
+    let id = store.create_job(&backfill(scope, 1), 0).await.unwrap();
+    let recomputed: Totals = (days.iter())
+        .map(|&d| (key("m-1", d), sale(7_000, 7)))
+        .collect();
+    finish(store, id, &recomputed).await;
+    assert_eq!(store.complete_jobs(20).await.unwrap(), vec![id]);
+    assert_eq!(store.totals(None).await.unwrap(), recomputed);
+}
+
 /// Claims the next task, which must be `job`'s, and finishes it with `totals`.
 async fn finish(store: &Store, job: i64, totals: &Totals) {
     let task = store.claim_task("runner", 0, 100).await.unwrap().unwrap();
@@ -712,20 +730,7 @@ async fn a_swap_replaces_the_local_days_wholly_inside_its_scope(backend: Backend
     let days = [Day(DAY.0 - 1), DAY, Day(DAY.0 + 1)];
     stream(&store, &["m-1"], &days, "Europe/Berlin").await;
 
-    let scope = Scope {
-        from: days[0],
-        to: Day(DAY.0 + 2),
-        merchants: Vec::new(),
-    };
-    let id = store.create_job(&backfill(scope, 1), 0).await.unwrap();
-    let recomputed: Totals = days
-        .iter()
-        .map(|&d| (key("m-1", d), sale(7_000, 7)))
-        .collect();
-    finish(&store, id, &recomputed).await;
-    assert_eq!(store.complete_jobs(20).await.unwrap(), vec![id]);
-
-    assert_eq!(store.totals(None).await.unwrap(), recomputed);
+    backfill_m1(&store, (days[0], Day(DAY.0 + 2)), &days).await;
     let tokyo = |d: Day| {
         (
             key("m-1", d),
@@ -760,20 +765,7 @@ async fn a_local_row_another_zone_left_is_added_to_and_keeps_its_zone(backend: B
 
     // UTC days DAY..DAY+2: New York's whole local days are DAY and DAY+1,
     // Tokyo's DAY+1 and DAY+2 (the task's local rows are Tokyo's).
-    let scope = Scope {
-        from: DAY,
-        to: Day(DAY.0 + 3),
-        merchants: Vec::new(),
-    };
-    let id = store.create_job(&backfill(scope, 1), 0).await.unwrap();
-    let recomputed: Totals = days
-        .iter()
-        .map(|&d| (key("m-1", d), sale(7_000, 7)))
-        .collect();
-    finish(&store, id, &recomputed).await;
-    assert_eq!(store.complete_jobs(20).await.unwrap(), vec![id]);
-
-    assert_eq!(store.totals(None).await.unwrap(), recomputed);
+    backfill_m1(&store, (DAY, Day(DAY.0 + 3)), &days).await;
     let row = |d: Day, zone: &'static str, sums: Sums| {
         let local = LocalSums {
             time_zone: zone.into(),
