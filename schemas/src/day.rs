@@ -81,6 +81,49 @@ fn digits(bytes: &[u8], at: usize, len: usize) -> Result<u32, TimeError> {
     })
 }
 
+/// Year, month, day, hour, minute and second of `YYYY-MM-DDTHH:MM:SS` (or
+/// `t` or a space between date and time) at the start of `bytes`; `None`
+/// when the first 19 bytes do not have that layout. Every byte is read and
+/// tested without a branch of its own, and the fields are put together
+/// after: timestamps are parsed once per event.
+fn date_and_time(bytes: &[u8]) -> Option<[u32; 6]> {
+    let b: &[u8; 19] = bytes.get(..19)?.try_into().ok()?;
+    let d = |i: usize| b[i].wrapping_sub(b'0');
+    let digits = [
+        d(0),
+        d(1),
+        d(2),
+        d(3),
+        d(5),
+        d(6),
+        d(8),
+        d(9),
+        d(11),
+        d(12),
+        d(14),
+        d(15),
+        d(17),
+        d(18),
+    ];
+    let laid_out = b[4] == b'-'
+        && b[7] == b'-'
+        && matches!(b[10], b'T' | b't' | b' ')
+        && b[13] == b':'
+        && b[16] == b':';
+    if !laid_out || digits.iter().fold(0, |most, &digit| most.max(digit)) > 9 {
+        return None;
+    }
+    let two = |i: usize| u32::from(digits[i]) * 10 + u32::from(digits[i + 1]);
+    Some([
+        two(0) * 100 + two(2),
+        two(4),
+        two(6),
+        two(8),
+        two(10),
+        two(12),
+    ])
+}
+
 fn expect(bytes: &[u8], at: usize, allowed: &[u8]) -> Result<(), TimeError> {
     match bytes.get(at) {
         Some(b) if allowed.contains(b) => Ok(()),
@@ -95,17 +138,7 @@ fn expect(bytes: &[u8], at: usize, allowed: &[u8]) -> Result<(), TimeError> {
 /// Fails when the layout, a field's range, or the offset is wrong.
 pub fn parse_rfc3339(text: &str) -> Result<EpochMicros, TimeError> {
     let b = text.as_bytes();
-    let year = digits(b, 0, 4)?;
-    expect(b, 4, b"-")?;
-    let month = digits(b, 5, 2)?;
-    expect(b, 7, b"-")?;
-    let day = digits(b, 8, 2)?;
-    expect(b, 10, b"Tt ")?;
-    let hour = digits(b, 11, 2)?;
-    expect(b, 13, b":")?;
-    let minute = digits(b, 14, 2)?;
-    expect(b, 16, b":")?;
-    let second = digits(b, 17, 2)?;
+    let [year, month, day, hour, minute, second] = date_and_time(b).ok_or(TimeError::Layout)?;
     let mut at = 19;
     let mut micros = 0u32;
     if b.get(at) == Some(&b'.') {
@@ -252,6 +285,34 @@ pub fn format_rfc3339_millis(micros: EpochMicros) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_byte_of_the_date_and_time_is_held_to_its_layout() {
+        // Every ASCII byte at each of the first 19 positions: a layout error
+        // exactly when the byte does not belong there (a digit where the
+        // layout wants one may still put a field out of its range).
+        let valid = "2026-01-11T11:11:11Z";
+        for at in 0..19 {
+            for byte in 0u8..128 {
+                let mut text = valid.as_bytes().to_vec();
+                text[at] = byte;
+                let text = String::from_utf8(text).unwrap();
+                let fits = match at {
+                    4 | 7 => byte == b'-',
+                    10 => matches!(byte, b'T' | b't' | b' '),
+                    13 | 16 => byte == b':',
+                    _ => byte.is_ascii_digit(),
+                };
+                let layout = parse_rfc3339(&text) == Err(TimeError::Layout);
+                assert_eq!(layout, !fits, "{text:?}");
+            }
+        }
+        // Short of the time of day, or past it without an offset.
+        for short in ["", "2026-01-11", "2026-01-11T11:11:1", "2026-01-11T11:11"] {
+            assert_eq!(parse_rfc3339(short), Err(TimeError::Layout), "{short:?}");
+        }
+        assert_eq!(parse_rfc3339("2026-01-11T11:11:11"), Err(TimeError::NoOffset));
+    }
 
     #[test]
     fn offsets_move_the_utc_day() {
