@@ -311,7 +311,10 @@ mod tests {
         for short in ["", "2026-01-11", "2026-01-11T11:11:1", "2026-01-11T11:11"] {
             assert_eq!(parse_rfc3339(short), Err(TimeError::Layout), "{short:?}");
         }
-        assert_eq!(parse_rfc3339("2026-01-11T11:11:11"), Err(TimeError::NoOffset));
+        assert_eq!(
+            parse_rfc3339("2026-01-11T11:11:11"),
+            Err(TimeError::NoOffset)
+        );
     }
 
     #[test]
