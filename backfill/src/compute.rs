@@ -610,7 +610,6 @@ const TEXT_COLUMNS: [&str; 6] = [
     "currency",
 ];
 
-/// A Parquet or CSV file's rows, decoded by DataFusion in file order.
 /// A file's reading, planned but not started.
 struct Planned {
     file: Arc<str>,
@@ -633,6 +632,7 @@ impl Planned {
     }
 }
 
+/// Plans the reading of a Parquet or CSV file's rows by DataFusion, in file order.
 async fn plan_file(file: &str, format: Format) -> Result<Planned, TaskError> {
     // One partition keeps the file's row order, so that the first of two
     // rows sharing an `event_id` is the one counted, on every run.

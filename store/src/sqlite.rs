@@ -384,6 +384,7 @@ pub(super) fn add_rows<'a>(
         "INSERT INTO {name} (merchant_id, currency, {day}, sales_amount, sales_count,
              refund_amount, refund_count, net_amount, updated_at{zone_insert})"
     );
+    let tail = add_to_stored(day);
     for chunk in rows.chunks(ADD_CHUNK) {
         let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 10);
         for &(key, sums, zone) in chunk {
@@ -394,10 +395,7 @@ pub(super) fn add_rows<'a>(
                 values.push(zone.to_owned().into());
             }
         }
-        let rows = vec![row; chunk.len()].join(", ");
-        tx.prepare_cached(&format!("{head} VALUES {rows} {}", add_to_stored(day)))
-            .and_then(|mut insert| insert.execute(rusqlite::params_from_iter(values)))
-            .map_err(lite("upsert write"))?;
+        insert_many(tx, "upsert write", [&head, &tail], row, chunk.len(), values)?;
     }
     Ok(())
 }
@@ -432,16 +430,18 @@ pub(super) fn row_values(key: &TotalsKey, sums: &Sums) -> [rusqlite::types::Valu
 }
 
 /// Runs `head` (an `INSERT … (columns)`) with `rows` tuples of `row`
-/// (placeholders), bound to `values` in order: many rows to one statement.
+/// (placeholders), then `tail` (an `ON CONFLICT` clause, or nothing),
+/// bound to `values` in order: many rows to one statement.
 pub(super) fn insert_many(
     tx: &Connection,
     op: &'static str,
-    head: &str,
+    [head, tail]: [&str; 2],
     row: &str,
     rows: usize,
     values: Vec<rusqlite::types::Value>,
 ) -> Result<()> {
-    tx.prepare_cached(&format!("{head} VALUES {}", vec![row; rows].join(", ")))
+    let rows = vec![row; rows].join(", ");
+    tx.prepare_cached(&format!("{head} VALUES {rows} {tail}"))
         .and_then(|mut insert| insert.execute(rusqlite::params_from_iter(values)))
         .map_err(lite(op))?;
     Ok(())

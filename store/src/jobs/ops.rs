@@ -587,40 +587,27 @@ async fn local_scopes(
         Day(scope.from.0 - 1).to_string(),
         Day(scope.to.0 + 1).to_string(),
     );
-    let stored = format!(
-        "SELECT time_zone FROM merchant_sales_local WHERE local_day >= {} AND local_day < {}",
+    // Rows given whole are not staged yet, so the staged half reads none.
+    let sql = format!(
+        "SELECT time_zone FROM merchant_sales_local WHERE local_day >= {} AND local_day < {}
+         UNION SELECT time_zone FROM tally_backfill_local_rows WHERE job_id = $3",
         tx.day_param(1),
         tx.day_param(2)
     );
-    let mut names: Vec<String> = match rows {
-        JobRows::Staged => tx
-            .query(
-                "local zones read",
-                &format!(
-                    "{stored} UNION SELECT time_zone FROM tally_backfill_local_rows WHERE job_id = $3"
-                ),
-                params![from.as_str(), to.as_str(), job_id],
-            )
-            .await?
-            .iter()
-            .map(|r| r.text(0).map(str::to_owned))
-            .collect::<Result<_>>()?,
-        JobRows::Given(results) => {
-            let mut names: Vec<String> = tx
-                .query(
-                    "local zones read",
-                    &format!("SELECT DISTINCT time_zone FROM ({stored}) AS z"),
-                    params![from.as_str(), to.as_str()],
-                )
-                .await?
-                .iter()
-                .map(|r| r.text(0).map(str::to_owned))
-                .collect::<Result<_>>()?;
-            let given = results.iter().flat_map(|task| task.local.values());
-            names.extend(given.map(|l| l.time_zone.to_string()));
-            names
-        }
-    };
+    let mut names: Vec<String> = tx
+        .query(
+            "local zones read",
+            &sql,
+            params![from.as_str(), to.as_str(), job_id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.text(0).map(str::to_owned))
+        .collect::<Result<_>>()?;
+    if let JobRows::Given(tasks) = rows {
+        let given = tasks.iter().flat_map(|task| task.local.values());
+        names.extend(given.map(|l| l.time_zone.to_string()));
+    }
     names.sort_unstable();
     names.dedup();
     let zones = names

@@ -114,7 +114,14 @@ fn stage<'a>(
                  refund_amount, refund_count{zone_insert})",
             table.staged, table.day
         );
-        insert_many(conn, "task rows insert", &head, &row, chunk.len(), values)?;
+        insert_many(
+            conn,
+            "task rows insert",
+            [&head, ""],
+            &row,
+            chunk.len(),
+            values,
+        )?;
     }
     Ok(())
 }
