@@ -201,12 +201,15 @@ impl Pairs {
                 [digest as u64, (digest >> 64) as u64, code | DIGEST]
             }
         };
+        // A lookup first: nearly every event's pair is numbered already,
+        // and `entry` reserves room (an out-of-line call) before it looks.
+        if let Some(&number) = self.numbers.get(&key) {
+            if key[2] & DIGEST != DIGEST || self.keys.merchant(number) == merchant {
+                return number;
+            }
+        }
         match self.numbers.entry(key) {
-            Entry::Occupied(found) => {
-                let number = *found.get();
-                if key[2] & DIGEST != DIGEST || self.keys.merchant(number) == merchant {
-                    return number;
-                }
+            Entry::Occupied(_) => {
                 // Another id with the same digest: numbered by its text.
                 let keys = &mut self.keys;
                 *self

@@ -226,7 +226,13 @@ pub struct Zones {
     short: InlineIds<2>,
     long: InlineIds<{ LONG / 8 }>,
     default: Zone,
+    /// The tables are larger than [`TOUCHED_FROM`]: worth a [`Zones::touch`].
+    large: bool,
 }
+
+/// Tables smaller than this stay in the cache while a batch is decoded, so
+/// touching them ahead only costs a hash.
+const TOUCHED_FROM: usize = 256 * 1024;
 
 impl PartialEq for Zones {
     fn eq(&self, other: &Zones) -> bool {
@@ -246,9 +252,11 @@ impl Zones {
     /// Merchants' zones, and `default` for merchants not among them.
     pub fn new(by_merchant: HashMap<String, Zone>, default: Zone) -> Zones {
         let by_merchant: FxMap<String, Zone> = by_merchant.into_iter().collect();
+        let (short, long) = (InlineIds::of(&by_merchant), InlineIds::of(&by_merchant));
         Zones {
-            short: InlineIds::of(&by_merchant),
-            long: InlineIds::of(&by_merchant),
+            large: short.bytes() + long.bytes() > TOUCHED_FROM,
+            short,
+            long,
             by_merchant,
             default,
         }
@@ -267,7 +275,7 @@ impl Zones {
     /// merchants the tables are larger than the cache, and touched ahead,
     /// their misses overlap.
     pub fn touch(&self, merchant: &str) {
-        if !self.by_merchant.is_empty() {
+        if self.large {
             self.short.touch(merchant);
             self.long.touch(merchant);
         }
@@ -394,6 +402,11 @@ impl<const W: usize> InlineIds<W> {
             }
         }
         table
+    }
+
+    /// The table's size in memory.
+    fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.slots)
     }
 
     /// The slot where a probe for the id starts.
