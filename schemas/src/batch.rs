@@ -7,7 +7,8 @@
 //! An event's merchant and currency travel as one number, its pair's in the
 //! batch's [`BatchKeys`]: the builder numbers each (merchant, currency) pair
 //! as it first sees it, looks up the merchant's zone once for the pair, and
-//! DataFusion groups by two integers instead of two strings. Ids of any
+//! DataFusion groups by one integer packed from the pair and the day
+//! instead of by strings. Ids of any
 //! length are numbered alike: one of up to 16 bytes by its own bytes, a
 //! longer one (a UUID) by its 128-bit digest, checked against its text.
 

@@ -8,17 +8,14 @@
 
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{
-    Array, AsArray, Decimal128Array, Int32Array, Int64Array, UInt32Array,
-};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type, UInt32Type};
+use datafusion::arrow::array::{Array, AsArray, Decimal128Array, Int64Array};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::logical_expr::{col, lit, Expr, ExprFunctionExt};
+use datafusion::logical_expr::{cast, col, lit, Expr, ExprFunctionExt};
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use schemas::batch::{
@@ -60,6 +57,16 @@ fn filtered(aggregate: Expr, refund: bool, name: &str) -> Result<Expr> {
     Ok(aggregate.filter(only).build()?.alias(name))
 }
 
+/// A pair's step in the packed grouping key.
+const PAIR_UNIT: i64 = 1 << 32;
+/// Added to the day number so that it packs as 32 unsigned bits.
+const DAYS_BIAS: i64 = 1 << 31;
+
+/// The pair number and the day number (`days` or `day`) of a packed key.
+fn unpack(key: i64) -> (u32, i32) {
+    ((key >> 32) as u32, ((key & 0xffff_ffff) - DAYS_BIAS) as i32)
+}
+
 /// The physical plan of the query below, over an empty batch whose scan each
 /// call replaces.
 async fn plan(ctx: &SessionContext, local: bool) -> Result<Arc<dyn ExecutionPlan>> {
@@ -67,7 +74,13 @@ async fn plan(ctx: &SessionContext, local: bool) -> Result<Arc<dyn ExecutionPlan
         true => (local_event_schema(), c::DAYS),
         false => (event_schema(), c::DAY),
     };
-    let keys = vec![col(c::PAIR), col(days)];
+    // One Int64 key, `pair × 2³² + (days + 2³¹)`: DataFusion groups a
+    // single primitive column by its own hash table, without the
+    // row-by-row comparison of several columns.
+    let key = cast(col(c::PAIR), DataType::Int64) * lit(PAIR_UNIT)
+        + cast(col(days), DataType::Int64)
+        + lit(DAYS_BIAS);
+    let keys = vec![key.alias("key")];
     ctx.read_batch(RecordBatch::new_empty(schema))?
         .aggregate(
             keys,
@@ -106,12 +119,12 @@ impl Rows {
 /// The partial totals of `batch`, one row per key.
 ///
 /// ```sql
-/// SELECT pair, days,
+/// SELECT pair * 2^32 + (days + 2^31) AS key,
 ///        SUM(amount) FILTER (WHERE NOT refund) AS sales_amount,
 ///        COUNT(*)    FILTER (WHERE NOT refund) AS sales_count,
 ///        SUM(amount) FILTER (WHERE refund)     AS refund_amount,
 ///        COUNT(*)    FILTER (WHERE refund)     AS refund_count
-/// FROM batch GROUP BY pair, days
+/// FROM batch GROUP BY key
 /// ```
 ///
 /// where `pair` numbers the event's (merchant, currency) in the batch's
@@ -261,9 +274,9 @@ fn key(keys: &BatchKeys, pair: u32, day: Day) -> TotalsKey {
 /// One batch of the aggregate's output, every column typed once, not once
 /// per row.
 struct Aggregated {
-    pair: UInt32Array,
-    /// `days` (both days) in a local session, else `day`.
-    days: Int32Array,
+    /// Pair and day number packed ([`unpack`]): `days` (both days) in a
+    /// local session, else `day`.
+    key: Int64Array,
     local: bool,
     sales_amount: Decimal128Array,
     sales_count: Int64Array,
@@ -273,36 +286,28 @@ struct Aggregated {
 
 impl Aggregated {
     fn read(batch: &RecordBatch, local: bool) -> Result<Aggregated> {
-        let days = if local {
-            batch.column(1).as_primitive::<Int32Type>().clone()
-        } else {
-            // A `Date32` is an `Int32` of days since the epoch.
-            cast(batch.column(1), &DataType::Int32)?
-                .as_primitive::<Int32Type>()
-                .clone()
-        };
         Ok(Aggregated {
-            pair: batch.column(0).as_primitive::<UInt32Type>().clone(),
-            days,
+            key: batch.column(0).as_primitive::<Int64Type>().clone(),
             local,
-            sales_amount: batch.column(2).as_primitive::<Decimal128Type>().clone(),
-            sales_count: batch.column(3).as_primitive::<Int64Type>().clone(),
-            refund_amount: batch.column(4).as_primitive::<Decimal128Type>().clone(),
-            refund_count: batch.column(5).as_primitive::<Int64Type>().clone(),
+            sales_amount: batch.column(1).as_primitive::<Decimal128Type>().clone(),
+            sales_count: batch.column(2).as_primitive::<Int64Type>().clone(),
+            refund_amount: batch.column(3).as_primitive::<Decimal128Type>().clone(),
+            refund_count: batch.column(4).as_primitive::<Int64Type>().clone(),
         })
     }
 
     fn len(&self) -> usize {
-        self.days.len()
+        self.key.len()
     }
 
     /// Row `i`: pair, UTC day, local day (if kept) and sums.
     fn row(&self, i: usize) -> (u32, Day, Option<Day>, Sums) {
+        let (pair, days) = unpack(self.key.value(i));
         let (day, local_day) = if self.local {
-            let (utc, local) = split_days(self.days.value(i));
+            let (utc, local) = split_days(days);
             (utc, Some(local))
         } else {
-            (Day(self.days.value(i)), None)
+            (Day(days), None)
         };
         // SUM over no matching rows is NULL; it means zero here.
         let amount = |a: &Decimal128Array| Amount(if a.is_null(i) { 0 } else { a.value(i) });
@@ -312,7 +317,7 @@ impl Aggregated {
             refund_amount: amount(&self.refund_amount),
             refund_count: self.refund_count.value(i),
         };
-        (self.pair.value(i), day, local_day, sums)
+        (pair, day, local_day, sums)
     }
 }
 
@@ -348,6 +353,33 @@ mod tests {
             builder.push(&event);
         }
         (builder.finish().unwrap(), expected)
+    }
+
+    #[test]
+    fn a_packed_key_gives_back_its_pair_and_day_at_the_edges_of_the_era() {
+        use schemas::batch::days;
+        use schemas::day::{MAX_DAY, MIN_DAY};
+        let edges = [
+            days(MIN_DAY, MIN_DAY),
+            days(MIN_DAY, Day(MIN_DAY.0 + 1)),
+            days(Day(-1), Day(-2)),
+            days(Day(0), Day(-1)),
+            days(MAX_DAY, Day(MAX_DAY.0 - 1)),
+            days(MAX_DAY, MAX_DAY),
+            MIN_DAY.0,
+            MAX_DAY.0,
+            0,
+        ];
+        for pair in [0, 1, 19_999, u32::MAX >> 1] {
+            for days in edges {
+                // What DataFusion computes for the key, in checked arithmetic.
+                let key = (i64::from(pair).checked_mul(PAIR_UNIT))
+                    .and_then(|k| k.checked_add(i64::from(days)))
+                    .and_then(|k| k.checked_add(DAYS_BIAS))
+                    .expect("no overflow");
+                assert_eq!(unpack(key), (pair, days), "pair {pair}, days {days}");
+            }
+        }
     }
 
     #[tokio::test]
