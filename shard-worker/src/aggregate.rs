@@ -206,6 +206,7 @@ pub async fn partial_rows(session: &Session, batch: EventBatch) -> Result<Rows> 
     };
     // One pair's local days and their sums.
     let mut local_days: Vec<(i32, Sums)> = Vec::new();
+    let mut currencies = Currencies::default();
     for run in order.chunk_by(|a, b| a.0 == b.0) {
         let pair = run[0].0;
         local_days.clear();
@@ -225,8 +226,8 @@ pub async fn partial_rows(session: &Session, batch: EventBatch) -> Result<Rows> 
             });
         }
         let zone = keys.zone(pair).name();
-        let (merchant, currency): (Arc<str>, Arc<str>) =
-            (keys.merchant(pair).into(), keys.currency(pair).into());
+        let merchant: Arc<str> = keys.merchant(pair).into();
+        let currency = currencies.of(keys.currency(pair));
         out.local
             .extend(local_days.iter().map(|&(local_day, sums)| LocalRow {
                 merchant_id: merchant.clone(),
@@ -239,6 +240,27 @@ pub async fn partial_rows(session: &Session, batch: EventBatch) -> Result<Rows> 
             }));
     }
     Ok(out)
+}
+
+/// The currency codes of a batch's local rows, each allocated once: a batch
+/// has thousands of pairs and a handful of currencies.
+#[derive(Default)]
+struct Currencies(Vec<Arc<str>>);
+
+impl Currencies {
+    /// Codes kept; a batch with more (never seen) allocates the rest per pair.
+    const KEPT: usize = 64;
+
+    fn of(&mut self, code: &str) -> Arc<str> {
+        if let Some(kept) = self.0.iter().find(|kept| ***kept == *code) {
+            return Arc::clone(kept);
+        }
+        let new: Arc<str> = code.into();
+        if self.0.len() < Currencies::KEPT {
+            self.0.push(Arc::clone(&new));
+        }
+        new
+    }
 }
 
 /// `rows` grouped by pair, in pair order (a counting sort over the batch's
