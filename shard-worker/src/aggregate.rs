@@ -57,7 +57,8 @@ fn filtered(aggregate: Expr, refund: bool, name: &str) -> Result<Expr> {
     Ok(aggregate.filter(only).build()?.alias(name))
 }
 
-/// A pair's step in the packed grouping key.
+/// A pair's step in the packed grouping key (a batch numbers far fewer than
+/// 2³¹ pairs, so the key never overflows).
 const PAIR_UNIT: i64 = 1 << 32;
 /// Added to the day number so that it packs as 32 unsigned bits.
 const DAYS_BIAS: i64 = 1 << 31;
