@@ -185,19 +185,27 @@ pub(crate) fn members_after<const N: usize>(
             b',' => scanner.whitespace(),
             _ => return None,
         }
-        let key_start = scanner.at;
         scanner.expect(b'"', "expected a key string").ok()?;
-        if scanner.string_rest().ok()? == Shape::Escaped {
-            return None;
-        }
-        let key = &scanner.bytes[key_start + 1..scanner.at - 1];
+        // A key is read in one plain run: one that stops anywhere but at
+        // its closing quote is escaped (unread) or not JSON.
+        let key = scanner.plain_string()?;
         if wanted.iter().any(|name| same(name.as_bytes(), key)) {
             return None;
         }
         scanner.whitespace();
         scanner.expect(b':', "expected `:` after a key").ok()?;
         scanner.whitespace();
-        scanner.value(0).ok()?;
+        // A plain string value likewise; any other value, an escaped
+        // string included, is scanned in full.
+        let start = scanner.at;
+        let plain = scanner.peek() == Some(b'"') && {
+            scanner.at += 1;
+            scanner.plain_string().is_some()
+        };
+        if !plain {
+            scanner.at = start;
+            scanner.value(0).ok()?;
+        }
     }
     scanner.whitespace();
     (scanner.at == scanner.bytes.len()).then_some(())
@@ -260,8 +268,8 @@ fn wide(word: u64) -> u64 {
 
 /// How many bytes at the start of `bytes` are plain string characters (not
 /// `"`, not `\`, not a control character), and whether all of them are
-/// printable ASCII. Eight bytes per step, in safe SWAR arithmetic, then byte
-/// by byte.
+/// printable ASCII. Eight bytes per step, in safe SWAR arithmetic, the last
+/// few as one word padded.
 #[inline]
 pub(crate) fn plain_run(bytes: &[u8]) -> (usize, bool) {
     let mut chunks = bytes.chunks_exact(8);
@@ -269,9 +277,7 @@ pub(crate) fn plain_run(bytes: &[u8]) -> (usize, bool) {
     let mut seen_wide = 0;
     for chunk in &mut chunks {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let hits = below(word ^ (ONES * u64::from(b'"')), 1)
-            | below(word ^ (ONES * u64::from(b'\\')), 1)
-            | below(word, 0x20);
+        let hits = stops(word);
         if hits != 0 {
             let run = (hits.trailing_zeros() / 8) as usize;
             // Only the bytes before the stop belong to the run.
@@ -281,15 +287,24 @@ pub(crate) fn plain_run(bytes: &[u8]) -> (usize, bool) {
         seen_wide |= wide(word);
         at += 8;
     }
+    // The last bytes as one word too, padded with NULs: a control
+    // character, so the run ends at the end of the bytes at the latest.
     let rest = chunks.remainder();
-    let run = rest
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .unwrap_or(rest.len());
-    (
-        at + run,
-        seen_wide == 0 && rest[..run].iter().all(|&b| b < 0x7f),
-    )
+    let mut padded = [0; 8];
+    padded[..rest.len()].copy_from_slice(rest);
+    let word = u64::from_le_bytes(padded);
+    let run = (stops(word).trailing_zeros() / 8) as usize;
+    let before = word & !(u64::MAX << (8 * run));
+    (at + run, seen_wide | wide(before) == 0)
+}
+
+/// The high bit of each byte of `word` that ends a plain run (a quote, a
+/// backslash or a control character); exact for the lowest, as [`below`].
+#[inline]
+fn stops(word: u64) -> u64 {
+    below(word ^ (ONES * u64::from(b'"')), 1)
+        | below(word ^ (ONES * u64::from(b'\\')), 1)
+        | below(word, 0x20)
 }
 
 struct Scanner<'a> {
@@ -323,6 +338,19 @@ impl Scanner<'_> {
         } else {
             Err(self.error(reason))
         }
+    }
+
+    /// After an opening quote: the string's bytes, stepping past its
+    /// closing quote, when no escape or control character comes first.
+    #[inline(always)]
+    fn plain_string(&mut self) -> Option<&[u8]> {
+        let start = self.at;
+        let (run, _) = plain_run(&self.bytes[start..]);
+        if self.bytes.get(start + run) != Some(&b'"') {
+            return None;
+        }
+        self.at = start + run + 1;
+        Some(&self.bytes[start..start + run])
     }
 
     fn whitespace(&mut self) {

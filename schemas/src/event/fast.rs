@@ -190,6 +190,15 @@ mod tests {
         // Whitespace among the members after the schema's keys is still fast.
         let spaced = EVENTS[0].replace(r#","channel":"web"}"#, r#" , "channel" : "web" } "#);
         assert!(decode(&spaced, None).is_some() && agrees(&spaced, None));
+        // So are members after them whose strings hold escapes or non-ASCII
+        // text; an escaped key is left to the general path.
+        for tail in [r#""note":"a\"b\u00e9""#, r#""note":"ü","n":[1,"\n"]"#] {
+            let extra = EVENTS[0].replace(r#""channel":"web""#, tail);
+            assert!(decode(&extra, None).is_some(), "{extra}");
+            assert!(agrees(&extra, None));
+        }
+        let escaped_key = EVENTS[0].replace(r#""channel""#, r#""ch\u0061nnel""#);
+        assert!(decode(&escaped_key, None).is_none() && agrees(&escaped_key, None));
     }
 
     /// Every byte of every sample replaced by each byte that means something
