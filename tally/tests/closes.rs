@@ -441,7 +441,12 @@ async fn days_close_once_complete_and_every_later_change_is_an_adjustment(backen
 
     // The stream: every 10 minutes from noon of the fourth day back to noon
     // two days later, an event per merchant, message time = event time.
-    let today = common::now_ms().div_euclid(DAY_MS) * DAY_MS;
+    // "Today" is the UTC midnight at least six hours back, so that the
+    // stream's last local day has ended everywhere (St. John's is UTC-3:30,
+    // and the grace adds an hour) at whatever time of day the test runs:
+    // anchored on the last midnight, a run between 00:00 and 04:45 UTC
+    // waited for a day still open in St. John's.
+    let today = (common::now_ms() - 6 * HOUR_MS).div_euclid(DAY_MS) * DAY_MS;
     let start = today - 4 * DAY_MS + 12 * HOUR_MS;
     let stall = start + 18 * HOUR_MS; // 06:00 the next day
     let mut stream = Vec::new();
