@@ -18,10 +18,37 @@ use store::jobs::{Kind, NewJob, NewTask, Scope, State, TaskResult};
 use store::Store;
 use testkit::Backend;
 
-async fn fresh(backend: Backend, test: &str) -> Store {
-    Store::connect(&fresh_url(backend, test).await)
-        .await
-        .unwrap()
+async fn fresh(backend: Backend, test: &str) -> Fresh {
+    let url = fresh_url(backend, test).await;
+    Fresh {
+        store: Some(Store::connect(&url).await.unwrap()),
+        file: url.strip_prefix("sqlite://").map(std::path::PathBuf::from),
+    }
+}
+
+/// A test's store; its SQLite files, if it has any, go with it.
+struct Fresh {
+    store: Option<Store>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl std::ops::Deref for Fresh {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        self.store.as_ref().expect("open until dropped")
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        drop(self.store.take());
+        if let Some(file) = &self.file {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+        }
+    }
 }
 
 async fn fresh_url(backend: Backend, test: &str) -> String {

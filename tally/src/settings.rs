@@ -520,6 +520,7 @@ mod tests {
         assert_eq!(settings.worker.batch_max_events, 20);
         assert_eq!(settings.worker.batch_max_ms, 9);
         assert_eq!(settings.aggregator.brokers, "b:1");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -658,5 +659,6 @@ mod tests {
             malformed.contains("worker.kafka") && !malformed.contains("no-equals-secret"),
             "{malformed}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -105,4 +105,5 @@ fn file_fields_are_checked() {
         &[],
         &["worker.orders_topic", "has spaces"],
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
